@@ -1,0 +1,162 @@
+//! What a runtime needs to start one instance of a component.
+//!
+//! A [`LaunchSpec`] is the runtime-neutral description: the stack file's component after
+//! validation, or the flags of `osvm run`. Each runtime turns it into its own confinement
+//! (a sandboxed process, a microVM, a unikernel).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a runtime needs to start an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSpec {
+    /// The component's name; also the hostname inside the sandbox.
+    pub name: String,
+    /// The program to run, an absolute path or a name looked up in `PATH` inside the sandbox.
+    pub command: String,
+    /// Arguments after the program name.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The workload's whole environment; nothing leaks in from the host.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox (default: the component's state directory).
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    /// Limits enforced by the runtime.
+    #[serde(default)]
+    pub resources: Resources,
+    /// TCP ports the component listens on; where the runtime can, binding any other is denied.
+    #[serde(default)]
+    pub listen: Vec<u16>,
+    /// Make the root file system read-only; only `/tmp`, the state directory and writable
+    /// binds can be written.
+    #[serde(default)]
+    pub readonly_root: bool,
+    /// Host paths bound into the sandbox.
+    #[serde(default)]
+    pub binds: Vec<BindMount>,
+    /// A directory to use as the root file system instead of the default read-only view of the
+    /// host's `/usr`, `/lib*`, `/bin`, `/sbin` and a minimal `/etc`.
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+}
+
+impl LaunchSpec {
+    /// A spec with no limits beyond the defaults, for `command args...`.
+    pub fn new(name: impl Into<String>, command: impl Into<String>, args: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            command: command.into(),
+            args,
+            env: Vec::new(),
+            working_dir: None,
+            resources: Resources::default(),
+            listen: Vec::new(),
+            readonly_root: false,
+            binds: Vec::new(),
+            rootfs: None,
+        }
+    }
+}
+
+/// Resource limits of one instance. `None` means "no limit beyond the host's".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit in bytes (swap included where the host accounts it).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in CPUs (0.5 = half of one CPU's time).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads.
+    #[serde(default)]
+    pub pids: Option<u64>,
+    /// Maximum number of open file descriptors (`RLIMIT_NOFILE`).
+    #[serde(default)]
+    pub open_files: Option<u64>,
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindMount {
+    /// Absolute path on the host.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+    /// Whether the component may write through it (default: read-only).
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl BindMount {
+    /// Parses `SRC:DST[:ro|:rw]` as given to `osvm run --bind`; the default is read-only.
+    pub fn parse_flag(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, writable) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, false),
+            [src, dst, "ro"] => (*src, *dst, false),
+            [src, dst, "rw"] => (*src, *dst, true),
+            [_, _, mode] => {
+                return Err(format!("bind mode must be `ro` or `rw`, got `{mode}`"));
+            }
+            _ => return Err(format!("expected SRC:DST[:ro|:rw], got `{s}`")),
+        };
+        let bind = Self {
+            source: PathBuf::from(source),
+            target: PathBuf::from(target),
+            writable,
+        };
+        bind.check()?;
+        Ok(bind)
+    }
+
+    /// Both paths must be absolute and the target must not contain `..`.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.source.is_absolute() {
+            return Err(format!(
+                "bind source `{}` must be an absolute path",
+                self.source.display()
+            ));
+        }
+        if !self.target.is_absolute() {
+            return Err(format!(
+                "bind target `{}` must be an absolute path",
+                self.target.display()
+            ));
+        }
+        if self
+            .target
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "bind target `{}` must not contain `..`",
+                self.target.display()
+            ));
+        }
+        if self.target == std::path::Path::new("/") {
+            return Err("bind target must not be `/`".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_flag_defaults_to_read_only() {
+        let b = BindMount::parse_flag("/srv/www:/www").unwrap();
+        assert!(!b.writable);
+        assert!(BindMount::parse_flag("/srv:/srv:rw").unwrap().writable);
+        assert!(BindMount::parse_flag("/srv:/srv:xx").is_err());
+        assert!(BindMount::parse_flag("srv:/srv").is_err());
+        assert!(BindMount::parse_flag("/srv:/a/../b").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! The heart of osvm that every other crate shares: the component model, the stack file and
+//! its validation, and the traits every isolation runtime implements.
+//!
+//! Nothing here touches the host: parsing, validation and the model are pure, so they are
+//! tested next to the code. The runtimes (`osvm-sandbox`, later the microVM and unikernel
+//! crates) implement [`runtime::Runtime`] and [`runtime::Instance`].
+#![forbid(unsafe_code)]
+
+pub mod launch;
+pub mod model;
+pub mod quantity;
+pub mod runtime;
+pub mod stack;
+
+pub use launch::{BindMount, LaunchSpec, Resources};
+pub use runtime::{ExitStatus, Instance, InstanceStats, Runtime, RuntimeError, RuntimeKind};

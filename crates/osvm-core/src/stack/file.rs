@@ -1,0 +1,386 @@
+//! The stack file exactly as written, before validation.
+//!
+//! These types mirror the TOML one to one. Every table denies unknown keys, so a typo is an
+//! error rather than a silently ignored setting. Values that validation must point at later
+//! are wrapped in [`Spanned`], which records their byte range in the file. Numbers that have a
+//! range (ports, counts) are read as [`Int`] so that an out-of-range value gets osvm's message
+//! rather than serde's, and keywords (`runtime`, `restart`, ...) as [`Word`] so that a value of
+//! the wrong type is reported as "expected a string" rather than in serde's enum jargon.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, Visitor};
+use toml::Spanned;
+
+use crate::model::ComponentKind;
+use crate::runtime::RuntimeKind;
+
+use super::{Protocol, RestartPolicy};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFile {
+    /// `[stack]`; optional here so that its absence gets a clear message.
+    pub(crate) stack: Option<Spanned<Table<RawStack>>>,
+    /// `[[component]]` entries in file order.
+    #[serde(default)]
+    pub(crate) component: Vec<Spanned<Table<RawComponent>>>,
+    /// `[[policy]]` entries in file order.
+    #[serde(default)]
+    pub(crate) policy: Vec<Spanned<Table<RawPolicy>>>,
+}
+
+/// `[stack]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStack {
+    /// The stack's name.
+    pub(crate) name: Option<Spanned<String>>,
+    /// SPIFFE trust domain of the stack's identities.
+    pub(crate) trust_domain: Option<Spanned<String>>,
+    /// How many times a failing component is restarted before it is left failed.
+    pub(crate) max_restarts: Option<Spanned<Int>>,
+    /// Lifetime of issued leaf certificates, in days.
+    pub(crate) certificate_validity_days: Option<Spanned<Int>>,
+}
+
+/// `[[component]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawComponent {
+    /// The component's name.
+    pub(crate) name: Option<Spanned<String>>,
+    /// What the component is.
+    #[serde(rename = "type")]
+    pub(crate) component_type: Option<Spanned<Table<RawType>>>,
+    /// Which runtime isolates it.
+    pub(crate) runtime: Option<Spanned<Word<RuntimeKind>>>,
+    /// The program to run.
+    pub(crate) command: Option<Spanned<String>>,
+    /// Its arguments.
+    #[serde(default)]
+    pub(crate) args: Vec<Spanned<String>>,
+    /// Its environment.
+    #[serde(default)]
+    pub(crate) env: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// Its working directory inside the isolation.
+    pub(crate) working_dir: Option<Spanned<String>>,
+    /// Its resource limits.
+    pub(crate) resources: Option<Spanned<Table<RawResources>>>,
+    /// The TCP ports it listens on.
+    #[serde(default)]
+    pub(crate) listen: Vec<Spanned<Int>>,
+    /// Its health check.
+    pub(crate) health: Option<Spanned<Table<RawHealth>>>,
+    /// When it is restarted.
+    pub(crate) restart: Option<Word<RestartPolicy>>,
+    /// Whether its root file system is read-only.
+    pub(crate) readonly_root: Option<bool>,
+    /// A directory to use as its root file system.
+    pub(crate) rootfs: Option<Spanned<String>>,
+    /// Host paths bound into it.
+    #[serde(default)]
+    pub(crate) mounts: Vec<Spanned<Table<RawMount>>>,
+    /// Accept a runtime weaker than the component type requires.
+    pub(crate) allow_weaker_isolation: Option<bool>,
+    /// How long it gets to stop after SIGTERM.
+    pub(crate) stop_grace: Option<Spanned<String>>,
+}
+
+/// `type = { kind = ..., ... }`: every field any kind has; validation checks which belong.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawType {
+    /// The kind tag.
+    pub(crate) kind: Option<Word<ComponentKind>>,
+    /// `validator`, `rpc_node`: the network.
+    pub(crate) network: Option<Spanned<String>>,
+    /// `validator`: the identity.
+    pub(crate) identity: Option<Spanned<String>>,
+    /// `rpc_node`: the bind address.
+    pub(crate) bind_address: Option<Spanned<String>>,
+    /// `mcp_server` (required), `service` (optional): the name.
+    pub(crate) name: Option<Spanned<String>>,
+    /// `mcp_server`: the version.
+    pub(crate) version: Option<Spanned<String>>,
+}
+
+/// `resources = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResources {
+    /// Memory limit, a size (`256M`) or a number of bytes.
+    pub(crate) memory: Option<Spanned<SizeText>>,
+    /// CPU quota.
+    pub(crate) cpus: Option<Spanned<Cpus>>,
+    /// Process and thread limit.
+    pub(crate) pids: Option<Spanned<Int>>,
+    /// Open file descriptor limit.
+    pub(crate) open_files: Option<Spanned<Int>>,
+}
+
+/// A size written either as a string (`"256M"`) or as an integer number of bytes.
+#[derive(Debug)]
+pub(crate) struct SizeText(pub(crate) String);
+
+impl<'de> Deserialize<'de> for SizeText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+
+        impl Visitor<'_> for SizeVisitor {
+            type Value = SizeText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"256M\" or a number of bytes")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_owned()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeText, E> {
+                Ok(SizeText(v.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// `health = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    /// HTTP probe: the path to GET.
+    pub(crate) http: Option<Spanned<String>>,
+    /// TCP probe: `true` to connect to `port`.
+    pub(crate) tcp: Option<Spanned<bool>>,
+    /// Exec probe: the command to run inside the component.
+    pub(crate) exec: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The port HTTP and TCP probes connect to.
+    pub(crate) port: Option<Spanned<Int>>,
+    /// Time between probes.
+    pub(crate) interval: Option<Spanned<String>>,
+    /// Time one probe may take.
+    pub(crate) timeout: Option<Spanned<String>>,
+    /// Consecutive failures that make the component unhealthy.
+    pub(crate) retries: Option<Spanned<Int>>,
+    /// Grace time after start during which failures do not count.
+    pub(crate) start_period: Option<Spanned<String>>,
+    /// HTTP status that counts as healthy.
+    pub(crate) expect_status: Option<Spanned<Int>>,
+}
+
+/// `mounts = [ { ... } ]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMount {
+    /// Host path.
+    pub(crate) source: Option<Spanned<String>>,
+    /// Path inside the isolation.
+    pub(crate) target: Option<Spanned<String>>,
+    /// `ro` or `rw`.
+    pub(crate) mode: Option<Word<MountMode>>,
+}
+
+/// Access mode of a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum MountMode {
+    /// Read-only.
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+/// `[[policy]]`: exactly one of `allow` and `deny`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    /// An allow rule.
+    pub(crate) allow: Option<Spanned<Table<RawRule>>>,
+    /// A deny rule.
+    pub(crate) deny: Option<Spanned<Table<RawRule>>>,
+}
+
+/// The body of `allow = { ... }` or `deny = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    /// Source selector.
+    pub(crate) from: Option<Spanned<String>>,
+    /// Destination selector.
+    pub(crate) to: Option<Spanned<String>>,
+    /// Destination ports; empty means all.
+    #[serde(default)]
+    pub(crate) ports: Vec<Spanned<Int>>,
+    /// Transport protocol.
+    pub(crate) protocol: Option<Word<Protocol>>,
+}
+
+/// A whole number, read as `i64` so that range checks can say what was expected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Int(pub(crate) i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl Visitor<'_> for IntVisitor {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                Ok(Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+
+        deserializer.deserialize_i64(IntVisitor)
+    }
+}
+
+/// A CPU count, written as a number (`0.5`, `2`) or a string (`"0.5"`); checked later.
+#[derive(Debug, Clone)]
+pub(crate) enum Cpus {
+    /// Written as a TOML number.
+    Number(f64),
+    /// Written as a string, parsed during validation.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CpusVisitor;
+
+        impl Visitor<'_> for CpusVisitor {
+            type Value = Cpus;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of CPUs such as 0.5 or 2")
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Cpus, E> {
+                Ok(Cpus::Number(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Cpus, E> {
+                // Any i64 a person writes as a CPU count converts exactly or is absurd anyway.
+                Ok(Cpus::Number(v as f64))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Cpus, E> {
+                Ok(Cpus::Number(v as f64))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Cpus, E> {
+                Ok(Cpus::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(CpusVisitor)
+    }
+}
+
+/// A keyword: a string naming one variant of the enum `T` (`"microvm"`, `"on-failure"`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Word<T>(pub(crate) T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Word<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WordVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for WordVisitor<T> {
+            type Value = Word<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Word<T>, E> {
+                T::deserialize(v.into_deserializer()).map(Word)
+            }
+        }
+
+        deserializer.deserialize_str(WordVisitor(PhantomData))
+    }
+}
+
+/// What a table-shaped value looks like, for "invalid type" messages.
+pub(crate) trait Expecting {
+    /// Completes "expected ...".
+    const EXPECTING: &'static str;
+}
+
+impl Expecting for RawStack {
+    const EXPECTING: &'static str = "a [stack] table with `name`";
+}
+
+impl Expecting for RawComponent {
+    const EXPECTING: &'static str = "a [[component]] table";
+}
+
+impl Expecting for RawType {
+    const EXPECTING: &'static str = "a table such as { kind = \"service\" }";
+}
+
+impl Expecting for RawResources {
+    const EXPECTING: &'static str = "a table such as { memory = \"256M\", cpus = 0.5 }";
+}
+
+impl Expecting for RawHealth {
+    const EXPECTING: &'static str = "a table such as { http = \"/\", port = 8080 }";
+}
+
+impl Expecting for RawMount {
+    const EXPECTING: &'static str = "a table such as { source = \"/srv/www\", target = \"/www\" }";
+}
+
+impl Expecting for RawPolicy {
+    const EXPECTING: &'static str = "a [[policy]] table with `allow` or `deny`";
+}
+
+impl Expecting for RawRule {
+    const EXPECTING: &'static str = "a table such as { from = \"web\", to = \"db\" }";
+}
+
+/// A value that must be a TOML table. Serde's derived structs also accept an array of field
+/// values in declaration order (`stack = ["demo"]`); this wrapper refuses that so that every
+/// setting is written with its key.
+#[derive(Debug)]
+pub(crate) struct Table<T>(pub(crate) T);
+
+impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for Table<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TableVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de> + Expecting> Visitor<'de> for TableVisitor<T> {
+            type Value = Table<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Table<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Table)
+            }
+        }
+
+        deserializer.deserialize_any(TableVisitor(PhantomData))
+    }
+}

@@ -1,0 +1,213 @@
+//! The stack file: a TOML description of the components osvm runs together and the policy
+//! between them.
+//!
+//! Loading happens in two steps. [`file`] deserializes the TOML into types that mirror it and
+//! remember where each value was written; unknown keys and values of the wrong type fail here,
+//! with the position `toml` reports. [`validate`] then checks the rules a well-typed file can
+//! still break (names, references, ranges, the isolation floor of security-critical components)
+//! and produces the plain types below, which carry no positions. Every error, from either step,
+//! is a [`StackError`] displayed as `FILE:LINE:COL: MESSAGE`.
+//!
+//! The reference for the format is `docs/stack-file.md`.
+
+mod error;
+mod file;
+mod policy;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::launch::{BindMount, LaunchSpec, Resources};
+use crate::model::{ComponentType, IsolationLevel};
+use crate::runtime::RuntimeKind;
+
+pub use error::StackError;
+pub use policy::{Cidr, CidrError, PolicyAction, PolicyRule, Protocol, Selector, SelectorError};
+
+/// Reads and validates the stack file at `path`.
+pub fn load(path: &Path) -> Result<Stack, StackError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StackError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut stack = parse(&text, &path.display().to_string())?;
+    stack.source = path.to_owned();
+    Ok(stack)
+}
+
+/// Parses and validates stack file text; `file_name` is used in error messages and as
+/// [`Stack::source`].
+pub fn parse(text: &str, file_name: &str) -> Result<Stack, StackError> {
+    let source = error::Source::new(text, file_name);
+    let raw: file::RawFile = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
+    validate::stack(&source, raw, PathBuf::from(file_name))
+}
+
+/// A validated stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stack {
+    /// The stack's name; part of every component identity.
+    pub name: String,
+    /// SPIFFE trust domain of the stack's identities (default `osvm.local`).
+    pub trust_domain: String,
+    /// Restarts of a failing component before it is left failed (default 5).
+    pub max_restarts: u32,
+    /// Lifetime of issued leaf certificates in days (default 1).
+    pub certificate_validity_days: u32,
+    /// The components, in file order.
+    pub components: Vec<Component>,
+    /// The policy rules, in file order.
+    pub policies: Vec<PolicyRule>,
+    /// Where the stack was read from.
+    pub source: PathBuf,
+}
+
+impl Stack {
+    /// Default SPIFFE trust domain.
+    pub const DEFAULT_TRUST_DOMAIN: &'static str = "osvm.local";
+    /// Default restart limit.
+    pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+    /// Default leaf certificate lifetime in days.
+    pub const DEFAULT_CERTIFICATE_VALIDITY_DAYS: u32 = 1;
+    /// Longest accepted leaf certificate lifetime in days.
+    pub const MAX_CERTIFICATE_VALIDITY_DAYS: u32 = 365;
+
+    /// The component called `name`, if the stack has one.
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+/// A validated component.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    /// Unique name within the stack; also the hostname inside its isolation.
+    pub name: String,
+    /// What the component is.
+    pub component_type: ComponentType,
+    /// Which runtime isolates it.
+    pub runtime: RuntimeKind,
+    /// The program to run.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its whole environment, sorted by key.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the isolation (default: the component's state directory).
+    pub working_dir: Option<PathBuf>,
+    /// Resource limits; keys the file leaves out get [`crate::model::ResourceLimits`]'s
+    /// defaults (512M memory, 2 CPUs, 1024 open files, no pid limit).
+    pub resources: Resources,
+    /// TCP ports it listens on, in file order.
+    pub listen: Vec<u16>,
+    /// Its health check, if any.
+    pub health: Option<HealthCheck>,
+    /// When it is restarted.
+    pub restart: RestartPolicy,
+    /// Whether its root file system is read-only.
+    pub readonly_root: bool,
+    /// A directory to use as its root file system.
+    pub rootfs: Option<PathBuf>,
+    /// Host paths bound into it.
+    pub mounts: Vec<BindMount>,
+    /// The file explicitly accepts a runtime weaker than the component type requires.
+    pub allow_weaker_isolation: bool,
+    /// How long it gets to stop after SIGTERM before it is killed (default 10s).
+    pub stop_grace: Duration,
+}
+
+impl Component {
+    /// Default grace period between SIGTERM and SIGKILL.
+    pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+    /// The isolation level its runtime provides.
+    pub fn isolation_level(&self) -> IsolationLevel {
+        IsolationLevel::of_runtime(self.runtime)
+    }
+
+    /// What the runtime needs to start an instance of this component.
+    pub fn launch_spec(&self) -> LaunchSpec {
+        LaunchSpec {
+            name: self.name.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            working_dir: self.working_dir.clone(),
+            resources: self.resources.clone(),
+            listen: self.listen.clone(),
+            readonly_root: self.readonly_root,
+            binds: self.mounts.clone(),
+            rootfs: self.rootfs.clone(),
+        }
+    }
+}
+
+/// When a component is restarted after its instance ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whenever it ends, even successfully.
+    Always,
+    /// When it ends with a failure or fails its health check (the default).
+    #[default]
+    OnFailure,
+    /// Never; an ended component stays stopped or failed.
+    Never,
+}
+
+/// How and how often a component's health is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What is probed.
+    pub probe: HealthProbe,
+    /// Time between probes (default 2s).
+    pub interval: Duration,
+    /// Time one probe may take before it counts as failed (default 1s).
+    pub timeout: Duration,
+    /// Consecutive failures that make the component unhealthy (default 3).
+    pub retries: u32,
+    /// Time after start during which failures do not count (default 0).
+    pub start_period: Duration,
+}
+
+impl HealthCheck {
+    /// Default time between probes.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+    /// Default probe timeout.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default number of consecutive failures tolerated.
+    pub const DEFAULT_RETRIES: u32 = 3;
+    /// Default start period.
+    pub const DEFAULT_START_PERIOD: Duration = Duration::ZERO;
+}
+
+/// One kind of health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HealthProbe {
+    /// An HTTP GET of `path` on `port` of the component.
+    Http {
+        /// Request path, starting with `/`.
+        path: String,
+        /// Port to connect to.
+        port: u16,
+        /// The status that counts as healthy; `None` accepts any 2xx or 3xx.
+        expect_status: Option<u16>,
+    },
+    /// A TCP connection to `port` that the component accepts.
+    Tcp {
+        /// Port to connect to.
+        port: u16,
+    },
+    /// A command run inside the component that exits 0.
+    Exec {
+        /// Program and arguments.
+        command: Vec<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests;

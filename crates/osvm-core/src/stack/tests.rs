@@ -1,0 +1,286 @@
+//! Good stack files parse to exactly the values they describe.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::launch::BindMount;
+use crate::model::ComponentKind;
+
+/// The complete example of `docs/stack-file.md`: the ```toml block after the marker comment,
+/// so the reference cannot drift from what the parser accepts.
+fn full_example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/stack-file.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let after_marker = doc.split("<!-- complete-example -->").nth(1).unwrap();
+    let block = after_marker.split("```toml\n").nth(1).unwrap();
+    block.split("```").next().unwrap().to_owned()
+}
+
+const MIB: u64 = 1024 * 1024;
+
+fn expected_full() -> Stack {
+    let defaults = Resources::from(&crate::model::ResourceLimits::default());
+    Stack {
+        name: "demo".into(),
+        trust_domain: "prod.example.com".into(),
+        max_restarts: 7,
+        certificate_validity_days: 2,
+        components: vec![
+            Component {
+                name: "rpc".into(),
+                component_type: ComponentType::RpcNode {
+                    network: "devnet".into(),
+                    bind_address: Some("0.0.0.0:8899".into()),
+                },
+                runtime: RuntimeKind::Process,
+                command: "python3".into(),
+                args: vec!["-m".into(), "http.server".into(), "8899".into()],
+                env: vec![
+                    ("KEY".into(), "value".into()),
+                    ("ZED".into(), "last".into()),
+                ],
+                working_dir: Some("/data".into()),
+                resources: Resources {
+                    memory_bytes: Some(256 * MIB),
+                    cpus: Some(0.5),
+                    pids: Some(64),
+                    open_files: Some(4096),
+                },
+                listen: vec![8899],
+                health: Some(HealthCheck {
+                    probe: HealthProbe::Http {
+                        path: "/".into(),
+                        port: 8899,
+                        expect_status: Some(200),
+                    },
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_millis(500),
+                    retries: 4,
+                    start_period: Duration::from_secs(90),
+                }),
+                restart: RestartPolicy::Always,
+                readonly_root: true,
+                rootfs: Some("/srv/rootfs".into()),
+                mounts: vec![
+                    BindMount {
+                        source: "/srv/www".into(),
+                        target: "/www".into(),
+                        writable: false,
+                    },
+                    BindMount {
+                        source: "/var/cache/rpc".into(),
+                        target: "/cache".into(),
+                        writable: true,
+                    },
+                ],
+                allow_weaker_isolation: false,
+                stop_grace: Duration::from_secs(30),
+            },
+            Component {
+                name: "mcp-fs".into(),
+                component_type: ComponentType::McpServer {
+                    name: "filesystem".into(),
+                    version: Some("1.0.0".into()),
+                },
+                runtime: RuntimeKind::Process,
+                command: "/usr/bin/mcp-fs".into(),
+                args: vec![],
+                env: vec![],
+                working_dir: None,
+                resources: defaults.clone(),
+                listen: vec![],
+                health: Some(HealthCheck {
+                    probe: HealthProbe::Exec {
+                        command: vec!["/usr/bin/mcp-fs".into(), "--check".into()],
+                    },
+                    interval: HealthCheck::DEFAULT_INTERVAL,
+                    timeout: HealthCheck::DEFAULT_TIMEOUT,
+                    retries: HealthCheck::DEFAULT_RETRIES,
+                    start_period: HealthCheck::DEFAULT_START_PERIOD,
+                }),
+                restart: RestartPolicy::OnFailure,
+                readonly_root: false,
+                rootfs: None,
+                mounts: vec![],
+                allow_weaker_isolation: false,
+                stop_grace: Component::DEFAULT_STOP_GRACE,
+            },
+            Component {
+                name: "val".into(),
+                component_type: ComponentType::Validator {
+                    network: "devnet".into(),
+                    identity: None,
+                },
+                runtime: RuntimeKind::MicroVm,
+                command: "agave-validator".into(),
+                args: vec![],
+                env: vec![],
+                working_dir: None,
+                resources: Resources {
+                    memory_bytes: Some(1024 * MIB),
+                    ..defaults
+                },
+                listen: vec![8001, 8002],
+                health: Some(HealthCheck {
+                    probe: HealthProbe::Tcp { port: 8002 },
+                    interval: Duration::from_secs(2),
+                    timeout: Duration::from_secs(1),
+                    retries: 3,
+                    start_period: Duration::ZERO,
+                }),
+                restart: RestartPolicy::Never,
+                readonly_root: false,
+                rootfs: None,
+                mounts: vec![],
+                allow_weaker_isolation: false,
+                stop_grace: Duration::from_secs(10),
+            },
+        ],
+        policies: vec![
+            PolicyRule {
+                action: PolicyAction::Allow,
+                from: Selector::Component("mcp-fs".into()),
+                to: Selector::Component("rpc".into()),
+                ports: vec![8899],
+                protocol: Protocol::Tcp,
+            },
+            PolicyRule {
+                action: PolicyAction::Deny,
+                from: Selector::Any,
+                to: Selector::Kind(ComponentKind::Validator),
+                ports: vec![],
+                protocol: Protocol::Tcp,
+            },
+            PolicyRule {
+                action: PolicyAction::Allow,
+                from: Selector::Component("rpc".into()),
+                to: Selector::Cidr("10.0.0.0/8".parse().unwrap()),
+                ports: vec![53],
+                protocol: Protocol::Udp,
+            },
+        ],
+        source: PathBuf::from("full.toml"),
+    }
+}
+
+#[test]
+fn documented_complete_example_parses_to_expected_values() {
+    let stack = parse(&full_example(), "full.toml").unwrap();
+    assert_eq!(stack, expected_full());
+}
+
+#[test]
+fn validated_stack_round_trips_through_json() {
+    let stack = parse(&full_example(), "full.toml").unwrap();
+    let json = serde_json::to_string(&stack).unwrap();
+    let back: Stack = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, stack);
+}
+
+#[test]
+fn minimal_component_gets_documented_defaults() {
+    let stack = parse(
+        "[stack]\nname = \"s\"\n[[component]]\nname = \"a\"\ncommand = \"true\"\n",
+        "min.toml",
+    )
+    .unwrap();
+    assert_eq!(stack.trust_domain, "osvm.local");
+    assert_eq!(stack.max_restarts, 5);
+    assert_eq!(stack.certificate_validity_days, 1);
+    assert!(stack.policies.is_empty());
+    let c = &stack.components[0];
+    assert_eq!(c.component_type, ComponentType::Service { name: None });
+    assert_eq!(c.runtime, RuntimeKind::Process);
+    assert_eq!(c.isolation_level(), IsolationLevel::ProcessSandbox);
+    assert_eq!(c.restart, RestartPolicy::OnFailure);
+    assert_eq!(c.stop_grace, Duration::from_secs(10));
+    assert_eq!(c.resources.memory_bytes, Some(512 * MIB));
+    assert_eq!(c.resources.cpus, Some(2.0));
+    assert_eq!(c.resources.open_files, Some(1024));
+    assert_eq!(c.resources.pids, None);
+    assert!(c.health.is_none());
+    assert!(!c.readonly_root);
+}
+
+#[test]
+fn weaker_isolation_is_accepted_when_the_component_says_so() {
+    let text = "[stack]\nname = \"s\"\n[[component]]\nname = \"core\"\n\
+                type = { kind = \"osvm_core\" }\ncommand = \"osvm\"\nallow_weaker_isolation = true\n";
+    let stack = parse(text, "s.toml").unwrap();
+    assert!(stack.components[0].allow_weaker_isolation);
+    assert!(stack.components[0].component_type.is_security_critical());
+}
+
+#[test]
+fn launch_spec_maps_every_field() {
+    let stack = parse(&full_example(), "full.toml").unwrap();
+    let rpc = stack.component("rpc").unwrap();
+    let spec = rpc.launch_spec();
+    assert_eq!(spec.name, "rpc");
+    assert_eq!(spec.command, "python3");
+    assert_eq!(spec.args, rpc.args);
+    assert_eq!(spec.env, rpc.env);
+    assert_eq!(spec.working_dir.as_deref(), Some(Path::new("/data")));
+    assert_eq!(spec.resources, rpc.resources);
+    assert_eq!(spec.listen, vec![8899]);
+    assert!(spec.readonly_root);
+    assert_eq!(spec.binds, rpc.mounts);
+    assert_eq!(spec.rootfs.as_deref(), Some(Path::new("/srv/rootfs")));
+    assert!(stack.component("nope").is_none());
+}
+
+#[test]
+fn quickstart_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
+    let stack = load(&path).unwrap();
+    assert_eq!(stack.name, "quickstart");
+    assert_eq!(stack.source, path);
+    let names: Vec<&str> = stack.components.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["web", "echo"]);
+    let web = stack.component("web").unwrap();
+    assert_eq!(web.command, "python3");
+    assert_eq!(web.args, ["-m", "http.server", "8080"]);
+    assert_eq!(web.working_dir, None);
+    assert_eq!(web.resources.memory_bytes, Some(128 * MIB));
+    assert_eq!(web.resources.cpus, Some(0.5));
+    assert_eq!(web.resources.pids, Some(32));
+    assert_eq!(web.listen, [8080]);
+    assert!(web.readonly_root);
+    assert_eq!(
+        web.health.as_ref().map(|h| &h.probe),
+        Some(&HealthProbe::Http {
+            path: "/".into(),
+            port: 8080,
+            expect_status: None
+        })
+    );
+    let echo = stack.component("echo").unwrap();
+    assert_eq!(echo.command, "busybox");
+    assert_eq!(echo.resources.memory_bytes, Some(32 * MIB));
+    assert_eq!(
+        echo.health.as_ref().map(|h| &h.probe),
+        Some(&HealthProbe::Tcp { port: 8081 })
+    );
+    assert_eq!(
+        stack.policies,
+        [PolicyRule {
+            action: PolicyAction::Allow,
+            from: Selector::Component("web".into()),
+            to: Selector::Component("echo".into()),
+            ports: vec![8081],
+            protocol: Protocol::Tcp,
+        }]
+    );
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_the_path() {
+    let err = load(Path::new("/nonexistent/osvm/stack.toml")).unwrap_err();
+    assert!(matches!(err, StackError::Io { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/osvm/stack.toml: cannot read stack file")
+    );
+    assert_eq!(err.line(), None);
+}

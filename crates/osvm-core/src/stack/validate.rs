@@ -1,0 +1,828 @@
+//! The rules a well-typed stack file can still break, checked table by table in file order.
+//!
+//! Each check points at the value that breaks it: the name that is duplicated, the port that is
+//! out of range, the policy reference that resolves to nothing. When the offending thing is a
+//! missing key, the error points at the header of the table that lacks it (`[[component]]`,
+//! `[stack]`) or at the opening brace of the inline table. Validation stops at the first error.
+
+use std::ops::Range;
+use std::path::{Component as PathPart, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::launch::{BindMount, Resources};
+use crate::model::{ComponentKind, ComponentType, IsolationLevel, ResourceLimits};
+use crate::quantity;
+use crate::runtime::RuntimeKind;
+
+use super::error::{Source, StackError};
+use super::file::{
+    Cpus, Int, MountMode, RawComponent, RawFile, RawHealth, RawMount, RawPolicy, RawResources,
+    RawRule, RawStack, RawType, Table, Word,
+};
+use super::{
+    Component, HealthCheck, HealthProbe, PolicyAction, PolicyRule, Protocol, RestartPolicy,
+    Selector, SelectorError, Stack,
+};
+
+/// The longest name a stack or component may have (a DNS label).
+const MAX_NAME_LEN: usize = 63;
+
+/// The rule for names, for messages.
+const NAME_RULE: &str =
+    "1 to 63 lowercase letters, digits and '-', starting with a letter and not ending with '-'";
+
+/// Validates the whole file.
+pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Stack, StackError> {
+    let Some(raw_stack) = raw.stack else {
+        return Err(src.error(
+            0..0,
+            "missing [stack] table; a stack file starts with [stack] and name = \"...\"",
+        ));
+    };
+    let header = raw_stack.span();
+    let RawStack {
+        name,
+        trust_domain,
+        max_restarts,
+        certificate_validity_days,
+    } = raw_stack.into_inner().0;
+
+    let name = required(
+        src,
+        name,
+        header.clone(),
+        "[stack] has no `name`; add name = \"...\"",
+    )?;
+    check_name(src, &name, "stack name")?;
+    let trust_domain = match trust_domain {
+        Some(td) => {
+            check_dns_name(src, &td)?;
+            td.into_inner()
+        }
+        None => Stack::DEFAULT_TRUST_DOMAIN.to_owned(),
+    };
+    let max_restarts = match max_restarts {
+        Some(n) => int_in(src, &n, 0, i64::from(u32::MAX), "max_restarts")?,
+        None => Stack::DEFAULT_MAX_RESTARTS,
+    };
+    let certificate_validity_days = match certificate_validity_days {
+        Some(n) => int_in(
+            src,
+            &n,
+            1,
+            i64::from(Stack::MAX_CERTIFICATE_VALIDITY_DAYS),
+            "certificate_validity_days",
+        )?,
+        None => Stack::DEFAULT_CERTIFICATE_VALIDITY_DAYS,
+    };
+
+    let mut components: Vec<Component> = Vec::with_capacity(raw.component.len());
+    for raw_component in raw.component {
+        let component = component(src, raw_component, &components)?;
+        components.push(component);
+    }
+    if components.is_empty() {
+        return Err(src.error(
+            header,
+            format!(
+                "stack `{}` has no components; add at least one [[component]] table",
+                name
+            ),
+        ));
+    }
+
+    let policies = raw
+        .policy
+        .into_iter()
+        .map(|p| policy(src, p, &components))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Stack {
+        name: name.into_inner(),
+        trust_domain,
+        max_restarts,
+        certificate_validity_days,
+        components,
+        policies,
+        source: path,
+    })
+}
+
+/// Validates one `[[component]]`; `earlier` are the components before it in the file.
+fn component(
+    src: &Source<'_>,
+    raw: Spanned<Table<RawComponent>>,
+    earlier: &[Component],
+) -> Result<Component, StackError> {
+    let header = raw.span();
+    let raw = raw.into_inner().0;
+
+    let name = required(
+        src,
+        raw.name,
+        header.clone(),
+        "this [[component]] has no `name`; add name = \"...\"",
+    )?;
+    check_name(src, &name, "component name")?;
+    if earlier.iter().any(|c| c.name == *name.get_ref()) {
+        return Err(src.error(
+            name.span(),
+            format!(
+                "duplicate component name `{}`; each component in a stack needs its own name",
+                name.get_ref()
+            ),
+        ));
+    }
+    let name_text = name.get_ref().as_str();
+
+    let type_span = raw.component_type.as_ref().map(Spanned::span);
+    let component_type = match raw.component_type {
+        Some(t) => component_type(src, t)?,
+        None => ComponentType::default(),
+    };
+
+    let runtime_span = raw.runtime.as_ref().map(Spanned::span);
+    let runtime = raw
+        .runtime
+        .map_or(RuntimeKind::Process, |r| r.into_inner().0);
+
+    let command = required(
+        src,
+        raw.command,
+        header.clone(),
+        &format!(
+            "component `{name_text}` has no `command`; add command = \"...\" (the program to run)"
+        ),
+    )?;
+    if command.get_ref().trim().is_empty() {
+        return Err(src.error(
+            command.span(),
+            "`command` is empty; expected the program to run",
+        ));
+    }
+    no_nul(src, &command, "command")?;
+    for arg in &raw.args {
+        no_nul(src, arg, "argument")?;
+    }
+    let args = raw.args.into_iter().map(Spanned::into_inner).collect();
+
+    let mut env = Vec::with_capacity(raw.env.len());
+    for (key, value) in raw.env {
+        check_env_key(src, &key)?;
+        no_nul(src, &value, "environment value")?;
+        env.push((key.into_inner(), value.into_inner()));
+    }
+
+    let working_dir = raw
+        .working_dir
+        .map(|dir| absolute_path(src, &dir, "working_dir", false))
+        .transpose()?;
+
+    let resources = resources(src, raw.resources)?;
+
+    let mut listen: Vec<u16> = Vec::with_capacity(raw.listen.len());
+    for port in &raw.listen {
+        let p = port_number(src, port, "listen port")?;
+        if listen.contains(&p) {
+            return Err(src.error(
+                port.span(),
+                format!("port {p} is listed twice in `listen`; list each port once"),
+            ));
+        }
+        listen.push(p);
+    }
+
+    let health = raw.health.map(|h| health(src, h, &listen)).transpose()?;
+
+    let rootfs = raw
+        .rootfs
+        .map(|dir| absolute_path(src, &dir, "rootfs", false))
+        .transpose()?;
+
+    let mut mounts: Vec<BindMount> = Vec::with_capacity(raw.mounts.len());
+    for m in raw.mounts {
+        let target_span = m.get_ref().0.target.as_ref().map(Spanned::span);
+        let bind = mount(src, m)?;
+        if mounts.iter().any(|b| b.target == bind.target) {
+            return Err(src.error(
+                target_span.unwrap_or(0..0),
+                format!(
+                    "two mounts have target `{}`; each target may be mounted once",
+                    bind.target.display()
+                ),
+            ));
+        }
+        mounts.push(bind);
+    }
+
+    let stop_grace = match raw.stop_grace {
+        Some(d) => duration(src, &d, "stop_grace")?,
+        None => Component::DEFAULT_STOP_GRACE,
+    };
+
+    let allow_weaker_isolation = raw.allow_weaker_isolation.unwrap_or(false);
+    let level = IsolationLevel::of_runtime(runtime);
+    if component_type.is_security_critical()
+        && level < IsolationLevel::MicroVm
+        && !allow_weaker_isolation
+    {
+        let at = runtime_span.or(type_span).unwrap_or(header);
+        return Err(src.error(
+            at,
+            format!(
+                "component `{name_text}` is of kind `{kind}`, which is security-critical and \
+                 must run at micro_vm isolation or stronger, but runtime \"{runtime}\" gives \
+                 {level}; set runtime = \"microvm\" (or \"unikernel\"), or add \
+                 allow_weaker_isolation = true to this component to accept weaker isolation \
+                 explicitly",
+                kind = component_type.kind_name(),
+            ),
+        ));
+    }
+
+    Ok(Component {
+        name: name.into_inner(),
+        component_type,
+        runtime,
+        command: command.into_inner(),
+        args,
+        env,
+        working_dir,
+        resources,
+        listen,
+        health,
+        restart: raw.restart.map_or(RestartPolicy::default(), |r| r.0),
+        readonly_root: raw.readonly_root.unwrap_or(false),
+        rootfs,
+        mounts,
+        allow_weaker_isolation,
+        stop_grace,
+    })
+}
+
+/// Builds the [`ComponentType`] from `type = { kind = ..., ... }`, rejecting fields the kind
+/// does not have and requiring the ones it needs.
+fn component_type(
+    src: &Source<'_>,
+    raw: Spanned<Table<RawType>>,
+) -> Result<ComponentType, StackError> {
+    let table = raw.span();
+    let RawType {
+        kind,
+        network,
+        identity,
+        bind_address,
+        name,
+        version,
+    } = raw.into_inner().0;
+    let Some(kind) = kind else {
+        return Err(src.error(
+            table,
+            "`type` has no `kind`; expected one of osvm_core, validator, rpc_node, mcp_server, \
+             service, e.g. type = { kind = \"service\" }",
+        ));
+    };
+    let kind = kind.0;
+
+    let fields = [
+        ("network", &network),
+        ("identity", &identity),
+        ("bind_address", &bind_address),
+        ("name", &name),
+        ("version", &version),
+    ];
+    let allowed: &[&str] = match kind {
+        ComponentKind::OsvmCore => &[],
+        ComponentKind::Validator => &["network", "identity"],
+        ComponentKind::RpcNode => &["network", "bind_address"],
+        ComponentKind::McpServer => &["name", "version"],
+        ComponentKind::Service => &["name"],
+    };
+    for (field, value) in fields {
+        if let Some(value) = value
+            && !allowed.contains(&field)
+        {
+            let expected = if allowed.is_empty() {
+                "it has no other fields".to_owned()
+            } else {
+                format!("its fields are {}", allowed.join(", "))
+            };
+            return Err(src.error(
+                value.span(),
+                format!("`{field}` is not a field of kind `{kind}`; {expected}"),
+            ));
+        }
+        if let Some(value) = value
+            && value.get_ref().trim().is_empty()
+        {
+            return Err(src.error(value.span(), format!("`{field}` is empty")));
+        }
+    }
+
+    let need = |value: Option<Spanned<String>>, field: &str| {
+        value.map(Spanned::into_inner).ok_or_else(|| {
+            src.error(
+                table.clone(),
+                format!(
+                    "kind `{kind}` needs `{field}`, e.g. type = {{ kind = \"{kind}\", {field} = \"...\" }}"
+                ),
+            )
+        })
+    };
+    let plain = |value: Option<Spanned<String>>| value.map(Spanned::into_inner);
+    Ok(match kind {
+        ComponentKind::OsvmCore => ComponentType::OsvmCore,
+        ComponentKind::Validator => ComponentType::Validator {
+            network: need(network, "network")?,
+            identity: plain(identity),
+        },
+        ComponentKind::RpcNode => ComponentType::RpcNode {
+            network: need(network, "network")?,
+            bind_address: plain(bind_address),
+        },
+        ComponentKind::McpServer => ComponentType::McpServer {
+            name: need(name, "name")?,
+            version: plain(version),
+        },
+        ComponentKind::Service => ComponentType::Service { name: plain(name) },
+    })
+}
+
+/// Resource limits: the file's values over [`ResourceLimits`]'s defaults.
+fn resources(
+    src: &Source<'_>,
+    raw: Option<Spanned<Table<RawResources>>>,
+) -> Result<Resources, StackError> {
+    let mut resources = Resources::from(&ResourceLimits::default());
+    let Some(raw) = raw else {
+        return Ok(resources);
+    };
+    let raw = raw.into_inner().0;
+    if let Some(memory) = raw.memory {
+        let bytes = quantity::parse_size(&memory.get_ref().0)
+            .map_err(|e| src.error(memory.span(), format!("invalid memory size: {e}")))?;
+        resources.memory_bytes = Some(bytes);
+    }
+    if let Some(cpus) = raw.cpus {
+        let parsed = match cpus.get_ref() {
+            Cpus::Number(n) => quantity::check_cpus(*n),
+            Cpus::Text(t) => quantity::parse_cpus(t),
+        };
+        let value = parsed.map_err(|e| src.error(cpus.span(), format!("invalid cpus: {e}")))?;
+        resources.cpus = Some(value);
+    }
+    if let Some(pids) = raw.pids {
+        resources.pids = Some(int_in(src, &pids, 1, i64::MAX, "pids")?);
+    }
+    if let Some(open_files) = raw.open_files {
+        resources.open_files = Some(int_in(src, &open_files, 1, i64::MAX, "open_files")?);
+    }
+    Ok(resources)
+}
+
+/// The health check; `listen` are the component's validated listen ports.
+fn health(
+    src: &Source<'_>,
+    raw: Spanned<Table<RawHealth>>,
+    listen: &[u16],
+) -> Result<HealthCheck, StackError> {
+    let table = raw.span();
+    let raw = raw.into_inner().0;
+
+    let port = raw
+        .port
+        .as_ref()
+        .map(|p| port_number(src, p, "health port"))
+        .transpose()?;
+    if let (Some(p), Some(spanned)) = (port, &raw.port)
+        && !listen.is_empty()
+        && !listen.contains(&p)
+    {
+        return Err(src.error(
+            spanned.span(),
+            format!(
+                "health port {p} is not one of this component's listen ports {listen:?}; the \
+                 component may only bind its listen ports, so the probe could never succeed"
+            ),
+        ));
+    }
+    if let Some(status) = &raw.expect_status
+        && raw.http.is_none()
+    {
+        return Err(src.error(
+            status.span(),
+            "`expect_status` only applies to http probes; remove it",
+        ));
+    }
+    let port_needed = |probe: &str| {
+        port.ok_or_else(|| {
+            src.error(
+                table.clone(),
+                format!("{probe} health probe needs `port`, e.g. port = 8080"),
+            )
+        })
+    };
+
+    let probe = match (raw.http, raw.tcp, raw.exec) {
+        (Some(path), None, None) => {
+            if !path.get_ref().starts_with('/') {
+                return Err(src.error(
+                    path.span(),
+                    format!("http probe path `{}` must start with '/'", path.get_ref()),
+                ));
+            }
+            let expect_status = raw
+                .expect_status
+                .map(|s| int_in::<u16>(src, &s, 100, 599, "expect_status"))
+                .transpose()?;
+            HealthProbe::Http {
+                path: path.into_inner(),
+                port: port_needed("an http")?,
+                expect_status,
+            }
+        }
+        (None, Some(tcp), None) => {
+            if !tcp.get_ref() {
+                return Err(src.error(
+                    tcp.span(),
+                    "`tcp` must be true (it selects the TCP probe); remove `health` for no check",
+                ));
+            }
+            HealthProbe::Tcp {
+                port: port_needed("a tcp")?,
+            }
+        }
+        (None, None, Some(exec)) => {
+            let exec_span = exec.span();
+            let command: Vec<Spanned<String>> = exec.into_inner();
+            match command.first() {
+                None => {
+                    return Err(src.error(
+                        exec_span,
+                        "`exec` is empty; expected [\"command\", \"arg\", ...]",
+                    ));
+                }
+                Some(program) if program.get_ref().trim().is_empty() => {
+                    return Err(src.error(program.span(), "the exec probe's command is empty"));
+                }
+                Some(_) => {}
+            }
+            for part in &command {
+                no_nul(src, part, "exec probe argument")?;
+            }
+            if let Some(p) = &raw.port {
+                return Err(src.error(
+                    p.span(),
+                    "`port` is only used by http and tcp probes; remove it from an exec probe",
+                ));
+            }
+            HealthProbe::Exec {
+                command: command.into_iter().map(Spanned::into_inner).collect(),
+            }
+        }
+        (http, tcp, exec) => {
+            let mut probes: Vec<(&str, Range<usize>)> = [
+                ("http", http.as_ref().map(Spanned::span)),
+                ("tcp", tcp.as_ref().map(Spanned::span)),
+                ("exec", exec.as_ref().map(Spanned::span)),
+            ]
+            .into_iter()
+            .filter_map(|(name, span)| Some((name, span?)))
+            .collect();
+            probes.sort_by_key(|(_, span)| span.start);
+            return Err(match probes.as_slice() {
+                [(first, _), (second, span), ..] => src.error(
+                    span.clone(),
+                    format!(
+                        "`health` has both `{first}` and `{second}`; a health check has exactly \
+                         one probe, so keep one of them"
+                    ),
+                ),
+                _ => src.error(
+                    table,
+                    "`health` has no probe; expected exactly one of http = \"/path\", \
+                     tcp = true or exec = [\"command\", ...]",
+                ),
+            });
+        }
+    };
+
+    let positive = |value: Option<Spanned<String>>, key: &str, default: Duration| match value {
+        Some(v) => {
+            let d = duration(src, &v, key)?;
+            if d.is_zero() {
+                return Err(src.error(v.span(), format!("`{key}` must be longer than zero")));
+            }
+            Ok(d)
+        }
+        None => Ok(default),
+    };
+    let interval = positive(raw.interval, "interval", HealthCheck::DEFAULT_INTERVAL)?;
+    let timeout = positive(raw.timeout, "timeout", HealthCheck::DEFAULT_TIMEOUT)?;
+    let start_period = match raw.start_period {
+        Some(v) => duration(src, &v, "start_period")?,
+        None => HealthCheck::DEFAULT_START_PERIOD,
+    };
+    let retries = match raw.retries {
+        Some(r) => int_in(src, &r, 1, i64::from(u32::MAX), "retries")?,
+        None => HealthCheck::DEFAULT_RETRIES,
+    };
+    Ok(HealthCheck {
+        probe,
+        interval,
+        timeout,
+        retries,
+        start_period,
+    })
+}
+
+/// One `mounts` entry.
+fn mount(src: &Source<'_>, raw: Spanned<Table<RawMount>>) -> Result<BindMount, StackError> {
+    let table = raw.span();
+    let raw = raw.into_inner().0;
+    let source = required(
+        src,
+        raw.source,
+        table.clone(),
+        "mount has no `source`; add source = \"/host/path\"",
+    )?;
+    let target = required(
+        src,
+        raw.target,
+        table,
+        "mount has no `target`; add target = \"/path/inside\"",
+    )?;
+    let source_path = absolute_path(src, &source, "mount source", false)?;
+    let target_path = absolute_path(src, &target, "mount target", true)?;
+    if target_path == std::path::Path::new("/") {
+        return Err(src.error(target.span(), "mount target must not be `/`"));
+    }
+    let bind = BindMount {
+        source: source_path,
+        target: target_path,
+        writable: matches!(raw.mode, Some(Word(MountMode::Rw))),
+    };
+    // The launcher's own rules, so a stack can never hold a bind `osvm run` would refuse.
+    bind.check().map_err(|e| src.error(target.span(), e))?;
+    Ok(bind)
+}
+
+/// One `[[policy]]` entry; `components` are all the stack's components.
+fn policy(
+    src: &Source<'_>,
+    raw: Spanned<Table<RawPolicy>>,
+    components: &[Component],
+) -> Result<PolicyRule, StackError> {
+    let header = raw.span();
+    let RawPolicy { allow, deny } = raw.into_inner().0;
+    let (action, rule) = match (allow, deny) {
+        (Some(allow), Some(deny)) => {
+            let later = if allow.span().start > deny.span().start {
+                allow.span()
+            } else {
+                deny.span()
+            };
+            return Err(src.error(
+                later,
+                "this [[policy]] has both `allow` and `deny`; each [[policy]] holds exactly one \
+                 rule, so split it into two [[policy]] entries",
+            ));
+        }
+        (Some(allow), None) => (PolicyAction::Allow, allow),
+        (None, Some(deny)) => (PolicyAction::Deny, deny),
+        (None, None) => {
+            return Err(src.error(
+                header,
+                "this [[policy]] has no rule; add allow = { from = \"...\", to = \"...\" } or \
+                 deny = { from = \"...\", to = \"...\" }",
+            ));
+        }
+    };
+    let table = rule.span();
+    let RawRule {
+        from,
+        to,
+        ports,
+        protocol,
+    } = rule.into_inner().0;
+    let from = required(
+        src,
+        from,
+        table.clone(),
+        "policy rule has no `from`; expected a component name, \"type:<kind>\" or \"*\"",
+    )?;
+    let to = required(
+        src,
+        to,
+        table,
+        "policy rule has no `to`; expected a component name, \"type:<kind>\", \"cidr:<network>\" \
+         or \"*\"",
+    )?;
+    let from_selector = selector(src, &from, components)?;
+    if matches!(from_selector, Selector::Cidr(_)) {
+        return Err(src.error(
+            from.span(),
+            "a cidr selector may only be used in `to` (traffic leaving the stack); `from` \
+             expects a component name, \"type:<kind>\" or \"*\"",
+        ));
+    }
+    let to_selector = selector(src, &to, components)?;
+    let mut port_numbers = Vec::with_capacity(ports.len());
+    for p in &ports {
+        port_numbers.push(port_number(src, p, "policy port")?);
+    }
+    Ok(PolicyRule {
+        action,
+        from: from_selector,
+        to: to_selector,
+        ports: port_numbers,
+        protocol: protocol.map_or(Protocol::default(), |p| p.0),
+    })
+}
+
+/// Parses a selector and resolves a component name against the stack.
+fn selector(
+    src: &Source<'_>,
+    raw: &Spanned<String>,
+    components: &[Component],
+) -> Result<Selector, StackError> {
+    let selector: Selector = raw.get_ref().parse().map_err(|e: SelectorError| {
+        src.error(
+            raw.span(),
+            format!("invalid selector `{}`: {e}", raw.get_ref()),
+        )
+    })?;
+    if let Selector::Component(name) = &selector
+        && !components.iter().any(|c| c.name == *name)
+    {
+        let known: Vec<&str> = components.iter().map(|c| c.name.as_str()).collect();
+        return Err(src.error(
+            raw.span(),
+            format!(
+                "policy refers to component `{name}`, which this stack does not define; \
+                 expected one of {}, \"type:<kind>\", \"cidr:<network>\" or \"*\"",
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok(selector)
+}
+
+/// Unwraps a required value or reports `message` at `at`.
+fn required<T>(
+    src: &Source<'_>,
+    value: Option<Spanned<T>>,
+    at: Range<usize>,
+    message: &str,
+) -> Result<Spanned<T>, StackError> {
+    value.ok_or_else(|| src.error(at, message))
+}
+
+/// Checks a stack or component name against [`NAME_RULE`].
+fn check_name(src: &Source<'_>, name: &Spanned<String>, what: &str) -> Result<(), StackError> {
+    let text = name.get_ref();
+    let problem = if text.is_empty() {
+        Some("it is empty".to_owned())
+    } else if text.len() > MAX_NAME_LEN {
+        Some(format!("it is {} characters long", text.chars().count()))
+    } else if !text.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Some("it does not start with a lowercase letter".to_owned())
+    } else if let Some(bad) = text
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-'))
+    {
+        Some(format!("it contains {bad:?}"))
+    } else if text.ends_with('-') {
+        Some("it ends with '-'".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(src.error(
+            name.span(),
+            format!("invalid {what} `{text}`: {problem}; expected {NAME_RULE}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks a trust domain: a lowercase DNS name.
+fn check_dns_name(src: &Source<'_>, name: &Spanned<String>) -> Result<(), StackError> {
+    let text = name.get_ref();
+    let problem = if text.is_empty() {
+        Some("it is empty".to_owned())
+    } else if text.len() > 253 {
+        Some("it is longer than 253 characters".to_owned())
+    } else {
+        text.split('.').find_map(|label| {
+            if label.is_empty() {
+                Some("it has an empty label (two dots, or a leading or trailing dot)".to_owned())
+            } else if label.len() > MAX_NAME_LEN {
+                Some(format!("label `{label}` is longer than 63 characters"))
+            } else if let Some(bad) = label
+                .chars()
+                .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-'))
+            {
+                Some(format!("it contains {bad:?}"))
+            } else if label.starts_with('-') || label.ends_with('-') {
+                Some(format!("label `{label}` starts or ends with '-'"))
+            } else {
+                None
+            }
+        })
+    };
+    match problem {
+        Some(problem) => Err(src.error(
+            name.span(),
+            format!(
+                "invalid trust_domain `{text}`: {problem}; expected a lowercase DNS name such as \
+                 \"osvm.local\" or \"prod.example.com\""
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks an environment variable name: non-empty, no `=`, no NUL.
+fn check_env_key(src: &Source<'_>, key: &Spanned<String>) -> Result<(), StackError> {
+    let text = key.get_ref();
+    if text.is_empty() || text.contains(['=', '\0']) {
+        return Err(src.error(
+            key.span(),
+            format!(
+                "invalid environment variable name {text:?}; a name must be non-empty and \
+                 contain no '=' or NUL character"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects strings with a NUL character, which cannot be passed to a process.
+fn no_nul(src: &Source<'_>, value: &Spanned<String>, what: &str) -> Result<(), StackError> {
+    if value.get_ref().contains('\0') {
+        return Err(src.error(value.span(), format!("{what} contains a NUL character")));
+    }
+    Ok(())
+}
+
+/// An absolute path; with `no_parent`, also without `..` components.
+fn absolute_path(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    what: &str,
+    no_parent: bool,
+) -> Result<PathBuf, StackError> {
+    no_nul(src, value, what)?;
+    let path = PathBuf::from(value.get_ref());
+    if !path.is_absolute() {
+        return Err(src.error(
+            value.span(),
+            format!(
+                "{what} `{}` must be an absolute path (starting with '/')",
+                value.get_ref()
+            ),
+        ));
+    }
+    if no_parent && path.components().any(|c| matches!(c, PathPart::ParentDir)) {
+        return Err(src.error(
+            value.span(),
+            format!("{what} `{}` must not contain `..`", value.get_ref()),
+        ));
+    }
+    Ok(path)
+}
+
+/// A TCP or UDP port, 1 to 65535.
+fn port_number(src: &Source<'_>, value: &Spanned<Int>, what: &str) -> Result<u16, StackError> {
+    int_in(src, value, 1, 65535, what)
+}
+
+/// An integer in `min..=max`, converted to the target type.
+fn int_in<T: TryFrom<i64>>(
+    src: &Source<'_>,
+    value: &Spanned<Int>,
+    min: i64,
+    max: i64,
+    what: &str,
+) -> Result<T, StackError> {
+    let n = value.get_ref().0;
+    let out_of_range = || {
+        src.error(
+            value.span(),
+            format!("{what} {n} is out of range; expected a whole number from {min} to {max}"),
+        )
+    };
+    if !(min..=max).contains(&n) {
+        return Err(out_of_range());
+    }
+    T::try_from(n).map_err(|_| out_of_range())
+}
+
+/// A duration such as `2s`.
+fn duration(src: &Source<'_>, value: &Spanned<String>, key: &str) -> Result<Duration, StackError> {
+    quantity::parse_duration(value.get_ref())
+        .map_err(|e| src.error(value.span(), format!("invalid `{key}`: {e}")))
+}

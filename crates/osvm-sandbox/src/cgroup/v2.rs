@@ -1,0 +1,121 @@
+//! cgroup v2: one group per sandbox under `<root>/osvm/`, controllers enabled top-down.
+
+use std::path::{Path, PathBuf};
+
+use osvm_core::{InstanceStats, Resources};
+
+use super::{
+    CPU_PERIOD_US, CgroupError, CgroupManager, CgroupPaths, Hierarchy, OSVM_PARENT, kill_procs,
+    mkdir, read, read_keyed, read_procs, read_u64, rmdir, write,
+};
+
+/// The controllers osvm needs from a v2 hierarchy.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// One sandbox's v2 group.
+pub struct V2Group {
+    /// `<root>/osvm/<id>`.
+    dir: PathBuf,
+}
+
+impl V2Group {
+    /// Creates `<root>/osvm/<id>`, enabling the memory, cpu and pids controllers on the way.
+    pub fn create(root: &Path, id: &str, limits: &Resources) -> Result<Self, CgroupError> {
+        let available = read(&root.join("cgroup.controllers"))?;
+        for c in CONTROLLERS {
+            if !available.split_whitespace().any(|a| a == c) {
+                return Err(CgroupError::MissingController(c));
+            }
+        }
+        enable_controllers(root)?;
+        let parent = root.join(OSVM_PARENT);
+        mkdir(&parent)?;
+        enable_controllers(&parent)?;
+        let dir = parent.join(id);
+        mkdir(&dir)?;
+        let group = Self { dir };
+        if let Err(e) = group.apply(limits) {
+            let _ = rmdir(&group.dir);
+            return Err(e);
+        }
+        Ok(group)
+    }
+
+    /// Re-opens an existing group.
+    pub fn open(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    fn apply(&self, limits: &Resources) -> Result<(), CgroupError> {
+        if let Some(bytes) = limits.memory_bytes {
+            write(&self.dir.join("memory.max"), &bytes.to_string())?;
+            let swap = self.dir.join("memory.swap.max");
+            if swap.exists() {
+                write(&swap, "0")?;
+            }
+        }
+        if let Some(cpus) = limits.cpus {
+            let quota = ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000);
+            write(&self.dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+        }
+        if let Some(pids) = limits.pids {
+            write(&self.dir.join("pids.max"), &pids.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let path = dir.join("cgroup.subtree_control");
+    let enabled = read(&path)?;
+    let missing: Vec<String> = CONTROLLERS
+        .iter()
+        .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if !missing.is_empty() {
+        write(&path, &missing.join(" "))?;
+    }
+    Ok(())
+}
+
+impl CgroupManager for V2Group {
+    fn paths(&self) -> CgroupPaths {
+        CgroupPaths { hierarchy: Hierarchy::Unified, dirs: vec![self.dir.clone()] }
+    }
+
+    fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        write(&self.dir.join("cgroup.procs"), &pid.to_string())
+    }
+
+    fn stats(&self) -> Result<InstanceStats, CgroupError> {
+        let cpu = self.dir.join("cpu.stat");
+        let peak = self.dir.join("memory.peak");
+        Ok(InstanceStats {
+            memory_bytes: read_u64(&self.dir.join("memory.current"))?,
+            memory_peak_bytes: if peak.exists() { Some(read_u64(&peak)?) } else { None },
+            cpu_usage_usec: read_keyed(&cpu, "usage_usec")?.unwrap_or(0),
+            cpu_throttled_periods: read_keyed(&cpu, "nr_throttled")?.unwrap_or(0),
+            cpu_throttled_usec: read_keyed(&cpu, "throttled_usec")?.unwrap_or(0),
+            pids: read_u64(&self.dir.join("pids.current"))?,
+            oom_kills: read_keyed(&self.dir.join("memory.events"), "oom_kill")?.unwrap_or(0),
+        })
+    }
+
+    fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        read_procs(&self.dir)
+    }
+
+    fn kill_all(&self) -> Result<(), CgroupError> {
+        let kill = self.dir.join("cgroup.kill");
+        if kill.exists() {
+            write(&kill, "1")
+        } else {
+            kill_procs(&self.dir)
+        }
+    }
+
+    fn remove(&self) -> Result<(), CgroupError> {
+        rmdir(&self.dir)
+    }
+}

@@ -1,0 +1,223 @@
+//! The sandbox's pid 1.
+//!
+//! Born by `clone` into fresh user, pid, mount, network, ipc and uts namespaces, it waits until
+//! the monitor has written its id maps and moved it into its cgroup, then, in this order:
+//! becomes uid/gid 0 of its namespace, enters a new cgroup namespace, sets the hostname, builds
+//! and pivots into the root file system, sets `no_new_privs`, applies Landlock, drops every
+//! capability, installs the seccomp filters, and forks the workload, which execs the
+//! component's command. Everything the workload inherits is therefore already confined.
+//!
+//! As init it then forwards the usual termination signals to the workload, reaps every
+//! zombie, and when the workload ends kills what is left in the namespace and reports the
+//! exit status to the monitor. Init never installs signal handlers: it blocks the signals it
+//! cares about and takes them synchronously with `sigwait`, so it needs nothing beyond the
+//! seccomp allowlist.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2};
+
+use super::protocol::InitMsg;
+use super::{caps, landlock, rootfs, seccomp};
+use crate::plan::{DATA_DIR_INSIDE, Plan};
+
+/// `PATH` inside the sandbox when the component does not set one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Signals init takes synchronously; all but SIGCHLD are forwarded to the workload.
+const FORWARDED: [Signal; 9] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+    Signal::SIGALRM,
+];
+
+fn send(out: &mut File, msg: &InitMsg) {
+    if let Ok(mut line) = serde_json::to_vec(msg) {
+        line.push(b'\n');
+        // If the monitor is gone there is no one left to tell.
+        let _ = out.write_all(&line);
+    }
+}
+
+/// Runs init; returns its exit code.
+pub fn run(plan: &Plan, go: OwnedFd, to_monitor: OwnedFd) -> i32 {
+    let mut out = File::from(to_monitor);
+    match setup(plan, go) {
+        Ok((workload, ready)) => {
+            send(&mut out, &ready);
+            supervise(workload, &mut out)
+        }
+        Err(message) => {
+            send(&mut out, &InitMsg::Failed { message });
+            1
+        }
+    }
+}
+
+fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
+    // If the monitor dies, nobody could record how this sandbox ends: end it too.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let mut byte = [0u8; 1];
+    match File::from(go).read(&mut byte) {
+        Ok(1) => {}
+        _ => return Err("the monitor went away before the sandbox was ready".into()),
+    }
+
+    step("become gid 0 in the user namespace", nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)))?;
+    if plan.host_root {
+        step("clear supplementary groups", nix::unistd::setgroups(&[]))?;
+    }
+    step("become uid 0 in the user namespace", nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)))?;
+    step("enter a new cgroup namespace", nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP))?;
+    step("set the hostname", nix::unistd::sethostname(&plan.launch.name))?;
+    step("build the root file system", rootfs::build(plan))?;
+
+    let spec = &plan.launch;
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), DATA_DIR_INSIDE.into()),
+        ("HOSTNAME".into(), spec.name.clone()),
+    ];
+    for (k, v) in &spec.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+    let program = rootfs::resolve_command(&spec.command, &path_var)?;
+    let to_c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+    let mut argv = vec![to_c(&spec.command)?];
+    for a in &spec.args {
+        argv.push(to_c(a)?);
+    }
+    let envp = env
+        .iter()
+        .map(|(k, v)| to_c(&format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let workdir: PathBuf = spec.working_dir.clone().unwrap_or_else(|| PathBuf::from(DATA_DIR_INSIDE));
+
+    let set = signal_set();
+    step("block signals", set.thread_block())?;
+
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("set no_new_privs: {}", std::io::Error::last_os_error()));
+    }
+    let mut writable: Vec<&Path> =
+        vec![Path::new("/tmp"), Path::new(DATA_DIR_INSIDE), Path::new("/dev/shm")];
+    writable.extend(spec.binds.iter().filter(|b| b.writable).map(|b| b.target.as_path()));
+    let landlock = step("apply Landlock", landlock::restrict(spec.readonly_root, &writable, &spec.listen))?;
+    step("drop capabilities", caps::drop_all())?;
+    let programs = step("seccomp", seccomp::build())?;
+    step("seccomp", seccomp::install(&programs))?;
+
+    let (err_r, err_w) = step("create the exec-error pipe", pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
+    // SAFETY: this process is single-threaded (the launcher never starts threads), so the
+    // child may allocate and run ordinary code before it execs.
+    match step("fork the workload", unsafe { fork() })? {
+        ForkResult::Child => {
+            drop(err_r);
+            let error = exec_workload(&set, &workdir, &program, &argv, &envp);
+            let _ = File::from(err_w).write_all(error.as_bytes());
+            // SAFETY: _exit ends the child without running the parent's destructors.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            drop(err_w);
+            let mut error = String::new();
+            let _ = File::from(err_r).read_to_string(&mut error);
+            if !error.is_empty() {
+                let _ = waitpid(child, None);
+                return Err(error);
+            }
+            Ok((
+                child,
+                InitMsg::Ready {
+                    workload_pid: child.as_raw(),
+                    landlock,
+                    seccomp_allowed: seccomp::allowed_count(),
+                },
+            ))
+        }
+    }
+}
+
+/// In the workload's process: restore signals, enter the working directory, exec. Returns only
+/// on failure, with the reason.
+fn exec_workload(
+    set: &SigSet,
+    workdir: &Path,
+    program: &CString,
+    argv: &[CString],
+    envp: &[CString],
+) -> String {
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(set), None) {
+        return format!("unblock signals: {e}");
+    }
+    if let Err(e) = nix::unistd::chdir(workdir) {
+        return format!("working directory {}: {e}", workdir.display());
+    }
+    match nix::unistd::execve(program, argv, envp) {
+        Err(e) => format!("exec {}: {e}", program.to_string_lossy()),
+    }
+}
+
+/// Waits for the workload, forwarding signals and reaping orphans; returns init's exit code.
+fn supervise(workload: Pid, out: &mut File) -> i32 {
+    let set = signal_set();
+    let mut status: Option<(Option<i32>, Option<i32>)> = None;
+    while status.is_none() {
+        let Ok(sig) = set.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(workload, sig);
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == workload => {
+                    status = Some((Some(code), None));
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == workload => {
+                    status = Some((None, Some(sig as i32)));
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    // Whatever the workload left behind (daemons, grandchildren) ends with it.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while waitpid(Pid::from_raw(-1), None).is_ok() {}
+    let (code, signal) = status.unwrap_or((None, None));
+    send(out, &InitMsg::Exited { code, signal });
+    match (code, signal) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 255,
+    }
+}

@@ -1,0 +1,234 @@
+//! The monitor: the host-side keeper of one sandbox.
+//!
+//! The runtime starts it as `<osvm> __sandbox-monitor PLAN` (a fresh exec, so it is
+//! single-threaded and may safely `clone`). It stays outside the sandbox, as root on the
+//! host, and outside the sandbox's cgroup, so the sandbox's limits never touch it. It:
+//! 1. applies the rlimits (raising a hard limit needs host privilege);
+//! 2. clones init into new user, pid, mount, network, ipc and uts namespaces;
+//! 3. writes init's uid/gid maps and moves it into the cgroup, then lets it go on;
+//! 4. reports `Started` (with a pidfd of init) or `Failed` to the runtime;
+//! 5. waits for the sandbox to end, records how in `exit.json` (with the final usage and
+//!    whether the memory limit's OOM killer fired), removes the cgroup, and exits.
+//!
+//! The monitor ignores the terminal's and the daemon's death signals: a sandbox outlives the
+//! process that started it, and its end is always recorded.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Pid, pipe2};
+use osvm_core::ExitStatus;
+
+use super::protocol::{Confinement, ExitRecord, InitMsg, MONITOR_FD, MonitorMsg};
+use super::{init, pidfd_open};
+use crate::cgroup::{self, CgroupManager};
+use crate::plan::Plan;
+
+/// The monitor's entry point; never returns.
+pub fn main(plan_path: &Path) -> ! {
+    // SAFETY: fd 3 is the runtime's socket, handed over by the runtime's spawn; nothing else
+    // in this fresh process owns it.
+    let report = unsafe { OwnedFd::from_raw_fd(MONITOR_FD) };
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigIgn) };
+    }
+    let plan: Plan = match fs::read(plan_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            report_msg(&report, &MonitorMsg::Failed { message: format!("read launch plan {}: {e}", plan_path.display()) }, None);
+            std::process::exit(1);
+        }
+    };
+    let code = match run(&plan, &report) {
+        Ok(()) => 0,
+        Err(message) => {
+            report_msg(&report, &MonitorMsg::Failed { message }, None);
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn report_msg(sock: &OwnedFd, msg: &MonitorMsg, fd: Option<RawFd>) {
+    let Ok(bytes) = serde_json::to_vec(msg) else { return };
+    let iov = [IoSlice::new(&bytes)];
+    let fds;
+    let cmsgs: &[ControlMessage] = match fd {
+        Some(f) => {
+            fds = [f];
+            &[ControlMessage::ScmRights(&fds)]
+        }
+        None => &[],
+    };
+    // The runtime may be gone (daemon restarting); the exit record on disk still tells.
+    let _ = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None);
+}
+
+/// `clone(2)` used like `fork(2)`, with namespace flags.
+fn clone_fork(flags: libc::c_int) -> std::io::Result<libc::pid_t> {
+    // SAFETY: without CLONE_VM and with a null stack the child gets a copy-on-write copy of
+    // this single-threaded process and returns from the syscall on the same stack, exactly as
+    // with fork(2).
+    let rc = unsafe {
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc as libc::pid_t) }
+}
+
+fn apply_rlimits(plan: &Plan) -> Result<(), String> {
+    if let Some(n) = plan.launch.resources.open_files {
+        setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(|e| format!("set the open-files limit to {n}: {e}"))?;
+    }
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| format!("disable core dumps: {e}"))
+}
+
+fn write_id_maps(plan: &Plan, pid: libc::pid_t) -> Result<(), String> {
+    let proc = Path::new("/proc").join(pid.to_string());
+    let write = |file: &str, content: &str| {
+        fs::write(proc.join(file), content).map_err(|e| format!("write {file} of the sandbox: {e}"))
+    };
+    if plan.host_root {
+        write("uid_map", &plan.id_map.map_line())?;
+        write("gid_map", &plan.id_map.map_line())
+    } else {
+        write("setgroups", "deny")?;
+        write("uid_map", &format!("0 {} 1\n", nix::unistd::getuid()))?;
+        write("gid_map", &format!("0 {} 1\n", nix::unistd::getgid()))
+    }
+}
+
+fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
+    apply_rlimits(plan)?;
+    let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (msg_r, msg_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    let pid = clone_fork(flags).map_err(|e| format!("create the sandbox's namespaces: {e}"))?;
+    if pid == 0 {
+        drop(go_w);
+        drop(msg_r);
+        // SAFETY: the child's copy of the runtime socket must not keep the runtime's end open.
+        unsafe { libc::close(MONITOR_FD) };
+        let code = init::run(plan, go_r, msg_w);
+        // SAFETY: end the child without running anything the parent set up to run at exit.
+        unsafe { libc::_exit(code) }
+    }
+    drop(go_r);
+    drop(msg_w);
+    let init_pid = Pid::from_raw(pid);
+    let cgroup = cgroup::open(&plan.cgroup);
+
+    let prepared = write_id_maps(plan, pid).and_then(|()| {
+        cgroup.add_process(pid).map_err(|e| format!("move the sandbox into its cgroup: {e}"))
+    });
+    if let Err(e) = prepared {
+        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+        let _ = waitpid(init_pid, None);
+        cleanup(plan, cgroup.as_ref());
+        return Err(e);
+    }
+    File::from(go_w).write_all(b"g").map_err(|e| format!("release the sandbox's init: {e}"))?;
+
+    let mut lines = BufReader::new(File::from(msg_r)).lines();
+    let first = lines.next().and_then(|l| l.ok()).and_then(|l| serde_json::from_str::<InitMsg>(&l).ok());
+    match first {
+        Some(InitMsg::Ready { workload_pid: _, landlock, seccomp_allowed }) => {
+            let pidfd = pidfd_open(pid).map_err(|e| format!("pidfd_open of the sandbox's init: {e}"))?;
+            let confinement = Confinement {
+                init_pid: pid,
+                workload_pid: first_child(pid),
+                id_map: if plan.host_root { plan.id_map.map_line().trim().to_string() } else { "0 <caller> 1".into() },
+                cgroup: format!(
+                    "{} {}",
+                    plan.cgroup.hierarchy.name(),
+                    plan.cgroup.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(",")
+                ),
+                landlock,
+                seccomp_allowed,
+            };
+            report_msg(report, &MonitorMsg::Started(confinement), Some(pidfd.as_raw_fd()));
+        }
+        other => {
+            let message = match other {
+                Some(InitMsg::Failed { message }) => message,
+                _ => "the sandbox's init ended before reporting".into(),
+            };
+            let _ = waitpid(init_pid, None);
+            cleanup(plan, cgroup.as_ref());
+            return Err(message);
+        }
+    }
+
+    let exited = lines.next().and_then(|l| l.ok()).and_then(|l| serde_json::from_str::<InitMsg>(&l).ok());
+    let init_status = loop {
+        match waitpid(init_pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let mut status = match exited {
+        Some(InitMsg::Exited { code, signal }) => ExitStatus { code, signal, oom_killed: false },
+        _ => match init_status {
+            Ok(WaitStatus::Exited(_, c)) => ExitStatus { code: Some(c), signal: None, oom_killed: false },
+            Ok(WaitStatus::Signaled(_, s, _)) => ExitStatus { code: None, signal: Some(s as i32), oom_killed: false },
+            _ => ExitStatus { code: None, signal: None, oom_killed: false },
+        },
+    };
+    let stats = cgroup.stats().ok();
+    if status.signal == Some(libc::SIGKILL) && stats.as_ref().is_some_and(|s| s.oom_kills > 0) {
+        status.oom_killed = true;
+    }
+    let record = ExitRecord {
+        status,
+        stats,
+        finished_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+    };
+    write_exit_record(&plan.instance_dir, &record);
+    cleanup(plan, cgroup.as_ref());
+    Ok(())
+}
+
+/// The host pid of init's first child (the workload), from `/proc/<pid>/task/<pid>/children`.
+fn first_child(pid: libc::pid_t) -> Option<i32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+fn write_exit_record(dir: &Path, record: &ExitRecord) {
+    let tmp = dir.join("exit.json.tmp");
+    if let Ok(bytes) = serde_json::to_vec_pretty(record)
+        && fs::write(&tmp, bytes).is_ok()
+    {
+        let _ = fs::rename(&tmp, dir.join("exit.json"));
+    }
+}
+
+/// Kills anything left in the cgroup, removes it, and removes the (empty) root mount point.
+fn cleanup(plan: &Plan, cgroup: &dyn CgroupManager) {
+    // The kernel empties a group asynchronously after its last process dies; wait for it
+    // (bounded) so the directory can be removed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = cgroup.kill_all();
+        if cgroup.remove().is_ok() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = fs::remove_dir(&plan.root_dir);
+}

@@ -1,0 +1,19 @@
+//! osvm's process sandbox: a component runs as a confined Linux process.
+//!
+//! Confinement, in the order it is applied (see [`launcher::init`]): new user namespace (uid 0
+//! inside is an unprivileged uid range outside), pid, mount, network (only `lo`), ipc, uts and
+//! cgroup namespaces; a cgroup with memory, CPU and pids limits (v2, v1 or hybrid hosts); a
+//! minimal root file system and `pivot_root`; `no_new_privs`; Landlock; every capability
+//! dropped, bounding set included; a seccomp allowlist; rlimits. Nothing is optional: if a step
+//! fails, the start fails and says which step.
+//!
+//! The caller may be multi-threaded. It never forks into code that allocates: it spawns a
+//! fresh exec of the launcher binary, which calls [`launcher::run_if_requested`] first thing.
+
+pub mod cgroup;
+pub mod launcher;
+pub mod plan;
+pub mod runtime;
+
+pub use launcher::run_if_requested;
+pub use runtime::{SandboxConfig, SandboxInstance, SandboxRuntime};

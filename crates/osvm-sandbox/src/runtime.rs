@@ -1,0 +1,538 @@
+//! The `process` runtime: starts sandboxes from the (possibly multi-threaded) caller.
+//!
+//! The caller never forks into code that allocates. It prepares everything that needs only
+//! file writes (instance directory, log files, cgroup with limits, `plan.json`), then spawns
+//! a fresh exec of the launcher binary (`<launcher> __sandbox-monitor plan.json`) with the log
+//! files as stdout/stderr and one end of a `SOCK_SEQPACKET` socket as fd 3. The monitor builds
+//! the sandbox and answers `Started` (with a pidfd of the sandbox's init) or `Failed`.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
+};
+use osvm_core::{
+    ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+};
+
+use crate::cgroup::{self, CgroupManager, Hierarchy};
+use crate::launcher::protocol::{Confinement, ExitRecord, MAX_MESSAGE, MONITOR_FD, MonitorMsg};
+use crate::launcher::{MONITOR_ARG, pidfd_open};
+use crate::plan::{DEFAULT_ID_BASE, DEFAULT_ID_COUNT, IdMap, Plan};
+
+/// How long the sandbox may take to come up before the start is abandoned.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where and how the runtime works.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The binary that handles `__sandbox-monitor` (normally `osvm` itself).
+    pub launcher: PathBuf,
+    /// osvm's state directory: instances (plans, logs, exit records) and component data.
+    pub state_dir: PathBuf,
+    /// The id range sandboxes map uid/gid 0 to, when running as root.
+    pub id_map: IdMap,
+}
+
+impl SandboxConfig {
+    /// The default state directory: `/var/lib/osvm` as root, `$XDG_STATE_HOME/osvm` (or
+    /// `~/.local/state/osvm`) otherwise.
+    pub fn default_state_dir() -> PathBuf {
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/osvm");
+        }
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("osvm");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+        PathBuf::from(home).join(".local/state/osvm")
+    }
+
+    /// A config using `launcher` and the default state directory and id range.
+    pub fn new(launcher: PathBuf) -> Self {
+        Self {
+            launcher,
+            state_dir: Self::default_state_dir(),
+            id_map: IdMap { host_base: DEFAULT_ID_BASE, count: DEFAULT_ID_COUNT },
+        }
+    }
+}
+
+/// The `process` runtime.
+pub struct SandboxRuntime {
+    config: SandboxConfig,
+    hierarchy: Result<Hierarchy, String>,
+}
+
+impl SandboxRuntime {
+    /// Creates the runtime and detects the host's cgroup layout.
+    pub fn new(config: SandboxConfig) -> Self {
+        let hierarchy = Hierarchy::detect().map_err(|e| e.to_string());
+        Self { config, hierarchy }
+    }
+
+    /// Why this runtime cannot work here, if it cannot.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if let Err(e) = &self.hierarchy {
+            return Some(e.clone());
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Some(
+                "osvm must run as root to create cgroups and map a uid range for sandboxes".into(),
+            );
+        }
+        if !self.config.launcher.exists() {
+            return Some(format!("launcher {} does not exist", self.config.launcher.display()));
+        }
+        None
+    }
+
+    fn unavailable(&self, reason: String) -> RuntimeError {
+        RuntimeError::Unavailable { kind: RuntimeKind::Process, reason }
+    }
+
+    /// Starts a sandbox and returns its concrete handle.
+    pub fn start_sandbox(&self, spec: &LaunchSpec) -> Result<SandboxInstance, RuntimeError> {
+        if let Some(reason) = self.unavailable_reason() {
+            return Err(self.unavailable(reason));
+        }
+        let hierarchy = *self.hierarchy.as_ref().map_err(|e| self.unavailable(e.clone()))?;
+        check_spec(spec)?;
+
+        let id = format!("{}-{}", spec.name, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let instances = self.config.state_dir.join("instances");
+        let instance_dir = instances.join(&id);
+        let root_dir = instance_dir.join("root");
+        let data_dir = self.config.state_dir.join("data").join(&spec.name);
+        for dir in [&self.config.state_dir, &instances, &instance_dir, &self.config.state_dir.join("data")] {
+            make_dir(dir, 0o711)?;
+        }
+        make_dir(&root_dir, 0o755)?;
+        if !data_dir.exists() {
+            make_dir(&data_dir, 0o700)?;
+            let owner = Some(nix::unistd::Uid::from_raw(self.config.id_map.host_base));
+            let group = Some(nix::unistd::Gid::from_raw(self.config.id_map.host_base));
+            nix::unistd::chown(&data_dir, owner, group)
+                .map_err(|e| RuntimeError::io(format!("chown {}", data_dir.display()), e.into()))?;
+        }
+        let stdout_path = instance_dir.join("stdout.log");
+        let stderr_path = instance_dir.join("stderr.log");
+        let stdout = open_log(&stdout_path)?;
+        let stderr = open_log(&stderr_path)?;
+
+        let cgroup = cgroup::create(hierarchy, &id, &spec.resources)
+            .map_err(|e| RuntimeError::Setup(format!("create the cgroup: {e}")))?;
+        let plan = Plan {
+            instance_id: id.clone(),
+            launch: spec.clone(),
+            instance_dir: instance_dir.clone(),
+            root_dir,
+            data_dir,
+            cgroup: cgroup.paths(),
+            id_map: self.config.id_map,
+            host_root: true,
+        };
+        let plan_path = instance_dir.join("plan.json");
+        let written = serde_json::to_vec_pretty(&plan)
+            .map_err(|e| RuntimeError::Setup(format!("serialize the plan: {e}")))
+            .and_then(|b| fs::write(&plan_path, b).map_err(|e| RuntimeError::io("write plan.json", e)));
+        if let Err(e) = written {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+
+        match spawn_monitor(&self.config.launcher, &plan_path, stdout, stderr) {
+            Ok((child, socket)) => {
+                let started = receive_start(&socket, START_TIMEOUT);
+                match started {
+                    Ok((confinement, init_pidfd)) => {
+                        let monitor_pidfd = pidfd_open(child.id() as i32)
+                            .map_err(|e| RuntimeError::io("pidfd_open of the monitor", e))?;
+                        Ok(SandboxInstance {
+                            id,
+                            name: spec.name.clone(),
+                            instance_dir,
+                            stdout: stdout_path,
+                            stderr: stderr_path,
+                            monitor: Mutex::new(child),
+                            monitor_pidfd,
+                            init_pidfd,
+                            confinement,
+                            readonly_root: spec.readonly_root,
+                            rootfs: spec.rootfs.clone(),
+                            cgroup,
+                            exit: Mutex::new(None),
+                        })
+                    }
+                    Err(e) => {
+                        let mut child = child;
+                        // After `Failed` the monitor has cleaned up and is exiting; after a
+                        // timeout it must go (its init follows through PR_SET_PDEATHSIG).
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let _ = cgroup.kill_all();
+                        let _ = cgroup.remove();
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = cgroup.remove();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Runtime for SandboxRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError> {
+        Ok(Box::new(self.start_sandbox(spec)?))
+    }
+}
+
+fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 63
+        && spec.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "name `{}` must be 1-63 characters of a-z, 0-9 and '-'",
+            spec.name
+        )));
+    }
+    if spec.command.is_empty() {
+        return Err(RuntimeError::InvalidSpec("the command is empty".into()));
+    }
+    for b in &spec.binds {
+        b.check().map_err(RuntimeError::InvalidSpec)?;
+        if !b.source.exists() {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "bind source {} does not exist",
+                b.source.display()
+            )));
+        }
+    }
+    if let Some(root) = &spec.rootfs
+        && !root.is_dir()
+    {
+        return Err(RuntimeError::InvalidSpec(format!("rootfs {} is not a directory", root.display())));
+    }
+    Ok(())
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), RuntimeError> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(RuntimeError::io(format!("create {}", path.display()), e)),
+    }?;
+    // Only the root user can write here, but the sandbox's mapped root must traverse the path
+    // to its mount point; the mode is set explicitly since umask may have cleared bits.
+    if mode != 0o700 {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+    }
+    Ok(())
+}
+
+fn open_log(path: &Path) -> Result<File, RuntimeError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| RuntimeError::io(format!("open {}", path.display()), e))
+}
+
+fn spawn_monitor(
+    launcher: &Path,
+    plan_path: &Path,
+    stdout: File,
+    stderr: File,
+) -> Result<(Child, OwnedFd), RuntimeError> {
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| RuntimeError::io("socketpair", e.into()))?;
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(launcher);
+    cmd.arg(MONITOR_ARG)
+        .arg(plan_path)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (dup2, fcntl, setsid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if theirs_raw == MONITOR_FD {
+                if libc::fcntl(MONITOR_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(theirs_raw, MONITOR_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A new session: the terminal's Ctrl-C reaches osvm, which stops the sandbox in
+            // order, instead of reaching the sandbox directly.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| RuntimeError::io(format!("start the launcher {}", launcher.display()), e))?;
+    drop(theirs);
+    Ok((child, ours))
+}
+
+/// Waits until `fd` is readable (a pidfd: the process ended), up to `timeout` (`None`: forever).
+fn poll_readable(fd: &OwnedFd, timeout: Option<Duration>) -> std::io::Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+        };
+        let mut pfd = libc::pollfd { fd: fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(rc > 0);
+    }
+}
+
+fn receive_start(socket: &OwnedFd, timeout: Duration) -> Result<(Confinement, OwnedFd), RuntimeError> {
+    if !poll_readable(socket, Some(timeout)).map_err(|e| RuntimeError::io("wait for the launcher", e))? {
+        return Err(RuntimeError::Setup(format!(
+            "the sandbox did not come up within {}s",
+            timeout.as_secs()
+        )));
+    }
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| RuntimeError::io("read the launcher's report", e.into()))?;
+    let mut fd = None;
+    for c in msg.cmsgs().map_err(|e| RuntimeError::io("read the launcher's report", e.into()))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel installed this fd in our table for us.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                fd.get_or_insert(owned);
+            }
+        }
+    }
+    let len = msg.bytes;
+    if len == 0 {
+        return Err(RuntimeError::Setup("the launcher exited without reporting (see the instance's stderr.log)".into()));
+    }
+    let parsed: MonitorMsg = serde_json::from_slice(&buf[..len])
+        .map_err(|e| RuntimeError::Setup(format!("malformed report from the launcher: {e}")))?;
+    match parsed {
+        MonitorMsg::Started(c) => {
+            let fd = fd.ok_or_else(|| RuntimeError::Setup("the launcher sent no pidfd".into()))?;
+            Ok((c, fd))
+        }
+        MonitorMsg::Failed { message } => Err(RuntimeError::Setup(message)),
+    }
+}
+
+/// A running sandbox.
+pub struct SandboxInstance {
+    /// `<component>-<8 hex>`.
+    id: String,
+    /// The component's name.
+    name: String,
+    /// The instance directory (plan, logs, exit record).
+    instance_dir: PathBuf,
+    /// The workload's stdout log.
+    stdout: PathBuf,
+    /// The workload's stderr log.
+    stderr: PathBuf,
+    /// The monitor process, our child.
+    monitor: Mutex<Child>,
+    /// Readable when the monitor has exited.
+    monitor_pidfd: OwnedFd,
+    /// The sandbox's init, for race-free signalling.
+    init_pidfd: OwnedFd,
+    /// What confines the workload, as reported by the launcher.
+    confinement: Confinement,
+    /// Whether the root is read-only.
+    readonly_root: bool,
+    /// The custom root directory, if any.
+    rootfs: Option<PathBuf>,
+    /// The sandbox's control group(s).
+    cgroup: Box<dyn CgroupManager>,
+    /// Cached once the instance has ended.
+    exit: Mutex<Option<ExitStatus>>,
+}
+
+impl SandboxInstance {
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Host pid of the sandbox's init (pid 1 inside); `/proc/<pid>/ns/*` are its namespaces.
+    pub fn init_pid(&self) -> i32 {
+        self.confinement.init_pid
+    }
+
+    /// The instance directory.
+    pub fn instance_dir(&self) -> &Path {
+        &self.instance_dir
+    }
+
+    /// The raw confinement report.
+    pub fn confinement_report(&self) -> &Confinement {
+        &self.confinement
+    }
+
+    /// Waits up to `timeout` (`None`: forever) for the instance to end.
+    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>, RuntimeError> {
+        if let Some(s) = *self.exit.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(Some(s));
+        }
+        let ended = poll_readable(&self.monitor_pidfd, timeout)
+            .map_err(|e| RuntimeError::io("wait for the sandbox", e))?;
+        if !ended {
+            return Ok(None);
+        }
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = *exit {
+            return Ok(Some(s));
+        }
+        let monitor_status = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait()
+            .map_err(|e| RuntimeError::io("reap the monitor", e))?;
+        let record: ExitRecord = fs::read(self.instance_dir.join("exit.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                RuntimeError::Setup(format!(
+                    "the sandbox's monitor ended ({monitor_status}) without recording an exit status"
+                ))
+            })?;
+        *exit = Some(record.status);
+        Ok(Some(record.status))
+    }
+
+    /// The final record written when the sandbox ended (exit status and last usage).
+    pub fn exit_record(&self) -> Option<ExitRecord> {
+        fs::read(self.instance_dir.join("exit.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+}
+
+impl Instance for SandboxInstance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.confinement.init_pid as u32)
+    }
+
+    fn log_paths(&self) -> (PathBuf, PathBuf) {
+        (self.stdout.clone(), self.stderr.clone())
+    }
+
+    fn wait(&self) -> Result<ExitStatus, RuntimeError> {
+        self.wait_timeout(None)?
+            .ok_or_else(|| RuntimeError::Setup("wait returned without an exit status".into()))
+    }
+
+    fn try_wait(&self) -> Result<Option<ExitStatus>, RuntimeError> {
+        self.wait_timeout(Some(Duration::ZERO))
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        // SAFETY: plain syscall on a pidfd we own; no memory is passed (siginfo is NULL).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.init_pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            // ESRCH: the sandbox already ended, which is what the caller wanted to know.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(RuntimeError::io(format!("send signal {signal}"), e));
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&self, grace: Duration) -> Result<ExitStatus, RuntimeError> {
+        if let Some(s) = self.try_wait()? {
+            return Ok(s);
+        }
+        self.signal(libc::SIGTERM)?;
+        if let Some(s) = self.wait_timeout(Some(grace))? {
+            return Ok(s);
+        }
+        // SIGKILL to a pid namespace's init kills every process in it.
+        self.signal(libc::SIGKILL)?;
+        let _ = self.cgroup.kill_all();
+        self.wait()
+    }
+
+    fn stats(&self) -> Result<InstanceStats, RuntimeError> {
+        if self.try_wait()?.is_some()
+            && let Some(record) = self.exit_record()
+            && let Some(stats) = record.stats
+        {
+            return Ok(stats);
+        }
+        self.cgroup.stats().map_err(|e| RuntimeError::Setup(format!("read usage: {e}")))
+    }
+
+    fn confinement(&self) -> Vec<(String, String)> {
+        let c = &self.confinement;
+        let mut facts = vec![
+            ("namespaces".into(), "user, pid, mount, network, ipc, uts, cgroup".into()),
+            ("uid map".into(), c.id_map.clone()),
+            ("cgroup".into(), c.cgroup.clone()),
+            ("capabilities".into(), "none (bounding set empty)".into()),
+            ("no_new_privs".into(), "yes".into()),
+            ("seccomp".into(), format!("allowlist of {} syscalls, others EPERM", c.seccomp_allowed)),
+            ("landlock".into(), c.landlock.status.clone()),
+        ];
+        if c.landlock.tcp_bind_restricted {
+            facts.push(("tcp bind".into(), "only the declared listen ports (Landlock)".into()));
+        }
+        facts.push((
+            "root".into(),
+            match (&self.rootfs, self.readonly_root) {
+                (Some(d), ro) => format!("{}{}", d.display(), if ro { " (read-only)" } else { "" }),
+                (None, true) => "host /usr, /lib*, /bin, /sbin read-only; root read-only".into(),
+                (None, false) => "host /usr, /lib*, /bin, /sbin read-only; root tmpfs".into(),
+            },
+        ));
+        facts
+    }
+}

@@ -1,0 +1,112 @@
+//! Command-line definitions (clap). Help is written for operators.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run components in isolation runtimes: confined processes today; microVMs and unikernels
+/// report themselves unavailable until they land.
+#[derive(Debug, Parser)]
+#[command(name = "osvm", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where osvm keeps instances, logs and component data
+    /// [default: /var/lib/osvm as root, $XDG_STATE_HOME/osvm otherwise]
+    #[arg(long, global = true, env = "OSVM_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// More log output (-v debug, -vv trace); OSVM_LOG overrides
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables and sentences for people
+    Text,
+    /// One JSON document for scripts
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a stack file and report every problem with its line and column
+    Validate(ValidateArgs),
+    /// Run one command confined in a sandbox, in the foreground; its exit code becomes osvm's
+    Run(RunArgs),
+    /// Start every component of a stack in the foreground with a live status table;
+    /// Ctrl-C stops them all
+    Up(UpArgs),
+    /// Show which isolation features this host supports, and why not where it does not
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The stack file (TOML)
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Component name: the sandbox's hostname and the name of its state directory
+    /// [default: the command's file name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Memory limit, e.g. 256M, 1G (swap included)
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU quota in CPUs, e.g. 0.5
+    #[arg(long, value_name = "CPUS")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Maximum number of open files
+    #[arg(long, value_name = "N")]
+    pub open_files: Option<u64>,
+    /// Make the root file system read-only (only /tmp, /data and writable binds stay writable)
+    #[arg(long)]
+    pub readonly_root: bool,
+    /// Bind a host path into the sandbox: SRC:DST[:ro|:rw], read-only by default (repeatable)
+    #[arg(long, value_name = "SRC:DST[:MODE]")]
+    pub bind: Vec<String>,
+    /// Use this directory as the root file system (must contain proc, dev, tmp, data)
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// TCP port the command listens on; binding any other port is then denied (repeatable)
+    #[arg(long, value_name = "PORT")]
+    pub listen: Vec<u16>,
+    /// Environment variable for the command, KEY=VALUE (repeatable); nothing else is inherited
+    #[arg(long, short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox [default: /data]
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// How long the command gets to exit after SIGTERM (Ctrl-C) before it is killed
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub stop_timeout: String,
+    /// Print nothing of osvm's own (the command's output still shows)
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// The command and its arguments
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The stack file (TOML)
+    pub file: PathBuf,
+}

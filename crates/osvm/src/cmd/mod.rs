@@ -1,0 +1,82 @@
+//! One module per subcommand; each returns the process exit code or an error.
+
+mod doctor;
+mod run;
+mod up;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use osvm_sandbox::{SandboxConfig, SandboxRuntime};
+
+use crate::cli::{Cli, Command, Global};
+
+/// Input the user must fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// osvm itself could not do its job (exit code 125), as opposed to the workload failing.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SetupFailed(#[from] pub osvm_core::RuntimeError);
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(a) => validate::run(&cli.global, a),
+        Command::Run(a) => run::run(&cli.global, a),
+        Command::Up(a) => up::run(&cli.global, a),
+        Command::Doctor => doctor::run(&cli.global),
+    }
+}
+
+/// The exit code for an error that reached `main`.
+pub fn error_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<InvalidInput>().is_some()
+        || e.downcast_ref::<osvm_core::stack::StackError>().is_some()
+    {
+        2
+    } else if e.downcast_ref::<SetupFailed>().is_some() {
+        125
+    } else {
+        1
+    }
+}
+
+/// The process runtime configured from the global options, with this binary as launcher.
+pub fn sandbox_runtime(global: &Global) -> anyhow::Result<SandboxRuntime> {
+    let exe = std::env::current_exe()?;
+    let mut config = SandboxConfig::new(exe);
+    if let Some(dir) = &global.state_dir {
+        config.state_dir = absolute(dir)?;
+    }
+    Ok(SandboxRuntime::new(config))
+}
+
+fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+}
+
+/// Formats bytes for tables: `12.3M`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[i]) }
+}
+
+/// Formats a duration for tables: `3s`, `4m12s`, `2h05m`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}

@@ -1,0 +1,142 @@
+//! `osvm run`: one confined command in the foreground.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use osvm_core::{BindMount, Instance, LaunchSpec, quantity};
+
+use super::{InvalidInput, SetupFailed, sandbox_runtime};
+use crate::cli::{Global, Output, RunArgs};
+use crate::logs::Follower;
+
+fn invalid(msg: impl Into<String>) -> anyhow::Error {
+    InvalidInput(msg.into()).into()
+}
+
+/// Turns the flags into a launch spec; every mistake is an `InvalidInput`.
+fn spec_from(args: &RunArgs) -> anyhow::Result<LaunchSpec> {
+    let command = args.command[0].clone();
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => default_name(&command),
+    };
+    let mut spec = LaunchSpec::new(name, command, args.command[1..].to_vec());
+    if let Some(m) = &args.memory {
+        spec.resources.memory_bytes =
+            Some(quantity::parse_size(m).map_err(|e| invalid(format!("--memory {m}: {e}")))?);
+    }
+    if let Some(c) = args.cpus {
+        spec.resources.cpus =
+            Some(quantity::check_cpus(c).map_err(|e| invalid(format!("--cpus {c}: {e}")))?);
+    }
+    if args.pids == Some(0) {
+        return Err(invalid("--pids must be at least 1"));
+    }
+    spec.resources.pids = args.pids;
+    spec.resources.open_files = args.open_files;
+    spec.readonly_root = args.readonly_root;
+    spec.rootfs = args.rootfs.clone();
+    spec.listen = args.listen.clone();
+    if spec.listen.contains(&0) {
+        return Err(invalid("--listen ports must be between 1 and 65535"));
+    }
+    spec.working_dir = args.workdir.clone();
+    for b in &args.bind {
+        spec.binds.push(BindMount::parse_flag(b).map_err(|e| invalid(format!("--bind {b}: {e}")))?);
+    }
+    for e in &args.env {
+        let (k, v) = e
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("--env {e}: expected KEY=VALUE")))?;
+        if k.is_empty() {
+            return Err(invalid(format!("--env {e}: the key is empty")));
+        }
+        spec.env.push((k.into(), v.into()));
+    }
+    Ok(spec)
+}
+
+/// `/usr/bin/python3` -> `python3`, lower-cased and limited to the characters names allow.
+fn default_name(command: &str) -> String {
+    let base = command.rsplit('/').next().unwrap_or(command);
+    let mut name: String = base
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(40)
+        .collect();
+    if name.is_empty() {
+        name = "run".into();
+    }
+    name
+}
+
+pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let spec = spec_from(&args)?;
+    let grace = quantity::parse_duration(&args.stop_timeout)
+        .map_err(|e| invalid(format!("--stop-timeout {}: {e}", args.stop_timeout)))?;
+    let signals = crate::signals::listen()?;
+    let runtime = sandbox_runtime(global)?;
+    let instance = runtime.start_sandbox(&spec).map_err(SetupFailed)?;
+    let (stdout_log, stderr_log) = instance.log_paths();
+    if !args.quiet && global.output == Output::Text {
+        tracing::info!(
+            instance = instance.id(),
+            pid = instance.init_pid(),
+            "started; logs in {}",
+            instance.instance_dir().display()
+        );
+    }
+    let json = global.output == Output::Json;
+    let out = Follower::start(
+        &stdout_log,
+        if json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) },
+    )
+    .context("follow the stdout log")?;
+    let err = Follower::start(&stderr_log, Box::new(std::io::stderr())).context("follow the stderr log")?;
+
+    let status = loop {
+        if let Some(status) = instance.wait_timeout(Some(Duration::from_millis(200))).map_err(SetupFailed)? {
+            break status;
+        }
+        if let Ok(sig) = signals.try_recv() {
+            if !args.quiet {
+                tracing::info!("{sig}: stopping (grace {})", args.stop_timeout);
+            }
+            break instance.stop(grace).map_err(SetupFailed)?;
+        }
+    };
+    out.finish();
+    err.finish();
+
+    let record = instance.exit_record();
+    if json {
+        let doc = serde_json::json!({
+            "instance": instance.id(),
+            "status": status,
+            "exit_code": status.shell_code(),
+            "stats": record.as_ref().and_then(|r| r.stats.clone()),
+            "logs": { "stdout": stdout_log, "stderr": stderr_log },
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else if !args.quiet && (!status.success() || status.oom_killed) {
+        tracing::warn!(instance = instance.id(), "{status}; logs in {}", instance.instance_dir().display());
+    }
+    Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    #[test]
+    fn default_names_are_valid_component_names() {
+        assert_eq!(default_name("/usr/bin/python3"), "python3");
+        assert_eq!(default_name("My_Tool.sh"), "my-tool-sh");
+        assert_eq!(default_name("///"), "run");
+    }
+}

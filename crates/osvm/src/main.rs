@@ -1,0 +1,45 @@
+//! `osvm`: the command-line interface, and (through a hidden argument) the sandbox launcher.
+//!
+//! Exit codes follow container tools: 0 success; for `osvm run`, the workload's own code
+//! (128 + N when killed by signal N); 125 when osvm itself failed (the sandbox could not be
+//! set up); 2 for invalid input (usage errors, stack files that do not validate); 1 for other
+//! failures.
+
+mod cli;
+mod cmd;
+mod doctor;
+mod logs;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Must come first: the launcher has to run single-threaded, before anything else.
+    osvm_sandbox::run_if_requested();
+
+    let cli = cli::Cli::parse();
+    let filter = match cli.global.verbose {
+        0 => "osvm=info,warn",
+        1 => "osvm=debug,osvm_sandbox=debug,info",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OSVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+
+    match cmd::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cmd::error_code(&e))
+        }
+    }
+}
