@@ -115,6 +115,7 @@ impl SandboxRuntime {
             make_dir(dir, 0o711)?;
         }
         make_dir(&root_dir, 0o755)?;
+        check_traversable(&root_dir)?;
         if !data_dir.exists() {
             make_dir(&data_dir, 0o700)?;
             let owner = Some(nix::unistd::Uid::from_raw(self.config.id_map.host_base));
@@ -241,6 +242,25 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), RuntimeError> {
     // to its mount point; the mode is set explicitly since umask may have cleared bits.
     if mode != 0o700 {
         let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+    }
+    Ok(())
+}
+
+/// The sandbox's root user is an unprivileged host uid: it must be able to walk the path to its
+/// mount point, so every directory on the way needs the execute bit for others.
+fn check_traversable(path: &Path) -> Result<(), RuntimeError> {
+    for dir in path.ancestors().skip(1) {
+        let meta = fs::metadata(dir).map_err(|e| RuntimeError::io(format!("stat {}", dir.display()), e))?;
+        if meta.permissions().mode() & 0o001 == 0 {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "the state directory must be reachable by the sandbox's unprivileged uid, but {} \
+                 (mode {:o}) is not searchable by others; use a state directory such as \
+                 /var/lib/osvm, or `chmod o+x {}`",
+                dir.display(),
+                meta.permissions().mode() & 0o7777,
+                dir.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -394,6 +414,22 @@ impl SandboxInstance {
     /// Host pid of the sandbox's init (pid 1 inside); `/proc/<pid>/ns/*` are its namespaces.
     pub fn init_pid(&self) -> i32 {
         self.confinement.init_pid
+    }
+
+    /// Opens one of the sandbox's namespaces (`net`, `mnt`, `pid`, ...) for `setns`, e.g. to
+    /// probe its health from inside its network namespace. Fails once the sandbox has ended,
+    /// so the file never belongs to a process that merely reused the pid.
+    pub fn open_namespace(&self, ns: &str) -> Result<File, RuntimeError> {
+        let path = format!("/proc/{}/ns/{ns}", self.confinement.init_pid);
+        let file = File::open(&path).map_err(|e| RuntimeError::io(format!("open {path}"), e))?;
+        // The pidfd refers to init itself: if it is not yet readable, init is alive, so the
+        // pid we opened through is still init's.
+        let ended = poll_readable(&self.init_pidfd, Some(Duration::ZERO))
+            .map_err(|e| RuntimeError::io("poll the sandbox's init", e))?;
+        if ended {
+            return Err(RuntimeError::Setup("the sandbox has ended".into()));
+        }
+        Ok(file)
     }
 
     /// The instance directory.

@@ -8,6 +8,7 @@
 mod cli;
 mod cmd;
 mod doctor;
+mod health;
 mod logs;
 mod signals;
 

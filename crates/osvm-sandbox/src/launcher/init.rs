@@ -80,6 +80,13 @@ fn signal_set() -> SigSet {
 }
 
 fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
+    // The monitor ignores the terminal's signals; a workload must start with the defaults.
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+        // SAFETY: SIG_DFL installs no handler code.
+        step("reset signal dispositions", unsafe {
+            nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl)
+        })?;
+    }
     // If the monitor dies, nobody could record how this sandbox ends: end it too.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -96,6 +103,7 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     step("become uid 0 in the user namespace", nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)))?;
     step("enter a new cgroup namespace", nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP))?;
     step("set the hostname", nix::unistd::sethostname(&plan.launch.name))?;
+    step("bring up the loopback interface", loopback_up())?;
     step("build the root file system", rootfs::build(plan))?;
 
     let spec = &plan.launch;
@@ -165,6 +173,27 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
             ))
         }
     }
+}
+
+/// Sets `lo` up in the sandbox's fresh network namespace, where it starts down: services
+/// reach themselves (and health checks reach them) on 127.0.0.1.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain datagram socket; the fd is owned by `sock` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a valid ifreq that lives across the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), libc::SIOCSIFFLAGS, &req) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// In the workload's process: restore signals, enter the working directory, exec. Returns only

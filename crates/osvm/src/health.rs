@@ -1,0 +1,96 @@
+//! Health probes run from inside a component's network namespace.
+//!
+//! A component's ports exist only in its own network namespace (only `lo` is there), so a probe
+//! runs on a short-lived thread that first joins that namespace with `setns` (which changes
+//! the namespace of the calling thread only), then connects to 127.0.0.1.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+use osvm_core::stack::HealthProbe;
+
+/// The outcome of one probe: `Ok(detail)` when healthy, `Err(reason)` when not.
+pub type ProbeResult = Result<String, String>;
+
+/// Starts `probe` on its own thread inside the network namespace `netns`; the result arrives
+/// on the returned channel (within about `timeout`).
+pub fn spawn(netns: File, probe: &HealthProbe, timeout: Duration) -> Receiver<ProbeResult> {
+    let (tx, rx) = channel();
+    let probe = probe.clone();
+    let spawned = std::thread::Builder::new().name("health-probe".into()).spawn({
+        let tx = tx.clone();
+        move || {
+            let result = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("enter the component's network namespace: {e}"))
+                .and_then(|()| run(&probe, timeout));
+            let _ = tx.send(result);
+        }
+    });
+    if let Err(e) = spawned {
+        let _ = tx.send(Err(format!("start a probe thread: {e}")));
+    }
+    rx
+}
+
+fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let stream = TcpStream::connect_timeout(&addr.into(), timeout)
+        .map_err(|e| format!("connect to port {port}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn run(probe: &HealthProbe, timeout: Duration) -> Result<String, String> {
+    match probe {
+        HealthProbe::Tcp { port } => connect(*port, timeout).map(|_| format!("tcp {port} accepted")),
+        HealthProbe::Http { path, port, expect_status } => {
+            let mut stream = connect(*port, timeout)?;
+            let request =
+                format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: osvm-health\r\n\r\n");
+            stream.write_all(request.as_bytes()).map_err(|e| format!("send request: {e}"))?;
+            let mut head = [0u8; 512];
+            let n = stream.read(&mut head).map_err(|e| format!("read response: {e}"))?;
+            let status = parse_status(&head[..n]).ok_or("malformed HTTP response")?;
+            let ok = match expect_status {
+                Some(want) => status == *want,
+                None => (200..400).contains(&status),
+            };
+            if ok {
+                Ok(format!("http {path} -> {status}"))
+            } else {
+                Err(format!("http {path} -> {status}"))
+            }
+        }
+        HealthProbe::Exec { .. } => Err("exec probes are run by the daemon (`osvm daemon`), not by `osvm up`".into()),
+    }
+}
+
+/// The status code of an HTTP/1.x status line.
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let line = head.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_status;
+
+    #[test]
+    fn status_lines_are_parsed() {
+        assert_eq!(parse_status(b"HTTP/1.0 200 OK\r\nServer: x\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+}
