@@ -399,20 +399,26 @@ impl Supervisor {
         match self.output {
             Output::Json => {
                 let doc = json!({ "t": (elapsed * 1000.0).round() / 1000.0, "component": name, "event": event, "detail": detail });
-                println!("{doc}");
+                let _ = writeln!(std::io::stdout(), "{doc}");
             }
             Output::Text if self.tty => {
                 // Events scroll above the live table: take the table down, print, redraw.
                 let line = format!("{}{event}: {detail}", name.map(|n| format!("{n}: ")).unwrap_or_default());
                 let had_table = self.drawn_lines > 0;
                 self.clear_table();
-                println!("{line}");
+                let _ = writeln!(std::io::stdout(), "{line}");
                 if had_table {
                     self.draw();
                 }
             }
             Output::Text => {
-                println!("[{elapsed:7.2}s] {}{event}: {detail}", name.map(|n| format!("{n} ")).unwrap_or_default());
+                // A closed stdout (the reader went away) must not stop osvm from stopping
+                // its components, so write errors are ignored rather than panicking.
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "[{elapsed:7.2}s] {}{event}: {detail}",
+                    name.map(|n| format!("{n} ")).unwrap_or_default()
+                );
             }
         }
         let _ = std::io::stdout().flush();
@@ -460,7 +466,7 @@ impl Supervisor {
 
     fn clear_table(&mut self) {
         if self.tty && self.drawn_lines > 0 {
-            print!("\x1b[{}A\x1b[J", self.drawn_lines);
+            let _ = write!(std::io::stdout(), "\x1b[{}A\x1b[J", self.drawn_lines);
             self.drawn_lines = 0;
             let _ = std::io::stdout().flush();
         }

@@ -1,0 +1,105 @@
+//! Shared helpers for osvm's integration tests: paths to the built binaries, a private state
+//! directory per test, and the checks that decide whether a test can run on this host.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `osvm` binary under test.
+pub fn osvm_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_osvm"))
+}
+
+/// The directory holding the built binaries (bound into sandboxes as `/probe`).
+pub fn bin_dir() -> PathBuf {
+    osvm_bin().parent().expect("binary has a directory").to_path_buf()
+}
+
+/// `osvm-probe` from the `osvm-testkit` crate, built by `cargo test --workspace`.
+pub fn probe_bin() -> PathBuf {
+    let p = bin_dir().join("osvm-probe");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p osvm-testkit` first)",
+        p.display()
+    );
+    p
+}
+
+/// Returns false, printing why, when the sandbox cannot run here (not root, no cgroups).
+pub fn sandbox_available(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP {test}: needs root (cgroups and a mapped uid range)");
+        return false;
+    }
+    if let Err(e) = osvm_sandbox::cgroup::Hierarchy::detect() {
+        println!("SKIP {test}: {e}");
+        return false;
+    }
+    true
+}
+
+/// A state directory private to one test, removed when dropped (pass or fail).
+pub struct StateDir {
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(test: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "osvm-test-{test}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711)).unwrap();
+        Self { path }
+    }
+
+    /// `osvm --state-dir <dir> ARGS...`
+    pub fn osvm(&self) -> Command {
+        let mut c = Command::new(osvm_bin());
+        c.arg("--state-dir").arg(&self.path);
+        c
+    }
+
+    /// Instance ids started under this state dir.
+    pub fn instances(&self) -> Vec<String> {
+        std::fs::read_dir(self.path.join("instances"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Every cgroup directory osvm may have created for `instance`.
+pub fn cgroup_dirs(instance: &str) -> Vec<PathBuf> {
+    ["memory", "cpu", "cpuacct", "pids", "unified", ""]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join("osvm").join(instance))
+        .collect()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `osvm run` with the build directory bound at /probe and returns the output.
+pub fn run_probe(state: &StateDir, flags: &[&str], probe_args: &[&str]) -> Output {
+    let _ = probe_bin();
+    let mut cmd = state.osvm();
+    cmd.arg("run").arg("-q").arg("--bind").arg(format!("{}:/probe", bin_dir().display()));
+    cmd.args(flags).arg("--").arg("/probe/osvm-probe").args(probe_args);
+    cmd.output().expect("run osvm")
+}

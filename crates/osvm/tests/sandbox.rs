@@ -1,0 +1,296 @@
+//! The process sandbox seen from inside and from the host, through `osvm run`.
+//! Every test needs root and a cgroup hierarchy; without them it prints SKIP and returns.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use serde_json::Value;
+
+fn probe_status(state: &StateDir, flags: &[&str]) -> Value {
+    let out = run_probe(state, flags, &["status"]);
+    assert!(out.status.success(), "probe failed: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("bad probe output {e}: {}", stdout(&out)))
+}
+
+#[test]
+fn workload_has_no_capabilities_no_new_privs_and_a_seccomp_filter() {
+    if !sandbox_available("capabilities") {
+        return;
+    }
+    let state = StateDir::new("caps");
+    let s = probe_status(&state, &[]);
+    for field in ["cap_eff", "cap_prm", "cap_bnd", "cap_inh", "cap_amb"] {
+        assert_eq!(s[field], "0000000000000000", "{field} must be empty: {s}");
+    }
+    assert_eq!(s["no_new_privs"], "1");
+    assert_eq!(s["seccomp"], "2", "seccomp mode 2 is filter mode");
+}
+
+#[test]
+fn workload_sees_its_own_pid_namespace_only_lo_and_its_hostname() {
+    if !sandbox_available("namespaces") {
+        return;
+    }
+    let state = StateDir::new("ns");
+    let s = probe_status(&state, &["--name", "probe-ns"]);
+    assert_eq!(s["pid"], 2, "the workload is pid 2 under the sandbox's init: {s}");
+    let pids: Vec<u64> = s["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    assert_eq!(pids, vec![1, 2], "only init and the workload are visible: {s}");
+    assert_eq!(s["interfaces"], serde_json::json!(["lo"]));
+    assert_eq!(s["hostname"], "probe-ns");
+    assert_eq!(s["uid"], 0);
+}
+
+#[test]
+fn uid_zero_inside_is_an_unprivileged_uid_outside() {
+    if !sandbox_available("uid-map") {
+        return;
+    }
+    let state = StateDir::new("uid");
+    let s = probe_status(&state, &[]);
+    let map: Vec<u64> = s["uid_map"].as_str().unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(map[0], 0, "uid 0 inside");
+    assert_ne!(map[1], 0, "maps to a non-root host uid: {s}");
+
+    // And from the host: every process in the sandbox's cgroup runs as that uid.
+    let mut child = state
+        .osvm()
+        .args(["run", "-q", "--name", "sleeper", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pids = loop {
+        if let Some(id) = state.instances().into_iter().find(|i| i.starts_with("sleeper-")) {
+            let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/osvm/{id}/cgroup.procs"))
+                .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/osvm/{id}/cgroup.procs")))
+                .unwrap_or_default();
+            let pids: Vec<String> = procs.lines().map(String::from).collect();
+            if pids.len() >= 2 {
+                break pids;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "sandbox did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for pid in &pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let uids: Vec<u64> = uid_line.split_whitespace().skip(1).map(|u| u.parse().unwrap()).collect();
+        assert!(uids.iter().all(|u| *u == map[1]), "pid {pid} runs as {uid_line}, expected {}", map[1]);
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "sleep ends by SIGTERM forwarded from osvm");
+}
+
+#[test]
+fn memory_limit_oom_kills_and_the_exit_record_says_so() {
+    if !sandbox_available("oom") {
+        return;
+    }
+    let state = StateDir::new("oom");
+    let out = run_probe(&state, &["--memory", "64M"], &["alloc", "512"]);
+    let doc: Value = {
+        let mut cmd = state.osvm();
+        cmd.args(["-o", "json", "run", "-q", "--memory", "64M", "--bind"])
+            .arg(format!("{}:/probe", bin_dir().display()))
+            .args(["--", "/probe/osvm-probe", "alloc", "512"]);
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(137), "killed by SIGKILL: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert_eq!(out.status.code(), Some(137));
+    assert!(!stdout(&out).contains("allocated all"), "the allocation must not complete");
+    assert_eq!(doc["status"]["oom_killed"], true, "{doc}");
+    assert_eq!(doc["status"]["signal"], 9);
+    assert!(doc["stats"]["oom_kills"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    if !sandbox_available("pids") {
+        return;
+    }
+    let state = StateDir::new("pids");
+    let out = run_probe(&state, &["--pids", "16"], &["forkbomb", "500"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let forked = v["forked"].as_u64().unwrap();
+    assert!(forked < 16, "at most 16 tasks in all (init and the probe included), forked {forked}");
+    assert!(v["error"].as_str().unwrap().contains("temporarily unavailable"), "fork fails with EAGAIN: {v}");
+}
+
+#[test]
+fn cpu_quota_throttles_and_the_cgroup_stats_show_it() {
+    if !sandbox_available("cpu") {
+        return;
+    }
+    let state = StateDir::new("cpu");
+    let mut cmd = state.osvm();
+    cmd.args(["-o", "json", "run", "-q", "--cpus", "0.2", "--bind"])
+        .arg(format!("{}:/probe", bin_dir().display()))
+        .args(["--", "/probe/osvm-probe", "burn", "2"]);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stats = &doc["stats"];
+    assert!(stats["cpu_throttled_periods"].as_u64().unwrap() > 0, "throttled: {stats}");
+    // 2 s of spinning under a 0.2 CPU quota gets far less than the 2 s it would get unthrottled.
+    assert!(stats["cpu_usage_usec"].as_u64().unwrap() < 1_200_000, "{stats}");
+}
+
+/// The escape suite: at least 20 attempts, each printed, each blocked.
+#[test]
+fn escape_attempts_all_fail_from_inside() {
+    if !sandbox_available("escape") {
+        return;
+    }
+    let state = StateDir::new("escape");
+    // A host process to attack, a host secret outside every bind, a host loopback listener,
+    // and a setuid-root copy of the probe.
+    let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let secret = state.path.join("host-secret.txt");
+    std::fs::write(&secret, "osvm-host-secret-4711").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let suid_dir = state.path.join("suid");
+    std::fs::create_dir(&suid_dir).unwrap();
+    std::fs::set_permissions(&suid_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let suid = suid_dir.join("osvm-probe");
+    std::fs::copy(probe_bin(), &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let hostname_before = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+
+    let out = run_probe(
+        &state,
+        &["--readonly-root", "--bind", &format!("{}:/suid", suid_dir.display())],
+        &[
+            "escape",
+            "--host-pid",
+            &victim.id().to_string(),
+            "--secret",
+            secret.to_str().unwrap(),
+            "--host-port",
+            &port.to_string(),
+            "--setuid",
+            "/suid/osvm-probe",
+        ],
+    );
+    let text = stdout(&out);
+    println!("{text}");
+    let attempts: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(attempts.len() >= 20, "at least 20 attempts, got {}", attempts.len());
+    for a in &attempts {
+        assert_eq!(a["blocked"], true, "escape succeeded: {a}");
+    }
+    assert!(out.status.success(), "the probe reports every attempt blocked: {}", stderr(&out));
+    let names: Vec<&str> = attempts.iter().map(|a| a["attempt"].as_str().unwrap()).collect();
+    for needed in [
+        "mount", "unshare-user", "setns", "ptrace-host", "kill-host", "packet-socket", "raw-socket", "bpf",
+        "keyctl", "perf-event-open", "userfaultfd", "reboot", "kexec", "module-load", "write-outside",
+        "read-host-secret", "chroot", "mknod", "sethostname", "host-loopback", "setuid-binary", "tiocsti",
+    ] {
+        assert!(names.contains(&needed), "attempt {needed} is part of the suite");
+    }
+
+    // And from the host: nothing happened.
+    assert!(victim.try_wait().unwrap().is_none(), "the host process survived");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), hostname_before);
+    assert_eq!(listener.accept().map(|_| ()).unwrap_err().kind(), ErrorKind::WouldBlock, "no connection reached the host");
+    assert!(!text.contains("osvm-host-secret-4711"));
+}
+
+#[test]
+fn readonly_root_leaves_only_tmp_data_and_writable_binds_writable() {
+    if !sandbox_available("readonly") {
+        return;
+    }
+    let state = StateDir::new("ro");
+    let rw = state.path.join("rw");
+    let ro = state.path.join("ro");
+    for d in [&rw, &ro] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let script = "set -e; echo a > /tmp/a; echo b > /data/b; echo c > /rw/c; \
+                  if echo x > /ro/x 2>/dev/null; then exit 11; fi; \
+                  if echo x > /new 2>/dev/null; then exit 12; fi; \
+                  if echo x > /usr/x 2>/dev/null; then exit 13; fi; echo done";
+    let out = state
+        .osvm()
+        .args(["run", "-q", "--readonly-root", "--bind"])
+        .arg(format!("{}:/rw:rw", rw.display()))
+        .arg("--bind")
+        .arg(format!("{}:/ro", ro.display()))
+        .args(["--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), stderr(&out));
+    assert_eq!(stdout(&out).trim(), "done");
+    assert_eq!(std::fs::read_to_string(rw.join("c")).unwrap(), "c\n", "rw bind reaches the host");
+    assert!(!ro.join("x").exists());
+}
+
+#[test]
+fn landlock_limits_tcp_bind_to_the_listen_ports() {
+    if !sandbox_available("landlock-bind") {
+        return;
+    }
+    let state = StateDir::new("bind");
+    let script = "import socket\n\
+                  s = socket.socket(); s.bind(('127.0.0.1', 8080)); print('8080 ok')\n\
+                  t = socket.socket()\n\
+                  try:\n    t.bind(('127.0.0.1', 9090)); print('9090 bound')\n\
+                  except OSError as e:\n    print('9090 denied', e.errno)\n";
+    let out = state
+        .osvm()
+        .args(["run", "-q", "--listen", "8080", "--", "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("8080 ok"), "{text}");
+    assert!(text.contains("9090 denied 13"), "binding an undeclared port fails with EACCES: {text}");
+}
+
+#[test]
+fn exit_codes_propagate_and_setup_failures_say_why() {
+    if !sandbox_available("exit-codes") {
+        return;
+    }
+    let state = StateDir::new("exit");
+    let o = state.osvm().args(["run", "-q", "--", "/bin/sh", "-c", "exit 7"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(7));
+    let o = state.osvm().args(["run", "-q", "--", "no-such-program-osvm"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(125), "osvm's own failure");
+    assert!(stderr(&o).contains("no-such-program-osvm") && stderr(&o).contains("not found"), "{}", stderr(&o));
+    let o = state.osvm().args(["run", "--memory", "lots", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "invalid input");
+    assert!(stderr(&o).contains("--memory lots"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_finished_run_leaves_no_cgroup_and_no_process() {
+    if !sandbox_available("cleanup") {
+        return;
+    }
+    let state = StateDir::new("cleanup");
+    let o = state.osvm().args(["run", "-q", "--memory", "32M", "--pids", "8", "--", "true"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids = state.instances();
+    assert_eq!(ids.len(), 1);
+    for dir in cgroup_dirs(&ids[0]) {
+        assert!(!dir.exists(), "{} was removed", dir.display());
+    }
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(state.path.join("instances").join(&ids[0]).join("exit.json")).unwrap()).unwrap();
+    assert_eq!(record["status"]["code"], 0);
+}

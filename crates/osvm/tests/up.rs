@@ -1,0 +1,138 @@
+//! `osvm up` on the quickstart stack: the services answer from inside their network
+//! namespaces, and after SIGINT nothing is left (no processes, cgroups or mounts).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// GET / on 127.0.0.1:`port` inside the network namespace of host pid `pid`.
+fn http_get_in_netns(pid: i32, port: u16, path: &str) -> Result<String, String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+        Ok(body)
+    })
+    .join()
+    .unwrap()
+}
+
+/// `osvm up` as a child that is interrupted (and its components stopped) even when the test
+/// fails half-way.
+struct Up(std::process::Child);
+
+impl Up {
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            self.interrupt();
+        }
+    }
+}
+
+#[test]
+fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
+    if !sandbox_available("quickstart") {
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        println!("SKIP quickstart: /bin/busybox missing (Debian package busybox-static; .ci/run installs it)");
+        return;
+    }
+    let state = StateDir::new("up");
+    let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
+    let mut child = Up(state
+        .osvm()
+        .arg("up")
+        .arg(&stack)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap());
+    let (tx, rx) = channel();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("osvm up | {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // Wait for both components to be healthy, collecting their sandbox pids.
+    let mut pids = std::collections::HashMap::new();
+    let mut healthy = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while healthy.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("both components become healthy within 60 s");
+        for name in ["web", "echo"] {
+            if line.contains(&format!("] {name} started: ")) {
+                let pid: i32 = line.split("(pid ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+                pids.insert(name, pid);
+            }
+            if line.contains(&format!("] {name} healthy: ")) {
+                healthy.insert(name);
+            }
+        }
+    }
+    let web = http_get_in_netns(pids["web"], 8080, "/").expect("web answers");
+    assert!(web.starts_with("HTTP/1.0 200"), "{web}");
+    let echo = http_get_in_netns(pids["echo"], 8081, "/hostname").expect("echo answers");
+    assert!(echo.starts_with("HTTP/1.") && echo.contains(" 200 "), "{echo}");
+    assert!(echo.trim_end().ends_with("\n\necho") || echo.trim_end().ends_with("echo"), "{echo}");
+    // The services are not on the host's loopback: each lives in its own network namespace.
+    assert!(TcpStream::connect(("127.0.0.1", 8080)).is_err() || std::env::var("OSVM_TEST_ALLOW_8080").is_ok());
+
+    let instances = state.instances();
+    assert_eq!(instances.len(), 2, "{instances:?}");
+
+    let status = child.interrupt();
+    assert!(status.success(), "osvm up exits 0 after stopping everything: {status}");
+
+    for (name, pid) in &pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{name}'s sandbox (pid {pid}) is gone");
+    }
+    for id in &instances {
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "cgroup {} was removed", dir.display());
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(state.path.to_str().unwrap()),
+        "no mount under the state directory is visible on the host"
+    );
+    let leftover = std::process::Command::new("pgrep").args(["-f", "__sandbox-monitor"]).output().unwrap();
+    let ours: Vec<String> = String::from_utf8_lossy(&leftover.stdout)
+        .lines()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.contains(state.path.to_str().unwrap()))
+                .unwrap_or(false)
+        })
+        .map(String::from)
+        .collect();
+    assert!(ours.is_empty(), "no monitor of this test is left: {ours:?}");
+}
