@@ -60,7 +60,10 @@ impl SandboxConfig {
         Self {
             launcher,
             state_dir: Self::default_state_dir(),
-            id_map: IdMap { host_base: DEFAULT_ID_BASE, count: DEFAULT_ID_COUNT },
+            id_map: IdMap {
+                host_base: DEFAULT_ID_BASE,
+                count: DEFAULT_ID_COUNT,
+            },
         }
     }
 }
@@ -89,13 +92,19 @@ impl SandboxRuntime {
             );
         }
         if !self.config.launcher.exists() {
-            return Some(format!("launcher {} does not exist", self.config.launcher.display()));
+            return Some(format!(
+                "launcher {} does not exist",
+                self.config.launcher.display()
+            ));
         }
         None
     }
 
     fn unavailable(&self, reason: String) -> RuntimeError {
-        RuntimeError::Unavailable { kind: RuntimeKind::Process, reason }
+        RuntimeError::Unavailable {
+            kind: RuntimeKind::Process,
+            reason,
+        }
     }
 
     /// Starts a sandbox and returns its concrete handle.
@@ -103,15 +112,27 @@ impl SandboxRuntime {
         if let Some(reason) = self.unavailable_reason() {
             return Err(self.unavailable(reason));
         }
-        let hierarchy = *self.hierarchy.as_ref().map_err(|e| self.unavailable(e.clone()))?;
+        let hierarchy = *self
+            .hierarchy
+            .as_ref()
+            .map_err(|e| self.unavailable(e.clone()))?;
         check_spec(spec)?;
 
-        let id = format!("{}-{}", spec.name, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let id = format!(
+            "{}-{}",
+            spec.name,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let instances = self.config.state_dir.join("instances");
         let instance_dir = instances.join(&id);
         let root_dir = instance_dir.join("root");
         let data_dir = self.config.state_dir.join("data").join(&spec.name);
-        for dir in [&self.config.state_dir, &instances, &instance_dir, &self.config.state_dir.join("data")] {
+        for dir in [
+            &self.config.state_dir,
+            &instances,
+            &instance_dir,
+            &self.config.state_dir.join("data"),
+        ] {
             make_dir(dir, 0o711)?;
         }
         make_dir(&root_dir, 0o755)?;
@@ -143,7 +164,9 @@ impl SandboxRuntime {
         let plan_path = instance_dir.join("plan.json");
         let written = serde_json::to_vec_pretty(&plan)
             .map_err(|e| RuntimeError::Setup(format!("serialize the plan: {e}")))
-            .and_then(|b| fs::write(&plan_path, b).map_err(|e| RuntimeError::io("write plan.json", e)));
+            .and_then(|b| {
+                fs::write(&plan_path, b).map_err(|e| RuntimeError::io("write plan.json", e))
+            });
         if let Err(e) = written {
             let _ = cgroup.remove();
             return Err(e);
@@ -205,7 +228,10 @@ impl Runtime for SandboxRuntime {
 fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
     let name_ok = !spec.name.is_empty()
         && spec.name.len() <= 63
-        && spec.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && spec
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !name_ok {
         return Err(RuntimeError::InvalidSpec(format!(
             "name `{}` must be 1-63 characters of a-z, 0-9 and '-'",
@@ -227,7 +253,10 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
     if let Some(root) = &spec.rootfs
         && !root.is_dir()
     {
-        return Err(RuntimeError::InvalidSpec(format!("rootfs {} is not a directory", root.display())));
+        return Err(RuntimeError::InvalidSpec(format!(
+            "rootfs {} is not a directory",
+            root.display()
+        )));
     }
     Ok(())
 }
@@ -250,7 +279,8 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), RuntimeError> {
 /// mount point, so every directory on the way needs the execute bit for others.
 fn check_traversable(path: &Path) -> Result<(), RuntimeError> {
     for dir in path.ancestors().skip(1) {
-        let meta = fs::metadata(dir).map_err(|e| RuntimeError::io(format!("stat {}", dir.display()), e))?;
+        let meta = fs::metadata(dir)
+            .map_err(|e| RuntimeError::io(format!("stat {}", dir.display()), e))?;
         if meta.permissions().mode() & 0o001 == 0 {
             return Err(RuntimeError::InvalidSpec(format!(
                 "the state directory must be reachable by the sandbox's unprivileged uid, but {} \
@@ -280,9 +310,13 @@ fn spawn_monitor(
     stdout: File,
     stderr: File,
 ) -> Result<(Child, OwnedFd), RuntimeError> {
-    let (ours, theirs) =
-        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| RuntimeError::io("socketpair", e.into()))?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| RuntimeError::io("socketpair", e.into()))?;
     let theirs_raw = theirs.as_raw_fd();
     let mut cmd = Command::new(launcher);
     cmd.arg(MONITOR_ARG)
@@ -322,9 +356,16 @@ fn poll_readable(fd: &OwnedFd, timeout: Option<Duration>) -> std::io::Result<boo
     loop {
         let ms = match deadline {
             None => -1,
-            Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
         };
-        let mut pfd = libc::pollfd { fd: fd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd for the duration of the call.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc < 0 {
@@ -338,8 +379,13 @@ fn poll_readable(fd: &OwnedFd, timeout: Option<Duration>) -> std::io::Result<boo
     }
 }
 
-fn receive_start(socket: &OwnedFd, timeout: Duration) -> Result<(Confinement, OwnedFd), RuntimeError> {
-    if !poll_readable(socket, Some(timeout)).map_err(|e| RuntimeError::io("wait for the launcher", e))? {
+fn receive_start(
+    socket: &OwnedFd,
+    timeout: Duration,
+) -> Result<(Confinement, OwnedFd), RuntimeError> {
+    if !poll_readable(socket, Some(timeout))
+        .map_err(|e| RuntimeError::io("wait for the launcher", e))?
+    {
         return Err(RuntimeError::Setup(format!(
             "the sandbox did not come up within {}s",
             timeout.as_secs()
@@ -348,10 +394,18 @@ fn receive_start(socket: &OwnedFd, timeout: Duration) -> Result<(Confinement, Ow
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| RuntimeError::io("read the launcher's report", e.into()))?;
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| RuntimeError::io("read the launcher's report", e.into()))?;
     let mut fd = None;
-    for c in msg.cmsgs().map_err(|e| RuntimeError::io("read the launcher's report", e.into()))? {
+    for c in msg
+        .cmsgs()
+        .map_err(|e| RuntimeError::io("read the launcher's report", e.into()))?
+    {
         if let ControlMessageOwned::ScmRights(fds) = c {
             for raw in fds {
                 // SAFETY: the kernel installed this fd in our table for us.
@@ -362,7 +416,9 @@ fn receive_start(socket: &OwnedFd, timeout: Duration) -> Result<(Confinement, Ow
     }
     let len = msg.bytes;
     if len == 0 {
-        return Err(RuntimeError::Setup("the launcher exited without reporting (see the instance's stderr.log)".into()));
+        return Err(RuntimeError::Setup(
+            "the launcher exited without reporting (see the instance's stderr.log)".into(),
+        ));
     }
     let parsed: MonitorMsg = serde_json::from_slice(&buf[..len])
         .map_err(|e| RuntimeError::Setup(format!("malformed report from the launcher: {e}")))?;
@@ -443,7 +499,10 @@ impl SandboxInstance {
     }
 
     /// Waits up to `timeout` (`None`: forever) for the instance to end.
-    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>, RuntimeError> {
+    pub fn wait_timeout(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ExitStatus>, RuntimeError> {
         if let Some(s) = *self.exit.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(Some(s));
         }
@@ -476,7 +535,9 @@ impl SandboxInstance {
 
     /// The final record written when the sandbox ended (exit status and last usage).
     pub fn exit_record(&self) -> Option<ExitRecord> {
-        fs::read(self.instance_dir.join("exit.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        fs::read(self.instance_dir.join("exit.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 }
 
@@ -544,22 +605,33 @@ impl Instance for SandboxInstance {
         {
             return Ok(stats);
         }
-        self.cgroup.stats().map_err(|e| RuntimeError::Setup(format!("read usage: {e}")))
+        self.cgroup
+            .stats()
+            .map_err(|e| RuntimeError::Setup(format!("read usage: {e}")))
     }
 
     fn confinement(&self) -> Vec<(String, String)> {
         let c = &self.confinement;
         let mut facts = vec![
-            ("namespaces".into(), "user, pid, mount, network, ipc, uts, cgroup".into()),
+            (
+                "namespaces".into(),
+                "user, pid, mount, network, ipc, uts, cgroup".into(),
+            ),
             ("uid map".into(), c.id_map.clone()),
             ("cgroup".into(), c.cgroup.clone()),
             ("capabilities".into(), "none (bounding set empty)".into()),
             ("no_new_privs".into(), "yes".into()),
-            ("seccomp".into(), format!("allowlist of {} syscalls, others EPERM", c.seccomp_allowed)),
+            (
+                "seccomp".into(),
+                format!("allowlist of {} syscalls, others EPERM", c.seccomp_allowed),
+            ),
             ("landlock".into(), c.landlock.status.clone()),
         ];
         if c.landlock.tcp_bind_restricted {
-            facts.push(("tcp bind".into(), "only the declared listen ports (Landlock)".into()));
+            facts.push((
+                "tcp bind".into(),
+                "only the declared listen ports (Landlock)".into(),
+            ));
         }
         facts.push((
             "root".into(),

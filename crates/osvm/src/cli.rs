@@ -44,7 +44,7 @@ pub enum Command {
     /// Check a stack file and report every problem with its line and column
     Validate(ValidateArgs),
     /// Run one command confined in a sandbox, in the foreground; its exit code becomes osvm's
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start every component of a stack in the foreground with a live status table;
     /// Ctrl-C stops them all
     Up(UpArgs),

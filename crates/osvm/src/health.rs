@@ -22,15 +22,17 @@ pub type ProbeResult = Result<String, String>;
 pub fn spawn(netns: File, probe: &HealthProbe, timeout: Duration) -> Receiver<ProbeResult> {
     let (tx, rx) = channel();
     let probe = probe.clone();
-    let spawned = std::thread::Builder::new().name("health-probe".into()).spawn({
-        let tx = tx.clone();
-        move || {
-            let result = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("enter the component's network namespace: {e}"))
-                .and_then(|()| run(&probe, timeout));
-            let _ = tx.send(result);
-        }
-    });
+    let spawned = std::thread::Builder::new()
+        .name("health-probe".into())
+        .spawn({
+            let tx = tx.clone();
+            move || {
+                let result = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("enter the component's network namespace: {e}"))
+                    .and_then(|()| run(&probe, timeout));
+                let _ = tx.send(result);
+            }
+        });
     if let Err(e) = spawned {
         let _ = tx.send(Err(format!("start a probe thread: {e}")));
     }
@@ -41,21 +43,36 @@ fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let stream = TcpStream::connect_timeout(&addr.into(), timeout)
         .map_err(|e| format!("connect to port {port}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     Ok(stream)
 }
 
 fn run(probe: &HealthProbe, timeout: Duration) -> Result<String, String> {
     match probe {
-        HealthProbe::Tcp { port } => connect(*port, timeout).map(|_| format!("tcp {port} accepted")),
-        HealthProbe::Http { path, port, expect_status } => {
+        HealthProbe::Tcp { port } => {
+            connect(*port, timeout).map(|_| format!("tcp {port} accepted"))
+        }
+        HealthProbe::Http {
+            path,
+            port,
+            expect_status,
+        } => {
             let mut stream = connect(*port, timeout)?;
-            let request =
-                format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: osvm-health\r\n\r\n");
-            stream.write_all(request.as_bytes()).map_err(|e| format!("send request: {e}"))?;
+            let request = format!(
+                "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: osvm-health\r\n\r\n"
+            );
+            stream
+                .write_all(request.as_bytes())
+                .map_err(|e| format!("send request: {e}"))?;
             let mut head = [0u8; 512];
-            let n = stream.read(&mut head).map_err(|e| format!("read response: {e}"))?;
+            let n = stream
+                .read(&mut head)
+                .map_err(|e| format!("read response: {e}"))?;
             let status = parse_status(&head[..n]).ok_or("malformed HTTP response")?;
             let ok = match expect_status {
                 Some(want) => status == *want,
@@ -67,7 +84,9 @@ fn run(probe: &HealthProbe, timeout: Duration) -> Result<String, String> {
                 Err(format!("http {path} -> {status}"))
             }
         }
-        HealthProbe::Exec { .. } => Err("exec probes are run by the daemon (`osvm daemon`), not by `osvm up`".into()),
+        HealthProbe::Exec { .. } => {
+            Err("exec probes are run by the daemon (`osvm daemon`), not by `osvm up`".into())
+        }
     }
 }
 
@@ -89,7 +108,10 @@ mod tests {
     #[test]
     fn status_lines_are_parsed() {
         assert_eq!(parse_status(b"HTTP/1.0 200 OK\r\nServer: x\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.1 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            parse_status(b"HTTP/1.1 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(parse_status(b""), None);
     }

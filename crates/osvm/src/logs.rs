@@ -24,29 +24,31 @@ impl Follower {
     pub fn start(path: &Path, mut out: Box<dyn Write + Send>) -> std::io::Result<Self> {
         let mut file = File::open(path)?;
         let (done, rx) = channel::<()>();
-        let thread = std::thread::Builder::new().name("log-follower".into()).spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let finished = match rx.recv_timeout(POLL) {
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-                    Err(RecvTimeoutError::Timeout) => false,
-                };
+        let thread = std::thread::Builder::new()
+            .name("log-follower".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    match file.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if out.write_all(&buf[..n]).is_err() {
-                                return;
+                    let finished = match rx.recv_timeout(POLL) {
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+                        Err(RecvTimeoutError::Timeout) => false,
+                    };
+                    loop {
+                        match file.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if out.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
+                    let _ = out.flush();
+                    if finished {
+                        return;
+                    }
                 }
-                let _ = out.flush();
-                if finished {
-                    return;
-                }
-            }
-        })?;
+            })?;
         Ok(Self { done, thread })
     }
 

@@ -14,12 +14,14 @@ pub fn listen() -> anyhow::Result<Receiver<Signal>> {
     }
     set.thread_block()?;
     let (tx, rx) = channel();
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        while let Ok(sig) = set.wait() {
-            if tx.send(sig).is_err() {
-                break;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
             }
-        }
-    })?;
+        })?;
     Ok(rx)
 }

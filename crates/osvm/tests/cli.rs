@@ -7,14 +7,24 @@ use std::path::Path;
 use common::*;
 
 fn example(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
 }
 
 #[test]
 fn validate_accepts_the_quickstart_stack() {
-    let o = std::process::Command::new(osvm_bin()).arg("validate").arg(example("quickstart.toml")).output().unwrap();
+    let o = std::process::Command::new(osvm_bin())
+        .arg("validate")
+        .arg(example("quickstart.toml"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("valid: stack `quickstart` with 2 component(s)"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("valid: stack `quickstart` with 2 component(s)"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -22,12 +32,23 @@ fn validate_reports_file_line_and_column_and_exits_2() {
     let dir = StateDir::new("validate");
     let file = dir.path.join("bad.toml");
     std::fs::write(&file, "[stack]\nname = \"demo\"\n\n[[component]]\nname = \"a\"\ncommand = \"true\"\nlisten = [70000]\n").unwrap();
-    let o = std::process::Command::new(osvm_bin()).arg("validate").arg(&file).output().unwrap();
+    let o = std::process::Command::new(osvm_bin())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains(&format!("{}:7:", file.display())), "names file and line: {err}");
+    assert!(
+        err.contains(&format!("{}:7:", file.display())),
+        "names file and line: {err}"
+    );
 
-    let o = std::process::Command::new(osvm_bin()).args(["-o", "json", "validate"]).arg(&file).output().unwrap();
+    let o = std::process::Command::new(osvm_bin())
+        .args(["-o", "json", "validate"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["valid"], false);
@@ -37,14 +58,24 @@ fn validate_reports_file_line_and_column_and_exits_2() {
 
 #[test]
 fn validate_of_a_missing_file_names_it() {
-    let o = std::process::Command::new(osvm_bin()).args(["validate", "/nonexistent/stack.toml"]).output().unwrap();
+    let o = std::process::Command::new(osvm_bin())
+        .args(["validate", "/nonexistent/stack.toml"])
+        .output()
+        .unwrap();
     assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("/nonexistent/stack.toml"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/stack.toml"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn run_without_a_command_is_a_usage_error() {
-    let o = std::process::Command::new(osvm_bin()).arg("run").output().unwrap();
+    let o = std::process::Command::new(osvm_bin())
+        .arg("run")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -55,20 +86,40 @@ fn up_refuses_runtimes_this_release_lacks_and_says_so() {
     std::fs::write(&file, "[stack]\nname = \"vm\"\n\n[[component]]\nname = \"a\"\nruntime = \"microvm\"\ncommand = \"true\"\n").unwrap();
     let o = dir.osvm().arg("up").arg(&file).output().unwrap();
     assert_eq!(o.status.code(), Some(125));
-    assert!(stderr(&o).contains("runtime microvm unavailable"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("runtime microvm unavailable"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn doctor_reports_every_area_as_json() {
-    let o = std::process::Command::new(osvm_bin()).args(["doctor", "-o", "json"]).output().unwrap();
+    let o = std::process::Command::new(osvm_bin())
+        .args(["doctor", "-o", "json"])
+        .output()
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let checks = doc["checks"].as_array().unwrap();
-    let areas: std::collections::HashSet<&str> = checks.iter().map(|c| c["area"].as_str().unwrap()).collect();
-    for area in ["namespaces", "cgroups", "seccomp", "landlock", "network", "kvm", "microvm", "hermit"] {
+    let areas: std::collections::HashSet<&str> =
+        checks.iter().map(|c| c["area"].as_str().unwrap()).collect();
+    for area in [
+        "namespaces",
+        "cgroups",
+        "seccomp",
+        "landlock",
+        "network",
+        "kvm",
+        "microvm",
+        "hermit",
+    ] {
         assert!(areas.contains(area), "doctor covers {area}: {areas:?}");
     }
     for c in checks {
-        assert!(c["available"].is_boolean() && !c["detail"].as_str().unwrap().is_empty(), "{c}");
+        assert!(
+            c["available"].is_boolean() && !c["detail"].as_str().unwrap().is_empty(),
+            "{c}"
+        );
     }
     assert_eq!(o.status.success(), doc["required_ok"].as_bool().unwrap());
 }

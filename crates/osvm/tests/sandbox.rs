@@ -13,7 +13,8 @@ use serde_json::Value;
 fn probe_status(state: &StateDir, flags: &[&str]) -> Value {
     let out = run_probe(state, flags, &["status"]);
     assert!(out.status.success(), "probe failed: {}", stderr(&out));
-    serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("bad probe output {e}: {}", stdout(&out)))
+    serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("bad probe output {e}: {}", stdout(&out)))
 }
 
 #[test]
@@ -37,9 +38,21 @@ fn workload_sees_its_own_pid_namespace_only_lo_and_its_hostname() {
     }
     let state = StateDir::new("ns");
     let s = probe_status(&state, &["--name", "probe-ns"]);
-    assert_eq!(s["pid"], 2, "the workload is pid 2 under the sandbox's init: {s}");
-    let pids: Vec<u64> = s["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
-    assert_eq!(pids, vec![1, 2], "only init and the workload are visible: {s}");
+    assert_eq!(
+        s["pid"], 2,
+        "the workload is pid 2 under the sandbox's init: {s}"
+    );
+    let pids: Vec<u64> = s["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pids,
+        vec![1, 2],
+        "only init and the workload are visible: {s}"
+    );
     assert_eq!(s["interfaces"], serde_json::json!(["lo"]));
     assert_eq!(s["hostname"], "probe-ns");
     assert_eq!(s["uid"], 0);
@@ -52,7 +65,12 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
     }
     let state = StateDir::new("uid");
     let s = probe_status(&state, &[]);
-    let map: Vec<u64> = s["uid_map"].as_str().unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let map: Vec<u64> = s["uid_map"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
     assert_eq!(map[0], 0, "uid 0 inside");
     assert_ne!(map[1], 0, "maps to a non-root host uid: {s}");
 
@@ -64,27 +82,53 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let pids = loop {
-        if let Some(id) = state.instances().into_iter().find(|i| i.starts_with("sleeper-")) {
-            let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/osvm/{id}/cgroup.procs"))
-                .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/osvm/{id}/cgroup.procs")))
-                .unwrap_or_default();
+        if let Some(id) = state
+            .instances()
+            .into_iter()
+            .find(|i| i.starts_with("sleeper-"))
+        {
+            let procs =
+                std::fs::read_to_string(format!("/sys/fs/cgroup/pids/osvm/{id}/cgroup.procs"))
+                    .or_else(|_| {
+                        std::fs::read_to_string(format!("/sys/fs/cgroup/osvm/{id}/cgroup.procs"))
+                    })
+                    .unwrap_or_default();
             let pids: Vec<String> = procs.lines().map(String::from).collect();
             if pids.len() >= 2 {
                 break pids;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "sandbox did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     for pid in &pids {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        let uids: Vec<u64> = uid_line.split_whitespace().skip(1).map(|u| u.parse().unwrap()).collect();
-        assert!(uids.iter().all(|u| *u == map[1]), "pid {pid} runs as {uid_line}, expected {}", map[1]);
+        let uids: Vec<u64> = uid_line
+            .split_whitespace()
+            .skip(1)
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert!(
+            uids.iter().all(|u| *u == map[1]),
+            "pid {pid} runs as {uid_line}, expected {}",
+            map[1]
+        );
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(143), "sleep ends by SIGTERM forwarded from osvm");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "sleep ends by SIGTERM forwarded from osvm"
+    );
 }
 
 #[test]
@@ -100,11 +144,19 @@ fn memory_limit_oom_kills_and_the_exit_record_says_so() {
             .arg(format!("{}:/probe", bin_dir().display()))
             .args(["--", "/probe/osvm-probe", "alloc", "512"]);
         let o = cmd.output().unwrap();
-        assert_eq!(o.status.code(), Some(137), "killed by SIGKILL: {}", stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(137),
+            "killed by SIGKILL: {}",
+            stderr(&o)
+        );
         serde_json::from_slice(&o.stdout).unwrap()
     };
     assert_eq!(out.status.code(), Some(137));
-    assert!(!stdout(&out).contains("allocated all"), "the allocation must not complete");
+    assert!(
+        !stdout(&out).contains("allocated all"),
+        "the allocation must not complete"
+    );
     assert_eq!(doc["status"]["oom_killed"], true, "{doc}");
     assert_eq!(doc["status"]["signal"], 9);
     assert!(doc["stats"]["oom_kills"].as_u64().unwrap() >= 1);
@@ -120,8 +172,17 @@ fn pids_limit_stops_a_fork_bomb() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     let forked = v["forked"].as_u64().unwrap();
-    assert!(forked < 16, "at most 16 tasks in all (init and the probe included), forked {forked}");
-    assert!(v["error"].as_str().unwrap().contains("temporarily unavailable"), "fork fails with EAGAIN: {v}");
+    assert!(
+        forked < 16,
+        "at most 16 tasks in all (init and the probe included), forked {forked}"
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("temporarily unavailable"),
+        "fork fails with EAGAIN: {v}"
+    );
 }
 
 #[test]
@@ -138,9 +199,15 @@ fn cpu_quota_throttles_and_the_cgroup_stats_show_it() {
     assert!(o.status.success(), "{}", stderr(&o));
     let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
     let stats = &doc["stats"];
-    assert!(stats["cpu_throttled_periods"].as_u64().unwrap() > 0, "throttled: {stats}");
+    assert!(
+        stats["cpu_throttled_periods"].as_u64().unwrap() > 0,
+        "throttled: {stats}"
+    );
     // 2 s of spinning under a 0.2 CPU quota gets far less than the 2 s it would get unthrottled.
-    assert!(stats["cpu_usage_usec"].as_u64().unwrap() < 1_200_000, "{stats}");
+    assert!(
+        stats["cpu_usage_usec"].as_u64().unwrap() < 1_200_000,
+        "{stats}"
+    );
 }
 
 /// The escape suite: at least 20 attempts, each printed, each blocked.
@@ -152,7 +219,10 @@ fn escape_attempts_all_fail_from_inside() {
     let state = StateDir::new("escape");
     // A host process to attack, a host secret outside every bind, a host loopback listener,
     // and a setuid-root copy of the probe.
-    let mut victim = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut victim = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     let secret = state.path.join("host-secret.txt");
     std::fs::write(&secret, "osvm-host-secret-4711").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -169,7 +239,11 @@ fn escape_attempts_all_fail_from_inside() {
 
     let out = run_probe(
         &state,
-        &["--readonly-root", "--bind", &format!("{}:/suid", suid_dir.display())],
+        &[
+            "--readonly-root",
+            "--bind",
+            &format!("{}:/suid", suid_dir.display()),
+        ],
         &[
             "escape",
             "--host-pid",
@@ -184,27 +258,73 @@ fn escape_attempts_all_fail_from_inside() {
     );
     let text = stdout(&out);
     println!("{text}");
-    let attempts: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(attempts.len() >= 20, "at least 20 attempts, got {}", attempts.len());
+    let attempts: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        attempts.len() >= 20,
+        "at least 20 attempts, got {}",
+        attempts.len()
+    );
     for a in &attempts {
         assert_eq!(a["blocked"], true, "escape succeeded: {a}");
     }
-    assert!(out.status.success(), "the probe reports every attempt blocked: {}", stderr(&out));
-    let names: Vec<&str> = attempts.iter().map(|a| a["attempt"].as_str().unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "the probe reports every attempt blocked: {}",
+        stderr(&out)
+    );
+    let names: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["attempt"].as_str().unwrap())
+        .collect();
     for needed in [
-        "mount", "unshare-user", "setns", "ptrace-host", "kill-host", "packet-socket", "raw-socket", "bpf",
-        "keyctl", "perf-event-open", "userfaultfd", "reboot", "kexec", "module-load", "write-outside",
-        "read-host-secret", "chroot", "mknod", "sethostname", "host-loopback", "setuid-binary", "tiocsti",
+        "mount",
+        "unshare-user",
+        "setns",
+        "ptrace-host",
+        "kill-host",
+        "packet-socket",
+        "raw-socket",
+        "bpf",
+        "keyctl",
+        "perf-event-open",
+        "userfaultfd",
+        "reboot",
+        "kexec",
+        "module-load",
+        "write-outside",
+        "read-host-secret",
+        "chroot",
+        "mknod",
+        "sethostname",
+        "host-loopback",
+        "setuid-binary",
+        "tiocsti",
     ] {
-        assert!(names.contains(&needed), "attempt {needed} is part of the suite");
+        assert!(
+            names.contains(&needed),
+            "attempt {needed} is part of the suite"
+        );
     }
 
     // And from the host: nothing happened.
-    assert!(victim.try_wait().unwrap().is_none(), "the host process survived");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the host process survived"
+    );
     victim.kill().unwrap();
     victim.wait().unwrap();
-    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), hostname_before);
-    assert_eq!(listener.accept().map(|_| ()).unwrap_err().kind(), ErrorKind::WouldBlock, "no connection reached the host");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        hostname_before
+    );
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        ErrorKind::WouldBlock,
+        "no connection reached the host"
+    );
     assert!(!text.contains("osvm-host-secret-4711"));
 }
 
@@ -233,9 +353,18 @@ fn readonly_root_leaves_only_tmp_data_and_writable_binds_writable() {
         .args(["--", "/bin/sh", "-c", script])
         .output()
         .unwrap();
-    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), stderr(&out));
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
     assert_eq!(stdout(&out).trim(), "done");
-    assert_eq!(std::fs::read_to_string(rw.join("c")).unwrap(), "c\n", "rw bind reaches the host");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("c")).unwrap(),
+        "c\n",
+        "rw bind reaches the host"
+    );
     assert!(!ro.join("x").exists());
 }
 
@@ -252,13 +381,18 @@ fn landlock_limits_tcp_bind_to_the_listen_ports() {
                   except OSError as e:\n    print('9090 denied', e.errno)\n";
     let out = state
         .osvm()
-        .args(["run", "-q", "--listen", "8080", "--", "python3", "-c", script])
+        .args([
+            "run", "-q", "--listen", "8080", "--", "python3", "-c", script,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("8080 ok"), "{text}");
-    assert!(text.contains("9090 denied 13"), "binding an undeclared port fails with EACCES: {text}");
+    assert!(
+        text.contains("9090 denied 13"),
+        "binding an undeclared port fails with EACCES: {text}"
+    );
 }
 
 #[test]
@@ -267,12 +401,28 @@ fn exit_codes_propagate_and_setup_failures_say_why() {
         return;
     }
     let state = StateDir::new("exit");
-    let o = state.osvm().args(["run", "-q", "--", "/bin/sh", "-c", "exit 7"]).output().unwrap();
+    let o = state
+        .osvm()
+        .args(["run", "-q", "--", "/bin/sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(7));
-    let o = state.osvm().args(["run", "-q", "--", "no-such-program-osvm"]).output().unwrap();
+    let o = state
+        .osvm()
+        .args(["run", "-q", "--", "no-such-program-osvm"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(125), "osvm's own failure");
-    assert!(stderr(&o).contains("no-such-program-osvm") && stderr(&o).contains("not found"), "{}", stderr(&o));
-    let o = state.osvm().args(["run", "--memory", "lots", "--", "true"]).output().unwrap();
+    assert!(
+        stderr(&o).contains("no-such-program-osvm") && stderr(&o).contains("not found"),
+        "{}",
+        stderr(&o)
+    );
+    let o = state
+        .osvm()
+        .args(["run", "--memory", "lots", "--", "true"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2), "invalid input");
     assert!(stderr(&o).contains("--memory lots"), "{}", stderr(&o));
 }
@@ -283,14 +433,20 @@ fn a_finished_run_leaves_no_cgroup_and_no_process() {
         return;
     }
     let state = StateDir::new("cleanup");
-    let o = state.osvm().args(["run", "-q", "--memory", "32M", "--pids", "8", "--", "true"]).output().unwrap();
+    let o = state
+        .osvm()
+        .args(["run", "-q", "--memory", "32M", "--pids", "8", "--", "true"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let ids = state.instances();
     assert_eq!(ids.len(), 1);
     for dir in cgroup_dirs(&ids[0]) {
         assert!(!dir.exists(), "{} was removed", dir.display());
     }
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(state.path.join("instances").join(&ids[0]).join("exit.json")).unwrap()).unwrap();
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(state.path.join("instances").join(&ids[0]).join("exit.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(record["status"]["code"], 0);
 }

@@ -18,7 +18,8 @@ fn http_get_in_netns(pid: i32, port: u16, path: &str) -> Result<String, String> 
     let request = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
     std::thread::spawn(move || {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| e.to_string())?;
         let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
@@ -56,7 +57,9 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
         return;
     }
     if !Path::new("/bin/busybox").exists() {
-        println!("SKIP quickstart: /bin/busybox missing (Debian package busybox-static; .ci/run installs it)");
+        println!(
+            "SKIP quickstart: /bin/busybox missing (Debian package busybox-static; .ci/run installs it)"
+        );
         return;
     }
     let state = StateDir::new("up");
@@ -86,10 +89,20 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while healthy.len() < 2 {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("both components become healthy within 60 s");
+        let line = rx
+            .recv_timeout(left)
+            .expect("both components become healthy within 60 s");
         for name in ["web", "echo"] {
             if line.contains(&format!("] {name} started: ")) {
-                let pid: i32 = line.split("(pid ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+                let pid: i32 = line
+                    .split("(pid ")
+                    .nth(1)
+                    .unwrap()
+                    .split(')')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 pids.insert(name, pid);
             }
             if line.contains(&format!("] {name} healthy: ")) {
@@ -100,19 +113,34 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
     let web = http_get_in_netns(pids["web"], 8080, "/").expect("web answers");
     assert!(web.starts_with("HTTP/1.0 200"), "{web}");
     let echo = http_get_in_netns(pids["echo"], 8081, "/hostname").expect("echo answers");
-    assert!(echo.starts_with("HTTP/1.") && echo.contains(" 200 "), "{echo}");
-    assert!(echo.trim_end().ends_with("\n\necho") || echo.trim_end().ends_with("echo"), "{echo}");
+    assert!(
+        echo.starts_with("HTTP/1.") && echo.contains(" 200 "),
+        "{echo}"
+    );
+    assert!(
+        echo.trim_end().ends_with("\n\necho") || echo.trim_end().ends_with("echo"),
+        "{echo}"
+    );
     // The services are not on the host's loopback: each lives in its own network namespace.
-    assert!(TcpStream::connect(("127.0.0.1", 8080)).is_err() || std::env::var("OSVM_TEST_ALLOW_8080").is_ok());
+    assert!(
+        TcpStream::connect(("127.0.0.1", 8080)).is_err()
+            || std::env::var("OSVM_TEST_ALLOW_8080").is_ok()
+    );
 
     let instances = state.instances();
     assert_eq!(instances.len(), 2, "{instances:?}");
 
     let status = child.interrupt();
-    assert!(status.success(), "osvm up exits 0 after stopping everything: {status}");
+    assert!(
+        status.success(),
+        "osvm up exits 0 after stopping everything: {status}"
+    );
 
     for (name, pid) in &pids {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{name}'s sandbox (pid {pid}) is gone");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{name}'s sandbox (pid {pid}) is gone"
+        );
     }
     for id in &instances {
         for dir in cgroup_dirs(id) {
@@ -124,7 +152,10 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
         !mounts.contains(state.path.to_str().unwrap()),
         "no mount under the state directory is visible on the host"
     );
-    let leftover = std::process::Command::new("pgrep").args(["-f", "__sandbox-monitor"]).output().unwrap();
+    let leftover = std::process::Command::new("pgrep")
+        .args(["-f", "__sandbox-monitor"])
+        .output()
+        .unwrap();
     let ours: Vec<String> = String::from_utf8_lossy(&leftover.stdout)
         .lines()
         .filter(|pid| {

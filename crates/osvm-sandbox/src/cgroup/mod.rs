@@ -87,7 +87,9 @@ impl Hierarchy {
             Some(FsType::Other) => Err(CgroupError::Unavailable(format!(
                 "{CGROUP_ROOT} is neither cgroup2 nor a tmpfs holding v1 hierarchies"
             ))),
-            None => Err(CgroupError::Unavailable(format!("{CGROUP_ROOT} is not mounted"))),
+            None => Err(CgroupError::Unavailable(format!(
+                "{CGROUP_ROOT} is not mounted"
+            ))),
         }
     }
 
@@ -154,7 +156,11 @@ pub fn create(
     limits: &Resources,
 ) -> Result<Box<dyn CgroupManager>, CgroupError> {
     match hierarchy {
-        Hierarchy::Unified => Ok(Box::new(v2::V2Group::create(Path::new(CGROUP_ROOT), id, limits)?)),
+        Hierarchy::Unified => Ok(Box::new(v2::V2Group::create(
+            Path::new(CGROUP_ROOT),
+            id,
+            limits,
+        )?)),
         Hierarchy::Hybrid | Hierarchy::Legacy => {
             Ok(Box::new(v1::V1Group::create(hierarchy, id, limits)?))
         }
@@ -210,7 +216,11 @@ pub(crate) fn mkdir(path: &Path) -> Result<(), CgroupError> {
     match fs::create_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(CgroupError::Io { op: "mkdir", path: path.to_path_buf(), source }),
+        Err(source) => Err(CgroupError::Io {
+            op: "mkdir",
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -218,7 +228,11 @@ pub(crate) fn rmdir(path: &Path) -> Result<(), CgroupError> {
     match fs::remove_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(CgroupError::Io { op: "rmdir", path: path.to_path_buf(), source }),
+        Err(source) => Err(CgroupError::Io {
+            op: "rmdir",
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -227,7 +241,11 @@ pub(crate) fn read_procs(dir: &Path) -> Result<Vec<i32>, CgroupError> {
     match fs::read_to_string(&path) {
         Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(CgroupError::Io { op: "read", path, source }),
+        Err(source) => Err(CgroupError::Io {
+            op: "read",
+            path,
+            source,
+        }),
     }
 }
 
@@ -252,6 +270,9 @@ mod tests {
         assert_eq!(parse_keyed(s, "nr_throttled"), Some(7));
         assert_eq!(parse_keyed(s, "usage_usec"), Some(1200));
         assert_eq!(parse_keyed(s, "missing"), None);
-        assert_eq!(parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"), Some(2));
+        assert_eq!(
+            parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"),
+            Some(2)
+        );
     }
 }

@@ -78,7 +78,14 @@ impl V1Group {
                 return Err(e);
             }
         };
-        let group = Self { hierarchy, memory, cpu, cpuacct, pids, unified };
+        let group = Self {
+            hierarchy,
+            memory,
+            cpu,
+            cpuacct,
+            pids,
+            unified,
+        };
         if let Err(e) = group.apply(limits) {
             let _ = group.remove();
             return Err(e);
@@ -104,13 +111,20 @@ impl V1Group {
             cpu: find("cpu"),
             cpuacct: find("cpuacct"),
             pids: find("pids"),
-            unified: paths.dirs.iter().find(|d| d.starts_with(&unified_prefix)).cloned(),
+            unified: paths
+                .dirs
+                .iter()
+                .find(|d| d.starts_with(&unified_prefix))
+                .cloned(),
         }
     }
 
     fn apply(&self, limits: &Resources) -> Result<(), CgroupError> {
         if let Some(bytes) = limits.memory_bytes {
-            write(&self.memory.join("memory.limit_in_bytes"), &bytes.to_string())?;
+            write(
+                &self.memory.join("memory.limit_in_bytes"),
+                &bytes.to_string(),
+            )?;
             // Without the memsw limit a workload could push its pages to swap and go on.
             let memsw = self.memory.join("memory.memsw.limit_in_bytes");
             if memsw.exists() {
@@ -119,7 +133,10 @@ impl V1Group {
         }
         if let Some(cpus) = limits.cpus {
             let quota = ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000);
-            write(&self.cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            write(
+                &self.cpu.join("cpu.cfs_period_us"),
+                &CPU_PERIOD_US.to_string(),
+            )?;
             write(&self.cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
         }
         if let Some(pids) = limits.pids {
@@ -142,7 +159,10 @@ impl V1Group {
 
 impl CgroupManager for V1Group {
     fn paths(&self) -> CgroupPaths {
-        CgroupPaths { hierarchy: self.hierarchy, dirs: self.all_dirs() }
+        CgroupPaths {
+            hierarchy: self.hierarchy,
+            dirs: self.all_dirs(),
+        }
     }
 
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {

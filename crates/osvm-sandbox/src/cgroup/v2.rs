@@ -56,7 +56,10 @@ impl V2Group {
         }
         if let Some(cpus) = limits.cpus {
             let quota = ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000);
-            write(&self.dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+            write(
+                &self.dir.join("cpu.max"),
+                &format!("{quota} {CPU_PERIOD_US}"),
+            )?;
         }
         if let Some(pids) = limits.pids {
             write(&self.dir.join("pids.max"), &pids.to_string())?;
@@ -81,7 +84,10 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 
 impl CgroupManager for V2Group {
     fn paths(&self) -> CgroupPaths {
-        CgroupPaths { hierarchy: Hierarchy::Unified, dirs: vec![self.dir.clone()] }
+        CgroupPaths {
+            hierarchy: Hierarchy::Unified,
+            dirs: vec![self.dir.clone()],
+        }
     }
 
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
@@ -93,7 +99,11 @@ impl CgroupManager for V2Group {
         let peak = self.dir.join("memory.peak");
         Ok(InstanceStats {
             memory_bytes: read_u64(&self.dir.join("memory.current"))?,
-            memory_peak_bytes: if peak.exists() { Some(read_u64(&peak)?) } else { None },
+            memory_peak_bytes: if peak.exists() {
+                Some(read_u64(&peak)?)
+            } else {
+                None
+            },
             cpu_usage_usec: read_keyed(&cpu, "usage_usec")?.unwrap_or(0),
             cpu_throttled_periods: read_keyed(&cpu, "nr_throttled")?.unwrap_or(0),
             cpu_throttled_usec: read_keyed(&cpu, "throttled_usec")?.unwrap_or(0),

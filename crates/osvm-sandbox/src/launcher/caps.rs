@@ -34,7 +34,12 @@ pub fn drop_all() -> Result<(), CapsError> {
             )));
         }
     }
-    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
         caps::clear(None, set).map_err(|e| CapsError(format!("clearing {set:?}: {e}")))?;
     }
     Ok(())

@@ -66,6 +66,19 @@ pub fn run(plan: &Plan, go: OwnedFd, to_monitor: OwnedFd) -> i32 {
     }
 }
 
+/// The monitor has written this process's uid and gid maps.
+pub const MAPS_WRITTEN: u8 = b'm';
+/// The monitor has moved this process into the sandbox's cgroup.
+pub const CGROUP_JOINED: u8 = b'c';
+
+fn wait_for(go: &mut File, what: u8) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    match go.read(&mut byte) {
+        Ok(1) if byte[0] == what => Ok(()),
+        _ => Err("the monitor went away before the sandbox was ready".into()),
+    }
+}
+
 fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
 }
@@ -81,7 +94,12 @@ fn signal_set() -> SigSet {
 
 fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     // The monitor ignores the terminal's signals; a workload must start with the defaults.
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
         // SAFETY: SIG_DFL installs no handler code.
         step("reset signal dispositions", unsafe {
             nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl)
@@ -90,19 +108,24 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     // If the monitor dies, nobody could record how this sandbox ends: end it too.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    let mut byte = [0u8; 1];
-    match File::from(go).read(&mut byte) {
-        Ok(1) => {}
-        _ => return Err("the monitor went away before the sandbox was ready".into()),
-    }
+    let mut go = File::from(go);
+    wait_for(&mut go, MAPS_WRITTEN)?;
 
-    step("become gid 0 in the user namespace", nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)))?;
+    step(
+        "become gid 0 in the user namespace",
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
+    )?;
     if plan.host_root {
         step("clear supplementary groups", nix::unistd::setgroups(&[]))?;
     }
-    step("become uid 0 in the user namespace", nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)))?;
-    step("enter a new cgroup namespace", nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP))?;
-    step("set the hostname", nix::unistd::sethostname(&plan.launch.name))?;
+    step(
+        "become uid 0 in the user namespace",
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
+    )?;
+    step(
+        "set the hostname",
+        nix::unistd::sethostname(&plan.launch.name),
+    )?;
     step("bring up the loopback interface", loopback_up())?;
     step("build the root file system", rootfs::build(plan))?;
 
@@ -116,7 +139,11 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let program = rootfs::resolve_command(&spec.command, &path_var)?;
     let to_c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
     let mut argv = vec![to_c(&spec.command)?];
@@ -127,24 +154,55 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
         .iter()
         .map(|(k, v)| to_c(&format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let workdir: PathBuf = spec.working_dir.clone().unwrap_or_else(|| PathBuf::from(DATA_DIR_INSIDE));
+    let workdir: PathBuf = spec
+        .working_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DATA_DIR_INSIDE));
+
+    let mut writable: Vec<&Path> = vec![
+        Path::new("/tmp"),
+        Path::new(DATA_DIR_INSIDE),
+        Path::new("/dev/shm"),
+    ];
+    writable.extend(
+        spec.binds
+            .iter()
+            .filter(|b| b.writable)
+            .map(|b| b.target.as_path()),
+    );
+    let ruleset = step(
+        "prepare Landlock",
+        landlock::prepare(spec.readonly_root, &writable, &spec.listen),
+    )?;
+    let programs = step("seccomp", seccomp::build())?;
+
+    // Moving a task into a v1 cgroup waits for an RCU grace period (milliseconds); the
+    // monitor does it while this process builds the root and its filters, and the sandbox is
+    // in its cgroup before anything of the workload's runs.
+    wait_for(&mut go, CGROUP_JOINED)?;
+    step(
+        "enter a new cgroup namespace",
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+    )?;
 
     let set = signal_set();
     step("block signals", set.thread_block())?;
 
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(format!("set no_new_privs: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "set no_new_privs: {}",
+            std::io::Error::last_os_error()
+        ));
     }
-    let mut writable: Vec<&Path> =
-        vec![Path::new("/tmp"), Path::new(DATA_DIR_INSIDE), Path::new("/dev/shm")];
-    writable.extend(spec.binds.iter().filter(|b| b.writable).map(|b| b.target.as_path()));
-    let landlock = step("apply Landlock", landlock::restrict(spec.readonly_root, &writable, &spec.listen))?;
+    let landlock = step("apply Landlock", ruleset.enforce())?;
     step("drop capabilities", caps::drop_all())?;
-    let programs = step("seccomp", seccomp::build())?;
     step("seccomp", seccomp::install(&programs))?;
 
-    let (err_r, err_w) = step("create the exec-error pipe", pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
+    let (err_r, err_w) = step(
+        "create the exec-error pipe",
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+    )?;
     // SAFETY: this process is single-threaded (the launcher never starts threads), so the
     // child may allocate and run ordinary code before it execs.
     match step("fork the workload", unsafe { fork() })? {
@@ -190,10 +248,21 @@ fn loopback_up() -> std::io::Result<()> {
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: SIOCSIFFLAGS reads a valid ifreq that lives across the call.
-    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), libc::SIOCSIFFLAGS, &req) };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCSIFFLAGS,
+            &req,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// In the workload's process: restore signals, enter the working directory, exec. Returns only

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,12 +37,18 @@ fn err(e: impl std::fmt::Display) -> LandlockError {
     LandlockError(e.to_string())
 }
 
-/// Restricts the calling process (and everything it starts).
-pub fn restrict(
+/// A ruleset built and ready to be enforced with [`Prepared::enforce`].
+pub struct Prepared {
+    ruleset: RulesetCreated,
+    listen: bool,
+}
+
+/// Builds the ruleset (paths are resolved now, in the sandbox's root).
+pub fn prepare(
     readonly_root: bool,
     writable: &[&Path],
     listen: &[u16],
-) -> Result<LandlockReport, LandlockError> {
+) -> Result<Prepared, LandlockError> {
     let all = AccessFs::from_all(TARGET_ABI);
     let read = AccessFs::from_read(TARGET_ABI);
     let device = read | AccessFs::WriteFile | AccessFs::IoctlDev;
@@ -56,12 +62,17 @@ pub fn restrict(
 
     let root_access = if readonly_root { read } else { all };
     created = created
-        .add_rule(PathBeneath::new(PathFd::new("/").map_err(err)?, root_access))
+        .add_rule(PathBeneath::new(
+            PathFd::new("/").map_err(err)?,
+            root_access,
+        ))
         .map_err(err)?;
     for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
         let path = Path::new("/dev").join(dev);
         if let Ok(fd) = PathFd::new(&path) {
-            created = created.add_rule(PathBeneath::new(fd, device)).map_err(err)?;
+            created = created
+                .add_rule(PathBeneath::new(fd, device))
+                .map_err(err)?;
         }
     }
     for dir in writable {
@@ -69,18 +80,36 @@ pub fn restrict(
         created = created.add_rule(PathBeneath::new(fd, all)).map_err(err)?;
     }
     for port in listen {
-        created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp)).map_err(err)?;
+        created = created
+            .add_rule(NetPort::new(*port, AccessNet::BindTcp))
+            .map_err(err)?;
     }
-    let status = created.restrict_self().map_err(err)?;
-    let tcp_bind_restricted = !listen.is_empty() && status.ruleset != RulesetStatus::NotEnforced;
-    Ok(LandlockReport {
-        status: match status.ruleset {
+    Ok(Prepared {
+        ruleset: created,
+        listen: !listen.is_empty(),
+    })
+}
+
+impl Prepared {
+    /// Restricts the calling process (and everything it starts from now on).
+    pub fn enforce(self) -> Result<LandlockReport, LandlockError> {
+        let status = self.ruleset.restrict_self().map_err(err)?;
+        let tcp_bind_restricted = self.listen && status.ruleset != RulesetStatus::NotEnforced;
+        Ok(report(status.ruleset, tcp_bind_restricted))
+    }
+}
+
+fn report(ruleset: RulesetStatus, tcp_bind_restricted: bool) -> LandlockReport {
+    LandlockReport {
+        status: match ruleset {
             RulesetStatus::FullyEnforced => "fully enforced".into(),
             RulesetStatus::PartiallyEnforced => {
                 "partially enforced (the kernel's Landlock ABI is older than osvm's)".into()
             }
-            RulesetStatus::NotEnforced => "not enforced (Landlock unavailable in this kernel)".into(),
+            RulesetStatus::NotEnforced => {
+                "not enforced (Landlock unavailable in this kernel)".into()
+            }
         },
         tcp_bind_restricted,
-    })
+    }
 }

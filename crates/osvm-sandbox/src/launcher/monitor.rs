@@ -36,7 +36,12 @@ pub fn main(plan_path: &Path) -> ! {
     // SAFETY: fd 3 is the runtime's socket, handed over by the runtime's spawn; nothing else
     // in this fresh process owns it.
     let report = unsafe { OwnedFd::from_raw_fd(MONITOR_FD) };
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
@@ -46,7 +51,13 @@ pub fn main(plan_path: &Path) -> ! {
     {
         Ok(p) => p,
         Err(e) => {
-            report_msg(&report, &MonitorMsg::Failed { message: format!("read launch plan {}: {e}", plan_path.display()) }, None);
+            report_msg(
+                &report,
+                &MonitorMsg::Failed {
+                    message: format!("read launch plan {}: {e}", plan_path.display()),
+                },
+                None,
+            );
             std::process::exit(1);
         }
     };
@@ -61,7 +72,9 @@ pub fn main(plan_path: &Path) -> ! {
 }
 
 fn report_msg(sock: &OwnedFd, msg: &MonitorMsg, fd: Option<RawFd>) {
-    let Ok(bytes) = serde_json::to_vec(msg) else { return };
+    let Ok(bytes) = serde_json::to_vec(msg) else {
+        return;
+    };
     let iov = [IoSlice::new(&bytes)];
     let fds;
     let cmsgs: &[ControlMessage] = match fd {
@@ -81,14 +94,26 @@ fn clone_fork(flags: libc::c_int) -> std::io::Result<libc::pid_t> {
     // this single-threaded process and returns from the syscall on the same stack, exactly as
     // with fork(2).
     let rc = unsafe {
-        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
     };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc as libc::pid_t) }
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc as libc::pid_t)
+    }
 }
 
 fn apply_rlimits(plan: &Plan) -> Result<(), String> {
     if let Some(n) = plan.launch.resources.open_files {
-        setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(|e| format!("set the open-files limit to {n}: {e}"))?;
+        setrlimit(Resource::RLIMIT_NOFILE, n, n)
+            .map_err(|e| format!("set the open-files limit to {n}: {e}"))?;
     }
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| format!("disable core dumps: {e}"))
 }
@@ -133,35 +158,67 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     let init_pid = Pid::from_raw(pid);
     let cgroup = cgroup::open(&plan.cgroup);
 
-    let prepared = write_id_maps(plan, pid).and_then(|()| {
-        cgroup.add_process(pid).map_err(|e| format!("move the sandbox into its cgroup: {e}"))
-    });
+    let mut go = File::from(go_w);
+    let release = |go: &mut File, what: u8| {
+        go.write_all(&[what])
+            .map_err(|e| format!("release the sandbox's init: {e}"))
+    };
+    // Init builds its root while this process moves it into the cgroup (see init.rs).
+    let prepared = write_id_maps(plan, pid)
+        .and_then(|()| release(&mut go, init::MAPS_WRITTEN))
+        .and_then(|()| {
+            cgroup
+                .add_process(pid)
+                .map_err(|e| format!("move the sandbox into its cgroup: {e}"))
+        })
+        .and_then(|()| release(&mut go, init::CGROUP_JOINED));
+    drop(go);
     if let Err(e) = prepared {
         let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
         let _ = waitpid(init_pid, None);
         cleanup(plan, cgroup.as_ref());
         return Err(e);
     }
-    File::from(go_w).write_all(b"g").map_err(|e| format!("release the sandbox's init: {e}"))?;
 
     let mut lines = BufReader::new(File::from(msg_r)).lines();
-    let first = lines.next().and_then(|l| l.ok()).and_then(|l| serde_json::from_str::<InitMsg>(&l).ok());
+    let first = lines
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| serde_json::from_str::<InitMsg>(&l).ok());
     match first {
-        Some(InitMsg::Ready { workload_pid: _, landlock, seccomp_allowed }) => {
-            let pidfd = pidfd_open(pid).map_err(|e| format!("pidfd_open of the sandbox's init: {e}"))?;
+        Some(InitMsg::Ready {
+            workload_pid: _,
+            landlock,
+            seccomp_allowed,
+        }) => {
+            let pidfd =
+                pidfd_open(pid).map_err(|e| format!("pidfd_open of the sandbox's init: {e}"))?;
             let confinement = Confinement {
                 init_pid: pid,
                 workload_pid: first_child(pid),
-                id_map: if plan.host_root { plan.id_map.map_line().trim().to_string() } else { "0 <caller> 1".into() },
+                id_map: if plan.host_root {
+                    plan.id_map.map_line().trim().to_string()
+                } else {
+                    "0 <caller> 1".into()
+                },
                 cgroup: format!(
                     "{} {}",
                     plan.cgroup.hierarchy.name(),
-                    plan.cgroup.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(",")
+                    plan.cgroup
+                        .dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
                 landlock,
                 seccomp_allowed,
             };
-            report_msg(report, &MonitorMsg::Started(confinement), Some(pidfd.as_raw_fd()));
+            report_msg(
+                report,
+                &MonitorMsg::Started(confinement),
+                Some(pidfd.as_raw_fd()),
+            );
         }
         other => {
             let message = match other {
@@ -174,7 +231,10 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         }
     }
 
-    let exited = lines.next().and_then(|l| l.ok()).and_then(|l| serde_json::from_str::<InitMsg>(&l).ok());
+    let exited = lines
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| serde_json::from_str::<InitMsg>(&l).ok());
     let init_status = loop {
         match waitpid(init_pid, None) {
             Err(nix::errno::Errno::EINTR) => continue,
@@ -182,11 +242,27 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         }
     };
     let mut status = match exited {
-        Some(InitMsg::Exited { code, signal }) => ExitStatus { code, signal, oom_killed: false },
+        Some(InitMsg::Exited { code, signal }) => ExitStatus {
+            code,
+            signal,
+            oom_killed: false,
+        },
         _ => match init_status {
-            Ok(WaitStatus::Exited(_, c)) => ExitStatus { code: Some(c), signal: None, oom_killed: false },
-            Ok(WaitStatus::Signaled(_, s, _)) => ExitStatus { code: None, signal: Some(s as i32), oom_killed: false },
-            _ => ExitStatus { code: None, signal: None, oom_killed: false },
+            Ok(WaitStatus::Exited(_, c)) => ExitStatus {
+                code: Some(c),
+                signal: None,
+                oom_killed: false,
+            },
+            Ok(WaitStatus::Signaled(_, s, _)) => ExitStatus {
+                code: None,
+                signal: Some(s as i32),
+                oom_killed: false,
+            },
+            _ => ExitStatus {
+                code: None,
+                signal: None,
+                oom_killed: false,
+            },
         },
     };
     let stats = cgroup.stats().ok();
@@ -196,7 +272,10 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     let record = ExitRecord {
         status,
         stats,
-        finished_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        finished_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
     };
     write_exit_record(&plan.instance_dir, &record);
     cleanup(plan, cgroup.as_ref());

@@ -49,7 +49,10 @@ pub struct RootfsError {
 }
 
 fn fail(step: impl Into<String>, detail: impl std::fmt::Display) -> RootfsError {
-    RootfsError { step: step.into(), detail: detail.to_string() }
+    RootfsError {
+        step: step.into(),
+        detail: detail.to_string(),
+    }
 }
 
 fn do_mount(
@@ -63,7 +66,9 @@ fn do_mount(
         fail(
             format!(
                 "mount {} on {}",
-                source.map(|s| s.display().to_string()).unwrap_or_else(|| fstype.unwrap_or("?").into()),
+                source
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_else(|| fstype.unwrap_or("?").into()),
                 target.display()
             ),
             e,
@@ -95,7 +100,13 @@ fn locked_flags(path: &Path) -> MsFlags {
 
 /// Binds `source` on `target`, read-only unless `writable`, always nosuid and nodev.
 fn bind(source: &Path, target: &Path, writable: bool) -> Result<(), RootfsError> {
-    do_mount(Some(source), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    do_mount(
+        Some(source),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
     let mut flags = MsFlags::MS_REMOUNT
         | MsFlags::MS_BIND
         | MsFlags::MS_NOSUID
@@ -159,14 +170,20 @@ fn minimal_etc(root: &Path, hostname: &str) -> Result<(), RootfsError> {
     let etc = root.join("etc");
     mkdir_p(&etc)?;
     tmpfs(&etc, "0755", MsFlags::MS_NOEXEC)?;
-    write_file(&etc.join("passwd"), "root:x:0:0:root:/data:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")?;
+    write_file(
+        &etc.join("passwd"),
+        "root:x:0:0:root:/data:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    )?;
     write_file(&etc.join("group"), "root:x:0:\nnogroup:x:65534:\n")?;
     write_file(&etc.join("hostname"), &format!("{hostname}\n"))?;
     write_file(
         &etc.join("hosts"),
         &format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost\n"),
     )?;
-    write_file(&etc.join("nsswitch.conf"), "passwd: files\ngroup: files\nhosts: files\n")?;
+    write_file(
+        &etc.join("nsswitch.conf"),
+        "passwd: files\ngroup: files\nhosts: files\n",
+    )?;
     write_file(&etc.join("resolv.conf"), "")?;
     for name in HOST_ETC {
         let source = Path::new("/etc").join(name);
@@ -227,7 +244,13 @@ fn proc(root: &Path) -> Result<(), RootfsError> {
     for masked in ["kcore", "keys", "timer_list"] {
         let p = proc.join(masked);
         if p.exists() {
-            do_mount(Some(Path::new("/dev/null")), &p, None, MsFlags::MS_BIND, None)?;
+            do_mount(
+                Some(Path::new("/dev/null")),
+                &p,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
         }
     }
     Ok(())
@@ -240,16 +263,31 @@ pub fn build(plan: &Plan) -> Result<(), RootfsError> {
     let root = plan.root_dir.as_path();
 
     // Nothing done here may propagate back to the host's mount namespace.
-    do_mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
 
     match &spec.rootfs {
         Some(dir) => {
-            do_mount(Some(dir), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            do_mount(
+                Some(dir),
+                root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
             for needed in ["proc", "dev", "tmp", "data"] {
                 if !root.join(needed).is_dir() {
                     return Err(fail(
                         "check rootfs",
-                        format!("{} has no /{needed} directory; create it (empty) first", dir.display()),
+                        format!(
+                            "{} has no /{needed} directory; create it (empty) first",
+                            dir.display()
+                        ),
                     ));
                 }
             }
@@ -260,8 +298,9 @@ pub fn build(plan: &Plan) -> Result<(), RootfsError> {
                 let host = Path::new("/").join(name);
                 let target = root.join(name);
                 match fs::read_link(&host) {
-                    Ok(link) => symlink(&link, &target)
-                        .map_err(|e| fail(format!("symlink /{name}"), e))?,
+                    Ok(link) => {
+                        symlink(&link, &target).map_err(|e| fail(format!("symlink /{name}"), e))?
+                    }
                     Err(_) if host.is_dir() => {
                         mkdir_p(&target)?;
                         bind(&host, &target, false)?;
@@ -279,7 +318,11 @@ pub fn build(plan: &Plan) -> Result<(), RootfsError> {
     proc(root)?;
     minimal_dev(root)?;
     tmpfs(&root.join("tmp"), "1777", MsFlags::empty())?;
-    bind(&plan.data_dir, &inside(root, Path::new(DATA_DIR_INSIDE)), true)?;
+    bind(
+        &plan.data_dir,
+        &inside(root, Path::new(DATA_DIR_INSIDE)),
+        true,
+    )?;
 
     for b in &spec.binds {
         let target = inside(root, &b.target);
@@ -306,7 +349,8 @@ pub fn build(plan: &Plan) -> Result<(), RootfsError> {
 /// (called after `pivot_root`).
 pub fn resolve_command(command: &str, path_var: &str) -> Result<CString, String> {
     let to_c = |p: &Path| {
-        CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| format!("{command:?} contains NUL"))
+        CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{command:?} contains NUL"))
     };
     if command.contains('/') {
         return to_c(Path::new(command));
@@ -320,5 +364,7 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<CString, String>
             }
         }
     }
-    Err(format!("`{command}` was not found in the sandbox's PATH ({path_var})"))
+    Err(format!(
+        "`{command}` was not found in the sandbox's PATH ({path_var})"
+    ))
 }

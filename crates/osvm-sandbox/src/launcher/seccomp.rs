@@ -374,7 +374,12 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
 }
 
 fn socket_rules() -> Result<Vec<SeccompRule>, SeccompError> {
-    let mut rules = vec![rule(vec![cond(0, Len::Dword, Op::Eq, libc::AF_UNIX as u64)?])?];
+    let mut rules = vec![rule(vec![cond(
+        0,
+        Len::Dword,
+        Op::Eq,
+        libc::AF_UNIX as u64,
+    )?])?];
     for family in [libc::AF_INET, libc::AF_INET6] {
         for ty in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
             rules.push(rule(vec![
@@ -399,14 +404,19 @@ pub fn allowed_count() -> usize {
 /// Builds the two filters: the allowlist, then the `clone3` -> `ENOSYS` filter.
 pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|nr| (*nr as i64, Vec::new())).collect();
+        ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
     rules.insert(
-        libc::SYS_clone as i64,
-        vec![rule(vec![cond(0, Len::Qword, Op::MaskedEq(CLONE_NAMESPACE_FLAGS), 0)?])?],
+        libc::SYS_clone,
+        vec![rule(vec![cond(
+            0,
+            Len::Qword,
+            Op::MaskedEq(CLONE_NAMESPACE_FLAGS),
+            0,
+        )?])?],
     );
-    rules.insert(libc::SYS_socket as i64, socket_rules()?);
+    rules.insert(libc::SYS_socket, socket_rules()?);
     rules.insert(
-        libc::SYS_ioctl as i64,
+        libc::SYS_ioctl,
         vec![rule(vec![
             cond(1, Len::Dword, Op::Ne, TIOCSTI)?,
             cond(1, Len::Dword, Op::Ne, TIOCLINUX)?,
@@ -420,7 +430,7 @@ pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     )
     .map_err(|e| SeccompError::Build(e.to_string()))?;
     let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3 as i64, Vec::new())]),
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         ARCH,
@@ -428,9 +438,11 @@ pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     .map_err(|e| SeccompError::Build(e.to_string()))?;
     let mut programs = Vec::new();
     for filter in [allowlist, clone3] {
-        programs.push(filter.try_into().map_err(|e: seccompiler::BackendError| {
-            SeccompError::Build(e.to_string())
-        })?);
+        programs.push(
+            filter
+                .try_into()
+                .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?,
+        );
     }
     Ok(programs)
 }

@@ -33,7 +33,10 @@ fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -103,7 +106,11 @@ fn syscall_attempt(name: &'static str, tried: &str, rc: i64) -> Attempt {
         Ok(v) => Ok(format!("returned {v}")),
         Err(e) => blocked_by(e),
     };
-    Attempt { name, tried: tried.into(), result }
+    Attempt {
+        name,
+        tried: tried.into(),
+        result,
+    }
 }
 
 fn open_write(path: &str) -> Result<String, String> {
@@ -131,22 +138,38 @@ fn escape(a: &EscapeArgs) -> bool {
     // SAFETY (all syscalls below): each call gets valid pointers to live CStrings or null
     // where the kernel accepts it; the probe wants to see them fail.
     attempts.push(syscall_attempt("mount", "mount tmpfs on /tmp", unsafe {
-        libc::mount(tmpfs.as_ptr(), tmp.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()) as i64
+        libc::mount(
+            tmpfs.as_ptr(),
+            tmp.as_ptr(),
+            tmpfs.as_ptr(),
+            0,
+            std::ptr::null(),
+        ) as i64
     }));
-    attempts.push(syscall_attempt("unshare-user", "unshare(CLONE_NEWUSER)", unsafe {
-        libc::unshare(libc::CLONE_NEWUSER) as i64
-    }));
-    attempts.push(syscall_attempt("unshare-net", "unshare(CLONE_NEWNET|CLONE_NEWNS)", unsafe {
-        libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) as i64
-    }));
+    attempts.push(syscall_attempt(
+        "unshare-user",
+        "unshare(CLONE_NEWUSER)",
+        unsafe { libc::unshare(libc::CLONE_NEWUSER) as i64 },
+    ));
+    attempts.push(syscall_attempt(
+        "unshare-net",
+        "unshare(CLONE_NEWNET|CLONE_NEWNS)",
+        unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) as i64 },
+    ));
     attempts.push({
         let tried = "setns into /proc/self/ns/user (would re-enter a user namespace)".to_string();
         match std::fs::File::open("/proc/self/ns/user") {
             Ok(f) => {
                 use std::os::fd::AsRawFd;
-                syscall_attempt("setns", &tried, unsafe { libc::setns(f.as_raw_fd(), 0) as i64 })
+                syscall_attempt("setns", &tried, unsafe {
+                    libc::setns(f.as_raw_fd(), 0) as i64
+                })
             }
-            Err(e) => Attempt { name: "setns", tried, result: Err(e.to_string()) },
+            Err(e) => Attempt {
+                name: "setns",
+                tried,
+                result: Err(e.to_string()),
+            },
         }
     });
     attempts.push(syscall_attempt(
@@ -164,74 +187,157 @@ fn escape(a: &EscapeArgs) -> bool {
         },
     ));
     if let Some(pid) = a.host_pid {
-        attempts.push(syscall_attempt("ptrace-host", &format!("ptrace(PTRACE_ATTACH) host pid {pid}"), unsafe {
-            libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize)
-        }));
-        attempts.push(syscall_attempt("kill-host", &format!("kill(SIGKILL) host pid {pid}"), unsafe {
-            libc::kill(pid, libc::SIGKILL) as i64
-        }));
+        attempts.push(syscall_attempt(
+            "ptrace-host",
+            &format!("ptrace(PTRACE_ATTACH) host pid {pid}"),
+            unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize) },
+        ));
+        attempts.push(syscall_attempt(
+            "kill-host",
+            &format!("kill(SIGKILL) host pid {pid}"),
+            unsafe { libc::kill(pid, libc::SIGKILL) as i64 },
+        ));
     }
-    attempts.push(syscall_attempt("ptrace-init", "ptrace(PTRACE_ATTACH) the sandbox's init", unsafe {
-        libc::ptrace(libc::PTRACE_ATTACH, 1, 0usize, 0usize)
-    }));
-    attempts.push(syscall_attempt("process-vm-readv", "process_vm_readv from the sandbox's init", unsafe {
-        libc::syscall(libc::SYS_process_vm_readv, 1, 0usize, 0usize, 0usize, 0usize, 0usize)
-    }));
-    attempts.push(syscall_attempt("packet-socket", "socket(AF_PACKET, SOCK_RAW)", unsafe {
-        libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) as i64
-    }));
-    attempts.push(syscall_attempt("raw-socket", "socket(AF_INET, SOCK_RAW, IPPROTO_ICMP)", unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) as i64
-    }));
+    attempts.push(syscall_attempt(
+        "ptrace-init",
+        "ptrace(PTRACE_ATTACH) the sandbox's init",
+        unsafe { libc::ptrace(libc::PTRACE_ATTACH, 1, 0usize, 0usize) },
+    ));
+    attempts.push(syscall_attempt(
+        "process-vm-readv",
+        "process_vm_readv from the sandbox's init",
+        unsafe {
+            libc::syscall(
+                libc::SYS_process_vm_readv,
+                1,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        },
+    ));
+    attempts.push(syscall_attempt(
+        "packet-socket",
+        "socket(AF_PACKET, SOCK_RAW)",
+        unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            ) as i64
+        },
+    ));
+    attempts.push(syscall_attempt(
+        "raw-socket",
+        "socket(AF_INET, SOCK_RAW, IPPROTO_ICMP)",
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) as i64 },
+    ));
     attempts.push(syscall_attempt("bpf", "bpf(BPF_MAP_CREATE)", unsafe {
         let mut attr = [0u32; 32];
         attr[0] = 2; // BPF_MAP_TYPE_ARRAY
         attr[1] = 4;
         attr[2] = 4;
         attr[3] = 1;
-        libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), std::mem::size_of_val(&attr))
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
     }));
-    attempts.push(syscall_attempt("keyctl", "keyctl(KEYCTL_GET_KEYRING_ID, session keyring)", unsafe {
-        libc::syscall(libc::SYS_keyctl, 0, -3i64, 1)
-    }));
-    attempts.push(syscall_attempt("add-key", "add_key(\"user\", ...) into the session keyring", unsafe {
-        let ty = cstr("user");
-        let desc = cstr("osvm-probe");
-        libc::syscall(libc::SYS_add_key, ty.as_ptr(), desc.as_ptr(), b"x".as_ptr(), 1usize, -3i64)
-    }));
-    attempts.push(syscall_attempt("perf-event-open", "perf_event_open(software cpu clock)", unsafe {
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
-        attr[4..8].copy_from_slice(&128u32.to_ne_bytes()); // size
-        libc::syscall(libc::SYS_perf_event_open, attr.as_mut_ptr(), 0, -1, -1, 0)
-    }));
-    attempts.push(syscall_attempt("userfaultfd", "userfaultfd(O_CLOEXEC)", unsafe {
-        libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC)
-    }));
-    attempts.push(syscall_attempt("reboot", "reboot(LINUX_REBOOT_CMD_CAD_OFF)", unsafe {
-        libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) as i64
-    }));
+    attempts.push(syscall_attempt(
+        "keyctl",
+        "keyctl(KEYCTL_GET_KEYRING_ID, session keyring)",
+        unsafe { libc::syscall(libc::SYS_keyctl, 0, -3i64, 1) },
+    ));
+    attempts.push(syscall_attempt(
+        "add-key",
+        "add_key(\"user\", ...) into the session keyring",
+        unsafe {
+            let ty = cstr("user");
+            let desc = cstr("osvm-probe");
+            libc::syscall(
+                libc::SYS_add_key,
+                ty.as_ptr(),
+                desc.as_ptr(),
+                b"x".as_ptr(),
+                1usize,
+                -3i64,
+            )
+        },
+    ));
+    attempts.push(syscall_attempt(
+        "perf-event-open",
+        "perf_event_open(software cpu clock)",
+        unsafe {
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
+            attr[4..8].copy_from_slice(&128u32.to_ne_bytes()); // size
+            libc::syscall(libc::SYS_perf_event_open, attr.as_mut_ptr(), 0, -1, -1, 0)
+        },
+    ));
+    attempts.push(syscall_attempt(
+        "userfaultfd",
+        "userfaultfd(O_CLOEXEC)",
+        unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) },
+    ));
+    attempts.push(syscall_attempt(
+        "reboot",
+        "reboot(LINUX_REBOOT_CMD_CAD_OFF)",
+        unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) as i64 },
+    ));
     attempts.push(syscall_attempt("kexec", "kexec_load(0 segments)", unsafe {
         libc::syscall(libc::SYS_kexec_load, 0usize, 0usize, 0usize, 0usize)
     }));
-    attempts.push(syscall_attempt("module-load", "finit_module(/dev/null)", unsafe {
-        let f = libc::open(cstr("/dev/null").as_ptr(), libc::O_RDONLY);
-        libc::syscall(libc::SYS_finit_module, f, cstr("").as_ptr(), 0)
-    }));
-    attempts.push(syscall_attempt("io-uring", "io_uring_setup(1 entry)", unsafe {
-        let mut params = [0u8; 120];
-        libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr())
-    }));
-    attempts.push(syscall_attempt("open-by-handle", "open_by_handle_at (the 'shocker' escape)", unsafe {
-        let mut handle = [0u8; 16];
-        handle[0..4].copy_from_slice(&8u32.to_ne_bytes());
-        libc::syscall(libc::SYS_open_by_handle_at, libc::AT_FDCWD, handle.as_mut_ptr(), libc::O_RDONLY)
-    }));
-    attempts.push(syscall_attempt("clock-settime", "clock_settime(CLOCK_REALTIME)", unsafe {
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        libc::clock_settime(libc::CLOCK_REALTIME, &ts) as i64
-    }));
-    for path in ["/usr/osvm-escape", "/etc/osvm-escape", "/bin/osvm-escape", "/osvm-escape"] {
+    attempts.push(syscall_attempt(
+        "module-load",
+        "finit_module(/dev/null)",
+        unsafe {
+            let f = libc::open(cstr("/dev/null").as_ptr(), libc::O_RDONLY);
+            libc::syscall(libc::SYS_finit_module, f, cstr("").as_ptr(), 0)
+        },
+    ));
+    attempts.push(syscall_attempt(
+        "io-uring",
+        "io_uring_setup(1 entry)",
+        unsafe {
+            let mut params = [0u8; 120];
+            libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr())
+        },
+    ));
+    attempts.push(syscall_attempt(
+        "open-by-handle",
+        "open_by_handle_at (the 'shocker' escape)",
+        unsafe {
+            let mut handle = [0u8; 16];
+            handle[0..4].copy_from_slice(&8u32.to_ne_bytes());
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                libc::AT_FDCWD,
+                handle.as_mut_ptr(),
+                libc::O_RDONLY,
+            )
+        },
+    ));
+    attempts.push(syscall_attempt(
+        "clock-settime",
+        "clock_settime(CLOCK_REALTIME)",
+        unsafe {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::clock_settime(libc::CLOCK_REALTIME, &ts) as i64
+        },
+    ));
+    for path in [
+        "/usr/osvm-escape",
+        "/etc/osvm-escape",
+        "/bin/osvm-escape",
+        "/osvm-escape",
+    ] {
         attempts.push(Attempt {
             name: "write-outside",
             tried: format!("create {path}"),
@@ -241,31 +347,53 @@ fn escape(a: &EscapeArgs) -> bool {
     attempts.push(Attempt {
         name: "write-sysrq",
         tried: "write /proc/sysrq-trigger".into(),
-        result: std::fs::write("/proc/sysrq-trigger", "h").map(|_| "written".into()).map_err(|e| e.to_string()),
+        result: std::fs::write("/proc/sysrq-trigger", "h")
+            .map(|_| "written".into())
+            .map_err(|e| e.to_string()),
     });
     if let Some(secret) = &a.secret {
-        for path in [secret.clone(), format!("/proc/1/root{secret}"), format!("/proc/self/root/../../..{secret}")] {
+        for path in [
+            secret.clone(),
+            format!("/proc/1/root{secret}"),
+            format!("/proc/self/root/../../..{secret}"),
+        ] {
             attempts.push(Attempt {
                 name: "read-host-secret",
                 tried: format!("read {path}"),
-                result: std::fs::read_to_string(&path).map(|s| format!("read {} bytes", s.len())).map_err(|e| e.to_string()),
+                result: std::fs::read_to_string(&path)
+                    .map(|s| format!("read {} bytes", s.len()))
+                    .map_err(|e| e.to_string()),
             });
         }
     }
-    attempts.push(syscall_attempt("chroot", "chroot(\"/tmp\") (first step of the chroot-breakout trick)", unsafe {
-        libc::chroot(tmp.as_ptr()) as i64
-    }));
-    attempts.push(syscall_attempt("mknod", "mknod /tmp/sda as block device 8:0", unsafe {
-        libc::mknod(cstr("/tmp/sda").as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(8, 0)) as i64
-    }));
+    attempts.push(syscall_attempt(
+        "chroot",
+        "chroot(\"/tmp\") (first step of the chroot-breakout trick)",
+        unsafe { libc::chroot(tmp.as_ptr()) as i64 },
+    ));
+    attempts.push(syscall_attempt(
+        "mknod",
+        "mknod /tmp/sda as block device 8:0",
+        unsafe {
+            libc::mknod(
+                cstr("/tmp/sda").as_ptr(),
+                libc::S_IFBLK | 0o600,
+                libc::makedev(8, 0),
+            ) as i64
+        },
+    ));
     attempts.push(Attempt {
         name: "dev-mem",
         tried: "open /dev/mem".into(),
-        result: std::fs::File::open("/dev/mem").map(|_| "opened".into()).map_err(|e| e.to_string()),
+        result: std::fs::File::open("/dev/mem")
+            .map(|_| "opened".into())
+            .map_err(|e| e.to_string()),
     });
-    attempts.push(syscall_attempt("sethostname", "sethostname(\"pwned\")", unsafe {
-        libc::sethostname(b"pwned".as_ptr().cast(), 5) as i64
-    }));
+    attempts.push(syscall_attempt(
+        "sethostname",
+        "sethostname(\"pwned\")",
+        unsafe { libc::sethostname(b"pwned".as_ptr().cast(), 5) as i64 },
+    ));
     if let Some(port) = a.host_port {
         attempts.push(Attempt {
             name: "host-loopback",
@@ -278,14 +406,22 @@ fn escape(a: &EscapeArgs) -> bool {
             .map_err(|e| e.to_string()),
         });
     }
-    attempts.push(syscall_attempt("tiocsti", "ioctl(0, TIOCSTI) to type into a terminal", unsafe {
-        let c = b'x';
-        libc::ioctl(0, libc::TIOCSTI, &c) as i64
-    }));
+    attempts.push(syscall_attempt(
+        "tiocsti",
+        "ioctl(0, TIOCSTI) to type into a terminal",
+        unsafe {
+            let c = b'x';
+            libc::ioctl(0, libc::TIOCSTI, &c) as i64
+        },
+    ));
     attempts.push(Attempt {
         name: "tty",
         tried: "open /dev/tty (the host's controlling terminal)".into(),
-        result: std::fs::OpenOptions::new().write(true).open("/dev/tty").map(|_| "opened".into()).map_err(|e| e.to_string()),
+        result: std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/tty")
+            .map(|_| "opened".into())
+            .map_err(|e| e.to_string()),
     });
     if let Some(path) = &a.setuid {
         attempts.push(setuid_attempt(path));
@@ -327,7 +463,11 @@ fn setuid_attempt(path: &str) -> Attempt {
             }
         }
     };
-    Attempt { name: "setuid-binary", tried, result }
+    Attempt {
+        name: "setuid-binary",
+        tried,
+        result,
+    }
 }
 
 fn alloc(mib: usize) {
@@ -358,7 +498,11 @@ fn forkbomb(n: usize) {
             pid => children.push(pid),
         }
     }
-    println!("{{\"forked\":{},\"error\":{}}}", children.len(), json_str(&error));
+    println!(
+        "{{\"forked\":{},\"error\":{}}}",
+        children.len(),
+        json_str(&error)
+    );
     for pid in children {
         // SAFETY: plain kill and waitpid of our own children.
         unsafe {
@@ -383,7 +527,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let cmd = args.get(1).map(String::as_str).unwrap_or("");
     let flag = |name: &str| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
     };
     match cmd {
         "status" => status(),

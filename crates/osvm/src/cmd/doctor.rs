@@ -27,9 +27,16 @@ pub fn run(global: &Global) -> anyhow::Result<ExitCode> {
                     .filter(|c| c.is_required() && !c.available)
                     .map(|c| format!("{} {}", c.area, c.name))
                     .collect();
-                println!("The process sandbox cannot run here; missing: {}.", missing.join(", "));
+                println!(
+                    "The process sandbox cannot run here; missing: {}.",
+                    missing.join(", ")
+                );
             }
         }
     }
-    Ok(if report.all_required_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.all_required_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

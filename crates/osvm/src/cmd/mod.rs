@@ -26,7 +26,7 @@ pub struct SetupFailed(#[from] pub osvm_core::RuntimeError);
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(a) => validate::run(&cli.global, a),
-        Command::Run(a) => run::run(&cli.global, a),
+        Command::Run(a) => run::run(&cli.global, *a),
         Command::Up(a) => up::run(&cli.global, a),
         Command::Doctor => doctor::run(&cli.global),
     }
@@ -56,7 +56,11 @@ pub fn sandbox_runtime(global: &Global) -> anyhow::Result<SandboxRuntime> {
 }
 
 fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 /// Formats bytes for tables: `12.3M`.
@@ -68,7 +72,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[i]) }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
 }
 
 /// Formats a duration for tables: `3s`, `4m12s`, `2h05m`.

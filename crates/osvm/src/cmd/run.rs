@@ -43,7 +43,8 @@ fn spec_from(args: &RunArgs) -> anyhow::Result<LaunchSpec> {
     }
     spec.working_dir = args.workdir.clone();
     for b in &args.bind {
-        spec.binds.push(BindMount::parse_flag(b).map_err(|e| invalid(format!("--bind {b}: {e}")))?);
+        spec.binds
+            .push(BindMount::parse_flag(b).map_err(|e| invalid(format!("--bind {b}: {e}")))?);
     }
     for e in &args.env {
         let (k, v) = e
@@ -94,13 +95,21 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let json = global.output == Output::Json;
     let out = Follower::start(
         &stdout_log,
-        if json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) },
+        if json {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        },
     )
     .context("follow the stdout log")?;
-    let err = Follower::start(&stderr_log, Box::new(std::io::stderr())).context("follow the stderr log")?;
+    let err = Follower::start(&stderr_log, Box::new(std::io::stderr()))
+        .context("follow the stderr log")?;
 
     let status = loop {
-        if let Some(status) = instance.wait_timeout(Some(Duration::from_millis(200))).map_err(SetupFailed)? {
+        if let Some(status) = instance
+            .wait_timeout(Some(Duration::from_millis(200)))
+            .map_err(SetupFailed)?
+        {
             break status;
         }
         if let Ok(sig) = signals.try_recv() {
@@ -124,7 +133,11 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if !args.quiet && (!status.success() || status.oom_killed) {
-        tracing::warn!(instance = instance.id(), "{status}; logs in {}", instance.instance_dir().display());
+        tracing::warn!(
+            instance = instance.id(),
+            "{status}; logs in {}",
+            instance.instance_dir().display()
+        );
     }
     Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
 }

@@ -111,7 +111,11 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     let signals = crate::signals::listen()?;
     let runtime = sandbox_runtime(global)?;
     if let Some(reason) = runtime.unavailable_reason() {
-        return Err(SetupFailed(RuntimeError::Unavailable { kind: RuntimeKind::Process, reason }).into());
+        return Err(SetupFailed(RuntimeError::Unavailable {
+            kind: RuntimeKind::Process,
+            reason,
+        })
+        .into());
     }
     let now = Instant::now();
     let units = stack
@@ -152,7 +156,15 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
         began: now,
         drawn_lines: 0,
     };
-    sup.event(None, "up", &format!("stack `{}` from {}; Ctrl-C stops it", sup.stack.name, args.file.display()));
+    sup.event(
+        None,
+        "up",
+        &format!(
+            "stack `{}` from {}; Ctrl-C stops it",
+            sup.stack.name,
+            args.file.display()
+        ),
+    );
     let code = sup.run(&signals);
     Ok(code)
 }
@@ -163,7 +175,11 @@ impl Supervisor {
         loop {
             if let Ok(sig) = signals.try_recv() {
                 self.clear_table();
-                self.event(None, "stopping", &format!("{sig}: stopping every component"));
+                self.event(
+                    None,
+                    "stopping",
+                    &format!("{sig}: stopping every component"),
+                );
                 return self.shutdown();
             }
             let now = Instant::now();
@@ -174,11 +190,27 @@ impl Supervisor {
                 self.draw();
                 last_draw = now;
             }
-            if self.units.iter().all(|u| u.instance.is_none() && u.restart_at.is_none()) {
+            if self
+                .units
+                .iter()
+                .all(|u| u.instance.is_none() && u.restart_at.is_none())
+            {
                 self.clear_table();
-                let failed = self.units.iter().filter(|u| u.status == ComponentStatus::Failed).count();
-                self.event(None, "done", &format!("every component has ended; {failed} failed"));
-                return if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) };
+                let failed = self
+                    .units
+                    .iter()
+                    .filter(|u| u.status == ComponentStatus::Failed)
+                    .count();
+                self.event(
+                    None,
+                    "done",
+                    &format!("every component has ended; {failed} failed"),
+                );
+                return if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                };
             }
             std::thread::sleep(TICK);
         }
@@ -199,7 +231,9 @@ impl Supervisor {
             self.start(i, now);
         }
         let u = &mut self.units[i];
-        let Some(inst) = u.instance.clone() else { return };
+        let Some(inst) = u.instance.clone() else {
+            return;
+        };
         // A stop the loop asked for that is taking too long.
         if u.kill_at.is_some_and(|t| t <= now) {
             u.kill_at = None;
@@ -216,7 +250,9 @@ impl Supervisor {
             u.cpu_sample = Some((now, stats.cpu_usage_usec));
             u.stats = Some(stats);
         }
-        if u.started_at.is_some_and(|s| now.duration_since(s) > BACKOFF_RESET) {
+        if u.started_at
+            .is_some_and(|s| now.duration_since(s) > BACKOFF_RESET)
+        {
             u.backoff_exp = 0;
         }
         self.tick_health(i, &inst, now);
@@ -234,7 +270,11 @@ impl Supervisor {
         if matches!(u.health, Health::Unchecked(_)) {
             if u.status == ComponentStatus::Starting {
                 u.status = ComponentStatus::Running;
-                let why = if let Health::Unchecked(w) = &u.health { w.clone() } else { String::new() };
+                let why = if let Health::Unchecked(w) = &u.health {
+                    w.clone()
+                } else {
+                    String::new()
+                };
                 self.event(Some(i), "running", &format!("health unchecked: {why}"));
             }
             return;
@@ -261,8 +301,9 @@ impl Supervisor {
                     }
                 }
                 Err(reason) => {
-                    let in_start_period =
-                        u.started_at.is_some_and(|s| now.duration_since(s) < check.start_period);
+                    let in_start_period = u
+                        .started_at
+                        .is_some_and(|s| now.duration_since(s) < check.start_period);
                     if in_start_period {
                         return;
                     }
@@ -272,7 +313,11 @@ impl Supervisor {
                     };
                     u.health = Health::Failing(n, reason.clone());
                     if n >= check.retries {
-                        self.event(Some(i), "unhealthy", &format!("{n} failed probes in a row; last: {reason}"));
+                        self.event(
+                            Some(i),
+                            "unhealthy",
+                            &format!("{n} failed probes in a row; last: {reason}"),
+                        );
                         let u = &mut self.units[i];
                         u.unhealthy_stop = true;
                         u.status = ComponentStatus::Stopping;
@@ -295,7 +340,12 @@ impl Supervisor {
         let spec = self.units[i].component.launch_spec();
         match self.runtime.start_sandbox(&spec) {
             Ok(inst) => {
-                let detail = format!("instance {} (pid {}), logs in {}", inst.id(), inst.init_pid(), inst.instance_dir().display());
+                let detail = format!(
+                    "instance {} (pid {}), logs in {}",
+                    inst.id(),
+                    inst.init_pid(),
+                    inst.instance_dir().display()
+                );
                 let u = &mut self.units[i];
                 u.instance = Some(Arc::new(inst));
                 u.started_at = Some(now);
@@ -325,7 +375,11 @@ impl Supervisor {
         u.kill_at = None;
         u.last_exit = Some(status);
         let failed = !status.success() || u.unhealthy_stop;
-        let detail = if u.unhealthy_stop { format!("{status} (stopped as unhealthy)") } else { status.to_string() };
+        let detail = if u.unhealthy_stop {
+            format!("{status} (stopped as unhealthy)")
+        } else {
+            status.to_string()
+        };
         u.reason = detail.clone();
         self.event(Some(i), "exited", &detail);
         self.schedule_restart(i, now, failed);
@@ -340,22 +394,39 @@ impl Supervisor {
             RestartPolicy::Never => false,
         };
         if !wanted {
-            u.status = if failed { ComponentStatus::Failed } else { ComponentStatus::Stopped };
+            u.status = if failed {
+                ComponentStatus::Failed
+            } else {
+                ComponentStatus::Stopped
+            };
             return;
         }
         if u.restarts >= max {
             u.status = ComponentStatus::Failed;
-            let reason = format!("gave up after {max} restarts (the stack's max_restarts); last: {}", u.reason);
+            let reason = format!(
+                "gave up after {max} restarts (the stack's max_restarts); last: {}",
+                u.reason
+            );
             u.reason = reason.clone();
             self.event(Some(i), "failed", &reason);
             return;
         }
-        let delay = BACKOFF_START.saturating_mul(1 << u.backoff_exp.min(10)).min(BACKOFF_MAX);
+        let delay = BACKOFF_START
+            .saturating_mul(1 << u.backoff_exp.min(10))
+            .min(BACKOFF_MAX);
         u.backoff_exp += 1;
         u.restarts += 1;
         u.restart_at = Some(now + delay);
         u.status = ComponentStatus::Starting;
-        self.event(Some(i), "restart-scheduled", &format!("restart {} in {}", self.units[i].restarts, human_duration(delay)));
+        self.event(
+            Some(i),
+            "restart-scheduled",
+            &format!(
+                "restart {} in {}",
+                self.units[i].restarts,
+                human_duration(delay)
+            ),
+        );
     }
 
     /// Stops every running component in parallel within its grace period.
@@ -389,7 +460,11 @@ impl Supervisor {
             }
         }
         self.event(None, "down", "every component stopped");
-        if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
     }
 
     fn event(&mut self, unit: Option<usize>, event: &str, detail: &str) {
@@ -403,7 +478,10 @@ impl Supervisor {
             }
             Output::Text if self.tty => {
                 // Events scroll above the live table: take the table down, print, redraw.
-                let line = format!("{}{event}: {detail}", name.map(|n| format!("{n}: ")).unwrap_or_default());
+                let line = format!(
+                    "{}{event}: {detail}",
+                    name.map(|n| format!("{n}: ")).unwrap_or_default()
+                );
                 let had_table = self.drawn_lines > 0;
                 self.clear_table();
                 let _ = writeln!(std::io::stdout(), "{line}");
@@ -425,11 +503,21 @@ impl Supervisor {
     }
 
     fn table(&self) -> Vec<String> {
-        let mut rows = vec![[
-            "NAME", "STATUS", "HEALTH", "PID", "MEMORY", "CPU", "RESTARTS", "UPTIME", "LAST EXIT",
-        ]
-        .map(String::from)
-        .to_vec()];
+        let mut rows = vec![
+            [
+                "NAME",
+                "STATUS",
+                "HEALTH",
+                "PID",
+                "MEMORY",
+                "CPU",
+                "RESTARTS",
+                "UPTIME",
+                "LAST EXIT",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
         let now = Instant::now();
         for u in &self.units {
             let running = u.instance.is_some();
@@ -437,20 +525,35 @@ impl Supervisor {
                 u.component.name.clone(),
                 u.status.to_string(),
                 u.health.short(),
-                u.instance.as_ref().map(|i| i.init_pid().to_string()).unwrap_or_else(|| "-".into()),
+                u.instance
+                    .as_ref()
+                    .map(|i| i.init_pid().to_string())
+                    .unwrap_or_else(|| "-".into()),
                 match (&u.stats, u.component.resources.memory_bytes) {
-                    (Some(s), Some(limit)) if running => format!("{} / {}", human_bytes(s.memory_bytes), human_bytes(limit)),
+                    (Some(s), Some(limit)) if running => {
+                        format!("{} / {}", human_bytes(s.memory_bytes), human_bytes(limit))
+                    }
                     (Some(s), None) if running => human_bytes(s.memory_bytes),
                     _ => "-".into(),
                 },
-                if running { format!("{:.1}%", u.cpu_percent) } else { "-".into() },
+                if running {
+                    format!("{:.1}%", u.cpu_percent)
+                } else {
+                    "-".into()
+                },
                 u.restarts.to_string(),
-                u.started_at.filter(|_| running).map(|s| human_duration(now - s)).unwrap_or_else(|| "-".into()),
-                u.last_exit.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                u.started_at
+                    .filter(|_| running)
+                    .map(|s| human_duration(now - s))
+                    .unwrap_or_else(|| "-".into()),
+                u.last_exit
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
             ]);
         }
-        let widths: Vec<usize> =
-            (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..rows[0].len())
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
         rows.iter()
             .map(|r| {
                 r.iter()

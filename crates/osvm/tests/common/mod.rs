@@ -14,7 +14,10 @@ pub fn osvm_bin() -> PathBuf {
 
 /// The directory holding the built binaries (bound into sandboxes as `/probe`).
 pub fn bin_dir() -> PathBuf {
-    osvm_bin().parent().expect("binary has a directory").to_path_buf()
+    osvm_bin()
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf()
 }
 
 /// `osvm-probe` from the `osvm-testkit` crate, built by `cargo test --workspace`.
@@ -51,7 +54,10 @@ impl StateDir {
         let path = std::env::temp_dir().join(format!(
             "osvm-test-{test}-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         ));
         std::fs::create_dir_all(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -68,7 +74,10 @@ impl StateDir {
     /// Instance ids started under this state dir.
     pub fn instances(&self) -> Vec<String> {
         std::fs::read_dir(self.path.join("instances"))
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -83,7 +92,12 @@ impl Drop for StateDir {
 pub fn cgroup_dirs(instance: &str) -> Vec<PathBuf> {
     ["memory", "cpu", "cpuacct", "pids", "unified", ""]
         .iter()
-        .map(|c| Path::new("/sys/fs/cgroup").join(c).join("osvm").join(instance))
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("osvm")
+                .join(instance)
+        })
         .collect()
 }
 
@@ -99,7 +113,13 @@ pub fn stderr(o: &Output) -> String {
 pub fn run_probe(state: &StateDir, flags: &[&str], probe_args: &[&str]) -> Output {
     let _ = probe_bin();
     let mut cmd = state.osvm();
-    cmd.arg("run").arg("-q").arg("--bind").arg(format!("{}:/probe", bin_dir().display()));
-    cmd.args(flags).arg("--").arg("/probe/osvm-probe").args(probe_args);
+    cmd.arg("run")
+        .arg("-q")
+        .arg("--bind")
+        .arg(format!("{}:/probe", bin_dir().display()));
+    cmd.args(flags)
+        .arg("--")
+        .arg("/probe/osvm-probe")
+        .args(probe_args);
     cmd.output().expect("run osvm")
 }
