@@ -11,6 +11,7 @@
 //! fresh exec of the launcher binary, which calls [`launcher::run_if_requested`] first thing.
 
 pub mod cgroup;
+pub mod host;
 pub mod launcher;
 pub mod plan;
 pub mod runtime;

@@ -31,8 +31,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, FsType, TMPFS_MAGIC, statfs};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{AccessFlags, ForkResult, Pid, access, fork, geteuid};
+use nix::unistd::{AccessFlags, Pid, access, geteuid};
 use serde::Serialize;
 
 /// Area of the namespace probes.
@@ -105,8 +104,6 @@ const COMMAND_OUTPUT_LIMIT: usize = 256 * 1024;
 /// often lacks them.
 const SBIN_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
 
-/// `LANDLOCK_CREATE_RULESET_VERSION`: makes `landlock_create_ruleset` return the ABI version.
-const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1 << 0;
 /// What each Landlock ABI version added, index 0 being ABI 1.
 const LANDLOCK_ABI_FEATURES: [&str; 7] = [
     "fs basic",
@@ -120,8 +117,6 @@ const LANDLOCK_ABI_FEATURES: [&str; 7] = [
 
 /// Oldest kernel with `PR_SET_NO_NEW_PRIVS`; capability dropping predates it.
 const MIN_KERNEL_NO_NEW_PRIVS: (u32, u32) = (3, 5);
-/// uid and gid the user namespace probe drops to when checking what unprivileged users get.
-const NOBODY: libc::c_long = 65534;
 
 /// Width the table is wrapped to; the DETAIL column takes what the other columns leave.
 const TABLE_WIDTH: usize = 100;
@@ -370,15 +365,6 @@ enum ProbeError {
         /// The `f_type` statfs reported.
         magic: FsType,
     },
-    /// A namespace probe child could not be forked.
-    #[error("could not fork a probe process: {0}")]
-    Fork(Errno),
-    /// Waiting for a namespace probe child failed.
-    #[error("waiting for the probe process failed: {0}")]
-    ProbeWait(Errno),
-    /// A namespace probe child ended some other way than by exiting.
-    #[error("the probe process ended unexpectedly: {0:?}")]
-    ProbeEnded(WaitStatus),
 }
 
 /// Reads a whole text file of /proc or /sys.
@@ -609,77 +595,7 @@ const NAMESPACE_KINDS: [NamespaceKind; 8] = [
     },
 ];
 
-/// Whether a probe child keeps the caller's identity or first drops to nobody.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ProbeIdentity {
-    /// Run as the current user.
-    Current,
-    /// Switch to uid/gid 65534 first (only meaningful as root): what an unprivileged user gets.
-    Nobody,
-}
-
-/// Outcome of one unshare attempt.
-#[derive(Debug)]
-enum UnshareOutcome {
-    /// The kernel created the namespace(s).
-    Created,
-    /// The kernel refused, with this errno.
-    Refused(Errno),
-}
-
-/// Tries `unshare(flags)` in a forked child so that the caller's namespaces stay as they are.
-///
-/// The child reports the errno through its exit code (errno values fit in 8 bits).
-fn try_unshare(flags: libc::c_int, identity: ProbeIdentity) -> Result<UnshareOutcome, ProbeError> {
-    // SAFETY: after fork the child runs only raw syscalls and `_exit`, all async-signal-safe, so
-    // it is sound even if the parent has other threads; it touches no allocator, lock or stdio.
-    let fork_result = unsafe { fork() }.map_err(ProbeError::Fork)?;
-    let child = match fork_result {
-        ForkResult::Child => {
-            // SAFETY: async-signal-safe syscalls only (see above); `_exit` skips atexit handlers
-            // and stdio flushing, which belong to the parent.
-            unsafe {
-                let code = unshare_in_probe_child(flags, identity);
-                libc::_exit(code)
-            }
-        }
-        ForkResult::Parent { child } => child,
-    };
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, 0)) => return Ok(UnshareOutcome::Created),
-            Ok(WaitStatus::Exited(_, code)) => {
-                return Ok(UnshareOutcome::Refused(Errno::from_raw(code)));
-            }
-            Ok(other) => return Err(ProbeError::ProbeEnded(other)),
-            Err(Errno::EINTR) => {}
-            Err(errno) => return Err(ProbeError::ProbeWait(errno)),
-        }
-    }
-}
-
-/// Body of the probe child: optionally drop to nobody, then unshare. Returns 0 or the errno.
-///
-/// # Safety
-///
-/// Must only be called in a freshly forked child. It uses raw syscalls rather than the libc
-/// wrappers because glibc's `setresuid` coordinates all threads of the process through signals.
-unsafe fn unshare_in_probe_child(flags: libc::c_int, identity: ProbeIdentity) -> libc::c_int {
-    // SAFETY: raw syscalls with integer arguments only; no memory is passed to the kernel.
-    unsafe {
-        if identity == ProbeIdentity::Nobody
-            && (libc::syscall(libc::SYS_setresgid, NOBODY, NOBODY, NOBODY) != 0
-                || libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY) != 0)
-        {
-            return Errno::last_raw();
-        }
-        if libc::syscall(libc::SYS_unshare, libc::c_long::from(flags)) == 0 {
-            0
-        } else {
-            Errno::last_raw()
-        }
-    }
-}
+use osvm_sandbox::host::{ProbeIdentity, UnshareOutcome, try_unshare};
 
 /// One row per namespace type, each really tried in a child process.
 ///
@@ -1297,13 +1213,7 @@ fn seccomp_checks() -> Vec<Check> {
         .as_ref()
         .ok()
         .and_then(|s| parse_status_field(s, "Seccomp").map(str::to_owned));
-    // SAFETY: PR_GET_SECCOMP takes no pointer arguments and only reports this thread's mode.
-    let prctl = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
-    let prctl = if prctl < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(prctl)
-    };
+    let prctl = osvm_sandbox::host::seccomp_mode();
 
     let support = match (&field, prctl) {
         (Some(_), Ok(mode)) => Check::yes(
@@ -1392,28 +1302,20 @@ fn landlock_features(abi: u32) -> String {
 
 /// The Landlock ABI version, straight from the kernel.
 fn landlock_check() -> Check {
-    // SAFETY: with a NULL attribute pointer, size 0 and only the VERSION flag the kernel reads no
-    // memory and creates no file descriptor; it returns the ABI version or an error.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
+    let rc = match osvm_sandbox::host::landlock_abi() {
+        Ok(v) => v,
+        Err(errno) => {
+            let why = match errno {
+                Errno::ENOSYS => "kernel without Landlock".to_owned(),
+                Errno::EOPNOTSUPP => {
+                    "Landlock is built in but disabled at boot (add landlock to the lsm= parameter)"
+                        .to_owned()
+                }
+                other => format!("landlock_create_ruleset failed with {other}"),
+            };
+            return Check::no(AREA_LANDLOCK, "abi", format!("unavailable: {why}"));
+        }
     };
-    if rc < 0 {
-        let errno = Errno::last();
-        let why = match errno {
-            Errno::ENOSYS => "kernel without Landlock".to_owned(),
-            Errno::EOPNOTSUPP => {
-                "Landlock is built in but disabled at boot (add landlock to the lsm= parameter)"
-                    .to_owned()
-            }
-            other => format!("landlock_create_ruleset failed with {other}"),
-        };
-        return Check::no(AREA_LANDLOCK, "abi", format!("unavailable: {why}"));
-    }
     match u32::try_from(rc) {
         Ok(abi) if abi >= 1 => Check::yes(
             AREA_LANDLOCK,
