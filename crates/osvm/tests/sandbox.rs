@@ -450,3 +450,39 @@ fn a_finished_run_leaves_no_cgroup_and_no_process() {
     .unwrap();
     assert_eq!(record["status"]["code"], 0);
 }
+
+#[test]
+fn the_run_report_says_what_confines_the_workload() {
+    if !sandbox_available("confinement-report") {
+        return;
+    }
+    let state = StateDir::new("report");
+    let o = state
+        .osvm()
+        .args(["-o", "json", "run", "-q", "--listen", "8080", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &doc["confinement"];
+    assert_eq!(c["capabilities"], "none (bounding set empty)");
+    assert!(
+        c["seccomp"].as_str().unwrap().starts_with("allowlist of"),
+        "{c}"
+    );
+    assert!(c["uid map"].as_str().unwrap().starts_with("0 "), "{c}");
+    match osvm_sandbox::host::landlock_abi() {
+        Ok(abi) if abi >= 6 => {
+            assert_eq!(
+                c["landlock"], "fully enforced",
+                "kernel ABI {abi} covers every right osvm asks for"
+            );
+            assert_eq!(c["tcp bind"], "only the declared listen ports (Landlock)");
+        }
+        Ok(abi) => println!(
+            "note: Landlock ABI {abi} < 6, the report says {}",
+            c["landlock"]
+        ),
+        Err(e) => println!("note: no Landlock ({e}), the report says {}", c["landlock"]),
+    }
+}

@@ -51,7 +51,10 @@ pub fn prepare(
 ) -> Result<Prepared, LandlockError> {
     let all = AccessFs::from_all(TARGET_ABI);
     let read = AccessFs::from_read(TARGET_ABI);
-    let device = read | AccessFs::WriteFile | AccessFs::IoctlDev;
+    // Rights that only make sense on directories (ReadDir, MakeReg, ...) must not be asked for
+    // on files: Landlock would drop them and report the ruleset as only partly enforced.
+    let file_rights = AccessFs::from_file(TARGET_ABI);
+    let device = (read | AccessFs::WriteFile | AccessFs::IoctlDev) & file_rights;
 
     let mut ruleset = Ruleset::default().handle_access(all).map_err(err)?;
     if !listen.is_empty() {
@@ -75,9 +78,16 @@ pub fn prepare(
                 .map_err(err)?;
         }
     }
-    for dir in writable {
-        let fd = PathFd::new(dir).map_err(err)?;
-        created = created.add_rule(PathBeneath::new(fd, all)).map_err(err)?;
+    for path in writable {
+        let rights = if path.is_dir() {
+            all
+        } else {
+            all & file_rights
+        };
+        let fd = PathFd::new(path).map_err(err)?;
+        created = created
+            .add_rule(PathBeneath::new(fd, rights))
+            .map_err(err)?;
     }
     for port in listen {
         created = created

@@ -84,6 +84,9 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = sandbox_runtime(global)?;
     let instance = runtime.start_sandbox(&spec).map_err(SetupFailed)?;
     let (stdout_log, stderr_log) = instance.log_paths();
+    for (what, how) in instance.confinement() {
+        tracing::debug!(instance = instance.id(), "{what}: {how}");
+    }
     if !args.quiet && global.output == Output::Text {
         tracing::info!(
             instance = instance.id(),
@@ -129,6 +132,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             "status": status,
             "exit_code": status.shell_code(),
             "stats": record.as_ref().and_then(|r| r.stats.clone()),
+            "confinement": instance.confinement().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "logs": { "stdout": stdout_log, "stderr": stderr_log },
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -359,6 +359,16 @@ impl Supervisor {
                 }
                 u.next_probe = now;
                 self.event(Some(i), "started", &detail);
+                let confinement = self.units[i]
+                    .instance
+                    .as_ref()
+                    .map(|inst| inst.confinement())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(what, how)| format!("{what}: {how}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.event(Some(i), "confined", &confinement);
             }
             Err(e) => {
                 self.event(Some(i), "start-failed", &e.to_string());
