@@ -486,3 +486,53 @@ fn the_run_report_says_what_confines_the_workload() {
         Err(e) => println!("note: no Landlock ({e}), the report says {}", c["landlock"]),
     }
 }
+
+#[test]
+fn ordinary_services_run_under_the_allowlist() {
+    if !sandbox_available("services") {
+        return;
+    }
+    let state = StateDir::new("services");
+    // A multi-threaded tokio server with 50 clients of its own.
+    let out = run_probe(&state, &[], &["tokio"]);
+    assert!(
+        out.status.success(),
+        "tokio under seccomp: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).trim(), "tokio ok 50");
+    // python3: threads, sockets and an HTTP round trip through http.server.
+    let script = "import http.server, threading, urllib.request\n\
+                  s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+                  threading.Thread(target=s.serve_forever, daemon=True).start()\n\
+                  r = urllib.request.urlopen('http://127.0.0.1:%d/' % s.server_port)\n\
+                  print('python', r.status)\n";
+    let o = state
+        .osvm()
+        .args(["run", "-q", "--", "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "python 200");
+    // busybox, if installed: a shell pipeline with forks.
+    if std::path::Path::new("/bin/busybox").exists() {
+        let o = state
+            .osvm()
+            .args([
+                "run",
+                "-q",
+                "--",
+                "busybox",
+                "sh",
+                "-c",
+                "echo a b c | busybox wc -w",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), "3");
+    } else {
+        println!("note: /bin/busybox missing (busybox-static); busybox part not run");
+    }
+}

@@ -9,6 +9,8 @@
 //! - `alloc MIB`: allocates and touches memory 1 MiB at a time, printing progress.
 //! - `forkbomb N`: forks up to N sleeping children; prints how many it got and the error.
 //! - `burn SECS`: spins one CPU for SECS seconds.
+//! - `tokio`: a multi-threaded tokio runtime serving HTTP on 127.0.0.1 to 50 concurrent
+//!   clients of its own; prints `tokio ok N` (threads, epoll, eventfd, futexes under seccomp).
 //! - `caps`: prints this process's euid and CapEff (run as a setuid copy by `escape`).
 
 use std::ffi::CString;
@@ -523,6 +525,58 @@ fn burn(secs: u64) {
     println!("burned {secs}s ({x})");
 }
 
+/// A tokio server and its clients inside one sandbox: proves the runtime's syscalls (thread
+/// creation through clone3's ENOSYS fallback, epoll, eventfd, futex) pass the allowlist.
+fn tokio_selftest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        let mut clients = Vec::new();
+        for _ in 0..50 {
+            clients.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.ok()?;
+                out.ends_with(b"ok").then_some(())
+            }));
+        }
+        let mut ok = 0;
+        for c in clients {
+            if let Ok(Some(())) = c.await {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    println!("tokio ok {served}");
+    std::process::exit(if served == 50 { 0 } else { 1 });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let cmd = args.get(1).map(String::as_str).unwrap_or("");
@@ -546,6 +600,7 @@ fn main() {
         "alloc" => alloc(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
         "forkbomb" => forkbomb(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000)),
         "burn" => burn(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2)),
+        "tokio" => tokio_selftest(),
         "caps" => {
             // SAFETY: geteuid cannot fail.
             let euid = unsafe { libc::geteuid() };
