@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, FsType, TMPFS_MAGIC, statfs};
 use nix::unistd::{AccessFlags, Pid, access, geteuid};
 use serde::Serialize;
 
@@ -350,20 +349,6 @@ enum ProbeError {
         path: PathBuf,
         /// What the read reported.
         source: io::Error,
-    },
-    /// `statfs` on a path failed.
-    #[error("statfs {path} failed: {errno}")]
-    Statfs {
-        /// The path.
-        path: &'static str,
-        /// What the kernel reported.
-        errno: Errno,
-    },
-    /// `/sys/fs/cgroup` holds neither cgroup2 nor a tmpfs of v1 hierarchies.
-    #[error("{CGROUP_ROOT} is not a cgroup mount (file system magic {:#x})", magic.0)]
-    NoCgroupFs {
-        /// The `f_type` statfs reported.
-        magic: FsType,
     },
 }
 
@@ -706,52 +691,8 @@ fn unshare_refusal_hint(
 // cgroups
 // ---------------------------------------------------------------------------------------------
 
-/// How the cgroup file systems are laid out under `/sys/fs/cgroup`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CgroupMode {
-    /// `/sys/fs/cgroup` is itself cgroup2.
-    Unified,
-    /// A tmpfs of v1 hierarchies plus a cgroup2 tree at `/sys/fs/cgroup/unified`.
-    Hybrid,
-    /// A tmpfs of v1 hierarchies only.
-    Legacy,
-}
-
-impl CgroupMode {
-    /// Words for the report.
-    fn describe(self) -> &'static str {
-        match self {
-            Self::Unified => "v2 (unified)",
-            Self::Hybrid => "hybrid (v1 controllers + v2 tree)",
-            Self::Legacy => "v1 (legacy)",
-        }
-    }
-}
-
-/// Detects the cgroup mode with statfs, the way systemd and runc do.
-fn detect_cgroup_mode() -> Result<CgroupMode, ProbeError> {
-    let root = statfs(CGROUP_ROOT).map_err(|errno| ProbeError::Statfs {
-        path: CGROUP_ROOT,
-        errno,
-    })?;
-    let fs_type = root.filesystem_type();
-    if fs_type == CGROUP2_SUPER_MAGIC {
-        return Ok(CgroupMode::Unified);
-    }
-    if fs_type == TMPFS_MAGIC {
-        let unified =
-            statfs(CGROUP_UNIFIED).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
-        return Ok(if unified {
-            CgroupMode::Hybrid
-        } else {
-            CgroupMode::Legacy
-        });
-    }
-    if fs_type == CGROUP_SUPER_MAGIC {
-        return Ok(CgroupMode::Legacy);
-    }
-    Err(ProbeError::NoCgroupFs { magic: fs_type })
-}
+/// The host's cgroup layout, detected by the same code the sandbox uses.
+use osvm_sandbox::cgroup::Hierarchy as CgroupMode;
 
 /// One line of `/proc/self/mountinfo`, the fields the probes use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -917,7 +858,7 @@ fn cgroup_dir(mount_point: &Path, cgroup_path: &str) -> PathBuf {
 
 /// Rows for the cgroup mode, controllers, swap accounting and write access.
 fn cgroup_checks(is_root: bool) -> Vec<Check> {
-    let mode = match detect_cgroup_mode() {
+    let mode = match CgroupMode::detect() {
         Ok(mode) => mode,
         Err(e) => {
             let why = format!("no cgroup hierarchy: {e}");
@@ -929,7 +870,7 @@ fn cgroup_checks(is_root: bool) -> Vec<Check> {
             ];
         }
     };
-    let mut checks = vec![Check::yes(AREA_CGROUPS, "mode", mode.describe())];
+    let mut checks = vec![Check::yes(AREA_CGROUPS, "mode", mode.name())];
     let hierarchy = match read_hierarchy(mode) {
         Ok(h) => h,
         Err(e) => {

@@ -536,3 +536,81 @@ fn ordinary_services_run_under_the_allowlist() {
         println!("note: /bin/busybox missing (busybox-static); busybox part not run");
     }
 }
+
+#[test]
+fn a_rootfs_directory_replaces_the_host_view() {
+    if !sandbox_available("rootfs") {
+        return;
+    }
+    if !std::path::Path::new("/bin/busybox").exists() {
+        println!("SKIP rootfs: needs the static /bin/busybox (Debian busybox-static)");
+        return;
+    }
+    let state = StateDir::new("rootfs");
+    let root = state.path.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for d in [&root, &root.join("bin")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let o = state
+        .osvm()
+        .arg("run")
+        .arg("-q")
+        .arg("--rootfs")
+        .arg(&root)
+        .args(["--", "/bin/busybox", "sh", "-c", "/bin/busybox ls / | /bin/busybox tr '\\n' ' '; /bin/busybox grep Seccomp: /proc/self/status"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.starts_with("bin data dev proc tmp "),
+        "only the rootfs's own entries: {text}"
+    );
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+
+    // A rootfs without the mount points osvm needs is refused with the reason.
+    std::fs::remove_dir(root.join("tmp")).unwrap();
+    let o = state
+        .osvm()
+        .arg("run")
+        .arg("-q")
+        .arg("--rootfs")
+        .arg(&root)
+        .args(["--", "/bin/busybox", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("has no /tmp directory"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn open_files_limit_is_the_workloads_rlimit() {
+    if !sandbox_available("rlimit") {
+        return;
+    }
+    let state = StateDir::new("rlimit");
+    let o = state
+        .osvm()
+        .args([
+            "run",
+            "-q",
+            "--open-files",
+            "64",
+            "--",
+            "/bin/sh",
+            "-c",
+            "ulimit -n",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "64");
+}

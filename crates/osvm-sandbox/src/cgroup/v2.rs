@@ -129,3 +129,60 @@ impl CgroupManager for V2Group {
         rmdir(&self.dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory laid out like a cgroup2 root (plain files stand in for the kernel's).
+    fn fake_root(controllers: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "osvm-v2-test-{}-{}",
+            std::process::id(),
+            controllers.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.controllers"), controllers).unwrap();
+        std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
+        dir
+    }
+
+    #[test]
+    fn limits_are_written_in_v2_syntax_and_controllers_enabled() {
+        let root = fake_root("cpuset cpu io memory pids");
+        std::fs::create_dir_all(root.join(OSVM_PARENT)).unwrap();
+        std::fs::write(root.join(OSVM_PARENT).join("cgroup.subtree_control"), "").unwrap();
+        let limits = Resources {
+            memory_bytes: Some(64 << 20),
+            cpus: Some(0.5),
+            pids: Some(16),
+            open_files: None,
+        };
+        let group = V2Group::create(&root, "web-1", &limits).unwrap();
+        let dir = root.join("osvm/web-1");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("pids.max"), "16");
+        assert_eq!(
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(group.paths().dirs, vec![dir]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_controller_is_named() {
+        let root = fake_root("cpu io");
+        let err = V2Group::create(&root, "x", &Resources::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, CgroupError::MissingController("memory")),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -173,14 +173,25 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         })
         .and_then(|()| release(&mut go, init::CGROUP_JOINED));
     drop(go);
+    let mut lines = BufReader::new(File::from(msg_r)).lines();
     if let Err(e) = prepared {
         let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
         let _ = waitpid(init_pid, None);
         cleanup(plan, cgroup.as_ref());
-        return Err(e);
+        // If init failed first (the usual reason a release finds a closed pipe), its own
+        // message says what went wrong.
+        return Err(
+            match lines
+                .next()
+                .and_then(|l| l.ok())
+                .and_then(|l| serde_json::from_str::<InitMsg>(&l).ok())
+            {
+                Some(InitMsg::Failed { message }) => message,
+                _ => e,
+            },
+        );
     }
 
-    let mut lines = BufReader::new(File::from(msg_r)).lines();
     let first = lines
         .next()
         .and_then(|l| l.ok())
