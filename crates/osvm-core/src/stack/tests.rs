@@ -260,7 +260,11 @@ fn quickstart_example_parses() {
     assert_eq!(echo.resources.memory_bytes, Some(32 * MIB));
     assert_eq!(
         echo.health.as_ref().map(|h| &h.probe),
-        Some(&HealthProbe::Tcp { port: 8081 })
+        Some(&HealthProbe::Http {
+            path: "/hostname".into(),
+            port: 8081,
+            expect_status: None
+        })
     );
     assert_eq!(
         stack.policies,
