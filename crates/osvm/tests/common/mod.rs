@@ -31,14 +31,20 @@ pub fn probe_bin() -> PathBuf {
     p
 }
 
+/// Prints a skip line past the test harness's output capture, so it shows in every run.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
 /// Returns false, printing why, when the sandbox cannot run here (not root, no cgroups).
 pub fn sandbox_available(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIP {test}: needs root (cgroups and a mapped uid range)");
+        skip(test, "needs root (cgroups and a mapped uid range)");
         return false;
     }
     if let Err(e) = osvm_sandbox::cgroup::Hierarchy::detect() {
-        println!("SKIP {test}: {e}");
+        skip(test, &e.to_string());
         return false;
     }
     true
