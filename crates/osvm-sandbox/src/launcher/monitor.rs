@@ -318,7 +318,7 @@ fn cleanup(plan: &Plan, cgroup: &dyn CgroupManager) {
         if cgroup.remove().is_ok() || Instant::now() > deadline {
             break;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
     let _ = fs::remove_dir(&plan.root_dir);
 }
