@@ -63,7 +63,7 @@ fn cgroup_migration(runs: usize) -> Option<Vec<Duration>> {
         // state); a sandbox start is a cold move, so let the previous one settle first.
         std::thread::sleep(Duration::from_millis(50));
         let start = Instant::now();
-        let moved = group.add_process(child.id() as i32);
+        let moved = group.add_process(child.id() as i32, false);
         samples.push(start.elapsed());
         let _ = child.kill();
         let _ = child.wait();

@@ -104,6 +104,21 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    // Init and the workload are in every group of the sandbox (created in the v2 group by
+    // clone3, moved into the v1 ones).
+    let id = state
+        .instances()
+        .into_iter()
+        .find(|i| i.starts_with("sleeper-"))
+        .unwrap();
+    for dir in cgroup_dirs(&id).into_iter().filter(|d| d.exists()) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        let mut listed: Vec<&str> = procs.lines().collect();
+        listed.sort();
+        let mut expected: Vec<&str> = pids.iter().map(String::as_str).collect();
+        expected.sort();
+        assert_eq!(listed, expected, "{} holds the sandbox", dir.display());
+    }
     for pid in &pids {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

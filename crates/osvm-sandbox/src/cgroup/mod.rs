@@ -137,8 +137,12 @@ pub struct CgroupPaths {
 pub trait CgroupManager: Send + Sync {
     /// Every directory whose `cgroup.procs` the sandbox's init must be written to.
     fn paths(&self) -> CgroupPaths;
-    /// Moves a process into the group(s).
-    fn add_process(&self, pid: i32) -> Result<(), CgroupError>;
+    /// The v2 group a process can be created in directly (`clone3` with `CLONE_INTO_CGROUP`):
+    /// the group itself on unified hosts, the companion group on hybrid hosts, none on legacy.
+    fn v2_dir(&self) -> Option<PathBuf>;
+    /// Moves a process into the group(s); with `skip_v2`, into all but [`Self::v2_dir`], which
+    /// it was created in.
+    fn add_process(&self, pid: i32, skip_v2: bool) -> Result<(), CgroupError>;
     /// Current usage.
     fn stats(&self) -> Result<InstanceStats, CgroupError>;
     /// Processes still in the group.

@@ -165,8 +165,15 @@ impl CgroupManager for V1Group {
         }
     }
 
-    fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+    fn v2_dir(&self) -> Option<PathBuf> {
+        self.unified.clone()
+    }
+
+    fn add_process(&self, pid: i32, skip_v2: bool) -> Result<(), CgroupError> {
         for dir in self.all_dirs() {
+            if skip_v2 && Some(&dir) == self.unified.as_ref() {
+                continue;
+            }
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())

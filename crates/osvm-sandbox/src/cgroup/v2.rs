@@ -90,7 +90,14 @@ impl CgroupManager for V2Group {
         }
     }
 
-    fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+    fn v2_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
+
+    fn add_process(&self, pid: i32, skip_v2: bool) -> Result<(), CgroupError> {
+        if skip_v2 {
+            return Ok(());
+        }
         write(&self.dir.join("cgroup.procs"), &pid.to_string())
     }
 
