@@ -169,6 +169,23 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// The confinement facts that matter at a glance, on one line (`-v` and `osvm run -o json`
+/// give all of them).
+fn confinement_summary(facts: &[(String, String)]) -> String {
+    let get = |k: &str| facts.iter().find(|(w, _)| w == k).map(|(_, h)| h.as_str()).unwrap_or("?");
+    let mut parts = vec![
+        format!("uid map {}", get("uid map")),
+        format!("capabilities {}", get("capabilities")),
+        format!("seccomp {}", get("seccomp")),
+        format!("landlock {}", get("landlock")),
+    ];
+    if facts.iter().any(|(w, _)| w == "tcp bind") {
+        parts.push("tcp bind only on listen ports".into());
+    }
+    parts.push(get("root").to_string());
+    parts.join("; ")
+}
+
 impl Supervisor {
     fn run(&mut self, signals: &Receiver<nix::sys::signal::Signal>) -> ExitCode {
         let mut last_draw = Instant::now() - Duration::from_secs(10);
@@ -362,12 +379,8 @@ impl Supervisor {
                 let confinement = self.units[i]
                     .instance
                     .as_ref()
-                    .map(|inst| inst.confinement())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(what, how)| format!("{what}: {how}"))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                    .map(|inst| confinement_summary(&inst.confinement()))
+                    .unwrap_or_default();
                 self.event(Some(i), "confined", &confinement);
             }
             Err(e) => {
@@ -459,7 +472,12 @@ impl Supervisor {
                         self.units[i].status = ComponentStatus::Stopped;
                         self.units[i].last_exit = Some(status);
                     }
-                    self.event(i, "stopped", &status.to_string());
+                    let how = match (status.signal, status.code) {
+                        (Some(libc::SIGTERM), _) => "ended by the SIGTERM it was sent".to_string(),
+                        (Some(libc::SIGKILL), _) => "killed after its stop grace period".to_string(),
+                        _ => status.to_string(),
+                    };
+                    self.event(i, "stopped", &how);
                 }
                 Ok((name, Err(e))) => {
                     ok = false;
@@ -579,7 +597,7 @@ impl Supervisor {
 
     fn clear_table(&mut self) {
         if self.tty && self.drawn_lines > 0 {
-            let _ = write!(std::io::stdout(), "\x1b[{}A\x1b[J", self.drawn_lines);
+            let _ = write!(std::io::stdout(), "\r\x1b[{}A\x1b[J", self.drawn_lines);
             self.drawn_lines = 0;
             let _ = std::io::stdout().flush();
         }
@@ -589,7 +607,7 @@ impl Supervisor {
         let lines = self.table();
         let mut out = std::io::stdout().lock();
         if self.drawn_lines > 0 {
-            let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn_lines);
+            let _ = write!(out, "\r\x1b[{}A\x1b[J", self.drawn_lines);
         }
         for l in &lines {
             let _ = writeln!(out, "{l}");
