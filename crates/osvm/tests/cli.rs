@@ -123,3 +123,20 @@ fn doctor_reports_every_area_as_json() {
     }
     assert_eq!(o.status.success(), doc["required_ok"].as_bool().unwrap());
 }
+
+#[test]
+fn without_root_the_process_runtime_is_unavailable_and_says_why() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(osvm_bin());
+    cmd.args(["--state-dir", "/tmp/osvm-test-nobody-state", "run", "--", "/bin/true"]);
+    if nix::unistd::geteuid().is_root() {
+        cmd.uid(65534).gid(65534);
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("runtime process unavailable: osvm must run as root"),
+        "{}",
+        stderr(&o)
+    );
+}
