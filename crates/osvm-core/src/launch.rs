@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub struct LaunchSpec {
     /// The component's name; also the hostname inside the sandbox.
     pub name: String,
+    /// The stack the component belongs to, if any; it scopes the component's persistent state
+    /// so that two stacks may each have a component of the same name.
+    #[serde(default)]
+    pub stack: Option<String>,
     /// The program to run, an absolute path or a name looked up in `PATH` inside the sandbox.
     pub command: String,
     /// Arguments after the program name.
@@ -49,6 +53,7 @@ impl LaunchSpec {
     pub fn new(name: impl Into<String>, command: impl Into<String>, args: Vec<String>) -> Self {
         Self {
             name: name.into(),
+            stack: None,
             command: command.into(),
             args,
             env: Vec::new(),

@@ -126,15 +126,26 @@ impl SandboxRuntime {
         let instances = self.config.state_dir.join("instances");
         let instance_dir = instances.join(&id);
         let root_dir = instance_dir.join("root");
-        let data_dir = self.config.state_dir.join("data").join(&spec.name);
+        // Persistent state: `data/stacks/<stack>/<component>` for a stack's components,
+        // `data/run/<name>` for `osvm run`.
+        let data_root = self.config.state_dir.join("data");
+        let data_parent = match &spec.stack {
+            Some(stack) => data_root.join("stacks").join(stack),
+            None => data_root.join("run"),
+        };
+        let data_dir = data_parent.join(&spec.name);
         for dir in [
             &self.config.state_dir,
             &instances,
             &instance_dir,
-            &self.config.state_dir.join("data"),
+            &data_root,
         ] {
             make_dir(dir, 0o711)?;
         }
+        if spec.stack.is_some() {
+            make_dir(&data_root.join("stacks"), 0o711)?;
+        }
+        make_dir(&data_parent, 0o711)?;
         make_dir(&root_dir, 0o755)?;
         check_traversable(&root_dir)?;
         if !data_dir.exists() {
@@ -226,17 +237,21 @@ impl Runtime for SandboxRuntime {
 }
 
 fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 63
-        && spec
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !name_ok {
-        return Err(RuntimeError::InvalidSpec(format!(
-            "name `{}` must be 1-63 characters of a-z, 0-9 and '-'",
-            spec.name
-        )));
+    // Names become host paths (instance and state directories): keep them to a safe alphabet.
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    for (what, name) in [("name", Some(&spec.name)), ("stack", spec.stack.as_ref())] {
+        if let Some(name) = name
+            && !name_ok(name)
+        {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "{what} `{name}` must be 1-63 characters of a-z, 0-9 and '-'"
+            )));
+        }
     }
     if spec.command.is_empty() {
         return Err(RuntimeError::InvalidSpec("the command is empty".into()));

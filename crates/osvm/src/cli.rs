@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// Print nothing of osvm's own (the command's output still shows)
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Remove the instance's directory (plan, logs, exit record) once the command has ended;
+    /// the component's /data is kept
+    #[arg(long)]
+    pub rm: bool,
     /// The command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -128,7 +128,13 @@ fn doctor_reports_every_area_as_json() {
 fn without_root_the_process_runtime_is_unavailable_and_says_why() {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(osvm_bin());
-    cmd.args(["--state-dir", "/tmp/osvm-test-nobody-state", "run", "--", "/bin/true"]);
+    cmd.args([
+        "--state-dir",
+        "/tmp/osvm-test-nobody-state",
+        "run",
+        "--",
+        "/bin/true",
+    ]);
     if nix::unistd::geteuid().is_root() {
         cmd.uid(65534).gid(65534);
     }

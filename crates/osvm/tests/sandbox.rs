@@ -638,3 +638,35 @@ fn open_files_limit_is_the_workloads_rlimit() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "64");
 }
+
+#[test]
+fn rm_removes_the_instance_and_keeps_the_data() {
+    if !sandbox_available("rm") {
+        return;
+    }
+    let state = StateDir::new("rm");
+    let o = state
+        .osvm()
+        .args([
+            "run",
+            "-q",
+            "--rm",
+            "--name",
+            "keeper",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo kept > /data/file",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(state.instances().is_empty(), "instance directory removed");
+    let kept = state.path.join("data/run/keeper/file");
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        "kept\n",
+        "{} survives",
+        kept.display()
+    );
+}

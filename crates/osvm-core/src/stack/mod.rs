@@ -128,10 +128,11 @@ impl Component {
         IsolationLevel::of_runtime(self.runtime)
     }
 
-    /// What the runtime needs to start an instance of this component.
-    pub fn launch_spec(&self) -> LaunchSpec {
+    /// What the runtime needs to start an instance of this component of stack `stack`.
+    pub fn launch_spec(&self, stack: &str) -> LaunchSpec {
         LaunchSpec {
             name: self.name.clone(),
+            stack: Some(stack.to_owned()),
             command: self.command.clone(),
             args: self.args.clone(),
             env: self.env.clone(),

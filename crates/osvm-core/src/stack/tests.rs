@@ -216,7 +216,7 @@ fn weaker_isolation_is_accepted_when_the_component_says_so() {
 fn launch_spec_maps_every_field() {
     let stack = parse(&full_example(), "full.toml").unwrap();
     let rpc = stack.component("rpc").unwrap();
-    let spec = rpc.launch_spec();
+    let spec = rpc.launch_spec("demo");
     assert_eq!(spec.name, "rpc");
     assert_eq!(spec.command, "python3");
     assert_eq!(spec.args, rpc.args);

@@ -126,6 +126,10 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     err.finish();
 
     let record = instance.exit_record();
+    if args.rm {
+        std::fs::remove_dir_all(instance.instance_dir())
+            .with_context(|| format!("remove {}", instance.instance_dir().display()))?;
+    }
     if json {
         let doc = serde_json::json!({
             "instance": instance.id(),
@@ -133,15 +137,19 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             "exit_code": status.shell_code(),
             "stats": record.as_ref().and_then(|r| r.stats.clone()),
             "confinement": instance.confinement().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-            "logs": { "stdout": stdout_log, "stderr": stderr_log },
+            "logs": if args.rm { serde_json::Value::Null } else { serde_json::json!({ "stdout": stdout_log, "stderr": stderr_log }) },
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if !args.quiet && (!status.success() || status.oom_killed) {
-        tracing::warn!(
-            instance = instance.id(),
-            "{status}; logs in {}",
-            instance.instance_dir().display()
-        );
+        if args.rm {
+            tracing::warn!(instance = instance.id(), "{status}");
+        } else {
+            tracing::warn!(
+                instance = instance.id(),
+                "{status}; logs in {}",
+                instance.instance_dir().display()
+            );
+        }
     }
     Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
 }

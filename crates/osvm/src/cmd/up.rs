@@ -172,7 +172,13 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
 /// The confinement facts that matter at a glance, on one line (`-v` and `osvm run -o json`
 /// give all of them).
 fn confinement_summary(facts: &[(String, String)]) -> String {
-    let get = |k: &str| facts.iter().find(|(w, _)| w == k).map(|(_, h)| h.as_str()).unwrap_or("?");
+    let get = |k: &str| {
+        facts
+            .iter()
+            .find(|(w, _)| w == k)
+            .map(|(_, h)| h.as_str())
+            .unwrap_or("?")
+    };
     let mut parts = vec![
         format!("uid map {}", get("uid map")),
         format!("capabilities {}", get("capabilities")),
@@ -354,7 +360,7 @@ impl Supervisor {
     }
 
     fn start(&mut self, i: usize, now: Instant) {
-        let spec = self.units[i].component.launch_spec();
+        let spec = self.units[i].component.launch_spec(&self.stack.name);
         match self.runtime.start_sandbox(&spec) {
             Ok(inst) => {
                 let detail = format!(
@@ -474,7 +480,9 @@ impl Supervisor {
                     }
                     let how = match (status.signal, status.code) {
                         (Some(libc::SIGTERM), _) => "ended by the SIGTERM it was sent".to_string(),
-                        (Some(libc::SIGKILL), _) => "killed after its stop grace period".to_string(),
+                        (Some(libc::SIGKILL), _) => {
+                            "killed after its stop grace period".to_string()
+                        }
                         _ => status.to_string(),
                     };
                     self.event(i, "stopped", &how);
