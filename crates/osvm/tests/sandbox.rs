@@ -670,3 +670,25 @@ fn rm_removes_the_instance_and_keeps_the_data() {
         kept.display()
     );
 }
+
+#[test]
+fn denied_syscalls_answer_eperm_and_ones_newer_than_the_list_enosys() {
+    if !sandbox_available("seccomp-errnos") {
+        return;
+    }
+    let state = StateDir::new("errnos");
+    // mount (165) is denied; statmount (457) and 500 are newer than the allowlist, so a libc can
+    // fall back; clone3 (435) answers ENOSYS so glibc uses clone.
+    let script = "import ctypes\n\
+                  libc = ctypes.CDLL(None, use_errno=True)\n\
+                  for nr in (165, 457, 500, 435):\n    \
+                      r = libc.syscall(nr, 0, 0, 0, 0, 0)\n    \
+                      print(nr, r, ctypes.get_errno())\n";
+    let o = state
+        .osvm()
+        .args(["run", "-q", "--", "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "165 -1 1\n457 -1 38\n500 -1 38\n435 -1 38\n");
+}

@@ -13,7 +13,9 @@
 //! - `ioctl` with any request but `TIOCSTI` and `TIOCLINUX` (typing into a terminal).
 //!
 //! `clone3` passes its flags in memory, which seccomp cannot read, so a second filter answers
-//! it with `ENOSYS`: glibc then falls back to `clone`, which the first filter can check.
+//! it with `ENOSYS`: glibc then falls back to `clone`, which the first filter can check. The same
+//! filter answers `ENOSYS` for syscalls newer than this list (numbers 457 to 511): a libc that
+//! tries a new call first and falls back on `ENOSYS` keeps working, as runc's profiles do.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +39,17 @@ pub enum SeccompError {
 const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
 const ARCH: TargetArch = TargetArch::aarch64;
+
+// Syscalls newer than the libc crate's tables; since Linux 4.x new syscalls share one number
+// on every architecture.
+const SYS_CACHESTAT: libc::c_long = 451;
+const SYS_MAP_SHADOW_STACK: libc::c_long = 453;
+const SYS_FUTEX_WAKE: libc::c_long = 454;
+const SYS_FUTEX_WAIT: libc::c_long = 455;
+const SYS_FUTEX_REQUEUE: libc::c_long = 456;
+/// Syscall numbers above the newest this list knows (statmount, listmount, the LSM calls, the
+/// `*xattrat` family, and whatever comes next) answer `ENOSYS` unless allowed (mseal).
+const NEWER_THAN_LIST: std::ops::RangeInclusive<libc::c_long> = 457..=511;
 
 /// Syscalls allowed with any arguments.
 const ALLOWED: &[libc::c_long] = &[
@@ -273,6 +286,14 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_pkey_mprotect,
     libc::SYS_pkey_alloc,
     libc::SYS_pkey_free,
+    libc::SYS_futex_waitv,
+    libc::SYS_fchmodat2,
+    libc::SYS_mseal,
+    SYS_CACHESTAT,
+    SYS_MAP_SHADOW_STACK,
+    SYS_FUTEX_WAKE,
+    SYS_FUTEX_WAIT,
+    SYS_FUTEX_REQUEUE,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_arch_prctl,
     #[cfg(target_arch = "x86_64")]
@@ -396,6 +417,14 @@ fn socket_rules() -> Result<Vec<SeccompRule>, SeccompError> {
     Ok(rules)
 }
 
+/// Syscalls that answer `ENOSYS`: `clone3`, and the numbers above this list that it does not
+/// allow.
+fn enosys_syscalls() -> Vec<libc::c_long> {
+    std::iter::once(libc::SYS_clone3)
+        .chain(NEWER_THAN_LIST.filter(|nr| !ALLOWED.contains(nr)))
+        .collect()
+}
+
 /// The number of syscalls the allowlist admits (some with argument checks).
 pub fn allowed_count() -> usize {
     ALLOWED.len() + 3
@@ -429,8 +458,12 @@ pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
         ARCH,
     )
     .map_err(|e| SeccompError::Build(e.to_string()))?;
+    let enosys: BTreeMap<i64, Vec<SeccompRule>> = enosys_syscalls()
+        .into_iter()
+        .map(|nr| (nr, Vec::new()))
+        .collect();
     let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        enosys,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         ARCH,
@@ -464,6 +497,19 @@ mod tests {
         let programs = build().unwrap();
         assert_eq!(programs.len(), 2);
         assert!(!programs[0].is_empty());
+    }
+
+    #[test]
+    fn syscalls_answering_enosys_are_not_also_allowed() {
+        let enosys = enosys_syscalls();
+        assert!(enosys.contains(&libc::SYS_clone3));
+        assert!(enosys.contains(&457), "statmount answers ENOSYS");
+        for nr in enosys {
+            assert!(
+                !ALLOWED.contains(&nr),
+                "syscall {nr} is both allowed and ENOSYS"
+            );
+        }
     }
 
     #[test]
