@@ -38,8 +38,11 @@ pub fn error_code(e: &anyhow::Error) -> u8 {
         || e.downcast_ref::<osvm_core::stack::StackError>().is_some()
     {
         2
-    } else if e.downcast_ref::<SetupFailed>().is_some() {
-        125
+    } else if let Some(SetupFailed(err)) = e.downcast_ref::<SetupFailed>() {
+        match err {
+            osvm_core::RuntimeError::InvalidSpec(_) => 2,
+            _ => 125,
+        }
     } else {
         1
     }
