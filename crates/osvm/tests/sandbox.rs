@@ -435,6 +435,21 @@ fn exit_codes_propagate_and_setup_failures_say_why() {
     );
     let o = state
         .osvm()
+        .args(["run", "--bind", "/nonexistent-osvm:/x", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a bad bind is the caller's mistake"
+    );
+    assert!(
+        stderr(&o).contains("bind source /nonexistent-osvm does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    let o = state
+        .osvm()
         .args(["run", "--memory", "lots", "--", "true"])
         .output()
         .unwrap();
