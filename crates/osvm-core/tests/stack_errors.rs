@@ -310,6 +310,13 @@ fn cases() -> Vec<Case> {
             "invalid `stop_grace`: `soon` is not a duration",
         ),
         case(
+            "restart backoff ceiling below its start",
+            "[stack]\nname = \"demo\"\nrestart_backoff = \"1m\"\nrestart_backoff_max = \"30s\"\n\n[[component]]\nname = \"web\"\ncommand = \"x\"\n",
+            4,
+            23,
+            "restart_backoff_max (30s) is shorter than restart_backoff (1m)",
+        ),
+        case(
             "bad restart value",
             base("restart = \"sometimes\""),
             7,

@@ -167,3 +167,174 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
         .collect();
     assert!(ours.is_empty(), "no monitor of this test is left: {ours:?}");
 }
+
+/// Runs `osvm -o json up` on `stack_text` until it exits by itself (bounded), returning its exit
+/// code and its events.
+fn up_until_done(
+    state: &StateDir,
+    stack_text: &str,
+    limit: Duration,
+) -> (Option<i32>, Vec<serde_json::Value>) {
+    let file = state.path.join("stack.toml");
+    std::fs::write(&file, stack_text).unwrap();
+    let mut child = Up(state
+        .osvm()
+        .args(["-o", "json", "up"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("osvm up | {line}");
+            let _ = tx.send(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut events = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(e) => events.push(e),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("osvm up did not finish within {limit:?}: {events:?}")
+            }
+        }
+    }
+    let code = child.0.wait().unwrap().code();
+    (code, events)
+}
+
+fn count(events: &[serde_json::Value], component: &str, event: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["component"] == component && e["event"] == event)
+        .count()
+}
+
+#[test]
+fn on_failure_restarts_with_backoff_then_gives_up_and_never_is_left_alone() {
+    if !sandbox_available("restart-policy") {
+        return;
+    }
+    let state = StateDir::new("restart");
+    let stack = r#"
+[stack]
+name = "restarts"
+max_restarts = 2
+restart_backoff = "200ms"
+restart_backoff_max = "300ms"
+
+[[component]]
+name = "flaky"
+command = "/bin/sh"
+args = ["-c", "exit 3"]
+restart = "on-failure"
+
+[[component]]
+name = "oneshot"
+command = "/bin/true"
+restart = "never"
+"#;
+    let began = Instant::now();
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "a failed component makes osvm up exit 1");
+    assert_eq!(
+        count(&events, "flaky", "started"),
+        3,
+        "first start plus max_restarts restarts"
+    );
+    assert_eq!(count(&events, "flaky", "restart-scheduled"), 2);
+    let delays: Vec<&str> = events
+        .iter()
+        .filter(|e| e["component"] == "flaky" && e["event"] == "restart-scheduled")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        delays,
+        ["restart 1 in 200ms", "restart 2 in 300ms"],
+        "doubling, capped at the ceiling"
+    );
+    let failed: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["component"] == "flaky" && e["event"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 2 restarts"),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{}",
+        failed[0]
+    );
+    // 200 ms, then 300 ms (the ceiling): the backoff really waited.
+    assert!(
+        began.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(count(&events, "oneshot", "started"), 1, "restart = never");
+    assert_eq!(count(&events, "oneshot", "restart-scheduled"), 0);
+}
+
+#[test]
+fn a_component_failing_its_health_check_is_stopped_and_restarted() {
+    if !sandbox_available("health-restart") {
+        return;
+    }
+    let state = StateDir::new("health");
+    let stack = r#"
+[stack]
+name = "health"
+max_restarts = 1
+restart_backoff = "100ms"
+
+[[component]]
+name = "web"
+command = "python3"
+args = ["-m", "http.server", "8080"]
+listen = [8080]
+health = { http = "/no-such-page", port = 8080, interval = "200ms", timeout = "1s", retries = 2 }
+restart = "on-failure"
+stop_grace = "5s"
+"#;
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(60));
+    assert_eq!(code, Some(1));
+    let unhealthy: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["component"] == "web" && e["event"] == "unhealthy")
+        .collect();
+    assert_eq!(
+        unhealthy.len(),
+        2,
+        "each instance is judged unhealthy: {events:?}"
+    );
+    assert!(
+        unhealthy[0]["detail"].as_str().unwrap().contains("-> 404"),
+        "{}",
+        unhealthy[0]
+    );
+    assert_eq!(count(&events, "web", "started"), 2);
+    let exits: Vec<&str> = events
+        .iter()
+        .filter(|e| e["component"] == "web" && e["event"] == "exited")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        exits.iter().all(|d| d.contains("stopped as unhealthy")),
+        "{exits:?}"
+    );
+    assert_eq!(count(&events, "web", "failed"), 1);
+}

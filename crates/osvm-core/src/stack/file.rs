@@ -47,6 +47,12 @@ pub(crate) struct RawStack {
     pub(crate) max_restarts: Option<Spanned<Int>>,
     /// Lifetime of issued leaf certificates, in days.
     pub(crate) certificate_validity_days: Option<Spanned<Int>>,
+    /// First delay before restarting a failed component.
+    pub(crate) restart_backoff: Option<Spanned<String>>,
+    /// Longest delay between restarts.
+    pub(crate) restart_backoff_max: Option<Spanned<String>>,
+    /// Running this long resets the backoff.
+    pub(crate) restart_reset_after: Option<Spanned<String>>,
 }
 
 /// `[[component]]`.

@@ -57,6 +57,12 @@ pub struct Stack {
     pub max_restarts: u32,
     /// Lifetime of issued leaf certificates in days (default 1).
     pub certificate_validity_days: u32,
+    /// First delay before a failed component is restarted; doubles per restart (default 10s).
+    pub restart_backoff: Duration,
+    /// Longest delay between restarts (default 5m).
+    pub restart_backoff_max: Duration,
+    /// Running this long resets the backoff to `restart_backoff` (default 10m).
+    pub restart_reset_after: Duration,
     /// The components, in file order.
     pub components: Vec<Component>,
     /// The policy rules, in file order.
@@ -74,6 +80,12 @@ impl Stack {
     pub const DEFAULT_CERTIFICATE_VALIDITY_DAYS: u32 = 1;
     /// Longest accepted leaf certificate lifetime in days.
     pub const MAX_CERTIFICATE_VALIDITY_DAYS: u32 = 365;
+    /// Default first restart delay.
+    pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(10);
+    /// Default longest restart delay.
+    pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(300);
+    /// Default time running after which the backoff resets.
+    pub const DEFAULT_RESTART_RESET_AFTER: Duration = Duration::from_secs(600);
 
     /// The component called `name`, if the stack has one.
     pub fn component(&self, name: &str) -> Option<&Component> {

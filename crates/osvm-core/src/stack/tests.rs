@@ -26,6 +26,9 @@ fn expected_full() -> Stack {
         trust_domain: "prod.example.com".into(),
         max_restarts: 7,
         certificate_validity_days: 2,
+        restart_backoff: Duration::from_secs(5),
+        restart_backoff_max: Duration::from_secs(120),
+        restart_reset_after: Duration::from_secs(900),
         components: vec![
             Component {
                 name: "rpc".into(),
@@ -188,6 +191,15 @@ fn minimal_component_gets_documented_defaults() {
     assert_eq!(stack.trust_domain, "osvm.local");
     assert_eq!(stack.max_restarts, 5);
     assert_eq!(stack.certificate_validity_days, 1);
+    assert_eq!(stack.restart_backoff, Stack::DEFAULT_RESTART_BACKOFF);
+    assert_eq!(
+        stack.restart_backoff_max,
+        Stack::DEFAULT_RESTART_BACKOFF_MAX
+    );
+    assert_eq!(
+        stack.restart_reset_after,
+        Stack::DEFAULT_RESTART_RESET_AFTER
+    );
     assert!(stack.policies.is_empty());
     let c = &stack.components[0];
     assert_eq!(c.component_type, ComponentType::Service { name: None });

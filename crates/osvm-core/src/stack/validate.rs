@@ -47,6 +47,9 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         trust_domain,
         max_restarts,
         certificate_validity_days,
+        restart_backoff,
+        restart_backoff_max,
+        restart_reset_after,
     } = raw_stack.into_inner().0;
 
     let name = required(
@@ -77,6 +80,32 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         )?,
         None => Stack::DEFAULT_CERTIFICATE_VALIDITY_DAYS,
     };
+    let restart_backoff = match &restart_backoff {
+        Some(d) => duration(src, d, "restart_backoff")?,
+        None => Stack::DEFAULT_RESTART_BACKOFF,
+    };
+    let restart_backoff_max = match &restart_backoff_max {
+        Some(d) => {
+            let max = duration(src, d, "restart_backoff_max")?;
+            if max < restart_backoff {
+                return Err(src.error(
+                    d.span(),
+                    format!(
+                        "restart_backoff_max ({}) is shorter than restart_backoff ({}); expected \
+                         a duration at least as long",
+                        d.get_ref(),
+                        humantime::format_duration(restart_backoff)
+                    ),
+                ));
+            }
+            max
+        }
+        None => Stack::DEFAULT_RESTART_BACKOFF_MAX.max(restart_backoff),
+    };
+    let restart_reset_after = match &restart_reset_after {
+        Some(d) => duration(src, d, "restart_reset_after")?,
+        None => Stack::DEFAULT_RESTART_RESET_AFTER,
+    };
 
     let mut components: Vec<Component> = Vec::with_capacity(raw.component.len());
     for raw_component in raw.component {
@@ -104,6 +133,9 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         trust_domain,
         max_restarts,
         certificate_validity_days,
+        restart_backoff,
+        restart_backoff_max,
+        restart_reset_after,
         components,
         policies,
         source: path,

@@ -82,8 +82,11 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Formats a duration for tables: `3s`, `4m12s`, `2h05m`.
+/// Formats a duration for tables: `200ms`, `3s`, `4m12s`, `2h05m`.
 pub fn human_duration(d: std::time::Duration) -> String {
+    if d < std::time::Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),

@@ -2,8 +2,9 @@
 //!
 //! A small supervisor loop: it starts each component in its runtime, probes health from inside
 //! each component's network namespace, restarts per the restart policy with exponential
-//! backoff (10 s doubling to 5 min, reset after 10 min running, at most the stack's
-//! `max_restarts`), and shows a live status table. SIGINT/SIGTERM stops every component within
+//! backoff (the stack's `restart_backoff`, 10 s, doubling to `restart_backoff_max`, 5 min,
+//! reset after `restart_reset_after`, 10 min, running; at most `max_restarts` times), and shows a
+//! live status table. SIGINT/SIGTERM stops every component within
 //! its grace period; the sandboxes' monitors remove their cgroups, and their mounts only ever
 //! existed in the sandboxes' own mount namespaces.
 
@@ -25,12 +26,6 @@ use crate::health::{self, ProbeResult};
 
 /// How often the loop looks at every component.
 const TICK: Duration = Duration::from_millis(200);
-/// First restart delay; doubles per restart.
-const BACKOFF_START: Duration = Duration::from_secs(10);
-/// Longest restart delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Running this long resets the backoff.
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 /// The health of one component, as last probed.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +235,7 @@ impl Supervisor {
     }
 
     fn tick_unit(&mut self, i: usize, now: Instant) {
+        let reset_after = self.stack.restart_reset_after;
         // Ended?
         if let Some(inst) = self.units[i].instance.clone() {
             match inst.try_wait() {
@@ -274,7 +270,7 @@ impl Supervisor {
             u.stats = Some(stats);
         }
         if u.started_at
-            .is_some_and(|s| now.duration_since(s) > BACKOFF_RESET)
+            .is_some_and(|s| now.duration_since(s) > reset_after)
         {
             u.backoff_exp = 0;
         }
@@ -416,6 +412,7 @@ impl Supervisor {
 
     fn schedule_restart(&mut self, i: usize, now: Instant, failed: bool) {
         let max = self.stack.max_restarts;
+        let (first, ceiling) = (self.stack.restart_backoff, self.stack.restart_backoff_max);
         let u = &mut self.units[i];
         let wanted = match u.component.restart {
             RestartPolicy::Always => true,
@@ -440,9 +437,9 @@ impl Supervisor {
             self.event(Some(i), "failed", &reason);
             return;
         }
-        let delay = BACKOFF_START
-            .saturating_mul(1 << u.backoff_exp.min(10))
-            .min(BACKOFF_MAX);
+        let delay = first
+            .saturating_mul(1 << u.backoff_exp.min(16))
+            .min(ceiling);
         u.backoff_exp += 1;
         u.restarts += 1;
         u.restart_at = Some(now + delay);
