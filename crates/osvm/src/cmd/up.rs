@@ -378,6 +378,17 @@ impl Supervisor {
                 }
                 u.next_probe = now;
                 self.event(Some(i), "started", &detail);
+                if let (Some(port), Some(inst)) = (
+                    self.units[i].component.listen.first(),
+                    &self.units[i].instance,
+                ) {
+                    let hint = format!(
+                        "port {port} is in the component's own network namespace: \
+                         nsenter -t {} -n curl http://127.0.0.1:{port}/",
+                        inst.init_pid()
+                    );
+                    self.event(Some(i), "reach", &hint);
+                }
                 let confinement = self.units[i]
                     .instance
                     .as_ref()
