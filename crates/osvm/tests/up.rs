@@ -306,7 +306,7 @@ name = "web"
 command = "python3"
 args = ["-m", "http.server", "8080"]
 listen = [8080]
-health = { http = "/no-such-page", port = 8080, interval = "200ms", timeout = "1s", retries = 2 }
+health = { http = "/no-such-page", port = 8080, interval = "200ms", timeout = "1s", retries = 2, start_period = "2s" }
 restart = "on-failure"
 stop_grace = "5s"
 "#;
