@@ -107,8 +107,18 @@ impl SandboxRuntime {
         }
     }
 
-    /// Starts a sandbox and returns its concrete handle.
+    /// Starts a sandbox and returns its concrete handle. The workload's stdin is `/dev/null`.
     pub fn start_sandbox(&self, spec: &LaunchSpec) -> Result<SandboxInstance, RuntimeError> {
+        self.start_sandbox_with_stdin(spec, Stdio::null())
+    }
+
+    /// Starts a sandbox whose workload reads `stdin` (for `osvm run -i`; later the MCP stdio
+    /// channel). Its stdout and stderr always go to the instance's log files.
+    pub fn start_sandbox_with_stdin(
+        &self,
+        spec: &LaunchSpec,
+        stdin: Stdio,
+    ) -> Result<SandboxInstance, RuntimeError> {
         if let Some(reason) = self.unavailable_reason() {
             return Err(self.unavailable(reason));
         }
@@ -183,7 +193,7 @@ impl SandboxRuntime {
             return Err(e);
         }
 
-        match spawn_monitor(&self.config.launcher, &plan_path, stdout, stderr) {
+        match spawn_monitor(&self.config.launcher, &plan_path, stdin, stdout, stderr) {
             Ok((child, socket)) => {
                 let started = receive_start(&socket, START_TIMEOUT);
                 match started {
@@ -322,6 +332,7 @@ fn open_log(path: &Path) -> Result<File, RuntimeError> {
 fn spawn_monitor(
     launcher: &Path,
     plan_path: &Path,
+    stdin: Stdio,
     stdout: File,
     stderr: File,
 ) -> Result<(Child, OwnedFd), RuntimeError> {
@@ -336,7 +347,7 @@ fn spawn_monitor(
     let mut cmd = Command::new(launcher);
     cmd.arg(MONITOR_ARG)
         .arg(plan_path)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe

@@ -100,6 +100,9 @@ pub struct RunArgs {
     /// Print nothing of osvm's own (the command's output still shows)
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Connect osvm's stdin to the command's (otherwise it reads /dev/null)
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
     /// Remove the instance's directory (plan, logs, exit record) once the command has ended;
     /// the component's /data is kept
     #[arg(long)]

@@ -707,3 +707,36 @@ fn denied_syscalls_answer_eperm_and_ones_newer_than_the_list_enosys() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "165 -1 1\n457 -1 38\n500 -1 38\n435 -1 38\n");
 }
+
+#[test]
+fn stdin_reaches_the_workload_only_with_interactive() {
+    if !sandbox_available("stdin") {
+        return;
+    }
+    use std::io::Write;
+    let state = StateDir::new("stdin");
+    let run = |interactive: bool| {
+        let mut cmd = state.osvm();
+        cmd.args(["run", "-q", "--rm"]);
+        if interactive {
+            cmd.arg("-i");
+        }
+        let mut child = cmd
+            .args(["--", "/bin/sh", "-c", "wc -l"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"one\ntwo\nthree\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(run(true), "3");
+    assert_eq!(run(false), "0", "without -i the workload reads /dev/null");
+}

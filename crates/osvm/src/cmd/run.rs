@@ -82,7 +82,14 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| invalid(format!("--stop-timeout {}: {e}", args.stop_timeout)))?;
     let signals = crate::signals::listen()?;
     let runtime = sandbox_runtime(global)?;
-    let instance = runtime.start_sandbox(&spec).map_err(SetupFailed)?;
+    let stdin = if args.interactive {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    };
+    let instance = runtime
+        .start_sandbox_with_stdin(&spec, stdin)
+        .map_err(SetupFailed)?;
     let (stdout_log, stderr_log) = instance.log_paths();
     for (what, how) in instance.confinement() {
         tracing::debug!(instance = instance.id(), "{what}: {how}");
