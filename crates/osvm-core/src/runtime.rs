@@ -175,3 +175,50 @@ pub trait Instance: Send + Sync {
     /// Human-readable facts about the confinement actually applied (for `osvm status`).
     fn confinement(&self) -> Vec<(String, String)>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_kinds_round_trip_with_the_stack_file_names() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Wrapper {
+            runtime: RuntimeKind,
+        }
+        for (kind, name) in [
+            (RuntimeKind::Process, "process"),
+            (RuntimeKind::MicroVm, "microvm"),
+            (RuntimeKind::Unikernel, "unikernel"),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+            assert_eq!(kind.to_string(), name);
+            let w = Wrapper { runtime: kind };
+            let text = toml::to_string(&w).unwrap();
+            assert_eq!(text.trim(), format!("runtime = \"{name}\""));
+            assert_eq!(toml::from_str::<Wrapper>(&text).unwrap(), w);
+        }
+    }
+
+    #[test]
+    fn exit_status_follows_the_shell_convention() {
+        let exited = ExitStatus {
+            code: Some(3),
+            signal: None,
+            oom_killed: false,
+        };
+        assert_eq!(exited.shell_code(), 3);
+        assert_eq!(exited.to_string(), "exited with code 3");
+        let oom = ExitStatus {
+            code: None,
+            signal: Some(9),
+            oom_killed: true,
+        };
+        assert_eq!(oom.shell_code(), 137);
+        assert!(!oom.success());
+        assert_eq!(
+            oom.to_string(),
+            "killed by signal 9 (out of memory: the memory limit was reached)"
+        );
+    }
+}
