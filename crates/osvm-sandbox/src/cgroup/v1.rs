@@ -102,7 +102,9 @@ impl V1Group {
                 .iter()
                 .find(|d| d.starts_with(&prefix))
                 .cloned()
-                .unwrap_or_else(|| prefix.join(OSVM_PARENT).join("missing"))
+                // Never fall back to the hierarchy's root (writes there would move processes
+                // out of their sandbox): a path that does not exist makes every access fail.
+                .unwrap_or_else(|| prefix.join(OSVM_PARENT).join("not-recorded"))
         };
         let unified_prefix = Path::new(CGROUP_ROOT).join("unified");
         Self {

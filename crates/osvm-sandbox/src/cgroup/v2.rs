@@ -142,7 +142,7 @@ mod tests {
     use super::*;
 
     /// A directory laid out like a cgroup2 root (plain files stand in for the kernel's).
-    fn fake_root(controllers: &str) -> PathBuf {
+    fn cgroup_tree_in_tmp(controllers: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "osvm-v2-test-{}-{}",
             std::process::id(),
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn limits_are_written_in_v2_syntax_and_controllers_enabled() {
-        let root = fake_root("cpuset cpu io memory pids");
+        let root = cgroup_tree_in_tmp("cpuset cpu io memory pids");
         std::fs::create_dir_all(root.join(OSVM_PARENT)).unwrap();
         std::fs::write(root.join(OSVM_PARENT).join("cgroup.subtree_control"), "").unwrap();
         let limits = Resources {
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_missing_controller_is_named() {
-        let root = fake_root("cpu io");
+        let root = cgroup_tree_in_tmp("cpu io");
         let err = V2Group::create(&root, "x", &Resources::default())
             .err()
             .unwrap();
