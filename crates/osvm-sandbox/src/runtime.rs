@@ -23,7 +23,9 @@ use osvm_core::{
 };
 
 use crate::cgroup::{self, CgroupManager, Hierarchy};
-use crate::launcher::protocol::{Confinement, ExitRecord, MAX_MESSAGE, MONITOR_FD, MonitorMsg};
+use crate::launcher::protocol::{
+    Confinement, ExitRecord, MAX_MESSAGE, MONITOR_FD, MonitorMsg, RunningRecord, process_start_time,
+};
 use crate::launcher::{MONITOR_ARG, pidfd_open};
 use crate::plan::{DEFAULT_ID_BASE, DEFAULT_ID_COUNT, IdMap, Plan};
 
@@ -206,7 +208,7 @@ impl SandboxRuntime {
                             instance_dir,
                             stdout: stdout_path,
                             stderr: stderr_path,
-                            monitor: Mutex::new(child),
+                            monitor: Mutex::new(Some(child)),
                             monitor_pidfd,
                             init_pidfd,
                             confinement,
@@ -231,6 +233,96 @@ impl SandboxRuntime {
             Err(e) => {
                 let _ = cgroup.remove();
                 Err(e)
+            }
+        }
+    }
+}
+
+/// What [`SandboxRuntime::adopt`] finds in an instance directory.
+pub enum Adopted {
+    /// The sandbox still runs; here is a handle to it.
+    Running(Box<SandboxInstance>),
+    /// The sandbox has ended; this is how.
+    Ended(ExitRecord),
+}
+
+impl SandboxRuntime {
+    /// Finds instance `instance_id` again after the process that started it has gone (a daemon
+    /// restart): through `running.json` and pidfds of its monitor and init, each checked against
+    /// its recorded start time so that a recycled pid is never taken for the sandbox. A sandbox
+    /// whose monitor died without recording an end is cleaned up (its init died with the monitor)
+    /// and reported ended with an unknown status.
+    pub fn adopt(&self, instance_id: &str) -> Result<Adopted, RuntimeError> {
+        let dir = self.config.state_dir.join("instances").join(instance_id);
+        let read = |name: &str| {
+            fs::read(dir.join(name))
+                .map_err(|e| RuntimeError::io(format!("read {}", dir.join(name).display()), e))
+        };
+        let parse_err = |name: &str, e: serde_json::Error| {
+            RuntimeError::Setup(format!("{} is malformed: {e}", dir.join(name).display()))
+        };
+        if let Ok(bytes) = fs::read(dir.join("exit.json")) {
+            return Ok(Adopted::Ended(
+                serde_json::from_slice(&bytes).map_err(|e| parse_err("exit.json", e))?,
+            ));
+        }
+        let plan: Plan =
+            serde_json::from_slice(&read("plan.json")?).map_err(|e| parse_err("plan.json", e))?;
+        let running: RunningRecord = serde_json::from_slice(&read("running.json")?)
+            .map_err(|e| parse_err("running.json", e))?;
+        let same_process = |pid: i32, start: u64| -> Option<OwnedFd> {
+            let fd = pidfd_open(pid).ok()?;
+            // Checked after the pidfd exists: if the start time matches now, the pidfd refers to
+            // the recorded process, whatever happens to the pid later.
+            (process_start_time(pid) == Some(start)).then_some(fd)
+        };
+        let monitor = same_process(running.monitor_pid, running.monitor_start);
+        let init = same_process(running.confinement.init_pid, running.init_start);
+        let cgroup = cgroup::open(&plan.cgroup);
+        match (monitor, init) {
+            (Some(monitor_pidfd), Some(init_pidfd)) => {
+                Ok(Adopted::Running(Box::new(SandboxInstance {
+                    id: plan.instance_id.clone(),
+                    name: plan.launch.name.clone(),
+                    stdout: dir.join("stdout.log"),
+                    stderr: dir.join("stderr.log"),
+                    instance_dir: dir,
+                    monitor: Mutex::new(None),
+                    monitor_pidfd,
+                    init_pidfd,
+                    confinement: running.confinement,
+                    readonly_root: plan.launch.readonly_root,
+                    rootfs: plan.launch.rootfs.clone(),
+                    cgroup,
+                    exit: Mutex::new(None),
+                })))
+            }
+            _ => {
+                // The monitor may have finished between our two looks.
+                if let Ok(bytes) = fs::read(dir.join("exit.json")) {
+                    return Ok(Adopted::Ended(
+                        serde_json::from_slice(&bytes).map_err(|e| parse_err("exit.json", e))?,
+                    ));
+                }
+                let _ = cgroup.kill_all();
+                let _ = cgroup.remove();
+                let record = ExitRecord {
+                    status: ExitStatus {
+                        code: None,
+                        signal: None,
+                        oom_killed: false,
+                    },
+                    stats: None,
+                    finished_at_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                };
+                let bytes = serde_json::to_vec_pretty(&record)
+                    .map_err(|e| RuntimeError::Setup(format!("serialize the exit record: {e}")))?;
+                fs::write(dir.join("exit.json"), bytes)
+                    .map_err(|e| RuntimeError::io("write exit.json", e))?;
+                Ok(Adopted::Ended(record))
             }
         }
     }
@@ -469,8 +561,9 @@ pub struct SandboxInstance {
     stdout: PathBuf,
     /// The workload's stderr log.
     stderr: PathBuf,
-    /// The monitor process, our child.
-    monitor: Mutex<Child>,
+    /// The monitor process when it is our child (to reap); `None` for an adopted sandbox,
+    /// whose monitor was started by an earlier process.
+    monitor: Mutex<Option<Child>>,
     /// Readable when the monitor has exited.
     monitor_pidfd: OwnedFd,
     /// The sandbox's init, for race-free signalling.
@@ -541,12 +634,18 @@ impl SandboxInstance {
         if let Some(s) = *exit {
             return Ok(Some(s));
         }
-        let monitor_status = self
+        let monitor_status = match self
             .monitor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .wait()
-            .map_err(|e| RuntimeError::io("reap the monitor", e))?;
+            .as_mut()
+        {
+            Some(child) => child
+                .wait()
+                .map_err(|e| RuntimeError::io("reap the monitor", e))?
+                .to_string(),
+            None => "not a child of this process".to_string(),
+        };
         let record: ExitRecord = fs::read(self.instance_dir.join("exit.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())

@@ -740,3 +740,69 @@ fn stdin_reaches_the_workload_only_with_interactive() {
     assert_eq!(run(true), "3");
     assert_eq!(run(false), "0", "without -i the workload reads /dev/null");
 }
+
+/// The process that started a sandbox dies by SIGKILL (as a crashed daemon would); the sandbox
+/// keeps running, and a new process adopts it, reads its usage, stops it and gets its end.
+#[test]
+fn a_sandbox_outlives_its_starter_and_is_adopted_again() {
+    if !sandbox_available("adopt") {
+        return;
+    }
+    use osvm_core::Instance;
+    let state = StateDir::new("adopt");
+    let mut starter = state
+        .osvm()
+        .args([
+            "run", "-q", "--name", "orphan", "--memory", "64M", "--", "sleep", "60",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let id = loop {
+        if let Some(id) = state.instances().into_iter().next()
+            && state
+                .path
+                .join("instances")
+                .join(&id)
+                .join("running.json")
+                .exists()
+        {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    starter.kill().unwrap();
+    starter.wait().unwrap();
+
+    let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
+    config.state_dir = state.path.clone();
+    let runtime = osvm_sandbox::SandboxRuntime::new(config);
+    let instance = match runtime.adopt(&id).unwrap() {
+        osvm_sandbox::Adopted::Running(instance) => instance,
+        osvm_sandbox::Adopted::Ended(record) => {
+            panic!("the sandbox died with its starter: {record:?}")
+        }
+    };
+    assert_eq!(instance.name(), "orphan");
+    let stats = instance.stats().unwrap();
+    assert!(stats.pids >= 2, "init and sleep still run: {stats:?}");
+    assert!(instance.try_wait().unwrap().is_none());
+    let status = instance.stop(std::time::Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        status.signal,
+        Some(15),
+        "sleep ended by the forwarded SIGTERM: {status}"
+    );
+    for dir in cgroup_dirs(&id) {
+        assert!(!dir.exists(), "{} removed", dir.display());
+    }
+    // Adopting an ended instance reports its recorded end.
+    match runtime.adopt(&id).unwrap() {
+        osvm_sandbox::Adopted::Ended(record) => assert_eq!(record.status, status),
+        osvm_sandbox::Adopted::Running(_) => panic!("an ended sandbox cannot run"),
+    }
+}

@@ -27,7 +27,9 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 use osvm_core::ExitStatus;
 
-use super::protocol::{Confinement, ExitRecord, InitMsg, MONITOR_FD, MonitorMsg};
+use super::protocol::{
+    Confinement, ExitRecord, InitMsg, MONITOR_FD, MonitorMsg, RunningRecord, process_start_time,
+};
 use super::{init, pidfd_open};
 use crate::cgroup::{self, CgroupManager};
 use crate::plan::Plan;
@@ -295,6 +297,13 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
                 landlock,
                 seccomp_allowed,
             };
+            let running = RunningRecord {
+                monitor_pid: std::process::id() as i32,
+                monitor_start: process_start_time(std::process::id() as i32).unwrap_or(0),
+                init_start: process_start_time(pid).unwrap_or(0),
+                confinement: confinement.clone(),
+            };
+            write_atomically(&plan.instance_dir, "running.json", &running);
             report_msg(
                 report,
                 &MonitorMsg::Started(confinement),
@@ -358,7 +367,7 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
-    write_exit_record(&plan.instance_dir, &record);
+    write_atomically(&plan.instance_dir, "exit.json", &record);
     cleanup(plan, cgroup.as_ref());
     Ok(())
 }
@@ -369,12 +378,14 @@ fn first_child(pid: libc::pid_t) -> Option<i32> {
     s.split_whitespace().next()?.parse().ok()
 }
 
-fn write_exit_record(dir: &Path, record: &ExitRecord) {
-    let tmp = dir.join("exit.json.tmp");
-    if let Ok(bytes) = serde_json::to_vec_pretty(record)
+/// Writes `name` in `dir` as JSON through a temporary file and a rename, so a reader never
+/// sees half a record.
+fn write_atomically<T: serde::Serialize>(dir: &Path, name: &str, value: &T) {
+    let tmp = dir.join(format!("{name}.tmp"));
+    if let Ok(bytes) = serde_json::to_vec_pretty(value)
         && fs::write(&tmp, bytes).is_ok()
     {
-        let _ = fs::rename(&tmp, dir.join("exit.json"));
+        let _ = fs::rename(&tmp, dir.join(name));
     }
 }
 

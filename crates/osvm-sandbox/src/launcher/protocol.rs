@@ -72,6 +72,47 @@ pub enum MonitorMsg {
     },
 }
 
+/// Written to `running.json` by the monitor once the workload runs: what a restarted daemon
+/// needs to find the sandbox again. Each pid comes with its start time (clock ticks after boot,
+/// `/proc/<pid>/stat` field 22) so a recycled pid is never mistaken for the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunningRecord {
+    /// The monitor's host pid.
+    pub monitor_pid: i32,
+    /// The monitor's start time.
+    pub monitor_start: u64,
+    /// The sandbox's init's start time (its pid is in `confinement`).
+    pub init_start: u64,
+    /// What confines the sandbox.
+    pub confinement: Confinement,
+}
+
+/// A process's start time in clock ticks after boot (`/proc/<pid>/stat` field 22), which
+/// together with the pid identifies one process across pid reuse.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces and parentheses: count from its end.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_odd_command_names() {
+        let stat = "4711 (my (odd) cmd) S 1 4711 4711 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("garbage"), None);
+        let own = process_start_time(std::process::id() as i32);
+        assert!(own.is_some_and(|t| t > 0));
+    }
+}
+
 /// Written to `exit.json` by the monitor when the sandbox has ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExitRecord {
