@@ -13,22 +13,18 @@
 //! cares about and takes them synchronously with `sigwait`, so it needs nothing beyond the
 //! seccomp allowlist.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2};
 
+use super::confine::{Confiner, Exec};
 use super::protocol::InitMsg;
-use super::{caps, landlock, rootfs, seccomp};
-use crate::plan::{DATA_DIR_INSIDE, Plan};
-
-/// `PATH` inside the sandbox when the component does not set one.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use super::{rootfs, seccomp};
+use crate::plan::Plan;
 
 /// Signals init takes synchronously; all but SIGCHLD are forwarded to the workload.
 const FORWARDED: [Signal; 9] = [
@@ -130,51 +126,11 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     step("build the root file system", rootfs::build(plan))?;
 
     let spec = &plan.launch;
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), DATA_DIR_INSIDE.into()),
-        ("HOSTNAME".into(), spec.name.clone()),
-    ];
-    for (k, v) in &spec.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let program = rootfs::resolve_command(&spec.command, &path_var)?;
-    let to_c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
-    let mut argv = vec![to_c(&spec.command)?];
-    for a in &spec.args {
-        argv.push(to_c(a)?);
-    }
-    let envp = env
-        .iter()
-        .map(|(k, v)| to_c(&format!("{k}={v}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let workdir: PathBuf = spec
-        .working_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DATA_DIR_INSIDE));
-
-    let mut writable: Vec<&Path> = vec![
-        Path::new("/tmp"),
-        Path::new(DATA_DIR_INSIDE),
-        Path::new("/dev/shm"),
-    ];
-    writable.extend(
-        spec.binds
-            .iter()
-            .filter(|b| b.writable)
-            .map(|b| b.target.as_path()),
-    );
-    let ruleset = step(
-        "prepare Landlock",
-        landlock::prepare(spec.readonly_root, &writable, &spec.listen),
-    )?;
-    let programs = step("seccomp", seccomp::build())?;
+    let command: Vec<String> = std::iter::once(spec.command.clone())
+        .chain(spec.args.iter().cloned())
+        .collect();
+    let exec = Exec::new(spec, &command)?;
+    let confiner = Confiner::prepare(spec)?;
 
     // Moving a task into a v1 cgroup waits for an RCU grace period (milliseconds); the
     // monitor does it while this process builds the root and its filters, and the sandbox is
@@ -188,16 +144,7 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     let set = signal_set();
     step("block signals", set.thread_block())?;
 
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(format!(
-            "set no_new_privs: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let landlock = step("apply Landlock", ruleset.enforce())?;
-    step("drop capabilities", caps::drop_all())?;
-    step("seccomp", seccomp::install(&programs))?;
+    let landlock = confiner.apply()?;
 
     let (err_r, err_w) = step(
         "create the exec-error pipe",
@@ -208,7 +155,7 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     match step("fork the workload", unsafe { fork() })? {
         ForkResult::Child => {
             drop(err_r);
-            let error = exec_workload(&set, &workdir, &program, &argv, &envp);
+            let error = exec_workload(&set, &exec);
             let _ = File::from(err_w).write_all(error.as_bytes());
             // SAFETY: _exit ends the child without running the parent's destructors.
             unsafe { libc::_exit(127) }
@@ -267,21 +214,15 @@ fn loopback_up() -> std::io::Result<()> {
 
 /// In the workload's process: restore signals, enter the working directory, exec. Returns only
 /// on failure, with the reason.
-fn exec_workload(
-    set: &SigSet,
-    workdir: &Path,
-    program: &CString,
-    argv: &[CString],
-    envp: &[CString],
-) -> String {
+fn exec_workload(set: &SigSet, exec: &Exec) -> String {
     if let Err(e) = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(set), None) {
         return format!("unblock signals: {e}");
     }
-    if let Err(e) = nix::unistd::chdir(workdir) {
-        return format!("working directory {}: {e}", workdir.display());
+    if let Err(e) = nix::unistd::chdir(&exec.workdir) {
+        return format!("working directory {}: {e}", exec.workdir.display());
     }
-    match nix::unistd::execve(program, argv, envp) {
-        Err(e) => format!("exec {}: {e}", program.to_string_lossy()),
+    match nix::unistd::execve(&exec.program, &exec.argv, &exec.envp) {
+        Err(e) => format!("exec {}: {e}", exec.program.to_string_lossy()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! process and in the sandbox it creates. Nothing here runs in the (multi-threaded) caller.
 
 pub mod caps;
+pub mod confine;
 pub mod init;
 pub mod landlock;
 pub mod monitor;
