@@ -23,6 +23,7 @@ use osvm_core::{
 };
 
 use crate::cgroup::{self, CgroupManager, Hierarchy};
+use crate::launcher::exec::{EXEC_ARG, SETUP_FAILED as EXEC_SETUP_FAILED};
 use crate::launcher::protocol::{
     Confinement, ExitRecord, MAX_MESSAGE, MONITOR_FD, MonitorMsg, RunningRecord, process_start_time,
 };
@@ -208,6 +209,7 @@ impl SandboxRuntime {
                             instance_dir,
                             stdout: stdout_path,
                             stderr: stderr_path,
+                            launcher: self.config.launcher.clone(),
                             monitor: Mutex::new(Some(child)),
                             monitor_pidfd,
                             init_pidfd,
@@ -236,6 +238,19 @@ impl SandboxRuntime {
             }
         }
     }
+}
+
+/// What a command run with [`SandboxInstance::exec`] did.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    /// Its exit code (128 + N when killed by signal N); `None` when it timed out.
+    pub code: Option<i32>,
+    /// It ran past its timeout and was killed.
+    pub timed_out: bool,
+    /// What it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
+    pub stderr: Vec<u8>,
 }
 
 /// What [`SandboxRuntime::adopt`] finds in an instance directory.
@@ -287,6 +302,7 @@ impl SandboxRuntime {
                     stdout: dir.join("stdout.log"),
                     stderr: dir.join("stderr.log"),
                     instance_dir: dir,
+                    launcher: self.config.launcher.clone(),
                     monitor: Mutex::new(None),
                     monitor_pidfd,
                     init_pidfd,
@@ -561,6 +577,8 @@ pub struct SandboxInstance {
     stdout: PathBuf,
     /// The workload's stderr log.
     stderr: PathBuf,
+    /// The binary that handles `__sandbox-exec` (for [`SandboxInstance::exec`]).
+    launcher: PathBuf,
     /// The monitor process when it is our child (to reap); `None` for an adopted sandbox,
     /// whose monitor was started by an earlier process.
     monitor: Mutex<Option<Child>>,
@@ -656,6 +674,79 @@ impl SandboxInstance {
             })?;
         *exit = Some(record.status);
         Ok(Some(record.status))
+    }
+
+    /// Runs `command` inside this sandbox, confined like its workload (same namespaces, cgroup,
+    /// Landlock rules, seccomp filter, no capabilities), with its stdout and stderr captured.
+    /// After `timeout` the command is killed and the output says so.
+    pub fn exec(&self, command: &[String], timeout: Duration) -> Result<ExecOutput, RuntimeError> {
+        if command.is_empty() {
+            return Err(RuntimeError::InvalidSpec("the command is empty".into()));
+        }
+        let pidfd = self.init_pidfd.as_raw_fd();
+        let mut cmd = Command::new(&self.launcher);
+        cmd.arg(EXEC_ARG)
+            .arg(&self.instance_dir)
+            .arg("--")
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: between fork and exec only async-signal-safe dup2/fcntl run.
+        unsafe {
+            cmd.pre_exec(move || {
+                if pidfd == MONITOR_FD {
+                    if libc::fcntl(MONITOR_FD, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(pidfd, MONITOR_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::io(format!("start {}", self.launcher.display()), e))?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let (output, timed_out) = match rx.recv_timeout(timeout) {
+            Ok(output) => (output, false),
+            Err(_) => {
+                // Still our unreaped child (the thread is waiting for it): the pid is its own.
+                // Its child inside the sandbox follows through PR_SET_PDEATHSIG.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let output = rx.recv().map_err(|_| {
+                    RuntimeError::Setup("the exec helper's waiter went away".into())
+                })?;
+                (output, true)
+            }
+        };
+        let output = output.map_err(|e| RuntimeError::io("wait for the exec helper", e))?;
+        if !timed_out && output.status.code() == Some(EXEC_SETUP_FAILED) {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if let Some(reason) = stderr
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("osvm exec: "))
+            {
+                return Err(RuntimeError::Setup(reason.to_string()));
+            }
+        }
+        Ok(ExecOutput {
+            code: if timed_out {
+                None
+            } else {
+                output.status.code()
+            },
+            timed_out,
+            stdout: output.stdout,
+            stderr: output.stderr,
+        })
     }
 
     /// The final record written when the sandbox ended (exit status and last usage).

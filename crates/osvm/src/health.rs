@@ -1,25 +1,32 @@
 //! Health probes run from inside a component's network namespace.
 //!
-//! A component's ports exist only in its own network namespace (only `lo` is there), so a probe
-//! runs on a short-lived thread that first joins that namespace with `setns` (which changes
-//! the namespace of the calling thread only), then connects to 127.0.0.1.
+//! A component's ports exist only in its own network namespace (only `lo` is there), so a TCP
+//! or HTTP probe runs on a short-lived thread that first joins that namespace with `setns`
+//! (which changes the namespace of the calling thread only), then connects to 127.0.0.1. An exec
+//! probe runs its command inside the sandbox, as confined as the workload.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
 use osvm_core::stack::HealthProbe;
+use osvm_sandbox::SandboxInstance;
 
 /// The outcome of one probe: `Ok(detail)` when healthy, `Err(reason)` when not.
 pub type ProbeResult = Result<String, String>;
 
-/// Starts `probe` on its own thread inside the network namespace `netns`; the result arrives
-/// on the returned channel (within about `timeout`).
-pub fn spawn(netns: File, probe: &HealthProbe, timeout: Duration) -> Receiver<ProbeResult> {
+/// Starts `probe` against `instance` on its own thread; the result arrives on the returned
+/// channel (within about `timeout`). TCP and HTTP probes run from inside the instance's network
+/// namespace; exec probes run inside the sandbox itself, confined like its workload.
+pub fn spawn(
+    instance: Arc<SandboxInstance>,
+    probe: &HealthProbe,
+    timeout: Duration,
+) -> Receiver<ProbeResult> {
     let (tx, rx) = channel();
     let probe = probe.clone();
     let spawned = std::thread::Builder::new()
@@ -27,9 +34,18 @@ pub fn spawn(netns: File, probe: &HealthProbe, timeout: Duration) -> Receiver<Pr
         .spawn({
             let tx = tx.clone();
             move || {
-                let result = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("enter the component's network namespace: {e}"))
-                    .and_then(|()| run(&probe, timeout));
+                let result = match &probe {
+                    HealthProbe::Exec { command } => exec(&instance, command, timeout),
+                    _ => instance
+                        .open_namespace("net")
+                        .map_err(|e| e.to_string())
+                        .and_then(|netns| {
+                            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                                format!("enter the component's network namespace: {e}")
+                            })
+                        })
+                        .and_then(|()| run(&probe, timeout)),
+                };
                 let _ = tx.send(result);
             }
         });
@@ -37,6 +53,29 @@ pub fn spawn(netns: File, probe: &HealthProbe, timeout: Duration) -> Receiver<Pr
         let _ = tx.send(Err(format!("start a probe thread: {e}")));
     }
     rx
+}
+
+fn exec(instance: &SandboxInstance, command: &[String], timeout: Duration) -> ProbeResult {
+    let out = instance.exec(command, timeout).map_err(|e| e.to_string())?;
+    let tail = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim();
+        let start = text.len().saturating_sub(200);
+        text.get(start..).unwrap_or("").to_string()
+    };
+    match out.code {
+        Some(0) => Ok(format!("exec {} -> 0", command[0])),
+        Some(code) => Err(format!(
+            "exec {} -> {code}: {}",
+            command[0],
+            tail(if out.stderr.is_empty() {
+                &out.stdout
+            } else {
+                &out.stderr
+            })
+        )),
+        None => Err(format!("exec {} timed out after {timeout:?}", command[0])),
+    }
 }
 
 fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
@@ -84,9 +123,7 @@ fn run(probe: &HealthProbe, timeout: Duration) -> Result<String, String> {
                 Err(format!("http {path} -> {status}"))
             }
         }
-        HealthProbe::Exec { .. } => {
-            Err("exec probes are run by the daemon (`osvm daemon`), not by `osvm up`".into())
-        }
+        HealthProbe::Exec { .. } => Err("exec probes do not run in a network namespace".into()),
     }
 }
 

@@ -806,3 +806,95 @@ fn a_sandbox_outlives_its_starter_and_is_adopted_again() {
         osvm_sandbox::Adopted::Running(_) => panic!("an ended sandbox cannot run"),
     }
 }
+
+/// A command run inside a running sandbox is as confined as its workload.
+#[test]
+fn exec_runs_a_command_inside_a_running_sandbox_equally_confined() {
+    if !sandbox_available("exec") {
+        return;
+    }
+    use osvm_core::Instance;
+    use std::time::Duration;
+    let state = StateDir::new("exec");
+    let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
+    config.state_dir = state.path.clone();
+    let runtime = osvm_sandbox::SandboxRuntime::new(config);
+    let mut spec = osvm_core::LaunchSpec::new("execd", "sleep", vec!["30".into()]);
+    spec.binds.push(osvm_core::BindMount {
+        source: bin_dir(),
+        target: "/probe".into(),
+        writable: false,
+    });
+    spec.resources.pids = Some(16);
+    let instance = runtime.start_sandbox(&spec).unwrap();
+    let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+
+    let out = instance
+        .exec(
+            &cmd(&["/probe/osvm-probe", "status"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["cap_eff"], "0000000000000000");
+    assert_eq!(s["cap_bnd"], "0000000000000000");
+    assert_eq!(s["no_new_privs"], "1");
+    assert_eq!(s["seccomp"], "2");
+    assert_eq!(s["hostname"], "execd");
+    assert_eq!(s["interfaces"], serde_json::json!(["lo"]));
+    assert_eq!(s["uid"], 0);
+    let pids: Vec<u64> = s["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(
+        pids.starts_with(&[1, 2]) && pids.len() == 3,
+        "init, the workload and the probe: {pids:?}"
+    );
+    assert_eq!(
+        instance.stats().unwrap().pids,
+        2,
+        "the exec'd command left the sandbox's cgroup with it"
+    );
+
+    let out = instance
+        .exec(
+            &cmd(&["/bin/sh", "-c", "echo oops >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(out.code, Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    let out = instance
+        .exec(&cmd(&["sleep", "20"]), Duration::from_millis(500))
+        .unwrap();
+    assert!(out.timed_out && out.code.is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while instance.stats().unwrap().pids > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out command was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let err = instance
+        .exec(&cmd(&["no-such-tool"]), Duration::from_secs(5))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`no-such-tool` was not found"),
+        "{err}"
+    );
+
+    let status = instance.stop(Duration::from_secs(5)).unwrap();
+    assert_eq!(status.signal, Some(15));
+}

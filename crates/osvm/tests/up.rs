@@ -338,3 +338,45 @@ stop_grace = "5s"
     );
     assert_eq!(count(&events, "web", "failed"), 1);
 }
+
+#[test]
+fn exec_health_checks_run_inside_the_component() {
+    if !sandbox_available("exec-health") {
+        return;
+    }
+    let state = StateDir::new("exec-health");
+    let stack = r#"
+[stack]
+name = "exechealth"
+
+[[component]]
+name = "good"
+command = "/bin/sh"
+args = ["-c", "touch /tmp/ready; sleep 2"]
+health = { exec = ["/bin/sh", "-c", "test -f /tmp/ready && test $(hostname) = good"], interval = "200ms" }
+restart = "never"
+
+[[component]]
+name = "bad"
+command = "sleep"
+args = ["30"]
+health = { exec = ["/bin/sh", "-c", "echo not ready >&2; exit 4"], interval = "200ms", retries = 1 }
+restart = "never"
+stop_grace = "2s"
+"#;
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "bad ends failed");
+    let detail = |c: &str, e: &str| {
+        events
+            .iter()
+            .find(|x| x["component"] == c && x["event"] == e)
+            .map(|x| x["detail"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {e} event for {c}: {events:?}"))
+    };
+    assert_eq!(detail("good", "healthy"), "exec /bin/sh -> 0");
+    assert!(
+        detail("bad", "unhealthy").contains("exec /bin/sh -> 4: not ready"),
+        "{events:?}"
+    );
+    assert_eq!(count(&events, "bad", "healthy"), 0);
+}

@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod confine;
+pub mod exec;
 pub mod init;
 pub mod landlock;
 pub mod monitor;
@@ -15,14 +16,26 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// The argument that makes a binary act as the sandbox monitor.
 pub const MONITOR_ARG: &str = "__sandbox-monitor";
 
-/// If this process was started as a sandbox monitor, runs it and never returns. Call it first
-/// thing in `main`, before any thread exists.
+/// If this process was started as a sandbox monitor or exec helper, runs it and never returns.
+/// Call it first thing in `main`, before any thread exists.
 pub fn run_if_requested() {
     let mut args = std::env::args_os();
     let _ = args.next();
-    if args.next().as_deref() == Some(std::ffi::OsStr::new(MONITOR_ARG)) {
-        let plan = args.next().unwrap_or_default();
-        monitor::main(std::path::Path::new(&plan));
+    match args.next() {
+        Some(a) if a == MONITOR_ARG => {
+            let plan = args.next().unwrap_or_default();
+            monitor::main(std::path::Path::new(&plan));
+        }
+        Some(a) if a == exec::EXEC_ARG => {
+            let dir = args.next().unwrap_or_default();
+            let command: Vec<String> = args
+                .skip_while(|a| a != "--")
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            exec::main(std::path::Path::new(&dir), &command);
+        }
+        _ => {}
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use osvm_core::model::ComponentStatus;
-use osvm_core::stack::{Component, HealthProbe, RestartPolicy, Stack};
+use osvm_core::stack::{Component, RestartPolicy, Stack};
 use osvm_core::{ExitStatus, Instance, InstanceStats, RuntimeError, RuntimeKind};
 use osvm_sandbox::{SandboxInstance, SandboxRuntime};
 use serde_json::json;
@@ -32,8 +32,6 @@ const TICK: Duration = Duration::from_millis(200);
 enum Health {
     /// The component has no health check.
     None,
-    /// The check cannot be run by `osvm up`.
-    Unchecked(String),
     /// Not probed successfully yet.
     Pending,
     /// The last probe passed.
@@ -46,7 +44,6 @@ impl Health {
     fn short(&self) -> String {
         match self {
             Health::None => "-".into(),
-            Health::Unchecked(_) => "unchecked".into(),
             Health::Pending => "pending".into(),
             Health::Healthy(_) => "healthy".into(),
             Health::Failing(n, _) => format!("failing ({n})"),
@@ -120,12 +117,10 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
             component: c.clone(),
             instance: None,
             status: ComponentStatus::Starting,
-            health: match c.health.as_ref().map(|h| &h.probe) {
-                None => Health::None,
-                Some(HealthProbe::Exec { .. }) => Health::Unchecked(
-                    "exec probes are run by the daemon (`osvm daemon`), not by `osvm up`".into(),
-                ),
-                Some(_) => Health::Pending,
+            health: if c.health.is_some() {
+                Health::Pending
+            } else {
+                Health::None
             },
             restarts: 0,
             backoff_exp: 0,
@@ -286,18 +281,6 @@ impl Supervisor {
             }
             return;
         };
-        if matches!(u.health, Health::Unchecked(_)) {
-            if u.status == ComponentStatus::Starting {
-                u.status = ComponentStatus::Running;
-                let why = if let Health::Unchecked(w) = &u.health {
-                    w.clone()
-                } else {
-                    String::new()
-                };
-                self.event(Some(i), "running", &format!("health unchecked: {why}"));
-            }
-            return;
-        }
         if u.kill_at.is_some() || u.status == ComponentStatus::Stopping {
             return;
         }
@@ -348,10 +331,7 @@ impl Supervisor {
             return;
         }
         if now >= u.next_probe {
-            match inst.open_namespace("net") {
-                Ok(netns) => u.probe = Some(health::spawn(netns, &check.probe, check.timeout)),
-                Err(e) => u.health = Health::Failing(0, e.to_string()),
-            }
+            u.probe = Some(health::spawn(inst.clone(), &check.probe, check.timeout));
         }
     }
 
@@ -373,7 +353,7 @@ impl Supervisor {
                 u.kill_at = None;
                 u.probe = None;
                 u.cpu_sample = None;
-                if !matches!(u.health, Health::None | Health::Unchecked(_)) {
+                if u.health != Health::None {
                     u.health = Health::Pending;
                 }
                 u.next_probe = now;
