@@ -3,6 +3,11 @@
 //! - [`store`]: durable state in redb — stacks, components, instances, events — with a schema
 //!   version; intent is recorded before the daemon acts and the outcome after, so a daemon
 //!   killed at any moment finds out what it was doing when it starts again.
+//! - [`engine`]: the reconcile loop — starts, probes, restarts and stops components, records
+//!   every decision in the store, and re-adopts what a previous engine left running.
+//! - [`health`]: HTTP, TCP and exec health probes.
 #![forbid(unsafe_code)]
 
+pub mod engine;
+pub mod health;
 pub mod store;

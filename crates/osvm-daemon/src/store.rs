@@ -123,6 +123,9 @@ pub struct ComponentRecord {
     pub last_exit: Option<ExitStatus>,
     /// Why it is in its status (failures, give-ups).
     pub reason: String,
+    /// When a scheduled (re)start is due, so that a restarted daemon keeps the backoff.
+    #[serde(default)]
+    pub next_start_ms: Option<u64>,
 }
 
 impl ComponentRecord {
@@ -139,6 +142,7 @@ impl ComponentRecord {
             backoff_exp: 0,
             last_exit: None,
             reason: String::new(),
+            next_start_ms: None,
         }
     }
 

@@ -17,4 +17,6 @@ pub mod plan;
 pub mod runtime;
 
 pub use launcher::run_if_requested;
-pub use runtime::{Adopted, ExecOutput, SandboxConfig, SandboxInstance, SandboxRuntime};
+pub use runtime::{
+    Adopted, ExecOutput, SandboxConfig, SandboxInstance, SandboxRuntime, new_instance_id,
+};

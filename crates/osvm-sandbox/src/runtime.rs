@@ -71,6 +71,11 @@ impl SandboxConfig {
     }
 }
 
+/// A fresh instance id for component `name`: `<name>-<8 hex digits>`.
+pub fn new_instance_id(name: &str) -> String {
+    format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
 /// The `process` runtime.
 pub struct SandboxRuntime {
     config: SandboxConfig,
@@ -122,6 +127,17 @@ impl SandboxRuntime {
         spec: &LaunchSpec,
         stdin: Stdio,
     ) -> Result<SandboxInstance, RuntimeError> {
+        self.start_sandbox_as(spec, &new_instance_id(&spec.name), stdin)
+    }
+
+    /// Starts a sandbox under an instance id chosen by the caller (see [`new_instance_id`]), so
+    /// that a control plane can record the id durably before the sandbox exists.
+    pub fn start_sandbox_as(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        stdin: Stdio,
+    ) -> Result<SandboxInstance, RuntimeError> {
         if let Some(reason) = self.unavailable_reason() {
             return Err(self.unavailable(reason));
         }
@@ -131,11 +147,13 @@ impl SandboxRuntime {
             .map_err(|e| self.unavailable(e.clone()))?;
         check_spec(spec)?;
 
-        let id = format!(
-            "{}-{}",
-            spec.name,
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let id = id.to_string();
+        if !id.starts_with(&format!("{}-", spec.name)) || id.contains('/') || id.contains("..") {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "instance id `{id}` must be `{}-<suffix>`",
+                spec.name
+            )));
+        }
         let instances = self.config.state_dir.join("instances");
         let instance_dir = instances.join(&id);
         let root_dir = instance_dir.join("root");

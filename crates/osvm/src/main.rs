@@ -8,7 +8,6 @@
 mod cli;
 mod cmd;
 mod doctor;
-mod health;
 mod logs;
 mod signals;
 

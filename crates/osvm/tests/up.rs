@@ -380,3 +380,166 @@ stop_grace = "2s"
     );
     assert_eq!(count(&events, "bad", "healthy"), 0);
 }
+
+/// Events of a running `osvm -o json up`, read until `until` says stop (bounded).
+fn read_events_until(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    limit: Duration,
+    mut until: impl FnMut(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    let mut events = Vec::new();
+    while !until(&events) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(e) => events.push(e),
+            Err(e) => panic!("waiting for events: {e:?}; got {events:?}"),
+        }
+    }
+    events
+}
+
+fn spawn_up(state: &StateDir, file: &Path) -> (Up, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let mut child = Up(state
+        .osvm()
+        .args(["-o", "json", "up"])
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("osvm up | {line}");
+            let _ = tx.send(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+    });
+    (child, rx)
+}
+
+/// `kill -9` of `osvm up`: its components keep running; the next `osvm up` of the stack
+/// adopts them (the same instances, none started twice), and its Ctrl-C stops them.
+#[test]
+fn a_killed_up_is_succeeded_by_one_that_adopts_its_components() {
+    if !sandbox_available("up-crash") {
+        return;
+    }
+    let state = StateDir::new("up-crash");
+    let file = state.path.join("stack.toml");
+    std::fs::write(
+        &file,
+        "[stack]\nname = \"crash\"\n\n[[component]]\nname = \"a\"\ncommand = \"sleep\"\nargs = [\"60\"]\n\n[[component]]\nname = \"b\"\ncommand = \"sleep\"\nargs = [\"60\"]\n",
+    )
+    .unwrap();
+    let started =
+        |events: &[serde_json::Value]| events.iter().filter(|e| e["event"] == "started").count();
+
+    let (mut first, rx) = spawn_up(&state, &file);
+    let events = read_events_until(&rx, Duration::from_secs(20), |ev| started(ev) == 2);
+    let mut ids: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .map(|e| {
+            e["detail"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+
+    let (mut second, rx) = spawn_up(&state, &file);
+    let events = read_events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().filter(|e| e["event"] == "adopted").count() == 2
+    });
+    let mut adopted: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "adopted")
+        .map(|e| {
+            e["detail"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    adopted.sort();
+    assert_eq!(adopted, ids, "the same instances, adopted");
+    // A second's worth of ticks more: nothing is started again.
+    let mut more = Vec::new();
+    let until = Instant::now() + Duration::from_secs(1);
+    while let Ok(e) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        more.push(e);
+    }
+    assert_eq!(
+        started(&events) + started(&more),
+        0,
+        "no component started twice"
+    );
+    let mut instances = state.instances();
+    instances.sort();
+    assert_eq!(instances, ids, "no new instance directory");
+
+    let status = second.interrupt();
+    assert!(status.success());
+    for id in &ids {
+        for dir in cgroup_dirs(id) {
+            assert!(!dir.exists(), "{} removed", dir.display());
+        }
+    }
+}
+
+/// `kill -9` of `osvm up` during a restart backoff: the successor keeps the backoff and the
+/// restart count instead of starting over.
+#[test]
+fn a_killed_up_during_backoff_keeps_the_backoff_and_the_count() {
+    if !sandbox_available("up-crash-backoff") {
+        return;
+    }
+    let state = StateDir::new("up-backoff");
+    let file = state.path.join("stack.toml");
+    std::fs::write(
+        &file,
+        "[stack]\nname = \"backoff\"\nrestart_backoff = \"2s\"\n\n[[component]]\nname = \"flaky\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"exit 1\"]\n",
+    )
+    .unwrap();
+    let (mut first, rx) = spawn_up(&state, &file);
+    let events = read_events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e["event"] == "restart-scheduled")
+    });
+    assert_eq!(events.iter().filter(|e| e["event"] == "started").count(), 1);
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let killed_at = Instant::now();
+
+    let (mut second, rx) = spawn_up(&state, &file);
+    let events = read_events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e["event"] == "restart-scheduled")
+    });
+    let started_after = killed_at.elapsed();
+    assert_eq!(events.iter().filter(|e| e["event"] == "started").count(), 1);
+    assert!(
+        started_after >= Duration::from_millis(1000),
+        "the 2 s backoff was kept: {started_after:?}"
+    );
+    let scheduled: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "restart-scheduled")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        scheduled,
+        ["restart 2 in 4s"],
+        "the count and the doubling go on"
+    );
+    second.interrupt();
+}

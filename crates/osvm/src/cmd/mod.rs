@@ -48,13 +48,19 @@ pub fn error_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// The state directory: `--state-dir`, or the default for this user.
+pub fn state_dir(global: &Global) -> anyhow::Result<PathBuf> {
+    match &global.state_dir {
+        Some(dir) => absolute(dir),
+        None => Ok(SandboxConfig::default_state_dir()),
+    }
+}
+
 /// The process runtime configured from the global options, with this binary as launcher.
 pub fn sandbox_runtime(global: &Global) -> anyhow::Result<SandboxRuntime> {
     let exe = std::env::current_exe()?;
     let mut config = SandboxConfig::new(exe);
-    if let Some(dir) = &global.state_dir {
-        config.state_dir = absolute(dir)?;
-    }
+    config.state_dir = state_dir(global)?;
     Ok(SandboxRuntime::new(config))
 }
 
@@ -79,18 +85,5 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n}B")
     } else {
         format!("{v:.1}{}", UNITS[i])
-    }
-}
-
-/// Formats a duration for tables: `200ms`, `3s`, `4m12s`, `2h05m`.
-pub fn human_duration(d: std::time::Duration) -> String {
-    if d < std::time::Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis());
-    }
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }

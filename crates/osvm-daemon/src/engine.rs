@@ -1,0 +1,796 @@
+//! The reconcile loop: desired state (applied stacks) against observed state (instances).
+//!
+//! The engine owns one [`Unit`] per component of every applied stack. Each [`Engine::tick`]
+//! looks at every unit: an instance that ended is recorded and, per its restart policy, started
+//! again after a backoff (the stack's `restart_backoff` doubling up to `restart_backoff_max`,
+//! reset after `restart_reset_after` of running, at most `max_restarts` times, then `Failed`
+//! with the reason); a unit without an instance that should run is started; health probes run
+//! (HTTP/TCP from the component's network namespace, exec inside its sandbox), and readiness
+//! gates `Running` while `retries` failed probes in a row after the start period stop the
+//! instance as unhealthy (a liveness failure), which then restarts per the policy.
+//!
+//! Every decision is durable: the component's record (status, instance, restarts, backoff,
+//! last exit, reason) is written to the [`Store`] when it changes, and an action's *intent*
+//! (start instance X, stop instance X) is written before the action and cleared after. When
+//! the engine opens a store that a killed engine left behind, it re-adopts the instances that
+//! still run ([`SandboxRuntime::adopt`]), records the ones that ended meanwhile, and starts only
+//! what is really missing — never a component twice.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use osvm_core::model::ComponentStatus;
+use osvm_core::stack::{Component, RestartPolicy, Stack};
+use osvm_core::{ExitStatus, Instance, InstanceStats};
+use osvm_sandbox::{Adopted, SandboxInstance, SandboxRuntime, new_instance_id};
+use serde::Serialize;
+
+use crate::health::{self, ProbeResult};
+use crate::store::{ComponentRecord, Event, InstanceRecord, Intent, Store, StoreError, now_ms};
+
+/// The health of one component, as last probed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum Health {
+    /// The component has no health check.
+    None,
+    /// Not probed successfully yet.
+    Pending,
+    /// The last probe passed.
+    Healthy(String),
+    /// Probes failed this many times in a row; the last said why.
+    Failing(u32, String),
+}
+
+impl Health {
+    /// A word or two for tables.
+    pub fn short(&self) -> String {
+        match self {
+            Health::None => "-".into(),
+            Health::Pending => "pending".into(),
+            Health::Healthy(_) => "healthy".into(),
+            Health::Failing(n, _) => format!("failing ({n})"),
+        }
+    }
+}
+
+/// What a client sees of one component.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentView {
+    /// Its stack.
+    pub stack: String,
+    /// Its name.
+    pub name: String,
+    /// Its status.
+    pub status: ComponentStatus,
+    /// Its health.
+    pub health: Health,
+    /// The current instance's id.
+    pub instance: Option<String>,
+    /// Host pid of the instance's init.
+    pub pid: Option<i32>,
+    /// Usage of the current instance.
+    pub stats: Option<InstanceStats>,
+    /// Its memory limit in bytes.
+    pub memory_limit: Option<u64>,
+    /// CPU use over the last tick, in percent of one CPU.
+    pub cpu_percent: f64,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// How long the current instance has run.
+    pub uptime_secs: Option<u64>,
+    /// How the last instance ended.
+    pub last_exit: Option<ExitStatus>,
+    /// Why it is in its status.
+    pub reason: String,
+}
+
+/// One component and what the engine knows about it.
+struct Unit {
+    /// The component as applied.
+    component: Component,
+    /// The durable part of its state.
+    record: ComponentRecord,
+    /// Its running instance.
+    instance: Option<Arc<SandboxInstance>>,
+    health: Health,
+    started_at: Option<Instant>,
+    next_probe: Instant,
+    probe: Option<Receiver<ProbeResult>>,
+    /// When a stop the engine asked for escalates to SIGKILL.
+    kill_at: Option<Instant>,
+    /// Set when the engine stopped the instance because it was unhealthy.
+    unhealthy_stop: bool,
+    /// Set when the engine stopped the instance to apply a changed spec.
+    replace: bool,
+    /// Set when the component left its stack: stop it and forget it.
+    removing: bool,
+    restart_at: Option<Instant>,
+    stats: Option<InstanceStats>,
+    cpu_sample: Option<(Instant, u64)>,
+    cpu_percent: f64,
+}
+
+impl Unit {
+    fn new(component: Component, record: ComponentRecord) -> Self {
+        let health = if component.health.is_some() {
+            Health::Pending
+        } else {
+            Health::None
+        };
+        Self {
+            component,
+            record,
+            instance: None,
+            health,
+            started_at: None,
+            next_probe: Instant::now(),
+            probe: None,
+            kill_at: None,
+            unhealthy_stop: false,
+            replace: false,
+            removing: false,
+            restart_at: None,
+            stats: None,
+            cpu_sample: None,
+            cpu_percent: 0.0,
+        }
+    }
+}
+
+/// The reconcile loop's state.
+pub struct Engine {
+    runtime: SandboxRuntime,
+    store: Store,
+    stacks: BTreeMap<String, Stack>,
+    units: Vec<Unit>,
+    /// Events not yet handed to the caller.
+    pending: Vec<Event>,
+}
+
+/// Formats a duration for people: `200ms`, `3s`, `4m12s`, `2h05m`.
+pub fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+impl Engine {
+    /// Opens the engine on `store`, re-adopting whatever a previous engine left running.
+    pub fn open(runtime: SandboxRuntime, store: Store) -> Result<Self, StoreError> {
+        let mut engine = Self {
+            runtime,
+            store,
+            stacks: BTreeMap::new(),
+            units: Vec::new(),
+            pending: Vec::new(),
+        };
+        let records: BTreeMap<String, ComponentRecord> = engine
+            .store
+            .components()?
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        for stack in engine.store.stacks()? {
+            let stack = stack.stack;
+            for c in &stack.components {
+                let key = crate::store::component_key(&stack.name, &c.name);
+                let record = records
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| ComponentRecord::new(&stack.name, &c.name));
+                engine.units.push(Unit::new(c.clone(), record));
+            }
+            engine.stacks.insert(stack.name.clone(), stack);
+        }
+        for i in 0..engine.units.len() {
+            engine.recover(i);
+        }
+        Ok(engine)
+    }
+
+    /// Finds unit `i`'s instance again, or decides what to do without it.
+    fn recover(&mut self, i: usize) {
+        let now = Instant::now();
+        let record = self.units[i].record.clone();
+        let id = match &record.intent {
+            Some(Intent::Start { instance }) | Some(Intent::Stop { instance }) => {
+                Some(instance.clone())
+            }
+            None => record.instance.clone(),
+        };
+        let Some(id) = id else {
+            if record.enabled
+                && !matches!(
+                    record.status,
+                    ComponentStatus::Failed | ComponentStatus::Stopped
+                )
+            {
+                // Keep a backoff that was running when the previous engine stopped.
+                let wait = record
+                    .next_start_ms
+                    .map(|due| due.saturating_sub(now_ms()))
+                    .unwrap_or(0);
+                self.units[i].restart_at = Some(now + Duration::from_millis(wait));
+            }
+            return;
+        };
+        match self.runtime.adopt(&id) {
+            Ok(Adopted::Running(inst)) => {
+                let inst: Arc<SandboxInstance> = Arc::from(inst);
+                let u = &mut self.units[i];
+                u.record.instance = Some(id.clone());
+                u.started_at = Some(now);
+                u.instance = Some(inst.clone());
+                self.emit(
+                    i,
+                    "adopted",
+                    &format!("instance {id} (pid {}) still runs", inst.init_pid()),
+                );
+                if matches!(record.intent, Some(Intent::Stop { .. })) || !record.enabled {
+                    self.request_stop(i, now);
+                } else {
+                    self.units[i].record.intent = None;
+                    self.save(i);
+                }
+            }
+            Ok(Adopted::Ended(exit)) => {
+                self.units[i].record.instance = Some(id.clone());
+                self.emit(
+                    i,
+                    "ended-while-away",
+                    &format!("instance {id}: {}", exit.status),
+                );
+                self.units[i].record.intent = None;
+                self.on_exit(i, exit.status, now);
+            }
+            Err(e) => {
+                // The start was recorded but never happened (or its directory is gone).
+                self.emit(i, "lost", &format!("instance {id}: {e}"));
+                let u = &mut self.units[i];
+                u.record.intent = None;
+                u.record.instance = None;
+                if u.record.enabled
+                    && !matches!(
+                        u.record.status,
+                        ComponentStatus::Failed | ComponentStatus::Stopped
+                    )
+                {
+                    u.restart_at = Some(now);
+                }
+                self.save(i);
+            }
+        }
+    }
+
+    /// Applies `stack` as desired state: new components start, changed ones are replaced,
+    /// removed ones stop.
+    pub fn apply(&mut self, stack: Stack) -> Result<(), StoreError> {
+        self.store.apply_stack(&stack)?;
+        let now = Instant::now();
+        for c in &stack.components {
+            match self
+                .units
+                .iter()
+                .position(|u| u.record.stack == stack.name && u.component.name == c.name)
+            {
+                Some(i) => {
+                    let changed = self.units[i].component != *c;
+                    self.units[i].component = c.clone();
+                    if changed && self.units[i].instance.is_some() {
+                        self.emit(
+                            i,
+                            "changed",
+                            "the component's spec changed; replacing its instance",
+                        );
+                        self.units[i].replace = true;
+                        self.request_stop(i, now);
+                    }
+                }
+                None => {
+                    let record = self
+                        .store
+                        .component(&stack.name, &c.name)?
+                        .unwrap_or_else(|| ComponentRecord::new(&stack.name, &c.name));
+                    let mut unit = Unit::new(c.clone(), record);
+                    unit.restart_at = Some(now);
+                    self.units.push(unit);
+                }
+            }
+        }
+        for i in 0..self.units.len() {
+            let u = &self.units[i];
+            if u.record.stack == stack.name
+                && !stack.components.iter().any(|c| c.name == u.component.name)
+            {
+                self.emit(i, "removed", "no longer in the stack; stopping it");
+                self.units[i].removing = true;
+                self.units[i].restart_at = None;
+                self.request_stop(i, now);
+            }
+        }
+        self.stacks.insert(stack.name.clone(), stack);
+        self.collect_removed();
+        Ok(())
+    }
+
+    /// Drops units that were removed and have stopped, and their records.
+    fn collect_removed(&mut self) {
+        let mut i = 0;
+        while i < self.units.len() {
+            let u = &self.units[i];
+            if u.removing && u.instance.is_none() {
+                let _ = self
+                    .store
+                    .remove_component(&u.record.stack, &u.component.name);
+                self.units.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn stack_of(&self, i: usize) -> &Stack {
+        &self.stacks[&self.units[i].record.stack]
+    }
+
+    fn emit(&mut self, i: usize, kind: &str, detail: &str) {
+        let u = &self.units[i];
+        let event = Event {
+            seq: 0,
+            at_ms: now_ms(),
+            stack: Some(u.record.stack.clone()),
+            component: Some(u.component.name.clone()),
+            kind: kind.into(),
+            detail: detail.into(),
+        };
+        self.push(event);
+    }
+
+    fn push(&mut self, event: Event) {
+        let event = match self.store.append_event(event.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                self.pending.push(Event {
+                    kind: "store-error".into(),
+                    detail: e.to_string(),
+                    ..event.clone()
+                });
+                event
+            }
+        };
+        self.pending.push(event);
+    }
+
+    /// Records an event that concerns no single component.
+    pub fn note(&mut self, kind: &str, detail: &str) {
+        self.push(Event {
+            seq: 0,
+            at_ms: now_ms(),
+            stack: None,
+            component: None,
+            kind: kind.into(),
+            detail: detail.into(),
+        });
+    }
+
+    fn save(&mut self, i: usize) {
+        let record = self.units[i].record.clone();
+        if let Err(e) = self.store.put_component(&record) {
+            self.emit(i, "store-error", &e.to_string());
+        }
+    }
+
+    fn set_status(&mut self, i: usize, status: ComponentStatus) {
+        if self.units[i].record.status != status {
+            self.units[i].record.status = status;
+            self.save(i);
+        }
+    }
+
+    /// Runs one pass over every component; returns what happened.
+    pub fn tick(&mut self) -> Vec<Event> {
+        let now = Instant::now();
+        for i in 0..self.units.len() {
+            self.tick_unit(i, now);
+        }
+        self.collect_removed();
+        std::mem::take(&mut self.pending)
+    }
+
+    fn tick_unit(&mut self, i: usize, now: Instant) {
+        if let Some(inst) = self.units[i].instance.clone() {
+            match inst.try_wait() {
+                Ok(Some(status)) => self.on_exit(i, status, now),
+                Ok(None) => {}
+                Err(e) => self.emit(i, "error", &e.to_string()),
+            }
+        }
+        if self.units[i].restart_at.is_some_and(|t| t <= now) {
+            self.units[i].restart_at = None;
+            if self.units[i].record.enabled && !self.units[i].removing {
+                self.start(i, now);
+            }
+        }
+        let reset_after = self.stack_of(i).restart_reset_after;
+        let u = &mut self.units[i];
+        let Some(inst) = u.instance.clone() else {
+            return;
+        };
+        if u.kill_at.is_some_and(|t| t <= now) {
+            u.kill_at = None;
+            let _ = inst.signal(libc::SIGKILL);
+        }
+        if let Ok(stats) = inst.stats() {
+            if let Some((t0, c0)) = u.cpu_sample {
+                let wall = now.duration_since(t0).as_micros() as f64;
+                if wall > 0.0 {
+                    u.cpu_percent = stats.cpu_usage_usec.saturating_sub(c0) as f64 / wall * 100.0;
+                }
+            }
+            u.cpu_sample = Some((now, stats.cpu_usage_usec));
+            u.stats = Some(stats);
+        }
+        if u.record.backoff_exp > 0
+            && u.started_at
+                .is_some_and(|s| now.duration_since(s) > reset_after)
+        {
+            u.record.backoff_exp = 0;
+            self.save(i);
+        }
+        self.tick_health(i, &inst, now);
+    }
+
+    fn tick_health(&mut self, i: usize, inst: &Arc<SandboxInstance>, now: Instant) {
+        let u = &mut self.units[i];
+        if u.kill_at.is_some() || u.record.status == ComponentStatus::Stopping {
+            return;
+        }
+        let Some(check) = u.component.health.clone() else {
+            if u.record.status == ComponentStatus::Starting {
+                self.set_status(i, ComponentStatus::Running);
+                self.emit(i, "running", "no health check configured");
+            }
+            return;
+        };
+        if let Some(rx) = &u.probe {
+            let result = match rx.try_recv() {
+                Ok(r) => r,
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => Err("the probe ended without a result".into()),
+            };
+            u.probe = None;
+            u.next_probe = now + check.interval;
+            match result {
+                Ok(detail) => {
+                    let announce = u.record.status == ComponentStatus::Starting
+                        || matches!(u.health, Health::Failing(..));
+                    u.health = Health::Healthy(detail.clone());
+                    self.set_status(i, ComponentStatus::Running);
+                    if announce {
+                        self.emit(i, "healthy", &detail);
+                    }
+                }
+                Err(reason) => {
+                    if u.started_at
+                        .is_some_and(|s| now.duration_since(s) < check.start_period)
+                    {
+                        return;
+                    }
+                    let n = match &u.health {
+                        Health::Failing(n, _) => n + 1,
+                        _ => 1,
+                    };
+                    u.health = Health::Failing(n, reason.clone());
+                    if n >= check.retries {
+                        self.emit(
+                            i,
+                            "unhealthy",
+                            &format!("{n} failed probes in a row; last: {reason}"),
+                        );
+                        self.units[i].unhealthy_stop = true;
+                        self.request_stop(i, now);
+                    }
+                }
+            }
+            return;
+        }
+        if now >= u.next_probe {
+            u.probe = Some(health::spawn(inst.clone(), &check.probe, check.timeout));
+        }
+    }
+
+    /// Sends SIGTERM to unit `i`'s instance (recording the intent) and arms the SIGKILL.
+    fn request_stop(&mut self, i: usize, now: Instant) {
+        let Some(inst) = self.units[i].instance.clone() else {
+            return;
+        };
+        let u = &mut self.units[i];
+        u.record.intent = Some(Intent::Stop {
+            instance: inst.id().to_string(),
+        });
+        u.kill_at = Some(now + u.component.stop_grace);
+        u.probe = None;
+        self.set_status(i, ComponentStatus::Stopping);
+        self.save(i);
+        let _ = inst.signal(libc::SIGTERM);
+    }
+
+    fn start(&mut self, i: usize, now: Instant) {
+        let stack_name = self.units[i].record.stack.clone();
+        let spec = self.units[i].component.launch_spec(&stack_name);
+        let id = new_instance_id(&spec.name);
+        self.units[i].record.intent = Some(Intent::Start {
+            instance: id.clone(),
+        });
+        self.units[i].record.next_start_ms = None;
+        self.set_status(i, ComponentStatus::Starting);
+        self.save(i);
+        match self.runtime.start_sandbox_as(&spec, &id, Stdio::null()) {
+            Ok(inst) => {
+                let detail = format!(
+                    "instance {} (pid {}), logs in {}",
+                    inst.id(),
+                    inst.init_pid(),
+                    inst.instance_dir().display()
+                );
+                let reach = self.units[i].component.listen.first().map(|port| {
+                    format!(
+                        "port {port} is in the component's own network namespace: nsenter -t {} -n curl http://127.0.0.1:{port}/",
+                        inst.init_pid()
+                    )
+                });
+                let confinement = confinement_summary(&inst.confinement());
+                let _ = self.store.put_instance(&InstanceRecord {
+                    id: id.clone(),
+                    component: self.units[i].record.key(),
+                    started_at_ms: now_ms(),
+                    ended_at_ms: None,
+                    exit: None,
+                });
+                let u = &mut self.units[i];
+                u.instance = Some(Arc::new(inst));
+                u.record.instance = Some(id);
+                u.record.intent = None;
+                u.started_at = Some(now);
+                u.unhealthy_stop = false;
+                u.replace = false;
+                u.kill_at = None;
+                u.probe = None;
+                u.cpu_sample = None;
+                if u.health != Health::None {
+                    u.health = Health::Pending;
+                }
+                u.next_probe = now;
+                self.save(i);
+                self.emit(i, "started", &detail);
+                if let Some(reach) = reach {
+                    self.emit(i, "reach", &reach);
+                }
+                self.emit(i, "confined", &confinement);
+            }
+            Err(e) => {
+                self.units[i].record.intent = None;
+                self.units[i].record.reason = e.to_string();
+                self.save(i);
+                self.emit(i, "start-failed", &e.to_string());
+                self.schedule_restart(i, now, true);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, i: usize, status: ExitStatus, now: Instant) {
+        let u = &mut self.units[i];
+        u.instance = None;
+        u.probe = None;
+        u.kill_at = None;
+        u.record.intent = None;
+        u.record.last_exit = Some(status);
+        if let Some(id) = &u.record.instance
+            && let Ok(Some(mut rec)) = self.store.instance(id)
+        {
+            rec.ended_at_ms = Some(now_ms());
+            rec.exit = Some(status);
+            let _ = self.store.put_instance(&rec);
+        }
+        let u = &mut self.units[i];
+        // The exit is handled: a restarted engine must not count it again.
+        u.record.instance = None;
+        let failed = !status.success() || u.unhealthy_stop;
+        let detail = if u.unhealthy_stop {
+            format!("{status} (stopped as unhealthy)")
+        } else {
+            status.to_string()
+        };
+        u.record.reason = detail.clone();
+        self.save(i);
+        self.emit(i, "exited", &detail);
+        let u = &self.units[i];
+        if u.removing || !u.record.enabled {
+            self.set_status(i, ComponentStatus::Stopped);
+        } else if u.replace {
+            self.units[i].restart_at = Some(now);
+        } else {
+            self.schedule_restart(i, now, failed);
+        }
+    }
+
+    fn schedule_restart(&mut self, i: usize, now: Instant, failed: bool) {
+        let stack = self.stack_of(i);
+        let (max, first, ceiling) = (
+            stack.max_restarts,
+            stack.restart_backoff,
+            stack.restart_backoff_max,
+        );
+        let wanted = match self.units[i].component.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failed,
+            RestartPolicy::Never => false,
+        };
+        if !wanted {
+            self.set_status(
+                i,
+                if failed {
+                    ComponentStatus::Failed
+                } else {
+                    ComponentStatus::Stopped
+                },
+            );
+            return;
+        }
+        if self.units[i].record.restarts >= max {
+            let reason = format!(
+                "gave up after {max} restarts (the stack's max_restarts); last: {}",
+                self.units[i].record.reason
+            );
+            self.units[i].record.reason = reason.clone();
+            self.set_status(i, ComponentStatus::Failed);
+            self.save(i);
+            self.emit(i, "failed", &reason);
+            return;
+        }
+        let u = &mut self.units[i];
+        let delay = first
+            .saturating_mul(1 << u.record.backoff_exp.min(16))
+            .min(ceiling);
+        u.record.backoff_exp += 1;
+        u.record.restarts += 1;
+        u.restart_at = Some(now + delay);
+        u.record.next_start_ms = Some(now_ms() + delay.as_millis() as u64);
+        let restarts = u.record.restarts;
+        self.set_status(i, ComponentStatus::Starting);
+        self.save(i);
+        self.emit(
+            i,
+            "restart-scheduled",
+            &format!("restart {restarts} in {}", human_duration(delay)),
+        );
+    }
+
+    /// Stops every running component in parallel within its grace period, records them
+    /// stopped, and returns what happened.
+    pub fn shutdown(&mut self) -> Vec<Event> {
+        let mut handles = Vec::new();
+        for (i, u) in self.units.iter_mut().enumerate() {
+            u.restart_at = None;
+            if let Some(inst) = u.instance.clone() {
+                u.record.intent = Some(Intent::Stop {
+                    instance: inst.id().to_string(),
+                });
+                let grace = u.component.stop_grace;
+                handles.push((i, std::thread::spawn(move || inst.stop(grace))));
+            }
+        }
+        for i in 0..self.units.len() {
+            self.save(i);
+        }
+        for (i, h) in handles {
+            match h.join() {
+                Ok(Ok(status)) => {
+                    let how = match status.signal {
+                        Some(libc::SIGTERM) => "ended by the SIGTERM it was sent".to_string(),
+                        Some(libc::SIGKILL) => "killed after its stop grace period".to_string(),
+                        _ => status.to_string(),
+                    };
+                    let u = &mut self.units[i];
+                    u.instance = None;
+                    u.record.instance = None;
+                    u.record.intent = None;
+                    u.record.last_exit = Some(status);
+                    self.set_status(i, ComponentStatus::Stopped);
+                    self.save(i);
+                    self.emit(i, "stopped", &how);
+                }
+                Ok(Err(e)) => self.emit(i, "stop-failed", &e.to_string()),
+                Err(_) => self.emit(i, "stop-failed", "the stopping thread panicked"),
+            }
+        }
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Forgets stack `name` and its components' records (call after [`Engine::shutdown`]).
+    pub fn forget_stack(&mut self, name: &str) -> Result<(), StoreError> {
+        for u in self.units.iter().filter(|u| u.record.stack == name) {
+            self.store.remove_component(name, &u.component.name)?;
+        }
+        self.units.retain(|u| u.record.stack != name);
+        self.stacks.remove(name);
+        self.store.remove_stack(name)?;
+        Ok(())
+    }
+
+    /// True when nothing runs and nothing is scheduled to start.
+    pub fn all_ended(&self) -> bool {
+        self.units
+            .iter()
+            .all(|u| u.instance.is_none() && u.restart_at.is_none())
+    }
+
+    /// How many components ended `Failed`.
+    pub fn failed(&self) -> usize {
+        self.units
+            .iter()
+            .filter(|u| u.record.status == ComponentStatus::Failed)
+            .count()
+    }
+
+    /// What clients see of every component.
+    pub fn views(&self) -> Vec<ComponentView> {
+        let now = Instant::now();
+        self.units
+            .iter()
+            .map(|u| {
+                let running = u.instance.is_some();
+                ComponentView {
+                    stack: u.record.stack.clone(),
+                    name: u.component.name.clone(),
+                    status: u.record.status,
+                    health: u.health.clone(),
+                    instance: u.instance.as_ref().map(|i| i.id().to_string()),
+                    pid: u.instance.as_ref().map(|i| i.init_pid()),
+                    stats: if running { u.stats.clone() } else { None },
+                    memory_limit: u.component.resources.memory_bytes,
+                    cpu_percent: if running { u.cpu_percent } else { 0.0 },
+                    restarts: u.record.restarts,
+                    uptime_secs: u
+                        .started_at
+                        .filter(|_| running)
+                        .map(|s| now.duration_since(s).as_secs()),
+                    last_exit: u.record.last_exit,
+                    reason: u.record.reason.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The confinement facts that matter at a glance, on one line.
+fn confinement_summary(facts: &[(String, String)]) -> String {
+    let get = |k: &str| {
+        facts
+            .iter()
+            .find(|(w, _)| w == k)
+            .map(|(_, h)| h.as_str())
+            .unwrap_or("?")
+    };
+    let mut parts = vec![
+        format!("uid map {}", get("uid map")),
+        format!("capabilities {}", get("capabilities")),
+        format!("seccomp {}", get("seccomp")),
+        format!("landlock {}", get("landlock")),
+    ];
+    if facts.iter().any(|(w, _)| w == "tcp bind") {
+        parts.push("tcp bind only on listen ports".into());
+    }
+    parts.push(get("root").to_string());
+    parts.join("; ")
+}
