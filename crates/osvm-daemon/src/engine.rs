@@ -141,10 +141,21 @@ impl Unit {
     }
 }
 
+/// Errors of requests about one component.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No component has that name.
+    #[error("no component is called `{0}`")]
+    NotFound(String),
+    /// Several stacks have a component of that name.
+    #[error("several stacks have a component called `{0}`; name one of {1:?}")]
+    Ambiguous(String, Vec<String>),
+}
+
 /// The reconcile loop's state.
 pub struct Engine {
     runtime: SandboxRuntime,
-    store: Store,
+    store: Arc<Store>,
     stacks: BTreeMap<String, Stack>,
     units: Vec<Unit>,
     /// Events not yet handed to the caller.
@@ -166,7 +177,7 @@ pub fn human_duration(d: Duration) -> String {
 
 impl Engine {
     /// Opens the engine on `store`, re-adopting whatever a previous engine left running.
-    pub fn open(runtime: SandboxRuntime, store: Store) -> Result<Self, StoreError> {
+    pub fn open(runtime: SandboxRuntime, store: Arc<Store>) -> Result<Self, StoreError> {
         let mut engine = Self {
             runtime,
             store,
@@ -194,6 +205,23 @@ impl Engine {
         }
         for i in 0..engine.units.len() {
             engine.recover(i);
+        }
+        // Components of a stack removed just before the previous engine died: stop what still
+        // runs of them, then forget them.
+        for record in records
+            .values()
+            .filter(|r| !engine.stacks.contains_key(&r.stack))
+        {
+            if let Some(id) = record.instance.clone().or(match &record.intent {
+                Some(Intent::Start { instance }) | Some(Intent::Stop { instance }) => {
+                    Some(instance.clone())
+                }
+                None => None,
+            }) && let Ok(Adopted::Running(inst)) = engine.runtime.adopt(&id)
+            {
+                let _ = inst.stop(Duration::from_secs(10));
+            }
+            engine.store.remove_component(&record.stack, &record.name)?;
         }
         Ok(engine)
     }
@@ -323,7 +351,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Drops units that were removed and have stopped, and their records.
+    /// Drops units that were removed and have stopped, their records, and stacks left empty.
     fn collect_removed(&mut self) {
         let mut i = 0;
         while i < self.units.len() {
@@ -337,6 +365,12 @@ impl Engine {
                 i += 1;
             }
         }
+        let units = &self.units;
+        let store = &self.store;
+        self.stacks.retain(|name, _| {
+            units.iter().any(|u| &u.record.stack == name)
+                || store.stack(name).ok().flatten().is_some()
+        });
     }
 
     fn stack_of(&self, i: usize) -> &Stack {
@@ -715,6 +749,97 @@ impl Engine {
             }
         }
         std::mem::take(&mut self.pending)
+    }
+
+    /// Finds the component called `name` (`stack/name` when several stacks have one).
+    fn find(&self, name: &str) -> Result<usize, EngineError> {
+        let matches: Vec<usize> = self
+            .units
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.component.name == name || u.record.key() == name)
+            .map(|(i, _)| i)
+            .collect();
+        match matches.as_slice() {
+            [i] => Ok(*i),
+            [] => Err(EngineError::NotFound(name.to_string())),
+            many => Err(EngineError::Ambiguous(
+                name.to_string(),
+                many.iter().map(|i| self.units[*i].record.key()).collect(),
+            )),
+        }
+    }
+
+    /// The view of one component.
+    pub fn view(&self, name: &str) -> Result<ComponentView, EngineError> {
+        let i = self.find(name)?;
+        Ok(self.views().swap_remove(i))
+    }
+
+    /// Lets a stopped component run again (`osvm start`).
+    pub fn start_component(&mut self, name: &str) -> Result<(), EngineError> {
+        let i = self.find(name)?;
+        let u = &mut self.units[i];
+        u.record.enabled = true;
+        u.record.restarts = 0;
+        u.record.backoff_exp = 0;
+        u.record.reason.clear();
+        if u.instance.is_none() {
+            u.restart_at = Some(Instant::now());
+        }
+        self.set_status(i, ComponentStatus::Starting);
+        self.save(i);
+        self.emit(i, "start-requested", "by the API");
+        Ok(())
+    }
+
+    /// Stops a component and keeps it stopped (`osvm stop`).
+    pub fn stop_component(&mut self, name: &str) -> Result<(), EngineError> {
+        let i = self.find(name)?;
+        self.units[i].record.enabled = false;
+        self.units[i].restart_at = None;
+        self.save(i);
+        self.emit(i, "stop-requested", "by the API");
+        if self.units[i].instance.is_some() {
+            self.request_stop(i, Instant::now());
+        } else {
+            self.set_status(i, ComponentStatus::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Replaces a component's instance with a fresh one (`osvm restart`); not counted as a
+    /// failure restart.
+    pub fn restart_component(&mut self, name: &str) -> Result<(), EngineError> {
+        let i = self.find(name)?;
+        self.units[i].record.enabled = true;
+        self.emit(i, "restart-requested", "by the API");
+        if self.units[i].instance.is_some() {
+            self.units[i].replace = true;
+            self.request_stop(i, Instant::now());
+        } else {
+            self.units[i].restart_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Removes stack `name` from the desired state: its components stop, then their records
+    /// go. Returns false if no such stack was applied.
+    pub fn remove_stack(&mut self, name: &str) -> Result<bool, StoreError> {
+        if !self.stacks.contains_key(name) {
+            return Ok(false);
+        }
+        self.store.remove_stack(name)?;
+        let now = Instant::now();
+        for i in 0..self.units.len() {
+            if self.units[i].record.stack == name {
+                self.units[i].removing = true;
+                self.units[i].restart_at = None;
+                self.request_stop(i, now);
+            }
+        }
+        self.collect_removed();
+        Ok(true)
     }
 
     /// Forgets stack `name` and its components' records (call after [`Engine::shutdown`]).

@@ -65,7 +65,7 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
             stack.name
         )
     })?;
-    let mut engine = Engine::open(runtime, store)?;
+    let mut engine = Engine::open(runtime, std::sync::Arc::new(store))?;
     let mut screen = Screen {
         output: global.output,
         tty: std::io::stdout().is_terminal() && global.output == Output::Text,
