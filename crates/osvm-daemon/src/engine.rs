@@ -26,13 +26,13 @@ use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, RestartPolicy, Stack};
 use osvm_core::{ExitStatus, Instance, InstanceStats};
 use osvm_sandbox::{Adopted, SandboxInstance, SandboxRuntime, new_instance_id};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::health::{self, ProbeResult};
 use crate::store::{ComponentRecord, Event, InstanceRecord, Intent, Store, StoreError, now_ms};
 
 /// The health of one component, as last probed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "detail")]
 pub enum Health {
     /// The component has no health check.
@@ -58,7 +58,7 @@ impl Health {
 }
 
 /// What a client sees of one component.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ComponentView {
     /// Its stack.
     pub stack: String,
@@ -70,6 +70,10 @@ pub struct ComponentView {
     pub health: Health,
     /// The current instance's id.
     pub instance: Option<String>,
+    /// The last instance that ended.
+    pub last_instance: Option<String>,
+    /// The TCP ports it listens on.
+    pub listen: Vec<u16>,
     /// Host pid of the instance's init.
     pub pid: Option<i32>,
     /// Usage of the current instance.
@@ -164,6 +168,9 @@ pub struct Engine {
 
 /// Formats a duration for people: `200ms`, `3s`, `4m12s`, `2h05m`.
 pub fn human_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
     if d < Duration::from_secs(1) {
         return format!("{}ms", d.as_millis());
     }
@@ -255,9 +262,17 @@ impl Engine {
         match self.runtime.adopt(&id) {
             Ok(Adopted::Running(inst)) => {
                 let inst: Arc<SandboxInstance> = Arc::from(inst);
+                // Uptime counts from the instance's real start, not from the adoption.
+                let age = self
+                    .store
+                    .instance(&id)
+                    .ok()
+                    .flatten()
+                    .map(|r| Duration::from_millis(now_ms().saturating_sub(r.started_at_ms)))
+                    .unwrap_or_default();
                 let u = &mut self.units[i];
                 u.record.instance = Some(id.clone());
-                u.started_at = Some(now);
+                u.started_at = Some(now.checked_sub(age).unwrap_or(now));
                 u.instance = Some(inst.clone());
                 self.emit(
                     i,
@@ -638,7 +653,7 @@ impl Engine {
         }
         let u = &mut self.units[i];
         // The exit is handled: a restarted engine must not count it again.
-        u.record.instance = None;
+        u.record.last_instance = u.record.instance.take();
         let failed = !status.success() || u.unhealthy_stop;
         let detail = if u.unhealthy_stop {
             format!("{status} (stopped as unhealthy)")
@@ -737,7 +752,7 @@ impl Engine {
                     };
                     let u = &mut self.units[i];
                     u.instance = None;
-                    u.record.instance = None;
+                    u.record.last_instance = u.record.instance.take();
                     u.record.intent = None;
                     u.record.last_exit = Some(status);
                     self.set_status(i, ComponentStatus::Stopped);
@@ -879,8 +894,14 @@ impl Engine {
                     stack: u.record.stack.clone(),
                     name: u.component.name.clone(),
                     status: u.record.status,
-                    health: u.health.clone(),
+                    health: if running {
+                        u.health.clone()
+                    } else {
+                        Health::None
+                    },
                     instance: u.instance.as_ref().map(|i| i.id().to_string()),
+                    last_instance: u.record.last_instance.clone(),
+                    listen: u.component.listen.clone(),
                     pid: u.instance.as_ref().map(|i| i.init_pid()),
                     stats: if running { u.stats.clone() } else { None },
                     memory_limit: u.component.resources.memory_bytes,

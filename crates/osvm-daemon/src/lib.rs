@@ -6,8 +6,12 @@
 //! - [`engine`]: the reconcile loop — starts, probes, restarts and stops components, records
 //!   every decision in the store, and re-adopts what a previous engine left running.
 //! - [`health`]: HTTP, TCP and exec health probes.
+//! - [`daemon`] and [`api`]: `osvm daemon` — the engine on its own thread and the REST API on
+//!   a root-only unix socket.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod daemon;
 pub mod engine;
 pub mod health;
 pub mod store;

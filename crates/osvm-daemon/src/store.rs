@@ -126,6 +126,9 @@ pub struct ComponentRecord {
     /// When a scheduled (re)start is due, so that a restarted daemon keeps the backoff.
     #[serde(default)]
     pub next_start_ms: Option<u64>,
+    /// The instance before the current one (whose logs stay readable after it ended).
+    #[serde(default)]
+    pub last_instance: Option<String>,
 }
 
 impl ComponentRecord {
@@ -143,6 +146,7 @@ impl ComponentRecord {
             last_exit: None,
             reason: String::new(),
             next_start_ms: None,
+            last_instance: None,
         }
     }
 

@@ -25,6 +25,9 @@ pub struct Global {
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// The daemon's API socket [default: <state dir>/osvm.sock]
+    #[arg(long, global = true, env = "OSVM_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// More log output (-v debug, -vv trace); OSVM_LOG overrides
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -50,6 +53,63 @@ pub enum Command {
     Up(UpArgs),
     /// Show which isolation features this host supports, and why not where it does not
     Doctor,
+    /// Run the control plane: keeps applied stacks running, serves the API on a unix socket
+    Daemon,
+    /// Remove a stack from the daemon (by file or name); its components stop
+    Down(DownArgs),
+    /// List the daemon's components
+    Ps,
+    /// Show one component in detail
+    Status(NameArgs),
+    /// Print a component's log (its current or last instance)
+    Logs(LogsArgs),
+    /// Let a stopped component run again
+    Start(NameArgs),
+    /// Stop a component and keep it stopped
+    Stop(NameArgs),
+    /// Replace a component's instance with a fresh one
+    Restart(NameArgs),
+    /// Print the daemon's events
+    Events(EventsArgs),
+    /// Totals and per-component usage
+    Stats,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// A stack file, or a stack's name
+    pub stack: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The component's name (`stack/name` when several stacks have one)
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The component's name
+    pub name: String,
+    /// Keep printing what the component writes
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Its stderr instead of its stdout
+    #[arg(long)]
+    pub stderr: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only events after this sequence number
+    #[arg(long, default_value_t = 0, value_name = "SEQ")]
+    pub after: u64,
 }
 
 #[derive(Debug, Args)]
@@ -116,4 +176,7 @@ pub struct RunArgs {
 pub struct UpArgs {
     /// The stack file (TOML)
     pub file: PathBuf,
+    /// Hand the stack to the daemon (`osvm daemon`) instead of running it in the foreground
+    #[arg(long, short = 'd')]
+    pub detach: bool,
 }

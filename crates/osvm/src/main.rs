@@ -6,6 +6,7 @@
 //! failures.
 
 mod cli;
+mod client;
 mod cmd;
 mod doctor;
 mod logs;

@@ -1,5 +1,7 @@
 //! One module per subcommand; each returns the process exit code or an error.
 
+mod control;
+mod daemon;
 mod doctor;
 mod run;
 mod up;
@@ -29,6 +31,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(&cli.global, *a),
         Command::Up(a) => up::run(&cli.global, a),
         Command::Doctor => doctor::run(&cli.global),
+        Command::Daemon => daemon::run(&cli.global),
+        Command::Down(a) => control::down(&cli.global, a),
+        Command::Ps => control::ps(&cli.global),
+        Command::Status(a) => control::status(&cli.global, a),
+        Command::Logs(a) => control::logs(&cli.global, a),
+        Command::Start(a) => control::action(&cli.global, a, "start"),
+        Command::Stop(a) => control::action(&cli.global, a, "stop"),
+        Command::Restart(a) => control::action(&cli.global, a, "restart"),
+        Command::Events(a) => control::events(&cli.global, a),
+        Command::Stats => control::stats(&cli.global),
     }
 }
 
@@ -53,6 +65,16 @@ pub fn state_dir(global: &Global) -> anyhow::Result<PathBuf> {
     match &global.state_dir {
         Some(dir) => absolute(dir),
         None => Ok(SandboxConfig::default_state_dir()),
+    }
+}
+
+/// The daemon's socket: `--socket`, or `<state dir>/osvm.sock`.
+pub fn socket(global: &Global) -> anyhow::Result<PathBuf> {
+    match &global.socket {
+        Some(p) => absolute(p),
+        None => Ok(osvm_daemon::daemon::DaemonConfig::default_socket(
+            &state_dir(global)?,
+        )),
     }
 }
 

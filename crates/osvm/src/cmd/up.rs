@@ -34,6 +34,9 @@ struct Screen {
 
 pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     let stack = osvm_core::stack::load(&args.file)?;
+    if args.detach {
+        return super::control::apply(global, &args.file);
+    }
     for c in &stack.components {
         if c.runtime != RuntimeKind::Process {
             return Err(SetupFailed(RuntimeError::Unavailable {

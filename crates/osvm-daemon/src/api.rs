@@ -1,0 +1,546 @@
+//! The REST API, over a unix socket that only root (or the daemon's own user) may use.
+//!
+//! Every response is JSON; errors are `{"code": "...", "message": "..."}` with a fitting HTTP
+//! status. The OpenAPI document is served at `/openapi.json` and checked in at
+//! `docs/api/openapi.json`.
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{self, ConnectInfo};
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
+
+use crate::daemon::{Command, ComponentAction, DaemonError, Shared};
+use crate::engine::{ComponentView, EngineError};
+
+/// The OpenAPI document.
+pub const OPENAPI: &str = include_str!("../../../docs/api/openapi.json");
+
+/// The largest request body accepted (a stack file).
+const MAX_BODY: usize = 1 << 20;
+
+/// An API error: HTTP status, a stable code, and words for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            EngineError::Ambiguous(..) => {
+                Self::new(StatusCode::CONFLICT, "ambiguous", e.to_string())
+            }
+        }
+    }
+}
+
+/// The peer of a connection, from `SO_PEERCRED`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The peer's uid, if the kernel told.
+    pub uid: Option<u32>,
+}
+
+impl connect_info::Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        Self {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+/// Serves the API on `socket` until SIGTERM or SIGINT.
+pub async fn serve(socket: &Path, shared: Arc<Shared>) -> Result<(), DaemonError> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| DaemonError::Io(format!("bind {}", socket.display()), e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| DaemonError::Io(format!("chmod {}", socket.display()), e))?;
+    let app = router(shared);
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        })
+        .await
+        .map_err(|e| DaemonError::Io("serve the API".into(), e))
+}
+
+/// The API's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route(
+            "/v1/version",
+            get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }),
+        )
+        .route("/v1/components", get(list))
+        .route("/v1/components/{name}", get(one))
+        .route("/v1/components/{name}/start", post(start))
+        .route("/v1/components/{name}/stop", post(stop))
+        .route("/v1/components/{name}/restart", post(restart))
+        .route("/v1/components/{name}/logs", get(logs))
+        .route("/v1/events", get(events))
+        .route("/v1/stats", get(stats))
+        .route("/v1/stacks", post(apply))
+        .route("/v1/stacks/{name}", axum::routing::delete(remove))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(middleware::from_fn(only_root))
+        .with_state(shared)
+}
+
+/// Refuses every peer but root and the daemon's own user.
+async fn only_root(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> Response {
+    let own = nix::unistd::geteuid().as_raw();
+    match peer.uid {
+        Some(0) => next.run(req).await,
+        Some(uid) if uid == own => next.run(req).await,
+        Some(uid) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("uid {uid} may not use the osvm API; only root may"),
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the peer's credentials are unknown",
+        )
+        .into_response(),
+    }
+}
+
+fn views(shared: &Shared) -> Vec<ComponentView> {
+    shared.views.read().map(|v| v.clone()).unwrap_or_default()
+}
+
+fn find(shared: &Shared, name: &str) -> Result<ComponentView, ApiError> {
+    let all = views(shared);
+    let found: Vec<ComponentView> = all
+        .into_iter()
+        .filter(|v| v.name == name || format!("{}/{}", v.stack, v.name) == name)
+        .collect();
+    match found.len() {
+        1 => Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
+        0 => Err(EngineError::NotFound(name.into()).into()),
+        _ => Err(EngineError::Ambiguous(
+            name.into(),
+            found
+                .iter()
+                .map(|v| format!("{}/{}", v.stack, v.name))
+                .collect(),
+        )
+        .into()),
+    }
+}
+
+async fn list(State(shared): State<Arc<Shared>>) -> Json<Vec<ComponentView>> {
+    Json(views(&shared))
+}
+
+async fn one(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<ComponentView>, ApiError> {
+    find(&shared, &name).map(Json)
+}
+
+async fn ask<T>(
+    shared: &Shared,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .commands
+        .lock()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the engine is gone",
+            )
+        })?
+        .send(make(tx))
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the engine is gone",
+            )
+        })?;
+    rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the engine did not answer",
+        )
+    })
+}
+
+async fn act(
+    shared: Arc<Shared>,
+    name: String,
+    action: ComponentAction,
+) -> Result<Response, ApiError> {
+    ask(&shared, |tx| Command::Component(action, name.clone(), tx)).await??;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "component": name, "accepted": format!("{action:?}").to_lowercase() })),
+    )
+        .into_response())
+}
+
+async fn start(
+    State(s): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    act(s, name, ComponentAction::Start).await
+}
+
+async fn stop(
+    State(s): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    act(s, name, ComponentAction::Stop).await
+}
+
+async fn restart(
+    State(s): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    act(s, name, ComponentAction::Restart).await
+}
+
+/// `POST /v1/stacks`: `{"source": "stack.toml", "toml": "..."}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyRequest {
+    /// Where the text came from, for error messages.
+    source: String,
+    /// The stack file's text.
+    toml: String,
+}
+
+async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body exceeds {MAX_BODY} bytes"),
+        ));
+    }
+    let req: ApplyRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    let stack = osvm_core::stack::parse(&req.toml, &req.source).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_stack",
+            e.to_string(),
+        )
+    })?;
+    for c in &stack.components {
+        if c.runtime != osvm_core::RuntimeKind::Process {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "runtime_unavailable",
+                format!(
+                    "component `{}` asks for the {} runtime, which this release does not provide",
+                    c.name, c.runtime
+                ),
+            ));
+        }
+    }
+    let name = stack.name.clone();
+    let components = stack.components.len();
+    ask(&shared, |tx| Command::Apply(Box::new(stack), tx))
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "stack": name, "components": components })),
+    )
+        .into_response())
+}
+
+async fn remove(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let existed = ask(&shared, |tx| Command::Remove(name.clone(), tx))
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e))?;
+    if existed {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "stack": name, "removing": true })),
+        )
+            .into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no stack is called `{name}`"),
+        ))
+    }
+}
+
+/// `?after=SEQ&limit=N&follow=true`.
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn default_limit() -> usize {
+    1000
+}
+
+/// Events as newline-delimited JSON; with `follow`, the stream stays open for new ones.
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let mut live = q.follow.then(|| shared.events.subscribe());
+    let past = shared
+        .store
+        .events_after(q.after, q.limit.min(100_000))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    let mut last = past.last().map(|e| e.seq).unwrap_or(q.after);
+    let mut text = String::new();
+    for e in &past {
+        text.push_str(&serde_json::to_string(e).unwrap_or_default());
+        text.push('\n');
+    }
+    let Some(mut rx) = live.take() else {
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response());
+    };
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(text))).await.is_err() {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.seq > last => {
+                    last = e.seq;
+                    let mut line = serde_json::to_string(&e).unwrap_or_default();
+                    line.push('\n');
+                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `?tail=N&follow=true&stream=stdout|stderr`.
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+    #[serde(default = "default_stream")]
+    stream: String,
+}
+
+fn default_stream() -> String {
+    "stdout".into()
+}
+
+/// A component's current (or last) instance's log, as text.
+async fn logs(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let view = find(&shared, &name)?;
+    let file = match q.stream.as_str() {
+        "stdout" => "stdout.log",
+        "stderr" => "stderr.log",
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("stream must be stdout or stderr, not `{other}`"),
+            ));
+        }
+    };
+    let Some(instance) = view.instance.clone().or(view.last_instance.clone()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_instance",
+            format!("`{name}` has not run yet"),
+        ));
+    };
+    let path = shared
+        .state_dir
+        .join("instances")
+        .join(&instance)
+        .join(file);
+    let content = tokio::fs::read(&path).await.unwrap_or_default();
+    let start = match q.tail {
+        Some(n) => {
+            let mut lines = 0;
+            let mut pos = content.len();
+            // Skip a trailing newline, then count n line starts back.
+            let end = if content.ends_with(b"\n") {
+                content.len() - 1
+            } else {
+                content.len()
+            };
+            for i in (0..end).rev() {
+                if content[i] == b'\n' {
+                    lines += 1;
+                    if lines == n {
+                        pos = i + 1;
+                        break;
+                    }
+                }
+                pos = i;
+            }
+            if n == 0 { content.len() } else { pos }
+        }
+        None => 0,
+    };
+    let first = Bytes::copy_from_slice(&content[start..]);
+    if !q.follow {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], first).into_response());
+    }
+    let mut offset = content.len() as u64;
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            if (bytes.len() as u64) > offset {
+                let chunk = Bytes::copy_from_slice(&bytes[offset as usize..]);
+                offset = bytes.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            } else if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Totals and per-component usage.
+#[derive(Debug, Serialize)]
+struct Stats {
+    total: usize,
+    running: usize,
+    healthy: usize,
+    unhealthy: usize,
+    failed: usize,
+    stacks: usize,
+    endpoints: usize,
+    components: Vec<ComponentView>,
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
+    use crate::engine::Health;
+    let all = views(&shared);
+    let mut stacks: Vec<&str> = all.iter().map(|v| v.stack.as_str()).collect();
+    stacks.sort();
+    stacks.dedup();
+    Json(Stats {
+        total: all.len(),
+        running: all
+            .iter()
+            .filter(|v| v.status == osvm_core::model::ComponentStatus::Running)
+            .count(),
+        healthy: all
+            .iter()
+            .filter(|v| matches!(v.health, Health::Healthy(_)))
+            .count(),
+        unhealthy: all
+            .iter()
+            .filter(|v| matches!(v.health, Health::Failing(..)))
+            .count(),
+        failed: all
+            .iter()
+            .filter(|v| v.status == osvm_core::model::ComponentStatus::Failed)
+            .count(),
+        stacks: stacks.len(),
+        endpoints: all.iter().map(|v| v.listen.len()).sum(),
+        components: all,
+    })
+}

@@ -1,0 +1,175 @@
+//! `osvm daemon`: the engine on its own thread, and the REST API on a unix socket.
+//!
+//! The engine thread owns the [`Engine`]: it ticks every 200 ms, and wakes at once for a
+//! command from the API (apply a stack, remove one, start/stop/restart a component). After each
+//! tick it publishes a snapshot of every component for the API to read, and broadcasts the new
+//! events to followers. The API runs on tokio and never touches the engine directly.
+//!
+//! Stopping the daemon (SIGTERM, SIGINT) does not stop the components: they run on, and the
+//! next daemon adopts them.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use osvm_core::stack::Stack;
+use osvm_sandbox::SandboxRuntime;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::engine::{ComponentView, Engine, EngineError};
+use crate::store::{Event, Store, StoreError};
+
+/// How often the engine looks at every component when nothing asks it to.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Where the daemon keeps its state and listens.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The state directory (also the sandbox runtime's).
+    pub state_dir: PathBuf,
+    /// The API's unix socket.
+    pub socket: PathBuf,
+}
+
+impl DaemonConfig {
+    /// The default socket inside `state_dir`.
+    pub fn default_socket(state_dir: &Path) -> PathBuf {
+        state_dir.join("osvm.sock")
+    }
+}
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An I/O step failed.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// A request for the engine thread.
+pub enum Command {
+    /// Apply a stack.
+    Apply(Box<Stack>, oneshot::Sender<Result<(), String>>),
+    /// Remove a stack; answers whether it existed.
+    Remove(String, oneshot::Sender<Result<bool, String>>),
+    /// Start, stop or restart a component.
+    Component(
+        ComponentAction,
+        String,
+        oneshot::Sender<Result<(), EngineError>>,
+    ),
+}
+
+/// What to do to one component.
+#[derive(Debug, Clone, Copy)]
+pub enum ComponentAction {
+    /// `osvm start`.
+    Start,
+    /// `osvm stop`.
+    Stop,
+    /// `osvm restart`.
+    Restart,
+}
+
+/// What the API shares with the engine thread.
+pub struct Shared {
+    /// The latest snapshot of every component.
+    pub views: RwLock<Vec<ComponentView>>,
+    /// New events, for followers.
+    pub events: broadcast::Sender<Event>,
+    /// Requests for the engine.
+    pub commands: std::sync::Mutex<Sender<Command>>,
+    /// The store, for reading history (events).
+    pub store: Arc<Store>,
+    /// The state directory (instance logs live under it).
+    pub state_dir: PathBuf,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| DaemonError::Io(format!("create {}", config.state_dir.display()), e))?;
+    let store = Arc::new(Store::open(&config.state_dir.join("osvm.redb"))?);
+    let mut engine = Engine::open(runtime, store.clone())?;
+    engine.note("daemon", "started");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (events, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        views: RwLock::new(engine.views()),
+        events,
+        commands: std::sync::Mutex::new(tx),
+        store,
+        state_dir: config.state_dir.clone(),
+    });
+    let engine_shared = shared.clone();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let engine_thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || engine_loop(engine, &engine_shared, &rx, &stop_rx))
+        .map_err(|e| DaemonError::Io("start the engine thread".into(), e))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Io("start the async runtime".into(), e))?;
+    let served = rt.block_on(crate::api::serve(&config.socket, shared));
+    let _ = stop_tx.send(());
+    let _ = engine_thread.join();
+    let _ = std::fs::remove_file(&config.socket);
+    served
+}
+
+fn engine_loop(
+    mut engine: Engine,
+    shared: &Shared,
+    commands: &Receiver<Command>,
+    stop: &Receiver<()>,
+) {
+    loop {
+        if stop.try_recv().is_ok() {
+            engine.note("daemon", "stopping; the components keep running");
+            publish(&mut engine, shared);
+            return;
+        }
+        match commands.recv_timeout(TICK) {
+            Ok(cmd) => handle(&mut engine, cmd),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        publish(&mut engine, shared);
+    }
+}
+
+fn handle(engine: &mut Engine, cmd: Command) {
+    match cmd {
+        Command::Apply(stack, reply) => {
+            let _ = reply.send(engine.apply(*stack).map_err(|e| e.to_string()));
+        }
+        Command::Remove(name, reply) => {
+            let _ = reply.send(engine.remove_stack(&name).map_err(|e| e.to_string()));
+        }
+        Command::Component(action, name, reply) => {
+            let result = match action {
+                ComponentAction::Start => engine.start_component(&name),
+                ComponentAction::Stop => engine.stop_component(&name),
+                ComponentAction::Restart => engine.restart_component(&name),
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn publish(engine: &mut Engine, shared: &Shared) {
+    for event in engine.tick() {
+        // No follower is listening: nothing to do.
+        let _ = shared.events.send(event);
+    }
+    if let Ok(mut views) = shared.views.write() {
+        *views = engine.views();
+    }
+}

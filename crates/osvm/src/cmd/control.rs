@@ -1,0 +1,250 @@
+//! Commands that talk to the daemon: `up -d`, `down`, `ps`, `status`, `logs`, `start`, `stop`,
+//! `restart`, `events`, `stats`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::Method;
+use osvm_daemon::engine::{ComponentView, human_duration};
+use serde_json::{Value, json};
+
+use super::{human_bytes, socket};
+use crate::cli::{DownArgs, EventsArgs, Global, LogsArgs, NameArgs, Output};
+use crate::client::{Client, json as parse};
+
+fn client(global: &Global) -> anyhow::Result<Client> {
+    Client::new(&socket(global)?)
+}
+
+fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
+    let v: Value = parse(bytes)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// `osvm up -d FILE`.
+pub fn apply(global: &Global, file: &Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let body = json!({ "source": file.display().to_string(), "toml": text });
+    let answer =
+        client(global)?.call(Method::POST, "/v1/stacks", Some(serde_json::to_vec(&body)?))?;
+    match global.output {
+        Output::Json => print_json(&answer)?,
+        Output::Text => {
+            let v: Value = parse(&answer)?;
+            println!(
+                "applied stack `{}` ({} components); `osvm ps` shows them",
+                v["stack"].as_str().unwrap_or("?"),
+                v["components"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm down FILE|NAME`.
+pub fn down(global: &Global, args: DownArgs) -> anyhow::Result<ExitCode> {
+    let path = Path::new(&args.stack);
+    let name = if path.is_file() {
+        osvm_core::stack::load(path)?.name
+    } else {
+        args.stack.clone()
+    };
+    let answer = client(global)?.call(Method::DELETE, &format!("/v1/stacks/{name}"), None)?;
+    match global.output {
+        Output::Json => print_json(&answer)?,
+        Output::Text => println!("removing stack `{name}`: its components are stopping"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(v: &ComponentView) -> Vec<String> {
+    vec![
+        format!("{}/{}", v.stack, v.name),
+        v.status.to_string(),
+        v.health.short(),
+        v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        match (&v.stats, v.memory_limit) {
+            (Some(s), Some(l)) => format!("{} / {}", human_bytes(s.memory_bytes), human_bytes(l)),
+            (Some(s), None) => human_bytes(s.memory_bytes),
+            _ => "-".into(),
+        },
+        if v.pid.is_some() {
+            format!("{:.1}%", v.cpu_percent)
+        } else {
+            "-".into()
+        },
+        v.restarts.to_string(),
+        v.uptime_secs
+            .map(|s| human_duration(Duration::from_secs(s)))
+            .unwrap_or_else(|| "-".into()),
+        v.last_exit
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into()),
+    ]
+}
+
+fn print_table(rows: Vec<Vec<String>>) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `osvm ps`.
+pub fn ps(global: &Global) -> anyhow::Result<ExitCode> {
+    let answer = client(global)?.call(Method::GET, "/v1/components", None)?;
+    if global.output == Output::Json {
+        print_json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let views: Vec<ComponentView> = parse(&answer)?;
+    let mut rows = vec![
+        [
+            "NAME",
+            "STATUS",
+            "HEALTH",
+            "PID",
+            "MEMORY",
+            "CPU",
+            "RESTARTS",
+            "UPTIME",
+            "LAST EXIT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    rows.extend(views.iter().map(row));
+    print_table(rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm status NAME`.
+pub fn status(global: &Global, args: NameArgs) -> anyhow::Result<ExitCode> {
+    let answer =
+        client(global)?.call(Method::GET, &format!("/v1/components/{}", args.name), None)?;
+    if global.output == Output::Json {
+        print_json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: ComponentView = parse(&answer)?;
+    let r = row(&v);
+    for (k, val) in [
+        "name",
+        "status",
+        "health",
+        "pid",
+        "memory",
+        "cpu",
+        "restarts",
+        "uptime",
+        "last exit",
+    ]
+    .iter()
+    .zip(r)
+    {
+        println!("{k:<10} {val}");
+    }
+    if let osvm_daemon::engine::Health::Healthy(d) | osvm_daemon::engine::Health::Failing(_, d) =
+        &v.health
+    {
+        println!("{:<10} {d}", "probe");
+    }
+    println!(
+        "{:<10} {}",
+        "instance",
+        v.instance.or(v.last_instance).unwrap_or_else(|| "-".into())
+    );
+    if !v.reason.is_empty() {
+        println!("{:<10} {}", "reason", v.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm start|stop|restart NAME`.
+pub fn action(global: &Global, args: NameArgs, verb: &str) -> anyhow::Result<ExitCode> {
+    let answer = client(global)?.call(
+        Method::POST,
+        &format!("/v1/components/{}/{verb}", args.name),
+        None,
+    )?;
+    match global.output {
+        Output::Json => print_json(&answer)?,
+        Output::Text => println!("{verb} of `{}` accepted", args.name),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm logs [-f] [--tail N] [--stderr] NAME`.
+pub fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!(
+        "/v1/components/{}/logs?stream={}&follow={}",
+        args.name,
+        if args.stderr { "stderr" } else { "stdout" },
+        args.follow
+    );
+    if let Some(n) = args.tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    let mut out = std::io::stdout();
+    client(global)?.stream(&path, |chunk| {
+        let _ = out.write_all(chunk);
+        let _ = out.flush();
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm events [-f] [--after SEQ]`.
+pub fn events(global: &Global, args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/events?after={}&follow={}", args.after, args.follow);
+    let json_out = global.output == Output::Json;
+    let mut pending = Vec::new();
+    client(global)?.stream(&path, |chunk| {
+        pending.extend_from_slice(chunk);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if json_out {
+                let _ = std::io::stdout().write_all(&line);
+            } else if let Ok(e) = serde_json::from_slice::<osvm_daemon::store::Event>(&line) {
+                let who = match (&e.stack, &e.component) {
+                    (Some(s), Some(c)) => format!("{s}/{c} "),
+                    _ => String::new(),
+                };
+                println!("{:>6} {who}{}: {}", e.seq, e.kind, e.detail);
+            }
+            let _ = std::io::stdout().flush();
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm stats`.
+pub fn stats(global: &Global) -> anyhow::Result<ExitCode> {
+    let answer = client(global)?.call(Method::GET, "/v1/stats", None)?;
+    if global.output == Output::Json {
+        print_json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: Value = parse(&answer)?;
+    println!(
+        "components {}  running {}  healthy {}  unhealthy {}  failed {}  stacks {}  endpoints {}",
+        v["total"],
+        v["running"],
+        v["healthy"],
+        v["unhealthy"],
+        v["failed"],
+        v["stacks"],
+        v["endpoints"]
+    );
+    ps(global)
+}

@@ -1,0 +1,32 @@
+//! `osvm daemon`.
+
+use std::process::ExitCode;
+
+use osvm_core::{RuntimeError, RuntimeKind};
+use osvm_daemon::daemon::DaemonConfig;
+
+use super::{SetupFailed, sandbox_runtime, socket, state_dir};
+use crate::cli::Global;
+
+pub fn run(global: &Global) -> anyhow::Result<ExitCode> {
+    let runtime = sandbox_runtime(global)?;
+    if let Some(reason) = runtime.unavailable_reason() {
+        return Err(SetupFailed(RuntimeError::Unavailable {
+            kind: RuntimeKind::Process,
+            reason,
+        })
+        .into());
+    }
+    let config = DaemonConfig {
+        state_dir: state_dir(global)?,
+        socket: socket(global)?,
+    };
+    tracing::info!(
+        "state in {}, API on {}",
+        config.state_dir.display(),
+        config.socket.display()
+    );
+    osvm_daemon::daemon::run(config, runtime)?;
+    tracing::info!("stopped; the components keep running");
+    Ok(ExitCode::SUCCESS)
+}
