@@ -1,0 +1,323 @@
+//! `osvm daemon` and the commands that talk to it, through the real socket and real sandboxes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A daemon on a test's state directory; stopped (SIGTERM) when dropped.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(state: &StateDir) -> Self {
+        let socket = state.path.join("osvm.sock");
+        let child = state.osvm().arg("daemon").spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn ps(state: &StateDir) -> Vec<Value> {
+    let o = run(state.osvm().args(["-o", "json", "ps"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Polls `osvm ps` until `ok` holds (bounded).
+fn wait_ps(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views = ps(state);
+        if ok(&views) {
+            return views;
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}: {views:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn by_name<'a>(views: &'a [Value], name: &str) -> &'a Value {
+    views
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {views:?}"))
+}
+
+const STACK: &str = r#"
+[stack]
+name = "svc"
+
+[[component]]
+name = "web"
+command = "python3"
+args = ["-m", "http.server", "8080"]
+listen = [8080]
+health = { http = "/", port = 8080, interval = "300ms", start_period = "5s" }
+
+[[component]]
+name = "idle"
+command = "sleep"
+args = ["300"]
+"#;
+
+fn write_stack(state: &StateDir) -> PathBuf {
+    let file = state.path.join("svc.toml");
+    std::fs::write(&file, STACK).unwrap();
+    file
+}
+
+fn all_running(views: &[Value]) -> bool {
+    views.len() == 2 && views.iter().all(|v| v["status"] == "running")
+}
+
+/// Removes the stack and waits until nothing of it runs.
+fn down_and_wait(state: &StateDir, file: &PathBuf) {
+    let o = run(state.osvm().arg("down").arg(file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(state, "the stack to be gone", |v| v.is_empty());
+}
+
+#[test]
+fn the_daemon_runs_a_stack_and_answers_for_it() {
+    if !sandbox_available("daemon") {
+        return;
+    }
+    let state = StateDir::new("daemon");
+    let _daemon = Daemon::start(&state);
+    let file = write_stack(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let views = wait_ps(&state, "both components running", all_running);
+    assert_eq!(by_name(&views, "web")["health"]["state"], "healthy");
+
+    let o = run(state.osvm().args(["-o", "json", "status", "idle"]));
+    let idle: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(idle["status"], "running");
+    assert!(idle["stats"]["pids"].as_u64().unwrap() >= 2);
+
+    assert!(run(state.osvm().args(["stop", "idle"])).status.success());
+    let views = wait_ps(&state, "idle stopped", |v| {
+        by_name(v, "idle")["status"] == "stopped"
+    });
+    assert_eq!(by_name(&views, "idle")["last_exit"]["signal"], 15);
+    assert!(run(state.osvm().args(["start", "idle"])).status.success());
+    wait_ps(&state, "idle running again", |v| {
+        by_name(v, "idle")["status"] == "running"
+    });
+
+    let before = by_name(&ps(&state), "web")["instance"].clone();
+    assert!(run(state.osvm().args(["restart", "web"])).status.success());
+    wait_ps(&state, "web replaced", |v| {
+        let w = by_name(v, "web");
+        w["instance"] != before && !w["instance"].is_null() && w["status"] == "running"
+    });
+    assert_eq!(
+        by_name(&ps(&state), "web")["restarts"],
+        0,
+        "an asked-for restart is not a failure"
+    );
+
+    let o = run(state.osvm().args(["logs", "--stderr", "web"]));
+    assert!(
+        o.status.success() && stdout(&o).contains("GET / HTTP/1.0"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(state.osvm().args(["-o", "json", "events"]));
+    let kinds: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for k in ["started", "healthy", "stop-requested", "restart-requested"] {
+        assert!(kinds.iter().any(|x| x == k), "event {k} in {kinds:?}");
+    }
+    let o = run(state.osvm().args(["-o", "json", "stats"]));
+    let stats: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stats["total"], 2);
+    assert_eq!(stats["endpoints"], 1);
+
+    let o = run(state.osvm().args(["status", "nope"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no component is called `nope`"),
+        "{}",
+        stderr(&o)
+    );
+
+    let ids: Vec<String> = ps(&state)
+        .iter()
+        .map(|v| v["instance"].as_str().unwrap().to_string())
+        .collect();
+    down_and_wait(&state, &file);
+    for id in ids {
+        for dir in cgroup_dirs(&id) {
+            assert!(!dir.exists(), "{} removed", dir.display());
+        }
+    }
+}
+
+/// A raw HTTP/1.1 request over the socket: (status, body).
+fn raw(socket: &PathBuf, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: osvm\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body.trim()).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn the_api_refuses_strangers_and_explains_bad_requests() {
+    if !sandbox_available("api") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let state = StateDir::new("api");
+    let daemon = Daemon::start(&state);
+
+    // The socket is root's alone (0600)...
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let o = run(state.osvm().args(["ps"]).uid(65534).gid(65534));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("cannot reach the osvm daemon"),
+        "{}",
+        stderr(&o)
+    );
+    // ... and even through a socket opened to everyone, the peer's uid is checked.
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = run(state.osvm().args(["ps"]).uid(65534).gid(65534));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("uid 65534 may not use the osvm API"),
+        "{}",
+        stderr(&o)
+    );
+
+    let (status, body) = raw(&daemon.socket, "POST", "/v1/stacks", "{not json");
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "bad_request");
+    assert!(
+        body["message"].as_str().unwrap().contains("malformed JSON"),
+        "{body}"
+    );
+
+    let bad = serde_json::json!({ "source": "bad.toml", "toml": "[stack]\nname = \"x\"\n\n[[component]]\nname = \"a\"\ncommand = \"true\"\nlisten = [0]\n" });
+    let (status, body) = raw(&daemon.socket, "POST", "/v1/stacks", &bad.to_string());
+    assert_eq!(status, 422);
+    assert_eq!(body["code"], "invalid_stack");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("bad.toml:7:"),
+        "{body}"
+    );
+
+    let (status, body) = raw(&daemon.socket, "GET", "/v1/components/nope", "");
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "not_found");
+    let (status, _) = raw(&daemon.socket, "GET", "/v1/nothing-here", "");
+    assert_eq!(status, 404);
+    let (status, body) = raw(&daemon.socket, "GET", "/openapi.json", "");
+    assert_eq!(status, 200);
+    assert_eq!(body["openapi"], "3.0.3");
+}
+
+#[test]
+fn a_killed_daemon_is_succeeded_by_one_that_adopts_its_components() {
+    if !sandbox_available("daemon-crash") {
+        return;
+    }
+    let state = StateDir::new("daemon-crash");
+    let mut daemon = Daemon::start(&state);
+    let file = write_stack(&state);
+    assert!(
+        run(state.osvm().args(["up", "-d"]).arg(&file))
+            .status
+            .success()
+    );
+    let views = wait_ps(&state, "both running", all_running);
+    let mut ids: Vec<String> = views
+        .iter()
+        .map(|v| v["instance"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    daemon.kill9();
+    for v in &views {
+        let pid = v["pid"].as_i64().unwrap();
+        assert!(
+            PathBuf::from(format!("/proc/{pid}")).exists(),
+            "{} survives the daemon",
+            v["name"]
+        );
+    }
+
+    let _daemon = Daemon::start(&state);
+    let views = wait_ps(&state, "both adopted", all_running);
+    let mut again: Vec<String> = views
+        .iter()
+        .map(|v| v["instance"].as_str().unwrap().to_string())
+        .collect();
+    again.sort();
+    assert_eq!(again, ids, "the same instances, each once");
+    let mut dirs = state.instances();
+    dirs.sort();
+    assert_eq!(dirs, ids, "no instance was started twice");
+    down_and_wait(&state, &file);
+}
