@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// The API's unix socket.
     pub socket: PathBuf,
+    /// Where to serve Prometheus metrics, if anywhere (opt-in).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -87,6 +89,10 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// The state directory (instance logs live under it).
     pub state_dir: PathBuf,
+    /// Duration of the last reconcile pass, in microseconds.
+    pub last_tick_us: std::sync::atomic::AtomicU64,
+    /// Reconcile passes so far.
+    pub ticks: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -104,6 +110,8 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
         commands: std::sync::Mutex::new(tx),
         store,
         state_dir: config.state_dir.clone(),
+        last_tick_us: Default::default(),
+        ticks: Default::default(),
     });
     let engine_shared = shared.clone();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -117,7 +125,18 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Io("start the async runtime".into(), e))?;
-    let served = rt.block_on(crate::api::serve(&config.socket, shared));
+    let served = rt.block_on(async {
+        if let Some(addr) = config.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Io(format!("bind the metrics listener {addr}"), e))?;
+            let app = crate::metrics::router(shared.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
+        crate::api::serve(&config.socket, shared).await
+    });
     let _ = stop_tx.send(());
     let _ = engine_thread.join();
     let _ = std::fs::remove_file(&config.socket);
@@ -165,7 +184,14 @@ fn handle(engine: &mut Engine, cmd: Command) {
 }
 
 fn publish(engine: &mut Engine, shared: &Shared) {
-    for event in engine.tick() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let began = std::time::Instant::now();
+    let events = engine.tick();
+    shared
+        .last_tick_us
+        .store(began.elapsed().as_micros() as u64, Relaxed);
+    shared.ticks.fetch_add(1, Relaxed);
+    for event in events {
         // No follower is listening: nothing to do.
         let _ = shared.events.send(event);
     }

@@ -14,4 +14,5 @@ pub mod api;
 pub mod daemon;
 pub mod engine;
 pub mod health;
+pub mod metrics;
 pub mod store;

@@ -54,7 +54,7 @@ pub enum Command {
     /// Show which isolation features this host supports, and why not where it does not
     Doctor,
     /// Run the control plane: keeps applied stacks running, serves the API on a unix socket
-    Daemon,
+    Daemon(DaemonArgs),
     /// Remove a stack from the daemon (by file or name); its components stop
     Down(DownArgs),
     /// List the daemon's components
@@ -73,6 +73,21 @@ pub enum Command {
     Events(EventsArgs),
     /// Totals and per-component usage
     Stats,
+    /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Serve Prometheus metrics over HTTP at this address (opt-in; e.g. 127.0.0.1:9464)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

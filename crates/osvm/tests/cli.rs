@@ -146,3 +146,15 @@ fn without_root_the_process_runtime_is_unavailable_and_says_why() {
         stderr(&o)
     );
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = std::process::Command::new(osvm_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}");
+        assert!(stdout(&o).contains("osvm"), "{shell}");
+    }
+}

@@ -321,3 +321,61 @@ fn a_killed_daemon_is_succeeded_by_one_that_adopts_its_components() {
     assert_eq!(dirs, ids, "no instance was started twice");
     down_and_wait(&state, &file);
 }
+
+#[test]
+fn metrics_are_served_on_the_opt_in_listener() {
+    if !sandbox_available("metrics") {
+        return;
+    }
+    let state = StateDir::new("metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socket = state.path.join("osvm.sock");
+    let child = state
+        .osvm()
+        .args(["daemon", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _daemon = Daemon { child, socket };
+    let file = state.path.join("m.toml");
+    std::fs::write(&file, "[stack]\nname = \"m\"\n\n[[component]]\nname = \"idle\"\ncommand = \"sleep\"\nargs = [\"300\"]\n").unwrap();
+    assert!(
+        run(state.osvm().args(["up", "-d"]).arg(&file))
+            .status
+            .success()
+    );
+    wait_ps(&state, "idle running", |v| {
+        v.len() == 1 && v[0]["status"] == "running"
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("osvm_component_up{stack=\"m\",component=\"idle\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("osvm_component_memory_bytes{stack=\"m\",component=\"idle\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE osvm_reconcile_passes_total counter"),
+        "{text}"
+    );
+    down_and_wait(&state, &file);
+}

@@ -6,9 +6,9 @@ use osvm_core::{RuntimeError, RuntimeKind};
 use osvm_daemon::daemon::DaemonConfig;
 
 use super::{SetupFailed, sandbox_runtime, socket, state_dir};
-use crate::cli::Global;
+use crate::cli::{DaemonArgs, Global};
 
-pub fn run(global: &Global) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let runtime = sandbox_runtime(global)?;
     if let Some(reason) = runtime.unavailable_reason() {
         return Err(SetupFailed(RuntimeError::Unavailable {
@@ -20,6 +20,7 @@ pub fn run(global: &Global) -> anyhow::Result<ExitCode> {
     let config = DaemonConfig {
         state_dir: state_dir(global)?,
         socket: socket(global)?,
+        metrics: args.metrics_addr,
     };
     tracing::info!(
         "state in {}, API on {}",

@@ -31,7 +31,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(&cli.global, *a),
         Command::Up(a) => up::run(&cli.global, a),
         Command::Doctor => doctor::run(&cli.global),
-        Command::Daemon => daemon::run(&cli.global),
+        Command::Daemon(a) => daemon::run(&cli.global, a),
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut cmd, "osvm", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Down(a) => control::down(&cli.global, a),
         Command::Ps => control::ps(&cli.global),
         Command::Status(a) => control::status(&cli.global, a),
