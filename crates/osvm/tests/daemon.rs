@@ -379,3 +379,50 @@ fn metrics_are_served_on_the_opt_in_listener() {
     );
     down_and_wait(&state, &file);
 }
+
+#[test]
+fn many_clients_ask_at_once_while_fifty_components_run() {
+    if !sandbox_available("api-load") {
+        return;
+    }
+    let state = StateDir::new("api-load");
+    let daemon = Daemon::start(&state);
+    let mut text = String::from("[stack]\nname = \"fifty\"\n");
+    for i in 0..50 {
+        text.push_str(&format!(
+            "\n[[component]]\nname = \"c{i}\"\ncommand = \"sleep\"\nargs = [\"300\"]\nresources = {{ memory = \"16M\", pids = 4 }}\n"
+        ));
+    }
+    let file = state.path.join("fifty.toml");
+    std::fs::write(&file, text).unwrap();
+    assert!(
+        run(state.osvm().args(["up", "-d"]).arg(&file))
+            .status
+            .success()
+    );
+    wait_ps(&state, "fifty running", |v| {
+        v.len() == 50 && v.iter().all(|c| c["status"] == "running")
+    });
+
+    let socket = daemon.socket.clone();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let n = if t < 8 { 63 } else { 62 };
+                for _ in 0..n {
+                    let (status, body) = raw(&socket, "GET", "/v1/components", "");
+                    assert_eq!(status, 200);
+                    assert_eq!(body.as_array().map(Vec::len), Some(50));
+                }
+                n
+            })
+        })
+        .collect();
+    let total: usize = threads
+        .into_iter()
+        .map(|t| t.join().expect("a client failed"))
+        .sum();
+    assert_eq!(total, 1000);
+    down_and_wait(&state, &file);
+}
