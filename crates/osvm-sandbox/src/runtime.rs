@@ -271,6 +271,21 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// The pid of a live monitor started with `plan`, found through `/proc/*/cmdline`.
+fn monitor_of(plan: &Path) -> Option<i32> {
+    let want = plan.as_os_str().as_encoded_bytes();
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0);
+            let _exe = args.next()?;
+            (args.next()? == MONITOR_ARG.as_bytes() && args.next()? == want).then_some(pid)
+        })
+}
+
 /// What [`SandboxRuntime::adopt`] finds in an instance directory.
 pub enum Adopted {
     /// The sandbox still runs; here is a handle to it.
@@ -301,6 +316,29 @@ impl SandboxRuntime {
         }
         let plan: Plan =
             serde_json::from_slice(&read("plan.json")?).map_err(|e| parse_err("plan.json", e))?;
+        if !dir.join("running.json").exists() {
+            // The starter died while the sandbox was being set up. If its monitor still
+            // runs, the sandbox is on its way: wait for it to come up (or fail). If no monitor
+            // exists, it never started: clean up, and say so.
+            if monitor_of(&dir.join("plan.json")).is_some() {
+                let deadline = std::time::Instant::now() + START_TIMEOUT;
+                while !dir.join("running.json").exists()
+                    && !dir.join("exit.json").exists()
+                    && std::time::Instant::now() < deadline
+                    && monitor_of(&dir.join("plan.json")).is_some()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return self.adopt(instance_id);
+            }
+            let cgroup = cgroup::open(&plan.cgroup);
+            let _ = cgroup.kill_all();
+            let _ = cgroup.remove();
+            let _ = fs::remove_dir(&plan.root_dir);
+            return Err(RuntimeError::Setup(format!(
+                "instance {instance_id} never started (no monitor and no running record)"
+            )));
+        }
         let running: RunningRecord = serde_json::from_slice(&read("running.json")?)
             .map_err(|e| parse_err("running.json", e))?;
         let same_process = |pid: i32, start: u64| -> Option<OwnedFd> {

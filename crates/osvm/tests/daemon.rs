@@ -426,3 +426,49 @@ fn many_clients_ask_at_once_while_fifty_components_run() {
     assert_eq!(total, 1000);
     down_and_wait(&state, &file);
 }
+
+/// `kill -9` of the daemon in the middle of applying a stack (right after it accepted it, while
+/// it is starting the components): the next daemon ends with each component running once.
+#[test]
+fn a_daemon_killed_during_an_apply_leaves_each_component_running_once() {
+    if !sandbox_available("daemon-crash-apply") {
+        return;
+    }
+    let state = StateDir::new("crash-apply");
+    let mut daemon = Daemon::start(&state);
+    let mut text = String::from("[stack]\nname = \"burst\"\n");
+    for i in 0..12 {
+        text.push_str(&format!(
+            "\n[[component]]\nname = \"c{i}\"\ncommand = \"sleep\"\nargs = [\"300\"]\n"
+        ));
+    }
+    let file = state.path.join("burst.toml");
+    std::fs::write(&file, text).unwrap();
+    assert!(
+        run(state.osvm().args(["up", "-d"]).arg(&file))
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(40));
+    daemon.kill9();
+
+    let _daemon = Daemon::start(&state);
+    let views = wait_ps(&state, "all twelve running", |v| {
+        v.len() == 12 && v.iter().all(|c| c["status"] == "running")
+    });
+    let mut running: Vec<String> = views
+        .iter()
+        .map(|v| v["instance"].as_str().unwrap().to_string())
+        .collect();
+    running.sort();
+    running.dedup();
+    assert_eq!(running.len(), 12);
+    // Every sandbox on the host that belongs to this state directory is one of those twelve.
+    let live: Vec<String> = state
+        .instances()
+        .into_iter()
+        .filter(|id| cgroup_dirs(id).iter().any(|d| d.exists()))
+        .collect();
+    assert_eq!(live.len(), 12, "no component runs twice: {live:?}");
+    down_and_wait(&state, &file);
+}
