@@ -90,6 +90,9 @@ pub struct ComponentView {
     pub last_exit: Option<ExitStatus>,
     /// Why it is in its status.
     pub reason: String,
+    /// How long the last health probe took, in milliseconds.
+    #[serde(default)]
+    pub probe_latency_ms: Option<f64>,
 }
 
 /// One component and what the engine knows about it.
@@ -108,6 +111,12 @@ struct Unit {
     kill_at: Option<Instant>,
     /// Set when the engine stopped the instance because it was unhealthy.
     unhealthy_stop: bool,
+    /// Set when the instance missed its `ready_within` deadline: the component ends failed.
+    never_ready: bool,
+    /// When the probe in flight started.
+    probe_started: Option<Instant>,
+    /// How long the last probe took.
+    probe_latency: Option<Duration>,
     /// Set when the engine stopped the instance to apply a changed spec.
     replace: bool,
     /// Set when the component left its stack: stop it and forget it.
@@ -135,6 +144,9 @@ impl Unit {
             probe: None,
             kill_at: None,
             unhealthy_stop: false,
+            never_ready: false,
+            probe_started: None,
+            probe_latency: None,
             replace: false,
             removing: false,
             restart_at: None,
@@ -511,6 +523,21 @@ impl Engine {
             }
             return;
         };
+        if let Some(deadline) = check.ready_within
+            && u.record.status == ComponentStatus::Starting
+            && u.started_at
+                .is_some_and(|s| now.duration_since(s) > deadline)
+        {
+            let why = format!(
+                "not ready within {} (ready_within)",
+                human_duration(deadline)
+            );
+            self.emit(i, "never-ready", &why);
+            self.units[i].never_ready = true;
+            self.units[i].record.reason = why;
+            self.request_stop(i, now);
+            return;
+        }
         if let Some(rx) = &u.probe {
             let result = match rx.try_recv() {
                 Ok(r) => r,
@@ -518,6 +545,7 @@ impl Engine {
                 Err(TryRecvError::Disconnected) => Err("the probe ended without a result".into()),
             };
             u.probe = None;
+            u.probe_latency = u.probe_started.take().map(|t| now.duration_since(t));
             u.next_probe = now + check.interval;
             match result {
                 Ok(detail) => {
@@ -554,6 +582,7 @@ impl Engine {
             return;
         }
         if now >= u.next_probe {
+            u.probe_started = Some(now);
             u.probe = Some(health::spawn(inst.clone(), &check.probe, check.timeout));
         }
     }
@@ -612,6 +641,7 @@ impl Engine {
                 u.record.intent = None;
                 u.started_at = Some(now);
                 u.unhealthy_stop = false;
+                u.never_ready = false;
                 u.replace = false;
                 u.kill_at = None;
                 u.probe = None;
@@ -654,17 +684,25 @@ impl Engine {
         let u = &mut self.units[i];
         // The exit is handled: a restarted engine must not count it again.
         u.record.last_instance = u.record.instance.take();
-        let failed = !status.success() || u.unhealthy_stop;
-        let detail = if u.unhealthy_stop {
+        let failed = !status.success() || u.unhealthy_stop || u.never_ready;
+        let detail = if u.never_ready {
+            format!("{status} (stopped: never ready)")
+        } else if u.unhealthy_stop {
             format!("{status} (stopped as unhealthy)")
         } else {
             status.to_string()
         };
-        u.record.reason = detail.clone();
+        if !u.never_ready {
+            u.record.reason = detail.clone();
+        }
         self.save(i);
         self.emit(i, "exited", &detail);
         let u = &self.units[i];
-        if u.removing || !u.record.enabled {
+        if u.never_ready {
+            let reason = u.record.reason.clone();
+            self.set_status(i, ComponentStatus::Failed);
+            self.emit(i, "failed", &reason);
+        } else if u.removing || !u.record.enabled {
             self.set_status(i, ComponentStatus::Stopped);
         } else if u.replace {
             self.units[i].restart_at = Some(now);
@@ -913,6 +951,7 @@ impl Engine {
                         .map(|s| now.duration_since(s).as_secs()),
                     last_exit: u.record.last_exit,
                     reason: u.record.reason.clone(),
+                    probe_latency_ms: u.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
                 }
             })
             .collect()

@@ -543,3 +543,49 @@ fn a_killed_up_during_backoff_keeps_the_backoff_and_the_count() {
     );
     second.interrupt();
 }
+
+#[test]
+fn a_component_that_never_becomes_ready_ends_failed_after_its_deadline() {
+    if !sandbox_available("never-ready") {
+        return;
+    }
+    let state = StateDir::new("never-ready");
+    let stack = r#"
+[stack]
+name = "late"
+
+[[component]]
+name = "mute"
+command = "sleep"
+args = ["60"]
+listen = [9999]
+health = { tcp = true, port = 9999, interval = "200ms", retries = 1000, ready_within = "1s" }
+stop_grace = "2s"
+"#;
+    let began = Instant::now();
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(30));
+    assert_eq!(code, Some(1));
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "the deadline was waited for"
+    );
+    assert_eq!(count(&events, "mute", "never-ready"), 1, "{events:?}");
+    let failed: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["component"] == "mute" && e["event"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not ready within 1s"),
+        "{}",
+        failed[0]
+    );
+    assert_eq!(
+        count(&events, "mute", "started"),
+        1,
+        "no restart after a missed deadline"
+    );
+}

@@ -182,6 +182,8 @@ pub(crate) struct RawHealth {
     pub(crate) retries: Option<Spanned<Int>>,
     /// Grace time after start during which failures do not count.
     pub(crate) start_period: Option<Spanned<String>>,
+    /// Deadline for the first passing probe.
+    pub(crate) ready_within: Option<Spanned<String>>,
     /// HTTP status that counts as healthy.
     pub(crate) expect_status: Option<Spanned<Int>>,
 }

@@ -184,6 +184,10 @@ pub struct HealthCheck {
     pub retries: u32,
     /// Time after start during which failures do not count (default 0).
     pub start_period: Duration,
+    /// The instance must pass its first probe within this time after it starts, or it is
+    /// stopped and the component ends `failed` (default: no deadline).
+    #[serde(default)]
+    pub ready_within: Option<Duration>,
 }
 
 impl HealthCheck {

@@ -557,6 +557,10 @@ fn health(
         Some(v) => duration(src, &v, "start_period")?,
         None => HealthCheck::DEFAULT_START_PERIOD,
     };
+    let ready_within = match raw.ready_within {
+        Some(v) => Some(positive(Some(v), "ready_within", Duration::ZERO)?),
+        None => None,
+    };
     let retries = match raw.retries {
         Some(r) => int_in(src, &r, 1, i64::from(u32::MAX), "retries")?,
         None => HealthCheck::DEFAULT_RETRIES,
@@ -567,6 +571,7 @@ fn health(
         timeout,
         retries,
         start_period,
+        ready_within,
     })
 }
 
