@@ -176,7 +176,12 @@ pub struct Engine {
     units: Vec<Unit>,
     /// Events not yet handed to the caller.
     pending: Vec<Event>,
+    /// When instance logs were last checked for rotation.
+    last_log_check: Instant,
 }
+
+/// How often instance logs are checked against the stack's `log_max_size`.
+const LOG_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Formats a duration for people: `200ms`, `3s`, `4m12s`, `2h05m`.
 pub fn human_duration(d: Duration) -> String {
@@ -203,6 +208,7 @@ impl Engine {
             stacks: BTreeMap::new(),
             units: Vec::new(),
             pending: Vec::new(),
+            last_log_check: Instant::now(),
         };
         let records: BTreeMap<String, ComponentRecord> = engine
             .store
@@ -458,11 +464,44 @@ impl Engine {
         }
     }
 
+    /// Rotates the logs of running instances that grew past their stack's `log_max_size`.
+    fn rotate_logs(&mut self) {
+        for i in 0..self.units.len() {
+            let Some(inst) = self.units[i].instance.clone() else {
+                continue;
+            };
+            let stack = self.stack_of(i);
+            let (max, keep) = (stack.log_max_size, stack.log_files);
+            let (out, err) = inst.log_paths();
+            for path in [out, err] {
+                match crate::logs::rotate_if_larger(&path, max, keep) {
+                    Ok(true) => {
+                        let name = path
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        self.emit(i, "log-rotated", &format!("{name} passed {max} bytes"));
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.emit(
+                        i,
+                        "log-rotation-failed",
+                        &format!("{}: {e}", path.display()),
+                    ),
+                }
+            }
+        }
+    }
+
     /// Runs one pass over every component; returns what happened.
     pub fn tick(&mut self) -> Vec<Event> {
         let now = Instant::now();
         for i in 0..self.units.len() {
             self.tick_unit(i, now);
+        }
+        if now.duration_since(self.last_log_check) >= LOG_CHECK_EVERY {
+            self.last_log_check = now;
+            self.rotate_logs();
         }
         self.collect_removed();
         std::mem::take(&mut self.pending)

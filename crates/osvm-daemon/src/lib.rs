@@ -14,5 +14,6 @@ pub mod api;
 pub mod daemon;
 pub mod engine;
 pub mod health;
+pub mod logs;
 pub mod metrics;
 pub mod store;

@@ -589,3 +589,48 @@ stop_grace = "2s"
         "no restart after a missed deadline"
     );
 }
+
+#[test]
+fn logs_are_rotated_past_their_size() {
+    if !sandbox_available("log-rotation") {
+        return;
+    }
+    let state = StateDir::new("rotation");
+    // About 100 KiB a second for 4 seconds, against a 64 KiB limit and 2 kept files.
+    let stack = r#"
+[stack]
+name = "chatty"
+log_max_size = "64K"
+log_files = 2
+
+[[component]]
+name = "talker"
+command = "python3"
+args = ["-c", "import sys, time\nfor i in range(40):\n    sys.stdout.write(('x' * 1023 + '\\n') * 10)\n    sys.stdout.flush()\n    time.sleep(0.1)\n"]
+restart = "never"
+"#;
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(count(&events, "talker", "log-rotated") >= 2, "{events:?}");
+    let id = state.instances().into_iter().next().unwrap();
+    let dir = state.path.join("instances").join(id);
+    let size = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    assert!(
+        size("stdout.log.1") > 64 * 1024,
+        "a rotated copy holds what passed the limit"
+    );
+    assert!(dir.join("stdout.log.2").exists());
+    assert!(
+        !dir.join("stdout.log.3").exists(),
+        "only log_files copies are kept"
+    );
+    let total = size("stdout.log") + size("stdout.log.1") + size("stdout.log.2");
+    assert!(
+        total < 400 * 1024,
+        "older output was dropped: {total} bytes kept"
+    );
+}

@@ -53,6 +53,10 @@ pub(crate) struct RawStack {
     pub(crate) restart_backoff_max: Option<Spanned<String>>,
     /// Running this long resets the backoff.
     pub(crate) restart_reset_after: Option<Spanned<String>>,
+    /// A log file is rotated past this size.
+    pub(crate) log_max_size: Option<Spanned<String>>,
+    /// How many rotated log files are kept.
+    pub(crate) log_files: Option<Spanned<Int>>,
 }
 
 /// `[[component]]`.

@@ -63,6 +63,11 @@ pub struct Stack {
     pub restart_backoff_max: Duration,
     /// Running this long resets the backoff to `restart_backoff` (default 10m).
     pub restart_reset_after: Duration,
+    /// A component's stdout or stderr log is rotated when it grows past this many bytes
+    /// (default 10 MiB).
+    pub log_max_size: u64,
+    /// How many rotated files of each log are kept (`stdout.log.1` .. `.N`; default 3).
+    pub log_files: u32,
     /// The components, in file order.
     pub components: Vec<Component>,
     /// The policy rules, in file order.
@@ -80,6 +85,10 @@ impl Stack {
     pub const DEFAULT_CERTIFICATE_VALIDITY_DAYS: u32 = 1;
     /// Longest accepted leaf certificate lifetime in days.
     pub const MAX_CERTIFICATE_VALIDITY_DAYS: u32 = 365;
+    /// Default log rotation size.
+    pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 << 20;
+    /// Default number of rotated log files kept.
+    pub const DEFAULT_LOG_FILES: u32 = 3;
     /// Default first restart delay.
     pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(10);
     /// Default longest restart delay.

@@ -29,6 +29,8 @@ fn expected_full() -> Stack {
         restart_backoff: Duration::from_secs(5),
         restart_backoff_max: Duration::from_secs(120),
         restart_reset_after: Duration::from_secs(900),
+        log_max_size: 1 << 20,
+        log_files: 5,
         components: vec![
             Component {
                 name: "rpc".into(),

@@ -50,6 +50,8 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         restart_backoff,
         restart_backoff_max,
         restart_reset_after,
+        log_max_size,
+        log_files,
     } = raw_stack.into_inner().0;
 
     let name = required(
@@ -102,6 +104,15 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         }
         None => Stack::DEFAULT_RESTART_BACKOFF_MAX.max(restart_backoff),
     };
+    let log_max_size = match &log_max_size {
+        Some(v) => quantity::parse_size(v.get_ref())
+            .map_err(|e| src.error(v.span(), format!("invalid `log_max_size`: {e}")))?,
+        None => Stack::DEFAULT_LOG_MAX_SIZE,
+    };
+    let log_files = match log_files {
+        Some(n) => int_in(src, &n, 1, 100, "log_files")?,
+        None => Stack::DEFAULT_LOG_FILES,
+    };
     let restart_reset_after = match &restart_reset_after {
         Some(d) => duration(src, d, "restart_reset_after")?,
         None => Stack::DEFAULT_RESTART_RESET_AFTER,
@@ -136,6 +147,8 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         restart_backoff,
         restart_backoff_max,
         restart_reset_after,
+        log_max_size,
+        log_files,
         components,
         policies,
         source: path,
