@@ -399,7 +399,7 @@ async fn events(
         .into_response())
 }
 
-/// `?tail=N&follow=true&stream=stdout|stderr`.
+/// `?tail=N&follow=true&stream=both|stdout|stderr`.
 #[derive(Debug, Deserialize)]
 struct LogsQuery {
     tail: Option<usize>,
@@ -410,24 +410,76 @@ struct LogsQuery {
 }
 
 fn default_stream() -> String {
-    "stdout".into()
+    "both".into()
 }
 
-/// A component's current (or last) instance's log, as text.
+/// One log record, ready to print: `TIME STREAM PAYLOAD`.
+struct Line {
+    time: String,
+    text: Vec<u8>,
+}
+
+/// Complete records of `bytes` (a log file's content from some offset), labelled `stream`.
+fn lines_of(bytes: &[u8], stream: &str) -> Vec<Line> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| match osvm_sandbox::output::parse(l) {
+            Some(r) => {
+                let mut text = format!("{} {stream} ", r.time).into_bytes();
+                text.extend_from_slice(r.payload);
+                text.push(b'\n');
+                Line {
+                    time: r.time.to_string(),
+                    text,
+                }
+            }
+            None => {
+                let mut text = format!("- {stream} ").into_bytes();
+                text.extend_from_slice(l);
+                text.push(b'\n');
+                Line {
+                    time: String::new(),
+                    text,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The bytes of `path` from `offset` up to the last complete record, and the new offset; a
+/// file that shrank (rotated) is read from its start.
+async fn read_records(path: &std::path::Path, offset: u64) -> (Vec<u8>, u64) {
+    let bytes = tokio::fs::read(path).await.unwrap_or_default();
+    let offset = if (bytes.len() as u64) < offset {
+        0
+    } else {
+        offset
+    };
+    let tail = &bytes[offset as usize..];
+    match tail.iter().rposition(|b| *b == b'\n') {
+        Some(end) => (tail[..=end].to_vec(), offset + end as u64 + 1),
+        None => (Vec::new(), offset),
+    }
+}
+
+/// A component's current (or last) instance's log: stdout and stderr interleaved by time, each
+/// record as `TIME STREAM LINE`.
 async fn logs(
     State(shared): State<Arc<Shared>>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let view = find(&shared, &name)?;
-    let file = match q.stream.as_str() {
-        "stdout" => "stdout.log",
-        "stderr" => "stderr.log",
+    let streams: &[&str] = match q.stream.as_str() {
+        "both" => &["stdout", "stderr"],
+        "stdout" => &["stdout"],
+        "stderr" => &["stderr"],
         other => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("stream must be stdout or stderr, not `{other}`"),
+                format!("stream must be both, stdout or stderr, not `{other}`"),
             ));
         }
     };
@@ -438,58 +490,51 @@ async fn logs(
             format!("`{name}` has not run yet"),
         ));
     };
-    let path = shared
-        .state_dir
-        .join("instances")
-        .join(&instance)
-        .join(file);
-    let content = tokio::fs::read(&path).await.unwrap_or_default();
-    let start = match q.tail {
-        Some(n) => {
-            let mut lines = 0;
-            let mut pos = content.len();
-            // Skip a trailing newline, then count n line starts back.
-            let end = if content.ends_with(b"\n") {
-                content.len() - 1
-            } else {
-                content.len()
-            };
-            for i in (0..end).rev() {
-                if content[i] == b'\n' {
-                    lines += 1;
-                    if lines == n {
-                        pos = i + 1;
-                        break;
-                    }
-                }
-                pos = i;
-            }
-            if n == 0 { content.len() } else { pos }
-        }
-        None => 0,
-    };
-    let first = Bytes::copy_from_slice(&content[start..]);
+    let dir = shared.state_dir.join("instances").join(&instance);
+    let mut files: Vec<(std::path::PathBuf, &'static str, u64)> = streams
+        .iter()
+        .map(|s| {
+            let label: &'static str = if *s == "stdout" { "stdout" } else { "stderr" };
+            (dir.join(format!("{s}.log")), label, 0u64)
+        })
+        .collect();
+    let mut all = Vec::new();
+    for (path, label, offset) in files.iter_mut() {
+        let (bytes, next) = read_records(path, 0).await;
+        *offset = next;
+        all.extend(lines_of(&bytes, label));
+    }
+    all.sort_by(|a, b| a.time.cmp(&b.time));
+    if let Some(n) = q.tail {
+        let skip = all.len().saturating_sub(n);
+        all.drain(..skip);
+    }
+    let first: Vec<u8> = all.into_iter().flat_map(|l| l.text).collect();
     if !q.follow {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], first).into_response());
     }
-    let mut offset = content.len() as u64;
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
-        if tx.send(Ok(first)).await.is_err() {
+        if tx.send(Ok(Bytes::from(first))).await.is_err() {
             return;
         }
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let Ok(bytes) = tokio::fs::read(&path).await else {
+            if tx.is_closed() {
+                return;
+            }
+            let mut batch = Vec::new();
+            for (path, label, offset) in files.iter_mut() {
+                let (bytes, next) = read_records(path, *offset).await;
+                *offset = next;
+                batch.extend(lines_of(&bytes, label));
+            }
+            if batch.is_empty() {
                 continue;
-            };
-            if (bytes.len() as u64) > offset {
-                let chunk = Bytes::copy_from_slice(&bytes[offset as usize..]);
-                offset = bytes.len() as u64;
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            } else if tx.is_closed() {
+            }
+            batch.sort_by(|a, b| a.time.cmp(&b.time));
+            let chunk: Vec<u8> = batch.into_iter().flat_map(|l| l.text).collect();
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
                 return;
             }
         }

@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod host;
 pub mod launcher;
+pub mod output;
 pub mod plan;
 pub mod runtime;
 

@@ -61,7 +61,7 @@ pub enum Command {
     Ps,
     /// Show one component in detail
     Status(NameArgs),
-    /// Print a component's log (its current or last instance)
+    /// Print a component's log (its current or last instance): `TIME STREAM LINE`
     Logs(LogsArgs),
     /// Let a stopped component run again
     Start(NameArgs),
@@ -112,9 +112,9 @@ pub struct LogsArgs {
     /// Only the last N lines
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
-    /// Its stderr instead of its stdout
-    #[arg(long)]
-    pub stderr: bool,
+    /// Which stream: both (interleaved by time), stdout or stderr
+    #[arg(long, default_value = "both", value_parser = ["both", "stdout", "stderr"])]
+    pub stream: String,
 }
 
 #[derive(Debug, Args)]

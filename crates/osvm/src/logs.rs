@@ -1,7 +1,8 @@
 //! Following an instance's log files onto the terminal, as `tail -f` does.
 //!
-//! The sandbox writes to files, never to a pipe osvm must drain; a follower copies what
-//! appears to a writer until told to finish, then copies the rest.
+//! The sandbox's monitor writes stamped records to files (see `osvm_sandbox::output`); a
+//! follower turns what appears back into the workload's own bytes until told to finish, then
+//! does the rest.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -28,6 +29,7 @@ impl Follower {
             .name("log-follower".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut pending: Vec<u8> = Vec::new();
                 loop {
                     let finished = match rx.recv_timeout(POLL) {
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
@@ -36,12 +38,20 @@ impl Follower {
                     loop {
                         match file.read(&mut buf) {
                             Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if out.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
                         }
+                    }
+                    let mut start = 0;
+                    while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
+                        let line = &pending[start..start + pos];
+                        if osvm_sandbox::output::payload_of(line, &mut out).is_err() {
+                            return;
+                        }
+                        start += pos + 1;
+                    }
+                    pending.drain(..start);
+                    if finished && !pending.is_empty() {
+                        let _ = out.write_all(&pending);
                     }
                     let _ = out.flush();
                     if finished {

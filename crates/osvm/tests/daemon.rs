@@ -156,12 +156,19 @@ fn the_daemon_runs_a_stack_and_answers_for_it() {
         "an asked-for restart is not a failure"
     );
 
-    let o = run(state.osvm().args(["logs", "--stderr", "web"]));
+    let o = run(state.osvm().args(["logs", "--stream", "stderr", "web"]));
     assert!(
         o.status.success() && stdout(&o).contains("GET / HTTP/1.0"),
         "{}",
         stdout(&o)
     );
+    let line = stdout(&o).lines().next().unwrap_or_default().to_string();
+    let fields: Vec<&str> = line.splitn(3, ' ').collect();
+    assert!(
+        fields[0].ends_with('Z') && fields[0].len() == 24,
+        "a timestamp first: {line}"
+    );
+    assert_eq!(fields[1], "stderr", "{line}");
     let o = run(state.osvm().args(["-o", "json", "events"]));
     let kinds: Vec<String> = stdout(&o)
         .lines()
@@ -470,5 +477,56 @@ fn a_daemon_killed_during_an_apply_leaves_each_component_running_once() {
         .filter(|id| cgroup_dirs(id).iter().any(|d| d.exists()))
         .collect();
     assert_eq!(live.len(), 12, "no component runs twice: {live:?}");
+    down_and_wait(&state, &file);
+}
+
+#[test]
+fn logs_interleave_stdout_and_stderr_by_time() {
+    if !sandbox_available("logs") {
+        return;
+    }
+    let state = StateDir::new("logs");
+    let _daemon = Daemon::start(&state);
+    let file = state.path.join("l.toml");
+    std::fs::write(
+        &file,
+        "[stack]\nname = \"l\"\n\n[[component]]\nname = \"talk\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three; sleep 300\"]\n",
+    )
+    .unwrap();
+    assert!(
+        run(state.osvm().args(["up", "-d"]).arg(&file))
+            .status
+            .success()
+    );
+    wait_ps(&state, "talk running", |v| {
+        v.len() == 1 && v[0]["status"] == "running"
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let o = run(state.osvm().args(["logs", "talk"]));
+        let text = stdout(&o);
+        if text.lines().count() >= 3 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let got: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(3, ' ').collect();
+            (f[1].to_string(), f[2].to_string())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("stdout", "one"), ("stderr", "two"), ("stdout", "three")]
+        .iter()
+        .map(|(s, t)| (s.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(got, want, "{text}");
+    let o = run(state.osvm().args(["logs", "--tail", "1", "talk"]));
+    assert!(
+        stdout(&o).trim_end().ends_with("stdout three"),
+        "{}",
+        stdout(&o)
+    );
     down_and_wait(&state, &file);
 }

@@ -15,7 +15,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, IoSlice, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -113,6 +113,78 @@ fn clone_fork(flags: libc::c_int) -> std::io::Result<libc::pid_t> {
     }
 }
 
+/// Drains the workload's stdout and stderr into this process's stdout and stderr (the
+/// instance's log files) as stamped records (see [`crate::output`]), until both pipes end.
+fn pump_output(out: OwnedFd, err: OwnedFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::Read;
+
+    // SAFETY: fds 1 and 2 are this process's log files; dup gives owned copies.
+    let (log_out, log_err) = unsafe { (libc::dup(1), libc::dup(2)) };
+    if log_out < 0 || log_err < 0 {
+        return;
+    }
+    // SAFETY: fresh descriptors from dup, owned from here on.
+    let mut logs = unsafe { [File::from_raw_fd(log_out), File::from_raw_fd(log_err)] };
+    let mut pipes = [Some(File::from(out)), Some(File::from(err))];
+    let mut stampers = [
+        crate::output::Stamper::default(),
+        crate::output::Stamper::default(),
+    ];
+    let mut buf = vec![0u8; 64 * 1024];
+    while pipes.iter().any(Option::is_some) {
+        let open: Vec<usize> = (0..2).filter(|i| pipes[*i].is_some()).collect();
+        let mut fds: Vec<PollFd<'_>> = open
+            .iter()
+            .map(|i| {
+                PollFd::new(
+                    pipes[*i]
+                        .as_ref()
+                        .map(|p| p.as_fd())
+                        .unwrap_or_else(|| unreachable!()),
+                    PollFlags::POLLIN,
+                )
+            })
+            .collect();
+        let ready = match poll(
+            &mut fds,
+            PollTimeout::from(crate::output::PARTIAL_AFTER_MS as u16),
+        ) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        };
+        let revents: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready == 0 {
+            // The workload paused mid-line: write out what it has so far.
+            for i in 0..2 {
+                let _ = stampers[i].flush(&mut logs[i]);
+            }
+            continue;
+        }
+        for (k, i) in open.into_iter().enumerate() {
+            if !revents[k] {
+                continue;
+            }
+            let n = match pipes[i].as_mut().map(|p| p.read(&mut buf)) {
+                Some(Ok(n)) => n,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                _ => 0,
+            };
+            if n == 0 {
+                let _ = stampers[i].flush(&mut logs[i]);
+                pipes[i] = None;
+            } else {
+                let _ = stampers[i].feed(&buf[..n], &mut logs[i]);
+            }
+        }
+    }
+}
+
 /// `struct clone_args` of `clone3(2)` (glibc's headers do not export it).
 #[repr(C)]
 #[derive(Default)]
@@ -184,6 +256,9 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     apply_rlimits(plan)?;
     let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (msg_r, msg_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The workload's stdout and stderr: pipes this process drains into the log files.
+    let (out_r, out_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
@@ -219,6 +294,15 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     if pid == 0 {
         drop(go_w);
         drop(msg_r);
+        drop(out_r);
+        drop(err_r);
+        // SAFETY: dup2 onto this process's own stdout and stderr, which it then uses.
+        unsafe {
+            libc::dup2(out_w.as_raw_fd(), 1);
+            libc::dup2(err_w.as_raw_fd(), 2);
+        }
+        drop(out_w);
+        drop(err_w);
         // SAFETY: the child's copy of the runtime socket must not keep the runtime's end open.
         unsafe { libc::close(MONITOR_FD) };
         let code = init::run(plan, go_r, msg_w);
@@ -227,7 +311,11 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     }
     drop(go_r);
     drop(msg_w);
+    drop(out_w);
+    drop(err_w);
     drop(v2_fd);
+    // The clone is done: this process may have threads from now on.
+    let pump = std::thread::spawn(move || pump_output(out_r, err_r));
     let init_pid = Pid::from_raw(pid);
 
     let mut go = File::from(go_w);
@@ -331,6 +419,9 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
             other => break other,
         }
     };
+    // Everything in the sandbox has ended, so the pipes are at their end: the logs are
+    // complete before the exit record says the sandbox is over.
+    let _ = pump.join();
     let mut status = match exited {
         Some(InitMsg::Exited { code, signal }) => ExitStatus {
             code,

@@ -189,9 +189,7 @@ pub fn action(global: &Global, args: NameArgs, verb: &str) -> anyhow::Result<Exi
 pub fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!(
         "/v1/components/{}/logs?stream={}&follow={}",
-        args.name,
-        if args.stderr { "stderr" } else { "stdout" },
-        args.follow
+        args.name, args.stream, args.follow
     );
     if let Some(n) = args.tail {
         path.push_str(&format!("&tail={n}"));
