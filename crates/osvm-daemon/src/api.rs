@@ -556,6 +556,7 @@ struct Stats {
     unhealthy: usize,
     failed: usize,
     stacks: usize,
+    services: usize,
     endpoints: usize,
     components: Vec<ComponentView>,
 }
@@ -585,6 +586,7 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
             .filter(|v| v.status == osvm_core::model::ComponentStatus::Failed)
             .count(),
         stacks: stacks.len(),
+        services: all.iter().filter(|v| !v.listen.is_empty()).count(),
         endpoints: all.iter().map(|v| v.listen.len()).sum(),
         components: all,
     })

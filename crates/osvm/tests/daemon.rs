@@ -530,3 +530,57 @@ fn logs_interleave_stdout_and_stderr_by_time() {
     );
     down_and_wait(&state, &file);
 }
+
+/// Re-applying a stack replaces only the components whose spec changed and stops the ones it
+/// no longer has.
+#[test]
+fn reapplying_replaces_what_changed_and_stops_what_was_removed() {
+    if !sandbox_available("reapply") {
+        return;
+    }
+    let state = StateDir::new("reapply");
+    let _daemon = Daemon::start(&state);
+    let file = state.path.join("r.toml");
+    let stack = |a_args: &str, with_c: bool| {
+        let mut t = format!(
+            "[stack]\nname = \"r\"\n\n[[component]]\nname = \"a\"\ncommand = \"sleep\"\nargs = [{a_args}]\n\n[[component]]\nname = \"b\"\ncommand = \"sleep\"\nargs = [\"300\"]\n"
+        );
+        if with_c {
+            t.push_str("\n[[component]]\nname = \"c\"\ncommand = \"sleep\"\nargs = [\"300\"]\n");
+        }
+        t
+    };
+    std::fs::write(&file, stack("\"300\"", true)).unwrap();
+    assert!(
+        run(state.osvm().args(["up", "-d"]).arg(&file))
+            .status
+            .success()
+    );
+    let views = wait_ps(&state, "three running", |v| {
+        v.len() == 3 && v.iter().all(|c| c["status"] == "running")
+    });
+    let id = |views: &[Value], n: &str| {
+        by_name(views, n)["instance"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (a1, b1) = (id(&views, "a"), id(&views, "b"));
+
+    std::fs::write(&file, stack("\"301\"", false)).unwrap();
+    assert!(
+        run(state.osvm().args(["up", "-d"]).arg(&file))
+            .status
+            .success()
+    );
+    let views = wait_ps(&state, "a replaced and c gone", |v| {
+        v.len() == 2 && v.iter().all(|c| c["status"] == "running") && id(v, "a") != a1
+    });
+    assert_eq!(
+        id(&views, "b"),
+        b1,
+        "b did not change, so it kept its instance"
+    );
+    assert_eq!(by_name(&views, "a")["restarts"], 0);
+    down_and_wait(&state, &file);
+}

@@ -235,13 +235,14 @@ pub fn stats(global: &Global) -> anyhow::Result<ExitCode> {
     }
     let v: Value = parse(&answer)?;
     println!(
-        "components {}  running {}  healthy {}  unhealthy {}  failed {}  stacks {}  endpoints {}",
+        "components {}  running {}  healthy {}  unhealthy {}  failed {}  stacks {}  services {}  endpoints {}",
         v["total"],
         v["running"],
         v["healthy"],
         v["unhealthy"],
         v["failed"],
         v["stacks"],
+        v["services"],
         v["endpoints"]
     );
     ps(global)
