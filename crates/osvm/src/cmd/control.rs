@@ -4,14 +4,13 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use hyper::Method;
-use osvm_daemon::engine::{ComponentView, human_duration};
+use osvm_daemon::engine::ComponentView;
 use serde_json::{Value, json};
 
-use super::{human_bytes, socket};
+use super::socket;
 use crate::cli::{DownArgs, EventsArgs, Global, LogsArgs, NameArgs, Output};
 use crate::client::{Client, json as parse};
 
@@ -61,46 +60,6 @@ pub fn down(global: &Global, args: DownArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn row(v: &ComponentView) -> Vec<String> {
-    vec![
-        format!("{}/{}", v.stack, v.name),
-        v.status.to_string(),
-        v.health.short(),
-        v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-        match (&v.stats, v.memory_limit) {
-            (Some(s), Some(l)) => format!("{} / {}", human_bytes(s.memory_bytes), human_bytes(l)),
-            (Some(s), None) => human_bytes(s.memory_bytes),
-            _ => "-".into(),
-        },
-        if v.pid.is_some() {
-            format!("{:.1}%", v.cpu_percent)
-        } else {
-            "-".into()
-        },
-        v.restarts.to_string(),
-        v.uptime_secs
-            .map(|s| human_duration(Duration::from_secs(s)))
-            .unwrap_or_else(|| "-".into()),
-        v.last_exit
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "-".into()),
-    ]
-}
-
-fn print_table(rows: Vec<Vec<String>>) {
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
-
 /// `osvm ps`.
 pub fn ps(global: &Global) -> anyhow::Result<ExitCode> {
     let answer = client(global)?.call(Method::GET, "/v1/components", None)?;
@@ -109,23 +68,9 @@ pub fn ps(global: &Global) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let views: Vec<ComponentView> = parse(&answer)?;
-    let mut rows = vec![
-        [
-            "NAME",
-            "STATUS",
-            "HEALTH",
-            "PID",
-            "MEMORY",
-            "CPU",
-            "RESTARTS",
-            "UPTIME",
-            "LAST EXIT",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    rows.extend(views.iter().map(row));
-    print_table(rows);
+    for line in super::table::lines(&views, true) {
+        println!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,21 +83,7 @@ pub fn status(global: &Global, args: NameArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let v: ComponentView = parse(&answer)?;
-    let r = row(&v);
-    for (k, val) in [
-        "name",
-        "status",
-        "health",
-        "pid",
-        "memory",
-        "cpu",
-        "restarts",
-        "uptime",
-        "last exit",
-    ]
-    .iter()
-    .zip(r)
-    {
+    for (k, val) in super::table::facts(&v) {
         println!("{k:<10} {val}");
     }
     if let osvm_daemon::engine::Health::Healthy(d) | osvm_daemon::engine::Health::Failing(_, d) =

@@ -2,21 +2,13 @@
 
 use std::process::ExitCode;
 
-use osvm_core::{RuntimeError, RuntimeKind};
 use osvm_daemon::daemon::DaemonConfig;
 
-use super::{SetupFailed, sandbox_runtime, socket, state_dir};
+use super::{available_runtime, socket, state_dir};
 use crate::cli::{DaemonArgs, Global};
 
 pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    let runtime = sandbox_runtime(global)?;
-    if let Some(reason) = runtime.unavailable_reason() {
-        return Err(SetupFailed(RuntimeError::Unavailable {
-            kind: RuntimeKind::Process,
-            reason,
-        })
-        .into());
-    }
+    let runtime = available_runtime(global)?;
     let config = DaemonConfig {
         state_dir: state_dir(global)?,
         socket: socket(global)?,

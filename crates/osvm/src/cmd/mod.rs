@@ -4,6 +4,7 @@ mod control;
 mod daemon;
 mod doctor;
 mod run;
+mod table;
 mod up;
 mod validate;
 
@@ -97,6 +98,19 @@ fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
     } else {
         std::env::current_dir()?.join(p)
     })
+}
+
+/// The process runtime, or the error saying why it cannot run here.
+pub fn available_runtime(global: &Global) -> anyhow::Result<SandboxRuntime> {
+    let runtime = sandbox_runtime(global)?;
+    match runtime.unavailable_reason() {
+        None => Ok(runtime),
+        Some(reason) => Err(SetupFailed(osvm_core::RuntimeError::Unavailable {
+            kind: osvm_core::RuntimeKind::Process,
+            reason,
+        })
+        .into()),
+    }
 }
 
 /// Formats bytes for tables: `12.3M`.

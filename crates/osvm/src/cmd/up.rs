@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use osvm_core::{RuntimeError, RuntimeKind};
-use osvm_daemon::engine::{Engine, human_duration};
+use osvm_daemon::engine::Engine;
 use osvm_daemon::store::{Event, Store};
 use serde_json::json;
 
-use super::{SetupFailed, human_bytes, sandbox_runtime, state_dir};
+use super::{SetupFailed, available_runtime, state_dir};
 use crate::cli::{Global, Output, UpArgs};
 
 /// How often the engine looks at every component.
@@ -51,14 +51,7 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let signals = crate::signals::listen()?;
-    let runtime = sandbox_runtime(global)?;
-    if let Some(reason) = runtime.unavailable_reason() {
-        return Err(SetupFailed(RuntimeError::Unavailable {
-            kind: RuntimeKind::Process,
-            reason,
-        })
-        .into());
-    }
+    let runtime = available_runtime(global)?;
     let dir = state_dir(global)?.join("foreground");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let store_path = dir.join(format!("{}.redb", stack.name));
@@ -208,60 +201,5 @@ impl Screen {
 
 /// The status table: one row per component.
 fn table(engine: &Engine) -> Vec<String> {
-    let mut rows = vec![
-        [
-            "NAME",
-            "STATUS",
-            "HEALTH",
-            "PID",
-            "MEMORY",
-            "CPU",
-            "RESTARTS",
-            "UPTIME",
-            "LAST EXIT",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for v in engine.views() {
-        rows.push(vec![
-            v.name.clone(),
-            v.status.to_string(),
-            v.health.short(),
-            v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            match (&v.stats, v.memory_limit) {
-                (Some(s), Some(limit)) => {
-                    format!("{} / {}", human_bytes(s.memory_bytes), human_bytes(limit))
-                }
-                (Some(s), None) => human_bytes(s.memory_bytes),
-                _ => "-".into(),
-            },
-            if v.pid.is_some() {
-                format!("{:.1}%", v.cpu_percent)
-            } else {
-                "-".into()
-            },
-            v.restarts.to_string(),
-            v.uptime_secs
-                .map(|s| human_duration(Duration::from_secs(s)))
-                .unwrap_or_else(|| "-".into()),
-            v.last_exit
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_string()
-        })
-        .collect()
+    super::table::lines(&engine.views(), false)
 }

@@ -1,0 +1,85 @@
+//! The component table shared by `osvm up` and `osvm ps`.
+
+use std::time::Duration;
+
+use osvm_daemon::engine::{ComponentView, human_duration};
+
+use super::human_bytes;
+
+/// The column titles.
+const HEADER: [&str; 9] = [
+    "NAME",
+    "STATUS",
+    "HEALTH",
+    "PID",
+    "MEMORY",
+    "CPU",
+    "RESTARTS",
+    "UPTIME",
+    "LAST EXIT",
+];
+
+/// One row: `name` is what the NAME column shows.
+fn row(name: String, v: &ComponentView) -> Vec<String> {
+    vec![
+        name,
+        v.status.to_string(),
+        v.health.short(),
+        v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        match (&v.stats, v.memory_limit) {
+            (Some(s), Some(limit)) => {
+                format!("{} / {}", human_bytes(s.memory_bytes), human_bytes(limit))
+            }
+            (Some(s), None) => human_bytes(s.memory_bytes),
+            _ => "-".into(),
+        },
+        if v.pid.is_some() {
+            format!("{:.1}%", v.cpu_percent)
+        } else {
+            "-".into()
+        },
+        v.restarts.to_string(),
+        v.uptime_secs
+            .map(|s| human_duration(Duration::from_secs(s)))
+            .unwrap_or_else(|| "-".into()),
+        v.last_exit
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into()),
+    ]
+}
+
+/// The table's lines, aligned; `qualified` shows `stack/name` instead of `name`.
+pub fn lines(views: &[ComponentView], qualified: bool) -> Vec<String> {
+    let mut rows = vec![HEADER.map(String::from).to_vec()];
+    for v in views {
+        let name = if qualified {
+            format!("{}/{}", v.stack, v.name)
+        } else {
+            v.name.clone()
+        };
+        rows.push(row(name, v));
+    }
+    let widths: Vec<usize> = (0..HEADER.len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect()
+}
+
+/// One component's facts as `(label, value)` pairs, in table order (for `osvm status`).
+pub fn facts(v: &ComponentView) -> Vec<(String, String)> {
+    HEADER
+        .iter()
+        .map(|h| h.to_lowercase())
+        .zip(row(format!("{}/{}", v.stack, v.name), v))
+        .collect()
+}
