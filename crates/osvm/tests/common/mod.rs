@@ -89,7 +89,17 @@ impl StateDir {
 }
 
 impl Drop for StateDir {
+    /// Stops every sandbox still running from this directory (a test that failed half-way, or
+    /// a daemon that was only told to exit, leaves them running by design), then removes it.
     fn drop(&mut self) {
+        let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
+        config.state_dir = self.path.clone();
+        let runtime = osvm_sandbox::SandboxRuntime::new(config);
+        for id in self.instances() {
+            if let Ok(osvm_sandbox::Adopted::Running(instance)) = runtime.adopt(&id) {
+                let _ = osvm_core::Instance::stop(&*instance, std::time::Duration::from_secs(2));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
