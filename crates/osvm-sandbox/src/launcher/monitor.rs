@@ -314,8 +314,7 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     drop(out_w);
     drop(err_w);
     drop(v2_fd);
-    // The clone is done: this process may have threads from now on.
-    let pump = std::thread::spawn(move || pump_output(out_r, err_r));
+
     let init_pid = Pid::from_raw(pid);
 
     let mut go = File::from(go_w);
@@ -333,6 +332,8 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         })
         .and_then(|()| release(&mut go, init::CGROUP_JOINED));
     drop(go);
+    // The clone and the cgroup move are done: this process may have threads from now on.
+    let pump = std::thread::spawn(move || pump_output(out_r, err_r));
     let mut lines = BufReader::new(File::from(msg_r)).lines();
     if let Err(e) = prepared {
         let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
