@@ -144,6 +144,20 @@ impl Pki {
         })
     }
 
+    /// The PKI in `dir`, its trust domain read from the CA certificate.
+    pub fn open(dir: &Path) -> Result<Self, PkiError> {
+        let path = dir.join("ca.pem");
+        let pem = fs::read_to_string(&path).map_err(|_| PkiError::NoCa(dir.to_path_buf()))?;
+        let der: rustls::pki_types::CertificateDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).map_err(
+                |e: rustls::pki_types::pem::Error| PkiError::Index(path.clone(), e.to_string()),
+            )?;
+        let id = crate::tls::spiffe_id_of(&der)
+            .ok_or_else(|| PkiError::Index(path.clone(), "the CA names no trust domain".into()))?;
+        let domain = id.trim_start_matches("spiffe://").trim_end_matches('/');
+        Self::new(dir, domain)
+    }
+
     /// The trust domain.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain

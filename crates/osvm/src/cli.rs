@@ -73,8 +73,63 @@ pub enum Command {
     Events(EventsArgs),
     /// Totals and per-component usage
     Stats,
+    /// The built-in certificate authority and the identities it issues
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// The CA itself
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Issue a certificate for a component: SPIFFE ID spiffe://<trust domain>/<stack>/<name>
+    Issue(CertIssueArgs),
+    /// List every issued certificate
+    List,
+    /// Show the certificates of a component (`name` or `stack/name`) or one serial
+    Inspect(CertTarget),
+    /// Revoke the certificates of a component, or one serial; the CRL is reissued
+    Revoke(CertTarget),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA (ECDSA P-256); its key is stored 0600 under <state dir>/pki
+    Init(CaInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaInitArgs {
+    /// The trust domain of the identities it issues
+    #[arg(long, default_value = "osvm.local")]
+    pub trust_domain: String,
+    /// How long the CA is valid
+    #[arg(long, default_value = "365d", value_name = "DURATION")]
+    pub validity: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CertIssueArgs {
+    /// The component's name
+    pub name: String,
+    /// Its stack
+    #[arg(long)]
+    pub stack: String,
+    /// How long the certificate is valid (minutes to days)
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub ttl: String,
+    /// Write cert.pem, key.pem (0600), bundle.pem and crl.pem into this directory
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertTarget {
+    /// A component (`name` or `stack/name`) or a serial number (hex)
+    pub target: String,
 }
 
 #[derive(Debug, Args)]

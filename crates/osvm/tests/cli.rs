@@ -158,3 +158,51 @@ fn completions_are_printed_for_each_shell() {
         assert!(stdout(&o).contains("osvm"), "{shell}");
     }
 }
+
+#[test]
+fn the_cert_commands_issue_list_and_revoke() {
+    let dir = StateDir::new("cert-cli");
+    let osvm = |args: &[&str]| dir.osvm().args(args).output().unwrap();
+    let o = osvm(&["cert", "list"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("osvm cert ca init"), "{}", stderr(&o));
+    assert!(
+        osvm(&["cert", "ca", "init", "--trust-domain", "prod.example"])
+            .status
+            .success()
+    );
+    let out = dir.path.join("id");
+    let o = osvm(&[
+        "cert",
+        "issue",
+        "web",
+        "--stack",
+        "shop",
+        "--ttl",
+        "30m",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("spiffe://prod.example/shop/web"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    for f in ["cert.pem", "bundle.pem", "crl.pem"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    assert!(osvm(&["cert", "revoke", "shop/web"]).status.success());
+    let o = osvm(&["-o", "json", "cert", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0]["status"], "revoked");
+    assert_eq!(
+        list[0]["entry"]["spiffe_id"],
+        "spiffe://prod.example/shop/web"
+    );
+    let o = osvm(&["cert", "issue", "Bad", "--stack", "shop"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

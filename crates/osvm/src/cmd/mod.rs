@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code or an error.
 
+mod cert;
 mod control;
 mod daemon;
 mod doctor;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(a) => up::run(&cli.global, a),
         Command::Doctor => doctor::run(&cli.global),
         Command::Daemon(a) => daemon::run(&cli.global, a),
+        Command::Cert(c) => cert::run(&cli.global, c),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(a.shell, &mut cmd, "osvm", &mut std::io::stdout());
