@@ -74,10 +74,18 @@ pub enum Command {
     /// Totals and per-component usage
     Stats,
     /// The built-in certificate authority and the identities it issues
-    #[command(subcommand)]
-    Cert(CertCommand),
+    Cert(CertArgs),
     /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// The trust domain whose CA to use (the stack's `trust_domain`)
+    #[arg(long, global = true, default_value = "osvm.local")]
+    pub trust_domain: String,
+    #[command(subcommand)]
+    pub command: CertCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,9 +111,6 @@ pub enum CaCommand {
 
 #[derive(Debug, Args)]
 pub struct CaInitArgs {
-    /// The trust domain of the identities it issues
-    #[arg(long, default_value = "osvm.local")]
-    pub trust_domain: String,
     /// How long the CA is valid
     #[arg(long, default_value = "365d", value_name = "DURATION")]
     pub validity: String,

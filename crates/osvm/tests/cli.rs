@@ -167,13 +167,15 @@ fn the_cert_commands_issue_list_and_revoke() {
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("osvm cert ca init"), "{}", stderr(&o));
     assert!(
-        osvm(&["cert", "ca", "init", "--trust-domain", "prod.example"])
+        osvm(&["cert", "--trust-domain", "prod.example", "ca", "init"])
             .status
             .success()
     );
     let out = dir.path.join("id");
     let o = osvm(&[
         "cert",
+        "--trust-domain",
+        "prod.example",
         "issue",
         "web",
         "--stack",
@@ -195,14 +197,39 @@ fn the_cert_commands_issue_list_and_revoke() {
     for f in ["cert.pem", "bundle.pem", "crl.pem"] {
         assert!(out.join(f).exists(), "{f}");
     }
-    assert!(osvm(&["cert", "revoke", "shop/web"]).status.success());
-    let o = osvm(&["-o", "json", "cert", "list"]);
+    assert!(
+        osvm(&[
+            "cert",
+            "--trust-domain",
+            "prod.example",
+            "revoke",
+            "shop/web"
+        ])
+        .status
+        .success()
+    );
+    let o = osvm(&[
+        "-o",
+        "json",
+        "cert",
+        "--trust-domain",
+        "prod.example",
+        "list",
+    ]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list[0]["status"], "revoked");
     assert_eq!(
         list[0]["entry"]["spiffe_id"],
         "spiffe://prod.example/shop/web"
     );
-    let o = osvm(&["cert", "issue", "Bad", "--stack", "shop"]);
+    let o = osvm(&[
+        "cert",
+        "--trust-domain",
+        "prod.example",
+        "issue",
+        "Bad",
+        "--stack",
+        "shop",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

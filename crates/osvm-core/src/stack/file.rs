@@ -47,6 +47,8 @@ pub(crate) struct RawStack {
     pub(crate) max_restarts: Option<Spanned<Int>>,
     /// Lifetime of issued leaf certificates, in days.
     pub(crate) certificate_validity_days: Option<Spanned<Int>>,
+    /// Lifetime of issued leaf certificates, as a duration (overrides the days).
+    pub(crate) certificate_ttl: Option<Spanned<String>>,
     /// First delay before restarting a failed component.
     pub(crate) restart_backoff: Option<Spanned<String>>,
     /// Longest delay between restarts.

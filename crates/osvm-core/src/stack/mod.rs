@@ -57,6 +57,8 @@ pub struct Stack {
     pub max_restarts: u32,
     /// Lifetime of issued leaf certificates in days (default 1).
     pub certificate_validity_days: u32,
+    /// Lifetime of issued leaf certificates: `certificate_ttl`, or the days above (default 24h).
+    pub certificate_ttl: Duration,
     /// First delay before a failed component is restarted; doubles per restart (default 10s).
     pub restart_backoff: Duration,
     /// Longest delay between restarts (default 5m).

@@ -26,6 +26,7 @@ fn expected_full() -> Stack {
         trust_domain: "prod.example.com".into(),
         max_restarts: 7,
         certificate_validity_days: 2,
+        certificate_ttl: Duration::from_secs(2 * 24 * 3600),
         restart_backoff: Duration::from_secs(5),
         restart_backoff_max: Duration::from_secs(120),
         restart_reset_after: Duration::from_secs(900),

@@ -47,6 +47,7 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         trust_domain,
         max_restarts,
         certificate_validity_days,
+        certificate_ttl,
         restart_backoff,
         restart_backoff_max,
         restart_reset_after,
@@ -81,6 +82,16 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
             "certificate_validity_days",
         )?,
         None => Stack::DEFAULT_CERTIFICATE_VALIDITY_DAYS,
+    };
+    let certificate_ttl = match &certificate_ttl {
+        Some(v) => {
+            let d = duration(src, v, "certificate_ttl")?;
+            if d < Duration::from_secs(60) {
+                return Err(src.error(v.span(), "`certificate_ttl` must be at least 1m"));
+            }
+            d
+        }
+        None => Duration::from_secs(u64::from(certificate_validity_days) * 24 * 3600),
     };
     let restart_backoff = match &restart_backoff {
         Some(d) => duration(src, d, "restart_backoff")?,
@@ -144,6 +155,7 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         trust_domain,
         max_restarts,
         certificate_validity_days,
+        certificate_ttl,
         restart_backoff,
         restart_backoff_max,
         restart_reset_after,

@@ -11,10 +11,11 @@ use osvm_pki::ca::IssuedEntry;
 use serde_json::json;
 
 use super::{InvalidInput, state_dir};
-use crate::cli::{CaCommand, CertCommand, Global, Output};
+use crate::cli::{CaCommand, CertArgs, CertCommand, Global, Output};
 
-fn pki_dir(global: &Global) -> anyhow::Result<std::path::PathBuf> {
-    Ok(state_dir(global)?.join("pki"))
+/// `<state dir>/pki/<trust domain>`: one CA per trust domain.
+fn pki_dir(global: &Global, trust_domain: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(state_dir(global)?.join("pki").join(trust_domain))
 }
 
 fn duration(flag: &str, value: &str) -> anyhow::Result<std::time::Duration> {
@@ -79,20 +80,24 @@ fn write_file(path: &std::path::Path, content: &str, mode: u32) -> anyhow::Resul
     Ok(())
 }
 
-pub fn run(global: &Global, cmd: CertCommand) -> anyhow::Result<ExitCode> {
-    let dir = pki_dir(global)?;
-    match cmd {
+pub fn run(global: &Global, args: CertArgs) -> anyhow::Result<ExitCode> {
+    let dir = pki_dir(global, &args.trust_domain)?;
+    match args.command {
         CertCommand::Ca(CaCommand::Init(a)) => {
             let validity = duration("validity", &a.validity)?;
-            let pki = Pki::new(&dir, &a.trust_domain).map_err(|e| InvalidInput(e.to_string()))?;
+            let pki =
+                Pki::new(&dir, &args.trust_domain).map_err(|e| InvalidInput(e.to_string()))?;
             pki.init_ca(validity)?;
             match global.output {
                 Output::Json => {
-                    println!("{}", json!({ "trust_domain": a.trust_domain, "dir": dir }))
+                    println!(
+                        "{}",
+                        json!({ "trust_domain": args.trust_domain, "dir": dir })
+                    )
                 }
                 Output::Text => println!(
                     "created the CA for trust domain `{}` in {}",
-                    a.trust_domain,
+                    args.trust_domain,
                     dir.display()
                 ),
             }

@@ -34,7 +34,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(a) => up::run(&cli.global, a),
         Command::Doctor => doctor::run(&cli.global),
         Command::Daemon(a) => daemon::run(&cli.global, a),
-        Command::Cert(c) => cert::run(&cli.global, c),
+        Command::Cert(a) => cert::run(&cli.global, a),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(a.shell, &mut cmd, "osvm", &mut std::io::stdout());
