@@ -29,6 +29,7 @@ use osvm_sandbox::{Adopted, SandboxInstance, SandboxRuntime, new_instance_id};
 use serde::{Deserialize, Serialize};
 
 use crate::health::{self, ProbeResult};
+use crate::identity::{self, Delivered};
 use crate::store::{ComponentRecord, Event, InstanceRecord, Intent, Store, StoreError, now_ms};
 
 /// The health of one component, as last probed.
@@ -117,6 +118,8 @@ struct Unit {
     probe_started: Option<Instant>,
     /// How long the last probe took.
     probe_latency: Option<Duration>,
+    /// When the component's certificate is due for renewal.
+    renew_at: Option<Instant>,
     /// Set when the engine stopped the instance to apply a changed spec.
     replace: bool,
     /// Set when the component left its stack: stop it and forget it.
@@ -147,6 +150,7 @@ impl Unit {
             never_ready: false,
             probe_started: None,
             probe_latency: None,
+            renew_at: None,
             replace: false,
             removing: false,
             restart_at: None,
@@ -182,6 +186,12 @@ pub struct Engine {
 
 /// How often instance logs are checked against the stack's `log_max_size`.
 const LOG_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// RFC 3339 (UTC, seconds) of Unix time `secs`.
+fn humantime_secs(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
 
 /// Formats a duration for people: `200ms`, `3s`, `4m12s`, `2h05m`.
 pub fn human_duration(d: Duration) -> String {
@@ -288,7 +298,24 @@ impl Engine {
                     .flatten()
                     .map(|r| Duration::from_millis(now_ms().saturating_sub(r.started_at_ms)))
                     .unwrap_or_default();
+                let stack = self.stack_of(i);
+                let ttl = stack.certificate_ttl;
+                let dir = self
+                    .runtime
+                    .config()
+                    .state_dir
+                    .join("identities")
+                    .join(&stack.name)
+                    .join(&self.units[i].component.name);
+                let seed = self.units[i]
+                    .record
+                    .key()
+                    .bytes()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                // A certificate that expired while no engine ran is renewed at once.
+                let renew_in = identity::due_in(&dir, ttl, seed);
                 let u = &mut self.units[i];
+                u.renew_at = Some(now + renew_in);
                 u.record.instance = Some(id.clone());
                 u.started_at = Some(now.checked_sub(age).unwrap_or(now));
                 u.instance = Some(inst.clone());
@@ -521,6 +548,16 @@ impl Engine {
                 self.start(i, now);
             }
         }
+        if self.units[i].instance.is_some() && self.units[i].renew_at.is_some_and(|t| t <= now) {
+            if let Err(e) = self.deliver_identity(i, now, true) {
+                self.emit(
+                    i,
+                    "identity-renewal-failed",
+                    &format!("{e}; trying again in 30s"),
+                );
+                self.units[i].renew_at = Some(now + Duration::from_secs(30));
+            }
+        }
         let reset_after = self.stack_of(i).restart_reset_after;
         let u = &mut self.units[i];
         let Some(inst) = u.instance.clone() else {
@@ -642,9 +679,71 @@ impl Engine {
         let _ = inst.signal(libc::SIGTERM);
     }
 
+    /// Issues and writes unit `i`'s identity; schedules its renewal.
+    fn deliver_identity(
+        &mut self,
+        i: usize,
+        now: Instant,
+        renewal: bool,
+    ) -> Result<Delivered, String> {
+        let stack = self.stack_of(i).clone();
+        let name = self.units[i].component.name.clone();
+        let config = self.runtime.config();
+        let (state_dir, uid) = (config.state_dir.clone(), config.id_map.host_base);
+        let delivered = identity::deliver(&state_dir, &stack, &name, uid)
+            .map_err(|e| format!("identity: {e}"))?;
+        if delivered.created_ca {
+            self.emit(
+                i,
+                "ca-created",
+                &format!(
+                    "a CA for trust domain {} in {}",
+                    stack.trust_domain,
+                    identity::pki_dir(&state_dir, &stack.trust_domain).display()
+                ),
+            );
+        }
+        let seed = self.units[i]
+            .record
+            .key()
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        self.units[i].renew_at = Some(now + identity::renew_after(stack.certificate_ttl, seed));
+        let expires = humantime_secs(delivered.not_after);
+        self.emit(
+            i,
+            if renewal {
+                "identity-renewed"
+            } else {
+                "identity"
+            },
+            &format!(
+                "{} (serial {}), valid until {expires}, at {}",
+                delivered.spiffe_id,
+                delivered.serial,
+                identity::INSIDE
+            ),
+        );
+        Ok(delivered)
+    }
+
     fn start(&mut self, i: usize, now: Instant) {
         let stack_name = self.units[i].record.stack.clone();
-        let spec = self.units[i].component.launch_spec(&stack_name);
+        let mut spec = self.units[i].component.launch_spec(&stack_name);
+        match self.deliver_identity(i, now, false) {
+            Ok(d) => spec.binds.push(osvm_core::BindMount {
+                source: d.dir,
+                target: identity::INSIDE.into(),
+                writable: false,
+            }),
+            Err(e) => {
+                self.units[i].record.reason = e.clone();
+                self.save(i);
+                self.emit(i, "start-failed", &e);
+                self.schedule_restart(i, now, true);
+                return;
+            }
+        }
         let id = new_instance_id(&spec.name);
         self.units[i].record.intent = Some(Intent::Start {
             instance: id.clone(),

@@ -14,6 +14,7 @@ pub mod api;
 pub mod daemon;
 pub mod engine;
 pub mod health;
+pub mod identity;
 pub mod logs;
 pub mod metrics;
 pub mod store;

@@ -87,6 +87,18 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// The validity window (Unix seconds) of the first certificate in `pem`.
+pub fn validity_of_pem(pem: &str) -> Option<(i64, i64)> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some((
+        x509.validity().not_before.timestamp(),
+        x509.validity().not_after.timestamp(),
+    ))
+}
+
 /// The SPIFFE ID of the peer of an established connection.
 pub fn peer_spiffe_id(peer_certificates: Option<&[CertificateDer<'_>]>) -> Option<String> {
     spiffe_id_of(peer_certificates?.first()?)

@@ -89,6 +89,11 @@ impl SandboxRuntime {
         Self { config, hierarchy }
     }
 
+    /// Where and how this runtime works.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
     /// Why this runtime cannot work here, if it cannot.
     pub fn unavailable_reason(&self) -> Option<String> {
         if let Err(e) = &self.hierarchy {

@@ -634,3 +634,79 @@ restart = "never"
         "older output was dropped: {total} bytes kept"
     );
 }
+
+#[test]
+fn components_get_a_read_only_identity_that_is_renewed_at_half_life() {
+    if !sandbox_available("identity") {
+        return;
+    }
+    let state = StateDir::new("identity");
+    let stack = r#"
+[stack]
+name = "ids"
+trust_domain = "test.osvm"
+certificate_ttl = "10s"
+
+[[component]]
+name = "holder"
+command = "/bin/sh"
+args = ["-c", "cd /run/osvm/identity && ls && head -c 27 key.pem && echo && (touch x 2>/dev/null && echo WRITABLE || echo READONLY); sleep 9"]
+restart = "never"
+"#;
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(40));
+    assert_eq!(code, Some(0), "{events:?}");
+    let detail = |kind: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["component"] == "holder" && e["event"] == kind)
+            .map(|e| e["detail"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(detail("ca-created").len(), 1);
+    let first = detail("identity");
+    assert!(
+        first[0].starts_with("spiffe://test.osvm/ids/holder (serial "),
+        "{first:?}"
+    );
+    let renewed = detail("identity-renewed");
+    assert!(
+        !renewed.is_empty(),
+        "renewed at half life (5-6 s): {events:?}"
+    );
+    let serial = |d: &str| {
+        d.split("serial ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(
+        serial(&first[0]),
+        serial(&renewed[0]),
+        "a fresh certificate"
+    );
+
+    let id = state.instances().into_iter().next().unwrap();
+    let log =
+        std::fs::read_to_string(state.path.join("instances").join(&id).join("stdout.log")).unwrap();
+    for needle in [
+        "bundle.pem",
+        "cert.pem",
+        "crl.pem",
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----",
+        "READONLY",
+    ] {
+        assert!(log.contains(needle), "{needle} in {log}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let key = std::fs::metadata(state.path.join("identities/ids/holder/key.pem")).unwrap();
+    assert_eq!(key.mode() & 0o777, 0o400);
+    assert_ne!(
+        key.uid(),
+        0,
+        "the key belongs to the sandbox's uid, not root"
+    );
+}

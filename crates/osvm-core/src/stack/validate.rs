@@ -86,8 +86,8 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
     let certificate_ttl = match &certificate_ttl {
         Some(v) => {
             let d = duration(src, v, "certificate_ttl")?;
-            if d < Duration::from_secs(60) {
-                return Err(src.error(v.span(), "`certificate_ttl` must be at least 1m"));
+            if d < Duration::from_secs(10) {
+                return Err(src.error(v.span(), "`certificate_ttl` must be at least 10s"));
             }
             d
         }

@@ -1,0 +1,134 @@
+//! Identities delivered into components.
+//!
+//! Each component gets `cert.pem` (SPIFFE ID `spiffe://<trust domain>/<stack>/<component>`,
+//! DNS name `<component>.<stack>.osvm`), `key.pem`, `bundle.pem` (the CA) and `crl.pem` in
+//! `<state dir>/identities/<stack>/<component>/`, which the sandbox sees read-only at
+//! `/run/osvm/identity`. The CA of the stack's trust domain is created on first use. Files are
+//! replaced one by one through a rename (never half-written); the key is readable only by the
+//! sandbox's own uid.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use osvm_core::stack::Stack;
+use osvm_pki::{Pki, PkiError};
+
+/// Where the identity directory appears inside a sandbox.
+pub const INSIDE: &str = "/run/osvm/identity";
+
+/// One delivery.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The host directory to bind at [`INSIDE`].
+    pub dir: PathBuf,
+    /// The certificate's serial.
+    pub serial: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// When it expires (Unix seconds).
+    pub not_after: i64,
+    /// Whether the CA had to be created for this delivery.
+    pub created_ca: bool,
+}
+
+/// The PKI directory of a trust domain.
+pub fn pki_dir(state_dir: &Path, trust_domain: &str) -> PathBuf {
+    state_dir.join("pki").join(trust_domain)
+}
+
+fn replace(
+    dir: &Path,
+    name: &str,
+    content: &str,
+    mode: u32,
+    owner: Option<u32>,
+) -> Result<(), PkiError> {
+    let tmp = dir.join(format!(".{name}.new"));
+    let io = |what: &str, e: std::io::Error| PkiError::Io(format!("{what} {}", tmp.display()), e);
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io("create", e))?;
+    f.write_all(content.as_bytes())
+        .map_err(|e| io("write", e))?;
+    f.sync_all().map_err(|e| io("sync", e))?;
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(uid)).map_err(|e| io("chown", e))?;
+    }
+    fs::rename(&tmp, dir.join(name)).map_err(|e| io("rename", e))
+}
+
+/// Issues a certificate for `component` of `stack` and writes the identity files; `uid` owns
+/// the key (the sandbox's root, as seen from the host).
+pub fn deliver(
+    state_dir: &Path,
+    stack: &Stack,
+    component: &str,
+    uid: u32,
+) -> Result<Delivered, PkiError> {
+    let pki = Pki::new(
+        &pki_dir(state_dir, &stack.trust_domain),
+        &stack.trust_domain,
+    )?;
+    let created_ca = !pki.has_ca();
+    if created_ca {
+        pki.init_ca(osvm_pki::ca::CA_VALIDITY)?;
+    }
+    let issued = pki.issue(&stack.name, component, stack.certificate_ttl)?;
+    let dir = state_dir
+        .join("identities")
+        .join(&stack.name)
+        .join(component);
+    fs::create_dir_all(&dir).map_err(|e| PkiError::Io(format!("create {}", dir.display()), e))?;
+    for d in [
+        state_dir.join("identities"),
+        state_dir.join("identities").join(&stack.name),
+        dir.clone(),
+    ] {
+        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
+    }
+    let crl = fs::read_to_string(pki.crl_path())
+        .map_err(|e| PkiError::Io(format!("read {}", pki.crl_path().display()), e))?;
+    // The key first: a reader that sees the new certificate also finds its key.
+    replace(&dir, "key.pem", &issued.key_pem, 0o400, Some(uid))?;
+    replace(&dir, "bundle.pem", &pki.bundle_pem()?, 0o444, None)?;
+    replace(&dir, "crl.pem", &crl, 0o444, None)?;
+    replace(&dir, "cert.pem", &issued.cert_pem, 0o444, None)?;
+    Ok(Delivered {
+        dir,
+        serial: issued.entry.serial,
+        spiffe_id: issued.entry.spiffe_id,
+        not_after: issued.entry.not_after,
+        created_ca,
+    })
+}
+
+/// When a certificate of lifetime `ttl` issued at `not_before` should be renewed: at half its
+/// life, plus up to a tenth of it of jitter (`seed` spreads components apart).
+pub fn renew_after(ttl: Duration, seed: u64) -> Duration {
+    let tenth = (ttl / 10).as_millis().max(1) as u64;
+    ttl / 2 + Duration::from_millis(seed % tenth)
+}
+
+/// How long until the certificate in `dir` needs renewing (zero when it is missing, expired or
+/// past half its life).
+pub fn due_in(dir: &Path, ttl: Duration, seed: u64) -> Duration {
+    let Some((not_before, not_after)) = fs::read_to_string(dir.join("cert.pem"))
+        .ok()
+        .and_then(|pem| osvm_pki::tls::validity_of_pem(&pem))
+    else {
+        return Duration::ZERO;
+    };
+    let now = crate::store::now_ms() as i64 / 1000;
+    if now >= not_after {
+        return Duration::ZERO;
+    }
+    let due = not_before + renew_after(ttl, seed).as_secs() as i64;
+    Duration::from_secs(due.saturating_sub(now).max(0) as u64)
+}
