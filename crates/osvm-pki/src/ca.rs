@@ -2,7 +2,10 @@
 //!
 //! Files under the PKI directory (0700):
 //! - `ca.pem`, `ca.key` (0600): the CA certificate and its ECDSA P-256 key;
-//! - `issued.json`: one entry per issued certificate (serial, SPIFFE ID, validity, revocation);
+//! - `issued.jsonl`: a journal, one JSON record per line: an issued certificate (serial, SPIFFE
+//!   ID, validity), a revocation, a CRL number. Issuing appends without waiting for the disk (a
+//!   crashed process loses nothing; a crashed machine may lose the last lines, and the identity
+//!   files then still hold the certificates); revocations and CRLs are synced before they count;
 //! - `crl.pem`: the CRL, signed by the CA, reissued on every revocation.
 //!
 //! Serial numbers are 16 random bytes (positive), so two issued certificates never share one.
@@ -76,7 +79,16 @@ pub struct IssuedEntry {
     pub revoked_at: Option<i64>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// One line of the journal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Record {
+    Issued(IssuedEntry),
+    Revoked { serial: String, at: i64 },
+    Crl(u64),
+}
+
+#[derive(Debug, Default)]
 struct Index {
     issued: Vec<IssuedEntry>,
     /// CRL number of the last CRL issued.
@@ -98,6 +110,8 @@ pub struct Issued {
 pub struct Pki {
     dir: PathBuf,
     trust_domain: String,
+    /// The CA's issuer, read from its files once.
+    issuer: std::sync::OnceLock<Issuer<'static, KeyPair>>,
 }
 
 /// A SPIFFE ID: `spiffe://<trust domain>/<stack>/<component>`.
@@ -141,6 +155,7 @@ impl Pki {
         Ok(Self {
             dir: dir.to_path_buf(),
             trust_domain: trust_domain.into(),
+            issuer: std::sync::OnceLock::new(),
         })
     }
 
@@ -172,7 +187,7 @@ impl Pki {
     }
 
     fn index_path(&self) -> PathBuf {
-        self.dir.join("issued.json")
+        self.dir.join("issued.jsonl")
     }
 
     /// Where the CRL is written.
@@ -225,12 +240,20 @@ impl Pki {
         let cert = params.self_signed(&key)?;
         write_private(&self.ca_key_path(), &key.serialize_pem())?;
         write_private(&self.ca_cert_path(), &cert.pem())?;
-        self.save_index(&Index::default())?;
+        self.append(&[], true)?;
         self.write_crl()?;
         Ok(cert.pem())
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    fn issuer(&self) -> Result<&Issuer<'static, KeyPair>, PkiError> {
+        if let Some(i) = self.issuer.get() {
+            return Ok(i);
+        }
+        let loaded = self.load_issuer()?;
+        Ok(self.issuer.get_or_init(|| loaded))
+    }
+
+    fn load_issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
         if !self.has_ca() {
             return Err(PkiError::NoCa(self.dir.clone()));
         }
@@ -248,21 +271,60 @@ impl Pki {
     }
 
     fn load_index(&self) -> Result<Index, PkiError> {
-        match fs::read(self.index_path()) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| PkiError::Index(self.index_path(), e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
-            Err(e) => Err(PkiError::Io(
-                format!("read {}", self.index_path().display()),
-                e,
-            )),
+        let text = match fs::read_to_string(self.index_path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Index::default()),
+            Err(e) => {
+                return Err(PkiError::Io(
+                    format!("read {}", self.index_path().display()),
+                    e,
+                ));
+            }
+        };
+        let mut index = Index::default();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let record: Record = serde_json::from_str(line)
+                .map_err(|e| PkiError::Index(self.index_path(), format!("line {}: {e}", n + 1)))?;
+            match record {
+                Record::Issued(e) => index.issued.push(e),
+                Record::Revoked { serial, at } => {
+                    for e in index.issued.iter_mut().filter(|e| e.serial == serial) {
+                        e.revoked_at.get_or_insert(at);
+                    }
+                }
+                Record::Crl(n) => index.crl_number = index.crl_number.max(n),
+            }
         }
+        Ok(index)
     }
 
-    fn save_index(&self, index: &Index) -> Result<(), PkiError> {
-        let text = serde_json::to_string_pretty(index)
-            .map_err(|e| PkiError::Index(self.index_path(), e.to_string()))?;
-        write_private(&self.index_path(), &text)
+    fn append(&self, records: &[Record], sync: bool) -> Result<(), PkiError> {
+        let path = self.index_path();
+        let mut text = String::new();
+        for r in records {
+            text.push_str(
+                &serde_json::to_string(r)
+                    .map_err(|e| PkiError::Index(path.clone(), e.to_string()))?,
+            );
+            text.push('\n');
+        }
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(format!("open {}", path.display())))?;
+        f.write_all(text.as_bytes())
+            .map_err(io(format!("append to {}", path.display())))?;
+        if sync {
+            f.sync_data()
+                .map_err(io(format!("sync {}", path.display())))?;
+        }
+        Ok(())
     }
 
     /// Issues a certificate for component `component` of stack `stack`, valid for `validity`.
@@ -317,7 +379,7 @@ impl Pki {
         ];
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, issuer)?;
         let entry = IssuedEntry {
             serial: hex(serial.as_ref()),
             spiffe_id: id,
@@ -326,9 +388,7 @@ impl Pki {
             not_after: not_after.unix_timestamp(),
             revoked_at: None,
         };
-        let mut index = self.load_index()?;
-        index.issued.push(entry.clone());
-        self.save_index(&index)?;
+        self.append(&[Record::Issued(entry.clone())], false)?;
         Ok(Issued {
             entry,
             cert_pem: cert.pem(),
@@ -361,7 +421,14 @@ impl Pki {
         if revoked.is_empty() && !index.issued.iter().any(matches) {
             return Err(PkiError::NotFound(what.into()));
         }
-        self.save_index(&index)?;
+        let records: Vec<Record> = revoked
+            .iter()
+            .map(|serial| Record::Revoked {
+                serial: serial.clone(),
+                at: now,
+            })
+            .collect();
+        self.append(&records, true)?;
         self.write_crl()?;
         Ok(revoked)
     }
@@ -392,10 +459,10 @@ impl Pki {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         }
-        .signed_by(&issuer)?;
+        .signed_by(issuer)?;
         let pem = crl.pem()?;
         write_private(&self.crl_path(), &pem)?;
-        self.save_index(&index)?;
+        self.append(&[Record::Crl(index.crl_number)], true)?;
         Ok(pem)
     }
 }

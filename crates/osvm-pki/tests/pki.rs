@@ -245,7 +245,7 @@ fn openssl_verifies_the_chain_and_the_crl_independently() {
 fn keys_are_private_and_serials_unique() {
     let d = Dir::new("files");
     let pki = pki(&d.0, "osvm.local");
-    for f in ["ca.key", "issued.json", "crl.pem"] {
+    for f in ["ca.key", "issued.jsonl", "crl.pem"] {
         let mode = std::fs::metadata(d.0.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
