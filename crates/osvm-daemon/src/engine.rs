@@ -120,6 +120,8 @@ struct Unit {
     probe_latency: Option<Duration>,
     /// When the component's certificate is due for renewal.
     renew_at: Option<Instant>,
+    /// When it last got a certificate.
+    delivered_at: Option<Instant>,
     /// Set when the engine stopped the instance to apply a changed spec.
     replace: bool,
     /// Set when the component left its stack: stop it and forget it.
@@ -151,6 +153,7 @@ impl Unit {
             probe_started: None,
             probe_latency: None,
             renew_at: None,
+            delivered_at: None,
             replace: false,
             removing: false,
             restart_at: None,
@@ -182,6 +185,8 @@ pub struct Engine {
     pending: Vec<Event>,
     /// When instance logs were last checked for rotation.
     last_log_check: Instant,
+    /// CA rotations under way, by trust domain, and when this engine noticed each.
+    rotations: BTreeMap<String, Instant>,
 }
 
 /// How often instance logs are checked against the stack's `log_max_size`.
@@ -219,6 +224,7 @@ impl Engine {
             units: Vec::new(),
             pending: Vec::new(),
             last_log_check: Instant::now(),
+            rotations: BTreeMap::new(),
         };
         let records: BTreeMap<String, ComponentRecord> = engine
             .store
@@ -491,6 +497,79 @@ impl Engine {
         }
     }
 
+    /// Carries CA rotations (`osvm cert ca rotate`) through: first every running component of
+    /// the trust domain gets the bundle with both CAs, then each gets a leaf of the new CA, and
+    /// when all have one the previous CA leaves the bundle (and the components' bundles).
+    fn follow_ca_rotations(&mut self, now: Instant) {
+        let state_dir = self.runtime.config().state_dir.clone();
+        let domains: std::collections::BTreeSet<String> = self
+            .stacks
+            .values()
+            .map(|s| s.trust_domain.clone())
+            .collect();
+        for domain in domains {
+            let Ok(pki) = osvm_pki::Pki::new(&identity::pki_dir(&state_dir, &domain), &domain)
+            else {
+                continue;
+            };
+            let running: Vec<usize> = (0..self.units.len())
+                .filter(|i| {
+                    self.units[*i].instance.is_some() && self.stack_of(*i).trust_domain == domain
+                })
+                .collect();
+            if !pki.rotation_pending() {
+                self.rotations.remove(&domain);
+                continue;
+            }
+            match self.rotations.get(&domain).copied() {
+                None => {
+                    self.rotations.insert(domain.clone(), now);
+                    for &i in &running {
+                        let stack = self.stack_of(i).clone();
+                        let name = self.units[i].component.name.clone();
+                        if let Err(e) = identity::refresh_trust(&state_dir, &stack, &name) {
+                            self.emit(i, "identity-trust-failed", &e.to_string());
+                        }
+                    }
+                    for &i in &running {
+                        self.units[i].renew_at = Some(now);
+                    }
+                    self.note(
+                        "ca-rotation",
+                        &format!(
+                            "trust domain {domain}: both CAs trusted; reissuing {} leaves",
+                            running.len()
+                        ),
+                    );
+                }
+                Some(since) => {
+                    let done = running
+                        .iter()
+                        .all(|&i| self.units[i].delivered_at.is_some_and(|t| t >= since));
+                    if done {
+                        match pki.finish_rotation() {
+                            Ok(_) => {
+                                for &i in &running {
+                                    let stack = self.stack_of(i).clone();
+                                    let name = self.units[i].component.name.clone();
+                                    let _ = identity::refresh_trust(&state_dir, &stack, &name);
+                                }
+                                self.rotations.remove(&domain);
+                                self.note(
+                                    "ca-rotation-finished",
+                                    &format!(
+                                        "trust domain {domain}: the previous CA left the bundle"
+                                    ),
+                                );
+                            }
+                            Err(e) => self.note("ca-rotation-failed", &e.to_string()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Rotates the logs of running instances that grew past their stack's `log_max_size`.
     fn rotate_logs(&mut self) {
         for i in 0..self.units.len() {
@@ -529,6 +608,7 @@ impl Engine {
         if now.duration_since(self.last_log_check) >= LOG_CHECK_EVERY {
             self.last_log_check = now;
             self.rotate_logs();
+            self.follow_ca_rotations(now);
         }
         self.collect_removed();
         std::mem::take(&mut self.pending)
@@ -709,6 +789,7 @@ impl Engine {
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         self.units[i].renew_at = Some(now + identity::renew_after(stack.certificate_ttl, seed));
+        self.units[i].delivered_at = Some(now);
         let expires = humantime_secs(delivered.not_after);
         self.emit(
             i,

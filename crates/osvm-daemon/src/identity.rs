@@ -93,8 +93,7 @@ pub fn deliver(
     ] {
         let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
     }
-    let crl = fs::read_to_string(pki.crl_path())
-        .map_err(|e| PkiError::Io(format!("read {}", pki.crl_path().display()), e))?;
+    let crl = pki.crl_bundle_pem()?;
     // The key first: a reader that sees the new certificate also finds its key.
     replace(&dir, "key.pem", &issued.key_pem, 0o400, Some(uid))?;
     replace(&dir, "bundle.pem", &pki.bundle_pem()?, 0o444, None)?;
@@ -107,6 +106,24 @@ pub fn deliver(
         not_after: issued.entry.not_after,
         created_ca,
     })
+}
+
+/// Rewrites only the trust material (bundle and CRLs) of a component's identity: the first step
+/// of a CA rotation, so that every component trusts the new CA before any presents a leaf of it.
+pub fn refresh_trust(state_dir: &Path, stack: &Stack, component: &str) -> Result<(), PkiError> {
+    let pki = Pki::new(
+        &pki_dir(state_dir, &stack.trust_domain),
+        &stack.trust_domain,
+    )?;
+    let dir = state_dir
+        .join("identities")
+        .join(&stack.name)
+        .join(component);
+    if !dir.exists() {
+        return Ok(());
+    }
+    replace(&dir, "crl.pem", &pki.crl_bundle_pem()?, 0o444, None)?;
+    replace(&dir, "bundle.pem", &pki.bundle_pem()?, 0o444, None)
 }
 
 /// When a certificate of lifetime `ttl` issued at `not_before` should be renewed: at half its

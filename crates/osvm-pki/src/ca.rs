@@ -46,6 +46,12 @@ pub enum PkiError {
     /// `ca init` on a directory that already has one.
     #[error("a CA already exists in {0}")]
     CaExists(PathBuf),
+    /// A rotation is already under way.
+    #[error(
+        "a CA rotation is under way in {0}; it ends when every leaf is reissued under the new CA \
+         (or with `osvm cert ca finish-rotation`)"
+    )]
+    RotationInProgress(PathBuf),
     /// The index file is malformed.
     #[error("{0} is malformed: {1}")]
     Index(PathBuf, String),
@@ -77,6 +83,9 @@ pub struct IssuedEntry {
     pub not_after: i64,
     /// When it was revoked (Unix seconds), if it was.
     pub revoked_at: Option<i64>,
+    /// The tag of the CA that issued it (the first bytes of the CA's serial, hex).
+    #[serde(default)]
+    pub ca: String,
 }
 
 /// One line of the journal.
@@ -178,6 +187,21 @@ impl Pki {
         &self.trust_domain
     }
 
+    /// Where the previous CA lives during a rotation.
+    fn previous_dir(&self) -> PathBuf {
+        self.dir.join("previous")
+    }
+
+    /// Whether a CA rotation is under way (the previous CA is still trusted).
+    pub fn rotation_pending(&self) -> bool {
+        self.previous_dir().join("ca.pem").exists()
+    }
+
+    /// The tag of the current CA (first bytes of its serial, hex).
+    pub fn ca_tag(&self) -> Result<String, PkiError> {
+        ca_tag_of(&self.ca_cert_path())
+    }
+
     fn ca_cert_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
@@ -208,6 +232,14 @@ impl Pki {
         fs::create_dir_all(&self.dir).map_err(io(format!("create {}", self.dir.display())))?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
             .map_err(io(format!("chmod {}", self.dir.display())))?;
+        let pem = self.create_ca_in(&self.dir, validity)?;
+        self.append(&[], true)?;
+        self.write_crl()?;
+        Ok(pem)
+    }
+
+    /// Generates a CA key and certificate into `dir`.
+    fn create_ca_in(&self, dir: &Path, validity: Duration) -> Result<String, PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let serial = random_serial()?;
@@ -238,10 +270,8 @@ impl Pki {
                 .map_err(|e: rcgen::Error| e)?,
         )];
         let cert = params.self_signed(&key)?;
-        write_private(&self.ca_key_path(), &key.serialize_pem())?;
-        write_private(&self.ca_cert_path(), &cert.pem())?;
-        self.append(&[], true)?;
-        self.write_crl()?;
+        write_private(&dir.join("ca.key"), &key.serialize_pem())?;
+        write_private(&dir.join("ca.pem"), &cert.pem())?;
         Ok(cert.pem())
     }
 
@@ -257,17 +287,75 @@ impl Pki {
         if !self.has_ca() {
             return Err(PkiError::NoCa(self.dir.clone()));
         }
-        let key_pem = fs::read_to_string(self.ca_key_path())
-            .map_err(io(format!("read {}", self.ca_key_path().display())))?;
-        let cert_pem = fs::read_to_string(self.ca_cert_path())
-            .map_err(io(format!("read {}", self.ca_cert_path().display())))?;
-        let key = KeyPair::from_pem(&key_pem)?;
-        Ok(Issuer::from_ca_cert_pem(&cert_pem, key)?)
+        load_issuer_from(&self.dir)
     }
 
-    /// The CA certificate (the trust bundle).
+    /// The trust bundle: the CA certificate, and during a rotation the previous one too.
     pub fn bundle_pem(&self) -> Result<String, PkiError> {
-        fs::read_to_string(self.ca_cert_path()).map_err(|_| PkiError::NoCa(self.dir.clone()))
+        let mut bundle = fs::read_to_string(self.ca_cert_path())
+            .map_err(|_| PkiError::NoCa(self.dir.clone()))?;
+        if let Ok(previous) = fs::read_to_string(self.previous_dir().join("ca.pem")) {
+            bundle.push_str(&previous);
+        }
+        Ok(bundle)
+    }
+
+    /// The CRLs of the CA, and during a rotation of the previous one too.
+    pub fn crl_bundle_pem(&self) -> Result<String, PkiError> {
+        let mut crls = fs::read_to_string(self.crl_path())
+            .map_err(io(format!("read {}", self.crl_path().display())))?;
+        if let Ok(previous) = fs::read_to_string(self.previous_dir().join("crl.pem")) {
+            crls.push_str(&previous);
+        }
+        Ok(crls)
+    }
+
+    /// Starts a CA rotation: the current CA becomes the previous one (still trusted, still
+    /// signing its CRL) and a new CA issues from now on. Components must get new leaves; then
+    /// [`Pki::finish_rotation`] drops the previous CA from the bundle.
+    pub fn rotate_ca(&mut self, validity: Duration) -> Result<String, PkiError> {
+        if !self.has_ca() {
+            return Err(PkiError::NoCa(self.dir.clone()));
+        }
+        if self.rotation_pending() {
+            return Err(PkiError::RotationInProgress(self.dir.clone()));
+        }
+        // At every instant `ca.pem` holds a valid CA and, once the copy below is written, the
+        // bundle holds the old one too: readers never find a gap.
+        let next = self.dir.join("next");
+        let _ = fs::remove_dir_all(&next);
+        fs::create_dir_all(&next).map_err(io(format!("create {}", next.display())))?;
+        let pem = self.create_ca_in(&next, validity)?;
+        let previous = self.previous_dir();
+        fs::create_dir_all(&previous).map_err(io(format!("create {}", previous.display())))?;
+        fs::set_permissions(&previous, fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("chmod {}", previous.display())))?;
+        for name in ["ca.key", "crl.pem", "ca.pem"] {
+            let text =
+                fs::read_to_string(self.dir.join(name)).map_err(io(format!("read {name}")))?;
+            write_private(&previous.join(name), &text)?;
+        }
+        for name in ["ca.key", "ca.pem"] {
+            fs::rename(next.join(name), self.dir.join(name))
+                .map_err(io(format!("install the new {name}")))?;
+        }
+        let _ = fs::remove_dir_all(&next);
+        self.issuer = std::sync::OnceLock::new();
+        self.write_crl()?;
+        Ok(pem)
+    }
+
+    /// Ends a rotation: the previous CA leaves the bundle (its leaves are no longer trusted).
+    pub fn finish_rotation(&self) -> Result<bool, PkiError> {
+        if !self.rotation_pending() {
+            return Ok(false);
+        }
+        let previous = self.previous_dir();
+        // The certificate first, so that a half-finished removal reads as "no rotation".
+        fs::remove_file(previous.join("ca.pem"))
+            .map_err(io(format!("remove {}", previous.display())))?;
+        fs::remove_dir_all(&previous).map_err(io(format!("remove {}", previous.display())))?;
+        Ok(true)
     }
 
     fn load_index(&self) -> Result<Index, PkiError> {
@@ -387,6 +475,7 @@ impl Pki {
             not_before: not_before.unix_timestamp(),
             not_after: not_after.unix_timestamp(),
             revoked_at: None,
+            ca: self.ca_tag()?,
         };
         self.append(&[Record::Issued(entry.clone())], false)?;
         Ok(Issued {
@@ -433,38 +522,85 @@ impl Pki {
         Ok(revoked)
     }
 
-    /// Writes a fresh CRL (signed by the CA) listing every revoked certificate.
+    /// Writes fresh CRLs: the CA's, listing the revoked certificates it issued, and during a
+    /// rotation the previous CA's likewise. Returns the CA's.
     pub fn write_crl(&self) -> Result<String, PkiError> {
-        let issuer = self.issuer()?;
         let mut index = self.load_index()?;
         index.crl_number += 1;
-        let now = OffsetDateTime::now_utc();
-        let revoked_certs = index
-            .issued
-            .iter()
-            .filter_map(|e| {
-                Some(RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&unhex(&e.serial)?),
-                    revocation_time: to_time(e.revoked_at?),
-                    reason_code: Some(RevocationReason::Unspecified),
-                    invalidity_date: None,
-                })
-            })
-            .collect();
-        let crl = CertificateRevocationListParams {
-            this_update: now - time::Duration::minutes(1),
-            next_update: now + time::Duration::seconds(CRL_VALIDITY.as_secs() as i64),
-            crl_number: SerialNumber::from(index.crl_number),
-            issuing_distribution_point: None,
-            revoked_certs,
-            key_identifier_method: KeyIdMethod::Sha256,
+        let current_tag = self.ca_tag()?;
+        let mut slots: Vec<(PathBuf, String)> = vec![(self.dir.clone(), current_tag.clone())];
+        if self.rotation_pending() {
+            slots.push((
+                self.previous_dir(),
+                ca_tag_of(&self.previous_dir().join("ca.pem"))?,
+            ));
         }
-        .signed_by(issuer)?;
-        let pem = crl.pem()?;
-        write_private(&self.crl_path(), &pem)?;
+        let now = OffsetDateTime::now_utc();
+        let mut current_pem = String::new();
+        for (dir, tag) in &slots {
+            let issuer = if *tag == current_tag {
+                None
+            } else {
+                Some(load_issuer_from(dir)?)
+            };
+            let revoked_certs = index
+                .issued
+                .iter()
+                .filter(|e| e.ca == *tag || (e.ca.is_empty() && *tag == current_tag))
+                .filter_map(|e| {
+                    Some(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(&unhex(&e.serial)?),
+                        revocation_time: to_time(e.revoked_at?),
+                        reason_code: Some(RevocationReason::Unspecified),
+                        invalidity_date: None,
+                    })
+                })
+                .collect();
+            let params = CertificateRevocationListParams {
+                this_update: now - time::Duration::minutes(1),
+                next_update: now + time::Duration::seconds(CRL_VALIDITY.as_secs() as i64),
+                crl_number: SerialNumber::from(index.crl_number),
+                issuing_distribution_point: None,
+                revoked_certs,
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            let crl = match &issuer {
+                Some(previous) => params.signed_by(previous)?,
+                None => params.signed_by(self.issuer()?)?,
+            };
+            let pem = crl.pem()?;
+            write_private(&dir.join("crl.pem"), &pem)?;
+            if *tag == current_tag {
+                current_pem = pem;
+            }
+        }
         self.append(&[Record::Crl(index.crl_number)], true)?;
-        Ok(pem)
+        Ok(current_pem)
     }
+}
+
+/// The tag of the CA certificate in `path`.
+fn ca_tag_of(path: &Path) -> Result<String, PkiError> {
+    let pem = fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?;
+    let der: rustls::pki_types::CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).map_err(
+            |e: rustls::pki_types::pem::Error| PkiError::Index(path.to_path_buf(), e.to_string()),
+        )?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| PkiError::Index(path.to_path_buf(), e.to_string()))?;
+    let serial = x509.raw_serial();
+    Ok(hex(&serial[..serial.len().min(4)]))
+}
+
+fn load_issuer_from(dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    let key_pem = fs::read_to_string(dir.join("ca.key"))
+        .map_err(io(format!("read {}", dir.join("ca.key").display())))?;
+    let cert_pem = fs::read_to_string(dir.join("ca.pem"))
+        .map_err(io(format!("read {}", dir.join("ca.pem").display())))?;
+    Ok(Issuer::from_ca_cert_pem(
+        &cert_pem,
+        KeyPair::from_pem(&key_pem)?,
+    )?)
 }
 
 /// 16 random bytes with the top bit clear (serials are positive integers).

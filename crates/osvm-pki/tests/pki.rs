@@ -41,7 +41,7 @@ fn material(pki: &Pki, issued: &osvm_pki::Issued) -> Material {
         cert_pem: issued.cert_pem.clone(),
         key_pem: issued.key_pem.clone(),
         bundle_pem: pki.bundle_pem().unwrap(),
-        crl_pem: std::fs::read_to_string(pki.crl_path()).unwrap(),
+        crl_pem: pki.crl_bundle_pem().unwrap(),
         trust_domain: pki.trust_domain().to_string(),
     }
 }
@@ -268,4 +268,72 @@ fn keys_are_private_and_serials_unique() {
         pki.revoke("nobody"),
         Err(osvm_pki::PkiError::NotFound(_))
     ));
+}
+
+/// A client reconnects over mTLS every 100 ms while the CA rotates and both leaves are replaced
+/// (each connection uses the files as they are at that moment): no handshake fails.
+#[test]
+fn a_ca_rotation_and_leaf_rotations_never_fail_a_handshake() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = Dir::new("rotation");
+    let mut pki = pki(&d.0, "osvm.local");
+    let server = Arc::new(Mutex::new(
+        pki.issue("demo", "rpc", Duration::from_secs(3600)).unwrap(),
+    ));
+    let client = Arc::new(Mutex::new(
+        pki.issue("demo", "cli", Duration::from_secs(3600)).unwrap(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let dir = d.0.clone();
+    let (s2, c2, stop2) = (server.clone(), client.clone(), stop.clone());
+    let prober = std::thread::spawn(move || {
+        let reader = Pki::new(&dir, "osvm.local").unwrap();
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop2.load(Ordering::Relaxed) {
+            let s = material(&reader, &s2.lock().unwrap());
+            let c = material(&reader, &c2.lock().unwrap());
+            match handshake(&s, &c, "rpc.demo.osvm") {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (ok, failed)
+    });
+    let pause = || std::thread::sleep(Duration::from_millis(400));
+    pause();
+    let old_bundle = pki.bundle_pem().unwrap();
+    let old_client = client.lock().unwrap().clone();
+    pki.rotate_ca(osvm_pki::ca::CA_VALIDITY).unwrap();
+    assert!(pki.rotation_pending());
+    assert!(
+        pki.bundle_pem().unwrap().contains(old_bundle.trim()),
+        "the old CA stays in the bundle"
+    );
+    pause();
+    *server.lock().unwrap() = pki.issue("demo", "rpc", Duration::from_secs(3600)).unwrap();
+    pause();
+    *client.lock().unwrap() = pki.issue("demo", "cli", Duration::from_secs(3600)).unwrap();
+    pause();
+    assert!(pki.finish_rotation().unwrap());
+    assert!(
+        !pki.bundle_pem().unwrap().contains(old_bundle.trim()),
+        "then it leaves"
+    );
+    pause();
+    // Leaf rotations under the new CA.
+    *server.lock().unwrap() = pki.issue("demo", "rpc", Duration::from_secs(3600)).unwrap();
+    pause();
+    *client.lock().unwrap() = pki.issue("demo", "cli", Duration::from_secs(3600)).unwrap();
+    pause();
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = prober.join().unwrap();
+    assert!(failed.is_empty(), "failed handshakes: {failed:?}");
+    assert!(ok >= 20, "{ok} handshakes");
+
+    // A leaf of the old CA is refused once the rotation has ended.
+    let now_server = material(&pki, &server.lock().unwrap());
+    let err = handshake(&now_server, &material(&pki, &old_client), "rpc.demo.osvm").unwrap_err();
+    assert!(err.contains("unknownissuer"), "{err}");
 }

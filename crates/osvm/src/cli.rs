@@ -107,6 +107,11 @@ pub enum CertCommand {
 pub enum CaCommand {
     /// Create the CA (ECDSA P-256); its key is stored 0600 under <state dir>/pki
     Init(CaInitArgs),
+    /// Start a CA rotation: a new CA issues, the old one stays trusted until every running
+    /// component has a leaf of the new one (the daemon carries it through), then leaves
+    Rotate(CaInitArgs),
+    /// End a rotation by hand (without a daemon): the previous CA leaves the bundle
+    FinishRotation,
 }
 
 #[derive(Debug, Args)]

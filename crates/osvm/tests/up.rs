@@ -710,3 +710,63 @@ restart = "never"
         "the key belongs to the sandbox's uid, not root"
     );
 }
+
+/// `osvm cert ca rotate` while components run: the engine gives every component the bundle
+/// with both CAs, then a leaf of the new CA, then drops the old CA from the bundle.
+#[test]
+fn a_ca_rotation_is_carried_through_to_running_components() {
+    if !sandbox_available("ca-rotation") {
+        return;
+    }
+    let state = StateDir::new("ca-rotation");
+    let file = state.path.join("rot.toml");
+    std::fs::write(
+        &file,
+        "[stack]\nname = \"rot\"\ntrust_domain = \"rot.osvm\"\n\n[[component]]\nname = \"a\"\ncommand = \"sleep\"\nargs = [\"60\"]\n\n[[component]]\nname = \"b\"\ncommand = \"sleep\"\nargs = [\"60\"]\n",
+    )
+    .unwrap();
+    let (mut up, rx) = spawn_up(&state, &file);
+    read_events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().filter(|e| e["event"] == "identity").count() == 2
+    });
+    let bundle = |c: &str| {
+        std::fs::read_to_string(state.path.join(format!("identities/rot/{c}/bundle.pem"))).unwrap()
+    };
+    let old_bundle = bundle("a");
+    let o = state
+        .osvm()
+        .args(["cert", "--trust-domain", "rot.osvm", "ca", "rotate"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events = read_events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e["event"] == "ca-rotation-finished")
+    });
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "identity-renewed")
+            .count(),
+        2,
+        "{events:?}"
+    );
+    let order: Vec<&str> = events
+        .iter()
+        .filter(|e| {
+            ["ca-rotation", "identity-renewed", "ca-rotation-finished"]
+                .contains(&e["event"].as_str().unwrap())
+        })
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(order.first(), Some(&"ca-rotation"));
+    assert_eq!(order.last(), Some(&"ca-rotation-finished"));
+    for c in ["a", "b"] {
+        let now = bundle(c);
+        assert!(
+            !now.contains(old_bundle.trim()),
+            "the old CA left {c}'s bundle"
+        );
+        assert_eq!(now.matches("BEGIN CERTIFICATE").count(), 1);
+    }
+    up.interrupt();
+}

@@ -102,6 +102,26 @@ pub fn run(global: &Global, args: CertArgs) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
+        CertCommand::Ca(CaCommand::Rotate(a)) => {
+            let validity = duration("validity", &a.validity)?;
+            let mut pki = Pki::open(&dir)?;
+            pki.rotate_ca(validity)?;
+            match global.output {
+                Output::Json => println!("{}", json!({ "rotating": true, "ca": pki.ca_tag()? })),
+                Output::Text => println!(
+                    "a new CA ({}) issues from now on; the old one stays in the bundle until every running component has a new leaf (the daemon does this), or `osvm cert ca finish-rotation`",
+                    pki.ca_tag()?
+                ),
+            }
+        }
+        CertCommand::Ca(CaCommand::FinishRotation) => {
+            let finished = Pki::open(&dir)?.finish_rotation()?;
+            match global.output {
+                Output::Json => println!("{}", json!({ "finished": finished })),
+                Output::Text if finished => println!("the previous CA left the bundle"),
+                Output::Text => println!("no rotation was under way"),
+            }
+        }
         CertCommand::Issue(a) => {
             let ttl = duration("ttl", &a.ttl)?;
             let pki = Pki::open(&dir)?;
@@ -115,11 +135,7 @@ pub fn run(global: &Global, args: CertArgs) -> anyhow::Result<ExitCode> {
                 write_file(&out.join("cert.pem"), &issued.cert_pem, 0o644)?;
                 write_file(&out.join("key.pem"), &issued.key_pem, 0o600)?;
                 write_file(&out.join("bundle.pem"), &pki.bundle_pem()?, 0o644)?;
-                write_file(
-                    &out.join("crl.pem"),
-                    &std::fs::read_to_string(pki.crl_path())?,
-                    0o644,
-                )?;
+                write_file(&out.join("crl.pem"), &pki.crl_bundle_pem()?, 0o644)?;
             }
             match global.output {
                 Output::Json => println!(
