@@ -552,7 +552,9 @@ impl Engine {
                                 for &i in &running {
                                     let stack = self.stack_of(i).clone();
                                     let name = self.units[i].component.name.clone();
-                                    let _ = identity::refresh_trust(&state_dir, &stack, &name);
+                                    if identity::refresh_trust(&state_dir, &stack, &name).is_ok() {
+                                        self.reload_identity(i);
+                                    }
                                 }
                                 self.rotations.remove(&domain);
                                 self.note(
@@ -629,13 +631,16 @@ impl Engine {
             }
         }
         if self.units[i].instance.is_some() && self.units[i].renew_at.is_some_and(|t| t <= now) {
-            if let Err(e) = self.deliver_identity(i, now, true) {
-                self.emit(
-                    i,
-                    "identity-renewal-failed",
-                    &format!("{e}; trying again in 30s"),
-                );
-                self.units[i].renew_at = Some(now + Duration::from_secs(30));
+            match self.deliver_identity(i, now, true) {
+                Ok(_) => self.reload_identity(i),
+                Err(e) => {
+                    self.emit(
+                        i,
+                        "identity-renewal-failed",
+                        &format!("{e}; trying again in 30s"),
+                    );
+                    self.units[i].renew_at = Some(now + Duration::from_secs(30));
+                }
             }
         }
         let reset_after = self.stack_of(i).restart_reset_after;
@@ -806,6 +811,40 @@ impl Engine {
             ),
         );
         Ok(delivered)
+    }
+
+    /// Tells unit `i` its identity was renewed, as its `identity_reload` says.
+    fn reload_identity(&mut self, i: usize) {
+        let Some(reload) = self.units[i].component.identity_reload.clone() else {
+            return;
+        };
+        let Some(inst) = self.units[i].instance.clone() else {
+            return;
+        };
+        match reload {
+            osvm_core::stack::IdentityReload::Signal(sig) => match inst.signal(sig) {
+                Ok(()) => self.emit(i, "identity-reload", &format!("sent signal {sig}")),
+                Err(e) => self.emit(i, "identity-reload-failed", &e.to_string()),
+            },
+            osvm_core::stack::IdentityReload::Exec(cmd) => {
+                match inst.exec(&cmd, Duration::from_secs(5)) {
+                    Ok(out) if out.code == Some(0) => {
+                        self.emit(i, "identity-reload", &format!("{} -> 0", cmd[0]))
+                    }
+                    Ok(out) => self.emit(
+                        i,
+                        "identity-reload-failed",
+                        &format!(
+                            "{} -> {:?}: {}",
+                            cmd[0],
+                            out.code,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    ),
+                    Err(e) => self.emit(i, "identity-reload-failed", &e.to_string()),
+                }
+            }
+        }
     }
 
     fn start(&mut self, i: usize, now: Instant) {

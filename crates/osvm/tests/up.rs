@@ -650,8 +650,9 @@ certificate_ttl = "10s"
 [[component]]
 name = "holder"
 command = "/bin/sh"
-args = ["-c", "cd /run/osvm/identity && ls && head -c 27 key.pem && echo && (touch x 2>/dev/null && echo WRITABLE || echo READONLY); sleep 9"]
+args = ["-c", "trap 'echo RELOADED' HUP; cd /run/osvm/identity && ls && head -c 27 key.pem && echo && (touch x 2>/dev/null && echo WRITABLE || echo READONLY); for i in 1 2 3 4 5 6 7 8 9; do sleep 1; done"]
 restart = "never"
+identity_reload = { signal = "HUP" }
 "#;
     let (code, events) = up_until_done(&state, stack, Duration::from_secs(40));
     assert_eq!(code, Some(0), "{events:?}");
@@ -672,6 +673,11 @@ restart = "never"
     assert!(
         !renewed.is_empty(),
         "renewed at half life (5-6 s): {events:?}"
+    );
+    assert_eq!(
+        detail("identity-reload").first().map(String::as_str),
+        Some("sent signal 1"),
+        "identity_reload signals the component after renewal: {events:?}"
     );
     let serial = |d: &str| {
         d.split("serial ")
@@ -698,6 +704,7 @@ restart = "never"
         "key.pem",
         "-----BEGIN PRIVATE KEY-----",
         "READONLY",
+        "RELOADED",
     ] {
         assert!(log.contains(needle), "{needle} in {log}");
     }

@@ -102,6 +102,18 @@ pub(crate) struct RawComponent {
     pub(crate) allow_weaker_isolation: Option<bool>,
     /// How long it gets to stop after SIGTERM.
     pub(crate) stop_grace: Option<Spanned<String>>,
+    /// What tells it that its identity was renewed.
+    pub(crate) identity_reload: Option<Spanned<Table<RawReload>>>,
+}
+
+/// `identity_reload = { signal = "HUP" }` or `{ exec = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReload {
+    /// A signal name (`HUP`, `SIGUSR1`, ...).
+    pub(crate) signal: Option<Spanned<String>>,
+    /// A command to run inside the component.
+    pub(crate) exec: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `type = { kind = ..., ... }`: every field any kind has; validation checks which belong.
@@ -359,6 +371,11 @@ impl Expecting for RawResources {
 
 impl Expecting for RawHealth {
     const EXPECTING: &'static str = "a table such as { http = \"/\", port = 8080 }";
+}
+
+impl Expecting for RawReload {
+    const EXPECTING: &'static str =
+        "a table such as { signal = \"HUP\" } or { exec = [\"/bin/reload\"] }";
 }
 
 impl Expecting for RawMount {

@@ -140,6 +140,19 @@ pub struct Component {
     pub allow_weaker_isolation: bool,
     /// How long it gets to stop after SIGTERM before it is killed (default 10s).
     pub stop_grace: Duration,
+    /// What tells it that its identity files were renewed (default: nothing).
+    #[serde(default)]
+    pub identity_reload: Option<IdentityReload>,
+}
+
+/// How a component learns that `/run/osvm/identity` holds a new certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityReload {
+    /// Send it this signal (its number).
+    Signal(i32),
+    /// Run this command inside it.
+    Exec(Vec<String>),
 }
 
 impl Component {

@@ -83,6 +83,7 @@ fn expected_full() -> Stack {
                 ],
                 allow_weaker_isolation: false,
                 stop_grace: Duration::from_secs(30),
+                identity_reload: Some(IdentityReload::Signal(1)),
             },
             Component {
                 name: "mcp-fs".into(),
@@ -113,6 +114,7 @@ fn expected_full() -> Stack {
                 mounts: vec![],
                 allow_weaker_isolation: false,
                 stop_grace: Component::DEFAULT_STOP_GRACE,
+                identity_reload: None,
             },
             Component {
                 name: "val".into(),
@@ -144,6 +146,7 @@ fn expected_full() -> Stack {
                 mounts: vec![],
                 allow_weaker_isolation: false,
                 stop_grace: Duration::from_secs(10),
+                identity_reload: None,
             },
         ],
         policies: vec![

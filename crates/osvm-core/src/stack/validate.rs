@@ -22,8 +22,8 @@ use super::file::{
     RawRule, RawStack, RawType, Table, Word,
 };
 use super::{
-    Component, HealthCheck, HealthProbe, PolicyAction, PolicyRule, Protocol, RestartPolicy,
-    Selector, SelectorError, Stack,
+    Component, HealthCheck, HealthProbe, IdentityReload, PolicyAction, PolicyRule, Protocol,
+    RestartPolicy, Selector, SelectorError, Stack,
 };
 
 /// The longest name a stack or component may have (a DNS label).
@@ -279,6 +279,47 @@ fn component(
         None => Component::DEFAULT_STOP_GRACE,
     };
 
+    let identity_reload = match raw.identity_reload {
+        None => None,
+        Some(table) => {
+            let span = table.span();
+            let r = table.into_inner().0;
+            match (r.signal, r.exec) {
+                (Some(sig), None) => Some(IdentityReload::Signal(
+                    signal_number(sig.get_ref()).ok_or_else(|| {
+                        src.error(
+                            sig.span(),
+                            format!(
+                                "unknown signal `{}`; expected a name such as HUP, USR1 or TERM",
+                                sig.get_ref()
+                            ),
+                        )
+                    })?,
+                )),
+                (None, Some(cmd)) => {
+                    let cmd_span = cmd.span();
+                    let cmd: Vec<String> = cmd
+                        .into_inner()
+                        .into_iter()
+                        .map(|a| a.into_inner())
+                        .collect();
+                    if cmd.is_empty() || cmd[0].is_empty() {
+                        return Err(src.error(
+                            cmd_span,
+                            "`exec` needs a command: [\"program\", \"arg\", ...]",
+                        ));
+                    }
+                    Some(IdentityReload::Exec(cmd))
+                }
+                _ => {
+                    return Err(src.error(
+                        span,
+                        "identity_reload takes exactly one of `signal = \"HUP\"` or `exec = [...]`",
+                    ));
+                }
+            }
+        }
+    };
     let allow_weaker_isolation = raw.allow_weaker_isolation.unwrap_or(false);
     let level = IsolationLevel::of_runtime(runtime);
     if component_type.is_security_critical()
@@ -316,6 +357,23 @@ fn component(
         mounts,
         allow_weaker_isolation,
         stop_grace,
+        identity_reload,
+    })
+}
+
+/// The number of a signal given by name, with or without `SIG` (HUP, SIGUSR1, ...).
+fn signal_number(name: &str) -> Option<i32> {
+    let name = name.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        "WINCH" => 28,
+        _ => return None,
     })
 }
 
