@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, RestartPolicy, Stack};
@@ -185,12 +185,16 @@ pub struct Engine {
     pending: Vec<Event>,
     /// When instance logs were last checked for rotation.
     last_log_check: Instant,
+    /// When the CAs' expiry was last checked (`None`: not yet).
+    last_ca_check: Option<Instant>,
     /// CA rotations under way, by trust domain, and when this engine noticed each.
     rotations: BTreeMap<String, Instant>,
 }
 
 /// How often instance logs are checked against the stack's `log_max_size`.
 const LOG_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the CAs in use are checked for nearing expiry.
+const CA_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 /// RFC 3339 (UTC, seconds) of Unix time `secs`.
 fn humantime_secs(secs: i64) -> String {
@@ -224,6 +228,7 @@ impl Engine {
             units: Vec::new(),
             pending: Vec::new(),
             last_log_check: Instant::now(),
+            last_ca_check: None,
             rotations: BTreeMap::new(),
         };
         let records: BTreeMap<String, ComponentRecord> = engine
@@ -572,6 +577,43 @@ impl Engine {
         }
     }
 
+    /// Logs `ca-expiring` for every CA in use that has less than
+    /// [`osvm_pki::ca::CA_EXPIRY_WARNING`] left (or has expired).
+    fn check_ca_expiry(&mut self) {
+        let state_dir = self.runtime.config().state_dir.clone();
+        let domains: std::collections::BTreeSet<String> = self
+            .stacks
+            .values()
+            .map(|s| s.trust_domain.clone())
+            .collect();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for domain in domains {
+            let Ok(pki) = osvm_pki::Pki::new(&identity::pki_dir(&state_dir, &domain), &domain)
+            else {
+                continue;
+            };
+            let Ok(not_after) = pki.ca_not_after() else {
+                continue;
+            };
+            let left = not_after - now;
+            if left < osvm_pki::ca::CA_EXPIRY_WARNING.as_secs() as i64 {
+                let when = if left <= 0 {
+                    "has expired".to_string()
+                } else {
+                    format!("expires in {} h", left / 3600)
+                };
+                self.note(
+                    "ca-expiring",
+                    &format!(
+                        "the CA of trust domain {domain} {when}; run `osvm cert --trust-domain {domain} ca rotate`"
+                    ),
+                );
+            }
+        }
+    }
+
     /// Rotates the logs of running instances that grew past their stack's `log_max_size`.
     fn rotate_logs(&mut self) {
         for i in 0..self.units.len() {
@@ -611,6 +653,13 @@ impl Engine {
             self.last_log_check = now;
             self.rotate_logs();
             self.follow_ca_rotations(now);
+            if self
+                .last_ca_check
+                .is_none_or(|t| now.duration_since(t) >= CA_CHECK_EVERY)
+            {
+                self.last_ca_check = Some(now);
+                self.check_ca_expiry();
+            }
         }
         self.collect_removed();
         std::mem::take(&mut self.pending)

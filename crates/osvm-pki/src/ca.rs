@@ -26,6 +26,9 @@ use time::OffsetDateTime;
 
 /// Default lifetime of the CA.
 pub const CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A CA with less than this left is near expiry: `osvm doctor` and the daemon's log say so, and
+/// it is time for `osvm cert ca rotate`.
+pub const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default lifetime of a leaf certificate.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Validity of each CRL; it is reissued on every change anyway.
@@ -200,6 +203,15 @@ impl Pki {
     /// The tag of the current CA (first bytes of its serial, hex).
     pub fn ca_tag(&self) -> Result<String, PkiError> {
         ca_tag_of(&self.ca_cert_path())
+    }
+
+    /// When the current CA stops being valid, in Unix seconds.
+    pub fn ca_not_after(&self) -> Result<i64, PkiError> {
+        let path = self.ca_cert_path();
+        let pem = fs::read_to_string(&path).map_err(|_| PkiError::NoCa(self.dir.clone()))?;
+        crate::tls::validity_of_pem(&pem)
+            .map(|(_, not_after)| not_after)
+            .ok_or_else(|| PkiError::Index(path, "not a certificate".into()))
     }
 
     fn ca_cert_path(&self) -> PathBuf {

@@ -777,3 +777,70 @@ fn a_ca_rotation_is_carried_through_to_running_components() {
     }
     up.interrupt();
 }
+
+/// A CA with little time left is reported by `osvm doctor` and in the engine's log.
+#[test]
+fn a_ca_near_expiry_is_reported_by_doctor_and_the_log() {
+    let state = StateDir::new("ca-expiry");
+    let out = state
+        .osvm()
+        .args([
+            "cert",
+            "--trust-domain",
+            "test.osvm",
+            "ca",
+            "init",
+            "--validity",
+            "2d",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = state
+        .osvm()
+        .args(["-o", "json", "doctor"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["area"] == "identity" && c["name"] == "ca test.osvm")
+        .unwrap_or_else(|| panic!("an identity row for the CA: {report}"))
+        .clone();
+    assert_eq!(row["available"], false, "{row}");
+    let detail = row["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("expires in 1 days") || detail.contains("expires in 2 days"),
+        "{detail}"
+    );
+
+    if !sandbox_available("ca-expiry") {
+        return;
+    }
+    let stack = r#"
+[stack]
+name = "exp"
+trust_domain = "test.osvm"
+
+[[component]]
+name = "short"
+command = "/bin/sh"
+args = ["-c", "sleep 2"]
+restart = "never"
+"#;
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{events:?}");
+    let warning = events
+        .iter()
+        .find(|e| e["event"] == "ca-expiring")
+        .unwrap_or_else(|| panic!("a ca-expiring event: {events:?}"));
+    assert!(
+        warning["detail"]
+            .as_str()
+            .unwrap()
+            .contains("trust domain test.osvm expires in"),
+        "{warning}"
+    );
+}

@@ -6,7 +6,7 @@ use crate::cli::{Global, Output};
 use crate::doctor::Report;
 
 pub fn run(global: &Global) -> anyhow::Result<ExitCode> {
-    let report = Report::collect();
+    let report = Report::collect(&super::state_dir(global)?);
     match global.output {
         Output::Json => {
             let doc = serde_json::json!({

@@ -18,6 +18,7 @@
 
 mod cgroups;
 mod command;
+mod identity;
 mod landlock;
 mod namespaces;
 mod network;
@@ -35,6 +36,7 @@ use nix::unistd::geteuid;
 use serde::Serialize;
 
 use cgroups::cgroup_checks;
+use identity::identity_checks;
 use landlock::landlock_check;
 use namespaces::namespace_checks;
 use network::nft_checks;
@@ -60,6 +62,8 @@ const AREA_KVM: &str = "kvm";
 const AREA_MICROVM: &str = "microvm";
 /// Area of the Hermit unikernel launcher.
 const AREA_HERMIT: &str = "hermit";
+/// Area of the certificate authorities in the state directory.
+const AREA_IDENTITY: &str = "identity";
 
 /// The checks the process sandbox cannot do without, as `(area, name)`. Everything else in the
 /// report widens what osvm can run (microVMs, Landlock, network policy) but is optional.
@@ -129,11 +133,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// Probes the host.
+    /// Probes the host, and the CAs kept in `state_dir`.
     ///
     /// The namespace probes fork, so they run first, before this function starts the threads that
     /// read the output of external tools; the forked children stay async-signal-safe regardless.
-    pub fn collect() -> Self {
+    pub fn collect(state_dir: &Path) -> Self {
         let is_root = geteuid().is_root();
         let mut checks = namespace_checks(is_root);
         checks.extend(cgroup_checks(is_root));
@@ -145,6 +149,7 @@ impl Report {
         checks.extend(kvm.checks());
         checks.extend(microvm_checks(is_root));
         checks.push(uhyve_check(kvm.kind));
+        checks.extend(identity_checks(state_dir));
         Self { checks }
     }
 
