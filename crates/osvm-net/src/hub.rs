@@ -1,0 +1,138 @@
+//! The hub namespace and the veth pairs that join component namespaces to it.
+//!
+//! The hub routes between components (`net.ipv4.ip_forward = 1` in the hub only) and holds the
+//! nftables table; components get a default route through their veth's hub end. Namespaces are
+//! named `ip netns` namespaces (`/run/netns/<name>`), so `ip -n` and `nft` reach them.
+
+use std::net::Ipv4Addr;
+
+use crate::ipam::Block;
+use crate::{NetError, run};
+
+/// A routing hub namespace.
+#[derive(Debug)]
+pub struct Hub {
+    name: String,
+}
+
+/// The hub-side interface name of block `index`: `osvm<index>` (fits IFNAMSIZ for any pool).
+pub fn hub_ifname(block: &Block) -> String {
+    format!("osvm{}", block.index)
+}
+
+impl Hub {
+    /// Creates the hub namespace `name` with forwarding on; fails if it exists.
+    pub fn create(name: &str) -> Result<Self, NetError> {
+        run("ip", &["netns", "add", name], None)?;
+        let hub = Self { name: name.into() };
+        run("ip", &["-n", name, "link", "set", "lo", "up"], None)?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+            None,
+        )?;
+        Ok(hub)
+    }
+
+    /// The hub namespace `name`, which exists already (after a daemon restart).
+    pub fn existing(name: &str) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Joins the named namespace `netns` to the hub on `block`: veth `osvm<n>` in the hub
+    /// (`.1/30`), `eth0` in the component (`.2/30`, default route via `.1`).
+    pub fn attach(&self, netns: &str, block: &Block) -> Result<(), NetError> {
+        let hub_if = hub_ifname(block);
+        let hub_cidr = format!("{}/30", block.hub_addr());
+        let comp_cidr = format!("{}/30", block.component_addr());
+        let via = block.hub_addr().to_string();
+        let hub = self.name.as_str();
+        run(
+            "ip",
+            &[
+                "-n", hub, "link", "add", &hub_if, "type", "veth", "peer", "name", "eth0", "netns",
+                netns,
+            ],
+            None,
+        )?;
+        run(
+            "ip",
+            &["-n", hub, "addr", "add", &hub_cidr, "dev", &hub_if],
+            None,
+        )?;
+        run("ip", &["-n", hub, "link", "set", &hub_if, "up"], None)?;
+        run(
+            "ip",
+            &["-n", netns, "addr", "add", &comp_cidr, "dev", "eth0"],
+            None,
+        )?;
+        run("ip", &["-n", netns, "link", "set", "eth0", "up"], None)?;
+        run("ip", &["-n", netns, "link", "set", "lo", "up"], None)?;
+        run(
+            "ip",
+            &["-n", netns, "route", "add", "default", "via", &via],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Removes block's veth pair (both ends go with either).
+    pub fn detach(&self, block: &Block) -> Result<(), NetError> {
+        run(
+            "ip",
+            &["-n", &self.name, "link", "del", &hub_ifname(block)],
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// Runs `nft` in the hub with `script` as its input (one transaction).
+    pub fn nft(&self, args: &[&str], script: Option<&str>) -> Result<String, NetError> {
+        let mut full = vec!["netns", "exec", self.name.as_str(), "nft"];
+        full.extend_from_slice(args);
+        run("ip", &full, script)
+    }
+
+    /// Deletes conntrack entries between `src` and `dst` (so a revoked allow cuts live
+    /// connections); true when there were some. Needs the `conntrack` tool.
+    pub fn flush_conntrack(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Result<bool, NetError> {
+        let (s, d) = (src.to_string(), dst.to_string());
+        match run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "conntrack",
+                "-D",
+                "-s",
+                &s,
+                "-d",
+                &d,
+            ],
+            None,
+        ) {
+            Ok(_) => Ok(true),
+            // conntrack exits 1 when nothing matched.
+            Err(NetError::Command { detail, .. }) if detail.contains("0 flow entries") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the hub namespace (and every veth in it).
+    pub fn destroy(self) -> Result<(), NetError> {
+        run("ip", &["netns", "del", &self.name], None).map(|_| ())
+    }
+}

@@ -1,0 +1,77 @@
+//! The component network: every component in its own network namespace, joined to a routing
+//! *hub* namespace by a veth pair on its own /30, with an nftables `inet` table in the hub that
+//! drops whatever policy does not allow.
+//!
+//! - [`ipam`] hands out the /30s and remembers them across restarts (reused after release, never
+//!   given twice);
+//! - [`hub`] creates the hub and the veths (with `ip`, the kernel's own tool);
+//! - [`ruleset`] turns the stack's policy, judged by `osvm-policy`, into the nftables ruleset and
+//!   applies it in one `nft -f` transaction.
+//!
+//! Nothing here prints; errors say which command failed and what it wrote.
+
+pub mod hub;
+pub mod ipam;
+pub mod ruleset;
+
+use std::process::Command;
+
+/// What can go wrong building the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A command (`ip`, `nft`) could not run or failed.
+    #[error("`{command}` failed: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status and standard error, or why it did not start.
+        detail: String,
+    },
+    /// The address pool has no free /30 left.
+    #[error("no free address block left in {0}")]
+    Exhausted(String),
+    /// The durable address record could not be read or written.
+    #[error("address record {path}: {detail}")]
+    Store {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Runs `program args`, feeding `stdin` when given; errors carry the command and its stderr.
+pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetError> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let line = format!("{program} {}", args.join(" "));
+    let fail = |detail: String| NetError::Command {
+        command: line.clone(),
+        detail,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| fail(format!("writing its input: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(fail(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}

@@ -1,0 +1,129 @@
+//! From policy to nftables: the allowed (ingress interface, source, destination, port) tuples,
+//! computed with `osvm-policy`, and the `inet osvm` table that enforces them in the hub.
+//!
+//! The forward chain drops by default, accepts established and related traffic, accepts new
+//! flows whose tuple is in the `allow_tcp` / `allow_udp` set, and rejects everything else with
+//! ICMP admin-prohibited, so a refused client fails at once (EHOSTUNREACH) instead of timing
+//! out. Keying on the ingress interface means a source address is only good on its own veth.
+//! The whole table is replaced in one `nft -f` transaction: packets see the old rules or the
+//! new, never none.
+
+use std::fmt::Write;
+
+use osvm_core::stack::Protocol;
+use osvm_policy::{Endpoint, Flow, PolicySet};
+
+use crate::hub::hub_ifname;
+use crate::ipam::Block;
+
+/// Name of osvm's table in the hub.
+pub const TABLE: &str = "osvm";
+
+/// A component as the network sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The policy's view of it (name, kind, access).
+    pub endpoint: Endpoint,
+    /// Its address block.
+    pub block: Block,
+    /// Ports it listens on; a rule without ports allows these.
+    pub listen: Vec<u16>,
+}
+
+/// One allowed tuple.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Allowed {
+    /// Hub-side interface the traffic must arrive on.
+    pub iifname: String,
+    /// Source address.
+    pub saddr: std::net::Ipv4Addr,
+    /// Destination address.
+    pub daddr: std::net::Ipv4Addr,
+    /// Destination port.
+    pub port: u16,
+    /// Protocol.
+    pub udp: bool,
+}
+
+/// Every tuple the policy allows between `members`: for each ordered pair, each port named by a
+/// rule or listened on by the destination, in both protocols, judged by [`PolicySet::evaluate`].
+pub fn allowed(policy: &PolicySet, members: &[Member]) -> Vec<Allowed> {
+    let rule_ports: std::collections::BTreeSet<u16> = policy
+        .rules()
+        .iter()
+        .flat_map(|r| r.ports.iter().copied())
+        .collect();
+    let mut out = Vec::new();
+    for from in members {
+        for to in members {
+            if std::ptr::eq(from, to) {
+                continue;
+            }
+            let mut ports = rule_ports.clone();
+            ports.extend(to.listen.iter().copied());
+            for port in ports {
+                for protocol in [Protocol::Tcp, Protocol::Udp] {
+                    let flow = Flow {
+                        from: from.endpoint.clone(),
+                        to: to.endpoint.clone(),
+                        port,
+                        protocol,
+                    };
+                    if policy.evaluate(&flow).allowed {
+                        out.push(Allowed {
+                            iifname: hub_ifname(&from.block),
+                            saddr: from.block.component_addr(),
+                            daddr: to.block.component_addr(),
+                            port,
+                            udp: protocol == Protocol::Udp,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The `nft -f` script that replaces the table with one enforcing `allowed`.
+pub fn script(allowed: &[Allowed]) -> String {
+    let elements = |udp: bool| -> String {
+        let items: Vec<String> = allowed
+            .iter()
+            .filter(|a| a.udp == udp)
+            .map(|a| format!("\"{}\" . {} . {} . {}", a.iifname, a.saddr, a.daddr, a.port))
+            .collect();
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!("\t\telements = {{ {} }}\n", items.join(", "))
+        }
+    };
+    let mut s = String::new();
+    // Creating then deleting makes the delete safe when the table does not exist yet.
+    let _ = writeln!(s, "table inet {TABLE} {{}}\ndelete table inet {TABLE}");
+    let _ = write!(
+        s,
+        "table inet {TABLE} {{
+\tset allow_tcp {{
+\t\ttype ifname . ipv4_addr . ipv4_addr . inet_service
+{tcp}\t}}
+\tset allow_udp {{
+\t\ttype ifname . ipv4_addr . ipv4_addr . inet_service
+{udp}\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established,related accept
+\t\tiifname . ip saddr . ip daddr . tcp dport @allow_tcp counter accept
+\t\tiifname . ip saddr . ip daddr . udp dport @allow_udp counter accept
+\t\tcounter reject with icmpx admin-prohibited
+\t}}
+}}
+",
+        tcp = elements(false),
+        udp = elements(true),
+    );
+    s
+}

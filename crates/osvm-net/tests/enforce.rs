@@ -1,0 +1,234 @@
+//! Real TCP between namespaces this test creates, through a hub enforcing policy with nftables.
+//! Needs root, `ip` and `nft`; skips with a printed reason otherwise.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use osvm_core::model::{ComponentKind, NetworkAccess};
+use osvm_core::stack::{PolicyAction, PolicyRule, Protocol};
+use osvm_net::hub::Hub;
+use osvm_net::ipam::Ipam;
+use osvm_net::ruleset::{Member, allowed, script};
+use osvm_policy::{Endpoint, PolicySet};
+
+fn can_run(test: &str) -> bool {
+    let why = if !nix::unistd::geteuid().is_root() {
+        Some("needs root")
+    } else if Command::new("nft").arg("--version").output().is_err() {
+        Some("needs nft (Debian package nftables)")
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("needs ip (iproute2)")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        eprintln!("SKIP {test}: {why}");
+    }
+    why.is_none()
+}
+
+/// Removes the namespaces it names when dropped, pass or fail.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Listens on `port` in `ns` and answers every connection with one byte, forever (the thread
+/// dies with the test process; the namespace goes with the guard).
+fn listen(ns: &str, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        for s in l.incoming().flatten() {
+            use std::io::Write;
+            let _ = (&s).write_all(b"!");
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// Connects from `ns` to `addr`: Ok, or the errno and how long it took to fail.
+fn connect(ns: &str, addr: SocketAddr) -> Result<(), (i32, Duration)> {
+    in_netns(ns, move || {
+        let t = Instant::now();
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => Ok(()),
+            Err(e) => Err((e.raw_os_error().unwrap_or(-1), t.elapsed())),
+        }
+    })
+}
+
+fn rule(action: PolicyAction, from: &str, to: &str, ports: &[u16]) -> PolicyRule {
+    PolicyRule {
+        action,
+        from: from.parse().unwrap(),
+        to: to.parse().unwrap(),
+        ports: ports.to_vec(),
+        protocol: Protocol::Tcp,
+    }
+}
+
+#[test]
+fn the_hub_passes_what_policy_allows_and_rejects_the_rest_at_once() {
+    if !can_run("hub enforcement") {
+        return;
+    }
+    let tag = std::process::id();
+    let hub_name = format!("osvmt-hub-{tag}");
+    let names = ["web", "db", "cache"];
+    let netns: Vec<String> = names.iter().map(|n| format!("osvmt-{n}-{tag}")).collect();
+    let mut guard = Namespaces(vec![hub_name.clone()]);
+    guard.0.extend(netns.iter().cloned());
+
+    let dir = std::env::temp_dir().join(format!("osvm-net-test-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ipam = Ipam::open(&dir.join("ipam.json"), Ipv4Addr::new(10, 213, 0, 0), 16).unwrap();
+    let hub = Hub::create(&hub_name).unwrap();
+    let mut members = Vec::new();
+    for (name, ns) in names.iter().zip(&netns) {
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let block = ipam.allocate(&format!("t/{name}")).unwrap();
+        hub.attach(ns, &block).unwrap();
+        members.push(Member {
+            endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
+            block,
+            listen: vec![8080, 9090],
+        });
+        listen(ns, 8080);
+        listen(ns, 9090);
+    }
+    let addr = |i: usize, port: u16| SocketAddr::from((members[i].block.component_addr(), port));
+
+    let policy = PolicySet::new(vec![
+        rule(PolicyAction::Allow, "web", "db", &[8080]),
+        rule(PolicyAction::Allow, "web", "cache", &[]),
+        rule(PolicyAction::Deny, "*", "cache", &[9090]),
+        rule(PolicyAction::Allow, "db", "cache", &[7070]),
+    ]);
+    let tuples = allowed(&policy, &members);
+    hub.nft(&["-f", "-"], Some(&script(&tuples))).unwrap();
+
+    const EHOSTUNREACH: i32 = 113;
+    const ECONNREFUSED: i32 = 111;
+    // Allowed.
+    assert_eq!(connect(&netns[0], addr(1, 8080)), Ok(()), "web -> db:8080");
+    assert_eq!(
+        connect(&netns[0], addr(2, 8080)),
+        Ok(()),
+        "web -> cache:8080 (all ports)"
+    );
+    // Denied: fast EHOSTUNREACH, not a timeout.
+    for (from, to, port, why) in [
+        (0, 1, 9090, "web -> db:9090, no rule"),
+        (1, 0, 8080, "db -> web, the reverse of an allow"),
+        (0, 2, 9090, "web -> cache:9090, deny overrides the allow"),
+        (2, 1, 8080, "cache -> db, no rule"),
+    ] {
+        match connect(&netns[from], addr(to, port)) {
+            Err((errno, took)) => {
+                assert_eq!(errno, EHOSTUNREACH, "{why}");
+                assert!(
+                    took < Duration::from_secs(1),
+                    "{why}: failed fast, took {took:?}"
+                );
+            }
+            Ok(()) => panic!("{why}: connected"),
+        }
+    }
+    // Allowed, nobody listening: refused by the peer, not by the hub.
+    match connect(&netns[1], addr(2, 7070)) {
+        Err((errno, _)) => assert_eq!(errno, ECONNREFUSED, "db -> cache:7070"),
+        Ok(()) => panic!("nothing listens on 7070"),
+    }
+
+    // A component cannot use another's source address: cache takes web's address as its own and
+    // tries web's allowed flow; its packets arrive on cache's veth and are dropped.
+    let web_addr = members[0].block.component_addr();
+    assert!(
+        Command::new("ip")
+            .args([
+                "-n",
+                &netns[2],
+                "addr",
+                "add",
+                &format!("{web_addr}/32"),
+                "dev",
+                "eth0"
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let spoofed = in_netns(&netns[2], {
+        let target = addr(1, 8080);
+        move || {
+            use nix::sys::socket::{
+                AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
+                sockopt,
+            };
+            use std::os::fd::AsRawFd;
+            let s = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            )
+            .unwrap();
+            setsockopt(
+                &s,
+                sockopt::SendTimeout,
+                &nix::sys::time::TimeVal::new(2, 0),
+            )
+            .unwrap();
+            bind(
+                s.as_raw_fd(),
+                &SockaddrIn::from(std::net::SocketAddrV4::new(web_addr, 0)),
+            )
+            .unwrap();
+            let SocketAddr::V4(t) = target else {
+                unreachable!()
+            };
+            connect(s.as_raw_fd(), &SockaddrIn::from(t)).map_err(|e| e as i32)
+        }
+    });
+    assert!(spoofed.is_err(), "a spoofed source must not connect");
+
+    let listed = hub
+        .nft(&["list", "set", "inet", "osvm", "allow_tcp"], None)
+        .unwrap();
+    assert!(listed.contains("osvm0"), "{listed}");
+    hub.destroy().unwrap();
+    drop(guard);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
