@@ -105,28 +105,36 @@ impl Hub {
         run("ip", &full, script)
     }
 
-    /// Deletes conntrack entries between `src` and `dst` (so a revoked allow cuts live
-    /// connections); true when there were some. Needs the `conntrack` tool.
-    pub fn flush_conntrack(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Result<bool, NetError> {
-        let (s, d) = (src.to_string(), dst.to_string());
-        match run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.name,
-                "conntrack",
-                "-D",
-                "-s",
-                &s,
-                "-d",
-                &d,
-            ],
-            None,
-        ) {
-            Ok(_) => Ok(true),
-            // conntrack exits 1 when nothing matched.
-            Err(NetError::Command { detail, .. }) if detail.contains("0 flow entries") => Ok(false),
+    /// Deletes the conntrack entries of `protocol` flows from `src` to `dst:port`, so a revoked
+    /// allow cuts the connections it let in; returns how many there were. Needs `conntrack`.
+    pub fn flush_conntrack(
+        &self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: &str,
+        port: u16,
+    ) -> Result<usize, NetError> {
+        let (s, d, p) = (src.to_string(), dst.to_string(), port.to_string());
+        let args = [
+            "netns",
+            "exec",
+            &self.name,
+            "conntrack",
+            "-D",
+            "-p",
+            protocol,
+            "-s",
+            &s,
+            "-d",
+            &d,
+            "--dport",
+            &p,
+        ];
+        match run("ip", &args, None) {
+            // One line on stdout per deleted entry.
+            Ok(out) => Ok(out.lines().filter(|l| !l.trim().is_empty()).count()),
+            // conntrack exits 1 when nothing matched ("0 flow entries have been deleted").
+            Err(NetError::Command { detail, .. }) if detail.contains("0 flow entries") => Ok(0),
             Err(e) => Err(e),
         }
     }

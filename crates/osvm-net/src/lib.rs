@@ -10,6 +10,7 @@
 //!
 //! Nothing here prints; errors say which command failed and what it wrote.
 
+pub mod enforce;
 pub mod hub;
 pub mod ipam;
 pub mod ruleset;

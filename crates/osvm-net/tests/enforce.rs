@@ -232,3 +232,144 @@ fn the_hub_passes_what_policy_allows_and_rejects_the_rest_at_once() {
     drop(guard);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `nft -j` output without the table's handle, which the kernel numbers per namespace and a
+/// recreated table never gets back; everything else (sets, elements, rules and their handles)
+/// must match.
+fn without_table_handle(json: &str) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    for item in v["nftables"].as_array_mut().unwrap() {
+        if let Some(table) = item.get_mut("table") {
+            table.as_object_mut().unwrap().remove("handle");
+        }
+    }
+    v
+}
+
+/// An echo server on `port` in `ns`: echoes every byte back, per connection.
+fn echo(ns: &str, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut b = [0u8; 1];
+                while (&s).read_exact(&mut b).is_ok() && (&s).write_all(&b).is_ok() {}
+            });
+        }
+    });
+    rx.recv().unwrap();
+}
+
+#[test]
+fn revoking_an_allow_cuts_a_live_connection_and_a_rebuild_is_identical() {
+    if !can_run("revocation") {
+        return;
+    }
+    if Command::new("conntrack").arg("--version").output().is_err() {
+        eprintln!("SKIP revocation: needs conntrack (Debian package conntrack)");
+        return;
+    }
+    let tag = std::process::id();
+    let hub_name = format!("osvmt-rhub-{tag}");
+    let netns: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| format!("osvmt-r{n}-{tag}"))
+        .collect();
+    let mut guard = Namespaces(vec![hub_name.clone()]);
+    guard.0.extend(netns.iter().cloned());
+    let dir = std::env::temp_dir().join(format!("osvm-net-revoke-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ipam = Ipam::open(&dir.join("ipam.json"), Ipv4Addr::new(10, 213, 0, 0), 16).unwrap();
+    let hub = Hub::create(&hub_name).unwrap();
+    let mut members = Vec::new();
+    for (name, ns) in ["a", "b"].iter().zip(&netns) {
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let block = ipam.allocate(name).unwrap();
+        hub.attach(ns, &block).unwrap();
+        members.push(Member {
+            endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
+            block,
+            listen: vec![7000],
+        });
+    }
+    echo(&netns[1], 7000);
+    let policy = PolicySet::new(vec![rule(PolicyAction::Allow, "a", "b", &[7000])]);
+    let mut enforcer = osvm_net::enforce::Enforcer::new(hub);
+    let applied = enforcer.apply(allowed(&policy, &members)).unwrap();
+    assert_eq!(applied.added, 1, "{applied:?}");
+    let before = without_table_handle(&enforcer.kernel_ruleset().unwrap());
+
+    // A client in `a` pings every 50 ms over one connection and reports when it breaks.
+    let target = SocketAddr::from((members[1].block.component_addr(), 7000));
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let a_ns = format!("/run/netns/{}", netns[0]);
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&a_ns).unwrap();
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        tx.send(Ok(())).unwrap();
+        let mut b = [0u8; 1];
+        loop {
+            if let Err(e) = s.write_all(b"x").and_then(|()| s.read_exact(&mut b)) {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(3)).unwrap().unwrap();
+    // The connection is alive for a while.
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the connection works while allowed"
+    );
+
+    // A restarted daemon rebuilds from durable state: a fresh enforcer, the same tuples.
+    let mut rebuilt = osvm_net::enforce::Enforcer::new(enforcer.into_hub());
+    rebuilt.apply(allowed(&policy, &members)).unwrap();
+    assert_eq!(
+        without_table_handle(&rebuilt.kernel_ruleset().unwrap()),
+        before,
+        "identical ruleset after a rebuild"
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "rebuilding did not disturb the live connection"
+    );
+
+    // Revoke: the rule goes and the live connection with it, within 1 s.
+    let revoked_at = Instant::now();
+    let applied = rebuilt
+        .apply(allowed(&PolicySet::new(Vec::new()), &members))
+        .unwrap();
+    assert_eq!((applied.removed, applied.cut), (1, 1), "{applied:?}");
+    let broke = rx.recv_timeout(Duration::from_secs(2));
+    let took = revoked_at.elapsed();
+    assert!(
+        matches!(broke, Ok(Err(_))),
+        "the connection broke: {broke:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "cut within 1 s, took {took:?}"
+    );
+
+    rebuilt.into_hub().destroy().unwrap();
+    drop(guard);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
