@@ -21,7 +21,8 @@ pub fn hub_ifname(block: &Block) -> String {
 }
 
 impl Hub {
-    /// Creates the hub namespace `name` with forwarding on; fails if it exists.
+    /// Creates the hub namespace `name` with forwarding on and no ICMP rate limit; fails if it
+    /// exists.
     pub fn create(name: &str) -> Result<Self, NetError> {
         run("ip", &["netns", "add", name], None)?;
         let hub = Self { name: name.into() };
@@ -35,6 +36,14 @@ impl Hub {
                 "sysctl",
                 "-qw",
                 "net.ipv4.ip_forward=1",
+                // Refusals are ICMP admin-prohibited. The kernel's per-peer ICMP rate limit (a
+                // burst of 6, then 1/s) would turn the 7th refusal to one component into a
+                // 1 s wait (a SYN retransmission), and its per-namespace limit (a burst of 50)
+                // the 51st refusal of a burst. The hub only sends ICMP to its own components;
+                // what bounds it is the rate of their own SYNs.
+                "net.ipv4.icmp_ratelimit=0",
+                "net.ipv4.icmp_msgs_burst=10000",
+                "net.ipv4.icmp_msgs_per_sec=100000",
             ],
             None,
         )?;
