@@ -75,6 +75,9 @@ pub enum Command {
     Stats,
     /// The built-in certificate authority and the identities it issues
     Cert(CertArgs),
+    /// A stack's network policy: list its rules, or ask what it decides for one connection
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
     Completions(CompletionsArgs),
 }
@@ -190,6 +193,30 @@ pub struct EventsArgs {
     /// Only events after this sequence number
     #[arg(long, default_value_t = 0, value_name = "SEQ")]
     pub after: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// List the stack's rules in order (verdicts name them by this number)
+    List(ValidateArgs),
+    /// Decide one connection: FROM a component, TO a component or an IP address, on PORT.
+    /// Exits 0 when allowed, 1 when denied
+    Check(PolicyCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    /// The stack file (TOML)
+    pub file: PathBuf,
+    /// The component the connection comes from
+    pub from: String,
+    /// The component (or IP address outside the stack) it goes to
+    pub to: String,
+    /// The destination port
+    pub port: u16,
+    /// Transport protocol
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+    pub protocol: String,
 }
 
 #[derive(Debug, Args)]

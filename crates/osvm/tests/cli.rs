@@ -233,3 +233,80 @@ fn the_cert_commands_issue_list_and_revoke() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn policy_check_answers_with_the_deciding_rule_and_exit_code() {
+    let dir = std::env::temp_dir().join(format!("osvm-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("stack.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "demo"
+
+[[component]]
+name = "web"
+command = "/bin/true"
+
+[[component]]
+name = "db"
+command = "/bin/true"
+
+[[policy]]
+allow = { from = "web", to = "db", ports = [5432] }
+
+[[policy]]
+allow = { from = "web", to = "cidr:192.0.2.0/24", ports = [443] }
+
+[[policy]]
+deny = { from = "*", to = "db", ports = [22] }
+"#,
+    )
+    .unwrap();
+    let check = |args: &[&str]| {
+        std::process::Command::new(osvm_bin())
+            .args(["policy", "check"])
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = check(&["web", "db", "5432"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("allowed: web -> db tcp/5432: rule #0"),
+        "{}",
+        stdout(&o)
+    );
+    let o = check(&["db", "web", "5432"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("default deny"), "{}", stdout(&o));
+    let o = check(&["web", "db", "22", "--protocol", "tcp"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("rule #2: deny * -> db tcp/22"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(check(&["web", "192.0.2.9", "443"]).status.code(), Some(0));
+    assert_eq!(
+        check(&["web", "198.51.100.1", "443"]).status.code(),
+        Some(1)
+    );
+    let o = check(&["web", "nope", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no component `nope`"), "{}", stderr(&o));
+
+    let o = std::process::Command::new(osvm_bin())
+        .args(["-o", "json", "policy", "list"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        doc["rules"][1]["text"],
+        "allow web -> cidr:192.0.2.0/24 tcp/443"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

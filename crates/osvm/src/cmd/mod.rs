@@ -4,6 +4,7 @@ mod cert;
 mod control;
 mod daemon;
 mod doctor;
+mod policy;
 mod run;
 mod table;
 mod up;
@@ -35,6 +36,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor => doctor::run(&cli.global),
         Command::Daemon(a) => daemon::run(&cli.global, a),
         Command::Cert(a) => cert::run(&cli.global, a),
+        Command::Policy(a) => policy::run(&cli.global, a),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(a.shell, &mut cmd, "osvm", &mut std::io::stdout());
