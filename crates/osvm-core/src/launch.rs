@@ -46,6 +46,11 @@ pub struct LaunchSpec {
     /// host's `/usr`, `/lib*`, `/bin`, `/sbin` and a minimal `/etc`.
     #[serde(default)]
     pub rootfs: Option<PathBuf>,
+    /// A network namespace to join (such as `/run/netns/<name>`, set up by the host with its
+    /// interfaces and routes) instead of a fresh one with only loopback. The namespace belongs
+    /// to the host's user namespace, so the workload cannot reconfigure it.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 impl LaunchSpec {
@@ -58,6 +63,7 @@ impl LaunchSpec {
             args,
             env: Vec::new(),
             working_dir: None,
+            netns: None,
             resources: Resources::default(),
             listen: Vec::new(),
             readonly_root: false,

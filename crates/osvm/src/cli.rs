@@ -252,6 +252,10 @@ pub struct RunArgs {
     /// Use this directory as the root file system (must contain proc, dev, tmp, data)
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// Join this network namespace (a name under /run/netns, as `ip netns` makes, or a path)
+    /// instead of a fresh one with only loopback; the sandbox cannot reconfigure it
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
     /// TCP port the command listens on; binding any other port is then denied (repeatable)
     #[arg(long, value_name = "PORT")]
     pub listen: Vec<u16>,

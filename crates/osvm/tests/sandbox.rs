@@ -898,3 +898,141 @@ fn exec_runs_a_command_inside_a_running_sandbox_equally_confined() {
     let status = instance.stop(Duration::from_secs(5)).unwrap();
     assert_eq!(status.signal, Some(15));
 }
+
+/// `osvm run --netns`: a sandbox on the hub network reaches what policy allows, is refused the
+/// rest, and cannot reconfigure its network (no CAP_NET_ADMIN over the namespace it joined).
+#[test]
+fn a_sandbox_on_the_hub_network_is_held_to_policy_and_cannot_change_it() {
+    use osvm_core::model::{ComponentKind, NetworkAccess};
+    use osvm_core::stack::{PolicyAction, PolicyRule, Protocol};
+    use osvm_net::hub::Hub;
+    use osvm_net::ipam::Ipam;
+    use osvm_net::ruleset::{Member, allowed};
+    use std::os::fd::AsFd;
+
+    if !sandbox_available("sandbox on the hub") {
+        return;
+    }
+    if !std::path::Path::new("/bin/busybox").exists()
+        || std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        skip("sandbox on the hub", "needs /bin/busybox and nft");
+        return;
+    }
+    struct Namespaces(Vec<String>);
+    impl Drop for Namespaces {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+    let tag = std::process::id();
+    let hub_name = format!("osvmt-shub-{tag}");
+    let (ns_a, ns_b) = (format!("osvmt-sa-{tag}"), format!("osvmt-sb-{tag}"));
+    let _guard = Namespaces(vec![hub_name.clone(), ns_a.clone(), ns_b.clone()]);
+    let state = StateDir::new("hub-sandbox");
+    let mut ipam = Ipam::open(
+        &state.path.join("ipam.json"),
+        "10.213.0.0".parse().unwrap(),
+        16,
+    )
+    .unwrap();
+    let hub = Hub::create(&hub_name).unwrap();
+    let mut members = Vec::new();
+    for (name, ns) in [("a", &ns_a), ("b", &ns_b)] {
+        assert!(
+            std::process::Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let block = ipam.allocate(name).unwrap();
+        hub.attach(ns, &block).unwrap();
+        members.push(Member {
+            endpoint: osvm_policy::Endpoint::component(
+                name,
+                ComponentKind::Service,
+                NetworkAccess::Internal,
+            ),
+            block,
+            listen: vec![8080, 9090],
+        });
+    }
+    // Listeners in b, answering "hello".
+    for port in [8080u16, 9090] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = format!("/run/netns/{ns_b}");
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+            tx.send(()).unwrap();
+            for s in l.incoming().flatten() {
+                use std::io::Write;
+                let _ = (&s).write_all(b"hello\n");
+            }
+        });
+        rx.recv().unwrap();
+    }
+    let policy = osvm_policy::PolicySet::new(vec![PolicyRule {
+        action: PolicyAction::Allow,
+        from: "a".parse().unwrap(),
+        to: "b".parse().unwrap(),
+        ports: vec![8080],
+        protocol: Protocol::Tcp,
+    }]);
+    let mut enforcer = osvm_net::enforce::Enforcer::new(hub);
+    enforcer.apply(allowed(&policy, &members)).unwrap();
+
+    let b = members[1].block.component_addr();
+    let script = format!(
+        "echo ALLOWED $(nc -w 2 {b} 8080 </dev/null); \
+         nc -w 2 {b} 9090 </dev/null; echo DENIED rc=$?; \
+         ip link set eth0 down; echo IFDOWN rc=$?; \
+         nft flush ruleset; echo NFT rc=$?; \
+         grep CapEff /proc/self/status"
+    );
+    let out = state
+        .osvm()
+        .args([
+            "run",
+            "--netns",
+            &ns_a,
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("ALLOWED hello"), "{text}");
+    assert!(text.contains("DENIED rc=1"), "{text}");
+    assert!(
+        text.contains("IFDOWN rc=") && !text.contains("IFDOWN rc=0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("NFT rc=") && !text.contains("NFT rc=0"),
+        "{text}"
+    );
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    // The namespace is unchanged: eth0 still up, the hub's table intact.
+    let link = std::process::Command::new("ip")
+        .args(["-n", &ns_a, "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    assert!(stdout(&link).contains(",UP"), "{}", stdout(&link));
+    assert!(enforcer.kernel_ruleset().unwrap().contains("allow_tcp"));
+    enforcer.into_hub().destroy().unwrap();
+}

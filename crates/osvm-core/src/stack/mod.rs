@@ -178,6 +178,7 @@ impl Component {
             readonly_root: self.readonly_root,
             binds: self.mounts.clone(),
             rootfs: self.rootfs.clone(),
+            netns: None,
         }
     }
 }

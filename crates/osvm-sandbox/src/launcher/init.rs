@@ -122,7 +122,10 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
         "set the hostname",
         nix::unistd::sethostname(&plan.launch.name),
     )?;
-    step("bring up the loopback interface", loopback_up())?;
+    if plan.launch.netns.is_none() {
+        // A joined namespace was set up by the host, loopback included.
+        step("bring up the loopback interface", loopback_up())?;
+    }
     step("build the root file system", rootfs::build(plan))?;
 
     let spec = &plan.launch;

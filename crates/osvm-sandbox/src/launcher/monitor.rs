@@ -259,12 +259,21 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     // The workload's stdout and stderr: pipes this process drains into the log files.
     let (out_r, out_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let flags = libc::CLONE_NEWUSER
+    let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
+    if let Some(netns) = &plan.launch.netns {
+        // Join the given namespace here, as host root, and let the sandbox inherit it: from
+        // inside its own user namespace it could not (and must not) own it.
+        let ns = fs::File::open(netns)
+            .map_err(|e| format!("open network namespace {}: {e}", netns.display()))?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("join network namespace {}: {e}", netns.display()))?;
+        flags &= !libc::CLONE_NEWNET;
+    }
     let cgroup = cgroup::open(&plan.cgroup);
     // Creating init straight inside its v2 group spares a cgroup move (a kernel wait of
     // milliseconds); kernels before 5.7 lack CLONE_INTO_CGROUP and get the move instead.

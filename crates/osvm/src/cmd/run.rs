@@ -37,6 +37,13 @@ fn spec_from(args: &RunArgs) -> anyhow::Result<LaunchSpec> {
     spec.resources.open_files = args.open_files;
     spec.readonly_root = args.readonly_root;
     spec.rootfs = args.rootfs.clone();
+    spec.netns = args.netns.as_deref().map(|n| {
+        if n.contains('/') {
+            std::path::PathBuf::from(n)
+        } else {
+            std::path::Path::new("/run/netns").join(n)
+        }
+    });
     spec.listen = args.listen.clone();
     if spec.listen.contains(&0) {
         return Err(invalid("--listen ports must be between 1 and 65535"));
