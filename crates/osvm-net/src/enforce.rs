@@ -2,7 +2,7 @@
 
 use crate::NetError;
 use crate::hub::Hub;
-use crate::ruleset::{Allowed, script};
+use crate::ruleset::{Allowed, Service, script, services_script};
 
 /// What one [`Enforcer::apply`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,6 +20,7 @@ pub struct Applied {
 pub struct Enforcer {
     hub: Hub,
     current: Vec<Allowed>,
+    services: Vec<Service>,
 }
 
 impl Enforcer {
@@ -28,6 +29,7 @@ impl Enforcer {
         Self {
             hub,
             current: Vec::new(),
+            services: Vec::new(),
         }
     }
 
@@ -47,7 +49,8 @@ impl Enforcer {
     pub fn apply(&mut self, mut allowed: Vec<Allowed>) -> Result<Applied, NetError> {
         allowed.sort();
         allowed.dedup();
-        self.hub.nft(&["-f", "-"], Some(&script(&allowed)))?;
+        self.hub
+            .nft(&["-f", "-"], Some(&script(&allowed, &self.services)))?;
         let removed: Vec<Allowed> = self
             .current
             .iter()
@@ -71,6 +74,22 @@ impl Enforcer {
             removed: removed.len(),
             cut,
         })
+    }
+
+    /// Points every service address at its instance (one transaction; see
+    /// [`services_script`]). Live connections keep the instance they had.
+    pub fn set_services(&mut self, mut services: Vec<Service>) -> Result<(), NetError> {
+        services.sort();
+        services.dedup_by_key(|(service, _)| *service);
+        self.hub
+            .nft(&["-f", "-"], Some(&services_script(&services)))?;
+        self.services = services;
+        Ok(())
+    }
+
+    /// The service map enforced now.
+    pub fn services(&self) -> &[Service] {
+        &self.services
     }
 
     /// The ruleset as the kernel holds it (`nft -j -s list table inet osvm`: no counters), for comparisons.

@@ -87,8 +87,37 @@ pub fn allowed(policy: &PolicySet, members: &[Member]) -> Vec<Allowed> {
     out
 }
 
-/// The `nft -f` script that replaces the table with one enforcing `allowed`.
-pub fn script(allowed: &[Allowed]) -> String {
+/// A stable service address and the instance address it currently sends to.
+pub type Service = (std::net::Ipv4Addr, std::net::Ipv4Addr);
+
+/// The elements of the `services` map, as nft syntax (empty when there are none).
+fn service_elements(services: &[Service]) -> String {
+    services
+        .iter()
+        .map(|(service, instance)| format!("{service} : {instance}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `nft -f` script that replaces the `services` map's contents in one transaction: new
+/// connections to a service address go to the new instance from the next packet on, live ones
+/// keep their translation (conntrack holds it).
+pub fn services_script(services: &[Service]) -> String {
+    let mut s = format!("flush map inet {TABLE} services\n");
+    if !services.is_empty() {
+        let _ = writeln!(
+            s,
+            "add element inet {TABLE} services {{ {} }}",
+            service_elements(services)
+        );
+    }
+    s
+}
+
+/// The `nft -f` script that replaces the table with one enforcing `allowed` and sending each
+/// service address to its instance (DNAT before the forward chain, so policy judges the
+/// instance's address).
+pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
     let elements = |udp: bool| -> String {
         let items: Vec<String> = allowed
             .iter()
@@ -113,6 +142,13 @@ pub fn script(allowed: &[Allowed]) -> String {
 \tset allow_udp {{
 \t\ttype ifname . ipv4_addr . ipv4_addr . inet_service
 {udp}\t}}
+\tmap services {{
+\t\ttype ipv4_addr : ipv4_addr
+{svc}\t}}
+\tchain prerouting {{
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tdnat ip to ip daddr map @services
+\t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
 \t\tct state established,related accept
@@ -124,6 +160,11 @@ pub fn script(allowed: &[Allowed]) -> String {
 ",
         tcp = elements(false),
         udp = elements(true),
+        svc = if services.is_empty() {
+            String::new()
+        } else {
+            format!("\t\telements = {{ {} }}\n", service_elements(services))
+        },
     );
     s
 }

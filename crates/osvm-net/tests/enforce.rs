@@ -137,7 +137,7 @@ fn the_hub_passes_what_policy_allows_and_rejects_the_rest_at_once() {
         rule(PolicyAction::Allow, "db", "cache", &[7070]),
     ]);
     let tuples = allowed(&policy, &members);
-    hub.nft(&["-f", "-"], Some(&script(&tuples))).unwrap();
+    hub.nft(&["-f", "-"], Some(&script(&tuples, &[]))).unwrap();
 
     const EHOSTUNREACH: i32 = 113;
     const ECONNREFUSED: i32 = 111;
@@ -466,6 +466,127 @@ fn a_random_matrix_of_allows_and_denies_is_enforced_exactly() {
             }
         }
     }
+    enforcer.into_hub().destroy().unwrap();
+    drop(guard);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A server in `ns` on `port` that answers every line with `name`.
+fn named_server(ns: &str, port: u16, name: &'static str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut r = std::io::BufReader::new(&s);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if (&s).write_all(format!("{name}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// A stable service address follows the map: new connections go to the instance the map names
+/// from the moment it changes; a live connection keeps its instance.
+#[test]
+fn a_service_address_moves_atomically_and_live_connections_keep_their_instance() {
+    if !can_run("service map") {
+        return;
+    }
+    let tag = std::process::id();
+    let names = ["client", "v1", "v2"];
+    let hub_name = format!("osvmt-vhub-{tag}");
+    let netns: Vec<String> = names.iter().map(|n| format!("osvmt-v{n}-{tag}")).collect();
+    let mut guard = Namespaces(vec![hub_name.clone()]);
+    guard.0.extend(netns.iter().cloned());
+    let dir = std::env::temp_dir().join(format!("osvm-net-svc-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ipam = Ipam::open(&dir.join("ipam.json"), Ipv4Addr::new(10, 213, 0, 0), 16).unwrap();
+    let hub = Hub::create(&hub_name).unwrap();
+    let mut members = Vec::new();
+    for (name, ns) in names.iter().zip(&netns) {
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let block = ipam.allocate(name).unwrap();
+        hub.attach(ns, &block).unwrap();
+        members.push(Member {
+            endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
+            block,
+            listen: vec![7000],
+        });
+    }
+    named_server(&netns[1], 7000, "v1");
+    named_server(&netns[2], 7000, "v2");
+    let policy = PolicySet::new(vec![
+        rule(PolicyAction::Allow, "client", "v1", &[7000]),
+        rule(PolicyAction::Allow, "client", "v2", &[7000]),
+    ]);
+    let mut enforcer = osvm_net::enforce::Enforcer::new(hub);
+    enforcer.apply(allowed(&policy, &members)).unwrap();
+    let service = Ipv4Addr::new(10, 215, 0, 1);
+    let (v1, v2) = (
+        members[1].block.component_addr(),
+        members[2].block.component_addr(),
+    );
+    enforcer.set_services(vec![(service, v1)]).unwrap();
+
+    // One request on a fresh connection, or on a given one.
+    fn ask(s: &TcpStream) -> String {
+        use std::io::{BufRead, Write};
+        (&*s).write_all(b"who\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+    let client = netns[0].clone();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/run/netns/{client}")).unwrap();
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let target = SocketAddr::from((service, 7000));
+        let live = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+        tx.send(ask(&live)).unwrap();
+        let fresh = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+        tx.send(ask(&fresh)).unwrap();
+        go_rx.recv().unwrap(); // the map changes here
+        let fresh = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+        tx.send(ask(&fresh)).unwrap();
+        tx.send(ask(&live)).unwrap();
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(next(), "v1", "the service address goes to v1");
+    assert_eq!(next(), "v1");
+    enforcer.set_services(vec![(service, v2)]).unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        next(),
+        "v2",
+        "new connections go to v2 once the map says so"
+    );
+    assert_eq!(next(), "v1", "the live connection keeps v1");
+
+    let map = enforcer
+        .hub()
+        .nft(&["list", "map", "inet", "osvm", "services"], None)
+        .unwrap();
+    assert!(map.contains(&format!("{service} : {v2}")), "{map}");
     enforcer.into_hub().destroy().unwrap();
     drop(guard);
     std::fs::remove_dir_all(&dir).unwrap();
