@@ -1,4 +1,5 @@
-//! nftables probes, for component network policy: the `nft` tool and the kernel's nf_tables.
+//! Network probes, for component network policy: the `nft` tool and the kernel's nf_tables,
+//! and the `ip` and `conntrack` tools the hub is built and maintained with.
 
 use super::command::{COMMAND_TIMEOUT, run_command};
 use super::{AREA_NETWORK, Check, ProbeError};
@@ -53,5 +54,47 @@ pub(super) fn nft_checks(is_root: bool) -> Vec<Check> {
         Ok(version) => Check::yes(AREA_NETWORK, "nft", version),
         Err(why) => Check::no(AREA_NETWORK, "nft", why),
     };
-    vec![tool, kernel]
+    vec![
+        tool,
+        kernel,
+        tool_check(
+            "ip",
+            &["-V"],
+            "iproute2",
+            "creates the hub and the veth pairs",
+        ),
+        tool_check(
+            "conntrack",
+            &["--version"],
+            "conntrack",
+            "cuts live connections when an allow is revoked",
+        ),
+    ]
+}
+
+/// A row for a helper tool osvm runs: its version line, or how to install it.
+fn tool_check(
+    program: &'static str,
+    args: &'static [&'static str],
+    package: &str,
+    role: &str,
+) -> Check {
+    match run_command(program, args, COMMAND_TIMEOUT) {
+        Ok(out) if out.status.success() => Check::yes(
+            AREA_NETWORK,
+            program,
+            format!("{} ({role})", out.first_line()),
+        ),
+        Ok(out) => Check::no(
+            AREA_NETWORK,
+            program,
+            format!("`{program} {}` failed ({})", args.join(" "), out.status),
+        ),
+        Err(e @ ProbeError::NotFound { .. }) => Check::no(
+            AREA_NETWORK,
+            program,
+            format!("{e}; install Debian package {package} (osvm {role} with it)"),
+        ),
+        Err(e) => Check::no(AREA_NETWORK, program, e.to_string()),
+    }
 }
