@@ -51,6 +51,9 @@ pub struct LaunchSpec {
     /// to the host's user namespace, so the workload cannot reconfigure it.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// Extra `/etc/hosts` lines inside the sandbox, as (address, names).
+    #[serde(default)]
+    pub hosts: Vec<(String, String)>,
 }
 
 impl LaunchSpec {
@@ -64,6 +67,7 @@ impl LaunchSpec {
             env: Vec::new(),
             working_dir: None,
             netns: None,
+            hosts: Vec::new(),
             resources: Resources::default(),
             listen: Vec::new(),
             readonly_root: false,

@@ -189,6 +189,8 @@ pub struct Engine {
     last_ca_check: Option<Instant>,
     /// CA rotations under way, by trust domain, and when this engine noticed each.
     rotations: BTreeMap<String, Instant>,
+    /// The hub network, once a `network = "hub"` stack needed it.
+    net: Option<crate::network::NetPlane>,
 }
 
 /// How often instance logs are checked against the stack's `log_max_size`.
@@ -230,6 +232,7 @@ impl Engine {
             last_log_check: Instant::now(),
             last_ca_check: None,
             rotations: BTreeMap::new(),
+            net: None,
         };
         let records: BTreeMap<String, ComponentRecord> = engine
             .store
@@ -268,6 +271,26 @@ impl Engine {
                 let _ = inst.stop(Duration::from_secs(10));
             }
             engine.store.remove_component(&record.stack, &record.name)?;
+        }
+        // A restarted daemon rebuilds the hub's ruleset from the stored stacks at once, so it
+        // knows what it enforces (and can cut it when revoked) before anything starts.
+        if engine
+            .stacks
+            .values()
+            .any(|s| s.network == osvm_core::stack::StackNetwork::Hub)
+        {
+            match crate::network::NetPlane::open(&engine.runtime.config().state_dir) {
+                Ok(mut plane) => {
+                    if let Err(e) = plane.apply(&engine.stacks) {
+                        engine.note("network-failed", &e);
+                    }
+                    engine.net = Some(plane);
+                }
+                Err(e) => engine.note(
+                    "network-failed",
+                    &format!("unavailable: the hub network: {e}"),
+                ),
+            }
         }
         Ok(engine)
     }
@@ -424,6 +447,7 @@ impl Engine {
 
     /// Drops units that were removed and have stopped, their records, and stacks left empty.
     fn collect_removed(&mut self) {
+        let mut left_hub = Vec::new();
         let mut i = 0;
         while i < self.units.len() {
             let u = &self.units[i];
@@ -431,6 +455,7 @@ impl Engine {
                 let _ = self
                     .store
                     .remove_component(&u.record.stack, &u.component.name);
+                left_hub.push((u.record.stack.clone(), u.component.name.clone()));
                 self.units.remove(i);
             } else {
                 i += 1;
@@ -442,6 +467,22 @@ impl Engine {
             units.iter().any(|u| &u.record.stack == name)
                 || store.stack(name).ok().flatten().is_some()
         });
+        if let Some(plane) = self.net.as_mut()
+            && !left_hub.is_empty()
+        {
+            let mut failures = Vec::new();
+            for (stack, component) in &left_hub {
+                if let Err(e) = plane.leave(stack, component) {
+                    failures.push(e);
+                }
+            }
+            if let Err(e) = plane.apply(&self.stacks) {
+                failures.push(e);
+            }
+            for e in failures {
+                self.note("network-failed", &e);
+            }
+        }
     }
 
     fn stack_of(&self, i: usize) -> &Stack {
@@ -896,6 +937,51 @@ impl Engine {
         }
     }
 
+    /// Puts unit `i`'s whole stack on the hub (so every name resolves) and applies the
+    /// ruleset; returns `i`'s namespace and its `/etc/hosts` lines.
+    fn join_hub(
+        &mut self,
+        i: usize,
+    ) -> Result<(std::path::PathBuf, Vec<(String, String)>), String> {
+        if self.net.is_none() {
+            let plane = crate::network::NetPlane::open(&self.runtime.config().state_dir)?;
+            self.net = Some(plane);
+        }
+        let stack = self.stack_of(i).clone();
+        let name = self.units[i].component.name.clone();
+        let plane = self.net.as_mut().expect("opened above");
+        let mut own = None;
+        for c in &stack.components {
+            let path = plane.join(&stack.name, &c.name)?;
+            if c.name == name {
+                own = Some(path);
+            }
+        }
+        let hosts = plane.hosts(&stack);
+        let applied = plane.apply(&self.stacks)?;
+        if applied.added + applied.removed > 0 {
+            self.note(
+                "network-policy",
+                &format!(
+                    "hub ruleset applied: {} flows added, {} removed, {} connections cut",
+                    applied.added, applied.removed, applied.cut
+                ),
+            );
+        }
+        let own = own.ok_or_else(|| format!("component {name} is not in its stack"))?;
+        Ok((own, hosts))
+    }
+
+    /// Removes the hub and every component namespace (the foreground `osvm up`, after
+    /// [`Engine::shutdown`]); a daemon keeps them for its next start.
+    pub fn teardown_network(&mut self) {
+        if let Some(plane) = self.net.take()
+            && let Err(e) = plane.destroy()
+        {
+            self.note("network-teardown-failed", &e);
+        }
+    }
+
     fn start(&mut self, i: usize, now: Instant) {
         let stack_name = self.units[i].record.stack.clone();
         let mut spec = self.units[i].component.launch_spec(&stack_name);
@@ -911,6 +997,22 @@ impl Engine {
                 self.emit(i, "start-failed", &e);
                 self.schedule_restart(i, now, true);
                 return;
+            }
+        }
+        if self.stack_of(i).network == osvm_core::stack::StackNetwork::Hub {
+            match self.join_hub(i) {
+                Ok((netns, hosts)) => {
+                    spec.netns = Some(netns);
+                    spec.hosts = hosts;
+                }
+                Err(e) => {
+                    let e = format!("unavailable: the hub network: {e}");
+                    self.units[i].record.reason = e.clone();
+                    self.save(i);
+                    self.emit(i, "start-failed", &e);
+                    self.schedule_restart(i, now, true);
+                    return;
+                }
             }
         }
         let id = new_instance_id(&spec.name);

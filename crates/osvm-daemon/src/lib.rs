@@ -17,4 +17,5 @@ pub mod health;
 pub mod identity;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod store;

@@ -844,3 +844,89 @@ restart = "never"
         "{warning}"
     );
 }
+
+/// `network = "hub"`: components get addresses and names, policy decides who reaches whom
+/// (refusals are EHOSTUNREACH), and the foreground `osvm up` removes its namespaces at the end.
+#[test]
+fn hub_stacks_reach_each_other_by_name_only_as_policy_allows() {
+    if !sandbox_available("hub stack") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists()
+        || std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_err()
+        || std::process::Command::new("conntrack")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        skip("hub stack", "needs python3, nft and conntrack");
+        return;
+    }
+    let state = StateDir::new("hub-stack");
+    let stack = r#"
+[stack]
+name = "nett"
+network = "hub"
+
+[[component]]
+name = "web"
+command = "/usr/bin/python3"
+args = ["-c", "import http.server as h; s = h.HTTPServer(('', 8080), h.SimpleHTTPRequestHandler); s.timeout = 5; s.handle_request()"]
+listen = [8080]
+restart = "never"
+
+[[component]]
+name = "client"
+command = "/usr/bin/python3"
+args = ["-c", "import time, urllib.request as u; time.sleep(0.5); print('GOT', u.urlopen('http://web.nett.osvm:8080/', timeout=3).status)"]
+restart = "never"
+
+[[component]]
+name = "intruder"
+command = "/usr/bin/python3"
+args = ["-c", "import time, socket\ntime.sleep(0.5)\ntry:\n    socket.create_connection(('web', 8080), timeout=3)\n    print('INTRUDER connected')\nexcept OSError as e:\n    print('INTRUDER refused', e.errno)"]
+restart = "never"
+
+[[policy]]
+allow = { from = "client", to = "web", ports = [8080] }
+"#;
+    let (code, events) = up_until_done(&state, stack, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["event"] == "network-policy"),
+        "{events:?}"
+    );
+    let log = |name: &str| -> String {
+        state
+            .instances()
+            .into_iter()
+            .filter(|id| id.starts_with(&format!("{name}-")))
+            .map(|id| {
+                std::fs::read_to_string(state.path.join("instances").join(id).join("stdout.log"))
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    assert!(
+        log("client").contains("GOT 200"),
+        "client: {}",
+        log("client")
+    );
+    assert!(
+        log("intruder").contains("INTRUDER refused 113"),
+        "intruder: {}",
+        log("intruder")
+    );
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(
+        !left.lines().any(|l| l.starts_with("osvm-")),
+        "namespaces left behind: {left}"
+    );
+}

@@ -59,6 +59,8 @@ pub(crate) struct RawStack {
     pub(crate) log_max_size: Option<Spanned<String>>,
     /// How many rotated log files are kept.
     pub(crate) log_files: Option<Spanned<Int>>,
+    /// Which network the components get.
+    pub(crate) network: Option<Spanned<Word<super::StackNetwork>>>,
 }
 
 /// `[[component]]`.

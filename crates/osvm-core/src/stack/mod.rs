@@ -70,6 +70,9 @@ pub struct Stack {
     pub log_max_size: u64,
     /// How many rotated files of each log are kept (`stdout.log.1` .. `.N`; default 3).
     pub log_files: u32,
+    /// Which network the components get (default: none but loopback).
+    #[serde(default)]
+    pub network: StackNetwork,
     /// The components, in file order.
     pub components: Vec<Component>,
     /// The policy rules, in file order.
@@ -145,6 +148,19 @@ pub struct Component {
     pub identity_reload: Option<IdentityReload>,
 }
 
+/// The network a stack's components are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackNetwork {
+    /// Each component alone in its network namespace with only loopback (the default).
+    #[default]
+    None,
+    /// Each component on the host's osvm hub: its own address, names in `/etc/hosts`
+    /// (`<component>.<stack>.osvm`), and only the flows `[[policy]]` allows, enforced by
+    /// nftables in the hub.
+    Hub,
+}
+
 /// How a component learns that `/run/osvm/identity` holds a new certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,6 +195,7 @@ impl Component {
             binds: self.mounts.clone(),
             rootfs: self.rootfs.clone(),
             netns: None,
+            hosts: Vec::new(),
         }
     }
 }

@@ -32,6 +32,7 @@ fn expected_full() -> Stack {
         restart_reset_after: Duration::from_secs(900),
         log_max_size: 1 << 20,
         log_files: 5,
+        network: StackNetwork::None,
         components: vec![
             Component {
                 name: "rpc".into(),

@@ -53,7 +53,9 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         restart_reset_after,
         log_max_size,
         log_files,
+        network,
     } = raw_stack.into_inner().0;
+    let network = network.map(|w| w.into_inner().0).unwrap_or_default();
 
     let name = required(
         src,
@@ -161,6 +163,7 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         restart_reset_after,
         log_max_size,
         log_files,
+        network,
         components,
         policies,
         source: path,

@@ -166,7 +166,7 @@ fn write_file(path: &Path, content: &str) -> Result<(), RootfsError> {
     fs::write(path, content).map_err(|e| fail(format!("write {}", path.display()), e))
 }
 
-fn minimal_etc(root: &Path, hostname: &str) -> Result<(), RootfsError> {
+fn minimal_etc(root: &Path, hostname: &str, hosts: &[(String, String)]) -> Result<(), RootfsError> {
     let etc = root.join("etc");
     mkdir_p(&etc)?;
     tmpfs(&etc, "0755", MsFlags::MS_NOEXEC)?;
@@ -178,7 +178,13 @@ fn minimal_etc(root: &Path, hostname: &str) -> Result<(), RootfsError> {
     write_file(&etc.join("hostname"), &format!("{hostname}\n"))?;
     write_file(
         &etc.join("hosts"),
-        &format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost\n"),
+        &format!(
+            "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost\n{}",
+            hosts
+                .iter()
+                .map(|(addr, names)| format!("{addr}\t{names}\n"))
+                .collect::<String>()
+        ),
     )?;
     write_file(
         &etc.join("nsswitch.conf"),
@@ -308,7 +314,7 @@ pub fn build(plan: &Plan) -> Result<(), RootfsError> {
                     Err(_) => {}
                 }
             }
-            minimal_etc(root, &spec.name)?;
+            minimal_etc(root, &spec.name, &spec.hosts)?;
             for dir in ["tmp", "data"] {
                 mkdir_p(&root.join(dir))?;
             }

@@ -93,6 +93,7 @@ impl Screen {
                 self.clear_table();
                 engine.note("stopping", &format!("{sig}: stopping every component"));
                 let mut events = engine.shutdown();
+                engine.teardown_network();
                 let forgotten = engine.forget_stack(stack);
                 engine.note("down", "every component stopped");
                 events.extend(engine.tick());
@@ -121,6 +122,7 @@ impl Screen {
                     "done",
                     &format!("every component has ended; {failed} failed"),
                 );
+                engine.teardown_network();
                 let _ = engine.forget_stack(stack);
                 let events = engine.tick();
                 self.print(&events);
