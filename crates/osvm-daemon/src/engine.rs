@@ -543,16 +543,20 @@ impl Engine {
         }
     }
 
+    /// The trust domains of the stacks this engine runs.
+    fn trust_domains(&self) -> std::collections::BTreeSet<String> {
+        self.stacks
+            .values()
+            .map(|s| s.trust_domain.clone())
+            .collect()
+    }
+
     /// Carries CA rotations (`osvm cert ca rotate`) through: first every running component of
     /// the trust domain gets the bundle with both CAs, then each gets a leaf of the new CA, and
     /// when all have one the previous CA leaves the bundle (and the components' bundles).
     fn follow_ca_rotations(&mut self, now: Instant) {
         let state_dir = self.runtime.config().state_dir.clone();
-        let domains: std::collections::BTreeSet<String> = self
-            .stacks
-            .values()
-            .map(|s| s.trust_domain.clone())
-            .collect();
+        let domains = self.trust_domains();
         for domain in domains {
             let Ok(pki) = osvm_pki::Pki::new(&identity::pki_dir(&state_dir, &domain), &domain)
             else {
@@ -622,11 +626,7 @@ impl Engine {
     /// [`osvm_pki::ca::CA_EXPIRY_WARNING`] left (or has expired).
     fn check_ca_expiry(&mut self) {
         let state_dir = self.runtime.config().state_dir.clone();
-        let domains: std::collections::BTreeSet<String> = self
-            .stacks
-            .values()
-            .map(|s| s.trust_domain.clone())
-            .collect();
+        let domains = self.trust_domains();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);

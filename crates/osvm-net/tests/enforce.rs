@@ -93,38 +93,56 @@ fn rule(action: PolicyAction, from: &str, to: &str, ports: &[u16]) -> PolicyRule
     }
 }
 
-#[test]
-fn the_hub_passes_what_policy_allows_and_rejects_the_rest_at_once() {
-    if !can_run("hub enforcement") {
-        return;
-    }
+/// A hub and one namespace per name, each joined by its veth and address block (`listen` are
+/// the ports policy may open on it). The guard removes every namespace when dropped.
+fn topology(
+    test: &str,
+    names: &[&str],
+    listen: &[u16],
+) -> (
+    Namespaces,
+    std::path::PathBuf,
+    Vec<String>,
+    Vec<Member>,
+    Hub,
+) {
     let tag = std::process::id();
-    let hub_name = format!("osvmt-hub-{tag}");
-    let names = ["web", "db", "cache"];
-    let netns: Vec<String> = names.iter().map(|n| format!("osvmt-{n}-{tag}")).collect();
+    let hub_name = format!("osvmt-{test}hub-{tag}");
+    let netns: Vec<String> = names
+        .iter()
+        .map(|n| format!("osvmt-{test}{n}-{tag}"))
+        .collect();
     let mut guard = Namespaces(vec![hub_name.clone()]);
     guard.0.extend(netns.iter().cloned());
-
-    let dir = std::env::temp_dir().join(format!("osvm-net-test-{tag}"));
+    let dir = std::env::temp_dir().join(format!("osvm-net-{test}-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut ipam = Ipam::open(&dir.join("ipam.json"), Ipv4Addr::new(10, 213, 0, 0), 16).unwrap();
     let hub = Hub::create(&hub_name).unwrap();
     let mut members = Vec::new();
     for (name, ns) in names.iter().zip(&netns) {
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", ns])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let block = ipam.allocate(&format!("t/{name}")).unwrap();
+        let added = Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .unwrap();
+        assert!(added.success(), "ip netns add {ns}");
+        let block = ipam.allocate(name).unwrap();
         hub.attach(ns, &block).unwrap();
         members.push(Member {
             endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
             block,
-            listen: vec![8080, 9090],
+            listen: listen.to_vec(),
         });
+    }
+    (guard, dir, netns, members, hub)
+}
+
+#[test]
+fn the_hub_passes_what_policy_allows_and_rejects_the_rest_at_once() {
+    if !can_run("hub enforcement") {
+        return;
+    }
+    let (guard, dir, netns, members, hub) = topology("p", &["web", "db", "cache"], &[8080, 9090]);
+    for ns in &netns {
         listen(ns, 8080);
         listen(ns, 9090);
     }
@@ -275,35 +293,7 @@ fn revoking_an_allow_cuts_a_live_connection_and_a_rebuild_is_identical() {
         eprintln!("SKIP revocation: needs conntrack (Debian package conntrack)");
         return;
     }
-    let tag = std::process::id();
-    let hub_name = format!("osvmt-rhub-{tag}");
-    let netns: Vec<String> = ["a", "b"]
-        .iter()
-        .map(|n| format!("osvmt-r{n}-{tag}"))
-        .collect();
-    let mut guard = Namespaces(vec![hub_name.clone()]);
-    guard.0.extend(netns.iter().cloned());
-    let dir = std::env::temp_dir().join(format!("osvm-net-revoke-{tag}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ipam = Ipam::open(&dir.join("ipam.json"), Ipv4Addr::new(10, 213, 0, 0), 16).unwrap();
-    let hub = Hub::create(&hub_name).unwrap();
-    let mut members = Vec::new();
-    for (name, ns) in ["a", "b"].iter().zip(&netns) {
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", ns])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let block = ipam.allocate(name).unwrap();
-        hub.attach(ns, &block).unwrap();
-        members.push(Member {
-            endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
-            block,
-            listen: vec![7000],
-        });
-    }
+    let (guard, dir, netns, members, hub) = topology("r", &["a", "b"], &[7000]);
     echo(&netns[1], 7000);
     let policy = PolicySet::new(vec![rule(PolicyAction::Allow, "a", "b", &[7000])]);
     let mut enforcer = osvm_net::enforce::Enforcer::new(hub);
@@ -385,32 +375,10 @@ fn a_random_matrix_of_allows_and_denies_is_enforced_exactly() {
     }
     let tag = std::process::id();
     let names = ["m0", "m1", "m2", "m3", "m4"];
-    let hub_name = format!("osvmt-mhub-{tag}");
-    let netns: Vec<String> = names.iter().map(|n| format!("osvmt-{n}-{tag}")).collect();
-    let mut guard = Namespaces(vec![hub_name.clone()]);
-    guard.0.extend(netns.iter().cloned());
-    let dir = std::env::temp_dir().join(format!("osvm-net-matrix-{tag}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ipam = Ipam::open(&dir.join("ipam.json"), Ipv4Addr::new(10, 213, 0, 0), 16).unwrap();
-    let hub = Hub::create(&hub_name).unwrap();
     let listening = [8080u16, 9090];
     let ports = [8080u16, 9090, 7070]; // nothing listens on 7070
-    let mut members = Vec::new();
-    for (name, ns) in names.iter().zip(&netns) {
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", ns])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let block = ipam.allocate(name).unwrap();
-        hub.attach(ns, &block).unwrap();
-        members.push(Member {
-            endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
-            block,
-            listen: listening.to_vec(),
-        });
+    let (guard, dir, netns, members, hub) = topology("m", &names, &listening);
+    for ns in &netns {
         for p in listening {
             listen(ns, p);
         }
@@ -504,33 +472,7 @@ fn a_service_address_moves_atomically_and_live_connections_keep_their_instance()
     if !can_run("service map") {
         return;
     }
-    let tag = std::process::id();
-    let names = ["client", "v1", "v2"];
-    let hub_name = format!("osvmt-vhub-{tag}");
-    let netns: Vec<String> = names.iter().map(|n| format!("osvmt-v{n}-{tag}")).collect();
-    let mut guard = Namespaces(vec![hub_name.clone()]);
-    guard.0.extend(netns.iter().cloned());
-    let dir = std::env::temp_dir().join(format!("osvm-net-svc-{tag}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ipam = Ipam::open(&dir.join("ipam.json"), Ipv4Addr::new(10, 213, 0, 0), 16).unwrap();
-    let hub = Hub::create(&hub_name).unwrap();
-    let mut members = Vec::new();
-    for (name, ns) in names.iter().zip(&netns) {
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", ns])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let block = ipam.allocate(name).unwrap();
-        hub.attach(ns, &block).unwrap();
-        members.push(Member {
-            endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
-            block,
-            listen: vec![7000],
-        });
-    }
+    let (guard, dir, netns, members, hub) = topology("v", &["client", "v1", "v2"], &[7000]);
     named_server(&netns[1], 7000, "v1");
     named_server(&netns[2], 7000, "v2");
     let policy = PolicySet::new(vec![
