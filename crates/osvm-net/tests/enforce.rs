@@ -43,33 +43,46 @@ impl Drop for Namespaces {
     }
 }
 
+/// Moves the calling thread into the network namespace `ns`.
+fn enter(ns: &str) {
+    let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
 fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
+    let ns = ns.to_owned();
     std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        enter(&ns);
         f()
     })
     .join()
     .unwrap()
 }
 
-/// Listens on `port` in `ns` and answers every connection with one byte, forever (the thread
-/// dies with the test process; the namespace goes with the guard).
-fn listen(ns: &str, port: u16) {
+/// Listens on `port` in `ns` and runs `handle` on a thread of its own for every connection,
+/// forever (the threads die with the test process; the namespace goes with the guard).
+/// Returns once the listener is bound.
+fn serve(ns: &str, port: u16, handle: impl Fn(TcpStream) + Send + Sync + Copy + 'static) {
+    let ns = ns.to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        enter(&ns);
         let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
         tx.send(()).unwrap();
         for s in l.incoming().flatten() {
-            use std::io::Write;
-            let _ = (&s).write_all(b"!");
+            std::thread::spawn(move || handle(s));
         }
     });
     rx.recv().unwrap();
+}
+
+/// Listens on `port` in `ns` and answers every connection with one byte, forever (the thread
+/// dies with the test process; the namespace goes with the guard).
+fn listen(ns: &str, port: u16) {
+    serve(ns, port, |s| {
+        use std::io::Write;
+        let _ = (&s).write_all(b"!");
+    });
 }
 
 /// Connects from `ns` to `addr`: Ok, or the errno and how long it took to fail.
@@ -266,22 +279,11 @@ fn without_table_handle(json: &str) -> serde_json::Value {
 
 /// An echo server on `port` in `ns`: echoes every byte back, per connection.
 fn echo(ns: &str, port: u16) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
-        tx.send(()).unwrap();
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut b = [0u8; 1];
-                while (&s).read_exact(&mut b).is_ok() && (&s).write_all(&b).is_ok() {}
-            });
-        }
+    serve(ns, port, |s| {
+        use std::io::{Read, Write};
+        let mut b = [0u8; 1];
+        while (&s).read_exact(&mut b).is_ok() && (&s).write_all(&b).is_ok() {}
     });
-    rx.recv().unwrap();
 }
 
 #[test]
@@ -304,10 +306,9 @@ fn revoking_an_allow_cuts_a_live_connection_and_a_rebuild_is_identical() {
     // A client in `a` pings every 50 ms over one connection and reports when it breaks.
     let target = SocketAddr::from((members[1].block.component_addr(), 7000));
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let a_ns = format!("/run/netns/{}", netns[0]);
+    let a_ns = netns[0].clone();
     std::thread::spawn(move || {
-        let fd = std::fs::File::open(&a_ns).unwrap();
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        enter(&a_ns);
         use std::io::{Read, Write};
         let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(300)))
@@ -441,28 +442,17 @@ fn a_random_matrix_of_allows_and_denies_is_enforced_exactly() {
 
 /// A server in `ns` on `port` that answers every line with `name`.
 fn named_server(ns: &str, port: u16, name: &'static str) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
-        tx.send(()).unwrap();
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::{BufRead, Write};
-                let mut r = std::io::BufReader::new(&s);
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if (&s).write_all(format!("{name}\n").as_bytes()).is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
+    serve(ns, port, move |s| {
+        use std::io::{BufRead, Write};
+        let mut r = std::io::BufReader::new(&s);
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if (&s).write_all(format!("{name}\n").as_bytes()).is_err() {
+                return;
+            }
+            line.clear();
         }
     });
-    rx.recv().unwrap();
 }
 
 /// A stable service address follows the map: new connections go to the instance the map names
@@ -500,8 +490,7 @@ fn a_service_address_moves_atomically_and_live_connections_keep_their_instance()
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let fd = std::fs::File::open(format!("/run/netns/{client}")).unwrap();
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        enter(&client);
         let target = SocketAddr::from((service, 7000));
         let live = TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
         tx.send(ask(&live)).unwrap();
