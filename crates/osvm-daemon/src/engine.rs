@@ -280,11 +280,9 @@ impl Engine {
             .any(|s| s.network == osvm_core::stack::StackNetwork::Hub)
         {
             match crate::network::NetPlane::open(&engine.runtime.config().state_dir) {
-                Ok(mut plane) => {
-                    if let Err(e) = plane.apply(&engine.stacks) {
-                        engine.note("network-failed", &e);
-                    }
+                Ok(plane) => {
                     engine.net = Some(plane);
+                    engine.reapply_network();
                 }
                 Err(e) => engine.note(
                     "network-failed",
@@ -442,6 +440,8 @@ impl Engine {
         }
         self.stacks.insert(stack.name.clone(), stack);
         self.collect_removed();
+        // Policy may have changed without any component restarting.
+        self.reapply_network();
         Ok(())
     }
 
@@ -470,18 +470,40 @@ impl Engine {
         if let Some(plane) = self.net.as_mut()
             && !left_hub.is_empty()
         {
-            let mut failures = Vec::new();
-            for (stack, component) in &left_hub {
-                if let Err(e) = plane.leave(stack, component) {
-                    failures.push(e);
-                }
-            }
-            if let Err(e) = plane.apply(&self.stacks) {
-                failures.push(e);
-            }
+            let failures: Vec<String> = left_hub
+                .iter()
+                .filter_map(|(stack, component)| plane.leave(stack, component).err())
+                .collect();
             for e in failures {
                 self.note("network-failed", &e);
             }
+            self.reapply_network();
+        }
+    }
+
+    /// Recomputes the hub's ruleset from every hub stack (when the hub is in use) and logs
+    /// what changed.
+    fn apply_network(&mut self) -> Result<(), String> {
+        let Some(plane) = self.net.as_mut() else {
+            return Ok(());
+        };
+        let a = plane.apply(&self.stacks)?;
+        if a.added + a.removed > 0 {
+            self.note(
+                "network-policy",
+                &format!(
+                    "hub ruleset applied: {} flows added, {} removed, {} connections cut",
+                    a.added, a.removed, a.cut
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Engine::apply_network`] where a failure is only logged (nothing waits on it).
+    fn reapply_network(&mut self) {
+        if let Err(e) = self.apply_network() {
+            self.note("network-failed", &e);
         }
     }
 
@@ -951,22 +973,18 @@ impl Engine {
         let name = self.units[i].component.name.clone();
         let plane = self.net.as_mut().expect("opened above");
         let mut own = None;
+        let mut joined = false;
         for c in &stack.components {
-            let path = plane.join(&stack.name, &c.name)?;
+            let (path, new) = plane.join(&stack.name, &c.name)?;
+            joined |= new;
             if c.name == name {
                 own = Some(path);
             }
         }
         let hosts = plane.hosts(&stack);
-        let applied = plane.apply(&self.stacks)?;
-        if applied.added + applied.removed > 0 {
-            self.note(
-                "network-policy",
-                &format!(
-                    "hub ruleset applied: {} flows added, {} removed, {} connections cut",
-                    applied.added, applied.removed, applied.cut
-                ),
-            );
+        if joined {
+            // New members: the ruleset must know them before the component starts.
+            self.apply_network()?;
         }
         let own = own.ok_or_else(|| format!("component {name} is not in its stack"))?;
         Ok((own, hosts))

@@ -73,22 +73,23 @@ impl NetPlane {
     }
 
     /// Puts `stack/component` on the hub (address block, namespace, veth) if it is not yet;
-    /// returns its namespace's path.
-    pub fn join(&mut self, stack: &str, component: &str) -> Result<PathBuf, String> {
+    /// returns its namespace's path and whether it was new.
+    pub fn join(&mut self, stack: &str, component: &str) -> Result<(PathBuf, bool), String> {
         let block = self
             .ipam
             .allocate(&format!("{stack}/{component}"))
             .map_err(|e| e.to_string())?;
         let name = self.netns_name(block.index);
         let path = netns_path(&name);
-        if !path.exists() {
-            ip(&["netns", "add", &name])?;
-            if let Err(e) = self.enforcer.hub().attach(&name, &block) {
-                let _ = ip(&["netns", "del", &name]);
-                return Err(e.to_string());
-            }
+        if path.exists() {
+            return Ok((path, false));
         }
-        Ok(path)
+        ip(&["netns", "add", &name])?;
+        if let Err(e) = self.enforcer.hub().attach(&name, &block) {
+            let _ = ip(&["netns", "del", &name]);
+            return Err(e.to_string());
+        }
+        Ok((path, true))
     }
 
     /// `/etc/hosts` lines for the components of `stack` on the hub.
