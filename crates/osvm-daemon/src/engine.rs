@@ -332,13 +332,11 @@ impl Engine {
                     .unwrap_or_default();
                 let stack = self.stack_of(i);
                 let ttl = stack.certificate_ttl;
-                let dir = self
-                    .runtime
-                    .config()
-                    .state_dir
-                    .join("identities")
-                    .join(&stack.name)
-                    .join(&self.units[i].component.name);
+                let dir = identity::identity_dir(
+                    &self.runtime.config().state_dir,
+                    &stack.name,
+                    &self.units[i].component.name,
+                );
                 let seed = self.units[i]
                     .record
                     .key()

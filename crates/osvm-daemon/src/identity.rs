@@ -64,6 +64,11 @@ fn replace(
     fs::rename(&tmp, dir.join(name)).map_err(|e| io("rename", e))
 }
 
+/// Where the identity files of `stack/component` live on the host.
+pub fn identity_dir(state_dir: &Path, stack: &str, component: &str) -> PathBuf {
+    state_dir.join("identities").join(stack).join(component)
+}
+
 /// Issues a certificate for `component` of `stack` and writes the identity files; `uid` owns
 /// the key (the sandbox's root, as seen from the host).
 pub fn deliver(
@@ -81,10 +86,7 @@ pub fn deliver(
         pki.init_ca(osvm_pki::ca::CA_VALIDITY)?;
     }
     let issued = pki.issue(&stack.name, component, stack.certificate_ttl)?;
-    let dir = state_dir
-        .join("identities")
-        .join(&stack.name)
-        .join(component);
+    let dir = identity_dir(state_dir, &stack.name, component);
     fs::create_dir_all(&dir).map_err(|e| PkiError::Io(format!("create {}", dir.display()), e))?;
     for d in [
         state_dir.join("identities"),
@@ -115,10 +117,7 @@ pub fn refresh_trust(state_dir: &Path, stack: &Stack, component: &str) -> Result
         &pki_dir(state_dir, &stack.trust_domain),
         &stack.trust_domain,
     )?;
-    let dir = state_dir
-        .join("identities")
-        .join(&stack.name)
-        .join(component);
+    let dir = identity_dir(state_dir, &stack.name, component);
     if !dir.exists() {
         return Ok(());
     }

@@ -1,23 +1,94 @@
 //! The engine's side of the hub network (`[stack] network = "hub"`): one hub namespace per
-//! state directory, a namespace and address block per component, the ruleset recomputed from
-//! every hub stack's policy whenever membership changes.
+//! state directory, a namespace and address block per component, a stable service address per
+//! component (its name resolves to it), the ruleset recomputed from every hub stack's policy
+//! whenever membership or policy changes, and an mTLS ingress proxy in the hub for every
+//! listen port of a component marked `mtls = true`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use osvm_core::model::NetworkAccess;
-use osvm_core::stack::{Stack, StackNetwork};
+use osvm_core::stack::{Protocol, Stack, StackNetwork};
 use osvm_net::enforce::{Applied, Enforcer};
 use osvm_net::hub::Hub;
-use osvm_net::ipam::{self, Ipam};
-use osvm_net::ruleset::{Member, allowed};
-use osvm_policy::{Endpoint, PolicySet};
+use osvm_net::ipam::{self, Block, Ipam};
+use osvm_net::proxy::{Authorize, Decision, Ingress, ProxyHost, server_tls};
+use osvm_net::ruleset::{Member, allowed, services};
+use osvm_policy::{AuditLog, AuditRecord, Endpoint, Flow, PolicySet};
+
+/// Where service addresses come from: one per component, the first address of a /30 of this
+/// pool (16,384 services).
+pub const SERVICE_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 214, 0, 0), 16);
+
+/// The service address a block of [`SERVICE_POOL`] stands for.
+fn service_addr(block: &Block) -> Ipv4Addr {
+    block.hub_addr()
+}
+
+/// What the proxies of one stack judge clients by; replaced whenever the stack is re-applied.
+struct StackView {
+    name: String,
+    trust_domain: String,
+    policy: PolicySet,
+    endpoints: HashMap<String, Endpoint>,
+}
+
+type SharedView = Arc<RwLock<Arc<StackView>>>;
+
+/// Policy on the SPIFFE ID of a client of `target:port`.
+struct PolicyAuthorizer {
+    view: SharedView,
+    target: String,
+    port: u16,
+}
+
+impl Authorize for PolicyAuthorizer {
+    fn authorize(&self, spiffe_id: &str) -> Decision {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let deny = |rule: String| Decision {
+            allowed: false,
+            rule,
+        };
+        let prefix = format!("spiffe://{}/{}/", view.trust_domain, view.name);
+        let Some(component) = spiffe_id.strip_prefix(&prefix) else {
+            return deny(format!(
+                "not an identity of stack {} in trust domain {}",
+                view.name, view.trust_domain
+            ));
+        };
+        let (Some(from), Some(to)) = (view.endpoints.get(component), view.endpoints.get(&self.target))
+        else {
+            return deny(format!("no component {component} in stack {}", view.name));
+        };
+        let flow = Flow {
+            from: from.clone(),
+            to: to.clone(),
+            port: self.port,
+            protocol: Protocol::Tcp,
+        };
+        let verdict = view.policy.evaluate(&flow);
+        Decision {
+            allowed: verdict.allowed,
+            rule: AuditRecord::for_flow("", &view.policy, &flow, &verdict).rule,
+        }
+    }
+}
 
 /// The hub and the component namespaces of one state directory.
 pub struct NetPlane {
     prefix: String,
+    state_dir: PathBuf,
     enforcer: Enforcer,
     ipam: Ipam,
+    services: Ipam,
+    /// The proxy thread in the hub, once an mTLS component needed it.
+    proxies: Option<ProxyHost>,
+    /// Ingress proxies running: where each listens, for which `stack/component`.
+    ingress: BTreeMap<SocketAddr, String>,
+    views: BTreeMap<String, SharedView>,
+    audit: Arc<AuditLog>,
 }
 
 /// FNV-1a of `s`: a short name for a state directory that stays the same across builds.
@@ -61,11 +132,28 @@ impl NetPlane {
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let (pool, len) = ipam::DEFAULT_POOL;
         let ipam = Ipam::open(&dir.join("ipam.json"), pool, len).map_err(|e| e.to_string())?;
+        let (pool, len) = SERVICE_POOL;
+        let services =
+            Ipam::open(&dir.join("services.json"), pool, len).map_err(|e| e.to_string())?;
+        let audit_path = state_dir.join("audit.log");
+        let audit = AuditLog::open(&audit_path)
+            .map_err(|e| format!("open {}: {e}", audit_path.display()))?;
         Ok(Self {
             prefix,
+            state_dir: state_dir.to_path_buf(),
             enforcer: Enforcer::new(hub),
             ipam,
+            services,
+            proxies: None,
+            ingress: BTreeMap::new(),
+            views: BTreeMap::new(),
+            audit: Arc::new(audit),
         })
+    }
+
+    /// The audit log of the hub's decisions.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
     }
 
     fn netns_name(&self, index: u32) -> String {
@@ -75,10 +163,9 @@ impl NetPlane {
     /// Puts `stack/component` on the hub (address block, namespace, veth) if it is not yet;
     /// returns its namespace's path and whether it was new.
     pub fn join(&mut self, stack: &str, component: &str) -> Result<(PathBuf, bool), String> {
-        let block = self
-            .ipam
-            .allocate(&format!("{stack}/{component}"))
-            .map_err(|e| e.to_string())?;
+        let key = format!("{stack}/{component}");
+        let block = self.ipam.allocate(&key).map_err(|e| e.to_string())?;
+        self.services.allocate(&key).map_err(|e| e.to_string())?;
         let name = self.netns_name(block.index);
         let path = netns_path(&name);
         if path.exists() {
@@ -92,45 +179,161 @@ impl NetPlane {
         Ok((path, true))
     }
 
-    /// `/etc/hosts` lines for the components of `stack` on the hub.
+    /// `/etc/hosts` lines for the components of `stack` on the hub: each name is its
+    /// component's service address.
     pub fn hosts(&self, stack: &Stack) -> Vec<(String, String)> {
         stack
             .components
             .iter()
             .filter_map(|c| {
-                let block = self.ipam.get(&format!("{}/{}", stack.name, c.name))?;
+                let block = self.services.get(&format!("{}/{}", stack.name, c.name))?;
                 Some((
-                    block.component_addr().to_string(),
+                    service_addr(&block).to_string(),
                     format!("{}.{}.osvm {}", c.name, stack.name, c.name),
                 ))
             })
             .collect()
     }
 
-    /// Recomputes and applies the ruleset for every hub stack's components that are on the hub.
-    /// Policy is per stack: rules never name another stack's components.
+    /// Recomputes and applies the ruleset and service map for every hub stack's components
+    /// that are on the hub, then starts and stops ingress proxies to match. Policy is per
+    /// stack: rules never name another stack's components.
     pub fn apply(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<Applied, String> {
         let mut tuples = Vec::new();
+        let mut service_map = Vec::new();
+        // Ingress proxies wanted: listen address -> (upstream, stack, component).
+        let mut wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)> = BTreeMap::new();
+        let mut seen = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
+            let endpoint = |c: &osvm_core::stack::Component| {
+                Endpoint::component(&c.name, c.component_type.kind(), NetworkAccess::Restricted)
+            };
             let members: Vec<Member> = stack
                 .components
                 .iter()
                 .filter_map(|c| {
-                    let block = self.ipam.get(&format!("{}/{}", stack.name, c.name))?;
+                    let key = format!("{}/{}", stack.name, c.name);
+                    let block = self.ipam.get(&key)?;
                     Some(Member {
-                        endpoint: Endpoint::component(
-                            &c.name,
-                            c.component_type.kind(),
-                            NetworkAccess::Restricted,
-                        ),
+                        endpoint: endpoint(c),
                         block,
                         listen: c.listen.clone(),
+                        service: self.services.get(&key).map(|b| service_addr(&b)),
+                        mtls: c.mtls,
                     })
                 })
                 .collect();
-            tuples.extend(allowed(&PolicySet::new(stack.policies.clone()), &members));
+            let policy = PolicySet::new(stack.policies.clone());
+            tuples.extend(allowed(&policy, &members));
+            service_map.extend(services(&members));
+            for m in members.iter().filter(|m| m.mtls) {
+                let Some(service) = m.service else { continue };
+                for &port in &m.listen {
+                    wanted.insert(
+                        SocketAddr::from((service, port)),
+                        (
+                            SocketAddr::from((m.block.component_addr(), port)),
+                            stack.name.clone(),
+                            m.endpoint.to_string(),
+                        ),
+                    );
+                }
+            }
+            let view = Arc::new(StackView {
+                name: stack.name.clone(),
+                trust_domain: stack.trust_domain.clone(),
+                policy,
+                endpoints: stack
+                    .components
+                    .iter()
+                    .map(|c| (c.name.clone(), endpoint(c)))
+                    .collect(),
+            });
+            match self.views.get(&stack.name) {
+                Some(shared) => *shared.write().unwrap_or_else(|e| e.into_inner()) = view,
+                None => {
+                    self.views
+                        .insert(stack.name.clone(), Arc::new(RwLock::new(view)));
+                }
+            }
+            seen.push(stack.name.clone());
         }
-        self.enforcer.apply(tuples).map_err(|e| e.to_string())
+        self.views.retain(|name, _| seen.contains(name));
+        let applied = self
+            .enforcer
+            .apply_with_services(tuples, service_map)
+            .map_err(|e| e.to_string())?;
+        self.sync_proxies(stacks, wanted)?;
+        Ok(applied)
+    }
+
+    /// Starts the ingress proxies in `wanted` that are not running and stops those that are
+    /// not wanted any more.
+    fn sync_proxies(
+        &mut self,
+        stacks: &BTreeMap<String, Stack>,
+        wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)>,
+    ) -> Result<(), String> {
+        let gone: Vec<SocketAddr> = self
+            .ingress
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            self.ingress.remove(&addr);
+            if let Some(p) = self.proxies.as_mut() {
+                p.remove(addr);
+            }
+            if let std::net::IpAddr::V4(ip) = addr.ip()
+                && !wanted.keys().any(|w| w.ip() == addr.ip())
+            {
+                self.enforcer.hub().del_local(ip).map_err(|e| e.to_string())?;
+            }
+        }
+        for (listen, (upstream, stack_name, component)) in wanted {
+            if self.ingress.contains_key(&listen) {
+                continue;
+            }
+            let (Some(stack), Some(view)) = (stacks.get(&stack_name), self.views.get(&stack_name))
+            else {
+                continue;
+            };
+            if self.proxies.is_none() {
+                let host = ProxyHost::start(Some(&self.enforcer.hub().path()))
+                    .map_err(|e| e.to_string())?;
+                self.proxies = Some(host);
+            }
+            if let std::net::IpAddr::V4(ip) = listen.ip() {
+                self.enforcer.hub().add_local(ip).map_err(|e| e.to_string())?;
+            }
+            let pki = osvm_pki::Pki::new(
+                &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
+                &stack.trust_domain,
+            )
+            .map_err(|e| e.to_string())?;
+            let identity = crate::identity::identity_dir(&self.state_dir, &stack_name, &component);
+            let spec = Ingress {
+                decider: format!("mtls-ingress {component}.{stack_name}:{}", listen.port()),
+                resource: format!("{component} tcp/{}", listen.port()),
+                listen,
+                upstream,
+                tls: Arc::new(server_tls(&identity, &pki.crl_paths(), &stack.trust_domain)),
+                authorize: Arc::new(PolicyAuthorizer {
+                    view: view.clone(),
+                    target: component.clone(),
+                    port: listen.port(),
+                }),
+                audit: Some(self.audit.clone()),
+            };
+            self.proxies
+                .as_mut()
+                .expect("started above")
+                .add_ingress(spec)
+                .map_err(|e| e.to_string())?;
+            self.ingress.insert(listen, format!("{stack_name}/{component}"));
+        }
+        Ok(())
     }
 
     /// Takes `stack/component` off the hub: its namespace goes, its block returns to the pool.
@@ -143,11 +346,32 @@ impl NetPlane {
             }
             self.ipam.release(&key).map_err(|e| e.to_string())?;
         }
+        let proxied: Vec<SocketAddr> = self
+            .ingress
+            .iter()
+            .filter(|(_, k)| **k == key)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in proxied {
+            self.ingress.remove(&addr);
+            if let Some(p) = self.proxies.as_mut() {
+                p.remove(addr);
+            }
+        }
+        if let Some(block) = self.services.get(&key) {
+            self.enforcer
+                .hub()
+                .del_local(service_addr(&block))
+                .map_err(|e| e.to_string())?;
+            self.services.release(&key).map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
     /// Removes every component namespace and the hub (the foreground `osvm up` owns them).
     pub fn destroy(mut self) -> Result<(), String> {
+        // The proxies' sockets live in the hub: stop them first.
+        self.proxies = None;
         for (key, _) in self.ipam.all() {
             if let Some((stack, component)) = key.split_once('/') {
                 self.leave(stack, component)?;

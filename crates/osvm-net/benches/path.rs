@@ -159,6 +159,8 @@ fn main() {
             endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
             block,
             listen: vec![7000],
+            service: None,
+            mtls: false,
         });
     }
     let policy = PolicySet::new(vec![PolicyRule {

@@ -76,6 +76,18 @@ impl Enforcer {
         })
     }
 
+    /// [`Enforcer::apply`] with the service map replaced too, in the same transaction.
+    pub fn apply_with_services(
+        &mut self,
+        allowed: Vec<Allowed>,
+        mut services: Vec<Service>,
+    ) -> Result<Applied, NetError> {
+        services.sort();
+        services.dedup_by_key(|(service, _)| *service);
+        self.services = services;
+        self.apply(allowed)
+    }
+
     /// Points every service address at its instance (one transaction; see
     /// [`services_script`]). Live connections keep the instance they had.
     pub fn set_services(&mut self, mut services: Vec<Service>) -> Result<(), NetError> {

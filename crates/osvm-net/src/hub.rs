@@ -107,6 +107,34 @@ impl Hub {
         .map(|_| ())
     }
 
+    /// Puts `addr` on the hub's loopback (a service address a proxy in the hub listens on);
+    /// already there is fine.
+    pub fn add_local(&self, addr: Ipv4Addr) -> Result<(), NetError> {
+        let cidr = format!("{addr}/32");
+        match run("ip", &["-n", &self.name, "addr", "add", &cidr, "dev", "lo"], None) {
+            Err(NetError::Command { detail, .. }) if detail.contains("File exists") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Takes `addr` off the hub's loopback; absent is fine.
+    pub fn del_local(&self, addr: Ipv4Addr) -> Result<(), NetError> {
+        let cidr = format!("{addr}/32");
+        match run("ip", &["-n", &self.name, "addr", "del", &cidr, "dev", "lo"], None) {
+            Err(NetError::Command { detail, .. })
+                if detail.contains("Cannot assign") || detail.contains("not found") =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The path of the hub's namespace (for `setns`).
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(&self.name)
+    }
+
     /// Runs `nft` in the hub with `script` as its input (one transaction).
     pub fn nft(&self, args: &[&str], script: Option<&str>) -> Result<String, NetError> {
         let mut full = vec!["netns", "exec", self.name.as_str(), "nft"];

@@ -13,6 +13,7 @@
 pub mod enforce;
 pub mod hub;
 pub mod ipam;
+pub mod proxy;
 pub mod ruleset;
 
 use std::process::Command;

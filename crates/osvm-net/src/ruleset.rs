@@ -28,6 +28,23 @@ pub struct Member {
     pub block: Block,
     /// Ports it listens on; a rule without ports allows these.
     pub listen: Vec<u16>,
+    /// Its stable service address, if it has one.
+    pub service: Option<std::net::Ipv4Addr>,
+    /// Whether it is reached only through the mTLS ingress proxy, which listens in the hub on
+    /// its service address: allowed TCP flows then end at the service address (the hub's input
+    /// chain), never at the component itself, and UDP to it is not forwarded.
+    pub mtls: bool,
+}
+
+impl Member {
+    /// Where allowed flows to this member end: the service address for an mTLS member (the
+    /// proxy in the hub), its own address otherwise.
+    pub fn tcp_destination(&self) -> std::net::Ipv4Addr {
+        match (self.mtls, self.service) {
+            (true, Some(service)) => service,
+            _ => self.block.component_addr(),
+        }
+    }
 }
 
 /// One allowed tuple.
@@ -63,6 +80,9 @@ pub fn allowed(policy: &PolicySet, members: &[Member]) -> Vec<Allowed> {
             ports.extend(to.listen.iter().copied());
             for port in ports {
                 for protocol in [Protocol::Tcp, Protocol::Udp] {
+                    if protocol == Protocol::Udp && to.mtls {
+                        continue;
+                    }
                     let flow = Flow {
                         from: from.endpoint.clone(),
                         to: to.endpoint.clone(),
@@ -73,7 +93,7 @@ pub fn allowed(policy: &PolicySet, members: &[Member]) -> Vec<Allowed> {
                         out.push(Allowed {
                             iifname: hub_ifname(&from.block),
                             saddr: from.block.component_addr(),
-                            daddr: to.block.component_addr(),
+                            daddr: to.tcp_destination(),
                             port,
                             udp: protocol == Protocol::Udp,
                         });
@@ -89,6 +109,16 @@ pub fn allowed(policy: &PolicySet, members: &[Member]) -> Vec<Allowed> {
 
 /// A stable service address and the instance address it currently sends to.
 pub type Service = (std::net::Ipv4Addr, std::net::Ipv4Addr);
+
+/// The service map of `members`: every member with a service address that is not behind the
+/// mTLS proxy, to its own address.
+pub fn services(members: &[Member]) -> Vec<Service> {
+    members
+        .iter()
+        .filter(|m| !m.mtls)
+        .filter_map(|m| Some((m.service?, m.block.component_addr())))
+        .collect()
+}
 
 /// The elements of the `services` map, as nft syntax (empty when there are none).
 fn service_elements(services: &[Service]) -> String {
@@ -116,7 +146,9 @@ pub fn services_script(services: &[Service]) -> String {
 
 /// The `nft -f` script that replaces the table with one enforcing `allowed` and sending each
 /// service address to its instance (DNAT before the forward chain, so policy judges the
-/// instance's address).
+/// instance's address). The same sets guard the hub's own input chain, where the mTLS proxies
+/// listen; anything else addressed to the hub is refused. Every set element counts its packets
+/// and bytes, which is what `osvm net show` reports per rule.
 pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
     let elements = |udp: bool| -> String {
         let items: Vec<String> = allowed

@@ -144,6 +144,8 @@ fn topology(
             endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
             block,
             listen: listen.to_vec(),
+            service: None,
+            mtls: false,
         });
     }
     (guard, dir, netns, members, hub)

@@ -231,6 +231,12 @@ impl Pki {
         self.dir.join("crl.pem")
     }
 
+    /// The CRL files [`Pki::crl_bundle_pem`] reads: the current CA's, then the previous CA's
+    /// (present only during a rotation).
+    pub fn crl_paths(&self) -> Vec<PathBuf> {
+        vec![self.crl_path(), self.previous_dir().join("crl.pem")]
+    }
+
     /// Whether a CA exists.
     pub fn has_ca(&self) -> bool {
         self.ca_cert_path().exists() && self.ca_key_path().exists()

@@ -31,6 +31,26 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// A record stamped now.
+    pub fn new(
+        decider: &str,
+        subject: &str,
+        resource: &str,
+        action: &str,
+        allowed: bool,
+        rule: &str,
+    ) -> Self {
+        Self {
+            at_ms: now_ms(),
+            decider: decider.into(),
+            subject: subject.into(),
+            resource: resource.into(),
+            action: action.into(),
+            allowed,
+            rule: rule.into(),
+        }
+    }
+
     /// The record of `verdict` on `flow` under `policy`, stamped now.
     pub fn for_flow(decider: &str, policy: &PolicySet, flow: &Flow, verdict: &Verdict) -> Self {
         let rule = match &verdict.reason {
@@ -44,9 +64,7 @@ impl AuditRecord {
             Reason::FullAccess => "full network access".into(),
         };
         Self {
-            at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: now_ms(),
             decider: decider.into(),
             subject: flow.from.to_string(),
             resource: format!("{} {}/{}", flow.to, flow.protocol, flow.port),
@@ -55,6 +73,12 @@ impl AuditRecord {
             rule,
         }
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An append-only JSON-lines file of [`AuditRecord`]s, safe to share between threads.

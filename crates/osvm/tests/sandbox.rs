@@ -964,6 +964,8 @@ fn a_sandbox_on_the_hub_network_is_held_to_policy_and_cannot_change_it() {
             ),
             block,
             listen: vec![8080, 9090],
+            service: None,
+            mtls: false,
         });
     }
     // Listeners in b, answering "hello".

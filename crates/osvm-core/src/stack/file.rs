@@ -106,6 +106,8 @@ pub(crate) struct RawComponent {
     pub(crate) stop_grace: Option<Spanned<String>>,
     /// What tells it that its identity was renewed.
     pub(crate) identity_reload: Option<Spanned<Table<RawReload>>>,
+    /// Reached only through osvm's mTLS ingress proxy.
+    pub(crate) mtls: Option<Spanned<bool>>,
 }
 
 /// `identity_reload = { signal = "HUP" }` or `{ exec = [...] }`.

@@ -146,6 +146,10 @@ pub struct Component {
     /// What tells it that its identity files were renewed (default: nothing).
     #[serde(default)]
     pub identity_reload: Option<IdentityReload>,
+    /// Reached only through osvm's mTLS ingress proxy on its service address (hub stacks):
+    /// clients must present a certificate of the stack's CA whose identity policy allows.
+    #[serde(default)]
+    pub mtls: bool,
 }
 
 /// The network a stack's components are on.

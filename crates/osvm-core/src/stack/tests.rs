@@ -85,6 +85,7 @@ fn expected_full() -> Stack {
                 allow_weaker_isolation: false,
                 stop_grace: Duration::from_secs(30),
                 identity_reload: Some(IdentityReload::Signal(1)),
+                mtls: false,
             },
             Component {
                 name: "mcp-fs".into(),
@@ -116,6 +117,7 @@ fn expected_full() -> Stack {
                 allow_weaker_isolation: false,
                 stop_grace: Component::DEFAULT_STOP_GRACE,
                 identity_reload: None,
+                mtls: false,
             },
             Component {
                 name: "val".into(),
@@ -148,6 +150,7 @@ fn expected_full() -> Stack {
                 allow_weaker_isolation: false,
                 stop_grace: Duration::from_secs(10),
                 identity_reload: None,
+                mtls: false,
             },
         ],
         policies: vec![

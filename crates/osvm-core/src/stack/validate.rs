@@ -343,6 +343,20 @@ fn component(
         ));
     }
 
+    let mtls = match raw.mtls {
+        Some(m) if *m.get_ref() && listen.is_empty() => {
+            return Err(src.error(
+                m.span(),
+                format!(
+                    "component `{name_text}` has mtls = true but no `listen` ports: the mTLS \
+                     proxy forwards to the ports the component listens on"
+                ),
+            ));
+        }
+        Some(m) => m.into_inner(),
+        None => false,
+    };
+
     Ok(Component {
         name: name.into_inner(),
         component_type,
@@ -361,6 +375,7 @@ fn component(
         allow_weaker_isolation,
         stop_grace,
         identity_reload,
+        mtls,
     })
 }
 
