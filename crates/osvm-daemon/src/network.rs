@@ -58,8 +58,10 @@ impl Authorize for PolicyAuthorizer {
                 view.name, view.trust_domain
             ));
         };
-        let (Some(from), Some(to)) = (view.endpoints.get(component), view.endpoints.get(&self.target))
-        else {
+        let (Some(from), Some(to)) = (
+            view.endpoints.get(component),
+            view.endpoints.get(&self.target),
+        ) else {
             return deny(format!("no component {component} in stack {}", view.name));
         };
         let flow = Flow {
@@ -288,7 +290,10 @@ impl NetPlane {
             if let std::net::IpAddr::V4(ip) = addr.ip()
                 && !wanted.keys().any(|w| w.ip() == addr.ip())
             {
-                self.enforcer.hub().del_local(ip).map_err(|e| e.to_string())?;
+                self.enforcer
+                    .hub()
+                    .del_local(ip)
+                    .map_err(|e| e.to_string())?;
             }
         }
         for (listen, (upstream, stack_name, component)) in wanted {
@@ -305,7 +310,10 @@ impl NetPlane {
                 self.proxies = Some(host);
             }
             if let std::net::IpAddr::V4(ip) = listen.ip() {
-                self.enforcer.hub().add_local(ip).map_err(|e| e.to_string())?;
+                self.enforcer
+                    .hub()
+                    .add_local(ip)
+                    .map_err(|e| e.to_string())?;
             }
             let pki = osvm_pki::Pki::new(
                 &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
@@ -331,7 +339,8 @@ impl NetPlane {
                 .expect("started above")
                 .add_ingress(spec)
                 .map_err(|e| e.to_string())?;
-            self.ingress.insert(listen, format!("{stack_name}/{component}"));
+            self.ingress
+                .insert(listen, format!("{stack_name}/{component}"));
         }
         Ok(())
     }

@@ -111,7 +111,11 @@ impl Hub {
     /// already there is fine.
     pub fn add_local(&self, addr: Ipv4Addr) -> Result<(), NetError> {
         let cidr = format!("{addr}/32");
-        match run("ip", &["-n", &self.name, "addr", "add", &cidr, "dev", "lo"], None) {
+        match run(
+            "ip",
+            &["-n", &self.name, "addr", "add", &cidr, "dev", "lo"],
+            None,
+        ) {
             Err(NetError::Command { detail, .. }) if detail.contains("File exists") => Ok(()),
             other => other.map(|_| ()),
         }
@@ -120,7 +124,11 @@ impl Hub {
     /// Takes `addr` off the hub's loopback; absent is fine.
     pub fn del_local(&self, addr: Ipv4Addr) -> Result<(), NetError> {
         let cidr = format!("{addr}/32");
-        match run("ip", &["-n", &self.name, "addr", "del", &cidr, "dev", "lo"], None) {
+        match run(
+            "ip",
+            &["-n", &self.name, "addr", "del", &cidr, "dev", "lo"],
+            None,
+        ) {
             Err(NetError::Command { detail, .. })
                 if detail.contains("Cannot assign") || detail.contains("not found") =>
             {

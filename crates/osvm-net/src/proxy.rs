@@ -199,15 +199,12 @@ impl ProxyHost {
         let thread = std::thread::Builder::new()
             .name("osvm-proxy".into())
             .spawn(move || {
-                let runtime = netns
-                    .as_deref()
-                    .map_or(Ok(()), enter_netns)
-                    .and_then(|()| {
-                        tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                            .map_err(|e| format!("tokio runtime: {e}"))
-                    });
+                let runtime = netns.as_deref().map_or(Ok(()), enter_netns).and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("tokio runtime: {e}"))
+                });
                 match runtime {
                     Ok(runtime) => {
                         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -355,8 +352,11 @@ async fn ingress(tcp: TcpStream, peer: SocketAddr, spec: Arc<Ingress>, counters:
         Ok(c) => c,
         Err(e) => return record(&from, false, &format!("no identity to present: {e}")),
     };
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
-        .await
+    let mut tls = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsAcceptor::from(config).accept(tcp),
+    )
+    .await
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return record(&from, false, &format!("TLS handshake failed: {e}")),
@@ -419,7 +419,12 @@ pub fn server_tls(
     crls: &[PathBuf],
     trust_domain: &str,
 ) -> Reloading<ServerConfig> {
-    from_files(identity_dir, crls, trust_domain, osvm_pki::tls::server_config)
+    from_files(
+        identity_dir,
+        crls,
+        trust_domain,
+        osvm_pki::tls::server_config,
+    )
 }
 
 /// Client-side TLS from the same files as [`server_tls`].
@@ -428,7 +433,12 @@ pub fn client_tls(
     crls: &[PathBuf],
     trust_domain: &str,
 ) -> Reloading<ClientConfig> {
-    from_files(identity_dir, crls, trust_domain, osvm_pki::tls::client_config)
+    from_files(
+        identity_dir,
+        crls,
+        trust_domain,
+        osvm_pki::tls::client_config,
+    )
 }
 
 fn from_files<T: 'static>(

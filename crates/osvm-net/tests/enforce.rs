@@ -524,3 +524,199 @@ fn a_service_address_moves_atomically_and_live_connections_keep_their_instance()
     drop(guard);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Writes `component`'s identity files, issued by `pki` for stack `t`, into `dir/<component>`.
+fn identity(pki: &osvm_pki::Pki, dir: &std::path::Path, component: &str) -> std::path::PathBuf {
+    let issued = pki
+        .issue("t", component, Duration::from_secs(3600))
+        .unwrap();
+    let dir = dir.join(component);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), issued.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), issued.key_pem).unwrap();
+    std::fs::write(dir.join("bundle.pem"), pki.bundle_pem().unwrap()).unwrap();
+    dir
+}
+
+/// Only one SPIFFE ID may pass.
+struct Only(String);
+
+impl osvm_net::proxy::Authorize for Only {
+    fn authorize(&self, spiffe_id: &str) -> osvm_net::proxy::Decision {
+        let allowed = spiffe_id == self.0;
+        osvm_net::proxy::Decision {
+            allowed,
+            rule: if allowed { "allow cli" } else { "default deny" }.into(),
+        }
+    }
+}
+
+/// From `ns`, a TLS connection to `addr` (server name `srv.t.osvm`) that presents the identity
+/// in `client` (none when `None`) and trusts `bundle`; sends `ping` and returns what comes back.
+fn tls_ping(
+    ns: &str,
+    addr: SocketAddr,
+    bundle: std::path::PathBuf,
+    client: Option<std::path::PathBuf>,
+) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    in_netns(ns, move || {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&bundle).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client {
+            Some(dir) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(dir.join("cert.pem"))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect(),
+                    PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let tcp =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            "srv.t.osvm".try_into().unwrap(),
+        )
+        .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"ping").map_err(|e| e.to_string())?;
+        let mut back = [0u8; 4];
+        tls.read_exact(&mut back).map_err(|e| e.to_string())?;
+        Ok(back.to_vec())
+    })
+}
+
+#[test]
+fn mtls_ingress_admits_the_allowed_identity_refuses_the_rest_and_audits_each() {
+    use osvm_net::proxy::{Ingress, ProxyHost, server_tls};
+    use osvm_policy::AuditLog;
+    use std::sync::Arc;
+    if !can_run("mtls ingress") {
+        return;
+    }
+    let (_guard, dir, netns, mut members, hub) = topology("m", &["cli", "srv"], &[8443]);
+    let service = Ipv4Addr::new(10, 214, 0, 1);
+    members[1].service = Some(service);
+    members[1].mtls = true;
+    hub.add_local(service).unwrap();
+    let policy = PolicySet::new(vec![rule(PolicyAction::Allow, "cli", "srv", &[8443])]);
+    hub.nft(
+        &["-f", "-"],
+        Some(&script(&allowed(&policy, &members), &[])),
+    )
+    .unwrap();
+    serve(&netns[1], 8443, |s| {
+        use std::io::{Read, Write};
+        let mut b = [0u8; 4];
+        if (&s).read_exact(&mut b).is_ok() {
+            let _ = (&s).write_all(&b);
+        }
+    });
+
+    let pki = osvm_pki::Pki::new(&dir.join("pki"), "test.osvm").unwrap();
+    pki.init_ca(Duration::from_secs(86_400)).unwrap();
+    let ids = dir.join("identities");
+    let srv = identity(&pki, &ids, "srv");
+    let cli = identity(&pki, &ids, "cli");
+    let other = identity(&pki, &ids, "other");
+    let stranger_ca = osvm_pki::Pki::new(&dir.join("pki2"), "test.osvm").unwrap();
+    stranger_ca.init_ca(Duration::from_secs(86_400)).unwrap();
+    let stranger = identity(&stranger_ca, &dir.join("identities2"), "cli");
+
+    let audit_path = dir.join("audit.log");
+    let mut host = ProxyHost::start(Some(&hub.path())).unwrap();
+    let upstream = SocketAddr::from((members[1].block.component_addr(), 8443));
+    host.add_ingress(Ingress {
+        decider: "mtls-ingress srv.t:8443".into(),
+        resource: "srv tcp/8443".into(),
+        listen: SocketAddr::from((service, 8443)),
+        upstream,
+        tls: Arc::new(server_tls(&srv, &pki.crl_paths(), "test.osvm")),
+        authorize: Arc::new(Only("spiffe://test.osvm/t/cli".into())),
+        audit: Some(Arc::new(AuditLog::open(&audit_path).unwrap())),
+    })
+    .unwrap();
+    let front = SocketAddr::from((service, 8443));
+    let bundle = srv.join("bundle.pem");
+
+    assert_eq!(
+        tls_ping(&netns[0], front, bundle.clone(), Some(cli.clone())),
+        Ok(b"ping".to_vec()),
+        "the allowed identity passes"
+    );
+    let refused = |who: Option<std::path::PathBuf>, what: &str| {
+        let r = tls_ping(&netns[0], front, bundle.clone(), who);
+        assert!(r.is_err(), "{what} must be refused, got {r:?}");
+    };
+    refused(Some(other.clone()), "an identity policy does not allow");
+    refused(None, "a client without a certificate");
+    refused(Some(stranger), "a certificate of another CA");
+    // The proxy is the only way in: the component's own address is closed to the client.
+    assert_eq!(
+        connect(&netns[0], upstream).map_err(|(errno, _)| errno),
+        Err(113),
+        "a direct connection to the mTLS component must be rejected (EHOSTUNREACH)"
+    );
+    assert_eq!(pki.revoke("cli").unwrap().len(), 1);
+    refused(Some(cli), "a revoked certificate");
+
+    let records = AuditLog::read(&audit_path).unwrap();
+    let find = |pred: &dyn Fn(&osvm_policy::AuditRecord) -> bool, what: &str| {
+        assert!(
+            records.iter().any(pred),
+            "no audit record of {what}: {records:#?}"
+        );
+    };
+    find(
+        &|r| {
+            r.allowed
+                && r.subject.starts_with("spiffe://test.osvm/t/cli from ")
+                && r.rule == "allow cli"
+        },
+        "the allowed client",
+    );
+    find(
+        &|r| {
+            !r.allowed
+                && r.subject.starts_with("spiffe://test.osvm/t/other ")
+                && r.rule == "default deny"
+        },
+        "the identity policy refused",
+    );
+    find(
+        &|r| !r.allowed && r.rule.contains("handshake failed") && r.rule.contains("certificate"),
+        "the missing certificate",
+    );
+    find(
+        &|r| !r.allowed && r.rule.contains("UnknownIssuer"),
+        "the other CA",
+    );
+    find(
+        &|r| !r.allowed && r.rule.contains("Revoked"),
+        "the revoked certificate",
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.decider == "mtls-ingress srv.t:8443" && r.resource == "srv tcp/8443"),
+        "{records:#?}"
+    );
+    assert_eq!(host.counters()[0].1.accepted, 1, "{:?}", host.counters());
+    assert_eq!(host.counters()[0].1.refused, 4, "{:?}", host.counters());
+    drop(host);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
