@@ -849,20 +849,7 @@ restart = "never"
 /// (refusals are EHOSTUNREACH), and the foreground `osvm up` removes its namespaces at the end.
 #[test]
 fn hub_stacks_reach_each_other_by_name_only_as_policy_allows() {
-    if !sandbox_available("hub stack") {
-        return;
-    }
-    if !std::path::Path::new("/usr/bin/python3").exists()
-        || std::process::Command::new("nft")
-            .arg("--version")
-            .output()
-            .is_err()
-        || std::process::Command::new("conntrack")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        skip("hub stack", "needs python3, nft and conntrack");
+    if !hub_available("hub stack") {
         return;
     }
     let state = StateDir::new("hub-stack");
@@ -899,17 +886,7 @@ allow = { from = "client", to = "web", ports = [8080] }
         events.iter().any(|e| e["event"] == "network-policy"),
         "{events:?}"
     );
-    let log = |name: &str| -> String {
-        state
-            .instances()
-            .into_iter()
-            .filter(|id| id.starts_with(&format!("{name}-")))
-            .map(|id| {
-                std::fs::read_to_string(state.path.join("instances").join(id).join("stdout.log"))
-                    .unwrap_or_default()
-            })
-            .collect()
-    };
+    let log = |name: &str| component_stdout(&state, name);
     assert!(
         log("client").contains("GOT 200"),
         "client: {}",
@@ -920,6 +897,41 @@ allow = { from = "client", to = "web", ports = [8080] }
         "intruder: {}",
         log("intruder")
     );
+    assert_no_namespace_left();
+}
+
+/// Whether hub stacks can run here (root, python3, nft, conntrack); prints why not.
+fn hub_available(test: &str) -> bool {
+    if !sandbox_available(test) {
+        return false;
+    }
+    let has = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok()
+    };
+    if !std::path::Path::new("/usr/bin/python3").exists() || !has("nft") || !has("conntrack") {
+        skip(test, "needs python3, nft and conntrack");
+        return false;
+    }
+    true
+}
+
+/// Everything the instances of `name` wrote to stdout.
+fn component_stdout(state: &StateDir, name: &str) -> String {
+    state
+        .instances()
+        .into_iter()
+        .filter(|id| id.starts_with(&format!("{name}-")))
+        .map(|id| {
+            std::fs::read_to_string(state.path.join("instances").join(id).join("stdout.log"))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn assert_no_namespace_left() {
     let left = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -929,4 +941,79 @@ allow = { from = "client", to = "web", ports = [8080] }
         !left.lines().any(|l| l.starts_with("osvm-")),
         "namespaces left behind: {left}"
     );
+}
+
+#[test]
+fn an_mtls_component_is_reached_through_the_proxy_with_an_identity_and_refusals_are_audited() {
+    if !hub_available("mtls stack") {
+        return;
+    }
+    let state = StateDir::new("mtls-stack");
+    let client = r#"
+import sys, ssl, time, http.client
+time.sleep(1)
+ctx = ssl.create_default_context(cafile='/run/osvm/identity/bundle.pem')
+if sys.argv[1] == 'cert':
+    ctx.load_cert_chain('/run/osvm/identity/cert.pem', '/run/osvm/identity/key.pem')
+try:
+    c = http.client.HTTPSConnection('db.mt.osvm', 8080, context=ctx, timeout=5)
+    c.request('GET', '/')
+    print(sys.argv[1], 'GOT', c.getresponse().status)
+except Exception as e:
+    print(sys.argv[1], 'REFUSED', type(e).__name__, e)
+"#;
+    let stack = format!(
+        r#"
+[stack]
+name = "mt"
+network = "hub"
+
+[[component]]
+name = "db"
+command = "/usr/bin/python3"
+args = ["-c", "import http.server as h; s = h.HTTPServer(('', 8080), h.SimpleHTTPRequestHandler); s.timeout = 8; s.handle_request()"]
+listen = [8080]
+mtls = true
+restart = "never"
+
+[[component]]
+name = "client"
+command = "/usr/bin/python3"
+args = ["-c", '''{client}''', "cert"]
+restart = "never"
+
+[[component]]
+name = "nocert"
+command = "/usr/bin/python3"
+args = ["-c", '''{client}''', "none"]
+restart = "never"
+
+[[policy]]
+allow = {{ from = "client", to = "db", ports = [8080] }}
+
+[[policy]]
+allow = {{ from = "nocert", to = "db", ports = [8080] }}
+"#
+    );
+    let (code, events) = up_until_done(&state, &stack, Duration::from_secs(40));
+    assert_eq!(code, Some(0), "{events:?}");
+    let client = component_stdout(&state, "client");
+    assert!(client.contains("cert GOT 200"), "client: {client}");
+    let nocert = component_stdout(&state, "nocert");
+    assert!(nocert.contains("none REFUSED"), "nocert: {nocert}");
+    let audit = osvm_policy::AuditLog::read(&state.path.join("audit.log")).unwrap();
+    assert!(
+        audit.iter().any(|r| r.allowed
+            && r.subject.starts_with("spiffe://osvm.local/mt/client from ")
+            && r.resource == "db tcp/8080"
+            && r.rule.contains("allow client -> db")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| !r.allowed && r.rule.contains("handshake failed")),
+        "{audit:#?}"
+    );
+    assert_no_namespace_left();
 }
