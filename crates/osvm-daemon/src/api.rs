@@ -70,6 +70,15 @@ impl From<EngineError> for ApiError {
             EngineError::Ambiguous(..) => {
                 Self::new(StatusCode::CONFLICT, "ambiguous", e.to_string())
             }
+            EngineError::Missing(_) => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            EngineError::Invalid(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_policy",
+                e.to_string(),
+            ),
+            EngineError::Store(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+            }
         }
     }
 }
@@ -130,6 +139,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/stacks", post(apply))
         .route("/v1/stacks/{name}", axum::routing::delete(remove))
+        .route(
+            "/v1/stacks/{name}/policy",
+            get(policy_list).post(policy_add),
+        )
+        .route(
+            "/v1/stacks/{name}/policy/{index}",
+            axum::routing::delete(policy_remove),
+        )
+        .route("/v1/network", get(network))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -313,6 +331,118 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respons
         Json(json!({ "stack": name, "components": components })),
     )
         .into_response())
+}
+
+/// One rule of `GET /v1/stacks/{name}/policy`.
+#[derive(Debug, Serialize)]
+struct ListedRule {
+    index: usize,
+    rule: osvm_core::stack::PolicyRule,
+    text: String,
+}
+
+async fn policy_list(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let rules = ask(&shared, |tx| Command::Policies(name.clone(), tx)).await??;
+    let set = osvm_policy::PolicySet::new(rules.clone());
+    let listed: Vec<ListedRule> = rules
+        .into_iter()
+        .enumerate()
+        .map(|(index, rule)| ListedRule {
+            index,
+            text: set.describe(index).unwrap_or_default(),
+            rule,
+        })
+        .collect();
+    Ok(Json(json!({ "stack": name, "default": "deny", "rules": listed })).into_response())
+}
+
+/// `POST /v1/stacks/{name}/policy`: one rule, in the stack file's terms.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRule {
+    /// `allow` or `deny`.
+    action: osvm_core::stack::PolicyAction,
+    /// A selector: a component, `type:<kind>` or `*`.
+    from: String,
+    /// A selector: a component, `type:<kind>`, `cidr:<network>` or `*`.
+    to: String,
+    /// Destination ports; none means every port.
+    #[serde(default)]
+    ports: Vec<u16>,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    protocol: Option<osvm_core::stack::Protocol>,
+}
+
+async fn policy_add(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    if body.len() > MAX_BODY {
+        return Err(bad(format!("the body exceeds {MAX_BODY} bytes")));
+    }
+    let req: NewRule =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed rule: {e}")))?;
+    let selector = |end: &str, s: &str| {
+        s.parse::<osvm_core::stack::Selector>().map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_policy",
+                format!("`{end}`: {e}"),
+            )
+        })
+    };
+    if req.ports.contains(&0) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_policy",
+            "ports are 1-65535",
+        ));
+    }
+    let rule = osvm_core::stack::PolicyRule {
+        action: req.action,
+        from: selector("from", &req.from)?,
+        to: selector("to", &req.to)?,
+        ports: req.ports,
+        protocol: req.protocol.unwrap_or_default(),
+    };
+    let edit = crate::engine::PolicyEdit::Add(rule);
+    let (index, text) = ask(&shared, |tx| Command::Policy(name.clone(), edit, tx)).await??;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "stack": name, "index": index, "rule": text })),
+    )
+        .into_response())
+}
+
+async fn policy_remove(
+    State(shared): State<Arc<Shared>>,
+    UrlPath((name, index)): UrlPath<(String, usize)>,
+) -> Result<Response, ApiError> {
+    let edit = crate::engine::PolicyEdit::Remove(index);
+    let (index, text) = ask(&shared, |tx| Command::Policy(name.clone(), edit, tx)).await??;
+    Ok(Json(json!({ "stack": name, "index": index, "removed": text })).into_response())
+}
+
+async fn network(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    match ask(&shared, Command::Network).await? {
+        Some(Ok(view)) => Ok(Json(view).into_response()),
+        Some(Err(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "network",
+            format!("reading the hub: {e}"),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_network",
+            "no stack of this daemon uses the hub network (network = \"hub\")",
+        )),
+    }
 }
 
 async fn remove(

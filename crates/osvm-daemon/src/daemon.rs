@@ -58,6 +58,19 @@ pub enum Command {
     Apply(Box<Stack>, oneshot::Sender<Result<(), String>>),
     /// Remove a stack; answers whether it existed.
     Remove(String, oneshot::Sender<Result<bool, String>>),
+    /// Change a stack's policy.
+    Policy(
+        String,
+        crate::engine::PolicyEdit,
+        oneshot::Sender<Result<(usize, String), EngineError>>,
+    ),
+    /// A stack's policy rules.
+    Policies(
+        String,
+        oneshot::Sender<Result<Vec<osvm_core::stack::PolicyRule>, EngineError>>,
+    ),
+    /// Show the hub network.
+    Network(oneshot::Sender<Option<Result<crate::network::NetView, String>>>),
     /// Start, stop or restart a component.
     Component(
         ComponentAction,
@@ -171,6 +184,15 @@ fn handle(engine: &mut Engine, cmd: Command) {
         }
         Command::Remove(name, reply) => {
             let _ = reply.send(engine.remove_stack(&name).map_err(|e| e.to_string()));
+        }
+        Command::Policy(stack, edit, reply) => {
+            let _ = reply.send(engine.edit_policy(&stack, edit));
+        }
+        Command::Policies(stack, reply) => {
+            let _ = reply.send(engine.policies(&stack));
+        }
+        Command::Network(reply) => {
+            let _ = reply.send(engine.network_view());
         }
         Command::Component(action, name, reply) => {
             let result = match action {

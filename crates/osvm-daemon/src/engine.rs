@@ -173,6 +173,24 @@ pub enum EngineError {
     /// Several stacks have a component of that name.
     #[error("several stacks have a component called `{0}`; name one of {1:?}")]
     Ambiguous(String, Vec<String>),
+    /// No stack has that name, or a stack has no such rule.
+    #[error("{0}")]
+    Missing(String),
+    /// The request makes no sense for this stack.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change could not be stored.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// A change to a stack's policy made through the API.
+#[derive(Debug, Clone)]
+pub enum PolicyEdit {
+    /// Append a rule.
+    Add(osvm_core::stack::PolicyRule),
+    /// Remove the rule at this index.
+    Remove(usize),
 }
 
 /// The reconcile loop's state.
@@ -477,6 +495,16 @@ impl Engine {
             }
             self.reapply_network();
         }
+        // The last hub stack is gone: so is the hub (its proxies, namespaces and ruleset).
+        if self.net.is_some()
+            && !self
+                .stacks
+                .values()
+                .any(|s| s.network == osvm_core::stack::StackNetwork::Hub)
+        {
+            self.teardown_network();
+            self.note("network", "no stack uses the hub any more; removed it");
+        }
     }
 
     /// Recomputes the hub's ruleset from every hub stack (when the hub is in use) and logs
@@ -503,6 +531,84 @@ impl Engine {
         if let Err(e) = self.apply_network() {
             self.note("network-failed", &e);
         }
+    }
+
+    /// Changes a stack's policy (kept until the stack is applied again from its file) and
+    /// enforces the result at once: a removed allow cuts the connections it let in. Returns the
+    /// index and text of the rule added or removed.
+    pub fn edit_policy(
+        &mut self,
+        stack: &str,
+        edit: PolicyEdit,
+    ) -> Result<(usize, String), EngineError> {
+        use osvm_core::stack::Selector;
+        let mut changed = self
+            .stacks
+            .get(stack)
+            .cloned()
+            .ok_or_else(|| EngineError::Missing(format!("no stack is called `{stack}`")))?;
+        let (index, rule, action) = match edit {
+            PolicyEdit::Add(rule) => {
+                for (end, selector) in [("from", &rule.from), ("to", &rule.to)] {
+                    match selector {
+                        Selector::Component(name)
+                            if !changed.components.iter().any(|c| &c.name == name) =>
+                        {
+                            return Err(EngineError::Invalid(format!(
+                                "`{end}`: stack `{stack}` has no component `{name}`"
+                            )));
+                        }
+                        Selector::Cidr(_) if end == "from" => {
+                            return Err(EngineError::Invalid(
+                                "`from` cannot be a `cidr:` network: rules govern traffic from components".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                changed.policies.push(rule.clone());
+                (changed.policies.len() - 1, rule, "policy-add")
+            }
+            PolicyEdit::Remove(index) => {
+                if index >= changed.policies.len() {
+                    return Err(EngineError::Missing(format!(
+                        "stack `{stack}` has {} rule(s); there is no #{index}",
+                        changed.policies.len()
+                    )));
+                }
+                (index, changed.policies.remove(index), "policy-remove")
+            }
+        };
+        let text = osvm_policy::PolicySet::new(vec![rule])
+            .describe(0)
+            .unwrap_or_default();
+        self.apply(changed)
+            .map_err(|e| EngineError::Store(e.to_string()))?;
+        if let Some(plane) = self.net.as_ref() {
+            let _ = plane.audit().append(&osvm_policy::AuditRecord::new(
+                "operator",
+                "root (API)",
+                &format!("stack {stack} policy"),
+                action,
+                true,
+                &format!("#{index} {text}"),
+            ));
+        }
+        self.note(action, &format!("stack {stack}: #{index} {text}"));
+        Ok((index, text))
+    }
+
+    /// The policy rules of `stack`, in order.
+    pub fn policies(&self, stack: &str) -> Result<Vec<osvm_core::stack::PolicyRule>, EngineError> {
+        self.stacks
+            .get(stack)
+            .map(|s| s.policies.clone())
+            .ok_or_else(|| EngineError::Missing(format!("no stack is called `{stack}`")))
+    }
+
+    /// The hub as it is now (`None` when no stack uses it).
+    pub fn network_view(&self) -> Option<Result<crate::network::NetView, String>> {
+        self.net.as_ref().map(|plane| plane.show(&self.stacks))
     }
 
     fn stack_of(&self, i: usize) -> &Stack {
@@ -988,8 +1094,9 @@ impl Engine {
         Ok((own, hosts))
     }
 
-    /// Removes the hub and every component namespace (the foreground `osvm up`, after
-    /// [`Engine::shutdown`]); a daemon keeps them for its next start.
+    /// Removes the hub and every component namespace: the foreground `osvm up` after
+    /// [`Engine::shutdown`], and a daemon once no stack uses the hub (a daemon that merely
+    /// stops keeps them for its next start).
     pub fn teardown_network(&mut self) {
         if let Some(plane) = self.net.take()
             && let Err(e) = plane.destroy()

@@ -11,11 +11,11 @@ use std::sync::{Arc, RwLock};
 
 use osvm_core::model::NetworkAccess;
 use osvm_core::stack::{Protocol, Stack, StackNetwork};
-use osvm_net::enforce::{Applied, Enforcer};
+use osvm_net::enforce::{Applied, Counter, Enforcer};
 use osvm_net::hub::Hub;
 use osvm_net::ipam::{self, Block, Ipam};
-use osvm_net::proxy::{Authorize, Decision, Ingress, ProxyHost, server_tls};
-use osvm_net::ruleset::{Member, allowed, services};
+use osvm_net::proxy::{Authorize, CountersSnapshot, Decision, Ingress, ProxyHost, server_tls};
+use osvm_net::ruleset::{Member, decided, services};
 use osvm_policy::{AuditLog, AuditRecord, Endpoint, Flow, PolicySet};
 
 /// Where service addresses come from: one per component, the first address of a /30 of this
@@ -25,6 +25,12 @@ pub const SERVICE_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 214, 0, 0), 16);
 /// The service address a block of [`SERVICE_POOL`] stands for.
 fn service_addr(block: &Block) -> Ipv4Addr {
     block.hub_addr()
+}
+
+/// A component as policy sees it: stack files have no network-access key yet, so every
+/// component gets exactly what the rules grant (`restricted`).
+fn endpoint(c: &osvm_core::stack::Component) -> Endpoint {
+    Endpoint::component(&c.name, c.component_type.kind(), NetworkAccess::Restricted)
 }
 
 /// What the proxies of one stack judge clients by; replaced whenever the stack is re-applied.
@@ -76,6 +82,66 @@ impl Authorize for PolicyAuthorizer {
             rule: AuditRecord::for_flow("", &view.policy, &flow, &verdict).rule,
         }
     }
+}
+
+/// What `osvm net show` shows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NetView {
+    /// The hub namespace.
+    pub hub: String,
+    /// Every component on the hub.
+    pub components: Vec<NetComponent>,
+    /// The service map: service address -> instance address.
+    pub services: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// Every policy rule of a hub stack with what its flows counted.
+    pub rules: Vec<RuleCounters>,
+    /// Packets refused, by chain.
+    pub refused: Vec<(String, Counter)>,
+    /// The mTLS ingress proxies.
+    pub proxies: Vec<ProxyView>,
+}
+
+/// A component on the hub.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NetComponent {
+    /// Its stack.
+    pub stack: String,
+    /// Its name.
+    pub component: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its own address.
+    pub address: Ipv4Addr,
+    /// Its service address (what its name resolves to).
+    pub service: Option<Ipv4Addr>,
+    /// Whether it is reached through the mTLS proxy.
+    pub mtls: bool,
+}
+
+/// One rule and what matched the flows it allows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RuleCounters {
+    /// Its stack.
+    pub stack: String,
+    /// Its index in the stack's policy.
+    pub index: usize,
+    /// The rule, as `osvm policy list` shows it.
+    pub rule: String,
+    /// How many (source, destination, port) tuples it puts in the kernel now.
+    pub flows: usize,
+    /// New-flow packets it let through (established traffic is not counted per rule).
+    pub counter: Counter,
+}
+
+/// One ingress proxy.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProxyView {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The component behind it (`stack/component`).
+    pub component: String,
+    /// What it did.
+    pub counters: CountersSnapshot,
 }
 
 /// The hub and the component namespaces of one state directory.
@@ -207,26 +273,9 @@ impl NetPlane {
         let mut wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)> = BTreeMap::new();
         let mut seen = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
-            let endpoint = |c: &osvm_core::stack::Component| {
-                Endpoint::component(&c.name, c.component_type.kind(), NetworkAccess::Restricted)
-            };
-            let members: Vec<Member> = stack
-                .components
-                .iter()
-                .filter_map(|c| {
-                    let key = format!("{}/{}", stack.name, c.name);
-                    let block = self.ipam.get(&key)?;
-                    Some(Member {
-                        endpoint: endpoint(c),
-                        block,
-                        listen: c.listen.clone(),
-                        service: self.services.get(&key).map(|b| service_addr(&b)),
-                        mtls: c.mtls,
-                    })
-                })
-                .collect();
+            let members = self.members(stack);
             let policy = PolicySet::new(stack.policies.clone());
-            tuples.extend(allowed(&policy, &members));
+            tuples.extend(decided(&policy, &members).into_iter().map(|(a, _)| a));
             service_map.extend(services(&members));
             for m in members.iter().filter(|m| m.mtls) {
                 let Some(service) = m.service else { continue };
@@ -267,6 +316,95 @@ impl NetPlane {
             .map_err(|e| e.to_string())?;
         self.sync_proxies(stacks, wanted)?;
         Ok(applied)
+    }
+
+    /// The components of `stack` that are on the hub, as the ruleset sees them.
+    fn members(&self, stack: &Stack) -> Vec<Member> {
+        stack
+            .components
+            .iter()
+            .filter_map(|c| {
+                let key = format!("{}/{}", stack.name, c.name);
+                let block = self.ipam.get(&key)?;
+                Some(Member {
+                    endpoint: endpoint(c),
+                    block,
+                    listen: c.listen.clone(),
+                    service: self.services.get(&key).map(|b| service_addr(&b)),
+                    mtls: c.mtls,
+                })
+            })
+            .collect()
+    }
+
+    /// Addresses, the service map, per-rule counters, refusals and proxies, as the kernel and
+    /// the proxies report them now.
+    pub fn show(&self, stacks: &BTreeMap<String, Stack>) -> Result<NetView, String> {
+        let counted: BTreeMap<_, Counter> = self
+            .enforcer
+            .tuple_counters()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let mut components = Vec::new();
+        let mut rules = Vec::new();
+        for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
+            let members = self.members(stack);
+            for m in &members {
+                components.push(NetComponent {
+                    stack: stack.name.clone(),
+                    component: m.endpoint.to_string(),
+                    netns: self.netns_name(m.block.index),
+                    address: m.block.component_addr(),
+                    service: m.service,
+                    mtls: m.mtls,
+                });
+            }
+            let policy = PolicySet::new(stack.policies.clone());
+            let mut per_rule: BTreeMap<usize, (usize, Counter)> = BTreeMap::new();
+            for (tuple, rule) in decided(&policy, &members) {
+                let Some(rule) = rule else { continue };
+                let entry = per_rule.entry(rule).or_default();
+                entry.0 += 1;
+                if let Some(c) = counted.get(&tuple) {
+                    entry.1.packets += c.packets;
+                    entry.1.bytes += c.bytes;
+                }
+            }
+            for index in 0..policy.rules().len() {
+                let (flows, counter) = per_rule.get(&index).copied().unwrap_or_default();
+                rules.push(RuleCounters {
+                    stack: stack.name.clone(),
+                    index,
+                    rule: policy.describe(index).unwrap_or_default(),
+                    flows,
+                    counter,
+                });
+            }
+        }
+        let proxies = self
+            .proxies
+            .as_ref()
+            .map(|p| p.counters())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(listen, counters)| ProxyView {
+                listen,
+                component: self.ingress.get(&listen).cloned().unwrap_or_default(),
+                counters,
+            })
+            .collect();
+        Ok(NetView {
+            hub: self.enforcer.hub().name().to_owned(),
+            components,
+            services: self.enforcer.services().to_vec(),
+            rules,
+            refused: self
+                .enforcer
+                .refused_counters()
+                .map_err(|e| e.to_string())?,
+            proxies,
+        })
     }
 
     /// Starts the ingress proxies in `wanted` that are not running and stops those that are

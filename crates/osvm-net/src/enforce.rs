@@ -15,6 +15,15 @@ pub struct Applied {
     pub cut: usize,
 }
 
+/// What an nftables counter counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
 /// The hub's ruleset and the tuples it holds.
 #[derive(Debug)]
 pub struct Enforcer {
@@ -110,6 +119,87 @@ impl Enforcer {
             &["-j", "-s", "list", "table", "inet", crate::ruleset::TABLE],
             None,
         )
+    }
+
+    /// `nft -j ARGS` in the hub, parsed.
+    fn nft_json(&self, args: &[&str]) -> Result<serde_json::Value, NetError> {
+        let mut full = vec!["-j"];
+        full.extend_from_slice(args);
+        let text = self.hub.nft(&full, None)?;
+        serde_json::from_str(&text).map_err(|e| NetError::Command {
+            command: format!("nft {}", full.join(" ")),
+            detail: format!("unreadable JSON: {e}"),
+        })
+    }
+
+    /// Packets and bytes that matched each allowed tuple since it was last applied.
+    pub fn tuple_counters(&self) -> Result<Vec<(Allowed, Counter)>, NetError> {
+        let mut out = Vec::new();
+        for (set, udp) in [("allow_tcp", false), ("allow_udp", true)] {
+            let doc = self.nft_json(&["list", "set", "inet", crate::ruleset::TABLE, set])?;
+            let elems = doc["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o["set"]["elem"].as_array())
+                .flatten();
+            for e in elems {
+                let (Some(key), counter) =
+                    (e["elem"]["val"]["concat"].as_array(), &e["elem"]["counter"])
+                else {
+                    continue;
+                };
+                let part = |i: usize| key.get(i).and_then(|v| v.as_str()).unwrap_or_default();
+                let (Ok(saddr), Ok(daddr)) = (part(1).parse(), part(2).parse()) else {
+                    continue;
+                };
+                let Some(port) = key.get(3).and_then(|v| v.as_u64()) else {
+                    continue;
+                };
+                out.push((
+                    Allowed {
+                        iifname: part(0).to_owned(),
+                        saddr,
+                        daddr,
+                        port: port as u16,
+                        udp,
+                    },
+                    Counter {
+                        packets: counter["packets"].as_u64().unwrap_or(0),
+                        bytes: counter["bytes"].as_u64().unwrap_or(0),
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Packets and bytes refused (rejected with admin-prohibited), by chain (`forward`: between
+    /// components; `input`: to the hub's own proxies).
+    pub fn refused_counters(&self) -> Result<Vec<(String, Counter)>, NetError> {
+        let doc = self.nft_json(&["list", "table", "inet", crate::ruleset::TABLE])?;
+        let mut out = Vec::new();
+        for rule in doc["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("rule"))
+        {
+            let exprs = rule["expr"].as_array().cloned().unwrap_or_default();
+            if !exprs.iter().any(|x| x.get("reject").is_some()) {
+                continue;
+            }
+            if let Some(c) = exprs.iter().find_map(|x| x.get("counter")) {
+                out.push((
+                    rule["chain"].as_str().unwrap_or_default().to_owned(),
+                    Counter {
+                        packets: c["packets"].as_u64().unwrap_or(0),
+                        bytes: c["bytes"].as_u64().unwrap_or(0),
+                    },
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Gives the hub back (to destroy it).

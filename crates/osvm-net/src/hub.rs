@@ -151,7 +151,10 @@ impl Hub {
     }
 
     /// Deletes the conntrack entries of `protocol` flows from `src` to `dst:port`, so a revoked
-    /// allow cuts the connections it let in; returns how many there were. Needs `conntrack`.
+    /// allow cuts the connections it let in; returns how many there were. Matched on the reply
+    /// direction (`dst:port` answering `src`), which is the same for a flow addressed to `dst`
+    /// itself and for one addressed to a service address that DNAT sent to `dst`. Needs
+    /// `conntrack`.
     pub fn flush_conntrack(
         &self,
         src: Ipv4Addr,
@@ -168,11 +171,11 @@ impl Hub {
             "-D",
             "-p",
             protocol,
-            "-s",
-            &s,
-            "-d",
+            "--reply-src",
             &d,
-            "--dport",
+            "--reply-dst",
+            &s,
+            "--reply-port-src",
             &p,
         ];
         match run("ip", &args, None) {

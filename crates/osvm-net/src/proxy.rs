@@ -54,12 +54,15 @@ pub trait Authorize: Send + Sync {
 
 type Build<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
 
+/// What identifies a file's content without reading it: inode, size, modification time.
+type Stamp = Option<(u64, u64, i64, i64)>;
+
 /// A value built from files, rebuilt when any of them changes (inode, size or modification
 /// time), reused otherwise.
 pub struct Reloading<T> {
     watch: Vec<PathBuf>,
     build: Build<T>,
-    cache: Mutex<Option<(Vec<Option<(u64, u64, i64, i64)>>, Arc<T>)>>,
+    cache: Mutex<Option<(Vec<Stamp>, Arc<T>)>>,
 }
 
 impl<T> Reloading<T> {
@@ -150,7 +153,7 @@ pub struct Counters {
 }
 
 /// A copy of [`Counters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CountersSnapshot {
     /// Connections let through.
     pub accepted: u64,

@@ -63,8 +63,21 @@ pub struct Allowed {
 }
 
 /// Every tuple the policy allows between `members`: for each ordered pair, each port named by a
-/// rule or listened on by the destination, in both protocols, judged by [`PolicySet::evaluate`].
+/// rule or listened on by the destination, in both protocols (TCP only to an mTLS member),
+/// judged by [`PolicySet::evaluate`].
 pub fn allowed(policy: &PolicySet, members: &[Member]) -> Vec<Allowed> {
+    let mut out: Vec<Allowed> = decided(policy, members)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// [`allowed`], each tuple with the index of the rule that allowed it (`None` when it was
+/// the source's full network access).
+pub fn decided(policy: &PolicySet, members: &[Member]) -> Vec<(Allowed, Option<usize>)> {
     let rule_ports: std::collections::BTreeSet<u16> = policy
         .rules()
         .iter()
@@ -89,21 +102,27 @@ pub fn allowed(policy: &PolicySet, members: &[Member]) -> Vec<Allowed> {
                         port,
                         protocol,
                     };
-                    if policy.evaluate(&flow).allowed {
-                        out.push(Allowed {
-                            iifname: hub_ifname(&from.block),
-                            saddr: from.block.component_addr(),
-                            daddr: to.tcp_destination(),
-                            port,
-                            udp: protocol == Protocol::Udp,
-                        });
+                    let verdict = policy.evaluate(&flow);
+                    if verdict.allowed {
+                        let rule = match verdict.reason {
+                            osvm_policy::Reason::Rule { index } => Some(index),
+                            _ => None,
+                        };
+                        out.push((
+                            Allowed {
+                                iifname: hub_ifname(&from.block),
+                                saddr: from.block.component_addr(),
+                                daddr: to.tcp_destination(),
+                                port,
+                                udp: protocol == Protocol::Udp,
+                            },
+                            rule,
+                        ));
                     }
                 }
             }
         }
     }
-    out.sort();
-    out.dedup();
     out
 }
 
@@ -170,9 +189,11 @@ pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
         "table inet {TABLE} {{
 \tset allow_tcp {{
 \t\ttype ifname . ipv4_addr . ipv4_addr . inet_service
+\t\tcounter
 {tcp}\t}}
 \tset allow_udp {{
 \t\ttype ifname . ipv4_addr . ipv4_addr . inet_service
+\t\tcounter
 {udp}\t}}
 \tmap services {{
 \t\ttype ipv4_addr : ipv4_addr
@@ -186,6 +207,13 @@ pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
 \t\tct state established,related accept
 \t\tiifname . ip saddr . ip daddr . tcp dport @allow_tcp counter accept
 \t\tiifname . ip saddr . ip daddr . udp dport @allow_udp counter accept
+\t\tcounter reject with icmpx admin-prohibited
+\t}}
+\tchain input {{
+\t\ttype filter hook input priority filter; policy drop;
+\t\tiifname \"lo\" accept
+\t\tct state established,related accept
+\t\tiifname . ip saddr . ip daddr . tcp dport @allow_tcp accept
 \t\tcounter reject with icmpx admin-prohibited
 \t}}
 }}

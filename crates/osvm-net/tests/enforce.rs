@@ -608,7 +608,7 @@ fn mtls_ingress_admits_the_allowed_identity_refuses_the_rest_and_audits_each() {
     if !can_run("mtls ingress") {
         return;
     }
-    let (_guard, dir, netns, mut members, hub) = topology("m", &["cli", "srv"], &[8443]);
+    let (_guard, dir, netns, mut members, hub) = topology("tls", &["cli", "srv"], &[8443]);
     let service = Ipv4Addr::new(10, 214, 0, 1);
     members[1].service = Some(service);
     members[1].mtls = true;

@@ -75,9 +75,13 @@ pub enum Command {
     Stats,
     /// The built-in certificate authority and the identities it issues
     Cert(CertArgs),
-    /// A stack's network policy: list its rules, or ask what it decides for one connection
+    /// A stack's network policy: list its rules, ask what it decides for one connection, or
+    /// change a running stack's rules through the daemon
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The hub network of the daemon's stacks
+    #[command(subcommand)]
+    Net(NetCommand),
     /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
     Completions(CompletionsArgs),
 }
@@ -197,11 +201,64 @@ pub struct EventsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// List the stack's rules in order (verdicts name them by this number)
-    List(ValidateArgs),
+    /// List the rules of a stack file, or of a stack the daemon runs (`--stack`), in order
+    /// (verdicts name them by this number)
+    List(PolicyListArgs),
     /// Decide one connection: FROM a component, TO a component or an IP address, on PORT.
     /// Exits 0 when allowed, 1 when denied
     Check(PolicyCheckArgs),
+    /// Add an allow rule to a stack the daemon runs; enforced at once. It lasts until the
+    /// stack is applied again from its file
+    Allow(PolicyRuleArgs),
+    /// Add a deny rule (it overrides every allow) to a stack the daemon runs; enforced at once,
+    /// and connections it now forbids are cut
+    Deny(PolicyRuleArgs),
+    /// Remove rule INDEX (see `osvm policy list --stack`) from a stack the daemon runs;
+    /// connections it allowed and nothing else allows are cut
+    Revoke(PolicyRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyListArgs {
+    /// The stack file (TOML)
+    #[arg(required_unless_present = "stack", conflicts_with = "stack")]
+    pub file: Option<PathBuf>,
+    /// A stack the daemon runs, instead of a file
+    #[arg(long)]
+    pub stack: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyRuleArgs {
+    /// The stack the daemon runs
+    #[arg(long)]
+    pub stack: String,
+    /// Where the traffic comes from: a component, `type:<kind>` or `*`
+    pub from: String,
+    /// Where it goes: a component, `type:<kind>`, `cidr:<network>` or `*`
+    pub to: String,
+    /// Destination port (repeat for several); none means every port
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Transport protocol
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+    pub protocol: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyRevokeArgs {
+    /// The stack the daemon runs
+    #[arg(long)]
+    pub stack: String,
+    /// The rule's number, as `osvm policy list --stack` shows it
+    pub index: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetCommand {
+    /// Components' addresses and namespaces, the service map, what each policy rule let
+    /// through, what was refused, and the mTLS proxies
+    Show,
 }
 
 #[derive(Debug, Args)]

@@ -584,3 +584,179 @@ fn reapplying_replaces_what_changed_and_stops_what_was_removed() {
     assert_eq!(by_name(&views, "a")["restarts"], 0);
     down_and_wait(&state, &file);
 }
+
+/// Removes the network namespaces it names when dropped, pass or fail.
+struct NetnsGuard(Vec<String>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// From network namespace `ns`, a TCP connection to `addr:8080`: `OK` or `ERR <errno>`.
+fn connect_from(ns: &str, addr: &str) -> String {
+    let script = format!(
+        "import socket\ntry:\n    socket.create_connection(('{addr}', 8080), timeout=3)\n    print('OK')\nexcept OSError as e:\n    print('ERR', e.errno)"
+    );
+    let o = run(Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &script]));
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The hub's table as `nft -j -s` lists it, without the kernel's handle numbers (a rebuilt
+/// table gets new ones).
+fn hub_ruleset(hub: &str) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let o = run(Command::new("ip").args([
+        "netns", "exec", hub, "nft", "-j", "-s", "list", "table", "inet", "osvm",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    strip(&mut v);
+    v
+}
+
+#[test]
+fn hub_policy_changed_through_the_daemon_applies_at_once_survives_a_restart_and_cuts_what_it_revokes()
+ {
+    if !hub_available("daemon hub policy") {
+        return;
+    }
+    let state = StateDir::new("daemon-hub");
+    let mut daemon = Daemon::start(&state);
+    let file = state.path.join("pe.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "pe"
+network = "hub"
+
+[[component]]
+name = "srv"
+command = "python3"
+args = ["-m", "http.server", "8080"]
+listen = [8080]
+
+[[component]]
+name = "cli"
+command = "sleep"
+args = ["300"]
+"#,
+    )
+    .unwrap();
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(&state, "both running", all_running);
+
+    let show = || -> Value {
+        let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let net = show();
+    let hub = net["hub"].as_str().unwrap().to_owned();
+    let mut guard = NetnsGuard(vec![hub.clone()]);
+    let component = |name: &str| -> Value {
+        net["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {net}"))
+    };
+    let (cli, srv) = (component("cli"), component("srv"));
+    guard.0.push(cli["netns"].as_str().unwrap().into());
+    guard.0.push(srv["netns"].as_str().unwrap().into());
+    let cli_ns = cli["netns"].as_str().unwrap().to_owned();
+    let service = srv["service"].as_str().unwrap().to_owned();
+
+    assert_eq!(connect_from(&cli_ns, &service), "ERR 113", "default deny");
+    let bad = run(state
+        .osvm()
+        .args(["policy", "allow", "--stack", "pe", "ghost", "srv"]));
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("no component `ghost`"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let o = run(state.osvm().args([
+        "policy", "allow", "--stack", "pe", "cli", "srv", "--port", "8080",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(connect_from(&cli_ns, &service), "OK", "allowed at once");
+    let rules = show()["rules"].clone();
+    assert_eq!(rules[0]["stack"], "pe", "{rules}");
+    assert!(rules[0]["flows"].as_u64().unwrap() >= 1, "{rules}");
+    assert!(
+        rules[0]["counter"]["packets"].as_u64().unwrap() >= 1,
+        "{rules}"
+    );
+
+    // A daemon killed and started again rebuilds exactly the same ruleset.
+    let before = hub_ruleset(&hub);
+    daemon.kill9();
+    let _daemon = Daemon::start(&state);
+    wait_ps(&state, "both adopted", all_running);
+    assert_eq!(hub_ruleset(&hub), before, "the rebuilt ruleset differs");
+
+    // A live connection, then the allow is revoked: the connection is cut.
+    let long = "import socket, sys\ns = socket.create_connection((sys.argv[1], 8080), timeout=3)\nprint('OPEN', flush=True)\nsys.stdin.readline()\ntry:\n    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    print('SECOND', 'ok' if s.recv(100) else 'closed', flush=True)\nexcept OSError as e:\n    print('SECOND ERR', e.errno, flush=True)";
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", &cli_ns, "python3", "-c", long, &service])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "OPEN");
+    let o = run(state
+        .osvm()
+        .args(["policy", "revoke", "--stack", "pe", "0"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = client.wait();
+    assert!(
+        line.starts_with("SECOND ERR") || line.trim() == "SECOND closed",
+        "the revoked connection still works: {line}"
+    );
+    assert_eq!(connect_from(&cli_ns, &service), "ERR 113", "denied again");
+
+    let audit = std::fs::read_to_string(state.path.join("audit.log")).unwrap();
+    assert!(audit.contains("\"action\":\"policy-add\""), "{audit}");
+    assert!(audit.contains("\"action\":\"policy-remove\""), "{audit}");
+
+    // Removing the last hub stack removes the hub and every namespace of it.
+    down_and_wait(&state, &file);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = run(Command::new("ip").args(["netns", "list"]));
+        let left = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !guard.0.iter().any(|ns| left.contains(ns.as_str())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "namespaces left: {left}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -900,24 +900,6 @@ allow = { from = "client", to = "web", ports = [8080] }
     assert_no_namespace_left();
 }
 
-/// Whether hub stacks can run here (root, python3, nft, conntrack); prints why not.
-fn hub_available(test: &str) -> bool {
-    if !sandbox_available(test) {
-        return false;
-    }
-    let has = |tool: &str| {
-        std::process::Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok()
-    };
-    if !std::path::Path::new("/usr/bin/python3").exists() || !has("nft") || !has("conntrack") {
-        skip(test, "needs python3, nft and conntrack");
-        return false;
-    }
-    true
-}
-
 /// Everything the instances of `name` wrote to stdout.
 fn component_stdout(state: &StateDir, name: &str) -> String {
     state

@@ -14,11 +14,11 @@ use super::socket;
 use crate::cli::{DownArgs, EventsArgs, Global, LogsArgs, NameArgs, Output};
 use crate::client::{Client, json as parse};
 
-fn client(global: &Global) -> anyhow::Result<Client> {
+pub(super) fn client(global: &Global) -> anyhow::Result<Client> {
     Client::new(&socket(global)?)
 }
 
-fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
     let v: Value = parse(bytes)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())

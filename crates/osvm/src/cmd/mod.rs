@@ -4,6 +4,7 @@ mod cert;
 mod control;
 mod daemon;
 mod doctor;
+mod net;
 mod policy;
 mod run;
 mod table;
@@ -37,6 +38,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon(a) => daemon::run(&cli.global, a),
         Command::Cert(a) => cert::run(&cli.global, a),
         Command::Policy(a) => policy::run(&cli.global, a),
+        Command::Net(a) => net::run(&cli.global, a),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(a.shell, &mut cmd, "osvm", &mut std::io::stdout());
@@ -56,7 +58,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The exit code for an error that reached `main`.
 pub fn error_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<InvalidInput>().is_some()
+    let refused_input = e
+        .downcast_ref::<crate::client::ApiFailure>()
+        .is_some_and(|f| matches!(f.status.as_u16(), 400 | 413 | 422));
+    if refused_input
+        || e.downcast_ref::<InvalidInput>().is_some()
         || e.downcast_ref::<osvm_core::stack::StackError>().is_some()
     {
         2

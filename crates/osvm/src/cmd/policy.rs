@@ -1,5 +1,7 @@
 //! `osvm policy list FILE` and `osvm policy check FILE FROM TO PORT`: the stack's network policy
 //! as osvm-policy judges it (the same model the hub's nftables ruleset is computed from).
+//! `osvm policy list --stack`, `allow`, `deny` and `revoke`: the same rules of a stack the
+//! daemon runs, changed through its API and enforced at once.
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -8,8 +10,12 @@ use osvm_core::model::NetworkAccess;
 use osvm_core::stack::{Protocol, Stack};
 use osvm_policy::{Endpoint, Flow, PolicySet, Reason};
 
+use hyper::Method;
+
 use super::InvalidInput;
-use crate::cli::{Global, Output, PolicyCheckArgs, PolicyCommand};
+use super::control::{client, print_json};
+use crate::cli::{Global, Output, PolicyCheckArgs, PolicyCommand, PolicyListArgs, PolicyRuleArgs};
+use crate::client::json as parse;
 
 /// Components' network access until the stack file has a key for it: exactly what the rules
 /// grant, to components and to the `cidr:` networks they name.
@@ -17,38 +23,108 @@ const STACK_ACCESS: NetworkAccess = NetworkAccess::Restricted;
 
 pub fn run(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PolicyCommand::List(args) => {
-            let stack = osvm_core::stack::load(&args.file)?;
-            let set = PolicySet::new(stack.policies.clone());
-            let rules: Vec<String> = (0..set.rules().len())
-                .filter_map(|i| set.describe(i))
-                .collect();
+        PolicyCommand::List(args) => list(global, args),
+        PolicyCommand::Check(args) => check(global, args),
+        PolicyCommand::Allow(args) => add(global, args, "allow"),
+        PolicyCommand::Deny(args) => add(global, args, "deny"),
+        PolicyCommand::Revoke(args) => {
+            let answer = client(global)?.call(
+                Method::DELETE,
+                &format!("/v1/stacks/{}/policy/{}", args.stack, args.index),
+                None,
+            )?;
             match global.output {
-                Output::Json => {
-                    let doc = serde_json::json!({
-                        "stack": stack.name,
-                        "default": "deny",
-                        "rules": set.rules().iter().zip(&rules).enumerate().map(|(i, (r, text))| {
-                            serde_json::json!({ "index": i, "rule": r, "text": text })
-                        }).collect::<Vec<_>>(),
-                    });
-                    println!("{}", serde_json::to_string_pretty(&doc)?);
-                }
+                Output::Json => print_json(&answer)?,
                 Output::Text => {
+                    let v: serde_json::Value = parse(&answer)?;
                     println!(
-                        "stack `{}`: {} rule(s); whatever no rule allows is denied, and a deny overrides any allow",
-                        stack.name,
-                        rules.len()
+                        "stack `{}`: removed #{} {}; enforced now, and connections nothing else allows were cut",
+                        args.stack,
+                        args.index,
+                        v["removed"].as_str().unwrap_or_default()
                     );
-                    for (i, text) in rules.iter().enumerate() {
-                        println!("#{i:<4} {text}");
-                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Check(args) => check(global, args),
     }
+}
+
+fn add(global: &Global, args: PolicyRuleArgs, action: &str) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({
+        "action": action,
+        "from": args.from,
+        "to": args.to,
+        "ports": args.ports,
+        "protocol": args.protocol,
+    });
+    let answer = client(global)?.call(
+        Method::POST,
+        &format!("/v1/stacks/{}/policy", args.stack),
+        Some(serde_json::to_vec(&body)?),
+    )?;
+    match global.output {
+        Output::Json => print_json(&answer)?,
+        Output::Text => {
+            let v: serde_json::Value = parse(&answer)?;
+            println!(
+                "stack `{}`: added #{} {}; enforced now (until the stack is applied again from its file)",
+                args.stack,
+                v["index"],
+                v["rule"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(global: &Global, args: PolicyListArgs) -> anyhow::Result<ExitCode> {
+    let (name, rules): (String, Vec<String>) = match (&args.file, &args.stack) {
+        (Some(file), _) => {
+            let stack = osvm_core::stack::load(file)?;
+            let set = PolicySet::new(stack.policies.clone());
+            if global.output == Output::Json {
+                let doc = serde_json::json!({
+                    "stack": stack.name,
+                    "default": "deny",
+                    "rules": set.rules().iter().enumerate().map(|(i, r)| {
+                        serde_json::json!({ "index": i, "rule": r, "text": set.describe(i) })
+                    }).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rules = (0..set.rules().len())
+                .filter_map(|i| set.describe(i))
+                .collect();
+            (stack.name, rules)
+        }
+        (None, Some(stack)) => {
+            let answer =
+                client(global)?.call(Method::GET, &format!("/v1/stacks/{stack}/policy"), None)?;
+            if global.output == Output::Json {
+                print_json(&answer)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let v: serde_json::Value = parse(&answer)?;
+            let rules = v["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["text"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            (stack.clone(), rules)
+        }
+        (None, None) => return Err(InvalidInput("give a stack file or --stack NAME".into()).into()),
+    };
+    println!(
+        "stack `{name}`: {} rule(s); whatever no rule allows is denied, and a deny overrides any allow",
+        rules.len()
+    );
+    for (i, text) in rules.iter().enumerate() {
+        println!("#{i:<4} {text}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn endpoint(stack: &Stack, what: &str, may_be_address: bool) -> anyhow::Result<Endpoint> {

@@ -139,3 +139,21 @@ pub fn run_probe(state: &StateDir, flags: &[&str], probe_args: &[&str]) -> Outpu
         .args(probe_args);
     cmd.output().expect("run osvm")
 }
+
+/// Whether hub stacks can run here (root, python3, nft, conntrack); prints why not.
+pub fn hub_available(test: &str) -> bool {
+    if !sandbox_available(test) {
+        return false;
+    }
+    let has = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok()
+    };
+    if !std::path::Path::new("/usr/bin/python3").exists() || !has("nft") || !has("conntrack") {
+        skip(test, "needs python3, nft and conntrack");
+        return false;
+    }
+    true
+}
