@@ -521,6 +521,13 @@ fn cases() -> Vec<Case> {
             46,
             "unknown variant `icmp`, expected `tcp` or `udp`",
         ),
+        case(
+            "mtls without listen ports",
+            base("mtls = true"),
+            7,
+            8,
+            "has mtls = true but no `listen` ports",
+        ),
     ]
 }
 
