@@ -528,6 +528,29 @@ fn cases() -> Vec<Case> {
             8,
             "has mtls = true but no `listen` ports",
         ),
+        case(
+            "mtls_egress to an unknown component",
+            base("mtls_egress = [{ to = \"db\", port = 5432, listen = 15432 }]"),
+            7,
+            16,
+            "no component `db` in the stack",
+        ),
+        case(
+            "mtls_egress to a component without mtls",
+            base(
+                "mtls_egress = [{ to = \"api\", port = 80, listen = 15432 }]\n\n[[component]]\nname = \"api\"\ncommand = \"x\"\nlisten = [80]",
+            ),
+            7,
+            16,
+            "`api` does not have mtls = true",
+        ),
+        case(
+            "mtls_egress entry without listen",
+            base("mtls_egress = [{ to = \"web\", port = 80 }]"),
+            7,
+            16,
+            "needs `to`, `port` and `listen`",
+        ),
     ]
 }
 

@@ -14,7 +14,9 @@ use osvm_core::stack::{Protocol, Stack, StackNetwork};
 use osvm_net::enforce::{Applied, Counter, Enforcer};
 use osvm_net::hub::Hub;
 use osvm_net::ipam::{self, Block, Ipam};
-use osvm_net::proxy::{Authorize, CountersSnapshot, Decision, Ingress, ProxyHost, server_tls};
+use osvm_net::proxy::{
+    Authorize, CountersSnapshot, Decision, Egress, Ingress, ProxyHost, client_tls, server_tls,
+};
 use osvm_net::ruleset::{Member, decided, services};
 use osvm_policy::{AuditLog, AuditRecord, Endpoint, Flow, PolicySet};
 
@@ -133,9 +135,12 @@ pub struct RuleCounters {
     pub counter: Counter,
 }
 
-/// One ingress proxy.
+/// One mTLS proxy.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProxyView {
+    /// `ingress` (in the hub, in front of an mTLS component) or `egress` (in a component's
+    /// namespace, on its loopback).
+    pub kind: String,
     /// Where it listens.
     pub listen: SocketAddr,
     /// The component behind it (`stack/component`).
@@ -155,6 +160,9 @@ pub struct NetPlane {
     proxies: Option<ProxyHost>,
     /// Ingress proxies running: where each listens, for which `stack/component`.
     ingress: BTreeMap<SocketAddr, String>,
+    /// Egress proxies, one thread in each `stack/component` namespace that has any, with the
+    /// entries they serve.
+    egress: BTreeMap<String, (ProxyHost, Vec<osvm_core::stack::MtlsEgress>)>,
     views: BTreeMap<String, SharedView>,
     audit: Arc<AuditLog>,
 }
@@ -214,6 +222,7 @@ impl NetPlane {
             services,
             proxies: None,
             ingress: BTreeMap::new(),
+            egress: BTreeMap::new(),
             views: BTreeMap::new(),
             audit: Arc::new(audit),
         })
@@ -315,7 +324,61 @@ impl NetPlane {
             .apply_with_services(tuples, service_map)
             .map_err(|e| e.to_string())?;
         self.sync_proxies(stacks, wanted)?;
+        self.sync_egress(stacks)?;
         Ok(applied)
+    }
+
+    /// Starts, replaces or stops the egress proxies of every hub component to match its
+    /// `mtls_egress`.
+    fn sync_egress(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<(), String> {
+        let mut keep = Vec::new();
+        for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
+            for c in stack
+                .components
+                .iter()
+                .filter(|c| !c.mtls_egress.is_empty())
+            {
+                let key = format!("{}/{}", stack.name, c.name);
+                let Some(block) = self.ipam.get(&key) else {
+                    continue;
+                };
+                keep.push(key.clone());
+                if self
+                    .egress
+                    .get(&key)
+                    .is_some_and(|(_, running)| *running == c.mtls_egress)
+                {
+                    continue;
+                }
+                // Stop the old set first: the new one binds the same loopback ports.
+                self.egress.remove(&key);
+                let mut host = ProxyHost::start(Some(&netns_path(&self.netns_name(block.index))))
+                    .map_err(|e| e.to_string())?;
+                let pki = osvm_pki::Pki::new(
+                    &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
+                    &stack.trust_domain,
+                )
+                .map_err(|e| e.to_string())?;
+                let identity = crate::identity::identity_dir(&self.state_dir, &stack.name, &c.name);
+                let tls = Arc::new(client_tls(&identity, &pki.crl_paths(), &stack.trust_domain));
+                for e in &c.mtls_egress {
+                    let to = self
+                        .services
+                        .get(&format!("{}/{}", stack.name, e.to))
+                        .ok_or_else(|| format!("{} has no service address", e.to))?;
+                    host.add_egress(Egress {
+                        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, e.listen)),
+                        upstream: SocketAddr::from((service_addr(&to), e.port)),
+                        server_name: format!("{}.{}.osvm", e.to, stack.name),
+                        tls: tls.clone(),
+                    })
+                    .map_err(|e| e.to_string())?;
+                }
+                self.egress.insert(key, (host, c.mtls_egress.clone()));
+            }
+        }
+        self.egress.retain(|key, _| keep.contains(key));
+        Ok(())
     }
 
     /// The components of `stack` that are on the hub, as the ruleset sees them.
@@ -382,18 +445,31 @@ impl NetPlane {
                 });
             }
         }
-        let proxies = self
+        let mut proxies: Vec<ProxyView> = self
             .proxies
             .as_ref()
             .map(|p| p.counters())
             .unwrap_or_default()
             .into_iter()
             .map(|(listen, counters)| ProxyView {
+                kind: "ingress".into(),
                 listen,
                 component: self.ingress.get(&listen).cloned().unwrap_or_default(),
                 counters,
             })
             .collect();
+        for (key, (host, _)) in &self.egress {
+            proxies.extend(
+                host.counters()
+                    .into_iter()
+                    .map(|(listen, counters)| ProxyView {
+                        kind: "egress".into(),
+                        listen,
+                        component: key.clone(),
+                        counters,
+                    }),
+            );
+        }
         Ok(NetView {
             hub: self.enforcer.hub().name().to_owned(),
             components,
@@ -486,6 +562,8 @@ impl NetPlane {
     /// Takes `stack/component` off the hub: its namespace goes, its block returns to the pool.
     pub fn leave(&mut self, stack: &str, component: &str) -> Result<(), String> {
         let key = format!("{stack}/{component}");
+        // Its egress proxies live in its namespace: stop them before it goes.
+        self.egress.remove(&key);
         if let Some(block) = self.ipam.get(&key) {
             let name = self.netns_name(block.index);
             if netns_path(&name).exists() {
@@ -517,8 +595,9 @@ impl NetPlane {
 
     /// Removes every component namespace and the hub (the foreground `osvm up` owns them).
     pub fn destroy(mut self) -> Result<(), String> {
-        // The proxies' sockets live in the hub: stop them first.
+        // The proxies' sockets live in the hub and the components: stop them first.
         self.proxies = None;
+        self.egress.clear();
         for (key, _) in self.ipam.all() {
             if let Some((stack, component)) = key.split_once('/') {
                 self.leave(stack, component)?;

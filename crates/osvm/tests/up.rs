@@ -926,7 +926,8 @@ fn assert_no_namespace_left() {
 }
 
 #[test]
-fn an_mtls_component_is_reached_through_the_proxy_with_an_identity_and_refusals_are_audited() {
+fn an_mtls_component_is_reached_with_an_identity_directly_or_through_the_egress_proxy_and_refusals_are_audited()
+ {
     if !hub_available("mtls stack") {
         return;
     }
@@ -953,7 +954,7 @@ network = "hub"
 [[component]]
 name = "db"
 command = "/usr/bin/python3"
-args = ["-c", "import http.server as h; s = h.HTTPServer(('', 8080), h.SimpleHTTPRequestHandler); s.timeout = 8; s.handle_request()"]
+args = ["-c", "import http.server as h; s = h.HTTPServer(('', 8080), h.SimpleHTTPRequestHandler); s.timeout = 8; s.handle_request(); s.handle_request()"]
 listen = [8080]
 mtls = true
 restart = "never"
@@ -970,11 +971,22 @@ command = "/usr/bin/python3"
 args = ["-c", '''{client}''', "none"]
 restart = "never"
 
+# Speaks plain HTTP to its own loopback; osvm's egress proxy makes it mTLS with its identity.
+[[component]]
+name = "plain"
+command = "/usr/bin/python3"
+args = ["-c", "import time, urllib.request as u; time.sleep(1); print('PLAIN GOT', u.urlopen('http://127.0.0.1:18080/', timeout=5).status)"]
+mtls_egress = [{{ to = "db", port = 8080, listen = 18080 }}]
+restart = "never"
+
 [[policy]]
 allow = {{ from = "client", to = "db", ports = [8080] }}
 
 [[policy]]
 allow = {{ from = "nocert", to = "db", ports = [8080] }}
+
+[[policy]]
+allow = {{ from = "plain", to = "db", ports = [8080] }}
 "#
     );
     let (code, events) = up_until_done(&state, &stack, Duration::from_secs(40));
@@ -983,6 +995,8 @@ allow = {{ from = "nocert", to = "db", ports = [8080] }}
     assert!(client.contains("cert GOT 200"), "client: {client}");
     let nocert = component_stdout(&state, "nocert");
     assert!(nocert.contains("none REFUSED"), "nocert: {nocert}");
+    let plain = component_stdout(&state, "plain");
+    assert!(plain.contains("PLAIN GOT 200"), "plain: {plain}");
     let audit = osvm_policy::AuditLog::read(&state.path.join("audit.log")).unwrap();
     assert!(
         audit.iter().any(|r| r.allowed
@@ -990,6 +1004,12 @@ allow = {{ from = "nocert", to = "db", ports = [8080] }}
             && r.resource == "db tcp/8080"
             && r.rule.contains("allow client -> db")),
         "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.allowed && r.subject.starts_with("spiffe://osvm.local/mt/plain from ")),
+        "the egress proxy connects with the component's own identity: {audit:#?}"
     );
     assert!(
         audit

@@ -108,6 +108,21 @@ pub(crate) struct RawComponent {
     pub(crate) identity_reload: Option<Spanned<Table<RawReload>>>,
     /// Reached only through osvm's mTLS ingress proxy.
     pub(crate) mtls: Option<Spanned<bool>>,
+    /// Local plain-TCP listeners that osvm turns into mTLS connections.
+    #[serde(default)]
+    pub(crate) mtls_egress: Vec<Spanned<Table<RawEgress>>>,
+}
+
+/// `mtls_egress = [ { to = "db", port = 5432, listen = 15432 } ]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEgress {
+    /// The mTLS component to reach.
+    pub(crate) to: Option<Spanned<String>>,
+    /// Its port.
+    pub(crate) port: Option<Spanned<Int>>,
+    /// The loopback port the component connects to in plain TCP.
+    pub(crate) listen: Option<Spanned<Int>>,
 }
 
 /// `identity_reload = { signal = "HUP" }` or `{ exec = [...] }`.
@@ -384,6 +399,10 @@ impl Expecting for RawReload {
 
 impl Expecting for RawMount {
     const EXPECTING: &'static str = "a table such as { source = \"/srv/www\", target = \"/www\" }";
+}
+
+impl Expecting for RawEgress {
+    const EXPECTING: &'static str = "a table such as { to = \"db\", port = 5432, listen = 15432 }";
 }
 
 impl Expecting for RawPolicy {

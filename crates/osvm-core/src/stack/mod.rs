@@ -150,6 +150,22 @@ pub struct Component {
     /// clients must present a certificate of the stack's CA whose identity policy allows.
     #[serde(default)]
     pub mtls: bool,
+    /// Plain-TCP listeners on the component's loopback that osvm turns into mTLS connections
+    /// made with the component's identity (hub stacks).
+    #[serde(default)]
+    pub mtls_egress: Vec<MtlsEgress>,
+}
+
+/// One `mtls_egress` entry: `127.0.0.1:listen` inside the component reaches `to:port` over
+/// mTLS with the component's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtlsEgress {
+    /// The component to reach (it must have `mtls = true`).
+    pub to: String,
+    /// Its port.
+    pub port: u16,
+    /// The port on the component's loopback.
+    pub listen: u16,
 }
 
 /// The network a stack's components are on.

@@ -86,6 +86,7 @@ fn expected_full() -> Stack {
                 stop_grace: Duration::from_secs(30),
                 identity_reload: Some(IdentityReload::Signal(1)),
                 mtls: false,
+                mtls_egress: vec![],
             },
             Component {
                 name: "mcp-fs".into(),
@@ -118,6 +119,7 @@ fn expected_full() -> Stack {
                 stop_grace: Component::DEFAULT_STOP_GRACE,
                 identity_reload: None,
                 mtls: false,
+                mtls_egress: vec![],
             },
             Component {
                 name: "val".into(),
@@ -151,6 +153,7 @@ fn expected_full() -> Stack {
                 stop_grace: Duration::from_secs(10),
                 identity_reload: None,
                 mtls: false,
+                mtls_egress: vec![],
             },
         ],
         policies: vec![

@@ -18,12 +18,12 @@ use crate::runtime::RuntimeKind;
 
 use super::error::{Source, StackError};
 use super::file::{
-    Cpus, Int, MountMode, RawComponent, RawFile, RawHealth, RawMount, RawPolicy, RawResources,
-    RawRule, RawStack, RawType, Table, Word,
+    Cpus, Int, MountMode, RawComponent, RawEgress, RawFile, RawHealth, RawMount, RawPolicy,
+    RawResources, RawRule, RawStack, RawType, Table, Word,
 };
 use super::{
-    Component, HealthCheck, HealthProbe, IdentityReload, PolicyAction, PolicyRule, Protocol,
-    RestartPolicy, Selector, SelectorError, Stack,
+    Component, HealthCheck, HealthProbe, IdentityReload, MtlsEgress, PolicyAction, PolicyRule,
+    Protocol, RestartPolicy, Selector, SelectorError, Stack,
 };
 
 /// The longest name a stack or component may have (a DNS label).
@@ -132,9 +132,42 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
     };
 
     let mut components: Vec<Component> = Vec::with_capacity(raw.component.len());
+    // Where each `mtls_egress` entry's `to` is, to check once every component is known.
+    let mut egress_spans: Vec<Vec<Range<usize>>> = Vec::new();
     for raw_component in raw.component {
+        let spans = raw_component
+            .get_ref()
+            .0
+            .mtls_egress
+            .iter()
+            .map(Spanned::span)
+            .collect();
         let component = component(src, raw_component, &components)?;
         components.push(component);
+        egress_spans.push(spans);
+    }
+    for (c, spans) in components.iter().zip(&egress_spans) {
+        for (e, span) in c.mtls_egress.iter().zip(spans) {
+            let to = components.iter().find(|t| t.name == e.to);
+            let problem = match to {
+                None => Some(format!(
+                    "`mtls_egress` of `{}`: no component `{}` in the stack",
+                    c.name, e.to
+                )),
+                Some(t) if !t.mtls => Some(format!(
+                    "`mtls_egress` of `{}`: `{}` does not have mtls = true, so it has no mTLS proxy to reach",
+                    c.name, e.to
+                )),
+                Some(t) if !t.listen.contains(&e.port) => Some(format!(
+                    "`mtls_egress` of `{}`: `{}` does not listen on port {} (it listens on {:?})",
+                    c.name, e.to, e.port, t.listen
+                )),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                return Err(src.error(span.clone(), problem));
+            }
+        }
     }
     if components.is_empty() {
         return Err(src.error(
@@ -357,6 +390,28 @@ fn component(
         None => false,
     };
 
+    let mut mtls_egress: Vec<MtlsEgress> = Vec::with_capacity(raw.mtls_egress.len());
+    for e in raw.mtls_egress {
+        let span = e.span();
+        let entry = egress(src, e)?;
+        if listen.contains(&entry.listen) {
+            return Err(src.error(
+                span,
+                format!(
+                    "`mtls_egress` listens on port {} on the component's loopback, which the component itself listens on",
+                    entry.listen
+                ),
+            ));
+        }
+        if mtls_egress.iter().any(|x| x.listen == entry.listen) {
+            return Err(src.error(
+                span,
+                format!("two `mtls_egress` entries listen on port {}", entry.listen),
+            ));
+        }
+        mtls_egress.push(entry);
+    }
+
     Ok(Component {
         name: name.into_inner(),
         component_type,
@@ -376,6 +431,22 @@ fn component(
         stop_grace,
         identity_reload,
         mtls,
+        mtls_egress,
+    })
+}
+
+/// One `mtls_egress` entry.
+fn egress(src: &Source<'_>, raw: Spanned<Table<RawEgress>>) -> Result<MtlsEgress, StackError> {
+    let span = raw.span();
+    let e = raw.into_inner().0;
+    let need = "an mtls_egress entry needs `to`, `port` and `listen`: { to = \"db\", port = 5432, listen = 15432 }";
+    let (Some(to), Some(port), Some(listen)) = (e.to, e.port, e.listen) else {
+        return Err(src.error(span, need));
+    };
+    Ok(MtlsEgress {
+        to: to.into_inner(),
+        port: port_number(src, &port, "mtls_egress port")?,
+        listen: port_number(src, &listen, "mtls_egress listen port")?,
     })
 }
 

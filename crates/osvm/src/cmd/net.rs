@@ -110,6 +110,7 @@ fn render(v: &NetView) -> String {
         ];
         for p in &v.proxies {
             rows.push(vec![
+                p.kind.clone(),
                 p.listen.to_string(),
                 p.component.clone(),
                 p.counters.accepted.to_string(),
