@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use osvm_core::model::NetworkAccess;
 use osvm_core::stack::{Protocol, Stack, StackNetwork};
 use osvm_net::enforce::{Applied, Counter, Enforcer};
 use osvm_net::hub::Hub;
@@ -27,12 +26,6 @@ pub const SERVICE_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 214, 0, 0), 16);
 /// The service address a block of [`SERVICE_POOL`] stands for.
 fn service_addr(block: &Block) -> Ipv4Addr {
     block.hub_addr()
-}
-
-/// A component as policy sees it: stack files have no network-access key yet, so every
-/// component gets exactly what the rules grant (`restricted`).
-fn endpoint(c: &osvm_core::stack::Component) -> Endpoint {
-    Endpoint::component(&c.name, c.component_type.kind(), NetworkAccess::Restricted)
 }
 
 /// What the proxies of one stack judge clients by; replaced whenever the stack is re-applied.
@@ -306,7 +299,7 @@ impl NetPlane {
                 endpoints: stack
                     .components
                     .iter()
-                    .map(|c| (c.name.clone(), endpoint(c)))
+                    .map(|c| (c.name.clone(), Endpoint::of(c)))
                     .collect(),
             });
             match self.views.get(&stack.name) {
@@ -390,7 +383,7 @@ impl NetPlane {
                 let key = format!("{}/{}", stack.name, c.name);
                 let block = self.ipam.get(&key)?;
                 Some(Member {
-                    endpoint: endpoint(c),
+                    endpoint: Endpoint::of(c),
                     block,
                     listen: c.listen.clone(),
                     service: self.services.get(&key).map(|b| service_addr(&b)),

@@ -58,6 +58,13 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// A stack file's component: its name, kind and `network_access`.
+    pub fn of(c: &osvm_core::stack::Component) -> Self {
+        Self::component(&c.name, c.component_type.kind(), c.network_access)
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -248,6 +248,7 @@ name = "demo"
 [[component]]
 name = "web"
 command = "/bin/true"
+network_access = "restricted"
 
 [[component]]
 name = "db"
@@ -261,6 +262,9 @@ allow = { from = "web", to = "cidr:192.0.2.0/24", ports = [443] }
 
 [[policy]]
 deny = { from = "*", to = "db", ports = [22] }
+
+[[policy]]
+allow = { from = "db", to = "cidr:192.0.2.0/24", ports = [443] }
 "#,
     )
     .unwrap();
@@ -293,6 +297,14 @@ deny = { from = "*", to = "db", ports = [22] }
     assert_eq!(
         check(&["web", "198.51.100.1", "443"]).status.code(),
         Some(1)
+    );
+    // db keeps the default network access, internal: no rule can send it off the host.
+    let o = check(&["db", "192.0.2.9", "443"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("db has network access Internal"),
+        "{}",
+        stdout(&o)
     );
     let o = check(&["web", "nope", "1"]);
     assert_eq!(o.status.code(), Some(2));

@@ -108,6 +108,8 @@ pub(crate) struct RawComponent {
     pub(crate) identity_reload: Option<Spanned<Table<RawReload>>>,
     /// Reached only through osvm's mTLS ingress proxy.
     pub(crate) mtls: Option<Spanned<bool>>,
+    /// How far its network reaches.
+    pub(crate) network_access: Option<Word<crate::model::NetworkAccess>>,
     /// Local plain-TCP listeners that osvm turns into mTLS connections.
     #[serde(default)]
     pub(crate) mtls_egress: Vec<Spanned<Table<RawEgress>>>,

@@ -154,6 +154,10 @@ pub struct Component {
     /// made with the component's identity (hub stacks).
     #[serde(default)]
     pub mtls_egress: Vec<MtlsEgress>,
+    /// How far its network reaches; bounds what `[[policy]]` rules can grant it (default
+    /// `internal`: other components only).
+    #[serde(default)]
+    pub network_access: crate::model::NetworkAccess,
 }
 
 /// One `mtls_egress` entry: `127.0.0.1:listen` inside the component reaches `to:port` over

@@ -87,6 +87,7 @@ fn expected_full() -> Stack {
                 identity_reload: Some(IdentityReload::Signal(1)),
                 mtls: false,
                 mtls_egress: vec![],
+                network_access: Default::default(),
             },
             Component {
                 name: "mcp-fs".into(),
@@ -120,6 +121,7 @@ fn expected_full() -> Stack {
                 identity_reload: None,
                 mtls: false,
                 mtls_egress: vec![],
+                network_access: Default::default(),
             },
             Component {
                 name: "val".into(),
@@ -154,6 +156,7 @@ fn expected_full() -> Stack {
                 identity_reload: None,
                 mtls: false,
                 mtls_egress: vec![],
+                network_access: Default::default(),
             },
         ],
         policies: vec![

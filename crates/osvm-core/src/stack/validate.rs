@@ -432,6 +432,7 @@ fn component(
         identity_reload,
         mtls,
         mtls_egress,
+        network_access: raw.network_access.map(|w| w.0).unwrap_or_default(),
     })
 }
 

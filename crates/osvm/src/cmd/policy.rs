@@ -6,7 +6,6 @@
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use osvm_core::model::NetworkAccess;
 use osvm_core::stack::{Protocol, Stack};
 use osvm_policy::{Endpoint, Flow, PolicySet, Reason};
 
@@ -16,10 +15,6 @@ use super::InvalidInput;
 use super::control::{client, print_json};
 use crate::cli::{Global, Output, PolicyCheckArgs, PolicyCommand, PolicyListArgs, PolicyRuleArgs};
 use crate::client::json as parse;
-
-/// Components' network access until the stack file has a key for it: exactly what the rules
-/// grant, to components and to the `cidr:` networks they name.
-const STACK_ACCESS: NetworkAccess = NetworkAccess::Restricted;
 
 pub fn run(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -129,11 +124,7 @@ fn list(global: &Global, args: PolicyListArgs) -> anyhow::Result<ExitCode> {
 
 fn endpoint(stack: &Stack, what: &str, may_be_address: bool) -> anyhow::Result<Endpoint> {
     if let Some(c) = stack.components.iter().find(|c| c.name == what) {
-        return Ok(Endpoint::component(
-            &c.name,
-            c.component_type.kind(),
-            STACK_ACCESS,
-        ));
+        return Ok(Endpoint::of(c));
     }
     if may_be_address && let Ok(ip) = what.parse::<IpAddr>() {
         return Ok(Endpoint::External(ip));
