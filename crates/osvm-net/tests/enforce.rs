@@ -674,7 +674,16 @@ fn mtls_ingress_admits_the_allowed_identity_refuses_the_rest_and_audits_each() {
     assert_eq!(pki.revoke("cli").unwrap().len(), 1);
     refused(Some(cli), "a revoked certificate");
 
-    let records = AuditLog::read(&audit_path).unwrap();
+    // The proxy records a refused handshake after the client has seen its alert: wait for the
+    // last one (bounded) before reading the log.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let records = loop {
+        let records = AuditLog::read(&audit_path).unwrap();
+        if records.len() >= 5 || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let find = |pred: &dyn Fn(&osvm_policy::AuditRecord) -> bool, what: &str| {
         assert!(
             records.iter().any(pred),
