@@ -16,7 +16,8 @@ use osvm_net::ipam::{self, Block, Ipam};
 use osvm_net::proxy::{
     Authorize, CountersSnapshot, Decision, Egress, Ingress, ProxyHost, client_tls, server_tls,
 };
-use osvm_net::ruleset::{Member, decided, services};
+use osvm_net::ruleset::{Member, decided, external, services};
+use osvm_net::uplink::Uplink;
 use osvm_policy::{AuditLog, AuditRecord, Endpoint, Flow, PolicySet};
 
 /// Where service addresses come from: one per component, the first address of a /30 of this
@@ -158,6 +159,8 @@ pub struct NetPlane {
     egress: BTreeMap<String, (ProxyHost, Vec<osvm_core::stack::MtlsEgress>)>,
     views: BTreeMap<String, SharedView>,
     audit: Arc<AuditLog>,
+    /// The way out of the host, once some component may reach an external network.
+    uplink: Option<Uplink>,
 }
 
 /// FNV-1a of `s`: a short name for a state directory that stays the same across builds.
@@ -204,6 +207,13 @@ impl NetPlane {
         let (pool, len) = SERVICE_POOL;
         let services =
             Ipam::open(&dir.join("services.json"), pool, len).map_err(|e| e.to_string())?;
+        let uplink = match std::fs::read_to_string(dir.join("uplink.json")) {
+            Ok(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: {e}", dir.join("uplink.json").display()))?,
+            ),
+            Err(_) => None,
+        };
         let audit_path = state_dir.join("audit.log");
         let audit = AuditLog::open(&audit_path)
             .map_err(|e| format!("open {}: {e}", audit_path.display()))?;
@@ -218,6 +228,7 @@ impl NetPlane {
             egress: BTreeMap::new(),
             views: BTreeMap::new(),
             audit: Arc::new(audit),
+            uplink,
         })
     }
 
@@ -271,6 +282,7 @@ impl NetPlane {
     pub fn apply(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<Applied, String> {
         let mut tuples = Vec::new();
         let mut service_map = Vec::new();
+        let mut leaving = Vec::new();
         // Ingress proxies wanted: listen address -> (upstream, stack, component).
         let mut wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)> = BTreeMap::new();
         let mut seen = Vec::new();
@@ -278,6 +290,7 @@ impl NetPlane {
             let members = self.members(stack);
             let policy = PolicySet::new(stack.policies.clone());
             tuples.extend(decided(&policy, &members).into_iter().map(|(a, _)| a));
+            leaving.extend(external(&policy, &members));
             service_map.extend(services(&members));
             for m in members.iter().filter(|m| m.mtls) {
                 let Some(service) = m.service else { continue };
@@ -312,9 +325,19 @@ impl NetPlane {
             seen.push(stack.name.clone());
         }
         self.views.retain(|name, _| seen.contains(name));
+        if !leaving.is_empty() && self.uplink.is_none() {
+            let tag = self.prefix.trim_start_matches("osvm-");
+            let uplink = Uplink::planned(tag)
+                .create(self.enforcer.hub())
+                .map_err(|e| format!("the uplink out of the host: {e}"))?;
+            let path = self.state_dir.join("net").join("uplink.json");
+            let text = serde_json::to_string_pretty(&uplink).map_err(|e| e.to_string())?;
+            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+            self.uplink = Some(uplink);
+        }
         let applied = self
             .enforcer
-            .apply_with_services(tuples, service_map)
+            .apply_all(tuples, service_map, leaving)
             .map_err(|e| e.to_string())?;
         self.sync_proxies(stacks, wanted)?;
         self.sync_egress(stacks)?;
@@ -591,6 +614,10 @@ impl NetPlane {
         // The proxies' sockets live in the hub and the components: stop them first.
         self.proxies = None;
         self.egress.clear();
+        if let Some(uplink) = self.uplink.take() {
+            uplink.remove().map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(self.state_dir.join("net").join("uplink.json"));
+        }
         for (key, _) in self.ipam.all() {
             if let Some((stack, component)) = key.split_once('/') {
                 self.leave(stack, component)?;

@@ -2,7 +2,7 @@
 
 use crate::NetError;
 use crate::hub::Hub;
-use crate::ruleset::{Allowed, Service, script, services_script};
+use crate::ruleset::{Allowed, External, Service, script_with, services_script};
 
 /// What one [`Enforcer::apply`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +30,7 @@ pub struct Enforcer {
     hub: Hub,
     current: Vec<Allowed>,
     services: Vec<Service>,
+    external: Vec<External>,
 }
 
 impl Enforcer {
@@ -39,6 +40,7 @@ impl Enforcer {
             hub,
             current: Vec::new(),
             services: Vec::new(),
+            external: Vec::new(),
         }
     }
 
@@ -58,8 +60,10 @@ impl Enforcer {
     pub fn apply(&mut self, mut allowed: Vec<Allowed>) -> Result<Applied, NetError> {
         allowed.sort();
         allowed.dedup();
-        self.hub
-            .nft(&["-f", "-"], Some(&script(&allowed, &self.services)))?;
+        self.hub.nft(
+            &["-f", "-"],
+            Some(&script_with(&allowed, &self.services, &self.external)),
+        )?;
         let removed: Vec<Allowed> = self
             .current
             .iter()
@@ -85,16 +89,24 @@ impl Enforcer {
         })
     }
 
-    /// [`Enforcer::apply`] with the service map replaced too, in the same transaction.
-    pub fn apply_with_services(
+    /// [`Enforcer::apply`] with the service map and the `egress` chain replaced too, in the
+    /// same transaction.
+    pub fn apply_all(
         &mut self,
         allowed: Vec<Allowed>,
         mut services: Vec<Service>,
+        external: Vec<External>,
     ) -> Result<Applied, NetError> {
         services.sort();
         services.dedup_by_key(|(service, _)| *service);
         self.services = services;
+        self.external = external;
         self.apply(allowed)
+    }
+
+    /// The `egress` chain's rules enforced now.
+    pub fn external(&self) -> &[External] {
+        &self.external
     }
 
     /// Points every service address at its instance (one transaction; see

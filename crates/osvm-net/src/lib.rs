@@ -15,6 +15,7 @@ pub mod hub;
 pub mod ipam;
 pub mod proxy;
 pub mod ruleset;
+pub mod uplink;
 
 use std::process::Command;
 

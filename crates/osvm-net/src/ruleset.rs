@@ -126,6 +126,72 @@ pub fn decided(policy: &PolicySet, members: &[Member]) -> Vec<(Allowed, Option<u
     out
 }
 
+/// One rule of the hub's `egress` chain, for traffic from a member leaving through the uplink.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct External {
+    /// Refuse (checked before every allowance) or accept.
+    pub deny: bool,
+    /// Hub-side interface the traffic must arrive on.
+    pub iifname: String,
+    /// Source address.
+    pub saddr: std::net::Ipv4Addr,
+    /// Destination network (`a.b.c.d/n`); `None` is every address.
+    pub daddr: Option<String>,
+    /// Destination ports; empty is every port.
+    pub ports: Vec<u16>,
+    /// Protocol.
+    pub udp: bool,
+    /// The policy rule it comes from (`None`: full network access).
+    pub rule: Option<usize>,
+}
+
+/// The `egress` chain's rules for `members`, from [`PolicySet::external`]: denials first.
+/// IPv6 networks are left out (the hub is IPv4 only), so nothing reaches them.
+pub fn external(policy: &PolicySet, members: &[Member]) -> Vec<External> {
+    let mut out: Vec<External> = members
+        .iter()
+        .flat_map(|m| {
+            policy
+                .external(&m.endpoint)
+                .into_iter()
+                .filter(|g| g.cidr.is_none_or(|c| c.addr.is_ipv4()))
+                .map(|g| External {
+                    deny: !g.allow,
+                    iifname: hub_ifname(&m.block),
+                    saddr: m.block.component_addr(),
+                    daddr: g.cidr.map(|c| c.to_string()),
+                    ports: g.ports,
+                    udp: g.protocol == Protocol::Udp,
+                    rule: g.rule,
+                })
+        })
+        .collect();
+    // Denials first (`deny: true` sorts after `false`, hence the reverse key).
+    out.sort_by(|a, b| b.deny.cmp(&a.deny).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
+}
+
+fn external_rule(e: &External) -> String {
+    let proto = if e.udp { "udp" } else { "tcp" };
+    let mut r = format!("iifname \"{}\" ip saddr {}", e.iifname, e.saddr);
+    if let Some(d) = &e.daddr {
+        let _ = write!(r, " ip daddr {d}");
+    }
+    if e.ports.is_empty() {
+        let _ = write!(r, " meta l4proto {proto}");
+    } else {
+        let ports: Vec<String> = e.ports.iter().map(u16::to_string).collect();
+        let _ = write!(r, " {proto} dport {{ {} }}", ports.join(", "));
+    }
+    r.push_str(if e.deny {
+        " counter reject with icmpx admin-prohibited"
+    } else {
+        " counter accept"
+    });
+    r
+}
+
 /// A stable service address and the instance address it currently sends to.
 pub type Service = (std::net::Ipv4Addr, std::net::Ipv4Addr);
 
@@ -169,6 +235,12 @@ pub fn services_script(services: &[Service]) -> String {
 /// listen; anything else addressed to the hub is refused. Every set element counts its packets
 /// and bytes, which is what `osvm net show` reports per rule.
 pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
+    script_with(allowed, services, &[])
+}
+
+/// [`script`] with the `egress` chain holding `external` (traffic leaving through the uplink;
+/// with no uplink nothing leaves, whatever the chain says).
+pub fn script_with(allowed: &[Allowed], services: &[Service], external: &[External]) -> String {
     let elements = |udp: bool| -> String {
         let items: Vec<String> = allowed
             .iter()
@@ -207,7 +279,14 @@ pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
 \t\tct state established,related accept
 \t\tiifname . ip saddr . ip daddr . tcp dport @allow_tcp counter accept
 \t\tiifname . ip saddr . ip daddr . udp dport @allow_udp counter accept
+\t\toifname \"{uplink}\" jump egress
 \t\tcounter reject with icmpx admin-prohibited
+\t}}
+\tchain egress {{
+{egress}\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname \"{uplink}\" masquerade
 \t}}
 \tchain input {{
 \t\ttype filter hook input priority filter; policy drop;
@@ -220,6 +299,11 @@ pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
 ",
         tcp = elements(false),
         udp = elements(true),
+        uplink = crate::uplink::UPLINK_IF,
+        egress = external
+            .iter()
+            .map(|e| format!("\t\t{}\n", external_rule(e)))
+            .collect::<String>(),
         svc = if services.is_empty() {
             String::new()
         } else {

@@ -729,3 +729,145 @@ fn mtls_ingress_admits_the_allowed_identity_refuses_the_rest_and_audits_each() {
     drop(host);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Deletes a host interface when dropped, pass or fail.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Undoes the uplink (host NAT table, forwarding) when dropped, pass or fail.
+struct UplinkGuard(Option<osvm_net::uplink::Uplink>);
+
+impl Drop for UplinkGuard {
+    fn drop(&mut self) {
+        if let Some(u) = self.0.take() {
+            let _ = u.remove();
+        }
+    }
+}
+
+#[test]
+fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
+    use osvm_net::ruleset::{external, script_with};
+    use osvm_net::uplink::Uplink;
+    if !can_run("uplink") {
+        return;
+    }
+    let (mut guard, dir, netns, mut members, hub) = topology("up", &["web", "db"], &[8080]);
+    // `web` may leave the host as rules say; `db` stays inside whatever they say.
+    let web_access = NetworkAccess::Restricted;
+    members[0].endpoint = Endpoint::component("web", ComponentKind::Service, web_access);
+
+    // The outside world: a namespace joined to the host by a veth (198.51.100.0/30, TEST-NET-2).
+    let host_addrs = Command::new("ip").args(["-br", "addr"]).output().unwrap();
+    if String::from_utf8_lossy(&host_addrs.stdout).contains(" 198.51.100.") {
+        eprintln!("SKIP uplink: the host uses 198.51.100.0/24, the test's outside network");
+        return;
+    }
+    let tag = format!("{:08x}", std::process::id());
+    let outside = format!("osvmt-out-{}", std::process::id());
+    guard.0.push(outside.clone());
+    let host_if = format!("osvt{}", &tag[..8]);
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap().success();
+        assert!(ok, "ip {}", args.join(" "));
+    };
+    ip(&["netns", "add", &outside]);
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &outside,
+    ]);
+    let _link = LinkGuard(host_if.clone());
+    ip(&["addr", "add", "198.51.100.1/30", "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    ip(&[
+        "-n",
+        &outside,
+        "addr",
+        "add",
+        "198.51.100.2/30",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
+    listen(&outside, 8080);
+    listen(&outside, 9090);
+
+    let uplink = UplinkGuard(Some(Uplink::planned(&tag).create(&hub).unwrap()));
+    let policy = PolicySet::new(vec![
+        rule(PolicyAction::Allow, "web", "cidr:198.51.100.2/32", &[8080]),
+        rule(PolicyAction::Allow, "web", "cidr:198.51.100.0/24", &[]),
+        rule(PolicyAction::Deny, "*", "cidr:198.51.100.0/30", &[9090]),
+        rule(PolicyAction::Allow, "db", "cidr:198.51.100.0/30", &[8080]),
+    ]);
+    let leaving = external(&policy, &members);
+    hub.nft(
+        &["-f", "-"],
+        Some(&script_with(&allowed(&policy, &members), &[], &leaving)),
+    )
+    .unwrap();
+
+    let out = |port: u16| SocketAddr::from(([198, 51, 100, 2], port));
+    const EHOSTUNREACH: i32 = 113;
+    const ECONNREFUSED: i32 = 111;
+    let errno = |ns: &str, port: u16| connect(ns, out(port)).map_err(|(e, _)| e);
+    assert_eq!(
+        errno(&netns[0], 8080),
+        Ok(()),
+        "web -> outside:8080 is allowed"
+    );
+    assert_eq!(
+        errno(&netns[0], 9090),
+        Err(EHOSTUNREACH),
+        "the deny rule overrides web's allow of the whole /24"
+    );
+    assert_eq!(
+        errno(&netns[0], 7070),
+        Err(ECONNREFUSED),
+        "allowed (every port of the /24) but nothing listens"
+    );
+    assert_eq!(
+        errno(&netns[1], 8080),
+        Err(EHOSTUNREACH),
+        "db's network access is internal: no rule sends it out"
+    );
+    // Every decision agrees with the policy model.
+    for (i, m) in members.iter().enumerate() {
+        for port in [7070, 8080, 9090] {
+            let flow = osvm_policy::Flow {
+                from: m.endpoint.clone(),
+                to: Endpoint::External(out(port).ip()),
+                port,
+                protocol: Protocol::Tcp,
+            };
+            let kernel = errno(&netns[i], port);
+            assert_eq!(
+                kernel != Err(EHOSTUNREACH),
+                policy.evaluate(&flow).allowed,
+                "{flow}: kernel {kernel:?}"
+            );
+        }
+    }
+    drop(uplink);
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(Uplink::planned(&tag).host_if)
+            .exists(),
+        "the uplink's host end is gone"
+    );
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains(&Uplink::planned(&tag).table),
+        "the host NAT table is gone"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -256,6 +256,67 @@ impl PolicySet {
     }
 }
 
+/// One network outside the stack that a component may (or may not) reach: the form in which
+/// [`PolicySet::external`] hands external decisions to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalGrant {
+    /// Allowed, or denied (denials are checked first).
+    pub allow: bool,
+    /// The network; `None` is every address.
+    pub cidr: Option<osvm_core::stack::Cidr>,
+    /// Destination ports; empty is every port.
+    pub ports: Vec<u16>,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The rule it comes from; `None` for `full` access.
+    pub rule: Option<usize>,
+}
+
+impl PolicySet {
+    /// What `from` may reach outside the stack, as networks: denials (checked first) and
+    /// allowances, such that a flow to an external address is allowed exactly when
+    /// [`PolicySet::evaluate`] allows it: nothing for `none`, `vsock_only` and `internal`;
+    /// the `cidr:` allow rules for `restricted`; everything for `full`; the `cidr:` deny rules
+    /// in both cases.
+    pub fn external(&self, from: &Endpoint) -> Vec<ExternalGrant> {
+        let Endpoint::Component { access, .. } = from else {
+            return Vec::new();
+        };
+        if !matches!(access, NetworkAccess::Restricted | NetworkAccess::Full) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let Selector::Cidr(cidr) = &rule.to else {
+                continue;
+            };
+            let allow = rule.action == PolicyAction::Allow;
+            if !from_matches(&rule.from, from) || (allow && *access == NetworkAccess::Full) {
+                continue;
+            }
+            out.push(ExternalGrant {
+                allow,
+                cidr: Some(*cidr),
+                ports: rule.ports.clone(),
+                protocol: rule.protocol,
+                rule: Some(index),
+            });
+        }
+        if *access == NetworkAccess::Full {
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                out.push(ExternalGrant {
+                    allow: true,
+                    cidr: None,
+                    ports: Vec::new(),
+                    protocol,
+                    rule: None,
+                });
+            }
+        }
+        out
+    }
+}
+
 /// The verdict for `flow` given the first matching allow and deny rules.
 fn decide(flow: &Flow, allow: Option<usize>, deny: Option<usize>) -> Verdict {
     for end in [&flow.from, &flow.to] {

@@ -244,3 +244,62 @@ fn the_audit_log_keeps_one_line_per_decision_naming_the_rule() {
     assert!(!records[1].allowed);
     assert_eq!(records[1].rule, "default deny");
 }
+
+/// Judges an external flow the way the kernel does with [`PolicySet::external`]: a matching
+/// denial refuses, then a matching allowance passes, else refused.
+fn by_grants(set: &PolicySet, from: &Endpoint, ip: IpAddr, port: u16) -> bool {
+    let grants = set.external(from);
+    let hit = |g: &&ExternalGrant| {
+        g.protocol == Protocol::Tcp
+            && g.cidr.is_none_or(|c| c.contains(ip))
+            && (g.ports.is_empty() || g.ports.contains(&port))
+    };
+    !grants.iter().filter(|g| !g.allow).any(|g| hit(&g))
+        && grants.iter().filter(|g| g.allow).any(|g| hit(&g))
+}
+
+#[test]
+fn external_grants_decide_exactly_as_evaluate_for_every_access_level() {
+    let set = PolicySet::new(vec![
+        rule(Allow, "web", "cidr:192.0.2.0/24", &[443]),
+        rule(Deny, "*", "cidr:192.0.2.128/25", &[443]),
+        rule(Allow, "type:service", "cidr:198.51.100.7/32", &[]),
+        rule(Allow, "web", "*", &[80]),
+        rule(Deny, "web", "cidr:203.0.113.0/24", &[22]),
+    ]);
+    let addrs: Vec<IpAddr> = [
+        "192.0.2.1",
+        "192.0.2.200",
+        "198.51.100.7",
+        "198.51.100.8",
+        "203.0.113.5",
+        "10.0.0.1",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    for access in [
+        NetworkAccess::None,
+        NetworkAccess::VsockOnly,
+        NetworkAccess::Internal,
+        NetworkAccess::Restricted,
+        NetworkAccess::Full,
+    ] {
+        for from in [
+            Endpoint::component("web", Service, access),
+            Endpoint::component("node", RpcNode, access),
+        ] {
+            for &ip in &addrs {
+                for port in [22, 80, 443, 8080] {
+                    let f = flow(from.clone(), Endpoint::External(ip), port);
+                    assert_eq!(
+                        by_grants(&set, &from, ip, port),
+                        set.evaluate(&f).allowed,
+                        "{f} with {access:?}: {:?}",
+                        set.external(&from)
+                    );
+                }
+            }
+        }
+    }
+}

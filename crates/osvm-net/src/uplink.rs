@@ -1,0 +1,148 @@
+//! The hub's way out of the host, created only when some component may reach an external
+//! network (`cidr:` rules with `network_access = "restricted"`, or `full` access).
+//!
+//! A veth pair joins the hub (`uplink`) to the host namespace (`osvu<tag>`) on a link-local
+//! /30; the hub routes by default through it and masquerades what leaves, so the host sees one
+//! address per hub and needs no route back to the component pool. The host forwards and
+//! masquerades that address on its way out (`table ip osvm_<tag>`), and IPv4 forwarding is
+//! turned on in the host namespace; both are undone by [`Uplink::remove`]. What may leave is
+//! decided in the hub's `egress` chain (see `ruleset`), not here.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hub::Hub;
+use crate::{NetError, run};
+
+/// The hub's end of the uplink.
+pub const UPLINK_IF: &str = "uplink";
+
+/// A hub's uplink, as recorded in its state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uplink {
+    /// The host's end of the veth pair.
+    pub host_if: String,
+    /// The /30: `.1` on the host, `.2` in the hub.
+    pub net: Ipv4Addr,
+    /// The host's nftables table (family `ip`) that masquerades the hub's traffic.
+    pub table: String,
+    /// `net.ipv4.ip_forward` in the host namespace before the uplink turned it on (restored
+    /// by [`Uplink::remove`]), or `None` if it was on already.
+    pub forwarding_was: Option<String>,
+}
+
+fn host_addr(net: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net) + 1)
+}
+
+fn hub_addr(net: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net) + 2)
+}
+
+const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Uplink {
+    /// The uplink a hub tagged `tag` (8 hex digits) would get: its names and a link-local /30
+    /// derived from the tag.
+    pub fn planned(tag: &str) -> Self {
+        let h = u32::from_str_radix(tag, 16).unwrap_or(0);
+        let net = Ipv4Addr::new(169, 254, 1 + ((h >> 8) % 253) as u8, (h & 0xfc) as u8);
+        Self {
+            host_if: format!("osvu{tag}"),
+            net,
+            table: format!("osvm_{tag}"),
+            forwarding_was: None,
+        }
+    }
+
+    /// Builds it for `hub`: the veth pair, addresses, the hub's default route, the host's NAT
+    /// table, and forwarding in the host namespace. Undone as far as it got when a step fails.
+    pub fn create(mut self, hub: &Hub) -> Result<Self, NetError> {
+        let (host_cidr, hub_cidr) = (
+            format!("{}/30", host_addr(self.net)),
+            format!("{}/30", hub_addr(self.net)),
+        );
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &self.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                UPLINK_IF,
+                "netns",
+                hub.name(),
+            ],
+            None,
+        )?;
+        let steps = || -> Result<(), NetError> {
+            run(
+                "ip",
+                &["addr", "add", &host_cidr, "dev", &self.host_if],
+                None,
+            )?;
+            run("ip", &["link", "set", &self.host_if, "up"], None)?;
+            let n = hub.name();
+            run(
+                "ip",
+                &["-n", n, "addr", "add", &hub_cidr, "dev", UPLINK_IF],
+                None,
+            )?;
+            run("ip", &["-n", n, "link", "set", UPLINK_IF, "up"], None)?;
+            let via = host_addr(self.net).to_string();
+            run(
+                "ip",
+                &["-n", n, "route", "add", "default", "via", &via],
+                None,
+            )?;
+            let script = format!(
+                "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {net}/30 oifname != \"{dev}\" masquerade\n\t}}\n}}\n",
+                t = self.table,
+                net = self.net,
+                dev = self.host_if,
+            );
+            run("nft", &["-f", "-"], Some(&script))?;
+            Ok(())
+        };
+        if let Err(e) = steps() {
+            let _ = self.clone().remove();
+            return Err(e);
+        }
+        let before = std::fs::read_to_string(FORWARDING)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        if before != "1" {
+            if let Err(e) = std::fs::write(FORWARDING, "1") {
+                let _ = self.clone().remove();
+                return Err(NetError::Command {
+                    command: format!("write 1 to {FORWARDING}"),
+                    detail: e.to_string(),
+                });
+            }
+            self.forwarding_was = Some(before);
+        }
+        Ok(self)
+    }
+
+    /// Removes the host's end (the hub's goes with it), the NAT table, and restores forwarding;
+    /// parts already gone are fine.
+    pub fn remove(self) -> Result<(), NetError> {
+        if Path::new("/sys/class/net").join(&self.host_if).exists() {
+            run("ip", &["link", "del", &self.host_if], None)?;
+        }
+        let script = format!("table ip {t} {{}}\ndelete table ip {t}\n", t = self.table);
+        run("nft", &["-f", "-"], Some(&script))?;
+        if let Some(before) = &self.forwarding_was {
+            std::fs::write(FORWARDING, before).map_err(|e| NetError::Command {
+                command: format!("write {before} to {FORWARDING}"),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
