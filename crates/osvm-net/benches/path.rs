@@ -174,19 +174,6 @@ impl Authorize for Everyone {
     }
 }
 
-/// Issues `component`'s identity in stack `b` and writes it to `dir/<component>`.
-fn identity(pki: &osvm_pki::Pki, dir: &std::path::Path, component: &str) -> std::path::PathBuf {
-    let issued = pki
-        .issue("b", component, Duration::from_secs(3600))
-        .unwrap();
-    let dir = dir.join(component);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), issued.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), issued.key_pem).unwrap();
-    std::fs::write(dir.join("bundle.pem"), pki.bundle_pem().unwrap()).unwrap();
-    dir
-}
-
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP: the network bench needs root");
@@ -243,8 +230,12 @@ fn main() {
 
     let pki = osvm_pki::Pki::new(&dir.join("pki"), "bench.osvm").unwrap();
     pki.init_ca(Duration::from_secs(86_400)).unwrap();
-    let server_id = identity(&pki, &dir.join("identities"), "s");
-    let client_id = identity(&pki, &dir.join("identities"), "a");
+    let server_id = pki
+        .issue_into("b", "s", Duration::from_secs(3600), &dir.join("identities"))
+        .unwrap();
+    let client_id = pki
+        .issue_into("b", "a", Duration::from_secs(3600), &dir.join("identities"))
+        .unwrap();
     let mut proxies = ProxyHost::start(Some(&hub_path)).unwrap();
     proxies
         .add_ingress(Ingress {

@@ -525,19 +525,6 @@ fn a_service_address_moves_atomically_and_live_connections_keep_their_instance()
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Writes `component`'s identity files, issued by `pki` for stack `t`, into `dir/<component>`.
-fn identity(pki: &osvm_pki::Pki, dir: &std::path::Path, component: &str) -> std::path::PathBuf {
-    let issued = pki
-        .issue("t", component, Duration::from_secs(3600))
-        .unwrap();
-    let dir = dir.join(component);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), issued.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), issued.key_pem).unwrap();
-    std::fs::write(dir.join("bundle.pem"), pki.bundle_pem().unwrap()).unwrap();
-    dir
-}
-
 /// Only one SPIFFE ID may pass.
 struct Only(String);
 
@@ -630,12 +617,25 @@ fn mtls_ingress_admits_the_allowed_identity_refuses_the_rest_and_audits_each() {
     let pki = osvm_pki::Pki::new(&dir.join("pki"), "test.osvm").unwrap();
     pki.init_ca(Duration::from_secs(86_400)).unwrap();
     let ids = dir.join("identities");
-    let srv = identity(&pki, &ids, "srv");
-    let cli = identity(&pki, &ids, "cli");
-    let other = identity(&pki, &ids, "other");
+    let srv = pki
+        .issue_into("t", "srv", Duration::from_secs(3600), &ids)
+        .unwrap();
+    let cli = pki
+        .issue_into("t", "cli", Duration::from_secs(3600), &ids)
+        .unwrap();
+    let other = pki
+        .issue_into("t", "other", Duration::from_secs(3600), &ids)
+        .unwrap();
     let stranger_ca = osvm_pki::Pki::new(&dir.join("pki2"), "test.osvm").unwrap();
     stranger_ca.init_ca(Duration::from_secs(86_400)).unwrap();
-    let stranger = identity(&stranger_ca, &dir.join("identities2"), "cli");
+    let stranger = stranger_ca
+        .issue_into(
+            "t",
+            "cli",
+            Duration::from_secs(3600),
+            &dir.join("identities2"),
+        )
+        .unwrap();
 
     let audit_path = dir.join("audit.log");
     let mut host = ProxyHost::start(Some(&hub.path())).unwrap();

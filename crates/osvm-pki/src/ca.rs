@@ -433,6 +433,38 @@ impl Pki {
         Ok(())
     }
 
+    /// [`Pki::issue`], written as `cert.pem`, `key.pem` (0600) and `bundle.pem` into
+    /// `dir/<component>` (created); returns that directory. For tools and tests: the daemon
+    /// delivers identities with atomic replacement and ownership of its own.
+    pub fn issue_into(
+        &self,
+        stack: &str,
+        component: &str,
+        validity: Duration,
+        dir: &Path,
+    ) -> Result<PathBuf, PkiError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let issued = self.issue(stack, component, validity)?;
+        let dir = dir.join(component);
+        fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        for (name, text, mode) in [
+            ("cert.pem", issued.cert_pem.as_str(), 0o644),
+            ("key.pem", issued.key_pem.as_str(), 0o600),
+            ("bundle.pem", self.bundle_pem()?.as_str(), 0o644),
+        ] {
+            let path = dir.join(name);
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(mode)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                .map_err(io(format!("write {}", path.display())))?;
+        }
+        Ok(dir)
+    }
+
     /// Issues a certificate for component `component` of stack `stack`, valid for `validity`.
     pub fn issue(
         &self,

@@ -22,27 +22,38 @@ pub fn run(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCode> 
         PolicyCommand::Check(args) => check(global, args),
         PolicyCommand::Allow(args) => add(global, args, "allow"),
         PolicyCommand::Deny(args) => add(global, args, "deny"),
-        PolicyCommand::Revoke(args) => {
-            let answer = client(global)?.call(
-                Method::DELETE,
-                &format!("/v1/stacks/{}/policy/{}", args.stack, args.index),
-                None,
-            )?;
-            match global.output {
-                Output::Json => print_json(&answer)?,
-                Output::Text => {
-                    let v: serde_json::Value = parse(&answer)?;
-                    println!(
-                        "stack `{}`: removed #{} {}; enforced now, and connections nothing else allows were cut",
-                        args.stack,
-                        args.index,
-                        v["removed"].as_str().unwrap_or_default()
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        PolicyCommand::Revoke(args) => edit(
+            global,
+            Method::DELETE,
+            &format!("/v1/stacks/{}/policy/{}", args.stack, args.index),
+            None,
+            |v| {
+                format!(
+                    "stack `{}`: removed #{} {}; enforced now, and connections nothing else allows were cut",
+                    args.stack,
+                    args.index,
+                    v["removed"].as_str().unwrap_or_default()
+                )
+            },
+        ),
     }
+}
+
+/// Sends one policy change to the daemon and prints its answer (`say` words it for people).
+fn edit(
+    global: &Global,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    say: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<ExitCode> {
+    let body = body.map(|b| serde_json::to_vec(&b)).transpose()?;
+    let answer = client(global)?.call(method, path, body)?;
+    match global.output {
+        Output::Json => print_json(&answer)?,
+        Output::Text => println!("{}", say(&parse(&answer)?)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn add(global: &Global, args: PolicyRuleArgs, action: &str) -> anyhow::Result<ExitCode> {
@@ -53,24 +64,20 @@ fn add(global: &Global, args: PolicyRuleArgs, action: &str) -> anyhow::Result<Ex
         "ports": args.ports,
         "protocol": args.protocol,
     });
-    let answer = client(global)?.call(
+    edit(
+        global,
         Method::POST,
         &format!("/v1/stacks/{}/policy", args.stack),
-        Some(serde_json::to_vec(&body)?),
-    )?;
-    match global.output {
-        Output::Json => print_json(&answer)?,
-        Output::Text => {
-            let v: serde_json::Value = parse(&answer)?;
-            println!(
+        Some(body),
+        |v| {
+            format!(
                 "stack `{}`: added #{} {}; enforced now (until the stack is applied again from its file)",
                 args.stack,
                 v["index"],
                 v["rule"].as_str().unwrap_or_default()
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+            )
+        },
+    )
 }
 
 fn list(global: &Global, args: PolicyListArgs) -> anyhow::Result<ExitCode> {
