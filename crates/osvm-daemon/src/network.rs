@@ -14,7 +14,8 @@ use osvm_net::enforce::{Applied, Counter, Enforcer};
 use osvm_net::hub::Hub;
 use osvm_net::ipam::{self, Block, Ipam};
 use osvm_net::proxy::{
-    Authorize, CountersSnapshot, Decision, Egress, Ingress, ProxyHost, client_tls, server_tls,
+    Authorize, CountersSnapshot, Decision, Egress, Ingress, ProxyHost, Upstream, client_tls,
+    server_tls,
 };
 use osvm_net::ruleset::{Member, decided, external, services};
 use osvm_net::uplink::Uplink;
@@ -112,6 +113,14 @@ pub struct NetComponent {
     pub service: Option<Ipv4Addr>,
     /// Whether it is reached through the mTLS proxy.
     pub mtls: bool,
+    /// Whether its service address sends to this instance (during a hot-swap a component
+    /// has two instances; one is active).
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One rule and what matched the flows it allows.
@@ -152,11 +161,15 @@ pub struct NetPlane {
     services: Ipam,
     /// The proxy thread in the hub, once an mTLS component needed it.
     proxies: Option<ProxyHost>,
-    /// Ingress proxies running: where each listens, for which `stack/component`.
-    ingress: BTreeMap<SocketAddr, String>,
-    /// Egress proxies, one thread in each `stack/component` namespace that has any, with the
-    /// entries they serve.
-    egress: BTreeMap<String, (ProxyHost, Vec<osvm_core::stack::MtlsEgress>)>,
+    /// Ingress proxies running: where each listens, for which `stack/component`, and where it
+    /// forwards.
+    ingress: BTreeMap<SocketAddr, (String, Upstream)>,
+    /// Components (`stack/component`) whose service address points at their next instance
+    /// (a hot-swap between its switch and its promotion).
+    to_next: std::collections::BTreeSet<String>,
+    /// Egress proxies, one thread in each instance namespace (by block index) whose component
+    /// has any, with the entries they serve.
+    egress: BTreeMap<u32, (ProxyHost, Vec<osvm_core::stack::MtlsEgress>)>,
     views: BTreeMap<String, SharedView>,
     audit: Arc<AuditLog>,
     /// The way out of the host, once some component may reach an external network.
@@ -168,6 +181,11 @@ fn short_hash(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// The address-block key of a component's second instance during a hot-swap.
+fn next_key(key: &str) -> String {
+    format!("{key}~next")
 }
 
 fn netns_path(name: &str) -> PathBuf {
@@ -225,6 +243,7 @@ impl NetPlane {
             services,
             proxies: None,
             ingress: BTreeMap::new(),
+            to_next: Default::default(),
             egress: BTreeMap::new(),
             views: BTreeMap::new(),
             audit: Arc::new(audit),
@@ -287,12 +306,18 @@ impl NetPlane {
         let mut wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)> = BTreeMap::new();
         let mut seen = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
-            let members = self.members(stack);
+            let slots = self.members(stack);
+            let members: Vec<Member> = slots.iter().map(|(m, _)| m.clone()).collect();
+            let active: Vec<Member> = slots
+                .iter()
+                .filter(|(_, a)| *a)
+                .map(|(m, _)| m.clone())
+                .collect();
             let policy = PolicySet::new(stack.policies.clone());
             tuples.extend(decided(&policy, &members).into_iter().map(|(a, _)| a));
             leaving.extend(external(&policy, &members));
-            service_map.extend(services(&members));
-            for m in members.iter().filter(|m| m.mtls) {
+            service_map.extend(services(&active));
+            for m in active.iter().filter(|m| m.mtls) {
                 let Some(service) = m.service else { continue };
                 for &port in &m.listen {
                     wanted.insert(
@@ -349,71 +374,197 @@ impl NetPlane {
     fn sync_egress(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<(), String> {
         let mut keep = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
+            let slots = self.members(stack);
             for c in stack
                 .components
                 .iter()
                 .filter(|c| !c.mtls_egress.is_empty())
             {
-                let key = format!("{}/{}", stack.name, c.name);
-                let Some(block) = self.ipam.get(&key) else {
-                    continue;
-                };
-                keep.push(key.clone());
-                if self
-                    .egress
-                    .get(&key)
-                    .is_some_and(|(_, running)| *running == c.mtls_egress)
+                // Every instance of the component (two during a hot-swap), in its namespace.
+                for (m, _) in slots
+                    .iter()
+                    .filter(|(m, _)| m.endpoint.to_string() == c.name)
                 {
-                    continue;
+                    let index = m.block.index;
+                    keep.push(index);
+                    if self
+                        .egress
+                        .get(&index)
+                        .is_some_and(|(_, running)| *running == c.mtls_egress)
+                    {
+                        continue;
+                    }
+                    // Stop the old set first: the new one binds the same loopback ports.
+                    self.egress.remove(&index);
+                    let host = self.egress_host(stack, c, index)?;
+                    self.egress.insert(index, (host, c.mtls_egress.clone()));
                 }
-                // Stop the old set first: the new one binds the same loopback ports.
-                self.egress.remove(&key);
-                let mut host = ProxyHost::start(Some(&netns_path(&self.netns_name(block.index))))
-                    .map_err(|e| e.to_string())?;
-                let pki = osvm_pki::Pki::new(
-                    &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
-                    &stack.trust_domain,
-                )
-                .map_err(|e| e.to_string())?;
-                let identity = crate::identity::identity_dir(&self.state_dir, &stack.name, &c.name);
-                let tls = Arc::new(client_tls(&identity, &pki.crl_paths(), &stack.trust_domain));
-                for e in &c.mtls_egress {
-                    let to = self
-                        .services
-                        .get(&format!("{}/{}", stack.name, e.to))
-                        .ok_or_else(|| format!("{} has no service address", e.to))?;
-                    host.add_egress(Egress {
-                        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, e.listen)),
-                        upstream: SocketAddr::from((service_addr(&to), e.port)),
-                        server_name: format!("{}.{}.osvm", e.to, stack.name),
-                        tls: tls.clone(),
-                    })
-                    .map_err(|e| e.to_string())?;
-                }
-                self.egress.insert(key, (host, c.mtls_egress.clone()));
             }
         }
-        self.egress.retain(|key, _| keep.contains(key));
+        self.egress.retain(|index, _| keep.contains(index));
         Ok(())
     }
 
-    /// The components of `stack` that are on the hub, as the ruleset sees them.
-    fn members(&self, stack: &Stack) -> Vec<Member> {
-        stack
-            .components
-            .iter()
-            .filter_map(|c| {
-                let key = format!("{}/{}", stack.name, c.name);
-                let block = self.ipam.get(&key)?;
-                Some(Member {
-                    endpoint: Endpoint::of(c),
-                    block,
-                    listen: c.listen.clone(),
-                    service: self.services.get(&key).map(|b| service_addr(&b)),
-                    mtls: c.mtls,
-                })
+    /// A proxy thread in the namespace of block `index` serving `c`'s `mtls_egress`.
+    fn egress_host(
+        &self,
+        stack: &Stack,
+        c: &osvm_core::stack::Component,
+        index: u32,
+    ) -> Result<ProxyHost, String> {
+        let mut host = ProxyHost::start(Some(&netns_path(&self.netns_name(index))))
+            .map_err(|e| e.to_string())?;
+        let pki = osvm_pki::Pki::new(
+            &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
+            &stack.trust_domain,
+        )
+        .map_err(|e| e.to_string())?;
+        let identity = crate::identity::identity_dir(&self.state_dir, &stack.name, &c.name);
+        let tls = Arc::new(client_tls(&identity, &pki.crl_paths(), &stack.trust_domain));
+        for e in &c.mtls_egress {
+            let to = self
+                .services
+                .get(&format!("{}/{}", stack.name, e.to))
+                .ok_or_else(|| format!("{} has no service address", e.to))?;
+            host.add_egress(Egress {
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, e.listen)),
+                upstream: SocketAddr::from((service_addr(&to), e.port)),
+                server_name: format!("{}.{}.osvm", e.to, stack.name),
+                tls: tls.clone(),
             })
-            .collect()
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(host)
+    }
+
+    /// The instances of `stack`'s components that are on the hub, as the ruleset sees them
+    /// (a component in a hot-swap has two, the same to policy), each with whether its
+    /// component's service address sends to it.
+    fn members(&self, stack: &Stack) -> Vec<(Member, bool)> {
+        let mut out = Vec::new();
+        for c in &stack.components {
+            let key = format!("{}/{}", stack.name, c.name);
+            let next = next_key(&key);
+            let to_next = self.to_next.contains(&key);
+            for (slot, active) in [(&key, !to_next), (&next, to_next)] {
+                let Some(block) = self.ipam.get(slot) else {
+                    continue;
+                };
+                out.push((
+                    Member {
+                        endpoint: Endpoint::of(c),
+                        block,
+                        listen: c.listen.clone(),
+                        service: self.services.get(&key).map(|b| service_addr(&b)),
+                        mtls: c.mtls,
+                    },
+                    active,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Gives `stack/component` a second namespace and address block for a hot-swap's new
+    /// instance (allowed and reached by policy exactly like the first; its service address
+    /// still sends to the first); returns the namespace's path.
+    pub fn prepare_next(
+        &mut self,
+        stacks: &BTreeMap<String, Stack>,
+        stack: &str,
+        component: &str,
+    ) -> Result<PathBuf, String> {
+        let next = next_key(&format!("{stack}/{component}"));
+        let block = self.ipam.allocate(&next).map_err(|e| e.to_string())?;
+        let name = self.netns_name(block.index);
+        let path = netns_path(&name);
+        if !path.exists() {
+            ip(&["netns", "add", &name])?;
+            if let Err(e) = self.enforcer.hub().attach(&name, &block) {
+                let _ = ip(&["netns", "del", &name]);
+                let _ = self.ipam.release(&next);
+                return Err(e.to_string());
+            }
+        }
+        self.apply(stacks)?;
+        Ok(path)
+    }
+
+    /// Points `stack/component`'s service address (and its mTLS proxy) at the next instance,
+    /// or back at the first: one nftables transaction; connections already made keep theirs.
+    pub fn switch(
+        &mut self,
+        stacks: &BTreeMap<String, Stack>,
+        stack: &str,
+        component: &str,
+        to_next: bool,
+    ) -> Result<(), String> {
+        let key = format!("{stack}/{component}");
+        if to_next {
+            self.to_next.insert(key);
+        } else {
+            self.to_next.remove(&key);
+        }
+        self.apply(stacks).map(|_| ())
+    }
+
+    /// Makes the next instance's block the component's own and the old one's the "next",
+    /// which [`NetPlane::drop_next`] then removes: the end of a hot-swap.
+    pub fn promote(&mut self, stack: &str, component: &str) -> Result<(), String> {
+        let key = format!("{stack}/{component}");
+        self.ipam
+            .swap_keys(&key, &next_key(&key))
+            .map_err(|e| e.to_string())?;
+        self.to_next.remove(&key);
+        Ok(())
+    }
+
+    /// Removes `stack/component`'s second namespace and block (a rolled-back new instance, or
+    /// the old one after a swap), then re-applies: what was allowed to it goes, and its
+    /// remaining connections are cut.
+    pub fn drop_next(
+        &mut self,
+        stacks: &BTreeMap<String, Stack>,
+        stack: &str,
+        component: &str,
+    ) -> Result<(), String> {
+        let key = format!("{stack}/{component}");
+        let next = next_key(&key);
+        self.to_next.remove(&key);
+        if let Some(block) = self.ipam.get(&next) {
+            self.egress.remove(&block.index);
+            let name = self.netns_name(block.index);
+            if netns_path(&name).exists() {
+                ip(&["netns", "del", &name])?;
+            }
+            self.ipam.release(&next).map_err(|e| e.to_string())?;
+        }
+        self.apply(stacks).map(|_| ())
+    }
+
+    /// The namespace of `stack/component`'s next instance, if it has one.
+    pub fn next_netns(&self, stack: &str, component: &str) -> Option<PathBuf> {
+        let block = self.ipam.get(&next_key(&format!("{stack}/{component}")))?;
+        Some(netns_path(&self.netns_name(block.index)))
+    }
+
+    /// The address of the instance `stack/component`'s service address sends to now.
+    pub fn active_addr(&self, stack: &str, component: &str) -> Option<Ipv4Addr> {
+        let key = format!("{stack}/{component}");
+        let slot = if self.to_next.contains(&key) {
+            next_key(&key)
+        } else {
+            key
+        };
+        self.ipam.get(&slot).map(|b| b.component_addr())
+    }
+
+    /// Established TCP connections to `addr` that the hub tracks (a draining instance's).
+    pub fn established_to(&self, addr: Ipv4Addr) -> Result<usize, String> {
+        self.enforcer
+            .hub()
+            .count_conntrack(addr)
+            .map_err(|e| e.to_string())
     }
 
     /// Addresses, the service map, per-rule counters, refusals and proxies, as the kernel and
@@ -428,8 +579,8 @@ impl NetPlane {
         let mut components = Vec::new();
         let mut rules = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
-            let members = self.members(stack);
-            for m in &members {
+            let slots = self.members(stack);
+            for (m, active) in &slots {
                 components.push(NetComponent {
                     stack: stack.name.clone(),
                     component: m.endpoint.to_string(),
@@ -437,8 +588,10 @@ impl NetPlane {
                     address: m.block.component_addr(),
                     service: m.service,
                     mtls: m.mtls,
+                    active: *active,
                 });
             }
+            let members: Vec<Member> = slots.into_iter().map(|(m, _)| m).collect();
             let policy = PolicySet::new(stack.policies.clone());
             let mut per_rule: BTreeMap<usize, (usize, Counter)> = BTreeMap::new();
             for (tuple, rule) in decided(&policy, &members) {
@@ -470,11 +623,21 @@ impl NetPlane {
             .map(|(listen, counters)| ProxyView {
                 kind: "ingress".into(),
                 listen,
-                component: self.ingress.get(&listen).cloned().unwrap_or_default(),
+                component: self
+                    .ingress
+                    .get(&listen)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default(),
                 counters,
             })
             .collect();
-        for (key, (host, _)) in &self.egress {
+        let blocks = self.ipam.all();
+        for (index, (host, _)) in &self.egress {
+            let key = blocks
+                .iter()
+                .find(|(_, b)| b.index == *index)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default();
             proxies.extend(
                 host.counters()
                     .into_iter()
@@ -527,7 +690,8 @@ impl NetPlane {
             }
         }
         for (listen, (upstream, stack_name, component)) in wanted {
-            if self.ingress.contains_key(&listen) {
+            if let Some((_, running)) = self.ingress.get(&listen) {
+                running.set(upstream);
                 continue;
             }
             let (Some(stack), Some(view)) = (stacks.get(&stack_name), self.views.get(&stack_name))
@@ -555,7 +719,7 @@ impl NetPlane {
                 decider: format!("mtls-ingress {component}.{stack_name}:{}", listen.port()),
                 resource: format!("{component} tcp/{}", listen.port()),
                 listen,
-                upstream,
+                upstream: Upstream::new(upstream),
                 tls: Arc::new(server_tls(&identity, &pki.crl_paths(), &stack.trust_domain)),
                 authorize: Arc::new(PolicyAuthorizer {
                     view: view.clone(),
@@ -564,13 +728,14 @@ impl NetPlane {
                 }),
                 audit: Some(self.audit.clone()),
             };
+            let running = spec.upstream.clone();
             self.proxies
                 .as_mut()
                 .expect("started above")
                 .add_ingress(spec)
                 .map_err(|e| e.to_string())?;
             self.ingress
-                .insert(listen, format!("{stack_name}/{component}"));
+                .insert(listen, (format!("{stack_name}/{component}"), running));
         }
         Ok(())
     }
@@ -578,9 +743,21 @@ impl NetPlane {
     /// Takes `stack/component` off the hub: its namespace goes, its block returns to the pool.
     pub fn leave(&mut self, stack: &str, component: &str) -> Result<(), String> {
         let key = format!("{stack}/{component}");
-        // Its egress proxies live in its namespace: stop them before it goes.
-        self.egress.remove(&key);
+        // A hot-swap's second instance goes too.
+        if let Some(block) = self.ipam.get(&next_key(&key)) {
+            self.egress.remove(&block.index);
+            let name = self.netns_name(block.index);
+            if netns_path(&name).exists() {
+                ip(&["netns", "del", &name])?;
+            }
+            self.ipam
+                .release(&next_key(&key))
+                .map_err(|e| e.to_string())?;
+        }
+        self.to_next.remove(&key);
         if let Some(block) = self.ipam.get(&key) {
+            // Its egress proxies live in its namespace: stop them before it goes.
+            self.egress.remove(&block.index);
             let name = self.netns_name(block.index);
             if netns_path(&name).exists() {
                 ip(&["netns", "del", &name])?;
@@ -590,7 +767,7 @@ impl NetPlane {
         let proxied: Vec<SocketAddr> = self
             .ingress
             .iter()
-            .filter(|(_, k)| **k == key)
+            .filter(|(_, (k, _))| *k == key)
             .map(|(a, _)| *a)
             .collect();
         for addr in proxied {

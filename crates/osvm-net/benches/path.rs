@@ -242,7 +242,10 @@ fn main() {
             decider: "bench".into(),
             resource: "s tcp/7000".into(),
             listen: SocketAddr::from((service, 7000)),
-            upstream: SocketAddr::from((members[2].block.component_addr(), 7000)),
+            upstream: osvm_net::proxy::Upstream::new(SocketAddr::from((
+                members[2].block.component_addr(),
+                7000,
+            ))),
             tls: Arc::new(server_tls(&server_id, &pki.crl_paths(), "bench.osvm")),
             authorize: Arc::new(Everyone),
             audit: None,

@@ -187,6 +187,30 @@ impl Hub {
         }
     }
 
+    /// How many established TCP connections the hub tracks whose reply comes from `addr` (an
+    /// instance's connections, whether addressed to it or to its service address).
+    pub fn count_conntrack(&self, addr: Ipv4Addr) -> Result<usize, NetError> {
+        let a = addr.to_string();
+        let args = [
+            "netns",
+            "exec",
+            &self.name,
+            "conntrack",
+            "-L",
+            "-p",
+            "tcp",
+            "--reply-src",
+            &a,
+            "--state",
+            "ESTABLISHED",
+        ];
+        match run("ip", &args, None) {
+            Ok(out) => Ok(out.lines().filter(|l| !l.trim().is_empty()).count()),
+            Err(NetError::Command { detail, .. }) if detail.contains("0 flow entries") => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes the hub namespace (and every veth in it).
     pub fn destroy(self) -> Result<(), NetError> {
         run("ip", &["netns", "del", &self.name], None).map(|_| ())

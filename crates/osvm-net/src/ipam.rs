@@ -127,6 +127,20 @@ impl Ipam {
         Ok(())
     }
 
+    /// Exchanges the blocks of keys `a` and `b` (both must have one), in one durable write: a
+    /// hot-swap's new instance becomes the component's own.
+    pub fn swap_keys(&mut self, a: &str, b: &str) -> Result<(), NetError> {
+        let (Some(&ia), Some(&ib)) = (self.record.blocks.get(a), self.record.blocks.get(b)) else {
+            return Err(NetError::Store {
+                path: self.path.display().to_string(),
+                detail: format!("cannot exchange the blocks of {a} and {b}: one has none"),
+            });
+        };
+        self.record.blocks.insert(a.to_owned(), ib);
+        self.record.blocks.insert(b.to_owned(), ia);
+        self.save()
+    }
+
     /// Every allocation, by key.
     pub fn all(&self) -> Vec<(String, Block)> {
         self.record
@@ -187,6 +201,12 @@ mod tests {
         nets.dedup();
         assert_eq!(nets.len(), all.len(), "never duplicated: {all:?}");
 
+        let mut swapping = Ipam::open(&path, pool, 16).unwrap();
+        let (before_b, before_c) = (swapping.get("s/b"), swapping.get("s/c"));
+        swapping.swap_keys("s/b", "s/c").unwrap();
+        let again = Ipam::open(&path, pool, 16).unwrap();
+        assert_eq!((again.get("s/b"), again.get("s/c")), (before_c, before_b));
+        assert!(swapping.swap_keys("s/b", "s/none").is_err());
         assert!(
             Ipam::open(&path, Ipv4Addr::new(10, 9, 0, 0), 16).is_err(),
             "a record of another pool is refused, not reinterpreted"

@@ -114,6 +114,27 @@ impl<T> Reloading<T> {
     }
 }
 
+/// Where an ingress proxy forwards; changed in place when a hot-swap moves the component.
+#[derive(Debug, Clone)]
+pub struct Upstream(Arc<std::sync::RwLock<SocketAddr>>);
+
+impl Upstream {
+    /// Forwarding to `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(addr)))
+    }
+
+    /// Where new connections go.
+    pub fn get(&self) -> SocketAddr {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends new connections to `addr`; live ones keep theirs.
+    pub fn set(&self, addr: SocketAddr) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+}
+
 /// An mTLS ingress proxy.
 pub struct Ingress {
     /// Who decides, in the audit log (`mtls-ingress web.shop:8080`).
@@ -123,7 +144,7 @@ pub struct Ingress {
     /// Where it listens (the service address and port).
     pub listen: SocketAddr,
     /// Where it forwards (the component's address and port).
-    pub upstream: SocketAddr,
+    pub upstream: Upstream,
     /// The server side of TLS: the component's identity and the trust it checks clients with.
     pub tls: Arc<Reloading<ServerConfig>>,
     /// Policy on the client's SPIFFE ID.
@@ -376,7 +397,7 @@ async fn ingress(tcp: TcpStream, peer: SocketAddr, spec: Arc<Ingress>, counters:
         return;
     }
     counters.accepted.fetch_add(1, Ordering::Relaxed);
-    let Ok(mut upstream) = TcpStream::connect(spec.upstream).await else {
+    let Ok(mut upstream) = TcpStream::connect(spec.upstream.get()).await else {
         counters.upstream_failed.fetch_add(1, Ordering::Relaxed);
         return;
     };

@@ -644,7 +644,7 @@ fn mtls_ingress_admits_the_allowed_identity_refuses_the_rest_and_audits_each() {
         decider: "mtls-ingress srv.t:8443".into(),
         resource: "srv tcp/8443".into(),
         listen: SocketAddr::from((service, 8443)),
-        upstream,
+        upstream: osvm_net::proxy::Upstream::new(upstream),
         tls: Arc::new(server_tls(&srv, &pki.crl_paths(), "test.osvm")),
         authorize: Arc::new(Only("spiffe://test.osvm/t/cli".into())),
         audit: Some(Arc::new(AuditLog::open(&audit_path).unwrap())),
