@@ -135,6 +135,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/components/{name}/stop", post(stop))
         .route("/v1/components/{name}/restart", post(restart))
         .route("/v1/components/{name}/logs", get(logs))
+        .route("/v1/components/{name}/swap", post(swap))
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))
         .route("/v1/stacks", post(apply))
@@ -331,6 +332,41 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respons
         Json(json!({ "stack": name, "components": components })),
     )
         .into_response())
+}
+
+/// `POST /v1/components/{name}/swap`: a [`crate::engine::SwapRequest`]; answers the plan
+/// (202 when started, 200 for a dry run).
+async fn swap(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body exceeds {MAX_BODY} bytes"),
+        ));
+    }
+    let req: crate::engine::SwapRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("malformed swap request: {e}"),
+            )
+        })?
+    };
+    let dry = req.dry_run;
+    let plan = ask(&shared, |tx| Command::Swap(name.clone(), Box::new(req), tx)).await??;
+    let status = if dry {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(plan)).into_response())
 }
 
 /// One rule of `GET /v1/stacks/{name}/policy`.

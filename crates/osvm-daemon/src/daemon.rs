@@ -64,6 +64,12 @@ pub enum Command {
         crate::engine::PolicyEdit,
         oneshot::Sender<Result<(usize, String), EngineError>>,
     ),
+    /// Hot-swap a component.
+    Swap(
+        String,
+        Box<crate::engine::SwapRequest>,
+        oneshot::Sender<Result<crate::engine::SwapPlan, EngineError>>,
+    ),
     /// A stack's policy rules.
     Policies(
         String,
@@ -187,6 +193,9 @@ fn handle(engine: &mut Engine, cmd: Command) {
         }
         Command::Policy(stack, edit, reply) => {
             let _ = reply.send(engine.edit_policy(&stack, edit));
+        }
+        Command::Swap(name, req, reply) => {
+            let _ = reply.send(engine.swap(&name, *req));
         }
         Command::Policies(stack, reply) => {
             let _ = reply.send(engine.policies(&stack));

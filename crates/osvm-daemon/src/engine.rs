@@ -28,6 +28,11 @@ use osvm_core::{ExitStatus, Instance, InstanceStats};
 use osvm_sandbox::{Adopted, SandboxInstance, SandboxRuntime, new_instance_id};
 use serde::{Deserialize, Serialize};
 
+#[path = "swap.rs"]
+mod swap;
+
+pub use swap::{SwapPlan, SwapRequest};
+
 use crate::health::{self, ProbeResult};
 use crate::identity::{self, Delivered};
 use crate::store::{ComponentRecord, Event, InstanceRecord, Intent, Store, StoreError, now_ms};
@@ -94,6 +99,12 @@ pub struct ComponentView {
     /// How long the last health probe took, in milliseconds.
     #[serde(default)]
     pub probe_latency_ms: Option<f64>,
+    /// A hot-swap under way.
+    #[serde(default)]
+    pub swap: Option<crate::store::SwapRecord>,
+    /// How the last hot-swap ended.
+    #[serde(default)]
+    pub last_swap: Option<crate::store::SwapOutcome>,
 }
 
 /// One component and what the engine knows about it.
@@ -130,6 +141,8 @@ struct Unit {
     stats: Option<InstanceStats>,
     cpu_sample: Option<(Instant, u64)>,
     cpu_percent: f64,
+    /// A hot-swap under way.
+    swap: Option<swap::Swap>,
 }
 
 impl Unit {
@@ -160,6 +173,7 @@ impl Unit {
             stats: None,
             cpu_sample: None,
             cpu_percent: 0.0,
+            swap: None,
         }
     }
 }
@@ -273,6 +287,11 @@ impl Engine {
         for i in 0..engine.units.len() {
             engine.recover(i);
         }
+        // Swaps a killed engine left half done: finished or undone now, their second hub
+        // slot cleared once the hub is open below.
+        let unswapped: Vec<(String, String)> = (0..engine.units.len())
+            .filter_map(|i| engine.recover_swap(i))
+            .collect();
         // Components of a stack removed just before the previous engine died: stop what still
         // runs of them, then forget them.
         for record in records
@@ -301,6 +320,14 @@ impl Engine {
                 Ok(plane) => {
                     engine.net = Some(plane);
                     engine.reapply_network();
+                    let stacks = engine.stacks.clone();
+                    for (stack, component) in unswapped {
+                        if let Some(plane) = engine.net.as_mut()
+                            && let Err(e) = plane.drop_next(&stacks, &stack, &component)
+                        {
+                            engine.note("network-failed", &e);
+                        }
+                    }
                 }
                 Err(e) => engine.note(
                     "network-failed",
@@ -662,7 +689,11 @@ impl Engine {
         }
     }
 
-    fn set_status(&mut self, i: usize, status: ComponentStatus) {
+    fn set_status(&mut self, i: usize, mut status: ComponentStatus) {
+        // A healthy probe during a swap does not end the swap's status.
+        if self.units[i].swap.is_some() && status == ComponentStatus::Running {
+            status = ComponentStatus::Upgrading;
+        }
         if self.units[i].record.status != status {
             self.units[i].record.status = status;
             self.save(i);
@@ -833,6 +864,7 @@ impl Engine {
     }
 
     fn tick_unit(&mut self, i: usize, now: Instant) {
+        self.tick_swap(i, now);
         if let Some(inst) = self.units[i].instance.clone() {
             match inst.try_wait() {
                 Ok(Some(status)) => self.on_exit(i, status, now),
@@ -1236,6 +1268,9 @@ impl Engine {
             self.emit(i, "failed", &reason);
         } else if u.removing || !u.record.enabled {
             self.set_status(i, ComponentStatus::Stopped);
+        } else if u.swap.is_some() {
+            // The old instance died during a swap: the swap decides (the new instance takes
+            // over, or a rollback restarts the component).
         } else if u.replace {
             self.units[i].restart_at = Some(now);
         } else {
@@ -1484,6 +1519,8 @@ impl Engine {
                     last_exit: u.record.last_exit,
                     reason: u.record.reason.clone(),
                     probe_latency_ms: u.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
+                    swap: u.record.swap.clone(),
+                    last_swap: u.record.last_swap.clone(),
                 }
             })
             .collect()

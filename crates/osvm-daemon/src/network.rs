@@ -548,6 +548,13 @@ impl NetPlane {
         Some(netns_path(&self.netns_name(block.index)))
     }
 
+    /// The address of `stack/component`'s next instance slot, if it has one.
+    pub fn next_addr(&self, stack: &str, component: &str) -> Option<Ipv4Addr> {
+        self.ipam
+            .get(&next_key(&format!("{stack}/{component}")))
+            .map(|b| b.component_addr())
+    }
+
     /// The address of the instance `stack/component`'s service address sends to now.
     pub fn active_addr(&self, stack: &str, component: &str) -> Option<Ipv4Addr> {
         let key = format!("{stack}/{component}");

@@ -129,6 +129,54 @@ pub struct ComponentRecord {
     /// The instance before the current one (whose logs stay readable after it ended).
     #[serde(default)]
     pub last_instance: Option<String>,
+    /// A hot-swap under way.
+    #[serde(default)]
+    pub swap: Option<SwapRecord>,
+    /// How the last hot-swap ended.
+    #[serde(default)]
+    pub last_swap: Option<SwapOutcome>,
+}
+
+/// Where a hot-swap is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapPhase {
+    /// The new instance runs beside the old one and must become ready.
+    Starting,
+    /// The service address sends to the new instance; it must stay healthy.
+    Switched,
+    /// The new instance is the component's; the old one's connections are finishing.
+    Draining,
+    /// The swap failed: traffic is back on the old instance and the new one is stopping.
+    RollingBack,
+}
+
+/// A hot-swap under way, durably: what a restarted daemon needs to finish or undo it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapRecord {
+    /// The new instance.
+    pub new_instance: String,
+    /// The old instance (the component's instance until the swap is confirmed).
+    pub old_instance: Option<String>,
+    /// Where it is.
+    pub phase: SwapPhase,
+    /// When it began.
+    pub began_ms: u64,
+    /// The component as it runs once the swap is done.
+    pub component: osvm_core::stack::Component,
+}
+
+/// How a hot-swap ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapOutcome {
+    /// The instance it started.
+    pub new_instance: String,
+    /// True when the new instance serves now; false when the swap was rolled back.
+    pub done: bool,
+    /// What happened, in words.
+    pub reason: String,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
 }
 
 impl ComponentRecord {
@@ -147,6 +195,8 @@ impl ComponentRecord {
             reason: String::new(),
             next_start_ms: None,
             last_instance: None,
+            swap: None,
+            last_swap: None,
         }
     }
 

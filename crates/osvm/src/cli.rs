@@ -69,6 +69,10 @@ pub enum Command {
     Stop(NameArgs),
     /// Replace a component's instance with a fresh one
     Restart(NameArgs),
+    /// Hot-swap a component of a hub stack: start the new version beside the old one, move
+    /// traffic when it is ready, drain the old one; roll back by itself on failure. Exits 0
+    /// when the new version serves, 1 when the swap was rolled back
+    Swap(SwapArgs),
     /// Print the daemon's events
     Events(EventsArgs),
     /// Totals and per-component usage
@@ -166,6 +170,37 @@ pub struct DaemonArgs {
 pub struct DownArgs {
     /// A stack file, or a stack's name
     pub stack: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SwapArgs {
+    /// The component's name (`stack/name` when several stacks have one)
+    pub name: String,
+    /// Take the new version of the component from this stack file
+    #[arg(long, conflicts_with = "command")]
+    pub file: Option<PathBuf>,
+    /// How long the new instance must pass its checks before and after the switch
+    /// [default: the component's `swap.min_healthy_time`, 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub min_healthy_time: Option<String>,
+    /// How long the new instance has to become ready [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub healthy_deadline: Option<String>,
+    /// How long the old instance's connections may take to finish [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Do not move traffic back when the new instance fails after the switch
+    #[arg(long)]
+    pub no_revert: bool,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return once the swap has started instead of following it to its outcome
+    #[arg(long, short)]
+    pub detach: bool,
+    /// The new version's command line [default: the component's command]
+    #[arg(last = true, value_name = "PROGRAM [ARGS]")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -110,9 +110,25 @@ pub(crate) struct RawComponent {
     pub(crate) mtls: Option<Spanned<bool>>,
     /// How far its network reaches.
     pub(crate) network_access: Option<Word<crate::model::NetworkAccess>>,
+    /// How a hot-swap of it proceeds.
+    pub(crate) swap: Option<Spanned<Table<RawSwap>>>,
     /// Local plain-TCP listeners that osvm turns into mTLS connections.
     #[serde(default)]
     pub(crate) mtls_egress: Vec<Spanned<Table<RawEgress>>>,
+}
+
+/// `swap = { min_healthy_time = "2s", ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSwap {
+    /// How long readiness must hold before the switch, and liveness after it.
+    pub(crate) min_healthy_time: Option<Spanned<String>>,
+    /// How long the new instance has to become ready.
+    pub(crate) healthy_deadline: Option<Spanned<String>>,
+    /// How long the old instance's connections may take to finish.
+    pub(crate) drain_timeout: Option<Spanned<String>>,
+    /// Whether a failed swap goes back to the old instance.
+    pub(crate) auto_revert: Option<bool>,
 }
 
 /// `mtls_egress = [ { to = "db", port = 5432, listen = 15432 } ]`.
@@ -401,6 +417,10 @@ impl Expecting for RawReload {
 
 impl Expecting for RawMount {
     const EXPECTING: &'static str = "a table such as { source = \"/srv/www\", target = \"/www\" }";
+}
+
+impl Expecting for RawSwap {
+    const EXPECTING: &'static str = "a table such as { min_healthy_time = \"2s\", healthy_deadline = \"30s\", drain_timeout = \"60s\" }";
 }
 
 impl Expecting for RawEgress {

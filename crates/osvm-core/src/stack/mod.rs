@@ -158,6 +158,55 @@ pub struct Component {
     /// `internal`: other components only).
     #[serde(default)]
     pub network_access: crate::model::NetworkAccess,
+    /// How a hot-swap (`osvm swap`) of it proceeds.
+    #[serde(default)]
+    pub swap: SwapPolicy,
+}
+
+/// How a hot-swap proceeds: the new instance must pass its readiness check continuously for
+/// `min_healthy_time` before traffic moves to it, and its liveness for as long again after;
+/// it has `healthy_deadline` to get there; the old instance's connections then get
+/// `drain_timeout` to finish. A failure goes back to the old instance when `auto_revert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapPolicy {
+    /// How long readiness must hold before the switch, and liveness after it.
+    #[serde(with = "millis")]
+    pub min_healthy_time: Duration,
+    /// How long the new instance has to become ready.
+    #[serde(with = "millis")]
+    pub healthy_deadline: Duration,
+    /// How long the old instance's connections may take to finish before it is stopped.
+    #[serde(with = "millis")]
+    pub drain_timeout: Duration,
+    /// Whether a failed swap goes back to the old instance (kept running until the new one is
+    /// confirmed).
+    pub auto_revert: bool,
+}
+
+impl Default for SwapPolicy {
+    fn default() -> Self {
+        Self {
+            min_healthy_time: Duration::from_secs(2),
+            healthy_deadline: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(60),
+            auto_revert: true,
+        }
+    }
+}
+
+/// Durations as milliseconds in JSON (the stored form of a stack).
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 /// One `mtls_egress` entry: `127.0.0.1:listen` inside the component reaches `to:port` over

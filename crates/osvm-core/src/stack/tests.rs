@@ -88,6 +88,7 @@ fn expected_full() -> Stack {
                 mtls: false,
                 mtls_egress: vec![],
                 network_access: Default::default(),
+                swap: Default::default(),
             },
             Component {
                 name: "mcp-fs".into(),
@@ -122,6 +123,7 @@ fn expected_full() -> Stack {
                 mtls: false,
                 mtls_egress: vec![],
                 network_access: Default::default(),
+                swap: Default::default(),
             },
             Component {
                 name: "val".into(),
@@ -157,6 +159,7 @@ fn expected_full() -> Stack {
                 mtls: false,
                 mtls_egress: vec![],
                 network_access: Default::default(),
+                swap: Default::default(),
             },
         ],
         policies: vec![

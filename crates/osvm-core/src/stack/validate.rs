@@ -23,7 +23,7 @@ use super::file::{
 };
 use super::{
     Component, HealthCheck, HealthProbe, IdentityReload, MtlsEgress, PolicyAction, PolicyRule,
-    Protocol, RestartPolicy, Selector, SelectorError, Stack,
+    Protocol, RestartPolicy, Selector, SelectorError, Stack, SwapPolicy,
 };
 
 /// The longest name a stack or component may have (a DNS label).
@@ -390,6 +390,31 @@ fn component(
         None => false,
     };
 
+    let mut swap = SwapPolicy::default();
+    if let Some(table) = raw.swap {
+        let r = table.into_inner().0;
+        for (value, key, slot) in [
+            (
+                &r.min_healthy_time,
+                "min_healthy_time",
+                &mut swap.min_healthy_time,
+            ),
+            (
+                &r.healthy_deadline,
+                "healthy_deadline",
+                &mut swap.healthy_deadline,
+            ),
+            (&r.drain_timeout, "drain_timeout", &mut swap.drain_timeout),
+        ] {
+            if let Some(v) = value {
+                *slot = duration(src, v, key)?;
+            }
+        }
+        if let Some(b) = r.auto_revert {
+            swap.auto_revert = b;
+        }
+    }
+
     let mut mtls_egress: Vec<MtlsEgress> = Vec::with_capacity(raw.mtls_egress.len());
     for e in raw.mtls_egress {
         let span = e.span();
@@ -433,6 +458,7 @@ fn component(
         mtls,
         mtls_egress,
         network_access: raw.network_access.map(|w| w.0).unwrap_or_default(),
+        swap,
     })
 }
 

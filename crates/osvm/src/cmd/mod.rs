@@ -7,6 +7,7 @@ mod doctor;
 mod net;
 mod policy;
 mod run;
+mod swap;
 mod table;
 mod up;
 mod validate;
@@ -51,6 +52,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start(a) => control::action(&cli.global, a, "start"),
         Command::Stop(a) => control::action(&cli.global, a, "stop"),
         Command::Restart(a) => control::action(&cli.global, a, "restart"),
+        Command::Swap(a) => swap::run(&cli.global, a),
         Command::Events(a) => control::events(&cli.global, a),
         Command::Stats => control::stats(&cli.global),
     }

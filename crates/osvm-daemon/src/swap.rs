@@ -1,0 +1,644 @@
+//! Hot-swap: replace a component's instance with a new one without a failed request.
+//!
+//! The new instance starts beside the old one in a namespace of its own (the component's
+//! second address block, allowed by policy exactly like the first; see `NetPlane`), with the
+//! same identity name and a fresh certificate. Its readiness check (the component's health
+//! check, or a TCP connect to its first listen port) must pass continuously for
+//! `min_healthy_time`; then the service address's DNAT entry moves to it in one nftables
+//! transaction, so new connections go to the new instance from the next packet on while live
+//! ones keep the old. It must stay healthy for `min_healthy_time` more; then it is confirmed
+//! (the component's instance, its address block the component's own) and the old instance
+//! drains: it is stopped (SIGTERM, then SIGKILL after the component's `stop_grace`) once the
+//! hub tracks no established connection to it, or after `drain_timeout`.
+//!
+//! A new instance that exits, is not ready within `healthy_deadline`, or fails its check after
+//! the switch (with `auto_revert`) is rolled back: traffic goes back to the old instance, which
+//! was never stopped, and the new one is stopped. Every step is an event and the phase is
+//! written to the component's record before it is acted on, so a daemon killed in the middle
+//! finishes a confirmed swap or undoes an unconfirmed one when it starts again: exactly one
+//! version serves afterwards.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use osvm_core::model::ComponentStatus;
+use osvm_core::stack::{Component, HealthProbe, StackNetwork, SwapPolicy};
+use osvm_core::{ExitStatus, Instance};
+use osvm_sandbox::{Adopted, SandboxInstance, new_instance_id};
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, EngineError, Health, human_duration};
+use crate::health::{self, ProbeResult};
+use crate::identity;
+use crate::store::{InstanceRecord, SwapOutcome, SwapPhase, SwapRecord, now_ms};
+
+/// What `osvm swap` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapRequest {
+    /// A new command line (program, then arguments) for the same component.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// The whole new component (from a stack file); its name must match.
+    #[serde(default)]
+    pub component: Option<Component>,
+    /// Overrides of the component's `swap` settings, in milliseconds.
+    #[serde(default)]
+    pub min_healthy_time_ms: Option<u64>,
+    /// See `min_healthy_time_ms`.
+    #[serde(default)]
+    pub healthy_deadline_ms: Option<u64>,
+    /// See `min_healthy_time_ms`.
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+    /// Override of `auto_revert`.
+    #[serde(default)]
+    pub auto_revert: Option<bool>,
+    /// Only say what would happen.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a swap will do (or, for a dry run, would do).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwapPlan {
+    /// `stack/component`.
+    pub component: String,
+    /// The instance it started (none for a dry run).
+    pub new_instance: Option<String>,
+    /// The settings in force.
+    pub policy: SwapPolicy,
+    /// The readiness check, in words.
+    pub readiness: String,
+    /// The steps, in order.
+    pub steps: Vec<String>,
+}
+
+/// A swap in memory: the instances and the clocks.
+pub(super) struct Swap {
+    new: Arc<SandboxInstance>,
+    /// The old instance once the swap is confirmed (before that it is the unit's instance).
+    old: Option<Arc<SandboxInstance>>,
+    component: Component,
+    policy: SwapPolicy,
+    readiness: HealthProbe,
+    interval: Duration,
+    timeout: Duration,
+    phase: SwapPhase,
+    began: Instant,
+    probe: Option<Receiver<ProbeResult>>,
+    next_probe: Instant,
+    ready_since: Option<Instant>,
+    switched_at: Option<Instant>,
+    drain_began: Option<Instant>,
+    old_addr: Option<Ipv4Addr>,
+    /// When the instance being stopped (old when draining, new when rolling back) is killed.
+    kill_at: Option<Instant>,
+    reason: String,
+}
+
+/// The readiness check of `c`: its health check, or a TCP connect to its first listen port.
+fn readiness(c: &Component) -> Option<(HealthProbe, Duration, Duration, String)> {
+    match &c.health {
+        Some(h) => Some((
+            h.probe.clone(),
+            h.interval,
+            h.timeout,
+            format!("its health check, every {}", human_duration(h.interval)),
+        )),
+        None => c.listen.first().map(|&port| {
+            (
+                HealthProbe::Tcp { port },
+                Duration::from_secs(2),
+                Duration::from_secs(1),
+                format!("a TCP connect to port {port}, every 2s"),
+            )
+        }),
+    }
+}
+
+impl Engine {
+    /// Starts a hot-swap of component `name` (or, with `dry_run`, only plans it).
+    pub fn swap(&mut self, name: &str, req: SwapRequest) -> Result<SwapPlan, EngineError> {
+        let i = self.find(name)?;
+        let stack = self.stack_of(i).clone();
+        let current = self.units[i].component.clone();
+        let invalid = |m: String| Err(EngineError::Invalid(m));
+        if stack.network != StackNetwork::Hub {
+            return invalid(format!(
+                "hot-swap moves traffic with the component's service address, which needs the hub network: set network = \"hub\" in stack `{}`",
+                stack.name
+            ));
+        }
+        if self.units[i].swap.is_some() {
+            return invalid(format!("a swap of `{name}` is already under way"));
+        }
+        let mut component = match (req.component, req.command) {
+            (Some(_), Some(_)) => return invalid("give a command or a component, not both".into()),
+            (Some(c), None) if c.name != current.name => {
+                return invalid(format!(
+                    "the stack file's component is `{}`, not `{}`",
+                    c.name, current.name
+                ));
+            }
+            (Some(c), None) => c,
+            (None, Some(cmd)) => {
+                let Some((program, args)) = cmd.split_first() else {
+                    return invalid("the new command is empty".into());
+                };
+                let mut c = current.clone();
+                c.command = program.clone();
+                c.args = args.to_vec();
+                c
+            }
+            (None, None) => current.clone(),
+        };
+        let mut policy = component.swap;
+        for (ms, slot) in [
+            (req.min_healthy_time_ms, &mut policy.min_healthy_time),
+            (req.healthy_deadline_ms, &mut policy.healthy_deadline),
+            (req.drain_timeout_ms, &mut policy.drain_timeout),
+        ] {
+            if let Some(ms) = ms {
+                *slot = Duration::from_millis(ms);
+            }
+        }
+        if let Some(b) = req.auto_revert {
+            policy.auto_revert = b;
+        }
+        component.swap = policy;
+        let Some((probe, interval, timeout, readiness_text)) = readiness(&component) else {
+            return invalid(format!(
+                "`{name}` has no health check and no listen port: nothing says when a new instance is ready"
+            ));
+        };
+        let steps = vec![
+            format!("start a new instance of {}/{name} beside the running one, in its own namespace and address, with a fresh certificate", stack.name),
+            format!("wait until it passes {readiness_text} continuously for {} (at most {} in all, else roll back)", human_duration(policy.min_healthy_time), human_duration(policy.healthy_deadline)),
+            "point the service address at it (one nftables transaction; live connections stay on the old instance)".into(),
+            format!("watch it for {} more ({})", human_duration(policy.min_healthy_time), if policy.auto_revert { "a failure moves traffic back" } else { "auto_revert is off: failures are left to the health check" }),
+            format!("drain the old instance: stop it when no connection to it is left, at most after {} (SIGTERM, SIGKILL after {})", human_duration(policy.drain_timeout), human_duration(current.stop_grace)),
+        ];
+        let mut plan = SwapPlan {
+            component: format!("{}/{name}", stack.name),
+            new_instance: None,
+            policy,
+            readiness: readiness_text,
+            steps,
+        };
+        if req.dry_run {
+            return Ok(plan);
+        }
+        if self.units[i].instance.is_none() {
+            return invalid(format!(
+                "`{name}` is not running; start it instead (`osvm start {name}`)"
+            ));
+        }
+        let now = Instant::now();
+        let new = self
+            .start_next(i, &component)
+            .map_err(EngineError::Invalid)?;
+        let id = new.id().to_string();
+        plan.new_instance = Some(id.clone());
+        self.units[i].record.swap = Some(SwapRecord {
+            new_instance: id.clone(),
+            old_instance: self.units[i].record.instance.clone(),
+            phase: SwapPhase::Starting,
+            began_ms: now_ms(),
+            component: component.clone(),
+        });
+        self.units[i].swap = Some(Swap {
+            new,
+            old: None,
+            component,
+            policy,
+            readiness: probe,
+            interval,
+            timeout,
+            phase: SwapPhase::Starting,
+            began: now,
+            probe: None,
+            next_probe: now,
+            ready_since: None,
+            switched_at: None,
+            drain_began: None,
+            old_addr: None,
+            kill_at: None,
+            reason: String::new(),
+        });
+        self.set_status(i, ComponentStatus::Upgrading);
+        self.save(i);
+        self.emit(
+            i,
+            "swap-started",
+            &format!("new instance {id}; waiting for it to be ready"),
+        );
+        Ok(plan)
+    }
+
+    /// Starts unit `i`'s next instance as `component`, in the component's second namespace.
+    fn start_next(
+        &mut self,
+        i: usize,
+        component: &Component,
+    ) -> Result<Arc<SandboxInstance>, String> {
+        let stack = self.stack_of(i).clone();
+        let mut spec = component.launch_spec(&stack.name);
+        let delivered = self.deliver_identity(i, Instant::now(), true)?;
+        spec.binds.push(osvm_core::BindMount {
+            source: delivered.dir,
+            target: identity::INSIDE.into(),
+            writable: false,
+        });
+        let stacks = self.stacks.clone();
+        let plane = self
+            .net
+            .as_mut()
+            .ok_or("the hub network is not up (the component never started on it)")?;
+        let netns = plane.prepare_next(&stacks, &stack.name, &component.name)?;
+        spec.netns = Some(netns);
+        spec.hosts = plane.hosts(&stack);
+        let id = new_instance_id(&spec.name);
+        match self.runtime.start_sandbox_as(&spec, &id, Stdio::null()) {
+            Ok(inst) => {
+                let _ = self.store.put_instance(&InstanceRecord {
+                    id: id.clone(),
+                    component: self.units[i].record.key(),
+                    started_at_ms: now_ms(),
+                    ended_at_ms: None,
+                    exit: None,
+                });
+                Ok(Arc::new(inst))
+            }
+            Err(e) => {
+                let _ = plane.drop_next(&stacks, &stack.name, &component.name);
+                Err(format!("the new instance did not start: {e}"))
+            }
+        }
+    }
+
+    /// Moves unit `i`'s swap along.
+    pub(super) fn tick_swap(&mut self, i: usize, now: Instant) {
+        let Some(phase) = self.units[i].swap.as_ref().map(|s| s.phase) else {
+            return;
+        };
+        match phase {
+            SwapPhase::Starting | SwapPhase::Switched => self.watch_new(i, now),
+            SwapPhase::Draining => self.drain_old(i, now),
+            SwapPhase::RollingBack => self.finish_rollback(i, now),
+        }
+    }
+
+    /// Probes the new instance; switches, confirms or rolls back.
+    fn watch_new(&mut self, i: usize, now: Instant) {
+        let sw = self.units[i].swap.as_mut().expect("checked by the caller");
+        if let Ok(Some(status)) = sw.new.try_wait() {
+            return self.roll_back(i, now, format!("the new instance exited ({status})"));
+        }
+        if sw.phase == SwapPhase::Starting
+            && now.duration_since(sw.began) > sw.policy.healthy_deadline
+        {
+            let why = format!(
+                "the new instance was not ready within {} (healthy_deadline)",
+                human_duration(sw.policy.healthy_deadline)
+            );
+            return self.roll_back(i, now, why);
+        }
+        if let Some(rx) = &sw.probe {
+            let result = match rx.try_recv() {
+                Ok(r) => r,
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => Err("the probe ended without a result".into()),
+            };
+            sw.probe = None;
+            sw.next_probe = now + sw.interval;
+            match result {
+                Ok(_) => {
+                    sw.ready_since.get_or_insert(now);
+                }
+                Err(reason) => {
+                    sw.ready_since = None;
+                    if sw.phase == SwapPhase::Switched && sw.policy.auto_revert {
+                        return self.roll_back(
+                            i,
+                            now,
+                            format!("the new instance failed its check after the switch: {reason}"),
+                        );
+                    }
+                }
+            }
+        } else if now >= sw.next_probe {
+            sw.probe = Some(health::spawn(sw.new.clone(), &sw.readiness, sw.timeout));
+            return;
+        }
+        let held = sw
+            .ready_since
+            .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time);
+        match sw.phase {
+            SwapPhase::Starting if held => self.switch_to_new(i, now),
+            SwapPhase::Switched
+                if sw.ready_since.is_some()
+                    && sw
+                        .switched_at
+                        .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time) =>
+            {
+                self.confirm(i, now)
+            }
+            _ => {}
+        }
+    }
+
+    fn swap_names(&self, i: usize) -> (String, String) {
+        (
+            self.units[i].record.stack.clone(),
+            self.units[i].component.name.clone(),
+        )
+    }
+
+    fn set_phase(&mut self, i: usize, phase: SwapPhase) {
+        if let Some(sw) = self.units[i].swap.as_mut() {
+            sw.phase = phase;
+        }
+        if let Some(r) = self.units[i].record.swap.as_mut() {
+            r.phase = phase;
+        }
+        self.save(i);
+    }
+
+    fn switch_to_new(&mut self, i: usize, now: Instant) {
+        let (stack, name) = self.swap_names(i);
+        // Durable first: a daemon killed from here on finds the swap switched and undoes it.
+        self.set_phase(i, SwapPhase::Switched);
+        let stacks = self.stacks.clone();
+        let result = match self.net.as_mut() {
+            Some(plane) => plane.switch(&stacks, &stack, &name, true),
+            None => Err("the hub network is gone".into()),
+        };
+        if let Err(e) = result {
+            return self.roll_back(i, now, format!("could not switch the service address: {e}"));
+        }
+        let sw = self.units[i].swap.as_mut().expect("swap under way");
+        sw.switched_at = Some(now);
+        let waited = now.duration_since(sw.began);
+        self.emit(
+            i,
+            "swap-switched",
+            &format!(
+                "the service address sends new connections to the new instance (ready after {})",
+                human_duration(waited)
+            ),
+        );
+    }
+
+    /// The new instance held: it becomes the component's instance, the old one drains.
+    fn confirm(&mut self, i: usize, now: Instant) {
+        let (stack, name) = self.swap_names(i);
+        if let Some(plane) = self.net.as_mut()
+            && let Err(e) = plane.promote(&stack, &name)
+        {
+            return self.roll_back(i, now, format!("could not promote the new instance: {e}"));
+        }
+        let old_addr = self.net.as_ref().and_then(|p| p.next_addr(&stack, &name));
+        let u = &mut self.units[i];
+        let sw = u.swap.as_mut().expect("swap under way");
+        sw.old = u.instance.take();
+        sw.old_addr = old_addr;
+        sw.drain_began = Some(now);
+        u.instance = Some(sw.new.clone());
+        u.component = sw.component.clone();
+        u.started_at = Some(sw.began);
+        u.health = if u.component.health.is_some() {
+            Health::Healthy("passed its checks during the swap".into())
+        } else {
+            Health::None
+        };
+        u.probe = None;
+        u.next_probe = now;
+        u.kill_at = None;
+        u.record.last_instance = u.record.instance.take();
+        u.record.instance = Some(sw.new.id().to_string());
+        if let Some(r) = u.record.swap.as_mut() {
+            r.old_instance = u.record.last_instance.clone();
+        }
+        // The new spec is the component's from now on.
+        let component = u.component.clone();
+        if let Some(s) = self.stacks.get_mut(&stack)
+            && let Some(c) = s.components.iter_mut().find(|c| c.name == name)
+        {
+            *c = component;
+            let _ = self.store.apply_stack(s);
+        }
+        self.set_phase(i, SwapPhase::Draining);
+        self.emit(
+            i,
+            "swap-confirmed",
+            "the new instance is the component's; draining the old one",
+        );
+    }
+
+    fn drain_old(&mut self, i: usize, now: Instant) {
+        let sw = self.units[i].swap.as_mut().expect("checked by the caller");
+        let Some(old) = sw.old.clone() else {
+            return self.finish_swap(i, now, None);
+        };
+        if let Ok(Some(status)) = old.try_wait() {
+            return self.finish_swap(i, now, Some(status));
+        }
+        match sw.kill_at {
+            Some(t) if t <= now => {
+                let _ = old.signal(libc::SIGKILL);
+                sw.kill_at = Some(now + Duration::from_secs(3600));
+            }
+            Some(_) => {}
+            None => {
+                let left = match (sw.old_addr, self.net.as_ref()) {
+                    (Some(addr), Some(plane)) => plane.established_to(addr).unwrap_or(0),
+                    _ => 0,
+                };
+                let sw = self.units[i].swap.as_mut().expect("swap under way");
+                let waited = sw
+                    .drain_began
+                    .map_or(Duration::ZERO, |t| now.duration_since(t));
+                if left == 0 || waited >= sw.policy.drain_timeout {
+                    let grace = self.units[i].component.stop_grace;
+                    let sw = self.units[i].swap.as_mut().expect("swap under way");
+                    sw.kill_at = Some(now + grace);
+                    let _ = old.signal(libc::SIGTERM);
+                    let detail = if left == 0 {
+                        format!(
+                            "no connection left after {}; stopping the old instance",
+                            human_duration(waited)
+                        )
+                    } else {
+                        format!(
+                            "{left} connection(s) still open after drain_timeout; stopping the old instance"
+                        )
+                    };
+                    self.emit(i, "swap-drained", &detail);
+                }
+            }
+        }
+    }
+
+    fn record_end(&mut self, id: &str, status: Option<ExitStatus>) {
+        if let Ok(Some(mut rec)) = self.store.instance(id) {
+            rec.ended_at_ms = Some(now_ms());
+            rec.exit = status;
+            let _ = self.store.put_instance(&rec);
+        }
+    }
+
+    fn finish_swap(&mut self, i: usize, now: Instant, old_exit: Option<ExitStatus>) {
+        let (stack, name) = self.swap_names(i);
+        let sw = self.units[i].swap.take().expect("swap under way");
+        if let Some(old) = &sw.old {
+            self.record_end(old.id(), old_exit);
+        }
+        let stacks = self.stacks.clone();
+        if let Some(plane) = self.net.as_mut()
+            && let Err(e) = plane.drop_next(&stacks, &stack, &name)
+        {
+            self.note("network-failed", &e);
+        }
+        let took = now.duration_since(sw.began);
+        let u = &mut self.units[i];
+        u.record.swap = None;
+        u.record.last_swap = Some(SwapOutcome {
+            new_instance: sw.new.id().to_string(),
+            done: true,
+            reason: "the new instance serves".into(),
+            duration_ms: took.as_millis() as u64,
+        });
+        self.set_status(i, ComponentStatus::Running);
+        self.save(i);
+        self.emit(
+            i,
+            "swap-done",
+            &format!(
+                "instance {} serves; the swap took {}",
+                sw.new.id(),
+                human_duration(took)
+            ),
+        );
+    }
+
+    /// Gives up the swap: traffic back to the old instance, the new one stopped.
+    fn roll_back(&mut self, i: usize, now: Instant, reason: String) {
+        let (stack, name) = self.swap_names(i);
+        let switched = self.units[i]
+            .swap
+            .as_ref()
+            .is_some_and(|s| s.phase == SwapPhase::Switched);
+        self.set_phase(i, SwapPhase::RollingBack);
+        if switched {
+            let stacks = self.stacks.clone();
+            if let Some(plane) = self.net.as_mut()
+                && let Err(e) = plane.switch(&stacks, &stack, &name, false)
+            {
+                self.note("network-failed", &e);
+            }
+        }
+        let grace = self.units[i].component.stop_grace;
+        let sw = self.units[i].swap.as_mut().expect("swap under way");
+        sw.reason = reason.clone();
+        sw.probe = None;
+        sw.kill_at = Some(now + grace);
+        let _ = sw.new.signal(libc::SIGTERM);
+        self.emit(i, "swap-rolling-back", &reason);
+    }
+
+    fn finish_rollback(&mut self, i: usize, now: Instant) {
+        let sw = self.units[i].swap.as_mut().expect("checked by the caller");
+        let status = match sw.new.try_wait() {
+            Ok(Some(status)) => status,
+            _ => {
+                if sw.kill_at.is_some_and(|t| t <= now) {
+                    let _ = sw.new.signal(libc::SIGKILL);
+                    sw.kill_at = Some(now + Duration::from_secs(3600));
+                }
+                return;
+            }
+        };
+        let (stack, name) = self.swap_names(i);
+        let sw = self.units[i].swap.take().expect("swap under way");
+        self.record_end(sw.new.id(), Some(status));
+        let stacks = self.stacks.clone();
+        if let Some(plane) = self.net.as_mut()
+            && let Err(e) = plane.drop_next(&stacks, &stack, &name)
+        {
+            self.note("network-failed", &e);
+        }
+        let took = now.duration_since(sw.began);
+        let u = &mut self.units[i];
+        u.record.swap = None;
+        u.record.last_swap = Some(SwapOutcome {
+            new_instance: sw.new.id().to_string(),
+            done: false,
+            reason: sw.reason.clone(),
+            duration_ms: took.as_millis() as u64,
+        });
+        let old_alive = u.instance.is_some();
+        if old_alive {
+            self.set_status(i, ComponentStatus::Running);
+        }
+        self.save(i);
+        self.emit(
+            i,
+            "swap-rolled-back",
+            &format!("{}; the old instance serves", sw.reason),
+        );
+        if !old_alive {
+            self.schedule_restart(i, now, true);
+        }
+    }
+
+    /// After a restart: finishes a swap that was confirmed, undoes one that was not, so that
+    /// exactly one instance serves. Returns the component to clear from the hub's second slot.
+    pub(super) fn recover_swap(&mut self, i: usize) -> Option<(String, String)> {
+        let record = self.units[i].record.swap.take()?;
+        let stop = |engine: &Engine, id: &str| {
+            if let Ok(Adopted::Running(inst)) = engine.runtime.adopt(id) {
+                let _ = inst.stop(engine.units[i].component.stop_grace);
+            }
+        };
+        let outcome = if record.phase == SwapPhase::Draining {
+            if let Some(old) = &record.old_instance {
+                stop(self, old);
+                self.record_end(old, None);
+            }
+            self.units[i].component = record.component.clone();
+            SwapOutcome {
+                new_instance: record.new_instance.clone(),
+                done: true,
+                reason: "finished by a restarted daemon: the new instance serves".into(),
+                duration_ms: now_ms().saturating_sub(record.began_ms),
+            }
+        } else {
+            stop(self, &record.new_instance);
+            self.record_end(&record.new_instance, None);
+            SwapOutcome {
+                new_instance: record.new_instance.clone(),
+                done: false,
+                reason: "the daemon restarted before the new instance was confirmed; the old instance serves".into(),
+                duration_ms: now_ms().saturating_sub(record.began_ms),
+            }
+        };
+        let detail = outcome.reason.clone();
+        let done = outcome.done;
+        self.units[i].record.last_swap = Some(outcome);
+        self.save(i);
+        self.emit(
+            i,
+            if done {
+                "swap-done"
+            } else {
+                "swap-rolled-back"
+            },
+            &detail,
+        );
+        Some(self.swap_names(i))
+    }
+}
