@@ -6,74 +6,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-/// A daemon on a test's state directory; stopped (SIGTERM) when dropped.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(state: &StateDir) -> Self {
-        let socket = state.path.join("osvm.sock");
-        let child = state.osvm().arg("daemon").spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not listen on {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, socket }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap()
-}
-
-fn ps(state: &StateDir) -> Vec<Value> {
-    let o = run(state.osvm().args(["-o", "json", "ps"]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// Polls `osvm ps` until `ok` holds (bounded).
-fn wait_ps(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let views = ps(state);
-        if ok(&views) {
-            return views;
-        }
-        assert!(Instant::now() < deadline, "waiting for {what}: {views:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn by_name<'a>(views: &'a [Value], name: &str) -> &'a Value {
     views
@@ -583,20 +520,6 @@ fn reapplying_replaces_what_changed_and_stops_what_was_removed() {
     );
     assert_eq!(by_name(&views, "a")["restarts"], 0);
     down_and_wait(&state, &file);
-}
-
-/// Removes the network namespaces it names when dropped, pass or fail.
-struct NetnsGuard(Vec<String>);
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
 }
 
 /// From network namespace `ns`, a TCP connection to `addr:8080`: `OK` or `ERR <errno>`.

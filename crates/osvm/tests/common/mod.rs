@@ -4,8 +4,12 @@
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The `osvm` binary under test.
 pub fn osvm_bin() -> PathBuf {
@@ -156,4 +160,81 @@ pub fn hub_available(test: &str) -> bool {
         return false;
     }
     true
+}
+
+/// A daemon on a test's state directory; stopped (SIGTERM) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(state: &StateDir) -> Self {
+        let socket = state.path.join("osvm.sock");
+        let child = state.osvm().arg("daemon").spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+pub fn ps(state: &StateDir) -> Vec<Value> {
+    let o = run(state.osvm().args(["-o", "json", "ps"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Polls `osvm ps` until `ok` holds (bounded).
+pub fn wait_ps(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views = ps(state);
+        if ok(&views) {
+            return views;
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}: {views:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes the network namespaces it names when dropped, pass or fail.
+pub struct NetnsGuard(pub Vec<String>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }

@@ -1,0 +1,490 @@
+//! Hot-swap under load, through a real daemon, a real hub and real TCP: a load generator in a
+//! client component's namespace counts every failed request while components are swapped,
+//! rolled back, and while the daemon is killed in the middle of a swap.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A small HTTP/1.1 server (keep-alive, threads) that answers every GET with its version.
+const SERVER: &str = r#"
+import http.server as h, sys
+V = sys.argv[1].encode() + b'\n'
+class H(h.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(V)))
+        self.end_headers()
+        self.wfile.write(V)
+    def log_message(self, *a):
+        pass
+class S(h.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+S(('', 8080), H).serve_forever()
+"#;
+
+fn stack() -> String {
+    format!(
+        r#"
+[stack]
+name = "hs"
+network = "hub"
+
+[[component]]
+name = "srv"
+command = "/usr/bin/python3"
+args = ["-c", '''{SERVER}''', "v1"]
+listen = [8080]
+health = {{ http = "/", port = 8080, interval = "100ms", timeout = "1s" }}
+swap = {{ min_healthy_time = "300ms", healthy_deadline = "10s", drain_timeout = "5s" }}
+stop_grace = "2s"
+
+[[component]]
+name = "cli"
+command = "sleep"
+args = ["3600"]
+
+[[policy]]
+allow = {{ from = "cli", to = "srv", ports = [8080] }}
+"#
+    )
+}
+
+/// The new version's command line for `osvm swap ... -- <this>`.
+fn version(v: &str) -> Vec<String> {
+    vec![
+        "/usr/bin/python3".into(),
+        "-c".into(),
+        SERVER.into(),
+        v.into(),
+    ]
+}
+
+struct Hub {
+    state: StateDir,
+    daemon: Daemon,
+    file: PathBuf,
+    _guard: NetnsGuard,
+    client_ns: String,
+    service: SocketAddr,
+}
+
+fn net_show(state: &StateDir) -> Value {
+    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn up(test: &str) -> Option<Hub> {
+    if !hub_available(test) {
+        return None;
+    }
+    let state = StateDir::new(test);
+    let daemon = Daemon::start(&state);
+    let file = state.path.join("hs.toml");
+    std::fs::write(&file, stack()).unwrap();
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(&state, "both running", |v| {
+        v.len() == 2 && v.iter().all(|c| c["status"] == "running")
+    });
+    let net = net_show(&state);
+    let mut guard = NetnsGuard(vec![net["hub"].as_str().unwrap().to_owned()]);
+    let mut client_ns = String::new();
+    let mut service: Option<std::net::Ipv4Addr> = None;
+    for c in net["components"].as_array().unwrap() {
+        guard.0.push(c["netns"].as_str().unwrap().to_owned());
+        match c["component"].as_str() {
+            Some("cli") => client_ns = c["netns"].as_str().unwrap().to_owned(),
+            Some("srv") => service = c["service"].as_str().map(|s| s.parse().unwrap()),
+            _ => {}
+        }
+    }
+    Some(Hub {
+        state,
+        daemon,
+        file,
+        _guard: guard,
+        client_ns,
+        service: SocketAddr::from((service.expect("srv has a service address"), 8080)),
+    })
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    failures: Mutex<Vec<String>>,
+    versions: Mutex<std::collections::BTreeMap<String, u64>>,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+impl Tally {
+    fn fail(&self, why: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut f = self.failures.lock().unwrap();
+        if f.len() < 20 {
+            f.push(why);
+        }
+    }
+}
+
+/// Load from inside `ns`: `short` threads of one-request connections at about `per_thread`
+/// requests/s each, and `long` threads holding keep-alive connections for 5 requests 100 ms
+/// apart, until `stop`.
+fn load(
+    ns: &str,
+    target: SocketAddr,
+    short: usize,
+    per_thread: u32,
+    long: usize,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for n in 0..short + long {
+        let (ns, stop, tally) = (ns.to_owned(), stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || {
+            let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let pace = Duration::from_secs(1) / per_thread;
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let result = if n < short {
+                    one_request(target)
+                } else {
+                    keep_alive(target)
+                };
+                match result {
+                    Ok(version) => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                        *tally.versions.lock().unwrap().entry(version).or_default() += 1;
+                        tally
+                            .latencies_us
+                            .lock()
+                            .unwrap()
+                            .push(began.elapsed().as_micros() as u64);
+                    }
+                    Err(e) => tally.fail(e),
+                }
+                if n < short {
+                    std::thread::sleep(pace.saturating_sub(began.elapsed()));
+                }
+            }
+        }));
+    }
+    threads
+}
+
+fn read_response(s: &mut TcpStream) -> Result<String, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed after {} bytes", buf.len()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let body = &text[head_end + 4..];
+            if body.ends_with('\n') {
+                if !text.starts_with("HTTP/1.1 200") {
+                    return Err(format!("status: {}", text.lines().next().unwrap_or("")));
+                }
+                return Ok(body.trim().to_owned());
+            }
+        }
+    }
+}
+
+fn one_request(target: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: srv\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    read_response(&mut s)
+}
+
+fn keep_alive(target: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut version = String::new();
+    for _ in 0..5 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: srv\r\n\r\n")
+            .map_err(|e| format!("keep-alive write: {e}"))?;
+        version = read_response(&mut s).map_err(|e| format!("keep-alive {e}"))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(version)
+}
+
+fn swap(hub: &Hub, extra: &[&str], command: &[String]) -> std::process::Output {
+    let mut cmd = hub.state.osvm();
+    cmd.args(["swap", "srv"]).args(extra);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    run(&mut cmd)
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v.get(((v.len().max(1) - 1) as f64 * p) as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn twenty_swaps_under_load_fail_no_request_and_a_never_ready_version_is_rolled_back() {
+    let Some(hub) = up("swap-load") else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let threads = load(
+        &hub.client_ns,
+        hub.service,
+        4,
+        175,
+        2,
+        stop.clone(),
+        tally.clone(),
+    );
+
+    // Steady state first.
+    std::thread::sleep(Duration::from_secs(2));
+    let steady_ok = tally.ok.load(Ordering::Relaxed);
+    let mut steady = std::mem::take(&mut *tally.latencies_us.lock().unwrap());
+
+    let began = Instant::now();
+    let mut durations = Vec::new();
+    for n in 0..20 {
+        let v = format!("v{}", n + 2);
+        let t = Instant::now();
+        let o = swap(&hub, &[], &version(&v));
+        durations.push(t.elapsed());
+        assert!(
+            o.status.success(),
+            "swap {n} to {v}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    let swapping = began.elapsed();
+    let during = std::mem::take(&mut *tally.latencies_us.lock().unwrap());
+    let requests_during = during.len();
+
+    // A version that never listens: rolled back at its deadline, nobody notices.
+    let o = swap(
+        &hub,
+        &["--healthy-deadline", "2s"],
+        &[
+            "/usr/bin/python3".into(),
+            "-c".into(),
+            "import time; time.sleep(60)".into(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("rolled back") && stdout(&o).contains("not ready within 2s"),
+        "{}",
+        stdout(&o)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+
+    let failed = tally.failed.load(Ordering::Relaxed);
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let rate = requests_during as f64 / swapping.as_secs_f64();
+    let mut during = during;
+    durations.sort();
+    println!(
+        "swap under load: {ok} requests ok, {failed} failed; steady {} in 2s, {rate:.0} requests/s during 20 swaps in {swapping:.1?}; latency p50/p99 steady {}/{} us, during swaps {}/{} us; swap duration p50 {:.2?} max {:.2?}; versions {:?}",
+        steady_ok,
+        pct(&mut steady, 0.5),
+        pct(&mut steady, 0.99),
+        pct(&mut during, 0.5),
+        pct(&mut during, 0.99),
+        durations[durations.len() / 2],
+        durations[durations.len() - 1],
+        tally.versions.lock().unwrap()
+    );
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {:?}",
+        tally.failures.lock().unwrap()
+    );
+    assert!(
+        rate >= 500.0,
+        "the load generator reached only {rate:.0} requests/s"
+    );
+    let versions = tally.versions.lock().unwrap();
+    assert!(
+        versions.contains_key("v21"),
+        "the last version served: {versions:?}"
+    );
+
+    // One instance serves, the last version; the second slot is gone.
+    let net = net_show(&hub.state);
+    let srv: Vec<&Value> = net["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["component"] == "srv")
+        .collect();
+    assert_eq!(srv.len(), 1, "{net}");
+    let views = ps(&hub.state);
+    let view = views.iter().find(|v| v["name"] == "srv").unwrap();
+    assert_eq!(view["status"], "running", "{view}");
+    assert_eq!(view["last_swap"]["done"], false, "{view}");
+    let o = run(hub.state.osvm().arg("down").arg(&hub.file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
+    drop(hub.daemon);
+}
+
+#[test]
+fn a_version_that_dies_after_the_switch_is_rolled_back_to_the_old_one() {
+    let Some(hub) = up("swap-dies") else {
+        return;
+    };
+    // Serves for 2.5 s, then exits: ready, switched after 1.5 s, dead before its 1.5 s of
+    // confirmation are over.
+    let dying = format!(
+        "import threading, time, os\nthreading.Thread(target=lambda: (time.sleep(2.5), os._exit(3)), daemon=True).start()\n{SERVER}"
+    );
+    let o = swap(
+        &hub,
+        &["--min-healthy-time", "1500ms"],
+        &["/usr/bin/python3".into(), "-c".into(), dying, "v2".into()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("switched") && stdout(&o).contains("rolled back"),
+        "{}",
+        stdout(&o)
+    );
+    // The old version serves again.
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = load(
+        &hub.client_ns,
+        hub.service,
+        1,
+        20,
+        0,
+        stop.clone(),
+        tally.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        tally.versions.lock().unwrap().keys().collect::<Vec<_>>(),
+        ["v1"],
+        "only the old version answers"
+    );
+    let o = run(hub.state.osvm().arg("down").arg(&hub.file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
+}
+
+#[test]
+fn a_daemon_killed_mid_swap_leaves_exactly_one_version_serving() {
+    let Some(mut hub) = up("swap-kill") else {
+        return;
+    };
+    let o = swap(
+        &hub,
+        &["--detach", "--min-healthy-time", "3s"],
+        &version("v2"),
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    // Kill it once traffic has moved and before the new version is confirmed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views = ps(&hub.state);
+        let srv = views.iter().find(|v| v["name"] == "srv").unwrap();
+        if srv["swap"]["phase"] == "switched" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never switched: {srv}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hub.daemon.kill9();
+    hub.daemon = Daemon::start(&hub.state);
+    let views = wait_ps(&hub.state, "srv settled", |v| {
+        v.iter()
+            .any(|c| c["name"] == "srv" && c["status"] == "running" && c["swap"].is_null())
+    });
+    let srv = views.iter().find(|v| v["name"] == "srv").unwrap();
+    assert_eq!(srv["last_swap"]["done"], false, "{srv}");
+    assert!(
+        srv["last_swap"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("restarted"),
+        "{srv}"
+    );
+    // Exactly one version answers, the one the state names, and one srv instance is left.
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = load(
+        &hub.client_ns,
+        hub.service,
+        2,
+        50,
+        0,
+        stop.clone(),
+        tally.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        tally.failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        tally.failures.lock().unwrap()
+    );
+    assert_eq!(
+        tally.versions.lock().unwrap().keys().collect::<Vec<_>>(),
+        ["v1"],
+        "the swap was not confirmed: the old version serves"
+    );
+    let net = net_show(&hub.state);
+    let slots = net["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["component"] == "srv")
+        .count();
+    assert_eq!(slots, 1, "{net}");
+    let o = run(hub.state.osvm().arg("down").arg(&hub.file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
+}
