@@ -73,7 +73,7 @@ impl From<EngineError> for ApiError {
             EngineError::Missing(_) => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             EngineError::Invalid(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_policy",
+                "invalid_request",
                 e.to_string(),
             ),
             EngineError::Store(_) => {
