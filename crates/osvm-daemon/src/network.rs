@@ -164,9 +164,9 @@ pub struct NetPlane {
     /// Ingress proxies running: where each listens, for which `stack/component`, and where it
     /// forwards.
     ingress: BTreeMap<SocketAddr, (String, Upstream)>,
-    /// Components (`stack/component`) whose service address points at their next instance
-    /// (a hot-swap between its switch and its promotion).
-    to_next: std::collections::BTreeSet<String>,
+    /// Components (`stack/component`) whose service address sends new connections to their
+    /// next instance, in percent (100: all; 1-99: a canary); absent is none.
+    to_next: BTreeMap<String, u8>,
     /// Egress proxies, one thread in each instance namespace (by block index) whose component
     /// has any, with the entries they serve.
     egress: BTreeMap<u32, (ProxyHost, Vec<osvm_core::stack::MtlsEgress>)>,
@@ -302,6 +302,7 @@ impl NetPlane {
         let mut tuples = Vec::new();
         let mut service_map = Vec::new();
         let mut leaving = Vec::new();
+        let mut splits = Vec::new();
         // Ingress proxies wanted: listen address -> (upstream, stack, component).
         let mut wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)> = BTreeMap::new();
         let mut seen = Vec::new();
@@ -317,6 +318,24 @@ impl NetPlane {
             tuples.extend(decided(&policy, &members).into_iter().map(|(a, _)| a));
             leaving.extend(external(&policy, &members));
             service_map.extend(services(&active));
+            for c in &stack.components {
+                let key = format!("{}/{}", stack.name, c.name);
+                let Some(&weight) = self.to_next.get(&key).filter(|w| (1..100).contains(*w)) else {
+                    continue;
+                };
+                if let (Some(service), Some(next), Some(current)) = (
+                    self.services.get(&key),
+                    self.ipam.get(&next_key(&key)),
+                    self.ipam.get(&key),
+                ) {
+                    splits.push(osvm_net::ruleset::Split {
+                        service: service_addr(&service),
+                        next: next.component_addr(),
+                        current: current.component_addr(),
+                        weight,
+                    });
+                }
+            }
             for m in active.iter().filter(|m| m.mtls) {
                 let Some(service) = m.service else { continue };
                 for &port in &m.listen {
@@ -362,7 +381,7 @@ impl NetPlane {
         }
         let applied = self
             .enforcer
-            .apply_all(tuples, service_map, leaving)
+            .apply_all(tuples, service_map, leaving, splits)
             .map_err(|e| e.to_string())?;
         self.sync_proxies(stacks, wanted)?;
         self.sync_egress(stacks)?;
@@ -445,7 +464,7 @@ impl NetPlane {
         for c in &stack.components {
             let key = format!("{}/{}", stack.name, c.name);
             let next = next_key(&key);
-            let to_next = self.to_next.contains(&key);
+            let to_next = self.to_next.get(&key) == Some(&100);
             for (slot, active) in [(&key, !to_next), (&next, to_next)] {
                 let Some(block) = self.ipam.get(slot) else {
                     continue;
@@ -490,20 +509,21 @@ impl NetPlane {
         Ok(path)
     }
 
-    /// Points `stack/component`'s service address (and its mTLS proxy) at the next instance,
-    /// or back at the first: one nftables transaction; connections already made keep theirs.
+    /// Sends `weight` percent of new connections to `stack/component`'s service address to
+    /// the next instance (0: none, back to the first; 100: all, and its mTLS proxy too): one
+    /// nftables transaction; connections already made keep their instance.
     pub fn switch(
         &mut self,
         stacks: &BTreeMap<String, Stack>,
         stack: &str,
         component: &str,
-        to_next: bool,
+        weight: u8,
     ) -> Result<(), String> {
         let key = format!("{stack}/{component}");
-        if to_next {
-            self.to_next.insert(key);
-        } else {
+        if weight == 0 {
             self.to_next.remove(&key);
+        } else {
+            self.to_next.insert(key, weight.min(100));
         }
         self.apply(stacks).map(|_| ())
     }
@@ -558,7 +578,7 @@ impl NetPlane {
     /// The address of the instance `stack/component`'s service address sends to now.
     pub fn active_addr(&self, stack: &str, component: &str) -> Option<Ipv4Addr> {
         let key = format!("{stack}/{component}");
-        let slot = if self.to_next.contains(&key) {
+        let slot = if self.to_next.get(&key) == Some(&100) {
             next_key(&key)
         } else {
             key

@@ -164,6 +164,9 @@ pub struct SwapRecord {
     pub began_ms: u64,
     /// The component as it runs once the swap is done.
     pub component: osvm_core::stack::Component,
+    /// Percent of new connections the new instance gets now.
+    #[serde(default)]
+    pub weight: u8,
 }
 
 /// How a hot-swap ended.

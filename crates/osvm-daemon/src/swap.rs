@@ -57,6 +57,10 @@ pub struct SwapRequest {
     /// Override of `auto_revert`.
     #[serde(default)]
     pub auto_revert: Option<bool>,
+    /// Canary steps: percent of new connections to the new instance at each step, rising to
+    /// 100, each held healthy for `min_healthy_time` (default: straight to 100).
+    #[serde(default)]
+    pub canary: Option<Vec<u8>>,
     /// Only say what would happen.
     #[serde(default)]
     pub dry_run: bool,
@@ -92,6 +96,11 @@ pub(super) struct Swap {
     probe: Option<Receiver<ProbeResult>>,
     next_probe: Instant,
     ready_since: Option<Instant>,
+    /// The share of new connections the new instance gets at each step, ending at 100.
+    steps: Vec<u8>,
+    /// The step in force once switched.
+    step: usize,
+    /// When the current step began.
     switched_at: Option<Instant>,
     drain_began: Option<Instant>,
     old_addr: Option<Ipv4Addr>,
@@ -170,17 +179,58 @@ impl Engine {
             policy.auto_revert = b;
         }
         component.swap = policy;
+        let weights = req.canary.clone().unwrap_or_else(|| vec![100]);
+        if weights.is_empty()
+            || weights.last() != Some(&100)
+            || weights.iter().any(|w| *w == 0 || *w > 100)
+            || weights.windows(2).any(|p| p[0] >= p[1])
+        {
+            return invalid(format!(
+                "canary steps must rise from 1 to 100 and end at 100, e.g. 10,50,100; got {weights:?}"
+            ));
+        }
         let Some((probe, interval, timeout, readiness_text)) = readiness(&component) else {
             return invalid(format!(
                 "`{name}` has no health check and no listen port: nothing says when a new instance is ready"
             ));
         };
         let steps = vec![
-            format!("start a new instance of {}/{name} beside the running one, in its own namespace and address, with a fresh certificate", stack.name),
-            format!("wait until it passes {readiness_text} continuously for {} (at most {} in all, else roll back)", human_duration(policy.min_healthy_time), human_duration(policy.healthy_deadline)),
-            "point the service address at it (one nftables transaction; live connections stay on the old instance)".into(),
-            format!("watch it for {} more ({})", human_duration(policy.min_healthy_time), if policy.auto_revert { "a failure moves traffic back" } else { "auto_revert is off: failures are left to the health check" }),
-            format!("drain the old instance: stop it when no connection to it is left, at most after {} (SIGTERM, SIGKILL after {})", human_duration(policy.drain_timeout), human_duration(current.stop_grace)),
+            format!(
+                "start a new instance of {}/{name} beside the running one, in its own namespace and address, with a fresh certificate",
+                stack.name
+            ),
+            format!(
+                "wait until it passes {readiness_text} continuously for {} (at most {} in all, else roll back)",
+                human_duration(policy.min_healthy_time),
+                human_duration(policy.healthy_deadline)
+            ),
+            if weights.len() == 1 {
+                "point the service address at it (one nftables transaction; live connections stay on the old instance)".into()
+            } else {
+                format!(
+                    "send it {} of new connections in turn, each step held healthy for {} (one nftables transaction each; live connections keep their instance)",
+                    weights
+                        .iter()
+                        .map(|w| format!("{w}%"))
+                        .collect::<Vec<_>>()
+                        .join(", then "),
+                    human_duration(policy.min_healthy_time)
+                )
+            },
+            format!(
+                "watch it for {} more ({})",
+                human_duration(policy.min_healthy_time),
+                if policy.auto_revert {
+                    "a failure moves traffic back"
+                } else {
+                    "auto_revert is off: failures are left to the health check"
+                }
+            ),
+            format!(
+                "drain the old instance: stop it when no connection to it is left, at most after {} (SIGTERM, SIGKILL after {})",
+                human_duration(policy.drain_timeout),
+                human_duration(current.stop_grace)
+            ),
         ];
         let mut plan = SwapPlan {
             component: format!("{}/{name}", stack.name),
@@ -209,6 +259,7 @@ impl Engine {
             phase: SwapPhase::Starting,
             began_ms: now_ms(),
             component: component.clone(),
+            weight: 0,
         });
         self.units[i].swap = Some(Swap {
             new,
@@ -223,6 +274,8 @@ impl Engine {
             probe: None,
             next_probe: now,
             ready_since: None,
+            steps: weights,
+            step: 0,
             switched_at: None,
             drain_began: None,
             old_addr: None,
@@ -337,16 +390,17 @@ impl Engine {
         let held = sw
             .ready_since
             .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time);
+        let step_held = sw.ready_since.is_some()
+            && sw
+                .switched_at
+                .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time);
         match sw.phase {
-            SwapPhase::Starting if held => self.switch_to_new(i, now),
-            SwapPhase::Switched
-                if sw.ready_since.is_some()
-                    && sw
-                        .switched_at
-                        .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time) =>
-            {
-                self.confirm(i, now)
+            SwapPhase::Starting if held => self.move_traffic(i, now, 0),
+            SwapPhase::Switched if step_held && sw.step + 1 < sw.steps.len() => {
+                let next = sw.step + 1;
+                self.move_traffic(i, now, next)
             }
+            SwapPhase::Switched if step_held => self.confirm(i, now),
             _ => {}
         }
     }
@@ -368,29 +422,39 @@ impl Engine {
         self.save(i);
     }
 
-    fn switch_to_new(&mut self, i: usize, now: Instant) {
+    /// Gives the new instance the share of new connections of canary step `step`.
+    fn move_traffic(&mut self, i: usize, now: Instant, step: usize) {
         let (stack, name) = self.swap_names(i);
+        let weight = self.units[i].swap.as_ref().expect("swap under way").steps[step];
         // Durable first: a daemon killed from here on finds the swap switched and undoes it.
+        if let Some(r) = self.units[i].record.swap.as_mut() {
+            r.weight = weight;
+        }
         self.set_phase(i, SwapPhase::Switched);
         let stacks = self.stacks.clone();
         let result = match self.net.as_mut() {
-            Some(plane) => plane.switch(&stacks, &stack, &name, true),
+            Some(plane) => plane.switch(&stacks, &stack, &name, weight),
             None => Err("the hub network is gone".into()),
         };
         if let Err(e) = result {
             return self.roll_back(i, now, format!("could not switch the service address: {e}"));
         }
         let sw = self.units[i].swap.as_mut().expect("swap under way");
+        sw.step = step;
         sw.switched_at = Some(now);
         let waited = now.duration_since(sw.began);
-        self.emit(
-            i,
-            "swap-switched",
-            &format!(
-                "the service address sends new connections to the new instance (ready after {})",
+        let detail = if weight == 100 {
+            format!(
+                "the service address sends new connections to the new instance ({} after the start)",
                 human_duration(waited)
-            ),
-        );
+            )
+        } else {
+            format!(
+                "canary: {weight}% of new connections to the new instance ({} after the start)",
+                human_duration(waited)
+            )
+        };
+        self.emit(i, "swap-switched", &detail);
     }
 
     /// The new instance held: it becomes the component's instance, the old one drains.
@@ -536,7 +600,7 @@ impl Engine {
         if switched {
             let stacks = self.stacks.clone();
             if let Some(plane) = self.net.as_mut()
-                && let Err(e) = plane.switch(&stacks, &stack, &name, false)
+                && let Err(e) = plane.switch(&stacks, &stack, &name, 0)
             {
                 self.note("network-failed", &e);
             }

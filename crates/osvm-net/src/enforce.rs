@@ -2,7 +2,7 @@
 
 use crate::NetError;
 use crate::hub::Hub;
-use crate::ruleset::{Allowed, External, Service, script_with, services_script};
+use crate::ruleset::{Allowed, External, Service, Split, script_with, services_script};
 
 /// What one [`Enforcer::apply`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +31,7 @@ pub struct Enforcer {
     current: Vec<Allowed>,
     services: Vec<Service>,
     external: Vec<External>,
+    splits: Vec<Split>,
 }
 
 impl Enforcer {
@@ -41,6 +42,7 @@ impl Enforcer {
             current: Vec::new(),
             services: Vec::new(),
             external: Vec::new(),
+            splits: Vec::new(),
         }
     }
 
@@ -62,7 +64,12 @@ impl Enforcer {
         allowed.dedup();
         self.hub.nft(
             &["-f", "-"],
-            Some(&script_with(&allowed, &self.services, &self.external)),
+            Some(&script_with(
+                &allowed,
+                &self.services,
+                &self.external,
+                &self.splits,
+            )),
         )?;
         let removed: Vec<Allowed> = self
             .current
@@ -96,11 +103,14 @@ impl Enforcer {
         allowed: Vec<Allowed>,
         mut services: Vec<Service>,
         external: Vec<External>,
+        splits: Vec<Split>,
     ) -> Result<Applied, NetError> {
+        services.retain(|(service, _)| !splits.iter().any(|p| p.service == *service));
         services.sort();
         services.dedup_by_key(|(service, _)| *service);
         self.services = services;
         self.external = external;
+        self.splits = splits;
         self.apply(allowed)
     }
 

@@ -192,6 +192,20 @@ fn external_rule(e: &External) -> String {
     r
 }
 
+/// A service address split between two instances during a canary: `weight` percent of new
+/// connections go to `next`, the others to `current`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Split {
+    /// The service address.
+    pub service: std::net::Ipv4Addr,
+    /// The new instance's address.
+    pub next: std::net::Ipv4Addr,
+    /// The old instance's address.
+    pub current: std::net::Ipv4Addr,
+    /// Percent of new connections to `next`, 1-99.
+    pub weight: u8,
+}
+
 /// A stable service address and the instance address it currently sends to.
 pub type Service = (std::net::Ipv4Addr, std::net::Ipv4Addr);
 
@@ -235,12 +249,18 @@ pub fn services_script(services: &[Service]) -> String {
 /// listen; anything else addressed to the hub is refused. Every set element counts its packets
 /// and bytes, which is what `osvm net show` reports per rule.
 pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
-    script_with(allowed, services, &[])
+    script_with(allowed, services, &[], &[])
 }
 
 /// [`script`] with the `egress` chain holding `external` (traffic leaving through the uplink;
-/// with no uplink nothing leaves, whatever the chain says).
-pub fn script_with(allowed: &[Allowed], services: &[Service], external: &[External]) -> String {
+/// with no uplink nothing leaves, whatever the chain says), and the service addresses in
+/// `splits` divided by weight between two instances (`numgen random`, before the map).
+pub fn script_with(
+    allowed: &[Allowed],
+    services: &[Service],
+    external: &[External],
+    splits: &[Split],
+) -> String {
     let elements = |udp: bool| -> String {
         let items: Vec<String> = allowed
             .iter()
@@ -272,7 +292,7 @@ pub fn script_with(allowed: &[Allowed], services: &[Service], external: &[Extern
 {svc}\t}}
 \tchain prerouting {{
 \t\ttype nat hook prerouting priority dstnat; policy accept;
-\t\tdnat ip to ip daddr map @services
+{split}\t\tdnat ip to ip daddr map @services
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
@@ -300,6 +320,17 @@ pub fn script_with(allowed: &[Allowed], services: &[Service], external: &[Extern
         tcp = elements(false),
         udp = elements(true),
         uplink = crate::uplink::UPLINK_IF,
+        split = splits
+            .iter()
+            .map(|p| format!(
+                "\t\tip daddr {} dnat ip to numgen random mod 100 map {{ 0-{} : {}, {}-99 : {} }}\n",
+                p.service,
+                p.weight - 1,
+                p.next,
+                p.weight,
+                p.current
+            ))
+            .collect::<String>(),
         egress = external
             .iter()
             .map(|e| format!("\t\t{}\n", external_rule(e)))

@@ -809,7 +809,12 @@ fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
     let leaving = external(&policy, &members);
     hub.nft(
         &["-f", "-"],
-        Some(&script_with(&allowed(&policy, &members), &[], &leaving)),
+        Some(&script_with(
+            &allowed(&policy, &members),
+            &[],
+            &leaving,
+            &[],
+        )),
     )
     .unwrap();
 

@@ -192,6 +192,10 @@ pub struct SwapArgs {
     /// Do not move traffic back when the new instance fails after the switch
     #[arg(long)]
     pub no_revert: bool,
+    /// Move traffic in steps: percent of new connections to the new version at each step,
+    /// each held healthy for the min healthy time, ending at 100 (e.g. 10,50,100)
+    #[arg(long, value_delimiter = ',', value_name = "PERCENTS")]
+    pub canary: Option<Vec<u8>>,
     /// Print the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,

@@ -488,3 +488,77 @@ fn a_daemon_killed_mid_swap_leaves_exactly_one_version_serving() {
     assert!(o.status.success(), "{}", stderr(&o));
     wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
 }
+
+#[test]
+fn a_canary_gives_the_new_version_its_share_then_everything_without_a_failed_request() {
+    let Some(hub) = up("swap-canary") else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let threads = load(
+        &hub.client_ns,
+        hub.service,
+        4,
+        100,
+        0,
+        stop.clone(),
+        tally.clone(),
+    );
+    let hub = Arc::new(hub);
+    let swapping = {
+        let hub = hub.clone();
+        std::thread::spawn(move || {
+            swap(
+                &hub,
+                &["--canary", "20,100", "--min-healthy-time", "3s"],
+                &version("v2"),
+            )
+        })
+    };
+    // Wait for the 20% step, then count who answers for 2 s of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views = ps(&hub.state);
+        let srv = views.iter().find(|v| v["name"] == "srv").unwrap();
+        if srv["swap"]["phase"] == "switched" && srv["swap"]["weight"] == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 20% step: {srv}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    tally.versions.lock().unwrap().clear();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = tally.versions.lock().unwrap().clone();
+    let o = swapping.join().unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("switched 20%"), "{}", stdout(&o));
+    tally.versions.lock().unwrap().clear();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let new = *during.get("v2").unwrap_or(&0) as f64;
+    let all = during.values().sum::<u64>() as f64;
+    println!("canary at 20%: {new} of {all} requests answered by the new version");
+    assert!(
+        (0.08..=0.35).contains(&(new / all)),
+        "the new version answered {new} of {all} during the 20% step: {during:?}"
+    );
+    assert_eq!(
+        tally.versions.lock().unwrap().keys().collect::<Vec<_>>(),
+        ["v2"],
+        "after the last step only the new version answers"
+    );
+    assert_eq!(
+        tally.failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        tally.failures.lock().unwrap()
+    );
+    let o = run(hub.state.osvm().arg("down").arg(&hub.file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
+}

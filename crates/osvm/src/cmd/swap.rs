@@ -41,6 +41,7 @@ pub fn run(global: &Global, args: SwapArgs) -> anyhow::Result<ExitCode> {
         healthy_deadline_ms: millis("healthy-deadline", &args.healthy_deadline)?,
         drain_timeout_ms: millis("drain-timeout", &args.drain_timeout)?,
         auto_revert: args.no_revert.then_some(false),
+        canary: args.canary.clone(),
         dry_run: args.dry_run,
     };
     let path = format!("/v1/components/{}", args.name.replace('/', "%2F"));
@@ -105,13 +106,20 @@ pub fn run(global: &Global, args: SwapArgs) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             });
         }
-        let phase = view.swap.as_ref().map(|s| s.phase);
-        if phase.is_some() && phase != seen && global.output == Output::Text {
-            println!(
-                "  [{:>5.1}s] {}",
-                began.elapsed().as_secs_f64(),
-                serde_json::to_value(phase)?.as_str().unwrap_or_default()
-            );
+        let phase = view.swap.as_ref().map(|s| (s.phase, s.weight));
+        if let Some((p, weight)) = phase.filter(|_| phase != seen)
+            && global.output == Output::Text
+        {
+            let name = serde_json::to_value(p)?;
+            let name = name.as_str().unwrap_or_default();
+            if p == osvm_daemon::store::SwapPhase::Switched && weight < 100 {
+                println!(
+                    "  [{:>5.1}s] {name} {weight}%",
+                    began.elapsed().as_secs_f64()
+                );
+            } else {
+                println!("  [{:>5.1}s] {name}", began.elapsed().as_secs_f64());
+            }
             seen = phase;
         }
         std::thread::sleep(Duration::from_millis(100));
