@@ -264,19 +264,45 @@ impl NetPlane {
     /// returns its namespace's path and whether it was new.
     pub fn join(&mut self, stack: &str, component: &str) -> Result<(PathBuf, bool), String> {
         let key = format!("{stack}/{component}");
-        let block = self.ipam.allocate(&key).map_err(|e| e.to_string())?;
         self.services.allocate(&key).map_err(|e| e.to_string())?;
+        self.add_slot(&key)
+    }
+
+    /// Gives address-block key `slot` its block, namespace and veth (if it has none yet);
+    /// returns the namespace's path and whether it was new.
+    fn add_slot(&mut self, slot: &str) -> Result<(PathBuf, bool), String> {
+        let block = self.ipam.allocate(slot).map_err(|e| e.to_string())?;
         let name = self.netns_name(block.index);
         let path = netns_path(&name);
         if path.exists() {
             return Ok((path, false));
         }
         ip(&["netns", "add", &name])?;
+        // A namespace deleted a moment ago may still hold its veth: the kernel tears
+        // namespaces down asynchronously. Its hub end goes now, so the name is free.
+        let _ = self.enforcer.hub().detach(&block);
         if let Err(e) = self.enforcer.hub().attach(&name, &block) {
             let _ = ip(&["netns", "del", &name]);
+            let _ = self.ipam.release(slot);
             return Err(e.to_string());
         }
         Ok((path, true))
+    }
+
+    /// Takes address-block key `slot` off the hub: its egress proxies, its veth (at once, not
+    /// whenever the kernel gets to the namespace), its namespace, its block.
+    fn remove_slot(&mut self, slot: &str) -> Result<(), String> {
+        let Some(block) = self.ipam.get(slot) else {
+            return Ok(());
+        };
+        // Its egress proxies live in its namespace: stop them before it goes.
+        self.egress.remove(&block.index);
+        let _ = self.enforcer.hub().detach(&block);
+        let name = self.netns_name(block.index);
+        if netns_path(&name).exists() {
+            ip(&["netns", "del", &name])?;
+        }
+        self.ipam.release(slot).map_err(|e| e.to_string())
     }
 
     /// `/etc/hosts` lines for the components of `stack` on the hub: each name is its
@@ -494,17 +520,7 @@ impl NetPlane {
         component: &str,
     ) -> Result<PathBuf, String> {
         let next = next_key(&format!("{stack}/{component}"));
-        let block = self.ipam.allocate(&next).map_err(|e| e.to_string())?;
-        let name = self.netns_name(block.index);
-        let path = netns_path(&name);
-        if !path.exists() {
-            ip(&["netns", "add", &name])?;
-            if let Err(e) = self.enforcer.hub().attach(&name, &block) {
-                let _ = ip(&["netns", "del", &name]);
-                let _ = self.ipam.release(&next);
-                return Err(e.to_string());
-            }
-        }
+        let (path, _) = self.add_slot(&next)?;
         self.apply(stacks)?;
         Ok(path)
     }
@@ -549,16 +565,8 @@ impl NetPlane {
         component: &str,
     ) -> Result<(), String> {
         let key = format!("{stack}/{component}");
-        let next = next_key(&key);
         self.to_next.remove(&key);
-        if let Some(block) = self.ipam.get(&next) {
-            self.egress.remove(&block.index);
-            let name = self.netns_name(block.index);
-            if netns_path(&name).exists() {
-                ip(&["netns", "del", &name])?;
-            }
-            self.ipam.release(&next).map_err(|e| e.to_string())?;
-        }
+        self.remove_slot(&next_key(&key))?;
         self.apply(stacks).map(|_| ())
     }
 
@@ -771,26 +779,9 @@ impl NetPlane {
     pub fn leave(&mut self, stack: &str, component: &str) -> Result<(), String> {
         let key = format!("{stack}/{component}");
         // A hot-swap's second instance goes too.
-        if let Some(block) = self.ipam.get(&next_key(&key)) {
-            self.egress.remove(&block.index);
-            let name = self.netns_name(block.index);
-            if netns_path(&name).exists() {
-                ip(&["netns", "del", &name])?;
-            }
-            self.ipam
-                .release(&next_key(&key))
-                .map_err(|e| e.to_string())?;
-        }
+        self.remove_slot(&next_key(&key))?;
         self.to_next.remove(&key);
-        if let Some(block) = self.ipam.get(&key) {
-            // Its egress proxies live in its namespace: stop them before it goes.
-            self.egress.remove(&block.index);
-            let name = self.netns_name(block.index);
-            if netns_path(&name).exists() {
-                ip(&["netns", "del", &name])?;
-            }
-            self.ipam.release(&key).map_err(|e| e.to_string())?;
-        }
+        self.remove_slot(&key)?;
         let proxied: Vec<SocketAddr> = self
             .ingress
             .iter()
