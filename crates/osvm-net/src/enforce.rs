@@ -2,7 +2,9 @@
 
 use crate::NetError;
 use crate::hub::Hub;
-use crate::ruleset::{Allowed, External, Service, Split, script_with, services_script};
+use crate::ruleset::{
+    Allowed, External, Service, Split, script_with, services_script, update_script,
+};
 
 /// What one [`Enforcer::apply`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +34,9 @@ pub struct Enforcer {
     services: Vec<Service>,
     external: Vec<External>,
     splits: Vec<Split>,
+    /// Whether this enforcer has written the table yet: the first apply replaces it whole
+    /// (whatever layout an older osvm left), later ones change it in place.
+    written: bool,
 }
 
 impl Enforcer {
@@ -43,6 +48,7 @@ impl Enforcer {
             services: Vec::new(),
             external: Vec::new(),
             splits: Vec::new(),
+            written: false,
         }
     }
 
@@ -62,15 +68,21 @@ impl Enforcer {
     pub fn apply(&mut self, mut allowed: Vec<Allowed>) -> Result<Applied, NetError> {
         allowed.sort();
         allowed.dedup();
+        let make = if self.written {
+            update_script
+        } else {
+            script_with
+        };
         self.hub.nft(
             &["-f", "-"],
-            Some(&script_with(
+            Some(&make(
                 &allowed,
                 &self.services,
                 &self.external,
                 &self.splits,
             )),
         )?;
+        self.written = true;
         let removed: Vec<Allowed> = self
             .current
             .iter()

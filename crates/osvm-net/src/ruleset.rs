@@ -254,92 +254,117 @@ pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
 
 /// [`script`] with the `egress` chain holding `external` (traffic leaving through the uplink;
 /// with no uplink nothing leaves, whatever the chain says), and the service addresses in
-/// `splits` divided by weight between two instances (`numgen random`, before the map).
+/// `splits` divided by weight between two instances (`numgen random`, before the map). The
+/// table is deleted first: use it to create the table (or to replace one of an older layout);
+/// [`update_script`] changes a table in place.
 pub fn script_with(
     allowed: &[Allowed],
     services: &[Service],
     external: &[External],
     splits: &[Split],
 ) -> String {
-    let elements = |udp: bool| -> String {
+    // Creating then deleting makes the delete safe when the table does not exist yet.
+    format!(
+        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
+        update_script(allowed, services, external, splits)
+    )
+}
+
+/// The `nft -f` script that makes the table hold exactly what [`script_with`] describes
+/// without deleting it: the chains and sets are declared (created if missing), emptied and
+/// refilled in one transaction. The base chains stay registered throughout, which matters:
+/// deleting and re-creating a NAT chain, even in one transaction, lets a new connection slip
+/// through un-translated (measured: about one connection in 20,000 got ENETUNREACH while a
+/// table was replaced 300 times).
+pub fn update_script(
+    allowed: &[Allowed],
+    services: &[Service],
+    external: &[External],
+    splits: &[Split],
+) -> String {
+    let t = format!("inet {TABLE}");
+    let uplink = crate::uplink::UPLINK_IF;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "table {t} {{
+\tset allow_tcp {{ type ifname . ipv4_addr . ipv4_addr . inet_service; counter; }}
+\tset allow_udp {{ type ifname . ipv4_addr . ipv4_addr . inet_service; counter; }}
+\tmap services {{ type ipv4_addr : ipv4_addr; }}
+\tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+\tchain forward {{ type filter hook forward priority filter; policy drop; }}
+\tchain egress {{ }}
+\tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+\tchain input {{ type filter hook input priority filter; policy drop; }}
+}}
+"
+    );
+    for (kind, name) in [
+        ("set", "allow_tcp"),
+        ("set", "allow_udp"),
+        ("map", "services"),
+    ] {
+        let _ = writeln!(s, "flush {kind} {t} {name}");
+    }
+    for chain in ["prerouting", "forward", "egress", "postrouting", "input"] {
+        let _ = writeln!(s, "flush chain {t} {chain}");
+    }
+    for udp in [false, true] {
         let items: Vec<String> = allowed
             .iter()
             .filter(|a| a.udp == udp)
             .map(|a| format!("\"{}\" . {} . {} . {}", a.iifname, a.saddr, a.daddr, a.port))
             .collect();
-        if items.is_empty() {
-            String::new()
-        } else {
-            format!("\t\telements = {{ {} }}\n", items.join(", "))
+        if !items.is_empty() {
+            let set = if udp { "allow_udp" } else { "allow_tcp" };
+            let _ = writeln!(s, "add element {t} {set} {{ {} }}", items.join(", "));
         }
+    }
+    if !services.is_empty() {
+        let _ = writeln!(
+            s,
+            "add element {t} services {{ {} }}",
+            service_elements(services)
+        );
+    }
+    let mut rule = |chain: &str, text: &str| {
+        let _ = writeln!(s, "add rule {t} {chain} {text}");
     };
-    let mut s = String::new();
-    // Creating then deleting makes the delete safe when the table does not exist yet.
-    let _ = writeln!(s, "table inet {TABLE} {{}}\ndelete table inet {TABLE}");
-    let _ = write!(
-        s,
-        "table inet {TABLE} {{
-\tset allow_tcp {{
-\t\ttype ifname . ipv4_addr . ipv4_addr . inet_service
-\t\tcounter
-{tcp}\t}}
-\tset allow_udp {{
-\t\ttype ifname . ipv4_addr . ipv4_addr . inet_service
-\t\tcounter
-{udp}\t}}
-\tmap services {{
-\t\ttype ipv4_addr : ipv4_addr
-{svc}\t}}
-\tchain prerouting {{
-\t\ttype nat hook prerouting priority dstnat; policy accept;
-{split}\t\tdnat ip to ip daddr map @services
-\t}}
-\tchain forward {{
-\t\ttype filter hook forward priority filter; policy drop;
-\t\tct state established,related accept
-\t\tiifname . ip saddr . ip daddr . tcp dport @allow_tcp counter accept
-\t\tiifname . ip saddr . ip daddr . udp dport @allow_udp counter accept
-\t\toifname \"{uplink}\" jump egress
-\t\tcounter reject with icmpx admin-prohibited
-\t}}
-\tchain egress {{
-{egress}\t}}
-\tchain postrouting {{
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\toifname \"{uplink}\" masquerade
-\t}}
-\tchain input {{
-\t\ttype filter hook input priority filter; policy drop;
-\t\tiifname \"lo\" accept
-\t\tct state established,related accept
-\t\tiifname . ip saddr . ip daddr . tcp dport @allow_tcp accept
-\t\tcounter reject with icmpx admin-prohibited
-\t}}
-}}
-",
-        tcp = elements(false),
-        udp = elements(true),
-        uplink = crate::uplink::UPLINK_IF,
-        split = splits
-            .iter()
-            .map(|p| format!(
-                "\t\tip daddr {} dnat ip to numgen random mod 100 map {{ 0-{} : {}, {}-99 : {} }}\n",
+    for p in splits {
+        rule(
+            "prerouting",
+            &format!(
+                "ip daddr {} dnat ip to numgen random mod 100 map {{ 0-{} : {}, {}-99 : {} }}",
                 p.service,
                 p.weight - 1,
                 p.next,
                 p.weight,
                 p.current
-            ))
-            .collect::<String>(),
-        egress = external
-            .iter()
-            .map(|e| format!("\t\t{}\n", external_rule(e)))
-            .collect::<String>(),
-        svc = if services.is_empty() {
-            String::new()
-        } else {
-            format!("\t\telements = {{ {} }}\n", service_elements(services))
-        },
+            ),
+        );
+    }
+    rule("prerouting", "dnat ip to ip daddr map @services");
+    rule("forward", "ct state established,related accept");
+    rule(
+        "forward",
+        "iifname . ip saddr . ip daddr . tcp dport @allow_tcp counter accept",
     );
+    rule(
+        "forward",
+        "iifname . ip saddr . ip daddr . udp dport @allow_udp counter accept",
+    );
+    rule("forward", &format!("oifname \"{uplink}\" jump egress"));
+    rule("forward", "counter reject with icmpx admin-prohibited");
+    for e in external {
+        rule("egress", &external_rule(e));
+    }
+    rule("postrouting", &format!("oifname \"{uplink}\" masquerade"));
+    rule("input", "iifname \"lo\" accept");
+    rule("input", "ct state established,related accept");
+    rule(
+        "input",
+        "iifname . ip saddr . ip daddr . tcp dport @allow_tcp accept",
+    );
+    rule("input", "counter reject with icmpx admin-prohibited");
     s
 }

@@ -75,9 +75,26 @@ struct Hub {
     state: StateDir,
     daemon: Daemon,
     file: PathBuf,
-    _guard: NetnsGuard,
+    _guard: NetnsPrefixGuard,
     client_ns: String,
     service: SocketAddr,
+}
+
+impl Drop for Hub {
+    /// Takes the stack down (pass or fail) before the daemon stops, so no instance outlives the
+    /// test; the guard then removes whatever namespace is left.
+    fn drop(&mut self) {
+        let _ = run(self.state.osvm().arg("down").arg(&self.file));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let o = run(self.state.osvm().args(["-o", "json", "ps"]));
+            let empty = serde_json::from_slice::<Vec<Value>>(&o.stdout).is_ok_and(|v| v.is_empty());
+            if empty || !o.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn net_show(state: &StateDir) -> Value {
@@ -100,11 +117,12 @@ fn up(test: &str) -> Option<Hub> {
         v.len() == 2 && v.iter().all(|c| c["status"] == "running")
     });
     let net = net_show(&state);
-    let mut guard = NetnsGuard(vec![net["hub"].as_str().unwrap().to_owned()]);
+    // `osvm-<hash>-hub`: every namespace of this hub starts with `osvm-<hash>-`.
+    let hub = net["hub"].as_str().unwrap();
+    let guard = NetnsPrefixGuard(hub.trim_end_matches("hub").to_owned());
     let mut client_ns = String::new();
     let mut service: Option<std::net::Ipv4Addr> = None;
     for c in net["components"].as_array().unwrap() {
-        guard.0.push(c["netns"].as_str().unwrap().to_owned());
         match c["component"].as_str() {
             Some("cli") => client_ns = c["netns"].as_str().unwrap().to_owned(),
             Some("srv") => service = c["service"].as_str().map(|s| s.parse().unwrap()),
@@ -177,7 +195,13 @@ fn load(
                             .unwrap()
                             .push(began.elapsed().as_micros() as u64);
                     }
-                    Err(e) => tally.fail(e),
+                    Err(e) => tally.fail(format!(
+                        "{e} (a request begun at {:?} since the epoch)",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .saturating_sub(began.elapsed())
+                    )),
                 }
                 if n < short {
                     std::thread::sleep(pace.saturating_sub(began.elapsed()));
@@ -327,6 +351,15 @@ fn twenty_swaps_under_load_fail_no_request_and_a_never_ready_version_is_rolled_b
         durations[durations.len() - 1],
         tally.versions.lock().unwrap()
     );
+    if failed > 0 {
+        // The daemon's events around the failures, to tell which step they fell in.
+        let o = run(hub.state.osvm().args(["-o", "json", "events"]));
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if line.contains("swap") {
+                println!("event {line}");
+            }
+        }
+    }
     assert_eq!(
         failed,
         0,
@@ -359,7 +392,6 @@ fn twenty_swaps_under_load_fail_no_request_and_a_never_ready_version_is_rolled_b
     let o = run(hub.state.osvm().arg("down").arg(&hub.file));
     assert!(o.status.success(), "{}", stderr(&o));
     wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
-    drop(hub.daemon);
 }
 
 #[test]

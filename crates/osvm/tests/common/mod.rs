@@ -228,6 +228,27 @@ pub fn wait_ps(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> V
 /// Removes the network namespaces it names when dropped, pass or fail.
 pub struct NetnsGuard(pub Vec<String>);
 
+/// Removes every network namespace whose name starts with its prefix when dropped, pass or
+/// fail (a hub's namespaces, including those made after the guard, e.g. by a hot-swap).
+pub struct NetnsPrefixGuard(pub String);
+
+impl Drop for NetnsPrefixGuard {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(&self.0) {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", name])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         for ns in &self.0 {
