@@ -82,6 +82,9 @@ impl Enforcer {
                 &self.splits,
             )),
         )?;
+        if !self.written {
+            self.hub.tune_conntrack()?;
+        }
         self.written = true;
         let removed: Vec<Allowed> = self
             .current

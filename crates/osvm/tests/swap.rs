@@ -238,9 +238,10 @@ fn one_request(target: SocketAddr) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
     s.write_all(b"GET / HTTP/1.0\r\nHost: srv\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    read_response(&mut s)
+        .map_err(|e| format!("write from {local}: {e}"))?;
+    read_response(&mut s).map_err(|e| format!("{e} (from {local})"))
 }
 
 fn keep_alive(target: SocketAddr) -> Result<String, String> {
