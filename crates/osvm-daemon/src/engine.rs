@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use osvm_core::model::ComponentStatus;
@@ -948,10 +948,8 @@ impl Engine {
             return;
         }
         if let Some(rx) = &u.probe {
-            let result = match rx.try_recv() {
-                Ok(r) => r,
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => Err("the probe ended without a result".into()),
+            let Some(result) = health::poll(rx) else {
+                return;
             };
             u.probe = None;
             u.probe_latency = u.probe_started.take().map(|t| now.duration_since(t));

@@ -19,6 +19,17 @@ use osvm_sandbox::SandboxInstance;
 /// The outcome of one probe: `Ok(detail)` when healthy, `Err(reason)` when not.
 pub type ProbeResult = Result<String, String>;
 
+/// The result of a probe started by [`spawn`], if it has finished.
+pub fn poll(rx: &Receiver<ProbeResult>) -> Option<ProbeResult> {
+    match rx.try_recv() {
+        Ok(r) => Some(r),
+        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+            Some(Err("the probe ended without a result".into()))
+        }
+    }
+}
+
 /// Starts `probe` against `instance` on its own thread; the result arrives on the returned
 /// channel (within about `timeout`). TCP and HTTP probes run from inside the instance's network
 /// namespace; exec probes run inside the sandbox itself, confined like its workload.

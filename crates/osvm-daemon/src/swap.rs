@@ -21,7 +21,7 @@
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use osvm_core::model::ComponentStatus;
@@ -361,10 +361,8 @@ impl Engine {
             return self.roll_back(i, now, why);
         }
         if let Some(rx) = &sw.probe {
-            let result = match rx.try_recv() {
-                Ok(r) => r,
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => Err("the probe ended without a result".into()),
+            let Some(result) = health::poll(rx) else {
+                return;
             };
             sw.probe = None;
             sw.next_probe = now + sw.interval;
@@ -556,26 +554,11 @@ impl Engine {
     }
 
     fn finish_swap(&mut self, i: usize, now: Instant, old_exit: Option<ExitStatus>) {
-        let (stack, name) = self.swap_names(i);
         let sw = self.units[i].swap.take().expect("swap under way");
         if let Some(old) = &sw.old {
             self.record_end(old.id(), old_exit);
         }
-        let stacks = self.stacks.clone();
-        if let Some(plane) = self.net.as_mut()
-            && let Err(e) = plane.drop_next(&stacks, &stack, &name)
-        {
-            self.note("network-failed", &e);
-        }
-        let took = now.duration_since(sw.began);
-        let u = &mut self.units[i];
-        u.record.swap = None;
-        u.record.last_swap = Some(SwapOutcome {
-            new_instance: sw.new.id().to_string(),
-            done: true,
-            reason: "the new instance serves".into(),
-            duration_ms: took.as_millis() as u64,
-        });
+        let took = self.close_swap(i, now, &sw, true, "the new instance serves".into());
         self.set_status(i, ComponentStatus::Running);
         self.save(i);
         self.emit(
@@ -587,6 +570,35 @@ impl Engine {
                 human_duration(took)
             ),
         );
+    }
+
+    /// Clears unit `i`'s second hub slot and records the swap's outcome; returns how long
+    /// the swap took.
+    fn close_swap(
+        &mut self,
+        i: usize,
+        now: Instant,
+        sw: &Swap,
+        done: bool,
+        reason: String,
+    ) -> Duration {
+        let (stack, name) = self.swap_names(i);
+        let stacks = self.stacks.clone();
+        if let Some(plane) = self.net.as_mut()
+            && let Err(e) = plane.drop_next(&stacks, &stack, &name)
+        {
+            self.note("network-failed", &e);
+        }
+        let took = now.duration_since(sw.began);
+        let u = &mut self.units[i];
+        u.record.swap = None;
+        u.record.last_swap = Some(SwapOutcome {
+            new_instance: sw.new.id().to_string(),
+            done,
+            reason,
+            duration_ms: took.as_millis() as u64,
+        });
+        took
     }
 
     /// Gives up the swap: traffic back to the old instance, the new one stopped.
@@ -626,25 +638,10 @@ impl Engine {
                 return;
             }
         };
-        let (stack, name) = self.swap_names(i);
         let sw = self.units[i].swap.take().expect("swap under way");
         self.record_end(sw.new.id(), Some(status));
-        let stacks = self.stacks.clone();
-        if let Some(plane) = self.net.as_mut()
-            && let Err(e) = plane.drop_next(&stacks, &stack, &name)
-        {
-            self.note("network-failed", &e);
-        }
-        let took = now.duration_since(sw.began);
-        let u = &mut self.units[i];
-        u.record.swap = None;
-        u.record.last_swap = Some(SwapOutcome {
-            new_instance: sw.new.id().to_string(),
-            done: false,
-            reason: sw.reason.clone(),
-            duration_ms: took.as_millis() as u64,
-        });
-        let old_alive = u.instance.is_some();
+        self.close_swap(i, now, &sw, false, sw.reason.clone());
+        let old_alive = self.units[i].instance.is_some();
         if old_alive {
             self.set_status(i, ComponentStatus::Running);
         }

@@ -212,6 +212,28 @@ fn load(
     threads
 }
 
+/// Load of `threads` one-request threads at `per_thread` requests/s for `how_long`: what
+/// answered.
+fn sample(hub: &Hub, threads: usize, per_thread: u32, how_long: Duration) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(
+        &hub.client_ns,
+        hub.service,
+        threads,
+        per_thread,
+        0,
+        stop.clone(),
+        tally.clone(),
+    );
+    std::thread::sleep(how_long);
+    stop.store(true, Ordering::Relaxed);
+    for t in running {
+        t.join().unwrap();
+    }
+    tally
+}
+
 fn read_response(s: &mut TcpStream) -> Result<String, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 256];
@@ -417,22 +439,7 @@ fn a_version_that_dies_after_the_switch_is_rolled_back_to_the_old_one() {
         stdout(&o)
     );
     // The old version serves again.
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = load(
-        &hub.client_ns,
-        hub.service,
-        1,
-        20,
-        0,
-        stop.clone(),
-        tally.clone(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
+    let tally = sample(&hub, 1, 20, Duration::from_millis(500));
     assert_eq!(tally.failed.load(Ordering::Relaxed), 0);
     assert_eq!(
         tally.versions.lock().unwrap().keys().collect::<Vec<_>>(),
@@ -482,22 +489,7 @@ fn a_daemon_killed_mid_swap_leaves_exactly_one_version_serving() {
         "{srv}"
     );
     // Exactly one version answers, the one the state names, and one srv instance is left.
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = load(
-        &hub.client_ns,
-        hub.service,
-        2,
-        50,
-        0,
-        stop.clone(),
-        tally.clone(),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
+    let tally = sample(&hub, 2, 50, Duration::from_secs(1));
     assert_eq!(
         tally.failed.load(Ordering::Relaxed),
         0,
