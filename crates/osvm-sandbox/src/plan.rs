@@ -54,7 +54,16 @@ pub struct Plan {
     pub id_map: IdMap,
     /// Whether the launcher runs as host root (it then may map a whole range and set groups).
     pub host_root: bool,
+    /// How many listening sockets the runtime handed over (at [`LISTEN_FD_BASE`] onwards in
+    /// the launcher; the workload gets them at 3 onwards, systemd style).
+    #[serde(default)]
+    pub listen_fds: usize,
 }
+
+/// Where the launcher finds the listening sockets handed to the workload.
+pub const LISTEN_FD_BASE: i32 = 100;
+/// At most this many listening sockets are handed over.
+pub const MAX_LISTEN_FDS: usize = 16;
 
 /// Where `/data` is inside the sandbox.
 pub const DATA_DIR_INSIDE: &str = "/data";

@@ -143,6 +143,27 @@ impl SandboxRuntime {
         id: &str,
         stdin: Stdio,
     ) -> Result<SandboxInstance, RuntimeError> {
+        self.start_sandbox_with(spec, id, stdin, &[])
+    }
+
+    /// [`SandboxRuntime::start_sandbox_as`] handing the workload listening sockets the
+    /// systemd way (socket activation): they are its fds 3, 4, ... with `LISTEN_FDS` set to
+    /// their number and `LISTEN_PID` to its pid. The caller keeps its own copies, so another
+    /// instance can be given the same sockets (a hot-swap that loses no connection).
+    pub fn start_sandbox_with(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        stdin: Stdio,
+        listen: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<SandboxInstance, RuntimeError> {
+        if listen.len() > crate::plan::MAX_LISTEN_FDS {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "at most {} listening sockets can be handed over, not {}",
+                crate::plan::MAX_LISTEN_FDS,
+                listen.len()
+            )));
+        }
         if let Some(reason) = self.unavailable_reason() {
             return Err(self.unavailable(reason));
         }
@@ -207,6 +228,7 @@ impl SandboxRuntime {
             cgroup: cgroup.paths(),
             id_map: self.config.id_map,
             host_root: true,
+            listen_fds: listen.len(),
         };
         let plan_path = instance_dir.join("plan.json");
         let written = serde_json::to_vec_pretty(&plan)
@@ -219,7 +241,15 @@ impl SandboxRuntime {
             return Err(e);
         }
 
-        match spawn_monitor(&self.config.launcher, &plan_path, stdin, stdout, stderr) {
+        let listen: Vec<i32> = listen.iter().map(|fd| fd.as_raw_fd()).collect();
+        match spawn_monitor(
+            &self.config.launcher,
+            &plan_path,
+            stdin,
+            stdout,
+            stderr,
+            &listen,
+        ) {
             Ok((child, socket)) => {
                 let started = receive_start(&socket, START_TIMEOUT);
                 match started {
@@ -504,7 +534,12 @@ fn spawn_monitor(
     stdin: Stdio,
     stdout: File,
     stderr: File,
+    listen: &[i32],
 ) -> Result<(Child, OwnedFd), RuntimeError> {
+    // Fixed-size, filled before the fork: the pre-exec code must not allocate.
+    let mut sources = [-1i32; crate::plan::MAX_LISTEN_FDS];
+    sources[..listen.len()].copy_from_slice(listen);
+    let count = listen.len();
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -523,12 +558,29 @@ fn spawn_monitor(
     // syscalls (dup2, fcntl, setsid); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The listening sockets go to LISTEN_FD_BASE onwards: first parked above every
+            // slot (a source may sit at MONITOR_FD or where another one goes), then into
+            // place after MONITOR_FD is; dup2 clears close-on-exec.
+            let base = crate::plan::LISTEN_FD_BASE;
+            let park = base + crate::plan::MAX_LISTEN_FDS as i32;
+            let mut parked = [-1i32; crate::plan::MAX_LISTEN_FDS];
+            for k in 0..count {
+                parked[k] = libc::fcntl(sources[k], libc::F_DUPFD_CLOEXEC, park);
+                if parked[k] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if theirs_raw == MONITOR_FD {
                 if libc::fcntl(MONITOR_FD, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             } else if libc::dup2(theirs_raw, MONITOR_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for (k, fd) in parked.iter().enumerate().take(count) {
+                if libc::dup2(*fd, base + k as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // A new session: the terminal's Ctrl-C reaches osvm, which stops the sandbox in
             // order, instead of reaching the sandbox directly.

@@ -1038,3 +1038,80 @@ fn a_sandbox_on_the_hub_network_is_held_to_policy_and_cannot_change_it() {
     assert!(enforcer.kernel_ruleset().unwrap().contains("allow_tcp"));
     enforcer.into_hub().destroy().unwrap();
 }
+
+/// Socket activation: a listening socket made outside is the workload's fd 3, with
+/// `LISTEN_FDS=1` and `LISTEN_PID` its own pid; it accepts on it although the socket's network
+/// namespace (the host's) is not its own, and other instances can be given the same socket.
+#[test]
+fn listening_sockets_are_handed_to_the_workload_the_systemd_way() {
+    if !sandbox_available("socket activation") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        skip("socket activation", "needs python3");
+        return;
+    }
+    use osvm_core::Instance;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+    let state = StateDir::new("listen-fds");
+    let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
+    config.state_dir = state.path.clone();
+    let runtime = osvm_sandbox::SandboxRuntime::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = "import os, socket\n\
+        s = socket.socket(fileno=3)\n\
+        for _ in range(2):\n\
+        \x20   c, _ = s.accept()\n\
+        \x20   c.sendall(('%s %s %s' % (os.environ['LISTEN_FDS'], os.environ['LISTEN_PID'], os.getpid())).encode())\n\
+        \x20   c.close()\n";
+    let spec = osvm_core::LaunchSpec::new(
+        "activated",
+        "/usr/bin/python3",
+        vec!["-c".into(), script.into()],
+    );
+    let first = runtime
+        .start_sandbox_with(
+            &spec,
+            &osvm_sandbox::new_instance_id("activated"),
+            std::process::Stdio::null(),
+            &[listener.as_fd()],
+        )
+        .unwrap();
+    let ask = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        if let Err(e) = s.read_to_string(&mut answer) {
+            let log = std::fs::read_to_string(first.instance_dir().join("stderr.log"));
+            panic!("no answer ({e}); the workload's stderr: {log:?}");
+        }
+        answer
+    };
+    let answer = ask();
+    let fields: Vec<&str> = answer.split(' ').collect();
+    assert_eq!(fields.len(), 3, "{answer:?}");
+    assert_eq!(fields[0], "1", "LISTEN_FDS: {answer:?}");
+    assert_eq!(
+        fields[1], fields[2],
+        "LISTEN_PID is the workload's pid: {answer:?}"
+    );
+    // A second instance given the same socket serves from the same accept queue.
+    let second = runtime
+        .start_sandbox_with(
+            &spec,
+            &osvm_sandbox::new_instance_id("activated"),
+            std::process::Stdio::null(),
+            &[listener.as_fd()],
+        )
+        .unwrap();
+    for _ in 0..3 {
+        assert!(ask().starts_with("1 "));
+    }
+    for instance in [&first, &second] {
+        instance.stop(Duration::from_secs(5)).unwrap();
+    }
+    drop(listener);
+}

@@ -24,7 +24,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2};
 use super::confine::{Confiner, Exec};
 use super::protocol::InitMsg;
 use super::{rootfs, seccomp};
-use crate::plan::Plan;
+use crate::plan::{LISTEN_FD_BASE, MAX_LISTEN_FDS, Plan};
 
 /// Signals init takes synchronously; all but SIGCHLD are forwarded to the workload.
 const FORWARDED: [Signal; 9] = [
@@ -158,7 +158,11 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     match step("fork the workload", unsafe { fork() })? {
         ForkResult::Child => {
             drop(err_r);
-            let error = exec_workload(&set, &exec);
+            let mut err_w = err_w;
+            let error = match hand_over_listeners(plan.listen_fds, &mut err_w) {
+                Ok(extra) => exec_workload(&set, &exec, extra),
+                Err(e) => e,
+            };
             let _ = File::from(err_w).write_all(error.as_bytes());
             // SAFETY: _exit ends the child without running the parent's destructors.
             unsafe { libc::_exit(127) }
@@ -215,16 +219,57 @@ fn loopback_up() -> std::io::Result<()> {
     }
 }
 
-/// In the workload's process: restore signals, enter the working directory, exec. Returns only
-/// on failure, with the reason.
-fn exec_workload(set: &SigSet, exec: &Exec) -> String {
+/// In the workload's process, before exec: puts the `count` listening sockets the runtime
+/// handed over (at [`LISTEN_FD_BASE`] onwards) at fds 3 onwards, closes the originals, and
+/// returns the environment with `LISTEN_FDS` and `LISTEN_PID` (this process's pid in the
+/// sandbox) added, systemd style. `err_w` (the exec-error pipe) is moved out of the way first.
+/// With no sockets, nothing changes.
+fn hand_over_listeners(
+    count: usize,
+    err_w: &mut OwnedFd,
+) -> Result<Option<Vec<std::ffi::CString>>, String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if count == 0 {
+        return Ok(None);
+    }
+    let top = LISTEN_FD_BASE + MAX_LISTEN_FDS as i32;
+    // SAFETY: fcntl duplicates an fd this process owns; the copy is owned below.
+    let moved = unsafe { libc::fcntl(err_w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    if moved < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("move the exec-error pipe: {e}"));
+    }
+    // SAFETY: `moved` was just returned by fcntl and nothing else owns it; the old fd closes.
+    *err_w = unsafe { OwnedFd::from_raw_fd(moved) };
+    for k in 0..count as i32 {
+        // SAFETY: dup2 and close on fds of this process: the handed-over sockets and the
+        // slots 3.. they go to (only the exec-error pipe, moved above, mattered there).
+        if unsafe { libc::dup2(LISTEN_FD_BASE + k, 3 + k) } < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(format!("hand over listening socket {k}: {e}"));
+        }
+        unsafe { libc::close(LISTEN_FD_BASE + k) };
+    }
+    Ok(Some(vec![
+        std::ffi::CString::new(format!("LISTEN_FDS={count}")).unwrap_or_default(),
+        std::ffi::CString::new(format!("LISTEN_PID={}", std::process::id())).unwrap_or_default(),
+    ]))
+}
+
+/// In the workload's process: restore signals, enter the working directory, exec (with
+/// `extra` added to the environment). Returns only on failure, with the reason.
+fn exec_workload(set: &SigSet, exec: &Exec, extra: Option<Vec<std::ffi::CString>>) -> String {
     if let Err(e) = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(set), None) {
         return format!("unblock signals: {e}");
     }
     if let Err(e) = nix::unistd::chdir(&exec.workdir) {
         return format!("working directory {}: {e}", exec.workdir.display());
     }
-    match nix::unistd::execve(&exec.program, &exec.argv, &exec.envp) {
+    let envp = match extra {
+        Some(extra) => exec.envp.iter().cloned().chain(extra).collect(),
+        None => exec.envp.clone(),
+    };
+    match nix::unistd::execve(&exec.program, &exec.argv, &envp) {
         Err(e) => format!("exec {}: {e}", exec.program.to_string_lossy()),
     }
 }
