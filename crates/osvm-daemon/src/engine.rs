@@ -320,6 +320,15 @@ impl Engine {
                 Ok(plane) => {
                     engine.net = Some(plane);
                     engine.reapply_network();
+                    // Socket-activated instances that still run hold their listening
+                    // sockets: take copies back for the next instance.
+                    for i in 0..engine.units.len() {
+                        if let Some(inst) = engine.units[i].instance.clone()
+                            && let Err(e) = engine.listeners_for(i, Some(&inst))
+                        {
+                            engine.note("network-failed", &e);
+                        }
+                    }
                     let stacks = engine.stacks.clone();
                     for (stack, component) in unswapped {
                         if let Some(plane) = engine.net.as_mut()
@@ -1135,6 +1144,30 @@ impl Engine {
         }
     }
 
+    /// Unit `i`'s listening sockets when it is socket-activated (none otherwise): made once in
+    /// its hub namespace, or taken back from `running` after a daemon restart.
+    fn listeners_for(
+        &mut self,
+        i: usize,
+        running: Option<&SandboxInstance>,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+        let c = &self.units[i].component;
+        if !c.socket_activation {
+            return Ok(Vec::new());
+        }
+        let (stack, name, ports) = (
+            self.units[i].record.stack.clone(),
+            c.name.clone(),
+            c.listen.clone(),
+        );
+        match self.net.as_mut() {
+            Some(plane) => plane
+                .listeners(&stack, &name, &ports, running)
+                .map_err(|e| format!("the listening sockets: {e}")),
+            None => Err("unavailable: socket_activation needs the hub network (network = \"hub\"), where osvm makes the component's namespace before it starts".into()),
+        }
+    }
+
     fn start(&mut self, i: usize, now: Instant) {
         let stack_name = self.units[i].record.stack.clone();
         let mut spec = self.units[i].component.launch_spec(&stack_name);
@@ -1168,6 +1201,16 @@ impl Engine {
                 }
             }
         }
+        let listeners = match self.listeners_for(i, None) {
+            Ok(l) => l,
+            Err(e) => {
+                self.units[i].record.reason = e.clone();
+                self.save(i);
+                self.emit(i, "start-failed", &e);
+                self.schedule_restart(i, now, true);
+                return;
+            }
+        };
         let id = new_instance_id(&spec.name);
         self.units[i].record.intent = Some(Intent::Start {
             instance: id.clone(),
@@ -1175,7 +1218,11 @@ impl Engine {
         self.units[i].record.next_start_ms = None;
         self.set_status(i, ComponentStatus::Starting);
         self.save(i);
-        match self.runtime.start_sandbox_as(&spec, &id, Stdio::null()) {
+        let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
+        match self
+            .runtime
+            .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
+        {
             Ok(inst) => {
                 let detail = format!(
                     "instance {} (pid {}), logs in {}",

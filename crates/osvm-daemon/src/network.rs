@@ -174,6 +174,8 @@ pub struct NetPlane {
     audit: Arc<AuditLog>,
     /// The way out of the host, once some component may reach an external network.
     uplink: Option<Uplink>,
+    /// The listening sockets of socket-activated components, by `stack/component`.
+    listeners: BTreeMap<String, Vec<std::os::fd::OwnedFd>>,
 }
 
 /// FNV-1a of `s`: a short name for a state directory that stays the same across builds.
@@ -181,6 +183,28 @@ fn short_hash(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// Listening TCP sockets on every address of the network namespace at `netns`, one per port,
+/// made on a thread that entered it.
+fn bind_in(netns: &Path, ports: &[u16]) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+    let (netns, ports) = (netns.to_path_buf(), ports.to_vec());
+    std::thread::spawn(move || {
+        let file =
+            std::fs::File::open(&netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("enter {}: {e}", netns.display()))?;
+        ports
+            .iter()
+            .map(|&port| {
+                std::net::TcpListener::bind(("0.0.0.0", port))
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|e| format!("listen on port {port}: {e}"))
+            })
+            .collect()
+    })
+    .join()
+    .map_err(|_| "the listening thread panicked".to_string())?
 }
 
 /// The address-block key of a component's second instance during a hot-swap.
@@ -248,6 +272,7 @@ impl NetPlane {
             views: BTreeMap::new(),
             audit: Arc::new(audit),
             uplink,
+            listeners: BTreeMap::new(),
         })
     }
 
@@ -576,6 +601,41 @@ impl NetPlane {
         Some(netns_path(&self.netns_name(block.index)))
     }
 
+    /// Copies of `stack/component`'s listening sockets (one per port of `ports`, bound in its
+    /// namespace on every address): the ones it has, else those `running` (an instance a
+    /// restarted daemon adopted) holds, else new ones.
+    pub fn listeners(
+        &mut self,
+        stack: &str,
+        component: &str,
+        ports: &[u16],
+        running: Option<&osvm_sandbox::SandboxInstance>,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+        let key = format!("{stack}/{component}");
+        if !self.listeners.contains_key(&key) {
+            let sockets = match running {
+                Some(inst) => inst
+                    .listening_sockets(ports.len())
+                    .map_err(|e| e.to_string())?,
+                None => {
+                    let block = self
+                        .ipam
+                        .get(&key)
+                        .ok_or_else(|| format!("{key} is not on the hub"))?;
+                    bind_in(&netns_path(&self.netns_name(block.index)), ports)?
+                }
+            };
+            self.listeners.insert(key.clone(), sockets);
+        }
+        self.listeners[&key]
+            .iter()
+            .map(|fd| {
+                fd.try_clone()
+                    .map_err(|e| format!("dup a listening socket: {e}"))
+            })
+            .collect()
+    }
+
     /// The address of `stack/component`'s next instance slot, if it has one.
     pub fn next_addr(&self, stack: &str, component: &str) -> Option<Ipv4Addr> {
         self.ipam
@@ -778,6 +838,7 @@ impl NetPlane {
     /// Takes `stack/component` off the hub: its namespace goes, its block returns to the pool.
     pub fn leave(&mut self, stack: &str, component: &str) -> Result<(), String> {
         let key = format!("{stack}/{component}");
+        self.listeners.remove(&key);
         // A hot-swap's second instance goes too.
         self.remove_slot(&next_key(&key))?;
         self.to_next.remove(&key);

@@ -83,6 +83,9 @@ pub struct SwapPlan {
 
 /// A swap in memory: the instances and the clocks.
 pub(super) struct Swap {
+    /// Socket handoff (the new instance shares the old one's listening sockets) rather than
+    /// the service-address switch.
+    socket: bool,
     new: Arc<SandboxInstance>,
     /// The old instance once the swap is confirmed (before that it is the unit's instance).
     old: Option<Arc<SandboxInstance>>,
@@ -232,6 +235,31 @@ impl Engine {
                 human_duration(current.stop_grace)
             ),
         ];
+        let socket = current.socket_activation;
+        if socket != component.socket_activation {
+            return invalid(
+                "the new version must keep socket_activation as it is: a swap cannot change how traffic reaches the component".into(),
+            );
+        }
+        let steps = if socket {
+            vec![
+                format!(
+                    "start a new instance of {}/{name} beside the running one, in the same namespace, handed the same listening sockets (both accept from one queue from now on), with a fresh certificate",
+                    stack.name
+                ),
+                format!(
+                    "wait until it passes {readiness_text} continuously for {} (at most {} in all, else stop it)",
+                    human_duration(policy.min_healthy_time),
+                    human_duration(policy.healthy_deadline)
+                ),
+                format!(
+                    "SIGTERM the old instance, which stops accepting and finishes what it has (SIGKILL after {}); connections waiting in the queue go to the new one",
+                    human_duration(policy.drain_timeout)
+                ),
+            ]
+        } else {
+            steps
+        };
         let mut plan = SwapPlan {
             component: format!("{}/{name}", stack.name),
             new_instance: None,
@@ -249,7 +277,7 @@ impl Engine {
         }
         let now = Instant::now();
         let new = self
-            .start_next(i, &component)
+            .start_next(i, &component, socket)
             .map_err(EngineError::Invalid)?;
         let id = new.id().to_string();
         plan.new_instance = Some(id.clone());
@@ -262,6 +290,7 @@ impl Engine {
             weight: 0,
         });
         self.units[i].swap = Some(Swap {
+            socket,
             new,
             old: None,
             component,
@@ -292,11 +321,13 @@ impl Engine {
         Ok(plan)
     }
 
-    /// Starts unit `i`'s next instance as `component`, in the component's second namespace.
+    /// Starts unit `i`'s next instance as `component`: in the component's second namespace, or
+    /// (`socket`) in its own namespace with its listening sockets.
     fn start_next(
         &mut self,
         i: usize,
         component: &Component,
+        socket: bool,
     ) -> Result<Arc<SandboxInstance>, String> {
         let stack = self.stack_of(i).clone();
         let mut spec = component.launch_spec(&stack.name);
@@ -306,16 +337,25 @@ impl Engine {
             target: identity::INSIDE.into(),
             writable: false,
         });
+        let listeners = self.listeners_for(i, None)?;
         let stacks = self.stacks.clone();
         let plane = self
             .net
             .as_mut()
             .ok_or("the hub network is not up (the component never started on it)")?;
-        let netns = plane.prepare_next(&stacks, &stack.name, &component.name)?;
+        let netns = if socket {
+            plane.join(&stack.name, &component.name)?.0
+        } else {
+            plane.prepare_next(&stacks, &stack.name, &component.name)?
+        };
         spec.netns = Some(netns);
         spec.hosts = plane.hosts(&stack);
         let id = new_instance_id(&spec.name);
-        match self.runtime.start_sandbox_as(&spec, &id, Stdio::null()) {
+        let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
+        match self
+            .runtime
+            .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
+        {
             Ok(inst) => {
                 let _ = self.store.put_instance(&InstanceRecord {
                     id: id.clone(),
@@ -393,6 +433,7 @@ impl Engine {
                 .switched_at
                 .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time);
         match sw.phase {
+            SwapPhase::Starting if held && sw.socket => self.confirm(i, now),
             SwapPhase::Starting if held => self.move_traffic(i, now, 0),
             SwapPhase::Switched if step_held && sw.step + 1 < sw.steps.len() => {
                 let next = sw.step + 1;
@@ -458,7 +499,9 @@ impl Engine {
     /// The new instance held: it becomes the component's instance, the old one drains.
     fn confirm(&mut self, i: usize, now: Instant) {
         let (stack, name) = self.swap_names(i);
-        if let Some(plane) = self.net.as_mut()
+        let socket = self.units[i].swap.as_ref().is_some_and(|s| s.socket);
+        if !socket
+            && let Some(plane) = self.net.as_mut()
             && let Err(e) = plane.promote(&stack, &name)
         {
             return self.roll_back(i, now, format!("could not promote the new instance: {e}"));

@@ -722,6 +722,34 @@ impl SandboxInstance {
         self.confinement.init_pid
     }
 
+    /// Copies of the `count` listening sockets this sandbox was started with (its init keeps
+    /// them at [`crate::plan::LISTEN_FD_BASE`] onwards), taken with `pidfd_getfd`: how a
+    /// restarted daemon gets back the sockets it handed over.
+    pub fn listening_sockets(&self, count: usize) -> Result<Vec<OwnedFd>, RuntimeError> {
+        (0..count as i32)
+            .map(|k| {
+                // SAFETY: pidfd_getfd with a pidfd this instance owns; the result is a new fd
+                // of this process, owned below.
+                let fd = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_getfd,
+                        self.init_pidfd.as_raw_fd(),
+                        crate::plan::LISTEN_FD_BASE + k,
+                        0,
+                    )
+                };
+                if fd < 0 {
+                    return Err(RuntimeError::io(
+                        format!("take listening socket {k} back from {}", self.id),
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                // SAFETY: fd was just returned by pidfd_getfd and nothing else owns it.
+                Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+            })
+            .collect()
+    }
+
     /// Opens one of the sandbox's namespaces (`net`, `mnt`, `pid`, ...) for `setns`, e.g. to
     /// probe its health from inside its network namespace. Fails once the sandbox has ended,
     /// so the file never belongs to a process that merely reused the pid.

@@ -34,6 +34,48 @@ class S(h.ThreadingHTTPServer):
 S(('', 8080), H).serve_forever()
 "#;
 
+/// The same server for socket activation: it serves the listening socket osvm hands it as fd
+/// 3, and on SIGTERM stops accepting and finishes the connections it has before it exits.
+const SOCKET_SERVER: &str = r#"
+import http.server as h, signal, socket, sys, threading
+V = sys.argv[1].encode() + b'\n'
+class H(h.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(V)))
+        self.end_headers()
+        self.wfile.write(V)
+    def log_message(self, *a):
+        pass
+class S(h.ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True
+s = S(('', 8080), H, bind_and_activate=False)
+s.socket.close()
+s.socket = socket.socket(fileno=3)
+signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=s.shutdown).start())
+s.serve_forever()
+s.server_close()
+"#;
+
+fn socket_stack() -> String {
+    stack().replace(SERVER, SOCKET_SERVER).replace(
+        "listen = [8080]",
+        "listen = [8080]\nsocket_activation = true",
+    )
+}
+
+/// The socket-activated server's command line for `osvm swap ... -- <this>`.
+fn socket_version(v: &str) -> Vec<String> {
+    vec![
+        "/usr/bin/python3".into(),
+        "-c".into(),
+        SOCKET_SERVER.into(),
+        v.into(),
+    ]
+}
+
 fn stack() -> String {
     format!(
         r#"
@@ -104,13 +146,17 @@ fn net_show(state: &StateDir) -> Value {
 }
 
 fn up(test: &str) -> Option<Hub> {
+    up_with(test, &stack())
+}
+
+fn up_with(test: &str, text: &str) -> Option<Hub> {
     if !hub_available(test) {
         return None;
     }
     let state = StateDir::new(test);
     let daemon = Daemon::start(&state);
     let file = state.path.join("hs.toml");
-    std::fs::write(&file, stack()).unwrap();
+    std::fs::write(&file, text).unwrap();
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
     wait_ps(&state, "both running", |v| {
@@ -586,4 +632,76 @@ fn a_canary_gives_the_new_version_its_share_then_everything_without_a_failed_req
     let o = run(hub.state.osvm().arg("down").arg(&hub.file));
     assert!(o.status.success(), "{}", stderr(&o));
     wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
+}
+
+#[test]
+fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
+    let Some(hub) = up_with("swap-socket", &socket_stack()) else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let threads = load(
+        &hub.client_ns,
+        hub.service,
+        4,
+        175,
+        2,
+        stop.clone(),
+        tally.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let began = Instant::now();
+    for n in 0..20 {
+        let v = format!("v{}", n + 2);
+        let o = swap(&hub, &[], &socket_version(&v));
+        assert!(
+            o.status.success(),
+            "swap {n} to {v}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(
+            stdout(&o).contains("same listening sockets"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    let swapping = began.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (ok, failed) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    let mut latencies = std::mem::take(&mut *tally.latencies_us.lock().unwrap());
+    println!(
+        "socket handoff under load: {ok} requests ok, {failed} failed, 20 swaps in {swapping:.1?}; latency p50/p99 {}/{} us; versions {:?}",
+        pct(&mut latencies, 0.5),
+        pct(&mut latencies, 0.99),
+        tally.versions.lock().unwrap()
+    );
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {:?}",
+        tally.failures.lock().unwrap()
+    );
+    let versions = tally.versions.lock().unwrap();
+    assert!(
+        versions.contains_key("v21"),
+        "the last version served: {versions:?}"
+    );
+    // One slot only: the swaps never needed a second namespace.
+    let net = net_show(&hub.state);
+    let slots = net["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["component"] == "srv")
+        .count();
+    assert_eq!(slots, 1, "{net}");
 }

@@ -108,6 +108,8 @@ pub(crate) struct RawComponent {
     pub(crate) identity_reload: Option<Spanned<Table<RawReload>>>,
     /// Reached only through osvm's mTLS ingress proxy.
     pub(crate) mtls: Option<Spanned<bool>>,
+    /// Its listening sockets are made by osvm and handed over (`LISTEN_FDS`).
+    pub(crate) socket_activation: Option<Spanned<bool>>,
     /// How far its network reaches.
     pub(crate) network_access: Option<Word<crate::model::NetworkAccess>>,
     /// How a hot-swap of it proceeds.

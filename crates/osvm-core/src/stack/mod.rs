@@ -161,6 +161,11 @@ pub struct Component {
     /// How a hot-swap (`osvm swap`) of it proceeds.
     #[serde(default)]
     pub swap: SwapPolicy,
+    /// osvm makes its listening sockets (one per `listen` port, in its network namespace) and
+    /// hands them to every instance, systemd style (`LISTEN_FDS`, fds 3..): a hot-swap then
+    /// hands the same sockets to the new instance and no connection waits on a switch.
+    #[serde(default)]
+    pub socket_activation: bool,
 }
 
 /// How a hot-swap proceeds: the new instance must pass its readiness check continuously for

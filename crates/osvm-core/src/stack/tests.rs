@@ -89,6 +89,7 @@ fn expected_full() -> Stack {
                 mtls_egress: vec![],
                 network_access: Default::default(),
                 swap: Default::default(),
+                socket_activation: false,
             },
             Component {
                 name: "mcp-fs".into(),
@@ -124,6 +125,7 @@ fn expected_full() -> Stack {
                 mtls_egress: vec![],
                 network_access: Default::default(),
                 swap: Default::default(),
+                socket_activation: false,
             },
             Component {
                 name: "val".into(),
@@ -160,6 +162,7 @@ fn expected_full() -> Stack {
                 mtls_egress: vec![],
                 network_access: Default::default(),
                 swap: Default::default(),
+                socket_activation: false,
             },
         ],
         policies: vec![

@@ -390,6 +390,18 @@ fn component(
         None => false,
     };
 
+    let socket_activation = match raw.socket_activation {
+        Some(v) if *v.get_ref() && listen.is_empty() => {
+            return Err(src.error(
+                v.span(),
+                format!(
+                    "component `{name_text}` has socket_activation = true but no `listen` ports: osvm makes one listening socket per listen port"
+                ),
+            ));
+        }
+        Some(v) => v.into_inner(),
+        None => false,
+    };
     let mut swap = SwapPolicy::default();
     if let Some(table) = raw.swap {
         let r = table.into_inner().0;
@@ -459,6 +471,7 @@ fn component(
         mtls_egress,
         network_access: raw.network_access.map(|w| w.0).unwrap_or_default(),
         swap,
+        socket_activation,
     })
 }
 
