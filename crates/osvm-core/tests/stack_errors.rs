@@ -545,6 +545,13 @@ fn cases() -> Vec<Case> {
             "`api` does not have mtls = true",
         ),
         case(
+            "socket_activation without listen ports",
+            base("socket_activation = true"),
+            7,
+            21,
+            "socket_activation = true but no `listen` ports",
+        ),
+        case(
             "mtls_egress entry without listen",
             base("mtls_egress = [{ to = \"web\", port = 80 }]"),
             7,
