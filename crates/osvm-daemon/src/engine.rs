@@ -1168,6 +1168,14 @@ impl Engine {
         }
     }
 
+    /// Unit `i` could not start because of `why`: recorded, and retried with backoff.
+    fn start_failed(&mut self, i: usize, now: Instant, why: String) {
+        self.units[i].record.reason = why.clone();
+        self.save(i);
+        self.emit(i, "start-failed", &why);
+        self.schedule_restart(i, now, true);
+    }
+
     fn start(&mut self, i: usize, now: Instant) {
         let stack_name = self.units[i].record.stack.clone();
         let mut spec = self.units[i].component.launch_spec(&stack_name);
@@ -1177,13 +1185,7 @@ impl Engine {
                 target: identity::INSIDE.into(),
                 writable: false,
             }),
-            Err(e) => {
-                self.units[i].record.reason = e.clone();
-                self.save(i);
-                self.emit(i, "start-failed", &e);
-                self.schedule_restart(i, now, true);
-                return;
-            }
+            Err(e) => return self.start_failed(i, now, e),
         }
         if self.stack_of(i).network == osvm_core::stack::StackNetwork::Hub {
             match self.join_hub(i) {
@@ -1192,24 +1194,13 @@ impl Engine {
                     spec.hosts = hosts;
                 }
                 Err(e) => {
-                    let e = format!("unavailable: the hub network: {e}");
-                    self.units[i].record.reason = e.clone();
-                    self.save(i);
-                    self.emit(i, "start-failed", &e);
-                    self.schedule_restart(i, now, true);
-                    return;
+                    return self.start_failed(i, now, format!("unavailable: the hub network: {e}"));
                 }
             }
         }
         let listeners = match self.listeners_for(i, None) {
             Ok(l) => l,
-            Err(e) => {
-                self.units[i].record.reason = e.clone();
-                self.save(i);
-                self.emit(i, "start-failed", &e);
-                self.schedule_restart(i, now, true);
-                return;
-            }
+            Err(e) => return self.start_failed(i, now, e),
         };
         let id = new_instance_id(&spec.name);
         self.units[i].record.intent = Some(Intent::Start {

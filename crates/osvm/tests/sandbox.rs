@@ -1072,14 +1072,17 @@ fn listening_sockets_are_handed_to_the_workload_the_systemd_way() {
         "/usr/bin/python3",
         vec!["-c".into(), script.into()],
     );
-    let first = runtime
-        .start_sandbox_with(
-            &spec,
-            &osvm_sandbox::new_instance_id("activated"),
-            std::process::Stdio::null(),
-            &[listener.as_fd()],
-        )
-        .unwrap();
+    let start = || {
+        runtime
+            .start_sandbox_with(
+                &spec,
+                &osvm_sandbox::new_instance_id("activated"),
+                std::process::Stdio::null(),
+                &[listener.as_fd()],
+            )
+            .unwrap()
+    };
+    let first = start();
     let ask = || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1099,14 +1102,7 @@ fn listening_sockets_are_handed_to_the_workload_the_systemd_way() {
         "LISTEN_PID is the workload's pid: {answer:?}"
     );
     // A second instance given the same socket serves from the same accept queue.
-    let second = runtime
-        .start_sandbox_with(
-            &spec,
-            &osvm_sandbox::new_instance_id("activated"),
-            std::process::Stdio::null(),
-            &[listener.as_fd()],
-        )
-        .unwrap();
+    let second = start();
     for _ in 0..3 {
         assert!(ask().starts_with("1 "));
     }

@@ -15,28 +15,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// A small HTTP/1.1 server (keep-alive, threads) that answers every GET with its version.
-const SERVER: &str = r#"
-import http.server as h, sys
-V = sys.argv[1].encode() + b'\n'
-class H(h.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(V)))
-        self.end_headers()
-        self.wfile.write(V)
-    def log_message(self, *a):
-        pass
-class S(h.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512
-S(('', 8080), H).serve_forever()
-"#;
-
-/// The same server for socket activation: it serves the listening socket osvm hands it as fd
-/// 3, and on SIGTERM stops accepting and finishes the connections it has before it exits.
-const SOCKET_SERVER: &str = r#"
+/// The request handler both servers use: HTTP/1.1 (keep-alive), every GET answered with the
+/// version given as the first argument.
+const HANDLER: &str = r#"
 import http.server as h, signal, socket, sys, threading
 V = sys.argv[1].encode() + b'\n'
 class H(h.BaseHTTPRequestHandler):
@@ -48,6 +29,25 @@ class H(h.BaseHTTPRequestHandler):
         self.wfile.write(V)
     def log_message(self, *a):
         pass
+"#;
+
+/// A small threaded HTTP server on port 8080 that answers with its version.
+fn server() -> String {
+    format!(
+        "{HANDLER}
+class S(h.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+S(('', 8080), H).serve_forever()
+"
+    )
+}
+
+/// The same server for socket activation: it serves the listening socket osvm hands it as fd
+/// 3, and on SIGTERM stops accepting and finishes the connections it has before it exits.
+fn socket_server() -> String {
+    format!(
+        "{HANDLER}
 class S(h.ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
@@ -57,10 +57,12 @@ s.socket = socket.socket(fileno=3)
 signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=s.shutdown).start())
 s.serve_forever()
 s.server_close()
-"#;
+"
+    )
+}
 
 fn socket_stack() -> String {
-    stack().replace(SERVER, SOCKET_SERVER).replace(
+    stack().replace(&server(), &socket_server()).replace(
         "listen = [8080]",
         "listen = [8080]\nsocket_activation = true",
     )
@@ -71,12 +73,13 @@ fn socket_version(v: &str) -> Vec<String> {
     vec![
         "/usr/bin/python3".into(),
         "-c".into(),
-        SOCKET_SERVER.into(),
+        socket_server(),
         v.into(),
     ]
 }
 
 fn stack() -> String {
+    let server = server();
     format!(
         r#"
 [stack]
@@ -86,7 +89,7 @@ network = "hub"
 [[component]]
 name = "srv"
 command = "/usr/bin/python3"
-args = ["-c", '''{SERVER}''', "v1"]
+args = ["-c", '''{server}''', "v1"]
 listen = [8080]
 health = {{ http = "/", port = 8080, interval = "100ms", timeout = "1s" }}
 swap = {{ min_healthy_time = "300ms", healthy_deadline = "10s", drain_timeout = "5s" }}
@@ -105,12 +108,7 @@ allow = {{ from = "cli", to = "srv", ports = [8080] }}
 
 /// The new version's command line for `osvm swap ... -- <this>`.
 fn version(v: &str) -> Vec<String> {
-    vec![
-        "/usr/bin/python3".into(),
-        "-c".into(),
-        SERVER.into(),
-        v.into(),
-    ]
+    vec!["/usr/bin/python3".into(), "-c".into(), server(), v.into()]
 }
 
 struct Hub {
@@ -471,7 +469,8 @@ fn a_version_that_dies_after_the_switch_is_rolled_back_to_the_old_one() {
     // Serves for 2.5 s, then exits: ready, switched after 1.5 s, dead before its 1.5 s of
     // confirmation are over.
     let dying = format!(
-        "import threading, time, os\nthreading.Thread(target=lambda: (time.sleep(2.5), os._exit(3)), daemon=True).start()\n{SERVER}"
+        "import threading, time, os\nthreading.Thread(target=lambda: (time.sleep(2.5), os._exit(3)), daemon=True).start()\n{}",
+        server()
     );
     let o = swap(
         &hub,
