@@ -689,6 +689,12 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
         "failed requests: {:?}",
         tally.failures.lock().unwrap()
     );
+    // The load ran from 1 s before the first swap to 0.5 s after the last.
+    let rate = ok as f64 / (swapping.as_secs_f64() + 1.5);
+    assert!(
+        rate >= 500.0,
+        "the load generator reached only {rate:.0} requests/s"
+    );
     let versions = tally.versions.lock().unwrap();
     assert!(
         versions.contains_key("v21"),
