@@ -1168,6 +1168,17 @@ impl Engine {
         }
     }
 
+    /// Records that instance `id` of unit `i` started now.
+    fn record_start(&self, i: usize, id: &str) {
+        let _ = self.store.put_instance(&InstanceRecord {
+            id: id.to_owned(),
+            component: self.units[i].record.key(),
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+            exit: None,
+        });
+    }
+
     /// Unit `i` could not start because of `why`: recorded, and retried with backoff.
     fn start_failed(&mut self, i: usize, now: Instant, why: String) {
         self.units[i].record.reason = why.clone();
@@ -1228,13 +1239,7 @@ impl Engine {
                     )
                 });
                 let confinement = confinement_summary(&inst.confinement());
-                let _ = self.store.put_instance(&InstanceRecord {
-                    id: id.clone(),
-                    component: self.units[i].record.key(),
-                    started_at_ms: now_ms(),
-                    ended_at_ms: None,
-                    exit: None,
-                });
+                self.record_start(i, &id);
                 let u = &mut self.units[i];
                 u.instance = Some(Arc::new(inst));
                 u.record.instance = Some(id);

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::{Engine, EngineError, Health, human_duration};
 use crate::health::{self, ProbeResult};
 use crate::identity;
-use crate::store::{InstanceRecord, SwapOutcome, SwapPhase, SwapRecord, now_ms};
+use crate::store::{SwapOutcome, SwapPhase, SwapRecord, now_ms};
 
 /// What `osvm swap` asks for.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -197,44 +197,6 @@ impl Engine {
                 "`{name}` has no health check and no listen port: nothing says when a new instance is ready"
             ));
         };
-        let steps = vec![
-            format!(
-                "start a new instance of {}/{name} beside the running one, in its own namespace and address, with a fresh certificate",
-                stack.name
-            ),
-            format!(
-                "wait until it passes {readiness_text} continuously for {} (at most {} in all, else roll back)",
-                human_duration(policy.min_healthy_time),
-                human_duration(policy.healthy_deadline)
-            ),
-            if weights.len() == 1 {
-                "point the service address at it (one nftables transaction; live connections stay on the old instance)".into()
-            } else {
-                format!(
-                    "send it {} of new connections in turn, each step held healthy for {} (one nftables transaction each; live connections keep their instance)",
-                    weights
-                        .iter()
-                        .map(|w| format!("{w}%"))
-                        .collect::<Vec<_>>()
-                        .join(", then "),
-                    human_duration(policy.min_healthy_time)
-                )
-            },
-            format!(
-                "watch it for {} more ({})",
-                human_duration(policy.min_healthy_time),
-                if policy.auto_revert {
-                    "a failure moves traffic back"
-                } else {
-                    "auto_revert is off: failures are left to the health check"
-                }
-            ),
-            format!(
-                "drain the old instance: stop it when no connection to it is left, at most after {} (SIGTERM, SIGKILL after {})",
-                human_duration(policy.drain_timeout),
-                human_duration(current.stop_grace)
-            ),
-        ];
         let socket = current.socket_activation;
         if socket != component.socket_activation {
             return invalid(
@@ -258,7 +220,44 @@ impl Engine {
                 ),
             ]
         } else {
-            steps
+            vec![
+                format!(
+                    "start a new instance of {}/{name} beside the running one, in its own namespace and address, with a fresh certificate",
+                    stack.name
+                ),
+                format!(
+                    "wait until it passes {readiness_text} continuously for {} (at most {} in all, else roll back)",
+                    human_duration(policy.min_healthy_time),
+                    human_duration(policy.healthy_deadline)
+                ),
+                if weights.len() == 1 {
+                    "point the service address at it (one nftables transaction; live connections stay on the old instance)".into()
+                } else {
+                    format!(
+                        "send it {} of new connections in turn, each step held healthy for {} (one nftables transaction each; live connections keep their instance)",
+                        weights
+                            .iter()
+                            .map(|w| format!("{w}%"))
+                            .collect::<Vec<_>>()
+                            .join(", then "),
+                        human_duration(policy.min_healthy_time)
+                    )
+                },
+                format!(
+                    "watch it for {} more ({})",
+                    human_duration(policy.min_healthy_time),
+                    if policy.auto_revert {
+                        "a failure moves traffic back"
+                    } else {
+                        "auto_revert is off: failures are left to the health check"
+                    }
+                ),
+                format!(
+                    "drain the old instance: stop it when no connection to it is left, at most after {} (SIGTERM, SIGKILL after {})",
+                    human_duration(policy.drain_timeout),
+                    human_duration(current.stop_grace)
+                ),
+            ]
         };
         let mut plan = SwapPlan {
             component: format!("{}/{name}", stack.name),
@@ -357,13 +356,7 @@ impl Engine {
             .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
         {
             Ok(inst) => {
-                let _ = self.store.put_instance(&InstanceRecord {
-                    id: id.clone(),
-                    component: self.units[i].record.key(),
-                    started_at_ms: now_ms(),
-                    ended_at_ms: None,
-                    exit: None,
-                });
+                self.record_start(i, &id);
                 Ok(Arc::new(inst))
             }
             Err(e) => {

@@ -187,11 +187,7 @@ impl Hub {
         port: u16,
     ) -> Result<usize, NetError> {
         let (s, d, p) = (src.to_string(), dst.to_string(), port.to_string());
-        let args = [
-            "netns",
-            "exec",
-            &self.name,
-            "conntrack",
+        self.conntrack(&[
             "-D",
             "-p",
             protocol,
@@ -201,9 +197,14 @@ impl Hub {
             &s,
             "--reply-port-src",
             &p,
-        ];
-        match run("ip", &args, None) {
-            // One line on stdout per deleted entry.
+        ])
+    }
+
+    /// Runs `conntrack ARGS` in the hub; returns how many entries it printed (one line each).
+    fn conntrack(&self, args: &[&str]) -> Result<usize, NetError> {
+        let mut full = vec!["netns", "exec", self.name.as_str(), "conntrack"];
+        full.extend_from_slice(args);
+        match run("ip", &full, None) {
             Ok(out) => Ok(out.lines().filter(|l| !l.trim().is_empty()).count()),
             // conntrack exits 1 when nothing matched ("0 flow entries have been deleted").
             Err(NetError::Command { detail, .. }) if detail.contains("0 flow entries") => Ok(0),
@@ -215,11 +216,7 @@ impl Hub {
     /// instance's connections, whether addressed to it or to its service address).
     pub fn count_conntrack(&self, addr: Ipv4Addr) -> Result<usize, NetError> {
         let a = addr.to_string();
-        let args = [
-            "netns",
-            "exec",
-            &self.name,
-            "conntrack",
+        self.conntrack(&[
             "-L",
             "-p",
             "tcp",
@@ -227,12 +224,7 @@ impl Hub {
             &a,
             "--state",
             "ESTABLISHED",
-        ];
-        match run("ip", &args, None) {
-            Ok(out) => Ok(out.lines().filter(|l| !l.trim().is_empty()).count()),
-            Err(NetError::Command { detail, .. }) if detail.contains("0 flow entries") => Ok(0),
-            Err(e) => Err(e),
-        }
+        ])
     }
 
     /// Deletes the hub namespace (and every veth in it).

@@ -203,79 +203,120 @@ impl Tally {
     }
 }
 
-/// Load from inside `ns`: `short` threads of one-request connections at about `per_thread`
-/// requests/s each, and `long` threads holding keep-alive connections for 5 requests 100 ms
-/// apart, until `stop`.
-fn load(
-    ns: &str,
-    target: SocketAddr,
-    short: usize,
-    per_thread: u32,
-    long: usize,
+/// Load from inside the client's namespace against the server's service address, counted in
+/// `tally` until [`Load::finish`].
+struct Load {
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
-) -> Vec<std::thread::JoinHandle<()>> {
-    let mut threads = Vec::new();
-    for n in 0..short + long {
-        let (ns, stop, tally) = (ns.to_owned(), stop.clone(), tally.clone());
-        threads.push(std::thread::spawn(move || {
-            let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let pace = Duration::from_secs(1) / per_thread;
-            while !stop.load(Ordering::Relaxed) {
-                let began = Instant::now();
-                let result = if n < short {
-                    one_request(target)
-                } else {
-                    keep_alive(target)
-                };
-                match result {
-                    Ok(version) => {
-                        tally.ok.fetch_add(1, Ordering::Relaxed);
-                        *tally.versions.lock().unwrap().entry(version).or_default() += 1;
-                        tally
-                            .latencies_us
-                            .lock()
-                            .unwrap()
-                            .push(began.elapsed().as_micros() as u64);
-                    }
-                    Err(e) => tally.fail(format!(
-                        "{e} (a request begun at {:?} since the epoch)",
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap_or_default()
-                            .saturating_sub(began.elapsed())
-                    )),
-                }
-                if n < short {
-                    std::thread::sleep(pace.saturating_sub(began.elapsed()));
-                }
-            }
-        }));
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `short` threads of one-request connections at about `per_thread` requests/s each, and
+    /// `long` threads holding keep-alive connections for 5 requests 100 ms apart.
+    fn start(hub: &Hub, short: usize, per_thread: u32, long: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let threads = (0..short + long)
+            .map(|n| {
+                let (ns, target) = (hub.client_ns.clone(), hub.service);
+                let (stop, tally) = (stop.clone(), tally.clone());
+                std::thread::spawn(move || {
+                    client(&ns, target, n < short, per_thread, &stop, &tally)
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            tally,
+            threads,
+        }
     }
-    threads
+
+    /// Stops the load; what it saw.
+    fn finish(self) -> Arc<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.tally
+    }
+}
+
+/// One load thread: one-request connections paced at `per_thread`/s (`short`), or keep-alive
+/// connections back to back, until `stop`.
+fn client(
+    ns: &str,
+    target: SocketAddr,
+    short: bool,
+    per_thread: u32,
+    stop: &AtomicBool,
+    tally: &Tally,
+) {
+    let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let pace = Duration::from_secs(1) / per_thread;
+    while !stop.load(Ordering::Relaxed) {
+        let began = Instant::now();
+        let result = if short {
+            one_request(target)
+        } else {
+            keep_alive(target)
+        };
+        match result {
+            Ok(version) => {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+                *tally.versions.lock().unwrap().entry(version).or_default() += 1;
+                tally
+                    .latencies_us
+                    .lock()
+                    .unwrap()
+                    .push(began.elapsed().as_micros() as u64);
+            }
+            Err(e) => tally.fail(format!(
+                "{e} (a request begun at {:?} since the epoch)",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .saturating_sub(began.elapsed())
+            )),
+        }
+        if short {
+            std::thread::sleep(pace.saturating_sub(began.elapsed()));
+        }
+    }
 }
 
 /// Load of `threads` one-request threads at `per_thread` requests/s for `how_long`: what
 /// answered.
 fn sample(hub: &Hub, threads: usize, per_thread: u32, how_long: Duration) -> Arc<Tally> {
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let running = load(
-        &hub.client_ns,
-        hub.service,
-        threads,
-        per_thread,
-        0,
-        stop.clone(),
-        tally.clone(),
-    );
+    let load = Load::start(hub, threads, per_thread, 0);
     std::thread::sleep(how_long);
-    stop.store(true, Ordering::Relaxed);
-    for t in running {
-        t.join().unwrap();
+    load.finish()
+}
+
+/// How many instance slots the hub has for `srv` (2 during a DNAT swap, else 1).
+fn srv_slots(state: &StateDir) -> usize {
+    net_show(state)["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["component"] == "srv")
+        .count()
+}
+
+/// Polls `osvm ps` until `srv`'s view satisfies `ok` (bounded); returns it.
+fn wait_srv(state: &StateDir, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views = ps(state);
+        let srv = views.iter().find(|v| v["name"] == "srv").unwrap().clone();
+        if ok(&srv) {
+            return srv;
+        }
+        assert!(Instant::now() < deadline, "{what}: {srv}");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    tally
 }
 
 fn read_response(s: &mut TcpStream) -> Result<String, String> {
@@ -345,17 +386,8 @@ fn twenty_swaps_under_load_fail_no_request_and_a_never_ready_version_is_rolled_b
     let Some(hub) = up("swap-load") else {
         return;
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let threads = load(
-        &hub.client_ns,
-        hub.service,
-        4,
-        175,
-        2,
-        stop.clone(),
-        tally.clone(),
-    );
+    let load = Load::start(&hub, 4, 175, 2);
+    let tally = load.tally.clone();
 
     // Steady state first.
     std::thread::sleep(Duration::from_secs(2));
@@ -397,10 +429,7 @@ fn twenty_swaps_under_load_fail_no_request_and_a_never_ready_version_is_rolled_b
         stdout(&o)
     );
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
+    load.finish();
 
     let failed = tally.failed.load(Ordering::Relaxed);
     let ok = tally.ok.load(Ordering::Relaxed);
@@ -444,14 +473,7 @@ fn twenty_swaps_under_load_fail_no_request_and_a_never_ready_version_is_rolled_b
     );
 
     // One instance serves, the last version; the second slot is gone.
-    let net = net_show(&hub.state);
-    let srv: Vec<&Value> = net["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["component"] == "srv")
-        .collect();
-    assert_eq!(srv.len(), 1, "{net}");
+    assert_eq!(srv_slots(&hub.state), 1, "{}", net_show(&hub.state));
     let views = ps(&hub.state);
     let view = views.iter().find(|v| v["name"] == "srv").unwrap();
     assert_eq!(view["status"], "running", "{view}");
@@ -508,16 +530,9 @@ fn a_daemon_killed_mid_swap_leaves_exactly_one_version_serving() {
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     // Kill it once traffic has moved and before the new version is confirmed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let views = ps(&hub.state);
-        let srv = views.iter().find(|v| v["name"] == "srv").unwrap();
-        if srv["swap"]["phase"] == "switched" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never switched: {srv}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_srv(&hub.state, "never switched", |srv| {
+        srv["swap"]["phase"] == "switched"
+    });
     hub.daemon.kill9();
     hub.daemon = Daemon::start(&hub.state);
     let views = wait_ps(&hub.state, "srv settled", |v| {
@@ -546,14 +561,7 @@ fn a_daemon_killed_mid_swap_leaves_exactly_one_version_serving() {
         ["v1"],
         "the swap was not confirmed: the old version serves"
     );
-    let net = net_show(&hub.state);
-    let slots = net["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["component"] == "srv")
-        .count();
-    assert_eq!(slots, 1, "{net}");
+    assert_eq!(srv_slots(&hub.state), 1, "{}", net_show(&hub.state));
     let o = run(hub.state.osvm().arg("down").arg(&hub.file));
     assert!(o.status.success(), "{}", stderr(&o));
     wait_ps(&hub.state, "the stack to be gone", |v| v.is_empty());
@@ -564,17 +572,8 @@ fn a_canary_gives_the_new_version_its_share_then_everything_without_a_failed_req
     let Some(hub) = up("swap-canary") else {
         return;
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let threads = load(
-        &hub.client_ns,
-        hub.service,
-        4,
-        100,
-        0,
-        stop.clone(),
-        tally.clone(),
-    );
+    let load = Load::start(&hub, 4, 100, 0);
+    let tally = load.tally.clone();
     let hub = Arc::new(hub);
     let swapping = {
         let hub = hub.clone();
@@ -587,16 +586,9 @@ fn a_canary_gives_the_new_version_its_share_then_everything_without_a_failed_req
         })
     };
     // Wait for the 20% step, then count who answers for 2 s of it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let views = ps(&hub.state);
-        let srv = views.iter().find(|v| v["name"] == "srv").unwrap();
-        if srv["swap"]["phase"] == "switched" && srv["swap"]["weight"] == 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no 20% step: {srv}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_srv(&hub.state, "no 20% step", |srv| {
+        srv["swap"]["phase"] == "switched" && srv["swap"]["weight"] == 20
+    });
     std::thread::sleep(Duration::from_millis(200));
     tally.versions.lock().unwrap().clear();
     std::thread::sleep(Duration::from_secs(2));
@@ -606,10 +598,7 @@ fn a_canary_gives_the_new_version_its_share_then_everything_without_a_failed_req
     assert!(stdout(&o).contains("switched 20%"), "{}", stdout(&o));
     tally.versions.lock().unwrap().clear();
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
+    load.finish();
     let new = *during.get("v2").unwrap_or(&0) as f64;
     let all = during.values().sum::<u64>() as f64;
     println!("canary at 20%: {new} of {all} requests answered by the new version");
@@ -638,17 +627,8 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
     let Some(hub) = up_with("swap-socket", &socket_stack()) else {
         return;
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let threads = load(
-        &hub.client_ns,
-        hub.service,
-        4,
-        175,
-        2,
-        stop.clone(),
-        tally.clone(),
-    );
+    let load = Load::start(&hub, 4, 175, 2);
+    let tally = load.tally.clone();
     std::thread::sleep(Duration::from_secs(1));
     let began = Instant::now();
     for n in 0..20 {
@@ -668,10 +648,7 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
     }
     let swapping = began.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
+    load.finish();
     let (ok, failed) = (
         tally.ok.load(Ordering::Relaxed),
         tally.failed.load(Ordering::Relaxed),
@@ -701,12 +678,5 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
         "the last version served: {versions:?}"
     );
     // One slot only: the swaps never needed a second namespace.
-    let net = net_show(&hub.state);
-    let slots = net["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["component"] == "srv")
-        .count();
-    assert_eq!(slots, 1, "{net}");
+    assert_eq!(srv_slots(&hub.state), 1, "{}", net_show(&hub.state));
 }
