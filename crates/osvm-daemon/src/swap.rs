@@ -203,6 +203,11 @@ impl Engine {
                 "the new version must keep socket_activation as it is: a swap cannot change how traffic reaches the component".into(),
             );
         }
+        if socket && weights.len() > 1 {
+            return invalid(
+                "a canary splits the service address between two instances; with socket_activation both versions accept from one queue, so there is nothing to split".into(),
+            );
+        }
         let steps = if socket {
             vec![
                 format!(

@@ -647,6 +647,10 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
         );
     }
     let swapping = began.elapsed();
+    // A canary has nothing to split when both versions share the sockets: refused, not ignored.
+    let o = swap(&hub, &["--canary", "50,100"], &socket_version("v22"));
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("nothing to split"), "{}", stderr(&o));
     std::thread::sleep(Duration::from_millis(500));
     load.finish();
     let (ok, failed) = (
