@@ -54,6 +54,44 @@ pub struct LaunchSpec {
     /// Extra `/etc/hosts` lines inside the sandbox, as (address, names).
     #[serde(default)]
     pub hosts: Vec<(String, String)>,
+    /// Settings of the `microvm` runtime (ignored by the others).
+    #[serde(default)]
+    pub microvm: VmOptions,
+}
+
+/// The accelerator a microVM asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccelChoice {
+    /// KVM where the host has VMX/SVM, QEMU TCG (software emulation, with a warning) elsewhere.
+    #[default]
+    Auto,
+    /// KVM, or an error naming why the host cannot.
+    Kvm,
+    /// QEMU TCG even where KVM exists.
+    Tcg,
+}
+
+/// Settings of the `microvm` runtime; guest memory and vCPUs come from [`Resources`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmOptions {
+    /// Which accelerator.
+    #[serde(default)]
+    pub accel: AccelChoice,
+    /// A guest kernel image instead of the one `osvm kernel fetch` stored.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// The `lib/modules/<release>` tree of that kernel (for its virtio and vsock modules).
+    #[serde(default)]
+    pub kernel_modules: Option<PathBuf>,
+    /// Host files or directory trees copied into the guest image at the same path.
+    #[serde(default)]
+    pub include: Vec<PathBuf>,
+    /// How long the guest may take to boot until its agent answers, in milliseconds
+    /// (default 60 s).
+    #[serde(default)]
+    pub boot_timeout_ms: Option<u64>,
 }
 
 impl LaunchSpec {
@@ -73,6 +111,7 @@ impl LaunchSpec {
             readonly_root: false,
             binds: Vec::new(),
             rootfs: None,
+            microvm: VmOptions::default(),
         }
     }
 }

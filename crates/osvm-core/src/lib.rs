@@ -12,5 +12,5 @@ pub mod quantity;
 pub mod runtime;
 pub mod stack;
 
-pub use launch::{BindMount, LaunchSpec, Resources};
+pub use launch::{AccelChoice, BindMount, LaunchSpec, Resources, VmOptions};
 pub use runtime::{ExitStatus, Instance, InstanceStats, Runtime, RuntimeError, RuntimeKind};

@@ -311,7 +311,7 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respons
         )
     })?;
     for c in &stack.components {
-        if c.runtime != osvm_core::RuntimeKind::Process {
+        if c.runtime == osvm_core::RuntimeKind::Unikernel {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "runtime_unavailable",
@@ -641,11 +641,12 @@ async fn logs(
         "both" => &["stdout", "stderr"],
         "stdout" => &["stdout"],
         "stderr" => &["stderr"],
+        "console" => &[],
         other => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("stream must be both, stdout or stderr, not `{other}`"),
+                format!("stream must be both, stdout, stderr or console, not `{other}`"),
             ));
         }
     };
@@ -657,6 +658,9 @@ async fn logs(
         ));
     };
     let dir = shared.state_dir.join("instances").join(&instance);
+    if streams.is_empty() {
+        return console(&name, dir.join("console.log"), q).await;
+    }
     let mut files: Vec<(std::path::PathBuf, &'static str, u64)> = streams
         .iter()
         .map(|s| {
@@ -700,6 +704,61 @@ async fn logs(
             }
             batch.sort_by(|a, b| a.time.cmp(&b.time));
             let chunk: Vec<u8> = batch.into_iter().flat_map(|l| l.text).collect();
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A microVM's guest console (the serial port, as the guest kernel and agent wrote it).
+async fn console(name: &str, path: std::path::PathBuf, q: LogsQuery) -> Result<Response, ApiError> {
+    let Ok(bytes) = tokio::fs::read(&path).await else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_console",
+            format!("`{name}` has no guest console: only microVM components have one"),
+        ));
+    };
+    let mut offset = bytes.len() as u64;
+    let mut first = bytes;
+    if let Some(n) = q.tail {
+        let text = String::from_utf8_lossy(&first).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let keep = lines[lines.len().saturating_sub(n)..].join("\n");
+        first = if keep.is_empty() {
+            Vec::new()
+        } else {
+            format!("{keep}\n").into_bytes()
+        };
+    }
+    if !q.follow {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], first).into_response());
+    }
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(first))).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if tx.is_closed() {
+                return;
+            }
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                return;
+            };
+            if (bytes.len() as u64) <= offset {
+                continue;
+            }
+            let chunk = bytes[offset as usize..].to_vec();
+            offset = bytes.len() as u64;
             if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
                 return;
             }

@@ -25,7 +25,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, RestartPolicy, Stack};
 use osvm_core::{ExitStatus, Instance, InstanceStats};
-use osvm_sandbox::{Adopted, SandboxInstance, SandboxRuntime, new_instance_id};
+use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
+use osvm_sandbox::{Adopted, SandboxRuntime, new_instance_id};
+
+use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
 
 #[path = "swap.rs"]
@@ -114,7 +117,7 @@ struct Unit {
     /// The durable part of its state.
     record: ComponentRecord,
     /// Its running instance.
-    instance: Option<Arc<SandboxInstance>>,
+    instance: Option<Arc<Workload>>,
     health: Health,
     started_at: Option<Instant>,
     next_probe: Instant,
@@ -143,6 +146,16 @@ struct Unit {
     cpu_percent: f64,
     /// A hot-swap under way.
     swap: Option<swap::Swap>,
+    /// A microVM booting on its own thread (a boot takes seconds; the engine keeps ticking).
+    booting: Option<Booting>,
+}
+
+/// A start that finishes on another thread.
+struct Booting {
+    /// The instance id being started.
+    id: String,
+    /// Its outcome.
+    rx: Receiver<Result<Workload, osvm_core::RuntimeError>>,
 }
 
 impl Unit {
@@ -174,6 +187,7 @@ impl Unit {
             cpu_sample: None,
             cpu_percent: 0.0,
             swap: None,
+            booting: None,
         }
     }
 }
@@ -209,7 +223,9 @@ pub enum PolicyEdit {
 
 /// The reconcile loop's state.
 pub struct Engine {
-    runtime: SandboxRuntime,
+    runtime: Arc<SandboxRuntime>,
+    /// The `microvm` runtime; its QEMU runs in `runtime`'s sandboxes.
+    vms: Arc<MicroVmRuntime>,
     store: Arc<Store>,
     stacks: BTreeMap<String, Stack>,
     units: Vec<Unit>,
@@ -229,6 +245,15 @@ pub struct Engine {
 const LOG_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often the CAs in use are checked for nearing expiry.
 const CA_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Stops what is left of microVM instance `id` (its QEMU and vsock backend sandboxes).
+fn stop_orphan_vm(runtime: &SandboxRuntime, id: &str) {
+    for part in ["qemu", "vsock"] {
+        if let Ok(Adopted::Running(inst)) = runtime.adopt(&format!("{id}-{part}")) {
+            let _ = inst.stop(Duration::ZERO);
+        }
+    }
+}
 
 /// RFC 3339 (UTC, seconds) of Unix time `secs`.
 fn humantime_secs(secs: i64) -> String {
@@ -255,8 +280,14 @@ pub fn human_duration(d: Duration) -> String {
 impl Engine {
     /// Opens the engine on `store`, re-adopting whatever a previous engine left running.
     pub fn open(runtime: SandboxRuntime, store: Arc<Store>) -> Result<Self, StoreError> {
+        let runtime = Arc::new(runtime);
+        let vms = Arc::new(MicroVmRuntime::new(
+            runtime.clone(),
+            MicroVmConfig::new(runtime.config().state_dir.clone()),
+        ));
         let mut engine = Self {
             runtime,
+            vms,
             store,
             stacks: BTreeMap::new(),
             units: Vec::new(),
@@ -303,9 +334,11 @@ impl Engine {
                     Some(instance.clone())
                 }
                 None => None,
-            }) && let Ok(Adopted::Running(inst)) = engine.runtime.adopt(&id)
-            {
-                let _ = inst.stop(Duration::from_secs(10));
+            }) {
+                if let Ok(Adopted::Running(inst)) = engine.runtime.adopt(&id) {
+                    let _ = inst.stop(Duration::from_secs(10));
+                }
+                stop_orphan_vm(&engine.runtime, &id);
             }
             engine.store.remove_component(&record.stack, &record.name)?;
         }
@@ -373,9 +406,35 @@ impl Engine {
             }
             return;
         };
+        if self.units[i].component.runtime == osvm_core::RuntimeKind::MicroVm {
+            // The previous engine held the VM's vsock connections and context id; without
+            // them the guest cannot be driven, so it is stopped and started afresh.
+            stop_orphan_vm(&self.runtime, &id);
+            self.emit(
+                i,
+                "lost",
+                &format!(
+                    "instance {id}: a restarted daemon does not re-adopt microVMs; it was \
+                     stopped and starts again"
+                ),
+            );
+            let u = &mut self.units[i];
+            u.record.intent = None;
+            u.record.instance = None;
+            if u.record.enabled
+                && !matches!(
+                    u.record.status,
+                    ComponentStatus::Failed | ComponentStatus::Stopped
+                )
+            {
+                u.restart_at = Some(now);
+            }
+            self.save(i);
+            return;
+        }
         match self.runtime.adopt(&id) {
             Ok(Adopted::Running(inst)) => {
-                let inst: Arc<SandboxInstance> = Arc::from(inst);
+                let inst = Arc::new(Workload::Sandbox(*inst));
                 // Uptime counts from the instance's real start, not from the adoption.
                 let age = self
                     .store
@@ -874,6 +933,7 @@ impl Engine {
 
     fn tick_unit(&mut self, i: usize, now: Instant) {
         self.tick_swap(i, now);
+        self.tick_boot(i, now);
         if let Some(inst) = self.units[i].instance.clone() {
             match inst.try_wait() {
                 Ok(Some(status)) => self.on_exit(i, status, now),
@@ -881,7 +941,7 @@ impl Engine {
                 Err(e) => self.emit(i, "error", &e.to_string()),
             }
         }
-        if self.units[i].restart_at.is_some_and(|t| t <= now) {
+        if self.units[i].restart_at.is_some_and(|t| t <= now) && self.units[i].booting.is_none() {
             self.units[i].restart_at = None;
             if self.units[i].record.enabled && !self.units[i].removing {
                 self.start(i, now);
@@ -907,7 +967,7 @@ impl Engine {
         };
         if u.kill_at.is_some_and(|t| t <= now) {
             u.kill_at = None;
-            let _ = inst.signal(libc::SIGKILL);
+            let _ = inst.kill();
         }
         if let Ok(stats) = inst.stats() {
             if let Some((t0, c0)) = u.cpu_sample {
@@ -929,7 +989,7 @@ impl Engine {
         self.tick_health(i, &inst, now);
     }
 
-    fn tick_health(&mut self, i: usize, inst: &Arc<SandboxInstance>, now: Instant) {
+    fn tick_health(&mut self, i: usize, inst: &Arc<Workload>, now: Instant) {
         let u = &mut self.units[i];
         if u.kill_at.is_some() || u.record.status == ComponentStatus::Stopping {
             return;
@@ -1149,8 +1209,9 @@ impl Engine {
     fn listeners_for(
         &mut self,
         i: usize,
-        running: Option<&SandboxInstance>,
+        running: Option<&Workload>,
     ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+        let running = running.and_then(Workload::sandbox);
         let c = &self.units[i].component;
         if !c.socket_activation {
             return Ok(Vec::new());
@@ -1188,6 +1249,9 @@ impl Engine {
     }
 
     fn start(&mut self, i: usize, now: Instant) {
+        if self.units[i].booting.is_some() {
+            return;
+        }
         let stack_name = self.units[i].record.stack.clone();
         let mut spec = self.units[i].component.launch_spec(&stack_name);
         match self.deliver_identity(i, now, false) {
@@ -1220,11 +1284,68 @@ impl Engine {
         self.units[i].record.next_start_ms = None;
         self.set_status(i, ComponentStatus::Starting);
         self.save(i);
+        if self.units[i].component.runtime == osvm_core::RuntimeKind::MicroVm {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let vms = self.vms.clone();
+            let boot_id = id.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("boot-{id}"))
+                .spawn(move || {
+                    let _ = tx.send(vms.start_vm(&spec, &boot_id).map(Workload::Vm));
+                });
+            match spawned {
+                Ok(_) => {
+                    self.units[i].booting = Some(Booting { id, rx });
+                    self.emit(i, "booting", "a microVM is booting");
+                }
+                Err(e) => self.start_result(
+                    i,
+                    id,
+                    Err(osvm_core::RuntimeError::io("start a boot thread", e)),
+                    now,
+                ),
+            }
+            return;
+        }
         let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
-        match self
+        let result = self
             .runtime
             .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
+            .map(Workload::Sandbox);
+        self.start_result(i, id, result, now);
+    }
+
+    /// Picks up a microVM boot that finished.
+    fn tick_boot(&mut self, i: usize, now: Instant) {
+        let Some(b) = &self.units[i].booting else {
+            return;
+        };
+        let result = match b.rx.try_recv() {
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(
+                osvm_core::RuntimeError::Setup("the boot thread ended without a result".into()),
+            ),
+        };
+        let id = self.units[i].booting.take().expect("checked").id;
+        self.start_result(i, id, result, now);
+        // Stopped or removed while it booted: stop it now.
+        if self.units[i].instance.is_some()
+            && (!self.units[i].record.enabled || self.units[i].removing)
         {
+            self.request_stop(i, now);
+        }
+    }
+
+    /// Records the outcome of starting instance `id` of unit `i`.
+    fn start_result(
+        &mut self,
+        i: usize,
+        id: String,
+        result: Result<Workload, osvm_core::RuntimeError>,
+        now: Instant,
+    ) {
+        match result {
             Ok(inst) => {
                 let detail = format!(
                     "instance {} (pid {}), logs in {}",
@@ -1232,13 +1353,23 @@ impl Engine {
                     inst.init_pid(),
                     inst.instance_dir().display()
                 );
-                let reach = self.units[i].component.listen.first().map(|port| {
-                    format!(
+                let reach = self.units[i].component.listen.first().map(|port| match &inst {
+                    Workload::Sandbox(_) => format!(
                         "port {port} is in the component's own network namespace: nsenter -t {} -n curl http://127.0.0.1:{port}/",
                         inst.init_pid()
-                    )
+                    ),
+                    Workload::Vm(vm) => match &vm.facts().address {
+                        Some(addr) => format!(
+                            "port {port} is on the guest at {}",
+                            addr.split('/').next().unwrap_or(addr)
+                        ),
+                        None => format!(
+                            "port {port} is in the guest; it has no network (only vsock)"
+                        ),
+                    },
                 });
                 let confinement = confinement_summary(&inst.confinement());
+                let warning = inst.vm().and_then(|v| v.facts().warning.clone());
                 self.record_start(i, &id);
                 let u = &mut self.units[i];
                 u.instance = Some(Arc::new(inst));
@@ -1261,6 +1392,9 @@ impl Engine {
                     self.emit(i, "reach", &reach);
                 }
                 self.emit(i, "confined", &confinement);
+                if let Some(w) = warning {
+                    self.emit(i, "warning", &w);
+                }
             }
             Err(e) => {
                 self.units[i].record.intent = None;
@@ -1374,6 +1508,18 @@ impl Engine {
     /// Stops every running component in parallel within its grace period, records them
     /// stopped, and returns what happened.
     pub fn shutdown(&mut self) -> Vec<Event> {
+        // VMs still booting are waited for, so that they are stopped like the rest.
+        let now = Instant::now();
+        for i in 0..self.units.len() {
+            if let Some(b) = self.units[i].booting.take() {
+                let result = b.rx.recv().unwrap_or_else(|_| {
+                    Err(osvm_core::RuntimeError::Setup(
+                        "the boot thread ended without a result".into(),
+                    ))
+                });
+                self.start_result(i, b.id, result, now);
+            }
+        }
         let mut handles = Vec::new();
         for (i, u) in self.units.iter_mut().enumerate() {
             u.restart_at = None;

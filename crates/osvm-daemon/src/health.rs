@@ -1,10 +1,12 @@
 //! Health probes run from inside a component's network namespace.
 //!
 //! A component's ports exist only in its own network namespace (only `lo` is there), so a TCP
-//! or HTTP probe runs on a short-lived thread that first joins that namespace with `setns`
-//! (which changes the namespace of the calling thread only), then connects to 127.0.0.1. An exec
-//! probe runs its command inside the sandbox, as confined as the workload.
+//! or HTTP probe of a process runs on a short-lived thread that first joins that namespace with
+//! `setns` (which changes the namespace of the calling thread only), then connects to
+//! 127.0.0.1; a VM's probe reaches the guest's loopback over vsock through its agent. An exec
+//! probe runs its command inside the sandbox or the guest, as confined as the workload.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::AsFd;
@@ -12,9 +14,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
+use crate::workload::Workload;
 use nix::sched::{CloneFlags, setns};
 use osvm_core::stack::HealthProbe;
-use osvm_sandbox::SandboxInstance;
 
 /// The outcome of one probe: `Ok(detail)` when healthy, `Err(reason)` when not.
 pub type ProbeResult = Result<String, String>;
@@ -31,10 +33,11 @@ pub fn poll(rx: &Receiver<ProbeResult>) -> Option<ProbeResult> {
 }
 
 /// Starts `probe` against `instance` on its own thread; the result arrives on the returned
-/// channel (within about `timeout`). TCP and HTTP probes run from inside the instance's network
-/// namespace; exec probes run inside the sandbox itself, confined like its workload.
+/// channel (within about `timeout`). TCP and HTTP probes reach the instance's own loopback (a
+/// process's from inside its network namespace, a VM's over vsock through its agent); exec
+/// probes run inside the instance, confined like its workload.
 pub fn spawn(
-    instance: Arc<SandboxInstance>,
+    instance: Arc<Workload>,
     probe: &HealthProbe,
     timeout: Duration,
 ) -> Receiver<ProbeResult> {
@@ -47,15 +50,7 @@ pub fn spawn(
             move || {
                 let result = match &probe {
                     HealthProbe::Exec { command } => exec(&instance, command, timeout),
-                    _ => instance
-                        .open_namespace("net")
-                        .map_err(|e| e.to_string())
-                        .and_then(|netns| {
-                            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                                format!("enter the component's network namespace: {e}")
-                            })
-                        })
-                        .and_then(|()| run(&probe, timeout)),
+                    _ => run(&instance, &probe, timeout),
                 };
                 let _ = tx.send(result);
             }
@@ -66,7 +61,7 @@ pub fn spawn(
     rx
 }
 
-fn exec(instance: &SandboxInstance, command: &[String], timeout: Duration) -> ProbeResult {
+fn exec(instance: &Workload, command: &[String], timeout: Duration) -> ProbeResult {
     let out = instance.exec(command, timeout).map_err(|e| e.to_string())?;
     let tail = |bytes: &[u8]| {
         let text = String::from_utf8_lossy(bytes);
@@ -89,6 +84,19 @@ fn exec(instance: &SandboxInstance, command: &[String], timeout: Duration) -> Pr
     }
 }
 
+/// Connects to 127.0.0.1:`port` inside the network namespace `netns`, from a short-lived
+/// thread (`setns` changes only the calling thread's namespace).
+pub fn connect_in(netns: &File, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let netns = netns.try_clone().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("enter the component's network namespace: {e}"))?;
+        connect(port, timeout)
+    })
+    .join()
+    .map_err(|_| "the probe thread panicked".to_string())?
+}
+
 fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let stream = TcpStream::connect_timeout(&addr.into(), timeout)
@@ -102,7 +110,8 @@ fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
-fn run(probe: &HealthProbe, timeout: Duration) -> Result<String, String> {
+fn run(instance: &Workload, probe: &HealthProbe, timeout: Duration) -> Result<String, String> {
+    let connect = |port: u16, timeout| instance.connect(port, timeout);
     match probe {
         HealthProbe::Tcp { port } => {
             connect(*port, timeout).map(|_| format!("tcp {port} accepted"))

@@ -19,3 +19,4 @@ pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod store;
+pub mod workload;

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, HealthProbe, StackNetwork, SwapPolicy};
 use osvm_core::{ExitStatus, Instance};
-use osvm_sandbox::{Adopted, SandboxInstance, new_instance_id};
+use osvm_sandbox::{Adopted, new_instance_id};
+
+use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError, Health, human_duration};
@@ -86,9 +88,9 @@ pub(super) struct Swap {
     /// Socket handoff (the new instance shares the old one's listening sockets) rather than
     /// the service-address switch.
     socket: bool,
-    new: Arc<SandboxInstance>,
+    new: Arc<Workload>,
     /// The old instance once the swap is confirmed (before that it is the unit's instance).
-    old: Option<Arc<SandboxInstance>>,
+    old: Option<Arc<Workload>>,
     component: Component,
     policy: SwapPolicy,
     readiness: HealthProbe,
@@ -332,7 +334,7 @@ impl Engine {
         i: usize,
         component: &Component,
         socket: bool,
-    ) -> Result<Arc<SandboxInstance>, String> {
+    ) -> Result<Arc<Workload>, String> {
         let stack = self.stack_of(i).clone();
         let mut spec = component.launch_spec(&stack.name);
         let delivered = self.deliver_identity(i, Instant::now(), true)?;
@@ -356,16 +358,23 @@ impl Engine {
         spec.hosts = plane.hosts(&stack);
         let id = new_instance_id(&spec.name);
         let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
-        match self
-            .runtime
-            .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
-        {
+        // A VM boots for seconds here, holding the engine: swaps are operator actions.
+        let started = match component.runtime {
+            osvm_core::RuntimeKind::MicroVm => self.vms.start_vm(&spec, &id).map(Workload::Vm),
+            _ => self
+                .runtime
+                .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
+                .map(Workload::Sandbox),
+        };
+        match started {
             Ok(inst) => {
                 self.record_start(i, &id);
                 Ok(Arc::new(inst))
             }
             Err(e) => {
-                let _ = plane.drop_next(&stacks, &stack.name, &component.name);
+                if let Some(plane) = self.net.as_mut() {
+                    let _ = plane.drop_next(&stacks, &stack.name, &component.name);
+                }
                 Err(format!("the new instance did not start: {e}"))
             }
         }

@@ -86,8 +86,45 @@ pub enum Command {
     /// The hub network of the daemon's stacks
     #[command(subcommand)]
     Net(NetCommand),
+    /// Guest kernels for microVMs
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Guest images for microVMs (built automatically at first start)
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Download Debian's cloud kernel (the package linux-image-cloud-amd64 depends on) through
+    /// apt, check it, and keep the kernel and the virtio/vsock modules in the state directory
+    Fetch(KernelFetchArgs),
+    /// Show the stored kernel microVMs boot by default
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelFetchArgs {
+    /// Download again even when this package version is stored
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the guest image of every microVM component of a stack (or of one); an identical
+    /// image already stored is reused
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// The stack file
+    pub file: PathBuf,
+    /// Only this component
+    pub component: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -223,8 +260,9 @@ pub struct LogsArgs {
     /// Only the last N lines
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
-    /// Which stream: both (interleaved by time), stdout or stderr
-    #[arg(long, default_value = "both", value_parser = ["both", "stdout", "stderr"])]
+    /// Which stream: both (interleaved by time), stdout or stderr of the workload, or a
+    /// microVM's guest console (kernel and agent messages)
+    #[arg(long, default_value = "both", value_parser = ["both", "stdout", "stderr", "console"])]
     pub stream: String,
 }
 

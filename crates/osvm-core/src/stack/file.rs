@@ -117,6 +117,25 @@ pub(crate) struct RawComponent {
     /// Local plain-TCP listeners that osvm turns into mTLS connections.
     #[serde(default)]
     pub(crate) mtls_egress: Vec<Spanned<Table<RawEgress>>>,
+    /// Settings of the `microvm` runtime.
+    pub(crate) microvm: Option<Spanned<Table<RawMicroVm>>>,
+}
+
+/// `microvm = { accel = "auto", kernel = "/path", include = ["/srv/site"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMicroVm {
+    /// `auto`, `kvm` or `tcg`.
+    pub(crate) accel: Option<Word<crate::launch::AccelChoice>>,
+    /// A guest kernel image.
+    pub(crate) kernel: Option<Spanned<String>>,
+    /// That kernel's `lib/modules/<release>` tree.
+    pub(crate) kernel_modules: Option<Spanned<String>>,
+    /// Host paths copied into the image.
+    #[serde(default)]
+    pub(crate) include: Vec<Spanned<String>>,
+    /// How long the guest may take to boot.
+    pub(crate) boot_timeout: Option<Spanned<String>>,
 }
 
 /// `swap = { min_healthy_time = "2s", ... }`.
@@ -461,4 +480,9 @@ impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for Table<T> {
 
         deserializer.deserialize_any(TableVisitor(PhantomData))
     }
+}
+
+impl Expecting for RawMicroVm {
+    const EXPECTING: &'static str =
+        "a table such as { accel = \"auto\", include = [\"/srv/site\"], boot_timeout = \"60s\" }";
 }

@@ -166,6 +166,9 @@ pub struct Component {
     /// hands the same sockets to the new instance and no connection waits on a switch.
     #[serde(default)]
     pub socket_activation: bool,
+    /// Settings of the `microvm` runtime: accelerator, guest kernel, files in the image.
+    #[serde(default)]
+    pub microvm: crate::launch::VmOptions,
 }
 
 /// How a hot-swap proceeds: the new instance must pass its readiness check continuously for
@@ -274,6 +277,7 @@ impl Component {
             rootfs: self.rootfs.clone(),
             netns: None,
             hosts: Vec::new(),
+            microvm: self.microvm.clone(),
         }
     }
 }

@@ -90,6 +90,7 @@ fn expected_full() -> Stack {
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
+                microvm: Default::default(),
             },
             Component {
                 name: "mcp-fs".into(),
@@ -126,6 +127,7 @@ fn expected_full() -> Stack {
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
+                microvm: Default::default(),
             },
             Component {
                 name: "val".into(),
@@ -163,6 +165,7 @@ fn expected_full() -> Stack {
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
+                microvm: Default::default(),
             },
         ],
         policies: vec![

@@ -402,6 +402,62 @@ fn component(
         Some(v) => v.into_inner(),
         None => false,
     };
+    let mut microvm = crate::launch::VmOptions::default();
+    if let Some(table) = raw.microvm {
+        let span = table.span();
+        if runtime != RuntimeKind::MicroVm {
+            return Err(src.error(
+                span,
+                format!(
+                    "component `{name_text}` has a `microvm` table but runtime \"{runtime}\"; \
+                     set runtime = \"microvm\" or remove the table"
+                ),
+            ));
+        }
+        let r = table.into_inner().0;
+        if let Some(a) = r.accel {
+            microvm.accel = a.0;
+        }
+        if let Some(k) = &r.kernel {
+            microvm.kernel = Some(absolute_path(src, k, "microvm.kernel", true)?);
+        }
+        if let Some(k) = &r.kernel_modules {
+            microvm.kernel_modules = Some(absolute_path(src, k, "microvm.kernel_modules", true)?);
+        }
+        for p in &r.include {
+            microvm
+                .include
+                .push(absolute_path(src, p, "microvm.include", true)?);
+        }
+        if let Some(t) = &r.boot_timeout {
+            microvm.boot_timeout_ms = Some(duration(src, t, "boot_timeout")?.as_millis() as u64);
+        }
+    }
+    if runtime == RuntimeKind::MicroVm {
+        let refuse = |what: &str| {
+            src.error(
+                header,
+                format!(
+                    "component `{name_text}` runs in a microVM, which does not support {what} \
+                     (yet)"
+                ),
+            )
+        };
+        if socket_activation {
+            return Err(refuse(
+                "socket_activation (the sockets cannot cross into the guest)",
+            ));
+        }
+        if !raw.mtls_egress.is_empty() {
+            return Err(refuse("mtls_egress (its listener lives on the host side)"));
+        }
+        if rootfs.is_some() || !mounts.is_empty() {
+            return Err(refuse(
+                "rootfs or mounts (use microvm.include to copy files into the image)",
+            ));
+        }
+    }
+
     let mut swap = SwapPolicy::default();
     if let Some(table) = raw.swap {
         let r = table.into_inner().0;
@@ -472,6 +528,7 @@ fn component(
         network_access: raw.network_access.map(|w| w.0).unwrap_or_default(),
         swap,
         socket_activation,
+        microvm,
     })
 }
 

@@ -4,6 +4,7 @@ mod cert;
 mod control;
 mod daemon;
 mod doctor;
+mod microvm;
 mod net;
 mod policy;
 mod run;
@@ -40,6 +41,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cert(a) => cert::run(&cli.global, a),
         Command::Policy(a) => policy::run(&cli.global, a),
         Command::Net(a) => net::run(&cli.global, a),
+        Command::Kernel(a) => microvm::kernel(&cli.global, a),
+        Command::Image(a) => microvm::image(&cli.global, a),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(a.shell, &mut cmd, "osvm", &mut std::io::stdout());

@@ -34,11 +34,12 @@ struct Screen {
 
 pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     let stack = osvm_core::stack::load(&args.file)?;
+    super::microvm::preflight(global, &stack)?;
     if args.detach {
         return super::control::apply(global, &args.file);
     }
     for c in &stack.components {
-        if c.runtime != RuntimeKind::Process {
+        if c.runtime == RuntimeKind::Unikernel {
             return Err(SetupFailed(RuntimeError::Unavailable {
                 kind: c.runtime,
                 reason: format!(

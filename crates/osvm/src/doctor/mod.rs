@@ -40,9 +40,10 @@ use identity::identity_checks;
 use landlock::landlock_check;
 use namespaces::namespace_checks;
 use network::nft_checks;
+use osvm_microvm::host::KvmProbe;
 use privileges::privilege_checks;
 use seccomp::seccomp_checks;
-use virt::{KvmProbe, microvm_checks, uhyve_check};
+use virt::{kvm_checks, microvm_checks, uhyve_check};
 
 /// Area of the namespace probes.
 const AREA_NAMESPACES: &str = "namespaces";
@@ -146,8 +147,8 @@ impl Report {
         checks.extend(privilege_checks(is_root));
         checks.extend(nft_checks(is_root));
         let kvm = KvmProbe::probe();
-        checks.extend(kvm.checks());
-        checks.extend(microvm_checks(is_root));
+        checks.extend(kvm_checks(&kvm));
+        checks.extend(microvm_checks(&kvm, state_dir));
         checks.push(uhyve_check(kvm.kind));
         checks.extend(identity_checks(state_dir));
         Self { checks }

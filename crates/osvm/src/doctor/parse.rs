@@ -118,75 +118,9 @@ pub(super) fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// The flags of the first CPU in `/proc/cpuinfo` (x86 `flags` line).
-pub(super) fn parse_cpu_flags(cpuinfo: &str) -> BTreeSet<String> {
-    cpuinfo
-        .lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            (key.trim() == "flags").then_some(value)
-        })
-        .map(|flags| flags.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
-/// The `cpu MHz` of the first CPU in `/proc/cpuinfo`.
-pub(super) fn parse_cpu_mhz(cpuinfo: &str) -> Option<f64> {
-    cpuinfo.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        if key.trim() == "cpu MHz" {
-            value.trim().parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
-/// The TSC frequency in MHz from a kernel log line such as `tsc: Detected 2445.404 MHz processor`
-/// or `tsc: Refined TSC clocksource calibration: 2445.417 MHz`.
-pub(super) fn parse_tsc_log_mhz(line: &str) -> Option<f64> {
-    let rest = line
-        .split_once("tsc: Refined TSC clocksource calibration: ")
-        .or_else(|| line.split_once("tsc: Detected "))?
-        .1;
-    let (number, unit) = rest.trim().split_once(' ')?;
-    if !unit.starts_with("MHz") {
-        return None;
-    }
-    number.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CPUINFO: &str = "processor\t: 0\n\
-        vendor_id\t: GenuineIntel\n\
-        cpu MHz\t\t: 2100.000\n\
-        flags\t\t: fpu vme de pse tsc msr vmx sse2 constant_tsc\n\
-        \n\
-        processor\t: 1\n\
-        cpu MHz\t\t: 1800.000\n\
-        flags\t\t: fpu svm\n";
-
-    #[test]
-    fn cpu_flags_come_from_the_first_cpu() {
-        let flags = parse_cpu_flags(CPUINFO);
-        assert!(flags.contains("vmx"));
-        assert!(flags.contains("constant_tsc"));
-        assert!(!flags.contains("svm"));
-    }
-
-    #[test]
-    fn cpuinfo_without_flags_gives_no_flags() {
-        assert!(parse_cpu_flags("processor\t: 0\nFeatures\t: fp asimd\n").is_empty());
-    }
-
-    #[test]
-    fn cpu_mhz_is_parsed_from_the_first_cpu() {
-        assert_eq!(parse_cpu_mhz(CPUINFO), Some(2100.0));
-        assert_eq!(parse_cpu_mhz("processor\t: 0\n"), None);
-    }
 
     #[test]
     fn status_field_is_found_by_exact_key() {
@@ -222,21 +156,5 @@ mod tests {
         assert_eq!(parse_kernel_version("6.18.44-fc-v657"), Some((6, 18)));
         assert_eq!(parse_kernel_version("3.4"), Some((3, 4)));
         assert_eq!(parse_kernel_version("garbage"), None);
-    }
-
-    #[test]
-    fn tsc_log_lines_give_mhz() {
-        assert_eq!(
-            parse_tsc_log_mhz("tsc: Detected 2445.404 MHz processor"),
-            Some(2445.404)
-        );
-        assert_eq!(
-            parse_tsc_log_mhz("tsc: Refined TSC clocksource calibration: 2445.417 MHz"),
-            Some(2445.417)
-        );
-        assert_eq!(
-            parse_tsc_log_mhz("clocksource: Switched to clocksource tsc"),
-            None
-        );
     }
 }

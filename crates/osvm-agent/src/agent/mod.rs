@@ -1,0 +1,176 @@
+//! The agent's parts, and the boot sequence that ties them together ([`run`]).
+
+pub mod children;
+pub mod control;
+pub mod exec;
+pub mod setup;
+pub mod system;
+pub mod vsock;
+pub mod workload;
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use osvm_agent::proto::{self, Event, Launch};
+
+use children::Children;
+use vsock::{VsockConn, VsockListener};
+use workload::{Events, LogSink};
+
+/// How long the agent keeps retrying vsock while the transport driver comes up.
+const VSOCK_RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long the last messages to the host get to leave the guest before it powers off. vsock
+/// cannot tell when sent data was delivered, and a poweroff drops what the virtio queue and
+/// the backend still hold; a round trip takes ~2 ms even under TCG (p99).
+const FLUSH_WAIT: Duration = Duration::from_millis(50);
+/// How long the log pumps get to forward the workload's last output after it exited.
+const LOG_DRAIN: Duration = Duration::from_secs(1);
+
+/// State shared by the boot thread, the reaper (main thread) and the control threads.
+pub struct Agent {
+    /// Every child process of PID 1, and which of them is the workload.
+    pub children: Children,
+    /// The events connection to the host, once made.
+    pub events: Events,
+    /// The logs connection to the host, once made.
+    pub logs: LogSink,
+    /// Environment and working directory for exec requests, known once the launch arrived.
+    pub exec_context: OnceLock<exec::Context>,
+}
+
+impl Agent {
+    /// An agent with no connections and no children yet.
+    pub fn new() -> Self {
+        Agent {
+            children: Children::new(),
+            events: Events::default(),
+            logs: LogSink::default(),
+            exec_context: OnceLock::new(),
+        }
+    }
+
+    /// The context exec requests run in: the workload's, or a bare `PATH` before the launch.
+    pub fn exec_context(&self) -> exec::Context {
+        self.exec_context.get().cloned().unwrap_or_default()
+    }
+
+    /// Ends the VM: closes the host connections, gives what was sent on them a moment to
+    /// reach the host, then powers off.
+    pub fn power_off(&self) -> ! {
+        let logs_were_open = self.logs.close();
+        let events_were_open = self.events.close();
+        if logs_were_open || events_were_open {
+            thread::sleep(FLUSH_WAIT);
+        }
+        system::power_off()
+    }
+}
+
+/// The boot sequence (steps 2 to 8 of the crate docs); never returns, the VM powers off.
+pub fn run(agent: &Arc<Agent>) -> ! {
+    system::load_modules();
+
+    // Listen before saying hello: the host connects in as soon as it has the hello.
+    match vsock::retry("listen on the control port", VSOCK_RETRY_FOR, || {
+        VsockListener::bind(proto::CONTROL_PORT)
+    }) {
+        Ok(listener) => {
+            say!("listening on vsock port {}", proto::CONTROL_PORT);
+            control::spawn_server(listener, Arc::clone(agent));
+        }
+        // Without control the workload still runs and is reported; the host just cannot ask
+        // for anything.
+        Err(error) => say!("cannot listen on the control port, serving no requests: {error}"),
+    }
+
+    let launch = match hello(agent) {
+        Ok(launch) => launch,
+        Err(error) => {
+            say!("{error}; nothing to run");
+            agent.power_off();
+        }
+    };
+    say!(
+        "launch: {} {:?} (hostname {:?})",
+        launch.command,
+        launch.args,
+        launch.hostname
+    );
+    // Exec requests run like the workload does, whether or not the workload started.
+    let _ = agent.exec_context.set(exec::Context::of_launch(&launch));
+
+    setup::configure(agent, &launch);
+
+    match VsockConn::connect(proto::HOST_CID, proto::LOGS_PORT) {
+        Ok(conn) => agent.logs.attach(conn),
+        Err(error) => {
+            say!("cannot connect to the host's logs port, output is not forwarded: {error}")
+        }
+    }
+
+    let workload = match workload::start(agent, &launch) {
+        Ok(workload) => workload,
+        Err(error) => {
+            say!("cannot start {}: {error}", launch.command);
+            agent.events.send(&Event::StartFailed {
+                error: format!("cannot start {}: {error}", launch.command),
+            });
+            agent.power_off();
+        }
+    };
+    say!("workload started, pid {}", workload.pid);
+    agent.events.send(&Event::Started {
+        pid: workload.pid.as_raw() as u32,
+    });
+
+    let (code, signal) = workload.wait();
+    say!("workload exited (code {code:?}, signal {signal:?})");
+    agent.events.send(&Event::Exited { code, signal });
+    workload.drain_logs(LOG_DRAIN);
+    agent.power_off()
+}
+
+/// Connects to the host's events port, says hello and reads the launch.
+fn hello(agent: &Agent) -> Result<Launch, String> {
+    let started = Instant::now();
+    let conn = vsock::retry("connect to the host's events port", VSOCK_RETRY_FOR, || {
+        VsockConn::connect(proto::HOST_CID, proto::EVENTS_PORT)
+    })
+    .map_err(|error| format!("cannot connect to the host's events port: {error}"))?;
+    let uptime_ms = system::uptime_ms();
+    say!(
+        "connected to the host in {} ms, hello at uptime {uptime_ms} ms",
+        started.elapsed().as_millis()
+    );
+    proto::write_msg(
+        &mut &conn,
+        &Event::Hello {
+            agent: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: system::kernel_release(),
+            uptime_ms,
+        },
+    )
+    .map_err(|error| format!("cannot say hello: {error}"))?;
+    let launch =
+        proto::read_msg(&mut &conn).map_err(|error| format!("cannot read the launch: {error}"))?;
+    agent.events.attach(conn);
+    Ok(launch)
+}
+
+/// Locks `mutex`, ignoring poisoning: a panic powers the VM off, so a poisoned lock is never
+/// seen by anyone who could do better.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts a named thread; says so and returns `false` if the system cannot start one.
+pub fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> bool {
+    match thread::Builder::new().name(name.into()).spawn(body) {
+        Ok(_) => true,
+        Err(error) => {
+            say!("cannot start a {name} thread: {error}");
+            false
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The guest's identity and network, configured from the launch before the workload starts.
+//!
+//! Failures are printed and skipped: a workload that does not need the network may still run,
+//! and one that does reports the problem itself more precisely than the agent could.
+
+use std::fs;
+use std::time::Duration;
+
+use osvm_agent::proto::Launch;
+
+use super::Agent;
+use super::exec::{self, Context};
+
+/// The busybox the image always ships; its `ip` applet configures the network.
+const BUSYBOX: &str = "/bin/busybox";
+/// Generous for an `ip` command, which touches nothing but the kernel.
+const IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Brings up loopback and `eth0`, writes `/etc/hosts` and sets the hostname.
+pub fn configure(agent: &Agent, launch: &Launch) {
+    ip(agent, &["link", "set", "lo", "up"]);
+    if let Some(network) = &launch.network {
+        ip(agent, &["addr", "add", &network.address, "dev", "eth0"]);
+        ip(agent, &["link", "set", "eth0", "up"]);
+        ip(agent, &["route", "add", "default", "via", &network.gateway]);
+        say!("eth0: {} via {}", network.address, network.gateway);
+    }
+    if let Err(error) = write_hosts(launch) {
+        say!("cannot write /etc/hosts: {error}");
+    }
+    if !launch.hostname.is_empty()
+        && let Err(error) = nix::unistd::sethostname(&launch.hostname)
+    {
+        say!("cannot set the hostname {:?}: {error}", launch.hostname);
+    }
+}
+
+/// Runs `busybox ip ARGS`, printing what went wrong if it fails.
+fn ip(agent: &Agent, args: &[&str]) {
+    let argv: Vec<String> = [BUSYBOX, "ip"]
+        .iter()
+        .chain(args)
+        .map(|arg| arg.to_string())
+        .collect();
+    match exec::run(&agent.children, &argv, &Context::default(), IP_TIMEOUT) {
+        Ok(outcome) if outcome.code == Some(0) => {}
+        Ok(outcome) => say!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            match (outcome.code, outcome.timed_out) {
+                (_, true) => "timed out".to_string(),
+                (Some(code), _) => format!("exit code {code}"),
+                (None, _) => format!("signal {:?}", outcome.signal),
+            },
+            String::from_utf8_lossy(&outcome.stderr).trim()
+        ),
+        Err(error) => say!("cannot run `ip {}`: {error}", args.join(" ")),
+    }
+}
+
+/// Writes `/etc/hosts`: localhost, the guest's own name, then the launch's lines.
+fn write_hosts(launch: &Launch) -> std::io::Result<()> {
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n");
+    if !launch.hostname.is_empty() {
+        hosts.push_str(&format!("127.0.1.1\t{}\n", launch.hostname));
+    }
+    for (address, names) in &launch.hosts {
+        hosts.push_str(&format!("{address}\t{names}\n"));
+    }
+    // The initramfs root is writable, but may not have /etc yet.
+    fs::create_dir_all("/etc")?;
+    fs::write("/etc/hosts", hosts)
+}

@@ -1,0 +1,157 @@
+//! One running instance, whichever runtime started it: a sandboxed process or a microVM.
+//!
+//! The engine, health probes and hot-swap treat both alike through [`Workload`]; the few
+//! things only one kind can do (re-adoption, handed-over sockets, entering the namespace of a
+//! process) are asked for through [`Workload::sandbox`].
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use osvm_core::{ExitStatus, Instance, InstanceStats, RuntimeError};
+use osvm_microvm::MicroVmInstance;
+use osvm_sandbox::SandboxInstance;
+
+/// A byte stream to a port of the workload.
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// A running instance.
+pub enum Workload {
+    /// A confined process.
+    Sandbox(SandboxInstance),
+    /// A virtual machine.
+    Vm(MicroVmInstance),
+}
+
+/// What an exec inside the instance did.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    /// Exit code; `None` when it timed out.
+    pub code: Option<i32>,
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Workload {
+    fn inner(&self) -> &dyn Instance {
+        match self {
+            Workload::Sandbox(s) => s,
+            Workload::Vm(v) => v,
+        }
+    }
+
+    /// The sandboxed process, if this is one.
+    pub fn sandbox(&self) -> Option<&SandboxInstance> {
+        match self {
+            Workload::Sandbox(s) => Some(s),
+            Workload::Vm(_) => None,
+        }
+    }
+
+    /// The microVM, if this is one.
+    pub fn vm(&self) -> Option<&MicroVmInstance> {
+        match self {
+            Workload::Sandbox(_) => None,
+            Workload::Vm(v) => Some(v),
+        }
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        self.inner().id()
+    }
+
+    /// The host pid of the sandbox's init (for a VM: QEMU's sandbox).
+    pub fn init_pid(&self) -> i32 {
+        match self {
+            Workload::Sandbox(s) => s.init_pid(),
+            Workload::Vm(v) => v.qemu().init_pid(),
+        }
+    }
+
+    /// Where its files (logs, console) are.
+    pub fn instance_dir(&self) -> PathBuf {
+        match self {
+            Workload::Sandbox(s) => s.instance_dir().to_path_buf(),
+            Workload::Vm(v) => v.dir().to_path_buf(),
+        }
+    }
+
+    /// The workload's stdout and stderr logs.
+    pub fn log_paths(&self) -> (PathBuf, PathBuf) {
+        self.inner().log_paths()
+    }
+
+    /// The exit status, if it has ended.
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, RuntimeError> {
+        self.inner().try_wait()
+    }
+
+    /// Sends a signal to the workload.
+    pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        self.inner().signal(signal)
+    }
+
+    /// Kills it outright: the process's sandbox with SIGKILL, a VM's QEMU.
+    pub fn kill(&self) -> Result<(), RuntimeError> {
+        match self {
+            Workload::Sandbox(s) => s.signal(libc::SIGKILL),
+            Workload::Vm(v) => v.qemu().stop(Duration::ZERO).map(|_| ()),
+        }
+    }
+
+    /// Stops it: SIGTERM (for a VM through its agent), `grace`, then kill.
+    pub fn stop(&self, grace: Duration) -> Result<ExitStatus, RuntimeError> {
+        self.inner().stop(grace)
+    }
+
+    /// Resource usage.
+    pub fn stats(&self) -> Result<InstanceStats, RuntimeError> {
+        self.inner().stats()
+    }
+
+    /// Facts about its confinement.
+    pub fn confinement(&self) -> Vec<(String, String)> {
+        self.inner().confinement()
+    }
+
+    /// Runs a command inside it, as confined as the workload.
+    pub fn exec(&self, command: &[String], timeout: Duration) -> Result<Exec, RuntimeError> {
+        match self {
+            Workload::Sandbox(s) => s.exec(command, timeout).map(|o| Exec {
+                code: o.code,
+                stdout: o.stdout,
+                stderr: o.stderr,
+            }),
+            Workload::Vm(v) => v.exec(command, timeout).map(|o| Exec {
+                code: if o.timed_out { None } else { o.code },
+                stdout: o.stdout.into_bytes(),
+                stderr: o.stderr.into_bytes(),
+            }),
+        }
+    }
+
+    /// A connection to TCP `port` on the instance's own loopback: for a process from inside
+    /// its network namespace, for a VM over vsock through its agent.
+    pub fn connect(&self, port: u16, timeout: Duration) -> Result<Box<dyn Conn>, String> {
+        match self {
+            Workload::Sandbox(s) => {
+                let netns = s.open_namespace("net").map_err(|e| e.to_string())?;
+                crate::health::connect_in(&netns, port, timeout).map(|c| Box::new(c) as _)
+            }
+            Workload::Vm(v) => {
+                let s = v
+                    .connect_tcp(port, timeout)
+                    .map_err(|e| format!("connect to port {port} over vsock: {e}"))?;
+                s.set_read_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! A VM's network: a TAP device inside the component's network namespace, bridged to the
+//! namespace's `eth0`, so the guest owns the component's address and the hub's zero-trust rules
+//! apply to a VM exactly as to a process.
+//!
+//! osvm-net gives every component namespace an `eth0` with the component's address (`.2/30`)
+//! and a default route via the hub (`.1`). For a VM, [`attach`] moves that address into the
+//! guest: it creates `tap0` (opened with `TUNSETIFF` from a thread that entered the namespace,
+//! so the device is born there and QEMU, which gets only the open descriptor, needs neither
+//! the namespace nor `/dev/net/tun`), makes a bridge `br0` of `eth0` and `tap0`, and removes
+//! the address from `eth0`. The guest's agent configures the same address and route on its own
+//! `eth0`. [`detach`] puts the namespace back as osvm-net made it. The address is also saved in
+//! `<state>/vmnet/<namespace>.json`, so a namespace left bridged by a crash is still usable.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sched::{CloneFlags, setns};
+use osvm_agent::proto::GuestNetwork;
+use serde::Deserialize;
+
+/// The TAP device's name inside the namespace.
+pub const TAP: &str = "tap0";
+/// The bridge's name inside the namespace.
+pub const BRIDGE: &str = "br0";
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// An `ip` command failed.
+    #[error("{0}")]
+    Command(String),
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The namespace has no usable address.
+    #[error("{0}")]
+    NoAddress(String),
+}
+
+/// A TAP attached in a namespace.
+#[derive(Debug)]
+pub struct Attached {
+    /// The open TAP device, handed to QEMU.
+    pub tap: OwnedFd,
+    /// What the guest configures.
+    pub guest: GuestNetwork,
+    /// The namespace's name (`ip -n`).
+    pub netns: String,
+    /// The guest's MAC address.
+    pub mac: String,
+}
+
+fn ip(netns: &str, args: &[&str]) -> Result<String, NetError> {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(netns)
+        .args(args)
+        .output()
+        .map_err(|source| NetError::Io {
+            context: "run ip".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Command(format!(
+            "`ip -n {netns} {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Deserialize)]
+struct AddrInfo {
+    local: String,
+    prefixlen: u8,
+}
+
+#[derive(Deserialize)]
+struct Link {
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct Route {
+    gateway: Option<String>,
+}
+
+fn saved_path(state_dir: &Path, netns: &str) -> PathBuf {
+    state_dir.join("vmnet").join(format!("{netns}.json"))
+}
+
+/// The address and gateway osvm-net gave the namespace's `eth0`.
+fn read_config(state_dir: &Path, netns: &str) -> Result<GuestNetwork, NetError> {
+    let links: Vec<Link> =
+        serde_json::from_str(&ip(netns, &["-j", "-4", "addr", "show", "dev", "eth0"])?)
+            .unwrap_or_default();
+    let routes: Vec<Route> =
+        serde_json::from_str(&ip(netns, &["-j", "-4", "route", "show", "default"])?)
+            .unwrap_or_default();
+    let addr = links.iter().flat_map(|l| &l.addr_info).next();
+    let gateway = routes.iter().find_map(|r| r.gateway.clone());
+    if let (Some(a), Some(gateway)) = (addr, gateway) {
+        return Ok(GuestNetwork {
+            address: format!("{}/{}", a.local, a.prefixlen),
+            gateway,
+        });
+    }
+    let saved = saved_path(state_dir, netns);
+    let text = fs::read(&saved).map_err(|_| {
+        NetError::NoAddress(format!(
+            "network namespace {netns} has no IPv4 address and default route on eth0 to give \
+             the guest"
+        ))
+    })?;
+    let (address, gateway): (String, String) = serde_json::from_slice(&text)
+        .map_err(|e| NetError::NoAddress(format!("{} is malformed: {e}", saved.display())))?;
+    Ok(GuestNetwork { address, gateway })
+}
+
+/// A MAC address stable for a namespace (locally administered, unicast), so a restarted VM
+/// keeps the hub's neighbour entry valid.
+pub fn mac_for(netns: &str) -> String {
+    let h =
+        crate::digest::hex(ring::digest::digest(&ring::digest::SHA256, netns.as_bytes()).as_ref());
+    format!("02:6f:{}:{}:{}:{}", &h[0..2], &h[2..4], &h[4..6], &h[6..8])
+}
+
+/// Opens `/dev/net/tun` as TAP `name` inside the namespace at `netns_path`.
+fn open_tap(netns_path: &Path, name: &str) -> Result<OwnedFd, NetError> {
+    let ns = File::open(netns_path).map_err(|source| NetError::Io {
+        context: format!("open {}", netns_path.display()),
+        source,
+    })?;
+    let name = name.to_owned();
+    // setns changes only the calling thread's namespace: a short-lived thread keeps the
+    // daemon's own threads where they are.
+    std::thread::spawn(move || -> Result<OwnedFd, NetError> {
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Io {
+            context: "enter the component's network namespace".into(),
+            source: e.into(),
+        })?;
+        let tun = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .map_err(|source| NetError::Io {
+                context: "open /dev/net/tun".into(),
+                source,
+            })?;
+        #[repr(C)]
+        struct IfReq {
+            name: [u8; libc::IFNAMSIZ],
+            flags: libc::c_short,
+            _pad: [u8; 22],
+        }
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq` (40 bytes, name then flags),
+        // which `req` is, and it lives across the call.
+        let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(NetError::Io {
+                context: format!("create TAP {name} (TUNSETIFF)"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(OwnedFd::from(tun))
+    })
+    .join()
+    .map_err(|_| NetError::Command("the TAP thread panicked".into()))?
+}
+
+/// Attaches a TAP in the namespace at `netns_path` and gives the namespace's address to it.
+pub fn attach(state_dir: &Path, netns_path: &Path) -> Result<Attached, NetError> {
+    let netns = netns_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| NetError::Command(format!("bad namespace {}", netns_path.display())))?;
+    let guest = read_config(state_dir, &netns)?;
+    let saved = saved_path(state_dir, &netns);
+    if let Some(dir) = saved.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    fs::write(
+        &saved,
+        serde_json::to_vec(&(&guest.address, &guest.gateway)).expect("serializes"),
+    )
+    .map_err(|source| NetError::Io {
+        context: format!("write {}", saved.display()),
+        source,
+    })?;
+    let tap = open_tap(netns_path, TAP)?;
+    if let Err(e) = ip(&netns, &["link", "add", BRIDGE, "type", "bridge"])
+        && !e.to_string().contains("File exists")
+    {
+        return Err(e);
+    }
+    ip(&netns, &["addr", "flush", "dev", "eth0"])?;
+    ip(&netns, &["link", "set", "eth0", "master", BRIDGE])?;
+    ip(&netns, &["link", "set", TAP, "master", BRIDGE])?;
+    ip(&netns, &["link", "set", BRIDGE, "up"])?;
+    ip(&netns, &["link", "set", TAP, "up"])?;
+    Ok(Attached {
+        tap,
+        mac: mac_for(&netns),
+        guest,
+        netns,
+    })
+}
+
+/// Undoes [`attach`]: the bridge goes, `eth0` gets its address and default route back.
+pub fn detach(netns: &str, guest: &GuestNetwork) -> Result<(), NetError> {
+    let tolerate = |r: Result<String, NetError>, what: &str| match r {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.to_string().contains(what)
+                || e.to_string().contains("Cannot find device")
+                || e.to_string().contains("does not exist") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    tolerate(ip(netns, &["link", "del", BRIDGE]), "Cannot find")?;
+    tolerate(
+        ip(netns, &["addr", "add", &guest.address, "dev", "eth0"]),
+        "File exists",
+    )?;
+    tolerate(
+        ip(netns, &["route", "add", "default", "via", &guest.gateway]),
+        "File exists",
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_stable_unicast_and_local() {
+        let a = mac_for("osvm-c-demo-web");
+        assert_eq!(a, mac_for("osvm-c-demo-web"));
+        assert_ne!(a, mac_for("osvm-c-demo-db"));
+        assert!(a.starts_with("02:"), "{a}");
+        assert_eq!(a.len(), 17);
+    }
+}

@@ -1,0 +1,1020 @@
+//! The `microvm` runtime: one QEMU `microvm` per instance, confined by the process sandbox.
+//!
+//! Starting an instance, in order (each step undone if a later one fails):
+//! 1. choose the accelerator (KVM only with VMX/SVM; `accel = "kvm"` elsewhere is an error,
+//!    TCG carries a warning), find the guest kernel and build or find the image;
+//! 2. claim a vsock context id and make the run directory, then bind the host listeners the
+//!    agent will connect to (events, logs) *before* the guest exists;
+//! 3. in a hub stack, attach a TAP in the component's network namespace (see [`crate::net`]);
+//! 4. start the vsock backend, then QEMU, each in its own process sandbox (namespaces, cgroup,
+//!    seccomp, no capabilities, read-only root with only the run directory writable), QEMU's
+//!    cgroup sized for guest memory plus [`QEMU_OVERHEAD`];
+//! 5. wait (up to the boot timeout, watching QEMU) for the agent's hello, send the [`Launch`],
+//!    read `Started`.
+//!
+//! Stopping: `Shutdown` through the agent (SIGTERM to the workload, its exit reported, then
+//! power-off, which ends QEMU); if QEMU still runs after the grace period, QMP `quit`; then
+//! SIGKILL through the sandbox. The exit status reported is the workload's, from the agent.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use osvm_agent::proto::{
+    self, CONTROL_PORT, EVENTS_PORT, Event, GuestNetwork, LOGS_PORT, Launch, Request, Response,
+    Stream,
+};
+use osvm_core::{
+    ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+};
+use osvm_sandbox::output::Stamper;
+use osvm_sandbox::{SandboxInstance, SandboxRuntime};
+use serde::{Deserialize, Serialize};
+
+use crate::host::{self, Accel, KvmProbe};
+use crate::image::{self, Image, ImageInputs};
+use crate::kernel::Kernel;
+use crate::net::{self, Attached};
+use crate::qemu::{self, QemuArgs};
+use crate::vsock::{self, CidLease};
+
+/// Memory QEMU itself needs besides guest RAM (its code, the TCG translation cache, device
+/// state); the cgroup limit is guest memory plus this.
+pub const QEMU_OVERHEAD: u64 = 256 << 20;
+/// Guest memory when the stack sets none.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// The vsock backend's memory limit.
+const BACKEND_MEMORY: u64 = 128 << 20;
+/// How long a guest may take to boot by default.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one control request (besides an exec's own timeout).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the runtime finds its tools.
+#[derive(Debug, Clone)]
+pub struct MicroVmConfig {
+    /// osvm's state directory (kernels, images, cids, instances).
+    pub state_dir: PathBuf,
+    /// The static guest agent; `None` searches (see [`find_agent`]).
+    pub agent: Option<PathBuf>,
+    /// busybox-static.
+    pub busybox: PathBuf,
+}
+
+impl MicroVmConfig {
+    /// Defaults for `state_dir`.
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            agent: None,
+            busybox: PathBuf::from("/bin/busybox"),
+        }
+    }
+}
+
+/// Looks for a program in `PATH` and in cargo's install directory.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for d in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"] {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| {
+        p.is_file()
+            && p.metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// The static `osvm-agent`: `$OSVM_AGENT`, else beside the running executable, else where
+/// `cargo build --target x86_64-unknown-linux-gnu` puts it next to this build.
+pub fn find_agent() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("OSVM_AGENT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("find the running executable: {e}"))?;
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.parent() {
+        candidates.push(dir.join("osvm-agent"));
+        // target/<profile>/osvm or target/<profile>/deps/<test>
+        for up in [dir.parent(), dir.parent().and_then(Path::parent)]
+            .into_iter()
+            .flatten()
+        {
+            for profile in ["release", "debug"] {
+                candidates.push(
+                    up.join("x86_64-unknown-linux-gnu")
+                        .join(profile)
+                        .join("osvm-agent"),
+                );
+            }
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file() && image::is_static_elf(p).unwrap_or(false))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no static osvm-agent found (looked at {}); build it with RUSTFLAGS=\"-C \
+                 target-feature=+crt-static\" cargo build -p osvm-agent --release --target \
+                 x86_64-unknown-linux-gnu, or set OSVM_AGENT",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// Facts about a VM, shown by `osvm status` and written to `vm.json` in its directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmFacts {
+    /// The accelerator.
+    pub accel: Accel,
+    /// Why it is TCG, if it is.
+    pub warning: Option<String>,
+    /// vsock context id.
+    pub cid: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Guest kernel release.
+    pub kernel: String,
+    /// Image content address.
+    pub image: String,
+    /// Image size in bytes.
+    pub image_size: u64,
+    /// Milliseconds from spawning QEMU to the agent's hello.
+    pub boot_ms: u64,
+    /// Milliseconds from the start request to the workload running.
+    pub ready_ms: u64,
+    /// The guest's address, if it has a network.
+    pub address: Option<String>,
+}
+
+/// The `microvm` runtime.
+pub struct MicroVmRuntime {
+    sandbox: Arc<SandboxRuntime>,
+    config: MicroVmConfig,
+    kvm: KvmProbe,
+}
+
+fn unavailable(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Unavailable {
+        kind: RuntimeKind::MicroVm,
+        reason: reason.into(),
+    }
+}
+
+fn setup(what: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Setup(what.to_string())
+}
+
+impl MicroVmRuntime {
+    /// A runtime whose QEMU and vsock backend run in `sandbox`'s sandboxes.
+    pub fn new(sandbox: Arc<SandboxRuntime>, config: MicroVmConfig) -> Self {
+        Self {
+            sandbox,
+            config,
+            kvm: KvmProbe::probe(),
+        }
+    }
+
+    /// Where the runtime keeps things.
+    pub fn config(&self) -> &MicroVmConfig {
+        &self.config
+    }
+
+    /// What KVM the host has.
+    pub fn kvm(&self) -> &KvmProbe {
+        &self.kvm
+    }
+
+    /// Why no VM can start here at all, if none can (tools missing); the per-spec reasons
+    /// (accelerator, kernel) come from [`MicroVmRuntime::start_vm`].
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if let Some(r) = self.sandbox.unavailable_reason() {
+            return Some(format!("the process sandbox that confines QEMU: {r}"));
+        }
+        if find_program("qemu-system-x86_64").is_none() {
+            return Some(
+                "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into(),
+            );
+        }
+        if find_program("vhost-device-vsock").is_none() {
+            return Some(
+                "vhost-device-vsock is not installed (cargo install --locked \
+                 vhost-device-vsock@0.3.0 --root /usr/local)"
+                    .into(),
+            );
+        }
+        if let Err(e) = image::is_static_elf(&self.config.busybox).and_then(|s| {
+            s.then_some(()).ok_or_else(|| {
+                image::ImageError::Input(format!(
+                    "{} is not static: install busybox-static",
+                    self.config.busybox.display()
+                ))
+            })
+        }) {
+            return Some(e.to_string());
+        }
+        None
+    }
+
+    /// Whether `spec` could start here, checked before anything is started: the tools, the
+    /// accelerator it asks for, its guest kernel, its agent.
+    pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        if let Some(r) = self.unavailable_reason() {
+            return Err(unavailable(r));
+        }
+        host::resolve_accel(spec.microvm.accel, &self.kvm).map_err(unavailable)?;
+        host::tsc_khz().map_err(unavailable)?;
+        self.kernel_for(spec)?;
+        if self.config.agent.is_none() {
+            find_agent().map_err(unavailable)?;
+        }
+        Self::program_of(spec).map(|_| ())
+    }
+
+    /// The guest kernel `spec` boots.
+    pub fn kernel_for(&self, spec: &LaunchSpec) -> Result<Kernel, RuntimeError> {
+        match &spec.microvm.kernel {
+            Some(k) => Kernel::configured(k, spec.microvm.kernel_modules.as_deref()),
+            None => Kernel::installed(&self.config.state_dir),
+        }
+        .map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// The host path of `spec`'s program (absolute, or found in the host's `PATH`).
+    fn program_of(spec: &LaunchSpec) -> Result<PathBuf, RuntimeError> {
+        if spec.command.starts_with('/') {
+            return Ok(PathBuf::from(&spec.command));
+        }
+        find_program(&spec.command).ok_or_else(|| {
+            RuntimeError::InvalidSpec(format!(
+                "program `{}` is not on the host's PATH; a microVM's image is built from host \
+                 files (name it by absolute path, or add it with microvm.include)",
+                spec.command
+            ))
+        })
+    }
+
+    /// Builds (or finds) the image for `spec` with `kernel`'s modules.
+    pub fn image_for(&self, spec: &LaunchSpec, kernel: &Kernel) -> Result<Image, RuntimeError> {
+        let agent = match &self.config.agent {
+            Some(a) => a.clone(),
+            None => find_agent().map_err(unavailable)?,
+        };
+        let program = Self::program_of(spec)?;
+        let mut programs = Vec::new();
+        // busybox is in every image; its applets are links to it.
+        if program.exists() && program != self.config.busybox {
+            programs.push(program.clone());
+        } else if !program.exists() && !program.starts_with("/bin") {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "program {} does not exist on the host",
+                program.display()
+            )));
+        }
+        let inputs = ImageInputs {
+            agent,
+            busybox: self.config.busybox.clone(),
+            modules: kernel.modules.clone(),
+            programs,
+            include: spec.microvm.include.clone(),
+        };
+        let dir = image::images_dir(&self.config.state_dir);
+        fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
+        image::build(&dir, &inputs).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))
+    }
+
+    /// Starts an instance under the id `id` (`<name>-<suffix>`).
+    pub fn start_vm(&self, spec: &LaunchSpec, id: &str) -> Result<MicroVmInstance, RuntimeError> {
+        let t0 = Instant::now();
+        if let Some(r) = self.unavailable_reason() {
+            return Err(unavailable(r));
+        }
+        let (accel, warning) =
+            host::resolve_accel(spec.microvm.accel, &self.kvm).map_err(unavailable)?;
+        let (tsc_khz, _) = host::tsc_khz().map_err(unavailable)?;
+        let kernel = self.kernel_for(spec)?;
+        let image = self.image_for(spec, &kernel)?;
+        let program = Self::program_of(spec)?;
+        let memory = spec.resources.memory_bytes.unwrap_or(DEFAULT_MEMORY);
+        let memory_mib = (memory >> 20).max(64);
+        let vcpus = spec
+            .resources
+            .cpus
+            .map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
+
+        let lease = CidLease::acquire(&self.config.state_dir)
+            .map_err(|e| RuntimeError::io("claim a vsock context id", e))?;
+        let dir = self.config.state_dir.join("instances").join(id);
+        let run = dir.join("run");
+        fs::create_dir_all(&run)
+            .map_err(|e| RuntimeError::io(format!("create {}", run.display()), e))?;
+        let host_id = self.sandbox.config().id_map.host_base;
+        let owner = |p: &Path| {
+            nix::unistd::chown(
+                p,
+                Some(nix::unistd::Uid::from_raw(host_id)),
+                Some(nix::unistd::Gid::from_raw(host_id)),
+            )
+            .map_err(|e| RuntimeError::io(format!("chown {}", p.display()), e.into()))
+        };
+        owner(&run)?;
+        let uds = run.join("vm.vsock");
+        let events = bind_listener(&vsock::listener_path(&uds, EVENTS_PORT), owner)?;
+        let logs = bind_listener(&vsock::listener_path(&uds, LOGS_PORT), owner)?;
+        let console = dir.join("console.log");
+        let _ = fs::remove_file(&console);
+
+        let mut vm = Starting {
+            lease: Some(lease),
+            net: None,
+            backend: None,
+            qemu: None,
+        };
+        let result = self.boot(
+            spec, id, &mut vm, &dir, &run, &uds, events, logs, accel, &warning, tsc_khz, &kernel,
+            &image, &program, vcpus, memory_mib, t0,
+        );
+        match result {
+            Ok(instance) => Ok(instance),
+            Err(e) => {
+                vm.undo();
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn boot(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        vm: &mut Starting,
+        dir: &Path,
+        run: &Path,
+        uds: &Path,
+        events: UnixListener,
+        logs: UnixListener,
+        accel: Accel,
+        warning: &Option<String>,
+        tsc_khz: u64,
+        kernel: &Kernel,
+        image: &Image,
+        program: &Path,
+        vcpus: u32,
+        memory_mib: u64,
+        t0: Instant,
+    ) -> Result<MicroVmInstance, RuntimeError> {
+        if let Some(ns) = &spec.netns {
+            vm.net = Some(
+                net::attach(&self.config.state_dir, ns)
+                    .map_err(|e| setup(format!("attach the VM to its network namespace: {e}")))?,
+            );
+        }
+        let cid = vm.lease.as_ref().expect("claimed").cid();
+        let run_bind = osvm_core::BindMount {
+            source: run.to_path_buf(),
+            target: run.to_path_buf(),
+            writable: true,
+        };
+
+        let backend_bin = find_program("vhost-device-vsock").expect("checked available");
+        let vhost_socket = run.join("vhost.sock");
+        let mut backend_spec = LaunchSpec::new(
+            spec.name.clone(),
+            backend_bin.display().to_string(),
+            vec![
+                "--guest-cid".into(),
+                cid.to_string(),
+                "--socket".into(),
+                vhost_socket.display().to_string(),
+                "--uds-path".into(),
+                uds.display().to_string(),
+            ],
+        );
+        backend_spec.stack = spec.stack.clone();
+        backend_spec.readonly_root = true;
+        backend_spec.resources.memory_bytes = Some(BACKEND_MEMORY);
+        backend_spec.binds = vec![
+            run_bind.clone(),
+            osvm_core::BindMount {
+                source: backend_bin.clone(),
+                target: backend_bin.clone(),
+                writable: false,
+            },
+        ];
+        vm.backend = Some(
+            self.sandbox
+                .start_sandbox_as(
+                    &backend_spec,
+                    &format!("{id}-vsock"),
+                    std::process::Stdio::null(),
+                )
+                .map_err(|e| setup(format!("start the vsock backend: {e}")))?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vhost_socket.exists() {
+            if let Some(b) = &vm.backend
+                && let Ok(Some(status)) = b.try_wait()
+            {
+                return Err(setup(format!(
+                    "the vsock backend {status} before it made its socket; see {}",
+                    b.log_paths().1.display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(setup("the vsock backend made no socket within 10s"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        let qmp = run.join("qmp.sock");
+        let args = QemuArgs {
+            accel,
+            vcpus,
+            memory_mib,
+            kernel: kernel.image.clone(),
+            initrd: image.path.clone(),
+            tsc_khz,
+            console: dir.join("console.log"),
+            vhost_socket,
+            qmp: qmp.clone(),
+            net_mac: vm.net.as_ref().map(|n| n.mac.clone()),
+        };
+        let qemu_bin = find_program("qemu-system-x86_64").expect("checked available");
+        let mut qemu_spec = LaunchSpec::new(
+            spec.name.clone(),
+            qemu_bin.display().to_string(),
+            args.to_args(),
+        );
+        qemu_spec.stack = spec.stack.clone();
+        qemu_spec.readonly_root = true;
+        qemu_spec.resources.memory_bytes = Some((memory_mib << 20) + QEMU_OVERHEAD);
+        qemu_spec.resources.cpus = spec.resources.cpus;
+        qemu_spec.resources.open_files = spec.resources.open_files;
+        // The console log lives in the instance directory, which the sandbox must write.
+        let _ = fs::write(dir.join("console.log"), b"");
+        let host_id = self.sandbox.config().id_map.host_base;
+        let _ = nix::unistd::chown(
+            &dir.join("console.log"),
+            Some(nix::unistd::Uid::from_raw(host_id)),
+            Some(nix::unistd::Gid::from_raw(host_id)),
+        );
+        qemu_spec.binds = vec![
+            run_bind,
+            osvm_core::BindMount {
+                source: dir.join("console.log"),
+                target: dir.join("console.log"),
+                writable: true,
+            },
+            osvm_core::BindMount {
+                source: kernel.image.clone(),
+                target: kernel.image.clone(),
+                writable: false,
+            },
+            osvm_core::BindMount {
+                source: image.path.clone(),
+                target: image.path.clone(),
+                writable: false,
+            },
+        ];
+        if accel == Accel::Kvm {
+            qemu_spec.binds.push(osvm_core::BindMount {
+                source: "/dev/kvm".into(),
+                target: "/dev/kvm".into(),
+                writable: true,
+            });
+        }
+        let fds: Vec<_> = vm.net.iter().map(|n| n.tap.as_fd()).collect();
+        let spawned = Instant::now();
+        vm.qemu = Some(
+            self.sandbox
+                .start_sandbox_with(
+                    &qemu_spec,
+                    &format!("{id}-qemu"),
+                    std::process::Stdio::null(),
+                    &fds,
+                )
+                .map_err(|e| setup(format!("start QEMU: {e}")))?,
+        );
+        let qemu_inst = vm.qemu.as_ref().expect("just set");
+
+        // The agent connects out once vsock works in the guest.
+        let boot_timeout = spec
+            .microvm
+            .boot_timeout_ms
+            .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_millis);
+        let mut conn = accept_while(&events, spawned + boot_timeout, || {
+            match qemu_inst.try_wait() {
+                Ok(Some(status)) => Some(format!(
+                    "QEMU {status} before the guest agent said hello; console: {}; QEMU's \
+                     stderr: {}",
+                    tail(&dir.join("console.log")),
+                    tail(&qemu_inst.log_paths().1)
+                )),
+                _ => None,
+            }
+        })
+        .map_err(|e| setup(format!("boot: {e}")))?;
+        let boot_ms = spawned.elapsed().as_millis() as u64;
+        conn.set_read_timeout(Some(CONTROL_TIMEOUT))
+            .map_err(|e| RuntimeError::io("set a timeout", e))?;
+        let hello: Event = proto::read_msg(&mut conn)
+            .map_err(|e| setup(format!("read the agent's hello: {e}")))?;
+        let Event::Hello { .. } = hello else {
+            return Err(setup(format!("the agent sent {hello:?} instead of hello")));
+        };
+        let launch = Launch {
+            hostname: spec.name.clone(),
+            command: program.display().to_string(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.as_ref().map(|p| p.display().to_string()),
+            network: vm.net.as_ref().map(|n| n.guest.clone()),
+            hosts: spec.hosts.clone(),
+        };
+        proto::write_msg(&mut conn, &launch).map_err(|e| setup(format!("send the launch: {e}")))?;
+        let started: Event = proto::read_msg(&mut conn)
+            .map_err(|e| setup(format!("read the workload's start: {e}")))?;
+        let pid = match started {
+            Event::Started { pid } => pid,
+            Event::StartFailed { error } => {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "the guest could not start {}: {error}",
+                    program.display()
+                )));
+            }
+            other => {
+                return Err(setup(format!(
+                    "the agent sent {other:?} instead of started"
+                )));
+            }
+        };
+        let _ = conn.set_read_timeout(None);
+
+        let facts = VmFacts {
+            accel,
+            warning: warning.clone(),
+            cid,
+            vcpus,
+            memory_mib,
+            kernel: kernel.release.clone(),
+            image: image.digest.clone(),
+            image_size: image.size,
+            boot_ms,
+            ready_ms: t0.elapsed().as_millis() as u64,
+            address: vm.net.as_ref().map(|n| n.guest.address.clone()),
+        };
+        let _ = fs::write(
+            dir.join("vm.json"),
+            serde_json::to_vec_pretty(&facts).expect("serializes"),
+        );
+        let state = Arc::new(Mutex::new(Guest {
+            pid: Some(pid),
+            exit: None,
+        }));
+        spawn_events(conn, state.clone());
+        let stdout = dir.join("stdout.log");
+        let stderr = dir.join("stderr.log");
+        spawn_logs(logs, stdout.clone(), stderr.clone());
+
+        Ok(MicroVmInstance {
+            id: id.to_owned(),
+            dir: dir.to_path_buf(),
+            uds: uds.to_path_buf(),
+            qmp,
+            stdout,
+            stderr,
+            facts,
+            qemu: vm.qemu.take().expect("started"),
+            backend: Mutex::new(vm.backend.take()),
+            lease: Mutex::new(vm.lease.take()),
+            net: Mutex::new(vm.net.take().map(|n| (n.netns, n.guest))),
+            guest: state,
+            ended: Mutex::new(None),
+        })
+    }
+}
+
+/// What a half-started VM holds, released in reverse order when a step fails.
+struct Starting {
+    lease: Option<CidLease>,
+    net: Option<Attached>,
+    backend: Option<SandboxInstance>,
+    qemu: Option<SandboxInstance>,
+}
+
+impl Starting {
+    fn undo(&mut self) {
+        if let Some(q) = self.qemu.take() {
+            let _ = q.stop(Duration::ZERO);
+        }
+        if let Some(b) = self.backend.take() {
+            let _ = b.stop(Duration::ZERO);
+        }
+        if let Some(n) = self.net.take() {
+            drop(n.tap);
+            let _ = net::detach(&n.netns, &n.guest);
+        }
+        self.lease.take();
+    }
+}
+
+/// The last lines of a file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return "(empty)".into();
+    }
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn bind_listener(
+    path: &Path,
+    owner: impl Fn(&Path) -> Result<(), RuntimeError>,
+) -> Result<UnixListener, RuntimeError> {
+    let _ = fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .map_err(|e| RuntimeError::io(format!("bind {}", path.display()), e))?;
+    // The backend runs as the sandbox's unprivileged id and must connect to it.
+    owner(path)?;
+    Ok(l)
+}
+
+/// Accepts one connection before `deadline`, asking `failed` between polls whether to give up.
+fn accept_while(
+    listener: &UnixListener,
+    deadline: Instant,
+    failed: impl Fn() -> Option<String>,
+) -> Result<UnixStream, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("poll the listener: {e}"))?;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+        if let Some(why) = failed() {
+            return Err(why);
+        }
+        if Instant::now() > deadline {
+            return Err("the guest agent did not say hello within the boot timeout".into());
+        }
+        let fd = listener.as_fd();
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u16));
+    }
+}
+
+/// What the events connection has told about the guest.
+#[derive(Debug, Default)]
+struct Guest {
+    /// The workload's pid in the guest while it runs.
+    pid: Option<u32>,
+    /// Its exit, once reported.
+    exit: Option<ExitStatus>,
+}
+
+fn spawn_events(mut conn: UnixStream, state: Arc<Mutex<Guest>>) {
+    let _ = std::thread::Builder::new()
+        .name("vm-events".into())
+        .spawn(move || {
+            loop {
+                match proto::read_msg::<Event>(&mut conn) {
+                    Ok(Event::Exited { code, signal }) => {
+                        let mut s = state.lock().expect("guest state");
+                        s.pid = None;
+                        s.exit = Some(ExitStatus {
+                            code,
+                            signal,
+                            oom_killed: false,
+                        });
+                    }
+                    Ok(other) => tracing::debug!(?other, "guest event"),
+                    Err(_) => break,
+                }
+            }
+        });
+}
+
+fn spawn_logs(listener: UnixListener, stdout: PathBuf, stderr: PathBuf) {
+    let _ = std::thread::Builder::new()
+        .name("vm-logs".into())
+        .spawn(move || {
+            let open = |p: &Path| fs::OpenOptions::new().create(true).append(true).open(p);
+            let (Ok(mut out), Ok(mut err)) = (open(&stdout), open(&stderr)) else {
+                return;
+            };
+            // One connection per boot; the agent makes it right after the launch.
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            // The same stamped-line format as a sandboxed process's logs.
+            let (mut so, mut se) = (Stamper::default(), Stamper::default());
+            while let Ok(Some(chunk)) = proto::read_log(&mut conn) {
+                let _ = match chunk.stream {
+                    Stream::Stdout => so.feed(&chunk.data, &mut out),
+                    Stream::Stderr => se.feed(&chunk.data, &mut err),
+                };
+            }
+            let _ = so.flush(&mut out);
+            let _ = se.flush(&mut err);
+        });
+}
+
+/// What an exec inside the guest printed and how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestExec {
+    /// Exit code; `None` when killed or timed out.
+    pub code: Option<i32>,
+    /// Whether the timeout ended it.
+    pub timed_out: bool,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// A running (or ended) microVM.
+pub struct MicroVmInstance {
+    id: String,
+    /// The instance directory (logs, console, vm.json, run/).
+    dir: PathBuf,
+    /// The backend's host-side socket for host -> guest connections.
+    uds: PathBuf,
+    /// QEMU's QMP socket.
+    qmp: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    facts: VmFacts,
+    /// QEMU in its sandbox.
+    qemu: SandboxInstance,
+    /// The vsock backend in its sandbox, until the VM ends.
+    backend: Mutex<Option<SandboxInstance>>,
+    /// The context id, until the VM ends.
+    lease: Mutex<Option<CidLease>>,
+    /// The namespace and address to give back when the VM ends.
+    net: Mutex<Option<(String, GuestNetwork)>>,
+    guest: Arc<Mutex<Guest>>,
+    /// How it ended, once it has and was cleaned up.
+    ended: Mutex<Option<ExitStatus>>,
+}
+
+impl MicroVmInstance {
+    /// Facts about the VM.
+    pub fn facts(&self) -> &VmFacts {
+        &self.facts
+    }
+
+    /// The instance directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The guest's serial console log.
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The sandbox QEMU runs in.
+    pub fn qemu(&self) -> &SandboxInstance {
+        &self.qemu
+    }
+
+    /// The vsock context id (while the VM runs).
+    pub fn cid(&self) -> u32 {
+        self.facts.cid
+    }
+
+    /// Opens a vsock connection to guest port `port`.
+    pub fn vsock_connect(&self, port: u32, timeout: Duration) -> io::Result<UnixStream> {
+        vsock::connect(&self.uds, port, timeout)
+    }
+
+    /// Sends one control request and reads the answer.
+    pub fn request(&self, req: &Request, timeout: Duration) -> Result<Response, RuntimeError> {
+        let mut s = self
+            .vsock_connect(CONTROL_PORT, timeout)
+            .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| RuntimeError::io("set a timeout", e))?;
+        proto::write_msg(&mut s, req).map_err(|e| setup(format!("send to the agent: {e}")))?;
+        proto::read_msg(&mut s).map_err(|e| setup(format!("read the agent's answer: {e}")))
+    }
+
+    /// Runs a command in the guest.
+    pub fn exec(&self, argv: &[String], timeout: Duration) -> Result<GuestExec, RuntimeError> {
+        let req = Request::Exec {
+            argv: argv.to_vec(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.request(&req, timeout + CONTROL_TIMEOUT)? {
+            Response::ExecResult {
+                code,
+                timed_out,
+                stdout,
+                stderr,
+            } => Ok(GuestExec {
+                code,
+                timed_out,
+                stdout,
+                stderr,
+            }),
+            Response::Error { message } => Err(setup(format!("exec in the guest: {message}"))),
+            other => Err(setup(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A byte stream to TCP `port` on the guest's loopback, carried over vsock.
+    pub fn connect_tcp(&self, port: u16, timeout: Duration) -> Result<UnixStream, RuntimeError> {
+        let mut s = self
+            .vsock_connect(CONTROL_PORT, timeout)
+            .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| RuntimeError::io("set a timeout", e))?;
+        proto::write_msg(&mut s, &Request::Forward { port })
+            .map_err(|e| setup(format!("send to the agent: {e}")))?;
+        match proto::read_msg::<Response>(&mut s) {
+            Ok(Response::Ok) => Ok(s),
+            Ok(Response::Error { message }) => Err(RuntimeError::io(
+                format!("guest port {port}"),
+                io::Error::new(io::ErrorKind::ConnectionRefused, message),
+            )),
+            Ok(other) => Err(setup(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(setup(format!("read the agent's answer: {e}"))),
+        }
+    }
+
+    /// Releases what the VM held once QEMU has ended, and works out the exit status.
+    fn finish(&self, qemu_status: ExitStatus) -> ExitStatus {
+        let mut ended = self.ended.lock().expect("ended");
+        if let Some(s) = *ended {
+            return s;
+        }
+        if let Some(b) = self.backend.lock().expect("backend").take() {
+            let _ = b.stop(Duration::ZERO);
+        }
+        self.lease.lock().expect("lease").take();
+        if let Some((netns, guest)) = self.net.lock().expect("net").take()
+            && let Err(e) = net::detach(&netns, &guest)
+        {
+            tracing::warn!(instance = %self.id, "give the network namespace back: {e}");
+        }
+        // The events thread may still be reading the last message the agent sent.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let status = loop {
+            if let Some(s) = self.guest.lock().expect("guest").exit {
+                break s;
+            }
+            if Instant::now() > deadline {
+                break ExitStatus {
+                    code: None,
+                    // QEMU killed: report its signal; QEMU ended by itself without an exit
+                    // report (guest crash, power-off without a workload): unknown.
+                    signal: qemu_status.signal,
+                    oom_killed: qemu_status.oom_killed,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        *ended = Some(status);
+        status
+    }
+}
+
+impl Instance for MicroVmInstance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.qemu.init_pid() as u32)
+    }
+
+    fn log_paths(&self) -> (PathBuf, PathBuf) {
+        (self.stdout.clone(), self.stderr.clone())
+    }
+
+    fn wait(&self) -> Result<ExitStatus, RuntimeError> {
+        let s = self.qemu.wait()?;
+        Ok(self.finish(s))
+    }
+
+    fn try_wait(&self) -> Result<Option<ExitStatus>, RuntimeError> {
+        if let Some(s) = *self.ended.lock().expect("ended") {
+            return Ok(Some(s));
+        }
+        Ok(self.qemu.try_wait()?.map(|s| self.finish(s)))
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        match self.request(&Request::Signal { signal }, CONTROL_TIMEOUT)? {
+            Response::Ok => Ok(()),
+            Response::Error { message } => Err(setup(format!("signal in the guest: {message}"))),
+            other => Err(setup(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn stop(&self, grace: Duration) -> Result<ExitStatus, RuntimeError> {
+        if let Some(s) = self.try_wait()? {
+            return Ok(s);
+        }
+        let asked = self.request(
+            &Request::Shutdown {
+                grace_ms: grace.as_millis() as u64,
+            },
+            CONTROL_TIMEOUT,
+        );
+        if let Err(e) = &asked {
+            tracing::warn!(instance = %self.id, "graceful shutdown through the agent failed: {e}");
+        }
+        let wait = |d: Duration| -> Result<Option<ExitStatus>, RuntimeError> {
+            let deadline = Instant::now() + d;
+            loop {
+                if let Some(s) = self.qemu.try_wait()? {
+                    return Ok(Some(s));
+                }
+                if Instant::now() > deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        if asked.is_ok()
+            && let Some(s) = wait(grace + Duration::from_secs(5))?
+        {
+            return Ok(self.finish(s));
+        }
+        if qemu::quit(&self.qmp, Duration::from_secs(2)).is_ok()
+            && let Some(s) = wait(Duration::from_secs(3))?
+        {
+            return Ok(self.finish(s));
+        }
+        let s = self.qemu.stop(Duration::ZERO)?;
+        Ok(self.finish(s))
+    }
+
+    fn stats(&self) -> Result<InstanceStats, RuntimeError> {
+        self.qemu.stats()
+    }
+
+    fn confinement(&self) -> Vec<(String, String)> {
+        let f = &self.facts;
+        let mut facts = vec![
+            ("runtime".into(), "microvm (QEMU microvm)".into()),
+            ("accelerator".into(), f.accel.as_str().into()),
+            ("vcpus".into(), f.vcpus.to_string()),
+            ("guest memory".into(), format!("{} MiB", f.memory_mib)),
+            ("guest kernel".into(), f.kernel.clone()),
+            (
+                "image".into(),
+                format!("{} ({} bytes)", &f.image[..12], f.image_size),
+            ),
+            ("vsock cid".into(), f.cid.to_string()),
+        ];
+        if let Some(w) = &f.warning {
+            facts.push(("warning".into(), w.clone()));
+        }
+        facts.extend(
+            self.qemu
+                .confinement()
+                .into_iter()
+                .map(|(k, v)| (format!("vmm {k}"), v)),
+        );
+        facts
+    }
+}
+
+impl Runtime for MicroVmRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::MicroVm
+    }
+
+    fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError> {
+        let id = osvm_sandbox::new_instance_id(&spec.name);
+        Ok(Box::new(self.start_vm(spec, &id)?))
+    }
+}

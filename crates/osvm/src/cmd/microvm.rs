@@ -1,0 +1,171 @@
+//! `osvm kernel fetch|show`, `osvm image build`, and the checks `osvm up` makes before it starts
+//! microVM components.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use osvm_core::RuntimeKind;
+use osvm_core::stack::Stack;
+use osvm_microvm::kernel::{self, Kernel, Progress};
+use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
+use serde_json::json;
+
+use super::{SetupFailed, human_bytes, sandbox_runtime, state_dir};
+use crate::cli::{Global, ImageCommand, KernelCommand, Output};
+
+fn runtime(global: &Global) -> anyhow::Result<MicroVmRuntime> {
+    let sandbox = Arc::new(sandbox_runtime(global)?);
+    let config = MicroVmConfig::new(sandbox.config().state_dir.clone());
+    Ok(MicroVmRuntime::new(sandbox, config))
+}
+
+/// Fails (as a setup error, exit 3) when a microVM component of `stack` cannot start here:
+/// an unusable accelerator, no kernel, no agent, missing tools.
+pub fn preflight(global: &Global, stack: &Stack) -> anyhow::Result<()> {
+    let vms: Vec<_> = stack
+        .components
+        .iter()
+        .filter(|c| c.runtime == RuntimeKind::MicroVm)
+        .collect();
+    if vms.is_empty() {
+        return Ok(());
+    }
+    let rt = runtime(global)?;
+    for c in vms {
+        rt.preflight(&c.launch_spec(&stack.name)).map_err(|e| {
+            SetupFailed(match e {
+                osvm_core::RuntimeError::Unavailable { kind, reason } => {
+                    osvm_core::RuntimeError::Unavailable {
+                        kind,
+                        reason: format!("component `{}`: {reason}", c.name),
+                    }
+                }
+                other => other,
+            })
+        })?;
+    }
+    Ok(())
+}
+
+pub fn kernel(global: &Global, command: KernelCommand) -> anyhow::Result<ExitCode> {
+    let state = state_dir(global)?;
+    match command {
+        KernelCommand::Fetch(args) => {
+            let text = global.output == Output::Text;
+            let mut progress = |p: Progress| {
+                if !text {
+                    return;
+                }
+                match p {
+                    Progress::Resolved {
+                        package,
+                        version,
+                        size,
+                    } => eprintln!(
+                        "resolved {} -> {package} {version} ({})",
+                        kernel::META_PACKAGE,
+                        human_bytes(size)
+                    ),
+                    Progress::AlreadyStored(dir) => {
+                        eprintln!(
+                            "already stored in {} (use --force to fetch again)",
+                            dir.display()
+                        )
+                    }
+                    Progress::Downloading => eprintln!("downloading with apt-get download ..."),
+                    Progress::Verified(sha) => eprintln!("SHA-256 {sha} matches the archive index"),
+                    Progress::Unpacking => {
+                        eprintln!("unpacking; picking the kernel and its virtio/vsock modules ...")
+                    }
+                    Progress::Stored(dir) => eprintln!("stored in {}", dir.display()),
+                }
+            };
+            let k = kernel::fetch(&state, args.force, &mut progress)?;
+            print_kernel(global, &k)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KernelCommand::Show => {
+            let k = Kernel::installed(&state)?;
+            print_kernel(global, &k)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_kernel(global: &Global, k: &Kernel) -> anyhow::Result<()> {
+    if global.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "release": k.release,
+                "image": k.image,
+                "modules": k.modules,
+            }))?
+        );
+    } else {
+        println!("kernel   {}", k.release);
+        println!("image    {}", k.image.display());
+        println!("modules  {} (load order)", k.modules.len());
+        for m in &k.modules {
+            println!("  {}", m.file_name().unwrap_or_default().to_string_lossy());
+        }
+    }
+    Ok(())
+}
+
+pub fn image(global: &Global, command: ImageCommand) -> anyhow::Result<ExitCode> {
+    let ImageCommand::Build(args) = command;
+    let stack = osvm_core::stack::load(&args.file)?;
+    let rt = runtime(global)?;
+    let targets: Vec<_> = stack
+        .components
+        .iter()
+        .filter(|c| c.runtime == RuntimeKind::MicroVm)
+        .filter(|c| args.component.as_ref().is_none_or(|n| &c.name == n))
+        .collect();
+    if targets.is_empty() {
+        anyhow::bail!(
+            "{} has no microVM component{}",
+            args.file.display(),
+            args.component
+                .as_ref()
+                .map(|n| format!(" called `{n}`"))
+                .unwrap_or_default()
+        );
+    }
+    let mut out = Vec::new();
+    for c in targets {
+        let spec = c.launch_spec(&stack.name);
+        let k = rt.kernel_for(&spec).map_err(SetupFailed)?;
+        if global.output == Output::Text {
+            eprintln!("{}: building the image (kernel {}) ...", c.name, k.release);
+        }
+        let img = rt
+            .image_for(&spec, &k)
+            .with_context(|| format!("component `{}`", c.name))?;
+        if global.output == Output::Text {
+            println!(
+                "{}  {}  {}  {} entries  {}",
+                c.name,
+                &img.digest[..16],
+                human_bytes(img.size),
+                img.entries,
+                if img.built { "built" } else { "stored already" }
+            );
+        }
+        out.push(json!({
+            "component": c.name,
+            "digest": img.digest,
+            "path": img.path,
+            "size": img.size,
+            "entries": img.entries,
+            "built": img.built,
+            "kernel": k.release,
+        }));
+    }
+    if global.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
