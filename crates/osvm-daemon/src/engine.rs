@@ -1723,6 +1723,23 @@ fn confinement_summary(facts: &[(String, String)]) -> String {
             .map(|(_, h)| h.as_str())
             .unwrap_or("?")
     };
+    if facts.iter().any(|(w, _)| w == "accelerator") {
+        // A microVM: the guest's facts, then its QEMU's sandbox (facts prefixed `vmm `).
+        let vmm: Vec<(String, String)> = facts
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("vmm ")?.to_owned(), v.clone())))
+            .collect();
+        return format!(
+            "microVM: {} accelerator, {} vCPUs, {} guest memory, kernel {}, vsock cid {}; QEMU \
+             confined: {}",
+            get("accelerator"),
+            get("vcpus"),
+            get("guest memory"),
+            get("guest kernel"),
+            get("vsock cid"),
+            confinement_summary(&vmm)
+        );
+    }
     let mut parts = vec![
         format!("uid map {}", get("uid map")),
         format!("capabilities {}", get("capabilities")),

@@ -17,6 +17,8 @@ pub trait Conn: Read + Write + Send {}
 impl<T: Read + Write + Send> Conn for T {}
 
 /// A running instance.
+// Made once per start and kept behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Workload {
     /// A confined process.
     Sandbox(SandboxInstance),

@@ -233,6 +233,34 @@ impl MicroVmRuntime {
         None
     }
 
+    /// The vsock backend's binary, where the sandbox's unprivileged user can read it: one
+    /// installed outside `/usr` (cargo's `~/.cargo/bin` under a 0700 home) is copied into the
+    /// state directory first.
+    fn backend_program(&self) -> Result<PathBuf, RuntimeError> {
+        let found = find_program("vhost-device-vsock")
+            .ok_or_else(|| unavailable("vhost-device-vsock is not installed"))?;
+        if found.starts_with("/usr") {
+            return Ok(found);
+        }
+        let tools = self.config.state_dir.join("tools");
+        let copy = tools.join("vhost-device-vsock");
+        let same = |a: &Path, b: &Path| match (fs::metadata(a), fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.len() == y.len() && x.modified().ok() <= y.modified().ok(),
+            _ => false,
+        };
+        if !same(&found, &copy) {
+            fs::create_dir_all(&tools)
+                .and_then(|()| fs::set_permissions(&tools, fs::Permissions::from_mode(0o755)))
+                .map_err(|e| RuntimeError::io(format!("create {}", tools.display()), e))?;
+            let partial = tools.join(".vhost-device-vsock.partial");
+            fs::copy(&found, &partial)
+                .and_then(|_| fs::set_permissions(&partial, fs::Permissions::from_mode(0o755)))
+                .and_then(|()| fs::rename(&partial, &copy))
+                .map_err(|e| RuntimeError::io(format!("copy {}", found.display()), e))?;
+        }
+        Ok(copy)
+    }
+
     /// Whether `spec` could start here, checked before anything is started: the tools, the
     /// accelerator it asks for, its guest kernel, its agent.
     pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
@@ -395,7 +423,7 @@ impl MicroVmRuntime {
             writable: true,
         };
 
-        let backend_bin = find_program("vhost-device-vsock").expect("checked available");
+        let backend_bin = self.backend_program()?;
         let vhost_socket = run.join("vhost.sock");
         let mut backend_spec = LaunchSpec::new(
             spec.name.clone(),
@@ -412,14 +440,14 @@ impl MicroVmRuntime {
         backend_spec.stack = spec.stack.clone();
         backend_spec.readonly_root = true;
         backend_spec.resources.memory_bytes = Some(BACKEND_MEMORY);
-        backend_spec.binds = vec![
-            run_bind.clone(),
-            osvm_core::BindMount {
+        backend_spec.binds = vec![run_bind.clone()];
+        if !backend_bin.starts_with("/usr") {
+            backend_spec.binds.push(osvm_core::BindMount {
                 source: backend_bin.clone(),
                 target: backend_bin.clone(),
                 writable: false,
-            },
-        ];
+            });
+        }
         vm.backend = Some(
             self.sandbox
                 .start_sandbox_as(

@@ -204,3 +204,43 @@ fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launch_without_path_gets_the_default_one_and_its_directory() {
+        let launch = Launch {
+            env: vec![("A".into(), "1".into())],
+            working_dir: Some("/srv".into()),
+            ..Launch::default()
+        };
+        let context = Context::of_launch(&launch);
+        assert_eq!(context.path(), DEFAULT_PATH);
+        assert_eq!(context.dir, "/srv");
+        assert_eq!(Context::default().dir, "/");
+    }
+
+    #[test]
+    fn the_last_path_in_the_environment_wins() {
+        let launch = Launch {
+            env: vec![("PATH".into(), "/a".into()), ("PATH".into(), "/b".into())],
+            ..Launch::default()
+        };
+        assert_eq!(Context::of_launch(&launch).path(), "/b");
+    }
+
+    #[test]
+    fn names_are_looked_up_in_the_path_and_paths_are_taken_as_they_are() {
+        assert_eq!(
+            resolve("sh", "/nonexistent:/bin").unwrap(),
+            Path::new("/bin/sh")
+        );
+        assert_eq!(resolve("./x", "/bin").unwrap(), Path::new("./x"));
+        let missing = resolve("no-such-program-here", "/bin:/usr/bin").unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        // A directory of that name is not a program.
+        assert!(resolve("tmp", "/").is_err());
+    }
+}

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
@@ -55,6 +55,14 @@ pub fn mount_filesystems() {
         ),
     ];
     for (fstype, target, flags, data) in mounts {
+        // The initramfs is itself a writable tmpfs: a fresh tmpfs on /tmp or /run would only
+        // hide files the image put there (a stack may include a tree under /tmp).
+        if fstype == "tmpfs"
+            && fs::read_dir(target).is_ok_and(|mut entries| entries.next().is_some())
+        {
+            say!("{target} has files from the image: not mounting a tmpfs over it");
+            continue;
+        }
         if let Err(error) = fs::create_dir_all(target) {
             say!("cannot create {target}: {error}");
             continue;
@@ -65,7 +73,7 @@ pub fn mount_filesystems() {
             Err(error) => say!("cannot mount {fstype} on {target}: {error}"),
         }
     }
-    say!("file systems mounted");
+    say!("file systems mounted (uptime {} ms)", uptime_ms());
 }
 
 /// Loads every `*.ko` in [`MODULES_DIR`], in lexical order.
@@ -84,6 +92,7 @@ pub fn load_modules() {
         }
     };
     paths.sort();
+    let started = Instant::now();
     let mut loaded = 0;
     for path in &paths {
         match load_module(path) {
@@ -91,7 +100,11 @@ pub fn load_modules() {
             Err(error) => say!("cannot load {}: {error}", path.display()),
         }
     }
-    say!("loaded {loaded} of {} kernel modules", paths.len());
+    say!(
+        "loaded {loaded} of {} kernel modules in {} ms",
+        paths.len(),
+        started.elapsed().as_millis()
+    );
 }
 
 /// Loads one module; one that is already loaded (or built in) counts as loaded.
