@@ -264,10 +264,10 @@ impl MicroVmRuntime {
     /// Whether `spec` could start here, checked before anything is started: the tools, the
     /// accelerator it asks for, its guest kernel, its agent.
     pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        host::resolve_accel(spec.microvm.accel, &self.kvm).map_err(unavailable)?;
         if let Some(r) = self.unavailable_reason() {
             return Err(unavailable(r));
         }
-        host::resolve_accel(spec.microvm.accel, &self.kvm).map_err(unavailable)?;
         host::tsc_khz().map_err(unavailable)?;
         self.kernel_for(spec)?;
         if self.config.agent.is_none() {

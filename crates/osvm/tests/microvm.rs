@@ -1,0 +1,523 @@
+//! The microVM runtime end to end, through a real daemon: real QEMU guests (TCG on hosts
+//! without VMX/SVM) with osvm's agent as init, reached over the hub network path and over
+//! vsock, stopped through the agent, their exit codes and output reported.
+//!
+//! Every test skips with a printed reason when the host lacks root, QEMU, the vsock backend,
+//! the static agent or a guest kernel (fetched once per run through apt, shared by the tests).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use osvm_agent::proto::{self, Request, Response};
+use serde_json::Value;
+
+/// Where the shared guest kernel is fetched (`<dir>/kernels`), or why it cannot be.
+static KERNELS: Mutex<Option<Result<PathBuf, String>>> = Mutex::new(None);
+
+fn fetch_kernel() -> Result<PathBuf, String> {
+    let mut guard = KERNELS.lock().unwrap();
+    if let Some(r) = guard.as_ref() {
+        return r.clone();
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microvm-kernel");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new(osvm_bin())
+        .arg("--state-dir")
+        .arg(&dir)
+        .args(["kernel", "fetch"])
+        .output()
+        .unwrap();
+    let r = if o.status.success() {
+        Ok(dir.join("kernels"))
+    } else {
+        Err(format!("`osvm kernel fetch` failed: {}", stderr(&o).trim()))
+    };
+    *guard = Some(r.clone());
+    r
+}
+
+/// A state directory whose daemon can boot VMs, or `None` (skip printed).
+fn vm_state(test: &str) -> Option<StateDir> {
+    if !sandbox_available(test) {
+        return None;
+    }
+    let which = |p: &str| osvm_microvm::runtime::find_program(p).is_some();
+    if !which("qemu-system-x86_64") {
+        skip(
+            test,
+            "needs qemu-system-x86_64 (Debian package qemu-system-x86)",
+        );
+        return None;
+    }
+    if !which("vhost-device-vsock") {
+        skip(
+            test,
+            "needs vhost-device-vsock (cargo install vhost-device-vsock@0.3.0)",
+        );
+        return None;
+    }
+    if let Err(e) = osvm_microvm::find_agent() {
+        skip(test, &e);
+        return None;
+    }
+    let kernels = match fetch_kernel() {
+        Ok(k) => k,
+        Err(e) => {
+            skip(test, &e);
+            return None;
+        }
+    };
+    let state = StateDir::new(test);
+    std::os::unix::fs::symlink(&kernels, state.path.join("kernels")).unwrap();
+    Some(state)
+}
+
+fn view<'a>(views: &'a [Value], name: &str) -> &'a Value {
+    views
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no component {name} in {views:?}"))
+}
+
+/// Polls until `ok` holds, for as long as a few TCG boots in parallel may take.
+fn wait_long(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let views = ps(state);
+        if ok(&views) {
+            return views;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {what}: {views:?}\nevents:\n{}",
+            stdout(&run(state.osvm().arg("events")))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn status(state: &StateDir, name: &str) -> Value {
+    let o = run(state.osvm().args(["-o", "json", "status", name]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The VM facts (`vm.json`) of a component's current instance.
+fn vm_facts(state: &StateDir, name: &str) -> Value {
+    let id = status(state, name)["instance"]
+        .as_str()
+        .expect("running instance")
+        .to_owned();
+    let text = std::fs::read(state.path.join("instances").join(id).join("vm.json")).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// `GET /` over a TCP stream; the whole response.
+fn http_get(mut s: impl Read + Write) -> std::io::Result<String> {
+    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// `GET /` to `addr` from inside network namespace `ns`.
+fn http_get_in(ns: &str, addr: SocketAddr) -> std::io::Result<String> {
+    let ns = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        http_get(s)
+    })
+    .join()
+    .unwrap()
+}
+
+fn www(state: &StateDir) -> PathBuf {
+    let dir = state.path.join("www");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "hello from a microvm\n").unwrap();
+    dir
+}
+
+#[test]
+fn vm_serves_http_on_its_network_path_and_over_vsock_and_stops_gracefully() {
+    const TEST: &str = "vm_http";
+    if !hub_available(TEST) {
+        return;
+    }
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let www = www(&state);
+    let file = state.path.join("vm.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmnet"
+network = "hub"
+
+[[component]]
+name = "web"
+runtime = "microvm"
+command = "/bin/busybox"
+args = ["httpd", "-f", "-v", "-p", "8080", "-h", "{www}"]
+listen = [8080]
+resources = {{ memory = "256M", cpus = 2 }}
+microvm = {{ include = ["{www}"] }}
+health = {{ http = "/", port = 8080 }}
+restart = "never"
+
+[[component]]
+name = "cli"
+command = "sleep"
+args = ["3600"]
+
+[[component]]
+name = "other"
+command = "sleep"
+args = ["3600"]
+
+[[policy]]
+allow = {{ from = "cli", to = "web", ports = [8080] }}
+"#,
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_long(&state, "web healthy", |v| {
+        v.len() == 3 && v.iter().all(|c| c["status"] == "running") && {
+            view(v, "web")["health"]["state"] == "healthy"
+        }
+    });
+    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+    let net: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hub = net["hub"].as_str().unwrap().to_owned();
+    let _guard = NetnsPrefixGuard(hub.trim_end_matches("hub").to_owned());
+    let (mut cli, mut other) = (String::new(), String::new());
+    let mut service: Option<std::net::Ipv4Addr> = None;
+    for c in net["components"].as_array().unwrap() {
+        let ns = c["netns"].as_str().unwrap_or_default().to_owned();
+        match c["component"].as_str() {
+            Some("cli") => cli = ns,
+            Some("other") => other = ns,
+            Some("web") => service = c["service"].as_str().map(|s| s.parse().unwrap()),
+            _ => {}
+        }
+    }
+    let web = SocketAddr::from((service.expect("web has a service address"), 8080));
+
+    // The network path: the hub's rules decide for the guest as for a process.
+    let answer = http_get_in(&cli, web).expect("cli may reach web");
+    assert!(
+        answer.contains("hello from a microvm"),
+        "cli -> web answered: {answer}"
+    );
+    let denied = http_get_in(&other, web);
+    assert!(
+        denied.is_err(),
+        "other reached web without a policy: {denied:?}"
+    );
+
+    // vsock: the hybrid CONNECT to the agent's control port, then a forward to port 8080.
+    let facts = vm_facts(&state, "web");
+    assert_eq!(facts["accel"], "tcg", "{facts}");
+    let id = status(&state, "web")["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uds = state.path.join("instances").join(&id).join("run/vm.vsock");
+    let mut s = osvm_microvm::vsock::connect(&uds, proto::CONTROL_PORT, Duration::from_secs(5))
+        .expect("hybrid vsock connect");
+    proto::write_msg(&mut s, &Request::Forward { port: 8080 }).unwrap();
+    assert_eq!(proto::read_msg::<Response>(&mut s).unwrap(), Response::Ok);
+    let answer = http_get(s).unwrap();
+    assert!(
+        answer.contains("hello from a microvm"),
+        "over vsock: {answer}"
+    );
+    let mut s =
+        osvm_microvm::vsock::connect(&uds, proto::CONTROL_PORT, Duration::from_secs(5)).unwrap();
+    proto::write_msg(&mut s, &Request::Ping).unwrap();
+    assert!(matches!(
+        proto::read_msg::<Response>(&mut s).unwrap(),
+        Response::Pong { .. }
+    ));
+
+    // Graceful stop: SIGTERM through the agent; httpd dies of it; reported as such.
+    let o = run(state.osvm().args(["stop", "web"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let views = wait_long(&state, "web stopped", |v| {
+        view(v, "web")["status"] == "stopped"
+    });
+    let exit = &view(&views, "web")["last_exit"];
+    assert_eq!(exit["signal"], 15, "{exit}");
+    let console = stdout(&run(state
+        .osvm()
+        .args(["logs", "web", "--stream", "console"])));
+    assert!(
+        console.contains("osvm-agent: workload started"),
+        "console: {console}"
+    );
+    assert!(console.contains("signal Some(15)"), "console: {console}");
+    let logs = stdout(&run(state.osvm().args(["logs", "web"])));
+    assert!(logs.contains("response:200"), "workload logs: {logs}");
+    assert!(
+        !logs.contains("osvm-agent"),
+        "the console is not mixed into the workload's logs: {logs}"
+    );
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+    let left = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(format!(
+            "(qemu-system-x86_64|vhost-device-vsock) .*{}",
+            state.path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&left).trim().is_empty(),
+        "QEMU or the vsock backend outlived the stack: {}",
+        stdout(&left)
+    );
+}
+
+#[test]
+fn guest_sees_only_its_image_and_reports_its_exit_code_and_output() {
+    const TEST: &str = "vm_exit";
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let marker = state.path.join("host-only-marker");
+    std::fs::write(&marker, "secret").unwrap();
+    let script = format!(
+        "echo to-stdout; echo to-stderr >&2; \
+         test -e {m} && echo HOST-FILE-VISIBLE; \
+         echo pid1=$(cat /proc/1/cmdline); \
+         echo procs=$(ls -d /proc/[0-9]* | wc -l); \
+         ps -o comm | tr '\\n' ' '; echo; \
+         exit 7",
+        m = marker.display()
+    );
+    let file = state.path.join("job.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmjob"
+
+[[component]]
+name = "job"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", '''{script}''']
+restart = "never"
+resources = {{ memory = "128M", cpus = 1 }}
+"#
+        ),
+    )
+    .unwrap();
+
+    // Content-addressed: the same inputs give the same image, built once.
+    let build = |state: &StateDir| -> Value {
+        let o = run(state
+            .osvm()
+            .args(["-o", "json", "image", "build"])
+            .arg(&file));
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()[0].clone()
+    };
+    let first = build(&state);
+    let second = build(&state);
+    assert_eq!(first["digest"], second["digest"]);
+    assert_eq!(second["built"], false, "{second}");
+
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let views = wait_long(&state, "job ended", |v| {
+        !v.is_empty() && view(v, "job")["last_exit"]["code"].is_number()
+    });
+    assert_eq!(view(&views, "job")["last_exit"]["code"], 7);
+    let out = stdout(&run(state
+        .osvm()
+        .args(["logs", "job", "--stream", "stdout"])));
+    let err = stdout(&run(state
+        .osvm()
+        .args(["logs", "job", "--stream", "stderr"])));
+    assert!(
+        out.contains("to-stdout") && !out.contains("to-stderr"),
+        "{out}"
+    );
+    assert!(err.contains("to-stderr"), "{err}");
+    assert!(!out.contains("HOST-FILE-VISIBLE"), "{out}");
+    assert!(out.contains("pid1=/init"), "{out}");
+    // The guest's own processes only: a handful (agent, shell, ps), none of the host's.
+    let procs: usize = out
+        .split("procs=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(procs < 120, "{procs} processes visible: {out}");
+    for host in ["osvm", "qemu-system", "cargo", "vhost-device"] {
+        assert!(!out.contains(host), "host process {host} visible: {out}");
+    }
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}
+
+#[test]
+fn two_vms_get_different_cids_and_a_released_cid_is_reused() {
+    const TEST: &str = "vm_cids";
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let file = state.path.join("two.toml");
+    let vm = |name: &str| {
+        format!(
+            r#"
+[[component]]
+name = "{name}"
+runtime = "microvm"
+command = "/bin/sleep"
+args = ["3600"]
+resources = {{ memory = "128M", cpus = 1 }}
+stop_grace = "2s"
+"#
+        )
+    };
+    std::fs::write(
+        &file,
+        format!("[stack]\nname = \"vmtwo\"\n{}{}", vm("a"), vm("b")),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let both = |v: &[Value]| v.len() == 2 && v.iter().all(|c| c["status"] == "running");
+    wait_long(&state, "both running", both);
+    let (a, b) = (
+        vm_facts(&state, "a")["cid"].clone(),
+        vm_facts(&state, "b")["cid"].clone(),
+    );
+    assert_ne!(a, b);
+    let mut cids = [a.as_u64().unwrap(), b.as_u64().unwrap()];
+    cids.sort();
+    assert_eq!(cids, [3, 4], "the first free ids from 3");
+
+    let released = a.as_u64().unwrap();
+    let o = run(state.osvm().args(["restart", "a"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_long(&state, "a replaced", |v| {
+        both(v) && status(&state, "a")["last_instance"].is_string()
+    });
+    assert_eq!(
+        vm_facts(&state, "a")["cid"].as_u64(),
+        Some(released),
+        "the id a stopped VM released is the lowest free one again"
+    );
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}
+
+fn kvm_usable() -> Result<(), String> {
+    osvm_microvm::host::KvmProbe::probe().usable()
+}
+
+#[test]
+fn kvm_asked_for_where_the_host_cannot_is_a_clear_error() {
+    const TEST: &str = "vm_kvm_refused";
+    if kvm_usable().is_ok() {
+        skip(
+            TEST,
+            "this host has hardware KVM: accel = \"kvm\" is honoured here",
+        );
+        return;
+    }
+    let state = StateDir::new(TEST);
+    let file = state.path.join("kvm.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "kvm"
+
+[[component]]
+name = "v"
+runtime = "microvm"
+command = "/bin/sleep"
+args = ["1"]
+microvm = { accel = "kvm" }
+"#,
+    )
+    .unwrap();
+    // No daemon needed: the check runs before anything is started or sent.
+    let o = run(state.osvm().args(["up"]).arg(&file));
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("accel = \"kvm\""), "{err}");
+    assert!(err.contains("component `v`"), "{err}");
+    let why = kvm_usable().unwrap_err();
+    assert!(err.contains(&why), "the reason ({why}) is named: {err}");
+    assert!(
+        !state.path.join("instances").exists(),
+        "nothing was started"
+    );
+}
+
+#[test]
+fn vm_boots_under_kvm_where_the_host_has_it() {
+    const TEST: &str = "vm_kvm";
+    if let Err(why) = kvm_usable() {
+        skip(
+            TEST,
+            &format!("needs hardware KVM (VMX/SVM, not PVM): {why}"),
+        );
+        return;
+    }
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let file = state.path.join("kvm.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "kvm"
+
+[[component]]
+name = "v"
+runtime = "microvm"
+command = "/bin/sleep"
+args = ["3600"]
+microvm = { accel = "kvm" }
+"#,
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_long(&state, "v running", |v| {
+        v.len() == 1 && v[0]["status"] == "running"
+    });
+    assert_eq!(vm_facts(&state, "v")["accel"], "kvm");
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}
