@@ -437,10 +437,7 @@ fn component(
         let refuse = |what: &str| {
             src.error(
                 header,
-                format!(
-                    "component `{name_text}` runs in a microVM, which does not support {what} \
-                     (yet)"
-                ),
+                format!("component `{name_text}` runs in a microVM, which does not support {what}"),
             )
         };
         if socket_activation {
@@ -449,11 +446,13 @@ fn component(
             ));
         }
         if !raw.mtls_egress.is_empty() {
-            return Err(refuse("mtls_egress (its listener lives on the host side)"));
+            return Err(refuse(
+                "mtls_egress yet: its listener lives in the component's namespace, outside the guest",
+            ));
         }
         if rootfs.is_some() || !mounts.is_empty() {
             return Err(refuse(
-                "rootfs or mounts (use microvm.include to copy files into the image)",
+                "rootfs or mounts: use microvm.include to copy host files into its image",
             ));
         }
     }
