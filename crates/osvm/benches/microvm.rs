@@ -298,7 +298,10 @@ fn main() {
             ms(pct(&s, 0.5)) / ms(fl)
         );
     };
-    row("floor: plain QEMU, busybox initramfs, to its first line", &floor);
+    row(
+        "floor: plain QEMU, busybox initramfs, to its first line",
+        &floor,
+    );
     row("osvm: QEMU spawn to the agent's hello", &boot);
     row("osvm: start to agent ready (workload started)", &ready);
     row("osvm: start to first HTTP response (over vsock)", &http);
@@ -309,9 +312,18 @@ fn main() {
     };
     println!("\nhost memory per VM (median at first response)\n");
     println!("| | MiB |\n|---|---:|");
-    println!("| floor: plain QEMU RSS at its first line | {:.1} |", mib(med(&floor_rss)));
-    println!("| osvm: QEMU's cgroup (RSS + page cache it caused) | {:.1} |", mib(med(&mem_vmm)));
-    println!("| osvm: vsock backend's cgroup | {:.1} |", mib(med(&mem_backend)));
+    println!(
+        "| floor: plain QEMU RSS at its first line | {:.1} |",
+        mib(med(&floor_rss))
+    );
+    println!(
+        "| osvm: QEMU's cgroup (RSS + page cache it caused) | {:.1} |",
+        mib(med(&mem_vmm))
+    );
+    println!(
+        "| osvm: vsock backend's cgroup | {:.1} |",
+        mib(med(&mem_backend))
+    );
     println!(
         "| osvm: total | {:.1} |",
         mib(med(&mem_vmm) + med(&mem_backend))
