@@ -171,6 +171,9 @@ pub enum Response {
     ExecResult {
         /// Exit code (`None` when killed by a signal or the timeout).
         code: Option<i32>,
+        /// The signal that killed it, if one did.
+        #[serde(default)]
+        signal: Option<i32>,
         /// Whether the timeout killed it.
         timed_out: bool,
         /// Its standard output, cut at [`MAX_EXEC_OUTPUT`] bytes.

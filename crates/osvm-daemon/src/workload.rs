@@ -128,8 +128,14 @@ impl Workload {
                 stdout: o.stdout,
                 stderr: o.stderr,
             }),
+            // The sandbox's convention: 128 + N when signal N killed it, `None` on timeout.
             Workload::Vm(v) => v.exec(command, timeout).map(|o| Exec {
-                code: if o.timed_out { None } else { o.code },
+                code: match (o.timed_out, o.code, o.signal) {
+                    (true, _, _) => None,
+                    (false, Some(c), _) => Some(c),
+                    (false, None, Some(s)) => Some(128 + s),
+                    (false, None, None) => None,
+                },
                 stdout: o.stdout.into_bytes(),
                 stderr: o.stderr.into_bytes(),
             }),

@@ -376,10 +376,22 @@ impl MicroVmRuntime {
             backend: None,
             qemu: None,
         };
-        let result = self.boot(
-            spec, id, &mut vm, &dir, &run, &uds, events, logs, accel, &warning, tsc_khz, &kernel,
-            &image, &program, vcpus, memory_mib, t0,
-        );
+        let plan = Plan {
+            id: id.to_owned(),
+            dir,
+            run,
+            uds,
+            accel,
+            warning,
+            tsc_khz,
+            kernel,
+            image,
+            program,
+            vcpus,
+            memory_mib,
+            t0,
+        };
+        let result = self.boot(spec, &plan, &mut vm, events, logs);
         match result {
             Ok(instance) => Ok(instance),
             Err(e) => {
@@ -389,27 +401,18 @@ impl MicroVmRuntime {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn boot(
         &self,
         spec: &LaunchSpec,
-        id: &str,
+        plan: &Plan,
         vm: &mut Starting,
-        dir: &Path,
-        run: &Path,
-        uds: &Path,
         events: UnixListener,
         logs: UnixListener,
-        accel: Accel,
-        warning: &Option<String>,
-        tsc_khz: u64,
-        kernel: &Kernel,
-        image: &Image,
-        program: &Path,
-        vcpus: u32,
-        memory_mib: u64,
-        t0: Instant,
     ) -> Result<MicroVmInstance, RuntimeError> {
+        let (id, dir, run, uds) = (plan.id.as_str(), &plan.dir, &plan.run, &plan.uds);
+        let (accel, warning, tsc_khz) = (plan.accel, &plan.warning, plan.tsc_khz);
+        let (kernel, image, program) = (&plan.kernel, &plan.image, &plan.program);
+        let (vcpus, memory_mib, t0) = (plan.vcpus, plan.memory_mib, plan.t0);
         if let Some(ns) = &spec.netns {
             vm.net = Some(
                 net::attach(&self.config.state_dir, ns)
@@ -641,6 +644,36 @@ impl MicroVmRuntime {
     }
 }
 
+/// What a start has decided before it boots anything.
+struct Plan {
+    /// The instance id.
+    id: String,
+    /// The instance directory.
+    dir: PathBuf,
+    /// Its run directory (sockets), bound into both sandboxes.
+    run: PathBuf,
+    /// The backend's host-side socket.
+    uds: PathBuf,
+    /// The accelerator.
+    accel: Accel,
+    /// The TCG warning, if it is TCG.
+    warning: Option<String>,
+    /// The host's TSC frequency.
+    tsc_khz: u64,
+    /// The guest kernel.
+    kernel: Kernel,
+    /// The guest image.
+    image: Image,
+    /// The program's path (in the guest as on the host).
+    program: PathBuf,
+    /// vCPUs.
+    vcpus: u32,
+    /// Guest memory in MiB.
+    memory_mib: u64,
+    /// When the start was asked for.
+    t0: Instant,
+}
+
 /// What a half-started VM holds, released in reverse order when a step fails.
 struct Starting {
     lease: Option<CidLease>,
@@ -778,6 +811,8 @@ fn spawn_logs(listener: UnixListener, stdout: PathBuf, stderr: PathBuf) {
 pub struct GuestExec {
     /// Exit code; `None` when killed or timed out.
     pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
     /// Whether the timeout ended it.
     pub timed_out: bool,
     /// Its stdout.
@@ -862,11 +897,13 @@ impl MicroVmInstance {
         match self.request(&req, timeout + CONTROL_TIMEOUT)? {
             Response::ExecResult {
                 code,
+                signal,
                 timed_out,
                 stdout,
                 stderr,
             } => Ok(GuestExec {
                 code,
+                signal,
                 timed_out,
                 stdout,
                 stderr,

@@ -90,6 +90,7 @@ fn run_exec(agent: &Agent, argv: &[String], timeout_ms: u64) -> Response {
     ) {
         Ok(outcome) => Response::ExecResult {
             code: outcome.code,
+            signal: outcome.signal,
             timed_out: outcome.timed_out,
             stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),

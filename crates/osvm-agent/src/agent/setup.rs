@@ -11,9 +11,9 @@ use osvm_agent::proto::Launch;
 use super::Agent;
 use super::exec::{self, Context};
 
-/// The busybox the image always ships; its `ip` applet configures the network.
+/// The busybox the image always ships; its `ip` and `arping` applets configure the network.
 const BUSYBOX: &str = "/bin/busybox";
-/// Generous for an `ip` command, which touches nothing but the kernel.
+/// Generous for an `ip` command, which touches nothing but the kernel (`arping` waits 1 s).
 const IP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Brings up loopback and `eth0`, writes `/etc/hosts` and sets the hostname.
@@ -23,6 +23,18 @@ pub fn configure(agent: &Agent, launch: &Launch) {
         ip(agent, &["addr", "add", &network.address, "dev", "eth0"]);
         ip(agent, &["link", "set", "eth0", "up"]);
         ip(agent, &["route", "add", "default", "via", &network.gateway]);
+        // A gratuitous ARP: the hub may still map this address to the MAC of the process that
+        // held it before this VM (the namespace's own eth0), and would keep sending there.
+        let own = network
+            .address
+            .split('/')
+            .next()
+            .unwrap_or(&network.address);
+        applet(
+            agent,
+            "arping",
+            &["-U", "-c", "1", "-w", "1", "-I", "eth0", own],
+        );
         say!("eth0: {} via {}", network.address, network.gateway);
     }
     if let Err(error) = write_hosts(launch) {
@@ -37,7 +49,12 @@ pub fn configure(agent: &Agent, launch: &Launch) {
 
 /// Runs `busybox ip ARGS`, printing what went wrong if it fails.
 fn ip(agent: &Agent, args: &[&str]) {
-    let argv: Vec<String> = [BUSYBOX, "ip"]
+    applet(agent, "ip", args);
+}
+
+/// Runs `busybox APPLET ARGS`, printing what went wrong if it fails.
+fn applet(agent: &Agent, applet: &str, args: &[&str]) {
+    let argv: Vec<String> = [BUSYBOX, applet]
         .iter()
         .chain(args)
         .map(|arg| arg.to_string())
@@ -45,7 +62,7 @@ fn ip(agent: &Agent, args: &[&str]) {
     match exec::run(&agent.children, &argv, &Context::default(), IP_TIMEOUT) {
         Ok(outcome) if outcome.code == Some(0) => {}
         Ok(outcome) => say!(
-            "`ip {}` failed ({}): {}",
+            "`{applet} {}` failed ({}): {}",
             args.join(" "),
             match (outcome.code, outcome.timed_out) {
                 (_, true) => "timed out".to_string(),
@@ -54,7 +71,7 @@ fn ip(agent: &Agent, args: &[&str]) {
             },
             String::from_utf8_lossy(&outcome.stderr).trim()
         ),
-        Err(error) => say!("cannot run `ip {}`: {error}", args.join(" ")),
+        Err(error) => say!("cannot run `{applet} {}`: {error}", args.join(" ")),
     }
 }
 
