@@ -390,6 +390,8 @@ fn two_vms_get_different_cids_and_a_released_cid_is_reused() {
         return;
     };
     let file = state.path.join("two.toml");
+    // The exec health check runs inside the guest, through the agent: healthy only where the
+    // guest's own /proc shows its init as /init.
     let vm = |name: &str| {
         format!(
             r#"
@@ -400,6 +402,7 @@ command = "/bin/sleep"
 args = ["3600"]
 resources = {{ memory = "128M", cpus = 1 }}
 stop_grace = "2s"
+health = {{ exec = ["/bin/sh", "-c", "grep -q '^/init' /proc/1/cmdline"], interval = "500ms" }}
 "#
         )
     };
@@ -411,8 +414,12 @@ stop_grace = "2s"
     let _daemon = Daemon::start(&state);
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
-    let both = |v: &[Value]| v.len() == 2 && v.iter().all(|c| c["status"] == "running");
-    wait_long(&state, "both running", both);
+    let both = |v: &[Value]| {
+        v.len() == 2
+            && v.iter()
+                .all(|c| c["status"] == "running" && c["health"]["state"] == "healthy")
+    };
+    wait_long(&state, "both running and healthy", both);
     let (a, b) = (
         vm_facts(&state, "a")["cid"].clone(),
         vm_facts(&state, "b")["cid"].clone(),
