@@ -108,6 +108,17 @@ pub struct ComponentView {
     /// How the last hot-swap ended.
     #[serde(default)]
     pub last_swap: Option<crate::store::SwapOutcome>,
+    /// Which runtime runs it.
+    #[serde(default = "process_runtime")]
+    pub runtime: osvm_core::RuntimeKind,
+    /// The running microVM's facts (accelerator and its warning, vCPUs, memory, kernel, image,
+    /// vsock context id, boot times).
+    #[serde(default)]
+    pub vm: Option<osvm_microvm::VmFacts>,
+}
+
+fn process_runtime() -> osvm_core::RuntimeKind {
+    osvm_core::RuntimeKind::Process
 }
 
 /// One component and what the engine knows about it.
@@ -1708,6 +1719,12 @@ impl Engine {
                     probe_latency_ms: u.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
                     swap: u.record.swap.clone(),
                     last_swap: u.record.last_swap.clone(),
+                    runtime: u.component.runtime,
+                    vm: u
+                        .instance
+                        .as_ref()
+                        .and_then(|i| i.vm())
+                        .map(|vm| vm.facts().clone()),
                 }
             })
             .collect()

@@ -234,8 +234,19 @@ allow = {{ from = "cli", to = "web", ports = [8080] }}
     );
 
     // vsock: the hybrid CONNECT to the agent's control port, then a forward to port 8080.
+    // The accelerator, and on a host without VMX/SVM the TCG warning, in `osvm status`.
     let facts = vm_facts(&state, "web");
-    assert_eq!(facts["accel"], "tcg", "{facts}");
+    let shown = status(&state, "web");
+    assert_eq!(shown["runtime"], "microvm");
+    assert_eq!(shown["vm"]["accel"], facts["accel"], "{shown}");
+    if kvm_usable().is_err() {
+        assert_eq!(facts["accel"], "tcg", "{facts}");
+        let text = stdout(&run(state.osvm().args(["status", "web"])));
+        assert!(
+            text.contains("warning") && text.contains("software emulation"),
+            "{text}"
+        );
+    }
     let id = status(&state, "web")["instance"]
         .as_str()
         .unwrap()

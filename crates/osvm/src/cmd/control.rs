@@ -99,6 +99,25 @@ pub fn status(global: &Global, args: NameArgs) -> anyhow::Result<ExitCode> {
     if !v.reason.is_empty() {
         println!("{:<10} {}", "reason", v.reason);
     }
+    println!("{:<10} {}", "runtime", v.runtime);
+    if let Some(vm) = &v.vm {
+        println!(
+            "{:<10} {}, {} vCPUs, {} MiB, kernel {}, vsock cid {}, booted in {} ms",
+            "vm",
+            vm.accel.as_str(),
+            vm.vcpus,
+            vm.memory_mib,
+            vm.kernel,
+            vm.cid,
+            vm.boot_ms
+        );
+        if let Some(addr) = &vm.address {
+            println!("{:<10} {addr}", "address");
+        }
+        if let Some(w) = &vm.warning {
+            println!("{:<10} {w}", "warning");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
