@@ -1707,7 +1707,15 @@ impl Engine {
                     listen: u.component.listen.clone(),
                     pid: u.instance.as_ref().map(|i| i.init_pid()),
                     stats: if running { u.stats.clone() } else { None },
-                    memory_limit: u.component.resources.memory_bytes,
+                    // A VM's usage is its QEMU's cgroup: guest memory plus QEMU's own.
+                    memory_limit: match u.component.runtime {
+                        osvm_core::RuntimeKind::MicroVm => u
+                            .component
+                            .resources
+                            .memory_bytes
+                            .map(|m| m + osvm_microvm::runtime::QEMU_OVERHEAD),
+                        _ => u.component.resources.memory_bytes,
+                    },
                     cpu_percent: if running { u.cpu_percent } else { 0.0 },
                     restarts: u.record.restarts,
                     uptime_secs: u
