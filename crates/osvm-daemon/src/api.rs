@@ -680,8 +680,46 @@ async fn logs(
         all.drain(..skip);
     }
     let first: Vec<u8> = all.into_iter().flat_map(|l| l.text).collect();
-    if !q.follow {
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], first).into_response());
+    Ok(text_response(first, q.follow, Tail::Records(files)))
+}
+
+/// What a followed log response reads more of.
+enum Tail {
+    /// Stamped record files (path, stream label, offset read so far), interleaved by time.
+    Records(Vec<(std::path::PathBuf, &'static str, u64)>),
+    /// A raw file (a guest console) and the offset read so far.
+    Raw(std::path::PathBuf, u64),
+}
+
+impl Tail {
+    /// What was appended since the last call; `None` once the source is gone.
+    async fn more(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Tail::Records(files) => {
+                let mut batch = Vec::new();
+                for (path, label, offset) in files.iter_mut() {
+                    let (bytes, next) = read_records(path, *offset).await;
+                    *offset = next;
+                    batch.extend(lines_of(&bytes, label));
+                }
+                batch.sort_by(|a, b| a.time.cmp(&b.time));
+                Some(batch.into_iter().flat_map(|l| l.text).collect())
+            }
+            Tail::Raw(path, offset) => {
+                let bytes = tokio::fs::read(&*path).await.ok()?;
+                let start = (*offset as usize).min(bytes.len());
+                *offset = bytes.len() as u64;
+                Some(bytes[start..].to_vec())
+            }
+        }
+    }
+}
+
+/// A text response of `first`; with `follow` the response stays open and carries what `tail`
+/// finds appended, every 200 ms, until the client goes away or the source does.
+fn text_response(first: Vec<u8>, follow: bool, mut tail: Tail) -> Response {
+    if !follow {
+        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], first).into_response();
     }
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
@@ -693,28 +731,20 @@ async fn logs(
             if tx.is_closed() {
                 return;
             }
-            let mut batch = Vec::new();
-            for (path, label, offset) in files.iter_mut() {
-                let (bytes, next) = read_records(path, *offset).await;
-                *offset = next;
-                batch.extend(lines_of(&bytes, label));
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            batch.sort_by(|a, b| a.time.cmp(&b.time));
-            let chunk: Vec<u8> = batch.into_iter().flat_map(|l| l.text).collect();
-            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+            let Some(chunk) = tail.more().await else {
+                return;
+            };
+            if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
                 return;
             }
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
-    Ok((
+    (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 /// A microVM's guest console (the serial port, as the guest kernel and agent wrote it).
@@ -726,7 +756,7 @@ async fn console(name: &str, path: std::path::PathBuf, q: LogsQuery) -> Result<R
             format!("`{name}` has no guest console: only microVM components have one"),
         ));
     };
-    let mut offset = bytes.len() as u64;
+    let offset = bytes.len() as u64;
     let mut first = bytes;
     if let Some(n) = q.tail {
         let text = String::from_utf8_lossy(&first).into_owned();
@@ -738,38 +768,7 @@ async fn console(name: &str, path: std::path::PathBuf, q: LogsQuery) -> Result<R
             format!("{keep}\n").into_bytes()
         };
     }
-    if !q.follow {
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], first).into_response());
-    }
-    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
-    tokio::spawn(async move {
-        if tx.send(Ok(Bytes::from(first))).await.is_err() {
-            return;
-        }
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if tx.is_closed() {
-                return;
-            }
-            let Ok(bytes) = tokio::fs::read(&path).await else {
-                return;
-            };
-            if (bytes.len() as u64) <= offset {
-                continue;
-            }
-            let chunk = bytes[offset as usize..].to_vec();
-            offset = bytes.len() as u64;
-            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-                return;
-            }
-        }
-    });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(text_response(first, q.follow, Tail::Raw(path, offset)))
 }
 
 /// Totals and per-component usage.

@@ -421,27 +421,14 @@ impl Engine {
             // The previous engine held the VM's vsock connections and context id; without
             // them the guest cannot be driven, so it is stopped and started afresh.
             stop_orphan_vm(&self.runtime, &id);
-            self.emit(
+            return self.lost(
                 i,
-                "lost",
+                now,
                 &format!(
                     "instance {id}: a restarted daemon does not re-adopt microVMs; it was \
                      stopped and starts again"
                 ),
             );
-            let u = &mut self.units[i];
-            u.record.intent = None;
-            u.record.instance = None;
-            if u.record.enabled
-                && !matches!(
-                    u.record.status,
-                    ComponentStatus::Failed | ComponentStatus::Stopped
-                )
-            {
-                u.restart_at = Some(now);
-            }
-            self.save(i);
-            return;
         }
         match self.runtime.adopt(&id) {
             Ok(Adopted::Running(inst)) => {
@@ -495,23 +482,27 @@ impl Engine {
                 self.units[i].record.intent = None;
                 self.on_exit(i, exit.status, now);
             }
-            Err(e) => {
-                // The start was recorded but never happened (or its directory is gone).
-                self.emit(i, "lost", &format!("instance {id}: {e}"));
-                let u = &mut self.units[i];
-                u.record.intent = None;
-                u.record.instance = None;
-                if u.record.enabled
-                    && !matches!(
-                        u.record.status,
-                        ComponentStatus::Failed | ComponentStatus::Stopped
-                    )
-                {
-                    u.restart_at = Some(now);
-                }
-                self.save(i);
-            }
+            // The start was recorded but never happened (or its directory is gone).
+            Err(e) => self.lost(i, now, &format!("instance {id}: {e}")),
         }
+    }
+
+    /// Unit `i`'s instance is gone without an exit record: forgotten, and started again now
+    /// unless the component is meant to be stopped or has failed.
+    fn lost(&mut self, i: usize, now: Instant, detail: &str) {
+        self.emit(i, "lost", detail);
+        let u = &mut self.units[i];
+        u.record.intent = None;
+        u.record.instance = None;
+        if u.record.enabled
+            && !matches!(
+                u.record.status,
+                ComponentStatus::Failed | ComponentStatus::Stopped
+            )
+        {
+            u.restart_at = Some(now);
+        }
+        self.save(i);
     }
 
     /// Applies `stack` as desired state: new components start, changed ones are replaced,

@@ -455,6 +455,27 @@ health = {{ exec = ["/bin/sh", "-c", "grep -q '^/init' /proc/1/cmdline"], interv
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
 
+/// A stack of one VM that insists on KVM.
+fn kvm_stack(state: &StateDir) -> PathBuf {
+    let file = state.path.join("kvm.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "kvm"
+
+[[component]]
+name = "v"
+runtime = "microvm"
+command = "/bin/sleep"
+args = ["3600"]
+microvm = { accel = "kvm" }
+"#,
+    )
+    .unwrap();
+    file
+}
+
 fn kvm_usable() -> Result<(), String> {
     osvm_microvm::host::KvmProbe::probe().usable()
 }
@@ -470,22 +491,7 @@ fn kvm_asked_for_where_the_host_cannot_is_a_clear_error() {
         return;
     }
     let state = StateDir::new(TEST);
-    let file = state.path.join("kvm.toml");
-    std::fs::write(
-        &file,
-        r#"
-[stack]
-name = "kvm"
-
-[[component]]
-name = "v"
-runtime = "microvm"
-command = "/bin/sleep"
-args = ["1"]
-microvm = { accel = "kvm" }
-"#,
-    )
-    .unwrap();
+    let file = kvm_stack(&state);
     // No daemon needed: the check runs before anything is started or sent.
     let o = run(state.osvm().args(["up"]).arg(&file));
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
@@ -513,22 +519,7 @@ fn vm_boots_under_kvm_where_the_host_has_it() {
     let Some(state) = vm_state(TEST) else {
         return;
     };
-    let file = state.path.join("kvm.toml");
-    std::fs::write(
-        &file,
-        r#"
-[stack]
-name = "kvm"
-
-[[component]]
-name = "v"
-runtime = "microvm"
-command = "/bin/sleep"
-args = ["3600"]
-microvm = { accel = "kvm" }
-"#,
-    )
-    .unwrap();
+    let file = kvm_stack(&state);
     let _daemon = Daemon::start(&state);
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
