@@ -58,6 +58,10 @@ pub struct Plan {
     /// the launcher; the workload gets them at 3 onwards, systemd style).
     #[serde(default)]
     pub listen_fds: usize,
+    /// The workload's stdout is the launcher's own stdout (a channel the runtime's caller
+    /// reads, such as an MCP stdio transport) instead of a pipe drained into `stdout.log`.
+    #[serde(default)]
+    pub stdout_channel: bool,
 }
 
 /// Where the launcher finds the listening sockets handed to the workload.

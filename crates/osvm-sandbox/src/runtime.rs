@@ -157,6 +157,30 @@ impl SandboxRuntime {
         stdin: Stdio,
         listen: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<SandboxInstance, RuntimeError> {
+        self.start(spec, id, stdin, None, listen)
+    }
+
+    /// [`SandboxRuntime::start_sandbox_as`] whose workload writes its stdout to `stdout`
+    /// itself (a pipe the caller reads: an MCP server's stdio channel) rather than to
+    /// `stdout.log`; its stderr is still logged.
+    pub fn start_sandbox_channel(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Result<SandboxInstance, RuntimeError> {
+        self.start(spec, id, stdin, Some(stdout), &[])
+    }
+
+    fn start(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        stdin: Stdio,
+        channel: Option<Stdio>,
+        listen: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<SandboxInstance, RuntimeError> {
         if listen.len() > crate::plan::MAX_LISTEN_FDS {
             return Err(RuntimeError::InvalidSpec(format!(
                 "at most {} listening sockets can be handed over, not {}",
@@ -214,7 +238,11 @@ impl SandboxRuntime {
         }
         let stdout_path = instance_dir.join("stdout.log");
         let stderr_path = instance_dir.join("stderr.log");
-        let stdout = open_log(&stdout_path)?;
+        let stdout_channel = channel.is_some();
+        let stdout = match channel {
+            Some(channel) => channel,
+            None => Stdio::from(open_log(&stdout_path)?),
+        };
         let stderr = open_log(&stderr_path)?;
 
         let cgroup = cgroup::create(hierarchy, &id, &spec.resources)
@@ -229,6 +257,7 @@ impl SandboxRuntime {
             id_map: self.config.id_map,
             host_root: true,
             listen_fds: listen.len(),
+            stdout_channel,
         };
         let plan_path = instance_dir.join("plan.json");
         let written = serde_json::to_vec_pretty(&plan)
@@ -532,7 +561,7 @@ fn spawn_monitor(
     launcher: &Path,
     plan_path: &Path,
     stdin: Stdio,
-    stdout: File,
+    stdout: Stdio,
     stderr: File,
     listen: &[i32],
 ) -> Result<(Child, OwnedFd), RuntimeError> {

@@ -113,9 +113,10 @@ fn clone_fork(flags: libc::c_int) -> std::io::Result<libc::pid_t> {
     }
 }
 
-/// Drains the workload's stdout and stderr into this process's stdout and stderr (the
-/// instance's log files) as stamped records (see [`crate::output`]), until both pipes end.
-fn pump_output(out: OwnedFd, err: OwnedFd) {
+/// Drains the workload's stdout (unless it is a channel the runtime reads, `None`) and stderr
+/// into this process's stdout and stderr (the instance's log files) as stamped records (see
+/// [`crate::output`]), until the pipes end.
+fn pump_output(out: Option<OwnedFd>, err: OwnedFd) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::io::Read;
 
@@ -126,7 +127,7 @@ fn pump_output(out: OwnedFd, err: OwnedFd) {
     }
     // SAFETY: fresh descriptors from dup, owned from here on.
     let mut logs = unsafe { [File::from_raw_fd(log_out), File::from_raw_fd(log_err)] };
-    let mut pipes = [Some(File::from(out)), Some(File::from(err))];
+    let mut pipes = [out.map(File::from), Some(File::from(err))];
     let mut stampers = [
         crate::output::Stamper::default(),
         crate::output::Stamper::default(),
@@ -256,8 +257,14 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     apply_rlimits(plan)?;
     let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (msg_r, msg_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // The workload's stdout and stderr: pipes this process drains into the log files.
-    let (out_r, out_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The workload's stdout and stderr: pipes this process drains into the log files (for a
+    // stdout channel, the workload writes to this process's own stdout instead).
+    let (out_r, out_w) = if plan.stdout_channel {
+        (None, None)
+    } else {
+        let (r, w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        (Some(r), Some(w))
+    };
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
@@ -307,7 +314,9 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         drop(err_r);
         // SAFETY: dup2 onto this process's own stdout and stderr, which it then uses.
         unsafe {
-            libc::dup2(out_w.as_raw_fd(), 1);
+            if let Some(out_w) = &out_w {
+                libc::dup2(out_w.as_raw_fd(), 1);
+            }
             libc::dup2(err_w.as_raw_fd(), 2);
         }
         drop(out_w);
