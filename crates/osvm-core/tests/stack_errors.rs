@@ -593,6 +593,147 @@ fn cases() -> Vec<Case> {
             16,
             "needs `to`, `port` and `listen`",
         ),
+        case(
+            "mcp table on a component that is not an MCP server",
+            base("mcp = { transport = \"stdio\" }"),
+            7,
+            7,
+            "component `web` has an `mcp` table but is of kind `service`",
+        ),
+        case(
+            "http transport without port",
+            base("type = { kind = \"mcp_server\", name = \"fs\" }\nmcp = { transport = \"http\" }"),
+            8,
+            7,
+            "transport = \"http\" needs `port`",
+        ),
+        case(
+            "http port not in listen",
+            base(
+                "type = { kind = \"mcp_server\", name = \"fs\" }\nlisten = [80]\nmcp = { transport = \"http\", port = 8080 }",
+            ),
+            9,
+            36,
+            "mcp port 8080 is not one of component `web`'s listen ports (it listens on [80])",
+        ),
+        case(
+            "http port with no listen ports at all",
+            base(
+                "type = { kind = \"mcp_server\", name = \"fs\" }\nmcp = { transport = \"http\", port = 8080 }",
+            ),
+            8,
+            36,
+            "it has no `listen` ports",
+        ),
+        case(
+            "port on a stdio server",
+            base("type = { kind = \"mcp_server\", name = \"fs\" }\nmcp = { port = 80 }"),
+            8,
+            16,
+            "`port` only applies to transport = \"http\"",
+        ),
+        case(
+            "unknown mcp transport",
+            base("type = { kind = \"mcp_server\", name = \"fs\" }\nmcp = { transport = \"sse\" }"),
+            8,
+            21,
+            "unknown variant `sse`, expected `stdio` or `http`",
+        ),
+        case(
+            "duplicate mcp prefix",
+            base(
+                "type = { kind = \"mcp_server\", name = \"fs\" }\n\n[[component]]\nname = \"fs2\"\ncommand = \"x\"\ntype = { kind = \"mcp_server\", name = \"files\" }\nmcp = { prefix = \"fs\" }",
+            ),
+            13,
+            18,
+            "components `web` and `fs2` both give their MCP tools the prefix `fs`",
+        ),
+        case(
+            "bad mcp prefix",
+            base("type = { kind = \"mcp_server\", name = \"fs\" }\nmcp = { prefix = \"Files\" }"),
+            8,
+            18,
+            "invalid mcp prefix `Files`",
+        ),
+        case(
+            "mcp server name with a dot",
+            base("type = { kind = \"mcp_server\", name = \"my.fs\" }"),
+            7,
+            38,
+            "MCP server name `my.fs` contains '.'",
+        ),
+        case(
+            "mcp_policy with both allow and deny",
+            base(
+                "\n[[mcp_policy]]\nallow = { clients = [\"*\"], tools = [\"*\"] }\ndeny = { clients = [\"*\"], tools = [\"*\"] }",
+            ),
+            10,
+            8,
+            "this [[mcp_policy]] has both `allow` and `deny`",
+        ),
+        case(
+            "mcp_policy with neither allow nor deny",
+            base("\n[[mcp_policy]]"),
+            8,
+            1,
+            "this [[mcp_policy]] has no rule",
+        ),
+        case(
+            "mcp_policy without tools",
+            base("\n[[mcp_policy]]\nallow = { clients = [\"*\"] }"),
+            9,
+            9,
+            "mcp_policy rule has no `tools`",
+        ),
+        case(
+            "mcp_policy with no clients",
+            base("\n[[mcp_policy]]\nallow = { clients = [], tools = [\"*\"] }"),
+            9,
+            21,
+            "`clients` is empty",
+        ),
+        case(
+            "mcp_policy naming an unknown server",
+            base(
+                "type = { kind = \"mcp_server\", name = \"fs\" }\n\n[[mcp_policy]]\nallow = { clients = [\"alice\"], tools = [\"db.query\"] }",
+            ),
+            10,
+            41,
+            "tool pattern `db.query` names MCP server `db`, which this stack does not define; its MCP servers are fs",
+        ),
+        case(
+            "mcp_policy naming a server by its prefix",
+            base(
+                "type = { kind = \"mcp_server\", name = \"fs\" }\nmcp = { prefix = \"files\" }\n\n[[mcp_policy]]\nallow = { clients = [\"alice\"], tools = [\"files.*\"] }",
+            ),
+            11,
+            41,
+            "not its prefix",
+        ),
+        case(
+            "tool pattern without a dot",
+            base("\n[[mcp_policy]]\ndeny = { clients = [\"*\"], tools = [\"write_file\"] }"),
+            9,
+            36,
+            "tool pattern `write_file` has no `.`; tool patterns are `<server>.<tool>`",
+        ),
+        case(
+            "mcp rate 0",
+            base("").replace("name = \"demo\"", "name = \"demo\"\nmcp = { rate = 0 }"),
+            3,
+            16,
+            "mcp rate 0 is out of range; expected a whole number from 1 to 1000000",
+        ),
+        case(
+            "bad mcp max_message_size",
+            base("").replace(
+                "name = \"demo\"",
+                "name = \"demo\"\nmcp = { max_message_size = \"4Q\" }",
+            ),
+            3,
+            28,
+            "invalid `mcp.max_message_size`",
+        ),
     ]
 }
 

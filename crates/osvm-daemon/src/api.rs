@@ -120,6 +120,10 @@ pub async fn serve(socket: &Path, shared: Arc<Shared>) -> Result<(), DaemonError
 
 /// The API's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let mcp = match &shared.mcp {
+        Some(gw) => crate::mcp::routes(gw.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route(
             "/openapi.json",
@@ -149,6 +153,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             axum::routing::delete(policy_remove),
         )
         .route("/v1/network", get(network))
+        .merge(mcp.with_state(()))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

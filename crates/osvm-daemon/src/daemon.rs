@@ -112,6 +112,8 @@ pub struct Shared {
     pub last_tick_us: std::sync::atomic::AtomicU64,
     /// Reconcile passes so far.
     pub ticks: std::sync::atomic::AtomicU64,
+    /// The MCP gateway.
+    pub mcp: Option<osvm_mcp::Gateway>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -119,7 +121,14 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| DaemonError::Io(format!("create {}", config.state_dir.display()), e))?;
     let store = Arc::new(Store::open(&config.state_dir.join("osvm.redb"))?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Io("start the async runtime".into(), e))?;
+    let gateway = osvm_mcp::Gateway::new(rt.handle().clone(), &config.state_dir);
     let mut engine = Engine::open(runtime, store.clone())?;
+    engine.set_gateway(gateway.clone());
     engine.note("daemon", "started");
     let (tx, rx) = std::sync::mpsc::channel();
     let (events, _) = broadcast::channel(1024);
@@ -131,6 +140,7 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
         state_dir: config.state_dir.clone(),
         last_tick_us: Default::default(),
         ticks: Default::default(),
+        mcp: Some(gateway),
     });
     let engine_shared = shared.clone();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -138,12 +148,6 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
         .name("engine".into())
         .spawn(move || engine_loop(engine, &engine_shared, &rx, &stop_rx))
         .map_err(|e| DaemonError::Io("start the engine thread".into(), e))?;
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| DaemonError::Io("start the async runtime".into(), e))?;
     let served = rt.block_on(async {
         if let Some(addr) = config.metrics {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -250,12 +250,33 @@ pub struct Engine {
     rotations: BTreeMap<String, Instant>,
     /// The hub network, once a `network = "hub"` stack needed it.
     net: Option<crate::network::NetPlane>,
+    /// The MCP gateway that MCP server components are attached to (the daemon's; `osvm up`
+    /// runs without one, and starts MCP stdio servers with their stdout logged).
+    mcp: Option<osvm_mcp::Gateway>,
 }
 
 /// How often instance logs are checked against the stack's `log_max_size`.
 const LOG_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often the CAs in use are checked for nearing expiry.
 const CA_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether the component is an MCP server reached over its stdio.
+fn stdio_mcp(c: &Component) -> bool {
+    c.mcp
+        .as_ref()
+        .is_some_and(|m| m.transport == osvm_core::stack::McpTransport::Stdio)
+}
+
+/// Two pipes for an MCP stdio channel: (its stdin: read, write), (its stdout: read, write).
+#[allow(clippy::type_complexity)]
+fn stdio_pipes() -> std::io::Result<(
+    (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+)> {
+    let stdin = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let stdout = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((stdin, stdout))
+}
 
 /// Stops what is left of microVM instance `id` (its QEMU and vsock backend sandboxes).
 fn stop_orphan_vm(runtime: &SandboxRuntime, id: &str) {
@@ -307,6 +328,7 @@ impl Engine {
             last_ca_check: None,
             rotations: BTreeMap::new(),
             net: None,
+            mcp: None,
         };
         let records: BTreeMap<String, ComponentRecord> = engine
             .store
@@ -391,6 +413,77 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Attaches MCP server components to `gateway` from now on (their next starts).
+    pub fn set_gateway(&mut self, gateway: osvm_mcp::Gateway) {
+        self.mcp = Some(gateway);
+        self.configure_mcp();
+    }
+
+    /// Tells the gateway which MCP servers, rules and settings the applied stacks declare.
+    fn configure_mcp(&mut self) {
+        let Some(gw) = &self.mcp else {
+            return;
+        };
+        let mut servers = Vec::new();
+        let mut rules = Vec::new();
+        let mut settings: Option<osvm_core::stack::McpSettings> = None;
+        for stack in self.stacks.values() {
+            let mut declares = false;
+            for c in &stack.components {
+                if let Some(spec) = &c.mcp {
+                    declares = true;
+                    servers.push(osvm_mcp::ServerDecl {
+                        stack: stack.name.clone(),
+                        component: c.name.clone(),
+                        spec: spec.clone(),
+                    });
+                }
+            }
+            rules.extend(stack.mcp_policy.iter().cloned());
+            if declares {
+                // Several stacks: the tightest of their limits.
+                let s = &stack.mcp;
+                settings = Some(match settings {
+                    None => *s,
+                    Some(t) => osvm_core::stack::McpSettings {
+                        call_timeout: t.call_timeout.min(s.call_timeout),
+                        max_message_bytes: t.max_message_bytes.min(s.max_message_bytes),
+                        rate_per_second: t.rate_per_second.min(s.rate_per_second),
+                        burst: t.burst.min(s.burst),
+                    },
+                });
+            }
+        }
+        if let Err(e) = gw.configure(servers, &rules, settings.unwrap_or_default()) {
+            self.note("mcp-failed", &format!("the MCP policy: {e}"));
+        }
+    }
+
+    /// Restarts MCP servers the gateway found broken (hung, crashed, wrote garbage).
+    fn follow_mcp_failures(&mut self, now: Instant) {
+        let Some(gw) = &self.mcp else {
+            return;
+        };
+        for f in gw.take_failures() {
+            let Some(i) = self.units.iter().position(|u| {
+                u.record.stack == f.stack
+                    && u.component.name == f.component
+                    && u.instance
+                        .as_ref()
+                        .is_some_and(|inst| inst.id() == f.instance)
+            }) else {
+                continue;
+            };
+            self.emit(
+                i,
+                "mcp-failed",
+                &format!("instance {}: {}; restarting it", f.instance, f.reason),
+            );
+            self.units[i].unhealthy_stop = true;
+            self.request_stop(i, now);
+        }
+    }
+
     /// Finds unit `i`'s instance again, or decides what to do without it.
     fn recover(&mut self, i: usize) {
         let now = Instant::now();
@@ -417,6 +510,20 @@ impl Engine {
             }
             return;
         };
+        if stdio_mcp(&self.units[i].component) && self.mcp.is_some() {
+            // Its stdio channel was the previous engine's pipes, gone with it.
+            if let Ok(Adopted::Running(inst)) = self.runtime.adopt(&id) {
+                let _ = inst.stop(self.units[i].component.stop_grace);
+            }
+            return self.lost(
+                i,
+                now,
+                &format!(
+                    "instance {id}: its MCP stdio channel belonged to the previous daemon; it \
+                     was stopped and starts again"
+                ),
+            );
+        }
         if self.units[i].component.runtime == osvm_core::RuntimeKind::MicroVm {
             // The previous engine held the VM's vsock connections and context id; without
             // them the guest cannot be driven, so it is stopped and started afresh.
@@ -555,6 +662,7 @@ impl Engine {
         self.collect_removed();
         // Policy may have changed without any component restarting.
         self.reapply_network();
+        self.configure_mcp();
         Ok(())
     }
 
@@ -576,10 +684,14 @@ impl Engine {
         }
         let units = &self.units;
         let store = &self.store;
+        let before = self.stacks.len();
         self.stacks.retain(|name, _| {
             units.iter().any(|u| &u.record.stack == name)
                 || store.stack(name).ok().flatten().is_some()
         });
+        if self.stacks.len() != before {
+            self.configure_mcp();
+        }
         if let Some(plane) = self.net.as_mut()
             && !left_hub.is_empty()
         {
@@ -934,6 +1046,9 @@ impl Engine {
     }
 
     fn tick_unit(&mut self, i: usize, now: Instant) {
+        if i == 0 {
+            self.follow_mcp_failures(now);
+        }
         self.tick_swap(i, now);
         self.tick_boot(i, now);
         if let Some(inst) = self.units[i].instance.clone() {
@@ -1309,6 +1424,27 @@ impl Engine {
             }
             return;
         }
+        if stdio_mcp(&self.units[i].component)
+            && let Some(gw) = self.mcp.clone()
+        {
+            let server = self.units[i]
+                .component
+                .mcp
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            let result = match stdio_pipes() {
+                Ok(((in_r, in_w), (out_r, out_w))) => self
+                    .runtime
+                    .start_sandbox_channel(&spec, &id, Stdio::from(in_r), Stdio::from(out_w))
+                    .map(|inst| {
+                        gw.attach_stdio(&server, &id, out_r, in_w);
+                        Workload::Sandbox(inst)
+                    }),
+                Err(e) => Err(osvm_core::RuntimeError::io("make the MCP stdio pipes", e)),
+            };
+            return self.start_result(i, id, result, now);
+        }
         let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
         let result = self
             .runtime
@@ -1409,6 +1545,13 @@ impl Engine {
     }
 
     fn on_exit(&mut self, i: usize, status: ExitStatus, now: Instant) {
+        if let (Some(gw), Some(spec), Some(id)) = (
+            &self.mcp,
+            &self.units[i].component.mcp,
+            &self.units[i].record.instance,
+        ) {
+            gw.detach(&spec.name, id, &format!("instance {id} {status}"));
+        }
         let u = &mut self.units[i];
         u.instance = None;
         u.probe = None;

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod health;
 pub mod identity;
 pub mod logs;
+pub mod mcp;
 pub mod metrics;
 pub mod network;
 pub mod store;

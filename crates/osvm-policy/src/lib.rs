@@ -17,8 +17,13 @@
 //! can apply to the subject, not at all of them; `benches/evaluate.rs` measures it with 100,000
 //! rules against a plain scan. Every [`Verdict`] names the rule that decided it, and
 //! [`AuditRecord`] is the line the audit log keeps for it.
+//!
+//! MCP tool access is judged by the same two principles in [`mcp`]: a client (a bearer token's
+//! client name or a certificate's SPIFFE ID) may use a tool `<server>.<tool>` only if an
+//! `[[mcp_policy]]` rule allows it and none denies it.
 
 mod audit;
+pub mod mcp;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -86,6 +86,9 @@ pub enum Command {
     /// The hub network of the daemon's stacks
     #[command(subcommand)]
     Net(NetCommand),
+    /// The MCP gateway: serve it to an MCP client, list and call tools, manage client tokens
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Guest kernels for microVMs
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -94,6 +97,86 @@ pub enum Command {
     Image(ImageCommand),
     /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Be an MCP server on stdin/stdout for a local agent (the daemon's gateway behind it), or
+    /// with --listen an MCP streamable-HTTP endpoint for remote clients (bearer tokens)
+    Serve(McpServeArgs),
+    /// List the tools the gateway offers a client: `<server>.<tool>`, the server, the policy's
+    /// decision
+    Tools(McpToolsArgs),
+    /// The MCP servers behind the gateway and whether each is connected
+    Servers,
+    /// Call one tool through the gateway (policy, rate limit and audit apply); exit 0 when the
+    /// tool answered, 1 when it reported an error, 3 when the gateway refused or failed the call
+    Call(McpCallArgs),
+    /// Bearer tokens for MCP clients
+    #[command(subcommand)]
+    Token(McpTokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct McpServeArgs {
+    /// The client identity this session acts as (the policy's `clients`); root only, as the
+    /// daemon's socket is
+    #[arg(long = "as", value_name = "CLIENT", conflicts_with = "token")]
+    pub client: Option<String>,
+    /// A bearer token osvm issued (`osvm mcp token issue`); also OSVM_MCP_TOKEN
+    #[arg(long, env = "OSVM_MCP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Serve streamable HTTP at this address (`/mcp`); each request must carry
+    /// `Authorization: Bearer <token>`
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct McpToolsArgs {
+    /// Whose view (default: `operator`)
+    #[arg(long = "as", value_name = "CLIENT")]
+    pub client: Option<String>,
+    /// Also list the tools the client may not call, with the reason
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct McpCallArgs {
+    /// `<server>.<tool>`
+    pub name: String,
+    /// The arguments, a JSON object
+    #[arg(long, default_value = "{}", value_name = "JSON")]
+    pub args: String,
+    /// The client to call as (default: `operator`)
+    #[arg(long = "as", value_name = "CLIENT")]
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpTokenCommand {
+    /// Issue a token for a client; it is printed once and only its hash is kept
+    Issue(McpTokenIssueArgs),
+    /// List issued tokens (without secrets)
+    List,
+    /// Revoke a token by id, or every token of a client
+    Revoke(McpTokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpTokenIssueArgs {
+    /// The client name the token stands for
+    pub client: String,
+    /// How long it is valid (e.g. `24h`); default: until revoked
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct McpTokenRevokeArgs {
+    /// A token id or a client name
+    pub what: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -106,6 +106,87 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Upgrades `GET path` (with `headers`) to a raw stream of protocol `protocol`, then copies
+    /// this process's stdin to it and it to stdout until either side ends; at most `max_line`
+    /// bytes between newlines are passed on from stdin.
+    pub fn bridge_stdio(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        protocol: &str,
+        max_line: usize,
+    ) -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.rt.block_on(async {
+            let stream = UnixStream::connect(&self.socket).await.with_context(|| {
+                format!(
+                    "cannot reach the osvm daemon at {}; is `osvm daemon` running?",
+                    self.socket.display()
+                )
+            })?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let mut req = Request::builder()
+                .method(Method::GET)
+                .uri(format!("http://osvm{path}"))
+                .header("host", "osvm")
+                .header("connection", "upgrade")
+                .header("upgrade", protocol);
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let resp = sender
+                .send_request(req.body(Full::new(Bytes::new()))?)
+                .await?;
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                let status = resp.status();
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                return Err(failure(status, &bytes).into());
+            }
+            let upgraded = hyper::upgrade::on(resp).await?;
+            let (mut from_daemon, mut to_daemon) = tokio::io::split(TokioIo::new(upgraded));
+            let up = async {
+                let mut stdin = tokio::io::stdin();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut line = 0usize;
+                loop {
+                    let n = stdin.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    for &b in &buf[..n] {
+                        line = if b == b'\n' { 0 } else { line + 1 };
+                        if line > max_line {
+                            return Err(anyhow!(
+                                "a message from the client is longer than {max_line} bytes"
+                            ));
+                        }
+                    }
+                    to_daemon.write_all(&buf[..n]).await?;
+                }
+                to_daemon.shutdown().await?;
+                anyhow::Ok(())
+            };
+            let down = async {
+                let mut stdout = tokio::io::stdout();
+                tokio::io::copy(&mut from_daemon, &mut stdout).await?;
+                stdout.flush().await?;
+                anyhow::Ok(())
+            };
+            // The session ends when the gateway closes it (or the client's input ends and the
+            // gateway has answered).
+            tokio::select! {
+                r = down => r,
+                r = async { up.await?; std::future::pending::<anyhow::Result<()>>().await } => r,
+            }
+        })
+    }
+}
+
 fn failure(status: StatusCode, body: &[u8]) -> ApiFailure {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let field = |k: &str| {

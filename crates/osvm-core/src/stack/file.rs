@@ -33,6 +33,9 @@ pub(crate) struct RawFile {
     /// `[[policy]]` entries in file order.
     #[serde(default)]
     pub(crate) policy: Vec<Spanned<Table<RawPolicy>>>,
+    /// `[[mcp_policy]]` entries in file order.
+    #[serde(default)]
+    pub(crate) mcp_policy: Vec<Spanned<Table<RawMcpPolicy>>>,
 }
 
 /// `[stack]`.
@@ -61,6 +64,22 @@ pub(crate) struct RawStack {
     pub(crate) log_files: Option<Spanned<Int>>,
     /// Which network the components get.
     pub(crate) network: Option<Spanned<Word<super::StackNetwork>>>,
+    /// Limits of the MCP gateway.
+    pub(crate) mcp: Option<Spanned<Table<RawMcpSettings>>>,
+}
+
+/// `mcp = { call_timeout = "30s", max_message_size = "4M", rate = 20, burst = 40 }` in `[stack]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMcpSettings {
+    /// How long one request may take upstream.
+    pub(crate) call_timeout: Option<Spanned<String>>,
+    /// The largest JSON-RPC message.
+    pub(crate) max_message_size: Option<Spanned<SizeText>>,
+    /// Calls per second per client.
+    pub(crate) rate: Option<Spanned<Int>>,
+    /// Burst per client.
+    pub(crate) burst: Option<Spanned<Int>>,
 }
 
 /// `[[component]]`.
@@ -119,6 +138,32 @@ pub(crate) struct RawComponent {
     pub(crate) mtls_egress: Vec<Spanned<Table<RawEgress>>>,
     /// Settings of the `microvm` runtime.
     pub(crate) microvm: Option<Spanned<Table<RawMicroVm>>>,
+    /// How the MCP gateway reaches an `mcp_server` component.
+    pub(crate) mcp: Option<Spanned<Table<RawMcp>>>,
+}
+
+/// `mcp = { transport = "http", port = 8080, path = "/mcp", prefix = "files" }` in a component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMcp {
+    /// `stdio` or `http`.
+    pub(crate) transport: Option<Spanned<Word<McpTransportKind>>>,
+    /// `http`: the port.
+    pub(crate) port: Option<Spanned<Int>>,
+    /// `http`: the request path.
+    pub(crate) path: Option<Spanned<String>>,
+    /// The prefix of the server's tool names.
+    pub(crate) prefix: Option<Spanned<String>>,
+}
+
+/// The `transport` keyword of an `mcp` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum McpTransportKind {
+    /// JSON-RPC over stdin and stdout.
+    Stdio,
+    /// Streamable HTTP.
+    Http,
 }
 
 /// `microvm = { accel = "auto", kernel = "/path", include = ["/srv/site"] }`.
@@ -311,6 +356,26 @@ pub(crate) struct RawRule {
     pub(crate) protocol: Option<Word<Protocol>>,
 }
 
+/// `[[mcp_policy]]`: exactly one of `allow` and `deny`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMcpPolicy {
+    /// An allow rule.
+    pub(crate) allow: Option<Spanned<Table<RawMcpRule>>>,
+    /// A deny rule.
+    pub(crate) deny: Option<Spanned<Table<RawMcpRule>>>,
+}
+
+/// The body of an `[[mcp_policy]]`'s `allow = { ... }` or `deny = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMcpRule {
+    /// Client identity patterns.
+    pub(crate) clients: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `<server>.<tool>` patterns.
+    pub(crate) tools: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
 /// A whole number, read as `i64` so that range checks can say what was expected.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Int(pub(crate) i64);
@@ -454,6 +519,24 @@ impl Expecting for RawPolicy {
 
 impl Expecting for RawRule {
     const EXPECTING: &'static str = "a table such as { from = \"web\", to = \"db\" }";
+}
+
+impl Expecting for RawMcpSettings {
+    const EXPECTING: &'static str = "a table such as { call_timeout = \"30s\", max_message_size = \"4M\", rate = 20, burst = 40 }";
+}
+
+impl Expecting for RawMcp {
+    const EXPECTING: &'static str =
+        "a table such as { transport = \"stdio\" } or { transport = \"http\", port = 8080 }";
+}
+
+impl Expecting for RawMcpPolicy {
+    const EXPECTING: &'static str = "an [[mcp_policy]] table with `allow` or `deny`";
+}
+
+impl Expecting for RawMcpRule {
+    const EXPECTING: &'static str =
+        "a table such as { clients = [\"alice\"], tools = [\"fs.read_*\"] }";
 }
 
 /// A value that must be a TOML table. Serde's derived structs also accept an array of field

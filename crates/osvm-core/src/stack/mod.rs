@@ -77,6 +77,13 @@ pub struct Stack {
     pub components: Vec<Component>,
     /// The policy rules, in file order.
     pub policies: Vec<PolicyRule>,
+    /// Limits of osvm's MCP gateway for this stack's MCP servers (`mcp` in `[stack]`).
+    #[serde(default)]
+    pub mcp: McpSettings,
+    /// Which MCP clients may use which tools of the stack's MCP servers (`[[mcp_policy]]`),
+    /// in file order; none means no client may use any tool.
+    #[serde(default)]
+    pub mcp_policy: Vec<McpRule>,
     /// Where the stack was read from.
     pub source: PathBuf,
 }
@@ -169,6 +176,94 @@ pub struct Component {
     /// Settings of the `microvm` runtime: accelerator, guest kernel, files in the image.
     #[serde(default)]
     pub microvm: crate::launch::VmOptions,
+    /// How osvm's MCP gateway reaches it: `Some` exactly for components of kind `mcp_server`
+    /// (from `type` and the `mcp` table), `None` for every other kind.
+    #[serde(default)]
+    pub mcp: Option<McpServerSpec>,
+}
+
+/// How osvm's MCP gateway reaches an MCP server component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "transport")]
+pub enum McpTransport {
+    /// JSON-RPC over the component's stdin/stdout, owned by the daemon (default).
+    Stdio,
+    /// Streamable HTTP on a port inside the component's network namespace.
+    Http {
+        /// The port the server listens on; one of the component's `listen` ports.
+        port: u16,
+        /// The request path of its MCP endpoint, starting with `/` (default `/mcp`).
+        path: String,
+    },
+}
+
+impl McpTransport {
+    /// The path an HTTP transport uses when the file does not say.
+    pub const DEFAULT_HTTP_PATH: &'static str = "/mcp";
+}
+
+/// An MCP server component's settings (Some for components of kind mcp_server, None otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServerSpec {
+    /// The server's name: tools appear to clients as `<prefix>.<tool>`; also the `server` in
+    /// policies and audit.
+    pub name: String,
+    /// The server's version, from `type.version`.
+    pub version: Option<String>,
+    /// How the gateway talks to it.
+    pub transport: McpTransport,
+    /// The prefix of its tools' names (default: `name`); unique among the stack's MCP servers.
+    pub prefix: String,
+}
+
+/// Limits osvm's MCP gateway applies to a stack's MCP traffic (`mcp = { ... }` in `[stack]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct McpSettings {
+    /// How long one tools/call (or other request) may take upstream (default 30s).
+    #[serde(with = "millis")]
+    pub call_timeout: Duration,
+    /// The largest JSON-RPC message accepted from a client or a server, in bytes (default 4 MiB).
+    pub max_message_bytes: u64,
+    /// Calls per second each client may make (default 20), with bursts up to `burst` (default 40).
+    pub rate_per_second: u32,
+    /// How many calls a client may make at once after being idle: the token bucket's size.
+    pub burst: u32,
+}
+
+impl McpSettings {
+    /// Default upstream request timeout.
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default largest message.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 << 20;
+    /// Default sustained calls per second per client.
+    pub const DEFAULT_RATE_PER_SECOND: u32 = 20;
+    /// Default burst per client.
+    pub const DEFAULT_BURST: u32 = 40;
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
+            max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+            rate_per_second: Self::DEFAULT_RATE_PER_SECOND,
+            burst: Self::DEFAULT_BURST,
+        }
+    }
+}
+
+/// One `[[mcp_policy]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpRule {
+    /// Whether the clients may use the tools (allow) or not (deny; deny overrides allow).
+    pub action: PolicyAction,
+    /// Client identity patterns (`*` and `?` wildcards): a token's client name (`alice`) or a
+    /// certificate's SPIFFE ID (`spiffe://osvm.local/clients/alice`).
+    pub clients: Vec<String>,
+    /// Tool patterns matched against `<server>.<tool>` (server = the MCP server's name, not its
+    /// prefix), e.g. `fs.read_*`, `everything.*`, `*`.
+    pub tools: Vec<String>,
 }
 
 /// How a hot-swap proceeds: the new instance must pass its readiness check continuously for

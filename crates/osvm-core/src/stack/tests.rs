@@ -91,6 +91,7 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 microvm: Default::default(),
+                mcp: None,
             },
             Component {
                 name: "mcp-fs".into(),
@@ -128,6 +129,12 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 microvm: Default::default(),
+                mcp: Some(McpServerSpec {
+                    name: "filesystem".into(),
+                    version: Some("1.0.0".into()),
+                    transport: McpTransport::Stdio,
+                    prefix: "files".into(),
+                }),
             },
             Component {
                 name: "val".into(),
@@ -166,6 +173,7 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 microvm: Default::default(),
+                mcp: None,
             },
         ],
         policies: vec![
@@ -189,6 +197,27 @@ fn expected_full() -> Stack {
                 to: Selector::Cidr("10.0.0.0/8".parse().unwrap()),
                 ports: vec![53],
                 protocol: Protocol::Udp,
+            },
+        ],
+        mcp: McpSettings {
+            call_timeout: Duration::from_secs(10),
+            max_message_bytes: MIB,
+            rate_per_second: 5,
+            burst: 10,
+        },
+        mcp_policy: vec![
+            McpRule {
+                action: PolicyAction::Allow,
+                clients: vec!["alice".into(), "spiffe://prod.example.com/clients/*".into()],
+                tools: vec![
+                    "filesystem.read_*".into(),
+                    "filesystem.list_directory".into(),
+                ],
+            },
+            McpRule {
+                action: PolicyAction::Deny,
+                clients: vec!["*".into()],
+                tools: vec!["filesystem.write_file".into()],
             },
         ],
         source: PathBuf::from("full.toml"),
@@ -327,4 +356,145 @@ fn missing_file_is_an_io_error_naming_the_path() {
             .starts_with("/nonexistent/osvm/stack.toml: cannot read stack file")
     );
     assert_eq!(err.line(), None);
+}
+
+/// Two MCP servers, one on stdio and one on HTTP, a plain service, and two `[[mcp_policy]]`
+/// rules; `[stack]` has no `mcp` table.
+const TWO_MCP_SERVERS: &str = r#"
+[stack]
+name = "mcp"
+
+[[component]]
+name = "files"
+type = { kind = "mcp_server", name = "fs", version = "1.0" }
+command = "/usr/bin/mcp-fs"
+
+[[component]]
+name = "demo"
+type = { kind = "mcp_server", name = "everything" }
+command = "/usr/bin/mcp-everything"
+listen = [8080]
+mcp = { transport = "http", port = 8080, prefix = "ev" }
+
+[[component]]
+name = "web"
+command = "python3"
+
+[[mcp_policy]]
+allow = { clients = ["alice", "spiffe://osvm.local/*"], tools = ["fs.*", "everything.echo"] }
+
+[[mcp_policy]]
+deny = { clients = ["*"], tools = ["fs.write_file"] }
+"#;
+
+#[test]
+fn mcp_servers_and_rules_parse_to_their_values() {
+    let stack = parse(TWO_MCP_SERVERS, "mcp.toml").unwrap();
+
+    let files = stack.component("files").unwrap();
+    let spec = files.mcp.as_ref().unwrap();
+    assert_eq!(spec.name, "fs");
+    assert_eq!(spec.version.as_deref(), Some("1.0"));
+    assert_eq!(spec.transport, McpTransport::Stdio);
+    assert_eq!(
+        spec.prefix, "fs",
+        "the prefix defaults to the server's name"
+    );
+
+    let demo = stack.component("demo").unwrap();
+    let spec = demo.mcp.as_ref().unwrap();
+    assert_eq!(spec.name, "everything");
+    assert_eq!(spec.version, None);
+    assert_eq!(
+        spec.transport,
+        McpTransport::Http {
+            port: 8080,
+            path: "/mcp".into()
+        }
+    );
+    assert_eq!(spec.prefix, "ev");
+    // The MCP settings are the gateway's business: the launch is that of any component.
+    assert_eq!(demo.launch_spec("mcp").listen, vec![8080]);
+    assert_eq!(demo.launch_spec("mcp").command, "/usr/bin/mcp-everything");
+
+    assert_eq!(stack.component("web").unwrap().mcp, None);
+
+    assert_eq!(stack.mcp, McpSettings::default());
+    assert_eq!(stack.mcp.call_timeout, Duration::from_secs(30));
+    assert_eq!(stack.mcp.max_message_bytes, 4 * MIB);
+    assert_eq!(stack.mcp.rate_per_second, 20);
+    assert_eq!(stack.mcp.burst, 40);
+
+    assert_eq!(stack.mcp_policy.len(), 2);
+    let allow = &stack.mcp_policy[0];
+    assert_eq!(allow.action, PolicyAction::Allow);
+    assert_eq!(allow.clients, ["alice", "spiffe://osvm.local/*"]);
+    assert_eq!(allow.tools, ["fs.*", "everything.echo"]);
+    let deny = &stack.mcp_policy[1];
+    assert_eq!(deny.action, PolicyAction::Deny);
+    assert_eq!(deny.clients, ["*"]);
+    assert_eq!(deny.tools, ["fs.write_file"]);
+}
+
+#[test]
+fn mcp_settings_take_sizes_and_durations() {
+    let text = TWO_MCP_SERVERS.replace(
+        "name = \"mcp\"\n",
+        "name = \"mcp\"\nmcp = { call_timeout = \"1m30s\", max_message_size = 65536, rate = 100 }\n",
+    );
+    let stack = parse(&text, "mcp.toml").unwrap();
+    assert_eq!(stack.mcp.call_timeout, Duration::from_secs(90));
+    assert_eq!(stack.mcp.max_message_bytes, 65536);
+    assert_eq!(stack.mcp.rate_per_second, 100);
+    assert_eq!(
+        stack.mcp.burst, 100,
+        "an unset burst is never below the rate"
+    );
+}
+
+#[test]
+fn a_stdio_server_may_not_ask_for_socket_activation() {
+    let text = TWO_MCP_SERVERS.replace(
+        "command = \"/usr/bin/mcp-fs\"\n",
+        "command = \"/usr/bin/mcp-fs\"\nlisten = [9000]\nsocket_activation = true\n",
+    );
+    let err = parse(&text, "mcp.toml").unwrap_err();
+    assert!(err.message().contains("MCP server on stdio"), "{err}");
+    let http = TWO_MCP_SERVERS.replace(
+        "listen = [8080]\n",
+        "listen = [8080]\nsocket_activation = true\n",
+    );
+    assert!(parse(&http, "mcp.toml").unwrap().components[1].socket_activation);
+}
+
+#[test]
+fn mcp_transport_is_tagged_in_json() {
+    let http = McpTransport::Http {
+        port: 8080,
+        path: "/mcp".into(),
+    };
+    assert_eq!(
+        serde_json::to_value(&http).unwrap(),
+        serde_json::json!({ "transport": "http", "port": 8080, "path": "/mcp" })
+    );
+    assert_eq!(
+        serde_json::to_value(McpTransport::Stdio).unwrap(),
+        serde_json::json!({ "transport": "stdio" })
+    );
+}
+
+#[test]
+fn stacks_stored_before_mcp_still_load() {
+    let stack = parse(&full_example(), "full.toml").unwrap();
+    let mut json = serde_json::to_value(&stack).unwrap();
+    let object = json.as_object_mut().unwrap();
+    object.remove("mcp");
+    object.remove("mcp_policy");
+    for c in object["components"].as_array_mut().unwrap() {
+        c.as_object_mut().unwrap().remove("mcp");
+    }
+    let old: Stack = serde_json::from_value(json).unwrap();
+    assert_eq!(old.mcp, McpSettings::default());
+    assert!(old.mcp_policy.is_empty());
+    assert!(old.components.iter().all(|c| c.mcp.is_none()));
 }

@@ -18,12 +18,14 @@ use crate::runtime::RuntimeKind;
 
 use super::error::{Source, StackError};
 use super::file::{
-    Cpus, Int, MountMode, RawComponent, RawEgress, RawFile, RawHealth, RawMount, RawPolicy,
-    RawResources, RawRule, RawStack, RawType, Table, Word,
+    Cpus, Int, McpTransportKind, MountMode, RawComponent, RawEgress, RawFile, RawHealth, RawMcp,
+    RawMcpPolicy, RawMcpRule, RawMcpSettings, RawMount, RawPolicy, RawResources, RawRule, RawStack,
+    RawType, Table, Word,
 };
 use super::{
-    Component, HealthCheck, HealthProbe, IdentityReload, MtlsEgress, PolicyAction, PolicyRule,
-    Protocol, RestartPolicy, Selector, SelectorError, Stack, SwapPolicy,
+    Component, HealthCheck, HealthProbe, IdentityReload, McpRule, McpServerSpec, McpSettings,
+    McpTransport, MtlsEgress, PolicyAction, PolicyRule, Protocol, RestartPolicy, Selector,
+    SelectorError, Stack, SwapPolicy,
 };
 
 /// The longest name a stack or component may have (a DNS label).
@@ -54,6 +56,7 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         log_max_size,
         log_files,
         network,
+        mcp,
     } = raw_stack.into_inner().0;
     let network = network.map(|w| w.into_inner().0).unwrap_or_default();
 
@@ -130,6 +133,10 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         Some(d) => duration(src, d, "restart_reset_after")?,
         None => Stack::DEFAULT_RESTART_RESET_AFTER,
     };
+    let mcp = mcp
+        .map(|table| mcp_settings(src, table))
+        .transpose()?
+        .unwrap_or_default();
 
     let mut components: Vec<Component> = Vec::with_capacity(raw.component.len());
     // Where each `mtls_egress` entry's `to` is, to check once every component is known.
@@ -184,6 +191,11 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         .into_iter()
         .map(|p| policy(src, p, &components))
         .collect::<Result<Vec<_>, _>>()?;
+    let mcp_policy = raw
+        .mcp_policy
+        .into_iter()
+        .map(|p| mcp_rule(src, p, &components))
+        .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Stack {
         name: name.into_inner(),
@@ -199,6 +211,8 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         network,
         components,
         policies,
+        mcp,
+        mcp_policy,
         source: path,
     })
 }
@@ -231,6 +245,10 @@ fn component(
     let name_text = name.get_ref().as_str();
 
     let type_span = raw.component_type.as_ref().map(Spanned::span);
+    let type_name_span = raw
+        .component_type
+        .as_ref()
+        .and_then(|t| t.get_ref().0.name.as_ref().map(Spanned::span));
     let component_type = match raw.component_type {
         Some(t) => component_type(src, t)?,
         None => ComponentType::default(),
@@ -390,6 +408,7 @@ fn component(
         None => false,
     };
 
+    let socket_activation_span = raw.socket_activation.as_ref().map(Spanned::span);
     let socket_activation = match raw.socket_activation {
         Some(v) if *v.get_ref() && listen.is_empty() => {
             return Err(src.error(
@@ -436,7 +455,7 @@ fn component(
     if runtime == RuntimeKind::MicroVm {
         let refuse = |what: &str| {
             src.error(
-                header,
+                header.clone(),
                 format!("component `{name_text}` runs in a microVM, which does not support {what}"),
             )
         };
@@ -504,6 +523,19 @@ fn component(
         mtls_egress.push(entry);
     }
 
+    let mcp = mcp_server(
+        src,
+        McpContext {
+            name: name_text,
+            component_type: &component_type,
+            type_span: type_name_span.or(type_span).unwrap_or(header),
+            listen: &listen,
+            socket_activation: socket_activation_span.filter(|_| socket_activation),
+            earlier,
+        },
+        raw.mcp,
+    )?;
+
     Ok(Component {
         name: name.into_inner(),
         component_type,
@@ -528,8 +560,224 @@ fn component(
         swap,
         socket_activation,
         microvm,
+        mcp,
     })
 }
+
+/// What [`mcp_server`] needs to know about the component it checks.
+struct McpContext<'a> {
+    /// The component's name.
+    name: &'a str,
+    /// Its validated type.
+    component_type: &'a ComponentType,
+    /// Where its MCP server name is written (or its `type`, or its header).
+    type_span: Range<usize>,
+    /// Its validated listen ports.
+    listen: &'a [u16],
+    /// Where `socket_activation = true` is written, if it is.
+    socket_activation: Option<Range<usize>>,
+    /// The components before it in the file.
+    earlier: &'a [Component],
+}
+
+/// The MCP settings of a component: `Some` for kind `mcp_server` (from its type and its `mcp`
+/// table), `None` for every other kind, which may not have an `mcp` table.
+fn mcp_server(
+    src: &Source<'_>,
+    cx: McpContext<'_>,
+    raw: Option<Spanned<Table<RawMcp>>>,
+) -> Result<Option<McpServerSpec>, StackError> {
+    let component = cx.name;
+    let ComponentType::McpServer { name, version } = cx.component_type else {
+        return match raw {
+            Some(table) => Err(src.error(
+                table.span(),
+                format!(
+                    "component `{component}` has an `mcp` table but is of kind `{}`; only \
+                     components of kind `mcp_server` are MCP servers: set type = {{ kind = \
+                     \"mcp_server\", name = \"...\" }} or remove the table",
+                    cx.component_type.kind_name()
+                ),
+            )),
+            None => Ok(None),
+        };
+    };
+    if let Some(bad) = name
+        .chars()
+        .find(|c| matches!(c, '.' | '*' | '?') || c.is_whitespace())
+    {
+        return Err(src.error(
+            cx.type_span,
+            format!(
+                "MCP server name `{name}` contains {bad:?}; policies name tools as \
+                 `<server>.<tool>`, so a server name has no '.', '*', '?' or whitespace"
+            ),
+        ));
+    }
+
+    let (table, raw) = match raw {
+        Some(t) => (t.span(), t.into_inner().0),
+        None => (
+            cx.type_span.clone(),
+            RawMcp {
+                transport: None,
+                port: None,
+                path: None,
+                prefix: None,
+            },
+        ),
+    };
+    let kind = raw
+        .transport
+        .as_ref()
+        .map_or(McpTransportKind::Stdio, |t| t.get_ref().0);
+    let transport = match kind {
+        McpTransportKind::Stdio => {
+            let extra = [
+                ("port", raw.port.as_ref().map(Spanned::span)),
+                ("path", raw.path.as_ref().map(Spanned::span)),
+            ]
+            .into_iter()
+            .find_map(|(key, span)| Some((key, span?)));
+            if let Some((key, span)) = extra {
+                return Err(src.error(
+                    span,
+                    format!(
+                        "`{key}` only applies to transport = \"http\"; a stdio MCP server talks \
+                         over its stdin and stdout, so remove `{key}` or set transport = \"http\""
+                    ),
+                ));
+            }
+            if let Some(span) = cx.socket_activation {
+                return Err(src.error(
+                    span,
+                    format!(
+                        "component `{component}` is an MCP server on stdio, which has no \
+                         listening socket to hand over; remove socket_activation or use \
+                         mcp = {{ transport = \"http\", port = ... }}"
+                    ),
+                ));
+            }
+            McpTransport::Stdio
+        }
+        McpTransportKind::Http => {
+            let port = required(
+                src,
+                raw.port,
+                table,
+                "transport = \"http\" needs `port`, the port the MCP server listens on, e.g. \
+                 mcp = { transport = \"http\", port = 8080 }",
+            )?;
+            let number = port_number(src, &port, "mcp port")?;
+            if !cx.listen.contains(&number) {
+                let listed = if cx.listen.is_empty() {
+                    "it has no `listen` ports".to_owned()
+                } else {
+                    format!("it listens on {:?}", cx.listen)
+                };
+                return Err(src.error(
+                    port.span(),
+                    format!(
+                        "mcp port {number} is not one of component `{component}`'s listen ports \
+                         ({listed}); the component may only bind its listen ports, so add \
+                         {number} to `listen`"
+                    ),
+                ));
+            }
+            let path = match raw.path {
+                Some(path) => {
+                    no_nul(src, &path, "mcp path")?;
+                    if !path.get_ref().starts_with('/') {
+                        return Err(src.error(
+                            path.span(),
+                            format!("mcp path `{}` must start with '/'", path.get_ref()),
+                        ));
+                    }
+                    path.into_inner()
+                }
+                None => McpTransport::DEFAULT_HTTP_PATH.to_owned(),
+            };
+            McpTransport::Http { port: number, path }
+        }
+    };
+
+    let (prefix, prefix_span) = match raw.prefix {
+        Some(prefix) => {
+            check_name(src, &prefix, "mcp prefix")?;
+            let span = prefix.span();
+            (prefix.into_inner(), span)
+        }
+        None => {
+            if let Some(problem) = name_problem(name) {
+                return Err(src.error(
+                    cx.type_span,
+                    format!(
+                        "MCP server name `{name}` cannot be the prefix of its tools' names: \
+                         {problem}; add mcp = {{ prefix = \"...\" }} with {NAME_RULE}"
+                    ),
+                ));
+            }
+            (name.clone(), cx.type_span)
+        }
+    };
+    if let Some(other) = cx
+        .earlier
+        .iter()
+        .find(|c| c.mcp.as_ref().is_some_and(|m| m.prefix == prefix))
+    {
+        return Err(src.error(
+            prefix_span,
+            format!(
+                "components `{}` and `{component}` both give their MCP tools the prefix \
+                 `{prefix}`; clients could not tell their tools apart, so set a different \
+                 mcp = {{ prefix = \"...\" }} on one of them",
+                other.name
+            ),
+        ));
+    }
+    Ok(Some(McpServerSpec {
+        name: name.clone(),
+        version: version.clone(),
+        transport,
+        prefix,
+    }))
+}
+
+/// The `mcp` table of `[stack]`: the MCP gateway's limits over their defaults.
+fn mcp_settings(
+    src: &Source<'_>,
+    raw: Spanned<Table<RawMcpSettings>>,
+) -> Result<McpSettings, StackError> {
+    let RawMcpSettings {
+        call_timeout,
+        max_message_size,
+        rate,
+        burst,
+    } = raw.into_inner().0;
+    let mut settings = McpSettings::default();
+    if let Some(v) = &call_timeout {
+        settings.call_timeout = duration(src, v, "mcp.call_timeout")?;
+        if settings.call_timeout.is_zero() {
+            return Err(src.error(v.span(), "`mcp.call_timeout` must be longer than zero"));
+        }
+    }
+    if let Some(v) = &max_message_size {
+        settings.max_message_bytes = quantity::parse_size(&v.get_ref().0)
+            .map_err(|e| src.error(v.span(), format!("invalid `mcp.max_message_size`: {e}")))?;
+    }
+    if let Some(v) = &rate {
+        settings.rate_per_second = int_in(src, v, 1, MAX_MCP_RATE, "mcp rate")?;
+    }
+    settings.burst = match &burst {
+        Some(v) => int_in(src, v, 1, MAX_MCP_RATE, "mcp burst")?,
+        // A burst smaller than the rate would throttle a client below the rate it is granted.
+        None => McpSettings::DEFAULT_BURST.max(settings.rate_per_second),
+    };
+    Ok(settings)
+}
+
+/// The highest `rate` and `burst` of `mcp` in `[stack]`.
+const MAX_MCP_RATE: i64 = 1_000_000;
 
 /// One `mtls_egress` entry.
 fn egress(src: &Source<'_>, raw: Spanned<Table<RawEgress>>) -> Result<MtlsEgress, StackError> {
@@ -947,6 +1195,145 @@ fn policy(
     })
 }
 
+/// One `[[mcp_policy]]` entry; `components` are all the stack's components.
+fn mcp_rule(
+    src: &Source<'_>,
+    raw: Spanned<Table<RawMcpPolicy>>,
+    components: &[Component],
+) -> Result<McpRule, StackError> {
+    let header = raw.span();
+    let RawMcpPolicy { allow, deny } = raw.into_inner().0;
+    let (action, rule) = match (allow, deny) {
+        (Some(allow), Some(deny)) => {
+            let later = if allow.span().start > deny.span().start {
+                allow.span()
+            } else {
+                deny.span()
+            };
+            return Err(src.error(
+                later,
+                "this [[mcp_policy]] has both `allow` and `deny`; each [[mcp_policy]] holds \
+                 exactly one rule, so split it into two [[mcp_policy]] entries",
+            ));
+        }
+        (Some(allow), None) => (PolicyAction::Allow, allow),
+        (None, Some(deny)) => (PolicyAction::Deny, deny),
+        (None, None) => {
+            return Err(src.error(
+                header,
+                "this [[mcp_policy]] has no rule; add allow = { clients = [\"...\"], tools = \
+                 [\"<server>.<tool>\"] } or deny = { clients = [...], tools = [...] }",
+            ));
+        }
+    };
+    let table = rule.span();
+    let RawMcpRule { clients, tools } = rule.into_inner().0;
+    let clients = patterns(
+        src,
+        clients,
+        table.clone(),
+        "clients",
+        "client names or SPIFFE IDs such as [\"alice\", \"spiffe://osvm.local/clients/*\"]",
+    )?;
+    let tools = patterns(
+        src,
+        tools,
+        table,
+        "tools",
+        "`<server>.<tool>` patterns such as [\"fs.read_*\", \"everything.*\"]",
+    )?;
+    let servers: Vec<&str> = components
+        .iter()
+        .filter_map(|c| c.mcp.as_ref().map(|m| m.name.as_str()))
+        .collect();
+    for tool in &tools {
+        tool_pattern(src, tool, &servers)?;
+    }
+    Ok(McpRule {
+        action,
+        clients: clients.into_iter().map(Spanned::into_inner).collect(),
+        tools: tools.into_iter().map(Spanned::into_inner).collect(),
+    })
+}
+
+/// The `clients` or `tools` list of an `[[mcp_policy]]` rule: present, not empty, and without
+/// empty patterns.
+fn patterns(
+    src: &Source<'_>,
+    raw: Option<Spanned<Vec<Spanned<String>>>>,
+    table: Range<usize>,
+    key: &str,
+    expected: &str,
+) -> Result<Vec<Spanned<String>>, StackError> {
+    let list = required(
+        src,
+        raw,
+        table,
+        &format!("mcp_policy rule has no `{key}`; expected {expected}"),
+    )?;
+    let span = list.span();
+    let list = list.into_inner();
+    if list.is_empty() {
+        return Err(src.error(
+            span,
+            format!("`{key}` is empty, so the rule could never match; expected {expected}"),
+        ));
+    }
+    for pattern in &list {
+        if pattern.get_ref().trim().is_empty() {
+            return Err(src.error(
+                pattern.span(),
+                format!("empty pattern in `{key}`; expected {expected}"),
+            ));
+        }
+        no_nul(src, pattern, "mcp_policy pattern")?;
+    }
+    Ok(list)
+}
+
+/// Checks a tool pattern: `*`, or `<server>.<tool>` whose server part, when it has no wildcard,
+/// is one of `servers` (the names of the stack's MCP servers).
+fn tool_pattern(
+    src: &Source<'_>,
+    pattern: &Spanned<String>,
+    servers: &[&str],
+) -> Result<(), StackError> {
+    let text = pattern.get_ref();
+    if text == "*" {
+        return Ok(());
+    }
+    let shape = "tool patterns are `<server>.<tool>` with `*` and `?` wildcards (e.g. \
+                 \"fs.read_*\", \"everything.*\"), or \"*\" for every tool of every server";
+    let Some((server, tool)) = text.split_once('.') else {
+        return Err(src.error(
+            pattern.span(),
+            format!("tool pattern `{text}` has no `.`; {shape}"),
+        ));
+    };
+    if server.is_empty() || tool.is_empty() {
+        let part = if server.is_empty() { "server" } else { "tool" };
+        return Err(src.error(
+            pattern.span(),
+            format!("tool pattern `{text}` has an empty {part} part; {shape}"),
+        ));
+    }
+    if !server.contains(['*', '?']) && !servers.contains(&server) {
+        let known = if servers.is_empty() {
+            "this stack has no MCP servers (components of kind `mcp_server`)".to_owned()
+        } else {
+            format!("its MCP servers are {}", servers.join(", "))
+        };
+        return Err(src.error(
+            pattern.span(),
+            format!(
+                "tool pattern `{text}` names MCP server `{server}`, which this stack does not \
+                 define; {known} (a server is named by its type's `name`, not its prefix)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a selector and resolves a component name against the stack.
 fn selector(
     src: &Source<'_>,
@@ -988,7 +1375,18 @@ fn required<T>(
 /// Checks a stack or component name against [`NAME_RULE`].
 fn check_name(src: &Source<'_>, name: &Spanned<String>, what: &str) -> Result<(), StackError> {
     let text = name.get_ref();
-    let problem = if text.is_empty() {
+    match name_problem(text) {
+        Some(problem) => Err(src.error(
+            name.span(),
+            format!("invalid {what} `{text}`: {problem}; expected {NAME_RULE}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What breaks [`NAME_RULE`] in `text`, if anything.
+fn name_problem(text: &str) -> Option<String> {
+    if text.is_empty() {
         Some("it is empty".to_owned())
     } else if text.len() > MAX_NAME_LEN {
         Some(format!("it is {} characters long", text.chars().count()))
@@ -1003,13 +1401,6 @@ fn check_name(src: &Source<'_>, name: &Spanned<String>, what: &str) -> Result<()
         Some("it ends with '-'".to_owned())
     } else {
         None
-    };
-    match problem {
-        Some(problem) => Err(src.error(
-            name.span(),
-            format!("invalid {what} `{text}`: {problem}; expected {NAME_RULE}"),
-        )),
-        None => Ok(()),
     }
 }
 

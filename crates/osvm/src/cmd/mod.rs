@@ -4,6 +4,7 @@ mod cert;
 mod control;
 mod daemon;
 mod doctor;
+mod mcp;
 mod microvm;
 mod net;
 mod policy;
@@ -42,6 +43,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(a) => policy::run(&cli.global, a),
         Command::Net(a) => net::run(&cli.global, a),
         Command::Kernel(a) => microvm::kernel(&cli.global, a),
+        Command::Mcp(a) => mcp::run(&cli.global, a),
         Command::Image(a) => microvm::image(&cli.global, a),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -25,7 +25,7 @@ pub fn run(global: &Global, command: NetCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Left-aligned columns, two spaces apart.
-fn columns(rows: &[Vec<String>]) -> String {
+pub(super) fn columns(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();

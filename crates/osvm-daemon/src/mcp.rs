@@ -1,0 +1,296 @@
+//! The MCP gateway's face on the daemon's API socket.
+//!
+//! - `/v1/mcp`: the gateway as a streamable-HTTP MCP server (any MCP client that can speak HTTP
+//!   over a unix socket; `osvm mcp serve --listen` fronts it on TCP);
+//! - `/v1/mcp/stdio`: an HTTP upgrade to a raw stdio-style MCP stream (newline-delimited
+//!   JSON-RPC), which `osvm mcp serve` bridges to its own stdin/stdout for local agents;
+//! - `/v1/mcp/tools`, `/v1/mcp/servers`, `/v1/mcp/call`: for operators (`osvm mcp tools|call`);
+//! - `/v1/mcp/tokens`: bearer tokens (issue, list, revoke).
+//!
+//! Every MCP request names its client: `Authorization: Bearer <token>` (a token osvm issued,
+//! checked and revocable), or `X-Osvm-Client: <identity>`, which only a caller on this socket
+//! can send: the socket is root's alone (mode 0600), so that caller is an operator, or
+//! `osvm mcp serve --listen` vouching for a client whose certificate it verified.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use hyper_util::rt::TokioIo;
+use osvm_mcp::gateway::{ClientIdentity, Gateway, Session};
+use osvm_mcp::upstream::LineCapReader;
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpServerConfig;
+use rmcp::transport::StreamableHttpService;
+use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use serde::Deserialize;
+use serde_json::json;
+
+/// The header through which a trusted caller of the socket names the client.
+pub const CLIENT_HEADER: &str = "x-osvm-client";
+/// The `Upgrade` protocol of the stdio bridge.
+pub const STDIO_UPGRADE: &str = "osvm-mcp-stdio";
+
+fn refuse(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+/// Why a request has no client: status, API error code, message.
+struct Unauthenticated(StatusCode, &'static str, String);
+
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1, self.2)
+    }
+}
+
+/// Who the request is from: a verified bearer token's client, or the trusted header.
+fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<String, Unauthenticated> {
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let token = auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Unauthenticated(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "Authorization must be `Bearer <token>`".into(),
+                )
+            })?;
+        return match gw.tokens().verify(token.trim()) {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(why)) => Err(Unauthenticated(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                why.to_string(),
+            )),
+            Err(e) => Err(Unauthenticated(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "tokens",
+                e.to_string(),
+            )),
+        };
+    }
+    if let Some(client) = headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()) {
+        osvm_mcp::tokens::check_client(client)
+            .map_err(|e| Unauthenticated(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+        return Ok(client.to_owned());
+    }
+    Err(Unauthenticated(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "an MCP request needs `Authorization: Bearer <token>` (osvm mcp token issue CLIENT)".into(),
+    ))
+}
+
+/// Puts the authenticated client into the request for the gateway's handlers.
+async fn auth(State(gw): State<Gateway>, mut req: Request, next: Next) -> Response {
+    match authenticate(&gw, req.headers()) {
+        Ok(client) => {
+            req.extensions_mut().insert(ClientIdentity(client));
+            next.run(req).await
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The gateway's routes.
+pub fn routes(gw: Gateway) -> Router {
+    let max = gw.settings().max_message_bytes as usize;
+    let service_gw = gw.clone();
+    let config = StreamableHttpServerConfig::default()
+        // Only root reaches this socket; there is no browser to rebind a name against.
+        .disable_allowed_hosts()
+        .with_max_request_body_bytes(max)
+        .with_sse_keep_alive(Some(Duration::from_secs(15)));
+    let service = StreamableHttpService::new(
+        move || Ok(Session::new(service_gw.clone(), None)),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let mcp = Router::new()
+        .nest_service("/v1/mcp", service)
+        .layer(middleware::from_fn_with_state(gw.clone(), auth));
+    Router::new()
+        .route("/v1/mcp/stdio", get(stdio))
+        .route("/v1/mcp/tools", get(tools))
+        .route("/v1/mcp/servers", get(servers))
+        .route("/v1/mcp/call", post(call))
+        .route("/v1/mcp/tokens", get(list_tokens).post(issue_token))
+        .route("/v1/mcp/tokens/{what}", delete(revoke_token))
+        .with_state(gw)
+        .merge(mcp)
+}
+
+/// `GET /v1/mcp/stdio` with `Upgrade: osvm-mcp-stdio`: the connection becomes one MCP session
+/// in stdio framing, its client fixed by the request's authentication.
+async fn stdio(State(gw): State<Gateway>, mut req: Request) -> Response {
+    let client = match authenticate(&gw, req.headers()) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(STDIO_UPGRADE));
+    if !wants {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!("send `Connection: upgrade` and `Upgrade: {STDIO_UPGRADE}`"),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max = gw.settings().max_message_bytes as usize;
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        // A line past the limit ends the session with an error rather than being skipped.
+        let transport = AsyncRwTransport::new_server(LineCapReader::new(read, max), write)
+            .with_max_line_length(max);
+        if let Ok(running) = Session::new(gw, Some(client)).serve(transport).await {
+            let _ = running.waiting().await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, STDIO_UPGRADE)
+        .body(Body::empty())
+        .expect("a valid response")
+}
+
+#[derive(Deserialize)]
+struct ToolsQuery {
+    /// Whose view (default: the authenticated client).
+    client: Option<String>,
+    /// Include what the client may not call.
+    #[serde(default)]
+    all: bool,
+}
+
+/// The operator's client name when a request names none.
+const OPERATOR: &str = "operator";
+
+async fn tools(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Query(q): Query<ToolsQuery>,
+) -> Response {
+    let client = q
+        .client
+        .or_else(|| authenticate(&gw, &headers).ok())
+        .unwrap_or_else(|| OPERATOR.into());
+    Json(json!({ "client": client, "tools": gw.tools(&client, q.all).await })).into_response()
+}
+
+async fn servers(State(gw): State<Gateway>) -> Response {
+    Json(gw.servers()).into_response()
+}
+
+#[derive(Deserialize)]
+struct CallBody {
+    /// The client to call as (default: the authenticated one, else `operator`).
+    client: Option<String>,
+    /// `<server>.<tool>`.
+    name: String,
+    /// The tool's arguments.
+    #[serde(default)]
+    arguments: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+async fn call(State(gw): State<Gateway>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let req: CallBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("malformed JSON: {e}"),
+            );
+        }
+    };
+    let client = req
+        .client
+        .or_else(|| authenticate(&gw, &headers).ok())
+        .unwrap_or_else(|| OPERATOR.into());
+    match gw.call(&client, &req.name, req.arguments).await {
+        Ok(result) => Json(json!({ "client": client, "result": result })).into_response(),
+        Err(e) => (
+            StatusCode::OK,
+            Json(json!({ "client": client, "error": { "code": e.code.0, "message": e.message, "data": e.data } })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct IssueBody {
+    client: String,
+    /// Lifetime, such as `24h` (default: until revoked).
+    ttl: Option<String>,
+}
+
+async fn issue_token(State(gw): State<Gateway>, body: axum::body::Bytes) -> Response {
+    let req: IssueBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("malformed JSON: {e}"),
+            );
+        }
+    };
+    let ttl = match req.ttl.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return refuse(StatusCode::BAD_REQUEST, "bad_request", format!("ttl: {e}")),
+    };
+    match gw.tokens().issue(&req.client, ttl) {
+        Ok((record, token)) => (
+            StatusCode::CREATED,
+            Json(json!({ "token": token, "record": record })),
+        )
+            .into_response(),
+        Err(osvm_mcp::tokens::TokenError::Invalid(m)) => {
+            refuse(StatusCode::BAD_REQUEST, "bad_request", m)
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e.to_string()),
+    }
+}
+
+async fn list_tokens(State(gw): State<Gateway>) -> Response {
+    match gw.tokens().list() {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e.to_string()),
+    }
+}
+
+async fn revoke_token(State(gw): State<Gateway>, UrlPath(what): UrlPath<String>) -> Response {
+    match gw.tokens().revoke(&what) {
+        Ok(revoked) => Json(json!({ "revoked": revoked })).into_response(),
+        Err(osvm_mcp::tokens::TokenError::Unknown(w)) => refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no token or client `{w}`"),
+        ),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "tokens", e.to_string()),
+    }
+}

@@ -1,0 +1,869 @@
+//! The gateway: one MCP server to clients, an MCP client to every MCP server component.
+//!
+//! Clients see the tools of every connected server as `<prefix>.<tool>` (the prefix is the
+//! server's name unless the stack sets one). Each request carries a client identity: fixed for
+//! a stdio session (the bridge authenticated it), or put into the HTTP request by the daemon's
+//! authentication layer (a bearer token's client name, or a client certificate's SPIFFE ID as
+//! vouched for by `osvm mcp serve --listen`). Then, for `tools/call`:
+//!
+//! 1. the name is resolved to a server and tool (unknown: error);
+//! 2. the client's rate is checked (a token bucket per client: `rate` per second, `burst`);
+//! 3. the stack's `[[mcp_policy]]` decides (default deny, deny overrides); a denial is a
+//!    JSON-RPC error that says which rule or that none allowed;
+//! 4. the call goes to the server with the stack's `call_timeout`; a timeout, a closed channel
+//!    or a garbage answer is an error for this call only, and the server is reported broken
+//!    ([`Gateway::take_failures`]) so the orchestrator restarts it;
+//! 5. every outcome is written to the audit log, with the arguments' SHA-256 and the latency.
+//!
+//! `tools/list` shows a client only the tools it may call. Resources and prompts of a server are
+//! passed through (resource URIs as `osvm+mcp://<prefix>/<original URI>`, prompts as
+//! `<prefix>.<prompt>`) to clients that may call at least one of its tools.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use osvm_core::stack::{McpRule, McpServerSpec, McpSettings};
+use osvm_policy::mcp::{McpDecision, McpPolicy};
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
+    ErrorCode, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ResultType, ServerCapabilities, ServerConfig,
+    ServerResult, Tool,
+};
+use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::Serialize;
+
+use crate::audit::{AuditLog, Outcome, Record};
+use crate::tokens::TokenStore;
+use crate::upstream::{self, Upstream};
+
+/// The JSON-RPC error code of a policy denial (implementation-defined server error range).
+pub const DENIED: ErrorCode = ErrorCode(-32001);
+/// The JSON-RPC error code of a rate-limited call.
+pub const RATE_LIMITED: ErrorCode = ErrorCode(-32002);
+/// The JSON-RPC error code of a server that failed the call (timeout, crash, garbage).
+pub const UPSTREAM_FAILED: ErrorCode = ErrorCode(-32003);
+/// The JSON-RPC error code of a request without an authenticated client.
+pub const UNAUTHENTICATED: ErrorCode = ErrorCode(-32004);
+/// How resource URIs of a server are rewritten for clients.
+pub const URI_SCHEME: &str = "osvm+mcp://";
+/// How long a server may take to answer `initialize`.
+const HANDSHAKE: Duration = Duration::from_secs(30);
+
+/// The authenticated client of an HTTP request, put into its extensions by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity(pub String);
+
+/// An MCP server component the gateway should know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerDecl {
+    /// Its stack.
+    pub stack: String,
+    /// Its component name.
+    pub component: String,
+    /// Its MCP settings.
+    pub spec: McpServerSpec,
+}
+
+/// A server the gateway found broken while its instance still ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The stack.
+    pub stack: String,
+    /// The component.
+    pub component: String,
+    /// The instance that failed.
+    pub instance: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// Whether a server can be called.
+#[derive(Clone)]
+enum Link {
+    /// Not connected, and why.
+    Down(String),
+    /// Handshaking with this instance.
+    Connecting(String),
+    /// Connected to this instance.
+    Up(String, Arc<Upstream>),
+}
+
+struct Server {
+    decl: ServerDecl,
+    link: Link,
+}
+
+struct Inner {
+    rt: tokio::runtime::Handle,
+    servers: RwLock<BTreeMap<String, Server>>,
+    policy: RwLock<Arc<McpPolicy>>,
+    settings: RwLock<McpSettings>,
+    limiter: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
+    tokens: TokenStore,
+    audit: AuditLog,
+    failures: Mutex<Vec<Failure>>,
+}
+
+/// The gateway (cheap to clone: every clone is the same gateway).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// A tool as `osvm mcp tools` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ToolView {
+    /// The name clients call: `<prefix>.<tool>`.
+    pub name: String,
+    /// The server (its name in the stack).
+    pub server: String,
+    /// The component running it, `stack/component`.
+    pub component: String,
+    /// The tool's own name.
+    pub tool: String,
+    /// Its description.
+    pub description: String,
+    /// Whether the asking client may call it.
+    pub allowed: bool,
+    /// Why (the policy's reason).
+    pub policy: String,
+}
+
+/// A server as `osvm mcp servers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ServerView {
+    /// Its name.
+    pub server: String,
+    /// Its tools' prefix.
+    pub prefix: String,
+    /// `stack/component`.
+    pub component: String,
+    /// `up`, `connecting` or `down`.
+    pub state: String,
+    /// The instance connected (or connecting), or why it is down.
+    pub detail: String,
+    /// The protocol version agreed on, when up.
+    pub protocol: Option<String>,
+}
+
+fn quota(settings: &McpSettings) -> Quota {
+    let rate = NonZeroU32::new(settings.rate_per_second.max(1)).expect("at least 1");
+    let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least 1");
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> McpError {
+    McpError::new(code, message.into(), None)
+}
+
+impl Gateway {
+    /// A gateway whose upstream sessions run on `rt`, with its tokens and audit log in
+    /// `state_dir/mcp`.
+    pub fn new(rt: tokio::runtime::Handle, state_dir: &Path) -> Self {
+        let settings = McpSettings::default();
+        Self {
+            inner: Arc::new(Inner {
+                rt,
+                servers: RwLock::new(BTreeMap::new()),
+                policy: RwLock::new(Arc::new(McpPolicy::new(&[]).expect("no rules compile"))),
+                limiter: RwLock::new(Arc::new(RateLimiter::keyed(quota(&settings)))),
+                settings: RwLock::new(settings),
+                tokens: TokenStore::open(state_dir),
+                audit: AuditLog::open(state_dir),
+                failures: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The bearer tokens.
+    pub fn tokens(&self) -> &TokenStore {
+        &self.inner.tokens
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> McpSettings {
+        *self.inner.settings.read().expect("settings")
+    }
+
+    /// Sets the servers, rules and settings (from every applied stack). Servers still declared
+    /// keep their connections.
+    pub fn configure(
+        &self,
+        servers: Vec<ServerDecl>,
+        rules: &[McpRule],
+        settings: McpSettings,
+    ) -> Result<(), String> {
+        let policy = McpPolicy::new(rules)?;
+        *self.inner.policy.write().expect("policy") = Arc::new(policy);
+        if *self.inner.settings.read().expect("settings") != settings {
+            *self.inner.limiter.write().expect("limiter") =
+                Arc::new(RateLimiter::keyed(quota(&settings)));
+            *self.inner.settings.write().expect("settings") = settings;
+        }
+        let mut map = self.inner.servers.write().expect("servers");
+        let mut next = BTreeMap::new();
+        for decl in servers {
+            let link = match map.remove(&decl.spec.name) {
+                Some(old)
+                    if old.decl.stack == decl.stack && old.decl.component == decl.component =>
+                {
+                    old.link
+                }
+                _ => Link::Down("not started yet".into()),
+            };
+            next.insert(decl.spec.name.clone(), Server { decl, link });
+        }
+        *map = next;
+        Ok(())
+    }
+
+    /// Connects to server `server`'s instance `instance` through its stdio pipes (`from`: its
+    /// stdout, `to`: its stdin). The handshake runs in the background; a failure is reported
+    /// through [`Gateway::take_failures`].
+    pub fn attach_stdio(&self, server: &str, instance: &str, from: OwnedFd, to: OwnedFd) {
+        {
+            let mut map = self.inner.servers.write().expect("servers");
+            let Some(s) = map.get_mut(server) else {
+                return;
+            };
+            s.link = Link::Connecting(instance.to_owned());
+        }
+        let gw = self.clone();
+        let (server, instance) = (server.to_owned(), instance.to_owned());
+        let max = self.settings().max_message_bytes as usize;
+        self.inner.rt.spawn(async move {
+            let result = upstream::connect_stdio(from, to, max, HANDSHAKE).await;
+            let mut map = gw.inner.servers.write().expect("servers");
+            let Some(s) = map.get_mut(&server) else {
+                return;
+            };
+            // A newer instance may have been attached meanwhile.
+            if !matches!(&s.link, Link::Connecting(i) if *i == instance) {
+                return;
+            }
+            match result {
+                Ok(up) => s.link = Link::Up(instance, Arc::new(up)),
+                Err(reason) => {
+                    s.link = Link::Down(reason.clone());
+                    let failure = Failure {
+                        stack: s.decl.stack.clone(),
+                        component: s.decl.component.clone(),
+                        instance,
+                        reason,
+                    };
+                    drop(map);
+                    gw.inner.failures.lock().expect("failures").push(failure);
+                }
+            }
+        });
+    }
+
+    /// Forgets instance `instance` of server `server` (it ended).
+    pub fn detach(&self, server: &str, instance: &str, why: &str) {
+        let mut map = self.inner.servers.write().expect("servers");
+        if let Some(s) = map.get_mut(server) {
+            let current = match &s.link {
+                Link::Up(i, _) | Link::Connecting(i) => i == instance,
+                Link::Down(_) => false,
+            };
+            if current {
+                s.link = Link::Down(why.to_owned());
+            }
+        }
+    }
+
+    /// Servers found broken since the last call, for the orchestrator to restart.
+    pub fn take_failures(&self) -> Vec<Failure> {
+        std::mem::take(&mut *self.inner.failures.lock().expect("failures"))
+    }
+
+    /// Every server and its state.
+    pub fn servers(&self) -> Vec<ServerView> {
+        let map = self.inner.servers.read().expect("servers");
+        map.values()
+            .map(|s| {
+                let (state, detail, protocol) = match &s.link {
+                    Link::Up(i, up) => (
+                        "up",
+                        format!("{i} ({})", up.server_info),
+                        Some(up.protocol.clone()),
+                    ),
+                    Link::Connecting(i) => ("connecting", i.clone(), None),
+                    Link::Down(why) => ("down", why.clone(), None),
+                };
+                ServerView {
+                    server: s.decl.spec.name.clone(),
+                    prefix: s.decl.spec.prefix.clone(),
+                    component: format!("{}/{}", s.decl.stack, s.decl.component),
+                    state: state.into(),
+                    detail,
+                    protocol,
+                }
+            })
+            .collect()
+    }
+
+    /// The connected servers: (name, prefix, session).
+    fn connected(&self) -> Vec<(String, String, Arc<Upstream>)> {
+        let map = self.inner.servers.read().expect("servers");
+        map.values()
+            .filter_map(|s| match &s.link {
+                Link::Up(_, up) => Some((
+                    s.decl.spec.name.clone(),
+                    s.decl.spec.prefix.clone(),
+                    up.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Resolves `<prefix>.<name>` to (server, name, session).
+    fn resolve(&self, qualified: &str) -> Result<(String, String, Arc<Upstream>), McpError> {
+        let (prefix, name) = qualified.split_once('.').ok_or_else(|| {
+            McpError::invalid_params(
+                format!("`{qualified}` is not a gateway name: expected <server>.<name>"),
+                None,
+            )
+        })?;
+        let map = self.inner.servers.read().expect("servers");
+        let s = map
+            .values()
+            .find(|s| s.decl.spec.prefix == prefix)
+            .ok_or_else(|| {
+                McpError::invalid_params(
+                    format!("no MCP server `{prefix}` behind this gateway"),
+                    None,
+                )
+            })?;
+        match &s.link {
+            Link::Up(_, up) => Ok((s.decl.spec.name.clone(), name.to_owned(), up.clone())),
+            Link::Connecting(i) => Err(error(
+                UPSTREAM_FAILED,
+                format!(
+                    "MCP server `{}` is starting (instance {i}); try again shortly",
+                    s.decl.spec.name
+                ),
+            )),
+            Link::Down(why) => Err(error(
+                UPSTREAM_FAILED,
+                format!("MCP server `{}` is not running: {why}", s.decl.spec.name),
+            )),
+        }
+    }
+
+    /// Reports a server broken while its instance ran (the orchestrator restarts it).
+    fn broken(&self, server: &str, upstream: &Arc<Upstream>, reason: String) {
+        let mut map = self.inner.servers.write().expect("servers");
+        let Some(s) = map.get_mut(server) else {
+            return;
+        };
+        let Link::Up(instance, up) = &s.link else {
+            return;
+        };
+        if !Arc::ptr_eq(up, upstream) {
+            return;
+        }
+        let failure = Failure {
+            stack: s.decl.stack.clone(),
+            component: s.decl.component.clone(),
+            instance: instance.clone(),
+            reason: reason.clone(),
+        };
+        s.link = Link::Down(reason);
+        drop(map);
+        self.inner.failures.lock().expect("failures").push(failure);
+    }
+
+    /// Every connected server's tools with the policy's decision for `client`:
+    /// (server, prefix, tool, decision). A server that fails to answer is reported broken.
+    async fn listed(&self, client: &str) -> Vec<(String, String, Tool, McpDecision)> {
+        let policy = self.inner.policy.read().expect("policy").clone();
+        let timeout = self.settings().call_timeout;
+        let listed = futures_join(self.connected().into_iter().map(
+            |(server, prefix, up)| async move {
+                let tools = tokio::time::timeout(timeout, up.client.peer().list_all_tools()).await;
+                (server, prefix, up, tools)
+            },
+        ))
+        .await;
+        let mut out = Vec::new();
+        for (server, prefix, up, tools) in listed {
+            match tools {
+                Ok(Ok(tools)) => {
+                    for t in tools {
+                        let d = policy.decide(client, &server, &t.name);
+                        out.push((server.clone(), prefix.clone(), t, d));
+                    }
+                }
+                Ok(Err(e)) => {
+                    if matches!(
+                        e,
+                        ServiceError::TransportClosed | ServiceError::TransportSend(_)
+                    ) {
+                        self.broken(&server, &up, format!("tools/list: {e}"));
+                    }
+                }
+                Err(_) => self.broken(
+                    &server,
+                    &up,
+                    format!("no answer to tools/list within {timeout:?}"),
+                ),
+            }
+        }
+        out
+    }
+
+    /// The tools `client` may call (or, with `all`, every tool with the decision).
+    pub async fn tools(&self, client: &str, all: bool) -> Vec<ToolView> {
+        let components: BTreeMap<String, String> = self
+            .inner
+            .servers
+            .read()
+            .expect("servers")
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    format!("{}/{}", s.decl.stack, s.decl.component),
+                )
+            })
+            .collect();
+        self.listed(client)
+            .await
+            .into_iter()
+            .filter(|(_, _, _, d)| all || d.allowed)
+            .map(|(server, prefix, t, d)| ToolView {
+                name: format!("{prefix}.{}", t.name),
+                component: components.get(&server).cloned().unwrap_or_default(),
+                server,
+                tool: t.name.to_string(),
+                description: t.description.as_deref().unwrap_or("").to_owned(),
+                allowed: d.allowed,
+                policy: d.reason,
+            })
+            .collect()
+    }
+
+    /// The tools `client` may call, as MCP tools named `<prefix>.<tool>`.
+    async fn list_tools_for(&self, client: &str) -> Vec<Tool> {
+        self.listed(client)
+            .await
+            .into_iter()
+            .filter(|(_, _, _, d)| d.allowed)
+            .map(|(_, prefix, mut t, _)| {
+                t.name = format!("{prefix}.{}", t.name).into();
+                t
+            })
+            .collect()
+    }
+
+    /// Calls tool `name` (`<prefix>.<tool>`) for `client`: rate, policy, timeout, audit.
+    pub async fn call(
+        &self,
+        client: &str,
+        name: &str,
+        arguments: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<CallToolResult, McpError> {
+        let began = Instant::now();
+        let args_sha256 = arguments.as_ref().map(|a| {
+            crate::digest::sha256(serde_json::to_string(a).unwrap_or_default().as_bytes())
+        });
+        let record = |server: Option<&str>, tool: Option<&str>, outcome, detail: String| Record {
+            time: String::new(),
+            client: client.to_owned(),
+            method: "tools/call".into(),
+            server: server.map(str::to_owned),
+            // Unresolved: the name as asked for.
+            tool: tool
+                .map(str::to_owned)
+                .or_else(|| server.is_none().then(|| name.to_owned())),
+            args_sha256: args_sha256.clone(),
+            outcome,
+            detail,
+            latency_ms: began.elapsed().as_secs_f64() * 1000.0,
+        };
+        let audit = |r: Record| {
+            if let Err(e) = self.inner.audit.write(r) {
+                tracing::warn!("write the MCP audit log: {e}");
+            }
+        };
+        let (server, tool, up) = match self.resolve(name) {
+            Ok(r) => r,
+            Err(e) => {
+                audit(record(None, None, Outcome::Unknown, e.message.to_string()));
+                return Err(e);
+            }
+        };
+        let limiter = self.inner.limiter.read().expect("limiter").clone();
+        if limiter.check_key(&client.to_owned()).is_err() {
+            let s = self.settings();
+            let msg = format!(
+                "rate limit: client `{client}` may make {} calls per second (bursts of {})",
+                s.rate_per_second, s.burst
+            );
+            audit(record(
+                Some(&server),
+                Some(&tool),
+                Outcome::RateLimited,
+                msg.clone(),
+            ));
+            return Err(error(RATE_LIMITED, msg));
+        }
+        let policy = self.inner.policy.read().expect("policy").clone();
+        let decision = policy.decide(client, &server, &tool);
+        if !decision.allowed {
+            audit(record(
+                Some(&server),
+                Some(&tool),
+                Outcome::Denied,
+                decision.reason.clone(),
+            ));
+            return Err(McpError::new(
+                DENIED,
+                decision.reason.clone(),
+                Some(
+                    serde_json::json!({ "client": client, "server": server, "tool": tool, "rule": decision.rule }),
+                ),
+            ));
+        }
+        let timeout = self.settings().call_timeout;
+        let mut params = CallToolRequestParams::new(tool.clone());
+        if let Some(a) = arguments {
+            params = params.with_arguments(a);
+        }
+        let sent = up
+            .client
+            .peer()
+            .send_request_with_option(
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                PeerRequestOptions::with_timeout(timeout),
+            )
+            .await;
+        let answer = match sent {
+            Ok(handle) => handle.await_response().await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(ServerResult::CallToolResult(mut r)) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                let outcome = if r.is_error == Some(true) {
+                    Outcome::ToolError
+                } else {
+                    Outcome::Ok
+                };
+                audit(record(Some(&server), Some(&tool), outcome, decision.reason));
+                Ok(r)
+            }
+            Ok(other) => {
+                let msg = format!("MCP server `{server}` answered tools/call with {other:?}");
+                self.broken(&server, &up, msg.clone());
+                audit(record(
+                    Some(&server),
+                    Some(&tool),
+                    Outcome::UpstreamError,
+                    msg.clone(),
+                ));
+                Err(error(UPSTREAM_FAILED, msg))
+            }
+            // The server's own JSON-RPC error goes to the client as it is.
+            Err(ServiceError::McpError(e)) => {
+                audit(record(
+                    Some(&server),
+                    Some(&tool),
+                    Outcome::ToolError,
+                    e.message.to_string(),
+                ));
+                Err(e)
+            }
+            Err(ServiceError::Timeout { timeout }) => {
+                let msg = format!(
+                    "MCP server `{server}` did not answer within {}s; it is being restarted",
+                    timeout.as_secs_f64()
+                );
+                self.broken(
+                    &server,
+                    &up,
+                    format!("no answer to tools/call {tool} within {timeout:?}"),
+                );
+                audit(record(
+                    Some(&server),
+                    Some(&tool),
+                    Outcome::Timeout,
+                    msg.clone(),
+                ));
+                Err(error(UPSTREAM_FAILED, msg))
+            }
+            Err(e) => {
+                let msg = format!(
+                    "MCP server `{server}` failed during the call: {e}; it is being restarted"
+                );
+                self.broken(&server, &up, format!("tools/call {tool}: {e}"));
+                audit(record(
+                    Some(&server),
+                    Some(&tool),
+                    Outcome::UpstreamError,
+                    msg.clone(),
+                ));
+                Err(error(UPSTREAM_FAILED, msg))
+            }
+        }
+    }
+
+    /// Whether `client` may call at least one tool of `server` (gates its resources and prompts).
+    async fn may_use_server(&self, client: &str, server: &str, up: &Arc<Upstream>) -> bool {
+        let policy = self.inner.policy.read().expect("policy").clone();
+        match up.client.peer().list_all_tools().await {
+            Ok(tools) => tools
+                .iter()
+                .any(|t| policy.decide(client, server, &t.name).allowed),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// One client's session: the handler rmcp drives for a stdio bridge or an HTTP session.
+#[derive(Clone)]
+pub struct Session {
+    gw: Gateway,
+    /// The client of a stdio session; HTTP requests carry theirs.
+    fixed: Option<String>,
+}
+
+impl Session {
+    /// A session whose requests come from `client` (stdio), or carry their client in the HTTP
+    /// request (`None`).
+    pub fn new(gw: Gateway, client: Option<String>) -> Self {
+        Self { gw, fixed: client }
+    }
+
+    fn client(&self, ctx: &RequestContext<RoleServer>) -> Result<String, McpError> {
+        if let Some(c) = &self.fixed {
+            return Ok(c.clone());
+        }
+        ctx.extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<ClientIdentity>())
+            .map(|c| c.0.clone())
+            .ok_or_else(|| error(UNAUTHENTICATED, "no authenticated client on this request"))
+    }
+}
+
+impl ServerHandler for Session {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            "osvm-mcp-gateway",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(
+            "osvm's MCP gateway: the tools of isolated MCP servers, named <server>.<tool>, \
+             each call checked against the stack's policy and audited",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let client = self.client(&ctx)?;
+        Ok(ListToolsResult::with_all_items(
+            self.gw.list_tools_for(&client).await,
+        ))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let client = self.client(&ctx)?;
+        let call = self
+            .gw
+            .call(&client, &request.name, request.arguments.clone());
+        tokio::select! {
+            r = call => r.map(Into::into),
+            _ = ctx.ct.cancelled() => Err(McpError::internal_error("cancelled by the client", None)),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let client = self.client(&ctx)?;
+        let mut all = Vec::new();
+        for (server, prefix, up) in self.gw.connected() {
+            let offers = up
+                .client
+                .peer()
+                .peer_info()
+                .is_some_and(|i| i.capabilities.resources.is_some());
+            if !offers || !self.gw.may_use_server(&client, &server, &up).await {
+                continue;
+            }
+            if let Ok(list) = up.client.peer().list_all_resources().await {
+                for mut r in list {
+                    r.uri = format!("{URI_SCHEME}{prefix}/{}", r.uri);
+                    all.push(r);
+                }
+            }
+        }
+        Ok(ListResourcesResult::with_all_items(all))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let client = self.client(&ctx)?;
+        let mut all = Vec::new();
+        for (server, prefix, up) in self.gw.connected() {
+            let offers = up
+                .client
+                .peer()
+                .peer_info()
+                .is_some_and(|i| i.capabilities.resources.is_some());
+            if !offers || !self.gw.may_use_server(&client, &server, &up).await {
+                continue;
+            }
+            if let Ok(list) = up.client.peer().list_all_resource_templates().await {
+                for mut t in list {
+                    t.uri_template = format!("{URI_SCHEME}{prefix}/{}", t.uri_template);
+                    all.push(t);
+                }
+            }
+        }
+        Ok(ListResourceTemplatesResult::with_all_items(all))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let client = self.client(&ctx)?;
+        let rest = request.uri.strip_prefix(URI_SCHEME).ok_or_else(|| {
+            McpError::resource_not_found(
+                format!("`{}` is not a gateway resource URI", request.uri),
+                None,
+            )
+        })?;
+        let (prefix, original) = rest
+            .split_once('/')
+            .ok_or_else(|| McpError::resource_not_found("a gateway URI names its server", None))?;
+        let (server, _, up) = self.gw.resolve(&format!("{prefix}.resource"))?;
+        if !self.gw.may_use_server(&client, &server, &up).await {
+            return Err(error(
+                DENIED,
+                format!("denied: client `{client}` may use no tool of `{server}`"),
+            ));
+        }
+        let mut r = up
+            .client
+            .peer()
+            .read_resource(ReadResourceRequestParams::new(original.to_owned()))
+            .await
+            .map_err(|e| pass_error(&server, e))?;
+        r.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(r.into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let client = self.client(&ctx)?;
+        let mut all = Vec::new();
+        for (server, prefix, up) in self.gw.connected() {
+            let offers = up
+                .client
+                .peer()
+                .peer_info()
+                .is_some_and(|i| i.capabilities.prompts.is_some());
+            if !offers || !self.gw.may_use_server(&client, &server, &up).await {
+                continue;
+            }
+            if let Ok(list) = up.client.peer().list_all_prompts().await {
+                for mut p in list {
+                    p.name = format!("{prefix}.{}", p.name);
+                    all.push(p);
+                }
+            }
+        }
+        Ok(ListPromptsResult::with_all_items(all))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let client = self.client(&ctx)?;
+        let (server, name, up) = self.gw.resolve(&request.name)?;
+        if !self.gw.may_use_server(&client, &server, &up).await {
+            return Err(error(
+                DENIED,
+                format!("denied: client `{client}` may use no tool of `{server}`"),
+            ));
+        }
+        let mut p = GetPromptRequestParams::new(name);
+        if let Some(a) = request.arguments.clone() {
+            p = p.with_arguments(a);
+        }
+        let mut r = up
+            .client
+            .peer()
+            .get_prompt(p)
+            .await
+            .map_err(|e| pass_error(&server, e))?;
+        r.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(r.into())
+    }
+}
+
+fn pass_error(server: &str, e: ServiceError) -> McpError {
+    match e {
+        ServiceError::McpError(e) => e,
+        other => error(UPSTREAM_FAILED, format!("MCP server `{server}`: {other}")),
+    }
+}

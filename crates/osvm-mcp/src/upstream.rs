@@ -1,0 +1,143 @@
+//! The gateway's side of one MCP server: an MCP client session (rmcp) over the server's stdio
+//! channel, which the daemon owns as two pipes.
+//!
+//! The handshake (`initialize`) has a deadline: a server that writes garbage instead of
+//! answering would otherwise hold it forever. A negotiated version this SDK does not know is
+//! refused. Every line the server writes is bounded: [`LineCapReader`] ends the session with an
+//! error at the first line longer than the limit, so every call in flight fails at once (rmcp
+//! alone would drop the line and leave its call waiting for its timeout), and the gateway
+//! reports the server as broken so the orchestrator restarts it.
+
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
+use rmcp::service::RunningService;
+use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::{RoleClient, ServiceExt};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::unix::pipe;
+
+/// A connected MCP server.
+pub struct Upstream {
+    /// The MCP client session.
+    pub client: RunningService<RoleClient, ClientConfig>,
+    /// The protocol version agreed on.
+    pub protocol: String,
+    /// The server's own name and version, as it announced them.
+    pub server_info: String,
+}
+
+/// An `AsyncRead` that fails once a single line (a JSON-RPC message on the stdio transport)
+/// grows past `max` bytes.
+pub struct LineCapReader<R> {
+    inner: R,
+    max: usize,
+    current: usize,
+}
+
+impl<R> LineCapReader<R> {
+    /// Bounds the lines read from `inner` to `max` bytes.
+    pub fn new(inner: R, max: usize) -> Self {
+        Self {
+            inner,
+            max,
+            current: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for LineCapReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        for &b in &buf.filled()[before..] {
+            if b == b'\n' {
+                this.current = 0;
+            } else {
+                this.current += 1;
+                if this.current > this.max {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("a message longer than the limit of {} bytes", this.max),
+                    )));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// How osvm introduces itself to MCP servers.
+pub fn client_config() -> ClientConfig {
+    // The newest revision that still has `initialize`: the servers in the field (the reference
+    // servers' TypeScript SDK included) answer it; rmcp's default asks for a newer one.
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("osvm-mcp-gateway", env!("CARGO_PKG_VERSION")),
+    )
+    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+}
+
+/// Connects to an MCP server whose stdout is `from` and stdin is `to`.
+pub async fn connect_stdio(
+    from: OwnedFd,
+    to: OwnedFd,
+    max_message: usize,
+    handshake: Duration,
+) -> Result<Upstream, String> {
+    let rx = pipe::Receiver::from_owned_fd(from).map_err(|e| format!("the stdout pipe: {e}"))?;
+    let tx = pipe::Sender::from_owned_fd(to).map_err(|e| format!("the stdin pipe: {e}"))?;
+    let transport = AsyncRwTransport::new_client(LineCapReader::new(rx, max_message), tx)
+        .with_max_line_length(max_message);
+    let client = tokio::time::timeout(handshake, client_config().serve(transport))
+        .await
+        .map_err(|_| format!("no answer to initialize within {}s", handshake.as_secs()))?
+        .map_err(|e| format!("initialize failed: {e}"))?;
+    let info = client
+        .peer()
+        .peer_info()
+        .ok_or("the server sent no initialize result")?;
+    let protocol = info.protocol_version.clone();
+    if !ProtocolVersion::KNOWN_VERSIONS.contains(&protocol) {
+        return Err(format!(
+            "the server answered protocol version {protocol}, which is not an MCP revision"
+        ));
+    }
+    let server_info = info
+        .server_info
+        .as_ref()
+        .map(|i| format!("{} {}", i.name, i.version))
+        .unwrap_or_default();
+    Ok(Upstream {
+        protocol: protocol.to_string(),
+        server_info,
+        client,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn lines_past_the_cap_end_the_stream_with_an_error() {
+        let data = b"short\nthis line is far too long\nnever read\n".to_vec();
+        let mut r = LineCapReader::new(&data[..], 10);
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let mut ok = LineCapReader::new(&b"0123456789\n0123456789\n"[..], 10);
+        let mut out = Vec::new();
+        ok.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out.len(), 22);
+    }
+}

@@ -1,0 +1,345 @@
+//! `osvm mcp serve|tools|servers|call|token`: the MCP gateway, which runs in the daemon.
+//!
+//! `serve` without `--listen` is the stdio face for a local agent: it upgrades a connection to
+//! the daemon's socket to a raw MCP stream (the daemon's gateway runs the session) and copies
+//! its own stdin and stdout to it. With `--listen ADDR` it is the streamable-HTTP face for
+//! remote clients: every request to `/mcp` is passed to the daemon's `/v1/mcp` with its bearer
+//! token, which the daemon checks (an unauthenticated request is refused here already).
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use osvm_mcp::ToolView;
+use serde_json::{Value, json};
+
+use super::control::{client, print_json};
+use super::socket;
+use crate::cli::{Global, McpCommand, McpTokenCommand, Output};
+use crate::client::json as parse;
+
+/// The bridge's limit on one message from the client (the daemon enforces the stack's own).
+const MAX_LINE: usize = 16 << 20;
+
+pub fn run(global: &Global, command: McpCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        McpCommand::Serve(args) => {
+            if let Some(addr) = args.listen {
+                return listen(global, &addr);
+            }
+            let headers: Vec<(&str, String)> = match (args.token, args.client) {
+                (Some(t), _) => vec![("authorization", format!("Bearer {t}"))],
+                (None, Some(c)) => vec![(osvm_daemon::mcp::CLIENT_HEADER, c)],
+                (None, None) => anyhow::bail!(
+                    "say who the client is: --token TOKEN (osvm mcp token issue CLIENT) or \
+                     --as CLIENT"
+                ),
+            };
+            client(global)?.bridge_stdio(
+                "/v1/mcp/stdio",
+                &headers,
+                osvm_daemon::mcp::STDIO_UPGRADE,
+                MAX_LINE,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        McpCommand::Tools(args) => {
+            let mut path = format!("/v1/mcp/tools?all={}", args.all);
+            if let Some(c) = &args.client {
+                path.push_str(&format!("&client={}", urlencode(c)));
+            }
+            let answer = client(global)?.call(Method::GET, &path, None)?;
+            if global.output == Output::Json {
+                print_json(&answer)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let v: Value = parse(&answer)?;
+            let tools: Vec<ToolView> = serde_json::from_value(v["tools"].clone())?;
+            println!("client: {}", v["client"].as_str().unwrap_or("?"));
+            let mut rows = vec![vec![
+                "TOOL".to_string(),
+                "COMPONENT".into(),
+                "POLICY".into(),
+                "DESCRIPTION".into(),
+            ]];
+            for t in &tools {
+                let mut desc: String = t.description.lines().next().unwrap_or("").to_owned();
+                if desc.chars().count() > 60 {
+                    desc = desc.chars().take(57).collect::<String>() + "...";
+                }
+                rows.push(vec![
+                    t.name.clone(),
+                    t.component.clone(),
+                    if t.allowed { "allowed" } else { "denied" }.into(),
+                    desc,
+                ]);
+            }
+            print!("{}", super::net::columns(&rows));
+            if tools.is_empty() {
+                println!("(no tools: no MCP server is connected, or the policy allows none)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        McpCommand::Servers => {
+            let answer = client(global)?.call(Method::GET, "/v1/mcp/servers", None)?;
+            if global.output == Output::Json {
+                print_json(&answer)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let servers: Vec<osvm_mcp::gateway::ServerView> = parse(&answer)?;
+            let mut rows = vec![vec![
+                "SERVER".to_string(),
+                "PREFIX".into(),
+                "COMPONENT".into(),
+                "STATE".into(),
+                "PROTOCOL".into(),
+                "DETAIL".into(),
+            ]];
+            for s in servers {
+                rows.push(vec![
+                    s.server,
+                    s.prefix,
+                    s.component,
+                    s.state,
+                    s.protocol.unwrap_or_else(|| "-".into()),
+                    s.detail,
+                ]);
+            }
+            print!("{}", super::net::columns(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        McpCommand::Call(args) => {
+            let arguments: Value = serde_json::from_str(&args.args)
+                .map_err(|e| super::InvalidInput(format!("--args is not JSON: {e}")))?;
+            if !arguments.is_object() {
+                return Err(super::InvalidInput("--args must be a JSON object".into()).into());
+            }
+            let body = json!({ "client": args.client, "name": args.name, "arguments": arguments });
+            let answer = client(global)?.call(
+                Method::POST,
+                "/v1/mcp/call",
+                Some(serde_json::to_vec(&body)?),
+            )?;
+            let v: Value = parse(&answer)?;
+            if global.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(e) = v.get("error") {
+                eprintln!(
+                    "error {}: {}",
+                    e["code"],
+                    e["message"].as_str().unwrap_or("?")
+                );
+            } else {
+                for block in v["result"]["content"].as_array().into_iter().flatten() {
+                    match block["text"].as_str() {
+                        Some(text) => println!("{text}"),
+                        None => println!("{block}"),
+                    }
+                }
+            }
+            Ok(if v.get("error").is_some() {
+                ExitCode::from(3)
+            } else if v["result"]["isError"] == true {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        McpCommand::Token(cmd) => token(global, cmd),
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn token(global: &Global, cmd: McpTokenCommand) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    match cmd {
+        McpTokenCommand::Issue(a) => {
+            let body = json!({ "client": a.client, "ttl": a.ttl });
+            let answer = c.call(
+                Method::POST,
+                "/v1/mcp/tokens",
+                Some(serde_json::to_vec(&body)?),
+            )?;
+            if global.output == Output::Json {
+                print_json(&answer)?;
+            } else {
+                let v: Value = parse(&answer)?;
+                println!("{}", v["token"].as_str().unwrap_or(""));
+                eprintln!(
+                    "token {} for client `{}`: shown once, only its hash is kept; revoke with \
+                     `osvm mcp token revoke {}`",
+                    v["record"]["id"].as_str().unwrap_or("?"),
+                    v["record"]["client"].as_str().unwrap_or("?"),
+                    v["record"]["id"].as_str().unwrap_or("?"),
+                );
+            }
+        }
+        McpTokenCommand::List => {
+            let answer = c.call(Method::GET, "/v1/mcp/tokens", None)?;
+            if global.output == Output::Json {
+                print_json(&answer)?;
+            } else {
+                let list: Vec<osvm_mcp::tokens::TokenRecord> = parse(&answer)?;
+                let mut rows = vec![vec![
+                    "ID".to_string(),
+                    "CLIENT".into(),
+                    "ISSUED".into(),
+                    "EXPIRES".into(),
+                    "STATE".into(),
+                ]];
+                let when = |s: u64| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+                    )
+                    .to_string()
+                };
+                for t in list {
+                    rows.push(vec![
+                        t.id,
+                        t.client,
+                        when(t.issued_at),
+                        t.expires_at.map_or("never".into(), when),
+                        if t.revoked { "revoked" } else { "valid" }.into(),
+                    ]);
+                }
+                print!("{}", super::net::columns(&rows));
+            }
+        }
+        McpTokenCommand::Revoke(a) => {
+            let answer = c.call(
+                Method::DELETE,
+                &format!("/v1/mcp/tokens/{}", urlencode(&a.what)),
+                None,
+            )?;
+            if global.output == Output::Json {
+                print_json(&answer)?;
+            } else {
+                let v: Value = parse(&answer)?;
+                for t in v["revoked"].as_array().into_iter().flatten() {
+                    println!(
+                        "revoked token {} of client `{}`",
+                        t["id"].as_str().unwrap_or("?"),
+                        t["client"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let body = json!({ "error": { "code": status.as_u16(), "message": message } }).to_string();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed())
+        .expect("a valid response")
+}
+
+/// Passes one client request to the daemon's `/v1/mcp`, its body and the answer streamed.
+async fn forward(req: Request<Incoming>, daemon: PathBuf) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() != "/mcp" {
+        return Ok(text(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp"));
+    }
+    if !req.headers().contains_key("authorization") {
+        return Ok(text(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token> (osvm mcp token issue CLIENT)",
+        ));
+    }
+    let stream = match tokio::net::UnixStream::connect(&daemon).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(text(
+                StatusCode::BAD_GATEWAY,
+                &format!("the osvm daemon is unreachable: {e}"),
+            ));
+        }
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return Ok(text(
+            StatusCode::BAD_GATEWAY,
+            "the osvm daemon did not answer",
+        ));
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (parts, body) = req.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(format!("http://osvm/v1/mcp{query}"));
+    for (k, v) in &parts.headers {
+        // The client may not name itself: only its token does.
+        if k == "host" || k == osvm_daemon::mcp::CLIENT_HEADER || k == "connection" {
+            continue;
+        }
+        out = out.header(k, v);
+    }
+    let Ok(out) = out.header("host", "osvm").body(body) else {
+        return Ok(text(StatusCode::BAD_REQUEST, "a malformed request"));
+    };
+    match sender.send_request(out).await {
+        Ok(resp) => Ok(resp.map(BodyExt::boxed)),
+        Err(e) => Ok(text(
+            StatusCode::BAD_GATEWAY,
+            &format!("the osvm daemon: {e}"),
+        )),
+    }
+}
+
+fn listen(global: &Global, addr: &str) -> anyhow::Result<ExitCode> {
+    let daemon = socket(global)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
+        eprintln!(
+            "serving MCP (streamable HTTP) at http://{}/mcp for the gateway of {}",
+            listener.local_addr()?,
+            daemon.display()
+        );
+        loop {
+            let (tcp, _) = tokio::select! {
+                a = listener.accept() => a?,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            };
+            let daemon = daemon.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| forward(req, daemon.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    })
+}

@@ -1,0 +1,520 @@
+//! The MCP gateway end to end: real third-party MCP servers (the reference `filesystem` and
+//! `everything` servers from the npm registry, run with the machine's Node.js) and a misbehaving
+//! one, each confined as a component of a stack; a real third-party client (the official Python
+//! SDK from PyPI) over stdio and over streamable HTTP; policy, audit, crashes, hangs, garbage.
+//!
+//! The npm packages and the Python SDK are installed once per target directory (pinned
+//! versions); a test skips with the reason when the host lacks root, Node.js, npm or python3's
+//! venv, or cannot reach the registries.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const SERVERS: &[&str] = &[
+    "@modelcontextprotocol/server-filesystem@2026.8.31",
+    "@modelcontextprotocol/server-everything@2026.8.31",
+];
+const PYTHON_SDK: &str = "mcp==2.3.0";
+
+#[derive(Clone)]
+struct Fixtures {
+    /// `node_modules` with the reference servers.
+    node_modules: PathBuf,
+    /// A python with the MCP SDK.
+    python: PathBuf,
+}
+
+static FIXTURES: Mutex<Option<Result<Fixtures, String>>> = Mutex::new(None);
+
+fn install() -> Result<Fixtures, String> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-fixtures");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let o = cmd
+            .output()
+            .map_err(|e| format!("{what}: cannot run: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    };
+    if !Path::new("/usr/bin/node").exists() {
+        return Err("needs Node.js at /usr/bin/node".into());
+    }
+    let servers = dir.join("servers");
+    let fs_server =
+        servers.join("node_modules/@modelcontextprotocol/server-filesystem/dist/index.js");
+    if !fs_server.exists() {
+        std::fs::create_dir_all(&servers).map_err(|e| e.to_string())?;
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .arg(&servers)
+                .args(SERVERS),
+            "npm install of the reference MCP servers",
+        )?;
+    }
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let has_sdk = Command::new(&python)
+        .args(["-c", "import mcp.client.streamable_http"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )?;
+        run(
+            Command::new(&python).args(["-m", "pip", "install", "-q", PYTHON_SDK]),
+            "pip install of the MCP Python SDK",
+        )?;
+    }
+    Ok(Fixtures {
+        node_modules: servers.join("node_modules"),
+        python,
+    })
+}
+
+fn fixtures(test: &str) -> Option<Fixtures> {
+    if !sandbox_available(test) {
+        return None;
+    }
+    let mut guard = FIXTURES.lock().unwrap_or_else(|e| e.into_inner());
+    let r = guard.get_or_insert_with(install).clone();
+    match r {
+        Ok(f) => Some(f),
+        Err(e) => {
+            skip(test, &e);
+            None
+        }
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The stack: the reference servers, the misbehaving one, and two clients' policies.
+fn stack(state: &StateDir, f: &Fixtures) -> PathBuf {
+    let shared = state.path.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(
+        shared.join("hello.txt"),
+        "hello from the shared directory\n",
+    )
+    .unwrap();
+    let nm = f.node_modules.display();
+    let fixtures = fixture("").display().to_string();
+    let text = format!(
+        r#"
+[stack]
+name = "mcp"
+restart_backoff = "500ms"
+restart_backoff_max = "1s"
+max_restarts = 50
+mcp = {{ call_timeout = "3s", max_message_size = "1M", rate = 200, burst = 400 }}
+
+[[component]]
+name = "files"
+type = {{ kind = "mcp_server", name = "fs", version = "2026.8.31" }}
+command = "/usr/bin/node"
+args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "/shared"]
+mounts = [
+  {{ source = "{nm}", target = "/opt/mcp/node_modules" }},
+  {{ source = "{shared}", target = "/shared", mode = "rw" }},
+]
+
+# The same server told it may use the whole file system: only osvm's confinement keeps the
+# host's files away from it.
+[[component]]
+name = "rootfs"
+type = {{ kind = "mcp_server", name = "rootfs" }}
+command = "/usr/bin/node"
+args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "/"]
+mounts = [
+  {{ source = "{nm}", target = "/opt/mcp/node_modules" }},
+  {{ source = "{shared}", target = "/shared" }},
+]
+
+[[component]]
+name = "everything"
+type = {{ kind = "mcp_server", name = "everything" }}
+command = "/usr/bin/node"
+args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+mounts = [{{ source = "{nm}", target = "/opt/mcp/node_modules" }}]
+
+[[component]]
+name = "fake"
+type = {{ kind = "mcp_server", name = "fake" }}
+command = "/usr/bin/python3"
+args = ["/fixtures/mcp_fake_server.py"]
+mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
+
+[[mcp_policy]]
+allow = {{ clients = ["alice"], tools = ["*"] }}
+
+[[mcp_policy]]
+allow = {{ clients = ["bob"], tools = ["fs.read_*", "fs.list_*", "everything.echo"] }}
+
+[[mcp_policy]]
+deny = {{ clients = ["*"], tools = ["fs.move_file"] }}
+"#,
+        shared = shared.display()
+    );
+    let file = state.path.join("mcp.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// A daemon running the stack with every MCP server connected.
+fn up(test: &str) -> Option<(StateDir, Daemon, PathBuf, Fixtures)> {
+    let f = fixtures(test)?;
+    let state = StateDir::new(test);
+    let daemon = Daemon::start(&state);
+    let file = stack(&state, &f);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_servers(&state, 4);
+    Some((state, daemon, file, f))
+}
+
+fn servers(state: &StateDir) -> Vec<Value> {
+    let o = run(state.osvm().args(["-o", "json", "mcp", "servers"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn wait_servers(state: &StateDir, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = servers(state);
+        if s.iter().filter(|s| s["state"] == "up").count() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {n} MCP servers up: {s:?}\n{}",
+            stdout(&run(state.osvm().arg("events")))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn call(state: &StateDir, client: &str, name: &str, args: &str) -> (i32, Value) {
+    let o = run(state.osvm().args([
+        "-o", "json", "mcp", "call", name, "--as", client, "--args", args,
+    ]));
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), v)
+}
+
+fn down(state: &StateDir, file: &Path) {
+    let _ = run(state.osvm().arg("down").arg(file));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !ps(state).is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn audit(state: &StateDir) -> Vec<Value> {
+    std::fs::read_to_string(state.path.join("mcp/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Checks what the Python client printed.
+fn check_client_view(out: &Value, how: &str) {
+    let tools: Vec<&str> = out["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(tools.contains(&"fs.read_text_file"), "{how}: {tools:?}");
+    assert!(tools.contains(&"everything.echo"), "{how}: {tools:?}");
+    assert!(
+        !tools.contains(&"fs.write_file") && !tools.iter().any(|t| t.starts_with("fake.")),
+        "{how}: bob sees only what bob may call: {tools:?}"
+    );
+    assert_eq!(out["read"]["is_error"], false, "{how}: {out}");
+    assert!(
+        out["read"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the shared directory"),
+        "{how}: {out}"
+    );
+    assert_eq!(out["write"]["error_code"], -32001, "{how}: denied: {out}");
+    assert!(
+        out["write"]["error"].as_str().unwrap().contains("bob"),
+        "{how}: the denial names the client: {out}"
+    );
+}
+
+#[test]
+fn a_third_party_client_lists_calls_and_is_denied_over_stdio_and_http() {
+    const TEST: &str = "mcp_e2e";
+    let Some((state, _daemon, file, f)) = up(TEST) else {
+        return;
+    };
+    let client = fixture("mcp_client.py");
+
+    // stdio: the SDK spawns `osvm mcp serve --as bob` as its server.
+    let o = run(Command::new(&f.python)
+        .arg(&client)
+        .args(["stdio"])
+        .arg(osvm_bin())
+        .arg(&state.path)
+        .arg("bob"));
+    assert!(o.status.success(), "python over stdio: {}", stderr(&o));
+    let out: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    check_client_view(&out, "stdio");
+
+    // streamable HTTP through `osvm mcp serve --listen`, with a bearer token osvm issued.
+    let o = run(state.osvm().args(["mcp", "token", "issue", "bob"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_owned();
+    let mut serve = state
+        .osvm()
+        .args(["mcp", "serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let o = run(Command::new(&f.python)
+        .arg(&client)
+        .args(["http", &url, &token]));
+    let http_ok = o.status.success();
+    let http_out = stdout(&o);
+    // A revoked token is refused at once.
+    let _ = run(state.osvm().args(["mcp", "token", "revoke", "bob"]));
+    let revoked = run(Command::new(&f.python)
+        .arg(&client)
+        .args(["http", &url, &token]));
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(http_ok, "python over HTTP: {}", stderr(&o));
+    check_client_view(&serde_json::from_str(http_out.trim()).unwrap(), "http");
+    assert!(!revoked.status.success(), "a revoked token still worked");
+
+    // Every call was audited: client, server, tool, argument hash, outcome, latency.
+    let trail = audit(&state);
+    let denied: Vec<&Value> = trail
+        .iter()
+        .filter(|r| r["client"] == "bob" && r["tool"] == "write_file")
+        .collect();
+    assert_eq!(denied.len(), 2, "one denial per transport: {trail:?}");
+    assert!(denied.iter().all(|r| r["outcome"] == "denied"
+        && r["server"] == "fs"
+        && r["args_sha256"].as_str().is_some_and(|h| h.len() == 64)
+        && r["latency_ms"].is_number()));
+    assert!(
+        trail
+            .iter()
+            .any(|r| r["client"] == "bob" && r["tool"] == "read_text_file" && r["outcome"] == "ok")
+    );
+    down(&state, &file);
+}
+
+#[test]
+fn a_confined_server_cannot_read_host_files_even_when_its_tool_would() {
+    const TEST: &str = "mcp_confined";
+    let Some((state, _daemon, file, _)) = up(TEST) else {
+        return;
+    };
+    let secret = state.path.join("host-secret.txt");
+    std::fs::write(&secret, "the host's secret\n").unwrap();
+    // The server itself allows "/": it tries, and the sandbox has no such file.
+    let (code, v) = call(
+        &state,
+        "alice",
+        "rootfs.read_text_file",
+        &format!(r#"{{"path": "{}"}}"#, secret.display()),
+    );
+    assert_eq!(code, 1, "the tool reports an error: {v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("ENOENT") && !text.contains("secret\n"),
+        "the host file is not there for it: {v}"
+    );
+    let (code, v) = call(
+        &state,
+        "alice",
+        "rootfs.read_text_file",
+        r#"{"path": "/shared/hello.txt"}"#,
+    );
+    assert_eq!(code, 0, "what the stack binds in is readable: {v}");
+    let (code, v) = call(
+        &state,
+        "alice",
+        "rootfs.read_text_file",
+        r#"{"path": "/etc/shadow"}"#,
+    );
+    assert_eq!(code, 1, "{v}");
+    down(&state, &file);
+}
+
+#[test]
+fn crashing_hanging_and_garbage_writing_servers_fail_the_call_and_come_back() {
+    const TEST: &str = "mcp_crash";
+    let Some((state, _daemon, file, _)) = up(TEST) else {
+        return;
+    };
+    // A server killed in the middle of a long call: the call errors at once, no hang.
+    let pid = ps(&state)
+        .iter()
+        .find(|c| c["name"] == "everything")
+        .and_then(|c| c["pid"].as_i64())
+        .expect("everything runs");
+    let osvm_state = state.path.clone();
+    let long = std::thread::spawn(move || {
+        let began = Instant::now();
+        let o = Command::new(osvm_bin())
+            .arg("--state-dir")
+            .arg(&osvm_state)
+            .args([
+                "-o",
+                "json",
+                "mcp",
+                "call",
+                "everything.trigger-long-running-operation",
+            ])
+            .args([
+                "--as",
+                "alice",
+                "--args",
+                r#"{"duration": 20, "steps": 20}"#,
+            ])
+            .output()
+            .unwrap();
+        (o, began.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (o, took) = long.join().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(took < Duration::from_secs(10), "the call hung for {took:?}");
+    wait_servers(&state, 4);
+    let (code, v) = call(&state, "alice", "everything.echo", r#"{"message": "back"}"#);
+    assert_eq!(code, 0, "after the restart: {v}");
+
+    // Hang, garbage, an oversized line, a crash: each call fails by itself; the server is
+    // restarted and answers the next call.
+    for (tool, why) in [
+        ("fake.hang", "did not answer"),
+        ("fake.garbage", "did not answer"),
+        ("fake.huge", "failed"),
+        ("fake.die", "failed"),
+    ] {
+        let began = Instant::now();
+        let (code, v) = call(&state, "alice", tool, "{}");
+        assert_eq!(code, 3, "{tool}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(why), "{tool}: {v}");
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{tool} took {:?}",
+            began.elapsed()
+        );
+        wait_servers(&state, 4);
+        let (code, v) = call(&state, "alice", "fake.echo", r#"{"message": "still here"}"#);
+        assert_eq!(code, 0, "after {tool}: {v}");
+    }
+    let restarts = ps(&state)
+        .iter()
+        .find(|c| c["name"] == "fake")
+        .and_then(|c| c["restarts"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        restarts >= 4,
+        "the fake server was restarted after each failure: {restarts}"
+    );
+    down(&state, &file);
+}
+
+#[test]
+fn malformed_and_oversized_client_messages_get_errors_and_the_gateway_lives_on() {
+    const TEST: &str = "mcp_garbage";
+    let Some((state, _daemon, file, _)) = up(TEST) else {
+        return;
+    };
+    let session = |input: &[u8]| -> (String, bool) {
+        let mut child = state
+            .osvm()
+            .args(["mcp", "serve", "--as", "alice"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        let o = child.wait_with_output().unwrap();
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            o.status.success(),
+        )
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    // Garbage first, then a well-formed request: the session answers it.
+    let (out, _) =
+        session(format!("this is not JSON\n{{\"jsonrpc\":\"2.0\"}}\n{init}\n").as_bytes());
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"id\":1") && l.contains("protocolVersion")),
+        "initialize answered after garbage: {out}"
+    );
+    // A message over the stack's 1 MiB limit ends that session, not the gateway.
+    let huge = format!(
+        "{init}\n{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\",\"params\":{{\"x\":\"{}\"}}}}\n",
+        "A".repeat(2 << 20)
+    );
+    let (out, _) = session(huge.as_bytes());
+    assert!(
+        !out.contains("\"id\":2"),
+        "the oversized request was not served: {out}"
+    );
+    let (code, v) = call(
+        &state,
+        "alice",
+        "everything.echo",
+        r#"{"message": "alive"}"#,
+    );
+    assert_eq!(code, 0, "the gateway still serves: {v}");
+    down(&state, &file);
+}
