@@ -867,3 +867,7 @@ fn pass_error(server: &str, e: ServiceError) -> McpError {
         other => error(UPSTREAM_FAILED, format!("MCP server `{server}`: {other}")),
     }
 }
+
+#[cfg(test)]
+#[path = "gateway_tests.rs"]
+mod tests;

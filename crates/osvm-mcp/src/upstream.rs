@@ -64,6 +64,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for LineCapReader<R> {
             } else {
                 this.current += 1;
                 if this.current > this.max {
+                    // An error must come with no bytes read (tokio's read contract).
+                    buf.set_filled(before);
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!("a message longer than the limit of {} bytes", this.max),

@@ -28,6 +28,25 @@ fn validate_accepts_the_quickstart_stack() {
 }
 
 #[test]
+fn validate_accepts_the_mcp_example_with_its_two_servers_and_three_rules() {
+    let o = std::process::Command::new(osvm_bin())
+        .args(["-o", "json", "validate"])
+        .arg(example("mcp.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v["stack"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["mcp"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["fs", "everything"]);
+    assert_eq!(v["stack"]["mcp_policy"].as_array().unwrap().len(), 3);
+}
+
+#[test]
 fn validate_reports_file_line_and_column_and_exits_2() {
     let dir = StateDir::new("validate");
     let file = dir.path.join("bad.toml");

@@ -12,13 +12,20 @@ pub fn run(global: &Global, args: ValidateArgs) -> anyhow::Result<ExitCode> {
                     let doc = serde_json::json!({ "valid": true, "stack": stack });
                     println!("{}", serde_json::to_string_pretty(&doc)?);
                 }
-                Output::Text => println!(
-                    "{}: valid: stack `{}` with {} component(s) and {} policy rule(s)",
-                    args.file.display(),
-                    stack.name,
-                    stack.components.len(),
-                    stack.policies.len()
-                ),
+                Output::Text => {
+                    let mcp = if stack.mcp_policy.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {} mcp_policy rule(s)", stack.mcp_policy.len())
+                    };
+                    println!(
+                        "{}: valid: stack `{}` with {} component(s) and {} policy rule(s){mcp}",
+                        args.file.display(),
+                        stack.name,
+                        stack.components.len(),
+                        stack.policies.len()
+                    )
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

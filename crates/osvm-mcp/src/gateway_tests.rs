@@ -1,0 +1,108 @@
+//! The gateway's client side on an in-memory stream: malformed and oversized input gets an
+//! error or ends the session, never a panic, and a well-formed request after garbage is served.
+
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use rmcp::transport::async_rw::AsyncRwTransport;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::{Gateway, Session};
+use crate::upstream::LineCapReader;
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+/// Runs one stdio-framed session for `client` over an in-memory pipe; returns the client's ends.
+fn session(
+    gw: &Gateway,
+    max: usize,
+) -> (
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+) {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (read, write) = tokio::io::split(theirs);
+    let transport = AsyncRwTransport::new_server(LineCapReader::new(read, max), write)
+        .with_max_line_length(max);
+    let session = Session::new(gw.clone(), Some("alice".into()));
+    tokio::spawn(async move {
+        if let Ok(running) = session.serve(transport).await {
+            let _ = running.waiting().await;
+        }
+    });
+    let (r, w) = tokio::io::split(ours);
+    (w, BufReader::new(r))
+}
+
+async fn next_line(
+    r: &mut BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+) -> Option<String> {
+    let mut line = String::new();
+    match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => Some(line),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_then_a_request_is_served_and_tools_list_is_empty_without_servers() {
+    let dir = std::env::temp_dir().join(format!("osvm-gw-test-{}", std::process::id()));
+    let gw = Gateway::new(tokio::runtime::Handle::current(), &dir);
+    let (mut w, mut r) = session(&gw, 1 << 20);
+    for junk in [
+        "not json",
+        "{}",
+        "[1,2,3]",
+        r#"{"jsonrpc":"2.0","id":7,"method":"no/such"}"#,
+    ] {
+        w.write_all(format!("{junk}\n").as_bytes()).await.unwrap();
+    }
+    w.write_all(format!("{INIT}\n").as_bytes()).await.unwrap();
+    // Whatever the session says to the junk, the initialize gets its answer.
+    let mut answered = false;
+    while let Some(line) = next_line(&mut r).await {
+        if line.contains(r#""id":1"#) && line.contains("protocolVersion") {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "initialize was answered after garbage");
+    w.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}\n")
+        .await
+        .unwrap();
+    let mut tools = None;
+    while let Some(line) = next_line(&mut r).await {
+        if line.contains(r#""id":2"#) {
+            tools = Some(line);
+            break;
+        }
+    }
+    let tools = tools.expect("tools/list answered");
+    assert!(tools.contains(r#""tools":[]"#), "{tools}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_ends_the_session_without_an_answer() {
+    let dir = std::env::temp_dir().join(format!("osvm-gw-test2-{}", std::process::id()));
+    let gw = Gateway::new(tokio::runtime::Handle::current(), &dir);
+    let (mut w, mut r) = session(&gw, 1024);
+    w.write_all(format!("{INIT}\n").as_bytes()).await.unwrap();
+    assert!(
+        next_line(&mut r)
+            .await
+            .is_some_and(|l| l.contains("protocolVersion"))
+    );
+    let huge = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/list\",\"params\":{{\"x\":\"{}\"}}}}\n",
+        "A".repeat(4096)
+    );
+    let _ = w.write_all(huge.as_bytes()).await;
+    while let Some(line) = next_line(&mut r).await {
+        assert!(
+            !line.contains(r#""id":3"#),
+            "the oversized request was served: {line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
