@@ -222,7 +222,15 @@ impl Gateway {
                 {
                     old.link
                 }
-                _ => Link::Down("not started yet".into()),
+                _ => match &decl.spec.transport {
+                    osvm_core::stack::McpTransport::Stdio => Link::Down("not started yet".into()),
+                    osvm_core::stack::McpTransport::Http { .. } => Link::Down(
+                        "transport http is not connected by this release of the gateway (it \
+                         runs on the host and does not reach into component namespaces); use \
+                         transport stdio"
+                            .into(),
+                    ),
+                },
             };
             next.insert(decl.spec.name.clone(), Server { decl, link });
         }

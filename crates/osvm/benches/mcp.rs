@@ -1,0 +1,312 @@
+//! `tools/call` through osvm's MCP gateway vs the same client talking to the same server
+//! directly over stdio, side by side in one run; then the gateway's memory with 50 servers.
+//!
+//! Run with `cargo bench -p osvm --bench mcp` as root (the daemon confines the servers). The
+//! client is rmcp (the official Rust SDK) in both cases; the server is the reference
+//! `everything` server (npm, Node.js), `echo` tool. Direct: the client spawns the server and
+//! speaks stdio to it. Gateway: the client spawns `osvm mcp serve --as bench` and speaks stdio
+//! to that, which bridges to the daemon's gateway, which calls the server (confined as a
+//! component) over its stdio, checking policy, rate and writing the audit log on the way.
+//!
+//! `OSVM_BENCH_CALLS` sets the calls per case (default 2000).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rmcp::RoleClient;
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::RunningService;
+
+const EVERYTHING: &str = "@modelcontextprotocol/server-everything@2026.8.31";
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn osvm() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_osvm"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn connect(mut cmd: tokio::process::Command) -> RunningService<RoleClient, ClientConfig> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let (out, inp) = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    // The child lives as long as the session's transport; it is killed when dropped.
+    std::mem::forget(child);
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("bench", "1"),
+    )
+    .serve((out, inp))
+    .await
+    .expect("initialize")
+}
+
+/// Sequential calls (latency) and 8 concurrent callers (throughput) of `tool`.
+async fn measure(
+    client: &RunningService<RoleClient, ClientConfig>,
+    tool: &str,
+    calls: usize,
+) -> (Vec<Duration>, f64) {
+    let args = serde_json::json!({ "message": "ping" })
+        .as_object()
+        .cloned()
+        .unwrap();
+    let one = || {
+        let peer = client.peer().clone();
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
+        async move { peer.call_tool(params).await.expect("call") }
+    };
+    for _ in 0..50 {
+        one().await;
+    }
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = one().await;
+        lat.push(t.elapsed());
+        assert_ne!(r.is_error, Some(true));
+    }
+    lat.sort();
+    let t = Instant::now();
+    let per = calls / 8;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let peer = client.peer().clone();
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                peer.call_tool(params.clone()).await.expect("call");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (lat, (per * 8) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn wait_up(state: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let o = Command::new(osvm())
+            .arg("--state-dir")
+            .arg(state)
+            .args(["-o", "json", "mcp", "servers"])
+            .output()
+            .unwrap();
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v.iter().filter(|s| s["state"] == "up").count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "servers not up: {v:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn apply(state: &Path, file: &Path) {
+    let o = Command::new(osvm())
+        .arg("--state-dir")
+        .arg(state)
+        .args(["up", "-d"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP mcp bench: needs root");
+        return;
+    }
+    let calls: usize = std::env::var("OSVM_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let servers = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-bench-servers");
+    let index = servers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if !index.exists() {
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&servers)
+            .arg(EVERYTHING)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("SKIP mcp bench: npm install {EVERYTHING} failed");
+            return;
+        }
+    }
+    let state = std::env::temp_dir().join(format!("osvm-bench-mcp-{}", std::process::id()));
+    std::fs::create_dir_all(&state).unwrap();
+    let fake = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let nm = servers.join("node_modules");
+    let stack = state.join("bench.toml");
+    std::fs::write(
+        &stack,
+        format!(
+            r#"[stack]
+name = "bench"
+mcp = {{ rate = 1000000, burst = 1000000 }}
+
+[[component]]
+name = "everything"
+type = {{ kind = "mcp_server", name = "everything" }}
+command = "/usr/bin/node"
+args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+mounts = [{{ source = "{}", target = "/opt/mcp/node_modules" }}]
+
+[[mcp_policy]]
+allow = {{ clients = ["bench"], tools = ["*"] }}
+"#,
+            nm.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(osvm())
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("daemon")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = state.join("osvm.sock");
+    while !socket.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    apply(&state, &stack);
+    wait_up(&state, 1);
+    let rss_one = rss_kib(daemon.id());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ((direct, direct_rate), (gw, gw_rate)) = rt.block_on(async {
+        let mut node = tokio::process::Command::new("/usr/bin/node");
+        node.arg(&index).arg("stdio");
+        let direct_client = connect(node).await;
+        let mut bridge = tokio::process::Command::new(osvm());
+        bridge
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["mcp", "serve", "--as", "bench"]);
+        let gw_client = connect(bridge).await;
+        // Interleaved halves, so drift affects both alike.
+        let d1 = measure(&direct_client, "echo", calls / 2).await;
+        let g1 = measure(&gw_client, "everything.echo", calls / 2).await;
+        let d2 = measure(&direct_client, "echo", calls / 2).await;
+        let g2 = measure(&gw_client, "everything.echo", calls / 2).await;
+        let join = |a: (Vec<Duration>, f64), b: (Vec<Duration>, f64)| {
+            let mut v = a.0;
+            v.extend(b.0);
+            v.sort();
+            (v, (a.1 + b.1) / 2.0)
+        };
+        let _ = direct_client.cancel().await;
+        let _ = gw_client.cancel().await;
+        (join(d1, d2), join(g1, g2))
+    });
+
+    // 50 servers: the gateway's memory with 50 upstream sessions (the small Python fake server,
+    // so the host holds 50 of them easily).
+    let mut fifty = String::from(
+        "[stack]\nname = \"fifty\"\n\n[[mcp_policy]]\nallow = { clients = [\"bench\"], tools = [\"*\"] }\n",
+    );
+    for i in 0..50 {
+        fifty.push_str(&format!(
+            "\n[[component]]\nname = \"s{i}\"\ntype = {{ kind = \"mcp_server\", name = \"s{i}\" }}\ncommand = \"/usr/bin/python3\"\nargs = [\"/fixtures/mcp_fake_server.py\"]\nmounts = [{{ source = \"{}\", target = \"/fixtures\" }}]\nresources = {{ memory = \"64M\" }}\n",
+            fake.display()
+        ));
+    }
+    let fifty_file = state.join("fifty.toml");
+    std::fs::write(&fifty_file, fifty).unwrap();
+    apply(&state, &fifty_file);
+    wait_up(&state, 51);
+    // One tools/list across all of them, so every session has been used.
+    let o = Command::new(osvm())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["-o", "json", "mcp", "tools", "--as", "bench"])
+        .output()
+        .unwrap();
+    let listed = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .ok()
+        .and_then(|v| v["tools"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    let rss_fifty = rss_kib(daemon.id());
+
+    for f in [&fifty_file, &stack] {
+        let _ = Command::new(osvm())
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("down")
+            .arg(f)
+            .output();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&state);
+
+    println!(
+        "\ntools/call `echo` of the reference `everything` server, rmcp client, {calls} calls each\n"
+    );
+    println!("| | p50 | p99 | calls/s (1 caller) | calls/s (8 callers) |");
+    println!("|---|---:|---:|---:|---:|");
+    let row = |name: &str, v: &[Duration], rate: f64| {
+        let total: Duration = v.iter().sum();
+        println!(
+            "| {name} | {:.3} ms | {:.3} ms | {:.0} | {:.0} |",
+            ms(pct(v, 0.5)),
+            ms(pct(v, 0.99)),
+            v.len() as f64 / total.as_secs_f64(),
+            rate
+        );
+    };
+    row("direct over stdio", &direct, direct_rate);
+    row(
+        "through the gateway (stdio bridge, daemon, confined server)",
+        &gw,
+        gw_rate,
+    );
+    println!(
+        "\nratio p50 {:.2}x, p99 {:.2}x",
+        ms(pct(&gw, 0.5)) / ms(pct(&direct, 0.5)),
+        ms(pct(&gw, 0.99)) / ms(pct(&direct, 0.99))
+    );
+    println!(
+        "\ndaemon RSS: {:.1} MiB with 1 MCP server, {:.1} MiB with 51 ({} tools listed); {:.0} KiB per added server",
+        rss_one as f64 / 1024.0,
+        rss_fifty as f64 / 1024.0,
+        listed,
+        (rss_fifty.saturating_sub(rss_one)) as f64 / 50.0
+    );
+}
