@@ -127,9 +127,18 @@ pub struct McpServeArgs {
     #[arg(long, env = "OSVM_MCP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Serve streamable HTTP at this address (`/mcp`); each request must carry
-    /// `Authorization: Bearer <token>`
+    /// `Authorization: Bearer <token>` (or, with --tls, a client certificate)
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// With --listen: HTTPS with mutual TLS. The gateway presents a certificate of osvm's CA
+    /// (`mcp-gateway.osvm.osvm`, SPIFFE ID spiffe://<trust domain>/osvm/mcp-gateway) and
+    /// requires a client certificate of the same CA and trust domain, not revoked; the client
+    /// is its SPIFFE ID (issue one with `osvm cert issue NAME --stack clients`)
+    #[arg(long, requires = "listen")]
+    pub tls: bool,
+    /// The trust domain whose CA --tls uses
+    #[arg(long, default_value = "osvm.local", requires = "tls")]
+    pub trust_domain: String,
 }
 
 #[derive(Debug, Args)]

@@ -169,7 +169,7 @@ mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
 allow = {{ clients = ["alice"], tools = ["*"] }}
 
 [[mcp_policy]]
-allow = {{ clients = ["bob"], tools = ["fs.read_*", "fs.list_*", "everything.echo"] }}
+allow = {{ clients = ["bob", "spiffe://osvm.local/clients/bob"], tools = ["fs.read_*", "fs.list_*", "everything.echo"] }}
 
 [[mcp_policy]]
 deny = {{ clients = ["*"], tools = ["fs.move_file"] }}
@@ -291,21 +291,7 @@ fn a_third_party_client_lists_calls_and_is_denied_over_stdio_and_http() {
     let o = run(state.osvm().args(["mcp", "token", "issue", "bob"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let token = stdout(&o).trim().to_owned();
-    let mut serve = state
-        .osvm()
-        .args(["mcp", "serve", "--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+    let (mut serve, url) = serve_listen(&state, &[]);
     let o = run(Command::new(&f.python)
         .arg(&client)
         .args(["http", &url, &token]));
@@ -337,6 +323,155 @@ fn a_third_party_client_lists_calls_and_is_denied_over_stdio_and_http() {
         trail
             .iter()
             .any(|r| r["client"] == "bob" && r["tool"] == "read_text_file" && r["outcome"] == "ok")
+    );
+    down(&state, &file);
+}
+
+/// Starts `osvm mcp serve --listen 127.0.0.1:0 EXTRA...` and returns it with its URL.
+fn serve_listen(state: &StateDir, extra: &[&str]) -> (std::process::Child, String) {
+    let mut serve = state
+        .osvm()
+        .args(["mcp", "serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (serve, url)
+}
+
+#[test]
+fn a_client_certificate_of_osvms_ca_names_the_client_over_https() {
+    const TEST: &str = "mcp_mtls";
+    if Command::new("curl").arg("--version").output().is_err() {
+        skip(TEST, "needs curl");
+        return;
+    }
+    let Some((state, _daemon, file, _)) = up(TEST) else {
+        return;
+    };
+    // The daemon made the stack's CA when it issued the servers' identities.
+    let certs = state.path.join("certs");
+    for (name, stack) in [("bob", "clients"), ("mallory", "clients")] {
+        let o = run(state
+            .osvm()
+            .args(["cert", "issue", name, "--stack", stack, "--out"])
+            .arg(certs.join(name)));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (mut serve, url) = serve_listen(&state, &["--tls"]);
+    let port = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/mcp")
+        .to_owned();
+    // curl checks the gateway's certificate against osvm's CA by its DNS name.
+    let post = |who: Option<&str>, session: &str, body: &str| -> (bool, String) {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-i", "--max-time", "10", "--cacert"])
+            .arg(certs.join("bob/bundle.pem"))
+            .args([
+                "--resolve",
+                &format!("mcp-gateway.osvm.osvm:{port}:127.0.0.1"),
+            ])
+            .args(["-H", "content-type: application/json"])
+            .args(["-H", "accept: application/json, text/event-stream"])
+            .args(["-H", "mcp-protocol-version: 2025-06-18"]);
+        if !session.is_empty() {
+            c.args(["-H", &format!("mcp-session-id: {session}")]);
+        }
+        if let Some(w) = who {
+            c.arg("--cert")
+                .arg(certs.join(w).join("cert.pem"))
+                .arg("--key")
+                .arg(certs.join(w).join("key.pem"));
+        }
+        let o = c
+            .args([
+                "-d",
+                body,
+                &format!("https://mcp-gateway.osvm.osvm:{port}/mcp"),
+            ])
+            .output()
+            .unwrap();
+        (o.status.success(), format!("{}{}", stdout(&o), stderr(&o)))
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let call = |who: &str, tool: &str, args: &str| -> String {
+        let (ok, out) = post(Some(who), "", init);
+        assert!(ok && out.contains("protocolVersion"), "{who}: {out}");
+        let session = out
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("mcp-session-id:")
+                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+            })
+            .unwrap_or_default();
+        post(
+            Some(who),
+            &session,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        );
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#
+        );
+        post(Some(who), &session, &body).1
+    };
+    let bob_reads = call(
+        "bob",
+        "fs.read_text_file",
+        r#"{"path":"/shared/hello.txt"}"#,
+    );
+    let bob_writes = call(
+        "bob",
+        "fs.write_file",
+        r#"{"path":"/shared/y","content":"y"}"#,
+    );
+    let mallory_reads = call(
+        "mallory",
+        "fs.read_text_file",
+        r#"{"path":"/shared/hello.txt"}"#,
+    );
+    let (anon_ok, anon) = post(None, "", init);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        bob_reads.contains("hello from the shared directory"),
+        "bob's certificate lets bob read: {bob_reads}"
+    );
+    for (what, out, who) in [
+        (
+            "bob may not write",
+            &bob_writes,
+            "spiffe://osvm.local/clients/bob",
+        ),
+        (
+            "mallory may do nothing",
+            &mallory_reads,
+            "spiffe://osvm.local/clients/mallory",
+        ),
+    ] {
+        assert!(out.contains("-32001") && out.contains(who), "{what}: {out}");
+    }
+    assert!(
+        !anon_ok,
+        "a client without a certificate got through: {anon}"
+    );
+    assert!(
+        audit(&state)
+            .iter()
+            .any(|r| r["client"] == "spiffe://osvm.local/clients/bob" && r["outcome"] == "ok"),
+        "the audit names the certificate's identity"
     );
     down(&state, &file);
 }

@@ -31,7 +31,12 @@ pub fn run(global: &Global, command: McpCommand) -> anyhow::Result<ExitCode> {
     match command {
         McpCommand::Serve(args) => {
             if let Some(addr) = args.listen {
-                return listen(global, &addr);
+                let tls = if args.tls {
+                    Some(gateway_tls(global, &args.trust_domain)?)
+                } else {
+                    None
+                };
+                return listen(global, &addr, tls);
             }
             let headers: Vec<(&str, String)> = match (args.token, args.client) {
                 (Some(t), _) => vec![("authorization", format!("Bearer {t}"))],
@@ -255,12 +260,41 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
         .expect("a valid response")
 }
 
-/// Passes one client request to the daemon's `/v1/mcp`, its body and the answer streamed.
-async fn forward(req: Request<Incoming>, daemon: PathBuf) -> Result<Response<Body>, Infallible> {
+/// The TLS configuration of `serve --listen --tls`: a fresh certificate of the trust domain's CA
+/// for the gateway, client certificates of that CA required.
+fn gateway_tls(global: &Global, trust_domain: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let dir = super::state_dir(global)?.join("pki").join(trust_domain);
+    let pki = osvm_pki::Pki::open(&dir).with_context(|| {
+        format!("no CA for trust domain {trust_domain}: `osvm cert ca init` creates one")
+    })?;
+    let issued = pki.issue(
+        "osvm",
+        "mcp-gateway",
+        std::time::Duration::from_secs(86_400),
+    )?;
+    let material = osvm_pki::tls::Material {
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        bundle_pem: pki.bundle_pem()?,
+        crl_pem: pki.crl_bundle_pem()?,
+        trust_domain: trust_domain.to_owned(),
+    };
+    let config = osvm_pki::tls::server_config(&material)?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// Passes one client request to the daemon's `/v1/mcp`, its body and the answer streamed. A
+/// client that presented a verified certificate is named by its SPIFFE ID (`certified`);
+/// otherwise its bearer token names it, checked by the daemon.
+async fn forward(
+    req: Request<Incoming>,
+    daemon: PathBuf,
+    certified: Option<String>,
+) -> Result<Response<Body>, Infallible> {
     if req.uri().path() != "/mcp" {
         return Ok(text(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp"));
     }
-    if !req.headers().contains_key("authorization") {
+    if certified.is_none() && !req.headers().contains_key("authorization") {
         return Ok(text(
             StatusCode::UNAUTHORIZED,
             "send Authorization: Bearer <token> (osvm mcp token issue CLIENT)",
@@ -295,11 +329,16 @@ async fn forward(req: Request<Incoming>, daemon: PathBuf) -> Result<Response<Bod
         .method(parts.method)
         .uri(format!("http://osvm/v1/mcp{query}"));
     for (k, v) in &parts.headers {
-        // The client may not name itself: only its token does.
-        if k == "host" || k == osvm_daemon::mcp::CLIENT_HEADER || k == "connection" {
+        // The client may not name itself: only its token or its certificate does.
+        let named_by_cert = certified.is_some() && k == "authorization";
+        if k == "host" || k == osvm_daemon::mcp::CLIENT_HEADER || k == "connection" || named_by_cert
+        {
             continue;
         }
         out = out.header(k, v);
+    }
+    if let Some(id) = &certified {
+        out = out.header(osvm_daemon::mcp::CLIENT_HEADER, id);
     }
     let Ok(out) = out.header("host", "osvm").body(body) else {
         return Ok(text(StatusCode::BAD_REQUEST, "a malformed request"));
@@ -313,7 +352,11 @@ async fn forward(req: Request<Incoming>, daemon: PathBuf) -> Result<Response<Bod
     }
 }
 
-fn listen(global: &Global, addr: &str) -> anyhow::Result<ExitCode> {
+fn listen(
+    global: &Global,
+    addr: &str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<ExitCode> {
     let daemon = socket(global)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -324,7 +367,8 @@ fn listen(global: &Global, addr: &str) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("bind {addr}"))?;
         eprintln!(
-            "serving MCP (streamable HTTP) at http://{}/mcp for the gateway of {}",
+            "serving MCP (streamable HTTP) at {}://{}/mcp for the gateway of {}",
+            if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?,
             daemon.display()
         );
@@ -334,11 +378,29 @@ fn listen(global: &Global, addr: &str) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
             };
             let daemon = daemon.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| forward(req, daemon.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let service = hyper::service::service_fn(move |req| {
+                            forward(req, daemon.clone(), None)
+                        });
+                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                    }
+                    // A handshake without a valid client certificate fails here.
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let id =
+                            osvm_pki::tls::peer_spiffe_id(stream.get_ref().1.peer_certificates());
+                        let service = hyper::service::service_fn(move |req| {
+                            forward(req, daemon.clone(), id.clone())
+                        });
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
             });
         }
     })
