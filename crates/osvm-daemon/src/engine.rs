@@ -17,6 +17,7 @@
 //! what is really missing — never a component twice.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -457,6 +458,25 @@ impl Engine {
         if let Err(e) = gw.configure(servers, &rules, settings.unwrap_or_default()) {
             self.note("mcp-failed", &format!("the MCP policy: {e}"));
         }
+    }
+
+    /// Connects the gateway to a streamable-HTTP MCP server that just started, inside its own
+    /// network namespace.
+    fn attach_http_mcp(&mut self, i: usize, id: &str, inst: &Workload) {
+        let (Some(gw), Some(spec)) = (&self.mcp, &self.units[i].component.mcp) else {
+            return;
+        };
+        let osvm_core::stack::McpTransport::Http { port, path } = &spec.transport else {
+            return;
+        };
+        if inst.sandbox().is_none() {
+            let why = "an MCP server over HTTP in a microVM is not connected by this release";
+            gw.detach(&spec.name, id, why);
+            return self.emit(i, "mcp-failed", why);
+        }
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", inst.init_pid()));
+        let relays = self.runtime.config().state_dir.join("mcp").join("relays");
+        gw.attach_http(&spec.name, id, netns, *port, path.clone(), relays);
     }
 
     /// Restarts MCP servers the gateway found broken (hung, crashed, wrote garbage).
@@ -1508,6 +1528,7 @@ impl Engine {
                 });
                 let confinement = confinement_summary(&inst.confinement());
                 let warning = inst.vm().and_then(|v| v.facts().warning.clone());
+                self.attach_http_mcp(i, &id, &inst);
                 self.record_start(i, &id);
                 let u = &mut self.units[i];
                 u.instance = Some(Arc::new(inst));

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -222,15 +222,7 @@ impl Gateway {
                 {
                     old.link
                 }
-                _ => match &decl.spec.transport {
-                    osvm_core::stack::McpTransport::Stdio => Link::Down("not started yet".into()),
-                    osvm_core::stack::McpTransport::Http { .. } => Link::Down(
-                        "transport http is not connected by this release of the gateway (it \
-                         runs on the host and does not reach into component namespaces); use \
-                         transport stdio"
-                            .into(),
-                    ),
-                },
+                _ => Link::Down("not started yet".into()),
             };
             next.insert(decl.spec.name.clone(), Server { decl, link });
         }
@@ -242,6 +234,43 @@ impl Gateway {
     /// stdout, `to`: its stdin). The handshake runs in the background; a failure is reported
     /// through [`Gateway::take_failures`].
     pub fn attach_stdio(&self, server: &str, instance: &str, from: OwnedFd, to: OwnedFd) {
+        let max = self.settings().max_message_bytes as usize;
+        self.attach(server, instance, async move {
+            upstream::connect_stdio(from, to, max, HANDSHAKE).await
+        });
+    }
+
+    /// Connects to server `server`'s instance `instance`, a streamable-HTTP server on `port`
+    /// (`path`) inside the network namespace `netns`, through a relay socket in `relay_dir`.
+    pub fn attach_http(
+        &self,
+        server: &str,
+        instance: &str,
+        netns: PathBuf,
+        port: u16,
+        path: String,
+        relay_dir: PathBuf,
+    ) {
+        let max = self.settings().max_message_bytes as usize;
+        let socket = relay_dir.join(format!("{instance}.sock"));
+        self.attach(server, instance, async move {
+            std::fs::create_dir_all(&relay_dir)
+                .map_err(|e| format!("create {}: {e}", relay_dir.display()))?;
+            let relay = upstream::Relay::start(socket, netns, port)
+                .map_err(|e| format!("the relay into the component's namespace: {e}"))?;
+            let mut up = upstream::connect_http(&relay, port, &path, max, HANDSHAKE).await?;
+            up.relay = Some(relay);
+            Ok(up)
+        });
+    }
+
+    /// Marks `server` connecting to `instance` and runs `connect` in the background.
+    fn attach(
+        &self,
+        server: &str,
+        instance: &str,
+        connect: impl std::future::Future<Output = Result<Upstream, String>> + Send + 'static,
+    ) {
         {
             let mut map = self.inner.servers.write().expect("servers");
             let Some(s) = map.get_mut(server) else {
@@ -251,9 +280,8 @@ impl Gateway {
         }
         let gw = self.clone();
         let (server, instance) = (server.to_owned(), instance.to_owned());
-        let max = self.settings().max_message_bytes as usize;
         self.inner.rt.spawn(async move {
-            let result = upstream::connect_stdio(from, to, max, HANDSHAKE).await;
+            let result = connect.await;
             let mut map = gw.inner.servers.write().expect("servers");
             let Some(s) = map.get_mut(&server) else {
                 return;

@@ -1,5 +1,12 @@
 //! The gateway's side of one MCP server: an MCP client session (rmcp) over the server's stdio
-//! channel, which the daemon owns as two pipes.
+//! channel, which the daemon owns as two pipes, or over streamable HTTP to a port inside the
+//! server's network namespace.
+//!
+//! The gateway runs on the host, and a component's ports exist only in its own namespace. For
+//! an HTTP server, [`Relay`] listens on a unix socket of the gateway's (root only) and carries
+//! each connection to `127.0.0.1:<port>` inside the component's namespace (the TCP socket is
+//! made by a short-lived thread that entered it); rmcp's HTTP client (reqwest) uses that unix
+//! socket. Nothing is opened on the host's network.
 //!
 //! The handshake (`initialize`) has a deadline: a server that writes garbage instead of
 //! answering would otherwise hold it forever. A negotiated version this SDK does not know is
@@ -15,7 +22,9 @@ use std::time::Duration;
 
 use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
 use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{RoleClient, ServiceExt};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::unix::pipe;
@@ -28,6 +37,8 @@ pub struct Upstream {
     pub protocol: String,
     /// The server's own name and version, as it announced them.
     pub server_info: String,
+    /// For an HTTP server, the relay into its namespace (lives as long as the session).
+    pub relay: Option<Relay>,
 }
 
 /// An `AsyncRead` that fails once a single line (a JSON-RPC message on the stdio transport)
@@ -88,21 +99,107 @@ pub fn client_config() -> ClientConfig {
     .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
 }
 
-/// Connects to an MCP server whose stdout is `from` and stdin is `to`.
-pub async fn connect_stdio(
-    from: OwnedFd,
-    to: OwnedFd,
+/// Carries connections from a unix socket into a network namespace's loopback.
+pub struct Relay {
+    /// The unix socket clients connect to.
+    pub path: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Connects to `127.0.0.1:port` from inside the namespace `netns`.
+fn connect_in(netns: &std::path::Path, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let ns = std::fs::File::open(netns)?;
+    // setns changes only the calling thread: a thread of its own, ended after the connect.
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(5),
+        )
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+}
+
+impl Relay {
+    /// Relays `path` (a unix socket, created) to `127.0.0.1:port` in namespace `netns`.
+    pub fn start(
+        path: std::path::PathBuf,
+        netns: std::path::PathBuf,
+        port: u16,
+    ) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let netns = netns.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(tcp)) =
+                        tokio::task::spawn_blocking(move || connect_in(&netns, port)).await
+                    else {
+                        return;
+                    };
+                    if tcp.set_nonblocking(true).is_err() {
+                        return;
+                    }
+                    let Ok(mut tcp) = tokio::net::TcpStream::from_std(tcp) else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut tcp).await;
+                });
+            }
+        });
+        Ok(Self { path, task })
+    }
+}
+
+/// Connects to an MCP server's streamable HTTP endpoint `path` on `port` through `relay`,
+/// trying until `deadline` passes (the server may still be starting).
+pub async fn connect_http(
+    relay: &Relay,
+    port: u16,
+    path: &str,
     max_message: usize,
-    handshake: Duration,
+    deadline: Duration,
 ) -> Result<Upstream, String> {
-    let rx = pipe::Receiver::from_owned_fd(from).map_err(|e| format!("the stdout pipe: {e}"))?;
-    let tx = pipe::Sender::from_owned_fd(to).map_err(|e| format!("the stdin pipe: {e}"))?;
-    let transport = AsyncRwTransport::new_client(LineCapReader::new(rx, max_message), tx)
-        .with_max_line_length(max_message);
-    let client = tokio::time::timeout(handshake, client_config().serve(transport))
-        .await
-        .map_err(|_| format!("no answer to initialize within {}s", handshake.as_secs()))?
-        .map_err(|e| format!("initialize failed: {e}"))?;
+    let http = reqwest::Client::builder()
+        .unix_socket(relay.path.clone())
+        .build()
+        .map_err(|e| format!("an HTTP client: {e}"))?;
+    let began = std::time::Instant::now();
+    loop {
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(format!("http://localhost:{port}{path}"))
+                .max_json_response_size(max_message)
+                .max_sse_event_size(max_message);
+        let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
+        let left = deadline.saturating_sub(began.elapsed());
+        match tokio::time::timeout(left, client_config().serve(transport)).await {
+            Ok(Ok(client)) => return finish(client),
+            Ok(Err(e)) if began.elapsed() + Duration::from_millis(200) < deadline => {
+                tracing::debug!("MCP server on port {port} not ready: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Err(e)) => return Err(format!("initialize over HTTP failed: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "no answer to initialize on port {port} within {}s",
+                    deadline.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+/// Checks the agreed version and describes the server.
+fn finish(client: RunningService<RoleClient, ClientConfig>) -> Result<Upstream, String> {
     let info = client
         .peer()
         .peer_info()
@@ -122,7 +219,26 @@ pub async fn connect_stdio(
         protocol: protocol.to_string(),
         server_info,
         client,
+        relay: None,
     })
+}
+
+/// Connects to an MCP server whose stdout is `from` and stdin is `to`.
+pub async fn connect_stdio(
+    from: OwnedFd,
+    to: OwnedFd,
+    max_message: usize,
+    handshake: Duration,
+) -> Result<Upstream, String> {
+    let rx = pipe::Receiver::from_owned_fd(from).map_err(|e| format!("the stdout pipe: {e}"))?;
+    let tx = pipe::Sender::from_owned_fd(to).map_err(|e| format!("the stdin pipe: {e}"))?;
+    let transport = AsyncRwTransport::new_client(LineCapReader::new(rx, max_message), tx)
+        .with_max_line_length(max_message);
+    let client = tokio::time::timeout(handshake, client_config().serve(transport))
+        .await
+        .map_err(|_| format!("no answer to initialize within {}s", handshake.as_secs()))?
+        .map_err(|e| format!("initialize failed: {e}"))?;
+    finish(client)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ const SERVERS: &[&str] = &[
     "@modelcontextprotocol/server-everything@2026.8.31",
 ];
 const PYTHON_SDK: &str = "mcp==2.3.0";
+/// The MCP servers of the test stack.
+const SERVER_COUNT: usize = 5;
 
 #[derive(Clone)]
 struct Fixtures {
@@ -158,6 +160,17 @@ command = "/usr/bin/node"
 args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
 mounts = [{{ source = "{nm}", target = "/opt/mcp/node_modules" }}]
 
+# The same server over streamable HTTP, on a port inside its own network namespace.
+[[component]]
+name = "everything-http"
+type = {{ kind = "mcp_server", name = "evhttp" }}
+command = "/usr/bin/node"
+args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "streamableHttp"]
+env = {{ PORT = "3001" }}
+listen = [3001]
+mcp = {{ transport = "http", port = 3001, path = "/mcp" }}
+mounts = [{{ source = "{nm}", target = "/opt/mcp/node_modules" }}]
+
 [[component]]
 name = "fake"
 type = {{ kind = "mcp_server", name = "fake" }}
@@ -189,7 +202,7 @@ fn up(test: &str) -> Option<(StateDir, Daemon, PathBuf, Fixtures)> {
     let file = stack(&state, &f);
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
-    wait_servers(&state, 4);
+    wait_servers(&state, SERVER_COUNT);
     Some((state, daemon, file, f))
 }
 
@@ -563,7 +576,7 @@ fn crashing_hanging_and_garbage_writing_servers_fail_the_call_and_come_back() {
         String::from_utf8_lossy(&o.stdout)
     );
     assert!(took < Duration::from_secs(10), "the call hung for {took:?}");
-    wait_servers(&state, 4);
+    wait_servers(&state, SERVER_COUNT);
     let (code, v) = call(&state, "alice", "everything.echo", r#"{"message": "back"}"#);
     assert_eq!(code, 0, "after the restart: {v}");
 
@@ -585,7 +598,7 @@ fn crashing_hanging_and_garbage_writing_servers_fail_the_call_and_come_back() {
             "{tool} took {:?}",
             began.elapsed()
         );
-        wait_servers(&state, 4);
+        wait_servers(&state, SERVER_COUNT);
         let (code, v) = call(&state, "alice", "fake.echo", r#"{"message": "still here"}"#);
         assert_eq!(code, 0, "after {tool}: {v}");
     }
