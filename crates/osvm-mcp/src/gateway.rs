@@ -537,13 +537,7 @@ impl Gateway {
                 tracing::warn!("write the MCP audit log: {e}");
             }
         };
-        let (server, tool, up) = match self.resolve(name) {
-            Ok(r) => r,
-            Err(e) => {
-                audit(record(None, None, Outcome::Unknown, e.message.to_string()));
-                return Err(e);
-            }
-        };
+        // The rate first: a client flooding unknown names is limited too.
         let limiter = self.inner.limiter.read().expect("limiter").clone();
         if limiter.check_key(&client.to_owned()).is_err() {
             let s = self.settings();
@@ -551,14 +545,16 @@ impl Gateway {
                 "rate limit: client `{client}` may make {} calls per second (bursts of {})",
                 s.rate_per_second, s.burst
             );
-            audit(record(
-                Some(&server),
-                Some(&tool),
-                Outcome::RateLimited,
-                msg.clone(),
-            ));
+            audit(record(None, None, Outcome::RateLimited, msg.clone()));
             return Err(error(RATE_LIMITED, msg));
         }
+        let (server, tool, up) = match self.resolve(name) {
+            Ok(r) => r,
+            Err(e) => {
+                audit(record(None, None, Outcome::Unknown, e.message.to_string()));
+                return Err(e);
+            }
+        };
         let policy = self.inner.policy.read().expect("policy").clone();
         let decision = policy.decide(client, &server, &tool);
         if !decision.allowed {

@@ -106,3 +106,47 @@ async fn an_oversized_message_ends_the_session_without_an_answer() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_clients_rate_are_refused_and_audited_per_client() {
+    let dir = std::env::temp_dir().join(format!("osvm-gw-test3-{}", std::process::id()));
+    let gw = Gateway::new(tokio::runtime::Handle::current(), &dir);
+    let settings = osvm_core::stack::McpSettings {
+        rate_per_second: 1,
+        burst: 2,
+        ..Default::default()
+    };
+    gw.configure(Vec::new(), &[], settings).unwrap();
+    let code = |r: Result<rmcp::model::CallToolResult, rmcp::ErrorData>| r.unwrap_err().code;
+    // Within the burst: the name is unknown (no server), which is its own error.
+    assert_eq!(
+        code(gw.call("alice", "fs.read", None).await),
+        rmcp::model::ErrorCode::INVALID_PARAMS
+    );
+    assert_eq!(
+        code(gw.call("alice", "fs.read", None).await),
+        rmcp::model::ErrorCode::INVALID_PARAMS
+    );
+    assert_eq!(
+        code(gw.call("alice", "fs.read", None).await),
+        super::RATE_LIMITED
+    );
+    // Another client has its own bucket.
+    assert_eq!(
+        code(gw.call("bob", "fs.read", None).await),
+        rmcp::model::ErrorCode::INVALID_PARAMS
+    );
+    let trail = std::fs::read_to_string(gw.audit().path()).unwrap();
+    let outcomes: Vec<&str> = trail
+        .lines()
+        .map(|l| {
+            if l.contains("rate_limited") {
+                "limited"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(outcomes, ["other", "other", "limited", "other"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

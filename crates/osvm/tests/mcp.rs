@@ -275,6 +275,38 @@ fn check_client_view(out: &Value, how: &str) {
         "{how}: {out}"
     );
     assert_eq!(out["write"]["error_code"], -32001, "{how}: denied: {out}");
+    assert_eq!(out["protocol"], "2025-11-25", "{how}: negotiated: {out}");
+    // bob may call a tool of `everything`, so its resources and prompts pass through; of the
+    // servers bob may use nothing, none show.
+    let resources: Vec<&str> = out["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        !resources.is_empty()
+            && resources
+                .iter()
+                .all(|u| u.starts_with("osvm+mcp://everything/")),
+        "{how}: {resources:?}"
+    );
+    assert!(
+        out["resource_read"].as_u64().unwrap_or(0) >= 1,
+        "{how}: {out}"
+    );
+    assert!(
+        out["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.as_str().unwrap().starts_with("everything.")),
+        "{how}: {out}"
+    );
+    assert!(
+        out["prompt_messages"].as_u64().unwrap_or(0) >= 1,
+        "{how}: {out}"
+    );
     assert!(
         out["write"]["error"].as_str().unwrap().contains("bob"),
         "{how}: the denial names the client: {out}"
