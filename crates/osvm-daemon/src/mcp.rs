@@ -47,24 +47,35 @@ fn refuse(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-/// Why a request has no client: status, API error code, message.
-struct Unauthenticated(StatusCode, &'static str, String);
+/// A refused request: status, API error code, message.
+struct Refusal(StatusCode, &'static str, String);
 
-impl IntoResponse for Unauthenticated {
+impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         refuse(self.0, self.1, self.2)
     }
 }
 
+/// A JSON request body.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed JSON: {e}"),
+        )
+    })
+}
+
 /// Who the request is from: a verified bearer token's client, or the trusted header.
-fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<String, Unauthenticated> {
+fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<String, Refusal> {
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         let token = auth
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Unauthenticated(
+                Refusal(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
                     "Authorization must be `Bearer <token>`".into(),
@@ -72,12 +83,12 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<String, Unauthentic
             })?;
         return match gw.tokens().verify(token.trim()) {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(why)) => Err(Unauthenticated(
+            Ok(Err(why)) => Err(Refusal(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 why.to_string(),
             )),
-            Err(e) => Err(Unauthenticated(
+            Err(e) => Err(Refusal(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "tokens",
                 e.to_string(),
@@ -86,10 +97,10 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<String, Unauthentic
     }
     if let Some(client) = headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()) {
         osvm_mcp::tokens::check_client(client)
-            .map_err(|e| Unauthenticated(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+            .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
         return Ok(client.to_owned());
     }
-    Err(Unauthenticated(
+    Err(Refusal(
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
         "an MCP request needs `Authorization: Bearer <token>` (osvm mcp token issue CLIENT)".into(),
@@ -216,15 +227,9 @@ struct CallBody {
 }
 
 async fn call(State(gw): State<Gateway>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let req: CallBody = match serde_json::from_slice(&body) {
+    let req: CallBody = match json_body(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("malformed JSON: {e}"),
-            );
-        }
+        Err(r) => return r.into_response(),
     };
     let client = req
         .client
@@ -248,15 +253,9 @@ struct IssueBody {
 }
 
 async fn issue_token(State(gw): State<Gateway>, body: axum::body::Bytes) -> Response {
-    let req: IssueBody = match serde_json::from_slice(&body) {
+    let req: IssueBody = match json_body(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("malformed JSON: {e}"),
-            );
-        }
+        Err(r) => return r.into_response(),
     };
     let ttl = match req.ttl.as_deref().map(humantime::parse_duration) {
         None => None,

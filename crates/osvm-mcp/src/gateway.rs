@@ -667,6 +667,45 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The connected servers offering `offers` whose resources and prompts `client` may see:
+    /// (server, prefix, session).
+    async fn usable(
+        &self,
+        client: &str,
+        offers: fn(&rmcp::model::ServerCapabilities) -> bool,
+    ) -> Vec<(String, String, Arc<Upstream>)> {
+        let mut out = Vec::new();
+        for (server, prefix, up) in self.connected() {
+            let has = up
+                .client
+                .peer()
+                .peer_info()
+                .is_some_and(|i| offers(&i.capabilities));
+            if has && self.may_use_server(client, &server, &up).await {
+                out.push((server, prefix, up));
+            }
+        }
+        out
+    }
+
+    /// Resolves `<prefix>.<name>` for a resource or prompt of a server `client` may use.
+    async fn resolve_for(
+        &self,
+        client: &str,
+        qualified: &str,
+    ) -> Result<(String, String, Arc<Upstream>), McpError> {
+        let (server, name, up) = self.resolve(qualified)?;
+        if !self.may_use_server(client, &server, &up).await {
+            return Err(error(
+                DENIED,
+                format!("denied: client `{client}` may use no tool of `{server}`"),
+            ));
+        }
+        Ok((server, name, up))
+    }
+}
+
 /// Runs futures concurrently and collects their outputs in order.
 async fn futures_join<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
@@ -762,15 +801,7 @@ impl ServerHandler for Session {
     ) -> Result<ListResourcesResult, McpError> {
         let client = self.client(&ctx)?;
         let mut all = Vec::new();
-        for (server, prefix, up) in self.gw.connected() {
-            let offers = up
-                .client
-                .peer()
-                .peer_info()
-                .is_some_and(|i| i.capabilities.resources.is_some());
-            if !offers || !self.gw.may_use_server(&client, &server, &up).await {
-                continue;
-            }
+        for (_, prefix, up) in self.gw.usable(&client, |c| c.resources.is_some()).await {
             if let Ok(list) = up.client.peer().list_all_resources().await {
                 for mut r in list {
                     r.uri = format!("{URI_SCHEME}{prefix}/{}", r.uri);
@@ -788,15 +819,7 @@ impl ServerHandler for Session {
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let client = self.client(&ctx)?;
         let mut all = Vec::new();
-        for (server, prefix, up) in self.gw.connected() {
-            let offers = up
-                .client
-                .peer()
-                .peer_info()
-                .is_some_and(|i| i.capabilities.resources.is_some());
-            if !offers || !self.gw.may_use_server(&client, &server, &up).await {
-                continue;
-            }
+        for (_, prefix, up) in self.gw.usable(&client, |c| c.resources.is_some()).await {
             if let Ok(list) = up.client.peer().list_all_resource_templates().await {
                 for mut t in list {
                     t.uri_template = format!("{URI_SCHEME}{prefix}/{}", t.uri_template);
@@ -822,13 +845,10 @@ impl ServerHandler for Session {
         let (prefix, original) = rest
             .split_once('/')
             .ok_or_else(|| McpError::resource_not_found("a gateway URI names its server", None))?;
-        let (server, _, up) = self.gw.resolve(&format!("{prefix}.resource"))?;
-        if !self.gw.may_use_server(&client, &server, &up).await {
-            return Err(error(
-                DENIED,
-                format!("denied: client `{client}` may use no tool of `{server}`"),
-            ));
-        }
+        let (server, _, up) = self
+            .gw
+            .resolve_for(&client, &format!("{prefix}.resource"))
+            .await?;
         let mut r = up
             .client
             .peer()
@@ -846,15 +866,7 @@ impl ServerHandler for Session {
     ) -> Result<ListPromptsResult, McpError> {
         let client = self.client(&ctx)?;
         let mut all = Vec::new();
-        for (server, prefix, up) in self.gw.connected() {
-            let offers = up
-                .client
-                .peer()
-                .peer_info()
-                .is_some_and(|i| i.capabilities.prompts.is_some());
-            if !offers || !self.gw.may_use_server(&client, &server, &up).await {
-                continue;
-            }
+        for (_, prefix, up) in self.gw.usable(&client, |c| c.prompts.is_some()).await {
             if let Ok(list) = up.client.peer().list_all_prompts().await {
                 for mut p in list {
                     p.name = format!("{prefix}.{}", p.name);
@@ -871,13 +883,7 @@ impl ServerHandler for Session {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         let client = self.client(&ctx)?;
-        let (server, name, up) = self.gw.resolve(&request.name)?;
-        if !self.gw.may_use_server(&client, &server, &up).await {
-            return Err(error(
-                DENIED,
-                format!("denied: client `{client}` may use no tool of `{server}`"),
-            ));
-        }
+        let (server, name, up) = self.gw.resolve_for(&client, &request.name).await?;
         let mut p = GetPromptRequestParams::new(name);
         if let Some(a) = request.arguments.clone() {
             p = p.with_arguments(a);

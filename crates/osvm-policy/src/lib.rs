@@ -189,10 +189,7 @@ impl PolicySet {
     /// The rule at `index` as a sentence (`deny * -> type:validator tcp/all`).
     pub fn describe(&self, index: usize) -> Option<String> {
         let rule = self.rules.get(index)?;
-        let action = match rule.action {
-            PolicyAction::Allow => "allow",
-            PolicyAction::Deny => "deny",
-        };
+        let action = rule.action.as_str();
         let ports = if rule.ports.is_empty() {
             "all".to_owned()
         } else {

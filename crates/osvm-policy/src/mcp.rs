@@ -147,10 +147,7 @@ impl McpPolicy {
     /// The rule at `index` as `deny * -> fs.write_file`, if there is one.
     pub fn describe(&self, index: usize) -> Option<String> {
         let rule = self.rules.get(index)?;
-        let action = match rule.action {
-            PolicyAction::Allow => "allow",
-            PolicyAction::Deny => "deny",
-        };
+        let action = rule.action.as_str();
         Some(format!("{action} {}", RuleText(rule)))
     }
 

@@ -268,7 +268,19 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
             .arg(f)
             .output();
     }
-    std::thread::sleep(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let o = Command::new(osvm())
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["-o", "json", "ps"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).trim() == "[]" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -39,18 +39,23 @@ impl Client {
         })
     }
 
+    /// A fresh connection to the daemon's socket.
+    async fn connect(&self) -> anyhow::Result<UnixStream> {
+        UnixStream::connect(&self.socket).await.with_context(|| {
+            format!(
+                "cannot reach the osvm daemon at {}; is `osvm daemon` running?",
+                self.socket.display()
+            )
+        })
+    }
+
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
-            format!(
-                "cannot reach the osvm daemon at {}; is `osvm daemon` running?",
-                self.socket.display()
-            )
-        })?;
+        let stream = self.connect().await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -119,12 +124,7 @@ impl Client {
     ) -> anyhow::Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.rt.block_on(async {
-            let stream = UnixStream::connect(&self.socket).await.with_context(|| {
-                format!(
-                    "cannot reach the osvm daemon at {}; is `osvm daemon` running?",
-                    self.socket.display()
-                )
-            })?;
+            let stream = self.connect().await?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {

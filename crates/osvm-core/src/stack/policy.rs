@@ -39,6 +39,16 @@ pub enum PolicyAction {
     Deny,
 }
 
+impl PolicyAction {
+    /// `allow` or `deny`, as the stack file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyAction::Allow => "allow",
+            PolicyAction::Deny => "deny",
+        }
+    }
+}
+
 /// Transport protocol of a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1122,6 +1122,37 @@ fn mount(src: &Source<'_>, raw: Spanned<Table<RawMount>>) -> Result<BindMount, S
     Ok(bind)
 }
 
+/// The one rule of a `[[policy]]` or `[[mcp_policy]]` entry (`what`), with its action; `how`
+/// shows both forms for the error when there is none.
+fn allow_or_deny<T>(
+    src: &Source<'_>,
+    header: std::ops::Range<usize>,
+    allow: Option<Spanned<T>>,
+    deny: Option<Spanned<T>>,
+    what: &str,
+    how: &str,
+) -> Result<(PolicyAction, Spanned<T>), StackError> {
+    match (allow, deny) {
+        (Some(allow), Some(deny)) => {
+            let later = if allow.span().start > deny.span().start {
+                allow.span()
+            } else {
+                deny.span()
+            };
+            Err(src.error(
+                later,
+                format!(
+                    "this {what} has both `allow` and `deny`; each {what} holds exactly one \
+                     rule, so split it into two {what} entries"
+                ),
+            ))
+        }
+        (Some(allow), None) => Ok((PolicyAction::Allow, allow)),
+        (None, Some(deny)) => Ok((PolicyAction::Deny, deny)),
+        (None, None) => Err(src.error(header, format!("this {what} has no rule; add {how}"))),
+    }
+}
+
 /// One `[[policy]]` entry; `components` are all the stack's components.
 fn policy(
     src: &Source<'_>,
@@ -1130,29 +1161,14 @@ fn policy(
 ) -> Result<PolicyRule, StackError> {
     let header = raw.span();
     let RawPolicy { allow, deny } = raw.into_inner().0;
-    let (action, rule) = match (allow, deny) {
-        (Some(allow), Some(deny)) => {
-            let later = if allow.span().start > deny.span().start {
-                allow.span()
-            } else {
-                deny.span()
-            };
-            return Err(src.error(
-                later,
-                "this [[policy]] has both `allow` and `deny`; each [[policy]] holds exactly one \
-                 rule, so split it into two [[policy]] entries",
-            ));
-        }
-        (Some(allow), None) => (PolicyAction::Allow, allow),
-        (None, Some(deny)) => (PolicyAction::Deny, deny),
-        (None, None) => {
-            return Err(src.error(
-                header,
-                "this [[policy]] has no rule; add allow = { from = \"...\", to = \"...\" } or \
-                 deny = { from = \"...\", to = \"...\" }",
-            ));
-        }
-    };
+    let (action, rule) = allow_or_deny(
+        src,
+        header,
+        allow,
+        deny,
+        "[[policy]]",
+        "allow = { from = \"...\", to = \"...\" } or deny = { from = \"...\", to = \"...\" }",
+    )?;
     let table = rule.span();
     let RawRule {
         from,
@@ -1203,29 +1219,15 @@ fn mcp_rule(
 ) -> Result<McpRule, StackError> {
     let header = raw.span();
     let RawMcpPolicy { allow, deny } = raw.into_inner().0;
-    let (action, rule) = match (allow, deny) {
-        (Some(allow), Some(deny)) => {
-            let later = if allow.span().start > deny.span().start {
-                allow.span()
-            } else {
-                deny.span()
-            };
-            return Err(src.error(
-                later,
-                "this [[mcp_policy]] has both `allow` and `deny`; each [[mcp_policy]] holds \
-                 exactly one rule, so split it into two [[mcp_policy]] entries",
-            ));
-        }
-        (Some(allow), None) => (PolicyAction::Allow, allow),
-        (None, Some(deny)) => (PolicyAction::Deny, deny),
-        (None, None) => {
-            return Err(src.error(
-                header,
-                "this [[mcp_policy]] has no rule; add allow = { clients = [\"...\"], tools = \
-                 [\"<server>.<tool>\"] } or deny = { clients = [...], tools = [...] }",
-            ));
-        }
-    };
+    let (action, rule) = allow_or_deny(
+        src,
+        header,
+        allow,
+        deny,
+        "[[mcp_policy]]",
+        "allow = { clients = [\"...\"], tools = [\"<server>.<tool>\"] } or deny = { clients = \
+         [...], tools = [...] }",
+    )?;
     let table = rule.span();
     let RawMcpRule { clients, tools } = rule.into_inner().0;
     let clients = patterns(
