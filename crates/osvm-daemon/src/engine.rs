@@ -1444,6 +1444,14 @@ impl Engine {
             }
             return;
         }
+        if stdio_mcp(&self.units[i].component) && self.mcp.is_none() {
+            self.emit(
+                i,
+                "mcp-unavailable",
+                "no MCP gateway runs here (`osvm up` in the foreground): the server starts with \
+                 its stdout logged and no client can reach it; run `osvm daemon` and `osvm up -d`",
+            );
+        }
         if stdio_mcp(&self.units[i].component)
             && let Some(gw) = self.mcp.clone()
         {
