@@ -1046,6 +1046,7 @@ impl Engine {
     /// Runs one pass over every component; returns what happened.
     pub fn tick(&mut self) -> Vec<Event> {
         let now = Instant::now();
+        self.follow_mcp_failures(now);
         for i in 0..self.units.len() {
             self.tick_unit(i, now);
         }
@@ -1066,9 +1067,6 @@ impl Engine {
     }
 
     fn tick_unit(&mut self, i: usize, now: Instant) {
-        if i == 0 {
-            self.follow_mcp_failures(now);
-        }
         self.tick_swap(i, now);
         self.tick_boot(i, now);
         if let Some(inst) = self.units[i].instance.clone() {

@@ -689,6 +689,31 @@ impl Gateway {
         out
     }
 
+    /// What `list` returns from every server `client` may use that `offers` it, each item
+    /// renamed for clients by `rename` (given the server's prefix); a server that fails to
+    /// list is left out.
+    async fn gather<T, Fut>(
+        &self,
+        client: &str,
+        offers: fn(&rmcp::model::ServerCapabilities) -> bool,
+        list: impl Fn(Arc<Upstream>) -> Fut,
+        rename: impl Fn(&mut T, &str),
+    ) -> Vec<T>
+    where
+        Fut: std::future::Future<Output = Result<Vec<T>, ServiceError>>,
+    {
+        let mut all = Vec::new();
+        for (_, prefix, up) in self.usable(client, offers).await {
+            if let Ok(items) = list(up).await {
+                for mut item in items {
+                    rename(&mut item, &prefix);
+                    all.push(item);
+                }
+            }
+        }
+        all
+    }
+
     /// Resolves `<prefix>.<name>` for a resource or prompt of a server `client` may use.
     async fn resolve_for(
         &self,
@@ -800,15 +825,17 @@ impl ServerHandler for Session {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let client = self.client(&ctx)?;
-        let mut all = Vec::new();
-        for (_, prefix, up) in self.gw.usable(&client, |c| c.resources.is_some()).await {
-            if let Ok(list) = up.client.peer().list_all_resources().await {
-                for mut r in list {
-                    r.uri = format!("{URI_SCHEME}{prefix}/{}", r.uri);
-                    all.push(r);
-                }
-            }
-        }
+        let all = self
+            .gw
+            .gather(
+                &client,
+                |c| c.resources.is_some(),
+                |up| async move { up.client.peer().list_all_resources().await },
+                |r: &mut rmcp::model::Resource, prefix| {
+                    r.uri = format!("{URI_SCHEME}{prefix}/{}", r.uri)
+                },
+            )
+            .await;
         Ok(ListResourcesResult::with_all_items(all))
     }
 
@@ -818,15 +845,17 @@ impl ServerHandler for Session {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let client = self.client(&ctx)?;
-        let mut all = Vec::new();
-        for (_, prefix, up) in self.gw.usable(&client, |c| c.resources.is_some()).await {
-            if let Ok(list) = up.client.peer().list_all_resource_templates().await {
-                for mut t in list {
-                    t.uri_template = format!("{URI_SCHEME}{prefix}/{}", t.uri_template);
-                    all.push(t);
-                }
-            }
-        }
+        let all = self
+            .gw
+            .gather(
+                &client,
+                |c| c.resources.is_some(),
+                |up| async move { up.client.peer().list_all_resource_templates().await },
+                |t: &mut rmcp::model::ResourceTemplate, prefix| {
+                    t.uri_template = format!("{URI_SCHEME}{prefix}/{}", t.uri_template)
+                },
+            )
+            .await;
         Ok(ListResourceTemplatesResult::with_all_items(all))
     }
 
@@ -865,15 +894,15 @@ impl ServerHandler for Session {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         let client = self.client(&ctx)?;
-        let mut all = Vec::new();
-        for (_, prefix, up) in self.gw.usable(&client, |c| c.prompts.is_some()).await {
-            if let Ok(list) = up.client.peer().list_all_prompts().await {
-                for mut p in list {
-                    p.name = format!("{prefix}.{}", p.name);
-                    all.push(p);
-                }
-            }
-        }
+        let all = self
+            .gw
+            .gather(
+                &client,
+                |c| c.prompts.is_some(),
+                |up| async move { up.client.peer().list_all_prompts().await },
+                |p: &mut rmcp::model::Prompt, prefix| p.name = format!("{prefix}.{}", p.name),
+            )
+            .await;
         Ok(ListPromptsResult::with_all_items(all))
     }
 
