@@ -57,6 +57,9 @@ pub struct LaunchSpec {
     /// Settings of the `microvm` runtime (ignored by the others).
     #[serde(default)]
     pub microvm: VmOptions,
+    /// Settings of the `unikernel` runtime (ignored by the others).
+    #[serde(default)]
+    pub unikernel: UnikernelOptions,
 }
 
 /// The accelerator a microVM asks for.
@@ -94,6 +97,39 @@ pub struct VmOptions {
     pub boot_timeout_ms: Option<u64>,
 }
 
+/// Which program boots a Hermit image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LauncherChoice {
+    /// uhyve where the host has hardware KVM and uhyve is installed, QEMU otherwise.
+    #[default]
+    Auto,
+    /// uhyve, or an error naming why it cannot run here.
+    Uhyve,
+    /// QEMU booting osvm's Hermit loader (KVM where usable, TCG elsewhere).
+    Qemu,
+}
+
+/// Settings of the `unikernel` runtime; the image is the spec's `command` (a Hermit ELF file,
+/// or a crate directory osvm builds), guest memory and vCPUs come from [`Resources`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnikernelOptions {
+    /// Which launcher.
+    #[serde(default)]
+    pub launcher: LauncherChoice,
+    /// QEMU's accelerator.
+    #[serde(default)]
+    pub accel: AccelChoice,
+    /// How long the kernel may take to reach the app's `main`, in milliseconds (default 30 s).
+    #[serde(default)]
+    pub boot_timeout_ms: Option<u64>,
+    /// Wall-clock limit of one run in milliseconds: a guest still running then is stopped and
+    /// reported as over its deadline.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
 impl LaunchSpec {
     /// A spec with no limits beyond the defaults, for `command args...`.
     pub fn new(name: impl Into<String>, command: impl Into<String>, args: Vec<String>) -> Self {
@@ -112,6 +148,7 @@ impl LaunchSpec {
             binds: Vec::new(),
             rootfs: None,
             microvm: VmOptions::default(),
+            unikernel: UnikernelOptions::default(),
         }
     }
 }

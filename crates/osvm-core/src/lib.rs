@@ -12,5 +12,7 @@ pub mod quantity;
 pub mod runtime;
 pub mod stack;
 
-pub use launch::{AccelChoice, BindMount, LaunchSpec, Resources, VmOptions};
+pub use launch::{
+    AccelChoice, BindMount, LaunchSpec, LauncherChoice, Resources, UnikernelOptions, VmOptions,
+};
 pub use runtime::{ExitStatus, Instance, InstanceStats, Runtime, RuntimeError, RuntimeKind};

@@ -315,18 +315,6 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respons
             e.to_string(),
         )
     })?;
-    for c in &stack.components {
-        if c.runtime == osvm_core::RuntimeKind::Unikernel {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "runtime_unavailable",
-                format!(
-                    "component `{}` asks for the {} runtime, which this release does not provide",
-                    c.name, c.runtime
-                ),
-            ));
-        }
-    }
     let name = stack.name.clone();
     let components = stack.components.len();
     ask(&shared, |tx| Command::Apply(Box::new(stack), tx))
@@ -752,13 +740,16 @@ fn text_response(first: Vec<u8>, follow: bool, mut tail: Tail) -> Response {
         .into_response()
 }
 
-/// A microVM's guest console (the serial port, as the guest kernel and agent wrote it).
+/// A guest's console: a microVM's serial port (the guest kernel and agent), a unikernel's
+/// (the Hermit kernel's log and the app's output).
 async fn console(name: &str, path: std::path::PathBuf, q: LogsQuery) -> Result<Response, ApiError> {
     let Ok(bytes) = tokio::fs::read(&path).await else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_console",
-            format!("`{name}` has no guest console: only microVM components have one"),
+            format!(
+                "`{name}` has no guest console: only microVM and unikernel components have one"
+            ),
         ));
     };
     let offset = bytes.len() as u64;

@@ -116,6 +116,10 @@ pub struct ComponentView {
     /// vsock context id, boot times).
     #[serde(default)]
     pub vm: Option<osvm_microvm::VmFacts>,
+    /// The running unikernel's facts (launcher and why, accelerator and its warning, image,
+    /// memory, boot times, deadline).
+    #[serde(default)]
+    pub unikernel: Option<osvm_unikernel::UnikernelFacts>,
 }
 
 fn process_runtime() -> osvm_core::RuntimeKind {
@@ -238,6 +242,8 @@ pub struct Engine {
     runtime: Arc<SandboxRuntime>,
     /// The `microvm` runtime; its QEMU runs in `runtime`'s sandboxes.
     vms: Arc<MicroVmRuntime>,
+    /// The `unikernel` runtime; its launchers run in `runtime`'s sandboxes.
+    unikernels: Arc<osvm_unikernel::UnikernelRuntime>,
     store: Arc<Store>,
     stacks: BTreeMap<String, Stack>,
     units: Vec<Unit>,
@@ -318,9 +324,14 @@ impl Engine {
             runtime.clone(),
             MicroVmConfig::new(runtime.config().state_dir.clone()),
         ));
+        let unikernels = Arc::new(osvm_unikernel::UnikernelRuntime::new(
+            runtime.clone(),
+            runtime.config().state_dir.clone(),
+        ));
         let mut engine = Self {
             runtime,
             vms,
+            unikernels,
             store,
             stacks: BTreeMap::new(),
             units: Vec::new(),
@@ -554,6 +565,19 @@ impl Engine {
                 &format!(
                     "instance {id}: a restarted daemon does not re-adopt microVMs; it was \
                      stopped and starts again"
+                ),
+            );
+        }
+        if self.units[i].component.runtime == osvm_core::RuntimeKind::Unikernel {
+            // The guest's serial port was a pipe into the previous engine: its output and
+            // exit status cannot be read any more.
+            stop_orphan_vm(&self.runtime, &id);
+            return self.lost(
+                i,
+                now,
+                &format!(
+                    "instance {id}: a restarted daemon does not re-adopt unikernels (their \
+                     serial port was the previous daemon's pipe); it was stopped and starts again"
                 ),
             );
         }
@@ -1419,19 +1443,39 @@ impl Engine {
         self.units[i].record.next_start_ms = None;
         self.set_status(i, ComponentStatus::Starting);
         self.save(i);
-        if self.units[i].component.runtime == osvm_core::RuntimeKind::MicroVm {
+        let runtime = self.units[i].component.runtime;
+        if matches!(
+            runtime,
+            osvm_core::RuntimeKind::MicroVm | osvm_core::RuntimeKind::Unikernel
+        ) {
             let (tx, rx) = std::sync::mpsc::channel();
             let vms = self.vms.clone();
+            let unikernels = self.unikernels.clone();
+            let probe_from = self.net.as_ref().map(|n| n.hub_path());
             let boot_id = id.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("boot-{id}"))
                 .spawn(move || {
-                    let _ = tx.send(vms.start_vm(&spec, &boot_id).map(Workload::Vm));
+                    let started = match runtime {
+                        osvm_core::RuntimeKind::MicroVm => {
+                            vms.start_vm(&spec, &boot_id).map(Workload::Vm)
+                        }
+                        _ => unikernels
+                            .start_unikernel(&spec, &boot_id)
+                            .map(|u| Workload::from_unikernel(u, probe_from)),
+                    };
+                    let _ = tx.send(started);
                 });
             match spawned {
                 Ok(_) => {
                     self.units[i].booting = Some(Booting { id, rx });
-                    self.emit(i, "booting", "a microVM is booting");
+                    let what = match runtime {
+                        osvm_core::RuntimeKind::MicroVm => "a microVM is booting",
+                        _ => {
+                            "a Hermit unikernel is booting (its image is built first if the crate changed)"
+                        }
+                    };
+                    self.emit(i, "booting", what);
                 }
                 Err(e) => self.start_result(
                     i,
@@ -1531,9 +1575,21 @@ impl Engine {
                             "port {port} is in the guest; it has no network (only vsock)"
                         ),
                     },
+                    Workload::Unikernel { inst: u, .. } => match &u.facts().address {
+                        Some(addr) => format!(
+                            "port {port} is on the unikernel at {}",
+                            addr.split('/').next().unwrap_or(addr)
+                        ),
+                        None => format!(
+                            "port {port} is in the unikernel, which has no network outside a hub stack"
+                        ),
+                    },
                 });
                 let confinement = confinement_summary(&inst.confinement());
-                let warning = inst.vm().and_then(|v| v.facts().warning.clone());
+                let warning = inst
+                    .vm()
+                    .and_then(|v| v.facts().warning.clone())
+                    .or_else(|| inst.unikernel().and_then(|u| u.facts().warning.clone()));
                 self.attach_http_mcp(i, &id, &inst);
                 self.record_start(i, &id);
                 let u = &mut self.units[i];
@@ -1579,6 +1635,18 @@ impl Engine {
         ) {
             gw.detach(&spec.name, id, &format!("instance {id} {status}"));
         }
+        // What only a unikernel can say about its end.
+        let ended_how = self.units[i]
+            .instance
+            .as_ref()
+            .and_then(|w| w.unikernel())
+            .and_then(|k| match k.deadline_exceeded() {
+                Some(d) => Some(format!(
+                    "stopped: its deadline of {} passed",
+                    human_duration(d)
+                )),
+                None => k.panicked().then(|| "the app panicked".to_owned()),
+            });
         let u = &mut self.units[i];
         u.instance = None;
         u.probe = None;
@@ -1596,7 +1664,9 @@ impl Engine {
         // The exit is handled: a restarted engine must not count it again.
         u.record.last_instance = u.record.instance.take();
         let failed = !status.success() || u.unhealthy_stop || u.never_ready;
-        let detail = if u.never_ready {
+        let detail = if let Some(how) = ended_how {
+            format!("{status} ({how})")
+        } else if u.never_ready {
             format!("{status} (stopped: never ready)")
         } else if u.unhealthy_stop {
             format!("{status} (stopped as unhealthy)")
@@ -1836,7 +1906,7 @@ impl Engine {
     pub fn all_ended(&self) -> bool {
         self.units
             .iter()
-            .all(|u| u.instance.is_none() && u.restart_at.is_none())
+            .all(|u| u.instance.is_none() && u.restart_at.is_none() && u.booting.is_none())
     }
 
     /// How many components ended `Failed`.
@@ -1875,6 +1945,13 @@ impl Engine {
                             .resources
                             .memory_bytes
                             .map(|m| m + osvm_microvm::runtime::QEMU_OVERHEAD),
+                        osvm_core::RuntimeKind::Unikernel => Some(
+                            u.component
+                                .resources
+                                .memory_bytes
+                                .unwrap_or(osvm_unikernel::runtime::DEFAULT_MEMORY)
+                                + osvm_unikernel::runtime::LAUNCHER_OVERHEAD,
+                        ),
                         _ => u.component.resources.memory_bytes,
                     },
                     cpu_percent: if running { u.cpu_percent } else { 0.0 },
@@ -1894,6 +1971,11 @@ impl Engine {
                         .as_ref()
                         .and_then(|i| i.vm())
                         .map(|vm| vm.facts().clone()),
+                    unikernel: u
+                        .instance
+                        .as_ref()
+                        .and_then(|i| i.unikernel())
+                        .map(|k| k.facts().clone()),
                 }
             })
             .collect()
@@ -1909,12 +1991,26 @@ fn confinement_summary(facts: &[(String, String)]) -> String {
             .map(|(_, h)| h.as_str())
             .unwrap_or("?")
     };
-    if facts.iter().any(|(w, _)| w == "accelerator") {
-        // A microVM: the guest's facts, then its QEMU's sandbox (facts prefixed `vmm `).
-        let vmm: Vec<(String, String)> = facts
+    let vmm = || -> Vec<(String, String)> {
+        facts
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("vmm ")?.to_owned(), v.clone())))
-            .collect();
+            .collect()
+    };
+    if facts.iter().any(|(w, _)| w == "launcher") {
+        // A unikernel: the guest's facts, then its launcher's sandbox.
+        return format!(
+            "{}: {} accelerator, {} vCPU, {} guest memory, image {}; launcher confined: {}",
+            get("runtime"),
+            get("accelerator"),
+            get("vcpus"),
+            get("guest memory"),
+            get("image"),
+            confinement_summary(&vmm())
+        );
+    }
+    if facts.iter().any(|(w, _)| w == "accelerator") {
+        // A microVM: the guest's facts, then its QEMU's sandbox (facts prefixed `vmm `).
         return format!(
             "microVM: {} accelerator, {} vCPUs, {} guest memory, kernel {}, vsock cid {}; QEMU \
              confined: {}",
@@ -1923,7 +2019,7 @@ fn confinement_summary(facts: &[(String, String)]) -> String {
             get("guest memory"),
             get("guest kernel"),
             get("vsock cid"),
-            confinement_summary(&vmm)
+            confinement_summary(&vmm())
         );
     }
     let mut parts = vec![

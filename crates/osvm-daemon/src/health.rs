@@ -87,18 +87,27 @@ fn exec(instance: &Workload, command: &[String], timeout: Duration) -> ProbeResu
 /// Connects to 127.0.0.1:`port` inside the network namespace `netns`, from a short-lived
 /// thread (`setns` changes only the calling thread's namespace).
 pub fn connect_in(netns: &File, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    connect_to_in(netns, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), timeout)
+}
+
+/// Connects to `addr` from inside the network namespace `netns`.
+pub fn connect_to_in(
+    netns: &File,
+    addr: SocketAddrV4,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
     let netns = netns.try_clone().map_err(|e| e.to_string())?;
     std::thread::spawn(move || {
         setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("enter the component's network namespace: {e}"))?;
-        connect(port, timeout)
+            .map_err(|e| format!("enter the network namespace: {e}"))?;
+        connect(addr, timeout)
     })
     .join()
     .map_err(|_| "the probe thread panicked".to_string())?
 }
 
-fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<TcpStream, String> {
+    let port = addr.port();
     let stream = TcpStream::connect_timeout(&addr.into(), timeout)
         .map_err(|e| format!("connect to port {port}: {e}"))?;
     stream

@@ -330,6 +330,12 @@ impl NetPlane {
         self.ipam.release(slot).map_err(|e| e.to_string())
     }
 
+    /// The hub's network namespace, from which osvm itself reaches components' addresses
+    /// (health probes of a unikernel, whose address is inside the guest).
+    pub fn hub_path(&self) -> std::path::PathBuf {
+        self.enforcer.hub().path()
+    }
+
     /// `/etc/hosts` lines for the components of `stack` on the hub: each name is its
     /// component's service address.
     pub fn hosts(&self, stack: &Stack) -> Vec<(String, String)> {

@@ -361,6 +361,12 @@ impl Engine {
         // A VM boots for seconds here, holding the engine: swaps are operator actions.
         let started = match component.runtime {
             osvm_core::RuntimeKind::MicroVm => self.vms.start_vm(&spec, &id).map(Workload::Vm),
+            osvm_core::RuntimeKind::Unikernel => {
+                let probe_from = self.net.as_ref().map(|n| n.hub_path());
+                self.unikernels
+                    .start_unikernel(&spec, &id)
+                    .map(|u| Workload::from_unikernel(u, probe_from))
+            }
             _ => self
                 .runtime
                 .start_sandbox_with(&spec, &id, Stdio::null(), &fds)

@@ -1,4 +1,5 @@
-//! One running instance, whichever runtime started it: a sandboxed process or a microVM.
+//! One running instance, whichever runtime started it: a sandboxed process, a microVM or a
+//! unikernel.
 //!
 //! The engine, health probes and hot-swap treat both alike through [`Workload`]; the few
 //! things only one kind can do (re-adoption, handed-over sockets, entering the namespace of a
@@ -11,6 +12,7 @@ use std::time::Duration;
 use osvm_core::{ExitStatus, Instance, InstanceStats, RuntimeError};
 use osvm_microvm::MicroVmInstance;
 use osvm_sandbox::SandboxInstance;
+use osvm_unikernel::UnikernelInstance;
 
 /// A byte stream to a port of the workload.
 pub trait Conn: Read + Write + Send {}
@@ -24,6 +26,13 @@ pub enum Workload {
     Sandbox(SandboxInstance),
     /// A virtual machine.
     Vm(MicroVmInstance),
+    /// A Hermit unikernel.
+    Unikernel {
+        /// The guest.
+        inst: UnikernelInstance,
+        /// The hub's network namespace, from which its address is probed (hub stacks).
+        probe_from: Option<PathBuf>,
+    },
 }
 
 /// What an exec inside the instance did.
@@ -38,10 +47,16 @@ pub struct Exec {
 }
 
 impl Workload {
+    /// A unikernel probed from `probe_from` (the hub's namespace) if it has a network.
+    pub fn from_unikernel(inst: UnikernelInstance, probe_from: Option<PathBuf>) -> Self {
+        Workload::Unikernel { inst, probe_from }
+    }
+
     fn inner(&self) -> &dyn Instance {
         match self {
             Workload::Sandbox(s) => s,
             Workload::Vm(v) => v,
+            Workload::Unikernel { inst, .. } => inst,
         }
     }
 
@@ -49,15 +64,23 @@ impl Workload {
     pub fn sandbox(&self) -> Option<&SandboxInstance> {
         match self {
             Workload::Sandbox(s) => Some(s),
-            Workload::Vm(_) => None,
+            _ => None,
         }
     }
 
     /// The microVM, if this is one.
     pub fn vm(&self) -> Option<&MicroVmInstance> {
         match self {
-            Workload::Sandbox(_) => None,
             Workload::Vm(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The unikernel, if this is one.
+    pub fn unikernel(&self) -> Option<&UnikernelInstance> {
+        match self {
+            Workload::Unikernel { inst, .. } => Some(inst),
+            _ => None,
         }
     }
 
@@ -71,6 +94,7 @@ impl Workload {
         match self {
             Workload::Sandbox(s) => s.init_pid(),
             Workload::Vm(v) => v.qemu().init_pid(),
+            Workload::Unikernel { inst, .. } => inst.launcher().init_pid(),
         }
     }
 
@@ -79,6 +103,7 @@ impl Workload {
         match self {
             Workload::Sandbox(s) => s.instance_dir().to_path_buf(),
             Workload::Vm(v) => v.dir().to_path_buf(),
+            Workload::Unikernel { inst, .. } => inst.dir().to_path_buf(),
         }
     }
 
@@ -102,6 +127,7 @@ impl Workload {
         match self {
             Workload::Sandbox(s) => s.signal(libc::SIGKILL),
             Workload::Vm(v) => v.qemu().stop(Duration::ZERO).map(|_| ()),
+            Workload::Unikernel { inst, .. } => inst.signal(libc::SIGKILL),
         }
     }
 
@@ -139,6 +165,10 @@ impl Workload {
                 stdout: o.stdout.into_bytes(),
                 stderr: o.stderr.into_bytes(),
             }),
+            Workload::Unikernel { .. } => Err(RuntimeError::InvalidSpec(
+                "a unikernel runs one program and nothing else: nothing can be executed in it"
+                    .into(),
+            )),
         }
     }
 
@@ -159,6 +189,23 @@ impl Workload {
                 s.set_write_timeout(Some(timeout))
                     .map_err(|e| e.to_string())?;
                 Ok(Box::new(s))
+            }
+            Workload::Unikernel { inst, probe_from } => {
+                let addr = inst
+                    .facts()
+                    .address
+                    .as_deref()
+                    .and_then(|a| a.split('/').next())
+                    .and_then(|a| a.parse().ok())
+                    .ok_or("the unikernel has no network (only hub stacks give it one)")?;
+                let hub = probe_from
+                    .as_ref()
+                    .ok_or("the hub network is not up")
+                    .and_then(|p| {
+                        std::fs::File::open(p).map_err(|_| "the hub namespace is gone")
+                    })?;
+                crate::health::connect_to_in(&hub, std::net::SocketAddrV4::new(addr, port), timeout)
+                    .map(|c| Box::new(c) as _)
             }
         }
     }

@@ -173,6 +173,18 @@ impl SandboxRuntime {
         self.start(spec, id, stdin, Some(stdout), &[])
     }
 
+    /// [`SandboxRuntime::start_sandbox_channel`] that also hands `fds` over as fds 3.. (a
+    /// unikernel's QEMU: its serial port on the stdout pipe, its TAP as fd 3).
+    pub fn start_sandbox_channel_with(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        stdout: Stdio,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<SandboxInstance, RuntimeError> {
+        self.start(spec, id, Stdio::null(), Some(stdout), fds)
+    }
+
     fn start(
         &self,
         spec: &LaunchSpec,

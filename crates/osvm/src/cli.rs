@@ -95,6 +95,9 @@ pub enum Command {
     /// Guest images for microVMs (built automatically at first start)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Hermit unikernel images: build one from a Rust crate
+    #[command(subcommand)]
+    Unikernel(UnikernelCommand),
     /// Print a shell completion script (e.g. `osvm completions bash > /etc/bash_completion.d/osvm`)
     Completions(CompletionsArgs),
 }
@@ -209,6 +212,20 @@ pub enum ImageCommand {
     /// Build the guest image of every microVM component of a stack (or of one); an identical
     /// image already stored is reused
     Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UnikernelCommand {
+    /// Build a Hermit image from a Rust crate: the hermit-kernel 0.11.0 crate from the Rust
+    /// package registry (built once), osvm's loader for QEMU (built once), then the app for
+    /// x86_64-unknown-hermit; an unchanged crate is not built again
+    Build(UnikernelBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnikernelBuildArgs {
+    /// The crate's directory (with its Cargo.toml); -v prints every line cargo prints
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Args)]

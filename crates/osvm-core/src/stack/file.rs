@@ -138,6 +138,8 @@ pub(crate) struct RawComponent {
     pub(crate) mtls_egress: Vec<Spanned<Table<RawEgress>>>,
     /// Settings of the `microvm` runtime.
     pub(crate) microvm: Option<Spanned<Table<RawMicroVm>>>,
+    /// Settings of the `unikernel` runtime.
+    pub(crate) unikernel: Option<Spanned<Table<RawUnikernel>>>,
     /// How the MCP gateway reaches an `mcp_server` component.
     pub(crate) mcp: Option<Spanned<Table<RawMcp>>>,
 }
@@ -181,6 +183,20 @@ pub(crate) struct RawMicroVm {
     pub(crate) include: Vec<Spanned<String>>,
     /// How long the guest may take to boot.
     pub(crate) boot_timeout: Option<Spanned<String>>,
+}
+
+/// `unikernel = { launcher = "auto", accel = "auto", boot_timeout = "30s", deadline = "1m" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUnikernel {
+    /// `auto`, `uhyve` or `qemu`.
+    pub(crate) launcher: Option<Word<crate::launch::LauncherChoice>>,
+    /// `auto`, `kvm` or `tcg` (QEMU's accelerator).
+    pub(crate) accel: Option<Word<crate::launch::AccelChoice>>,
+    /// How long the kernel may take to reach the app.
+    pub(crate) boot_timeout: Option<Spanned<String>>,
+    /// Wall-clock limit of one run.
+    pub(crate) deadline: Option<Spanned<String>>,
 }
 
 /// `swap = { min_healthy_time = "2s", ... }`.
@@ -568,4 +584,9 @@ impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for Table<T> {
 impl Expecting for RawMicroVm {
     const EXPECTING: &'static str =
         "a table such as { accel = \"auto\", include = [\"/srv/site\"], boot_timeout = \"60s\" }";
+}
+
+impl Expecting for RawUnikernel {
+    const EXPECTING: &'static str =
+        "a table such as { launcher = \"auto\", accel = \"auto\", deadline = \"1m\" }";
 }

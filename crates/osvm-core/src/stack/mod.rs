@@ -35,6 +35,9 @@ pub fn load(path: &Path) -> Result<Stack, StackError> {
     })?;
     let mut stack = parse(&text, &path.display().to_string())?;
     stack.source = path.to_owned();
+    if let Some(dir) = path.canonicalize().ok().as_deref().and_then(Path::parent) {
+        stack.resolve_relative(dir);
+    }
     Ok(stack)
 }
 
@@ -43,7 +46,23 @@ pub fn load(path: &Path) -> Result<Stack, StackError> {
 pub fn parse(text: &str, file_name: &str) -> Result<Stack, StackError> {
     let source = error::Source::new(text, file_name);
     let raw: file::RawFile = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
-    validate::stack(&source, raw, PathBuf::from(file_name))
+    let mut stack = validate::stack(&source, raw, PathBuf::from(file_name))?;
+    if let Some(dir) = Path::new(file_name).parent().filter(|d| d.is_absolute()) {
+        stack.resolve_relative(dir);
+    }
+    Ok(stack)
+}
+
+impl Stack {
+    /// Makes a unikernel's relative `command` (its image or crate, such as `./hermit-app`)
+    /// relative to `dir`, the stack file's directory.
+    fn resolve_relative(&mut self, dir: &Path) {
+        for c in &mut self.components {
+            if c.runtime == RuntimeKind::Unikernel && !c.command.starts_with('/') {
+                c.command = dir.join(&c.command).display().to_string();
+            }
+        }
+    }
 }
 
 /// A validated stack.
@@ -176,6 +195,9 @@ pub struct Component {
     /// Settings of the `microvm` runtime: accelerator, guest kernel, files in the image.
     #[serde(default)]
     pub microvm: crate::launch::VmOptions,
+    /// Settings of the `unikernel` runtime: launcher, accelerator, boot timeout, deadline.
+    #[serde(default)]
+    pub unikernel: crate::launch::UnikernelOptions,
     /// How osvm's MCP gateway reaches it: `Some` exactly for components of kind `mcp_server`
     /// (from `type` and the `mcp` table), `None` for every other kind.
     #[serde(default)]
@@ -373,6 +395,7 @@ impl Component {
             netns: None,
             hosts: Vec::new(),
             microvm: self.microvm.clone(),
+            unikernel: self.unikernel.clone(),
         }
     }
 }

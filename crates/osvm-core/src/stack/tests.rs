@@ -91,6 +91,7 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 microvm: Default::default(),
+                unikernel: Default::default(),
                 mcp: None,
             },
             Component {
@@ -129,6 +130,7 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 microvm: Default::default(),
+                unikernel: Default::default(),
                 mcp: Some(McpServerSpec {
                     name: "filesystem".into(),
                     version: Some("1.0.0".into()),
@@ -173,6 +175,7 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 microvm: Default::default(),
+                unikernel: Default::default(),
                 mcp: None,
             },
         ],

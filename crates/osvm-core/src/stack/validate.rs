@@ -452,6 +452,77 @@ fn component(
             microvm.boot_timeout_ms = Some(duration(src, t, "boot_timeout")?.as_millis() as u64);
         }
     }
+    let mut unikernel = crate::launch::UnikernelOptions::default();
+    if let Some(table) = raw.unikernel {
+        let span = table.span();
+        if runtime != RuntimeKind::Unikernel {
+            return Err(src.error(
+                span,
+                format!(
+                    "component `{name_text}` has a `unikernel` table but runtime \"{runtime}\"; \
+                     set runtime = \"unikernel\" or remove the table"
+                ),
+            ));
+        }
+        let r = table.into_inner().0;
+        if let Some(l) = r.launcher {
+            unikernel.launcher = l.0;
+        }
+        if let Some(a) = r.accel {
+            unikernel.accel = a.0;
+        }
+        if let Some(t) = &r.boot_timeout {
+            unikernel.boot_timeout_ms = Some(duration(src, t, "boot_timeout")?.as_millis() as u64);
+        }
+        if let Some(t) = &r.deadline {
+            unikernel.deadline_ms = Some(duration(src, t, "deadline")?.as_millis() as u64);
+        }
+        if unikernel.launcher == crate::launch::LauncherChoice::Uhyve
+            && unikernel.accel == crate::launch::AccelChoice::Tcg
+        {
+            return Err(src.error(
+                span,
+                "uhyve runs guests only under KVM: accel = \"tcg\" needs launcher = \"qemu\"",
+            ));
+        }
+    }
+    if runtime == RuntimeKind::Unikernel {
+        let refuse = |what: &str| {
+            src.error(
+                header.clone(),
+                format!(
+                    "component `{name_text}` is a Hermit unikernel, which does not support {what}"
+                ),
+            )
+        };
+        if socket_activation {
+            return Err(refuse(
+                "socket_activation (the sockets cannot cross into the guest)",
+            ));
+        }
+        if !raw.mtls_egress.is_empty() {
+            return Err(refuse(
+                "mtls_egress: its listener lives in the component's namespace, outside the guest",
+            ));
+        }
+        if rootfs.is_some() || !mounts.is_empty() {
+            return Err(refuse(
+                "rootfs or mounts: a Hermit image is one ELF file with an in-memory file system",
+            ));
+        }
+        if working_dir.is_some() {
+            return Err(refuse("working_dir: the guest has no host directories"));
+        }
+        if matches!(
+            health.as_ref().map(|h| &h.probe),
+            Some(crate::stack::HealthProbe::Exec { .. })
+        ) {
+            return Err(refuse(
+                "exec health checks: a unikernel runs one program and nothing else; use a tcp \
+                 or http check",
+            ));
+        }
+    }
     if runtime == RuntimeKind::MicroVm {
         let refuse = |what: &str| {
             src.error(
@@ -560,6 +631,7 @@ fn component(
         swap,
         socket_activation,
         microvm,
+        unikernel,
         mcp,
     })
 }

@@ -27,7 +27,10 @@ pub(super) fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
 /// `osvm up -d FILE`.
 pub fn apply(global: &Global, file: &Path) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
-    let body = json!({ "source": file.display().to_string(), "toml": text });
+    // Absolute, so the daemon can resolve paths relative to the stack file (a unikernel's
+    // crate or image).
+    let source = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    let body = json!({ "source": source.display().to_string(), "toml": text });
     let answer =
         client(global)?.call(Method::POST, "/v1/stacks", Some(serde_json::to_vec(&body)?))?;
     match global.output {

@@ -11,6 +11,7 @@ mod policy;
 mod run;
 mod swap;
 mod table;
+mod unikernel;
 mod up;
 mod validate;
 
@@ -45,6 +46,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kernel(a) => microvm::kernel(&cli.global, a),
         Command::Mcp(a) => mcp::run(&cli.global, a),
         Command::Image(a) => microvm::image(&cli.global, a),
+        Command::Unikernel(a) => unikernel::run(&cli.global, a),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(a.shell, &mut cmd, "osvm", &mut std::io::stdout());

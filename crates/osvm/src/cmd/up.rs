@@ -13,12 +13,11 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use osvm_core::{RuntimeError, RuntimeKind};
 use osvm_daemon::engine::Engine;
 use osvm_daemon::store::{Event, Store};
 use serde_json::json;
 
-use super::{SetupFailed, available_runtime, state_dir};
+use super::{available_runtime, state_dir};
 use crate::cli::{Global, Output, UpArgs};
 
 /// How often the engine looks at every component.
@@ -35,21 +34,9 @@ struct Screen {
 pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     let stack = osvm_core::stack::load(&args.file)?;
     super::microvm::preflight(global, &stack)?;
+    super::unikernel::preflight(global, &stack)?;
     if args.detach {
         return super::control::apply(global, &args.file);
-    }
-    for c in &stack.components {
-        if c.runtime == RuntimeKind::Unikernel {
-            return Err(SetupFailed(RuntimeError::Unavailable {
-                kind: c.runtime,
-                reason: format!(
-                    "component `{}` asks for the {} runtime, which this release of osvm does not \
-                     provide yet; `osvm doctor` shows what the host supports",
-                    c.name, c.runtime
-                ),
-            })
-            .into());
-        }
     }
     let signals = crate::signals::listen()?;
     let runtime = available_runtime(global)?;

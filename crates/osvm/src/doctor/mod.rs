@@ -43,7 +43,7 @@ use network::nft_checks;
 use osvm_microvm::host::KvmProbe;
 use privileges::privilege_checks;
 use seccomp::seccomp_checks;
-use virt::{kvm_checks, microvm_checks, uhyve_check};
+use virt::{hermit_checks, kvm_checks, microvm_checks, uhyve_check};
 
 /// Area of the namespace probes.
 const AREA_NAMESPACES: &str = "namespaces";
@@ -150,6 +150,7 @@ impl Report {
         checks.extend(kvm_checks(&kvm));
         checks.extend(microvm_checks(&kvm, state_dir));
         checks.push(uhyve_check(kvm.kind));
+        checks.extend(hermit_checks(state_dir));
         checks.extend(identity_checks(state_dir));
         Self { checks }
     }

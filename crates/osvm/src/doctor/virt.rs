@@ -210,3 +210,49 @@ pub(super) fn uhyve_check(kvm: KvmKind) -> Check {
         Err(e) => Check::no(AREA_HERMIT, NAME, e.to_string()),
     }
 }
+
+/// Rows for the launcher a unikernel would get here (and why), and the tools that build Hermit
+/// images.
+pub(super) fn hermit_checks(state_dir: &Path) -> Vec<Check> {
+    let host = osvm_unikernel::launcher::Host::probe();
+    let launcher = match host.choose(osvm_core::LauncherChoice::Auto, AccelChoice::Auto) {
+        Ok(c) => Check::yes(
+            AREA_HERMIT,
+            "launcher",
+            match &c.warning {
+                Some(_) => format!(
+                    "{}; guests run under TCG, several times slower than KVM",
+                    c.reason
+                ),
+                None => c.reason,
+            },
+        ),
+        Err(e) => Check::no(AREA_HERMIT, "launcher", e),
+    };
+    let tools = match osvm_unikernel::toolchain::Toolchain::probe() {
+        Ok(tc) => {
+            let kernel = osvm_unikernel::kernel::key(&tc);
+            let built = state_dir
+                .join("unikernel/kernels")
+                .join(&kernel[..16])
+                .join("libhermit.a")
+                .is_file();
+            Check::yes(
+                AREA_HERMIT,
+                "build tools",
+                format!(
+                    "{}, rust-src, x86_64-unknown-none, binutils; hermit-kernel {} {}",
+                    tc.rustc_version,
+                    osvm_unikernel::kernel::VERSION,
+                    if built {
+                        "built"
+                    } else {
+                        "not built yet (the first `osvm unikernel build` builds it, ~2 min)"
+                    }
+                ),
+            )
+        }
+        Err(e) => Check::no(AREA_HERMIT, "build tools", e.0.join("; ")),
+    };
+    vec![launcher, tools]
+}

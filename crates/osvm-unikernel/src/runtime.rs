@@ -1,0 +1,916 @@
+//! The `unikernel` runtime: one Hermit guest per instance, its launcher (QEMU or uhyve)
+//! confined by the process sandbox.
+//!
+//! Starting an instance, in order (each step undone if a later one fails):
+//! 1. choose the launcher and accelerator ([`crate::launcher`]); find or build the image (the
+//!    spec's `command`: a Hermit ELF file, or a crate directory) and, for QEMU, the loader;
+//! 2. in a hub stack, attach a TAP in the component's network namespace (the microVM's
+//!    [`osvm_microvm::net`]); the guest gets the component's address on its command line;
+//! 3. start the launcher in a process sandbox (namespaces, cgroup sized for guest memory plus
+//!    [`LAUNCHER_OVERHEAD`], seccomp, no capabilities, read-only root with only the loader and
+//!    image bound), its stdout (the guest's serial port) on a pipe osvm reads;
+//! 4. wait, up to the boot timeout, for the kernel's "Jumping into application".
+//!
+//! The serial reader writes every line to `console.log` and the app's lines to `stdout.log`,
+//! and keeps the `exit status N` line: the app's exit code. A deadline, if set, ends the guest
+//! when it passes; stopping ends the launcher (SIGTERM, then SIGKILL after the grace period):
+//! a Hermit app has no way to be told to shut down.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use osvm_agent::proto::GuestNetwork;
+use osvm_core::{
+    BindMount, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+};
+use osvm_microvm::host::Accel;
+use osvm_microvm::net::{self, Attached};
+use osvm_sandbox::output::Stamper;
+use osvm_sandbox::{SandboxInstance, SandboxRuntime};
+use serde::{Deserialize, Serialize};
+
+use crate::image::{self, Image};
+use crate::launcher::{Choice, Host, Launcher};
+use crate::serial::{self, Line};
+use crate::steps::Progress;
+use crate::toolchain::Toolchain;
+
+/// Guest memory when the stack sets none (Hermit apps boot in 64 MiB; 32 MiB panics).
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// The smallest guest osvm starts.
+const MIN_MEMORY_MIB: u64 = 64;
+/// Memory the launcher itself needs besides guest RAM (QEMU's code and TCG cache).
+pub const LAUNCHER_OVERHEAD: u64 = 192 << 20;
+/// How long the kernel may take to reach the app by default.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Facts about a running guest, shown by `osvm status` and kept in `unikernel.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnikernelFacts {
+    /// uhyve or QEMU.
+    pub launcher: Launcher,
+    /// The accelerator.
+    pub accel: Accel,
+    /// Why this launcher.
+    pub reason: String,
+    /// Why it is TCG, if it is.
+    pub warning: Option<String>,
+    /// The image's SHA-256.
+    pub image: String,
+    /// The image's size in bytes.
+    pub image_size: u64,
+    /// The app's name.
+    pub app: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Milliseconds from spawning the launcher to the kernel calling the app.
+    pub boot_ms: u64,
+    /// Milliseconds from the start request to the app running (builds included).
+    pub ready_ms: u64,
+    /// The guest's address, if it has a network.
+    pub address: Option<String>,
+    /// The wall-clock limit of the run, if any, in milliseconds.
+    pub deadline_ms: Option<u64>,
+}
+
+/// The `unikernel` runtime.
+pub struct UnikernelRuntime {
+    sandbox: Arc<SandboxRuntime>,
+    state_dir: PathBuf,
+    host: Host,
+}
+
+fn unavailable(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Unavailable {
+        kind: RuntimeKind::Unikernel,
+        reason: reason.into(),
+    }
+}
+
+fn setup(what: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Setup(what.to_string())
+}
+
+impl UnikernelRuntime {
+    /// A runtime whose launchers run in `sandbox`'s sandboxes; images, kernels and the loader
+    /// are kept under `state_dir/unikernel`.
+    pub fn new(sandbox: Arc<SandboxRuntime>, state_dir: PathBuf) -> Self {
+        Self {
+            sandbox,
+            state_dir,
+            host: Host::probe(),
+        }
+    }
+
+    /// What the host offers.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The launcher `spec` would get, or why it cannot get one.
+    pub fn choose(&self, spec: &LaunchSpec) -> Result<Choice, RuntimeError> {
+        if let Some(r) = self.sandbox.unavailable_reason() {
+            return Err(unavailable(format!(
+                "the process sandbox that confines the launcher: {r}"
+            )));
+        }
+        self.host
+            .choose(spec.unikernel.launcher, spec.unikernel.accel)
+            .map_err(unavailable)
+    }
+
+    /// The image path or crate directory `spec` names.
+    fn source_of(spec: &LaunchSpec) -> Result<PathBuf, RuntimeError> {
+        let path = PathBuf::from(&spec.command);
+        if !path.is_absolute() {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "a unikernel's command names its Hermit image or crate by path (absolute, or \
+                 relative to the stack file): `{}`",
+                spec.command
+            )));
+        }
+        if !path.exists() {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "{} does not exist: a unikernel's command is a Hermit image (ELF file) or the \
+                 directory of a Rust crate osvm builds into one",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Whether `spec` could start here, checked before anything starts: the launcher, the
+    /// image (or the tools to build it), the loader's tools for QEMU.
+    pub fn preflight(&self, spec: &LaunchSpec) -> Result<Choice, RuntimeError> {
+        let choice = self.choose(spec)?;
+        let source = Self::source_of(spec)?;
+        let needs_tools = image::is_crate(&source) || choice.launcher == Launcher::Qemu;
+        if needs_tools {
+            Toolchain::probe().map_err(|e| unavailable(e.to_string()))?;
+        }
+        if !image::is_crate(&source) {
+            image::check_elf(&source).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        }
+        Ok(choice)
+    }
+
+    /// The image for `spec` (built if it names a crate whose build is not stored) and, for
+    /// QEMU, the loader.
+    pub fn prepare(
+        &self,
+        spec: &LaunchSpec,
+        launcher: Launcher,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(Image, Option<PathBuf>), RuntimeError> {
+        let source = Self::source_of(spec)?;
+        let built = |e: crate::BuildError| match e {
+            crate::BuildError::Missing(m) => unavailable(m.to_string()),
+            crate::BuildError::Input(m) => RuntimeError::InvalidSpec(m),
+            other => setup(format!("build the Hermit image: {other}")),
+        };
+        let image = if image::is_crate(&source) {
+            image::build(&self.state_dir, &source, progress).map_err(built)?
+        } else {
+            image::existing(&source).map_err(built)?
+        };
+        let loader = match launcher {
+            Launcher::Uhyve => None,
+            Launcher::Qemu => {
+                let tc = Toolchain::probe().map_err(|e| unavailable(e.to_string()))?;
+                Some(crate::loader::ensure(&self.state_dir, &tc, progress).map_err(built)?)
+            }
+        };
+        Ok((image, loader))
+    }
+
+    /// Starts an instance under the id `id` (`<name>-<suffix>`).
+    pub fn start_unikernel(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+    ) -> Result<UnikernelInstance, RuntimeError> {
+        let t0 = Instant::now();
+        let choice = self.choose(spec)?;
+        let (image, loader) = self.prepare(spec, choice.launcher, &mut |p| match p {
+            Progress::Step(s) => tracing::debug!(instance = id, "{s}"),
+            Progress::Tool(s) => tracing::debug!(instance = id, "{s}"),
+        })?;
+        let memory_mib =
+            (spec.resources.memory_bytes.unwrap_or(DEFAULT_MEMORY) >> 20).max(MIN_MEMORY_MIB);
+        // The kernel is built without `smp` (its build needs llvm-tools): one vCPU. The
+        // stack's `cpus` still limits the launcher's CPU time through its cgroup.
+        let vcpus = 1;
+        let dir = self.state_dir.join("instances").join(id);
+        fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
+        let mut attached: Option<Attached> = None;
+        if let Some(ns) = &spec.netns {
+            if choice.launcher == Launcher::Uhyve {
+                return Err(unavailable(
+                    "osvm does not give uhyve guests a network yet (its TAP is opened by name \
+                     inside the launcher); use launcher = \"qemu\" for a networked unikernel",
+                ));
+            }
+            attached = Some(
+                net::attach(&self.state_dir, ns)
+                    .map_err(|e| setup(format!("attach the guest to its network: {e}")))?,
+            );
+        }
+        let plan = Plan {
+            id,
+            dir: &dir,
+            choice: &choice,
+            image: &image,
+            loader: loader.as_deref(),
+            memory_mib,
+            vcpus,
+            t0,
+        };
+        match self.launch(spec, &plan, attached.as_ref()) {
+            Ok(mut inst) => {
+                inst.net = Mutex::new(attached.map(|a| (a.netns, a.guest)));
+                Ok(inst)
+            }
+            Err(e) => {
+                if let Some(a) = attached {
+                    drop(a.tap);
+                    let _ = net::detach(&a.netns, &a.guest);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        spec: &LaunchSpec,
+        plan: &Plan<'_>,
+        net: Option<&Attached>,
+    ) -> Result<UnikernelInstance, RuntimeError> {
+        let Plan {
+            id,
+            dir,
+            choice,
+            image,
+            ..
+        } = *plan;
+        let args = match choice.launcher {
+            Launcher::Qemu => qemu_args(spec, plan, net),
+            Launcher::Uhyve => uhyve_args(spec, plan),
+        };
+        let mut launcher = LaunchSpec::new(
+            spec.name.clone(),
+            choice.program.display().to_string(),
+            args,
+        );
+        launcher.stack = spec.stack.clone();
+        launcher.readonly_root = true;
+        launcher.resources.memory_bytes = Some((plan.memory_mib << 20) + LAUNCHER_OVERHEAD);
+        launcher.resources.cpus = spec.resources.cpus;
+        let ro = |p: &Path| BindMount {
+            source: p.to_path_buf(),
+            target: p.to_path_buf(),
+            writable: false,
+        };
+        launcher.binds.push(ro(&image.path));
+        if let Some(l) = plan.loader {
+            launcher.binds.push(ro(l));
+        }
+        if choice.accel == Accel::Kvm {
+            launcher.binds.push(BindMount {
+                source: "/dev/kvm".into(),
+                target: "/dev/kvm".into(),
+                writable: true,
+            });
+        }
+        if !choice.program.starts_with("/usr") {
+            launcher.binds.push(ro(&choice.program));
+        }
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| RuntimeError::io("make the serial pipe", e))?;
+        let fds: Vec<_> = net.iter().map(|n| n.tap.as_fd()).collect();
+        let spawned = Instant::now();
+        let sandbox = self
+            .sandbox
+            .start_sandbox_channel_with(&launcher, &format!("{id}-qemu"), Stdio::from(writer), &fds)
+            .map_err(|e| setup(format!("start {}: {e}", choice.launcher.as_str())))?;
+        let qemu = Arc::new(sandbox);
+        let serial = Arc::new(SerialState::default());
+        let stdout = dir.join("stdout.log");
+        let stderr = dir.join("stderr.log");
+        let console = dir.join("console.log");
+        for p in [&stdout, &stderr, &console] {
+            let _ = fs::write(p, b"");
+        }
+        spawn_reader(reader, serial.clone(), console.clone(), stdout.clone());
+
+        let boot_timeout = spec
+            .unikernel
+            .boot_timeout_ms
+            .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_millis);
+        let boot = serial.wait_boot(spawned + boot_timeout);
+        let boot_ms = match boot {
+            Boot::Started(at) => at.duration_since(spawned).as_millis() as u64,
+            Boot::Ended => {
+                let _ = qemu.stop(Duration::ZERO);
+                return Err(setup(format!(
+                    "{} ended before the Hermit kernel reached the app; console: {}; its \
+                     stderr: {}",
+                    choice.launcher.as_str(),
+                    tail(&console),
+                    tail(&qemu.log_paths().1)
+                )));
+            }
+            Boot::TimedOut => {
+                let _ = qemu.stop(Duration::ZERO);
+                return Err(setup(format!(
+                    "boot: the Hermit kernel did not reach the app within {}s; console: {}",
+                    boot_timeout.as_secs(),
+                    tail(&console)
+                )));
+            }
+        };
+        let facts = UnikernelFacts {
+            launcher: choice.launcher,
+            accel: choice.accel,
+            reason: choice.reason.clone(),
+            warning: choice.warning.clone(),
+            image: image.digest.clone(),
+            image_size: image.size,
+            app: image.name.clone(),
+            vcpus: plan.vcpus,
+            memory_mib: plan.memory_mib,
+            boot_ms,
+            ready_ms: plan.t0.elapsed().as_millis() as u64,
+            address: net.map(|n| n.guest.address.clone()),
+            deadline_ms: spec.unikernel.deadline_ms,
+        };
+        let _ = fs::write(
+            dir.join("unikernel.json"),
+            serde_json::to_vec_pretty(&facts).expect("serializes"),
+        );
+        let deadline_hit = Arc::new(AtomicBool::new(false));
+        if let Some(ms) = spec.unikernel.deadline_ms {
+            spawn_deadline(
+                qemu.clone(),
+                serial.clone(),
+                deadline_hit.clone(),
+                spawned + Duration::from_millis(ms),
+            );
+        }
+        Ok(UnikernelInstance {
+            id: id.to_owned(),
+            dir: dir.to_path_buf(),
+            stdout,
+            stderr,
+            facts,
+            launcher: qemu,
+            serial,
+            net: Mutex::new(None),
+            deadline_hit,
+            stop_signal: AtomicI32::new(0),
+            ended: Mutex::new(None),
+        })
+    }
+}
+
+/// What a start has decided before it launches anything.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    id: &'a str,
+    dir: &'a Path,
+    choice: &'a Choice,
+    image: &'a Image,
+    loader: Option<&'a Path>,
+    memory_mib: u64,
+    vcpus: u32,
+    t0: Instant,
+}
+
+/// Quotes a word for the kernel's command line (split like a shell would).
+fn quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./=:,@%+".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        return word.to_owned();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The kernel command line: network settings, the environment, then `--` and the app's
+/// arguments.
+fn command_line(spec: &LaunchSpec, net: Option<&Attached>) -> String {
+    let mut words = Vec::new();
+    if let Some(n) = net {
+        let (addr, prefix) = n
+            .guest
+            .address
+            .split_once('/')
+            .unwrap_or((&n.guest.address, "32"));
+        let mask = hermit_mask(prefix.parse().unwrap_or(32));
+        words.extend([
+            "-ip".to_owned(),
+            addr.to_owned(),
+            "-gateway".to_owned(),
+            n.guest.gateway.clone(),
+            "-mask".to_owned(),
+            mask.to_string(),
+        ]);
+    }
+    for (k, v) in &spec.env {
+        words.push(quote(&format!("env={k}={v}")));
+    }
+    words.push("--".into());
+    words.extend(spec.args.iter().map(|a| quote(a)));
+    words.join(" ")
+}
+
+/// The `-mask` that makes hermit-kernel 0.11 use prefix length `prefix`.
+///
+/// The kernel counts a mask's bits as 8 per `255` octet plus the *trailing zeros of the
+/// inverted* first other octet, which is right only for whole octets (it reads
+/// 255.255.255.252 as /24). So the partial octet is written with its bits at the low end:
+/// `/30` is `255.255.255.63`, which the kernel counts as 24 + 6.
+fn hermit_mask(prefix: u32) -> String {
+    let prefix = prefix.min(32);
+    let mut octets = [0u8; 4];
+    for (i, o) in octets.iter_mut().enumerate() {
+        let bits = prefix.saturating_sub(8 * i as u32).min(8);
+        *o = ((1u16 << bits) - 1) as u8;
+    }
+    std::net::Ipv4Addr::from(octets).to_string()
+}
+
+/// What [`hermit_mask`]'s output means to the kernel (its own computation), for the tests.
+#[cfg(test)]
+fn kernel_prefix(mask: &str) -> u32 {
+    let o: std::net::Ipv4Addr = mask.parse().unwrap();
+    let o = o.octets();
+    let mut p = (!o[0]).trailing_zeros();
+    if p == 8 {
+        p += (!o[1]).trailing_zeros();
+    }
+    if p == 16 {
+        p += (!o[2]).trailing_zeros();
+    }
+    if p == 24 {
+        p += (!o[3]).trailing_zeros();
+    }
+    p
+}
+
+fn qemu_args(spec: &LaunchSpec, plan: &Plan<'_>, net: Option<&Attached>) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+    match plan.choice.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        // `max` has FSGSBASE, which the kernel needs; a bounded translation cache keeps
+        // QEMU within its cgroup.
+        Accel::Tcg => push(&["-accel", "tcg,tb-size=64", "-cpu", "max"]),
+    }
+    let smp = plan.vcpus.to_string();
+    let mem = format!("{}M", plan.memory_mib);
+    push(&[
+        "-smp",
+        &smp,
+        "-m",
+        &mem,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        // The kernel's shutdown writes here; QEMU then exits.
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    if let Some(n) = net {
+        push(&[
+            "-netdev",
+            "tap,id=net0,fd=3",
+            "-device",
+            // Hermit drives only modern (non-transitional) virtio devices. With checksum
+            // offload negotiated its driver marks every frame "needs checksum" with an offset
+            // QEMU cannot apply, and nothing reaches the TAP: the offloads are left off.
+            &format!(
+                "virtio-net-pci,disable-legacy=on,csum=off,host_tso4=off,host_tso6=off,\
+                 host_ecn=off,host_ufo=off,netdev=net0,mac={}",
+                n.mac
+            ),
+        ]);
+    }
+    let loader = plan
+        .loader
+        .expect("QEMU has a loader")
+        .display()
+        .to_string();
+    let image = plan.image.path.display().to_string();
+    push(&["-kernel", &loader, "-initrd", &image]);
+    a.push("-append".into());
+    a.push(command_line(spec, net));
+    a
+}
+
+fn uhyve_args(spec: &LaunchSpec, plan: &Plan<'_>) -> Vec<String> {
+    let mut a = vec![
+        "--memory-size".to_owned(),
+        format!("{}MiB", plan.memory_mib),
+        "--cpu-count".to_owned(),
+        plan.vcpus.to_string(),
+    ];
+    for (k, v) in &spec.env {
+        a.push("--env-vars".into());
+        a.push(format!("{k}={v}"));
+    }
+    a.push(plan.image.path.display().to_string());
+    a.extend(spec.args.iter().cloned());
+    a
+}
+
+/// What the serial reader has seen.
+#[derive(Default)]
+struct Serial {
+    /// When the kernel called the app.
+    app_started: Option<Instant>,
+    /// When the app printed its first line.
+    first_output: Option<Instant>,
+    /// The `exit status N` line.
+    exit: Option<i32>,
+    /// The app printed a panic message.
+    panicked: bool,
+    /// The launcher's stdout has closed (it ended).
+    eof: bool,
+}
+
+#[derive(Default)]
+struct SerialState {
+    serial: Mutex<Serial>,
+    changed: Condvar,
+}
+
+enum Boot {
+    Started(Instant),
+    Ended,
+    TimedOut,
+}
+
+impl SerialState {
+    fn update(&self, f: impl FnOnce(&mut Serial)) {
+        f(&mut self.serial.lock().expect("serial"));
+        self.changed.notify_all();
+    }
+
+    fn wait_boot(&self, deadline: Instant) -> Boot {
+        let mut s = self.serial.lock().expect("serial");
+        loop {
+            if let Some(at) = s.app_started {
+                return Boot::Started(at);
+            }
+            if s.eof {
+                return Boot::Ended;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Boot::TimedOut;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .expect("serial")
+                .0;
+        }
+    }
+
+    /// Waits until the launcher's output ends or `deadline` passes; true if it ended.
+    fn wait_eof(&self, deadline: Instant) -> bool {
+        let mut s = self.serial.lock().expect("serial");
+        loop {
+            if s.eof {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .expect("serial")
+                .0;
+        }
+    }
+}
+
+fn spawn_reader(
+    pipe: std::io::PipeReader,
+    state: Arc<SerialState>,
+    console: PathBuf,
+    stdout: PathBuf,
+) {
+    let _ = std::thread::Builder::new()
+        .name("unikernel-serial".into())
+        .spawn(move || {
+            let open = |p: &Path| fs::OpenOptions::new().create(true).append(true).open(p);
+            let (Ok(mut console), Ok(mut out)) = (open(&console), open(&stdout)) else {
+                state.update(|s| s.eof = true);
+                return;
+            };
+            let mut stamper = Stamper::default();
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            let mut booted = false;
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let _ = console.write_all(&buf);
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.trim_end_matches('\n');
+                match serial::classify(line, booted) {
+                    Line::Kernel => {}
+                    Line::AppStarts => {
+                        booted = true;
+                        state.update(|s| s.app_started = Some(Instant::now()));
+                    }
+                    Line::Exit(code) => state.update(|s| s.exit = Some(code)),
+                    Line::App(app) => {
+                        let panicked = serial::is_panic(app);
+                        state.update(|s| {
+                            s.first_output.get_or_insert_with(Instant::now);
+                            s.panicked |= panicked;
+                        });
+                        let _ = stamper.feed(app.as_bytes(), &mut out);
+                        let _ = stamper.feed(b"\n", &mut out);
+                    }
+                }
+            }
+            let _ = stamper.flush(&mut out);
+            state.update(|s| s.eof = true);
+        });
+}
+
+fn spawn_deadline(
+    launcher: Arc<SandboxInstance>,
+    state: Arc<SerialState>,
+    hit: Arc<AtomicBool>,
+    deadline: Instant,
+) {
+    let _ = std::thread::Builder::new()
+        .name("unikernel-deadline".into())
+        .spawn(move || {
+            if state.wait_eof(deadline) {
+                return;
+            }
+            hit.store(true, Ordering::SeqCst);
+            let _ = launcher.stop(Duration::ZERO);
+        });
+}
+
+/// The last lines of a file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return "(empty)".into();
+    }
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// A running (or ended) Hermit guest.
+pub struct UnikernelInstance {
+    id: String,
+    dir: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    facts: UnikernelFacts,
+    /// The launcher in its sandbox.
+    launcher: Arc<SandboxInstance>,
+    serial: Arc<SerialState>,
+    /// The namespace and address to give back when the guest ends.
+    net: Mutex<Option<(String, GuestNetwork)>>,
+    deadline_hit: Arc<AtomicBool>,
+    /// The signal a stop sent to the launcher (0: none).
+    stop_signal: AtomicI32,
+    ended: Mutex<Option<ExitStatus>>,
+}
+
+impl UnikernelInstance {
+    /// Facts about the guest.
+    pub fn facts(&self) -> &UnikernelFacts {
+        &self.facts
+    }
+
+    /// The instance directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The serial console (kernel log and app output).
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The sandbox the launcher runs in.
+    pub fn launcher(&self) -> &SandboxInstance {
+        &self.launcher
+    }
+
+    /// The deadline, if this run was ended because it passed.
+    pub fn deadline_exceeded(&self) -> Option<Duration> {
+        self.deadline_hit
+            .load(Ordering::SeqCst)
+            .then(|| Duration::from_millis(self.facts.deadline_ms.unwrap_or(0)))
+    }
+
+    /// Whether the app printed a panic message.
+    pub fn panicked(&self) -> bool {
+        self.serial.serial.lock().expect("serial").panicked
+    }
+
+    /// Milliseconds from the kernel calling the app to its first line of output, if any.
+    pub fn first_output_ms(&self) -> Option<u64> {
+        let s = self.serial.serial.lock().expect("serial");
+        Some(s.first_output?.duration_since(s.app_started?).as_millis() as u64)
+    }
+
+    /// Releases what the guest held once the launcher has ended, and works out the status.
+    fn finish(&self, launcher_status: ExitStatus) -> ExitStatus {
+        let mut ended = self.ended.lock().expect("ended");
+        if let Some(s) = *ended {
+            return s;
+        }
+        if let Some((netns, guest)) = self.net.lock().expect("net").take()
+            && let Err(e) = net::detach(&netns, &guest)
+        {
+            tracing::warn!(instance = %self.id, "give the network namespace back: {e}");
+        }
+        // The reader may still be draining the last lines.
+        self.serial
+            .wait_eof(Instant::now() + Duration::from_millis(500));
+        let exit = self.serial.serial.lock().expect("serial").exit;
+        let sent = self.stop_signal.load(Ordering::SeqCst);
+        let status = match exit {
+            Some(code) => ExitStatus {
+                code: Some(code),
+                signal: None,
+                oom_killed: false,
+            },
+            // uhyve exits with the guest's code.
+            None if self.facts.launcher == Launcher::Uhyve && launcher_status.code.is_some() => {
+                launcher_status
+            }
+            None if self.deadline_hit.load(Ordering::SeqCst) => ExitStatus {
+                code: None,
+                signal: Some(libc::SIGKILL),
+                oom_killed: false,
+            },
+            None if sent != 0 => ExitStatus {
+                code: None,
+                signal: Some(sent),
+                oom_killed: launcher_status.oom_killed,
+            },
+            // The launcher died without the kernel's exit line (killed, or the guest crashed).
+            None => ExitStatus {
+                code: None,
+                signal: launcher_status.signal,
+                oom_killed: launcher_status.oom_killed,
+            },
+        };
+        *ended = Some(status);
+        status
+    }
+}
+
+impl Instance for UnikernelInstance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.launcher.init_pid() as u32)
+    }
+
+    fn log_paths(&self) -> (PathBuf, PathBuf) {
+        (self.stdout.clone(), self.stderr.clone())
+    }
+
+    fn wait(&self) -> Result<ExitStatus, RuntimeError> {
+        let s = self.launcher.wait()?;
+        Ok(self.finish(s))
+    }
+
+    fn try_wait(&self) -> Result<Option<ExitStatus>, RuntimeError> {
+        if let Some(s) = *self.ended.lock().expect("ended") {
+            return Ok(Some(s));
+        }
+        Ok(self.launcher.try_wait()?.map(|s| self.finish(s)))
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        match signal {
+            libc::SIGTERM | libc::SIGINT | libc::SIGKILL => {
+                self.stop_signal.store(signal, Ordering::SeqCst);
+                self.launcher.signal(signal)
+            }
+            other => Err(RuntimeError::InvalidSpec(format!(
+                "a Hermit guest has no signals: osvm can only end it (SIGTERM, SIGINT or \
+                 SIGKILL end the launcher), not deliver signal {other}"
+            ))),
+        }
+    }
+
+    fn stop(&self, grace: Duration) -> Result<ExitStatus, RuntimeError> {
+        if let Some(s) = self.try_wait()? {
+            return Ok(s);
+        }
+        self.stop_signal.store(libc::SIGTERM, Ordering::SeqCst);
+        let s = self.launcher.stop(grace)?;
+        Ok(self.finish(s))
+    }
+
+    fn stats(&self) -> Result<InstanceStats, RuntimeError> {
+        self.launcher.stats()
+    }
+
+    fn confinement(&self) -> Vec<(String, String)> {
+        let f = &self.facts;
+        let mut facts = vec![
+            (
+                "runtime".into(),
+                format!("unikernel (Hermit under {})", f.launcher.as_str()),
+            ),
+            ("accelerator".into(), f.accel.as_str().into()),
+            ("launcher".into(), f.reason.clone()),
+            ("vcpus".into(), f.vcpus.to_string()),
+            ("guest memory".into(), format!("{} MiB", f.memory_mib)),
+            (
+                "image".into(),
+                format!("{} {} ({} bytes)", f.app, &f.image[..12], f.image_size),
+            ),
+        ];
+        if let Some(w) = &f.warning {
+            facts.push(("warning".into(), w.clone()));
+        }
+        facts.extend(
+            self.launcher
+                .confinement()
+                .into_iter()
+                .map(|(k, v)| (format!("vmm {k}"), v)),
+        );
+        facts
+    }
+}
+
+impl Runtime for UnikernelRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Unikernel
+    }
+
+    fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError> {
+        let id = osvm_sandbox::new_instance_id(&spec.name);
+        Ok(Box::new(self.start_unikernel(spec, &id)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_quote_what_the_kernel_would_split() {
+        let mut spec = LaunchSpec::new("u", "/img", vec!["hello".into(), "two words".into()]);
+        spec.env = vec![
+            ("APP_GREETING".into(), "it's here".into()),
+            ("APP_EXIT".into(), "7".into()),
+        ];
+        assert_eq!(
+            command_line(&spec, None),
+            "'env=APP_GREETING=it'\\''s here' env=APP_EXIT=7 -- hello 'two words'"
+        );
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn masks_are_written_so_the_kernel_reads_the_real_prefix() {
+        assert_eq!(hermit_mask(30), "255.255.255.63");
+        assert_eq!(hermit_mask(24), "255.255.255.0");
+        assert_eq!(hermit_mask(32), "255.255.255.255");
+        assert_eq!(hermit_mask(0), "0.0.0.0");
+        for p in 0..=32 {
+            assert_eq!(kernel_prefix(&hermit_mask(p)), p, "/{p}");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What the build steps share: progress reports, running a tool with its output streamed, and
+//! the build's error type.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What a build reports while it works (library crates do not print; the CLI does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A step begins or ends, in words.
+    Step(String),
+    /// A line a tool (cargo) printed.
+    Tool(String),
+}
+
+/// What can go wrong in a build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A prerequisite is missing.
+    #[error(transparent)]
+    Missing(#[from] crate::toolchain::Missing),
+    /// The crate to build is not usable.
+    #[error("{0}")]
+    Input(String),
+    /// A tool failed.
+    #[error("{what} failed ({status}); its last lines: {tail}")]
+    Tool {
+        /// The step.
+        what: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its output.
+        tail: String,
+    },
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BuildError {
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Runs `cmd`, passing each line of its stderr (cargo's progress) to `progress`; fails with
+/// the last lines when it fails.
+pub(crate) fn run(
+    what: &str,
+    mut cmd: Command,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), BuildError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| BuildError::io(format!("start {what}"), e))?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut last: Vec<String> = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        progress(Progress::Tool(line.clone()));
+        last.push(line);
+        if last.len() > 12 {
+            last.remove(0);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| BuildError::io(format!("wait for {what}"), e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BuildError::Tool {
+            what: what.to_owned(),
+            status: status.to_string(),
+            tail: last.join(" | "),
+        })
+    }
+}
+
+/// Runs `cmd` and returns its stdout.
+pub(crate) fn stdout_of(what: &str, mut cmd: Command) -> Result<String, BuildError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BuildError::io(format!("start {what}"), e))?;
+    if !out.status.success() {
+        return Err(BuildError::Tool {
+            what: what.to_owned(),
+            status: out.status.to_string(),
+            tail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Copies `from` to `to` through a temporary name, so a reader never sees half a file.
+pub(crate) fn install(from: &Path, to: &Path) -> Result<(), BuildError> {
+    let dir = to.parent().expect("has a parent");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BuildError::io(format!("create {}", dir.display()), e))?;
+    let partial = partial_path(to);
+    std::fs::copy(from, &partial)
+        .and_then(|_| std::fs::rename(&partial, to))
+        .map_err(|e| BuildError::io(format!("store {}", to.display()), e))
+}
+
+/// `dir/.name.partial` for `dir/name`.
+pub(crate) fn partial_path(to: &Path) -> PathBuf {
+    let name = to.file_name().unwrap_or_default().to_string_lossy();
+    to.with_file_name(format!(".{name}.partial"))
+}
+
+/// Writes a file through a temporary name.
+pub(crate) fn write_atomic(to: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    let dir = to.parent().expect("has a parent");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BuildError::io(format!("create {}", dir.display()), e))?;
+    let partial = partial_path(to);
+    std::fs::write(&partial, bytes)
+        .and_then(|()| std::fs::rename(&partial, to))
+        .map_err(|e| BuildError::io(format!("write {}", to.display()), e))
+}
+
+/// The first 16 hex digits of a digest: enough to name a cache entry.
+pub(crate) fn short(digest: &str) -> &str {
+    &digest[..16.min(digest.len())]
+}

@@ -1,0 +1,507 @@
+//! The unikernel runtime end to end, through a real daemon: the example crate
+//! (`examples/hermit-app`) built into a Hermit image by `osvm unikernel build` (from scratch on
+//! a new machine: the kernel from the Rust package registry, the loader, the app), booted
+//! under QEMU (TCG on hosts without VMX/SVM) in the process sandbox, its output, arguments,
+//! environment and exit codes reported, its deadline enforced, its network path governed by
+//! the hub's rules.
+//!
+//! Every test skips with a printed reason when the host lacks root, QEMU or the Hermit build
+//! tools (rust-src, x86_64-unknown-none, binutils).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// The shared build (`<dir>/unikernel`: kernel, loader, image), or why there is none.
+static BUILT: Mutex<Option<Result<PathBuf, String>>> = Mutex::new(None);
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/hermit-app")
+        .canonicalize()
+        .expect("examples/hermit-app exists")
+}
+
+/// Builds the example image once per run, printing how long it took.
+fn build_example() -> Result<PathBuf, String> {
+    let mut guard = BUILT.lock().unwrap();
+    if let Some(r) = guard.as_ref() {
+        return r.clone();
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("unikernel-build");
+    std::fs::create_dir_all(&dir).unwrap();
+    let t0 = Instant::now();
+    let o = Command::new(osvm_bin())
+        .arg("--state-dir")
+        .arg(&dir)
+        .args(["unikernel", "build"])
+        .arg(example())
+        .output()
+        .unwrap();
+    let r = if o.status.success() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "built the example Hermit image in {:.1}s:\n{}",
+            t0.elapsed().as_secs_f64(),
+            stderr(&o)
+        );
+        Ok(dir.join("unikernel"))
+    } else {
+        Err(format!(
+            "`osvm unikernel build` failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        ))
+    };
+    *guard = Some(r.clone());
+    r
+}
+
+/// A state directory whose daemon can boot the example, or `None` (skip printed).
+fn unikernel_state(test: &str) -> Option<StateDir> {
+    if !sandbox_available(test) {
+        return None;
+    }
+    if osvm_microvm::runtime::find_program("qemu-system-x86_64").is_none() {
+        skip(
+            test,
+            "needs qemu-system-x86_64 (Debian package qemu-system-x86)",
+        );
+        return None;
+    }
+    if let Err(e) = osvm_unikernel::toolchain::Toolchain::probe() {
+        skip(test, &e.to_string());
+        return None;
+    }
+    let built = match build_example() {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    };
+    let state = StateDir::new(test);
+    std::os::unix::fs::symlink(&built, state.path.join("unikernel")).unwrap();
+    Some(state)
+}
+
+fn view<'a>(views: &'a [Value], name: &str) -> &'a Value {
+    views
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no component {name} in {views:?}"))
+}
+
+/// Polls until `ok` holds, for as long as a few TCG boots in parallel may take.
+fn wait_long(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let views = ps(state);
+        if ok(&views) {
+            return views;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {what}: {views:?}\nevents:\n{}",
+            stdout(&run(state.osvm().arg("events")))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(state: &StateDir, name: &str) -> Value {
+    let o = run(state.osvm().args(["-o", "json", "status", name]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn logs(state: &StateDir, name: &str, console: bool) -> String {
+    let mut cmd = state.osvm();
+    cmd.args(["logs", name]);
+    if console {
+        cmd.args(["--stream", "console"]);
+    }
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+fn up(state: &StateDir, toml: &str) -> PathBuf {
+    let file = state.path.join("stack.toml");
+    std::fs::write(&file, toml).unwrap();
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    file
+}
+
+fn ended(v: &[Value], names: &[&str]) -> bool {
+    names.iter().all(|n| {
+        v.iter()
+            .any(|c| c["name"] == *n && !c["last_exit"].is_null() && c["pid"].is_null())
+    })
+}
+
+/// No launcher of this state directory is left running.
+fn assert_no_launchers(state: &StateDir) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = state
+            .instances()
+            .into_iter()
+            .filter(|i| i.ends_with("-qemu"))
+            .filter(|i| {
+                cgroup_dirs(i).iter().any(|d| {
+                    std::fs::read_to_string(d.join("cgroup.procs"))
+                        .is_ok_and(|p| !p.trim().is_empty())
+                })
+            })
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "launchers still running: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn unikernel_reports_output_args_env_and_exit_codes() {
+    const TEST: &str = "uk_exit";
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    let app = example();
+    let _daemon = Daemon::start(&state);
+    up(
+        &state,
+        &format!(
+            r#"
+[stack]
+name = "ukexit"
+
+[[component]]
+name = "hello"
+runtime = "unikernel"
+command = "{app}"
+args = ["hello", "two words", "it's"]
+env = {{ APP_GREETING = "hi there", APP_EXIT = "0" }}
+resources = {{ memory = "96M" }}
+restart = "never"
+
+[[component]]
+name = "seven"
+runtime = "unikernel"
+command = "{app}"
+env = {{ APP_EXIT = "7" }}
+resources = {{ memory = "96M" }}
+restart = "never"
+
+[[component]]
+name = "panics"
+runtime = "unikernel"
+command = "{app}"
+args = ["panic"]
+resources = {{ memory = "96M" }}
+restart = "never"
+"#,
+            app = app.display()
+        ),
+    );
+    let views = wait_long(&state, "all three ended", |v| {
+        ended(v, &["hello", "seven", "panics"])
+    });
+    assert_eq!(view(&views, "hello")["last_exit"]["code"], 0, "{views:?}");
+    assert_eq!(view(&views, "seven")["last_exit"]["code"], 7, "{views:?}");
+    // A panic aborts, which Hermit reports as exit status -1; osvm says it panicked.
+    assert_eq!(view(&views, "panics")["last_exit"]["code"], -1, "{views:?}");
+    let panics = status(&state, "panics");
+    assert!(
+        panics["reason"].as_str().unwrap().contains("panicked"),
+        "{panics}"
+    );
+    assert_eq!(panics["runtime"], "unikernel");
+
+    // The app's output, arguments (with a space and a quote) and environment, in its logs;
+    // the kernel's log only on the console.
+    let out = logs(&state, "hello", false);
+    for line in [
+        "hello from hermit-app",
+        "arg[1]=hello",
+        "arg[2]=two words",
+        "arg[3]=it's",
+        "env APP_EXIT=0",
+        "env APP_GREETING=hi there",
+    ] {
+        assert!(out.contains(line), "`{line}` missing from the logs:\n{out}");
+    }
+    assert!(
+        !out.contains("[INFO]"),
+        "kernel lines in the app's logs:\n{out}"
+    );
+    let console = logs(&state, "hello", true);
+    assert!(
+        console.contains("Welcome to Hermit") && console.contains("exit status 0"),
+        "{console}"
+    );
+    let panicked = logs(&state, "panics", false);
+    assert!(
+        panicked.contains("hermit-app panicked on purpose"),
+        "{panicked}"
+    );
+
+    // The unikernel's facts: launcher, accelerator and, without VMX/SVM, the TCG warning.
+    let events = stdout(&run(state.osvm().arg("events")));
+    assert!(events.contains("unikernel (Hermit under qemu)"), "{events}");
+    let kvm = osvm_microvm::host::KvmProbe::probe();
+    if !kvm.kind.is_hardware() {
+        assert!(events.contains("TCG: QEMU software emulation"), "{events}");
+    }
+    assert_no_launchers(&state);
+}
+
+#[test]
+fn unikernel_past_its_deadline_is_stopped_and_reported() {
+    const TEST: &str = "uk_deadline";
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    let app = example();
+    let _daemon = Daemon::start(&state);
+    up(
+        &state,
+        &format!(
+            r#"
+[stack]
+name = "ukdeadline"
+
+[[component]]
+name = "spin"
+runtime = "unikernel"
+command = "{app}"
+args = ["spin"]
+resources = {{ memory = "96M" }}
+unikernel = {{ deadline = "3s" }}
+restart = "never"
+
+[[component]]
+name = "idle"
+runtime = "unikernel"
+command = "{app}"
+args = ["spin"]
+resources = {{ memory = "96M" }}
+restart = "never"
+"#,
+            app = app.display()
+        ),
+    );
+    let t0 = Instant::now();
+    wait_long(&state, "idle running", |v| {
+        v.iter()
+            .any(|c| c["name"] == "idle" && c["status"] == "running")
+    });
+    let views = wait_long(&state, "spin stopped at its deadline", |v| {
+        ended(v, &["spin"])
+    });
+    let spin = view(&views, "spin");
+    assert_eq!(spin["last_exit"]["signal"], 9, "{spin}");
+    let reason = status(&state, "spin")["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("deadline of 3s passed"), "{reason}");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "stopped before its deadline"
+    );
+    assert!(logs(&state, "spin", false).contains("tick 1"));
+
+    // Without a deadline it runs until stopped; a stop ends the launcher (SIGTERM).
+    assert_eq!(view(&ps(&state), "idle")["status"], "running");
+    let o = run(state.osvm().args(["stop", "idle"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let views = wait_long(&state, "idle stopped", |v| ended(v, &["idle"]));
+    assert_eq!(view(&views, "idle")["last_exit"]["signal"], 15, "{views:?}");
+    assert_no_launchers(&state);
+}
+
+/// `GET /` to `addr` from inside network namespace `ns`.
+fn http_get_in(ns: &str, addr: SocketAddr) -> std::io::Result<String> {
+    let ns = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn unikernel_serves_http_on_the_hub_and_policy_decides() {
+    const TEST: &str = "uk_net";
+    if !hub_available(TEST) {
+        return;
+    }
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    let app = example();
+    let _daemon = Daemon::start(&state);
+    up(
+        &state,
+        &format!(
+            r#"
+[stack]
+name = "uknet"
+network = "hub"
+
+[[component]]
+name = "web"
+runtime = "unikernel"
+command = "{app}"
+args = ["serve", "8080"]
+listen = [8080]
+resources = {{ memory = "128M" }}
+health = {{ http = "/", port = 8080, start_period = "5s" }}
+restart = "never"
+
+[[component]]
+name = "cli"
+command = "sleep"
+args = ["3600"]
+
+[[component]]
+name = "other"
+command = "sleep"
+args = ["3600"]
+
+[[policy]]
+allow = {{ from = "cli", to = "web", ports = [8080] }}
+"#,
+            app = app.display()
+        ),
+    );
+    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+    let net: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hub = net["hub"].as_str().unwrap().to_owned();
+    let _guard = NetnsPrefixGuard(hub.trim_end_matches("hub").to_owned());
+    wait_long(&state, "web healthy", |v| {
+        v.len() == 3
+            && v.iter().all(|c| c["status"] == "running")
+            && view(v, "web")["health"]["state"] == "healthy"
+    });
+    let (mut cli, mut other) = (String::new(), String::new());
+    let mut service: Option<std::net::Ipv4Addr> = None;
+    for c in net["components"].as_array().unwrap() {
+        let ns = c["netns"].as_str().unwrap_or_default().to_owned();
+        match c["component"].as_str() {
+            Some("cli") => cli = ns,
+            Some("other") => other = ns,
+            Some("web") => service = c["service"].as_str().map(|s| s.parse().unwrap()),
+            _ => {}
+        }
+    }
+    let web = SocketAddr::from((service.expect("web has a service address"), 8080));
+    let answer = http_get_in(&cli, web).expect("cli may reach web");
+    assert!(answer.contains("hello from hermit-app"), "{answer}");
+    let denied = http_get_in(&other, web);
+    assert!(
+        denied.is_err(),
+        "other reached web without a policy: {denied:?}"
+    );
+    let shown = status(&state, "web");
+    assert!(shown["unikernel"]["address"].as_str().is_some(), "{shown}");
+    let o = run(state.osvm().args(["down", "uknet"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_no_launchers(&state);
+}
+
+#[test]
+fn doctor_reports_the_launcher_and_a_pinned_launcher_that_cannot_run_is_refused() {
+    const TEST: &str = "uk_doctor";
+    let o = Command::new(osvm_bin())
+        .args(["-o", "json", "doctor"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&o.stdout).expect("doctor prints JSON");
+    let row = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["area"] == "hermit" && c["name"] == "launcher")
+        .unwrap_or_else(|| panic!("no hermit launcher row: {report}"))
+        .clone();
+    let host = osvm_unikernel::launcher::Host::probe();
+    let detail = row["detail"].as_str().unwrap();
+    match host.uhyve_unusable() {
+        None => assert!(detail.contains("uhyve"), "{row}"),
+        Some(why) => {
+            if host.qemu.is_some() {
+                assert_eq!(row["available"], true, "{row}");
+                assert!(detail.contains("QEMU") && detail.contains(&why), "{row}");
+            }
+            // Pinned uhyve where it cannot run: `osvm up` refuses before starting anything.
+            let Some(state) = unikernel_state(TEST) else {
+                return;
+            };
+            let file = state.path.join("stack.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "[stack]\nname = \"ukpin\"\n\n[[component]]\nname = \"u\"\nruntime = \
+                     \"unikernel\"\ncommand = \"{}\"\nunikernel = {{ launcher = \"uhyve\" }}\n",
+                    example().display()
+                ),
+            )
+            .unwrap();
+            let o = run(state.osvm().arg("up").arg(&file));
+            assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+            let err = stderr(&o);
+            assert!(
+                err.contains("launcher = \"uhyve\" was asked for") && err.contains(&why),
+                "{err}"
+            );
+            assert!(state.instances().is_empty(), "something started");
+        }
+    }
+}
+
+#[test]
+fn uhyve_boots_the_example_where_the_host_has_hardware_kvm() {
+    const TEST: &str = "uk_uhyve";
+    let host = osvm_unikernel::launcher::Host::probe();
+    if let Some(why) = host.uhyve_unusable() {
+        skip(TEST, &why);
+        return;
+    }
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    let _daemon = Daemon::start(&state);
+    up(
+        &state,
+        &format!(
+            "[stack]\nname = \"ukuhyve\"\n\n[[component]]\nname = \"u\"\nruntime = \
+             \"unikernel\"\ncommand = \"{}\"\nenv = {{ APP_EXIT = \"5\" }}\nrestart = \
+             \"never\"\nunikernel = {{ launcher = \"uhyve\" }}\n",
+            example().display()
+        ),
+    );
+    let views = wait_long(&state, "u ended", |v| ended(v, &["u"]));
+    assert_eq!(view(&views, "u")["last_exit"]["code"], 5, "{views:?}");
+    assert!(logs(&state, "u", false).contains("hello from hermit-app"));
+}

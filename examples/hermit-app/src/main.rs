@@ -1,0 +1,109 @@
+//! osvm's Hermit example: a std-only app built for `x86_64-unknown-hermit` and linked against
+//! the hermit-kernel archive by osvm (no build.rs). The first argument picks the behaviour:
+//!
+//! - `hello` (default): prints a greeting, its arguments and the `APP_*` environment variables,
+//!   then exits with the code in `APP_EXIT` (default 0);
+//! - `panic`: panics;
+//! - `spin`: never returns, printing a tick every second;
+//! - `serve PORT`: answers every HTTP request on `0.0.0.0:PORT` with `hello from hermit-app`;
+//! - `stderr`: writes one line to stderr and one to stdout, exits 3.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+use std::{env, process, thread};
+
+const GREETING: &str = "hello from hermit-app";
+
+fn main() {
+    let args: Vec<String> = env::args().collect();
+    match args.get(1).map(String::as_str) {
+        None | Some("hello") => hello(&args),
+        Some("panic") => {
+            println!("about to panic");
+            panic!("hermit-app panicked on purpose");
+        }
+        Some("spin") => spin(),
+        Some("serve") => {
+            let port = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(8080);
+            serve(port)
+        }
+        Some("stderr") => {
+            eprintln!("this line goes to stderr");
+            println!("this line goes to stdout");
+            process::exit(3);
+        }
+        Some(other) => {
+            eprintln!("unknown mode {other:?}: use hello, panic, spin, serve PORT or stderr");
+            process::exit(2);
+        }
+    }
+}
+
+fn hello(args: &[String]) -> ! {
+    println!("{GREETING}");
+    for (i, arg) in args.iter().enumerate() {
+        println!("arg[{i}]={arg}");
+    }
+    let mut vars: Vec<(String, String)> =
+        env::vars().filter(|(k, _)| k.starts_with("APP_")).collect();
+    vars.sort();
+    for (key, value) in &vars {
+        println!("env {key}={value}");
+    }
+    let code = env::var("APP_EXIT")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    process::exit(code);
+}
+
+fn spin() -> ! {
+    println!("spinning");
+    let mut tick = 0u64;
+    loop {
+        thread::sleep(Duration::from_secs(1));
+        tick += 1;
+        println!("tick {tick}");
+    }
+}
+
+fn serve(port: u16) -> ! {
+    let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
+        eprintln!("cannot bind port {port}: {e}");
+        process::exit(1);
+    });
+    println!("listening on {port}");
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                thread::spawn(move || {
+                    if let Err(e) = answer(stream) {
+                        eprintln!("connection error: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("accept error: {e}"),
+        }
+    }
+}
+
+/// Reads the request head (up to the blank line) and answers `200 OK`.
+fn answer(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let body = format!("{GREETING}\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
