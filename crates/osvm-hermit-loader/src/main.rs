@@ -1,3 +1,7 @@
+//! osvm's Hermit loader: QEMU boots it by multiboot with a Hermit app as the module; it writes
+//! the device tree and boot info kernel 0.11 expects, loads the app's kernel image with
+//! `hermit-entry` and jumps to it. See docs/unikernel.md.
+
 #![no_std]
 #![no_main]
 
