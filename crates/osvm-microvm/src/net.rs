@@ -222,6 +222,52 @@ pub fn attach(state_dir: &Path, netns_path: &Path) -> Result<Attached, NetError>
     })
 }
 
+/// Announces the guest's address from the host side of the TAP: a gratuitous ARP request
+/// ("`ip` is at `mac`") written into the TAP as if the guest had sent it. A guest whose network
+/// stack does not announce itself (Hermit's) would otherwise stay unreachable while the hub
+/// still holds the namespace's `eth0` MAC for the address from before the guest took it over
+/// (Linux replaces a neighbour entry on a gratuitous ARP at once).
+pub fn announce(
+    tap: std::os::fd::BorrowedFd<'_>,
+    mac: &str,
+    ip: std::net::Ipv4Addr,
+) -> std::io::Result<()> {
+    let mac: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    if mac.len() != 6 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a MAC has 6 bytes",
+        ));
+    }
+    // The TAP carries a virtio-net header before each frame; its size is whatever QEMU set.
+    let mut hdr: libc::c_int = 10;
+    // SAFETY: TUNGETVNETHDRSZ writes one int through the pointer, which points at `hdr`.
+    let rc = unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNGETVNETHDRSZ, &mut hdr) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut frame = vec![0u8; hdr.max(0) as usize];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x06]);
+    // ARP: Ethernet, IPv4, request, sender = target = the guest.
+    frame.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&ip.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&ip.octets());
+    // SAFETY: writes `frame.len()` bytes from `frame`, which lives across the call.
+    let n = unsafe { libc::write(tap.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Undoes [`attach`]: the bridge goes, `eth0` gets its address and default route back.
 pub fn detach(netns: &str, guest: &GuestNetwork) -> Result<(), NetError> {
     let tolerate = |r: Result<String, NetError>, what: &str| match r {

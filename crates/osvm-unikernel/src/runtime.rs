@@ -236,6 +236,17 @@ impl UnikernelRuntime {
         };
         match self.launch(spec, &plan, attached.as_ref()) {
             Ok(mut inst) => {
+                if let Some(a) = &attached
+                    && let Some(ip) = a
+                        .guest
+                        .address
+                        .split('/')
+                        .next()
+                        .and_then(|i| i.parse().ok())
+                    && let Err(e) = net::announce(a.tap.as_fd(), &a.mac, ip)
+                {
+                    tracing::warn!(instance = id, "announce the guest's address: {e}");
+                }
                 inst.net = Mutex::new(attached.map(|a| (a.netns, a.guest)));
                 Ok(inst)
             }
