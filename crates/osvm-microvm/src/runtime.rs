@@ -698,8 +698,8 @@ impl Starting {
     }
 }
 
-/// The last lines of a file, for error messages.
-fn tail(path: &Path) -> String {
+/// The last lines of a file on one line, for error messages.
+pub fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     if lines.is_empty() {

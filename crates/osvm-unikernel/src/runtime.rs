@@ -31,6 +31,7 @@ use osvm_core::{
 };
 use osvm_microvm::host::Accel;
 use osvm_microvm::net::{self, Attached};
+use osvm_microvm::runtime::tail;
 use osvm_sandbox::output::Stamper;
 use osvm_sandbox::{SandboxInstance, SandboxRuntime};
 use serde::{Deserialize, Serialize};
@@ -343,8 +344,9 @@ impl UnikernelRuntime {
             Boot::TimedOut => {
                 let _ = qemu.stop(Duration::ZERO);
                 return Err(setup(format!(
-                    "boot: the Hermit kernel did not reach the app within {}s; console: {}",
-                    boot_timeout.as_secs(),
+                    "boot: the Hermit kernel did not reach the app within {:?} (boot_timeout); \
+                     console: {}",
+                    boot_timeout,
                     tail(&console)
                 )));
             }
@@ -688,16 +690,6 @@ fn spawn_deadline(
             hit.store(true, Ordering::SeqCst);
             let _ = launcher.stop(Duration::ZERO);
         });
-}
-
-/// The last lines of a file, for error messages.
-fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    if lines.is_empty() {
-        return "(empty)".into();
-    }
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// A running (or ended) Hermit guest.

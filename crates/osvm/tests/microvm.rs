@@ -7,13 +7,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use osvm_agent::proto::{self, Request, Response};
@@ -80,36 +78,6 @@ fn vm_state(test: &str) -> Option<StateDir> {
     Some(state)
 }
 
-fn view<'a>(views: &'a [Value], name: &str) -> &'a Value {
-    views
-        .iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_else(|| panic!("no component {name} in {views:?}"))
-}
-
-/// Polls until `ok` holds, for as long as a few TCG boots in parallel may take.
-fn wait_long(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let views = ps(state);
-        if ok(&views) {
-            return views;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waiting for {what}: {views:?}\nevents:\n{}",
-            stdout(&run(state.osvm().arg("events")))
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn status(state: &StateDir, name: &str) -> Value {
-    let o = run(state.osvm().args(["-o", "json", "status", name]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// The VM facts (`vm.json`) of a component's current instance.
 fn vm_facts(state: &StateDir, name: &str) -> Value {
     let id = status(state, name)["instance"]
@@ -118,28 +86,6 @@ fn vm_facts(state: &StateDir, name: &str) -> Value {
         .to_owned();
     let text = std::fs::read(state.path.join("instances").join(id).join("vm.json")).unwrap();
     serde_json::from_slice(&text).unwrap()
-}
-
-/// `GET /` over a TCP stream; the whole response.
-fn http_get(mut s: impl Read + Write) -> std::io::Result<String> {
-    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-/// `GET /` to `addr` from inside network namespace `ns`.
-fn http_get_in(ns: &str, addr: SocketAddr) -> std::io::Result<String> {
-    let ns = std::fs::File::open(format!("/run/netns/{ns}"))?;
-    std::thread::spawn(move || {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::from)?;
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        http_get(s)
-    })
-    .join()
-    .unwrap()
 }
 
 fn www(state: &StateDir) -> PathBuf {

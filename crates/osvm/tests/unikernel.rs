@@ -10,9 +10,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -91,36 +90,6 @@ fn unikernel_state(test: &str) -> Option<StateDir> {
     Some(state)
 }
 
-fn view<'a>(views: &'a [Value], name: &str) -> &'a Value {
-    views
-        .iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_else(|| panic!("no component {name} in {views:?}"))
-}
-
-/// Polls until `ok` holds, for as long as a few TCG boots in parallel may take.
-fn wait_long(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let views = ps(state);
-        if ok(&views) {
-            return views;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waiting for {what}: {views:?}\nevents:\n{}",
-            stdout(&run(state.osvm().arg("events")))
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn status(state: &StateDir, name: &str) -> Value {
-    let o = run(state.osvm().args(["-o", "json", "status", name]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn logs(state: &StateDir, name: &str, console: bool) -> String {
     let mut cmd = state.osvm();
     cmd.args(["logs", name]);
@@ -130,6 +99,24 @@ fn logs(state: &StateDir, name: &str, console: bool) -> String {
     let o = run(&mut cmd);
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o)
+}
+
+/// The stored image of the example (an ELF file), as `osvm unikernel build` names it; the
+/// crate is unchanged since the first build, so nothing is built again.
+fn image_file(state: &StateDir) -> PathBuf {
+    let o = run(state.osvm().args(["unikernel", "build"]).arg(example()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("app: stored already"),
+        "an unchanged crate was built again: {}",
+        stderr(&o)
+    );
+    let out = stdout(&o);
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("image"))
+        .unwrap_or_else(|| panic!("no image line: {out}"));
+    PathBuf::from(path.trim())
 }
 
 fn up(state: &StateDir, toml: &str) -> PathBuf {
@@ -212,13 +199,30 @@ command = "{app}"
 args = ["panic"]
 resources = {{ memory = "96M" }}
 restart = "never"
+
+# The built image file itself rather than the crate.
+[[component]]
+name = "streams"
+runtime = "unikernel"
+command = "{image}"
+args = ["stderr"]
+resources = {{ memory = "96M" }}
+restart = "never"
 "#,
-            app = app.display()
+            app = app.display(),
+            image = image_file(&state).display()
         ),
     );
-    let views = wait_long(&state, "all three ended", |v| {
-        ended(v, &["hello", "seven", "panics"])
+    let views = wait_long(&state, "all four ended", |v| {
+        ended(v, &["hello", "seven", "panics", "streams"])
     });
+    // Hermit has one serial port: stdout and stderr both reach the logs.
+    assert_eq!(view(&views, "streams")["last_exit"]["code"], 3, "{views:?}");
+    let out = logs(&state, "streams", false);
+    assert!(
+        out.contains("this line goes to stderr") && out.contains("this line goes to stdout"),
+        "{out}"
+    );
     assert_eq!(view(&views, "hello")["last_exit"]["code"], 0, "{views:?}");
     assert_eq!(view(&views, "seven")["last_exit"]["code"], 7, "{views:?}");
     // A panic aborts, which Hermit reports as exit status -1; osvm says it panicked.
@@ -299,6 +303,15 @@ command = "{app}"
 args = ["spin"]
 resources = {{ memory = "96M" }}
 restart = "never"
+
+# No kernel reaches its app within 50 ms under TCG: the boot is cut off.
+[[component]]
+name = "slow"
+runtime = "unikernel"
+command = "{app}"
+resources = {{ memory = "96M" }}
+unikernel = {{ boot_timeout = "50ms" }}
+restart = "never"
 "#,
             app = app.display()
         ),
@@ -323,6 +336,12 @@ restart = "never"
         "stopped before its deadline"
     );
     assert!(logs(&state, "spin", false).contains("tick 1"));
+    let events = stdout(&run(state.osvm().arg("events")));
+    assert!(
+        events.contains("slow start-failed")
+            && events.contains("did not reach the app within 50ms"),
+        "{events}"
+    );
 
     // Without a deadline it runs until stopped; a stop ends the launcher (SIGTERM).
     assert_eq!(view(&ps(&state), "idle")["status"], "running");
@@ -331,23 +350,6 @@ restart = "never"
     let views = wait_long(&state, "idle stopped", |v| ended(v, &["idle"]));
     assert_eq!(view(&views, "idle")["last_exit"]["signal"], 15, "{views:?}");
     assert_no_launchers(&state);
-}
-
-/// `GET /` to `addr` from inside network namespace `ns`.
-fn http_get_in(ns: &str, addr: SocketAddr) -> std::io::Result<String> {
-    let ns = std::fs::File::open(format!("/run/netns/{ns}"))?;
-    std::thread::spawn(move || {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::from)?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .join()
-    .unwrap()
 }
 
 #[test]

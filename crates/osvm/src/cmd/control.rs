@@ -121,6 +121,30 @@ pub fn status(global: &Global, args: NameArgs) -> anyhow::Result<ExitCode> {
             println!("{:<10} {w}", "warning");
         }
     }
+    if let Some(u) = &v.unikernel {
+        println!(
+            "{:<10} {} under {} ({}), {} vCPU, {} MiB, image {} ({} bytes), booted in {} ms",
+            "unikernel",
+            u.app,
+            u.launcher.as_str(),
+            u.accel.as_str(),
+            u.vcpus,
+            u.memory_mib,
+            &u.image[..12],
+            u.image_size,
+            u.boot_ms
+        );
+        println!("{:<10} {}", "launcher", u.reason);
+        if let Some(ms) = u.deadline_ms {
+            println!("{:<10} {ms} ms", "deadline");
+        }
+        if let Some(addr) = &u.address {
+            println!("{:<10} {addr}", "address");
+        }
+        if let Some(w) = &u.warning {
+            println!("{:<10} {w}", "warning");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -258,4 +261,57 @@ impl Drop for NetnsGuard {
                 .status();
         }
     }
+}
+
+/// The view of component `name` in `osvm ps -o json` output.
+pub fn view<'a>(views: &'a [Value], name: &str) -> &'a Value {
+    views
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no component {name} in {views:?}"))
+}
+
+/// Polls `osvm ps` until `ok` holds, for as long as a few TCG boots in parallel may take.
+pub fn wait_long(state: &StateDir, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let views = ps(state);
+        if ok(&views) {
+            return views;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {what}: {views:?}\nevents:\n{}",
+            stdout(&run(state.osvm().arg("events")))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn status(state: &StateDir, name: &str) -> Value {
+    let o = run(state.osvm().args(["-o", "json", "status", name]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `GET /` over a TCP stream; the whole response.
+pub fn http_get(mut s: impl Read + Write) -> std::io::Result<String> {
+    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// `GET /` to `addr` from inside network namespace `ns`.
+pub fn http_get_in(ns: &str, addr: SocketAddr) -> std::io::Result<String> {
+    let ns = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        http_get(s)
+    })
+    .join()
+    .unwrap()
 }
