@@ -237,6 +237,7 @@ pub fn build(
         "checking the build tools (cargo, rust-src, x86_64-unknown-none, binutils)".into(),
     ));
     let tc = Toolchain::probe()?;
+    let _lock = steps::BuildLock::acquire(state_dir)?;
     progress(Progress::Step(format!("using {}", tc.rustc_version)));
     let kernel = kernel::ensure(state_dir, &tc, progress)?;
     crate::loader::ensure(state_dir, &tc, progress)?;

@@ -64,8 +64,9 @@ fn kernels_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("unikernel").join("kernels")
 }
 
-/// The kernel for `tc`, built now unless it is already stored.
-pub fn ensure(
+/// The kernel for `tc`, built now unless it is already stored (the caller holds the build
+/// lock).
+pub(crate) fn ensure(
     state_dir: &Path,
     tc: &Toolchain,
     progress: &mut dyn FnMut(Progress),

@@ -59,8 +59,20 @@ pub fn key(tc: &Toolchain) -> String {
     h.finish()
 }
 
-/// The loader QEMU boots (32-bit ELF), built now unless it is already stored.
-pub fn ensure(
+/// The loader QEMU boots (32-bit ELF), built now unless it is already stored; takes the build
+/// lock.
+pub fn ensure_locked(
+    state_dir: &Path,
+    tc: &Toolchain,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PathBuf, BuildError> {
+    let _lock = steps::BuildLock::acquire(state_dir)?;
+    ensure(state_dir, tc, progress)
+}
+
+/// The loader QEMU boots (32-bit ELF), built now unless it is already stored (the caller holds
+/// the build lock).
+pub(crate) fn ensure(
     state_dir: &Path,
     tc: &Toolchain,
     progress: &mut dyn FnMut(Progress),

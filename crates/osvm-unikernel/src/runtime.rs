@@ -186,7 +186,7 @@ impl UnikernelRuntime {
             Launcher::Uhyve => None,
             Launcher::Qemu => {
                 let tc = Toolchain::probe().map_err(|e| unavailable(e.to_string()))?;
-                Some(crate::loader::ensure(&self.state_dir, &tc, progress).map_err(built)?)
+                Some(crate::loader::ensure_locked(&self.state_dir, &tc, progress).map_err(built)?)
             }
         };
         Ok((image, loader))

@@ -139,3 +139,27 @@ pub(crate) fn write_atomic(to: &Path, bytes: &[u8]) -> Result<(), BuildError> {
 pub(crate) fn short(digest: &str) -> &str {
     &digest[..16.min(digest.len())]
 }
+
+/// An exclusive lock on the build area of a state directory, held by one build at a time (two
+/// components of one crate starting together, or `osvm up` and a daemon): the second waits,
+/// then finds the first's results stored.
+pub(crate) struct BuildLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl BuildLock {
+    /// Waits for the lock of `<state_dir>/unikernel`.
+    pub(crate) fn acquire(state_dir: &Path) -> Result<Self, BuildError> {
+        let dir = state_dir.join("unikernel");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BuildError::io(format!("create {}", dir.display()), e))?;
+        let path = dir.join(".build.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BuildError::io(format!("open {}", path.display()), e))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map(Self)
+            .map_err(|(_, e)| BuildError::io(format!("lock {}", path.display()), e.into()))
+    }
+}

@@ -239,6 +239,7 @@ restart = "never"
     let out = logs(&state, "hello", false);
     for line in [
         "hello from hermit-app",
+        "maths sin(1)=0.8415 exp(1)=2.7183",
         "arg[1]=hello",
         "arg[2]=two words",
         "arg[3]=it's",
