@@ -276,7 +276,7 @@ impl UnikernelRuntime {
         } = *plan;
         let args = match choice.launcher {
             Launcher::Qemu => qemu_args(spec, plan, net),
-            Launcher::Uhyve => uhyve_args(spec, plan),
+            Launcher::Uhyve => uhyve_args(spec, plan.memory_mib, plan.vcpus, &image.path),
         };
         let mut launcher = LaunchSpec::new(
             spec.name.clone(),
@@ -535,18 +535,21 @@ fn qemu_args(spec: &LaunchSpec, plan: &Plan<'_>, net: Option<&Attached>) -> Vec<
     a
 }
 
-fn uhyve_args(spec: &LaunchSpec, plan: &Plan<'_>) -> Vec<String> {
+/// uhyve 0.10's command line (written against its argument parser; not run here, see
+/// docs/unikernel.md): memory, vCPUs, each variable, the image, `--`, the app's arguments.
+fn uhyve_args(spec: &LaunchSpec, memory_mib: u64, vcpus: u32, image: &Path) -> Vec<String> {
     let mut a = vec![
         "--memory-size".to_owned(),
-        format!("{}MiB", plan.memory_mib),
+        format!("{memory_mib}MiB"),
         "--cpu-count".to_owned(),
-        plan.vcpus.to_string(),
+        vcpus.to_string(),
     ];
     for (k, v) in &spec.env {
         a.push("--env-vars".into());
         a.push(format!("{k}={v}"));
     }
-    a.push(plan.image.path.display().to_string());
+    a.push(image.display().to_string());
+    a.push("--".into());
     a.extend(spec.args.iter().cloned());
     a
 }
@@ -904,6 +907,27 @@ mod tests {
             "'env=APP_GREETING=it'\\''s here' env=APP_EXIT=7 -- hello 'two words'"
         );
         assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn uhyve_gets_memory_cpus_env_image_then_the_args() {
+        let mut spec = LaunchSpec::new("u", "/img", vec!["-x".into(), "two words".into()]);
+        spec.env = vec![("APP_EXIT".into(), "5".into())];
+        assert_eq!(
+            uhyve_args(&spec, 64, 1, Path::new("/i/a.elf")),
+            [
+                "--memory-size",
+                "64MiB",
+                "--cpu-count",
+                "1",
+                "--env-vars",
+                "APP_EXIT=5",
+                "/i/a.elf",
+                "--",
+                "-x",
+                "two words"
+            ]
+        );
     }
 
     #[test]
