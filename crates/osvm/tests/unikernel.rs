@@ -400,28 +400,16 @@ allow = {{ from = "cli", to = "web", ports = [8080] }}
             app = app.display()
         ),
     );
-    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
-    let net: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let hub = net["hub"].as_str().unwrap().to_owned();
-    let _guard = NetnsPrefixGuard(hub.trim_end_matches("hub").to_owned());
+    let net = hub_view(&state);
+    let _guard = NetnsPrefixGuard(net.hub.trim_end_matches("hub").to_owned());
     wait_long(&state, "web healthy", |v| {
         v.len() == 3
             && v.iter().all(|c| c["status"] == "running")
             && view(v, "web")["health"]["state"] == "healthy"
     });
-    let (mut cli, mut other) = (String::new(), String::new());
-    let mut service: Option<std::net::Ipv4Addr> = None;
-    for c in net["components"].as_array().unwrap() {
-        let ns = c["netns"].as_str().unwrap_or_default().to_owned();
-        match c["component"].as_str() {
-            Some("cli") => cli = ns,
-            Some("other") => other = ns,
-            Some("web") => service = c["service"].as_str().map(|s| s.parse().unwrap()),
-            _ => {}
-        }
-    }
-    let web = SocketAddr::from((service.expect("web has a service address"), 8080));
-    let answer = http_get_in(&cli, web).expect("cli may reach web");
+    let (cli, other) = (&net.netns["cli"], &net.netns["other"]);
+    let web = SocketAddr::from((net.service["web"], 8080));
+    let answer = http_get_in(cli, web).expect("cli may reach web");
     assert!(answer.contains("hello from hermit-app"), "{answer}");
     // By name, from inside the client's sandbox, within a few of its tries.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -429,7 +417,7 @@ allow = {{ from = "cli", to = "web", ports = [8080] }}
         assert!(Instant::now() < deadline, "{}", logs(&state, "cli", false));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let denied = http_get_in(&other, web);
+    let denied = http_get_in(other, web);
     assert!(
         denied.is_err(),
         "other reached web without a policy: {denied:?}"

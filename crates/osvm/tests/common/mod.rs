@@ -315,3 +315,32 @@ pub fn http_get_in(ns: &str, addr: SocketAddr) -> std::io::Result<String> {
     .join()
     .unwrap()
 }
+
+/// What `osvm net show` says about a hub stack: the hub's namespace, and per component its
+/// namespace and service address.
+pub struct HubView {
+    pub hub: String,
+    pub netns: std::collections::BTreeMap<String, String>,
+    pub service: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+}
+
+pub fn hub_view(state: &StateDir) -> HubView {
+    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let net: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut view = HubView {
+        hub: net["hub"].as_str().unwrap().to_owned(),
+        netns: Default::default(),
+        service: Default::default(),
+    };
+    for c in net["components"].as_array().unwrap() {
+        let name = c["component"].as_str().unwrap_or_default().to_owned();
+        if let Some(ns) = c["netns"].as_str() {
+            view.netns.insert(name.clone(), ns.to_owned());
+        }
+        if let Some(s) = c["service"].as_str() {
+            view.service.insert(name, s.parse().unwrap());
+        }
+    }
+    view
+}
