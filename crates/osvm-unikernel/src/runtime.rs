@@ -11,8 +11,8 @@
 //!    image bound), its stdout (the guest's serial port) on a pipe osvm reads;
 //! 4. wait, up to the boot timeout, for the kernel's "Jumping into application".
 //!
-//! The serial reader writes every line to `console.log` and the app's lines to `stdout.log`,
-//! and keeps the `exit status N` line: the app's exit code. A deadline, if set, ends the guest
+//! The serial reader writes the boot output and the kernel's lines to `console.log` and the
+//! app's lines to `stdout.log`, and keeps the `exit status N` line: the app's exit code. A deadline, if set, ends the guest
 //! when it passes; stopping ends the launcher (SIGTERM, then SIGKILL after the grace period):
 //! a Hermit app has no way to be told to shut down.
 
@@ -652,16 +652,23 @@ fn spawn_reader(
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                let _ = console.write_all(&buf);
                 let text = String::from_utf8_lossy(&buf);
                 let line = text.trim_end_matches('\n');
+                // The console keeps what is not the app's: it stays small however long the
+                // app runs (the app's output is rotated with its logs).
                 match serial::classify(line, booted) {
-                    Line::Kernel => {}
+                    Line::Kernel => {
+                        let _ = console.write_all(&buf);
+                    }
                     Line::AppStarts => {
+                        let _ = console.write_all(&buf);
                         booted = true;
                         state.update(|s| s.app_started = Some(Instant::now()));
                     }
-                    Line::Exit(code) => state.update(|s| s.exit = Some(code)),
+                    Line::Exit(code) => {
+                        let _ = console.write_all(&buf);
+                        state.update(|s| s.exit = Some(code));
+                    }
                     Line::App(app) => {
                         let panicked = serial::is_panic(app);
                         state.update(|s| {

@@ -257,6 +257,7 @@ restart = "never"
         console.contains("Welcome to Hermit") && console.contains("exit status 0"),
         "{console}"
     );
+    assert!(!console.contains("hello from hermit-app"), "{console}");
     let panicked = logs(&state, "panics", false);
     assert!(
         panicked.contains("hermit-app panicked on purpose"),
