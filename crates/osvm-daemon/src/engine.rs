@@ -285,8 +285,9 @@ fn stdio_pipes() -> std::io::Result<(
     Ok((stdin, stdout))
 }
 
-/// Stops what is left of microVM instance `id` (its QEMU and vsock backend sandboxes).
-fn stop_orphan_vm(runtime: &SandboxRuntime, id: &str) {
+/// Stops what is left of a guest instance `id` of a previous engine: its QEMU (or uhyve) and,
+/// for a microVM, its vsock backend sandbox.
+fn stop_orphan_guest(runtime: &SandboxRuntime, id: &str) {
     for part in ["qemu", "vsock"] {
         if let Ok(Adopted::Running(inst)) = runtime.adopt(&format!("{id}-{part}")) {
             let _ = inst.stop(Duration::ZERO);
@@ -383,7 +384,7 @@ impl Engine {
                 if let Ok(Adopted::Running(inst)) = engine.runtime.adopt(&id) {
                     let _ = inst.stop(Duration::from_secs(10));
                 }
-                stop_orphan_vm(&engine.runtime, &id);
+                stop_orphan_guest(&engine.runtime, &id);
             }
             engine.store.remove_component(&record.stack, &record.name)?;
         }
@@ -558,7 +559,7 @@ impl Engine {
         if self.units[i].component.runtime == osvm_core::RuntimeKind::MicroVm {
             // The previous engine held the VM's vsock connections and context id; without
             // them the guest cannot be driven, so it is stopped and started afresh.
-            stop_orphan_vm(&self.runtime, &id);
+            stop_orphan_guest(&self.runtime, &id);
             return self.lost(
                 i,
                 now,
@@ -571,7 +572,7 @@ impl Engine {
         if self.units[i].component.runtime == osvm_core::RuntimeKind::Unikernel {
             // The guest's serial port was a pipe into the previous engine: its output and
             // exit status cannot be read any more.
-            stop_orphan_vm(&self.runtime, &id);
+            stop_orphan_guest(&self.runtime, &id);
             return self.lost(
                 i,
                 now,

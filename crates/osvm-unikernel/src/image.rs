@@ -217,13 +217,8 @@ fn binary_name(dir: &Path, tc: &Toolchain) -> Result<String, BuildError> {
     }
 }
 
-/// Builds the crate at `dir` into an image (kernel and loader first, when they are not
-/// stored), or returns the stored image of the same sources.
-pub fn build(
-    state_dir: &Path,
-    dir: &Path,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Image, BuildError> {
+/// The canonical directory of the crate at `dir`, or why it is not one.
+fn crate_dir(dir: &Path) -> Result<PathBuf, BuildError> {
     let dir = dir
         .canonicalize()
         .map_err(|e| BuildError::io(format!("find {}", dir.display()), e))?;
@@ -233,15 +228,39 @@ pub fn build(
             dir.display()
         )));
     }
-    progress(Progress::Step(
-        "checking the build tools (cargo, rust-src, x86_64-unknown-none, binutils)".into(),
-    ));
+    Ok(dir)
+}
+
+/// The progress line of the prerequisites check.
+pub const CHECKING_TOOLS: &str =
+    "checking the build tools (cargo, rust-src, x86_64-unknown-none, binutils)";
+
+/// Builds the crate at `dir` into an image (kernel and loader first, when they are not
+/// stored), or returns the stored image of the same sources.
+pub fn build(
+    state_dir: &Path,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Image, BuildError> {
+    crate_dir(dir)?;
+    progress(Progress::Step(CHECKING_TOOLS.into()));
     let tc = Toolchain::probe()?;
+    build_with(state_dir, dir, &tc, progress)
+}
+
+/// [`build`] with tools already found.
+pub fn build_with(
+    state_dir: &Path,
+    dir: &Path,
+    tc: &Toolchain,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Image, BuildError> {
+    let dir = crate_dir(dir)?;
     let _lock = steps::BuildLock::acquire(state_dir)?;
     progress(Progress::Step(format!("using {}", tc.rustc_version)));
-    let kernel = kernel::ensure(state_dir, &tc, progress)?;
-    crate::loader::ensure(state_dir, &tc, progress)?;
-    let key = source_key(&dir, &kernel.key, &tc)?;
+    let kernel = kernel::ensure(state_dir, tc, progress)?;
+    crate::loader::ensure(state_dir, tc, progress)?;
+    let key = source_key(&dir, &kernel.key, tc)?;
     if let Some(image) = read_record(state_dir, &key) {
         progress(Progress::Step(format!(
             "app: stored already ({}, {} bytes)",
@@ -250,8 +269,8 @@ pub fn build(
         )));
         return Ok(image);
     }
-    let name = binary_name(&dir, &tc)?;
-    build_app(state_dir, &dir, &name, &kernel, &key, &tc, progress)
+    let name = binary_name(&dir, tc)?;
+    build_app(state_dir, &dir, &name, &kernel, &key, tc, progress)
 }
 
 fn build_app(

@@ -148,23 +148,8 @@ impl UnikernelRuntime {
         Ok(path)
     }
 
-    /// Whether `spec` could start here, checked before anything starts: the launcher, the
-    /// image (or the tools to build it), the loader's tools for QEMU.
-    pub fn preflight(&self, spec: &LaunchSpec) -> Result<Choice, RuntimeError> {
-        let choice = self.choose(spec)?;
-        let source = Self::source_of(spec)?;
-        let needs_tools = image::is_crate(&source) || choice.launcher == Launcher::Qemu;
-        if needs_tools {
-            Toolchain::probe().map_err(|e| unavailable(e.to_string()))?;
-        }
-        if !image::is_crate(&source) {
-            image::check_elf(&source).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
-        }
-        Ok(choice)
-    }
-
     /// The image for `spec` (built if it names a crate whose build is not stored) and, for
-    /// QEMU, the loader.
+    /// QEMU, the loader: also what `osvm up` checks before it starts anything.
     pub fn prepare(
         &self,
         spec: &LaunchSpec,
@@ -177,17 +162,24 @@ impl UnikernelRuntime {
             crate::BuildError::Input(m) => RuntimeError::InvalidSpec(m),
             other => setup(format!("build the Hermit image: {other}")),
         };
-        let image = if image::is_crate(&source) {
-            image::build(&self.state_dir, &source, progress).map_err(built)?
+        // The tools are found once: a crate needs them to build, QEMU for the loader.
+        let is_crate = image::is_crate(&source);
+        let tc = if is_crate || launcher == Launcher::Qemu {
+            progress(Progress::Step(image::CHECKING_TOOLS.into()));
+            Some(Toolchain::probe().map_err(|e| unavailable(e.to_string()))?)
         } else {
-            image::existing(&source).map_err(built)?
+            None
         };
-        let loader = match launcher {
-            Launcher::Uhyve => None,
-            Launcher::Qemu => {
-                let tc = Toolchain::probe().map_err(|e| unavailable(e.to_string()))?;
-                Some(crate::loader::ensure_locked(&self.state_dir, &tc, progress).map_err(built)?)
+        let image = match &tc {
+            Some(tc) if is_crate => image::build_with(&self.state_dir, &source, tc, progress),
+            _ => image::existing(&source),
+        }
+        .map_err(built)?;
+        let loader = match (&tc, launcher) {
+            (Some(tc), Launcher::Qemu) => {
+                Some(crate::loader::ensure_locked(&self.state_dir, tc, progress).map_err(built)?)
             }
+            _ => None,
         };
         Ok((image, loader))
     }
@@ -587,18 +579,16 @@ impl SerialState {
         self.changed.notify_all();
     }
 
-    fn wait_boot(&self, deadline: Instant) -> Boot {
+    /// Waits until `done` says what it waited for, or `deadline` passes (`None`).
+    fn wait_until<R>(&self, deadline: Instant, done: impl Fn(&Serial) -> Option<R>) -> Option<R> {
         let mut s = self.serial.lock().expect("serial");
         loop {
-            if let Some(at) = s.app_started {
-                return Boot::Started(at);
-            }
-            if s.eof {
-                return Boot::Ended;
+            if let Some(r) = done(&s) {
+                return Some(r);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Boot::TimedOut;
+                return None;
             }
             s = self
                 .changed
@@ -608,23 +598,18 @@ impl SerialState {
         }
     }
 
+    fn wait_boot(&self, deadline: Instant) -> Boot {
+        self.wait_until(deadline, |s| match (s.app_started, s.eof) {
+            (Some(at), _) => Some(Boot::Started(at)),
+            (None, true) => Some(Boot::Ended),
+            (None, false) => None,
+        })
+        .unwrap_or(Boot::TimedOut)
+    }
+
     /// Waits until the launcher's output ends or `deadline` passes; true if it ended.
     fn wait_eof(&self, deadline: Instant) -> bool {
-        let mut s = self.serial.lock().expect("serial");
-        loop {
-            if s.eof {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, deadline - now)
-                .expect("serial")
-                .0;
-        }
+        self.wait_until(deadline, |s| s.eof.then_some(())).is_some()
     }
 }
 

@@ -2,7 +2,7 @@
 //! the build's error type.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// What a build reports while it works (library crates do not print; the CLI does).
@@ -107,32 +107,30 @@ pub(crate) fn stdout_of(what: &str, mut cmd: Command) -> Result<String, BuildErr
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Copies `from` to `to` through a temporary name, so a reader never sees half a file.
-pub(crate) fn install(from: &Path, to: &Path) -> Result<(), BuildError> {
+/// Makes `to` by `make` on a temporary name beside it, then renames it, so a reader never
+/// sees half a file.
+fn atomically(
+    to: &Path,
+    make: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), BuildError> {
     let dir = to.parent().expect("has a parent");
     std::fs::create_dir_all(dir)
         .map_err(|e| BuildError::io(format!("create {}", dir.display()), e))?;
-    let partial = partial_path(to);
-    std::fs::copy(from, &partial)
-        .and_then(|_| std::fs::rename(&partial, to))
+    let name = to.file_name().unwrap_or_default().to_string_lossy();
+    let partial = to.with_file_name(format!(".{name}.partial"));
+    make(&partial)
+        .and_then(|()| std::fs::rename(&partial, to))
         .map_err(|e| BuildError::io(format!("store {}", to.display()), e))
 }
 
-/// `dir/.name.partial` for `dir/name`.
-pub(crate) fn partial_path(to: &Path) -> PathBuf {
-    let name = to.file_name().unwrap_or_default().to_string_lossy();
-    to.with_file_name(format!(".{name}.partial"))
+/// Copies `from` to `to` through a temporary name.
+pub(crate) fn install(from: &Path, to: &Path) -> Result<(), BuildError> {
+    atomically(to, |partial| std::fs::copy(from, partial).map(drop))
 }
 
 /// Writes a file through a temporary name.
 pub(crate) fn write_atomic(to: &Path, bytes: &[u8]) -> Result<(), BuildError> {
-    let dir = to.parent().expect("has a parent");
-    std::fs::create_dir_all(dir)
-        .map_err(|e| BuildError::io(format!("create {}", dir.display()), e))?;
-    let partial = partial_path(to);
-    std::fs::write(&partial, bytes)
-        .and_then(|()| std::fs::rename(&partial, to))
-        .map_err(|e| BuildError::io(format!("write {}", to.display()), e))
+    atomically(to, |partial| std::fs::write(partial, bytes))
 }
 
 /// The first 16 hex digits of a digest: enough to name a cache entry.

@@ -99,7 +99,7 @@ pub fn preflight(global: &Global, stack: &Stack) -> anyhow::Result<()> {
     let mut progress = printer(global, global.verbose > 0);
     for c in components {
         let spec = c.launch_spec(&stack.name);
-        let choice = rt.preflight(&spec).map_err(|e| named(&c.name, e))?;
+        let choice = rt.choose(&spec).map_err(|e| named(&c.name, e))?;
         rt.prepare(&spec, choice.launcher, &mut progress)
             .map_err(|e| named(&c.name, e))?;
     }
