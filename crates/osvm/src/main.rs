@@ -39,8 +39,23 @@ fn main() -> ExitCode {
     match cmd::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(cmd::error_code(&e))
         }
     }
+}
+
+/// The error and its causes on one line, as `{:#}` would print them, but without a cause whose
+/// text the message already holds (errors that name their cause in their own message, such as
+/// `"{context}: {source}"`, would otherwise print it twice).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
