@@ -54,12 +54,62 @@ pub struct LaunchSpec {
     /// Extra `/etc/hosts` lines inside the sandbox, as (address, names).
     #[serde(default)]
     pub hosts: Vec<(String, String)>,
+    /// What the instance gets at `/data`.
+    #[serde(default)]
+    pub data: DataKind,
+    /// Allow native AIO (`io_setup` and friends). Off by default: every AIO context counts
+    /// against the host-wide `fs.aio-max-nr`, which one sandbox could otherwise exhaust.
+    #[serde(default)]
+    pub native_aio: bool,
+    /// How big the instance's stdout and stderr logs may grow before they rotate.
+    #[serde(default)]
+    pub logs: LogLimits,
     /// Settings of the `microvm` runtime (ignored by the others).
     #[serde(default)]
     pub microvm: VmOptions,
     /// Settings of the `unikernel` runtime (ignored by the others).
     #[serde(default)]
     pub unikernel: UnikernelOptions,
+}
+
+/// What an instance finds at `/data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    /// The component's own volume, kept across restarts, swaps and daemon restarts, at most
+    /// `resources.disk` big.
+    #[default]
+    Persistent,
+    /// A private scratch space of at most `resources.disk`, gone when the instance ends (an
+    /// `osvm run` without `--name`, the helper sandboxes of VMs).
+    Ephemeral,
+}
+
+/// Size-based rotation of an instance's `stdout.log` and `stderr.log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLimits {
+    /// A log that grows past this many bytes moves to `<log>.1` (older copies shift up) and
+    /// starts again empty.
+    pub max_bytes: u64,
+    /// How many rotated copies of each log are kept.
+    pub files: u32,
+}
+
+impl LogLimits {
+    /// The default size at which a log rotates: 10 MiB.
+    pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
+    /// The default number of rotated copies kept: 3.
+    pub const DEFAULT_FILES: u32 = 3;
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            files: Self::DEFAULT_FILES,
+        }
+    }
 }
 
 /// The accelerator a microVM asks for.
@@ -147,13 +197,19 @@ impl LaunchSpec {
             readonly_root: false,
             binds: Vec::new(),
             rootfs: None,
+            data: DataKind::default(),
+            native_aio: false,
+            logs: LogLimits::default(),
             microvm: VmOptions::default(),
             unikernel: UnikernelOptions::default(),
         }
     }
 }
 
-/// Resource limits of one instance. `None` means "no limit beyond the host's".
+/// Resource limits of one instance. `None` means "no limit beyond the host's", except for
+/// `disk_bytes`, where it means [`Resources::DEFAULT_DISK`]: a sandbox's writable storage is
+/// always capped. [`Resources::defaults`] are what both `osvm run` and stack components get
+/// when they say nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
@@ -169,6 +225,41 @@ pub struct Resources {
     /// Maximum number of open file descriptors (`RLIMIT_NOFILE`).
     #[serde(default)]
     pub open_files: Option<u64>,
+    /// How much the instance may store: the size of its `/data` volume, and of each of its
+    /// writable in-memory file systems (`/tmp`, `/dev/shm`, a writable root) at most.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
+}
+
+impl Resources {
+    /// Default memory limit: 512 MiB.
+    pub const DEFAULT_MEMORY: u64 = 512 << 20;
+    /// Default CPU quota: 2 CPUs.
+    pub const DEFAULT_CPUS: f64 = 2.0;
+    /// Default process and thread limit.
+    pub const DEFAULT_PIDS: u64 = 4096;
+    /// Default open file descriptor limit.
+    pub const DEFAULT_OPEN_FILES: u64 = 1024;
+    /// Default storage cap: 1 GiB.
+    pub const DEFAULT_DISK: u64 = 1 << 30;
+    /// The smallest storage cap: 16 MiB.
+    pub const MIN_DISK: u64 = 16 << 20;
+
+    /// The limits a component or an `osvm run` gets for every key it leaves out.
+    pub fn defaults() -> Self {
+        Self {
+            memory_bytes: Some(Self::DEFAULT_MEMORY),
+            cpus: Some(Self::DEFAULT_CPUS),
+            pids: Some(Self::DEFAULT_PIDS),
+            open_files: Some(Self::DEFAULT_OPEN_FILES),
+            disk_bytes: Some(Self::DEFAULT_DISK),
+        }
+    }
+
+    /// The storage cap in bytes.
+    pub fn disk(&self) -> u64 {
+        self.disk_bytes.unwrap_or(Self::DEFAULT_DISK)
+    }
 }
 
 /// A host path made visible inside the sandbox.

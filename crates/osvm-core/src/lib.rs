@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod stack;
 
 pub use launch::{
-    AccelChoice, BindMount, LaunchSpec, LauncherChoice, Resources, UnikernelOptions, VmOptions,
+    AccelChoice, BindMount, DataKind, LaunchSpec, LauncherChoice, LogLimits, Resources,
+    UnikernelOptions, VmOptions,
 };
 pub use runtime::{ExitStatus, Instance, InstanceStats, Runtime, RuntimeError, RuntimeKind};

@@ -348,6 +348,7 @@ impl From<&ResourceLimits> for Resources {
             cpus: Some(limits.cpus),
             pids: limits.max_pids,
             open_files: Some(limits.max_open_files),
+            disk_bytes: None,
         }
     }
 }

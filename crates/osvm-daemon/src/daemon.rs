@@ -116,9 +116,17 @@ pub struct Shared {
     pub mcp: Option<osvm_mcp::Gateway>,
 }
 
+/// Creates `dir` (and its parents) and makes it root's alone (0700): osvm's state holds
+/// secrets (environments, keys, tokens).
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(&config.state_dir)
+    private_dir(&config.state_dir)
         .map_err(|e| DaemonError::Io(format!("create {}", config.state_dir.display()), e))?;
     let store = Arc::new(Store::open(&config.state_dir.join("osvm.redb"))?);
     let rt = tokio::runtime::Builder::new_multi_thread()

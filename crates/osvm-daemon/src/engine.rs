@@ -249,8 +249,8 @@ pub struct Engine {
     units: Vec<Unit>,
     /// Events not yet handed to the caller.
     pending: Vec<Event>,
-    /// When instance logs were last checked for rotation.
-    last_log_check: Instant,
+    /// When CA rotations were last followed.
+    last_housekeeping: Instant,
     /// When the CAs' expiry was last checked (`None`: not yet).
     last_ca_check: Option<Instant>,
     /// CA rotations under way, by trust domain, and when this engine noticed each.
@@ -262,8 +262,8 @@ pub struct Engine {
     mcp: Option<osvm_mcp::Gateway>,
 }
 
-/// How often instance logs are checked against the stack's `log_max_size`.
-const LOG_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often CA rotations under way are followed.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// How often the CAs in use are checked for nearing expiry.
 const CA_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
@@ -337,7 +337,7 @@ impl Engine {
             stacks: BTreeMap::new(),
             units: Vec::new(),
             pending: Vec::new(),
-            last_log_check: Instant::now(),
+            last_housekeeping: Instant::now(),
             last_ca_check: None,
             rotations: BTreeMap::new(),
             net: None,
@@ -1039,35 +1039,6 @@ impl Engine {
         }
     }
 
-    /// Rotates the logs of running instances that grew past their stack's `log_max_size`.
-    fn rotate_logs(&mut self) {
-        for i in 0..self.units.len() {
-            let Some(inst) = self.units[i].instance.clone() else {
-                continue;
-            };
-            let stack = self.stack_of(i);
-            let (max, keep) = (stack.log_max_size, stack.log_files);
-            let (out, err) = inst.log_paths();
-            for path in [out, err] {
-                match crate::logs::rotate_if_larger(&path, max, keep) {
-                    Ok(true) => {
-                        let name = path
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default();
-                        self.emit(i, "log-rotated", &format!("{name} passed {max} bytes"));
-                    }
-                    Ok(false) => {}
-                    Err(e) => self.emit(
-                        i,
-                        "log-rotation-failed",
-                        &format!("{}: {e}", path.display()),
-                    ),
-                }
-            }
-        }
-    }
-
     /// Runs one pass over every component; returns what happened.
     pub fn tick(&mut self) -> Vec<Event> {
         let now = Instant::now();
@@ -1075,9 +1046,8 @@ impl Engine {
         for i in 0..self.units.len() {
             self.tick_unit(i, now);
         }
-        if now.duration_since(self.last_log_check) >= LOG_CHECK_EVERY {
-            self.last_log_check = now;
-            self.rotate_logs();
+        if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING_EVERY {
+            self.last_housekeeping = now;
             self.follow_ca_rotations(now);
             if self
                 .last_ca_check
@@ -1248,8 +1218,13 @@ impl Engine {
     ) -> Result<Delivered, String> {
         let stack = self.stack_of(i).clone();
         let name = self.units[i].component.name.clone();
-        let config = self.runtime.config();
-        let (state_dir, uid) = (config.state_dir.clone(), config.id_map.host_base);
+        let state_dir = self.runtime.config().state_dir.clone();
+        // The key belongs to the component's own host uid (root of its sandbox).
+        let uid = self
+            .runtime
+            .component_ids(&stack.name, &name)
+            .map_err(|e| format!("identity: {e}"))?
+            .host_base;
         let delivered = identity::deliver(&state_dir, &stack, &name, uid)
             .map_err(|e| format!("identity: {e}"))?;
         if delivered.created_ca {
@@ -1414,6 +1389,7 @@ impl Engine {
         }
         let stack_name = self.units[i].record.stack.clone();
         let mut spec = self.units[i].component.launch_spec(&stack_name);
+        spec.logs = self.stack_of(i).log_limits();
         match self.deliver_identity(i, now, false) {
             Ok(d) => spec.binds.push(osvm_core::BindMount {
                 source: d.dir,

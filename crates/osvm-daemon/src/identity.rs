@@ -88,13 +88,15 @@ pub fn deliver(
     let issued = pki.issue(&stack.name, component, stack.certificate_ttl)?;
     let dir = identity_dir(state_dir, &stack.name, component);
     fs::create_dir_all(&dir).map_err(|e| PkiError::Io(format!("create {}", dir.display()), e))?;
+    // Root's alone on the way; the directory itself is what the sandbox sees (bound
+    // read-only by the sandbox's monitor, which walks the path as root), so it lists its files.
     for d in [
         state_dir.join("identities"),
         state_dir.join("identities").join(&stack.name),
-        dir.clone(),
     ] {
-        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
+        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
     }
+    let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o755));
     let crl = pki.crl_bundle_pem()?;
     // The key first: a reader that sees the new certificate also finds its key.
     replace(&dir, "key.pem", &issued.key_pem, 0o400, Some(uid))?;

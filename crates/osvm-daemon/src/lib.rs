@@ -15,7 +15,6 @@ pub mod daemon;
 pub mod engine;
 pub mod health;
 pub mod identity;
-pub mod logs;
 pub mod mcp;
 pub mod metrics;
 pub mod network;

@@ -260,6 +260,12 @@ impl Store {
             message: e.to_string(),
         };
         let db = Database::create(path).map_err(|e| db_err(&e))?;
+        // It holds every component's environment (and so its secrets): root's alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| db_err(&e))?;
+        }
         let store = Self {
             db,
             path: path.to_path_buf(),

@@ -337,6 +337,7 @@ impl Engine {
     ) -> Result<Arc<Workload>, String> {
         let stack = self.stack_of(i).clone();
         let mut spec = component.launch_spec(&stack.name);
+        spec.logs = stack.log_limits();
         let delivered = self.deliver_identity(i, Instant::now(), true)?;
         spec.binds.push(osvm_core::BindMount {
             source: delivered.dir,

@@ -354,19 +354,11 @@ impl MicroVmRuntime {
         let run = dir.join("run");
         fs::create_dir_all(&run)
             .map_err(|e| RuntimeError::io(format!("create {}", run.display()), e))?;
-        let host_id = self.sandbox.config().id_map.host_base;
-        let owner = |p: &Path| {
-            nix::unistd::chown(
-                p,
-                Some(nix::unistd::Uid::from_raw(host_id)),
-                Some(nix::unistd::Gid::from_raw(host_id)),
-            )
-            .map_err(|e| RuntimeError::io(format!("chown {}", p.display()), e.into()))
-        };
-        owner(&run)?;
         let uds = run.join("vm.vsock");
-        let events = bind_listener(&vsock::listener_path(&uds, EVENTS_PORT), owner)?;
-        let logs = bind_listener(&vsock::listener_path(&uds, LOGS_PORT), owner)?;
+        // The run directory reaches the sandboxed backend and QEMU as an id-mapped `rw` bind:
+        // what root owns here, their sandboxes' root owns there, with no chown.
+        let events = bind_listener(&vsock::listener_path(&uds, EVENTS_PORT))?;
+        let logs = bind_listener(&vsock::listener_path(&uds, LOGS_PORT))?;
         let console = dir.join("console.log");
         let _ = fs::remove_file(&console);
 
@@ -441,6 +433,7 @@ impl MicroVmRuntime {
             ],
         );
         backend_spec.stack = spec.stack.clone();
+        backend_spec.data = osvm_core::DataKind::Ephemeral;
         backend_spec.readonly_root = true;
         backend_spec.resources.memory_bytes = Some(BACKEND_MEMORY);
         backend_spec.binds = vec![run_bind.clone()];
@@ -496,18 +489,14 @@ impl MicroVmRuntime {
             args.to_args(),
         );
         qemu_spec.stack = spec.stack.clone();
+        qemu_spec.data = osvm_core::DataKind::Ephemeral;
         qemu_spec.readonly_root = true;
         qemu_spec.resources.memory_bytes = Some((memory_mib << 20) + QEMU_OVERHEAD);
         qemu_spec.resources.cpus = spec.resources.cpus;
         qemu_spec.resources.open_files = spec.resources.open_files;
-        // The console log lives in the instance directory, which the sandbox must write.
+        // The console log lives in the instance directory; QEMU writes it through an
+        // id-mapped `rw` bind of the file.
         let _ = fs::write(dir.join("console.log"), b"");
-        let host_id = self.sandbox.config().id_map.host_base;
-        let _ = nix::unistd::chown(
-            &dir.join("console.log"),
-            Some(nix::unistd::Uid::from_raw(host_id)),
-            Some(nix::unistd::Gid::from_raw(host_id)),
-        );
         qemu_spec.binds = vec![
             run_bind,
             osvm_core::BindMount {
@@ -708,16 +697,9 @@ pub fn tail(path: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
-fn bind_listener(
-    path: &Path,
-    owner: impl Fn(&Path) -> Result<(), RuntimeError>,
-) -> Result<UnixListener, RuntimeError> {
+fn bind_listener(path: &Path) -> Result<UnixListener, RuntimeError> {
     let _ = fs::remove_file(path);
-    let l = UnixListener::bind(path)
-        .map_err(|e| RuntimeError::io(format!("bind {}", path.display()), e))?;
-    // The backend runs as the sandbox's unprivileged id and must connect to it.
-    owner(path)?;
-    Ok(l)
+    UnixListener::bind(path).map_err(|e| RuntimeError::io(format!("bind {}", path.display()), e))
 }
 
 /// Accepts one connection before `deadline`, asking `failed` between polls whether to give up.

@@ -12,9 +12,19 @@
 //! The time is when the monitor read the line (UTC, milliseconds). `F` marks a full line (the
 //! workload wrote the newline); `P` a partial one, written out because the workload paused
 //! without ending its line — a reader reproducing the output adds no newline after it.
+//!
+//! The monitor writes them through a [`RotatingLog`]: a log about to pass its size limit moves
+//! to `<log>.1` (older copies shift up to `.N`, the oldest is dropped) and a new, empty log is
+//! begun, between two records, never inside one. A reader following a log reopens it by name
+//! when the file it reads was replaced.
 
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use osvm_core::LogLimits;
 
 /// How long a partial line may wait for its end before it is written out.
 pub const PARTIAL_AFTER_MS: i32 = 100;
@@ -70,6 +80,78 @@ fn write_record(out: &mut impl Write, ts: &str, flag: char, payload: &[u8]) -> i
     record.extend_from_slice(payload);
     record.push(b'\n');
     out.write_all(&record)
+}
+
+/// A log file that rotates by size: each `write` is one whole record (see [`Stamper`]).
+#[derive(Debug)]
+pub struct RotatingLog {
+    /// The log's path (`<instance>/stdout.log`).
+    path: PathBuf,
+    /// The open log.
+    file: File,
+    /// Bytes in the current file.
+    written: u64,
+    /// When to rotate and how many copies to keep.
+    limits: LogLimits,
+}
+
+/// `<log>.<n>`.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+impl RotatingLog {
+    /// Continues `file`, the open log at `path`.
+    pub fn new(path: PathBuf, file: File, limits: LogLimits) -> Self {
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Self {
+            path,
+            file,
+            written,
+            limits,
+        }
+    }
+
+    /// Moves the log to `.1` (shifting older copies, dropping the oldest) and begins a new one.
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.limits.files.max(1);
+        let _ = std::fs::remove_file(rotated(&self.path, keep));
+        for n in (1..keep).rev() {
+            let from = rotated(&self.path, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&self.path, n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        self.file = open_log(&self.path)?;
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, record: &[u8]) -> io::Result<usize> {
+        if self.written > 0 && self.written + record.len() as u64 > self.limits.max_bytes {
+            self.rotate()?;
+        }
+        let n = self.file.write(record)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// One record read back.
@@ -146,6 +228,46 @@ mod tests {
             payload_of(l, &mut back).unwrap();
         }
         assert_eq!(back, b"hello\nworld\nprompt: ");
+    }
+
+    #[test]
+    fn a_log_rotates_between_records_and_keeps_its_copies() {
+        let dir = std::env::temp_dir().join(format!("osvm-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdout.log");
+        let limits = LogLimits {
+            max_bytes: 1000,
+            files: 2,
+        };
+        let mut log = RotatingLog::new(path.clone(), open_log(&path).unwrap(), limits);
+        let mut s = Stamper::default();
+        for i in 0..200 {
+            s.feed(
+                format!("line {i:04} {}\n", "x".repeat(40)).as_bytes(),
+                &mut log,
+            )
+            .unwrap();
+        }
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&path) <= 1000, "{}", size(&path));
+        assert!(size(&rotated(&path, 1)) > 900 && size(&rotated(&path, 2)) > 900);
+        assert!(!rotated(&path, 3).exists());
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            last.trim_end()
+                .ends_with(&format!("line 0199 {}", "x".repeat(40)))
+        );
+        for p in [path.clone(), rotated(&path, 1), rotated(&path, 2)] {
+            for l in std::fs::read(&p)
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                assert!(parse(l).is_some(), "every file holds whole records");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The launch plan: everything the launcher process needs, written by the runtime to
-//! `plan.json` in the instance directory and read back by the re-exec'd launcher.
+//! `plan.json` in the instance directory (mode 0600: it holds the workload's environment) and
+//! handed to the re-exec'd launcher as an open descriptor, never as a path on its command line.
 //!
 //! Keeping it on disk (rather than only in a pipe) lets a restarted daemon see exactly how an
 //! instance was confined.
@@ -11,17 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::CgroupPaths;
 
-/// The first host uid/gid of the range that uid 0 inside a sandbox maps to when osvm runs as
-/// root: `0x7000_0000`, above the ranges systemd hands to containers (`0x80000..0x6fffffff`)
-/// and far from login users.
-pub const DEFAULT_ID_BASE: u32 = 0x7000_0000;
-/// How many ids a sandbox gets (uid/gid 0..65535 inside), as container runtimes do.
-pub const DEFAULT_ID_COUNT: u32 = 65_536;
-
 /// How ids inside the user namespace map to the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdMap {
-    /// The host id that id 0 inside maps to.
+    /// The host id that id 0 inside maps to; the user namespace is owned by it.
     pub host_base: u32,
     /// How many consecutive ids are mapped.
     pub count: u32,
@@ -34,6 +28,24 @@ impl IdMap {
     }
 }
 
+/// What the sandbox gets at `/data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPlan {
+    /// The component's ext4 volume in this image file (see [`crate::volume`]), of this size.
+    Volume {
+        /// The image on the host.
+        image: PathBuf,
+        /// Its size: the cap.
+        bytes: u64,
+    },
+    /// A private tmpfs of at most this many bytes, gone with the sandbox.
+    Scratch {
+        /// Its cap.
+        bytes: u64,
+    },
+}
+
 /// Everything the launcher needs to build the sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -43,15 +55,16 @@ pub struct Plan {
     pub launch: LaunchSpec,
     /// The instance's directory on the host (plan, logs, exit record).
     pub instance_dir: PathBuf,
-    /// An empty host directory the launcher mounts the new root on (inside its own mount
-    /// namespace, so the host never sees the mounts).
-    pub root_dir: PathBuf,
-    /// The component's persistent state directory on the host, bound writable at `/data`.
-    pub data_dir: PathBuf,
+    /// What the sandbox gets at `/data`.
+    pub data: DataPlan,
     /// The sandbox's control groups.
     pub cgroup: CgroupPaths,
-    /// The user namespace's id mapping.
+    /// The user namespace's id mapping (its first host id owns the namespace).
     pub id_map: IdMap,
+    /// The range is the instance's own and goes back to the pool when it ends (see
+    /// [`crate::ids`]).
+    #[serde(default)]
+    pub release_ids: bool,
     /// Whether the launcher runs as host root (it then may map a whole range and set groups).
     pub host_root: bool,
     /// How many listening sockets the runtime handed over (at [`LISTEN_FD_BASE`] onwards in

@@ -1,10 +1,16 @@
 //! The `process` runtime: starts sandboxes from the (possibly multi-threaded) caller.
 //!
 //! The caller never forks into code that allocates. It prepares everything that needs only
-//! file writes (instance directory, log files, cgroup with limits, `plan.json`), then spawns
-//! a fresh exec of the launcher binary (`<launcher> __sandbox-monitor plan.json`) with the log
-//! files as stdout/stderr and one end of a `SOCK_SEQPACKET` socket as fd 3. The monitor builds
+//! file writes (the component's uid range, its data volume, the instance directory, log files,
+//! cgroup with limits, `plan.json`), then spawns a fresh exec of the launcher binary
+//! (`osvm __sandbox-monitor <instance id>`) with the log files as stdout/stderr, one end of a
+//! `SOCK_SEQPACKET` socket as fd 3, the open plan as fd 4, and nothing else: every other
+//! descriptor the caller holds, inherited or not, is closed before the exec. The monitor builds
 //! the sandbox and answers `Started` (with a pidfd of the sandbox's init) or `Failed`.
+//!
+//! The state directory and everything in it are root's alone (directories 0700, files 0600):
+//! plans hold the workload's environment, logs whatever it prints. The sandbox never walks a
+//! path in there; what it mounts from there reaches it as detached mounts.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -19,16 +25,19 @@ use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
 };
 use osvm_core::{
-    ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+    DataKind, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
 };
 
 use crate::cgroup::{self, CgroupManager, Hierarchy};
+use crate::ids::{self, IdKey};
 use crate::launcher::exec::{EXEC_ARG, SETUP_FAILED as EXEC_SETUP_FAILED};
 use crate::launcher::protocol::{
-    Confinement, ExitRecord, MAX_MESSAGE, MONITOR_FD, MonitorMsg, RunningRecord, process_start_time,
+    Confinement, ExitRecord, MAX_MESSAGE, MONITOR_FD, MonitorMsg, PLAN_FD, RunningRecord,
+    process_start_time,
 };
-use crate::launcher::{MONITOR_ARG, pidfd_open};
-use crate::plan::{DEFAULT_ID_BASE, DEFAULT_ID_COUNT, IdMap, Plan};
+use crate::launcher::{MONITOR_ARG, PROCESS_NAME, pidfd_open};
+use crate::plan::{DataPlan, IdMap, Plan};
+use crate::volume::{self, VolumeError};
 
 /// How long the sandbox may take to come up before the start is abandoned.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,10 +47,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct SandboxConfig {
     /// The binary that handles `__sandbox-monitor` (normally `osvm` itself).
     pub launcher: PathBuf,
-    /// osvm's state directory: instances (plans, logs, exit records) and component data.
+    /// osvm's state directory: instances (plans, logs, exit records), component data volumes,
+    /// the table of uid ranges.
     pub state_dir: PathBuf,
-    /// The id range sandboxes map uid/gid 0 to, when running as root.
-    pub id_map: IdMap,
 }
 
 impl SandboxConfig {
@@ -58,15 +66,11 @@ impl SandboxConfig {
         PathBuf::from(home).join(".local/state/osvm")
     }
 
-    /// A config using `launcher` and the default state directory and id range.
+    /// A config using `launcher` and the default state directory.
     pub fn new(launcher: PathBuf) -> Self {
         Self {
             launcher,
             state_dir: Self::default_state_dir(),
-            id_map: IdMap {
-                host_base: DEFAULT_ID_BASE,
-                count: DEFAULT_ID_COUNT,
-            },
         }
     }
 }
@@ -218,55 +222,53 @@ impl SandboxRuntime {
         }
         let instances = self.config.state_dir.join("instances");
         let instance_dir = instances.join(&id);
-        let root_dir = instance_dir.join("root");
-        // Persistent state: `data/stacks/<stack>/<component>` for a stack's components,
-        // `data/run/<name>` for `osvm run`.
-        let data_root = self.config.state_dir.join("data");
-        let data_parent = match &spec.stack {
-            Some(stack) => data_root.join("stacks").join(stack),
-            None => data_root.join("run"),
+        for dir in [&self.config.state_dir, &instances] {
+            make_dir(dir)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(&instance_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "instance {id} exists already"
+                )));
+            }
+            Err(e) => {
+                return Err(RuntimeError::io(
+                    format!("create {}", instance_dir.display()),
+                    e,
+                ));
+            }
+        }
+        let (key, release_ids) = self.id_key(spec, &id);
+        let registry = Path::new(ids::REGISTRY);
+        let id_map = ids::allocate(registry, &self.state_dir_abs(), &key)
+            .map_err(|e| RuntimeError::Setup(format!("allocate a uid range: {e}")))?;
+        let released = |e: RuntimeError| {
+            if release_ids {
+                let _ = ids::release(registry, &self.state_dir_abs(), &key);
+            }
+            e
         };
-        let data_dir = data_parent.join(&spec.name);
-        for dir in [
-            &self.config.state_dir,
-            &instances,
-            &instance_dir,
-            &data_root,
-        ] {
-            make_dir(dir, 0o711)?;
-        }
-        if spec.stack.is_some() {
-            make_dir(&data_root.join("stacks"), 0o711)?;
-        }
-        make_dir(&data_parent, 0o711)?;
-        make_dir(&root_dir, 0o755)?;
-        check_traversable(&root_dir)?;
-        if !data_dir.exists() {
-            make_dir(&data_dir, 0o700)?;
-            let owner = Some(nix::unistd::Uid::from_raw(self.config.id_map.host_base));
-            let group = Some(nix::unistd::Gid::from_raw(self.config.id_map.host_base));
-            nix::unistd::chown(&data_dir, owner, group)
-                .map_err(|e| RuntimeError::io(format!("chown {}", data_dir.display()), e.into()))?;
-        }
+        let data = self.data_plan(spec).map_err(released)?;
         let stdout_path = instance_dir.join("stdout.log");
         let stderr_path = instance_dir.join("stderr.log");
         let stdout_channel = channel.is_some();
         let stdout = match channel {
             Some(channel) => channel,
-            None => Stdio::from(open_log(&stdout_path)?),
+            None => Stdio::from(open_log(&stdout_path).map_err(released)?),
         };
-        let stderr = open_log(&stderr_path)?;
+        let stderr = open_log(&stderr_path).map_err(released)?;
 
         let cgroup = cgroup::create(hierarchy, &id, &spec.resources)
-            .map_err(|e| RuntimeError::Setup(format!("create the cgroup: {e}")))?;
+            .map_err(|e| released(RuntimeError::Setup(format!("create the cgroup: {e}"))))?;
         let plan = Plan {
             instance_id: id.clone(),
             launch: spec.clone(),
             instance_dir: instance_dir.clone(),
-            root_dir,
-            data_dir,
+            data,
             cgroup: cgroup.paths(),
-            id_map: self.config.id_map,
+            id_map,
+            release_ids,
             host_root: true,
             listen_fds: listen.len(),
             stdout_channel,
@@ -275,16 +277,17 @@ impl SandboxRuntime {
         let written = serde_json::to_vec_pretty(&plan)
             .map_err(|e| RuntimeError::Setup(format!("serialize the plan: {e}")))
             .and_then(|b| {
-                fs::write(&plan_path, b).map_err(|e| RuntimeError::io("write plan.json", e))
+                write_private(&plan_path, &b).map_err(|e| RuntimeError::io("write plan.json", e))
             });
         if let Err(e) = written {
             let _ = cgroup.remove();
-            return Err(e);
+            return Err(released(e));
         }
 
         let listen: Vec<i32> = listen.iter().map(|fd| fd.as_raw_fd()).collect();
         match spawn_monitor(
             &self.config.launcher,
+            &id,
             &plan_path,
             stdin,
             stdout,
@@ -322,15 +325,92 @@ impl SandboxRuntime {
                         let _ = child.wait();
                         let _ = cgroup.kill_all();
                         let _ = cgroup.remove();
-                        Err(e)
+                        Err(released(e))
                     }
                 }
             }
             Err(e) => {
                 let _ = cgroup.remove();
-                Err(e)
+                Err(released(e))
             }
         }
+    }
+
+    /// The state directory as an absolute path: what names it in the host-wide registry of uid
+    /// ranges.
+    fn state_dir_abs(&self) -> PathBuf {
+        fs::canonicalize(&self.config.state_dir).unwrap_or_else(|_| self.config.state_dir.clone())
+    }
+
+    /// What holds the uid range of an instance of `spec`, and whether the range is the
+    /// instance's alone (given back when it ends).
+    fn id_key(&self, spec: &LaunchSpec, id: &str) -> (IdKey, bool) {
+        match (spec.data, &spec.stack) {
+            (DataKind::Ephemeral, _) => (IdKey::Instance(id.to_string()), true),
+            (DataKind::Persistent, Some(stack)) => (
+                IdKey::Component {
+                    stack: stack.clone(),
+                    name: spec.name.clone(),
+                },
+                false,
+            ),
+            (DataKind::Persistent, None) => (IdKey::Run(spec.name.clone()), false),
+        }
+    }
+
+    /// The host uid range component `name` of `stack` runs under (allocated now if it has
+    /// none yet): the owner of its user namespace, and of files delivered into it.
+    pub fn component_ids(&self, stack: &str, name: &str) -> Result<IdMap, RuntimeError> {
+        make_dir(&self.config.state_dir)?;
+        ids::allocate(
+            Path::new(ids::REGISTRY),
+            &self.state_dir_abs(),
+            &IdKey::Component {
+                stack: stack.into(),
+                name: name.into(),
+            },
+        )
+        .map_err(|e| RuntimeError::Setup(format!("allocate a uid range: {e}")))
+    }
+
+    /// Where a persistent component's data volume lives:
+    /// `data/stacks/<stack>/<component>.img` for a stack's components, `data/run/<name>.img`
+    /// for `osvm run --name`.
+    pub fn volume_path(&self, spec: &LaunchSpec) -> PathBuf {
+        let data_root = self.config.state_dir.join("data");
+        let parent = match &spec.stack {
+            Some(stack) => data_root.join("stacks").join(stack),
+            None => data_root.join("run"),
+        };
+        parent.join(format!("{}.img", spec.name))
+    }
+
+    /// What the instance gets at `/data`, its volume made if it is the first start.
+    fn data_plan(&self, spec: &LaunchSpec) -> Result<DataPlan, RuntimeError> {
+        let bytes = spec.resources.disk();
+        if spec.data == DataKind::Ephemeral {
+            return Ok(DataPlan::Scratch { bytes });
+        }
+        let image = self.volume_path(spec);
+        let mut dir = self.config.state_dir.clone();
+        for part in image
+            .strip_prefix(&self.config.state_dir)
+            .unwrap_or(&image)
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            dir.push(part);
+            make_dir(&dir)?;
+        }
+        volume::ensure_image(&image, bytes).map_err(|e| match e {
+            VolumeError::Unavailable(reason) => RuntimeError::Unavailable {
+                kind: RuntimeKind::Process,
+                reason,
+            },
+            other => RuntimeError::Setup(format!("the data volume: {other}")),
+        })?;
+        Ok(DataPlan::Volume { image, bytes })
     }
 }
 
@@ -347,9 +427,9 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-/// The pid of a live monitor started with `plan`, found through `/proc/*/cmdline`.
-fn monitor_of(plan: &Path) -> Option<i32> {
-    let want = plan.as_os_str().as_encoded_bytes();
+/// The pid of a live monitor of instance `id`, found through `/proc/*/cmdline`.
+fn monitor_of(id: &str) -> Option<i32> {
+    let want = id.as_bytes();
     fs::read_dir("/proc")
         .ok()?
         .filter_map(|e| e.ok())
@@ -396,12 +476,12 @@ impl SandboxRuntime {
             // The starter died while the sandbox was being set up. If its monitor still
             // runs, the sandbox is on its way: wait for it to come up (or fail). If no monitor
             // exists, it never started: clean up, and say so.
-            if monitor_of(&dir.join("plan.json")).is_some() {
+            if monitor_of(instance_id).is_some() {
                 let deadline = std::time::Instant::now() + START_TIMEOUT;
                 while !dir.join("running.json").exists()
                     && !dir.join("exit.json").exists()
                     && std::time::Instant::now() < deadline
-                    && monitor_of(&dir.join("plan.json")).is_some()
+                    && monitor_of(instance_id).is_some()
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -410,7 +490,6 @@ impl SandboxRuntime {
             let cgroup = cgroup::open(&plan.cgroup);
             let _ = cgroup.kill_all();
             let _ = cgroup.remove();
-            let _ = fs::remove_dir(&plan.root_dir);
             return Err(RuntimeError::Setup(format!(
                 "instance {instance_id} never started (no monitor and no running record)"
             )));
@@ -526,51 +605,67 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn make_dir(path: &Path, mode: u32) -> Result<(), RuntimeError> {
-    match fs::DirBuilder::new().mode(mode).create(path) {
+/// Makes `path` a directory only root may enter (0700), or makes an existing one so.
+fn make_dir(path: &Path) -> Result<(), RuntimeError> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // A state directory made by an older osvm was 0711 or 0755.
+            let meta = fs::symlink_metadata(path)
+                .map_err(|e| RuntimeError::io(format!("stat {}", path.display()), e))?;
+            if !meta.is_dir() {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "{} is not a directory",
+                    path.display()
+                )));
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| RuntimeError::io(format!("chmod 700 {}", path.display()), e))?;
+            }
+            Ok(())
+        }
         Err(e) => Err(RuntimeError::io(format!("create {}", path.display()), e)),
-    }?;
-    // Only the root user can write here, but the sandbox's mapped root must traverse the path
-    // to its mount point; the mode is set explicitly since umask may have cleared bits.
-    if mode != 0o700 {
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
     }
-    Ok(())
 }
 
-/// The sandbox's root user is an unprivileged host uid: it must be able to walk the path to its
-/// mount point, so every directory on the way needs the execute bit for others.
-fn check_traversable(path: &Path) -> Result<(), RuntimeError> {
-    for dir in path.ancestors().skip(1) {
-        let meta = fs::metadata(dir)
-            .map_err(|e| RuntimeError::io(format!("stat {}", dir.display()), e))?;
-        if meta.permissions().mode() & 0o001 == 0 {
-            return Err(RuntimeError::InvalidSpec(format!(
-                "the state directory must be reachable by the sandbox's unprivileged uid, but {} \
-                 (mode {:o}) is not searchable by others; use a state directory such as \
-                 /var/lib/osvm, or `chmod o+x {}`",
-                dir.display(),
-                meta.permissions().mode() & 0o7777,
-                dir.display()
-            )));
-        }
-    }
-    Ok(())
+/// Creates (or truncates) `path` with mode 0600 and writes `bytes`.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }
 
 fn open_log(path: &Path) -> Result<File, RuntimeError> {
     OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o640)
+        .mode(0o600)
         .open(path)
         .map_err(|e| RuntimeError::io(format!("open {}", path.display()), e))
 }
 
+/// `close_range(first, last, 0)`, async-signal-safe (for the child between fork and exec).
+///
+/// # Safety
+/// Closes descriptors by number: the caller must own every descriptor in the range, which is
+/// the case in a child about to exec.
+unsafe fn close_range(first: u32, last: u32) -> std::io::Result<()> {
+    // SAFETY: integer arguments only; see the function's contract.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn spawn_monitor(
     launcher: &Path,
+    id: &str,
     plan_path: &Path,
     stdin: Stdio,
     stdout: Stdio,
@@ -588,41 +683,56 @@ fn spawn_monitor(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| RuntimeError::io("socketpair", e.into()))?;
+    let plan = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(plan_path)
+        .map_err(|e| RuntimeError::io("open plan.json", e))?;
     let theirs_raw = theirs.as_raw_fd();
+    let plan_raw = plan.as_raw_fd();
     let mut cmd = Command::new(launcher);
-    cmd.arg(MONITOR_ARG)
-        .arg(plan_path)
+    cmd.arg0(PROCESS_NAME)
+        .arg(MONITOR_ARG)
+        .arg(id)
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // syscalls (dup2, fcntl, setsid); it allocates nothing.
+    // syscalls (fcntl, dup2, close_range, setsid); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            // The listening sockets go to LISTEN_FD_BASE onwards: first parked above every
-            // slot (a source may sit at MONITOR_FD or where another one goes), then into
-            // place after MONITOR_FD is; dup2 clears close-on-exec.
+            // Every descriptor that goes somewhere is first parked above every slot (a source
+            // may sit where another one goes), then put in place; dup2 clears close-on-exec.
             let base = crate::plan::LISTEN_FD_BASE;
             let park = base + crate::plan::MAX_LISTEN_FDS as i32;
+            let dup_high = |fd: i32| {
+                let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, park);
+                if high < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(high)
+                }
+            };
+            let socket = dup_high(theirs_raw)?;
+            let plan = dup_high(plan_raw)?;
             let mut parked = [-1i32; crate::plan::MAX_LISTEN_FDS];
             for k in 0..count {
-                parked[k] = libc::fcntl(sources[k], libc::F_DUPFD_CLOEXEC, park);
-                if parked[k] < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                parked[k] = dup_high(sources[k])?;
             }
-            if theirs_raw == MONITOR_FD {
-                if libc::fcntl(MONITOR_FD, libc::F_SETFD, 0) < 0 {
+            for (from, to) in [(socket, MONITOR_FD), (plan, PLAN_FD)] {
+                if libc::dup2(from, to) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(theirs_raw, MONITOR_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
             }
             for (k, fd) in parked.iter().enumerate().take(count) {
                 if libc::dup2(*fd, base + k as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // Nothing else reaches the monitor, hence the sandbox: not the parked copies, not
+            // what the caller's own caller left open (a shell's `exec 7<secret`).
+            close_range(PLAN_FD as u32 + 1, base as u32 - 1)?;
+            close_range((base + count as i32) as u32, u32::MAX)?;
             // A new session: the terminal's Ctrl-C reaches osvm, which stops the sandbox in
             // order, instead of reaching the sandbox directly.
             if libc::setsid() < 0 {
@@ -635,6 +745,7 @@ fn spawn_monitor(
         .spawn()
         .map_err(|e| RuntimeError::io(format!("start the launcher {}", launcher.display()), e))?;
     drop(theirs);
+    drop(plan);
     Ok((child, ours))
 }
 
@@ -866,31 +977,48 @@ impl SandboxInstance {
             return Err(RuntimeError::InvalidSpec("the command is empty".into()));
         }
         let pidfd = self.init_pidfd.as_raw_fd();
+        let plan_path = self.instance_dir.join("plan.json");
+        let plan = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&plan_path)
+            .map_err(|e| RuntimeError::io(format!("open {}", plan_path.display()), e))?;
+        let plan_raw = plan.as_raw_fd();
         let mut cmd = Command::new(&self.launcher);
-        cmd.arg(EXEC_ARG)
-            .arg(&self.instance_dir)
+        cmd.arg0(PROCESS_NAME)
+            .arg(EXEC_ARG)
+            .arg(&self.id)
             .arg("--")
             .args(command)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: between fork and exec only async-signal-safe dup2/fcntl run.
+        // SAFETY: between fork and exec only async-signal-safe fcntl/dup2/close_range run.
         unsafe {
             cmd.pre_exec(move || {
-                if pidfd == MONITOR_FD {
-                    if libc::fcntl(MONITOR_FD, libc::F_SETFD, 0) < 0 {
+                // Parked above the slots first: either may sit where the other goes.
+                let park = |fd: i32| {
+                    let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if high < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(high)
+                    }
+                };
+                let (init, plan) = (park(pidfd)?, park(plan_raw)?);
+                for (from, to) in [(init, MONITOR_FD), (plan, PLAN_FD)] {
+                    if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                } else if libc::dup2(pidfd, MONITOR_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                close_range(PLAN_FD as u32 + 1, u32::MAX)
             });
         }
         let child = cmd
             .spawn()
             .map_err(|e| RuntimeError::io(format!("start {}", self.launcher.display()), e))?;
+        drop(plan);
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -276,6 +276,7 @@ impl UnikernelRuntime {
             args,
         );
         launcher.stack = spec.stack.clone();
+        launcher.data = osvm_core::DataKind::Ephemeral;
         launcher.readonly_root = true;
         launcher.resources.memory_bytes = Some((plan.memory_mib << 20) + LAUNCHER_OVERHEAD);
         launcher.resources.cpus = spec.resources.cpus;

@@ -470,22 +470,37 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Component name: the sandbox's hostname and the name of its state directory
-    /// [default: the command's file name]
+    /// Component name: the sandbox's hostname, and the owner of a /data volume and a uid range
+    /// kept across runs; without it /data is scratch space gone with the run
+    /// [default hostname: the command's file name]
     #[arg(long)]
     pub name: Option<String>,
-    /// Memory limit, e.g. 256M, 1G (swap included)
+    /// Memory limit, e.g. 256M, 1G (swap included) [default: 512M]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// CPU quota in CPUs, e.g. 0.5
+    /// CPU quota in CPUs, e.g. 0.5 [default: 2]
     #[arg(long, value_name = "CPUS")]
     pub cpus: Option<f64>,
-    /// Maximum number of processes and threads
+    /// Maximum number of processes and threads [default: 4096]
     #[arg(long, value_name = "N")]
     pub pids: Option<u64>,
-    /// Maximum number of open files
+    /// Maximum number of open files [default: 1024]
     #[arg(long, value_name = "N")]
     pub open_files: Option<u64>,
+    /// How much the command may store: the size of /data, and of /tmp and /dev/shm at most
+    /// (which count against --memory too) [default: 1G]
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+    /// Allow native AIO (io_setup): every AIO context counts against the host-wide
+    /// fs.aio-max-nr, which one sandbox could exhaust for the whole host
+    #[arg(long)]
+    pub allow_native_aio: bool,
+    /// Rotate stdout.log and stderr.log when one grows past SIZE
+    #[arg(long, default_value = "10M", value_name = "SIZE")]
+    pub log_max_size: String,
+    /// How many rotated copies of each log to keep
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub log_files: u32,
     /// Make the root file system read-only (only /tmp, /data and writable binds stay writable)
     #[arg(long)]
     pub readonly_root: bool,
@@ -514,11 +529,12 @@ pub struct RunArgs {
     /// Print nothing of osvm's own (the command's output still shows)
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// Connect osvm's stdin to the command's (otherwise it reads /dev/null)
+    /// Connect osvm's stdin to the command's (otherwise it reads /dev/null); a terminal is
+    /// not handed over: the command gets a terminal of its own, fed from osvm's
     #[arg(long, short = 'i')]
     pub interactive: bool,
     /// Remove the instance's directory (plan, logs, exit record) once the command has ended;
-    /// the component's /data is kept
+    /// a named component's /data is kept
     #[arg(long)]
     pub rm: bool,
     /// The command and its arguments

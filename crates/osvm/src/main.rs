@@ -11,6 +11,7 @@ mod cmd;
 mod doctor;
 mod logs;
 mod signals;
+mod terminal;
 
 use std::process::ExitCode;
 

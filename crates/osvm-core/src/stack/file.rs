@@ -129,6 +129,8 @@ pub(crate) struct RawComponent {
     pub(crate) mtls: Option<Spanned<bool>>,
     /// Its listening sockets are made by osvm and handed over (`LISTEN_FDS`).
     pub(crate) socket_activation: Option<Spanned<bool>>,
+    /// It may use native AIO (`io_setup`).
+    pub(crate) native_aio: Option<Spanned<bool>>,
     /// How far its network reaches.
     pub(crate) network_access: Option<Word<crate::model::NetworkAccess>>,
     /// How a hot-swap of it proceeds.
@@ -265,6 +267,8 @@ pub(crate) struct RawResources {
     pub(crate) pids: Option<Spanned<Int>>,
     /// Open file descriptor limit.
     pub(crate) open_files: Option<Spanned<Int>>,
+    /// Storage cap: the `/data` volume's size, a size or a number of bytes.
+    pub(crate) disk: Option<Spanned<SizeText>>,
 }
 
 /// A size written either as a string (`"256M"`) or as an integer number of bytes.

@@ -117,15 +117,23 @@ impl Stack {
     /// Longest accepted leaf certificate lifetime in days.
     pub const MAX_CERTIFICATE_VALIDITY_DAYS: u32 = 365;
     /// Default log rotation size.
-    pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 << 20;
+    pub const DEFAULT_LOG_MAX_SIZE: u64 = crate::launch::LogLimits::DEFAULT_MAX_BYTES;
     /// Default number of rotated log files kept.
-    pub const DEFAULT_LOG_FILES: u32 = 3;
+    pub const DEFAULT_LOG_FILES: u32 = crate::launch::LogLimits::DEFAULT_FILES;
     /// Default first restart delay.
     pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(10);
     /// Default longest restart delay.
     pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(300);
     /// Default time running after which the backoff resets.
     pub const DEFAULT_RESTART_RESET_AFTER: Duration = Duration::from_secs(600);
+
+    /// How its components' logs rotate (`log_max_size`, `log_files`).
+    pub fn log_limits(&self) -> crate::launch::LogLimits {
+        crate::launch::LogLimits {
+            max_bytes: self.log_max_size,
+            files: self.log_files,
+        }
+    }
 
     /// The component called `name`, if the stack has one.
     pub fn component(&self, name: &str) -> Option<&Component> {
@@ -150,8 +158,8 @@ pub struct Component {
     pub env: Vec<(String, String)>,
     /// Working directory inside the isolation (default: the component's state directory).
     pub working_dir: Option<PathBuf>,
-    /// Resource limits; keys the file leaves out get [`crate::model::ResourceLimits`]'s
-    /// defaults (512M memory, 2 CPUs, 1024 open files, no pid limit).
+    /// Resource limits; keys the file leaves out get [`Resources::defaults`] (512M memory,
+    /// 2 CPUs, 4096 pids, 1024 open files, 1G disk).
     pub resources: Resources,
     /// TCP ports it listens on, in file order.
     pub listen: Vec<u16>,
@@ -192,6 +200,10 @@ pub struct Component {
     /// hands the same sockets to the new instance and no connection waits on a switch.
     #[serde(default)]
     pub socket_activation: bool,
+    /// It may use native AIO (`io_setup`), whose contexts count against the host-wide
+    /// `fs.aio-max-nr` (default: refused).
+    #[serde(default)]
+    pub native_aio: bool,
     /// Settings of the `microvm` runtime: accelerator, guest kernel, files in the image.
     #[serde(default)]
     pub microvm: crate::launch::VmOptions,
@@ -394,6 +406,9 @@ impl Component {
             rootfs: self.rootfs.clone(),
             netns: None,
             hosts: Vec::new(),
+            data: crate::launch::DataKind::Persistent,
+            native_aio: self.native_aio,
+            logs: crate::launch::LogLimits::default(),
             microvm: self.microvm.clone(),
             unikernel: self.unikernel.clone(),
         }

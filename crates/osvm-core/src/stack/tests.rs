@@ -20,7 +20,7 @@ fn full_example() -> String {
 const MIB: u64 = 1024 * 1024;
 
 fn expected_full() -> Stack {
-    let defaults = Resources::from(&crate::model::ResourceLimits::default());
+    let defaults = Resources::defaults();
     Stack {
         name: "demo".into(),
         trust_domain: "prod.example.com".into(),
@@ -53,6 +53,7 @@ fn expected_full() -> Stack {
                     cpus: Some(0.5),
                     pids: Some(64),
                     open_files: Some(4096),
+                    disk_bytes: Some(Resources::DEFAULT_DISK),
                 },
                 listen: vec![8899],
                 health: Some(HealthCheck {
@@ -90,6 +91,7 @@ fn expected_full() -> Stack {
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
+                native_aio: false,
                 microvm: Default::default(),
                 unikernel: Default::default(),
                 mcp: None,
@@ -129,6 +131,7 @@ fn expected_full() -> Stack {
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
+                native_aio: false,
                 microvm: Default::default(),
                 unikernel: Default::default(),
                 mcp: Some(McpServerSpec {
@@ -174,6 +177,7 @@ fn expected_full() -> Stack {
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
+                native_aio: false,
                 microvm: Default::default(),
                 unikernel: Default::default(),
                 mcp: None,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::launch::{BindMount, Resources};
-use crate::model::{ComponentKind, ComponentType, IsolationLevel, ResourceLimits};
+use crate::model::{ComponentKind, ComponentType, IsolationLevel};
 use crate::quantity;
 use crate::runtime::RuntimeKind;
 
@@ -523,6 +523,17 @@ fn component(
             ));
         }
     }
+    let native_aio_span = raw.native_aio.as_ref().map(Spanned::span);
+    let native_aio = raw.native_aio.is_some_and(|v| v.into_inner());
+    if native_aio && runtime != RuntimeKind::Process {
+        return Err(src.error(
+            native_aio_span.unwrap_or(header.clone()),
+            format!(
+                "component `{name_text}` runs as a {runtime}: native_aio applies to process \
+                 components (a guest has its own kernel)"
+            ),
+        ));
+    }
     if runtime == RuntimeKind::MicroVm {
         let refuse = |what: &str| {
             src.error(
@@ -630,6 +641,7 @@ fn component(
         network_access: raw.network_access.map(|w| w.0).unwrap_or_default(),
         swap,
         socket_activation,
+        native_aio,
         microvm,
         unikernel,
         mcp,
@@ -970,12 +982,12 @@ fn component_type(
     })
 }
 
-/// Resource limits: the file's values over [`ResourceLimits`]'s defaults.
+/// Resource limits: the file's values over [`Resources::defaults`].
 fn resources(
     src: &Source<'_>,
     raw: Option<Spanned<Table<RawResources>>>,
 ) -> Result<Resources, StackError> {
-    let mut resources = Resources::from(&ResourceLimits::default());
+    let mut resources = Resources::defaults();
     let Some(raw) = raw else {
         return Ok(resources);
     };
@@ -998,6 +1010,20 @@ fn resources(
     }
     if let Some(open_files) = raw.open_files {
         resources.open_files = Some(int_in(src, &open_files, 1, i64::MAX, "open_files")?);
+    }
+    if let Some(disk) = raw.disk {
+        let bytes = quantity::parse_size(&disk.get_ref().0)
+            .map_err(|e| src.error(disk.span(), format!("invalid disk size: {e}")))?;
+        if bytes < Resources::MIN_DISK {
+            return Err(src.error(
+                disk.span(),
+                format!(
+                    "disk must be at least {} MiB (an ext4 volume and its journal need room)",
+                    Resources::MIN_DISK >> 20
+                ),
+            ));
+        }
+        resources.disk_bytes = Some(bytes);
     }
     Ok(resources)
 }

@@ -165,6 +165,7 @@ mod tests {
             cpus: Some(0.5),
             pids: Some(16),
             open_files: None,
+            disk_bytes: None,
         };
         let group = V2Group::create(&root, "web-1", &limits).unwrap();
         let dir = root.join("osvm/web-1");

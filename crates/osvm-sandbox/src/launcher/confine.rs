@@ -87,7 +87,7 @@ impl Confiner {
         );
         let ruleset = landlock::prepare(spec.readonly_root, &writable, &spec.listen)
             .map_err(|e| format!("prepare Landlock: {e}"))?;
-        let programs = seccomp::build().map_err(|e| format!("seccomp: {e}"))?;
+        let programs = seccomp::build(spec.native_aio).map_err(|e| format!("seccomp: {e}"))?;
         Ok(Self { ruleset, programs })
     }
 

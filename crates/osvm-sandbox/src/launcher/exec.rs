@@ -1,24 +1,24 @@
 //! `__sandbox-exec`: runs one command inside a running sandbox, confined exactly like its
 //! workload (for exec health checks, and `osvm exec`).
 //!
-//! The caller passes a pidfd of the sandbox's init as fd 3 and the instance directory. This
+//! The caller passes a pidfd of the sandbox's init as fd 3 and the open `plan.json` as fd 4
+//! (no host path on the command line, which the child shows inside until it execs). This
 //! process (a fresh exec, single-threaded, host root) joins the sandbox's cgroups, then joins
 //! all its namespaces at once with `setns(pidfd, ...)` — race-free: the pidfd is init itself,
 //! never a recycled pid — becomes uid/gid 0 of the sandbox's user namespace, and forks (so the
 //! child is inside the pid namespace). The child sets `no_new_privs`, enforces the sandbox's
-//! Landlock rules, drops every capability, installs the seccomp allowlist and execs the
-//! command; it dies with this process (`PR_SET_PDEATHSIG`). This process exits with the
+//! Landlock rules, drops every capability, installs the seccomp allowlist, closes every
+//! descriptor but stdio and execs the command; it dies with this process (`PR_SET_PDEATHSIG`). This process exits with the
 //! command's exit code, or 128 + the signal that ended it.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork};
 
 use super::confine::{Confiner, Exec};
-use super::protocol::MONITOR_FD;
+use super::protocol::{MONITOR_FD, PLAN_FD};
 use crate::cgroup;
 use crate::plan::Plan;
 
@@ -29,11 +29,19 @@ pub const EXEC_ARG: &str = "__sandbox-exec";
 pub const SETUP_FAILED: i32 = 125;
 
 /// The helper's entry point; never returns.
-pub fn main(instance_dir: &Path, command: &[String]) -> ! {
-    // SAFETY: fd 3 is the pidfd the caller handed over; nothing else in this fresh process
-    // owns it.
-    let init = unsafe { OwnedFd::from_raw_fd(MONITOR_FD) };
-    let code = match run(instance_dir, command, &init) {
+pub fn main(command: &[String]) -> ! {
+    // SAFETY: fd 3 is the pidfd and fd 4 the open plan the caller handed over; nothing else in
+    // this fresh process owns them.
+    let (init, plan) = unsafe {
+        (
+            OwnedFd::from_raw_fd(MONITOR_FD),
+            std::fs::File::from_raw_fd(PLAN_FD),
+        )
+    };
+    let code = match super::monitor::read_plan(plan)
+        .map_err(|e| format!("read the launch plan: {e}"))
+        .and_then(|plan| run(&plan, command, &init))
+    {
         Ok(code) => code,
         Err(message) => {
             let _ = writeln!(std::io::stderr(), "osvm exec: {message}");
@@ -43,12 +51,7 @@ pub fn main(instance_dir: &Path, command: &[String]) -> ! {
     std::process::exit(code)
 }
 
-fn run(instance_dir: &Path, command: &[String], init: &OwnedFd) -> Result<i32, String> {
-    let plan_path = instance_dir.join("plan.json");
-    let plan: Plan = std::fs::read(&plan_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| format!("read {}: {e}", plan_path.display()))?;
+fn run(plan: &Plan, command: &[String], init: &OwnedFd) -> Result<i32, String> {
     cgroup::open(&plan.cgroup)
         .add_process(std::process::id() as i32, false)
         .map_err(|e| format!("join the sandbox's cgroup: {e}"))?;
@@ -82,6 +85,8 @@ fn run(instance_dir: &Path, command: &[String], init: &OwnedFd) -> Result<i32, S
             // SAFETY: prctl with integer arguments only.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             let error: Result<std::convert::Infallible, String> = confiner.apply().and_then(|_| {
+                super::init::close_rest(3)
+                    .map_err(|e| format!("close inherited descriptors: {e}"))?;
                 nix::unistd::chdir(&exec.workdir)
                     .map_err(|e| format!("working directory {}: {e}", exec.workdir.display()))?;
                 match nix::unistd::execve(&exec.program, &exec.argv, &exec.envp) {

@@ -1,11 +1,15 @@
 //! The sandbox's pid 1.
 //!
-//! Born by `clone` into fresh user, pid, mount, network, ipc and uts namespaces, it waits until
-//! the monitor has written its id maps and moved it into its cgroup, then, in this order:
-//! becomes uid/gid 0 of its namespace, enters a new cgroup namespace, sets the hostname, builds
-//! and pivots into the root file system, sets `no_new_privs`, applies Landlock, drops every
-//! capability, installs the seccomp filters, and forks the workload, which execs the
-//! component's command. Everything the workload inherits is therefore already confined.
+//! Born by `clone` into fresh user, pid, mount, network, ipc and uts namespaces (the user
+//! namespace owned by the component's own host uid), it receives from the monitor the detached
+//! mounts prepared on the host and waits until its id maps are written, then, in this order:
+//! becomes uid/gid 0 of its namespace, makes itself undumpable (the workload runs under the
+//! same ids and must not read init's memory, environment or executable through `/proc/1`),
+//! sets the hostname, builds and pivots into the root file system, waits until the monitor has
+//! moved it into its cgroup, enters a new cgroup namespace, sets `no_new_privs`, applies
+//! Landlock, drops every capability, installs the seccomp filters, and forks the workload,
+//! which closes every descriptor but stdio and its listening sockets and execs the component's
+//! command. Everything the workload inherits is therefore already confined.
 //!
 //! As init it then forwards the usual termination signals to the workload, reaps every
 //! zombie, and when the workload ends kills what is left in the namespace and reports the
@@ -15,15 +19,15 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2};
 
 use super::confine::{Confiner, Exec};
-use super::protocol::InitMsg;
-use super::{rootfs, seccomp};
+use super::protocol::{InitMsg, ToInit, recv_msg};
+use super::rootfs::{self, Given};
 use crate::plan::{LISTEN_FD_BASE, MAX_LISTEN_FDS, Plan};
 
 /// Signals init takes synchronously; all but SIGCHLD are forwarded to the workload.
@@ -47,10 +51,10 @@ fn send(out: &mut File, msg: &InitMsg) {
     }
 }
 
-/// Runs init; returns its exit code.
-pub fn run(plan: &Plan, go: OwnedFd, to_monitor: OwnedFd) -> i32 {
+/// Runs init; returns its exit code. `ctl` is its end of the monitor's control socket.
+pub fn run(plan: &Plan, ctl: OwnedFd, to_monitor: OwnedFd) -> i32 {
     let mut out = File::from(to_monitor);
-    match setup(plan, go) {
+    match setup(plan, ctl) {
         Ok((workload, ready)) => {
             send(&mut out, &ready);
             supervise(workload, &mut out)
@@ -62,16 +66,28 @@ pub fn run(plan: &Plan, go: OwnedFd, to_monitor: OwnedFd) -> i32 {
     }
 }
 
-/// The monitor has written this process's uid and gid maps.
-pub const MAPS_WRITTEN: u8 = b'm';
-/// The monitor has moved this process into the sandbox's cgroup.
-pub const CGROUP_JOINED: u8 = b'c';
-
-fn wait_for(go: &mut File, what: u8) -> Result<(), String> {
-    let mut byte = [0u8; 1];
-    match go.read(&mut byte) {
-        Ok(1) if byte[0] == what => Ok(()),
-        _ => Err("the monitor went away before the sandbox was ready".into()),
+/// Takes the monitor's messages up to `until`, keeping the mounts it sends.
+fn receive(ctl: &OwnedFd, until: ToInit, given: &mut Given) -> Result<(), String> {
+    let gone = || "the monitor went away before the sandbox was ready".to_string();
+    loop {
+        let (msg, fd) = recv_msg::<ToInit>(ctl.as_fd())
+            .map_err(|e| format!("read the monitor's message: {e}"))?
+            .ok_or_else(gone)?;
+        if msg == until {
+            return Ok(());
+        }
+        let fd = fd.ok_or_else(|| format!("the monitor sent {msg:?} without its mount"));
+        match msg {
+            ToInit::Data => given.data = Some(fd?),
+            ToInit::Rootfs => given.rootfs = Some(fd?),
+            ToInit::Bind(n) => {
+                if given.binds.len() <= n {
+                    given.binds.resize_with(n + 1, || None);
+                }
+                given.binds[n] = Some(fd?);
+            }
+            other => return Err(format!("unexpected message from the monitor: {other:?}")),
+        }
     }
 }
 
@@ -88,7 +104,7 @@ fn signal_set() -> SigSet {
     set
 }
 
-fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
+fn setup(plan: &Plan, ctl: OwnedFd) -> Result<(Pid, InitMsg), String> {
     // The monitor ignores the terminal's signals; a workload must start with the defaults.
     for s in [
         Signal::SIGINT,
@@ -101,11 +117,12 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
             nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl)
         })?;
     }
-    // If the monitor dies, nobody could record how this sandbox ends: end it too.
+    // If the monitor dies, nobody could record how this sandbox ends: end it too. (Becoming
+    // root of the namespace below keeps this: the effective ids stay the same host ids.)
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    let mut go = File::from(go);
-    wait_for(&mut go, MAPS_WRITTEN)?;
+    let mut given = Given::default();
+    receive(&ctl, ToInit::MapsWritten, &mut given)?;
 
     step(
         "become gid 0 in the user namespace",
@@ -118,6 +135,13 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
         "become uid 0 in the user namespace",
         nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
     )?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "make init undumpable: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     step(
         "set the hostname",
         nix::unistd::sethostname(&plan.launch.name),
@@ -126,7 +150,7 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
         // A joined namespace was set up by the host, loopback included.
         step("bring up the loopback interface", loopback_up())?;
     }
-    step("build the root file system", rootfs::build(plan))?;
+    step("build the root file system", rootfs::build(plan, given))?;
 
     let spec = &plan.launch;
     let command: Vec<String> = std::iter::once(spec.command.clone())
@@ -138,7 +162,8 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
     // Moving a task into a v1 cgroup waits for an RCU grace period (milliseconds); the
     // monitor does it while this process builds the root and its filters, and the sandbox is
     // in its cgroup before anything of the workload's runs.
-    wait_for(&mut go, CGROUP_JOINED)?;
+    receive(&ctl, ToInit::CgroupJoined, &mut Given::default())?;
+    drop(ctl);
     step(
         "enter a new cgroup namespace",
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
@@ -159,7 +184,9 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
         ForkResult::Child => {
             drop(err_r);
             let mut err_w = err_w;
-            let error = match hand_over_listeners(plan.listen_fds, &mut err_w) {
+            let error = match hand_over_listeners(plan.listen_fds, &mut err_w)
+                .and_then(|extra| close_the_rest(3 + plan.listen_fds as u32).map(|()| extra))
+            {
                 Ok(extra) => exec_workload(&set, &exec, extra),
                 Err(e) => e,
             };
@@ -180,7 +207,7 @@ fn setup(plan: &Plan, go: OwnedFd) -> Result<(Pid, InitMsg), String> {
                 InitMsg::Ready {
                     workload_pid: child.as_raw(),
                     landlock,
-                    seccomp_allowed: seccomp::allowed_count(),
+                    seccomp_allowed: super::seccomp::allowed_count(plan.launch.native_aio),
                 },
             ))
         }
@@ -254,6 +281,26 @@ fn hand_over_listeners(
         std::ffi::CString::new(format!("LISTEN_FDS={count}")).unwrap_or_default(),
         std::ffi::CString::new(format!("LISTEN_PID={}", std::process::id())).unwrap_or_default(),
     ]))
+}
+
+/// In the workload's process: marks every descriptor from `first` on close-on-exec, so the
+/// workload starts with stdio and its listening sockets only, whatever the launcher's caller
+/// left open (runc's "Leaky Vessels" lesson).
+fn close_the_rest(first: u32) -> Result<(), String> {
+    close_rest(first).map_err(|e| format!("close inherited descriptors: {e}"))
+}
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: every descriptor from `first` on closes at
+/// the next exec.
+pub fn close_rest(first: u32) -> std::io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range takes integers only.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// In the workload's process: restore signals, enter the working directory, exec (with

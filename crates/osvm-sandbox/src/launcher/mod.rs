@@ -7,7 +7,9 @@ pub mod exec;
 pub mod init;
 pub mod landlock;
 pub mod monitor;
+pub mod mounts;
 pub mod protocol;
+pub mod resolve;
 pub mod rootfs;
 pub mod seccomp;
 
@@ -16,24 +18,26 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// The argument that makes a binary act as the sandbox monitor.
 pub const MONITOR_ARG: &str = "__sandbox-monitor";
 
-/// If this process was started as a sandbox monitor or exec helper, runs it and never returns.
+/// What the launcher's processes are called (their `argv[0]`): their command lines, which
+/// anyone on the host and the workload (through `/proc/1/cmdline`) can read, name no host path.
+pub const PROCESS_NAME: &str = "osvm";
+
+/// If this process was started as a sandbox monitor (`__sandbox-monitor <instance id>`) or exec
+/// helper (`__sandbox-exec <instance id> -- COMMAND...`), runs it and never returns. Both find
+/// their plan on an inherited descriptor; the instance id on the command line only names them.
 /// Call it first thing in `main`, before any thread exists.
 pub fn run_if_requested() {
     let mut args = std::env::args_os();
     let _ = args.next();
     match args.next() {
-        Some(a) if a == MONITOR_ARG => {
-            let plan = args.next().unwrap_or_default();
-            monitor::main(std::path::Path::new(&plan));
-        }
+        Some(a) if a == MONITOR_ARG => monitor::main(),
         Some(a) if a == exec::EXEC_ARG => {
-            let dir = args.next().unwrap_or_default();
             let command: Vec<String> = args
                 .skip_while(|a| a != "--")
                 .skip(1)
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            exec::main(std::path::Path::new(&dir), &command);
+            exec::main(&command);
         }
         _ => {}
     }

@@ -1,20 +1,29 @@
 //! The monitor: the host-side keeper of one sandbox.
 //!
-//! The runtime starts it as `<osvm> __sandbox-monitor PLAN` (a fresh exec, so it is
-//! single-threaded and may safely `clone`). It stays outside the sandbox, as root on the
-//! host, and outside the sandbox's cgroup, so the sandbox's limits never touch it. It:
+//! The runtime starts it as `osvm __sandbox-monitor <instance id>` (a fresh exec, so it is
+//! single-threaded and may safely `clone`) with the plan on descriptor 4 and nothing else open
+//! but stdio, its report socket and the listening sockets it hands on. It stays outside the
+//! sandbox, as root on the host, and outside the sandbox's cgroup, so the sandbox's limits never
+//! touch it. It:
 //! 1. applies the rlimits (raising a hard limit needs host privilege);
-//! 2. clones init into new user, pid, mount, network, ipc and uts namespaces;
-//! 3. writes init's uid/gid maps and moves it into the cgroup, then lets it go on;
-//! 4. reports `Started` (with a pidfd of init) or `Failed` to the runtime;
-//! 5. waits for the sandbox to end, records how in `exit.json` (with the final usage and
-//!    whether the memory limit's OOM killer fired), removes the cgroup, and exits.
+//! 2. prepares, in the host's mount namespace, what the sandbox mounts from osvm's private state
+//!    (the data volume, binds of host directories, a custom root) as detached trees;
+//! 3. clones init into new user, pid, mount, network, ipc and uts namespaces, with its effective
+//!    ids set to the component's own host uid for the moment of the clone, so that this uid,
+//!    not root, owns the user namespace and pays its per-user counters;
+//! 4. writes init's uid/gid maps, id-maps the trees that need the sandbox's own ids, hands all
+//!    of them to init, moves init into the cgroup and lets it go on;
+//! 5. reports `Started` (with a pidfd of init) or `Failed` to the runtime;
+//! 6. drains the workload's output into its logs, rotating them by size, waits for the sandbox
+//!    to end, records how in `exit.json` (with the final usage and whether the memory limit's
+//!    OOM killer fired), removes the cgroup, gives back a range that was the instance's alone,
+//!    and exits.
 //!
 //! The monitor ignores the terminal's and the daemon's death signals: a sandbox outlives the
 //! process that started it, and its end is always recorded.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,23 +31,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::fcntl::OFlag;
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigHandler, Signal, signal};
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 use osvm_core::ExitStatus;
 
+use super::mounts::{self, NODEV, NOSUID, RDONLY};
 use super::protocol::{
-    Confinement, ExitRecord, InitMsg, MONITOR_FD, MonitorMsg, RunningRecord, process_start_time,
+    Confinement, ExitRecord, InitMsg, MONITOR_FD, MonitorMsg, PLAN_FD, RunningRecord, ToInit,
+    process_start_time, send_msg,
 };
 use super::{init, pidfd_open};
 use crate::cgroup::{self, CgroupManager};
-use crate::plan::Plan;
+use crate::ids::{self, IdKey};
+use crate::output::RotatingLog;
+use crate::plan::{DataPlan, Plan};
+use crate::volume;
 
 /// The monitor's entry point; never returns.
-pub fn main(plan_path: &Path) -> ! {
-    // SAFETY: fd 3 is the runtime's socket, handed over by the runtime's spawn; nothing else
-    // in this fresh process owns it.
-    let report = unsafe { OwnedFd::from_raw_fd(MONITOR_FD) };
+pub fn main() -> ! {
+    // SAFETY: fd 3 is the runtime's socket and fd 4 the open plan, both handed over by the
+    // runtime's spawn; nothing else in this fresh process owns them.
+    let (report, plan_file) =
+        unsafe { (OwnedFd::from_raw_fd(MONITOR_FD), File::from_raw_fd(PLAN_FD)) };
     for s in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -48,16 +63,13 @@ pub fn main(plan_path: &Path) -> ! {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
-    let plan: Plan = match fs::read(plan_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+    let plan: Plan = match read_plan(plan_file) {
         Ok(p) => p,
         Err(e) => {
             report_msg(
                 &report,
                 &MonitorMsg::Failed {
-                    message: format!("read launch plan {}: {e}", plan_path.display()),
+                    message: format!("read the launch plan: {e}"),
                 },
                 None,
             );
@@ -74,21 +86,18 @@ pub fn main(plan_path: &Path) -> ! {
     std::process::exit(code)
 }
 
+/// Reads the plan from its descriptor (then closed).
+pub(crate) fn read_plan(mut file: File) -> Result<Plan, String> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
 fn report_msg(sock: &OwnedFd, msg: &MonitorMsg, fd: Option<RawFd>) {
-    let Ok(bytes) = serde_json::to_vec(msg) else {
-        return;
-    };
-    let iov = [IoSlice::new(&bytes)];
-    let fds;
-    let cmsgs: &[ControlMessage] = match fd {
-        Some(f) => {
-            fds = [f];
-            &[ControlMessage::ScmRights(&fds)]
-        }
-        None => &[],
-    };
+    // SAFETY: `fd`, when given, is a descriptor the caller owns and keeps open for the call.
+    let fd = fd.map(|f| unsafe { std::os::fd::BorrowedFd::borrow_raw(f) });
     // The runtime may be gone (daemon restarting); the exit record on disk still tells.
-    let _ = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None);
+    let _ = send_msg(sock.as_fd(), msg, fd);
 }
 
 /// `clone(2)` used like `fork(2)`, with namespace flags.
@@ -114,19 +123,25 @@ fn clone_fork(flags: libc::c_int) -> std::io::Result<libc::pid_t> {
 }
 
 /// Drains the workload's stdout (unless it is a channel the runtime reads, `None`) and stderr
-/// into this process's stdout and stderr (the instance's log files) as stamped records (see
-/// [`crate::output`]), until the pipes end.
-fn pump_output(out: Option<OwnedFd>, err: OwnedFd) {
+/// into the instance's log files (this process's stdout and stderr to begin with) as stamped
+/// records (see [`crate::output`]), rotating them by size, until the pipes end.
+fn pump_output(plan: &Plan, out: Option<OwnedFd>, err: OwnedFd) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::io::Read;
 
     // SAFETY: fds 1 and 2 are this process's log files; dup gives owned copies.
     let (log_out, log_err) = unsafe { (libc::dup(1), libc::dup(2)) };
     if log_out < 0 || log_err < 0 {
         return;
     }
-    // SAFETY: fresh descriptors from dup, owned from here on.
-    let mut logs = unsafe { [File::from_raw_fd(log_out), File::from_raw_fd(log_err)] };
+    let log = |fd: RawFd, name: &str| {
+        RotatingLog::new(
+            plan.instance_dir.join(name),
+            // SAFETY: a fresh descriptor from dup, owned from here on.
+            unsafe { File::from_raw_fd(fd) },
+            plan.launch.logs,
+        )
+    };
+    let mut logs = [log(log_out, "stdout.log"), log(log_err, "stderr.log")];
     let mut pipes = [out.map(File::from), Some(File::from(err))];
     let mut stampers = [
         crate::output::Stamper::default(),
@@ -253,9 +268,176 @@ fn write_id_maps(plan: &Plan, pid: libc::pid_t) -> Result<(), String> {
     }
 }
 
+/// What the sandbox mounts from the host, prepared here as detached trees.
+struct Sources {
+    /// The data volume's mount (id-mapped once the sandbox's user namespace exists).
+    data: Option<OwnedFd>,
+    /// The custom root's copy (likewise).
+    rootfs: Option<OwnedFd>,
+    /// The binds' copies, in the spec's order.
+    binds: Vec<OwnedFd>,
+}
+
+impl Sources {
+    /// Mounts the data volume and copies every bind and the custom root, with their final
+    /// attributes except the id mappings that need the sandbox's user namespace.
+    fn prepare(plan: &Plan) -> Result<Self, String> {
+        let spec = &plan.launch;
+        let data = match &plan.data {
+            DataPlan::Volume { image, bytes } => Some(
+                volume::mount(image, *bytes).map_err(|e| format!("mount the data volume: {e}"))?,
+            ),
+            DataPlan::Scratch { .. } => None,
+        };
+        let rootfs = spec
+            .rootfs
+            .as_ref()
+            .map(|dir| {
+                mounts::clone_tree(rustix::fs::CWD, dir, true, true)
+                    .map_err(|e| format!("copy the mount of rootfs {}: {e}", dir.display()))
+            })
+            .transpose()?;
+        let mut owners: Vec<((u32, u32), OwnedFd)> = Vec::new();
+        let mut binds = Vec::new();
+        for b in &spec.binds {
+            let what = |e: std::io::Error| format!("bind {}: {e}", b.source.display());
+            let tree = mounts::clone_tree(rustix::fs::CWD, &b.source, true, true).map_err(what)?;
+            let device = mounts::is_device(tree.as_fd()).map_err(what)?;
+            // An explicitly bound device node stays usable; nothing else carries devices.
+            let mut attrs = NOSUID | if device { 0 } else { NODEV };
+            if !b.writable {
+                attrs |= RDONLY;
+            }
+            let idmap = if b.writable && !device && plan.host_root {
+                // The sandbox's root acts as the owner of the directory (or file) bound:
+                // what it creates there belongs to that owner on the host, with no chown.
+                let st = rustix::fs::fstat(&tree).map_err(|e| what(e.into()))?;
+                let owner = (st.st_uid, st.st_gid);
+                match owners.iter().find(|(o, _)| *o == owner) {
+                    Some((_, ns)) => Some(ns.try_clone().map_err(what)?),
+                    None => {
+                        let ns = mounts::mapping_userns(owner.0, owner.1, plan.id_map.host_base, 1)
+                            .map_err(|e| {
+                                format!("bind {}: make its id mapping: {e}", b.source.display())
+                            })?;
+                        owners.push((owner, ns.try_clone().map_err(what)?));
+                        Some(ns)
+                    }
+                }
+            } else {
+                None
+            };
+            mounts::set_attrs(
+                tree.as_fd(),
+                attrs,
+                0,
+                true,
+                idmap.as_ref().map(|f| f.as_fd()),
+            )
+            .map_err(|e| {
+                if idmap.is_some() && e.raw_os_error() == Some(libc::EINVAL) {
+                    format!(
+                        "bind {}: its file system cannot be id-mapped (kernel 5.12+ and a \
+                             file system that supports id-mapped mounts, such as ext4, xfs, btrfs \
+                             or tmpfs, are needed for `rw`): {e}",
+                        b.source.display()
+                    )
+                } else {
+                    what(e)
+                }
+            })?;
+            binds.push(tree);
+        }
+        Ok(Self {
+            data,
+            rootfs,
+            binds,
+        })
+    }
+
+    /// Id-maps the data volume and the custom root through the sandbox's user namespace (ids
+    /// on disk are the sandbox's own ids) and hands everything to init.
+    fn hand_over(self, _plan: &Plan, userns: &OwnedFd, ctl: &OwnedFd) -> Result<(), String> {
+        let map = |tree: &OwnedFd, what: &str, attrs: u64| {
+            mounts::set_attrs(tree.as_fd(), attrs, 0, true, Some(userns.as_fd()))
+                .map_err(|e| format!("id-map {what}: {e}"))
+        };
+        let send = |msg: ToInit, fd: &OwnedFd| {
+            send_msg(ctl.as_fd(), &msg, Some(fd.as_fd()))
+                .map_err(|e| format!("hand {msg:?} to the sandbox: {e}"))
+        };
+        if let Some(data) = &self.data {
+            map(data, "the data volume", NOSUID | NODEV)?;
+            send(ToInit::Data, data)?;
+        }
+        if let Some(rootfs) = &self.rootfs {
+            map(rootfs, "the rootfs", NOSUID | NODEV)?;
+            send(ToInit::Rootfs, rootfs)?;
+        }
+        for (n, tree) in self.binds.iter().enumerate() {
+            send(ToInit::Bind(n), tree)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `clone` with this process's effective uid and gid set to `owner` (keeping its
+/// capabilities), so that a user namespace the clone creates is owned by `owner`: the kernel
+/// charges the namespace's per-user counters to its owner.
+fn clone_as_owner<T>(
+    owner: u32,
+    clone: impl FnOnce() -> std::io::Result<(libc::pid_t, T)>,
+) -> std::io::Result<(libc::pid_t, T)> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    let switch = |uid: u32, gid: u32, bits: libc::c_ulong| -> std::io::Result<()> {
+        // SAFETY: raw syscalls with integer arguments; the process is single-threaded, so the
+        // credential change needs none of glibc's cross-thread signalling.
+        unsafe {
+            if bits != 0 && libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_setresgid, -1i64, gid as i64, -1i64) != 0
+                || libc::syscall(libc::SYS_setresuid, -1i64, uid as i64, -1i64) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if bits == 0 && libc::prctl(libc::PR_SET_SECUREBITS, 0, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // With SECBIT_NO_SETUID_FIXUP the capabilities stay while the effective uid is not 0.
+    switch(owner, owner, SECBIT_NO_SETUID_FIXUP)?;
+    let result = clone();
+    if matches!(result, Ok((0, _))) {
+        // The child: it is in its new user namespace, with fresh credentials there.
+        return result;
+    }
+    // SAFETY: as above. Setting the uid back first restores what setting the gid needs.
+    unsafe {
+        if libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) != 0
+            || libc::syscall(libc::SYS_setresgid, -1i64, 0i64, -1i64) != 0
+            || libc::prctl(libc::PR_SET_SECUREBITS, 0, 0, 0, 0) != 0
+        {
+            // Running on as another user would be worse than stopping here.
+            let _ = writeln!(std::io::stderr(), "osvm monitor: cannot become root again");
+            libc::_exit(1);
+        }
+    }
+    result
+}
+
 fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     apply_rlimits(plan)?;
-    let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let sources = Sources::prepare(plan)?;
+    let (ctl, ctl_init) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
     let (msg_r, msg_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // The workload's stdout and stderr: pipes this process drains into the log files (for a
     // stdout channel, the workload writes to this process's own stdout instead).
@@ -292,23 +474,25 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         )
         .ok()
     });
-    let (pid, in_v2) = match v2_fd
-        .as_ref()
-        .map(|fd| clone_into_cgroup(flags, fd.as_raw_fd()))
-    {
-        Some(Ok(pid)) => (pid, true),
-        Some(Err(e)) if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG)) => {
-            return Err(format!(
-                "create the sandbox's namespaces in its cgroup: {e}"
-            ));
+    let spawn = || -> std::io::Result<(libc::pid_t, bool)> {
+        if let Some(fd) = v2_fd.as_ref() {
+            match clone_into_cgroup(flags, fd.as_raw_fd()) {
+                Ok(pid) => return Ok((pid, true)),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG)) => {}
+                Err(e) => return Err(e),
+            }
         }
-        _ => (
-            clone_fork(flags).map_err(|e| format!("create the sandbox's namespaces: {e}"))?,
-            false,
-        ),
+        clone_fork(flags).map(|pid| (pid, false))
     };
+    let (pid, in_v2) = if plan.host_root {
+        clone_as_owner(plan.id_map.host_base, spawn)
+    } else {
+        spawn()
+    }
+    .map_err(|e| format!("create the sandbox's namespaces: {e}"))?;
     if pid == 0 {
-        drop(go_w);
+        drop(ctl);
+        drop(sources);
         drop(msg_r);
         drop(out_r);
         drop(err_r);
@@ -323,11 +507,11 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         drop(err_w);
         // SAFETY: the child's copy of the runtime socket must not keep the runtime's end open.
         unsafe { libc::close(MONITOR_FD) };
-        let code = init::run(plan, go_r, msg_w);
+        let code = init::run(plan, ctl_init, msg_w);
         // SAFETY: end the child without running anything the parent set up to run at exit.
         unsafe { libc::_exit(code) }
     }
-    drop(go_r);
+    drop(ctl_init);
     drop(msg_w);
     drop(out_w);
     drop(err_w);
@@ -335,23 +519,28 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
 
     let init_pid = Pid::from_raw(pid);
 
-    let mut go = File::from(go_w);
-    let release = |go: &mut File, what: u8| {
-        go.write_all(&[what])
-            .map_err(|e| format!("release the sandbox's init: {e}"))
+    let release = |what: ToInit| {
+        send_msg(ctl.as_fd(), &what, None).map_err(|e| format!("release the sandbox's init: {e}"))
     };
     // Init builds its root while this process moves it into the cgroup (see init.rs).
     let prepared = write_id_maps(plan, pid)
-        .and_then(|()| release(&mut go, init::MAPS_WRITTEN))
+        .and_then(|()| {
+            let userns = File::open(format!("/proc/{pid}/ns/user"))
+                .map(OwnedFd::from)
+                .map_err(|e| format!("open the sandbox's user namespace: {e}"))?;
+            sources.hand_over(plan, &userns, &ctl)
+        })
+        .and_then(|()| release(ToInit::MapsWritten))
         .and_then(|()| {
             cgroup
                 .add_process(pid, in_v2)
                 .map_err(|e| format!("move the sandbox into its cgroup: {e}"))
         })
-        .and_then(|()| release(&mut go, init::CGROUP_JOINED));
-    drop(go);
-    // The clone and the cgroup move are done: this process may have threads from now on.
-    let pump = std::thread::spawn(move || pump_output(out_r, err_r));
+        .and_then(|()| release(ToInit::CgroupJoined));
+    drop(ctl);
+    // The clones and the cgroup move are done: this process may have threads from now on.
+    let pump_plan = plan.clone();
+    let pump = std::thread::spawn(move || pump_output(&pump_plan, out_r, err_r));
     let mut lines = BufReader::new(File::from(msg_r)).lines();
     if let Err(e) = prepared {
         let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
@@ -488,18 +677,28 @@ fn first_child(pid: libc::pid_t) -> Option<i32> {
     s.split_whitespace().next()?.parse().ok()
 }
 
-/// Writes `name` in `dir` as JSON through a temporary file and a rename, so a reader never
-/// sees half a record.
+/// Writes `name` in `dir` as JSON (mode 0600) through a temporary file and a rename, so a
+/// reader never sees half a record.
 fn write_atomically<T: serde::Serialize>(dir: &Path, name: &str, value: &T) {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(format!("{name}.tmp"));
-    if let Ok(bytes) = serde_json::to_vec_pretty(value)
-        && fs::write(&tmp, bytes).is_ok()
-    {
+    let written = serde_json::to_vec_pretty(value).ok().and_then(|bytes| {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .ok()
+    });
+    if written.is_some() {
         let _ = fs::rename(&tmp, dir.join(name));
     }
 }
 
-/// Kills anything left in the cgroup, removes it, and removes the (empty) root mount point.
+/// Kills anything left in the cgroup, removes it, and gives back a uid range that was the
+/// instance's alone.
 fn cleanup(plan: &Plan, cgroup: &dyn CgroupManager) {
     // The kernel empties a group asynchronously after its last process dies; wait for it
     // (bounded) so the directory can be removed.
@@ -511,5 +710,14 @@ fn cleanup(plan: &Plan, cgroup: &dyn CgroupManager) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let _ = fs::remove_dir(&plan.root_dir);
+    if plan.release_ids
+        && let Some(state_dir) = plan.instance_dir.parent().and_then(Path::parent)
+    {
+        let state_dir = fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let _ = ids::release(
+            Path::new(ids::REGISTRY),
+            &state_dir,
+            &IdKey::Instance(plan.instance_id.clone()),
+        );
+    }
 }

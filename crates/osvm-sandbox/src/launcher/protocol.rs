@@ -1,10 +1,19 @@
 //! Messages between the launcher's processes and the runtime.
 //!
+//! - runtime -> monitor: the plan on descriptor [`PLAN_FD`] (an open `plan.json`), nothing on
+//!   the command line but the instance id.
+//! - monitor -> init: one JSON object per datagram on a `SOCK_SEQPACKET` pair ([`ToInit`]):
+//!   the detached mounts the monitor prepared on the host, each with its descriptor as
+//!   `SCM_RIGHTS`, then "maps written", later "cgroup joined".
 //! - init -> monitor: one JSON object per line on a pipe ([`InitMsg`]).
 //! - monitor -> runtime: one JSON object per datagram on a `SOCK_SEQPACKET` socket
 //!   ([`MonitorMsg`]); `Started` carries a pidfd of the sandbox's init as `SCM_RIGHTS`, so the
 //!   runtime can signal it without any pid-reuse race.
 
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use osvm_core::{ExitStatus, InstanceStats};
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +21,81 @@ use super::landlock::LandlockReport;
 
 /// The fd number the monitor finds its runtime socket on.
 pub const MONITOR_FD: i32 = 3;
+/// The fd number the monitor (and the exec helper) find the open `plan.json` on.
+pub const PLAN_FD: i32 = 4;
+
+/// From the monitor to the sandbox's init.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToInit {
+    /// The detached mount of the component's data volume (descriptor attached).
+    Data,
+    /// The detached, id-mapped copy of the component's own root directory.
+    Rootfs,
+    /// The detached copy of bind `n` of the launch spec.
+    Bind(usize),
+    /// The uid and gid maps are written: init may become root of its namespace.
+    MapsWritten,
+    /// Init is in the sandbox's cgroups: it may enter its cgroup namespace and go on.
+    CgroupJoined,
+}
+
+/// Sends `msg` as one datagram on `sock`, with `fd` attached.
+pub fn send_msg<T: Serialize>(
+    sock: BorrowedFd<'_>,
+    msg: &T,
+    fd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    let iov = [IoSlice::new(&bytes)];
+    let fds;
+    let cmsgs: &[ControlMessage] = match fd {
+        Some(f) => {
+            fds = [f.as_raw_fd()];
+            &[ControlMessage::ScmRights(&fds)]
+        }
+        None => &[],
+    };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
+}
+
+/// Receives one datagram from `sock` and the descriptor attached to it, if any; `None` when the
+/// other end is gone.
+pub fn recv_msg<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> std::io::Result<Option<(T, Option<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fd = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel installed this descriptor in our table for us.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                fd.get_or_insert(owned);
+            }
+        }
+    }
+    let len = msg.bytes;
+    if len == 0 {
+        return Ok(None);
+    }
+    let parsed = serde_json::from_slice(&buf[..len]).map_err(std::io::Error::other)?;
+    Ok(Some((parsed, fd)))
+}
 /// The largest message either side sends.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 

@@ -6,14 +6,24 @@
 //! cross-process memory access, bpf, keyrings, perf events, userfaultfd, io_uring, module
 //! loading, kexec, reboot, clock setting, swap, chroot and the new mount API.
 //!
-//! Three calls are allowed only with safe arguments:
+//! Some calls are allowed only with safe arguments:
 //! - `clone` without any `CLONE_NEW*` flag (no nested namespaces);
 //! - `socket` for `AF_UNIX`, TCP/UDP over `AF_INET`/`AF_INET6`, and `NETLINK_ROUTE` (glibc's
 //!   `getaddrinfo` asks it for addresses); never raw or packet sockets;
-//! - `ioctl` with any request but `TIOCSTI` and `TIOCLINUX` (typing into a terminal).
+//! - `ioctl` with any request but `TIOCSTI` and `TIOCLINUX` (typing into a terminal);
+//! - the `chmod` family, and `open`/`openat`/`creat`/`mknod` when they create a file, never
+//!   with the setuid or setgid bit: they grant nothing inside (`no_new_privs`), but a file in a
+//!   writable bind belongs to a host user, and a setuid copy of a shell there would be that
+//!   user's (root's, for a root-owned directory) to anyone on the host who runs it.
+//!
+//! Native AIO (`io_setup` and friends) is allowed only when the component asks for it: its
+//! contexts count against the host-wide `fs.aio-max-nr`, which one sandbox could exhaust for
+//! every process on the host. Without it, libraries fall back to threads (glibc's POSIX AIO
+//! does not use it).
 //!
 //! `clone3` passes its flags in memory, which seccomp cannot read, so a second filter answers
-//! it with `ENOSYS`: glibc then falls back to `clone`, which the first filter can check. The same
+//! it with `ENOSYS`: glibc then falls back to `clone`, which the first filter can check;
+//! `openat2` likewise (its mode is in memory), and callers fall back to `openat`. The same
 //! filter answers `ENOSYS` for syscalls newer than this list (numbers 457 to 511): a libc that
 //! tries a new call first and falls back on `ENOSYS` keeps working, as runc's profiles do.
 
@@ -134,7 +144,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_getcwd,
     libc::SYS_chdir,
     libc::SYS_fchdir,
-    libc::SYS_fchmod,
     libc::SYS_fchown,
     libc::SYS_umask,
     libc::SYS_gettimeofday,
@@ -227,10 +236,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_inotify_add_watch,
     libc::SYS_inotify_rm_watch,
     libc::SYS_inotify_init1,
-    libc::SYS_openat,
-    libc::SYS_openat2,
     libc::SYS_mkdirat,
-    libc::SYS_mknodat,
     libc::SYS_fchownat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
@@ -240,7 +246,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_linkat,
     libc::SYS_symlinkat,
     libc::SYS_readlinkat,
-    libc::SYS_fchmodat,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,
     libc::SYS_pselect6,
@@ -278,16 +283,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_mq_timedreceive,
     libc::SYS_mq_notify,
     libc::SYS_mq_getsetattr,
-    libc::SYS_io_setup,
-    libc::SYS_io_destroy,
-    libc::SYS_io_getevents,
-    libc::SYS_io_submit,
-    libc::SYS_io_cancel,
     libc::SYS_pkey_mprotect,
     libc::SYS_pkey_alloc,
     libc::SYS_pkey_free,
     libc::SYS_futex_waitv,
-    libc::SYS_fchmodat2,
     libc::SYS_mseal,
     SYS_CACHESTAT,
     SYS_MAP_SHADOW_STACK,
@@ -296,8 +295,6 @@ const ALLOWED: &[libc::c_long] = &[
     SYS_FUTEX_REQUEUE,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_arch_prctl,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_open,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_stat,
     #[cfg(target_arch = "x86_64")]
@@ -329,8 +326,6 @@ const ALLOWED: &[libc::c_long] = &[
     #[cfg(target_arch = "x86_64")]
     libc::SYS_rmdir,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_creat,
-    #[cfg(target_arch = "x86_64")]
     libc::SYS_link,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_unlink,
@@ -338,8 +333,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_symlink,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_readlink,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_chmod,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_chown,
     #[cfg(target_arch = "x86_64")]
@@ -365,11 +358,52 @@ const ALLOWED: &[libc::c_long] = &[
     #[cfg(target_arch = "x86_64")]
     libc::SYS_eventfd,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_mknod,
-    #[cfg(target_arch = "x86_64")]
     libc::SYS_get_thread_area,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_set_thread_area,
+];
+
+#[cfg(target_arch = "x86_64")]
+const SYS_IO_PGETEVENTS: libc::c_long = 333;
+#[cfg(target_arch = "aarch64")]
+const SYS_IO_PGETEVENTS: libc::c_long = 292;
+
+/// Native AIO, allowed only on request.
+const NATIVE_AIO: &[libc::c_long] = &[
+    libc::SYS_io_setup,
+    libc::SYS_io_destroy,
+    libc::SYS_io_getevents,
+    SYS_IO_PGETEVENTS,
+    libc::SYS_io_submit,
+    libc::SYS_io_cancel,
+];
+
+/// The setuid and setgid bits of a file mode.
+const SET_ID_BITS: u64 = (libc::S_ISUID | libc::S_ISGID) as u64;
+/// The open flags that create a file (`O_TMPFILE` includes `O_DIRECTORY`'s bit; its own is
+/// `__O_TMPFILE`).
+const CREATING: u64 = (libc::O_CREAT | 0o20_000_000) as u64;
+
+/// Calls allowed when their mode argument carries no setuid or setgid bit: (syscall, index of
+/// the mode argument).
+const MODE_CHECKED: &[(libc::c_long, u8)] = &[
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (libc::SYS_fchmodat2, 2),
+    (libc::SYS_mknodat, 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_chmod, 1),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, 1),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_mknod, 1),
+];
+
+/// Calls that create a file when their flags say so: (syscall, flags index, mode index).
+const OPEN_CHECKED: &[(libc::c_long, u8, u8)] = &[
+    (libc::SYS_openat, 2, 3),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, 1, 2),
 ];
 
 /// Every `CLONE_NEW*` flag (namespaces) plus `CLONE_NEWTIME`'s bit.
@@ -417,23 +451,49 @@ fn socket_rules() -> Result<Vec<SeccompRule>, SeccompError> {
     Ok(rules)
 }
 
-/// Syscalls that answer `ENOSYS`: `clone3`, and the numbers above this list that it does not
-/// allow.
+/// Syscalls that answer `ENOSYS`: `clone3`, `openat2`, and the numbers above this list that it
+/// does not allow.
 fn enosys_syscalls() -> Vec<libc::c_long> {
-    std::iter::once(libc::SYS_clone3)
+    [libc::SYS_clone3, libc::SYS_openat2]
+        .into_iter()
         .chain(NEWER_THAN_LIST.filter(|nr| !ALLOWED.contains(nr)))
         .collect()
 }
 
 /// The number of syscalls the allowlist admits (some with argument checks).
-pub fn allowed_count() -> usize {
-    ALLOWED.len() + 3
+pub fn allowed_count(native_aio: bool) -> usize {
+    ALLOWED.len()
+        + 3
+        + MODE_CHECKED.len()
+        + OPEN_CHECKED.len()
+        + if native_aio { NATIVE_AIO.len() } else { 0 }
 }
 
-/// Builds the two filters: the allowlist, then the `clone3` -> `ENOSYS` filter.
-pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
+/// "`mode` (argument `arg`) has no setuid or setgid bit".
+fn no_set_id(arg: u8) -> Result<SeccompCondition, SeccompError> {
+    cond(arg, Len::Dword, Op::MaskedEq(SET_ID_BITS), 0)
+}
+
+/// Builds the two filters: the allowlist, then the `clone3` -> `ENOSYS` filter. With
+/// `native_aio` the AIO calls are allowed too.
+pub fn build(native_aio: bool) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
+    if native_aio {
+        rules.extend(NATIVE_AIO.iter().map(|nr| (*nr, Vec::new())));
+    }
+    for (nr, mode) in MODE_CHECKED {
+        rules.insert(*nr, vec![rule(vec![no_set_id(*mode)?])?]);
+    }
+    for (nr, flags, mode) in OPEN_CHECKED {
+        rules.insert(
+            *nr,
+            vec![
+                rule(vec![cond(*flags, Len::Dword, Op::MaskedEq(CREATING), 0)?])?,
+                rule(vec![no_set_id(*mode)?])?,
+            ],
+        );
+    }
     rules.insert(
         libc::SYS_clone,
         vec![rule(vec![cond(
@@ -494,9 +554,34 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        let programs = build().unwrap();
-        assert_eq!(programs.len(), 2);
-        assert!(!programs[0].is_empty());
+        for aio in [false, true] {
+            let programs = build(aio).unwrap();
+            assert_eq!(programs.len(), 2);
+            assert!(!programs[0].is_empty());
+        }
+        assert_eq!(allowed_count(true), allowed_count(false) + NATIVE_AIO.len());
+    }
+
+    #[test]
+    fn argument_checked_calls_are_not_also_allowed_outright() {
+        for (nr, _) in MODE_CHECKED {
+            assert!(
+                !ALLOWED.contains(nr),
+                "syscall {nr} would skip its mode check"
+            );
+        }
+        for (nr, _, _) in OPEN_CHECKED {
+            assert!(
+                !ALLOWED.contains(nr),
+                "syscall {nr} would skip its mode check"
+            );
+        }
+        for nr in NATIVE_AIO {
+            assert!(
+                !ALLOWED.contains(nr),
+                "native AIO is only allowed on request"
+            );
+        }
     }
 
     #[test]
@@ -536,6 +621,8 @@ mod tests {
             libc::SYS_io_uring_setup,
             libc::SYS_open_by_handle_at,
             libc::SYS_clock_settime,
+            libc::SYS_openat2,
+            libc::SYS_io_setup,
         ] {
             assert!(!ALLOWED.contains(&nr), "syscall {nr} must not be allowed");
         }

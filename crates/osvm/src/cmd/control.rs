@@ -171,7 +171,12 @@ pub fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.tail {
         path.push_str(&format!("&tail={n}"));
     }
-    let mut out = std::io::stdout();
+    // A component's bytes bound for a terminal lose the escape sequences a terminal would obey.
+    let mut out: Box<dyn Write> = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Box::new(crate::logs::TerminalFilter::new(std::io::stdout()))
+    } else {
+        Box::new(std::io::stdout())
+    };
     client(global)?.stream(&path, |chunk| {
         let _ = out.write_all(chunk);
         let _ = out.flush();

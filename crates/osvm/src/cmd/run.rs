@@ -1,10 +1,11 @@
 //! `osvm run`: one confined command in the foreground.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use osvm_core::{BindMount, Instance, LaunchSpec, quantity};
+use osvm_core::{BindMount, DataKind, Instance, LaunchSpec, LogLimits, Resources, quantity};
 
 use super::{InvalidInput, SetupFailed, sandbox_runtime};
 use crate::cli::{Global, Output, RunArgs};
@@ -22,6 +23,30 @@ fn spec_from(args: &RunArgs) -> anyhow::Result<LaunchSpec> {
         None => default_name(&command),
     };
     let mut spec = LaunchSpec::new(name, command, args.command[1..].to_vec());
+    // The same defaults as a stack's components.
+    spec.resources = Resources::defaults();
+    // Only a named run keeps a volume (and a uid range) to come back to.
+    spec.data = if args.name.is_some() {
+        DataKind::Persistent
+    } else {
+        DataKind::Ephemeral
+    };
+    if let Some(d) = &args.disk {
+        let bytes = quantity::parse_size(d).map_err(|e| invalid(format!("--disk {d}: {e}")))?;
+        if bytes < Resources::MIN_DISK {
+            return Err(invalid(format!(
+                "--disk {d}: at least {} MiB",
+                Resources::MIN_DISK >> 20
+            )));
+        }
+        spec.resources.disk_bytes = Some(bytes);
+    }
+    spec.native_aio = args.allow_native_aio;
+    spec.logs = LogLimits {
+        max_bytes: quantity::parse_size(&args.log_max_size)
+            .map_err(|e| invalid(format!("--log-max-size {}: {e}", args.log_max_size)))?,
+        files: args.log_files,
+    };
     if let Some(m) = &args.memory {
         spec.resources.memory_bytes =
             Some(quantity::parse_size(m).map_err(|e| invalid(format!("--memory {m}: {e}")))?);
@@ -33,8 +58,12 @@ fn spec_from(args: &RunArgs) -> anyhow::Result<LaunchSpec> {
     if args.pids == Some(0) {
         return Err(invalid("--pids must be at least 1"));
     }
-    spec.resources.pids = args.pids;
-    spec.resources.open_files = args.open_files;
+    if let Some(p) = args.pids {
+        spec.resources.pids = Some(p);
+    }
+    if let Some(n) = args.open_files {
+        spec.resources.open_files = Some(n);
+    }
     spec.readonly_root = args.readonly_root;
     spec.rootfs = args.rootfs.clone();
     spec.netns = args.netns.as_deref().map(|n| {
@@ -89,14 +118,21 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| invalid(format!("--stop-timeout {}: {e}", args.stop_timeout)))?;
     let signals = crate::signals::listen()?;
     let runtime = sandbox_runtime(global)?;
-    let stdin = if args.interactive {
-        std::process::Stdio::inherit()
-    } else {
+    let mut terminal = None;
+    let stdin = if !args.interactive {
         std::process::Stdio::null()
+    } else if std::io::stdin().is_terminal() {
+        let t = crate::terminal::Relay::open().context("make a terminal for the command")?;
+        let slave = t.slave()?;
+        terminal = Some(t);
+        std::process::Stdio::from(slave)
+    } else {
+        std::process::Stdio::inherit()
     };
     let instance = runtime
         .start_sandbox_with_stdin(&spec, stdin)
         .map_err(SetupFailed)?;
+    let relay = terminal.map(crate::terminal::Relay::start);
     let (stdout_log, stderr_log) = instance.log_paths();
     for (what, how) in instance.confinement() {
         tracing::debug!(instance = instance.id(), "{what}: {how}");
@@ -110,16 +146,17 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let json = global.output == Output::Json;
-    let out = Follower::start(
-        &stdout_log,
-        if json {
-            Box::new(std::io::stderr())
-        } else {
-            Box::new(std::io::stdout())
-        },
-    )
+    let (stdout_tty, stderr_tty) = (
+        std::io::stdout().is_terminal(),
+        std::io::stderr().is_terminal(),
+    );
+    let out = if json {
+        Follower::start(&stdout_log, Box::new(std::io::stderr()), stderr_tty)
+    } else {
+        Follower::start(&stdout_log, Box::new(std::io::stdout()), stdout_tty)
+    }
     .context("follow the stdout log")?;
-    let err = Follower::start(&stderr_log, Box::new(std::io::stderr()))
+    let err = Follower::start(&stderr_log, Box::new(std::io::stderr()), stderr_tty)
         .context("follow the stderr log")?;
 
     let status = loop {
@@ -138,6 +175,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     out.finish();
     err.finish();
+    drop(relay);
 
     let record = instance.exit_record();
     if args.rm {

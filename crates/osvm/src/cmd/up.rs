@@ -40,8 +40,11 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let signals = crate::signals::listen()?;
     let runtime = available_runtime(global)?;
-    let dir = state_dir(global)?.join("foreground");
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let state = state_dir(global)?;
+    let dir = state.join("foreground");
+    for d in [&state, &dir] {
+        osvm_daemon::daemon::private_dir(d).with_context(|| format!("create {}", d.display()))?;
+    }
     let store_path = dir.join(format!("{}.redb", stack.name));
     let store = Store::open(&store_path).with_context(|| {
         format!(
