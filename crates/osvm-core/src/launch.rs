@@ -54,6 +54,11 @@ pub struct LaunchSpec {
     /// Extra `/etc/hosts` lines inside the sandbox, as (address, names).
     #[serde(default)]
     pub hosts: Vec<(String, String)>,
+    /// A host directory whose files the instance sees, read-only, at `/run/osvm/identity`
+    /// (certificate, key, trust bundle, CRL): copied in at start and again whenever the
+    /// instance is asked to refresh them, so no host path is mounted into it.
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
     /// What the instance gets at `/data`.
     #[serde(default)]
     pub data: DataKind,
@@ -192,6 +197,7 @@ impl LaunchSpec {
             working_dir: None,
             netns: None,
             hosts: Vec::new(),
+            identity: None,
             resources: Resources::default(),
             listen: Vec::new(),
             readonly_root: false,

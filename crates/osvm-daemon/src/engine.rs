@@ -961,8 +961,9 @@ impl Engine {
                     for &i in &running {
                         let stack = self.stack_of(i).clone();
                         let name = self.units[i].component.name.clone();
-                        if let Err(e) = identity::refresh_trust(&state_dir, &stack, &name) {
-                            self.emit(i, "identity-trust-failed", &e.to_string());
+                        match identity::refresh_trust(&state_dir, &stack, &name) {
+                            Ok(()) => self.push_identity(i),
+                            Err(e) => self.emit(i, "identity-trust-failed", &e.to_string()),
                         }
                     }
                     for &i in &running {
@@ -987,6 +988,7 @@ impl Engine {
                                     let stack = self.stack_of(i).clone();
                                     let name = self.units[i].component.name.clone();
                                     if identity::refresh_trust(&state_dir, &stack, &name).is_ok() {
+                                        self.push_identity(i);
                                         self.reload_identity(i);
                                     }
                                 }
@@ -1079,7 +1081,10 @@ impl Engine {
         }
         if self.units[i].instance.is_some() && self.units[i].renew_at.is_some_and(|t| t <= now) {
             match self.deliver_identity(i, now, true) {
-                Ok(_) => self.reload_identity(i),
+                Ok(_) => {
+                    self.push_identity(i);
+                    self.reload_identity(i);
+                }
                 Err(e) => {
                     self.emit(
                         i,
@@ -1263,6 +1268,23 @@ impl Engine {
         Ok(delivered)
     }
 
+    /// Copies unit `i`'s identity files into its running instance (a sandbox sees a copy, not
+    /// the host directory).
+    fn push_identity(&mut self, i: usize) {
+        let Some(inst) = self.units[i].instance.clone() else {
+            return;
+        };
+        let state_dir = self.runtime.config().state_dir.clone();
+        let dir = identity::identity_dir(
+            &state_dir,
+            &self.units[i].record.stack,
+            &self.units[i].component.name,
+        );
+        if let Err(e) = inst.refresh_identity(&dir) {
+            self.emit(i, "identity-delivery-failed", &e.to_string());
+        }
+    }
+
     /// Tells unit `i` its identity was renewed, as its `identity_reload` says.
     fn reload_identity(&mut self, i: usize) {
         let Some(reload) = self.units[i].component.identity_reload.clone() else {
@@ -1391,11 +1413,7 @@ impl Engine {
         let mut spec = self.units[i].component.launch_spec(&stack_name);
         spec.logs = self.stack_of(i).log_limits();
         match self.deliver_identity(i, now, false) {
-            Ok(d) => spec.binds.push(osvm_core::BindMount {
-                source: d.dir,
-                target: identity::INSIDE.into(),
-                writable: false,
-            }),
+            Ok(d) => spec.identity = Some(d.dir),
             Err(e) => return self.start_failed(i, now, e),
         }
         if self.stack_of(i).network == osvm_core::stack::StackNetwork::Hub {

@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError, Health, human_duration};
 use crate::health::{self, ProbeResult};
-use crate::identity;
 use crate::store::{SwapOutcome, SwapPhase, SwapRecord, now_ms};
 
 /// What `osvm swap` asks for.
@@ -339,11 +338,7 @@ impl Engine {
         let mut spec = component.launch_spec(&stack.name);
         spec.logs = stack.log_limits();
         let delivered = self.deliver_identity(i, Instant::now(), true)?;
-        spec.binds.push(osvm_core::BindMount {
-            source: delivered.dir,
-            target: identity::INSIDE.into(),
-            writable: false,
-        });
+        spec.identity = Some(delivered.dir);
         let listeners = self.listeners_for(i, None)?;
         let stacks = self.stacks.clone();
         let plane = self

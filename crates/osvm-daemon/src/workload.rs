@@ -60,6 +60,15 @@ impl Workload {
         }
     }
 
+    /// Replaces the identity files the instance sees with those of the host directory `dir`.
+    /// Guests get no identity files yet, so for them there is nothing to replace.
+    pub fn refresh_identity(&self, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        match self {
+            Workload::Sandbox(s) => s.refresh_identity(dir),
+            Workload::Vm(_) | Workload::Unikernel { .. } => Ok(()),
+        }
+    }
+
     /// The sandboxed process, if this is one.
     pub fn sandbox(&self) -> Option<&SandboxInstance> {
         match self {

@@ -112,3 +112,31 @@ pub fn landlock_abi() -> Result<i64, Errno> {
     };
     if rc < 0 { Err(Errno::last()) } else { Ok(rc) }
 }
+
+/// Whether the new mount API the sandbox builds its root with works here: a tmpfs made with
+/// `fsopen`/`fsmount` (left detached, so nothing is mounted anywhere).
+pub fn mount_api() -> Result<(), String> {
+    crate::launcher::mounts::new_fs("tmpfs", &[("size", "4096".into())], &[], 0)
+        .map(drop)
+        .map_err(|e| {
+            format!("fsopen/fsmount of a tmpfs failed: {e} (Linux 5.2 or newer is needed)")
+        })
+}
+
+/// Whether a detached copy of `dir` (a directory on the file system osvm keeps its state on)
+/// can be id-mapped, as `rw` binds are. Needs root; makes and drops a throw-away user namespace.
+pub fn idmapped_mounts(dir: &std::path::Path) -> Result<(), String> {
+    use crate::launcher::mounts;
+    use std::os::fd::AsFd;
+    let tree = mounts::clone_tree(rustix::fs::CWD, dir, false, true)
+        .map_err(|e| format!("copy the mount of {}: {e}", dir.display()))?;
+    let ns = mounts::mapping_userns(0, 0, crate::ids::BASE, 1)
+        .map_err(|e| format!("make a user namespace for the mapping: {e}"))?;
+    mounts::set_attrs(tree.as_fd(), 0, 0, false, Some(ns.as_fd())).map_err(|e| {
+        format!(
+            "id-mapping a mount of {} failed: {e} (Linux 5.12 or newer and a file system that \
+             supports id-mapped mounts are needed)",
+            dir.display()
+        )
+    })
+}

@@ -249,6 +249,14 @@ pub fn release(registry: &Path, state_dir: &Path, key: &IdKey) -> Result<(), IdE
     Ok(())
 }
 
+/// How many slots are held in `registry` (0 when it does not exist yet).
+pub fn usage(registry: &Path) -> Result<usize, IdError> {
+    if !registry.join("ids.json").exists() {
+        return Ok(0);
+    }
+    Ok(lock(registry)?.table.slots.len())
+}
+
 fn free_slot(table: &Table) -> Option<u32> {
     let used: std::collections::BTreeSet<u32> = table.slots.values().copied().collect();
     (1..=SLOTS).find(|s| !used.contains(s))

@@ -13,6 +13,7 @@
 //! fresh exec of the launcher binary, which calls [`launcher::run_if_requested`] first thing.
 
 pub mod cgroup;
+pub mod files;
 pub mod host;
 pub mod ids;
 pub mod launcher;

@@ -84,3 +84,5 @@ pub const MAX_LISTEN_FDS: usize = 16;
 
 /// Where `/data` is inside the sandbox.
 pub const DATA_DIR_INSIDE: &str = "/data";
+/// Where the identity files are inside the sandbox.
+pub const IDENTITY_INSIDE: &str = "/run/osvm/identity";

@@ -902,6 +902,49 @@ impl SandboxInstance {
             .collect()
     }
 
+    /// Replaces the identity files the sandbox sees at `/run/osvm/identity` with the files of
+    /// `from` (each atomically), through the monitor's descriptor of that file system (see
+    /// [`crate::files`]). Fails for a sandbox started without identity files.
+    pub fn refresh_identity(&self, from: &Path) -> Result<(), RuntimeError> {
+        // SAFETY: pidfd_getfd with a pidfd this instance owns; the result is a new descriptor
+        // of this process, owned below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                self.monitor_pidfd.as_raw_fd(),
+                crate::files::IDENTITY_FD,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(RuntimeError::io(
+                format!("reach the identity files of {}", self.id),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: fd was just returned by pidfd_getfd and nothing else owns it.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let is_dir = rustix::fs::fstat(&dir)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .unwrap_or(false);
+        if !is_dir {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "instance {} was started without identity files",
+                self.id
+            )));
+        }
+        crate::files::copy_into(dir.as_fd(), from).map_err(|e| {
+            RuntimeError::io(
+                format!(
+                    "renew the identity files of {} from {}",
+                    self.id,
+                    from.display()
+                ),
+                e,
+            )
+        })
+    }
+
     /// Opens one of the sandbox's namespaces (`net`, `mnt`, `pid`, ...) for `setns`, e.g. to
     /// probe its health from inside its network namespace. Fails once the sandbox has ended,
     /// so the file never belongs to a process that merely reused the pid.

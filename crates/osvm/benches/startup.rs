@@ -5,7 +5,9 @@
 //! interleaved round-robin so that drift on the machine affects every tool alike. Prints a
 //! Markdown table of medians, 90th percentiles and ratios to bwrap; docs/benchmarks.md keeps one.
 //!
-//! `OSVM_BENCH_RUNS` sets the runs per tool (default 30).
+//! `OSVM_BENCH_RUNS` sets the runs per tool (default 30). `OSVM_BENCH_BASELINE=/path/to/osvm`
+//! adds a row for another osvm binary (an earlier build), run the same way with its own state
+//! directory, so a change is measured before and after in one run.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -114,6 +116,65 @@ fn main() {
         .concat(),
         samples: Vec::new(),
     }];
+    // The same with --name: /data is the component's ext4 volume (loop device, id-mapped mount)
+    // instead of a scratch tmpfs.
+    tools.push(Tool {
+        name: "osvm run --name (data volume)",
+        what: "as above, plus the component's ext4 volume mounted at /data",
+        argv: [
+            vec![
+                osvm.clone(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ],
+            s(&[
+                "run",
+                "-q",
+                "--name",
+                "bench",
+                "--memory",
+                "256M",
+                "--cpus",
+                "1",
+                "--pids",
+                "64",
+                "--",
+                "/bin/true",
+            ]),
+        ]
+        .concat(),
+        samples: Vec::new(),
+    });
+    let baseline_state =
+        std::env::temp_dir().join(format!("osvm-bench-baseline-{}", std::process::id()));
+    if let Ok(baseline) = std::env::var("OSVM_BENCH_BASELINE") {
+        std::fs::create_dir_all(&baseline_state).unwrap();
+        tools.push(Tool {
+            name: "osvm run (baseline binary)",
+            what: "OSVM_BENCH_BASELINE, same flags",
+            argv: [
+                vec![
+                    baseline,
+                    "--state-dir".into(),
+                    baseline_state.display().to_string(),
+                ],
+                s(&[
+                    "run",
+                    "-q",
+                    "--memory",
+                    "256M",
+                    "--cpus",
+                    "1",
+                    "--pids",
+                    "64",
+                    "--",
+                    "/bin/true",
+                ]),
+            ]
+            .concat(),
+            samples: Vec::new(),
+        });
+    }
     if found("bwrap") {
         tools.push(Tool {
             name: "bwrap",
@@ -157,6 +218,7 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&baseline_state);
     let migration = cgroup_migration(runs);
 
     let median_of = |t: &Tool| {

@@ -123,6 +123,8 @@ enum Escape {
     Text,
     /// After ESC.
     Esc,
+    /// After ESC and intermediate bytes (`ESC ( 0` selects a character set).
+    EscIntermediate,
     /// In a CSI sequence (`ESC [`), holding its parameters.
     Csi,
     /// In a string sequence (OSC, DCS, SOS, PM, APC), dropped up to its terminator.
@@ -176,8 +178,9 @@ impl<W: Write> TerminalFilter<W> {
                     Escape::Csi
                 }
                 (Escape::Esc, b']' | b'P' | b'X' | b'^' | b'_') => Escape::Str,
-                // Any other two-byte sequence (charset switches, resets, keypad modes).
-                (Escape::Esc, _) => Escape::Text,
+                (Escape::Esc | Escape::EscIntermediate, 0x20..=0x2f) => Escape::EscIntermediate,
+                // Any other sequence ends with this byte (resets, keypad modes, charsets).
+                (Escape::Esc | Escape::EscIntermediate, _) => Escape::Text,
                 (Escape::Csi, 0x40..=0x7e) => {
                     if SAFE_CSI_FINALS.contains(&b) && self.csi.len() <= MAX_CSI {
                         kept.extend_from_slice(b"\x1b[");

@@ -186,7 +186,17 @@ fn the_api_refuses_strangers_and_explains_bad_requests() {
         "{}",
         stderr(&o)
     );
+    // ... in a state directory that is root's alone (0700) ...
+    let mode = std::fs::metadata(&state.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the daemon keeps its state directory private");
+    let db = std::fs::metadata(state.path.join("osvm.redb")).unwrap();
+    assert_eq!(
+        db.permissions().mode() & 0o777,
+        0o600,
+        "the state file is root's"
+    );
     // ... and even through a socket opened to everyone, the peer's uid is checked.
+    std::fs::set_permissions(&state.path, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let o = run(state.osvm().args(["ps"]).uid(65534).gid(65534));
     assert_eq!(o.status.code(), Some(1));

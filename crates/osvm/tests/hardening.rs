@@ -222,53 +222,69 @@ fn a_single_level_bind_target_that_is_a_symlink_is_refused() {
 
 // F8 ---------------------------------------------------------------------------------------
 
-/// The same root cause for files: a link planted where a file mount goes must not make the
-/// next start create the link's target on the host.
+/// The same root cause for files: a link planted where a file mount goes (single-level), or on
+/// its way (nested), must not make the next start create anything on the host.
 #[test]
 fn a_file_mount_through_a_planted_symlink_creates_nothing_on_the_host() {
     if !busybox_available("f8") {
         return;
     }
     let state = StateDir::new("f8");
-    let victim = std::env::temp_dir().join(format!("osvm-f8-victim-{}", std::process::id()));
-    let _ = std::fs::remove_file(&victim);
+    // Writable by anyone, like /tmp: what keeps the sandbox out must be osvm, not its mode.
+    let victim_dir = StateDir::new("f8-victim");
+    std::fs::set_permissions(&victim_dir.path, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = victim_dir.path.join("planted.conf");
     let src = state.path.join("app.conf");
     std::fs::write(&src, "setting = 1\n").unwrap();
-    let plant = osvm_run(
-        &state,
-        &[
-            "--rm",
-            "--name",
-            "app",
-            "--",
-            BUSYBOX,
-            "ln",
-            "-s",
-            victim.to_str().unwrap(),
+    for (name, link, to, target, at) in [
+        (
+            "single",
             "/data/app.conf",
-        ],
-    );
-    assert!(plant.status.success(), "planting: {}", stderr(&plant));
-    let bind = format!("{}:/data/app.conf", src.display());
-    let attack = osvm_run(
-        &state,
-        &[
-            "--rm", "--name", "app", "--bind", &bind, "--", BUSYBOX, "true",
-        ],
-    );
-    let created = victim.exists();
-    let _ = std::fs::remove_file(&victim);
-    assert!(
-        !created,
-        "the start created {} on the host",
-        victim.display()
-    );
-    assert_eq!(attack.status.code(), Some(125), "{}", stderr(&attack));
-    assert!(
-        stderr(&attack).contains("/data/app.conf") && stderr(&attack).contains("symbolic link"),
-        "{}",
-        stderr(&attack)
-    );
+            victim.display().to_string(),
+            "/data/app.conf",
+            "/data/app.conf",
+        ),
+        (
+            "nested",
+            "/data/etc",
+            victim_dir.path.display().to_string(),
+            "/data/etc/planted.conf",
+            "/data/etc",
+        ),
+    ] {
+        let plant = osvm_run(
+            &state,
+            &["--rm", "--name", name, "--", BUSYBOX, "ln", "-s", &to, link],
+        );
+        assert!(
+            plant.status.success(),
+            "{name}: planting: {}",
+            stderr(&plant)
+        );
+        let bind = format!("{}:{target}", src.display());
+        let attack = osvm_run(
+            &state,
+            &[
+                "--rm", "--name", name, "--bind", &bind, "--", BUSYBOX, "true",
+            ],
+        );
+        assert!(
+            !victim.exists(),
+            "{name}: the start created {} on the host",
+            victim.display()
+        );
+        assert_eq!(
+            attack.status.code(),
+            Some(125),
+            "{name}: {}",
+            stderr(&attack)
+        );
+        assert!(
+            stderr(&attack).contains(&format!("{at} is a symbolic link")),
+            "{name}: {}",
+            stderr(&attack)
+        );
+    }
 }
 
 // F2 ---------------------------------------------------------------------------------------

@@ -611,7 +611,7 @@ restart = "never"
 "#;
     let (code, events) = up_until_done(&state, stack, Duration::from_secs(30));
     assert_eq!(code, Some(0), "{events:?}");
-    assert!(count(&events, "talker", "log-rotated") >= 2, "{events:?}");
+    // The sandbox's monitor rotates as it writes (between records), whoever started it.
     let id = state.instances().into_iter().next().unwrap();
     let dir = state.path.join("instances").join(id);
     let size = |name: &str| {
@@ -620,9 +620,11 @@ restart = "never"
             .unwrap_or(0)
     };
     assert!(
-        size("stdout.log.1") > 64 * 1024,
-        "a rotated copy holds what passed the limit"
+        size("stdout.log.1") > 60 * 1024 && size("stdout.log.1") <= 64 * 1024,
+        "a rotated copy holds up to the limit: {}",
+        size("stdout.log.1")
     );
+    assert!(size("stdout.log") <= 64 * 1024);
     assert!(dir.join("stdout.log.2").exists());
     assert!(
         !dir.join("stdout.log.3").exists(),

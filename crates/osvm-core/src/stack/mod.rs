@@ -406,6 +406,7 @@ impl Component {
             rootfs: self.rootfs.clone(),
             netns: None,
             hosts: Vec::new(),
+            identity: None,
             data: crate::launch::DataKind::Persistent,
             native_aio: self.native_aio,
             logs: crate::launch::LogLimits::default(),

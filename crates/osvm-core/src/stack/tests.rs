@@ -274,7 +274,10 @@ fn minimal_component_gets_documented_defaults() {
     assert_eq!(c.resources.memory_bytes, Some(512 * MIB));
     assert_eq!(c.resources.cpus, Some(2.0));
     assert_eq!(c.resources.open_files, Some(1024));
-    assert_eq!(c.resources.pids, None);
+    assert_eq!(c.resources.pids, Some(4096));
+    assert_eq!(c.resources.disk_bytes, Some(1 << 30));
+    assert_eq!(c.resources, Resources::defaults(), "the same as osvm run's");
+    assert!(!c.native_aio);
     assert!(c.health.is_none());
     assert!(!c.readonly_root);
 }

@@ -80,6 +80,7 @@ fn receive(ctl: &OwnedFd, until: ToInit, given: &mut Given) -> Result<(), String
         match msg {
             ToInit::Data => given.data = Some(fd?),
             ToInit::Rootfs => given.rootfs = Some(fd?),
+            ToInit::Identity => given.identity = Some(fd?),
             ToInit::Bind(n) => {
                 if given.binds.len() <= n {
                     given.binds.resize_with(n + 1, || None);

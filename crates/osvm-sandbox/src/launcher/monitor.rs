@@ -38,8 +38,8 @@ use osvm_core::ExitStatus;
 
 use super::mounts::{self, NODEV, NOSUID, RDONLY};
 use super::protocol::{
-    Confinement, ExitRecord, InitMsg, MONITOR_FD, MonitorMsg, PLAN_FD, RunningRecord, ToInit,
-    process_start_time, send_msg,
+    Confinement, ExitRecord, IDENTITY_FD, InitMsg, MONITOR_FD, MonitorMsg, PLAN_FD, RunningRecord,
+    ToInit, process_start_time, send_msg,
 };
 use super::{init, pidfd_open};
 use crate::cgroup::{self, CgroupManager};
@@ -84,6 +84,17 @@ pub fn main() -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// Makes descriptor `to` (close-on-exec) a copy of `fd`, closing what was at `to`. Used only for
+/// [`IDENTITY_FD`], which this process reserves at its start for exactly this.
+fn dup_to(fd: RawFd, to: RawFd) -> std::io::Result<()> {
+    // SAFETY: dup3 on descriptors of this process; `to` holds nothing but the monitor's own
+    // placeholder or the identity descriptor, which this replaces on purpose.
+    if unsafe { libc::dup3(fd, to, libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads the plan from its descriptor (then closed).
@@ -276,6 +287,8 @@ struct Sources {
     rootfs: Option<OwnedFd>,
     /// The binds' copies, in the spec's order.
     binds: Vec<OwnedFd>,
+    /// The identity file system and a descriptor of its writable root.
+    identity: Option<(OwnedFd, OwnedFd)>,
 }
 
 impl Sources {
@@ -348,10 +361,36 @@ impl Sources {
             })?;
             binds.push(tree);
         }
+        let identity = spec
+            .identity
+            .as_ref()
+            .map(|from| -> Result<(OwnedFd, OwnedFd), String> {
+                let what = |e: std::io::Error| format!("copy the identity files: {e}");
+                let fs = mounts::new_fs(
+                    "tmpfs",
+                    &[("mode", "0755".into()), ("size", (1u64 << 20).to_string())],
+                    &[],
+                    NOSUID | NODEV | mounts::NOEXEC,
+                )
+                .map_err(what)?;
+                let root = rustix::fs::openat(
+                    &fs,
+                    ".",
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| what(e.into()))?;
+                crate::files::copy_into(root.as_fd(), from).map_err(what)?;
+                Ok((fs, root))
+            })
+            .transpose()?;
         Ok(Self {
             data,
             rootfs,
             binds,
+            identity,
         })
     }
 
@@ -376,6 +415,12 @@ impl Sources {
         }
         for (n, tree) in self.binds.iter().enumerate() {
             send(ToInit::Bind(n), tree)?;
+        }
+        if let Some((fs, root)) = &self.identity {
+            send(ToInit::Identity, fs)?;
+            // Kept for the sandbox's life: the runtime renews the files through it.
+            dup_to(root.as_raw_fd(), IDENTITY_FD)
+                .map_err(|e| format!("keep the identity file system: {e}"))?;
         }
         Ok(())
     }

@@ -23,6 +23,10 @@ use super::landlock::LandlockReport;
 pub const MONITOR_FD: i32 = 3;
 /// The fd number the monitor (and the exec helper) find the open `plan.json` on.
 pub const PLAN_FD: i32 = 4;
+/// The fd number at which the monitor keeps the sandbox's identity file system (a directory
+/// descriptor of its writable root) for as long as the sandbox lives; the runtime takes a copy
+/// with `pidfd_getfd` to replace the files.
+pub const IDENTITY_FD: i32 = 5;
 
 /// From the monitor to the sandbox's init.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +38,8 @@ pub enum ToInit {
     Rootfs,
     /// The detached copy of bind `n` of the launch spec.
     Bind(usize),
+    /// The identity file system (writable; init covers it with a read-only view).
+    Identity,
     /// The uid and gid maps are written: init may become root of its namespace.
     MapsWritten,
     /// Init is in the sandbox's cgroups: it may enter its cgroup namespace and go on.

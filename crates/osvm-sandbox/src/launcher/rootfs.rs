@@ -33,7 +33,7 @@ use rustix::fs::{Mode, OFlags};
 
 use super::mounts::{self, NODEV, NOEXEC, NOSUID, RDONLY};
 use super::resolve::{self, Kind};
-use crate::plan::{DATA_DIR_INSIDE, DataPlan, Plan};
+use crate::plan::{DATA_DIR_INSIDE, DataPlan, IDENTITY_INSIDE, Plan};
 
 /// Host directories bound read-only into the default root.
 const HOST_DIRS: [&str; 7] = ["usr", "lib", "lib64", "lib32", "libx32", "bin", "sbin"];
@@ -63,6 +63,8 @@ pub struct Given {
     pub rootfs: Option<OwnedFd>,
     /// The launch spec's binds, in its order.
     pub binds: Vec<Option<OwnedFd>>,
+    /// The identity file system (writable: covered here with a read-only view of itself).
+    pub identity: Option<OwnedFd>,
 }
 
 /// Errors while building the root, each naming the step.
@@ -432,6 +434,26 @@ pub fn build(plan: &Plan, mut given: Given) -> Result<(), RootfsError> {
             Kind::File
         };
         attach_at(root, tree.as_fd(), &b.target, kind)?;
+    }
+
+    if let Some(identity) = given.identity.take() {
+        let target = Path::new(IDENTITY_INSIDE);
+        attach_at(root, identity.as_fd(), target, Kind::Dir)?;
+        // The monitor writes renewals through the writable mount; the sandbox sees only a
+        // read-only view of the same file system on top of it.
+        let at = resolve::open_beneath(root, target, Kind::Dir)?;
+        let view = step(
+            || format!("copy the mount of {}", target.display()),
+            mounts::clone_tree(at.as_fd(), Path::new(""), false, false),
+        )?;
+        step(
+            || format!("make {} read-only", target.display()),
+            mounts::set_attrs(view.as_fd(), RDONLY, 0, false, None),
+        )?;
+        step(
+            || format!("mount on {}", target.display()),
+            mounts::attach(view.as_fd(), at.as_fd()),
+        )?;
     }
 
     for tree in &read_only_later {

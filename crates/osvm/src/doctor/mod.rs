@@ -25,6 +25,7 @@ mod network;
 mod parse;
 mod privileges;
 mod seccomp;
+mod storage;
 mod virt;
 
 use std::fs;
@@ -43,6 +44,7 @@ use network::nft_checks;
 use osvm_microvm::host::KvmProbe;
 use privileges::privilege_checks;
 use seccomp::seccomp_checks;
+use storage::storage_checks;
 use virt::{hermit_checks, kvm_checks, microvm_checks, uhyve_check};
 
 /// Area of the namespace probes.
@@ -57,6 +59,8 @@ const AREA_LANDLOCK: &str = "landlock";
 const AREA_PRIVILEGES: &str = "privileges";
 /// Area of the nftables probes (component network policy).
 const AREA_NETWORK: &str = "network";
+/// Area of the mount API, id-mapped mounts, data volumes and uid ranges.
+const AREA_STORAGE: &str = "storage";
 /// Area of the KVM probes.
 const AREA_KVM: &str = "kvm";
 /// Area of what QEMU microVMs need besides KVM.
@@ -77,6 +81,9 @@ const REQUIRED: &[(&str, &str)] = &[
     (AREA_CGROUPS, "write access"),
     (AREA_SECCOMP, "support"),
     (AREA_SECCOMP, "filter actions"),
+    (AREA_STORAGE, "mount API"),
+    (AREA_STORAGE, "id-mapped mounts"),
+    (AREA_STORAGE, "data volumes"),
 ];
 
 /// Width the table is wrapped to; the DETAIL column takes what the other columns leave.
@@ -145,6 +152,7 @@ impl Report {
         checks.extend(seccomp_checks());
         checks.push(landlock_check());
         checks.extend(privilege_checks(is_root));
+        checks.extend(storage_checks(is_root, state_dir));
         checks.extend(nft_checks(is_root));
         let kvm = KvmProbe::probe();
         checks.extend(kvm_checks(&kvm));

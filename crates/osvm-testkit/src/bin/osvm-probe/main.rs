@@ -13,7 +13,8 @@
 //!   clients of its own; prints `tokio ok N` (threads, epoll, eventfd, futexes under seccomp).
 //! - `caps`: prints this process's euid and CapEff (run as a setuid copy by `escape`).
 //! - `fds`, `aio`, `inotify N HOLD`, `watches HOLD`, `sigqueue HOLD`, `fill PATH MIB`,
-//!   `statfs PATH...`, `spew MIB`: press on one limit each (see `pressure.rs`).
+//!   `statfs PATH...`, `spew MIB`: press on one limit each (see `pressure.rs`);
+//!   `throughput DIR MIB`: write and small-file rates in DIR.
 
 mod escape;
 mod pressure;
@@ -238,6 +239,9 @@ fn main() {
         "fill" => pressure::fill(args.get(2).map_or("/data/fill", String::as_str), num(3, 64)),
         "statfs" => pressure::statfs(&args[2..]),
         "spew" => pressure::spew(num(2, 1)),
+        "throughput" => {
+            pressure::throughput(args.get(2).map_or("/data", String::as_str), num(3, 256))
+        }
         "alloc" => alloc(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
         "forkbomb" => forkbomb(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000)),
         "burn" => burn(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2)),

@@ -224,3 +224,40 @@ pub fn spew(mib: u64) {
     }
     let _ = out.flush();
 }
+
+/// `throughput DIR MIB`: writes MIB MiB to a file in DIR in 1 MiB blocks and fsyncs it, then
+/// creates 2,000 files of 4 KiB there and fsyncs the directory; prints both rates.
+pub fn throughput(dir: &str, mib: u64) {
+    use std::time::Instant;
+    let path = format!("{dir}/throughput.bin");
+    let block = vec![0xa5u8; 1 << 20];
+    let start = Instant::now();
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        for _ in 0..mib {
+            f.write_all(&block)?;
+        }
+        f.sync_all()
+    });
+    let write_s = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    let small = format!("{dir}/small");
+    let _ = std::fs::create_dir_all(&small);
+    let page = vec![0x5au8; 4096];
+    let start = Instant::now();
+    let mut created = 0u32;
+    for i in 0..2000 {
+        if std::fs::write(format!("{small}/{i}"), &page).is_err() {
+            break;
+        }
+        created += 1;
+    }
+    let _ = std::fs::File::open(&small).and_then(|d| d.sync_all());
+    let small_s = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&small);
+    println!(
+        "{{\"ok\":{},\"write_mib_s\":{:.1},\"files_per_s\":{:.0}}}",
+        written.is_ok() && created == 2000,
+        mib as f64 / write_s,
+        f64::from(created) / small_s
+    );
+}
