@@ -245,7 +245,7 @@ impl SandboxRuntime {
             .map_err(|e| RuntimeError::Setup(format!("allocate a uid range: {e}")))?;
         let released = |e: RuntimeError| {
             if release_ids {
-                let _ = ids::release(registry, &self.state_dir_abs(), &key);
+                let _ = ids::release(registry, &self.state_dir_abs(), &key, &id_map);
             }
             e
         };

@@ -354,7 +354,7 @@ pub fn mount(image: &Path, bytes: u64) -> Result<OwnedFd, VolumeError> {
     let tree = mounts::new_fs(
         "ext4",
         &[("source", loop_path(n).display().to_string())],
-        &["noinit_itable"],
+        &["noinit_itable", "discard"],
         mounts::NOSUID | mounts::NODEV,
     )
     .map_err(io_err("mount the volume on", &loop_path(n)))?;

@@ -2,7 +2,8 @@
 //! bubblewrap and util-linux `unshare` in the same run.
 //!
 //! Run with `cargo bench -p osvm --bench startup` as root (osvm needs cgroups). Runs are
-//! interleaved round-robin so that drift on the machine affects every tool alike. Prints a
+//! interleaved, each round in a fresh random order, so that drift on the machine and the cold
+//! cgroup migration after a tool that makes no cgroup affect every tool alike. Prints a
 //! Markdown table of medians, 90th percentiles and ratios to bwrap; docs/benchmarks.md keeps one.
 //!
 //! `OSVM_BENCH_RUNS` sets the runs per tool (default 30). `OSVM_BENCH_BASELINE=/path/to/osvm`
@@ -211,8 +212,26 @@ fn main() {
             time_once(&t.argv);
         }
     }
+    // Each round runs the tools in a fresh random order: a run right after one that moved a
+    // process between cgroups finds the kernel's cgroup lock warm, a run after a tool that
+    // makes no cgroup (bwrap, unshare) pays the cold migration (see the first row); in a fixed
+    // order the same tool would always pay it.
+    let mut order: Vec<usize> = (0..tools.len()).collect();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
     for _ in 0..runs {
-        for t in &mut tools {
+        for i in (1..order.len()).rev() {
+            // xorshift64: enough randomness for an order.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &k in &order {
+            let t = &mut tools[k];
             let d = time_once(&t.argv);
             t.samples.push(d);
         }

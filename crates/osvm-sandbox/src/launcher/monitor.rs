@@ -763,6 +763,7 @@ fn cleanup(plan: &Plan, cgroup: &dyn CgroupManager) {
             Path::new(ids::REGISTRY),
             &state_dir,
             &IdKey::Instance(plan.instance_id.clone()),
+            &plan.id_map,
         );
     }
 }

@@ -61,7 +61,7 @@ pub(super) fn storage_checks(is_root: bool, state_dir: &Path) -> Vec<Check> {
                 "uid ranges",
                 format!(
                     "{used} of {} host uid ranges of 65,536 ids held (0x70010000-0x7fffffff, \
-                 recorded in {}/ids.json); each component owns one",
+                 recorded in {}); each component owns one",
                     osvm_sandbox::ids::SLOTS,
                     osvm_sandbox::ids::REGISTRY
                 ),
