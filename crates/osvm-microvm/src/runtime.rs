@@ -413,7 +413,7 @@ impl MicroVmRuntime {
         }
         let cid = vm.lease.as_ref().expect("claimed").cid();
         let run_bind = osvm_core::BindMount {
-            source: run.to_path_buf(),
+            source: real_path(run),
             target: run.to_path_buf(),
             writable: true,
         };
@@ -439,7 +439,7 @@ impl MicroVmRuntime {
         backend_spec.binds = vec![run_bind.clone()];
         if !backend_bin.starts_with("/usr") {
             backend_spec.binds.push(osvm_core::BindMount {
-                source: backend_bin.clone(),
+                source: real_path(&backend_bin),
                 target: backend_bin.clone(),
                 writable: false,
             });
@@ -500,17 +500,17 @@ impl MicroVmRuntime {
         qemu_spec.binds = vec![
             run_bind,
             osvm_core::BindMount {
-                source: dir.join("console.log"),
+                source: real_path(&dir.join("console.log")),
                 target: dir.join("console.log"),
                 writable: true,
             },
             osvm_core::BindMount {
-                source: kernel.image.clone(),
+                source: real_path(&kernel.image),
                 target: kernel.image.clone(),
                 writable: false,
             },
             osvm_core::BindMount {
-                source: image.path.clone(),
+                source: real_path(&image.path),
                 target: image.path.clone(),
                 writable: false,
             },
@@ -1064,4 +1064,10 @@ impl Runtime for MicroVmRuntime {
         let id = osvm_sandbox::new_instance_id(&spec.name);
         Ok(Box::new(self.start_vm(spec, &id)?))
     }
+}
+
+/// `path` with every symbolic link resolved: the sandbox refuses links in mount sources, and
+/// these paths (osvm's own state, installed programs) are osvm's to trust.
+fn real_path(path: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }

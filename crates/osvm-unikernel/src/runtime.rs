@@ -281,7 +281,7 @@ impl UnikernelRuntime {
         launcher.resources.memory_bytes = Some((plan.memory_mib << 20) + LAUNCHER_OVERHEAD);
         launcher.resources.cpus = spec.resources.cpus;
         let ro = |p: &Path| BindMount {
-            source: p.to_path_buf(),
+            source: real_path(p),
             target: p.to_path_buf(),
             writable: false,
         };
@@ -882,6 +882,12 @@ impl Runtime for UnikernelRuntime {
         let id = osvm_sandbox::new_instance_id(&spec.name);
         Ok(Box::new(self.start_unikernel(spec, &id)?))
     }
+}
+
+/// `path` with every symbolic link resolved: the sandbox refuses links in mount sources, and
+/// these paths (osvm's own state, installed programs) are osvm's to trust.
+fn real_path(path: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[cfg(test)]

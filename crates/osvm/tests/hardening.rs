@@ -287,6 +287,54 @@ fn a_file_mount_through_a_planted_symlink_creates_nothing_on_the_host() {
     }
 }
 
+/// A component that may write a shared directory plants a link where another component's
+/// bind source lies: the other's next start must not follow it (osvm resolves sources as root).
+#[test]
+fn a_bind_source_redirected_by_another_component_is_refused() {
+    if !busybox_available("source-link") {
+        return;
+    }
+    let state = StateDir::new("source-link");
+    let shared = state.path.join("shared");
+    std::fs::create_dir_all(shared.join("conf")).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let writer = format!("{}:/shared:rw", shared.display());
+    let plant = osvm_run(
+        &state,
+        &[
+            "--rm",
+            "--name",
+            "writer",
+            "--bind",
+            &writer,
+            "--",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "rmdir /shared/conf && ln -s /etc /shared/conf",
+        ],
+    );
+    assert!(plant.status.success(), "planting: {}", stderr(&plant));
+    let reader = format!("{}:/conf", shared.join("conf").display());
+    let attack = osvm_run(
+        &state,
+        &[
+            "--rm", "--name", "reader", "--bind", &reader, "--", BUSYBOX, "ls", "/conf",
+        ],
+    );
+    assert!(
+        !stdout(&attack).contains("passwd"),
+        "the host's /etc reached the other component: {}",
+        stdout(&attack)
+    );
+    assert_eq!(attack.status.code(), Some(125), "{}", stderr(&attack));
+    assert!(
+        stderr(&attack).contains("symbolic link"),
+        "{}",
+        stderr(&attack)
+    );
+}
+
 // F2 ---------------------------------------------------------------------------------------
 
 /// Descriptors osvm inherits from its caller (a root-only file, a host file open for writing,

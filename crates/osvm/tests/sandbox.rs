@@ -64,7 +64,8 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
         return;
     }
     let state = StateDir::new("uid");
-    let s = probe_status(&state, &[]);
+    // Named like the sleeper below: one component, one host range.
+    let s = probe_status(&state, &["--name", "sleeper"]);
     let map: Vec<u64> = s["uid_map"]
         .as_str()
         .unwrap()

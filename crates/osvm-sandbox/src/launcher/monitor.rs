@@ -54,6 +54,15 @@ pub fn main() -> ! {
     // runtime's spawn; nothing else in this fresh process owns them.
     let (report, plan_file) =
         unsafe { (OwnedFd::from_raw_fd(MONITOR_FD), File::from_raw_fd(PLAN_FD)) };
+    // Hold IDENTITY_FD (free: the runtime closed everything above the plan) from the start, so
+    // nothing opened later lands there; the identity file system takes its place.
+    if let Ok(placeholder) = File::open("/dev/null") {
+        if placeholder.as_raw_fd() == IDENTITY_FD {
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(placeholder);
+        } else {
+            let _ = dup_to(placeholder.as_raw_fd(), IDENTITY_FD);
+        }
+    }
     for s in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -279,6 +288,38 @@ fn write_id_maps(plan: &Plan, pid: libc::pid_t) -> Result<(), String> {
     }
 }
 
+/// A detached copy of the host's tree at `path` (a bind source, a custom root), found without
+/// following any symbolic link: a directory a component may write (a shared `rw` bind) could
+/// otherwise point another component's source anywhere on the host, and this process resolves
+/// it as root.
+fn host_tree(what: &str, path: &Path) -> Result<OwnedFd, String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let at = rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            let real = fs::canonicalize(path)
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
+            format!(
+                "{what} {}: the path goes through a symbolic link, which osvm does not follow in \
+                 mount sources (where a component can write, a link could point anywhere); name \
+                 the real path{real}",
+                path.display()
+            )
+        } else {
+            format!("{what} {}: {e}", path.display())
+        }
+    })?;
+    mounts::clone_tree(at.as_fd(), Path::new(""), true, false)
+        .map_err(|e| format!("copy the mount of {what} {}: {e}", path.display()))
+}
+
 /// What the sandbox mounts from the host, prepared here as detached trees.
 struct Sources {
     /// The data volume's mount (id-mapped once the sandbox's user namespace exists).
@@ -305,16 +346,13 @@ impl Sources {
         let rootfs = spec
             .rootfs
             .as_ref()
-            .map(|dir| {
-                mounts::clone_tree(rustix::fs::CWD, dir, true, true)
-                    .map_err(|e| format!("copy the mount of rootfs {}: {e}", dir.display()))
-            })
+            .map(|dir| host_tree("rootfs", dir))
             .transpose()?;
         let mut owners: Vec<((u32, u32), OwnedFd)> = Vec::new();
         let mut binds = Vec::new();
         for b in &spec.binds {
             let what = |e: std::io::Error| format!("bind {}: {e}", b.source.display());
-            let tree = mounts::clone_tree(rustix::fs::CWD, &b.source, true, true).map_err(what)?;
+            let tree = host_tree("bind", &b.source)?;
             let device = mounts::is_device(tree.as_fd()).map_err(what)?;
             // An explicitly bound device node stays usable; nothing else carries devices.
             let mut attrs = NOSUID | if device { 0 } else { NODEV };
