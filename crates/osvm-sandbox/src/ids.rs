@@ -204,14 +204,26 @@ impl Registry {
     /// slot back itself, this catches one that was killed, and state directories that were
     /// removed). Called with the lock held.
     fn sweep(&self) {
-        let Ok(entries) = fs::read_dir(&self.slots) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if let Ok(holder) = fs::read_to_string(e.path())
-                && stale(&holder)
-            {
-                let _ = fs::remove_file(e.path());
+        if let Ok(entries) = fs::read_dir(&self.slots) {
+            for e in entries.flatten() {
+                if let Ok(holder) = fs::read_to_string(e.path())
+                    && stale(&holder)
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        // Entries of named holders whose slot went (or went to someone else).
+        if let Ok(entries) = fs::read_dir(&self.keys) {
+            for e in entries.flatten() {
+                let kept = fs::read_to_string(e.path()).ok().and_then(|entry| {
+                    let (slot, name) = entry.split_once('\n')?;
+                    let slot: u32 = slot.parse().ok()?;
+                    (self.holder(slot).as_deref() == Some(name)).then_some(())
+                });
+                if kept.is_none() {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
     }
@@ -401,9 +413,16 @@ mod tests {
             };
             fs::write(r.slots.join(slot.to_string()), holder).unwrap();
         }
+        // A named holder's entry whose slot is gone.
+        fs::write(r.keys.join("0123456789abcdef"), "7\nsomewhere\trun/old").unwrap();
         // Every holder is gone or over: a sweep frees them all.
         allocate(&reg, &state, &IdKey::Run("next".into())).unwrap();
         assert_eq!(usage(&reg).unwrap(), 1);
+        assert_eq!(
+            fs::read_dir(&r.keys).unwrap().count(),
+            1,
+            "only the new holder's entry is left"
+        );
         // Now every slot held by a live instance: nothing can be swept.
         for slot in 1..=SLOTS {
             let id = format!("live-{slot}");
