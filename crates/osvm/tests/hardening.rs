@@ -36,7 +36,7 @@ fn osvm_run(state: &StateDir, args: &[&str]) -> std::process::Output {
     state
         .osvm()
         .args(["run", "-q", "--bind"])
-        .arg(format!("{}:/probe", bin_dir().display()))
+        .arg(format!("{}:/probe", probe_dir().display()))
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -56,7 +56,7 @@ impl Background {
         let mut child = state
             .osvm()
             .args(["run", "-q", "--bind"])
-            .arg(format!("{}:/probe", bin_dir().display()))
+            .arg(format!("{}:/probe", probe_dir().display()))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -366,7 +366,7 @@ fn inherited_descriptors_never_reach_the_workload() {
     let _ = probe_bin();
     let mut cmd = state.osvm();
     cmd.args(["run", "-q", "--bind"])
-        .arg(format!("{}:/probe", bin_dir().display()))
+        .arg(format!("{}:/probe", probe_dir().display()))
         .args(["--", "/probe/osvm-probe", "fds"]);
     // SAFETY: fcntl and dup2 between fork and exec are async-signal-safe. The copies at 7..10
     // are not close-on-exec, exactly like descriptors a shell hands down (`exec 7<file`); each
@@ -583,7 +583,7 @@ fn run_logs_are_capped_and_rotated() {
             "--log-files",
             "2",
         ])
-        .args(["--bind", &format!("{}:/probe", bin_dir().display())])
+        .args(["--bind", &format!("{}:/probe", probe_dir().display())])
         .args(["--", "/probe/osvm-probe", "spew", "30"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())

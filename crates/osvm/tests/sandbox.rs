@@ -157,7 +157,7 @@ fn memory_limit_oom_kills_and_the_exit_record_says_so() {
     let doc: Value = {
         let mut cmd = state.osvm();
         cmd.args(["-o", "json", "run", "-q", "--memory", "64M", "--bind"])
-            .arg(format!("{}:/probe", bin_dir().display()))
+            .arg(format!("{}:/probe", probe_dir().display()))
             .args(["--", "/probe/osvm-probe", "alloc", "512"]);
         let o = cmd.output().unwrap();
         assert_eq!(
@@ -209,7 +209,7 @@ fn cpu_quota_throttles_and_the_cgroup_stats_show_it() {
     let state = StateDir::new("cpu");
     let mut cmd = state.osvm();
     cmd.args(["-o", "json", "run", "-q", "--cpus", "0.2", "--bind"])
-        .arg(format!("{}:/probe", bin_dir().display()))
+        .arg(format!("{}:/probe", probe_dir().display()))
         .args(["--", "/probe/osvm-probe", "burn", "2"]);
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -884,7 +884,7 @@ fn exec_runs_a_command_inside_a_running_sandbox_equally_confined() {
     let runtime = osvm_sandbox::SandboxRuntime::new(config);
     let mut spec = osvm_core::LaunchSpec::new("execd", "sleep", vec!["30".into()]);
     spec.binds.push(osvm_core::BindMount {
-        source: bin_dir(),
+        source: probe_dir(),
         target: "/probe".into(),
         writable: false,
     });

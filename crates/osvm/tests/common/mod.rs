@@ -27,15 +27,56 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// `osvm-probe` from the `osvm-testkit` crate, built by `cargo test --workspace`.
+/// `osvm-probe` from the `osvm-testkit` crate: next to `osvm` when the workspace was built with
+/// all its targets (as `.ci/run` does), else built here once, into a target directory of its own
+/// under `CARGO_TARGET_TMPDIR` (`cargo test` alone builds no other package's binaries, and the
+/// build directory it uses stays locked while it runs).
 pub fn probe_bin() -> PathBuf {
     let p = bin_dir().join("osvm-probe");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p osvm-testkit` first)",
-        p.display()
-    );
-    p
+    if p.exists() {
+        return p;
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("testkit-target");
+            let release = bin_dir().ends_with("release");
+            let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "osvm-testkit",
+                "--bin",
+                "osvm-probe",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo to build osvm-probe");
+            assert!(status.success(), "building osvm-probe failed: {status}");
+            let built = target
+                .join(if release { "release" } else { "debug" })
+                .join("osvm-probe");
+            assert!(
+                built.exists(),
+                "{} is missing after its build",
+                built.display()
+            );
+            built
+        })
+        .clone()
+}
+
+/// The directory holding `osvm-probe`, bound into sandboxes as `/probe`.
+pub fn probe_dir() -> PathBuf {
+    probe_bin()
+        .parent()
+        .expect("the probe has a directory")
+        .to_path_buf()
 }
 
 /// Prints a skip line past the test harness's output capture, so it shows in every run.
@@ -139,7 +180,7 @@ pub fn run_probe(state: &StateDir, flags: &[&str], probe_args: &[&str]) -> Outpu
     cmd.arg("run")
         .arg("-q")
         .arg("--bind")
-        .arg(format!("{}:/probe", bin_dir().display()));
+        .arg(format!("{}:/probe", probe_dir().display()));
     cmd.args(flags)
         .arg("--")
         .arg("/probe/osvm-probe")
