@@ -21,9 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use osvm_core::{
     DataKind, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
 };
@@ -32,8 +30,8 @@ use crate::cgroup::{self, CgroupManager, Hierarchy};
 use crate::ids::{self, IdKey};
 use crate::launcher::exec::{EXEC_ARG, SETUP_FAILED as EXEC_SETUP_FAILED};
 use crate::launcher::protocol::{
-    Confinement, ExitRecord, MAX_MESSAGE, MONITOR_FD, MonitorMsg, PLAN_FD, RunningRecord,
-    process_start_time,
+    Confinement, ExitRecord, MONITOR_FD, MonitorMsg, PLAN_FD, RunningRecord, process_start_time,
+    recv_msg,
 };
 use crate::launcher::{MONITOR_ARG, PROCESS_NAME, pidfd_open};
 use crate::plan::{DataPlan, IdMap, Plan};
@@ -790,37 +788,13 @@ fn receive_start(
             timeout.as_secs()
         )));
     }
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| RuntimeError::io("read the launcher's report", e.into()))?;
-    let mut fd = None;
-    for c in msg
-        .cmsgs()
-        .map_err(|e| RuntimeError::io("read the launcher's report", e.into()))?
-    {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for raw in fds {
-                // SAFETY: the kernel installed this fd in our table for us.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                fd.get_or_insert(owned);
-            }
-        }
-    }
-    let len = msg.bytes;
-    if len == 0 {
-        return Err(RuntimeError::Setup(
-            "the launcher exited without reporting (see the instance's stderr.log)".into(),
-        ));
-    }
-    let parsed: MonitorMsg = serde_json::from_slice(&buf[..len])
-        .map_err(|e| RuntimeError::Setup(format!("malformed report from the launcher: {e}")))?;
+    let (parsed, fd) = recv_msg::<MonitorMsg>(socket.as_fd())
+        .map_err(|e| RuntimeError::Setup(format!("read the launcher's report: {e}")))?
+        .ok_or_else(|| {
+            RuntimeError::Setup(
+                "the launcher exited without reporting (see the instance's stderr.log)".into(),
+            )
+        })?;
     match parsed {
         MonitorMsg::Started(c) => {
             let fd = fd.ok_or_else(|| RuntimeError::Setup("the launcher sent no pidfd".into()))?;

@@ -124,6 +124,16 @@ fn host_root_id() -> String {
     format!("{} {}", m.dev(), m.ino())
 }
 
+/// The start failed as osvm's setup (exit 125) and said which link it would not follow.
+fn assert_refused_naming_the_link(out: &std::process::Output, link: &str, what: &str) {
+    assert_eq!(out.status.code(), Some(125), "{what}: {}", stderr(out));
+    assert!(
+        stderr(out).contains(&format!("{link} is a symbolic link")),
+        "{what}: the error names {link}: {}",
+        stderr(out)
+    );
+}
+
 // F1 ---------------------------------------------------------------------------------------
 
 /// The red team's mount escape, verbatim: a component swaps a directory on its bind target's
@@ -166,17 +176,7 @@ fn a_bind_target_behind_a_planted_symlink_is_refused_not_followed() {
         "the host's root is reachable from the sandbox: {}",
         stdout(&attack)
     );
-    assert_eq!(
-        attack.status.code(),
-        Some(125),
-        "the start fails: {}",
-        stderr(&attack)
-    );
-    assert!(
-        stderr(&attack).contains("/data/cfg") && stderr(&attack).contains("symbolic link"),
-        "the error names the link: {}",
-        stderr(&attack)
-    );
+    assert_refused_naming_the_link(&attack, "/data/cfg", "nested");
 }
 
 /// The single-level variant: one run without the mount plants `/data/shared -> /`.
@@ -212,12 +212,7 @@ fn a_single_level_bind_target_that_is_a_symlink_is_refused() {
         ],
     );
     assert!(!stdout(&attack).contains(&host_root_id()));
-    assert_eq!(attack.status.code(), Some(125), "{}", stderr(&attack));
-    assert!(
-        stderr(&attack).contains("/data/shared") && stderr(&attack).contains("symbolic link"),
-        "{}",
-        stderr(&attack)
-    );
+    assert_refused_naming_the_link(&attack, "/data/shared", "single-level");
 }
 
 // F8 ---------------------------------------------------------------------------------------
@@ -273,17 +268,7 @@ fn a_file_mount_through_a_planted_symlink_creates_nothing_on_the_host() {
             "{name}: the start created {} on the host",
             victim.display()
         );
-        assert_eq!(
-            attack.status.code(),
-            Some(125),
-            "{name}: {}",
-            stderr(&attack)
-        );
-        assert!(
-            stderr(&attack).contains(&format!("{at} is a symbolic link")),
-            "{name}: {}",
-            stderr(&attack)
-        );
+        assert_refused_naming_the_link(&attack, at, name);
     }
 }
 

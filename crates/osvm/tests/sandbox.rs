@@ -83,11 +83,15 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let pids = loop {
-        if let Some(id) = state
-            .instances()
-            .into_iter()
-            .find(|i| i.starts_with("sleeper-"))
-        {
+        if let Some(id) = state.instances().into_iter().find(|i| {
+            i.starts_with("sleeper-")
+                && !state
+                    .path
+                    .join("instances")
+                    .join(i)
+                    .join("exit.json")
+                    .exists()
+        }) {
             let procs =
                 std::fs::read_to_string(format!("/sys/fs/cgroup/pids/osvm/{id}/cgroup.procs"))
                     .or_else(|_| {
@@ -110,7 +114,15 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
     let id = state
         .instances()
         .into_iter()
-        .find(|i| i.starts_with("sleeper-"))
+        .find(|i| {
+            i.starts_with("sleeper-")
+                && !state
+                    .path
+                    .join("instances")
+                    .join(i)
+                    .join("exit.json")
+                    .exists()
+        })
         .unwrap();
     for dir in cgroup_dirs(&id).into_iter().filter(|d| d.exists()) {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
@@ -711,41 +723,22 @@ fn rm_removes_the_instance_and_keeps_the_data() {
         return;
     }
     let state = StateDir::new("rm");
-    let o = state
-        .osvm()
-        .args([
-            "run",
-            "-q",
-            "--rm",
-            "--name",
-            "keeper",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo kept > /data/file",
-        ])
-        .output()
-        .unwrap();
+    let keeper = |command: &[&str]| {
+        state
+            .osvm()
+            .args(["run", "-q", "--rm", "--name", "keeper", "--"])
+            .args(command)
+            .output()
+            .unwrap()
+    };
+    let o = keeper(&["/bin/sh", "-c", "echo kept > /data/file"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(state.instances().is_empty(), "instance directory removed");
     assert!(
         state.path.join("data/run/keeper.img").is_file(),
         "the component's volume survives"
     );
-    let again = state
-        .osvm()
-        .args([
-            "run",
-            "-q",
-            "--rm",
-            "--name",
-            "keeper",
-            "--",
-            "/bin/cat",
-            "/data/file",
-        ])
-        .output()
-        .unwrap();
+    let again = keeper(&["/bin/cat", "/data/file"]);
     assert_eq!(stdout(&again), "kept\n", "{}", stderr(&again));
 }
 
