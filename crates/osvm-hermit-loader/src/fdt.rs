@@ -1,13 +1,24 @@
 //! Minimal flattened device tree writer (no alloc): root, /chosen, /memory@X nodes.
-const BEGIN: u32 = 1; const END: u32 = 2; const PROP: u32 = 3; const FEND: u32 = 9;
+const BEGIN: u32 = 1;
+const END: u32 = 2;
+const PROP: u32 = 3;
+const FEND: u32 = 9;
 
 #[repr(C, align(8))]
 struct Buf([u8; 8192]);
 static mut OUT: Buf = Buf([0; 8192]);
 
-struct W { s: [u8; 4096], sl: usize, t: [u8; 512], tl: usize }
+struct W {
+    s: [u8; 4096],
+    sl: usize,
+    t: [u8; 512],
+    tl: usize,
+}
 impl W {
-    fn u32(&mut self, v: u32) { self.s[self.sl..self.sl + 4].copy_from_slice(&v.to_be_bytes()); self.sl += 4; }
+    fn u32(&mut self, v: u32) {
+        self.s[self.sl..self.sl + 4].copy_from_slice(&v.to_be_bytes());
+        self.sl += 4;
+    }
     fn bytes(&mut self, b: &[u8]) {
         self.s[self.sl..self.sl + b.len()].copy_from_slice(b);
         self.sl = (self.sl + b.len() + 3) & !3;
@@ -26,19 +37,29 @@ impl W {
     }
     fn prop(&mut self, name: &str, val: &[u8]) {
         let o = self.name_off(name);
-        self.u32(PROP); self.u32(val.len() as u32); self.u32(o); self.bytes(val);
+        self.u32(PROP);
+        self.u32(val.len() as u32);
+        self.u32(o);
+        self.bytes(val);
     }
     fn prop_str(&mut self, name: &str, v: &str) {
         let mut b = [0u8; 4096];
         b[..v.len()].copy_from_slice(v.as_bytes());
         self.prop(name, &b[..v.len() + 1]);
     }
-    fn prop_u32(&mut self, name: &str, v: u32) { self.prop(name, &v.to_be_bytes()); }
+    fn prop_u32(&mut self, name: &str, v: u32) {
+        self.prop(name, &v.to_be_bytes());
+    }
 }
 
 /// Builds the FDT in a static buffer, returns its address.
 pub fn build(regions: &[(u64, u64)], bootargs: &str) -> u64 {
-    let mut w = W { s: [0; 4096], sl: 0, t: [0; 512], tl: 0 };
+    let mut w = W {
+        s: [0; 4096],
+        sl: 0,
+        t: [0; 512],
+        tl: 0,
+    };
     w.begin("");
     w.prop_u32("#address-cells", 2);
     w.prop_u32("#size-cells", 2);
@@ -60,15 +81,28 @@ pub fn build(regions: &[(u64, u64)], bootargs: &str) -> u64 {
     w.u32(END);
     w.u32(FEND);
 
+    // SAFETY: OUT is this module's own static, borrowed once per build (which runs once).
     let out = unsafe { &mut (*core::ptr::addr_of_mut!(OUT)).0 };
     let off_rsv = 40usize;
     let off_struct = off_rsv + 16;
     let off_strings = off_struct + w.sl;
     let total = off_strings + w.tl;
     assert!(total <= out.len());
-    let hdr = [0xd00d_feedu32, total as u32, off_struct as u32, off_strings as u32, off_rsv as u32,
-        17, 16, 0, w.tl as u32, w.sl as u32];
-    for (i, v) in hdr.iter().enumerate() { out[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes()); }
+    let hdr = [
+        0xd00d_feedu32,
+        total as u32,
+        off_struct as u32,
+        off_strings as u32,
+        off_rsv as u32,
+        17,
+        16,
+        0,
+        w.tl as u32,
+        w.sl as u32,
+    ];
+    for (i, v) in hdr.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes());
+    }
     out[off_rsv..off_struct].fill(0);
     out[off_struct..off_strings].copy_from_slice(&w.s[..w.sl]);
     out[off_strings..total].copy_from_slice(&w.t[..w.tl]);

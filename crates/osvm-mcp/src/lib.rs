@@ -8,6 +8,7 @@
 //!
 //! The daemon owns the servers' stdio channels and hands them to [`gateway::Gateway`]; its API
 //! serves [`gateway::Session`]s over streamable HTTP and over a raw stdio bridge.
+#![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod digest;

@@ -9,6 +9,7 @@
 //!   applies it in one `nft -f` transaction.
 //!
 //! Nothing here prints; errors say which command failed and what it wrote.
+#![forbid(unsafe_code)]
 
 pub mod enforce;
 pub mod hub;

@@ -24,7 +24,8 @@ fn can_run(test: &str) -> bool {
         None
     };
     if let Some(why) = why {
-        eprintln!("SKIP {test}: {why}");
+        let feature = if why == "needs root" { "root" } else { "hub" };
+        osvm_testkit::skip(feature, test, why);
     }
     why.is_none()
 }
@@ -294,7 +295,11 @@ fn revoking_an_allow_cuts_a_live_connection_and_a_rebuild_is_identical() {
         return;
     }
     if Command::new("conntrack").arg("--version").output().is_err() {
-        eprintln!("SKIP revocation: needs conntrack (Debian package conntrack)");
+        osvm_testkit::skip(
+            "hub",
+            "revocation",
+            "needs conntrack (Debian package conntrack)",
+        );
         return;
     }
     let (guard, dir, netns, members, hub) = topology("r", &["a", "b"], &[7000]);
@@ -768,7 +773,11 @@ fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
     // The outside world: a namespace joined to the host by a veth (198.51.100.0/30, TEST-NET-2).
     let host_addrs = Command::new("ip").args(["-br", "addr"]).output().unwrap();
     if String::from_utf8_lossy(&host_addrs.stdout).contains(" 198.51.100.") {
-        eprintln!("SKIP uplink: the host uses 198.51.100.0/24, the test's outside network");
+        osvm_testkit::skip(
+            "uplink",
+            "uplink",
+            "the host uses 198.51.100.0/24, the test's outside network",
+        );
         return;
     }
     let tag = format!("{:08x}", std::process::id());

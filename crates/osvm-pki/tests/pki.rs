@@ -180,9 +180,10 @@ fn openssl_verifies_the_chain_and_the_crl_independently() {
         .output()
         .is_err()
     {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP openssl-verify: openssl not installed (Debian openssl)"
+        osvm_testkit::skip(
+            "openssl",
+            "openssl-verify",
+            "openssl not installed (Debian openssl)",
         );
         return;
     }

@@ -21,6 +21,7 @@
 //! MCP tool access is judged by the same two principles in [`mcp`]: a client (a bearer token's
 //! client name or a certificate's SPIFFE ID) may use a tool `<server>.<tool>` only if an
 //! `[[mcp_policy]]` rule allows it and none denies it.
+#![forbid(unsafe_code)]
 
 mod audit;
 pub mod mcp;

@@ -10,6 +10,7 @@
 //! - [`serial`]: the guest's serial output: kernel log, app output, exit status;
 //! - [`runtime`]: the runtime itself; the launcher runs in the process sandbox and the guest
 //!   gets the component's network through a TAP in its namespace, like a microVM.
+#![forbid(unsafe_code)]
 
 pub mod image;
 pub mod kernel;

@@ -24,7 +24,11 @@ fn busybox_available(test: &str) -> bool {
         return false;
     }
     if !Path::new(BUSYBOX).exists() {
-        skip(test, "needs /bin/busybox (apt-get install busybox-static)");
+        skip(
+            "busybox",
+            test,
+            "needs /bin/busybox (apt-get install busybox-static)",
+        );
         return false;
     }
     true
@@ -780,7 +784,12 @@ fn interactive_run_gives_the_workload_its_own_terminal() {
     let pty = nix::pty::openpty(None, None).unwrap();
     let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     let size = |fd: &OwnedFd| {
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
         unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
         (ws.ws_row, ws.ws_col)

@@ -99,7 +99,7 @@ fn fixtures(test: &str) -> Option<Fixtures> {
     match r {
         Ok(f) => Some(f),
         Err(e) => {
-            skip(test, &e);
+            skip("mcp", test, &e);
             None
         }
     }
@@ -397,7 +397,7 @@ fn serve_listen(state: &StateDir, extra: &[&str]) -> (std::process::Child, Strin
 fn a_client_certificate_of_osvms_ca_names_the_client_over_https() {
     const TEST: &str = "mcp_mtls";
     if Command::new("curl").arg("--version").output().is_err() {
-        skip(TEST, "needs curl");
+        skip("curl", TEST, "needs curl");
         return;
     }
     let Some((state, _daemon, file, _)) = up(TEST) else {

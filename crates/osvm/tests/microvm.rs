@@ -50,6 +50,7 @@ fn vm_state(test: &str) -> Option<StateDir> {
     let which = |p: &str| osvm_microvm::runtime::find_program(p).is_some();
     if !which("qemu-system-x86_64") {
         skip(
+            "microvm",
             test,
             "needs qemu-system-x86_64 (Debian package qemu-system-x86)",
         );
@@ -57,19 +58,20 @@ fn vm_state(test: &str) -> Option<StateDir> {
     }
     if !which("vhost-device-vsock") {
         skip(
+            "microvm",
             test,
             "needs vhost-device-vsock (cargo install vhost-device-vsock@0.3.0)",
         );
         return None;
     }
-    if let Err(e) = osvm_microvm::find_agent() {
-        skip(test, &e);
+    if let Err(e) = guest_agent() {
+        skip("microvm", test, &e);
         return None;
     }
     let kernels = match fetch_kernel() {
         Ok(k) => k,
         Err(e) => {
-            skip(test, &e);
+            skip("microvm", test, &e);
             return None;
         }
     };
@@ -419,6 +421,7 @@ fn kvm_asked_for_where_the_host_cannot_is_a_clear_error() {
     const TEST: &str = "vm_kvm_refused";
     if kvm_usable().is_ok() {
         skip(
+            "no-kvm",
             TEST,
             "this host has hardware KVM: accel = \"kvm\" is honoured here",
         );
@@ -445,6 +448,7 @@ fn vm_boots_under_kvm_where_the_host_has_it() {
     const TEST: &str = "vm_kvm";
     if let Err(why) = kvm_usable() {
         skip(
+            "kvm",
             TEST,
             &format!("needs hardware KVM (VMX/SVM, not PVM): {why}"),
         );

@@ -573,10 +573,12 @@ fn the_run_report_says_what_confines_the_workload() {
             assert_eq!(c["tcp bind"], "only the declared listen ports (Landlock)");
         }
         Ok(abi) => skip(
+            "landlock",
             "confinement-report/landlock",
             &format!("Landlock ABI {abi} < 6; the report says {}", c["landlock"]),
         ),
         Err(e) => skip(
+            "landlock",
             "confinement-report/landlock",
             &format!("no Landlock ({e}); the report says {}", c["landlock"]),
         ),
@@ -630,6 +632,7 @@ fn ordinary_services_run_under_the_allowlist() {
         assert_eq!(stdout(&o).trim(), "3");
     } else {
         skip(
+            "busybox",
             "services/busybox",
             "/bin/busybox missing (busybox-static); the busybox part did not run",
         );
@@ -643,6 +646,7 @@ fn a_rootfs_directory_replaces_the_host_view() {
     }
     if !std::path::Path::new("/bin/busybox").exists() {
         skip(
+            "busybox",
             "rootfs",
             "needs the static /bin/busybox (Debian busybox-static)",
         );
@@ -975,7 +979,7 @@ fn a_sandbox_on_the_hub_network_is_held_to_policy_and_cannot_change_it() {
             .output()
             .is_err()
     {
-        skip("sandbox on the hub", "needs /bin/busybox and nft");
+        skip("hub", "sandbox on the hub", "needs /bin/busybox and nft");
         return;
     }
     struct Namespaces(Vec<String>);
@@ -1104,7 +1108,7 @@ fn listening_sockets_are_handed_to_the_workload_the_systemd_way() {
         return;
     }
     if !std::path::Path::new("/usr/bin/python3").exists() {
-        skip("socket activation", "needs python3");
+        skip("python3", "socket activation", "needs python3");
         return;
     }
     use osvm_core::Instance;

@@ -47,13 +47,21 @@ fn build_example() -> Result<PathBuf, String> {
         .output()
         .unwrap();
     let r = if o.status.success() {
+        // The loader too, now and once: else every test's first start would wait for its build
+        // behind the build lock at the same moment.
+        let loader = osvm_unikernel::toolchain::Toolchain::probe()
+            .map_err(|e| e.to_string())
+            .and_then(|tc| {
+                osvm_unikernel::loader::ensure_locked(&dir, &tc, &mut |_| {})
+                    .map_err(|e| e.to_string())
+            });
         let _ = writeln!(
             std::io::stderr(),
-            "built the example Hermit image in {:.1}s:\n{}",
+            "built the example Hermit image and the loader in {:.1}s:\n{}",
             t0.elapsed().as_secs_f64(),
             stderr(&o)
         );
-        Ok(dir.join("unikernel"))
+        loader.map(|_| dir.join("unikernel"))
     } else {
         Err(format!(
             "`osvm unikernel build` failed: {}{}",
@@ -72,13 +80,14 @@ fn unikernel_state(test: &str) -> Option<StateDir> {
     }
     if osvm_microvm::runtime::find_program("qemu-system-x86_64").is_none() {
         skip(
+            "unikernel",
             test,
             "needs qemu-system-x86_64 (Debian package qemu-system-x86)",
         );
         return None;
     }
     if let Err(e) = osvm_unikernel::toolchain::Toolchain::probe() {
-        skip(test, &e.to_string());
+        skip("unikernel", test, &e.to_string());
         return None;
     }
     let built = match build_example() {
@@ -488,7 +497,7 @@ fn uhyve_boots_the_example_where_the_host_has_hardware_kvm() {
     const TEST: &str = "uk_uhyve";
     let host = osvm_unikernel::launcher::Host::probe();
     if let Some(why) = host.uhyve_unusable() {
-        skip(TEST, &why);
+        skip("uhyve", TEST, &why);
         return;
     }
     let Some(state) = unikernel_state(TEST) else {

@@ -276,6 +276,8 @@ fn hand_over_listeners(
             let e = std::io::Error::last_os_error();
             return Err(format!("hand over listening socket {k}: {e}"));
         }
+        // SAFETY: the original was just copied to its slot; this process owns it and nothing
+        // else refers to it.
         unsafe { libc::close(LISTEN_FD_BASE + k) };
     }
     Ok(Some(vec![

@@ -71,6 +71,49 @@ pub fn probe_bin() -> PathBuf {
         .clone()
 }
 
+/// The static guest agent the tests built, when none was found where `.ci/run` builds it.
+static BUILT_AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The static guest agent every microVM image holds as its init: where `.ci/run` builds it, or
+/// built here once (a release build for the host target with `+crt-static`, into a target
+/// directory of its own under `CARGO_TARGET_TMPDIR`), then handed to osvm through `OSVM_AGENT`.
+pub fn guest_agent() -> Result<PathBuf, String> {
+    if let Some(built) = BUILT_AGENT.get() {
+        return Ok(built.clone());
+    }
+    if let Ok(found) = osvm_microvm::find_agent() {
+        return Ok(found);
+    }
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(built) = BUILT_AGENT.get() {
+        return Ok(built.clone());
+    }
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("agent-target");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "osvm-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .map_err(|e| format!("run cargo to build the static guest agent: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the static guest agent failed: {status}"));
+    }
+    let built = target.join("x86_64-unknown-linux-gnu/release/osvm-agent");
+    let _ = BUILT_AGENT.set(built.clone());
+    Ok(built)
+}
+
 /// The directory holding `osvm-probe`, bound into sandboxes as `/probe`.
 pub fn probe_dir() -> PathBuf {
     probe_bin()
@@ -79,20 +122,20 @@ pub fn probe_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Prints a skip line past the test harness's output capture, so it shows in every run.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+/// Test `test` cannot run for lack of `feature` (see `osvm_testkit::FEATURES`): prints a skip
+/// line past the harness's output capture, or fails under `OSVM_REQUIRE`.
+pub fn skip(feature: &str, test: &str, why: &str) {
+    osvm_testkit::skip(feature, test, why);
 }
 
 /// Returns false, printing why, when the sandbox cannot run here (not root, no cgroups).
 pub fn sandbox_available(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        skip(test, "needs root (cgroups and a mapped uid range)");
+        skip("root", test, "needs root (cgroups and a mapped uid range)");
         return false;
     }
     if let Err(e) = osvm_sandbox::cgroup::Hierarchy::detect() {
-        skip(test, &e.to_string());
+        skip("root", test, &e.to_string());
         return false;
     }
     true
@@ -118,10 +161,14 @@ impl StateDir {
         Self { path }
     }
 
-    /// `osvm --state-dir <dir> ARGS...`
+    /// `osvm --state-dir <dir> ARGS...` (with `OSVM_AGENT` set when the tests built the guest
+    /// agent themselves, see [`guest_agent`]).
     pub fn osvm(&self) -> Command {
         let mut c = Command::new(osvm_bin());
         c.arg("--state-dir").arg(&self.path);
+        if let Some(agent) = BUILT_AGENT.get() {
+            c.env("OSVM_AGENT", agent);
+        }
         c
     }
 
@@ -200,7 +247,7 @@ pub fn hub_available(test: &str) -> bool {
             .is_ok()
     };
     if !std::path::Path::new("/usr/bin/python3").exists() || !has("nft") || !has("conntrack") {
-        skip(test, "needs python3, nft and conntrack");
+        skip("hub", test, "needs python3, nft and conntrack");
         return false;
     }
     true

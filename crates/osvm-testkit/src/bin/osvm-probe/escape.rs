@@ -73,6 +73,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     let tmp = cstr("/tmp");
     // SAFETY (all syscalls below): each call gets valid pointers to live CStrings or null
     // where the kernel accepts it; the probe wants to see them fail.
+    // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
     attempts.push(syscall_attempt("mount", "mount tmpfs on /tmp", unsafe {
         libc::mount(
             tmpfs.as_ptr(),
@@ -85,11 +86,13 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "unshare-user",
         "unshare(CLONE_NEWUSER)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::unshare(libc::CLONE_NEWUSER) as i64 },
     ));
     attempts.push(syscall_attempt(
         "unshare-net",
         "unshare(CLONE_NEWNET|CLONE_NEWNS)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) as i64 },
     ));
     attempts.push({
@@ -97,6 +100,7 @@ pub fn run(a: &EscapeArgs) -> bool {
         match std::fs::File::open("/proc/self/ns/user") {
             Ok(f) => {
                 use std::os::fd::AsRawFd;
+                // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
                 syscall_attempt("setns", &tried, unsafe {
                     libc::setns(f.as_raw_fd(), 0) as i64
                 })
@@ -111,6 +115,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "clone-newns",
         "clone(CLONE_NEWNS|CLONE_NEWPID) of a child",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             libc::syscall(
                 libc::SYS_clone,
@@ -126,22 +131,26 @@ pub fn run(a: &EscapeArgs) -> bool {
         attempts.push(syscall_attempt(
             "ptrace-host",
             &format!("ptrace(PTRACE_ATTACH) host pid {pid}"),
+            // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
             unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0usize, 0usize) },
         ));
         attempts.push(syscall_attempt(
             "kill-host",
             &format!("kill(SIGKILL) host pid {pid}"),
+            // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
             unsafe { libc::kill(pid, libc::SIGKILL) as i64 },
         ));
     }
     attempts.push(syscall_attempt(
         "ptrace-init",
         "ptrace(PTRACE_ATTACH) the sandbox's init",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::ptrace(libc::PTRACE_ATTACH, 1, 0usize, 0usize) },
     ));
     attempts.push(syscall_attempt(
         "process-vm-readv",
         "process_vm_readv from the sandbox's init",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             libc::syscall(
                 libc::SYS_process_vm_readv,
@@ -157,6 +166,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "packet-socket",
         "socket(AF_PACKET, SOCK_RAW)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             libc::socket(
                 libc::AF_PACKET,
@@ -168,8 +178,10 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "raw-socket",
         "socket(AF_INET, SOCK_RAW, IPPROTO_ICMP)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) as i64 },
     ));
+    // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
     attempts.push(syscall_attempt("bpf", "bpf(BPF_MAP_CREATE)", unsafe {
         let mut attr = [0u32; 32];
         attr[0] = 2; // BPF_MAP_TYPE_ARRAY
@@ -186,11 +198,13 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "keyctl",
         "keyctl(KEYCTL_GET_KEYRING_ID, session keyring)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::syscall(libc::SYS_keyctl, 0, -3i64, 1) },
     ));
     attempts.push(syscall_attempt(
         "add-key",
         "add_key(\"user\", ...) into the session keyring",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             let ty = cstr("user");
             let desc = cstr("osvm-probe");
@@ -207,6 +221,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "perf-event-open",
         "perf_event_open(software cpu clock)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             let mut attr = [0u8; 128];
             attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // PERF_TYPE_SOFTWARE
@@ -217,19 +232,23 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "userfaultfd",
         "userfaultfd(O_CLOEXEC)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) },
     ));
     attempts.push(syscall_attempt(
         "reboot",
         "reboot(LINUX_REBOOT_CMD_CAD_OFF)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) as i64 },
     ));
+    // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
     attempts.push(syscall_attempt("kexec", "kexec_load(0 segments)", unsafe {
         libc::syscall(libc::SYS_kexec_load, 0usize, 0usize, 0usize, 0usize)
     }));
     attempts.push(syscall_attempt(
         "module-load",
         "finit_module(/dev/null)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             let f = libc::open(cstr("/dev/null").as_ptr(), libc::O_RDONLY);
             libc::syscall(libc::SYS_finit_module, f, cstr("").as_ptr(), 0)
@@ -238,6 +257,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "io-uring",
         "io_uring_setup(1 entry)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             let mut params = [0u8; 120];
             libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr())
@@ -246,6 +266,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "open-by-handle",
         "open_by_handle_at (the 'shocker' escape)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             let mut handle = [0u8; 16];
             handle[0..4].copy_from_slice(&8u32.to_ne_bytes());
@@ -260,6 +281,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "clock-settime",
         "clock_settime(CLOCK_REALTIME)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             let ts = libc::timespec {
                 tv_sec: 0,
@@ -305,11 +327,13 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "chroot",
         "chroot(\"/tmp\") (first step of the chroot-breakout trick)",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::chroot(tmp.as_ptr()) as i64 },
     ));
     attempts.push(syscall_attempt(
         "mknod",
         "mknod /tmp/sda as block device 8:0",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             libc::mknod(
                 cstr("/tmp/sda").as_ptr(),
@@ -328,6 +352,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "sethostname",
         "sethostname(\"pwned\")",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe { libc::sethostname(b"pwned".as_ptr().cast(), 5) as i64 },
     ));
     if let Some(port) = a.host_port {
@@ -345,6 +370,7 @@ pub fn run(a: &EscapeArgs) -> bool {
     attempts.push(syscall_attempt(
         "tiocsti",
         "ioctl(0, TIOCSTI) to type into a terminal",
+        // SAFETY: a raw call with integers, null, or pointers to locals that outlive it; the probe wants the kernel to refuse it.
         unsafe {
             let c = b'x';
             libc::ioctl(0, libc::TIOCSTI, &c) as i64

@@ -116,6 +116,7 @@ fn forkbomb(n: usize) {
         // SAFETY: the child only pauses (async-signal-safe) until it is killed.
         match unsafe { libc::fork() } {
             0 => loop {
+                // SAFETY: pause takes no arguments; it returns only on a signal.
                 unsafe { libc::pause() };
             },
             -1 => {
