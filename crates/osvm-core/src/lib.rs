@@ -2,8 +2,8 @@
 //! its validation, and the traits every isolation runtime implements.
 //!
 //! Nothing here touches the host: parsing, validation and the model are pure, so they are
-//! tested next to the code. The runtimes (`osvm-sandbox`, later the microVM and unikernel
-//! crates) implement [`runtime::Runtime`] and [`runtime::Instance`].
+//! tested next to the code. The runtimes (`osvm-sandbox`, `osvm-microvm`, `osvm-unikernel`)
+//! implement [`runtime::Runtime`] and [`runtime::Instance`].
 #![forbid(unsafe_code)]
 
 pub mod launch;

@@ -20,9 +20,9 @@ pub struct AuditRecord {
     pub decider: String,
     /// The subject: a component, a SPIFFE ID or an address.
     pub subject: String,
-    /// What it acted on: a component and port, later an MCP tool.
+    /// What it acted on: a component and port.
     pub resource: String,
-    /// The action (`connect`, later `call`).
+    /// The action (`connect`).
     pub action: String,
     /// Whether it was allowed.
     pub allowed: bool,

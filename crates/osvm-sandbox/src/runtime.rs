@@ -127,8 +127,8 @@ impl SandboxRuntime {
         self.start_sandbox_with_stdin(spec, Stdio::null())
     }
 
-    /// Starts a sandbox whose workload reads `stdin` (for `osvm run -i`; later the MCP stdio
-    /// channel). Its stdout and stderr always go to the instance's log files.
+    /// Starts a sandbox whose workload reads `stdin` (for `osvm run -i`). Its stdout and stderr
+    /// go to the instance's log files.
     pub fn start_sandbox_with_stdin(
         &self,
         spec: &LaunchSpec,
