@@ -1,21 +1,19 @@
 //! Health probes run from inside a component's network namespace.
 //!
 //! A component's ports exist only in its own network namespace (only `lo` is there), so a TCP
-//! or HTTP probe of a process runs on a short-lived thread that first joins that namespace with
-//! `setns` (which changes the namespace of the calling thread only), then connects to
-//! 127.0.0.1; a VM's probe reaches the guest's loopback over vsock through its agent. An exec
-//! probe runs its command inside the sandbox or the guest, as confined as the workload.
+//! or HTTP probe of a process connects to 127.0.0.1 from a short-lived thread inside that
+//! namespace (`osvm_net::netns::run_in`); a VM's probe reaches the guest's loopback over vsock
+//! through its agent. An exec probe runs its command inside the sandbox or the guest, as
+//! confined as the workload.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use crate::workload::Workload;
-use nix::sched::{CloneFlags, setns};
 use osvm_core::stack::HealthProbe;
 
 /// The outcome of one probe: `Ok(detail)` when healthy, `Err(reason)` when not.
@@ -97,13 +95,7 @@ pub fn connect_to_in(
     timeout: Duration,
 ) -> Result<TcpStream, String> {
     let netns = netns.try_clone().map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("enter the network namespace: {e}"))?;
-        connect(addr, timeout)
-    })
-    .join()
-    .map_err(|_| "the probe thread panicked".to_string())?
+    osvm_net::netns::run_in(netns, move || connect(addr, timeout)).map_err(|e| e.to_string())?
 }
 
 fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<TcpStream, String> {

@@ -188,12 +188,8 @@ fn short_hash(s: &str) -> u32 {
 /// Listening TCP sockets on every address of the network namespace at `netns`, one per port,
 /// made on a thread that entered it.
 fn bind_in(netns: &Path, ports: &[u16]) -> Result<Vec<std::os::fd::OwnedFd>, String> {
-    let (netns, ports) = (netns.to_path_buf(), ports.to_vec());
-    std::thread::spawn(move || {
-        let file =
-            std::fs::File::open(&netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("enter {}: {e}", netns.display()))?;
+    let ports = ports.to_vec();
+    osvm_net::netns::run_in_path(netns, move || {
         ports
             .iter()
             .map(|&port| {
@@ -203,8 +199,7 @@ fn bind_in(netns: &Path, ports: &[u16]) -> Result<Vec<std::os::fd::OwnedFd>, Str
             })
             .collect()
     })
-    .join()
-    .map_err(|_| "the listening thread panicked".to_string())?
+    .map_err(|e| e.to_string())?
 }
 
 /// The address-block key of a component's second instance during a hot-swap.

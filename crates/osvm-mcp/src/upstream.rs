@@ -115,17 +115,13 @@ impl Drop for Relay {
 
 /// Connects to `127.0.0.1:port` from inside the namespace `netns`.
 fn connect_in(netns: &std::path::Path, port: u16) -> std::io::Result<std::net::TcpStream> {
-    let ns = std::fs::File::open(netns)?;
-    // setns changes only the calling thread: a thread of its own, ended after the connect.
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    osvm_net::netns::run_in_path(netns, move || {
         std::net::TcpStream::connect_timeout(
             &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             Duration::from_secs(5),
         )
     })
-    .join()
-    .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+    .map_err(std::io::Error::other)?
 }
 
 impl Relay {

@@ -11,12 +11,11 @@
 //! `eth0`. [`detach`] puts the namespace back as osvm-net made it. The address is also saved in
 //! `<state>/vmnet/<namespace>.json`, so a namespace left bridged by a crash is still usable.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::fs::{self, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nix::sched::{CloneFlags, setns};
 use osvm_agent::proto::GuestNetwork;
 use serde::Deserialize;
 
@@ -137,18 +136,8 @@ pub fn mac_for(netns: &str) -> String {
 
 /// Opens `/dev/net/tun` as TAP `name` inside the namespace at `netns_path`.
 fn open_tap(netns_path: &Path, name: &str) -> Result<OwnedFd, NetError> {
-    let ns = File::open(netns_path).map_err(|source| NetError::Io {
-        context: format!("open {}", netns_path.display()),
-        source,
-    })?;
     let name = name.to_owned();
-    // setns changes only the calling thread's namespace: a short-lived thread keeps the
-    // daemon's own threads where they are.
-    std::thread::spawn(move || -> Result<OwnedFd, NetError> {
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Io {
-            context: "enter the component's network namespace".into(),
-            source: e.into(),
-        })?;
+    osvm_net::netns::run_in_path(netns_path, move || -> Result<OwnedFd, NetError> {
         let tun = OpenOptions::new()
             .read(true)
             .write(true)
@@ -180,8 +169,7 @@ fn open_tap(netns_path: &Path, name: &str) -> Result<OwnedFd, NetError> {
         }
         Ok(OwnedFd::from(tun))
     })
-    .join()
-    .map_err(|_| NetError::Command("the TAP thread panicked".into()))?
+    .map_err(|e| NetError::Command(format!("create TAP in {}: {e}", netns_path.display())))?
 }
 
 /// Attaches a TAP in the namespace at `netns_path` and gives the namespace's address to it.

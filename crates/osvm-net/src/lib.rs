@@ -7,6 +7,8 @@
 //! - [`hub`] creates the hub and the veths (with `ip`, the kernel's own tool);
 //! - [`ruleset`] turns the stack's policy, judged by `osvm-policy`, into the nftables ruleset and
 //!   applies it in one `nft -f` transaction.
+//! - [`netns`] runs work on a thread inside another network namespace, the one way osvm does
+//!   it.
 //!
 //! Nothing here prints; errors say which command failed and what it wrote.
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@
 pub mod enforce;
 pub mod hub;
 pub mod ipam;
+pub mod netns;
 pub mod proxy;
 pub mod ruleset;
 pub mod uplink;

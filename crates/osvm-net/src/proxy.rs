@@ -205,9 +205,9 @@ pub struct ProxyHost {
 type Started = Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), String>;
 
 fn enter_netns(path: &Path) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("setns {}: {e}", path.display()))
+    crate::netns::open(path)
+        .and_then(crate::netns::enter)
+        .map_err(|e| e.to_string())
 }
 
 impl ProxyHost {

@@ -24,7 +24,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use osvm_core::model::ComponentStatus;
-use osvm_core::stack::{Component, RestartPolicy, Stack};
+use osvm_core::stack::{Component, Stack};
 use osvm_core::{ExitStatus, Instance, InstanceStats};
 use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
 use osvm_sandbox::{Adopted, SandboxRuntime, new_instance_id};
@@ -32,8 +32,10 @@ use osvm_sandbox::{Adopted, SandboxRuntime, new_instance_id};
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
 
-#[path = "swap.rs"]
+mod policy;
 mod swap;
+
+use policy::{AfterExit, ExitFacts, Restart, StopReason};
 
 pub use swap::{SwapPlan, SwapRequest};
 
@@ -140,10 +142,8 @@ struct Unit {
     probe: Option<Receiver<ProbeResult>>,
     /// When a stop the engine asked for escalates to SIGKILL.
     kill_at: Option<Instant>,
-    /// Set when the engine stopped the instance because it was unhealthy.
-    unhealthy_stop: bool,
-    /// Set when the instance missed its `ready_within` deadline: the component ends failed.
-    never_ready: bool,
+    /// Why the engine stopped the instance, if it asked it to stop.
+    stop_reason: Option<StopReason>,
     /// When the probe in flight started.
     probe_started: Option<Instant>,
     /// How long the last probe took.
@@ -152,8 +152,6 @@ struct Unit {
     renew_at: Option<Instant>,
     /// When it last got a certificate.
     delivered_at: Option<Instant>,
-    /// Set when the engine stopped the instance to apply a changed spec.
-    replace: bool,
     /// Set when the component left its stack: stop it and forget it.
     removing: bool,
     restart_at: Option<Instant>,
@@ -190,13 +188,11 @@ impl Unit {
             next_probe: Instant::now(),
             probe: None,
             kill_at: None,
-            unhealthy_stop: false,
-            never_ready: false,
+            stop_reason: None,
             probe_started: None,
             probe_latency: None,
             renew_at: None,
             delivered_at: None,
-            replace: false,
             removing: false,
             restart_at: None,
             stats: None,
@@ -511,8 +507,7 @@ impl Engine {
                 "mcp-failed",
                 &format!("instance {}: {}; restarting it", f.instance, f.reason),
             );
-            self.units[i].unhealthy_stop = true;
-            self.request_stop(i, now);
+            self.stop_for(i, StopReason::Unhealthy, now);
         }
     }
 
@@ -677,8 +672,7 @@ impl Engine {
                             "changed",
                             "the component's spec changed; replacing its instance",
                         );
-                        self.units[i].replace = true;
-                        self.request_stop(i, now);
+                        self.stop_for(i, StopReason::Replace, now);
                     }
                 }
                 None => {
@@ -1146,9 +1140,8 @@ impl Engine {
                 human_duration(deadline)
             );
             self.emit(i, "never-ready", &why);
-            self.units[i].never_ready = true;
             self.units[i].record.reason = why;
-            self.request_stop(i, now);
+            self.stop_for(i, StopReason::NeverReady, now);
             return;
         }
         if let Some(rx) = &u.probe {
@@ -1185,8 +1178,7 @@ impl Engine {
                             "unhealthy",
                             &format!("{n} failed probes in a row; last: {reason}"),
                         );
-                        self.units[i].unhealthy_stop = true;
-                        self.request_stop(i, now);
+                        self.stop_for(i, StopReason::Unhealthy, now);
                     }
                 }
             }
@@ -1592,9 +1584,7 @@ impl Engine {
                 u.record.instance = Some(id);
                 u.record.intent = None;
                 u.started_at = Some(now);
-                u.unhealthy_stop = false;
-                u.never_ready = false;
-                u.replace = false;
+                u.stop_reason = None;
                 u.kill_at = None;
                 u.probe = None;
                 u.cpu_sample = None;
@@ -1658,76 +1648,96 @@ impl Engine {
         let u = &mut self.units[i];
         // The exit is handled: a restarted engine must not count it again.
         u.record.last_instance = u.record.instance.take();
-        let failed = !status.success() || u.unhealthy_stop || u.never_ready;
-        let detail = if let Some(how) = ended_how {
-            format!("{status} ({how})")
-        } else if u.never_ready {
-            format!("{status} (stopped: never ready)")
-        } else if u.unhealthy_stop {
-            format!("{status} (stopped as unhealthy)")
-        } else {
-            status.to_string()
+        let stopped_for = u.stop_reason.take();
+        let detail = match (ended_how, stopped_for) {
+            (Some(how), _) => format!("{status} ({how})"),
+            (None, Some(StopReason::NeverReady)) => format!("{status} (stopped: never ready)"),
+            (None, Some(StopReason::Unhealthy)) => format!("{status} (stopped as unhealthy)"),
+            _ => status.to_string(),
         };
-        if !u.never_ready {
+        if stopped_for != Some(StopReason::NeverReady) {
             u.record.reason = detail.clone();
         }
+        let facts = ExitFacts {
+            success: status.success(),
+            stopped_for,
+            enabled: u.record.enabled,
+            removing: u.removing,
+            swapping: u.swap.is_some(),
+            restart: u.component.restart,
+            restarts: u.record.restarts,
+            max_restarts: self.stacks[&u.record.stack].max_restarts,
+        };
         self.save(i);
         self.emit(i, "exited", &detail);
-        let u = &self.units[i];
-        if u.never_ready {
-            let reason = u.record.reason.clone();
-            self.set_status(i, ComponentStatus::Failed);
-            self.emit(i, "failed", &reason);
-        } else if u.removing || !u.record.enabled {
-            self.set_status(i, ComponentStatus::Stopped);
-        } else if u.swap.is_some() {
+        match policy::after_exit(&facts) {
+            AfterExit::FailedNeverReady => {
+                let reason = self.units[i].record.reason.clone();
+                self.set_status(i, ComponentStatus::Failed);
+                self.emit(i, "failed", &reason);
+            }
+            AfterExit::Stopped => self.set_status(i, ComponentStatus::Stopped),
             // The old instance died during a swap: the swap decides (the new instance takes
             // over, or a rollback restarts the component).
-        } else if u.replace {
-            self.units[i].restart_at = Some(now);
-        } else {
-            self.schedule_restart(i, now, failed);
+            AfterExit::LeaveToSwap => {}
+            AfterExit::StartNow => self.units[i].restart_at = Some(now),
+            AfterExit::Restart(decision) => self.carry_out_restart(i, now, decision),
         }
     }
 
+    /// Asks unit `i`'s instance to stop, for `reason` (the stronger one counts when there is
+    /// already one).
+    fn stop_for(&mut self, i: usize, reason: StopReason, now: Instant) {
+        let u = &mut self.units[i];
+        u.stop_reason = Some(reason.stronger(u.stop_reason));
+        self.request_stop(i, now);
+    }
+
+    /// Unit `i` ended (`failed` or not) or could not start: what its restart policy says.
     fn schedule_restart(&mut self, i: usize, now: Instant, failed: bool) {
-        let stack = self.stack_of(i);
-        let (max, first, ceiling) = (
-            stack.max_restarts,
-            stack.restart_backoff,
-            stack.restart_backoff_max,
+        let decision = policy::restart_after(
+            self.units[i].component.restart,
+            failed,
+            self.units[i].record.restarts,
+            self.stack_of(i).max_restarts,
         );
-        let wanted = match self.units[i].component.restart {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => failed,
-            RestartPolicy::Never => false,
-        };
-        if !wanted {
-            self.set_status(
-                i,
-                if failed {
+        self.carry_out_restart(i, now, decision);
+    }
+
+    /// Carries out what the restart policy decided for unit `i`.
+    fn carry_out_restart(&mut self, i: usize, now: Instant, decision: Restart) {
+        let max = match decision {
+            Restart::No { failed } => {
+                let status = if failed {
                     ComponentStatus::Failed
                 } else {
                     ComponentStatus::Stopped
-                },
-            );
-            return;
-        }
-        if self.units[i].record.restarts >= max {
-            let reason = format!(
-                "gave up after {max} restarts (the stack's max_restarts); last: {}",
-                self.units[i].record.reason
-            );
-            self.units[i].record.reason = reason.clone();
-            self.set_status(i, ComponentStatus::Failed);
-            self.save(i);
-            self.emit(i, "failed", &reason);
-            return;
-        }
+                };
+                self.set_status(i, status);
+                return;
+            }
+            Restart::GiveUp { max } => max,
+            Restart::Backoff => {
+                self.restart_after_backoff(i, now);
+                return;
+            }
+        };
+        let reason = format!(
+            "gave up after {max} restarts (the stack's max_restarts); last: {}",
+            self.units[i].record.reason
+        );
+        self.units[i].record.reason = reason.clone();
+        self.set_status(i, ComponentStatus::Failed);
+        self.save(i);
+        self.emit(i, "failed", &reason);
+    }
+
+    /// Schedules unit `i`'s next start after its backoff, and counts the restart.
+    fn restart_after_backoff(&mut self, i: usize, now: Instant) {
+        let stack = self.stack_of(i);
+        let (first, ceiling) = (stack.restart_backoff, stack.restart_backoff_max);
         let u = &mut self.units[i];
-        let delay = first
-            .saturating_mul(1 << u.record.backoff_exp.min(16))
-            .min(ceiling);
+        let delay = policy::backoff(first, ceiling, u.record.backoff_exp);
         u.record.backoff_exp += 1;
         u.record.restarts += 1;
         u.restart_at = Some(now + delay);
@@ -1859,8 +1869,7 @@ impl Engine {
         self.units[i].record.enabled = true;
         self.emit(i, "restart-requested", "by the API");
         if self.units[i].instance.is_some() {
-            self.units[i].replace = true;
-            self.request_stop(i, Instant::now());
+            self.stop_for(i, StopReason::Replace, Instant::now());
         } else {
             self.units[i].restart_at = Some(Instant::now());
         }
