@@ -1,9 +1,8 @@
 //! The component model every osvm crate shares.
 //!
 //! A *component* is one workload of a stack (a validator, an RPC node, an MCP tool server, any
-//! service). It has a stable [`ComponentId`], a [`ComponentType`] saying what it is, a
-//! [`ComponentStatus`] in its life cycle, and runs at some [`IsolationLevel`] described by an
-//! [`IsolationConfig`].
+//! service). It has a [`ComponentType`] saying what it is, a [`ComponentStatus`] in its life
+//! cycle, and runs at the [`IsolationLevel`] of its runtime, with a [`NetworkAccess`] reach.
 //!
 //! Isolation levels are ordered from weakest to strongest so that policy can say "at least
 //! `micro_vm`" with a plain comparison. Security-critical component types (the osvm core and
@@ -18,32 +17,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::launch::Resources;
 use crate::runtime::RuntimeKind;
-
-/// Stable identity of a component, a random (v4) UUID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ComponentId(pub uuid::Uuid);
-
-impl ComponentId {
-    /// A fresh random id.
-    pub fn new() -> Self {
-        Self(uuid::Uuid::new_v4())
-    }
-}
-
-impl Default for ComponentId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ComponentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
 
 /// What a component is. Serialized with a `kind` tag: `{ kind = "validator", network = "devnet" }`.
 ///
@@ -228,40 +202,19 @@ pub enum IsolationLevel {
     #[default]
     #[serde(rename = "process_sandbox")]
     ProcessSandbox,
-    /// An OCI-style container.
-    #[serde(rename = "container")]
-    Container,
     /// A virtual machine with its own kernel (QEMU `microvm`).
     #[serde(rename = "micro_vm")]
     MicroVm,
     /// A single-address-space unikernel in a virtual machine (Hermit).
     #[serde(rename = "unikernel")]
     Unikernel,
-    /// A hardware trusted execution environment (confidential VM).
-    #[serde(rename = "tee")]
-    Tee,
 }
 
 impl IsolationLevel {
-    /// A 0–100 score for comparing levels in reports: 0/40/60/80/95/100.
-    pub fn security_score(self) -> u8 {
-        match self {
-            IsolationLevel::None => 0,
-            IsolationLevel::ProcessSandbox => 40,
-            IsolationLevel::Container => 60,
-            IsolationLevel::MicroVm => 80,
-            IsolationLevel::Unikernel => 95,
-            IsolationLevel::Tee => 100,
-        }
-    }
-
     /// True when the boundary is enforced by virtualization hardware rather than the host
-    /// kernel alone (microVM, unikernel, TEE).
+    /// kernel alone (microVM, unikernel).
     pub fn has_hardware_isolation(self) -> bool {
-        matches!(
-            self,
-            IsolationLevel::MicroVm | IsolationLevel::Unikernel | IsolationLevel::Tee
-        )
+        matches!(self, IsolationLevel::MicroVm | IsolationLevel::Unikernel)
     }
 
     /// The level a runtime provides.
@@ -273,15 +226,13 @@ impl IsolationLevel {
         }
     }
 
-    /// The serde name (`micro_vm`, `tee`, ...).
+    /// The serde name (`micro_vm`, `unikernel`, ...).
     pub fn name(self) -> &'static str {
         match self {
             IsolationLevel::None => "none",
             IsolationLevel::ProcessSandbox => "process_sandbox",
-            IsolationLevel::Container => "container",
             IsolationLevel::MicroVm => "micro_vm",
             IsolationLevel::Unikernel => "unikernel",
-            IsolationLevel::Tee => "tee",
         }
     }
 }
@@ -289,87 +240,6 @@ impl IsolationLevel {
 impl fmt::Display for IsolationLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// The isolation a component runs with: level, limits, network reach and hardening.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IsolationConfig {
-    /// The isolation level (which kind of boundary).
-    pub isolation_type: IsolationLevel,
-    /// CPU, memory and descriptor limits.
-    pub resource_limits: ResourceLimits,
-    /// What the component may reach on the network.
-    pub network: NetworkConfig,
-    /// Hardening switches inside the boundary.
-    pub security: SecurityConfig,
-}
-
-/// Resource limits of a component, with the defaults osvm applies when a stack says nothing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ResourceLimits {
-    /// Memory limit in MiB (default 512).
-    pub memory_mb: u64,
-    /// CPU quota in CPUs, fractional allowed (default 2).
-    pub cpus: f64,
-    /// Maximum open file descriptors (default 1024).
-    pub max_open_files: u64,
-    /// Maximum number of processes and threads; `None` leaves it to the host (default).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_pids: Option<u64>,
-}
-
-impl ResourceLimits {
-    /// Default memory limit in MiB.
-    pub const DEFAULT_MEMORY_MB: u64 = 512;
-    /// Default CPU quota.
-    pub const DEFAULT_CPUS: f64 = 2.0;
-    /// Default open file descriptor limit.
-    pub const DEFAULT_MAX_OPEN_FILES: u64 = 1024;
-}
-
-impl Default for ResourceLimits {
-    fn default() -> Self {
-        Self {
-            memory_mb: Self::DEFAULT_MEMORY_MB,
-            cpus: Self::DEFAULT_CPUS,
-            max_open_files: Self::DEFAULT_MAX_OPEN_FILES,
-            max_pids: None,
-        }
-    }
-}
-
-impl From<&ResourceLimits> for Resources {
-    fn from(limits: &ResourceLimits) -> Self {
-        Resources {
-            memory_bytes: Some(limits.memory_mb.saturating_mul(1024 * 1024)),
-            cpus: Some(limits.cpus),
-            pids: limits.max_pids,
-            open_files: Some(limits.max_open_files),
-            disk_bytes: None,
-        }
-    }
-}
-
-/// What a component may reach on the network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkConfig {
-    /// The reach granted (default [`NetworkAccess::Internal`]).
-    pub access: NetworkAccess,
-    /// TCP ports the component listens on; empty means it does not serve.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub listen_ports: Vec<u16>,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self {
-            access: NetworkAccess::Internal,
-            listen_ports: Vec::new(),
-        }
     }
 }
 
@@ -388,38 +258,6 @@ pub enum NetworkAccess {
     Restricted,
     /// Unrestricted network access.
     Full,
-}
-
-/// Hardening applied inside the isolation boundary. Everything is on by default except a
-/// read-only root, which many workloads need to opt into.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SecurityConfig {
-    /// Require mutual TLS with osvm-issued identities between components.
-    pub mtls: bool,
-    /// Filter system calls with a seccomp allow-list.
-    pub seccomp: bool,
-    /// Restrict file system access with Landlock where the kernel supports it.
-    pub landlock: bool,
-    /// Set `no_new_privs` so set-uid binaries cannot gain privileges.
-    pub no_new_privs: bool,
-    /// Drop all Linux capabilities before running the workload.
-    pub drop_capabilities: bool,
-    /// Mount the root file system read-only.
-    pub readonly_root: bool,
-}
-
-impl Default for SecurityConfig {
-    fn default() -> Self {
-        Self {
-            mtls: true,
-            seccomp: true,
-            landlock: true,
-            no_new_privs: true,
-            drop_capabilities: true,
-            readonly_root: false,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -500,13 +338,11 @@ mod tests {
         ComponentStatus::Upgrading,
     ];
 
-    const LEVELS: [IsolationLevel; 6] = [
+    const LEVELS: [IsolationLevel; 4] = [
         IsolationLevel::None,
         IsolationLevel::ProcessSandbox,
-        IsolationLevel::Container,
         IsolationLevel::MicroVm,
         IsolationLevel::Unikernel,
-        IsolationLevel::Tee,
     ];
 
     const ACCESSES: [NetworkAccess; 5] = [
@@ -550,17 +386,7 @@ mod tests {
             assert_eq!(l.to_string(), l.name());
         }
         let names: Vec<String> = LEVELS.iter().map(json_name).collect();
-        assert_eq!(
-            names,
-            [
-                "none",
-                "process_sandbox",
-                "container",
-                "micro_vm",
-                "unikernel",
-                "tee"
-            ]
-        );
+        assert_eq!(names, ["none", "process_sandbox", "micro_vm", "unikernel"]);
     }
 
     #[test]
@@ -629,15 +455,12 @@ mod tests {
     }
 
     #[test]
-    fn isolation_levels_are_ordered_and_scored() {
+    fn isolation_levels_are_ordered() {
         for pair in LEVELS.windows(2) {
             assert!(pair[0] < pair[1]);
-            assert!(pair[0].security_score() < pair[1].security_score());
         }
-        let scores: Vec<u8> = LEVELS.iter().map(|l| l.security_score()).collect();
-        assert_eq!(scores, [0, 40, 60, 80, 95, 100]);
         let hw: Vec<bool> = LEVELS.iter().map(|l| l.has_hardware_isolation()).collect();
-        assert_eq!(hw, [false, false, false, true, true, true]);
+        assert_eq!(hw, [false, false, true, true]);
     }
 
     #[test]
@@ -655,54 +478,5 @@ mod tests {
             IsolationLevel::Unikernel
         );
         assert!(IsolationLevel::of_runtime(RuntimeKind::Process) < IsolationLevel::MicroVm);
-    }
-
-    #[test]
-    fn isolation_config_defaults_match_the_design() {
-        let c = IsolationConfig::default();
-        assert_eq!(c.resource_limits.memory_mb, 512);
-        assert_eq!(c.resource_limits.cpus, 2.0);
-        assert_eq!(c.resource_limits.max_open_files, 1024);
-        assert_eq!(c.resource_limits.max_pids, None);
-        assert_eq!(c.network.access, NetworkAccess::Internal);
-        assert!(c.security.mtls);
-        let r = Resources::from(&c.resource_limits);
-        assert_eq!(r.memory_bytes, Some(512 * 1024 * 1024));
-        assert_eq!(r.open_files, Some(1024));
-    }
-
-    #[test]
-    fn isolation_config_round_trips_and_fills_defaults() {
-        let mut c = IsolationConfig::default();
-        round_trip(c.clone());
-        c.isolation_type = IsolationLevel::Tee;
-        c.resource_limits.max_pids = Some(64);
-        c.network.access = NetworkAccess::VsockOnly;
-        c.network.listen_ports = vec![8080];
-        c.security.readonly_root = true;
-        round_trip(c.clone());
-
-        let json = serde_json::to_value(&c).unwrap();
-        assert_eq!(json["isolation_type"], "tee");
-        assert_eq!(json["network"]["access"], "vsock_only");
-
-        let partial: IsolationConfig =
-            toml::from_str("isolation_type = \"micro_vm\"\n[security]\nseccomp = false\n").unwrap();
-        assert_eq!(partial.isolation_type, IsolationLevel::MicroVm);
-        assert!(!partial.security.seccomp);
-        assert!(partial.security.mtls, "unset fields keep their defaults");
-        assert_eq!(partial.resource_limits, ResourceLimits::default());
-        assert!(toml::from_str::<IsolationConfig>("bogus = 1").is_err());
-    }
-
-    #[test]
-    fn component_ids_are_unique_and_transparent() {
-        let a = ComponentId::new();
-        let b = ComponentId::new();
-        assert_ne!(a, b);
-        assert_eq!(a.0.get_version_num(), 4);
-        let json = serde_json::to_string(&a).unwrap();
-        assert_eq!(json, format!("\"{a}\""));
-        round_trip(a);
     }
 }
