@@ -446,10 +446,12 @@ impl MicroVmRuntime {
         }
         vm.backend = Some(
             self.sandbox
-                .start_sandbox_as(
+                .start_sandbox(
                     &backend_spec,
-                    &format!("{id}-vsock"),
-                    std::process::Stdio::null(),
+                    osvm_sandbox::StartOptions {
+                        id: Some(format!("{id}-vsock")),
+                        ..Default::default()
+                    },
                 )
                 .map_err(|e| setup(format!("start the vsock backend: {e}")))?,
         );
@@ -526,11 +528,13 @@ impl MicroVmRuntime {
         let spawned = Instant::now();
         vm.qemu = Some(
             self.sandbox
-                .start_sandbox_with(
+                .start_sandbox(
                     &qemu_spec,
-                    &format!("{id}-qemu"),
-                    std::process::Stdio::null(),
-                    &fds,
+                    osvm_sandbox::StartOptions {
+                        id: Some(format!("{id}-qemu")),
+                        fds: &fds,
+                        ..Default::default()
+                    },
                 )
                 .map_err(|e| setup(format!("start QEMU: {e}")))?,
         );

@@ -73,6 +73,24 @@ impl SandboxConfig {
     }
 }
 
+/// How to start a sandbox, beyond its launch spec. The default: a fresh instance id, stdin
+/// `/dev/null`, stdout and stderr into the instance's logs, no descriptors handed over.
+#[derive(Default)]
+pub struct StartOptions<'a> {
+    /// The instance id, `<name>-<suffix>` (see [`new_instance_id`]): chosen by the caller so
+    /// that a control plane can record it durably before the sandbox exists.
+    pub id: Option<String>,
+    /// What the workload reads on stdin (`osvm run -i`, an MCP server's stdio channel).
+    pub stdin: Option<Stdio>,
+    /// Where the workload writes its stdout itself (a pipe the caller reads: an MCP server's
+    /// channel, a unikernel's serial port) instead of `stdout.log`; its stderr is still logged.
+    pub stdout: Option<Stdio>,
+    /// Descriptors the workload gets as fds 3, 4, ..., systemd style (`LISTEN_FDS`,
+    /// `LISTEN_PID`): listening sockets (socket activation, kept by the caller so another
+    /// instance can be given the same ones), a VM's TAP device.
+    pub fds: &'a [std::os::fd::BorrowedFd<'a>],
+}
+
 /// A fresh instance id for component `name`: `<name>-<8 hex digits>`.
 pub fn new_instance_id(name: &str) -> String {
     format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -122,79 +140,21 @@ impl SandboxRuntime {
         }
     }
 
-    /// Starts a sandbox and returns its concrete handle. The workload's stdin is `/dev/null`.
-    pub fn start_sandbox(&self, spec: &LaunchSpec) -> Result<SandboxInstance, RuntimeError> {
-        self.start_sandbox_with_stdin(spec, Stdio::null())
-    }
-
-    /// Starts a sandbox whose workload reads `stdin` (for `osvm run -i`). Its stdout and stderr
-    /// go to the instance's log files.
-    pub fn start_sandbox_with_stdin(
+    /// Starts a sandbox for `spec` as `options` say, and returns its concrete handle.
+    pub fn start_sandbox(
         &self,
         spec: &LaunchSpec,
-        stdin: Stdio,
+        options: StartOptions<'_>,
     ) -> Result<SandboxInstance, RuntimeError> {
-        self.start_sandbox_as(spec, &new_instance_id(&spec.name), stdin)
-    }
-
-    /// Starts a sandbox under an instance id chosen by the caller (see [`new_instance_id`]), so
-    /// that a control plane can record the id durably before the sandbox exists.
-    pub fn start_sandbox_as(
-        &self,
-        spec: &LaunchSpec,
-        id: &str,
-        stdin: Stdio,
-    ) -> Result<SandboxInstance, RuntimeError> {
-        self.start_sandbox_with(spec, id, stdin, &[])
-    }
-
-    /// [`SandboxRuntime::start_sandbox_as`] handing the workload listening sockets the
-    /// systemd way (socket activation): they are its fds 3, 4, ... with `LISTEN_FDS` set to
-    /// their number and `LISTEN_PID` to its pid. The caller keeps its own copies, so another
-    /// instance can be given the same sockets (a hot-swap that loses no connection).
-    pub fn start_sandbox_with(
-        &self,
-        spec: &LaunchSpec,
-        id: &str,
-        stdin: Stdio,
-        listen: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<SandboxInstance, RuntimeError> {
-        self.start(spec, id, stdin, None, listen)
-    }
-
-    /// [`SandboxRuntime::start_sandbox_as`] whose workload writes its stdout to `stdout`
-    /// itself (a pipe the caller reads: an MCP server's stdio channel) rather than to
-    /// `stdout.log`; its stderr is still logged.
-    pub fn start_sandbox_channel(
-        &self,
-        spec: &LaunchSpec,
-        id: &str,
-        stdin: Stdio,
-        stdout: Stdio,
-    ) -> Result<SandboxInstance, RuntimeError> {
-        self.start(spec, id, stdin, Some(stdout), &[])
-    }
-
-    /// [`SandboxRuntime::start_sandbox_channel`] that also hands `fds` over as fds 3.. (a
-    /// unikernel's QEMU: its serial port on the stdout pipe, its TAP as fd 3).
-    pub fn start_sandbox_channel_with(
-        &self,
-        spec: &LaunchSpec,
-        id: &str,
-        stdout: Stdio,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<SandboxInstance, RuntimeError> {
-        self.start(spec, id, Stdio::null(), Some(stdout), fds)
-    }
-
-    fn start(
-        &self,
-        spec: &LaunchSpec,
-        id: &str,
-        stdin: Stdio,
-        channel: Option<Stdio>,
-        listen: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<SandboxInstance, RuntimeError> {
+        let StartOptions {
+            id,
+            stdin,
+            stdout,
+            fds: listen,
+        } = options;
+        let id = id.unwrap_or_else(|| new_instance_id(&spec.name));
+        let stdin = stdin.unwrap_or_else(Stdio::null);
+        let channel = stdout;
         if listen.len() > crate::plan::MAX_LISTEN_FDS {
             return Err(RuntimeError::InvalidSpec(format!(
                 "at most {} listening sockets can be handed over, not {}",
@@ -211,7 +171,6 @@ impl SandboxRuntime {
             .map_err(|e| self.unavailable(e.clone()))?;
         check_spec(spec)?;
 
-        let id = id.to_string();
         if !id.starts_with(&format!("{}-", spec.name)) || id.contains('/') || id.contains("..") {
             return Err(RuntimeError::InvalidSpec(format!(
                 "instance id `{id}` must be `{}-<suffix>`",
@@ -559,7 +518,7 @@ impl Runtime for SandboxRuntime {
     }
 
     fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError> {
-        Ok(Box::new(self.start_sandbox(spec)?))
+        Ok(Box::new(self.start_sandbox(spec, StartOptions::default())?))
     }
 }
 

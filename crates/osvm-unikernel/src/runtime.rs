@@ -33,7 +33,7 @@ use osvm_microvm::host::Accel;
 use osvm_microvm::net::{self, Attached};
 use osvm_microvm::runtime::tail;
 use osvm_sandbox::output::Stamper;
-use osvm_sandbox::{SandboxInstance, SandboxRuntime};
+use osvm_sandbox::{SandboxInstance, SandboxRuntime, StartOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{self, Image};
@@ -305,7 +305,15 @@ impl UnikernelRuntime {
         let spawned = Instant::now();
         let sandbox = self
             .sandbox
-            .start_sandbox_channel_with(&launcher, &format!("{id}-qemu"), Stdio::from(writer), &fds)
+            .start_sandbox(
+                &launcher,
+                StartOptions {
+                    id: Some(format!("{id}-qemu")),
+                    stdout: Some(Stdio::from(writer)),
+                    fds: &fds,
+                    ..StartOptions::default()
+                },
+            )
             .map_err(|e| setup(format!("start {}: {e}", choice.launcher.as_str())))?;
         let qemu = Arc::new(sandbox);
         let serial = Arc::new(SerialState::default());

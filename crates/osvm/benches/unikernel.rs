@@ -199,10 +199,12 @@ fn main() {
 
         let t = Instant::now();
         let p = sandbox
-            .start_sandbox_as(
+            .start_sandbox(
                 &linux_spec(&["hello"]),
-                &id("proc"),
-                std::process::Stdio::null(),
+                osvm_sandbox::StartOptions {
+                    id: Some(id("proc")),
+                    ..Default::default()
+                },
             )
             .unwrap();
         let (f, e) = hello_run(t, &p);
@@ -210,10 +212,12 @@ fn main() {
         pr.exit.push(e);
         let t = Instant::now();
         let p = sandbox
-            .start_sandbox_as(
+            .start_sandbox(
                 &linux_spec(&["spin"]),
-                &id("procspin"),
-                std::process::Stdio::null(),
+                osvm_sandbox::StartOptions {
+                    id: Some(id("procspin")),
+                    ..Default::default()
+                },
             )
             .unwrap();
         first_line(&p.log_paths().0, "spinning", t);

@@ -886,7 +886,9 @@ fn exec_runs_a_command_inside_a_running_sandbox_equally_confined() {
         writable: false,
     });
     spec.resources.pids = Some(16);
-    let instance = runtime.start_sandbox(&spec).unwrap();
+    let instance = runtime
+        .start_sandbox(&spec, osvm_sandbox::StartOptions::default())
+        .unwrap();
     let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
 
     let out = instance
@@ -1134,11 +1136,12 @@ fn listening_sockets_are_handed_to_the_workload_the_systemd_way() {
     );
     let start = || {
         runtime
-            .start_sandbox_with(
+            .start_sandbox(
                 &spec,
-                &osvm_sandbox::new_instance_id("activated"),
-                std::process::Stdio::null(),
-                &[listener.as_fd()],
+                osvm_sandbox::StartOptions {
+                    fds: &[listener.as_fd()],
+                    ..Default::default()
+                },
             )
             .unwrap()
     };

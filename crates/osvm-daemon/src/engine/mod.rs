@@ -27,7 +27,7 @@ use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, Stack};
 use osvm_core::{ExitStatus, Instance, InstanceStats};
 use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
-use osvm_sandbox::{Adopted, SandboxRuntime, new_instance_id};
+use osvm_sandbox::{Adopted, SandboxRuntime, StartOptions, new_instance_id};
 
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
@@ -1493,7 +1493,15 @@ impl Engine {
             let result = match stdio_pipes() {
                 Ok(((in_r, in_w), (out_r, out_w))) => self
                     .runtime
-                    .start_sandbox_channel(&spec, &id, Stdio::from(in_r), Stdio::from(out_w))
+                    .start_sandbox(
+                        &spec,
+                        StartOptions {
+                            id: Some(id.clone()),
+                            stdin: Some(Stdio::from(in_r)),
+                            stdout: Some(Stdio::from(out_w)),
+                            fds: &[],
+                        },
+                    )
                     .map(|inst| {
                         gw.attach_stdio(&server, &id, out_r, in_w);
                         Workload::Sandbox(inst)
@@ -1505,7 +1513,14 @@ impl Engine {
         let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
         let result = self
             .runtime
-            .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
+            .start_sandbox(
+                &spec,
+                StartOptions {
+                    id: Some(id.clone()),
+                    fds: &fds,
+                    ..StartOptions::default()
+                },
+            )
             .map(Workload::Sandbox);
         self.start_result(i, id, result, now);
     }

@@ -19,7 +19,6 @@
 //! version serves afterwards.
 
 use std::net::Ipv4Addr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant};
 use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, HealthProbe, StackNetwork, SwapPolicy};
 use osvm_core::{ExitStatus, Instance};
-use osvm_sandbox::{Adopted, new_instance_id};
+use osvm_sandbox::{Adopted, StartOptions, new_instance_id};
 
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
@@ -365,7 +364,14 @@ impl Engine {
             }
             _ => self
                 .runtime
-                .start_sandbox_with(&spec, &id, Stdio::null(), &fds)
+                .start_sandbox(
+                    &spec,
+                    StartOptions {
+                        id: Some(id.clone()),
+                        fds: &fds,
+                        ..StartOptions::default()
+                    },
+                )
                 .map(Workload::Sandbox),
         };
         match started {

@@ -130,7 +130,13 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         std::process::Stdio::inherit()
     };
     let instance = runtime
-        .start_sandbox_with_stdin(&spec, stdin)
+        .start_sandbox(
+            &spec,
+            osvm_sandbox::StartOptions {
+                stdin: Some(stdin),
+                ..Default::default()
+            },
+        )
         .map_err(SetupFailed)?;
     let relay = terminal.map(crate::terminal::Relay::start);
     let (stdout_log, stderr_log) = instance.log_paths();
