@@ -172,6 +172,11 @@ pub trait Instance: Send + Sync {
     /// Current resource usage.
     fn stats(&self) -> Result<InstanceStats, RuntimeError>;
 
+    /// The memory limit `stats().memory_bytes` is measured against: the limit of the cgroup
+    /// the instance runs in (for a guest, its emulator's: guest memory plus the emulator's
+    /// own), `None` when there is none.
+    fn memory_limit(&self) -> Option<u64>;
+
     /// Human-readable facts about the confinement actually applied (for `osvm status`).
     fn confinement(&self) -> Vec<(String, String)>;
 }

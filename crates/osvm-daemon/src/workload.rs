@@ -150,6 +150,11 @@ impl Workload {
         self.inner().stats()
     }
 
+    /// The memory limit its usage is measured against (see [`Instance::memory_limit`]).
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.inner().memory_limit()
+    }
+
     /// Facts about its confinement.
     pub fn confinement(&self) -> Vec<(String, String)> {
         self.inner().confinement()

@@ -182,7 +182,28 @@ fn setup(what: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Setup(what.to_string())
 }
 
+/// The id of VM instance `id`'s QEMU sandbox.
+fn qemu_instance(id: &str) -> String {
+    format!("{id}-qemu")
+}
+
+/// The id of VM instance `id`'s vsock backend sandbox.
+fn vsock_instance(id: &str) -> String {
+    format!("{id}-vsock")
+}
+
 impl MicroVmRuntime {
+    /// Stops what is left of VM instance `id` that an earlier process started (a daemon that
+    /// restarted cannot drive it: the vsock connections were its own): its QEMU and its vsock
+    /// backend, each in its sandbox.
+    pub fn stop_leftovers(&self, id: &str) {
+        for sub in [qemu_instance(id), vsock_instance(id)] {
+            if let Ok(osvm_sandbox::Adopted::Running(inst)) = self.sandbox.adopt(&sub) {
+                let _ = inst.stop(Duration::ZERO);
+            }
+        }
+    }
+
     /// A runtime whose QEMU and vsock backend run in `sandbox`'s sandboxes.
     pub fn new(sandbox: Arc<SandboxRuntime>, config: MicroVmConfig) -> Self {
         Self {
@@ -449,7 +470,7 @@ impl MicroVmRuntime {
                 .start_sandbox(
                     &backend_spec,
                     osvm_sandbox::StartOptions {
-                        id: Some(format!("{id}-vsock")),
+                        id: Some(vsock_instance(id)),
                         ..Default::default()
                     },
                 )
@@ -531,7 +552,7 @@ impl MicroVmRuntime {
                 .start_sandbox(
                     &qemu_spec,
                     osvm_sandbox::StartOptions {
-                        id: Some(format!("{id}-qemu")),
+                        id: Some(qemu_instance(id)),
                         fds: &fds,
                         ..Default::default()
                     },
@@ -1030,6 +1051,10 @@ impl Instance for MicroVmInstance {
 
     fn stats(&self) -> Result<InstanceStats, RuntimeError> {
         self.qemu.stats()
+    }
+
+    fn memory_limit(&self) -> Option<u64> {
+        self.qemu.memory_limit()
     }
 
     fn confinement(&self) -> Vec<(String, String)> {

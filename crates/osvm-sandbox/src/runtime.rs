@@ -269,6 +269,7 @@ impl SandboxRuntime {
                             init_pidfd,
                             confinement,
                             readonly_root: spec.readonly_root,
+                            memory_limit: spec.resources.memory_bytes,
                             rootfs: spec.rootfs.clone(),
                             cgroup,
                             exit: Mutex::new(None),
@@ -476,6 +477,7 @@ impl SandboxRuntime {
                     init_pidfd,
                     confinement: running.confinement,
                     readonly_root: plan.launch.readonly_root,
+                    memory_limit: plan.launch.resources.memory_bytes,
                     rootfs: plan.launch.rootfs.clone(),
                     cgroup,
                     exit: Mutex::new(None),
@@ -788,6 +790,8 @@ pub struct SandboxInstance {
     confinement: Confinement,
     /// Whether the root is read-only.
     readonly_root: bool,
+    /// The memory limit of its cgroup.
+    memory_limit: Option<u64>,
     /// The custom root directory, if any.
     rootfs: Option<PathBuf>,
     /// The sandbox's control group(s).
@@ -1110,6 +1114,10 @@ impl Instance for SandboxInstance {
         self.cgroup
             .stats()
             .map_err(|e| RuntimeError::Setup(format!("read usage: {e}")))
+    }
+
+    fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
     }
 
     fn confinement(&self) -> Vec<(String, String)> {

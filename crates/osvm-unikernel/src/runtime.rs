@@ -100,7 +100,21 @@ fn setup(what: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Setup(what.to_string())
 }
 
+/// The id of unikernel instance `id`'s launcher sandbox (QEMU or uhyve).
+fn launcher_instance(id: &str) -> String {
+    format!("{id}-qemu")
+}
+
 impl UnikernelRuntime {
+    /// Stops what is left of unikernel instance `id` that an earlier process started (its
+    /// serial port was a pipe into that process): its launcher, in its sandbox.
+    pub fn stop_leftovers(&self, id: &str) {
+        if let Ok(osvm_sandbox::Adopted::Running(inst)) = self.sandbox.adopt(&launcher_instance(id))
+        {
+            let _ = inst.stop(Duration::ZERO);
+        }
+    }
+
     /// A runtime whose launchers run in `sandbox`'s sandboxes; images, kernels and the loader
     /// are kept under `state_dir/unikernel`.
     pub fn new(sandbox: Arc<SandboxRuntime>, state_dir: PathBuf) -> Self {
@@ -308,7 +322,7 @@ impl UnikernelRuntime {
             .start_sandbox(
                 &launcher,
                 StartOptions {
-                    id: Some(format!("{id}-qemu")),
+                    id: Some(launcher_instance(id)),
                     stdout: Some(Stdio::from(writer)),
                     fds: &fds,
                     ..StartOptions::default()
@@ -850,6 +864,10 @@ impl Instance for UnikernelInstance {
 
     fn stats(&self) -> Result<InstanceStats, RuntimeError> {
         self.launcher.stats()
+    }
+
+    fn memory_limit(&self) -> Option<u64> {
+        self.launcher.memory_limit()
     }
 
     fn confinement(&self) -> Vec<(String, String)> {

@@ -281,16 +281,6 @@ fn stdio_pipes() -> std::io::Result<(
     Ok((stdin, stdout))
 }
 
-/// Stops what is left of a guest instance `id` of a previous engine: its QEMU (or uhyve) and,
-/// for a microVM, its vsock backend sandbox.
-fn stop_orphan_guest(runtime: &SandboxRuntime, id: &str) {
-    for part in ["qemu", "vsock"] {
-        if let Ok(Adopted::Running(inst)) = runtime.adopt(&format!("{id}-{part}")) {
-            let _ = inst.stop(Duration::ZERO);
-        }
-    }
-}
-
 /// RFC 3339 (UTC, seconds) of Unix time `secs`.
 fn humantime_secs(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
@@ -380,7 +370,8 @@ impl Engine {
                 if let Ok(Adopted::Running(inst)) = engine.runtime.adopt(&id) {
                     let _ = inst.stop(Duration::from_secs(10));
                 }
-                stop_orphan_guest(&engine.runtime, &id);
+                engine.vms.stop_leftovers(&id);
+                engine.unikernels.stop_leftovers(&id);
             }
             engine.store.remove_component(&record.stack, &record.name)?;
         }
@@ -554,7 +545,7 @@ impl Engine {
         if self.units[i].component.runtime == osvm_core::RuntimeKind::MicroVm {
             // The previous engine held the VM's vsock connections and context id; without
             // them the guest cannot be driven, so it is stopped and started afresh.
-            stop_orphan_guest(&self.runtime, &id);
+            self.vms.stop_leftovers(&id);
             return self.lost(
                 i,
                 now,
@@ -567,7 +558,7 @@ impl Engine {
         if self.units[i].component.runtime == osvm_core::RuntimeKind::Unikernel {
             // The guest's serial port was a pipe into the previous engine: its output and
             // exit status cannot be read any more.
-            stop_orphan_guest(&self.runtime, &id);
+            self.unikernels.stop_leftovers(&id);
             return self.lost(
                 i,
                 now,
@@ -1957,22 +1948,14 @@ impl Engine {
                     listen: u.component.listen.clone(),
                     pid: u.instance.as_ref().map(|i| i.init_pid()),
                     stats: if running { u.stats.clone() } else { None },
-                    // A VM's usage is its QEMU's cgroup: guest memory plus QEMU's own.
-                    memory_limit: match u.component.runtime {
-                        osvm_core::RuntimeKind::MicroVm => u
-                            .component
-                            .resources
-                            .memory_bytes
-                            .map(|m| m + osvm_microvm::runtime::QEMU_OVERHEAD),
-                        osvm_core::RuntimeKind::Unikernel => Some(
-                            u.component
-                                .resources
-                                .memory_bytes
-                                .unwrap_or(osvm_unikernel::runtime::DEFAULT_MEMORY)
-                                + osvm_unikernel::runtime::LAUNCHER_OVERHEAD,
-                        ),
-                        _ => u.component.resources.memory_bytes,
-                    },
+                    // What the running instance's usage is measured against (for a guest, its
+                    // emulator's cgroup), as the runtime set it; the component's own otherwise.
+                    memory_limit: u
+                        .instance
+                        .as_ref()
+                        .filter(|_| running)
+                        .and_then(|i| i.memory_limit())
+                        .or(u.component.resources.memory_bytes),
                     cpu_percent: if running { u.cpu_percent } else { 0.0 },
                     restarts: u.record.restarts,
                     uptime_secs: u
