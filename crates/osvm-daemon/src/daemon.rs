@@ -18,7 +18,7 @@ use osvm_sandbox::SandboxRuntime;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::engine::{ComponentView, Engine, EngineError};
-use crate::store::{Event, Store, StoreError};
+use crate::store::{Event, EventKind, Store, StoreError};
 
 /// How often the engine looks at every component when nothing asks it to.
 const TICK: Duration = Duration::from_millis(200);
@@ -137,7 +137,7 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
     let gateway = osvm_mcp::Gateway::new(rt.handle().clone(), &config.state_dir);
     let mut engine = Engine::open(runtime, store.clone())?;
     engine.set_gateway(gateway.clone());
-    engine.note("daemon", "started");
+    engine.note(EventKind::Daemon, "started");
     let (tx, rx) = std::sync::mpsc::channel();
     let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -182,7 +182,7 @@ fn engine_loop(
 ) {
     loop {
         if stop.try_recv().is_ok() {
-            engine.note("daemon", "stopping; the components keep running");
+            engine.note(EventKind::Daemon, "stopping; the components keep running");
             publish(&mut engine, shared);
             return;
         }

@@ -229,6 +229,146 @@ pub struct InstanceRecord {
     pub exit: Option<ExitStatus>,
 }
 
+/// What an [`Event`] records. On the wire and in the store it is the kebab-case name
+/// (`start-failed`, `swap-rolled-back`, ...); a name this build does not know (written by a newer
+/// daemon) reads back as [`EventKind::Other`] rather than failing the whole event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Adopted,
+    Booting,
+    CaCreated,
+    CaExpiring,
+    CaRotation,
+    CaRotationFailed,
+    CaRotationFinished,
+    Changed,
+    Confined,
+    Daemon,
+    Done,
+    Down,
+    EndedWhileAway,
+    Error,
+    Exited,
+    Failed,
+    Healthy,
+    Identity,
+    IdentityRenewed,
+    IdentityDeliveryFailed,
+    IdentityReload,
+    IdentityReloadFailed,
+    IdentityRenewalFailed,
+    IdentityTrustFailed,
+    Lost,
+    McpFailed,
+    McpUnavailable,
+    Network,
+    NetworkFailed,
+    NetworkPolicy,
+    NetworkTeardownFailed,
+    NeverReady,
+    PolicyAdd,
+    PolicyRemove,
+    Reach,
+    Removed,
+    RestartRequested,
+    RestartScheduled,
+    Running,
+    StartFailed,
+    StartRequested,
+    Started,
+    StopFailed,
+    StopRequested,
+    Stopped,
+    Stopping,
+    StoreError,
+    SwapConfirmed,
+    SwapDone,
+    SwapDrained,
+    SwapRolledBack,
+    SwapRollingBack,
+    SwapStarted,
+    SwapSwitched,
+    Unhealthy,
+    Up,
+    Warning,
+    /// A kind this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl EventKind {
+    /// The kebab-case name, as stored and served.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adopted => "adopted",
+            Self::Booting => "booting",
+            Self::CaCreated => "ca-created",
+            Self::CaExpiring => "ca-expiring",
+            Self::CaRotation => "ca-rotation",
+            Self::CaRotationFailed => "ca-rotation-failed",
+            Self::CaRotationFinished => "ca-rotation-finished",
+            Self::Changed => "changed",
+            Self::Confined => "confined",
+            Self::Daemon => "daemon",
+            Self::Done => "done",
+            Self::Down => "down",
+            Self::EndedWhileAway => "ended-while-away",
+            Self::Error => "error",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Healthy => "healthy",
+            Self::Identity => "identity",
+            Self::IdentityRenewed => "identity-renewed",
+            Self::IdentityDeliveryFailed => "identity-delivery-failed",
+            Self::IdentityReload => "identity-reload",
+            Self::IdentityReloadFailed => "identity-reload-failed",
+            Self::IdentityRenewalFailed => "identity-renewal-failed",
+            Self::IdentityTrustFailed => "identity-trust-failed",
+            Self::Lost => "lost",
+            Self::McpFailed => "mcp-failed",
+            Self::McpUnavailable => "mcp-unavailable",
+            Self::Network => "network",
+            Self::NetworkFailed => "network-failed",
+            Self::NetworkPolicy => "network-policy",
+            Self::NetworkTeardownFailed => "network-teardown-failed",
+            Self::NeverReady => "never-ready",
+            Self::PolicyAdd => "policy-add",
+            Self::PolicyRemove => "policy-remove",
+            Self::Reach => "reach",
+            Self::Removed => "removed",
+            Self::RestartRequested => "restart-requested",
+            Self::RestartScheduled => "restart-scheduled",
+            Self::Running => "running",
+            Self::StartFailed => "start-failed",
+            Self::StartRequested => "start-requested",
+            Self::Started => "started",
+            Self::StopFailed => "stop-failed",
+            Self::StopRequested => "stop-requested",
+            Self::Stopped => "stopped",
+            Self::Stopping => "stopping",
+            Self::StoreError => "store-error",
+            Self::SwapConfirmed => "swap-confirmed",
+            Self::SwapDone => "swap-done",
+            Self::SwapDrained => "swap-drained",
+            Self::SwapRolledBack => "swap-rolled-back",
+            Self::SwapRollingBack => "swap-rolling-back",
+            Self::SwapStarted => "swap-started",
+            Self::SwapSwitched => "swap-switched",
+            Self::Unhealthy => "unhealthy",
+            Self::Up => "up",
+            Self::Warning => "warning",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Something that happened, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -240,8 +380,8 @@ pub struct Event {
     pub stack: Option<String>,
     /// The component, if the event concerns one.
     pub component: Option<String>,
-    /// What happened (`started`, `exited`, `healthy`, ...).
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// The details, in words.
     pub detail: String,
 }
@@ -518,14 +658,14 @@ mod tests {
         .unwrap()
     }
 
-    fn event(kind: &str) -> Event {
+    fn event(kind: EventKind, detail: &str) -> Event {
         Event {
             seq: 0,
             at_ms: now_ms(),
             stack: Some("demo".into()),
             component: Some("web".into()),
-            kind: kind.into(),
-            detail: String::new(),
+            kind,
+            detail: detail.into(),
         }
     }
 
@@ -550,7 +690,7 @@ mod tests {
                     exit: None,
                 })
                 .unwrap();
-            store.append_event(event("started")).unwrap();
+            store.append_event(event(EventKind::Started, "")).unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.stacks().unwrap().len(), 1);
@@ -568,7 +708,10 @@ mod tests {
             store.instance("web-1234").unwrap().unwrap().component,
             "demo/web"
         );
-        assert_eq!(store.events_after(0, 10).unwrap()[0].kind, "started");
+        assert_eq!(
+            store.events_after(0, 10).unwrap()[0].kind,
+            EventKind::Started
+        );
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
@@ -595,18 +738,41 @@ mod tests {
         let path = temp_path("events");
         let store = Store::open(&path).unwrap();
         for i in 0..5 {
-            let e = store.append_event(event(&format!("e{i}"))).unwrap();
+            let e = store
+                .append_event(event(EventKind::Exited, &format!("e{i}")))
+                .unwrap();
             assert_eq!(e.seq, i + 1);
         }
         let page: Vec<String> = store
             .events_after(2, 2)
             .unwrap()
             .into_iter()
-            .map(|e| e.kind)
+            .map(|e| e.detail)
             .collect();
         assert_eq!(page, ["e2", "e3"]);
         assert!(store.events_after(5, 10).unwrap().is_empty());
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn event_kinds_are_kebab_case_names_and_unknown_ones_read_back_as_other() {
+        for kind in [
+            EventKind::Started,
+            EventKind::StartFailed,
+            EventKind::SwapRolledBack,
+            EventKind::EndedWhileAway,
+            EventKind::CaRotationFinished,
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{kind}\""));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+        }
+        let from_newer: Event = serde_json::from_str(
+            r#"{"seq":7,"at_ms":1,"stack":null,"component":null,"kind":"teleported","detail":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(from_newer.kind, EventKind::Other);
+        assert_eq!(from_newer.detail, "x");
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub use swap::{SwapPlan, SwapRequest};
 
 use crate::health::{self, ProbeResult};
 use crate::identity::{self, Delivered};
-use crate::store::{ComponentRecord, Event, InstanceRecord, Intent, Store, StoreError, now_ms};
+use crate::store::{
+    ComponentRecord, Event, EventKind, InstanceRecord, Intent, Store, StoreError, now_ms,
+};
 
 /// The health of one component, as last probed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -392,7 +394,7 @@ impl Engine {
                         if let Some(inst) = engine.units[i].instance.clone()
                             && let Err(e) = engine.listeners_for(i, Some(&inst))
                         {
-                            engine.note("network-failed", &e);
+                            engine.note(EventKind::NetworkFailed, &e);
                         }
                     }
                     let stacks = engine.stacks.clone();
@@ -400,12 +402,12 @@ impl Engine {
                         if let Some(plane) = engine.net.as_mut()
                             && let Err(e) = plane.drop_next(&stacks, &stack, &component)
                         {
-                            engine.note("network-failed", &e);
+                            engine.note(EventKind::NetworkFailed, &e);
                         }
                     }
                 }
                 Err(e) => engine.note(
-                    "network-failed",
+                    EventKind::NetworkFailed,
                     &format!("unavailable: the hub network: {e}"),
                 ),
             }
@@ -455,7 +457,7 @@ impl Engine {
             }
         }
         if let Err(e) = gw.configure(servers, &rules, settings.unwrap_or_default()) {
-            self.note("mcp-failed", &format!("the MCP policy: {e}"));
+            self.note(EventKind::McpFailed, &format!("the MCP policy: {e}"));
         }
     }
 
@@ -471,7 +473,7 @@ impl Engine {
         if inst.sandbox().is_none() {
             let why = "an MCP server over HTTP in a microVM is not connected by this release";
             gw.detach(&spec.name, id, why);
-            return self.emit(i, "mcp-failed", why);
+            return self.emit(i, EventKind::McpFailed, why);
         }
         let netns = PathBuf::from(format!("/proc/{}/ns/net", inst.init_pid()));
         let relays = self.runtime.config().state_dir.join("mcp").join("relays");
@@ -495,7 +497,7 @@ impl Engine {
             };
             self.emit(
                 i,
-                "mcp-failed",
+                EventKind::McpFailed,
                 &format!("instance {}: {}; restarting it", f.instance, f.reason),
             );
             self.stop_for(i, StopReason::Unhealthy, now);
@@ -600,7 +602,7 @@ impl Engine {
                 u.instance = Some(inst.clone());
                 self.emit(
                     i,
-                    "adopted",
+                    EventKind::Adopted,
                     &format!("instance {id} (pid {}) still runs", inst.init_pid()),
                 );
                 if matches!(record.intent, Some(Intent::Stop { .. })) || !record.enabled {
@@ -614,7 +616,7 @@ impl Engine {
                 self.units[i].record.instance = Some(id.clone());
                 self.emit(
                     i,
-                    "ended-while-away",
+                    EventKind::EndedWhileAway,
                     &format!("instance {id}: {}", exit.status),
                 );
                 self.units[i].record.intent = None;
@@ -628,7 +630,7 @@ impl Engine {
     /// Unit `i`'s instance is gone without an exit record: forgotten, and started again now
     /// unless the component is meant to be stopped or has failed.
     fn lost(&mut self, i: usize, now: Instant, detail: &str) {
-        self.emit(i, "lost", detail);
+        self.emit(i, EventKind::Lost, detail);
         let u = &mut self.units[i];
         u.record.intent = None;
         u.record.instance = None;
@@ -660,7 +662,7 @@ impl Engine {
                     if changed && self.units[i].instance.is_some() {
                         self.emit(
                             i,
-                            "changed",
+                            EventKind::Changed,
                             "the component's spec changed; replacing its instance",
                         );
                         self.stop_for(i, StopReason::Replace, now);
@@ -682,7 +684,7 @@ impl Engine {
             if u.record.stack == stack.name
                 && !stack.components.iter().any(|c| c.name == u.component.name)
             {
-                self.emit(i, "removed", "no longer in the stack; stopping it");
+                self.emit(i, EventKind::Removed, "no longer in the stack; stopping it");
                 self.units[i].removing = true;
                 self.units[i].restart_at = None;
                 self.request_stop(i, now);
@@ -730,7 +732,7 @@ impl Engine {
                 .filter_map(|(stack, component)| plane.leave(stack, component).err())
                 .collect();
             for e in failures {
-                self.note("network-failed", &e);
+                self.note(EventKind::NetworkFailed, &e);
             }
             self.reapply_network();
         }
@@ -742,7 +744,10 @@ impl Engine {
                 .any(|s| s.network == osvm_core::stack::StackNetwork::Hub)
         {
             self.teardown_network();
-            self.note("network", "no stack uses the hub any more; removed it");
+            self.note(
+                EventKind::Network,
+                "no stack uses the hub any more; removed it",
+            );
         }
     }
 
@@ -755,7 +760,7 @@ impl Engine {
         let a = plane.apply(&self.stacks)?;
         if a.added + a.removed > 0 {
             self.note(
-                "network-policy",
+                EventKind::NetworkPolicy,
                 &format!(
                     "hub ruleset applied: {} flows added, {} removed, {} connections cut",
                     a.added, a.removed, a.cut
@@ -768,7 +773,7 @@ impl Engine {
     /// [`Engine::apply_network`] where a failure is only logged (nothing waits on it).
     fn reapply_network(&mut self) {
         if let Err(e) = self.apply_network() {
-            self.note("network-failed", &e);
+            self.note(EventKind::NetworkFailed, &e);
         }
     }
 
@@ -833,7 +838,11 @@ impl Engine {
                 &format!("#{index} {text}"),
             ));
         }
-        self.note(action, &format!("stack {stack}: #{index} {text}"));
+        let kind = match action {
+            "policy-add" => EventKind::PolicyAdd,
+            _ => EventKind::PolicyRemove,
+        };
+        self.note(kind, &format!("stack {stack}: #{index} {text}"));
         Ok((index, text))
     }
 
@@ -854,14 +863,14 @@ impl Engine {
         &self.stacks[&self.units[i].record.stack]
     }
 
-    fn emit(&mut self, i: usize, kind: &str, detail: &str) {
+    fn emit(&mut self, i: usize, kind: EventKind, detail: &str) {
         let u = &self.units[i];
         let event = Event {
             seq: 0,
             at_ms: now_ms(),
             stack: Some(u.record.stack.clone()),
             component: Some(u.component.name.clone()),
-            kind: kind.into(),
+            kind,
             detail: detail.into(),
         };
         self.push(event);
@@ -872,7 +881,7 @@ impl Engine {
             Ok(e) => e,
             Err(e) => {
                 self.pending.push(Event {
-                    kind: "store-error".into(),
+                    kind: EventKind::StoreError,
                     detail: e.to_string(),
                     ..event.clone()
                 });
@@ -883,13 +892,13 @@ impl Engine {
     }
 
     /// Records an event that concerns no single component.
-    pub fn note(&mut self, kind: &str, detail: &str) {
+    pub fn note(&mut self, kind: EventKind, detail: &str) {
         self.push(Event {
             seq: 0,
             at_ms: now_ms(),
             stack: None,
             component: None,
-            kind: kind.into(),
+            kind,
             detail: detail.into(),
         });
     }
@@ -897,7 +906,7 @@ impl Engine {
     fn save(&mut self, i: usize) {
         let record = self.units[i].record.clone();
         if let Err(e) = self.store.put_component(&record) {
-            self.emit(i, "store-error", &e.to_string());
+            self.emit(i, EventKind::StoreError, &e.to_string());
         }
     }
 
@@ -948,14 +957,14 @@ impl Engine {
                         let name = self.units[i].component.name.clone();
                         match identity::refresh_trust(&state_dir, &stack, &name) {
                             Ok(()) => self.push_identity(i),
-                            Err(e) => self.emit(i, "identity-trust-failed", &e.to_string()),
+                            Err(e) => self.emit(i, EventKind::IdentityTrustFailed, &e.to_string()),
                         }
                     }
                     for &i in &running {
                         self.units[i].renew_at = Some(now);
                     }
                     self.note(
-                        "ca-rotation",
+                        EventKind::CaRotation,
                         &format!(
                             "trust domain {domain}: both CAs trusted; reissuing {} leaves",
                             running.len()
@@ -979,13 +988,13 @@ impl Engine {
                                 }
                                 self.rotations.remove(&domain);
                                 self.note(
-                                    "ca-rotation-finished",
+                                    EventKind::CaRotationFinished,
                                     &format!(
                                         "trust domain {domain}: the previous CA left the bundle"
                                     ),
                                 );
                             }
-                            Err(e) => self.note("ca-rotation-failed", &e.to_string()),
+                            Err(e) => self.note(EventKind::CaRotationFailed, &e.to_string()),
                         }
                     }
                 }
@@ -1017,7 +1026,7 @@ impl Engine {
                     format!("expires in {} h", left / 3600)
                 };
                 self.note(
-                    "ca-expiring",
+                    EventKind::CaExpiring,
                     &format!(
                         "the CA of trust domain {domain} {when}; run `osvm cert --trust-domain {domain} ca rotate`"
                     ),
@@ -1055,7 +1064,7 @@ impl Engine {
             match inst.try_wait() {
                 Ok(Some(status)) => self.on_exit(i, status, now),
                 Ok(None) => {}
-                Err(e) => self.emit(i, "error", &e.to_string()),
+                Err(e) => self.emit(i, EventKind::Error, &e.to_string()),
             }
         }
         if self.units[i].restart_at.is_some_and(|t| t <= now) && self.units[i].booting.is_none() {
@@ -1073,7 +1082,7 @@ impl Engine {
                 Err(e) => {
                     self.emit(
                         i,
-                        "identity-renewal-failed",
+                        EventKind::IdentityRenewalFailed,
                         &format!("{e}; trying again in 30s"),
                     );
                     self.units[i].renew_at = Some(now + Duration::from_secs(30));
@@ -1117,7 +1126,7 @@ impl Engine {
         let Some(check) = u.component.health.clone() else {
             if u.record.status == ComponentStatus::Starting {
                 self.set_status(i, ComponentStatus::Running);
-                self.emit(i, "running", "no health check configured");
+                self.emit(i, EventKind::Running, "no health check configured");
             }
             return;
         };
@@ -1130,7 +1139,7 @@ impl Engine {
                 "not ready within {} (ready_within)",
                 human_duration(deadline)
             );
-            self.emit(i, "never-ready", &why);
+            self.emit(i, EventKind::NeverReady, &why);
             self.units[i].record.reason = why;
             self.stop_for(i, StopReason::NeverReady, now);
             return;
@@ -1149,7 +1158,7 @@ impl Engine {
                     u.health = Health::Healthy(detail.clone());
                     self.set_status(i, ComponentStatus::Running);
                     if announce {
-                        self.emit(i, "healthy", &detail);
+                        self.emit(i, EventKind::Healthy, &detail);
                     }
                 }
                 Err(reason) => {
@@ -1166,7 +1175,7 @@ impl Engine {
                     if n >= check.retries {
                         self.emit(
                             i,
-                            "unhealthy",
+                            EventKind::Unhealthy,
                             &format!("{n} failed probes in a row; last: {reason}"),
                         );
                         self.stop_for(i, StopReason::Unhealthy, now);
@@ -1218,7 +1227,7 @@ impl Engine {
         if delivered.created_ca {
             self.emit(
                 i,
-                "ca-created",
+                EventKind::CaCreated,
                 &format!(
                     "a CA for trust domain {} in {}",
                     stack.trust_domain,
@@ -1237,9 +1246,9 @@ impl Engine {
         self.emit(
             i,
             if renewal {
-                "identity-renewed"
+                EventKind::IdentityRenewed
             } else {
-                "identity"
+                EventKind::Identity
             },
             &format!(
                 "{} (serial {}), valid until {expires}, at {}",
@@ -1264,7 +1273,7 @@ impl Engine {
             &self.units[i].component.name,
         );
         if let Err(e) = inst.refresh_identity(&dir) {
-            self.emit(i, "identity-delivery-failed", &e.to_string());
+            self.emit(i, EventKind::IdentityDeliveryFailed, &e.to_string());
         }
     }
 
@@ -1278,17 +1287,17 @@ impl Engine {
         };
         match reload {
             osvm_core::stack::IdentityReload::Signal(sig) => match inst.signal(sig) {
-                Ok(()) => self.emit(i, "identity-reload", &format!("sent signal {sig}")),
-                Err(e) => self.emit(i, "identity-reload-failed", &e.to_string()),
+                Ok(()) => self.emit(i, EventKind::IdentityReload, &format!("sent signal {sig}")),
+                Err(e) => self.emit(i, EventKind::IdentityReloadFailed, &e.to_string()),
             },
             osvm_core::stack::IdentityReload::Exec(cmd) => {
                 match inst.exec(&cmd, Duration::from_secs(5)) {
                     Ok(out) if out.code == Some(0) => {
-                        self.emit(i, "identity-reload", &format!("{} -> 0", cmd[0]))
+                        self.emit(i, EventKind::IdentityReload, &format!("{} -> 0", cmd[0]))
                     }
                     Ok(out) => self.emit(
                         i,
-                        "identity-reload-failed",
+                        EventKind::IdentityReloadFailed,
                         &format!(
                             "{} -> {:?}: {}",
                             cmd[0],
@@ -1296,7 +1305,7 @@ impl Engine {
                             String::from_utf8_lossy(&out.stderr).trim()
                         ),
                     ),
-                    Err(e) => self.emit(i, "identity-reload-failed", &e.to_string()),
+                    Err(e) => self.emit(i, EventKind::IdentityReloadFailed, &e.to_string()),
                 }
             }
         }
@@ -1340,7 +1349,7 @@ impl Engine {
         if let Some(plane) = self.net.take()
             && let Err(e) = plane.destroy()
         {
-            self.note("network-teardown-failed", &e);
+            self.note(EventKind::NetworkTeardownFailed, &e);
         }
     }
 
@@ -1384,7 +1393,7 @@ impl Engine {
     fn start_failed(&mut self, i: usize, now: Instant, why: String) {
         self.units[i].record.reason = why.clone();
         self.save(i);
-        self.emit(i, "start-failed", &why);
+        self.emit(i, EventKind::StartFailed, &why);
         self.schedule_restart(i, now, true);
     }
 
@@ -1453,7 +1462,7 @@ impl Engine {
                             "a Hermit unikernel is booting (its image is built first if the crate changed)"
                         }
                     };
-                    self.emit(i, "booting", what);
+                    self.emit(i, EventKind::Booting, what);
                 }
                 Err(e) => self.start_result(
                     i,
@@ -1467,7 +1476,7 @@ impl Engine {
         if stdio_mcp(&self.units[i].component) && self.mcp.is_none() {
             self.emit(
                 i,
-                "mcp-unavailable",
+                EventKind::McpUnavailable,
                 "no MCP gateway runs here (`osvm up` in the foreground): the server starts with \
                  its stdout logged and no client can reach it; run `osvm daemon` and `osvm up -d`",
             );
@@ -1599,20 +1608,20 @@ impl Engine {
                 }
                 u.next_probe = now;
                 self.save(i);
-                self.emit(i, "started", &detail);
+                self.emit(i, EventKind::Started, &detail);
                 if let Some(reach) = reach {
-                    self.emit(i, "reach", &reach);
+                    self.emit(i, EventKind::Reach, &reach);
                 }
-                self.emit(i, "confined", &confinement);
+                self.emit(i, EventKind::Confined, &confinement);
                 if let Some(w) = warning {
-                    self.emit(i, "warning", &w);
+                    self.emit(i, EventKind::Warning, &w);
                 }
             }
             Err(e) => {
                 self.units[i].record.intent = None;
                 self.units[i].record.reason = e.to_string();
                 self.save(i);
-                self.emit(i, "start-failed", &e.to_string());
+                self.emit(i, EventKind::StartFailed, &e.to_string());
                 self.schedule_restart(i, now, true);
             }
         }
@@ -1675,12 +1684,12 @@ impl Engine {
             max_restarts: self.stacks[&u.record.stack].max_restarts,
         };
         self.save(i);
-        self.emit(i, "exited", &detail);
+        self.emit(i, EventKind::Exited, &detail);
         match policy::after_exit(&facts) {
             AfterExit::FailedNeverReady => {
                 let reason = self.units[i].record.reason.clone();
                 self.set_status(i, ComponentStatus::Failed);
-                self.emit(i, "failed", &reason);
+                self.emit(i, EventKind::Failed, &reason);
             }
             AfterExit::Stopped => self.set_status(i, ComponentStatus::Stopped),
             // The old instance died during a swap: the swap decides (the new instance takes
@@ -1735,7 +1744,7 @@ impl Engine {
         self.units[i].record.reason = reason.clone();
         self.set_status(i, ComponentStatus::Failed);
         self.save(i);
-        self.emit(i, "failed", &reason);
+        self.emit(i, EventKind::Failed, &reason);
     }
 
     /// Schedules unit `i`'s next start after its backoff, and counts the restart.
@@ -1753,7 +1762,7 @@ impl Engine {
         self.save(i);
         self.emit(
             i,
-            "restart-scheduled",
+            EventKind::RestartScheduled,
             &format!("restart {restarts} in {}", human_duration(delay)),
         );
     }
@@ -1802,10 +1811,10 @@ impl Engine {
                     u.record.last_exit = Some(status);
                     self.set_status(i, ComponentStatus::Stopped);
                     self.save(i);
-                    self.emit(i, "stopped", &how);
+                    self.emit(i, EventKind::Stopped, &how);
                 }
-                Ok(Err(e)) => self.emit(i, "stop-failed", &e.to_string()),
-                Err(_) => self.emit(i, "stop-failed", "the stopping thread panicked"),
+                Ok(Err(e)) => self.emit(i, EventKind::StopFailed, &e.to_string()),
+                Err(_) => self.emit(i, EventKind::StopFailed, "the stopping thread panicked"),
             }
         }
         std::mem::take(&mut self.pending)
@@ -1849,7 +1858,7 @@ impl Engine {
         }
         self.set_status(i, ComponentStatus::Starting);
         self.save(i);
-        self.emit(i, "start-requested", "by the API");
+        self.emit(i, EventKind::StartRequested, "by the API");
         Ok(())
     }
 
@@ -1859,7 +1868,7 @@ impl Engine {
         self.units[i].record.enabled = false;
         self.units[i].restart_at = None;
         self.save(i);
-        self.emit(i, "stop-requested", "by the API");
+        self.emit(i, EventKind::StopRequested, "by the API");
         if self.units[i].instance.is_some() {
             self.request_stop(i, Instant::now());
         } else {
@@ -1873,7 +1882,7 @@ impl Engine {
     pub fn restart_component(&mut self, name: &str) -> Result<(), EngineError> {
         let i = self.find(name)?;
         self.units[i].record.enabled = true;
-        self.emit(i, "restart-requested", "by the API");
+        self.emit(i, EventKind::RestartRequested, "by the API");
         if self.units[i].instance.is_some() {
             self.stop_for(i, StopReason::Replace, Instant::now());
         } else {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError, Health, human_duration};
 use crate::health::{self, ProbeResult};
-use crate::store::{SwapOutcome, SwapPhase, SwapRecord, now_ms};
+use crate::store::{EventKind, SwapOutcome, SwapPhase, SwapRecord, now_ms};
 
 /// What `osvm swap` asks for.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -319,7 +319,7 @@ impl Engine {
         self.save(i);
         self.emit(
             i,
-            "swap-started",
+            EventKind::SwapStarted,
             &format!("new instance {id}; waiting for it to be ready"),
         );
         Ok(plan)
@@ -508,7 +508,7 @@ impl Engine {
                 human_duration(waited)
             )
         };
-        self.emit(i, "swap-switched", &detail);
+        self.emit(i, EventKind::SwapSwitched, &detail);
     }
 
     /// The new instance held: it becomes the component's instance, the old one drains.
@@ -554,7 +554,7 @@ impl Engine {
         self.set_phase(i, SwapPhase::Draining);
         self.emit(
             i,
-            "swap-confirmed",
+            EventKind::SwapConfirmed,
             "the new instance is the component's; draining the old one",
         );
     }
@@ -597,7 +597,7 @@ impl Engine {
                             "{left} connection(s) still open after drain_timeout; stopping the old instance"
                         )
                     };
-                    self.emit(i, "swap-drained", &detail);
+                    self.emit(i, EventKind::SwapDrained, &detail);
                 }
             }
         }
@@ -621,7 +621,7 @@ impl Engine {
         self.save(i);
         self.emit(
             i,
-            "swap-done",
+            EventKind::SwapDone,
             &format!(
                 "instance {} serves; the swap took {}",
                 sw.new.id(),
@@ -645,7 +645,7 @@ impl Engine {
         if let Some(plane) = self.net.as_mut()
             && let Err(e) = plane.drop_next(&stacks, &stack, &name)
         {
-            self.note("network-failed", &e);
+            self.note(EventKind::NetworkFailed, &e);
         }
         let took = now.duration_since(sw.began);
         let u = &mut self.units[i];
@@ -672,7 +672,7 @@ impl Engine {
             if let Some(plane) = self.net.as_mut()
                 && let Err(e) = plane.switch(&stacks, &stack, &name, 0)
             {
-                self.note("network-failed", &e);
+                self.note(EventKind::NetworkFailed, &e);
             }
         }
         let grace = self.units[i].component.stop_grace;
@@ -681,7 +681,7 @@ impl Engine {
         sw.probe = None;
         sw.kill_at = Some(now + grace);
         let _ = sw.new.signal(libc::SIGTERM);
-        self.emit(i, "swap-rolling-back", &reason);
+        self.emit(i, EventKind::SwapRollingBack, &reason);
     }
 
     fn finish_rollback(&mut self, i: usize, now: Instant) {
@@ -706,7 +706,7 @@ impl Engine {
         self.save(i);
         self.emit(
             i,
-            "swap-rolled-back",
+            EventKind::SwapRolledBack,
             &format!("{}; the old instance serves", sw.reason),
         );
         if !old_alive {
@@ -752,9 +752,9 @@ impl Engine {
         self.emit(
             i,
             if done {
-                "swap-done"
+                EventKind::SwapDone
             } else {
-                "swap-rolled-back"
+                EventKind::SwapRolledBack
             },
             &detail,
         );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use osvm_daemon::engine::Engine;
-use osvm_daemon::store::{Event, Store};
+use osvm_daemon::store::{Event, EventKind, Store};
 use serde_json::json;
 
 use super::{available_runtime, state_dir};
@@ -61,7 +61,7 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let name = stack.name.clone();
     engine.note(
-        "up",
+        EventKind::Up,
         &format!(
             "stack `{name}` from {}; Ctrl-C stops it",
             args.file.display()
@@ -82,18 +82,21 @@ impl Screen {
         loop {
             if let Ok(sig) = signals.try_recv() {
                 self.clear_table();
-                engine.note("stopping", &format!("{sig}: stopping every component"));
+                engine.note(
+                    EventKind::Stopping,
+                    &format!("{sig}: stopping every component"),
+                );
                 let mut events = engine.shutdown();
                 engine.teardown_network();
                 let forgotten = engine.forget_stack(stack);
-                engine.note("down", "every component stopped");
+                engine.note(EventKind::Down, "every component stopped");
                 events.extend(engine.tick());
                 self.print(&events);
                 if let Err(e) = forgotten {
                     let _ = writeln!(std::io::stderr(), "error: forget stack `{stack}`: {e}");
                     return ExitCode::from(1);
                 }
-                let failed = events.iter().any(|e| e.kind == "stop-failed");
+                let failed = events.iter().any(|e| e.kind == EventKind::StopFailed);
                 return if failed {
                     ExitCode::from(1)
                 } else {
@@ -110,7 +113,7 @@ impl Screen {
                 self.clear_table();
                 let failed = engine.failed();
                 engine.note(
-                    "done",
+                    EventKind::Done,
                     &format!("every component has ended; {failed} failed"),
                 );
                 engine.teardown_network();
