@@ -298,6 +298,67 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind this build emits, in the order `docs/api/openapi.json` lists them.
+    pub const ALL: &[EventKind] = &[
+        Self::Adopted,
+        Self::Booting,
+        Self::CaCreated,
+        Self::CaExpiring,
+        Self::CaRotation,
+        Self::CaRotationFailed,
+        Self::CaRotationFinished,
+        Self::Changed,
+        Self::Confined,
+        Self::Daemon,
+        Self::Done,
+        Self::Down,
+        Self::EndedWhileAway,
+        Self::Error,
+        Self::Exited,
+        Self::Failed,
+        Self::Healthy,
+        Self::Identity,
+        Self::IdentityRenewed,
+        Self::IdentityDeliveryFailed,
+        Self::IdentityReload,
+        Self::IdentityReloadFailed,
+        Self::IdentityRenewalFailed,
+        Self::IdentityTrustFailed,
+        Self::Lost,
+        Self::McpFailed,
+        Self::McpUnavailable,
+        Self::Network,
+        Self::NetworkFailed,
+        Self::NetworkPolicy,
+        Self::NetworkTeardownFailed,
+        Self::NeverReady,
+        Self::PolicyAdd,
+        Self::PolicyRemove,
+        Self::Reach,
+        Self::Removed,
+        Self::RestartRequested,
+        Self::RestartScheduled,
+        Self::Running,
+        Self::StartFailed,
+        Self::StartRequested,
+        Self::Started,
+        Self::StopFailed,
+        Self::StopRequested,
+        Self::Stopped,
+        Self::Stopping,
+        Self::StoreError,
+        Self::SwapConfirmed,
+        Self::SwapDone,
+        Self::SwapDrained,
+        Self::SwapRolledBack,
+        Self::SwapRollingBack,
+        Self::SwapStarted,
+        Self::SwapSwitched,
+        Self::Unhealthy,
+        Self::Up,
+        Self::Warning,
+    ];
+
     /// The kebab-case name, as stored and served.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -756,13 +817,7 @@ mod tests {
 
     #[test]
     fn event_kinds_are_kebab_case_names_and_unknown_ones_read_back_as_other() {
-        for kind in [
-            EventKind::Started,
-            EventKind::StartFailed,
-            EventKind::SwapRolledBack,
-            EventKind::EndedWhileAway,
-            EventKind::CaRotationFinished,
-        ] {
+        for &kind in EventKind::ALL {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{kind}\""));
             assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
@@ -773,6 +828,23 @@ mod tests {
         .unwrap();
         assert_eq!(from_newer.kind, EventKind::Other);
         assert_eq!(from_newer.detail, "x");
+    }
+
+    #[test]
+    fn the_api_document_lists_every_event_kind() {
+        let doc: serde_json::Value = serde_json::from_str(crate::api::OPENAPI).unwrap();
+        let listed: Vec<&str> = doc["components"]["schemas"]["Event"]["properties"]["kind"]["enum"]
+            .as_array()
+            .expect("Event.kind has an enum")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(listed, known);
+        let mut sorted = known.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), known.len(), "a kind is listed twice");
     }
 
     #[test]
