@@ -6,12 +6,14 @@
 //! implement [`runtime::Runtime`] and [`runtime::Instance`].
 #![forbid(unsafe_code)]
 
+pub mod confinement;
 pub mod launch;
 pub mod model;
 pub mod quantity;
 pub mod runtime;
 pub mod stack;
 
+pub use confinement::{Confinement, GuestConfinement, SandboxConfinement};
 pub use launch::{
     AccelChoice, BindMount, DataKind, LaunchSpec, LauncherChoice, LogLimits, Resources,
     UnikernelOptions, VmOptions,

@@ -177,8 +177,8 @@ pub trait Instance: Send + Sync {
     /// own), `None` when there is none.
     fn memory_limit(&self) -> Option<u64>;
 
-    /// Human-readable facts about the confinement actually applied (for `osvm status`).
-    fn confinement(&self) -> Vec<(String, String)>;
+    /// The confinement actually applied.
+    fn confinement(&self) -> crate::Confinement;
 }
 
 #[cfg(test)]

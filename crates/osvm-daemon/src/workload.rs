@@ -155,8 +155,8 @@ impl Workload {
         self.inner().memory_limit()
     }
 
-    /// Facts about its confinement.
-    pub fn confinement(&self) -> Vec<(String, String)> {
+    /// The confinement actually applied.
+    pub fn confinement(&self) -> osvm_core::Confinement {
         self.inner().confinement()
     }
 

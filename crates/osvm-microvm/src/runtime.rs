@@ -1057,30 +1057,22 @@ impl Instance for MicroVmInstance {
         self.qemu.memory_limit()
     }
 
-    fn confinement(&self) -> Vec<(String, String)> {
+    fn confinement(&self) -> osvm_core::Confinement {
         let f = &self.facts;
-        let mut facts = vec![
-            ("runtime".into(), "microvm (QEMU microvm)".into()),
-            ("accelerator".into(), f.accel.as_str().into()),
-            ("vcpus".into(), f.vcpus.to_string()),
-            ("guest memory".into(), format!("{} MiB", f.memory_mib)),
-            ("guest kernel".into(), f.kernel.clone()),
-            (
-                "image".into(),
-                format!("{} ({} bytes)", &f.image[..12], f.image_size),
-            ),
-            ("vsock cid".into(), f.cid.to_string()),
-        ];
-        if let Some(w) = &f.warning {
-            facts.push(("warning".into(), w.clone()));
-        }
-        facts.extend(
-            self.qemu
-                .confinement()
-                .into_iter()
-                .map(|(k, v)| (format!("vmm {k}"), v)),
-        );
-        facts
+        osvm_core::Confinement::Guest(osvm_core::GuestConfinement {
+            kind: osvm_core::RuntimeKind::MicroVm,
+            driver: "QEMU microvm".into(),
+            accelerator: f.accel.as_str().into(),
+            launcher_reason: None,
+            vcpus: f.vcpus,
+            memory_mib: f.memory_mib,
+            kernel: Some(f.kernel.clone()),
+            image: f.image[..12].to_owned(),
+            image_size: f.image_size,
+            vsock_cid: Some(f.cid),
+            warning: f.warning.clone(),
+            emulator: self.qemu.confinement().sandbox().clone(),
+        })
     }
 }
 

@@ -1120,37 +1120,19 @@ impl Instance for SandboxInstance {
         self.memory_limit
     }
 
-    fn confinement(&self) -> Vec<(String, String)> {
+    fn confinement(&self) -> osvm_core::Confinement {
         let c = &self.confinement;
-        let mut facts = vec![
-            (
-                "namespaces".into(),
-                "user, pid, mount, network, ipc, uts, cgroup".into(),
-            ),
-            ("uid map".into(), c.id_map.clone()),
-            ("cgroup".into(), c.cgroup.clone()),
-            ("capabilities".into(), "none (bounding set empty)".into()),
-            ("no_new_privs".into(), "yes".into()),
-            (
-                "seccomp".into(),
-                format!("allowlist of {} syscalls, others EPERM", c.seccomp_allowed),
-            ),
-            ("landlock".into(), c.landlock.status.clone()),
-        ];
-        if c.landlock.tcp_bind_restricted {
-            facts.push((
-                "tcp bind".into(),
-                "only the declared listen ports (Landlock)".into(),
-            ));
-        }
-        facts.push((
-            "root".into(),
-            match (&self.rootfs, self.readonly_root) {
+        osvm_core::Confinement::Sandbox(osvm_core::SandboxConfinement {
+            id_map: c.id_map.clone(),
+            cgroup: c.cgroup.clone(),
+            seccomp_allowed: c.seccomp_allowed,
+            landlock: c.landlock.status.clone(),
+            tcp_bind_restricted: c.landlock.tcp_bind_restricted,
+            root: match (&self.rootfs, self.readonly_root) {
                 (Some(d), ro) => format!("{}{}", d.display(), if ro { " (read-only)" } else { "" }),
                 (None, true) => "host /usr, /lib*, /bin, /sbin read-only; root read-only".into(),
                 (None, false) => "host /usr, /lib*, /bin, /sbin read-only; root tmpfs".into(),
             },
-        ));
-        facts
+        })
     }
 }

@@ -870,32 +870,22 @@ impl Instance for UnikernelInstance {
         self.launcher.memory_limit()
     }
 
-    fn confinement(&self) -> Vec<(String, String)> {
+    fn confinement(&self) -> osvm_core::Confinement {
         let f = &self.facts;
-        let mut facts = vec![
-            (
-                "runtime".into(),
-                format!("unikernel (Hermit under {})", f.launcher.as_str()),
-            ),
-            ("accelerator".into(), f.accel.as_str().into()),
-            ("launcher".into(), f.reason.clone()),
-            ("vcpus".into(), f.vcpus.to_string()),
-            ("guest memory".into(), format!("{} MiB", f.memory_mib)),
-            (
-                "image".into(),
-                format!("{} {} ({} bytes)", f.app, &f.image[..12], f.image_size),
-            ),
-        ];
-        if let Some(w) = &f.warning {
-            facts.push(("warning".into(), w.clone()));
-        }
-        facts.extend(
-            self.launcher
-                .confinement()
-                .into_iter()
-                .map(|(k, v)| (format!("vmm {k}"), v)),
-        );
-        facts
+        osvm_core::Confinement::Guest(osvm_core::GuestConfinement {
+            kind: osvm_core::RuntimeKind::Unikernel,
+            driver: format!("Hermit under {}", f.launcher.as_str()),
+            accelerator: f.accel.as_str().into(),
+            launcher_reason: Some(f.reason.clone()),
+            vcpus: f.vcpus,
+            memory_mib: f.memory_mib,
+            kernel: None,
+            image: format!("{} {}", f.app, &f.image[..12]),
+            image_size: f.image_size,
+            vsock_cid: None,
+            warning: f.warning.clone(),
+            emulator: self.launcher.confinement().sandbox().clone(),
+        })
     }
 }
 

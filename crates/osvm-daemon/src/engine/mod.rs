@@ -1587,11 +1587,9 @@ impl Engine {
                         ),
                     },
                 });
-                let confinement = confinement_summary(&inst.confinement());
-                let warning = inst
-                    .vm()
-                    .and_then(|v| v.facts().warning.clone())
-                    .or_else(|| inst.unikernel().and_then(|u| u.facts().warning.clone()));
+                let confined = inst.confinement();
+                let confinement = confined.summary();
+                let warning = confined.warning().map(str::to_owned);
                 self.attach_http_mcp(i, &id, &inst);
                 self.record_start(i, &id);
                 let u = &mut self.units[i];
@@ -1991,57 +1989,4 @@ impl Engine {
             })
             .collect()
     }
-}
-
-/// The confinement facts that matter at a glance, on one line.
-fn confinement_summary(facts: &[(String, String)]) -> String {
-    let get = |k: &str| {
-        facts
-            .iter()
-            .find(|(w, _)| w == k)
-            .map(|(_, h)| h.as_str())
-            .unwrap_or("?")
-    };
-    let vmm = || -> Vec<(String, String)> {
-        facts
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("vmm ")?.to_owned(), v.clone())))
-            .collect()
-    };
-    if facts.iter().any(|(w, _)| w == "launcher") {
-        // A unikernel: the guest's facts, then its launcher's sandbox.
-        return format!(
-            "{}: {} accelerator, {} vCPU, {} guest memory, image {}; launcher confined: {}",
-            get("runtime"),
-            get("accelerator"),
-            get("vcpus"),
-            get("guest memory"),
-            get("image"),
-            confinement_summary(&vmm())
-        );
-    }
-    if facts.iter().any(|(w, _)| w == "accelerator") {
-        // A microVM: the guest's facts, then its QEMU's sandbox (facts prefixed `vmm `).
-        return format!(
-            "microVM: {} accelerator, {} vCPUs, {} guest memory, kernel {}, vsock cid {}; QEMU \
-             confined: {}",
-            get("accelerator"),
-            get("vcpus"),
-            get("guest memory"),
-            get("guest kernel"),
-            get("vsock cid"),
-            confinement_summary(&vmm())
-        );
-    }
-    let mut parts = vec![
-        format!("uid map {}", get("uid map")),
-        format!("capabilities {}", get("capabilities")),
-        format!("seccomp {}", get("seccomp")),
-        format!("landlock {}", get("landlock")),
-    ];
-    if facts.iter().any(|(w, _)| w == "tcp bind") {
-        parts.push("tcp bind only on listen ports".into());
-    }
-    parts.push(get("root").to_string());
-    parts.join("; ")
 }

@@ -140,7 +140,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(SetupFailed)?;
     let relay = terminal.map(crate::terminal::Relay::start);
     let (stdout_log, stderr_log) = instance.log_paths();
-    for (what, how) in instance.confinement() {
+    for (what, how) in instance.confinement().facts() {
         tracing::debug!(instance = instance.id(), "{what}: {how}");
     }
     if !args.quiet && global.output == Output::Text {
@@ -194,7 +194,7 @@ pub fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             "status": status,
             "exit_code": status.shell_code(),
             "stats": record.as_ref().and_then(|r| r.stats.clone()),
-            "confinement": instance.confinement().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "confinement": instance.confinement().facts().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "logs": if args.rm { serde_json::Value::Null } else { serde_json::json!({ "stdout": stdout_log, "stderr": stderr_log }) },
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
