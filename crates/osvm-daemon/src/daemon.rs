@@ -76,7 +76,9 @@ pub enum Command {
         oneshot::Sender<Result<Vec<osvm_core::stack::PolicyRule>, EngineError>>,
     ),
     /// Show the hub network.
-    Network(oneshot::Sender<Option<Result<crate::network::NetView, String>>>),
+    Network(
+        oneshot::Sender<Option<Result<crate::network::NetView, crate::network::NetPlaneError>>>,
+    ),
     /// Start, stop or restart a component.
     Component(
         ComponentAction,

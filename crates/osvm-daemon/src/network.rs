@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use osvm_core::stack::{Protocol, Stack, StackNetwork};
+use osvm_net::NetError;
 use osvm_net::enforce::{Applied, Counter, Enforcer};
 use osvm_net::hub::Hub;
 use osvm_net::ipam::{self, Block, Ipam};
@@ -20,6 +21,56 @@ use osvm_net::proxy::{
 use osvm_net::ruleset::{Member, decided, external, services};
 use osvm_net::uplink::Uplink;
 use osvm_policy::{AuditLog, AuditRecord, Endpoint, Flow, PolicySet};
+
+/// What can go wrong on the hub network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetPlaneError {
+    /// The hub, a namespace, an address block, the ruleset, the uplink or a proxy could not be
+    /// made, changed or read.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The uplink that gives components with `cidr:` egress a way out of the host could not
+    /// be made.
+    #[error("the uplink out of the host: {0}")]
+    Uplink(#[source] NetError),
+    /// Work inside a component's network namespace could not start.
+    #[error(transparent)]
+    Netns(#[from] osvm_net::netns::NetnsError),
+    /// The hub's own state (a directory, a record, the audit log) or a socket could not be
+    /// made, read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record of the hub's state does not parse.
+    #[error("{path}: {source}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The CA of a trust domain, which the mTLS proxies check certificates against, could not
+    /// be opened.
+    #[error("the CA: {0}")]
+    Ca(#[from] osvm_pki::PkiError),
+    /// A running instance would not hand over its listening sockets.
+    #[error("the sockets of a running instance: {0}")]
+    Instance(#[from] osvm_core::RuntimeError),
+    /// A component is not on the hub, or has no service address there.
+    #[error("{0}")]
+    NotOnHub(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetPlaneError {
+    let what = what.into();
+    move |source| NetPlaneError::Io { what, source }
+}
 
 /// Where service addresses come from: one per component, the first address of a /30 of this
 /// pool (16,384 services).
@@ -187,7 +238,7 @@ fn short_hash(s: &str) -> u32 {
 
 /// Listening TCP sockets on every address of the network namespace at `netns`, one per port,
 /// made on a thread that entered it.
-fn bind_in(netns: &Path, ports: &[u16]) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+fn bind_in(netns: &Path, ports: &[u16]) -> Result<Vec<std::os::fd::OwnedFd>, NetPlaneError> {
     let ports = ports.to_vec();
     osvm_net::netns::run_in_path(netns, move || {
         ports
@@ -195,11 +246,11 @@ fn bind_in(netns: &Path, ports: &[u16]) -> Result<Vec<std::os::fd::OwnedFd>, Str
             .map(|&port| {
                 std::net::TcpListener::bind(("0.0.0.0", port))
                     .map(std::os::fd::OwnedFd::from)
-                    .map_err(|e| format!("listen on port {port}: {e}"))
+                    .map_err(io(format!("listen on port {port}")))
             })
             .collect()
     })
-    .map_err(|e| e.to_string())?
+    .map_err(NetPlaneError::from)?
 }
 
 /// The address-block key of a component's second instance during a hot-swap.
@@ -211,49 +262,56 @@ fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+fn ip(args: &[&str]) -> Result<(), NetPlaneError> {
     let out = std::process::Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        .map_err(|e| NetError::Command {
+            command: format!("ip {}", args.join(" ")),
+            detail: e.to_string(),
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(NetError::Command {
+            command: format!("ip {}", args.join(" ")),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }
+        .into())
     }
 }
 
 impl NetPlane {
     /// The hub of `state_dir`, created if it does not exist (a restarted daemon finds it).
-    pub fn open(state_dir: &Path) -> Result<Self, String> {
+    pub fn open(state_dir: &Path) -> Result<Self, NetPlaneError> {
         let prefix = format!("osvm-{:08x}", short_hash(&state_dir.to_string_lossy()));
         let hub_name = format!("{prefix}-hub");
         let hub = if netns_path(&hub_name).exists() {
             Hub::existing(&hub_name)
         } else {
-            Hub::create(&hub_name).map_err(|e| e.to_string())?
+            Hub::create(&hub_name).map_err(NetPlaneError::from)?
         };
         let dir = state_dir.join("net");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let (pool, len) = ipam::DEFAULT_POOL;
-        let ipam = Ipam::open(&dir.join("ipam.json"), pool, len).map_err(|e| e.to_string())?;
+        let ipam = Ipam::open(&dir.join("ipam.json"), pool, len).map_err(NetPlaneError::from)?;
         let (pool, len) = SERVICE_POOL;
         let services =
-            Ipam::open(&dir.join("services.json"), pool, len).map_err(|e| e.to_string())?;
+            Ipam::open(&dir.join("services.json"), pool, len).map_err(NetPlaneError::from)?;
         let uplink = match std::fs::read_to_string(dir.join("uplink.json")) {
-            Ok(text) => Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("{}: {e}", dir.join("uplink.json").display()))?,
-            ),
+            Ok(text) => {
+                Some(
+                    serde_json::from_str(&text).map_err(|source| NetPlaneError::Record {
+                        path: dir.join("uplink.json"),
+                        source,
+                    })?,
+                )
+            }
             Err(_) => None,
         };
         let audit_path = state_dir.join("audit.log");
-        let audit = AuditLog::open(&audit_path)
-            .map_err(|e| format!("open {}: {e}", audit_path.display()))?;
+        let audit =
+            AuditLog::open(&audit_path).map_err(io(format!("open {}", audit_path.display())))?;
         Ok(Self {
             prefix,
             state_dir: state_dir.to_path_buf(),
@@ -282,16 +340,16 @@ impl NetPlane {
 
     /// Puts `stack/component` on the hub (address block, namespace, veth) if it is not yet;
     /// returns its namespace's path and whether it was new.
-    pub fn join(&mut self, stack: &str, component: &str) -> Result<(PathBuf, bool), String> {
+    pub fn join(&mut self, stack: &str, component: &str) -> Result<(PathBuf, bool), NetPlaneError> {
         let key = format!("{stack}/{component}");
-        self.services.allocate(&key).map_err(|e| e.to_string())?;
+        self.services.allocate(&key).map_err(NetPlaneError::from)?;
         self.add_slot(&key)
     }
 
     /// Gives address-block key `slot` its block, namespace and veth (if it has none yet);
     /// returns the namespace's path and whether it was new.
-    fn add_slot(&mut self, slot: &str) -> Result<(PathBuf, bool), String> {
-        let block = self.ipam.allocate(slot).map_err(|e| e.to_string())?;
+    fn add_slot(&mut self, slot: &str) -> Result<(PathBuf, bool), NetPlaneError> {
+        let block = self.ipam.allocate(slot).map_err(NetPlaneError::from)?;
         let name = self.netns_name(block.index);
         let path = netns_path(&name);
         if path.exists() {
@@ -304,14 +362,14 @@ impl NetPlane {
         if let Err(e) = self.enforcer.hub().attach(&name, &block) {
             let _ = ip(&["netns", "del", &name]);
             let _ = self.ipam.release(slot);
-            return Err(e.to_string());
+            return Err(e.into());
         }
         Ok((path, true))
     }
 
     /// Takes address-block key `slot` off the hub: its egress proxies, its veth (at once, not
     /// whenever the kernel gets to the namespace), its namespace, its block.
-    fn remove_slot(&mut self, slot: &str) -> Result<(), String> {
+    fn remove_slot(&mut self, slot: &str) -> Result<(), NetPlaneError> {
         let Some(block) = self.ipam.get(slot) else {
             return Ok(());
         };
@@ -322,7 +380,7 @@ impl NetPlane {
         if netns_path(&name).exists() {
             ip(&["netns", "del", &name])?;
         }
-        self.ipam.release(slot).map_err(|e| e.to_string())
+        self.ipam.release(slot).map_err(NetPlaneError::from)
     }
 
     /// The hub's network namespace, from which osvm itself reaches components' addresses
@@ -350,7 +408,7 @@ impl NetPlane {
     /// Recomputes and applies the ruleset and service map for every hub stack's components
     /// that are on the hub, then starts and stops ingress proxies to match. Policy is per
     /// stack: rules never name another stack's components.
-    pub fn apply(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<Applied, String> {
+    pub fn apply(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<Applied, NetPlaneError> {
         let mut tuples = Vec::new();
         let mut service_map = Vec::new();
         let mut leaving = Vec::new();
@@ -425,16 +483,20 @@ impl NetPlane {
             let tag = self.prefix.trim_start_matches("osvm-");
             let uplink = Uplink::planned(tag)
                 .create(self.enforcer.hub())
-                .map_err(|e| format!("the uplink out of the host: {e}"))?;
+                .map_err(NetPlaneError::Uplink)?;
             let path = self.state_dir.join("net").join("uplink.json");
-            let text = serde_json::to_string_pretty(&uplink).map_err(|e| e.to_string())?;
-            std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+            let text =
+                serde_json::to_string_pretty(&uplink).map_err(|source| NetPlaneError::Record {
+                    path: path.clone(),
+                    source,
+                })?;
+            std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
             self.uplink = Some(uplink);
         }
         let applied = self
             .enforcer
             .apply_all(tuples, service_map, leaving, splits)
-            .map_err(|e| e.to_string())?;
+            .map_err(NetPlaneError::from)?;
         self.sync_proxies(stacks, wanted)?;
         self.sync_egress(stacks)?;
         Ok(applied)
@@ -442,7 +504,7 @@ impl NetPlane {
 
     /// Starts, replaces or stops the egress proxies of every hub component to match its
     /// `mtls_egress`.
-    fn sync_egress(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<(), String> {
+    fn sync_egress(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<(), NetPlaneError> {
         let mut keep = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
             let slots = self.members(stack);
@@ -482,28 +544,30 @@ impl NetPlane {
         stack: &Stack,
         c: &osvm_core::stack::Component,
         index: u32,
-    ) -> Result<ProxyHost, String> {
+    ) -> Result<ProxyHost, NetPlaneError> {
         let mut host = ProxyHost::start(Some(&netns_path(&self.netns_name(index))))
-            .map_err(|e| e.to_string())?;
+            .map_err(NetPlaneError::from)?;
         let pki = osvm_pki::Pki::new(
             &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
             &stack.trust_domain,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(NetPlaneError::from)?;
         let identity = crate::identity::identity_dir(&self.state_dir, &stack.name, &c.name);
         let tls = Arc::new(client_tls(&identity, &pki.crl_paths(), &stack.trust_domain));
         for e in &c.mtls_egress {
             let to = self
                 .services
                 .get(&format!("{}/{}", stack.name, e.to))
-                .ok_or_else(|| format!("{} has no service address", e.to))?;
+                .ok_or_else(|| {
+                    NetPlaneError::NotOnHub(format!("{} has no service address", e.to))
+                })?;
             host.add_egress(Egress {
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, e.listen)),
                 upstream: SocketAddr::from((service_addr(&to), e.port)),
                 server_name: format!("{}.{}.osvm", e.to, stack.name),
                 tls: tls.clone(),
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(NetPlaneError::from)?;
         }
         Ok(host)
     }
@@ -544,7 +608,7 @@ impl NetPlane {
         stacks: &BTreeMap<String, Stack>,
         stack: &str,
         component: &str,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, NetPlaneError> {
         let next = next_key(&format!("{stack}/{component}"));
         let (path, _) = self.add_slot(&next)?;
         self.apply(stacks)?;
@@ -560,7 +624,7 @@ impl NetPlane {
         stack: &str,
         component: &str,
         weight: u8,
-    ) -> Result<(), String> {
+    ) -> Result<(), NetPlaneError> {
         let key = format!("{stack}/{component}");
         if weight == 0 {
             self.to_next.remove(&key);
@@ -572,11 +636,11 @@ impl NetPlane {
 
     /// Makes the next instance's block the component's own and the old one's the "next",
     /// which [`NetPlane::drop_next`] then removes: the end of a hot-swap.
-    pub fn promote(&mut self, stack: &str, component: &str) -> Result<(), String> {
+    pub fn promote(&mut self, stack: &str, component: &str) -> Result<(), NetPlaneError> {
         let key = format!("{stack}/{component}");
         self.ipam
             .swap_keys(&key, &next_key(&key))
-            .map_err(|e| e.to_string())?;
+            .map_err(NetPlaneError::from)?;
         self.to_next.remove(&key);
         Ok(())
     }
@@ -589,7 +653,7 @@ impl NetPlane {
         stacks: &BTreeMap<String, Stack>,
         stack: &str,
         component: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), NetPlaneError> {
         let key = format!("{stack}/{component}");
         self.to_next.remove(&key);
         self.remove_slot(&next_key(&key))?;
@@ -611,18 +675,17 @@ impl NetPlane {
         component: &str,
         ports: &[u16],
         running: Option<&osvm_sandbox::SandboxInstance>,
-    ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+    ) -> Result<Vec<std::os::fd::OwnedFd>, NetPlaneError> {
         let key = format!("{stack}/{component}");
         if !self.listeners.contains_key(&key) {
             let sockets = match running {
                 Some(inst) => inst
                     .listening_sockets(ports.len())
-                    .map_err(|e| e.to_string())?,
+                    .map_err(NetPlaneError::from)?,
                 None => {
-                    let block = self
-                        .ipam
-                        .get(&key)
-                        .ok_or_else(|| format!("{key} is not on the hub"))?;
+                    let block = self.ipam.get(&key).ok_or_else(|| {
+                        NetPlaneError::NotOnHub(format!("{key} is not on the hub"))
+                    })?;
                     bind_in(&netns_path(&self.netns_name(block.index)), ports)?
                 }
             };
@@ -630,10 +693,7 @@ impl NetPlane {
         }
         self.listeners[&key]
             .iter()
-            .map(|fd| {
-                fd.try_clone()
-                    .map_err(|e| format!("dup a listening socket: {e}"))
-            })
+            .map(|fd| fd.try_clone().map_err(io("dup a listening socket")))
             .collect()
     }
 
@@ -656,20 +716,20 @@ impl NetPlane {
     }
 
     /// Established TCP connections to `addr` that the hub tracks (a draining instance's).
-    pub fn established_to(&self, addr: Ipv4Addr) -> Result<usize, String> {
+    pub fn established_to(&self, addr: Ipv4Addr) -> Result<usize, NetPlaneError> {
         self.enforcer
             .hub()
             .count_conntrack(addr)
-            .map_err(|e| e.to_string())
+            .map_err(NetPlaneError::from)
     }
 
     /// Addresses, the service map, per-rule counters, refusals and proxies, as the kernel and
     /// the proxies report them now.
-    pub fn show(&self, stacks: &BTreeMap<String, Stack>) -> Result<NetView, String> {
+    pub fn show(&self, stacks: &BTreeMap<String, Stack>) -> Result<NetView, NetPlaneError> {
         let counted: BTreeMap<_, Counter> = self
             .enforcer
             .tuple_counters()
-            .map_err(|e| e.to_string())?
+            .map_err(NetPlaneError::from)?
             .into_iter()
             .collect();
         let mut components = Vec::new();
@@ -753,7 +813,7 @@ impl NetPlane {
             refused: self
                 .enforcer
                 .refused_counters()
-                .map_err(|e| e.to_string())?,
+                .map_err(NetPlaneError::from)?,
             proxies,
         })
     }
@@ -764,7 +824,7 @@ impl NetPlane {
         &mut self,
         stacks: &BTreeMap<String, Stack>,
         wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NetPlaneError> {
         let gone: Vec<SocketAddr> = self
             .ingress
             .keys()
@@ -782,7 +842,7 @@ impl NetPlane {
                 self.enforcer
                     .hub()
                     .del_local(ip)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(NetPlaneError::from)?;
             }
         }
         for (listen, (upstream, stack_name, component)) in wanted {
@@ -796,20 +856,20 @@ impl NetPlane {
             };
             if self.proxies.is_none() {
                 let host = ProxyHost::start(Some(&self.enforcer.hub().path()))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(NetPlaneError::from)?;
                 self.proxies = Some(host);
             }
             if let std::net::IpAddr::V4(ip) = listen.ip() {
                 self.enforcer
                     .hub()
                     .add_local(ip)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(NetPlaneError::from)?;
             }
             let pki = osvm_pki::Pki::new(
                 &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
                 &stack.trust_domain,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(NetPlaneError::from)?;
             let identity = crate::identity::identity_dir(&self.state_dir, &stack_name, &component);
             let spec = Ingress {
                 decider: format!("mtls-ingress {component}.{stack_name}:{}", listen.port()),
@@ -829,7 +889,7 @@ impl NetPlane {
                 .as_mut()
                 .expect("started above")
                 .add_ingress(spec)
-                .map_err(|e| e.to_string())?;
+                .map_err(NetPlaneError::from)?;
             self.ingress
                 .insert(listen, (format!("{stack_name}/{component}"), running));
         }
@@ -837,7 +897,7 @@ impl NetPlane {
     }
 
     /// Takes `stack/component` off the hub: its namespace goes, its block returns to the pool.
-    pub fn leave(&mut self, stack: &str, component: &str) -> Result<(), String> {
+    pub fn leave(&mut self, stack: &str, component: &str) -> Result<(), NetPlaneError> {
         let key = format!("{stack}/{component}");
         self.listeners.remove(&key);
         // A hot-swap's second instance goes too.
@@ -860,19 +920,19 @@ impl NetPlane {
             self.enforcer
                 .hub()
                 .del_local(service_addr(&block))
-                .map_err(|e| e.to_string())?;
-            self.services.release(&key).map_err(|e| e.to_string())?;
+                .map_err(NetPlaneError::from)?;
+            self.services.release(&key).map_err(NetPlaneError::from)?;
         }
         Ok(())
     }
 
     /// Removes every component namespace and the hub (the foreground `osvm up` owns them).
-    pub fn destroy(mut self) -> Result<(), String> {
+    pub fn destroy(mut self) -> Result<(), NetPlaneError> {
         // The proxies' sockets live in the hub and the components: stop them first.
         self.proxies = None;
         self.egress.clear();
         if let Some(uplink) = self.uplink.take() {
-            uplink.remove().map_err(|e| e.to_string())?;
+            uplink.remove().map_err(NetPlaneError::from)?;
             let _ = std::fs::remove_file(self.state_dir.join("net").join("uplink.json"));
         }
         for (key, _) in self.ipam.all() {
@@ -883,6 +943,24 @@ impl NetPlane {
         self.enforcer
             .into_hub()
             .destroy()
-            .map_err(|e| e.to_string())
+            .map_err(NetPlaneError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_command_is_a_typed_error_naming_the_command_and_its_complaint() {
+        let err = ip(&["no-such-object"]).unwrap_err();
+        match &err {
+            NetPlaneError::Net(NetError::Command { command, detail }) => {
+                assert_eq!(command, "ip no-such-object");
+                assert!(!detail.is_empty(), "stderr or why it did not start");
+            }
+            other => panic!("expected a command error, got {other:?}"),
+        }
+        assert!(err.to_string().contains("ip no-such-object"), "{err}");
     }
 }

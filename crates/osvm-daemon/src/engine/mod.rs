@@ -402,7 +402,7 @@ impl Engine {
                         if let Some(plane) = engine.net.as_mut()
                             && let Err(e) = plane.drop_next(&stacks, &stack, &component)
                         {
-                            engine.note(EventKind::NetworkFailed, &e);
+                            engine.note(EventKind::NetworkFailed, &e.to_string());
                         }
                     }
                 }
@@ -729,7 +729,9 @@ impl Engine {
         {
             let failures: Vec<String> = left_hub
                 .iter()
-                .filter_map(|(stack, component)| plane.leave(stack, component).err())
+                .filter_map(|(stack, component)| {
+                    plane.leave(stack, component).err().map(|e| e.to_string())
+                })
                 .collect();
             for e in failures {
                 self.note(EventKind::NetworkFailed, &e);
@@ -753,7 +755,7 @@ impl Engine {
 
     /// Recomputes the hub's ruleset from every hub stack (when the hub is in use) and logs
     /// what changed.
-    fn apply_network(&mut self) -> Result<(), String> {
+    fn apply_network(&mut self) -> Result<(), crate::network::NetPlaneError> {
         let Some(plane) = self.net.as_mut() else {
             return Ok(());
         };
@@ -773,7 +775,7 @@ impl Engine {
     /// [`Engine::apply_network`] where a failure is only logged (nothing waits on it).
     fn reapply_network(&mut self) {
         if let Err(e) = self.apply_network() {
-            self.note(EventKind::NetworkFailed, &e);
+            self.note(EventKind::NetworkFailed, &e.to_string());
         }
     }
 
@@ -855,7 +857,9 @@ impl Engine {
     }
 
     /// The hub as it is now (`None` when no stack uses it).
-    pub fn network_view(&self) -> Option<Result<crate::network::NetView, String>> {
+    pub fn network_view(
+        &self,
+    ) -> Option<Result<crate::network::NetView, crate::network::NetPlaneError>> {
         self.net.as_ref().map(|plane| plane.show(&self.stacks))
     }
 
@@ -1318,7 +1322,8 @@ impl Engine {
         i: usize,
     ) -> Result<(std::path::PathBuf, Vec<(String, String)>), String> {
         if self.net.is_none() {
-            let plane = crate::network::NetPlane::open(&self.runtime.config().state_dir)?;
+            let plane = crate::network::NetPlane::open(&self.runtime.config().state_dir)
+                .map_err(|e| e.to_string())?;
             self.net = Some(plane);
         }
         let stack = self.stack_of(i).clone();
@@ -1327,7 +1332,9 @@ impl Engine {
         let mut own = None;
         let mut joined = false;
         for c in &stack.components {
-            let (path, new) = plane.join(&stack.name, &c.name)?;
+            let (path, new) = plane
+                .join(&stack.name, &c.name)
+                .map_err(|e| e.to_string())?;
             joined |= new;
             if c.name == name {
                 own = Some(path);
@@ -1336,7 +1343,7 @@ impl Engine {
         let hosts = plane.hosts(&stack);
         if joined {
             // New members: the ruleset must know them before the component starts.
-            self.apply_network()?;
+            self.apply_network().map_err(|e| e.to_string())?;
         }
         let own = own.ok_or_else(|| format!("component {name} is not in its stack"))?;
         Ok((own, hosts))
@@ -1349,7 +1356,7 @@ impl Engine {
         if let Some(plane) = self.net.take()
             && let Err(e) = plane.destroy()
         {
-            self.note(EventKind::NetworkTeardownFailed, &e);
+            self.note(EventKind::NetworkTeardownFailed, &e.to_string());
         }
     }
 

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError, Health, human_duration};
 use crate::health::{self, ProbeResult};
+use crate::network::NetPlaneError;
 use crate::store::{EventKind, SwapOutcome, SwapPhase, SwapRecord, now_ms};
 
 /// What `osvm swap` asks for.
@@ -345,9 +346,14 @@ impl Engine {
             .as_mut()
             .ok_or("the hub network is not up (the component never started on it)")?;
         let netns = if socket {
-            plane.join(&stack.name, &component.name)?.0
+            plane
+                .join(&stack.name, &component.name)
+                .map_err(|e| e.to_string())?
+                .0
         } else {
-            plane.prepare_next(&stacks, &stack.name, &component.name)?
+            plane
+                .prepare_next(&stacks, &stack.name, &component.name)
+                .map_err(|e| e.to_string())?
         };
         spec.netns = Some(netns);
         spec.hosts = plane.hosts(&stack);
@@ -488,7 +494,7 @@ impl Engine {
         let stacks = self.stacks.clone();
         let result = match self.net.as_mut() {
             Some(plane) => plane.switch(&stacks, &stack, &name, weight),
-            None => Err("the hub network is gone".into()),
+            None => Err(NetPlaneError::NotOnHub("the hub network is gone".into())),
         };
         if let Err(e) = result {
             return self.roll_back(i, now, format!("could not switch the service address: {e}"));
@@ -645,7 +651,7 @@ impl Engine {
         if let Some(plane) = self.net.as_mut()
             && let Err(e) = plane.drop_next(&stacks, &stack, &name)
         {
-            self.note(EventKind::NetworkFailed, &e);
+            self.note(EventKind::NetworkFailed, &e.to_string());
         }
         let took = now.duration_since(sw.began);
         let u = &mut self.units[i];
@@ -672,7 +678,7 @@ impl Engine {
             if let Some(plane) = self.net.as_mut()
                 && let Err(e) = plane.switch(&stacks, &stack, &name, 0)
             {
-                self.note(EventKind::NetworkFailed, &e);
+                self.note(EventKind::NetworkFailed, &e.to_string());
             }
         }
         let grace = self.units[i].component.stop_grace;
