@@ -249,8 +249,7 @@ fn bind_in(netns: &Path, ports: &[u16]) -> Result<Vec<std::os::fd::OwnedFd>, Net
                     .map_err(io(format!("listen on port {port}")))
             })
             .collect()
-    })
-    .map_err(NetPlaneError::from)?
+    })?
 }
 
 /// The address-block key of a component's second instance during a hot-swap.
@@ -289,15 +288,14 @@ impl NetPlane {
         let hub = if netns_path(&hub_name).exists() {
             Hub::existing(&hub_name)
         } else {
-            Hub::create(&hub_name).map_err(NetPlaneError::from)?
+            Hub::create(&hub_name)?
         };
         let dir = state_dir.join("net");
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let (pool, len) = ipam::DEFAULT_POOL;
-        let ipam = Ipam::open(&dir.join("ipam.json"), pool, len).map_err(NetPlaneError::from)?;
+        let ipam = Ipam::open(&dir.join("ipam.json"), pool, len)?;
         let (pool, len) = SERVICE_POOL;
-        let services =
-            Ipam::open(&dir.join("services.json"), pool, len).map_err(NetPlaneError::from)?;
+        let services = Ipam::open(&dir.join("services.json"), pool, len)?;
         let uplink = match std::fs::read_to_string(dir.join("uplink.json")) {
             Ok(text) => {
                 Some(
@@ -342,14 +340,14 @@ impl NetPlane {
     /// returns its namespace's path and whether it was new.
     pub fn join(&mut self, stack: &str, component: &str) -> Result<(PathBuf, bool), NetPlaneError> {
         let key = format!("{stack}/{component}");
-        self.services.allocate(&key).map_err(NetPlaneError::from)?;
+        self.services.allocate(&key)?;
         self.add_slot(&key)
     }
 
     /// Gives address-block key `slot` its block, namespace and veth (if it has none yet);
     /// returns the namespace's path and whether it was new.
     fn add_slot(&mut self, slot: &str) -> Result<(PathBuf, bool), NetPlaneError> {
-        let block = self.ipam.allocate(slot).map_err(NetPlaneError::from)?;
+        let block = self.ipam.allocate(slot)?;
         let name = self.netns_name(block.index);
         let path = netns_path(&name);
         if path.exists() {
@@ -495,8 +493,7 @@ impl NetPlane {
         }
         let applied = self
             .enforcer
-            .apply_all(tuples, service_map, leaving, splits)
-            .map_err(NetPlaneError::from)?;
+            .apply_all(tuples, service_map, leaving, splits)?;
         self.sync_proxies(stacks, wanted)?;
         self.sync_egress(stacks)?;
         Ok(applied)
@@ -545,13 +542,11 @@ impl NetPlane {
         c: &osvm_core::stack::Component,
         index: u32,
     ) -> Result<ProxyHost, NetPlaneError> {
-        let mut host = ProxyHost::start(Some(&netns_path(&self.netns_name(index))))
-            .map_err(NetPlaneError::from)?;
+        let mut host = ProxyHost::start(Some(&netns_path(&self.netns_name(index))))?;
         let pki = osvm_pki::Pki::new(
             &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
             &stack.trust_domain,
-        )
-        .map_err(NetPlaneError::from)?;
+        )?;
         let identity = crate::identity::identity_dir(&self.state_dir, &stack.name, &c.name);
         let tls = Arc::new(client_tls(&identity, &pki.crl_paths(), &stack.trust_domain));
         for e in &c.mtls_egress {
@@ -566,8 +561,7 @@ impl NetPlane {
                 upstream: SocketAddr::from((service_addr(&to), e.port)),
                 server_name: format!("{}.{}.osvm", e.to, stack.name),
                 tls: tls.clone(),
-            })
-            .map_err(NetPlaneError::from)?;
+            })?;
         }
         Ok(host)
     }
@@ -638,9 +632,7 @@ impl NetPlane {
     /// which [`NetPlane::drop_next`] then removes: the end of a hot-swap.
     pub fn promote(&mut self, stack: &str, component: &str) -> Result<(), NetPlaneError> {
         let key = format!("{stack}/{component}");
-        self.ipam
-            .swap_keys(&key, &next_key(&key))
-            .map_err(NetPlaneError::from)?;
+        self.ipam.swap_keys(&key, &next_key(&key))?;
         self.to_next.remove(&key);
         Ok(())
     }
@@ -679,9 +671,7 @@ impl NetPlane {
         let key = format!("{stack}/{component}");
         if !self.listeners.contains_key(&key) {
             let sockets = match running {
-                Some(inst) => inst
-                    .listening_sockets(ports.len())
-                    .map_err(NetPlaneError::from)?,
+                Some(inst) => inst.listening_sockets(ports.len())?,
                 None => {
                     let block = self.ipam.get(&key).ok_or_else(|| {
                         NetPlaneError::NotOnHub(format!("{key} is not on the hub"))
@@ -726,12 +716,7 @@ impl NetPlane {
     /// Addresses, the service map, per-rule counters, refusals and proxies, as the kernel and
     /// the proxies report them now.
     pub fn show(&self, stacks: &BTreeMap<String, Stack>) -> Result<NetView, NetPlaneError> {
-        let counted: BTreeMap<_, Counter> = self
-            .enforcer
-            .tuple_counters()
-            .map_err(NetPlaneError::from)?
-            .into_iter()
-            .collect();
+        let counted: BTreeMap<_, Counter> = self.enforcer.tuple_counters()?.into_iter().collect();
         let mut components = Vec::new();
         let mut rules = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
@@ -810,10 +795,7 @@ impl NetPlane {
             components,
             services: self.enforcer.services().to_vec(),
             rules,
-            refused: self
-                .enforcer
-                .refused_counters()
-                .map_err(NetPlaneError::from)?,
+            refused: self.enforcer.refused_counters()?,
             proxies,
         })
     }
@@ -839,10 +821,7 @@ impl NetPlane {
             if let std::net::IpAddr::V4(ip) = addr.ip()
                 && !wanted.keys().any(|w| w.ip() == addr.ip())
             {
-                self.enforcer
-                    .hub()
-                    .del_local(ip)
-                    .map_err(NetPlaneError::from)?;
+                self.enforcer.hub().del_local(ip)?;
             }
         }
         for (listen, (upstream, stack_name, component)) in wanted {
@@ -855,21 +834,16 @@ impl NetPlane {
                 continue;
             };
             if self.proxies.is_none() {
-                let host = ProxyHost::start(Some(&self.enforcer.hub().path()))
-                    .map_err(NetPlaneError::from)?;
+                let host = ProxyHost::start(Some(&self.enforcer.hub().path()))?;
                 self.proxies = Some(host);
             }
             if let std::net::IpAddr::V4(ip) = listen.ip() {
-                self.enforcer
-                    .hub()
-                    .add_local(ip)
-                    .map_err(NetPlaneError::from)?;
+                self.enforcer.hub().add_local(ip)?;
             }
             let pki = osvm_pki::Pki::new(
                 &crate::identity::pki_dir(&self.state_dir, &stack.trust_domain),
                 &stack.trust_domain,
-            )
-            .map_err(NetPlaneError::from)?;
+            )?;
             let identity = crate::identity::identity_dir(&self.state_dir, &stack_name, &component);
             let spec = Ingress {
                 decider: format!("mtls-ingress {component}.{stack_name}:{}", listen.port()),
@@ -888,8 +862,7 @@ impl NetPlane {
             self.proxies
                 .as_mut()
                 .expect("started above")
-                .add_ingress(spec)
-                .map_err(NetPlaneError::from)?;
+                .add_ingress(spec)?;
             self.ingress
                 .insert(listen, (format!("{stack_name}/{component}"), running));
         }
@@ -917,11 +890,8 @@ impl NetPlane {
             }
         }
         if let Some(block) = self.services.get(&key) {
-            self.enforcer
-                .hub()
-                .del_local(service_addr(&block))
-                .map_err(NetPlaneError::from)?;
-            self.services.release(&key).map_err(NetPlaneError::from)?;
+            self.enforcer.hub().del_local(service_addr(&block))?;
+            self.services.release(&key)?;
         }
         Ok(())
     }
@@ -932,7 +902,7 @@ impl NetPlane {
         self.proxies = None;
         self.egress.clear();
         if let Some(uplink) = self.uplink.take() {
-            uplink.remove().map_err(NetPlaneError::from)?;
+            uplink.remove()?;
             let _ = std::fs::remove_file(self.state_dir.join("net").join("uplink.json"));
         }
         for (key, _) in self.ipam.all() {

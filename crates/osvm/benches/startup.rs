@@ -78,6 +78,32 @@ fn cgroup_migration(runs: usize) -> Option<Vec<Duration>> {
     Some(samples)
 }
 
+/// `<osvm> --state-dir <state> run -q <extra> <the limits every osvm row uses> -- /bin/true`.
+fn run_argv(osvm: &str, state: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut argv = vec![
+        osvm.to_owned(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "run".into(),
+        "-q".into(),
+    ];
+    argv.extend(extra.iter().map(|x| x.to_string()));
+    argv.extend(
+        [
+            "--memory",
+            "256M",
+            "--cpus",
+            "1",
+            "--pids",
+            "64",
+            "--",
+            "/bin/true",
+        ]
+        .map(String::from),
+    );
+    argv
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         println!("SKIP startup bench: osvm's sandbox needs root (cgroups, uid range)");
@@ -95,26 +121,7 @@ fn main() {
     let mut tools = vec![Tool {
         name: "osvm run",
         what: "user+pid+mount+net+ipc+uts+cgroup ns, cgroup limits, pivot_root, Landlock, caps dropped, seccomp",
-        argv: [
-            vec![
-                osvm.clone(),
-                "--state-dir".into(),
-                state.display().to_string(),
-            ],
-            s(&[
-                "run",
-                "-q",
-                "--memory",
-                "256M",
-                "--cpus",
-                "1",
-                "--pids",
-                "64",
-                "--",
-                "/bin/true",
-            ]),
-        ]
-        .concat(),
+        argv: run_argv(&osvm, &state, &[]),
         samples: Vec::new(),
     }];
     // The same with --name: /data is the component's ext4 volume (loop device, id-mapped mount)
@@ -122,28 +129,7 @@ fn main() {
     tools.push(Tool {
         name: "osvm run --name (data volume)",
         what: "as above, plus the component's ext4 volume mounted at /data",
-        argv: [
-            vec![
-                osvm.clone(),
-                "--state-dir".into(),
-                state.display().to_string(),
-            ],
-            s(&[
-                "run",
-                "-q",
-                "--name",
-                "bench",
-                "--memory",
-                "256M",
-                "--cpus",
-                "1",
-                "--pids",
-                "64",
-                "--",
-                "/bin/true",
-            ]),
-        ]
-        .concat(),
+        argv: run_argv(&osvm, &state, &["--name", "bench"]),
         samples: Vec::new(),
     });
     let baseline_state =
@@ -153,26 +139,7 @@ fn main() {
         tools.push(Tool {
             name: "osvm run (baseline binary)",
             what: "OSVM_BENCH_BASELINE, same flags",
-            argv: [
-                vec![
-                    baseline,
-                    "--state-dir".into(),
-                    baseline_state.display().to_string(),
-                ],
-                s(&[
-                    "run",
-                    "-q",
-                    "--memory",
-                    "256M",
-                    "--cpus",
-                    "1",
-                    "--pids",
-                    "64",
-                    "--",
-                    "/bin/true",
-                ]),
-            ]
-            .concat(),
+            argv: run_argv(&baseline, &baseline_state, &[]),
             samples: Vec::new(),
         });
     }

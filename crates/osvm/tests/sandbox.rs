@@ -82,7 +82,7 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let pids = loop {
+    let (id, pids) = loop {
         if let Some(id) = state.instances().into_iter().find(|i| {
             i.starts_with("sleeper-")
                 && !state
@@ -100,7 +100,7 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
                     .unwrap_or_default();
             let pids: Vec<String> = procs.lines().map(String::from).collect();
             if pids.len() >= 2 {
-                break pids;
+                break (id, pids);
             }
         }
         assert!(
@@ -111,19 +111,6 @@ fn uid_zero_inside_is_an_unprivileged_uid_outside() {
     };
     // Init and the workload are in every group of the sandbox (created in the v2 group by
     // clone3, moved into the v1 ones).
-    let id = state
-        .instances()
-        .into_iter()
-        .find(|i| {
-            i.starts_with("sleeper-")
-                && !state
-                    .path
-                    .join("instances")
-                    .join(i)
-                    .join("exit.json")
-                    .exists()
-        })
-        .unwrap();
     for dir in cgroup_dirs(&id).into_iter().filter(|d| d.exists()) {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
         let mut listed: Vec<&str> = procs.lines().collect();

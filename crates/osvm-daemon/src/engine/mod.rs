@@ -813,7 +813,7 @@ impl Engine {
                     }
                 }
                 changed.policies.push(rule.clone());
-                (changed.policies.len() - 1, rule, "policy-add")
+                (changed.policies.len() - 1, rule, EventKind::PolicyAdd)
             }
             PolicyEdit::Remove(index) => {
                 if index >= changed.policies.len() {
@@ -822,7 +822,11 @@ impl Engine {
                         changed.policies.len()
                     )));
                 }
-                (index, changed.policies.remove(index), "policy-remove")
+                (
+                    index,
+                    changed.policies.remove(index),
+                    EventKind::PolicyRemove,
+                )
             }
         };
         let text = osvm_policy::PolicySet::new(vec![rule])
@@ -835,16 +839,12 @@ impl Engine {
                 "operator",
                 "root (API)",
                 &format!("stack {stack} policy"),
-                action,
+                action.as_str(),
                 true,
                 &format!("#{index} {text}"),
             ));
         }
-        let kind = match action {
-            "policy-add" => EventKind::PolicyAdd,
-            _ => EventKind::PolicyRemove,
-        };
-        self.note(kind, &format!("stack {stack}: #{index} {text}"));
+        self.note(action, &format!("stack {stack}: #{index} {text}"));
         Ok((index, text))
     }
 

@@ -56,11 +56,11 @@ pub fn main() -> ! {
         unsafe { (OwnedFd::from_raw_fd(MONITOR_FD), File::from_raw_fd(PLAN_FD)) };
     // Hold IDENTITY_FD (free: the runtime closed everything above the plan) from the start, so
     // nothing opened later lands there; the identity file system takes its place.
-    if let Ok(placeholder) = File::open("/dev/null") {
-        if placeholder.as_raw_fd() == IDENTITY_FD {
-            let _ = std::os::fd::IntoRawFd::into_raw_fd(placeholder);
+    if let Ok(reserved) = File::open("/dev/null") {
+        if reserved.as_raw_fd() == IDENTITY_FD {
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(reserved);
         } else {
-            let _ = dup_to(placeholder.as_raw_fd(), IDENTITY_FD);
+            let _ = dup_to(reserved.as_raw_fd(), IDENTITY_FD);
         }
     }
     for s in [
@@ -99,7 +99,7 @@ pub fn main() -> ! {
 /// [`IDENTITY_FD`], which this process reserves at its start for exactly this.
 fn dup_to(fd: RawFd, to: RawFd) -> std::io::Result<()> {
     // SAFETY: dup3 on descriptors of this process; `to` holds nothing but the monitor's own
-    // placeholder or the identity descriptor, which this replaces on purpose.
+    // /dev/null reservation or the identity descriptor, which this replaces on purpose.
     if unsafe { libc::dup3(fd, to, libc::O_CLOEXEC) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
