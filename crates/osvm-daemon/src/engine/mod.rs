@@ -34,8 +34,9 @@ use serde::{Deserialize, Serialize};
 
 mod policy;
 mod swap;
+mod unit;
 
-use policy::{AfterExit, ExitFacts, Restart, StopReason};
+use unit::{Action, Lifecycle, Observation, Settings};
 
 pub use swap::{SwapPlan, SwapRequest};
 
@@ -130,39 +131,27 @@ fn process_runtime() -> osvm_core::RuntimeKind {
     osvm_core::RuntimeKind::Process
 }
 
-/// One component and what the engine knows about it.
+/// One component: its spec, its lifecycle (pure state, see [`unit`]) and the handles the
+/// executor holds for it.
 struct Unit {
     /// The component as applied.
     component: Component,
-    /// The durable part of its state.
-    record: ComponentRecord,
+    /// Status, record, timers: changed only by [`unit::step`].
+    life: Lifecycle,
     /// Its running instance.
     instance: Option<Arc<Workload>>,
-    health: Health,
-    started_at: Option<Instant>,
-    next_probe: Instant,
+    /// The health probe in flight.
     probe: Option<Receiver<ProbeResult>>,
-    /// When a stop the engine asked for escalates to SIGKILL.
-    kill_at: Option<Instant>,
-    /// Why the engine stopped the instance, if it asked it to stop.
-    stop_reason: Option<StopReason>,
-    /// When the probe in flight started.
-    probe_started: Option<Instant>,
-    /// How long the last probe took.
-    probe_latency: Option<Duration>,
     /// When the component's certificate is due for renewal.
     renew_at: Option<Instant>,
     /// When it last got a certificate.
     delivered_at: Option<Instant>,
-    /// Set when the component left its stack: stop it and forget it.
-    removing: bool,
-    restart_at: Option<Instant>,
     stats: Option<InstanceStats>,
     cpu_sample: Option<(Instant, u64)>,
     cpu_percent: f64,
     /// A hot-swap under way.
     swap: Option<swap::Swap>,
-    /// A microVM booting on its own thread (a boot takes seconds; the engine keeps ticking).
+    /// A start finishing on its own thread (a boot takes seconds; the engine keeps ticking).
     booting: Option<Booting>,
 }
 
@@ -175,28 +164,16 @@ struct Booting {
 }
 
 impl Unit {
-    fn new(component: Component, record: ComponentRecord) -> Self {
-        let health = if component.health.is_some() {
-            Health::Pending
-        } else {
-            Health::None
-        };
+    /// A unit for `component` with `record`, `due` to start (or not).
+    fn new(component: Component, record: ComponentRecord, due: Option<Instant>) -> Self {
+        let life = Lifecycle::new(record, component.health.is_some(), due, Instant::now());
         Self {
             component,
-            record,
+            life,
             instance: None,
-            health,
-            started_at: None,
-            next_probe: Instant::now(),
             probe: None,
-            kill_at: None,
-            stop_reason: None,
-            probe_started: None,
-            probe_latency: None,
             renew_at: None,
             delivered_at: None,
-            removing: false,
-            restart_at: None,
             stats: None,
             cpu_sample: None,
             cpu_percent: 0.0,
@@ -345,7 +322,7 @@ impl Engine {
                     .get(&key)
                     .cloned()
                     .unwrap_or_else(|| ComponentRecord::new(&stack.name, &c.name));
-                engine.units.push(Unit::new(c.clone(), record));
+                engine.units.push(Unit::new(c.clone(), record, None));
             }
             engine.stacks.insert(stack.name.clone(), stack);
         }
@@ -487,7 +464,7 @@ impl Engine {
         };
         for f in gw.take_failures() {
             let Some(i) = self.units.iter().position(|u| {
-                u.record.stack == f.stack
+                u.life.record.stack == f.stack
                     && u.component.name == f.component
                     && u.instance
                         .as_ref()
@@ -495,19 +472,15 @@ impl Engine {
             }) else {
                 continue;
             };
-            self.emit(
-                i,
-                EventKind::McpFailed,
-                &format!("instance {}: {}; restarting it", f.instance, f.reason),
-            );
-            self.stop_for(i, StopReason::Unhealthy, now);
+            let why = format!("instance {}: {}; restarting it", f.instance, f.reason);
+            self.observe(i, Observation::Broken(why), now);
         }
     }
 
     /// Finds unit `i`'s instance again, or decides what to do without it.
     fn recover(&mut self, i: usize) {
         let now = Instant::now();
-        let record = self.units[i].record.clone();
+        let record = self.units[i].life.record.clone();
         let id = match &record.intent {
             Some(Intent::Start { instance }) | Some(Intent::Stop { instance }) => {
                 Some(instance.clone())
@@ -515,20 +488,13 @@ impl Engine {
             None => record.instance.clone(),
         };
         let Some(id) = id else {
-            if record.enabled
-                && !matches!(
-                    record.status,
-                    ComponentStatus::Failed | ComponentStatus::Stopped
-                )
-            {
-                // Keep a backoff that was running when the previous engine stopped.
-                let wait = record
-                    .next_start_ms
-                    .map(|due| due.saturating_sub(now_ms()))
-                    .unwrap_or(0);
-                self.units[i].restart_at = Some(now + Duration::from_millis(wait));
-            }
-            return;
+            // Keep a backoff that was running when the previous engine stopped.
+            let wait = record
+                .next_start_ms
+                .map(|due| due.saturating_sub(now_ms()))
+                .unwrap_or(0);
+            let wait = Duration::from_millis(wait);
+            return self.observe(i, Observation::Resume { wait }, now);
         };
         if stdio_mcp(&self.units[i].component) && self.mcp.is_some() {
             // Its stdio channel was the previous engine's pipes, gone with it.
@@ -588,39 +554,23 @@ impl Engine {
                     &stack.name,
                     &self.units[i].component.name,
                 );
-                let seed = self.units[i]
-                    .record
-                    .key()
-                    .bytes()
-                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                let seed = self.renewal_seed(i);
                 // A certificate that expired while no engine ran is renewed at once.
                 let renew_in = identity::due_in(&dir, ttl, seed);
                 let u = &mut self.units[i];
                 u.renew_at = Some(now + renew_in);
-                u.record.instance = Some(id.clone());
-                u.started_at = Some(now.checked_sub(age).unwrap_or(now));
                 u.instance = Some(inst.clone());
                 self.emit(
                     i,
                     EventKind::Adopted,
                     &format!("instance {id} (pid {}) still runs", inst.init_pid()),
                 );
-                if matches!(record.intent, Some(Intent::Stop { .. })) || !record.enabled {
-                    self.request_stop(i, now);
-                } else {
-                    self.units[i].record.intent = None;
-                    self.save(i);
-                }
+                self.observe(i, Observation::Adopted { id, age }, now);
             }
             Ok(Adopted::Ended(exit)) => {
-                self.units[i].record.instance = Some(id.clone());
-                self.emit(
-                    i,
-                    EventKind::EndedWhileAway,
-                    &format!("instance {id}: {}", exit.status),
-                );
-                self.units[i].record.intent = None;
-                self.on_exit(i, exit.status, now);
+                self.record_end(&id, Some(exit.status));
+                let status = exit.status;
+                self.observe(i, Observation::EndedWhileAway { id, status }, now);
             }
             // The start was recorded but never happened (or its directory is gone).
             Err(e) => self.lost(i, now, &format!("instance {id}: {e}")),
@@ -630,19 +580,7 @@ impl Engine {
     /// Unit `i`'s instance is gone without an exit record: forgotten, and started again now
     /// unless the component is meant to be stopped or has failed.
     fn lost(&mut self, i: usize, now: Instant, detail: &str) {
-        self.emit(i, EventKind::Lost, detail);
-        let u = &mut self.units[i];
-        u.record.intent = None;
-        u.record.instance = None;
-        if u.record.enabled
-            && !matches!(
-                u.record.status,
-                ComponentStatus::Failed | ComponentStatus::Stopped
-            )
-        {
-            u.restart_at = Some(now);
-        }
-        self.save(i);
+        self.observe(i, Observation::Lost(detail.into()), now);
     }
 
     /// Applies `stack` as desired state: new components start, changed ones are replaced,
@@ -654,18 +592,13 @@ impl Engine {
             match self
                 .units
                 .iter()
-                .position(|u| u.record.stack == stack.name && u.component.name == c.name)
+                .position(|u| u.life.record.stack == stack.name && u.component.name == c.name)
             {
                 Some(i) => {
                     let changed = self.units[i].component != *c;
                     self.units[i].component = c.clone();
-                    if changed && self.units[i].instance.is_some() {
-                        self.emit(
-                            i,
-                            EventKind::Changed,
-                            "the component's spec changed; replacing its instance",
-                        );
-                        self.stop_for(i, StopReason::Replace, now);
+                    if changed {
+                        self.observe(i, Observation::Changed, now);
                     }
                 }
                 None => {
@@ -673,21 +606,17 @@ impl Engine {
                         .store
                         .component(&stack.name, &c.name)?
                         .unwrap_or_else(|| ComponentRecord::new(&stack.name, &c.name));
-                    let mut unit = Unit::new(c.clone(), record);
-                    unit.restart_at = Some(now);
-                    self.units.push(unit);
+                    self.units.push(Unit::new(c.clone(), record, Some(now)));
                 }
             }
         }
         for i in 0..self.units.len() {
             let u = &self.units[i];
-            if u.record.stack == stack.name
+            if u.life.record.stack == stack.name
                 && !stack.components.iter().any(|c| c.name == u.component.name)
             {
                 self.emit(i, EventKind::Removed, "no longer in the stack; stopping it");
-                self.units[i].removing = true;
-                self.units[i].restart_at = None;
-                self.request_stop(i, now);
+                self.observe(i, Observation::Removed, now);
             }
         }
         self.stacks.insert(stack.name.clone(), stack);
@@ -704,11 +633,11 @@ impl Engine {
         let mut i = 0;
         while i < self.units.len() {
             let u = &self.units[i];
-            if u.removing && u.instance.is_none() {
+            if u.life.removing && u.instance.is_none() && !u.life.launching {
                 let _ = self
                     .store
-                    .remove_component(&u.record.stack, &u.component.name);
-                left_hub.push((u.record.stack.clone(), u.component.name.clone()));
+                    .remove_component(&u.life.record.stack, &u.component.name);
+                left_hub.push((u.life.record.stack.clone(), u.component.name.clone()));
                 self.units.remove(i);
             } else {
                 i += 1;
@@ -718,7 +647,7 @@ impl Engine {
         let store = &self.store;
         let before = self.stacks.len();
         self.stacks.retain(|name, _| {
-            units.iter().any(|u| &u.record.stack == name)
+            units.iter().any(|u| &u.life.record.stack == name)
                 || store.stack(name).ok().flatten().is_some()
         });
         if self.stacks.len() != before {
@@ -864,7 +793,7 @@ impl Engine {
     }
 
     fn stack_of(&self, i: usize) -> &Stack {
-        &self.stacks[&self.units[i].record.stack]
+        &self.stacks[&self.units[i].life.record.stack]
     }
 
     fn emit(&mut self, i: usize, kind: EventKind, detail: &str) {
@@ -872,7 +801,7 @@ impl Engine {
         let event = Event {
             seq: 0,
             at_ms: now_ms(),
-            stack: Some(u.record.stack.clone()),
+            stack: Some(u.life.record.stack.clone()),
             component: Some(u.component.name.clone()),
             kind,
             detail: detail.into(),
@@ -907,21 +836,50 @@ impl Engine {
         });
     }
 
+    /// Writes unit `i`'s record (a scheduled start as the wall-clock time it is due, so that a
+    /// restarted daemon keeps the backoff).
     fn save(&mut self, i: usize) {
-        let record = self.units[i].record.clone();
+        let life = &mut self.units[i].life;
+        life.record.next_start_ms = life
+            .restart_at
+            .map(|t| now_ms() + t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        let record = life.record.clone();
         if let Err(e) = self.store.put_component(&record) {
             self.emit(i, EventKind::StoreError, &e.to_string());
         }
     }
 
-    fn set_status(&mut self, i: usize, mut status: ComponentStatus) {
-        // A healthy probe during a swap does not end the swap's status.
-        if self.units[i].swap.is_some() && status == ComponentStatus::Running {
-            status = ComponentStatus::Upgrading;
+    /// Feeds `obs` to unit `i`'s lifecycle and performs what it decides.
+    fn observe(&mut self, i: usize, obs: Observation, now: Instant) {
+        let settings = Settings::of(&self.units[i].component, self.stack_of(i));
+        for action in unit::step(&mut self.units[i].life, &settings, obs, now) {
+            self.perform(i, action, now);
         }
-        if self.units[i].record.status != status {
-            self.units[i].record.status = status;
-            self.save(i);
+    }
+
+    /// Carries out one of the lifecycle's actions.
+    fn perform(&mut self, i: usize, action: Action, now: Instant) {
+        let inst = self.units[i].instance.clone();
+        match action {
+            Action::Save => self.save(i),
+            Action::Emit(kind, detail) => self.emit(i, kind, &detail),
+            Action::Launch => self.start(i, now),
+            Action::Terminate => {
+                if let Some(inst) = inst {
+                    let _ = inst.signal(libc::SIGTERM);
+                }
+            }
+            Action::Kill => {
+                if let Some(inst) = inst {
+                    let _ = inst.kill();
+                }
+            }
+            Action::Probe => {
+                if let (Some(inst), Some(check)) = (inst, &self.units[i].component.health) {
+                    self.units[i].probe = Some(health::spawn(inst, &check.probe, check.timeout));
+                }
+            }
+            Action::CancelProbe => self.units[i].probe = None,
         }
     }
 
@@ -1071,12 +1029,11 @@ impl Engine {
                 Err(e) => self.emit(i, EventKind::Error, &e.to_string()),
             }
         }
-        if self.units[i].restart_at.is_some_and(|t| t <= now) && self.units[i].booting.is_none() {
-            self.units[i].restart_at = None;
-            if self.units[i].record.enabled && !self.units[i].removing {
-                self.start(i, now);
-            }
+        if let Some(result) = self.units[i].probe.as_ref().and_then(health::poll) {
+            self.units[i].probe = None;
+            self.observe(i, Observation::Probe(result), now);
         }
+        self.observe(i, Observation::Tick, now);
         if self.units[i].instance.is_some() && self.units[i].renew_at.is_some_and(|t| t <= now) {
             match self.deliver_identity(i, now, true) {
                 Ok(_) => {
@@ -1093,16 +1050,10 @@ impl Engine {
                 }
             }
         }
-        let reset_after = self.stack_of(i).restart_reset_after;
         let u = &mut self.units[i];
-        let Some(inst) = u.instance.clone() else {
-            return;
-        };
-        if u.kill_at.is_some_and(|t| t <= now) {
-            u.kill_at = None;
-            let _ = inst.kill();
-        }
-        if let Ok(stats) = inst.stats() {
+        if let Some(inst) = u.instance.clone()
+            && let Ok(stats) = inst.stats()
+        {
             if let Some((t0, c0)) = u.cpu_sample {
                 let wall = now.duration_since(t0).as_micros() as f64;
                 if wall > 0.0 {
@@ -1112,102 +1063,17 @@ impl Engine {
             u.cpu_sample = Some((now, stats.cpu_usage_usec));
             u.stats = Some(stats);
         }
-        if u.record.backoff_exp > 0
-            && u.started_at
-                .is_some_and(|s| now.duration_since(s) > reset_after)
-        {
-            u.record.backoff_exp = 0;
-            self.save(i);
-        }
-        self.tick_health(i, &inst, now);
     }
 
-    fn tick_health(&mut self, i: usize, inst: &Arc<Workload>, now: Instant) {
-        let u = &mut self.units[i];
-        if u.kill_at.is_some() || u.record.status == ComponentStatus::Stopping {
-            return;
-        }
-        let Some(check) = u.component.health.clone() else {
-            if u.record.status == ComponentStatus::Starting {
-                self.set_status(i, ComponentStatus::Running);
-                self.emit(i, EventKind::Running, "no health check configured");
-            }
-            return;
-        };
-        if let Some(deadline) = check.ready_within
-            && u.record.status == ComponentStatus::Starting
-            && u.started_at
-                .is_some_and(|s| now.duration_since(s) > deadline)
-        {
-            let why = format!(
-                "not ready within {} (ready_within)",
-                human_duration(deadline)
-            );
-            self.emit(i, EventKind::NeverReady, &why);
-            self.units[i].record.reason = why;
-            self.stop_for(i, StopReason::NeverReady, now);
-            return;
-        }
-        if let Some(rx) = &u.probe {
-            let Some(result) = health::poll(rx) else {
-                return;
-            };
-            u.probe = None;
-            u.probe_latency = u.probe_started.take().map(|t| now.duration_since(t));
-            u.next_probe = now + check.interval;
-            match result {
-                Ok(detail) => {
-                    let announce = u.record.status == ComponentStatus::Starting
-                        || matches!(u.health, Health::Failing(..));
-                    u.health = Health::Healthy(detail.clone());
-                    self.set_status(i, ComponentStatus::Running);
-                    if announce {
-                        self.emit(i, EventKind::Healthy, &detail);
-                    }
-                }
-                Err(reason) => {
-                    if u.started_at
-                        .is_some_and(|s| now.duration_since(s) < check.start_period)
-                    {
-                        return;
-                    }
-                    let n = match &u.health {
-                        Health::Failing(n, _) => n + 1,
-                        _ => 1,
-                    };
-                    u.health = Health::Failing(n, reason.clone());
-                    if n >= check.retries {
-                        self.emit(
-                            i,
-                            EventKind::Unhealthy,
-                            &format!("{n} failed probes in a row; last: {reason}"),
-                        );
-                        self.stop_for(i, StopReason::Unhealthy, now);
-                    }
-                }
-            }
-            return;
-        }
-        if now >= u.next_probe {
-            u.probe_started = Some(now);
-            u.probe = Some(health::spawn(inst.clone(), &check.probe, check.timeout));
-        }
-    }
-
-    /// Sends SIGTERM to unit `i`'s instance (recording the intent) and arms the SIGKILL.
-    fn request_stop(&mut self, i: usize, now: Instant) {
-        let Some(inst) = self.units[i].instance.clone() else {
-            return;
-        };
-        let u = &mut self.units[i];
-        u.record.intent = Some(Intent::Stop {
-            instance: inst.id().to_string(),
-        });
-        u.kill_at = Some(now + u.component.stop_grace);
-        u.probe = None;
-        self.set_status(i, ComponentStatus::Stopping);
-        self.save(i);
-        let _ = inst.signal(libc::SIGTERM);
+    /// Spreads renewals of the components over their window, the same for a component every
+    /// time (a hash of its key).
+    fn renewal_seed(&self, i: usize) -> u64 {
+        self.units[i]
+            .life
+            .record
+            .key()
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
     }
 
     /// Issues and writes unit `i`'s identity; schedules its renewal.
@@ -1239,11 +1105,7 @@ impl Engine {
                 ),
             );
         }
-        let seed = self.units[i]
-            .record
-            .key()
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let seed = self.renewal_seed(i);
         self.units[i].renew_at = Some(now + identity::renew_after(stack.certificate_ttl, seed));
         self.units[i].delivered_at = Some(now);
         let expires = humantime_secs(delivered.not_after);
@@ -1273,7 +1135,7 @@ impl Engine {
         let state_dir = self.runtime.config().state_dir.clone();
         let dir = identity::identity_dir(
             &state_dir,
-            &self.units[i].record.stack,
+            &self.units[i].life.record.stack,
             &self.units[i].component.name,
         );
         if let Err(e) = inst.refresh_identity(&dir) {
@@ -1373,7 +1235,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let (stack, name, ports) = (
-            self.units[i].record.stack.clone(),
+            self.units[i].life.record.stack.clone(),
             c.name.clone(),
             c.listen.clone(),
         );
@@ -1389,26 +1251,32 @@ impl Engine {
     fn record_start(&self, i: usize, id: &str) {
         let _ = self.store.put_instance(&InstanceRecord {
             id: id.to_owned(),
-            component: self.units[i].record.key(),
+            component: self.units[i].life.record.key(),
             started_at_ms: now_ms(),
             ended_at_ms: None,
             exit: None,
         });
     }
 
+    /// Records that instance `id` ended (`status` when known).
+    fn record_end(&mut self, id: &str, status: Option<ExitStatus>) {
+        if let Ok(Some(mut rec)) = self.store.instance(id) {
+            rec.ended_at_ms = Some(now_ms());
+            rec.exit = status;
+            let _ = self.store.put_instance(&rec);
+        }
+    }
+
     /// Unit `i` could not start because of `why`: recorded, and retried with backoff.
     fn start_failed(&mut self, i: usize, now: Instant, why: String) {
-        self.units[i].record.reason = why.clone();
-        self.save(i);
-        self.emit(i, EventKind::StartFailed, &why);
-        self.schedule_restart(i, now, true);
+        self.observe(i, Observation::StartFailed(why), now);
     }
 
     fn start(&mut self, i: usize, now: Instant) {
         if self.units[i].booting.is_some() {
             return;
         }
-        let stack_name = self.units[i].record.stack.clone();
+        let stack_name = self.units[i].life.record.stack.clone();
         let mut spec = self.units[i].component.launch_spec(&stack_name);
         spec.logs = self.stack_of(i).log_limits();
         match self.deliver_identity(i, now, false) {
@@ -1431,12 +1299,7 @@ impl Engine {
             Err(e) => return self.start_failed(i, now, e),
         };
         let id = new_instance_id(&spec.name);
-        self.units[i].record.intent = Some(Intent::Start {
-            instance: id.clone(),
-        });
-        self.units[i].record.next_start_ms = None;
-        self.set_status(i, ComponentStatus::Starting);
-        self.save(i);
+        self.observe(i, Observation::Launching { id: id.clone() }, now);
         let runtime = self.units[i].component.runtime;
         if matches!(
             runtime,
@@ -1546,12 +1409,6 @@ impl Engine {
         };
         let id = self.units[i].booting.take().expect("checked").id;
         self.start_result(i, id, result, now);
-        // Stopped or removed while it booted: stop it now.
-        if self.units[i].instance.is_some()
-            && (!self.units[i].record.enabled || self.units[i].removing)
-        {
-            self.request_stop(i, now);
-        }
     }
 
     /// Records the outcome of starting instance `id` of unit `i`.
@@ -1601,18 +1458,8 @@ impl Engine {
                 self.record_start(i, &id);
                 let u = &mut self.units[i];
                 u.instance = Some(Arc::new(inst));
-                u.record.instance = Some(id);
-                u.record.intent = None;
-                u.started_at = Some(now);
-                u.stop_reason = None;
-                u.kill_at = None;
                 u.probe = None;
                 u.cpu_sample = None;
-                if u.health != Health::None {
-                    u.health = Health::Pending;
-                }
-                u.next_probe = now;
-                self.save(i);
                 self.emit(i, EventKind::Started, &detail);
                 if let Some(reach) = reach {
                     self.emit(i, EventKind::Reach, &reach);
@@ -1621,27 +1468,23 @@ impl Engine {
                 if let Some(w) = warning {
                     self.emit(i, EventKind::Warning, &w);
                 }
+                self.observe(i, Observation::Started { id }, now);
             }
-            Err(e) => {
-                self.units[i].record.intent = None;
-                self.units[i].record.reason = e.to_string();
-                self.save(i);
-                self.emit(i, EventKind::StartFailed, &e.to_string());
-                self.schedule_restart(i, now, true);
-            }
+            Err(e) => self.start_failed(i, now, e.to_string()),
         }
     }
 
+    /// Unit `i`'s instance ended with `status`.
     fn on_exit(&mut self, i: usize, status: ExitStatus, now: Instant) {
         if let (Some(gw), Some(spec), Some(id)) = (
             &self.mcp,
             &self.units[i].component.mcp,
-            &self.units[i].record.instance,
+            &self.units[i].life.record.instance,
         ) {
             gw.detach(&spec.name, id, &format!("instance {id} {status}"));
         }
         // What only a unikernel can say about its end.
-        let ended_how = self.units[i]
+        let how = self.units[i]
             .instance
             .as_ref()
             .and_then(|w| w.unikernel())
@@ -1655,121 +1498,10 @@ impl Engine {
         let u = &mut self.units[i];
         u.instance = None;
         u.probe = None;
-        u.kill_at = None;
-        u.record.intent = None;
-        u.record.last_exit = Some(status);
-        if let Some(id) = &u.record.instance
-            && let Ok(Some(mut rec)) = self.store.instance(id)
-        {
-            rec.ended_at_ms = Some(now_ms());
-            rec.exit = Some(status);
-            let _ = self.store.put_instance(&rec);
+        if let Some(id) = u.life.record.instance.clone() {
+            self.record_end(&id, Some(status));
         }
-        let u = &mut self.units[i];
-        // The exit is handled: a restarted engine must not count it again.
-        u.record.last_instance = u.record.instance.take();
-        let stopped_for = u.stop_reason.take();
-        let detail = match (ended_how, stopped_for) {
-            (Some(how), _) => format!("{status} ({how})"),
-            (None, Some(StopReason::NeverReady)) => format!("{status} (stopped: never ready)"),
-            (None, Some(StopReason::Unhealthy)) => format!("{status} (stopped as unhealthy)"),
-            _ => status.to_string(),
-        };
-        if stopped_for != Some(StopReason::NeverReady) {
-            u.record.reason = detail.clone();
-        }
-        let facts = ExitFacts {
-            success: status.success(),
-            stopped_for,
-            enabled: u.record.enabled,
-            removing: u.removing,
-            swapping: u.swap.is_some(),
-            restart: u.component.restart,
-            restarts: u.record.restarts,
-            max_restarts: self.stacks[&u.record.stack].max_restarts,
-        };
-        self.save(i);
-        self.emit(i, EventKind::Exited, &detail);
-        match policy::after_exit(&facts) {
-            AfterExit::FailedNeverReady => {
-                let reason = self.units[i].record.reason.clone();
-                self.set_status(i, ComponentStatus::Failed);
-                self.emit(i, EventKind::Failed, &reason);
-            }
-            AfterExit::Stopped => self.set_status(i, ComponentStatus::Stopped),
-            // The old instance died during a swap: the swap decides (the new instance takes
-            // over, or a rollback restarts the component).
-            AfterExit::LeaveToSwap => {}
-            AfterExit::StartNow => self.units[i].restart_at = Some(now),
-            AfterExit::Restart(decision) => self.carry_out_restart(i, now, decision),
-        }
-    }
-
-    /// Asks unit `i`'s instance to stop, for `reason` (the stronger one counts when there is
-    /// already one).
-    fn stop_for(&mut self, i: usize, reason: StopReason, now: Instant) {
-        let u = &mut self.units[i];
-        u.stop_reason = Some(reason.stronger(u.stop_reason));
-        self.request_stop(i, now);
-    }
-
-    /// Unit `i` ended (`failed` or not) or could not start: what its restart policy says.
-    fn schedule_restart(&mut self, i: usize, now: Instant, failed: bool) {
-        let decision = policy::restart_after(
-            self.units[i].component.restart,
-            failed,
-            self.units[i].record.restarts,
-            self.stack_of(i).max_restarts,
-        );
-        self.carry_out_restart(i, now, decision);
-    }
-
-    /// Carries out what the restart policy decided for unit `i`.
-    fn carry_out_restart(&mut self, i: usize, now: Instant, decision: Restart) {
-        let max = match decision {
-            Restart::No { failed } => {
-                let status = if failed {
-                    ComponentStatus::Failed
-                } else {
-                    ComponentStatus::Stopped
-                };
-                self.set_status(i, status);
-                return;
-            }
-            Restart::GiveUp { max } => max,
-            Restart::Backoff => {
-                self.restart_after_backoff(i, now);
-                return;
-            }
-        };
-        let reason = format!(
-            "gave up after {max} restarts (the stack's max_restarts); last: {}",
-            self.units[i].record.reason
-        );
-        self.units[i].record.reason = reason.clone();
-        self.set_status(i, ComponentStatus::Failed);
-        self.save(i);
-        self.emit(i, EventKind::Failed, &reason);
-    }
-
-    /// Schedules unit `i`'s next start after its backoff, and counts the restart.
-    fn restart_after_backoff(&mut self, i: usize, now: Instant) {
-        let stack = self.stack_of(i);
-        let (first, ceiling) = (stack.restart_backoff, stack.restart_backoff_max);
-        let u = &mut self.units[i];
-        let delay = policy::backoff(first, ceiling, u.record.backoff_exp);
-        u.record.backoff_exp += 1;
-        u.record.restarts += 1;
-        u.restart_at = Some(now + delay);
-        u.record.next_start_ms = Some(now_ms() + delay.as_millis() as u64);
-        let restarts = u.record.restarts;
-        self.set_status(i, ComponentStatus::Starting);
-        self.save(i);
-        self.emit(
-            i,
-            EventKind::RestartScheduled,
-            &format!("restart {restarts} in {}", human_duration(delay)),
-        );
+        self.observe(i, Observation::Exited { status, how }, now);
     }
 
     /// Stops every running component in parallel within its grace period, records them
@@ -1789,9 +1521,9 @@ impl Engine {
         }
         let mut handles = Vec::new();
         for (i, u) in self.units.iter_mut().enumerate() {
-            u.restart_at = None;
+            u.life.restart_at = None;
             if let Some(inst) = u.instance.clone() {
-                u.record.intent = Some(Intent::Stop {
+                u.life.record.intent = Some(Intent::Stop {
                     instance: inst.id().to_string(),
                 });
                 let grace = u.component.stop_grace;
@@ -1811,10 +1543,12 @@ impl Engine {
                     };
                     let u = &mut self.units[i];
                     u.instance = None;
-                    u.record.last_instance = u.record.instance.take();
-                    u.record.intent = None;
-                    u.record.last_exit = Some(status);
-                    self.set_status(i, ComponentStatus::Stopped);
+                    u.life.running = false;
+                    u.life.kill_at = None;
+                    u.life.record.last_instance = u.life.record.instance.take();
+                    u.life.record.intent = None;
+                    u.life.record.last_exit = Some(status);
+                    u.life.record.status = ComponentStatus::Stopped;
                     self.save(i);
                     self.emit(i, EventKind::Stopped, &how);
                 }
@@ -1831,7 +1565,7 @@ impl Engine {
             .units
             .iter()
             .enumerate()
-            .filter(|(_, u)| u.component.name == name || u.record.key() == name)
+            .filter(|(_, u)| u.component.name == name || u.life.record.key() == name)
             .map(|(i, _)| i)
             .collect();
         match matches.as_slice() {
@@ -1839,7 +1573,9 @@ impl Engine {
             [] => Err(EngineError::NotFound(name.to_string())),
             many => Err(EngineError::Ambiguous(
                 name.to_string(),
-                many.iter().map(|i| self.units[*i].record.key()).collect(),
+                many.iter()
+                    .map(|i| self.units[*i].life.record.key())
+                    .collect(),
             )),
         }
     }
@@ -1853,32 +1589,14 @@ impl Engine {
     /// Lets a stopped component run again (`osvm start`).
     pub fn start_component(&mut self, name: &str) -> Result<(), EngineError> {
         let i = self.find(name)?;
-        let u = &mut self.units[i];
-        u.record.enabled = true;
-        u.record.restarts = 0;
-        u.record.backoff_exp = 0;
-        u.record.reason.clear();
-        if u.instance.is_none() {
-            u.restart_at = Some(Instant::now());
-        }
-        self.set_status(i, ComponentStatus::Starting);
-        self.save(i);
-        self.emit(i, EventKind::StartRequested, "by the API");
+        self.observe(i, Observation::StartRequested, Instant::now());
         Ok(())
     }
 
     /// Stops a component and keeps it stopped (`osvm stop`).
     pub fn stop_component(&mut self, name: &str) -> Result<(), EngineError> {
         let i = self.find(name)?;
-        self.units[i].record.enabled = false;
-        self.units[i].restart_at = None;
-        self.save(i);
-        self.emit(i, EventKind::StopRequested, "by the API");
-        if self.units[i].instance.is_some() {
-            self.request_stop(i, Instant::now());
-        } else {
-            self.set_status(i, ComponentStatus::Stopped);
-        }
+        self.observe(i, Observation::StopRequested, Instant::now());
         Ok(())
     }
 
@@ -1886,13 +1604,7 @@ impl Engine {
     /// failure restart.
     pub fn restart_component(&mut self, name: &str) -> Result<(), EngineError> {
         let i = self.find(name)?;
-        self.units[i].record.enabled = true;
-        self.emit(i, EventKind::RestartRequested, "by the API");
-        if self.units[i].instance.is_some() {
-            self.stop_for(i, StopReason::Replace, Instant::now());
-        } else {
-            self.units[i].restart_at = Some(Instant::now());
-        }
+        self.observe(i, Observation::RestartRequested, Instant::now());
         Ok(())
     }
 
@@ -1905,10 +1617,8 @@ impl Engine {
         self.store.remove_stack(name)?;
         let now = Instant::now();
         for i in 0..self.units.len() {
-            if self.units[i].record.stack == name {
-                self.units[i].removing = true;
-                self.units[i].restart_at = None;
-                self.request_stop(i, now);
+            if self.units[i].life.record.stack == name {
+                self.observe(i, Observation::Removed, now);
             }
         }
         self.collect_removed();
@@ -1917,10 +1627,10 @@ impl Engine {
 
     /// Forgets stack `name` and its components' records (call after [`Engine::shutdown`]).
     pub fn forget_stack(&mut self, name: &str) -> Result<(), StoreError> {
-        for u in self.units.iter().filter(|u| u.record.stack == name) {
+        for u in self.units.iter().filter(|u| u.life.record.stack == name) {
             self.store.remove_component(name, &u.component.name)?;
         }
-        self.units.retain(|u| u.record.stack != name);
+        self.units.retain(|u| u.life.record.stack != name);
         self.stacks.remove(name);
         self.store.remove_stack(name)?;
         Ok(())
@@ -1930,14 +1640,14 @@ impl Engine {
     pub fn all_ended(&self) -> bool {
         self.units
             .iter()
-            .all(|u| u.instance.is_none() && u.restart_at.is_none() && u.booting.is_none())
+            .all(|u| u.instance.is_none() && u.life.idle())
     }
 
     /// How many components ended `Failed`.
     pub fn failed(&self) -> usize {
         self.units
             .iter()
-            .filter(|u| u.record.status == ComponentStatus::Failed)
+            .filter(|u| u.life.record.status == ComponentStatus::Failed)
             .count()
     }
 
@@ -1949,16 +1659,16 @@ impl Engine {
             .map(|u| {
                 let running = u.instance.is_some();
                 ComponentView {
-                    stack: u.record.stack.clone(),
+                    stack: u.life.record.stack.clone(),
                     name: u.component.name.clone(),
-                    status: u.record.status,
+                    status: u.life.record.status,
                     health: if running {
-                        u.health.clone()
+                        u.life.health.clone()
                     } else {
                         Health::None
                     },
                     instance: u.instance.as_ref().map(|i| i.id().to_string()),
-                    last_instance: u.record.last_instance.clone(),
+                    last_instance: u.life.record.last_instance.clone(),
                     listen: u.component.listen.clone(),
                     pid: u.instance.as_ref().map(|i| i.init_pid()),
                     stats: if running { u.stats.clone() } else { None },
@@ -1971,16 +1681,17 @@ impl Engine {
                         .and_then(|i| i.memory_limit())
                         .or(u.component.resources.memory_bytes),
                     cpu_percent: if running { u.cpu_percent } else { 0.0 },
-                    restarts: u.record.restarts,
+                    restarts: u.life.record.restarts,
                     uptime_secs: u
+                        .life
                         .started_at
                         .filter(|_| running)
                         .map(|s| now.duration_since(s).as_secs()),
-                    last_exit: u.record.last_exit,
-                    reason: u.record.reason.clone(),
-                    probe_latency_ms: u.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
-                    swap: u.record.swap.clone(),
-                    last_swap: u.record.last_swap.clone(),
+                    last_exit: u.life.record.last_exit,
+                    reason: u.life.record.reason.clone(),
+                    probe_latency_ms: u.life.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
+                    swap: u.life.record.swap.clone(),
+                    last_swap: u.life.record.last_swap.clone(),
                     runtime: u.component.runtime,
                     vm: u
                         .instance

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, HealthProbe, StackNetwork, SwapPolicy};
 use osvm_core::{ExitStatus, Instance};
 use osvm_sandbox::{Adopted, StartOptions, new_instance_id};
@@ -31,7 +30,12 @@ use osvm_sandbox::{Adopted, StartOptions, new_instance_id};
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, EngineError, Health, human_duration};
+mod progress;
+
+use progress::{Move, Progress, Seen};
+
+use super::unit::Observation;
+use super::{Engine, EngineError, human_duration};
 use crate::health::{self, ProbeResult};
 use crate::network::NetPlaneError;
 use crate::store::{EventKind, SwapOutcome, SwapPhase, SwapRecord, now_ms};
@@ -82,30 +86,17 @@ pub struct SwapPlan {
     pub steps: Vec<String>,
 }
 
-/// A swap in memory: the instances and the clocks.
+/// A swap in memory: the instances, the probe in flight and the pure [`Progress`].
 pub(super) struct Swap {
-    /// Socket handoff (the new instance shares the old one's listening sockets) rather than
-    /// the service-address switch.
-    socket: bool,
     new: Arc<Workload>,
     /// The old instance once the swap is confirmed (before that it is the unit's instance).
     old: Option<Arc<Workload>>,
     component: Component,
-    policy: SwapPolicy,
     readiness: HealthProbe,
-    interval: Duration,
     timeout: Duration,
-    phase: SwapPhase,
-    began: Instant,
+    /// The clock and readiness, decided purely.
+    progress: Progress,
     probe: Option<Receiver<ProbeResult>>,
-    next_probe: Instant,
-    ready_since: Option<Instant>,
-    /// The share of new connections the new instance gets at each step, ending at 100.
-    steps: Vec<u8>,
-    /// The step in force once switched.
-    step: usize,
-    /// When the current step began.
-    switched_at: Option<Instant>,
     drain_began: Option<Instant>,
     old_addr: Option<Ipv4Addr>,
     /// When the instance being stopped (old when draining, new when rolling back) is killed.
@@ -286,37 +277,28 @@ impl Engine {
             .map_err(EngineError::Invalid)?;
         let id = new.id().to_string();
         plan.new_instance = Some(id.clone());
-        self.units[i].record.swap = Some(SwapRecord {
+        self.units[i].life.record.swap = Some(SwapRecord {
             new_instance: id.clone(),
-            old_instance: self.units[i].record.instance.clone(),
+            old_instance: self.units[i].life.record.instance.clone(),
             phase: SwapPhase::Starting,
             began_ms: now_ms(),
             component: component.clone(),
             weight: 0,
         });
         self.units[i].swap = Some(Swap {
-            socket,
             new,
             old: None,
             component,
-            policy,
             readiness: probe,
-            interval,
             timeout,
-            phase: SwapPhase::Starting,
-            began: now,
+            progress: Progress::new(socket, policy, interval, weights, now),
             probe: None,
-            next_probe: now,
-            ready_since: None,
-            steps: weights,
-            step: 0,
-            switched_at: None,
             drain_began: None,
             old_addr: None,
             kill_at: None,
             reason: String::new(),
         });
-        self.set_status(i, ComponentStatus::Upgrading);
+        self.observe(i, Observation::SwapBegan, Instant::now());
         self.save(i);
         self.emit(
             i,
@@ -396,7 +378,7 @@ impl Engine {
 
     /// Moves unit `i`'s swap along.
     pub(super) fn tick_swap(&mut self, i: usize, now: Instant) {
-        let Some(phase) = self.units[i].swap.as_ref().map(|s| s.phase) else {
+        let Some(phase) = self.units[i].swap.as_ref().map(|s| s.progress.phase) else {
             return;
         };
         match phase {
@@ -406,77 +388,40 @@ impl Engine {
         }
     }
 
-    /// Probes the new instance; switches, confirms or rolls back.
+    /// Looks at the new instance and carries out the next move [`Progress::decide`] gives.
     fn watch_new(&mut self, i: usize, now: Instant) {
         let sw = self.units[i].swap.as_mut().expect("checked by the caller");
-        if let Ok(Some(status)) = sw.new.try_wait() {
-            return self.roll_back(i, now, format!("the new instance exited ({status})"));
-        }
-        if sw.phase == SwapPhase::Starting
-            && now.duration_since(sw.began) > sw.policy.healthy_deadline
-        {
-            let why = format!(
-                "the new instance was not ready within {} (healthy_deadline)",
-                human_duration(sw.policy.healthy_deadline)
-            );
-            return self.roll_back(i, now, why);
-        }
-        if let Some(rx) = &sw.probe {
-            let Some(result) = health::poll(rx) else {
-                return;
-            };
+        let seen = if let Ok(Some(status)) = sw.new.try_wait() {
+            Seen::Exited(status)
+        } else if let Some(result) = sw.probe.as_ref().and_then(health::poll) {
             sw.probe = None;
-            sw.next_probe = now + sw.interval;
-            match result {
-                Ok(_) => {
-                    sw.ready_since.get_or_insert(now);
-                }
-                Err(reason) => {
-                    sw.ready_since = None;
-                    if sw.phase == SwapPhase::Switched && sw.policy.auto_revert {
-                        return self.roll_back(
-                            i,
-                            now,
-                            format!("the new instance failed its check after the switch: {reason}"),
-                        );
-                    }
-                }
+            Seen::Probe(result)
+        } else {
+            Seen::Nothing
+        };
+        match sw.progress.decide(seen, now) {
+            Move::Wait => {}
+            Move::Probe => {
+                sw.probe = Some(health::spawn(sw.new.clone(), &sw.readiness, sw.timeout));
             }
-        } else if now >= sw.next_probe {
-            sw.probe = Some(health::spawn(sw.new.clone(), &sw.readiness, sw.timeout));
-            return;
-        }
-        let held = sw
-            .ready_since
-            .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time);
-        let step_held = sw.ready_since.is_some()
-            && sw
-                .switched_at
-                .is_some_and(|t| now.duration_since(t) >= sw.policy.min_healthy_time);
-        match sw.phase {
-            SwapPhase::Starting if held && sw.socket => self.confirm(i, now),
-            SwapPhase::Starting if held => self.move_traffic(i, now, 0),
-            SwapPhase::Switched if step_held && sw.step + 1 < sw.steps.len() => {
-                let next = sw.step + 1;
-                self.move_traffic(i, now, next)
-            }
-            SwapPhase::Switched if step_held => self.confirm(i, now),
-            _ => {}
+            Move::Switch(step) => self.move_traffic(i, now, step),
+            Move::Confirm => self.confirm(i, now),
+            Move::RollBack(why) => self.roll_back(i, now, why),
         }
     }
 
     fn swap_names(&self, i: usize) -> (String, String) {
         (
-            self.units[i].record.stack.clone(),
+            self.units[i].life.record.stack.clone(),
             self.units[i].component.name.clone(),
         )
     }
 
     fn set_phase(&mut self, i: usize, phase: SwapPhase) {
         if let Some(sw) = self.units[i].swap.as_mut() {
-            sw.phase = phase;
+            sw.progress.phase = phase;
         }
-        if let Some(r) = self.units[i].record.swap.as_mut() {
+        if let Some(r) = self.units[i].life.record.swap.as_mut() {
             r.phase = phase;
         }
         self.save(i);
@@ -485,9 +430,14 @@ impl Engine {
     /// Gives the new instance the share of new connections of canary step `step`.
     fn move_traffic(&mut self, i: usize, now: Instant, step: usize) {
         let (stack, name) = self.swap_names(i);
-        let weight = self.units[i].swap.as_ref().expect("swap under way").steps[step];
+        let weight = self.units[i]
+            .swap
+            .as_ref()
+            .expect("swap under way")
+            .progress
+            .steps[step];
         // Durable first: a daemon killed from here on finds the swap switched and undoes it.
-        if let Some(r) = self.units[i].record.swap.as_mut() {
+        if let Some(r) = self.units[i].life.record.swap.as_mut() {
             r.weight = weight;
         }
         self.set_phase(i, SwapPhase::Switched);
@@ -500,9 +450,8 @@ impl Engine {
             return self.roll_back(i, now, format!("could not switch the service address: {e}"));
         }
         let sw = self.units[i].swap.as_mut().expect("swap under way");
-        sw.step = step;
-        sw.switched_at = Some(now);
-        let waited = now.duration_since(sw.began);
+        sw.progress.switched(step, now);
+        let waited = now.duration_since(sw.progress.began);
         let detail = if weight == 100 {
             format!(
                 "the service address sends new connections to the new instance ({} after the start)",
@@ -520,7 +469,10 @@ impl Engine {
     /// The new instance held: it becomes the component's instance, the old one drains.
     fn confirm(&mut self, i: usize, now: Instant) {
         let (stack, name) = self.swap_names(i);
-        let socket = self.units[i].swap.as_ref().is_some_and(|s| s.socket);
+        let socket = self.units[i]
+            .swap
+            .as_ref()
+            .is_some_and(|s| s.progress.socket);
         if !socket
             && let Some(plane) = self.net.as_mut()
             && let Err(e) = plane.promote(&stack, &name)
@@ -533,21 +485,14 @@ impl Engine {
         sw.old = u.instance.take();
         sw.old_addr = old_addr;
         sw.drain_began = Some(now);
+        let (id, began) = (sw.new.id().to_string(), sw.progress.began);
         u.instance = Some(sw.new.clone());
         u.component = sw.component.clone();
-        u.started_at = Some(sw.began);
-        u.health = if u.component.health.is_some() {
-            Health::Healthy("passed its checks during the swap".into())
-        } else {
-            Health::None
-        };
         u.probe = None;
-        u.next_probe = now;
-        u.kill_at = None;
-        u.record.last_instance = u.record.instance.take();
-        u.record.instance = Some(sw.new.id().to_string());
-        if let Some(r) = u.record.swap.as_mut() {
-            r.old_instance = u.record.last_instance.clone();
+        self.observe(i, Observation::SwapConfirmed { id, began }, now);
+        let u = &mut self.units[i];
+        if let Some(r) = u.life.record.swap.as_mut() {
+            r.old_instance = u.life.record.last_instance.clone();
         }
         // The new spec is the component's from now on.
         let component = u.component.clone();
@@ -588,7 +533,7 @@ impl Engine {
                 let waited = sw
                     .drain_began
                     .map_or(Duration::ZERO, |t| now.duration_since(t));
-                if left == 0 || waited >= sw.policy.drain_timeout {
+                if left == 0 || waited >= sw.progress.policy.drain_timeout {
                     let grace = self.units[i].component.stop_grace;
                     let sw = self.units[i].swap.as_mut().expect("swap under way");
                     sw.kill_at = Some(now + grace);
@@ -609,22 +554,13 @@ impl Engine {
         }
     }
 
-    fn record_end(&mut self, id: &str, status: Option<ExitStatus>) {
-        if let Ok(Some(mut rec)) = self.store.instance(id) {
-            rec.ended_at_ms = Some(now_ms());
-            rec.exit = status;
-            let _ = self.store.put_instance(&rec);
-        }
-    }
-
     fn finish_swap(&mut self, i: usize, now: Instant, old_exit: Option<ExitStatus>) {
         let sw = self.units[i].swap.take().expect("swap under way");
         if let Some(old) = &sw.old {
             self.record_end(old.id(), old_exit);
         }
         let took = self.close_swap(i, now, &sw, true, "the new instance serves".into());
-        self.set_status(i, ComponentStatus::Running);
-        self.save(i);
+        self.observe(i, Observation::SwapEnded, now);
         self.emit(
             i,
             EventKind::SwapDone,
@@ -653,10 +589,10 @@ impl Engine {
         {
             self.note(EventKind::NetworkFailed, &e.to_string());
         }
-        let took = now.duration_since(sw.began);
+        let took = now.duration_since(sw.progress.began);
         let u = &mut self.units[i];
-        u.record.swap = None;
-        u.record.last_swap = Some(SwapOutcome {
+        u.life.record.swap = None;
+        u.life.record.last_swap = Some(SwapOutcome {
             new_instance: sw.new.id().to_string(),
             done,
             reason,
@@ -671,7 +607,7 @@ impl Engine {
         let switched = self.units[i]
             .swap
             .as_ref()
-            .is_some_and(|s| s.phase == SwapPhase::Switched);
+            .is_some_and(|s| s.progress.phase == SwapPhase::Switched);
         self.set_phase(i, SwapPhase::RollingBack);
         if switched {
             let stacks = self.stacks.clone();
@@ -685,6 +621,7 @@ impl Engine {
         let sw = self.units[i].swap.as_mut().expect("swap under way");
         sw.reason = reason.clone();
         sw.probe = None;
+        sw.progress.probing = false;
         sw.kill_at = Some(now + grace);
         let _ = sw.new.signal(libc::SIGTERM);
         self.emit(i, EventKind::SwapRollingBack, &reason);
@@ -705,25 +642,19 @@ impl Engine {
         let sw = self.units[i].swap.take().expect("swap under way");
         self.record_end(sw.new.id(), Some(status));
         self.close_swap(i, now, &sw, false, sw.reason.clone());
-        let old_alive = self.units[i].instance.is_some();
-        if old_alive {
-            self.set_status(i, ComponentStatus::Running);
-        }
-        self.save(i);
-        self.emit(
-            i,
-            EventKind::SwapRolledBack,
-            &format!("{}; the old instance serves", sw.reason),
-        );
-        if !old_alive {
-            self.schedule_restart(i, now, true);
-        }
+        let detail = if self.units[i].instance.is_some() {
+            format!("{}; the old instance serves", sw.reason)
+        } else {
+            format!("{}; the old instance had ended", sw.reason)
+        };
+        self.emit(i, EventKind::SwapRolledBack, &detail);
+        self.observe(i, Observation::SwapEnded, now);
     }
 
     /// After a restart: finishes a swap that was confirmed, undoes one that was not, so that
     /// exactly one instance serves. Returns the component to clear from the hub's second slot.
     pub(super) fn recover_swap(&mut self, i: usize) -> Option<(String, String)> {
-        let record = self.units[i].record.swap.take()?;
+        let record = self.units[i].life.record.swap.take()?;
         let stop = |engine: &Engine, id: &str| {
             if let Ok(Adopted::Running(inst)) = engine.runtime.adopt(id) {
                 let _ = inst.stop(engine.units[i].component.stop_grace);
@@ -753,7 +684,7 @@ impl Engine {
         };
         let detail = outcome.reason.clone();
         let done = outcome.done;
-        self.units[i].record.last_swap = Some(outcome);
+        self.units[i].life.record.last_swap = Some(outcome);
         self.save(i);
         self.emit(
             i,
