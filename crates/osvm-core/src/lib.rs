@@ -18,4 +18,7 @@ pub use launch::{
     AccelChoice, BindMount, DataKind, LaunchSpec, LauncherChoice, LogLimits, Resources,
     UnikernelOptions, VmOptions,
 };
-pub use runtime::{ExitStatus, Instance, InstanceStats, Runtime, RuntimeError, RuntimeKind};
+pub use runtime::{
+    Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, Runtime,
+    RuntimeError, RuntimeKind, Wiring,
+};

@@ -162,6 +162,22 @@ fn unit_multiplier(unit: &str) -> Option<u64> {
     }
 }
 
+/// Formats a duration for people: `200ms`, `3s`, `4m12s`, `2h05m`.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Parses a duration (`2s`, `500ms`, `1m30s`). Zero is allowed; callers that need a positive
 /// duration check it themselves.
 pub fn parse_duration(input: &str) -> Result<Duration, QuantityError> {

@@ -1,12 +1,22 @@
-//! The contract between the control plane and an isolation runtime.
+//! The contract between the control plane and an isolation runtime: the only seam between
+//! them. The engine holds one [`Runtime`] per [`RuntimeKind`] and never asks which kind it
+//! has; everything that differs between a process, a microVM and a unikernel is behind these
+//! two traits.
 //!
-//! A [`Runtime`] starts an [`Instance`] from a [`LaunchSpec`]. An instance can be waited on,
-//! signalled, stopped with a grace period, and asked for its resource usage. A runtime never
-//! falls back to another one: if it cannot confine a workload on this host, `start` fails
-//! with [`RuntimeError::Unavailable`] naming the reason.
+//! A [`Runtime`] starts an [`Instance`] from a [`LaunchSpec`] and what the caller wires to it
+//! ([`Wiring`]), and finds again the instances a previous control plane started
+//! ([`Runtime::adopt`]). A start may take seconds (a VM boot, a unikernel image build): the
+//! caller runs it off its own thread. An instance can be waited on, signalled, stopped with a
+//! grace period, asked for its resource usage and facts, reached ([`Instance::endpoint`]) and,
+//! where the runtime allows, run a command in ([`Instance::exec`]). A runtime never falls back
+//! to another one: if it cannot confine a workload on this host, `start` fails with
+//! [`RuntimeError::Unavailable`] naming the reason.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::launch::LaunchSpec;
 
 /// Which isolation runtime runs a component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeKind {
     /// A confined Linux process (namespaces, cgroups, seccomp, Landlock).
@@ -135,14 +145,96 @@ impl RuntimeError {
     }
 }
 
+/// What the caller wires to a new instance besides its launch spec.
+#[derive(Debug)]
+pub struct Wiring {
+    /// The instance id (`<name>-<suffix>`), chosen by the caller so that it can record it
+    /// durably before the instance exists.
+    pub id: String,
+    /// What the workload reads on stdin (an MCP server's stdio channel).
+    pub stdin: Option<OwnedFd>,
+    /// Where the workload writes its stdout instead of its log (an MCP server's channel).
+    pub stdout: Option<OwnedFd>,
+    /// Listening sockets handed over as fds 3, 4, ... (socket activation, `LISTEN_FDS`).
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Wiring {
+    /// Nothing wired but the id.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            stdin: None,
+            stdout: None,
+            fds: Vec::new(),
+        }
+    }
+
+    /// Whether anything besides the id is wired (runtimes without stdio channels or socket
+    /// activation refuse such a start rather than drop the wiring).
+    pub fn has_io(&self) -> bool {
+        self.stdin.is_some() || self.stdout.is_some() || !self.fds.is_empty()
+    }
+}
+
+/// What became of an instance a previous control plane started.
+pub enum Adoption {
+    /// It still runs; here it is.
+    Running(Box<dyn Instance>),
+    /// It ended meanwhile, like this.
+    Ended(ExitStatus),
+    /// This runtime cannot take it back (it was driven through the previous control plane's
+    /// connections); whatever was left of it has been stopped. The string says why.
+    Stopped(String),
+}
+
+/// How a host process reaches an instance's TCP ports.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// On the loopback of this network namespace (a process: its own).
+    Namespace(File),
+    /// At this address, from the network the instance was attached to (a guest that took the
+    /// component's hub address).
+    Address(std::net::Ipv4Addr),
+    /// Only through the runtime ([`Instance::connect`]: a guest agent over vsock).
+    Runtime,
+    /// From nowhere (a guest without a network).
+    Unreachable,
+}
+
+/// A byte stream to a port of an instance.
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// What a command run inside an instance did.
+#[derive(Debug, Clone, Default)]
+pub struct ExecResult {
+    /// Its exit code (128 + N when signal N ended it); `None` when it timed out.
+    pub code: Option<i32>,
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: Vec<u8>,
+}
+
 /// Starts instances of one kind of isolation.
 pub trait Runtime: Send + Sync {
     /// Which runtime this is.
     fn kind(&self) -> RuntimeKind;
 
-    /// Starts one instance. Returns once the workload has been exec'd inside its confinement
-    /// (or fails, naming the step that failed). Never falls back to weaker isolation.
-    fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError>;
+    /// Starts one instance as `wiring.id`. Returns once the workload has been exec'd inside
+    /// its confinement, or the guest is ready (or fails, naming the step that failed). Never
+    /// falls back to weaker isolation. May take seconds.
+    fn start(&self, spec: &LaunchSpec, wiring: Wiring) -> Result<Box<dyn Instance>, RuntimeError>;
+
+    /// Finds instance `id`, started by a previous control plane.
+    fn adopt(&self, id: &str) -> Result<Adoption, RuntimeError>;
+
+    /// Stops whatever is left of instance `id` whose control plane is gone (it is not being
+    /// adopted); nothing when nothing is left.
+    fn stop_leftovers(&self, id: &str) {
+        let _ = id;
+    }
 }
 
 /// A running (or finished) instance of a component.
@@ -152,6 +244,13 @@ pub trait Instance: Send + Sync {
 
     /// The workload's process id as seen from the host, if it has one.
     fn pid(&self) -> Option<u32>;
+
+    /// The host pid of the init of the sandbox the instance runs in (a guest's: its
+    /// emulator's).
+    fn init_pid(&self) -> i32;
+
+    /// Where the instance's files (logs, console, records) are.
+    fn instance_dir(&self) -> PathBuf;
 
     /// Where the instance's stdout and stderr are written.
     fn log_paths(&self) -> (PathBuf, PathBuf);
@@ -164,6 +263,9 @@ pub trait Instance: Send + Sync {
 
     /// Sends a signal to the workload.
     fn signal(&self, signal: i32) -> Result<(), RuntimeError>;
+
+    /// Ends it at once, everything it started with it.
+    fn kill(&self) -> Result<(), RuntimeError>;
 
     /// Asks the workload to stop (SIGTERM), waits up to `grace`, then kills everything the
     /// instance started. Returns how it ended.
@@ -179,6 +281,52 @@ pub trait Instance: Send + Sync {
 
     /// The confinement actually applied.
     fn confinement(&self) -> crate::Confinement;
+
+    /// How a host process reaches the instance's ports.
+    fn endpoint(&self) -> Result<Endpoint, RuntimeError>;
+
+    /// A connection to TCP `port` made by the runtime itself ([`Endpoint::Runtime`]).
+    fn connect(&self, port: u16, timeout: Duration) -> Result<Box<dyn Conn>, RuntimeError> {
+        let _ = timeout;
+        Err(RuntimeError::InvalidSpec(format!(
+            "port {port}: this runtime connects to nothing itself; see the instance's endpoint"
+        )))
+    }
+
+    /// How a person reaches `port` of the instance, in words (for the `reach` event).
+    fn reach(&self, port: u16) -> String;
+
+    /// Runs `command` inside the instance, as confined as the workload, for at most `timeout`.
+    fn exec(&self, command: &[String], timeout: Duration) -> Result<ExecResult, RuntimeError> {
+        let _ = (command, timeout);
+        Err(RuntimeError::InvalidSpec(
+            "this runtime cannot run a command inside its instances".into(),
+        ))
+    }
+
+    /// Replaces the identity files the instance sees with those of the host directory `dir`.
+    /// A runtime that gives its instances no identity files has nothing to replace.
+    fn refresh_identity(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let _ = dir;
+        Ok(())
+    }
+
+    /// Copies of the `count` listening sockets the instance was handed (socket activation),
+    /// for its next instance after the control plane restarted.
+    fn listening_sockets(&self, count: usize) -> Result<Vec<OwnedFd>, RuntimeError> {
+        let _ = count;
+        Err(RuntimeError::InvalidSpec(
+            "this runtime hands its instances no listening sockets".into(),
+        ))
+    }
+
+    /// What only the runtime can say about how the instance ended (a deadline, a panic).
+    fn ended_how(&self) -> Option<String> {
+        None
+    }
+
+    /// The instance as `Any`, for a view that shows a runtime's own facts.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 #[cfg(test)]

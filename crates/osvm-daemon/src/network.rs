@@ -666,7 +666,7 @@ impl NetPlane {
         stack: &str,
         component: &str,
         ports: &[u16],
-        running: Option<&osvm_sandbox::SandboxInstance>,
+        running: Option<&dyn osvm_core::Instance>,
     ) -> Result<Vec<std::os::fd::OwnedFd>, NetPlaneError> {
         let key = format!("{stack}/{component}");
         if !self.listeners.contains_key(&key) {

@@ -30,7 +30,8 @@ use osvm_agent::proto::{
     Stream,
 };
 use osvm_core::{
-    ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+    Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime,
+    RuntimeError, RuntimeKind, Wiring,
 };
 use osvm_sandbox::output::Stamper;
 use osvm_sandbox::{SandboxInstance, SandboxRuntime};
@@ -1057,6 +1058,57 @@ impl Instance for MicroVmInstance {
         self.qemu.memory_limit()
     }
 
+    fn init_pid(&self) -> i32 {
+        self.qemu.init_pid()
+    }
+
+    fn instance_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    fn kill(&self) -> Result<(), RuntimeError> {
+        self.qemu.stop(Duration::ZERO).map(|_| ())
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, RuntimeError> {
+        Ok(Endpoint::Runtime)
+    }
+
+    fn connect(&self, port: u16, timeout: Duration) -> Result<Box<dyn Conn>, RuntimeError> {
+        let s = self.connect_tcp(port, timeout)?;
+        s.set_write_timeout(Some(timeout))
+            .map_err(|e| RuntimeError::io("set a timeout", e))?;
+        Ok(Box::new(s))
+    }
+
+    fn reach(&self, port: u16) -> String {
+        match &self.facts.address {
+            Some(addr) => format!(
+                "port {port} is on the guest at {}",
+                addr.split('/').next().unwrap_or(addr)
+            ),
+            None => format!("port {port} is in the guest; it has no network (only vsock)"),
+        }
+    }
+
+    fn exec(&self, command: &[String], timeout: Duration) -> Result<ExecResult, RuntimeError> {
+        // The sandbox's convention: 128 + N when signal N killed it, `None` on timeout.
+        MicroVmInstance::exec(self, command, timeout).map(|o| ExecResult {
+            code: match (o.timed_out, o.code, o.signal) {
+                (true, _, _) => None,
+                (false, Some(c), _) => Some(c),
+                (false, None, Some(s)) => Some(128 + s),
+                (false, None, None) => None,
+            },
+            stdout: o.stdout.into_bytes(),
+            stderr: o.stderr.into_bytes(),
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn confinement(&self) -> osvm_core::Confinement {
         let f = &self.facts;
         osvm_core::Confinement::Guest(osvm_core::GuestConfinement {
@@ -1081,9 +1133,28 @@ impl Runtime for MicroVmRuntime {
         RuntimeKind::MicroVm
     }
 
-    fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError> {
-        let id = osvm_sandbox::new_instance_id(&spec.name);
-        Ok(Box::new(self.start_vm(spec, &id)?))
+    fn start(&self, spec: &LaunchSpec, wiring: Wiring) -> Result<Box<dyn Instance>, RuntimeError> {
+        if wiring.has_io() {
+            return Err(RuntimeError::InvalidSpec(
+                "a microVM's workload gets no stdio channel and no listening sockets from the \
+                 host (its ports are reached over vsock or its hub address)"
+                    .into(),
+            ));
+        }
+        Ok(Box::new(self.start_vm(spec, &wiring.id)?))
+    }
+
+    fn adopt(&self, id: &str) -> Result<Adoption, RuntimeError> {
+        // The previous daemon held the VM's vsock connections and context id; without them the
+        // guest cannot be driven, so it is stopped and started afresh.
+        self.stop_leftovers(id);
+        Ok(Adoption::Stopped(
+            "a restarted daemon does not re-adopt microVMs; it was stopped and starts again".into(),
+        ))
+    }
+
+    fn stop_leftovers(&self, id: &str) {
+        MicroVmRuntime::stop_leftovers(self, id);
     }
 }
 

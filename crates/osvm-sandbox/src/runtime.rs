@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use osvm_core::{
-    DataKind, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+    Adoption, DataKind, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, LaunchSpec,
+    Runtime, RuntimeError, RuntimeKind, Wiring,
 };
 
 use crate::cgroup::{self, CgroupManager, Hierarchy};
@@ -519,8 +520,28 @@ impl Runtime for SandboxRuntime {
         RuntimeKind::Process
     }
 
-    fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError> {
-        Ok(Box::new(self.start_sandbox(spec, StartOptions::default())?))
+    fn start(&self, spec: &LaunchSpec, wiring: Wiring) -> Result<Box<dyn Instance>, RuntimeError> {
+        let fds: Vec<_> = wiring.fds.iter().map(AsFd::as_fd).collect();
+        let options = StartOptions {
+            id: Some(wiring.id),
+            stdin: wiring.stdin.map(Stdio::from),
+            stdout: wiring.stdout.map(Stdio::from),
+            fds: &fds,
+        };
+        Ok(Box::new(self.start_sandbox(spec, options)?))
+    }
+
+    fn adopt(&self, id: &str) -> Result<Adoption, RuntimeError> {
+        Ok(match SandboxRuntime::adopt(self, id)? {
+            Adopted::Running(inst) => Adoption::Running(inst),
+            Adopted::Ended(record) => Adoption::Ended(record.status),
+        })
+    }
+
+    fn stop_leftovers(&self, id: &str) {
+        if let Ok(Adopted::Running(inst)) = SandboxRuntime::adopt(self, id) {
+            let _ = inst.stop(Duration::from_secs(10));
+        }
     }
 }
 
@@ -1118,6 +1139,50 @@ impl Instance for SandboxInstance {
 
     fn memory_limit(&self) -> Option<u64> {
         self.memory_limit
+    }
+
+    fn init_pid(&self) -> i32 {
+        self.confinement.init_pid
+    }
+
+    fn instance_dir(&self) -> PathBuf {
+        self.instance_dir.clone()
+    }
+
+    fn kill(&self) -> Result<(), RuntimeError> {
+        // SIGKILL to a pid namespace's init kills every process in it.
+        self.signal(libc::SIGKILL)
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, RuntimeError> {
+        self.open_namespace("net").map(Endpoint::Namespace)
+    }
+
+    fn reach(&self, port: u16) -> String {
+        format!(
+            "port {port} is in the component's own network namespace: nsenter -t {} -n curl http://127.0.0.1:{port}/",
+            self.confinement.init_pid
+        )
+    }
+
+    fn exec(&self, command: &[String], timeout: Duration) -> Result<ExecResult, RuntimeError> {
+        SandboxInstance::exec(self, command, timeout).map(|o| ExecResult {
+            code: o.code,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+    }
+
+    fn refresh_identity(&self, dir: &Path) -> Result<(), RuntimeError> {
+        SandboxInstance::refresh_identity(self, dir)
+    }
+
+    fn listening_sockets(&self, count: usize) -> Result<Vec<OwnedFd>, RuntimeError> {
+        SandboxInstance::listening_sockets(self, count)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn confinement(&self) -> osvm_core::Confinement {

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use osvm_agent::proto::GuestNetwork;
 use osvm_core::{
-    BindMount, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+    Adoption, BindMount, Endpoint, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime,
+    RuntimeError, RuntimeKind, Wiring,
 };
 use osvm_microvm::host::Accel;
 use osvm_microvm::net::{self, Attached};
@@ -870,6 +871,65 @@ impl Instance for UnikernelInstance {
         self.launcher.memory_limit()
     }
 
+    fn init_pid(&self) -> i32 {
+        self.launcher.init_pid()
+    }
+
+    fn instance_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    fn kill(&self) -> Result<(), RuntimeError> {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, RuntimeError> {
+        // The guest took the component's hub address; it is reached from the hub.
+        Ok(self
+            .facts
+            .address
+            .as_deref()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .map_or(Endpoint::Unreachable, Endpoint::Address))
+    }
+
+    fn reach(&self, port: u16) -> String {
+        match &self.facts.address {
+            Some(addr) => format!(
+                "port {port} is on the unikernel at {}",
+                addr.split('/').next().unwrap_or(addr)
+            ),
+            None => {
+                format!("port {port} is in the unikernel, which has no network outside a hub stack")
+            }
+        }
+    }
+
+    fn exec(
+        &self,
+        _command: &[String],
+        _timeout: Duration,
+    ) -> Result<osvm_core::ExecResult, RuntimeError> {
+        Err(RuntimeError::InvalidSpec(
+            "a unikernel runs one program and nothing else: nothing can be executed in it".into(),
+        ))
+    }
+
+    fn ended_how(&self) -> Option<String> {
+        match self.deadline_exceeded() {
+            Some(d) => Some(format!(
+                "stopped: its deadline of {} passed",
+                osvm_core::quantity::format_duration(d)
+            )),
+            None => self.panicked().then(|| "the app panicked".to_owned()),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn confinement(&self) -> osvm_core::Confinement {
         let f = &self.facts;
         osvm_core::Confinement::Guest(osvm_core::GuestConfinement {
@@ -894,9 +954,30 @@ impl Runtime for UnikernelRuntime {
         RuntimeKind::Unikernel
     }
 
-    fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, RuntimeError> {
-        let id = osvm_sandbox::new_instance_id(&spec.name);
-        Ok(Box::new(self.start_unikernel(spec, &id)?))
+    fn start(&self, spec: &LaunchSpec, wiring: Wiring) -> Result<Box<dyn Instance>, RuntimeError> {
+        if wiring.has_io() {
+            return Err(RuntimeError::InvalidSpec(
+                "a unikernel gets no stdio channel and no listening sockets from the host (its \
+                 serial port is its console; its ports are reached at its hub address)"
+                    .into(),
+            ));
+        }
+        Ok(Box::new(self.start_unikernel(spec, &wiring.id)?))
+    }
+
+    fn adopt(&self, id: &str) -> Result<Adoption, RuntimeError> {
+        // The guest's serial port was a pipe into the previous daemon: its output and exit
+        // status cannot be read any more.
+        self.stop_leftovers(id);
+        Ok(Adoption::Stopped(
+            "a restarted daemon does not re-adopt unikernels (their serial port was the \
+             previous daemon's pipe); it was stopped and starts again"
+                .into(),
+        ))
+    }
+
+    fn stop_leftovers(&self, id: &str) {
+        UnikernelRuntime::stop_leftovers(self, id);
     }
 }
 

@@ -18,16 +18,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use osvm_core::model::ComponentStatus;
 use osvm_core::stack::{Component, Stack};
-use osvm_core::{ExitStatus, Instance, InstanceStats};
-use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
-use osvm_sandbox::{Adopted, SandboxRuntime, StartOptions, new_instance_id};
+use osvm_core::{Adoption, ExitStatus, InstanceStats, Runtime, RuntimeKind, Wiring};
+use osvm_microvm::{MicroVmConfig, MicroVmInstance, MicroVmRuntime};
+use osvm_sandbox::{SandboxRuntime, new_instance_id};
+use osvm_unikernel::{UnikernelInstance, UnikernelRuntime};
 
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
@@ -155,12 +155,52 @@ struct Unit {
     booting: Option<Booting>,
 }
 
-/// A start that finishes on another thread.
+/// A start that finishes on another thread: every start and every swap's new instance (a
+/// process starts in milliseconds, a VM boots for seconds, a unikernel image may be built
+/// first), so that the engine keeps ticking and answering meanwhile.
 struct Booting {
     /// The instance id being started.
     id: String,
     /// Its outcome.
     rx: Receiver<Result<Workload, osvm_core::RuntimeError>>,
+}
+
+impl Booting {
+    /// The outcome, once the start finished.
+    fn poll(&self) -> Option<Result<Workload, osvm_core::RuntimeError>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(
+                osvm_core::RuntimeError::Setup("the start thread ended without a result".into()),
+            )),
+        }
+    }
+
+    /// Waits for the outcome.
+    fn wait(self) -> Result<Workload, osvm_core::RuntimeError> {
+        self.rx.recv().unwrap_or_else(|_| {
+            Err(osvm_core::RuntimeError::Setup(
+                "the start thread ended without a result".into(),
+            ))
+        })
+    }
+}
+
+/// The runtimes an engine starts instances with, by kind.
+pub type Runtimes = BTreeMap<RuntimeKind, Arc<dyn Runtime>>;
+
+/// Where a new instance of a component goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Slot {
+    /// It becomes the component's instance (a start).
+    Own,
+    /// Beside the running one, for a hot-swap: in the component's second namespace, or
+    /// (`socket`) in its own namespace sharing its listening sockets.
+    Next {
+        /// Socket handoff.
+        socket: bool,
+    },
 }
 
 impl Unit {
@@ -214,11 +254,11 @@ pub enum PolicyEdit {
 
 /// The reconcile loop's state.
 pub struct Engine {
+    /// The process runtime's host side: the state directory and the uid ranges that own each
+    /// component's files (its identity key).
     runtime: Arc<SandboxRuntime>,
-    /// The `microvm` runtime; its QEMU runs in `runtime`'s sandboxes.
-    vms: Arc<MicroVmRuntime>,
-    /// The `unikernel` runtime; its launchers run in `runtime`'s sandboxes.
-    unikernels: Arc<osvm_unikernel::UnikernelRuntime>,
+    /// What starts and adopts instances, by kind: the only seam to the runtimes.
+    runtimes: Runtimes,
     store: Arc<Store>,
     stacks: BTreeMap<String, Stack>,
     units: Vec<Unit>,
@@ -266,38 +306,40 @@ fn humantime_secs(secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Formats a duration for people: `200ms`, `3s`, `4m12s`, `2h05m`.
-pub fn human_duration(d: Duration) -> String {
-    if d.is_zero() {
-        return "0s".into();
-    }
-    if d < Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis());
-    }
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
+pub use osvm_core::quantity::format_duration as human_duration;
 
 impl Engine {
     /// Opens the engine on `store`, re-adopting whatever a previous engine left running.
     pub fn open(runtime: SandboxRuntime, store: Arc<Store>) -> Result<Self, StoreError> {
         let runtime = Arc::new(runtime);
-        let vms = Arc::new(MicroVmRuntime::new(
-            runtime.clone(),
-            MicroVmConfig::new(runtime.config().state_dir.clone()),
-        ));
-        let unikernels = Arc::new(osvm_unikernel::UnikernelRuntime::new(
-            runtime.clone(),
-            runtime.config().state_dir.clone(),
-        ));
+        let state_dir = runtime.config().state_dir.clone();
+        let runtimes: Runtimes = BTreeMap::from([
+            (RuntimeKind::Process, runtime.clone() as Arc<dyn Runtime>),
+            (
+                RuntimeKind::MicroVm,
+                Arc::new(MicroVmRuntime::new(
+                    runtime.clone(),
+                    MicroVmConfig::new(state_dir.clone()),
+                )) as _,
+            ),
+            (
+                RuntimeKind::Unikernel,
+                Arc::new(UnikernelRuntime::new(runtime.clone(), state_dir)) as _,
+            ),
+        ]);
+        Self::open_with(runtime, runtimes, store)
+    }
+
+    /// [`Engine::open`] with the runtimes given: `sandbox` keeps the state and allocates the
+    /// components' uid ranges, `runtimes` start and adopt instances.
+    pub fn open_with(
+        runtime: Arc<SandboxRuntime>,
+        runtimes: Runtimes,
+        store: Arc<Store>,
+    ) -> Result<Self, StoreError> {
         let mut engine = Self {
             runtime,
-            vms,
-            unikernels,
+            runtimes,
             store,
             stacks: BTreeMap::new(),
             units: Vec::new(),
@@ -346,11 +388,10 @@ impl Engine {
                 }
                 None => None,
             }) {
-                if let Ok(Adopted::Running(inst)) = engine.runtime.adopt(&id) {
-                    let _ = inst.stop(Duration::from_secs(10));
+                // Which runtime ran it is not recorded: each stops what is its own.
+                for runtime in engine.runtimes.values() {
+                    runtime.stop_leftovers(&id);
                 }
-                engine.vms.stop_leftovers(&id);
-                engine.unikernels.stop_leftovers(&id);
             }
             engine.store.remove_component(&record.stack, &record.name)?;
         }
@@ -447,8 +488,9 @@ impl Engine {
         let osvm_core::stack::McpTransport::Http { port, path } = &spec.transport else {
             return;
         };
-        if inst.sandbox().is_none() {
-            let why = "an MCP server over HTTP in a microVM is not connected by this release";
+        if !matches!(inst.endpoint(), Ok(osvm_core::Endpoint::Namespace(_))) {
+            let why = "an MCP server over HTTP is connected only where its ports are in a \
+                       network namespace the daemon can enter (a process), not in a guest";
             gw.detach(&spec.name, id, why);
             return self.emit(i, EventKind::McpFailed, why);
         }
@@ -496,9 +538,13 @@ impl Engine {
             let wait = Duration::from_millis(wait);
             return self.observe(i, Observation::Resume { wait }, now);
         };
+        let runtime = match self.runtime_of(i) {
+            Ok(r) => r,
+            Err(e) => return self.lost(i, now, &format!("instance {id}: {e}")),
+        };
         if stdio_mcp(&self.units[i].component) && self.mcp.is_some() {
             // Its stdio channel was the previous engine's pipes, gone with it.
-            if let Ok(Adopted::Running(inst)) = self.runtime.adopt(&id) {
+            if let Ok(Adoption::Running(inst)) = runtime.adopt(&id) {
                 let _ = inst.stop(self.units[i].component.stop_grace);
             }
             return self.lost(
@@ -510,35 +556,10 @@ impl Engine {
                 ),
             );
         }
-        if self.units[i].component.runtime == osvm_core::RuntimeKind::MicroVm {
-            // The previous engine held the VM's vsock connections and context id; without
-            // them the guest cannot be driven, so it is stopped and started afresh.
-            self.vms.stop_leftovers(&id);
-            return self.lost(
-                i,
-                now,
-                &format!(
-                    "instance {id}: a restarted daemon does not re-adopt microVMs; it was \
-                     stopped and starts again"
-                ),
-            );
-        }
-        if self.units[i].component.runtime == osvm_core::RuntimeKind::Unikernel {
-            // The guest's serial port was a pipe into the previous engine: its output and
-            // exit status cannot be read any more.
-            self.unikernels.stop_leftovers(&id);
-            return self.lost(
-                i,
-                now,
-                &format!(
-                    "instance {id}: a restarted daemon does not re-adopt unikernels (their \
-                     serial port was the previous daemon's pipe); it was stopped and starts again"
-                ),
-            );
-        }
-        match self.runtime.adopt(&id) {
-            Ok(Adopted::Running(inst)) => {
-                let inst = Arc::new(Workload::Sandbox(*inst));
+        match runtime.adopt(&id) {
+            Ok(Adoption::Running(inst)) => {
+                let hub = self.net.as_ref().map(|n| n.hub_path());
+                let inst = Arc::new(Workload::new(inst, hub));
                 // Uptime counts from the instance's real start, not from the adoption.
                 let age = self
                     .store
@@ -567,11 +588,11 @@ impl Engine {
                 );
                 self.observe(i, Observation::Adopted { id, age }, now);
             }
-            Ok(Adopted::Ended(exit)) => {
-                self.record_end(&id, Some(exit.status));
-                let status = exit.status;
+            Ok(Adoption::Ended(status)) => {
+                self.record_end(&id, Some(status));
                 self.observe(i, Observation::EndedWhileAway { id, status }, now);
             }
+            Ok(Adoption::Stopped(why)) => self.lost(i, now, &format!("instance {id}: {why}")),
             // The start was recorded but never happened (or its directory is gone).
             Err(e) => self.lost(i, now, &format!("instance {id}: {e}")),
         }
@@ -1229,7 +1250,7 @@ impl Engine {
         i: usize,
         running: Option<&Workload>,
     ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
-        let running = running.and_then(Workload::sandbox);
+        let running = running.map(|w| &**w);
         let c = &self.units[i].component;
         if !c.socket_activation {
             return Ok(Vec::new());
@@ -1272,140 +1293,135 @@ impl Engine {
         self.observe(i, Observation::StartFailed(why), now);
     }
 
+    /// Starts unit `i`'s instance (its lifecycle said [`Action::Launch`]).
     fn start(&mut self, i: usize, now: Instant) {
         if self.units[i].booting.is_some() {
             return;
         }
-        let stack_name = self.units[i].life.record.stack.clone();
-        let mut spec = self.units[i].component.launch_spec(&stack_name);
-        spec.logs = self.stack_of(i).log_limits();
-        match self.deliver_identity(i, now, false) {
-            Ok(d) => spec.identity = Some(d.dir),
-            Err(e) => return self.start_failed(i, now, e),
+        let component = self.units[i].component.clone();
+        match self.boot(i, &component, Slot::Own, now) {
+            Ok(booting) => self.units[i].booting = Some(booting),
+            Err(e) => self.start_failed(i, now, e),
         }
-        if self.stack_of(i).network == osvm_core::stack::StackNetwork::Hub {
-            match self.join_hub(i) {
-                Ok((netns, hosts)) => {
-                    spec.netns = Some(netns);
-                    spec.hosts = hosts;
-                }
-                Err(e) => {
-                    return self.start_failed(i, now, format!("unavailable: the hub network: {e}"));
-                }
-            }
-        }
-        let listeners = match self.listeners_for(i, None) {
-            Ok(l) => l,
-            Err(e) => return self.start_failed(i, now, e),
-        };
-        let id = new_instance_id(&spec.name);
-        self.observe(i, Observation::Launching { id: id.clone() }, now);
-        let runtime = self.units[i].component.runtime;
-        if matches!(
-            runtime,
-            osvm_core::RuntimeKind::MicroVm | osvm_core::RuntimeKind::Unikernel
-        ) {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let vms = self.vms.clone();
-            let unikernels = self.unikernels.clone();
-            let probe_from = self.net.as_ref().map(|n| n.hub_path());
-            let boot_id = id.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("boot-{id}"))
-                .spawn(move || {
-                    let started = match runtime {
-                        osvm_core::RuntimeKind::MicroVm => {
-                            vms.start_vm(&spec, &boot_id).map(Workload::Vm)
-                        }
-                        _ => unikernels
-                            .start_unikernel(&spec, &boot_id)
-                            .map(|u| Workload::from_unikernel(u, probe_from)),
-                    };
-                    let _ = tx.send(started);
-                });
-            match spawned {
-                Ok(_) => {
-                    self.units[i].booting = Some(Booting { id, rx });
-                    let what = match runtime {
-                        osvm_core::RuntimeKind::MicroVm => "a microVM is booting",
-                        _ => {
-                            "a Hermit unikernel is booting (its image is built first if the crate changed)"
-                        }
-                    };
-                    self.emit(i, EventKind::Booting, what);
-                }
-                Err(e) => self.start_result(
-                    i,
-                    id,
-                    Err(osvm_core::RuntimeError::io("start a boot thread", e)),
-                    now,
-                ),
-            }
-            return;
-        }
-        if stdio_mcp(&self.units[i].component) && self.mcp.is_none() {
-            self.emit(
-                i,
-                EventKind::McpUnavailable,
-                "no MCP gateway runs here (`osvm up` in the foreground): the server starts with \
-                 its stdout logged and no client can reach it; run `osvm daemon` and `osvm up -d`",
-            );
-        }
-        if stdio_mcp(&self.units[i].component)
-            && let Some(gw) = self.mcp.clone()
-        {
-            let server = self.units[i]
-                .component
-                .mcp
-                .as_ref()
-                .map(|m| m.name.clone())
-                .unwrap_or_default();
-            let result = match stdio_pipes() {
-                Ok(((in_r, in_w), (out_r, out_w))) => self
-                    .runtime
-                    .start_sandbox(
-                        &spec,
-                        StartOptions {
-                            id: Some(id.clone()),
-                            stdin: Some(Stdio::from(in_r)),
-                            stdout: Some(Stdio::from(out_w)),
-                            fds: &[],
-                        },
-                    )
-                    .map(|inst| {
-                        gw.attach_stdio(&server, &id, out_r, in_w);
-                        Workload::Sandbox(inst)
-                    }),
-                Err(e) => Err(osvm_core::RuntimeError::io("make the MCP stdio pipes", e)),
-            };
-            return self.start_result(i, id, result, now);
-        }
-        let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
-        let result = self
-            .runtime
-            .start_sandbox(
-                &spec,
-                StartOptions {
-                    id: Some(id.clone()),
-                    fds: &fds,
-                    ..StartOptions::default()
-                },
-            )
-            .map(Workload::Sandbox);
-        self.start_result(i, id, result, now);
     }
 
-    /// Picks up a microVM boot that finished.
-    fn tick_boot(&mut self, i: usize, now: Instant) {
-        let Some(b) = &self.units[i].booting else {
-            return;
-        };
-        let result = match b.rx.try_recv() {
-            Ok(r) => r,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(
-                osvm_core::RuntimeError::Setup("the boot thread ended without a result".into()),
+    /// The runtime that runs unit `i`.
+    fn runtime_of(&self, i: usize) -> Result<Arc<dyn Runtime>, String> {
+        let kind = self.units[i].component.runtime;
+        self.runtimes
+            .get(&kind)
+            .cloned()
+            .ok_or_else(|| format!("unavailable: this daemon has no {kind} runtime"))
+    }
+
+    /// The one boot path of starts and swaps: prepares unit `i`'s next instance as `component`
+    /// in `slot` (identity, hub namespace, listening sockets, an MCP stdio channel), records
+    /// the intent, and has the runtime start it on a thread of its own. The outcome is picked up
+    /// by [`Engine::tick_boot`] (a start) or the swap.
+    fn boot(
+        &mut self,
+        i: usize,
+        component: &Component,
+        slot: Slot,
+        now: Instant,
+    ) -> Result<Booting, String> {
+        let runtime = self.runtime_of(i)?;
+        let stack = self.stack_of(i).clone();
+        let mut spec = component.launch_spec(&stack.name);
+        spec.logs = stack.log_limits();
+        spec.identity = Some(self.deliver_identity(i, now, slot != Slot::Own)?.dir);
+        let on_hub = stack.network == osvm_core::stack::StackNetwork::Hub;
+        match slot {
+            Slot::Own if on_hub => {
+                let (netns, hosts) = self
+                    .join_hub(i)
+                    .map_err(|e| format!("unavailable: the hub network: {e}"))?;
+                spec.netns = Some(netns);
+                spec.hosts = hosts;
+            }
+            Slot::Own => {}
+            Slot::Next { socket } => {
+                let stacks = self.stacks.clone();
+                let plane = self
+                    .net
+                    .as_mut()
+                    .ok_or("the hub network is not up (the component never started on it)")?;
+                let netns = if socket {
+                    plane.join(&stack.name, &component.name).map(|(p, _)| p)
+                } else {
+                    plane.prepare_next(&stacks, &stack.name, &component.name)
+                };
+                spec.netns = Some(netns.map_err(|e| e.to_string())?);
+                spec.hosts = plane.hosts(&stack);
+            }
+        }
+        let id = new_instance_id(&spec.name);
+        let mut wiring = Wiring::new(&id);
+        wiring.fds = self.listeners_for(i, None)?;
+        // An MCP server's stdio channel is wired to the gateway once the start succeeds.
+        let mut attach = None;
+        if slot == Slot::Own && stdio_mcp(component) {
+            match self.mcp.clone() {
+                Some(gw) => {
+                    let ((in_r, in_w), (out_r, out_w)) =
+                        stdio_pipes().map_err(|e| format!("make the MCP stdio pipes: {e}"))?;
+                    wiring.stdin = Some(in_r);
+                    wiring.stdout = Some(out_w);
+                    let server = component.mcp.as_ref().map(|m| m.name.clone());
+                    let id = id.clone();
+                    attach = Some(move || {
+                        gw.attach_stdio(&server.unwrap_or_default(), &id, out_r, in_w)
+                    });
+                }
+                None => self.emit(
+                    i,
+                    EventKind::McpUnavailable,
+                    "no MCP gateway runs here (`osvm up` in the foreground): the server starts \
+                     with its stdout logged and no client can reach it; run `osvm daemon` and \
+                     `osvm up -d`",
+                ),
+            }
+        }
+        if slot == Slot::Own {
+            self.observe(i, Observation::Launching { id: id.clone() }, now);
+        }
+        let hub = self.net.as_ref().map(|n| n.hub_path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_id = id.clone();
+        std::thread::Builder::new()
+            .name(format!("start-{id}"))
+            .spawn(move || {
+                let started = runtime.start(&spec, wiring);
+                if started.is_ok()
+                    && let Some(attach) = attach
+                {
+                    attach();
+                }
+                let _ = tx.send(started.map(|inst| Workload::new(inst, hub)));
+            })
+            .map_err(|e| {
+                if slot == Slot::Own {
+                    // The intent was recorded: the failure is the start's.
+                    format!("start a thread for instance {thread_id}: {e}")
+                } else {
+                    format!("start a thread for the new instance: {e}")
+                }
+            })?;
+        self.emit(
+            i,
+            EventKind::Booting,
+            &format!(
+                "instance {id}: the {} runtime is starting it",
+                component.runtime
             ),
+        );
+        Ok(Booting { id, rx })
+    }
+
+    /// Picks up a start that finished.
+    fn tick_boot(&mut self, i: usize, now: Instant) {
+        let Some(result) = self.units[i].booting.as_ref().and_then(Booting::poll) else {
+            return;
         };
         let id = self.units[i].booting.take().expect("checked").id;
         self.start_result(i, id, result, now);
@@ -1427,30 +1443,11 @@ impl Engine {
                     inst.init_pid(),
                     inst.instance_dir().display()
                 );
-                let reach = self.units[i].component.listen.first().map(|port| match &inst {
-                    Workload::Sandbox(_) => format!(
-                        "port {port} is in the component's own network namespace: nsenter -t {} -n curl http://127.0.0.1:{port}/",
-                        inst.init_pid()
-                    ),
-                    Workload::Vm(vm) => match &vm.facts().address {
-                        Some(addr) => format!(
-                            "port {port} is on the guest at {}",
-                            addr.split('/').next().unwrap_or(addr)
-                        ),
-                        None => format!(
-                            "port {port} is in the guest; it has no network (only vsock)"
-                        ),
-                    },
-                    Workload::Unikernel { inst: u, .. } => match &u.facts().address {
-                        Some(addr) => format!(
-                            "port {port} is on the unikernel at {}",
-                            addr.split('/').next().unwrap_or(addr)
-                        ),
-                        None => format!(
-                            "port {port} is in the unikernel, which has no network outside a hub stack"
-                        ),
-                    },
-                });
+                let reach = self.units[i]
+                    .component
+                    .listen
+                    .first()
+                    .map(|&port| inst.reach(port));
                 let confined = inst.confinement();
                 let confinement = confined.summary();
                 let warning = confined.warning().map(str::to_owned);
@@ -1483,18 +1480,8 @@ impl Engine {
         ) {
             gw.detach(&spec.name, id, &format!("instance {id} {status}"));
         }
-        // What only a unikernel can say about its end.
-        let how = self.units[i]
-            .instance
-            .as_ref()
-            .and_then(|w| w.unikernel())
-            .and_then(|k| match k.deadline_exceeded() {
-                Some(d) => Some(format!(
-                    "stopped: its deadline of {} passed",
-                    human_duration(d)
-                )),
-                None => k.panicked().then(|| "the app panicked".to_owned()),
-            });
+        // What only the runtime can say about the end (a deadline, a panic).
+        let how = self.units[i].instance.as_ref().and_then(|w| w.ended_how());
         let u = &mut self.units[i];
         u.instance = None;
         u.probe = None;
@@ -1511,12 +1498,8 @@ impl Engine {
         let now = Instant::now();
         for i in 0..self.units.len() {
             if let Some(b) = self.units[i].booting.take() {
-                let result = b.rx.recv().unwrap_or_else(|_| {
-                    Err(osvm_core::RuntimeError::Setup(
-                        "the boot thread ended without a result".into(),
-                    ))
-                });
-                self.start_result(i, b.id, result, now);
+                let id = b.id.clone();
+                self.start_result(i, id, b.wait(), now);
             }
         }
         let mut handles = Vec::new();
@@ -1696,12 +1679,12 @@ impl Engine {
                     vm: u
                         .instance
                         .as_ref()
-                        .and_then(|i| i.vm())
+                        .and_then(|i| i.downcast::<MicroVmInstance>())
                         .map(|vm| vm.facts().clone()),
                     unikernel: u
                         .instance
                         .as_ref()
-                        .and_then(|i| i.unikernel())
+                        .and_then(|i| i.downcast::<UnikernelInstance>())
                         .map(|k| k.facts().clone()),
                 }
             })

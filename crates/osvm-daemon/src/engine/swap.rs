@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use osvm_core::Adoption;
+use osvm_core::ExitStatus;
 use osvm_core::stack::{Component, HealthProbe, StackNetwork, SwapPolicy};
-use osvm_core::{ExitStatus, Instance};
-use osvm_sandbox::{Adopted, StartOptions, new_instance_id};
 
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,7 @@ mod progress;
 use progress::{Move, Progress, Seen};
 
 use super::unit::Observation;
-use super::{Engine, EngineError, human_duration};
+use super::{Booting, Engine, EngineError, Slot, human_duration};
 use crate::health::{self, ProbeResult};
 use crate::network::NetPlaneError;
 use crate::store::{EventKind, SwapOutcome, SwapPhase, SwapRecord, now_ms};
@@ -88,7 +88,12 @@ pub struct SwapPlan {
 
 /// A swap in memory: the instances, the probe in flight and the pure [`Progress`].
 pub(super) struct Swap {
-    new: Arc<Workload>,
+    /// The new instance's id.
+    id: String,
+    /// Its start, until it finished.
+    booting: Option<Booting>,
+    /// The new instance, once started.
+    new: Option<Arc<Workload>>,
     /// The old instance once the swap is confirmed (before that it is the unit's instance).
     old: Option<Arc<Workload>>,
     component: Component,
@@ -272,10 +277,10 @@ impl Engine {
             ));
         }
         let now = Instant::now();
-        let new = self
-            .start_next(i, &component, socket)
+        let booting = self
+            .boot(i, &component, Slot::Next { socket }, now)
             .map_err(EngineError::Invalid)?;
-        let id = new.id().to_string();
+        let id = booting.id.clone();
         plan.new_instance = Some(id.clone());
         self.units[i].life.record.swap = Some(SwapRecord {
             new_instance: id.clone(),
@@ -286,7 +291,9 @@ impl Engine {
             weight: 0,
         });
         self.units[i].swap = Some(Swap {
-            new,
+            id: id.clone(),
+            booting: Some(booting),
+            new: None,
             old: None,
             component,
             readiness: probe,
@@ -303,77 +310,9 @@ impl Engine {
         self.emit(
             i,
             EventKind::SwapStarted,
-            &format!("new instance {id}; waiting for it to be ready"),
+            &format!("new instance {id} is starting; waiting for it to be ready"),
         );
         Ok(plan)
-    }
-
-    /// Starts unit `i`'s next instance as `component`: in the component's second namespace, or
-    /// (`socket`) in its own namespace with its listening sockets.
-    fn start_next(
-        &mut self,
-        i: usize,
-        component: &Component,
-        socket: bool,
-    ) -> Result<Arc<Workload>, String> {
-        let stack = self.stack_of(i).clone();
-        let mut spec = component.launch_spec(&stack.name);
-        spec.logs = stack.log_limits();
-        let delivered = self.deliver_identity(i, Instant::now(), true)?;
-        spec.identity = Some(delivered.dir);
-        let listeners = self.listeners_for(i, None)?;
-        let stacks = self.stacks.clone();
-        let plane = self
-            .net
-            .as_mut()
-            .ok_or("the hub network is not up (the component never started on it)")?;
-        let netns = if socket {
-            plane
-                .join(&stack.name, &component.name)
-                .map_err(|e| e.to_string())?
-                .0
-        } else {
-            plane
-                .prepare_next(&stacks, &stack.name, &component.name)
-                .map_err(|e| e.to_string())?
-        };
-        spec.netns = Some(netns);
-        spec.hosts = plane.hosts(&stack);
-        let id = new_instance_id(&spec.name);
-        let fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
-        // A VM boots for seconds here, holding the engine: swaps are operator actions.
-        let started = match component.runtime {
-            osvm_core::RuntimeKind::MicroVm => self.vms.start_vm(&spec, &id).map(Workload::Vm),
-            osvm_core::RuntimeKind::Unikernel => {
-                let probe_from = self.net.as_ref().map(|n| n.hub_path());
-                self.unikernels
-                    .start_unikernel(&spec, &id)
-                    .map(|u| Workload::from_unikernel(u, probe_from))
-            }
-            _ => self
-                .runtime
-                .start_sandbox(
-                    &spec,
-                    StartOptions {
-                        id: Some(id.clone()),
-                        fds: &fds,
-                        ..StartOptions::default()
-                    },
-                )
-                .map(Workload::Sandbox),
-        };
-        match started {
-            Ok(inst) => {
-                self.record_start(i, &id);
-                Ok(Arc::new(inst))
-            }
-            Err(e) => {
-                if let Some(plane) = self.net.as_mut() {
-                    let _ = plane.drop_next(&stacks, &stack.name, &component.name);
-                }
-                Err(format!("the new instance did not start: {e}"))
-            }
-        }
     }
 
     /// Moves unit `i`'s swap along.
@@ -388,10 +327,31 @@ impl Engine {
         }
     }
 
-    /// Looks at the new instance and carries out the next move [`Progress::decide`] gives.
+    /// Picks up the new instance's start, looks at it, and carries out the next move
+    /// [`Progress::decide`] gives.
     fn watch_new(&mut self, i: usize, now: Instant) {
         let sw = self.units[i].swap.as_mut().expect("checked by the caller");
-        let seen = if let Ok(Some(status)) = sw.new.try_wait() {
+        if let Some(booting) = &sw.booting {
+            let Some(started) = booting.poll() else {
+                return;
+            };
+            sw.booting = None;
+            match started {
+                Ok(inst) => {
+                    sw.new = Some(Arc::new(inst));
+                    let id = sw.id.clone();
+                    self.record_start(i, &id);
+                }
+                Err(e) => {
+                    return self.roll_back(i, now, format!("the new instance did not start: {e}"));
+                }
+            }
+        }
+        let sw = self.units[i].swap.as_mut().expect("checked by the caller");
+        let Some(new) = sw.new.clone() else {
+            return;
+        };
+        let seen = if let Ok(Some(status)) = new.try_wait() {
             Seen::Exited(status)
         } else if let Some(result) = sw.probe.as_ref().and_then(health::poll) {
             sw.probe = None;
@@ -402,7 +362,7 @@ impl Engine {
         match sw.progress.decide(seen, now) {
             Move::Wait => {}
             Move::Probe => {
-                sw.probe = Some(health::spawn(sw.new.clone(), &sw.readiness, sw.timeout));
+                sw.probe = Some(health::spawn(new, &sw.readiness, sw.timeout));
             }
             Move::Switch(step) => self.move_traffic(i, now, step),
             Move::Confirm => self.confirm(i, now),
@@ -485,8 +445,8 @@ impl Engine {
         sw.old = u.instance.take();
         sw.old_addr = old_addr;
         sw.drain_began = Some(now);
-        let (id, began) = (sw.new.id().to_string(), sw.progress.began);
-        u.instance = Some(sw.new.clone());
+        let (id, began) = (sw.id.clone(), sw.progress.began);
+        u.instance = sw.new.clone();
         u.component = sw.component.clone();
         u.probe = None;
         self.observe(i, Observation::SwapConfirmed { id, began }, now);
@@ -566,7 +526,7 @@ impl Engine {
             EventKind::SwapDone,
             &format!(
                 "instance {} serves; the swap took {}",
-                sw.new.id(),
+                sw.id,
                 human_duration(took)
             ),
         );
@@ -593,7 +553,7 @@ impl Engine {
         let u = &mut self.units[i];
         u.life.record.swap = None;
         u.life.record.last_swap = Some(SwapOutcome {
-            new_instance: sw.new.id().to_string(),
+            new_instance: sw.id.clone(),
             done,
             reason,
             duration_ms: took.as_millis() as u64,
@@ -623,24 +583,26 @@ impl Engine {
         sw.probe = None;
         sw.progress.probing = false;
         sw.kill_at = Some(now + grace);
-        let _ = sw.new.signal(libc::SIGTERM);
+        if let Some(new) = &sw.new {
+            let _ = new.signal(libc::SIGTERM);
+        }
         self.emit(i, EventKind::SwapRollingBack, &reason);
     }
 
     fn finish_rollback(&mut self, i: usize, now: Instant) {
         let sw = self.units[i].swap.as_mut().expect("checked by the caller");
-        let status = match sw.new.try_wait() {
-            Ok(Some(status)) => status,
-            _ => {
+        if let Some(new) = &sw.new {
+            let Ok(Some(status)) = new.try_wait() else {
                 if sw.kill_at.is_some_and(|t| t <= now) {
-                    let _ = sw.new.signal(libc::SIGKILL);
+                    let _ = new.signal(libc::SIGKILL);
                     sw.kill_at = Some(now + Duration::from_secs(3600));
                 }
                 return;
-            }
-        };
+            };
+            let id = sw.id.clone();
+            self.record_end(&id, Some(status));
+        }
         let sw = self.units[i].swap.take().expect("swap under way");
-        self.record_end(sw.new.id(), Some(status));
         self.close_swap(i, now, &sw, false, sw.reason.clone());
         let detail = if self.units[i].instance.is_some() {
             format!("{}; the old instance serves", sw.reason)
@@ -656,7 +618,9 @@ impl Engine {
     pub(super) fn recover_swap(&mut self, i: usize) -> Option<(String, String)> {
         let record = self.units[i].life.record.swap.take()?;
         let stop = |engine: &Engine, id: &str| {
-            if let Ok(Adopted::Running(inst)) = engine.runtime.adopt(id) {
+            if let Ok(runtime) = engine.runtime_of(i)
+                && let Ok(Adoption::Running(inst)) = runtime.adopt(id)
+            {
                 let _ = inst.stop(engine.units[i].component.stop_grace);
             }
         };
