@@ -1,0 +1,257 @@
+//! The one boot path: every start and every hot-swap's new instance is prepared here
+//! (identity, hub slot, listening sockets, an MCP stdio channel), its intent recorded, and
+//! started by its runtime on a thread of its own; the outcome comes back on a channel the
+//! engine polls, so a VM boot or a unikernel image build never holds the engine.
+
+use super::mcp::stdio_pipes;
+use super::*;
+
+/// A start that finishes on another thread: every start and every swap's new instance (a
+/// process starts in milliseconds, a VM boots for seconds, a unikernel image may be built
+/// first), so that the engine keeps ticking and answering meanwhile.
+pub(super) struct Booting {
+    /// The instance id being started.
+    pub(super) id: String,
+    /// Its outcome.
+    pub(super) rx: Receiver<Result<Workload, osvm_core::RuntimeError>>,
+}
+
+impl Booting {
+    /// The outcome, once the start finished.
+    pub(super) fn poll(&self) -> Option<Result<Workload, osvm_core::RuntimeError>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(
+                osvm_core::RuntimeError::Setup("the start thread ended without a result".into()),
+            )),
+        }
+    }
+
+    /// Waits for the outcome.
+    pub(super) fn wait(self) -> Result<Workload, osvm_core::RuntimeError> {
+        self.rx.recv().unwrap_or_else(|_| {
+            Err(osvm_core::RuntimeError::Setup(
+                "the start thread ended without a result".into(),
+            ))
+        })
+    }
+}
+
+/// Where a new instance of a component goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Slot {
+    /// It becomes the component's instance (a start).
+    Own,
+    /// Beside the running one, for a hot-swap: in the component's second namespace, or
+    /// (`socket`) in its own namespace sharing its listening sockets.
+    Next {
+        /// Socket handoff.
+        socket: bool,
+    },
+}
+
+impl Engine {
+    /// Records that instance `id` of unit `i` started now.
+    pub(super) fn record_start(&self, i: usize, id: &str) {
+        let _ = self.store.put_instance(&InstanceRecord {
+            id: id.to_owned(),
+            component: self.units[i].life.record.key(),
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+            exit: None,
+        });
+    }
+
+    /// Records that instance `id` ended (`status` when known).
+    pub(super) fn record_end(&mut self, id: &str, status: Option<ExitStatus>) {
+        if let Ok(Some(mut rec)) = self.store.instance(id) {
+            rec.ended_at_ms = Some(now_ms());
+            rec.exit = status;
+            let _ = self.store.put_instance(&rec);
+        }
+    }
+
+    /// Unit `i` could not start because of `why`: recorded, and retried with backoff.
+    pub(super) fn start_failed(&mut self, i: usize, now: Instant, why: String) {
+        self.observe(i, Observation::StartFailed(why), now);
+    }
+
+    /// Starts unit `i`'s instance (its lifecycle said [`Action::Launch`]).
+    pub(super) fn start(&mut self, i: usize, now: Instant) {
+        if self.units[i].booting.is_some() {
+            return;
+        }
+        let component = self.units[i].component.clone();
+        match self.boot(i, &component, Slot::Own, now) {
+            Ok(booting) => self.units[i].booting = Some(booting),
+            Err(e) => self.start_failed(i, now, e),
+        }
+    }
+
+    /// The runtime that runs unit `i`.
+    pub(super) fn runtime_of(&self, i: usize) -> Result<Arc<dyn Runtime>, String> {
+        let kind = self.units[i].component.runtime;
+        self.runtimes
+            .get(&kind)
+            .cloned()
+            .ok_or_else(|| format!("unavailable: this daemon has no {kind} runtime"))
+    }
+
+    /// The one boot path of starts and swaps: prepares unit `i`'s next instance as `component`
+    /// in `slot` (identity, hub namespace, listening sockets, an MCP stdio channel), records
+    /// the intent, and has the runtime start it on a thread of its own. The outcome is picked up
+    /// by [`Engine::tick_boot`] (a start) or the swap.
+    pub(super) fn boot(
+        &mut self,
+        i: usize,
+        component: &Component,
+        slot: Slot,
+        now: Instant,
+    ) -> Result<Booting, String> {
+        let runtime = self.runtime_of(i)?;
+        let stack = self.stack_of(i).clone();
+        let mut spec = component.launch_spec(&stack.name);
+        spec.logs = stack.log_limits();
+        spec.identity = Some(self.deliver_identity(i, now, slot != Slot::Own)?.dir);
+        let on_hub = stack.network == osvm_core::stack::StackNetwork::Hub;
+        match slot {
+            Slot::Own if on_hub => {
+                let (netns, hosts) = self
+                    .join_hub(i)
+                    .map_err(|e| format!("unavailable: the hub network: {e}"))?;
+                spec.netns = Some(netns);
+                spec.hosts = hosts;
+            }
+            Slot::Own => {}
+            Slot::Next { socket } => {
+                let stacks = self.stacks.clone();
+                let plane = self
+                    .net
+                    .as_mut()
+                    .ok_or("the hub network is not up (the component never started on it)")?;
+                let netns = if socket {
+                    plane.join(&stack.name, &component.name).map(|(p, _)| p)
+                } else {
+                    plane.prepare_next(&stacks, &stack.name, &component.name)
+                };
+                spec.netns = Some(netns.map_err(|e| e.to_string())?);
+                spec.hosts = plane.hosts(&stack);
+            }
+        }
+        let id = new_instance_id(&spec.name);
+        let mut wiring = Wiring::new(&id);
+        wiring.fds = self.listeners_for(i, None)?;
+        // An MCP server's stdio channel is wired to the gateway once the start succeeds.
+        let mut attach = None;
+        if slot == Slot::Own && stdio_mcp(component) {
+            match self.mcp.clone() {
+                Some(gw) => {
+                    let ((in_r, in_w), (out_r, out_w)) =
+                        stdio_pipes().map_err(|e| format!("make the MCP stdio pipes: {e}"))?;
+                    wiring.stdin = Some(in_r);
+                    wiring.stdout = Some(out_w);
+                    let server = component.mcp.as_ref().map(|m| m.name.clone());
+                    let id = id.clone();
+                    attach = Some(move || {
+                        gw.attach_stdio(&server.unwrap_or_default(), &id, out_r, in_w)
+                    });
+                }
+                None => self.emit(
+                    i,
+                    EventKind::McpUnavailable,
+                    "no MCP gateway runs here (`osvm up` in the foreground): the server starts \
+                     with its stdout logged and no client can reach it; run `osvm daemon` and \
+                     `osvm up -d`",
+                ),
+            }
+        }
+        if slot == Slot::Own {
+            self.observe(i, Observation::Launching { id: id.clone() }, now);
+        }
+        let hub = self.net.as_ref().map(|n| n.hub_path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_id = id.clone();
+        std::thread::Builder::new()
+            .name(format!("start-{id}"))
+            .spawn(move || {
+                let started = runtime.start(&spec, wiring);
+                if started.is_ok()
+                    && let Some(attach) = attach
+                {
+                    attach();
+                }
+                let _ = tx.send(started.map(|inst| Workload::new(inst, hub)));
+            })
+            .map_err(|e| {
+                if slot == Slot::Own {
+                    // The intent was recorded: the failure is the start's.
+                    format!("start a thread for instance {thread_id}: {e}")
+                } else {
+                    format!("start a thread for the new instance: {e}")
+                }
+            })?;
+        self.emit(
+            i,
+            EventKind::Booting,
+            &format!(
+                "instance {id}: the {} runtime is starting it",
+                component.runtime
+            ),
+        );
+        Ok(Booting { id, rx })
+    }
+
+    /// Picks up a start that finished.
+    pub(super) fn tick_boot(&mut self, i: usize, now: Instant) {
+        let Some(result) = self.units[i].booting.as_ref().and_then(Booting::poll) else {
+            return;
+        };
+        let id = self.units[i].booting.take().expect("checked").id;
+        self.start_result(i, id, result, now);
+    }
+
+    /// Records the outcome of starting instance `id` of unit `i`.
+    pub(super) fn start_result(
+        &mut self,
+        i: usize,
+        id: String,
+        result: Result<Workload, osvm_core::RuntimeError>,
+        now: Instant,
+    ) {
+        match result {
+            Ok(inst) => {
+                let detail = format!(
+                    "instance {} (pid {}), logs in {}",
+                    inst.id(),
+                    inst.init_pid(),
+                    inst.instance_dir().display()
+                );
+                let reach = self.units[i]
+                    .component
+                    .listen
+                    .first()
+                    .map(|&port| inst.reach(port));
+                let confined = inst.confinement();
+                let confinement = confined.summary();
+                let warning = confined.warning().map(str::to_owned);
+                self.attach_http_mcp(i, &id, &inst);
+                self.record_start(i, &id);
+                let u = &mut self.units[i];
+                u.instance = Some(Arc::new(inst));
+                u.probe = None;
+                u.cpu_sample = None;
+                self.emit(i, EventKind::Started, &detail);
+                if let Some(reach) = reach {
+                    self.emit(i, EventKind::Reach, &reach);
+                }
+                self.emit(i, EventKind::Confined, &confinement);
+                if let Some(w) = warning {
+                    self.emit(i, EventKind::Warning, &w);
+                }
+                self.observe(i, Observation::Started { id }, now);
+            }
+            Err(e) => self.start_failed(i, now, e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Hub glue: stacks on the hub network join it before their components start, the
+//! ruleset follows every change of the applied stacks' policies (API edits included), socket-
+//! activated components keep their listening sockets, and the hub goes with its last stack.
+
+use super::*;
+
+impl Engine {
+    /// Recomputes the hub's ruleset from every hub stack (when the hub is in use) and logs
+    /// what changed.
+    pub(super) fn apply_network(&mut self) -> Result<(), crate::network::NetPlaneError> {
+        let Some(plane) = self.net.as_mut() else {
+            return Ok(());
+        };
+        let a = plane.apply(&self.stacks)?;
+        if a.added + a.removed > 0 {
+            self.note(
+                EventKind::NetworkPolicy,
+                &format!(
+                    "hub ruleset applied: {} flows added, {} removed, {} connections cut",
+                    a.added, a.removed, a.cut
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Engine::apply_network`] where a failure is only logged (nothing waits on it).
+    pub(super) fn reapply_network(&mut self) {
+        if let Err(e) = self.apply_network() {
+            self.note(EventKind::NetworkFailed, &e.to_string());
+        }
+    }
+
+    /// Changes a stack's policy (kept until the stack is applied again from its file) and
+    /// enforces the result at once: a removed allow cuts the connections it let in. Returns the
+    /// index and text of the rule added or removed.
+    pub fn edit_policy(
+        &mut self,
+        stack: &str,
+        edit: PolicyEdit,
+    ) -> Result<(usize, String), EngineError> {
+        use osvm_core::stack::Selector;
+        let mut changed = self
+            .stacks
+            .get(stack)
+            .cloned()
+            .ok_or_else(|| EngineError::Missing(format!("no stack is called `{stack}`")))?;
+        let (index, rule, action) = match edit {
+            PolicyEdit::Add(rule) => {
+                for (end, selector) in [("from", &rule.from), ("to", &rule.to)] {
+                    match selector {
+                        Selector::Component(name)
+                            if !changed.components.iter().any(|c| &c.name == name) =>
+                        {
+                            return Err(EngineError::Invalid(format!(
+                                "`{end}`: stack `{stack}` has no component `{name}`"
+                            )));
+                        }
+                        Selector::Cidr(_) if end == "from" => {
+                            return Err(EngineError::Invalid(
+                                "`from` cannot be a `cidr:` network: rules govern traffic from components".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                changed.policies.push(rule.clone());
+                (changed.policies.len() - 1, rule, EventKind::PolicyAdd)
+            }
+            PolicyEdit::Remove(index) => {
+                if index >= changed.policies.len() {
+                    return Err(EngineError::Missing(format!(
+                        "stack `{stack}` has {} rule(s); there is no #{index}",
+                        changed.policies.len()
+                    )));
+                }
+                (
+                    index,
+                    changed.policies.remove(index),
+                    EventKind::PolicyRemove,
+                )
+            }
+        };
+        let text = osvm_policy::PolicySet::new(vec![rule])
+            .describe(0)
+            .unwrap_or_default();
+        self.apply(changed)
+            .map_err(|e| EngineError::Store(e.to_string()))?;
+        if let Some(plane) = self.net.as_ref() {
+            let _ = plane.audit().append(&osvm_policy::AuditRecord::new(
+                "operator",
+                "root (API)",
+                &format!("stack {stack} policy"),
+                action.as_str(),
+                true,
+                &format!("#{index} {text}"),
+            ));
+        }
+        self.note(action, &format!("stack {stack}: #{index} {text}"));
+        Ok((index, text))
+    }
+
+    /// The policy rules of `stack`, in order.
+    pub fn policies(&self, stack: &str) -> Result<Vec<osvm_core::stack::PolicyRule>, EngineError> {
+        self.stacks
+            .get(stack)
+            .map(|s| s.policies.clone())
+            .ok_or_else(|| EngineError::Missing(format!("no stack is called `{stack}`")))
+    }
+
+    /// The hub as it is now (`None` when no stack uses it).
+    pub fn network_view(
+        &self,
+    ) -> Option<Result<crate::network::NetView, crate::network::NetPlaneError>> {
+        self.net.as_ref().map(|plane| plane.show(&self.stacks))
+    }
+
+    /// Puts unit `i`'s whole stack on the hub (so every name resolves) and applies the
+    /// ruleset; returns `i`'s namespace and its `/etc/hosts` lines.
+    pub(super) fn join_hub(
+        &mut self,
+        i: usize,
+    ) -> Result<(std::path::PathBuf, Vec<(String, String)>), String> {
+        if self.net.is_none() {
+            let plane = crate::network::NetPlane::open(&self.runtime.config().state_dir)
+                .map_err(|e| e.to_string())?;
+            self.net = Some(plane);
+        }
+        let stack = self.stack_of(i).clone();
+        let name = self.units[i].component.name.clone();
+        let plane = self.net.as_mut().expect("opened above");
+        let mut own = None;
+        let mut joined = false;
+        for c in &stack.components {
+            let (path, new) = plane
+                .join(&stack.name, &c.name)
+                .map_err(|e| e.to_string())?;
+            joined |= new;
+            if c.name == name {
+                own = Some(path);
+            }
+        }
+        let hosts = plane.hosts(&stack);
+        if joined {
+            // New members: the ruleset must know them before the component starts.
+            self.apply_network().map_err(|e| e.to_string())?;
+        }
+        let own = own.ok_or_else(|| format!("component {name} is not in its stack"))?;
+        Ok((own, hosts))
+    }
+
+    /// Removes the hub and every component namespace: the foreground `osvm up` after
+    /// [`Engine::shutdown`], and a daemon once no stack uses the hub (a daemon that merely
+    /// stops keeps them for its next start).
+    pub fn teardown_network(&mut self) {
+        if let Some(plane) = self.net.take()
+            && let Err(e) = plane.destroy()
+        {
+            self.note(EventKind::NetworkTeardownFailed, &e.to_string());
+        }
+    }
+
+    /// Unit `i`'s listening sockets when it is socket-activated (none otherwise): made once in
+    /// its hub namespace, or taken back from `running` after a daemon restart.
+    pub(super) fn listeners_for(
+        &mut self,
+        i: usize,
+        running: Option<&Workload>,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+        let running = running.map(|w| &**w);
+        let c = &self.units[i].component;
+        if !c.socket_activation {
+            return Ok(Vec::new());
+        }
+        let (stack, name, ports) = (
+            self.units[i].life.record.stack.clone(),
+            c.name.clone(),
+            c.listen.clone(),
+        );
+        match self.net.as_mut() {
+            Some(plane) => plane
+                .listeners(&stack, &name, &ports, running)
+                .map_err(|e| format!("the listening sockets: {e}")),
+            None => Err("unavailable: socket_activation needs the hub network (network = \"hub\"), where osvm makes the component's namespace before it starts".into()),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! MCP glue: the gateway learns the applied stacks' servers and rules, HTTP servers are
+//! attached once they started, and servers the gateway found broken are restarted.
+
+use super::*;
+
+/// Whether the component is an MCP server reached over its stdio.
+pub(super) fn stdio_mcp(c: &Component) -> bool {
+    c.mcp
+        .as_ref()
+        .is_some_and(|m| m.transport == osvm_core::stack::McpTransport::Stdio)
+}
+
+/// Two pipes for an MCP stdio channel: (its stdin: read, write), (its stdout: read, write).
+#[allow(clippy::type_complexity)]
+pub(super) fn stdio_pipes() -> std::io::Result<(
+    (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+)> {
+    let stdin = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let stdout = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((stdin, stdout))
+}
+
+impl Engine {
+    /// Attaches MCP server components to `gateway` from now on (their next starts).
+    pub fn set_gateway(&mut self, gateway: osvm_mcp::Gateway) {
+        self.mcp = Some(gateway);
+        self.configure_mcp();
+    }
+
+    /// Tells the gateway which MCP servers, rules and settings the applied stacks declare.
+    pub(super) fn configure_mcp(&mut self) {
+        let Some(gw) = &self.mcp else {
+            return;
+        };
+        let mut servers = Vec::new();
+        let mut rules = Vec::new();
+        let mut settings: Option<osvm_core::stack::McpSettings> = None;
+        for stack in self.stacks.values() {
+            let mut declares = false;
+            for c in &stack.components {
+                if let Some(spec) = &c.mcp {
+                    declares = true;
+                    servers.push(osvm_mcp::ServerDecl {
+                        stack: stack.name.clone(),
+                        component: c.name.clone(),
+                        spec: spec.clone(),
+                    });
+                }
+            }
+            rules.extend(stack.mcp_policy.iter().cloned());
+            if declares {
+                // Several stacks: the tightest of their limits.
+                let s = &stack.mcp;
+                settings = Some(match settings {
+                    None => *s,
+                    Some(t) => osvm_core::stack::McpSettings {
+                        call_timeout: t.call_timeout.min(s.call_timeout),
+                        max_message_bytes: t.max_message_bytes.min(s.max_message_bytes),
+                        rate_per_second: t.rate_per_second.min(s.rate_per_second),
+                        burst: t.burst.min(s.burst),
+                    },
+                });
+            }
+        }
+        if let Err(e) = gw.configure(servers, &rules, settings.unwrap_or_default()) {
+            self.note(EventKind::McpFailed, &format!("the MCP policy: {e}"));
+        }
+    }
+
+    /// Connects the gateway to a streamable-HTTP MCP server that just started, inside its own
+    /// network namespace.
+    pub(super) fn attach_http_mcp(&mut self, i: usize, id: &str, inst: &Workload) {
+        let (Some(gw), Some(spec)) = (&self.mcp, &self.units[i].component.mcp) else {
+            return;
+        };
+        let osvm_core::stack::McpTransport::Http { port, path } = &spec.transport else {
+            return;
+        };
+        if !matches!(inst.endpoint(), Ok(osvm_core::Endpoint::Namespace(_))) {
+            let why = "an MCP server over HTTP is connected only where its ports are in a \
+                       network namespace the daemon can enter (a process), not in a guest";
+            gw.detach(&spec.name, id, why);
+            return self.emit(i, EventKind::McpFailed, why);
+        }
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", inst.init_pid()));
+        let relays = self.runtime.config().state_dir.join("mcp").join("relays");
+        gw.attach_http(&spec.name, id, netns, *port, path.clone(), relays);
+    }
+
+    /// Restarts MCP servers the gateway found broken (hung, crashed, wrote garbage).
+    pub(super) fn follow_mcp_failures(&mut self, now: Instant) {
+        let Some(gw) = &self.mcp else {
+            return;
+        };
+        for f in gw.take_failures() {
+            let Some(i) = self.units.iter().position(|u| {
+                u.life.record.stack == f.stack
+                    && u.component.name == f.component
+                    && u.instance
+                        .as_ref()
+                        .is_some_and(|inst| inst.id() == f.instance)
+            }) else {
+                continue;
+            };
+            let why = format!("instance {}: {}; restarting it", f.instance, f.reason);
+            self.observe(i, Observation::Broken(why), now);
+        }
+    }
+}
