@@ -69,12 +69,77 @@ pub struct LaunchSpec {
     /// How big the instance's stdout and stderr logs may grow before they rotate.
     #[serde(default)]
     pub logs: LogLimits,
-    /// Settings of the `microvm` runtime (ignored by the others).
+    /// Which runtime runs it, with that runtime's settings (a nested table here: the launch
+    /// plan refuses unknown fields, which a flattened enum cannot).
     #[serde(default)]
-    pub microvm: VmOptions,
-    /// Settings of the `unikernel` runtime (ignored by the others).
-    #[serde(default)]
-    pub unikernel: UnikernelOptions,
+    pub runtime: RuntimeSpec,
+}
+
+/// Which runtime isolates a component, with that runtime's own settings: a component cannot
+/// carry the settings of a runtime it does not use.
+///
+/// Serialized as `runtime = "<kind>"` beside the settings table of that runtime (`microvm` or
+/// `unikernel`), the stack file's own shape.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "runtime", rename_all = "snake_case")]
+pub enum RuntimeSpec {
+    /// A confined Linux process.
+    #[default]
+    Process,
+    /// A QEMU `microvm` virtual machine.
+    #[serde(rename = "microvm")]
+    MicroVm {
+        /// Its accelerator, guest kernel and files in its image.
+        #[serde(default)]
+        microvm: VmOptions,
+    },
+    /// A Hermit unikernel.
+    Unikernel {
+        /// Its launcher, accelerator, boot timeout and deadline.
+        #[serde(default)]
+        unikernel: UnikernelOptions,
+    },
+}
+
+impl RuntimeSpec {
+    /// Which runtime this is.
+    pub fn kind(&self) -> crate::RuntimeKind {
+        match self {
+            RuntimeSpec::Process => crate::RuntimeKind::Process,
+            RuntimeSpec::MicroVm { .. } => crate::RuntimeKind::MicroVm,
+            RuntimeSpec::Unikernel { .. } => crate::RuntimeKind::Unikernel,
+        }
+    }
+
+    /// A microVM with default settings.
+    pub fn microvm() -> Self {
+        RuntimeSpec::MicroVm {
+            microvm: VmOptions::default(),
+        }
+    }
+
+    /// A unikernel with default settings.
+    pub fn unikernel() -> Self {
+        RuntimeSpec::Unikernel {
+            unikernel: UnikernelOptions::default(),
+        }
+    }
+
+    /// The microVM settings, when this is a microVM.
+    pub fn vm_options(&self) -> Option<&VmOptions> {
+        match self {
+            RuntimeSpec::MicroVm { microvm } => Some(microvm),
+            _ => None,
+        }
+    }
+
+    /// The unikernel settings, when this is a unikernel.
+    pub fn unikernel_options(&self) -> Option<&UnikernelOptions> {
+        match self {
+            RuntimeSpec::Unikernel { unikernel } => Some(unikernel),
+            _ => None,
+        }
+    }
 }
 
 /// What an instance finds at `/data`.
@@ -206,8 +271,7 @@ impl LaunchSpec {
             data: DataKind::default(),
             native_aio: false,
             logs: LogLimits::default(),
-            microvm: VmOptions::default(),
-            unikernel: UnikernelOptions::default(),
+            runtime: RuntimeSpec::Process,
         }
     }
 }
@@ -337,6 +401,26 @@ impl BindMount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_launch_spec_with_each_runtime_round_trips_through_the_launch_plans_json() {
+        for runtime in [
+            RuntimeSpec::Process,
+            RuntimeSpec::microvm(),
+            RuntimeSpec::Unikernel {
+                unikernel: UnikernelOptions {
+                    deadline_ms: Some(5),
+                    ..UnikernelOptions::default()
+                },
+            },
+        ] {
+            let mut spec = LaunchSpec::new("a", "/bin/true", vec![]);
+            spec.runtime = runtime;
+            let json = serde_json::to_string(&spec).unwrap();
+            let back: LaunchSpec = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.runtime, spec.runtime, "{json}");
+        }
+    }
 
     #[test]
     fn bind_flag_defaults_to_read_only() {

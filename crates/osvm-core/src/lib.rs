@@ -16,7 +16,7 @@ pub mod stack;
 pub use confinement::{Confinement, GuestConfinement, SandboxConfinement};
 pub use launch::{
     AccelChoice, BindMount, DataKind, LaunchSpec, LauncherChoice, LogLimits, Resources,
-    UnikernelOptions, VmOptions,
+    RuntimeSpec, UnikernelOptions, VmOptions,
 };
 pub use runtime::{
     Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, Runtime,

@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::digest::{Hasher, sha256_file};
+use osvm_guest::digest::{Hasher, sha256_file};
 
 /// What can go wrong building an image.
 #[derive(Debug, thiserror::Error)]

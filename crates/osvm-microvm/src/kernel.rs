@@ -16,7 +16,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::sha256_file;
+use osvm_guest::digest::sha256_file;
 
 /// The meta-package whose dependency names the current cloud kernel.
 pub const META_PACKAGE: &str = "linux-image-cloud-amd64";

@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::host::Accel;
+use osvm_guest::host::Accel;
 
 /// Everything the command line is made from.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //!    TCG carries a warning), find the guest kernel and build or find the image;
 //! 2. claim a vsock context id and make the run directory, then bind the host listeners the
 //!    agent will connect to (events, logs) *before* the guest exists;
-//! 3. in a hub stack, attach a TAP in the component's network namespace (see [`crate::net`]);
+//! 3. in a hub stack, attach a TAP in the component's network namespace (see [`osvm_guest::net`]);
 //! 4. start the vsock backend, then QEMU, each in its own process sandbox (namespaces, cgroup,
 //!    seccomp, no capabilities, read-only root with only the run directory writable), QEMU's
 //!    cgroup sized for guest memory plus [`QEMU_OVERHEAD`];
@@ -26,23 +26,32 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use osvm_agent::proto::{
-    self, CONTROL_PORT, EVENTS_PORT, Event, GuestNetwork, LOGS_PORT, Launch, Request, Response,
-    Stream,
+    self, CONTROL_PORT, EVENTS_PORT, Event, LOGS_PORT, Launch, Request, Response, Stream,
 };
 use osvm_core::{
-    Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime,
-    RuntimeError, RuntimeKind, Wiring,
+    Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, LaunchSpec, Runtime, RuntimeError,
+    RuntimeKind, Wiring,
 };
 use osvm_sandbox::output::Stamper;
 use osvm_sandbox::{SandboxInstance, SandboxRuntime};
 use serde::{Deserialize, Serialize};
 
-use crate::host::{self, Accel, KvmProbe};
+use osvm_guest::emulator::{EmulatorSpec, ro, rw};
+use osvm_guest::host::{self, Accel, KvmProbe};
+use osvm_guest::net::{self, Attached};
+use osvm_guest::{GuestBase, setup, tail};
+
 use crate::image::{self, Image, ImageInputs};
 use crate::kernel::Kernel;
-use crate::net::{self, Attached};
 use crate::qemu::{self, QemuArgs};
 use crate::vsock::{self, CidLease};
+
+pub use osvm_guest::find_program;
+
+/// The microvm runtime cannot work here, because of `reason`.
+fn unavailable(reason: impl Into<String>) -> RuntimeError {
+    osvm_guest::unavailable(RuntimeKind::MicroVm, reason)
+}
 
 /// Memory QEMU itself needs besides guest RAM (its code, the TCG translation cache, device
 /// state); the cgroup limit is guest memory plus this.
@@ -76,24 +85,6 @@ impl MicroVmConfig {
             busybox: PathBuf::from("/bin/busybox"),
         }
     }
-}
-
-/// Looks for a program in `PATH` and in cargo's install directory.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for d in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"] {
-        dirs.push(PathBuf::from(d));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| {
-        p.is_file()
-            && p.metadata()
-                .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
-    })
 }
 
 /// The static `osvm-agent`: `$OSVM_AGENT`, else beside the running executable, else where
@@ -170,17 +161,6 @@ pub struct MicroVmRuntime {
     sandbox: Arc<SandboxRuntime>,
     config: MicroVmConfig,
     kvm: KvmProbe,
-}
-
-fn unavailable(reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Unavailable {
-        kind: RuntimeKind::MicroVm,
-        reason: reason.into(),
-    }
-}
-
-fn setup(what: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Setup(what.to_string())
 }
 
 /// The id of VM instance `id`'s QEMU sandbox.
@@ -286,7 +266,7 @@ impl MicroVmRuntime {
     /// Whether `spec` could start here, checked before anything is started: the tools, the
     /// accelerator it asks for, its guest kernel, its agent.
     pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
-        host::resolve_accel(spec.microvm.accel, &self.kvm).map_err(unavailable)?;
+        host::resolve_accel(options(spec)?.accel, &self.kvm).map_err(unavailable)?;
         if let Some(r) = self.unavailable_reason() {
             return Err(unavailable(r));
         }
@@ -300,8 +280,9 @@ impl MicroVmRuntime {
 
     /// The guest kernel `spec` boots.
     pub fn kernel_for(&self, spec: &LaunchSpec) -> Result<Kernel, RuntimeError> {
-        match &spec.microvm.kernel {
-            Some(k) => Kernel::configured(k, spec.microvm.kernel_modules.as_deref()),
+        let options = options(spec)?;
+        match &options.kernel {
+            Some(k) => Kernel::configured(k, options.kernel_modules.as_deref()),
             None => Kernel::installed(&self.config.state_dir),
         }
         .map_err(|e| unavailable(e.to_string()))
@@ -343,7 +324,7 @@ impl MicroVmRuntime {
             busybox: self.config.busybox.clone(),
             modules: kernel.modules.clone(),
             programs,
-            include: spec.microvm.include.clone(),
+            include: options(spec)?.include.clone(),
         };
         let dir = image::images_dir(&self.config.state_dir);
         fs::create_dir_all(&dir)
@@ -358,7 +339,7 @@ impl MicroVmRuntime {
             return Err(unavailable(r));
         }
         let (accel, warning) =
-            host::resolve_accel(spec.microvm.accel, &self.kvm).map_err(unavailable)?;
+            host::resolve_accel(options(spec)?.accel, &self.kvm).map_err(unavailable)?;
         let (tsc_khz, _) = host::tsc_khz().map_err(unavailable)?;
         let kernel = self.kernel_for(spec)?;
         let image = self.image_for(spec, &kernel)?;
@@ -434,18 +415,14 @@ impl MicroVmRuntime {
             );
         }
         let cid = vm.lease.as_ref().expect("claimed").cid();
-        let run_bind = osvm_core::BindMount {
-            source: real_path(run),
-            target: run.to_path_buf(),
-            writable: true,
-        };
+        let run_bind = rw(run);
 
         let backend_bin = self.backend_program()?;
         let vhost_socket = run.join("vhost.sock");
-        let mut backend_spec = LaunchSpec::new(
-            spec.name.clone(),
-            backend_bin.display().to_string(),
-            vec![
+        let backend_spec = EmulatorSpec {
+            component: spec,
+            program: &backend_bin,
+            args: vec![
                 "--guest-cid".into(),
                 cid.to_string(),
                 "--socket".into(),
@@ -453,19 +430,10 @@ impl MicroVmRuntime {
                 "--uds-path".into(),
                 uds.display().to_string(),
             ],
-        );
-        backend_spec.stack = spec.stack.clone();
-        backend_spec.data = osvm_core::DataKind::Ephemeral;
-        backend_spec.readonly_root = true;
-        backend_spec.resources.memory_bytes = Some(BACKEND_MEMORY);
-        backend_spec.binds = vec![run_bind.clone()];
-        if !backend_bin.starts_with("/usr") {
-            backend_spec.binds.push(osvm_core::BindMount {
-                source: real_path(&backend_bin),
-                target: backend_bin.clone(),
-                writable: false,
-            });
+            memory: BACKEND_MEMORY,
+            accel: None,
         }
+        .build(vec![run_bind.clone()]);
         vm.backend = Some(
             self.sandbox
                 .start_sandbox(
@@ -507,45 +475,22 @@ impl MicroVmRuntime {
             net_mac: vm.net.as_ref().map(|n| n.mac.clone()),
         };
         let qemu_bin = find_program("qemu-system-x86_64").expect("checked available");
-        let mut qemu_spec = LaunchSpec::new(
-            spec.name.clone(),
-            qemu_bin.display().to_string(),
-            args.to_args(),
-        );
-        qemu_spec.stack = spec.stack.clone();
-        qemu_spec.data = osvm_core::DataKind::Ephemeral;
-        qemu_spec.readonly_root = true;
-        qemu_spec.resources.memory_bytes = Some((memory_mib << 20) + QEMU_OVERHEAD);
-        qemu_spec.resources.cpus = spec.resources.cpus;
-        qemu_spec.resources.open_files = spec.resources.open_files;
         // The console log lives in the instance directory; QEMU writes it through an
         // id-mapped `rw` bind of the file.
         let _ = fs::write(dir.join("console.log"), b"");
-        qemu_spec.binds = vec![
-            run_bind,
-            osvm_core::BindMount {
-                source: real_path(&dir.join("console.log")),
-                target: dir.join("console.log"),
-                writable: true,
-            },
-            osvm_core::BindMount {
-                source: real_path(&kernel.image),
-                target: kernel.image.clone(),
-                writable: false,
-            },
-            osvm_core::BindMount {
-                source: real_path(&image.path),
-                target: image.path.clone(),
-                writable: false,
-            },
-        ];
-        if accel == Accel::Kvm {
-            qemu_spec.binds.push(osvm_core::BindMount {
-                source: "/dev/kvm".into(),
-                target: "/dev/kvm".into(),
-                writable: true,
-            });
+        let qemu_spec = EmulatorSpec {
+            component: spec,
+            program: &qemu_bin,
+            args: args.to_args(),
+            memory: (memory_mib << 20) + QEMU_OVERHEAD,
+            accel: Some(accel),
         }
+        .build(vec![
+            run_bind,
+            rw(&dir.join("console.log")),
+            ro(&kernel.image),
+            ro(&image.path),
+        ]);
         let fds: Vec<_> = vm.net.iter().map(|n| n.tap.as_fd()).collect();
         let spawned = Instant::now();
         vm.qemu = Some(
@@ -563,8 +508,7 @@ impl MicroVmRuntime {
         let qemu_inst = vm.qemu.as_ref().expect("just set");
 
         // The agent connects out once vsock works in the guest.
-        let boot_timeout = spec
-            .microvm
+        let boot_timeout = options(spec)?
             .boot_timeout_ms
             .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_millis);
         let mut conn = accept_while(&events, spawned + boot_timeout, || {
@@ -642,19 +586,18 @@ impl MicroVmRuntime {
         spawn_logs(logs, stdout.clone(), stderr.clone());
 
         Ok(MicroVmInstance {
-            id: id.to_owned(),
-            dir: dir.to_path_buf(),
+            base: GuestBase::new(
+                id,
+                dir.to_path_buf(),
+                Arc::new(vm.qemu.take().expect("started")),
+                vm.net.take().map(|n| (n.netns, n.guest)),
+            ),
             uds: uds.to_path_buf(),
             qmp,
-            stdout,
-            stderr,
             facts,
-            qemu: vm.qemu.take().expect("started"),
             backend: Mutex::new(vm.backend.take()),
             lease: Mutex::new(vm.lease.take()),
-            net: Mutex::new(vm.net.take().map(|n| (n.netns, n.guest))),
             guest: state,
-            ended: Mutex::new(None),
         })
     }
 }
@@ -711,16 +654,6 @@ impl Starting {
         }
         self.lease.take();
     }
-}
-
-/// The last lines of a file on one line, for error messages.
-pub fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    if lines.is_empty() {
-        return "(empty)".into();
-    }
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 fn bind_listener(path: &Path) -> Result<UnixListener, RuntimeError> {
@@ -831,27 +764,18 @@ pub struct GuestExec {
 
 /// A running (or ended) microVM.
 pub struct MicroVmInstance {
-    id: String,
-    /// The instance directory (logs, console, vm.json, run/).
-    dir: PathBuf,
+    /// Id, files (logs, console, vm.json, run/), QEMU's sandbox, the borrowed network, the end.
+    base: GuestBase,
     /// The backend's host-side socket for host -> guest connections.
     uds: PathBuf,
     /// QEMU's QMP socket.
     qmp: PathBuf,
-    stdout: PathBuf,
-    stderr: PathBuf,
     facts: VmFacts,
-    /// QEMU in its sandbox.
-    qemu: SandboxInstance,
     /// The vsock backend in its sandbox, until the VM ends.
     backend: Mutex<Option<SandboxInstance>>,
     /// The context id, until the VM ends.
     lease: Mutex<Option<CidLease>>,
-    /// The namespace and address to give back when the VM ends.
-    net: Mutex<Option<(String, GuestNetwork)>>,
     guest: Arc<Mutex<Guest>>,
-    /// How it ended, once it has and was cleaned up.
-    ended: Mutex<Option<ExitStatus>>,
 }
 
 impl MicroVmInstance {
@@ -862,17 +786,17 @@ impl MicroVmInstance {
 
     /// The instance directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.base.dir
     }
 
     /// The guest's serial console log.
     pub fn console_path(&self) -> PathBuf {
-        self.dir.join("console.log")
+        self.base.dir.join("console.log")
     }
 
     /// The sandbox QEMU runs in.
     pub fn qemu(&self) -> &SandboxInstance {
-        &self.qemu
+        &self.base.emulator
     }
 
     /// The vsock context id (while the VM runs).
@@ -943,64 +867,45 @@ impl MicroVmInstance {
 
     /// Releases what the VM held once QEMU has ended, and works out the exit status.
     fn finish(&self, qemu_status: ExitStatus) -> ExitStatus {
-        let mut ended = self.ended.lock().expect("ended");
-        if let Some(s) = *ended {
-            return s;
-        }
-        if let Some(b) = self.backend.lock().expect("backend").take() {
-            let _ = b.stop(Duration::ZERO);
-        }
-        self.lease.lock().expect("lease").take();
-        if let Some((netns, guest)) = self.net.lock().expect("net").take()
-            && let Err(e) = net::detach(&netns, &guest)
-        {
-            tracing::warn!(instance = %self.id, "give the network namespace back: {e}");
-        }
-        // The events thread may still be reading the last message the agent sent.
-        let deadline = Instant::now() + Duration::from_millis(500);
-        let status = loop {
-            if let Some(s) = self.guest.lock().expect("guest").exit {
-                break s;
+        self.base.finish(|| {
+            if let Some(b) = self.backend.lock().expect("backend").take() {
+                let _ = b.stop(Duration::ZERO);
             }
-            if Instant::now() > deadline {
-                break ExitStatus {
-                    code: None,
-                    // QEMU killed: report its signal; QEMU ended by itself without an exit
-                    // report (guest crash, power-off without a workload): unknown.
-                    signal: qemu_status.signal,
-                    oom_killed: qemu_status.oom_killed,
-                };
+            self.lease.lock().expect("lease").take();
+            // The events thread may still be reading the last message the agent sent.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            loop {
+                if let Some(s) = self.guest.lock().expect("guest").exit {
+                    break s;
+                }
+                if Instant::now() > deadline {
+                    break ExitStatus {
+                        code: None,
+                        // QEMU killed: report its signal; QEMU ended by itself without an exit
+                        // report (guest crash, power-off without a workload): unknown.
+                        signal: qemu_status.signal,
+                        oom_killed: qemu_status.oom_killed,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        *ended = Some(status);
-        status
+        })
     }
 }
 
 impl Instance for MicroVmInstance {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn pid(&self) -> Option<u32> {
-        Some(self.qemu.init_pid() as u32)
-    }
-
-    fn log_paths(&self) -> (PathBuf, PathBuf) {
-        (self.stdout.clone(), self.stderr.clone())
-    }
+    osvm_guest::guest_instance_basics!(base);
 
     fn wait(&self) -> Result<ExitStatus, RuntimeError> {
-        let s = self.qemu.wait()?;
+        let s = self.base.emulator.wait()?;
         Ok(self.finish(s))
     }
 
     fn try_wait(&self) -> Result<Option<ExitStatus>, RuntimeError> {
-        if let Some(s) = *self.ended.lock().expect("ended") {
+        if let Some(s) = self.base.ended() {
             return Ok(Some(s));
         }
-        Ok(self.qemu.try_wait()?.map(|s| self.finish(s)))
+        Ok(self.base.emulator.try_wait()?.map(|s| self.finish(s)))
     }
 
     fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
@@ -1022,12 +927,12 @@ impl Instance for MicroVmInstance {
             CONTROL_TIMEOUT,
         );
         if let Err(e) = &asked {
-            tracing::warn!(instance = %self.id, "graceful shutdown through the agent failed: {e}");
+            tracing::warn!(instance = %self.base.id, "graceful shutdown through the agent failed: {e}");
         }
         let wait = |d: Duration| -> Result<Option<ExitStatus>, RuntimeError> {
             let deadline = Instant::now() + d;
             loop {
-                if let Some(s) = self.qemu.try_wait()? {
+                if let Some(s) = self.base.emulator.try_wait()? {
                     return Ok(Some(s));
                 }
                 if Instant::now() > deadline {
@@ -1046,28 +951,12 @@ impl Instance for MicroVmInstance {
         {
             return Ok(self.finish(s));
         }
-        let s = self.qemu.stop(Duration::ZERO)?;
+        let s = self.base.emulator.stop(Duration::ZERO)?;
         Ok(self.finish(s))
     }
 
-    fn stats(&self) -> Result<InstanceStats, RuntimeError> {
-        self.qemu.stats()
-    }
-
-    fn memory_limit(&self) -> Option<u64> {
-        self.qemu.memory_limit()
-    }
-
-    fn init_pid(&self) -> i32 {
-        self.qemu.init_pid()
-    }
-
-    fn instance_dir(&self) -> PathBuf {
-        self.dir.clone()
-    }
-
     fn kill(&self) -> Result<(), RuntimeError> {
-        self.qemu.stop(Duration::ZERO).map(|_| ())
+        self.base.emulator.stop(Duration::ZERO).map(|_| ())
     }
 
     fn endpoint(&self) -> Result<Endpoint, RuntimeError> {
@@ -1105,10 +994,6 @@ impl Instance for MicroVmInstance {
         })
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn confinement(&self) -> osvm_core::Confinement {
         let f = &self.facts;
         osvm_core::Confinement::Guest(osvm_core::GuestConfinement {
@@ -1123,7 +1008,7 @@ impl Instance for MicroVmInstance {
             image_size: f.image_size,
             vsock_cid: Some(f.cid),
             warning: f.warning.clone(),
-            emulator: self.qemu.confinement().sandbox().clone(),
+            emulator: self.base.emulator.confinement().sandbox().clone(),
         })
     }
 }
@@ -1158,8 +1043,13 @@ impl Runtime for MicroVmRuntime {
     }
 }
 
-/// `path` with every symbolic link resolved: the sandbox refuses links in mount sources, and
-/// these paths (osvm's own state, installed programs) are osvm's to trust.
-fn real_path(path: &Path) -> std::path::PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+/// The microVM settings of `spec`, which must be a microVM's.
+fn options(spec: &LaunchSpec) -> Result<&osvm_core::VmOptions, RuntimeError> {
+    spec.runtime.vm_options().ok_or_else(|| {
+        RuntimeError::InvalidSpec(format!(
+            "{}: a {} spec given to the microvm runtime",
+            spec.name,
+            spec.runtime.kind()
+        ))
+    })
 }

@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use osvm_microvm::digest::{self, Hasher};
+use osvm_guest::digest::{self, Hasher};
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::{self, KernelArchive};

@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 
 use osvm_core::{AccelChoice, LauncherChoice};
-use osvm_microvm::host::{Accel, KvmProbe, resolve_accel};
-use osvm_microvm::runtime::find_program;
+use osvm_guest::find_program;
+use osvm_guest::host::{Accel, KvmProbe, resolve_accel};
 use serde::{Deserialize, Serialize};
 
 /// The program that runs the guest.
@@ -146,7 +146,7 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use osvm_microvm::host::KvmKind;
+    use osvm_guest::host::KvmKind;
 
     fn host(kind: KvmKind, uhyve: bool) -> Host {
         Host {

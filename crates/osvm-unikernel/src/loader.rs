@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use osvm_microvm::digest::Hasher;
+use osvm_guest::digest::Hasher;
 
 use crate::steps::{self, BuildError, Progress};
 use crate::toolchain::Toolchain;

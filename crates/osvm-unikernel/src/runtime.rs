@@ -5,7 +5,7 @@
 //! 1. choose the launcher and accelerator ([`crate::launcher`]); find or build the image (the
 //!    spec's `command`: a Hermit ELF file, or a crate directory) and, for QEMU, the loader;
 //! 2. in a hub stack, attach a TAP in the component's network namespace (the microVM's
-//!    [`osvm_microvm::net`]); the guest gets the component's address on its command line;
+//!    [`osvm_guest::net`]); the guest gets the component's address on its command line;
 //! 3. start the launcher in a process sandbox (namespaces, cgroup sized for guest memory plus
 //!    [`LAUNCHER_OVERHEAD`], seccomp, no capabilities, read-only root with only the loader and
 //!    image bound), its stdout (the guest's serial port) on a pipe osvm reads;
@@ -25,14 +25,15 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use osvm_agent::proto::GuestNetwork;
 use osvm_core::{
-    Adoption, BindMount, Endpoint, ExitStatus, Instance, InstanceStats, LaunchSpec, Runtime,
-    RuntimeError, RuntimeKind, Wiring,
+    Adoption, Endpoint, ExitStatus, Instance, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
+    Wiring,
 };
-use osvm_microvm::host::Accel;
-use osvm_microvm::net::{self, Attached};
-use osvm_microvm::runtime::tail;
+use osvm_guest::emulator::{EmulatorSpec, ro};
+use osvm_guest::host::Accel;
+use osvm_guest::net::{self, Attached};
+use osvm_guest::tail;
+use osvm_guest::{GuestBase, setup};
 use osvm_sandbox::output::Stamper;
 use osvm_sandbox::{SandboxInstance, SandboxRuntime, StartOptions};
 use serde::{Deserialize, Serialize};
@@ -90,15 +91,9 @@ pub struct UnikernelRuntime {
     host: Host,
 }
 
+/// The unikernel runtime cannot work here, because of `reason`.
 fn unavailable(reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Unavailable {
-        kind: RuntimeKind::Unikernel,
-        reason: reason.into(),
-    }
-}
-
-fn setup(what: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Setup(what.to_string())
+    osvm_guest::unavailable(RuntimeKind::Unikernel, reason)
 }
 
 /// The id of unikernel instance `id`'s launcher sandbox (QEMU or uhyve).
@@ -138,8 +133,9 @@ impl UnikernelRuntime {
                 "the process sandbox that confines the launcher: {r}"
             )));
         }
+        let options = options(spec)?;
         self.host
-            .choose(spec.unikernel.launcher, spec.unikernel.accel)
+            .choose(options.launcher, options.accel)
             .map_err(unavailable)
     }
 
@@ -243,7 +239,7 @@ impl UnikernelRuntime {
             t0,
         };
         match self.launch(spec, &plan, attached.as_ref()) {
-            Ok(mut inst) => {
+            Ok(inst) => {
                 if let Some(a) = &attached
                     && let Some(ip) = a
                         .guest
@@ -255,7 +251,7 @@ impl UnikernelRuntime {
                 {
                     tracing::warn!(instance = id, "announce the guest's address: {e}");
                 }
-                inst.net = Mutex::new(attached.map(|a| (a.netns, a.guest)));
+                inst.base.hold_network(attached.map(|a| (a.netns, a.guest)));
                 Ok(inst)
             }
             Err(e) => {
@@ -285,35 +281,16 @@ impl UnikernelRuntime {
             Launcher::Qemu => qemu_args(spec, plan, net),
             Launcher::Uhyve => uhyve_args(spec, plan.memory_mib, plan.vcpus, &image.path),
         };
-        let mut launcher = LaunchSpec::new(
-            spec.name.clone(),
-            choice.program.display().to_string(),
+        let mut binds = vec![ro(&image.path)];
+        binds.extend(plan.loader.map(ro));
+        let launcher = EmulatorSpec {
+            component: spec,
+            program: &choice.program,
             args,
-        );
-        launcher.stack = spec.stack.clone();
-        launcher.data = osvm_core::DataKind::Ephemeral;
-        launcher.readonly_root = true;
-        launcher.resources.memory_bytes = Some((plan.memory_mib << 20) + LAUNCHER_OVERHEAD);
-        launcher.resources.cpus = spec.resources.cpus;
-        let ro = |p: &Path| BindMount {
-            source: real_path(p),
-            target: p.to_path_buf(),
-            writable: false,
-        };
-        launcher.binds.push(ro(&image.path));
-        if let Some(l) = plan.loader {
-            launcher.binds.push(ro(l));
+            memory: (plan.memory_mib << 20) + LAUNCHER_OVERHEAD,
+            accel: Some(choice.accel),
         }
-        if choice.accel == Accel::Kvm {
-            launcher.binds.push(BindMount {
-                source: "/dev/kvm".into(),
-                target: "/dev/kvm".into(),
-                writable: true,
-            });
-        }
-        if !choice.program.starts_with("/usr") {
-            launcher.binds.push(ro(&choice.program));
-        }
+        .build(binds);
         let (reader, writer) =
             std::io::pipe().map_err(|e| RuntimeError::io("make the serial pipe", e))?;
         let fds: Vec<_> = net.iter().map(|n| n.tap.as_fd()).collect();
@@ -340,8 +317,7 @@ impl UnikernelRuntime {
         }
         spawn_reader(reader, serial.clone(), console.clone(), stdout.clone());
 
-        let boot_timeout = spec
-            .unikernel
+        let boot_timeout = options(spec)?
             .boot_timeout_ms
             .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_millis);
         let boot = serial.wait_boot(spawned + boot_timeout);
@@ -380,14 +356,14 @@ impl UnikernelRuntime {
             boot_ms,
             ready_ms: plan.t0.elapsed().as_millis() as u64,
             address: net.map(|n| n.guest.address.clone()),
-            deadline_ms: spec.unikernel.deadline_ms,
+            deadline_ms: options(spec)?.deadline_ms,
         };
         let _ = fs::write(
             dir.join("unikernel.json"),
             serde_json::to_vec_pretty(&facts).expect("serializes"),
         );
         let deadline_hit = Arc::new(AtomicBool::new(false));
-        if let Some(ms) = spec.unikernel.deadline_ms {
+        if let Some(ms) = options(spec)?.deadline_ms {
             spawn_deadline(
                 qemu.clone(),
                 serial.clone(),
@@ -396,17 +372,11 @@ impl UnikernelRuntime {
             );
         }
         Ok(UnikernelInstance {
-            id: id.to_owned(),
-            dir: dir.to_path_buf(),
-            stdout,
-            stderr,
+            base: GuestBase::new(id, dir.to_path_buf(), qemu, None),
             facts,
-            launcher: qemu,
             serial,
-            net: Mutex::new(None),
             deadline_hit,
             stop_signal: AtomicI32::new(0),
-            ended: Mutex::new(None),
         })
     }
 }
@@ -713,20 +683,13 @@ fn spawn_deadline(
 
 /// A running (or ended) Hermit guest.
 pub struct UnikernelInstance {
-    id: String,
-    dir: PathBuf,
-    stdout: PathBuf,
-    stderr: PathBuf,
+    /// Id, files, the launcher's sandbox, the borrowed network, the end.
+    base: GuestBase,
     facts: UnikernelFacts,
-    /// The launcher in its sandbox.
-    launcher: Arc<SandboxInstance>,
     serial: Arc<SerialState>,
-    /// The namespace and address to give back when the guest ends.
-    net: Mutex<Option<(String, GuestNetwork)>>,
     deadline_hit: Arc<AtomicBool>,
     /// The signal a stop sent to the launcher (0: none).
     stop_signal: AtomicI32,
-    ended: Mutex<Option<ExitStatus>>,
 }
 
 impl UnikernelInstance {
@@ -737,17 +700,17 @@ impl UnikernelInstance {
 
     /// The instance directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.base.dir
     }
 
     /// The serial console (kernel log and app output).
     pub fn console_path(&self) -> PathBuf {
-        self.dir.join("console.log")
+        self.base.dir.join("console.log")
     }
 
     /// The sandbox the launcher runs in.
     pub fn launcher(&self) -> &SandboxInstance {
-        &self.launcher
+        &self.base.emulator
     }
 
     /// The deadline, if this run was ended because it passed.
@@ -770,82 +733,66 @@ impl UnikernelInstance {
 
     /// Releases what the guest held once the launcher has ended, and works out the status.
     fn finish(&self, launcher_status: ExitStatus) -> ExitStatus {
-        let mut ended = self.ended.lock().expect("ended");
-        if let Some(s) = *ended {
-            return s;
-        }
-        if let Some((netns, guest)) = self.net.lock().expect("net").take()
-            && let Err(e) = net::detach(&netns, &guest)
-        {
-            tracing::warn!(instance = %self.id, "give the network namespace back: {e}");
-        }
-        // The reader may still be draining the last lines.
-        self.serial
-            .wait_eof(Instant::now() + Duration::from_millis(500));
-        let exit = self.serial.serial.lock().expect("serial").exit;
-        let sent = self.stop_signal.load(Ordering::SeqCst);
-        let status = match exit {
-            Some(code) => ExitStatus {
-                code: Some(code),
-                signal: None,
-                oom_killed: false,
-            },
-            // uhyve exits with the guest's code.
-            None if self.facts.launcher == Launcher::Uhyve && launcher_status.code.is_some() => {
-                launcher_status
+        self.base.finish(|| {
+            // The reader may still be draining the last lines.
+            self.serial
+                .wait_eof(Instant::now() + Duration::from_millis(500));
+            let exit = self.serial.serial.lock().expect("serial").exit;
+            let sent = self.stop_signal.load(Ordering::SeqCst);
+            match exit {
+                Some(code) => ExitStatus {
+                    code: Some(code),
+                    signal: None,
+                    oom_killed: false,
+                },
+                // uhyve exits with the guest's code.
+                None if self.facts.launcher == Launcher::Uhyve
+                    && launcher_status.code.is_some() =>
+                {
+                    launcher_status
+                }
+                None if self.deadline_hit.load(Ordering::SeqCst) => ExitStatus {
+                    code: None,
+                    signal: Some(libc::SIGKILL),
+                    oom_killed: false,
+                },
+                None if sent != 0 => ExitStatus {
+                    code: None,
+                    signal: Some(sent),
+                    oom_killed: launcher_status.oom_killed,
+                },
+                // The launcher died without the kernel's exit line (killed, or the guest
+                // crashed).
+                None => ExitStatus {
+                    code: None,
+                    signal: launcher_status.signal,
+                    oom_killed: launcher_status.oom_killed,
+                },
             }
-            None if self.deadline_hit.load(Ordering::SeqCst) => ExitStatus {
-                code: None,
-                signal: Some(libc::SIGKILL),
-                oom_killed: false,
-            },
-            None if sent != 0 => ExitStatus {
-                code: None,
-                signal: Some(sent),
-                oom_killed: launcher_status.oom_killed,
-            },
-            // The launcher died without the kernel's exit line (killed, or the guest crashed).
-            None => ExitStatus {
-                code: None,
-                signal: launcher_status.signal,
-                oom_killed: launcher_status.oom_killed,
-            },
-        };
-        *ended = Some(status);
-        status
+        })
     }
 }
 
 impl Instance for UnikernelInstance {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn pid(&self) -> Option<u32> {
-        Some(self.launcher.init_pid() as u32)
-    }
-
-    fn log_paths(&self) -> (PathBuf, PathBuf) {
-        (self.stdout.clone(), self.stderr.clone())
-    }
+    osvm_guest::guest_instance_basics!(base);
 
     fn wait(&self) -> Result<ExitStatus, RuntimeError> {
-        let s = self.launcher.wait()?;
+        let s = self.base.emulator.wait()?;
         Ok(self.finish(s))
     }
 
     fn try_wait(&self) -> Result<Option<ExitStatus>, RuntimeError> {
-        if let Some(s) = *self.ended.lock().expect("ended") {
+        if let Some(s) = self.base.ended() {
             return Ok(Some(s));
         }
-        Ok(self.launcher.try_wait()?.map(|s| self.finish(s)))
+        Ok(self.base.emulator.try_wait()?.map(|s| self.finish(s)))
     }
 
     fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
         match signal {
             libc::SIGTERM | libc::SIGINT | libc::SIGKILL => {
                 self.stop_signal.store(signal, Ordering::SeqCst);
-                self.launcher.signal(signal)
+                self.base.emulator.signal(signal)
             }
             other => Err(RuntimeError::InvalidSpec(format!(
                 "a Hermit guest has no signals: osvm can only end it (SIGTERM, SIGINT or \
@@ -859,24 +806,8 @@ impl Instance for UnikernelInstance {
             return Ok(s);
         }
         self.stop_signal.store(libc::SIGTERM, Ordering::SeqCst);
-        let s = self.launcher.stop(grace)?;
+        let s = self.base.emulator.stop(grace)?;
         Ok(self.finish(s))
-    }
-
-    fn stats(&self) -> Result<InstanceStats, RuntimeError> {
-        self.launcher.stats()
-    }
-
-    fn memory_limit(&self) -> Option<u64> {
-        self.launcher.memory_limit()
-    }
-
-    fn init_pid(&self) -> i32 {
-        self.launcher.init_pid()
-    }
-
-    fn instance_dir(&self) -> PathBuf {
-        self.dir.clone()
     }
 
     fn kill(&self) -> Result<(), RuntimeError> {
@@ -926,10 +857,6 @@ impl Instance for UnikernelInstance {
         }
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn confinement(&self) -> osvm_core::Confinement {
         let f = &self.facts;
         osvm_core::Confinement::Guest(osvm_core::GuestConfinement {
@@ -944,7 +871,7 @@ impl Instance for UnikernelInstance {
             image_size: f.image_size,
             vsock_cid: None,
             warning: f.warning.clone(),
-            emulator: self.launcher.confinement().sandbox().clone(),
+            emulator: self.base.emulator.confinement().sandbox().clone(),
         })
     }
 }
@@ -981,10 +908,15 @@ impl Runtime for UnikernelRuntime {
     }
 }
 
-/// `path` with every symbolic link resolved: the sandbox refuses links in mount sources, and
-/// these paths (osvm's own state, installed programs) are osvm's to trust.
-fn real_path(path: &Path) -> std::path::PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+/// The unikernel settings of `spec`, which must be a unikernel's.
+fn options(spec: &LaunchSpec) -> Result<&osvm_core::UnikernelOptions, RuntimeError> {
+    spec.runtime.unikernel_options().ok_or_else(|| {
+        RuntimeError::InvalidSpec(format!(
+            "{}: a {} spec given to the unikernel runtime",
+            spec.name,
+            spec.runtime.kind()
+        ))
+    })
 }
 
 #[cfg(test)]

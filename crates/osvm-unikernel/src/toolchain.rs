@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use osvm_microvm::runtime::find_program;
+use osvm_guest::find_program;
 
 /// The tools of one build.
 #[derive(Debug, Clone)]

@@ -186,8 +186,8 @@ fn main() {
         return;
     }
     let (accel, _) =
-        osvm_microvm::host::resolve_accel(osvm_core::AccelChoice::Auto, vms.kvm()).unwrap();
-    let (tsc_khz, _) = osvm_microvm::host::tsc_khz().unwrap();
+        osvm_guest::host::resolve_accel(osvm_core::AccelChoice::Auto, vms.kvm()).unwrap();
+    let (tsc_khz, _) = osvm_guest::host::tsc_khz().unwrap();
     let floor_img = floor_initrd(&state);
 
     let mut spec = LaunchSpec::new(
@@ -203,7 +203,12 @@ fn main() {
     );
     spec.resources.memory_bytes = Some(256 << 20);
     spec.resources.cpus = Some(2.0);
-    spec.microvm.include = vec![www.clone()];
+    spec.runtime = osvm_core::RuntimeSpec::MicroVm {
+        microvm: osvm_core::VmOptions {
+            include: vec![www.clone()],
+            ..Default::default()
+        },
+    };
     // Build the image once outside the timed runs (a first start builds it, later ones find it).
     let image = vms.image_for(&spec, &kernel).unwrap();
 

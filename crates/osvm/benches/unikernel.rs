@@ -142,11 +142,13 @@ fn main() {
     let uk_spec = |args: &[&str]| {
         let mut s = spec(args);
         s.command = image.path.display().to_string();
+        s.runtime = osvm_core::RuntimeSpec::unikernel();
         s
     };
     let linux_spec = |args: &[&str]| {
         let mut s = spec(args);
         s.command = linux.display().to_string();
+        s.runtime = osvm_core::RuntimeSpec::microvm();
         s.binds.push(osvm_core::BindMount {
             source: linux.clone(),
             target: linux.clone(),
@@ -247,7 +249,7 @@ fn main() {
             Ok(k) => format!(
                 "{} ({}), kernel {}, 1 vCPU, 128 MiB",
                 "QEMU microvm",
-                osvm_microvm::host::resolve_accel(osvm_core::AccelChoice::Auto, vms.kvm())
+                osvm_guest::host::resolve_accel(osvm_core::AccelChoice::Auto, vms.kvm())
                     .map(|a| a.0.as_str())
                     .unwrap_or("?"),
                 k.release

@@ -47,7 +47,7 @@ fn vm_state(test: &str) -> Option<StateDir> {
     if !sandbox_available(test) {
         return None;
     }
-    let which = |p: &str| osvm_microvm::runtime::find_program(p).is_some();
+    let which = |p: &str| osvm_guest::find_program(p).is_some();
     if !which("qemu-system-x86_64") {
         skip(
             "microvm",
@@ -413,7 +413,7 @@ microvm = { accel = "kvm" }
 }
 
 fn kvm_usable() -> Result<(), String> {
-    osvm_microvm::host::KvmProbe::probe().usable()
+    osvm_guest::host::KvmProbe::probe().usable()
 }
 
 #[test]

@@ -78,7 +78,7 @@ fn unikernel_state(test: &str) -> Option<StateDir> {
     if !sandbox_available(test) {
         return None;
     }
-    if osvm_microvm::runtime::find_program("qemu-system-x86_64").is_none() {
+    if osvm_guest::find_program("qemu-system-x86_64").is_none() {
         skip(
             "unikernel",
             test,
@@ -276,7 +276,7 @@ restart = "never"
     // The unikernel's facts: launcher, accelerator and, without VMX/SVM, the TCG warning.
     let events = stdout(&run(state.osvm().arg("events")));
     assert!(events.contains("unikernel (Hermit under qemu)"), "{events}");
-    let kvm = osvm_microvm::host::KvmProbe::probe();
+    let kvm = osvm_guest::host::KvmProbe::probe();
     if !kvm.kind.is_hardware() {
         assert!(events.contains("TCG: QEMU software emulation"), "{events}");
     }

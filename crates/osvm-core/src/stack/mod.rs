@@ -58,7 +58,7 @@ impl Stack {
     /// relative to `dir`, the stack file's directory.
     fn resolve_relative(&mut self, dir: &Path) {
         for c in &mut self.components {
-            if c.runtime == RuntimeKind::Unikernel && !c.command.starts_with('/') {
+            if c.runtime.kind() == RuntimeKind::Unikernel && !c.command.starts_with('/') {
                 c.command = dir.join(&c.command).display().to_string();
             }
         }
@@ -148,8 +148,9 @@ pub struct Component {
     pub name: String,
     /// What the component is.
     pub component_type: ComponentType,
-    /// Which runtime isolates it.
-    pub runtime: RuntimeKind,
+    /// Which runtime isolates it, with that runtime's settings.
+    #[serde(flatten, default)]
+    pub runtime: crate::launch::RuntimeSpec,
     /// The program to run.
     pub command: String,
     /// Its arguments.
@@ -204,12 +205,6 @@ pub struct Component {
     /// `fs.aio-max-nr` (default: refused).
     #[serde(default)]
     pub native_aio: bool,
-    /// Settings of the `microvm` runtime: accelerator, guest kernel, files in the image.
-    #[serde(default)]
-    pub microvm: crate::launch::VmOptions,
-    /// Settings of the `unikernel` runtime: launcher, accelerator, boot timeout, deadline.
-    #[serde(default)]
-    pub unikernel: crate::launch::UnikernelOptions,
     /// How osvm's MCP gateway reaches it: `Some` exactly for components of kind `mcp_server`
     /// (from `type` and the `mcp` table), `None` for every other kind.
     #[serde(default)]
@@ -387,7 +382,7 @@ impl Component {
 
     /// The isolation level its runtime provides.
     pub fn isolation_level(&self) -> IsolationLevel {
-        IsolationLevel::of_runtime(self.runtime)
+        IsolationLevel::of_runtime(self.runtime.kind())
     }
 
     /// What the runtime needs to start an instance of this component of stack `stack`.
@@ -410,8 +405,7 @@ impl Component {
             data: crate::launch::DataKind::Persistent,
             native_aio: self.native_aio,
             logs: crate::launch::LogLimits::default(),
-            microvm: self.microvm.clone(),
-            unikernel: self.unikernel.clone(),
+            runtime: self.runtime.clone(),
         }
     }
 }

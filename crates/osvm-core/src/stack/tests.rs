@@ -40,7 +40,7 @@ fn expected_full() -> Stack {
                     network: "devnet".into(),
                     bind_address: Some("0.0.0.0:8899".into()),
                 },
-                runtime: RuntimeKind::Process,
+                runtime: crate::launch::RuntimeSpec::Process,
                 command: "python3".into(),
                 args: vec!["-m".into(), "http.server".into(), "8899".into()],
                 env: vec![
@@ -92,8 +92,6 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 native_aio: false,
-                microvm: Default::default(),
-                unikernel: Default::default(),
                 mcp: None,
             },
             Component {
@@ -102,7 +100,7 @@ fn expected_full() -> Stack {
                     name: "filesystem".into(),
                     version: Some("1.0.0".into()),
                 },
-                runtime: RuntimeKind::Process,
+                runtime: crate::launch::RuntimeSpec::Process,
                 command: "/usr/bin/mcp-fs".into(),
                 args: vec![],
                 env: vec![],
@@ -132,8 +130,6 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 native_aio: false,
-                microvm: Default::default(),
-                unikernel: Default::default(),
                 mcp: Some(McpServerSpec {
                     name: "filesystem".into(),
                     version: Some("1.0.0".into()),
@@ -147,7 +143,7 @@ fn expected_full() -> Stack {
                     network: "devnet".into(),
                     identity: None,
                 },
-                runtime: RuntimeKind::MicroVm,
+                runtime: crate::launch::RuntimeSpec::microvm(),
                 command: "agave-validator".into(),
                 args: vec![],
                 env: vec![],
@@ -178,8 +174,6 @@ fn expected_full() -> Stack {
                 swap: Default::default(),
                 socket_activation: false,
                 native_aio: false,
-                microvm: Default::default(),
-                unikernel: Default::default(),
                 mcp: None,
             },
         ],
@@ -246,6 +240,34 @@ fn validated_stack_round_trips_through_json() {
 }
 
 #[test]
+fn a_component_carries_only_its_own_runtimes_settings_and_older_records_still_load() {
+    let text = "[stack]\nname = \"s\"\n[[component]]\nname = \"vm\"\ncommand = \"/bin/true\"\n\
+                runtime = \"microvm\"\nmicrovm = { accel = \"tcg\" }\n\
+                [[component]]\nname = \"p\"\ncommand = \"true\"\n";
+    let stack = parse(text, "s.toml").unwrap();
+    let vm = serde_json::to_value(&stack.components[0]).unwrap();
+    assert_eq!(vm["runtime"], "microvm");
+    assert_eq!(vm["microvm"]["accel"], "tcg");
+    assert!(vm.get("unikernel").is_none(), "{vm}");
+    let p = serde_json::to_value(&stack.components[1]).unwrap();
+    assert_eq!(p["runtime"], "process");
+    assert!(
+        p.get("microvm").is_none() && p.get("unikernel").is_none(),
+        "{p}"
+    );
+    // What a daemon before the typed runtime stored: the kind plus both settings blocks.
+    let mut old = p.clone();
+    old["microvm"] = serde_json::to_value(crate::launch::VmOptions::default()).unwrap();
+    old["unikernel"] = serde_json::to_value(crate::launch::UnikernelOptions::default()).unwrap();
+    let back: Component = serde_json::from_value(old).unwrap();
+    assert_eq!(back, stack.components[1]);
+    let mut old_vm = vm.clone();
+    old_vm["unikernel"] = serde_json::to_value(crate::launch::UnikernelOptions::default()).unwrap();
+    let back: Component = serde_json::from_value(old_vm).unwrap();
+    assert_eq!(back, stack.components[0]);
+}
+
+#[test]
 fn minimal_component_gets_documented_defaults() {
     let stack = parse(
         "[stack]\nname = \"s\"\n[[component]]\nname = \"a\"\ncommand = \"true\"\n",
@@ -267,7 +289,7 @@ fn minimal_component_gets_documented_defaults() {
     assert!(stack.policies.is_empty());
     let c = &stack.components[0];
     assert_eq!(c.component_type, ComponentType::Service { name: None });
-    assert_eq!(c.runtime, RuntimeKind::Process);
+    assert_eq!(c.runtime.kind(), RuntimeKind::Process);
     assert_eq!(c.isolation_level(), IsolationLevel::ProcessSandbox);
     assert_eq!(c.restart, RestartPolicy::OnFailure);
     assert_eq!(c.stop_grace, Duration::from_secs(10));

@@ -91,7 +91,7 @@ impl Engine {
 
     /// The runtime that runs unit `i`.
     pub(super) fn runtime_of(&self, i: usize) -> Result<Arc<dyn Runtime>, String> {
-        let kind = self.units[i].component.runtime;
+        let kind = self.units[i].component.runtime.kind();
         self.runtimes
             .get(&kind)
             .cloned()
@@ -196,7 +196,7 @@ impl Engine {
             EventKind::Booting,
             &format!(
                 "instance {id}: the {} runtime is starting it",
-                component.runtime
+                component.runtime.kind()
             ),
         );
         Ok(Booting { id, rx })

@@ -136,7 +136,7 @@ impl Engine {
                     probe_latency_ms: u.life.probe_latency.map(|d| d.as_secs_f64() * 1000.0),
                     swap: u.life.record.swap.clone(),
                     last_swap: u.life.record.last_swap.clone(),
-                    runtime: u.component.runtime,
+                    runtime: u.component.runtime.kind(),
                     vm: u
                         .instance
                         .as_ref()

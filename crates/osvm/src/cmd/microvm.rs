@@ -26,7 +26,7 @@ pub fn preflight(global: &Global, stack: &Stack) -> anyhow::Result<()> {
     let vms: Vec<_> = stack
         .components
         .iter()
-        .filter(|c| c.runtime == RuntimeKind::MicroVm)
+        .filter(|c| c.runtime.kind() == RuntimeKind::MicroVm)
         .collect();
     if vms.is_empty() {
         return Ok(());
@@ -121,7 +121,7 @@ pub fn image(global: &Global, command: ImageCommand) -> anyhow::Result<ExitCode>
     let targets: Vec<_> = stack
         .components
         .iter()
-        .filter(|c| c.runtime == RuntimeKind::MicroVm)
+        .filter(|c| c.runtime.kind() == RuntimeKind::MicroVm)
         .filter(|c| args.component.as_ref().is_none_or(|n| &c.name == n))
         .collect();
     if targets.is_empty() {

@@ -79,7 +79,7 @@ pub fn preflight(global: &Global, stack: &Stack) -> anyhow::Result<()> {
     let components: Vec<_> = stack
         .components
         .iter()
-        .filter(|c| c.runtime == RuntimeKind::Unikernel)
+        .filter(|c| c.runtime.kind() == RuntimeKind::Unikernel)
         .collect();
     if components.is_empty() {
         return Ok(());

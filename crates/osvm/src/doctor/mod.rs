@@ -41,7 +41,7 @@ use identity::identity_checks;
 use landlock::landlock_check;
 use namespaces::namespace_checks;
 use network::nft_checks;
-use osvm_microvm::host::KvmProbe;
+use osvm_guest::host::KvmProbe;
 use privileges::privilege_checks;
 use seccomp::seccomp_checks;
 use storage::storage_checks;

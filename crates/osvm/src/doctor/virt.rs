@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use osvm_microvm::host::{Accel, AccelChoice, KvmKind, KvmProbe, resolve_accel, tsc_khz};
+use osvm_guest::host::{Accel, AccelChoice, KvmKind, KvmProbe, resolve_accel, tsc_khz};
 use osvm_microvm::kernel::Kernel;
 
 use super::command::{COMMAND_TIMEOUT, run_command};

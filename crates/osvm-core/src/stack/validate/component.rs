@@ -425,7 +425,11 @@ pub(super) fn component(
     Ok(Component {
         name: name.into_inner(),
         component_type,
-        runtime,
+        runtime: match runtime {
+            RuntimeKind::Process => crate::launch::RuntimeSpec::Process,
+            RuntimeKind::MicroVm => crate::launch::RuntimeSpec::MicroVm { microvm },
+            RuntimeKind::Unikernel => crate::launch::RuntimeSpec::Unikernel { unikernel },
+        },
         command: command.into_inner(),
         args,
         env,
@@ -446,8 +450,6 @@ pub(super) fn component(
         swap,
         socket_activation,
         native_aio,
-        microvm,
-        unikernel,
         mcp,
     })
 }
