@@ -133,6 +133,14 @@ impl RuntimeSpec {
         }
     }
 
+    /// The error of component `name`'s spec of this kind handed to the `runtime` runtime.
+    pub fn given_to(&self, name: &str, runtime: crate::RuntimeKind) -> crate::RuntimeError {
+        crate::RuntimeError::InvalidSpec(format!(
+            "{name}: a {} spec given to the {runtime} runtime",
+            self.kind()
+        ))
+    }
+
     /// The unikernel settings, when this is a unikernel.
     pub fn unikernel_options(&self) -> Option<&UnikernelOptions> {
         match self {

@@ -9,6 +9,8 @@
 //! - [`qemu`]: the QEMU command line and QMP;
 //! - [`runtime`]: the runtime itself, QEMU and the backend each confined by the process sandbox.
 
+#![forbid(unsafe_code)]
+
 pub mod image;
 pub mod kernel;
 pub mod qemu;

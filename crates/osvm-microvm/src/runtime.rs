@@ -1045,11 +1045,7 @@ impl Runtime for MicroVmRuntime {
 
 /// The microVM settings of `spec`, which must be a microVM's.
 fn options(spec: &LaunchSpec) -> Result<&osvm_core::VmOptions, RuntimeError> {
-    spec.runtime.vm_options().ok_or_else(|| {
-        RuntimeError::InvalidSpec(format!(
-            "{}: a {} spec given to the microvm runtime",
-            spec.name,
-            spec.runtime.kind()
-        ))
-    })
+    spec.runtime
+        .vm_options()
+        .ok_or_else(|| spec.runtime.given_to(&spec.name, RuntimeKind::MicroVm))
 }

@@ -910,13 +910,9 @@ impl Runtime for UnikernelRuntime {
 
 /// The unikernel settings of `spec`, which must be a unikernel's.
 fn options(spec: &LaunchSpec) -> Result<&osvm_core::UnikernelOptions, RuntimeError> {
-    spec.runtime.unikernel_options().ok_or_else(|| {
-        RuntimeError::InvalidSpec(format!(
-            "{}: a {} spec given to the unikernel runtime",
-            spec.name,
-            spec.runtime.kind()
-        ))
-    })
+    spec.runtime
+        .unikernel_options()
+        .ok_or_else(|| spec.runtime.given_to(&spec.name, RuntimeKind::Unikernel))
 }
 
 #[cfg(test)]
