@@ -79,6 +79,11 @@ impl From<EngineError> for ApiError {
             EngineError::Store(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
             }
+            EngineError::Start(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "start_failed",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -319,7 +324,7 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respons
     let components = stack.components.len();
     ask(&shared, |tx| Command::Apply(Box::new(stack), tx))
         .await?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "stack": name, "components": components })),
@@ -480,7 +485,7 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let existed = ask(&shared, |tx| Command::Remove(name.clone(), tx))
         .await?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     if existed {
         Ok((
             StatusCode::ACCEPTED,

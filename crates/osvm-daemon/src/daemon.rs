@@ -55,9 +55,9 @@ pub enum DaemonError {
 /// A request for the engine thread.
 pub enum Command {
     /// Apply a stack.
-    Apply(Box<Stack>, oneshot::Sender<Result<(), String>>),
+    Apply(Box<Stack>, oneshot::Sender<Result<(), StoreError>>),
     /// Remove a stack; answers whether it existed.
-    Remove(String, oneshot::Sender<Result<bool, String>>),
+    Remove(String, oneshot::Sender<Result<bool, StoreError>>),
     /// Change a stack's policy.
     Policy(
         String,
@@ -200,10 +200,10 @@ fn engine_loop(
 fn handle(engine: &mut Engine, cmd: Command) {
     match cmd {
         Command::Apply(stack, reply) => {
-            let _ = reply.send(engine.apply(*stack).map_err(|e| e.to_string()));
+            let _ = reply.send(engine.apply(*stack));
         }
         Command::Remove(name, reply) => {
-            let _ = reply.send(engine.remove_stack(&name).map_err(|e| e.to_string()));
+            let _ = reply.send(engine.remove_stack(&name));
         }
         Command::Policy(stack, edit, reply) => {
             let _ = reply.send(engine.edit_policy(&stack, edit));

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use osvm_core::{Conn, Endpoint, Instance};
 
+use crate::health::ProbeError;
+
 /// A running instance.
 pub struct Workload {
     inst: Box<dyn Instance>,
@@ -39,8 +41,13 @@ impl Workload {
     }
 
     /// A connection to TCP `port` of the instance, through its endpoint.
-    pub fn connect(&self, port: u16, timeout: Duration) -> Result<Box<dyn Conn>, String> {
-        match self.inst.endpoint().map_err(|e| e.to_string())? {
+    pub fn connect(&self, port: u16, timeout: Duration) -> Result<Box<dyn Conn>, ProbeError> {
+        let unreachable = |reason: String| ProbeError::Connect { port, reason };
+        match self
+            .inst
+            .endpoint()
+            .map_err(|e| unreachable(e.to_string()))?
+        {
             Endpoint::Namespace(netns) => {
                 crate::health::connect_in(&netns, port, timeout).map(|c| Box::new(c) as _)
             }
@@ -49,19 +56,18 @@ impl Workload {
                     .hub
                     .as_ref()
                     .ok_or("the hub network is not up")
-                    .and_then(|p| {
-                        std::fs::File::open(p).map_err(|_| "the hub namespace is gone")
-                    })?;
+                    .and_then(|p| std::fs::File::open(p).map_err(|_| "the hub namespace is gone"))
+                    .map_err(|e| unreachable(e.into()))?;
                 crate::health::connect_to_in(&hub, std::net::SocketAddrV4::new(addr, port), timeout)
                     .map(|c| Box::new(c) as _)
             }
             Endpoint::Runtime => self
                 .inst
                 .connect(port, timeout)
-                .map_err(|e| format!("connect to port {port}: {e}")),
-            Endpoint::Unreachable => {
-                Err("the instance has no network (only hub stacks give a guest one)".into())
-            }
+                .map_err(|e| unreachable(e.to_string())),
+            Endpoint::Unreachable => Err(unreachable(
+                "the instance has no network (only hub stacks give a guest one)".into(),
+            )),
         }
     }
 }

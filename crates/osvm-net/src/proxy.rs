@@ -52,7 +52,26 @@ pub trait Authorize: Send + Sync {
     fn authorize(&self, spiffe_id: &str) -> Decision;
 }
 
-type Build<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
+/// Why a value built from files (a proxy's TLS configuration) could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The files do not make a TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] osvm_pki::tls::TlsError),
+    /// A fixed value is never rebuilt.
+    #[error("a fixed value is never rebuilt")]
+    Fixed,
+}
+
+type Build<T> = Box<dyn Fn() -> Result<T, ReloadError> + Send + Sync>;
 
 /// What identifies a file's content without reading it: inode, size, modification time.
 type Stamp = Option<(u64, u64, i64, i64)>;
@@ -69,7 +88,7 @@ impl<T> Reloading<T> {
     /// Builds with `build`, again whenever a file in `watch` changes.
     pub fn new(
         watch: Vec<PathBuf>,
-        build: impl Fn() -> Result<T, String> + Send + Sync + 'static,
+        build: impl Fn() -> Result<T, ReloadError> + Send + Sync + 'static,
     ) -> Self {
         Self {
             watch,
@@ -86,13 +105,13 @@ impl<T> Reloading<T> {
         let value = Arc::new(value);
         Self {
             watch: Vec::new(),
-            build: Box::new(|| Err("fixed value".into())),
+            build: Box::new(|| Err(ReloadError::Fixed)),
             cache: Mutex::new(Some((Vec::new(), value))),
         }
     }
 
     /// The current value: the cached one if no watched file changed since it was built.
-    pub fn get(&self) -> Result<Arc<T>, String> {
+    pub fn get(&self) -> Result<Arc<T>, ReloadError> {
         let stamps: Vec<_> = self
             .watch
             .iter()
@@ -202,12 +221,21 @@ pub struct ProxyHost {
     listeners: BTreeMap<SocketAddr, (tokio::task::AbortHandle, Arc<Counters>)>,
 }
 
-type Started = Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), String>;
+type Started = Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), ThreadError>;
 
-fn enter_netns(path: &Path) -> Result<(), String> {
-    crate::netns::open(path)
-        .and_then(crate::netns::enter)
-        .map_err(|e| e.to_string())
+/// Why the proxy thread did not start.
+#[derive(Debug, thiserror::Error)]
+enum ThreadError {
+    /// Its network namespace could not be entered.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    /// Its async runtime could not be made.
+    #[error("tokio runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn enter_netns(path: &Path) -> Result<(), ThreadError> {
+    Ok(crate::netns::open(path).and_then(crate::netns::enter)?)
 }
 
 impl ProxyHost {
@@ -227,7 +255,7 @@ impl ProxyHost {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .map_err(|e| format!("tokio runtime: {e}"))
+                        .map_err(ThreadError::Runtime)
                 });
                 match runtime {
                     Ok(runtime) => {
@@ -246,7 +274,7 @@ impl ProxyHost {
         let (handle, stop) = rx
             .recv()
             .map_err(|_| fail("the thread ended before starting".into()))?
-            .map_err(fail)?;
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Self {
             handle,
             stop: Some(stop),
@@ -482,7 +510,7 @@ fn from_files<T: 'static>(
         .chain(crls.iter().cloned())
         .collect();
     Reloading::new(watch, move || {
-        make(&read_material(&dir, &crls, &domain)?).map_err(|e| e.to_string())
+        Ok(make(&read_material(&dir, &crls, &domain)?)?)
     })
 }
 
@@ -490,8 +518,13 @@ fn read_material(
     dir: &Path,
     crls: &[PathBuf],
     trust_domain: &str,
-) -> Result<osvm_pki::tls::Material, String> {
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+) -> Result<osvm_pki::tls::Material, ReloadError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| ReloadError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let mut crl_pem = String::new();
     for (i, path) in crls.iter().enumerate() {
         match read(path) {

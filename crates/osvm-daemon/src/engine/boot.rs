@@ -4,7 +4,49 @@
 //! engine polls, so a VM boot or a unikernel image build never holds the engine.
 
 use super::mcp::stdio_pipes;
+use super::trust::IdentityError;
 use super::*;
+use crate::network::NetPlaneError;
+
+/// Why a new instance could not be started (a start, or a swap's new instance).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No runtime of the component's kind was given to this engine.
+    #[error("unavailable: this daemon has no {0} runtime")]
+    NoRuntime(RuntimeKind),
+    /// Its identity could not be issued.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Its stack's hub could not be joined.
+    #[error("unavailable: the hub network: {0}")]
+    Hub(NetPlaneError),
+    /// A swap's slot beside the running instance could not be made.
+    #[error("{0}")]
+    NextSlot(NetPlaneError),
+    /// A swap of a component whose hub is gone.
+    #[error("the hub network is not up (the component never started on it)")]
+    HubDown,
+    /// Its listening sockets could not be made or taken back.
+    #[error("the listening sockets: {0}")]
+    Listeners(NetPlaneError),
+    /// Socket activation outside the hub.
+    #[error(
+        "unavailable: socket_activation needs the hub network (network = \"hub\"), where osvm \
+         makes the component's namespace before it starts"
+    )]
+    SocketsWithoutHub,
+    /// An MCP server's stdio channel could not be made.
+    #[error("make the MCP stdio pipes: {0}")]
+    Pipes(std::io::Error),
+    /// The thread that starts it could not be made.
+    #[error("start a thread for instance {id}: {source}")]
+    Thread {
+        /// The instance.
+        id: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
 
 /// A start that finishes on another thread: every start and every swap's new instance (a
 /// process starts in milliseconds, a VM boots for seconds, a unikernel image may be built
@@ -85,17 +127,17 @@ impl Engine {
         let component = self.units[i].component.clone();
         match self.boot(i, &component, Slot::Own, now) {
             Ok(booting) => self.units[i].booting = Some(booting),
-            Err(e) => self.start_failed(i, now, e),
+            Err(e) => self.start_failed(i, now, e.to_string()),
         }
     }
 
     /// The runtime that runs unit `i`.
-    pub(super) fn runtime_of(&self, i: usize) -> Result<Arc<dyn Runtime>, String> {
+    pub(super) fn runtime_of(&self, i: usize) -> Result<Arc<dyn Runtime>, StartError> {
         let kind = self.units[i].component.runtime.kind();
         self.runtimes
             .get(&kind)
             .cloned()
-            .ok_or_else(|| format!("unavailable: this daemon has no {kind} runtime"))
+            .ok_or(StartError::NoRuntime(kind))
     }
 
     /// The one boot path of starts and swaps: prepares unit `i`'s next instance as `component`
@@ -108,7 +150,7 @@ impl Engine {
         component: &Component,
         slot: Slot,
         now: Instant,
-    ) -> Result<Booting, String> {
+    ) -> Result<Booting, StartError> {
         let runtime = self.runtime_of(i)?;
         let stack = self.stack_of(i).clone();
         let mut spec = component.launch_spec(&stack.name);
@@ -117,25 +159,20 @@ impl Engine {
         let on_hub = stack.network == osvm_core::stack::StackNetwork::Hub;
         match slot {
             Slot::Own if on_hub => {
-                let (netns, hosts) = self
-                    .join_hub(i)
-                    .map_err(|e| format!("unavailable: the hub network: {e}"))?;
+                let (netns, hosts) = self.join_hub(i).map_err(StartError::Hub)?;
                 spec.netns = Some(netns);
                 spec.hosts = hosts;
             }
             Slot::Own => {}
             Slot::Next { socket } => {
                 let stacks = self.stacks.clone();
-                let plane = self
-                    .net
-                    .as_mut()
-                    .ok_or("the hub network is not up (the component never started on it)")?;
+                let plane = self.net.as_mut().ok_or(StartError::HubDown)?;
                 let netns = if socket {
                     plane.join(&stack.name, &component.name).map(|(p, _)| p)
                 } else {
                     plane.prepare_next(&stacks, &stack.name, &component.name)
                 };
-                spec.netns = Some(netns.map_err(|e| e.to_string())?);
+                spec.netns = Some(netns.map_err(StartError::NextSlot)?);
                 spec.hosts = plane.hosts(&stack);
             }
         }
@@ -148,7 +185,7 @@ impl Engine {
             match self.mcp.clone() {
                 Some(gw) => {
                     let ((in_r, in_w), (out_r, out_w)) =
-                        stdio_pipes().map_err(|e| format!("make the MCP stdio pipes: {e}"))?;
+                        stdio_pipes().map_err(StartError::Pipes)?;
                     wiring.stdin = Some(in_r);
                     wiring.stdout = Some(out_w);
                     let server = component.mcp.as_ref().map(|m| m.name.clone());
@@ -183,13 +220,9 @@ impl Engine {
                 }
                 let _ = tx.send(started.map(|inst| Workload::new(inst, hub)));
             })
-            .map_err(|e| {
-                if slot == Slot::Own {
-                    // The intent was recorded: the failure is the start's.
-                    format!("start a thread for instance {thread_id}: {e}")
-                } else {
-                    format!("start a thread for the new instance: {e}")
-                }
+            .map_err(|source| StartError::Thread {
+                id: thread_id,
+                source,
             })?;
         self.emit(
             i,

@@ -3,6 +3,7 @@
 //! activated components keep their listening sockets, and the hub goes with its last stack.
 
 use super::*;
+use crate::network::NetPlaneError;
 
 impl Engine {
     /// Recomputes the hub's ruleset from every hub stack (when the hub is in use) and logs
@@ -120,10 +121,9 @@ impl Engine {
     pub(super) fn join_hub(
         &mut self,
         i: usize,
-    ) -> Result<(std::path::PathBuf, Vec<(String, String)>), String> {
+    ) -> Result<(std::path::PathBuf, Vec<(String, String)>), NetPlaneError> {
         if self.net.is_none() {
-            let plane = crate::network::NetPlane::open(&self.runtime.config().state_dir)
-                .map_err(|e| e.to_string())?;
+            let plane = crate::network::NetPlane::open(&self.runtime.config().state_dir)?;
             self.net = Some(plane);
         }
         let stack = self.stack_of(i).clone();
@@ -132,9 +132,7 @@ impl Engine {
         let mut own = None;
         let mut joined = false;
         for c in &stack.components {
-            let (path, new) = plane
-                .join(&stack.name, &c.name)
-                .map_err(|e| e.to_string())?;
+            let (path, new) = plane.join(&stack.name, &c.name)?;
             joined |= new;
             if c.name == name {
                 own = Some(path);
@@ -143,9 +141,10 @@ impl Engine {
         let hosts = plane.hosts(&stack);
         if joined {
             // New members: the ruleset must know them before the component starts.
-            self.apply_network().map_err(|e| e.to_string())?;
+            self.apply_network()?;
         }
-        let own = own.ok_or_else(|| format!("component {name} is not in its stack"))?;
+        let own =
+            own.ok_or_else(|| NetPlaneError::NotOnHub(format!("{name} is not in its stack")))?;
         Ok((own, hosts))
     }
 
@@ -166,7 +165,7 @@ impl Engine {
         &mut self,
         i: usize,
         running: Option<&Workload>,
-    ) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+    ) -> Result<Vec<std::os::fd::OwnedFd>, StartError> {
         let running = running.map(|w| &**w);
         let c = &self.units[i].component;
         if !c.socket_activation {
@@ -177,11 +176,9 @@ impl Engine {
             c.name.clone(),
             c.listen.clone(),
         );
-        match self.net.as_mut() {
-            Some(plane) => plane
-                .listeners(&stack, &name, &ports, running)
-                .map_err(|e| format!("the listening sockets: {e}")),
-            None => Err("unavailable: socket_activation needs the hub network (network = \"hub\"), where osvm makes the component's namespace before it starts".into()),
-        }
+        let plane = self.net.as_mut().ok_or(StartError::SocketsWithoutHub)?;
+        plane
+            .listeners(&stack, &name, &ports, running)
+            .map_err(StartError::Listeners)
     }
 }

@@ -50,8 +50,10 @@ mod trust;
 mod unit;
 mod views;
 
+pub use boot::StartError;
 use boot::{Booting, Slot};
 use mcp::stdio_mcp;
+pub use trust::IdentityError;
 use trust::{CA_CHECK_EVERY, HOUSEKEEPING_EVERY};
 pub use views::{ComponentView, Health};
 
@@ -130,6 +132,9 @@ pub enum EngineError {
     /// The change could not be stored.
     #[error("{0}")]
     Store(String),
+    /// A new instance could not be started (a swap's).
+    #[error("the new instance cannot start: {0}")]
+    Start(#[from] StartError),
 }
 
 /// A change to a stack's policy made through the API.
@@ -272,7 +277,7 @@ impl Engine {
                         if let Some(inst) = engine.units[i].instance.clone()
                             && let Err(e) = engine.listeners_for(i, Some(&inst))
                         {
-                            engine.note(EventKind::NetworkFailed, &e);
+                            engine.note(EventKind::NetworkFailed, &e.to_string());
                         }
                     }
                     let stacks = engine.stacks.clone();

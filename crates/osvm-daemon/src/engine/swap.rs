@@ -279,7 +279,7 @@ impl Engine {
         let now = Instant::now();
         let booting = self
             .boot(i, &component, Slot::Next { socket }, now)
-            .map_err(EngineError::Invalid)?;
+            .map_err(EngineError::Start)?;
         let id = booting.id.clone();
         plan.new_instance = Some(id.clone());
         self.units[i].life.record.swap = Some(SwapRecord {

@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// Why a component's identity could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The host uid that owns its key could not be found.
+    #[error("identity: {0}")]
+    Owner(osvm_core::RuntimeError),
+    /// The CA could not issue or write it.
+    #[error("identity: {0}")]
+    Pki(#[from] osvm_pki::PkiError),
+}
+
 /// How often CA rotations under way are followed.
 pub(super) const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
@@ -148,7 +159,7 @@ impl Engine {
         i: usize,
         now: Instant,
         renewal: bool,
-    ) -> Result<Delivered, String> {
+    ) -> Result<Delivered, IdentityError> {
         let stack = self.stack_of(i).clone();
         let name = self.units[i].component.name.clone();
         let state_dir = self.runtime.config().state_dir.clone();
@@ -156,10 +167,9 @@ impl Engine {
         let uid = self
             .runtime
             .component_ids(&stack.name, &name)
-            .map_err(|e| format!("identity: {e}"))?
+            .map_err(IdentityError::Owner)?
             .host_base;
-        let delivered = identity::deliver(&state_dir, &stack, &name, uid)
-            .map_err(|e| format!("identity: {e}"))?;
+        let delivered = identity::deliver(&state_dir, &stack, &name, uid)?;
         if delivered.created_ca {
             self.emit(
                 i,

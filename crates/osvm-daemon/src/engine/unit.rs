@@ -27,6 +27,7 @@ use osvm_core::stack::{Component, HealthCheck, RestartPolicy, Stack};
 
 use super::policy::{self, AfterExit, ExitFacts, Restart, StopReason};
 use super::{Health, human_duration};
+use crate::health::ProbeResult;
 use crate::store::{ComponentRecord, EventKind, Intent};
 
 /// The settings that govern a component's lifecycle: its own and its stack's.
@@ -155,7 +156,7 @@ pub enum Observation {
         how: Option<String>,
     },
     /// The probe in flight returned.
-    Probe(Result<String, String>),
+    Probe(ProbeResult),
     /// Something outside the health check found the instance broken (the MCP gateway).
     Broken(String),
     /// `osvm start`.
@@ -483,7 +484,7 @@ impl Machine<'_> {
         self.lc.kill_at.is_some() || self.lc.record.status == ComponentStatus::Stopping
     }
 
-    fn probed(&mut self, result: Result<String, String>) {
+    fn probed(&mut self, result: ProbeResult) {
         let Some(began) = self.lc.probing.take() else {
             return; // cancelled: a stop was requested meanwhile
         };
@@ -517,7 +518,7 @@ impl Machine<'_> {
                     Health::Failing(n, _) => n + 1,
                     _ => 1,
                 };
-                self.lc.health = Health::Failing(n, reason.clone());
+                self.lc.health = Health::Failing(n, reason.to_string());
                 if n >= check.retries {
                     self.emit(
                         EventKind::Unhealthy,

@@ -166,6 +166,12 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::ProbeError;
+
+    /// A failed probe that says `why`.
+    fn fail(why: &str) -> ProbeError {
+        ProbeError::Runtime(why.into())
+    }
 
     const S: Duration = Duration::from_secs(1);
 
@@ -268,7 +274,7 @@ mod tests {
         c.p.decide(Seen::Nothing, c.at(0));
         c.p.decide(Seen::Probe(Ok("ok".into())), c.at(0));
         c.p.decide(Seen::Nothing, c.at(1));
-        let m = c.p.decide(Seen::Probe(Err("refused".into())), c.at(1));
+        let m = c.p.decide(Seen::Probe(Err(fail("refused"))), c.at(1));
         assert_eq!(m, Move::Wait, "no rollback before the switch");
         assert_eq!(c.p.ready_since, None);
         assert_eq!(c.run_healthy(2), (Move::Switch(0), 5));
@@ -297,7 +303,7 @@ mod tests {
         for t in 0..=60 {
             let now = c.at(t);
             if c.p.decide(Seen::Nothing, now) == Move::Probe {
-                c.p.decide(Seen::Probe(Err("refused".into())), now);
+                c.p.decide(Seen::Probe(Err(fail("refused"))), now);
             }
         }
         assert_eq!(
@@ -328,7 +334,7 @@ mod tests {
         let (_, t) = c.run_healthy(0);
         c.p.switched(0, c.at(t));
         c.p.decide(Seen::Nothing, c.at(t + 1));
-        let m = c.p.decide(Seen::Probe(Err("HTTP 500".into())), c.at(t + 1));
+        let m = c.p.decide(Seen::Probe(Err(fail("HTTP 500"))), c.at(t + 1));
         assert_eq!(
             m,
             Move::RollBack("the new instance failed its check after the switch: HTTP 500".into())
@@ -342,7 +348,7 @@ mod tests {
         let (_, t) = c.run_healthy(0);
         c.p.switched(0, c.at(t));
         c.p.decide(Seen::Nothing, c.at(t + 1));
-        let m = c.p.decide(Seen::Probe(Err("HTTP 500".into())), c.at(t + 1));
+        let m = c.p.decide(Seen::Probe(Err(fail("HTTP 500"))), c.at(t + 1));
         assert_eq!(m, Move::Wait);
         assert_eq!(c.p.ready_since, None);
         // The next pass counts again; the step is held from the switch on.

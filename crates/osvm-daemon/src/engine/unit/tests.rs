@@ -1,7 +1,13 @@
 //! The lifecycle machine driven by hand with a fake clock: no process, no root, no sleep.
 
 use super::*;
+use crate::health::ProbeError;
 use osvm_core::stack::HealthProbe;
+
+/// A failed probe that says `why`.
+fn fail(why: &str) -> ProbeError {
+    ProbeError::Runtime(why.into())
+}
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -420,7 +426,7 @@ fn retries_failed_probes_in_a_row_stop_the_instance_as_unhealthy() {
     let mut out = Vec::new();
     for n in 0..3 {
         sim.at(f64::from(n) * 2.0).tick();
-        out = sim.see(Observation::Probe(Err("connection refused".into())));
+        out = sim.see(Observation::Probe(Err(fail("connection refused"))));
     }
     assert_eq!(
         sim.lc.health,
@@ -443,7 +449,7 @@ fn an_unhealthy_instance_that_ends_cleanly_still_counts_as_failed() {
     });
     sim.tick_and_start();
     sim.tick();
-    sim.see(Observation::Probe(Err("500".into())));
+    sim.see(Observation::Probe(Err(fail("500"))));
     let out = sim.at(1.0).exit(signalled(15));
     assert_eq!(
         Sim::detail(&out, EventKind::Exited),
@@ -458,11 +464,11 @@ fn a_pass_between_failures_resets_the_count() {
     let mut sim = Sim::with_health(check());
     sim.tick_and_start();
     for (t, r) in [
-        (0.0, Err("x".to_string())),
-        (2.0, Err("x".to_string())),
-        (4.0, Ok("ok".to_string())),
-        (6.0, Err("x".to_string())),
-        (8.0, Err("x".to_string())),
+        (0.0, Err(fail("x"))),
+        (2.0, Err(fail("x"))),
+        (4.0, Ok("ok".into())),
+        (6.0, Err(fail("x"))),
+        (8.0, Err(fail("x"))),
     ] {
         sim.at(t).tick();
         sim.see(Observation::Probe(r));
@@ -478,7 +484,7 @@ fn recovering_from_failing_is_announced() {
     sim.tick();
     sim.see(Observation::Probe(Ok("ok".into())));
     sim.at(2.0).tick();
-    sim.see(Observation::Probe(Err("slow".into())));
+    sim.see(Observation::Probe(Err(fail("slow"))));
     sim.at(4.0).tick();
     let out = sim.see(Observation::Probe(Ok("ok again".into())));
     assert_eq!(Sim::events(&out), vec![EventKind::Healthy]);
@@ -493,11 +499,11 @@ fn failures_in_the_start_period_do_not_count() {
     });
     sim.tick_and_start();
     sim.at(1.0).tick();
-    let out = sim.see(Observation::Probe(Err("not yet".into())));
+    let out = sim.see(Observation::Probe(Err(fail("not yet"))));
     assert!(out.is_empty());
     assert_eq!(sim.lc.health, Health::Pending);
     sim.at(5.0).tick();
-    sim.see(Observation::Probe(Err("still not".into())));
+    sim.see(Observation::Probe(Err(fail("still not"))));
     assert_eq!(sim.status(), ComponentStatus::Stopping);
 }
 
@@ -509,7 +515,7 @@ fn ready_within_stops_the_instance_and_fails_the_component_for_good() {
     });
     sim.tick_and_start();
     sim.at(0.0).tick();
-    sim.see(Observation::Probe(Err("starting".into())));
+    sim.see(Observation::Probe(Err(fail("starting"))));
     let out = sim.at(30.5).tick();
     assert_eq!(
         Sim::detail(&out, EventKind::NeverReady),
@@ -546,7 +552,7 @@ fn a_probe_result_after_a_stop_request_is_ignored() {
     sim.tick();
     let out = sim.see(Observation::StopRequested);
     assert!(out.contains(&Action::CancelProbe));
-    let out = sim.see(Observation::Probe(Err("refused".into())));
+    let out = sim.see(Observation::Probe(Err(fail("refused"))));
     assert!(out.is_empty());
     assert_eq!(sim.lc.health, Health::Pending);
 }
@@ -657,7 +663,7 @@ fn unhealthy_then_replace_keeps_the_stronger_reason() {
     });
     sim.tick_and_start();
     sim.tick();
-    sim.see(Observation::Probe(Err("down".into())));
+    sim.see(Observation::Probe(Err(fail("down"))));
     sim.see(Observation::Changed);
     assert_eq!(sim.lc.stop_reason, Some(StopReason::Replace));
     sim.exit(signalled(15));
