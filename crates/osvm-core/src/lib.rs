@@ -19,6 +19,6 @@ pub use launch::{
     RuntimeSpec, UnikernelOptions, VmOptions,
 };
 pub use runtime::{
-    Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, Runtime,
+    Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, Progress, Runtime,
     RuntimeError, RuntimeKind, Wiring,
 };

@@ -217,10 +217,32 @@ pub struct ExecResult {
     pub stderr: Vec<u8>,
 }
 
+/// What slow work reports while it runs (library crates do not print; the CLI does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A step begins or ends, in words.
+    Step(String),
+    /// A line a tool (cargo, apt) printed.
+    Tool(String),
+}
+
 /// Starts instances of one kind of isolation.
 pub trait Runtime: Send + Sync {
     /// Which runtime this is.
     fn kind(&self) -> RuntimeKind;
+
+    /// Checks that `spec` can start here and does the slow one-time work its starts need (a
+    /// guest image built), reporting `progress`: what `osvm up` runs for every component
+    /// before it starts anything, so that a host that cannot run one says so at once. Nothing
+    /// to do by default.
+    fn prepare(
+        &self,
+        spec: &LaunchSpec,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), RuntimeError> {
+        let _ = (spec, progress);
+        Ok(())
+    }
 
     /// Starts one instance as `wiring.id`. Returns once the workload has been exec'd inside
     /// its confinement, or the guest is ready (or fails, naming the step that failed). Never

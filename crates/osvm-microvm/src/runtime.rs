@@ -1041,6 +1041,14 @@ impl Runtime for MicroVmRuntime {
     fn stop_leftovers(&self, id: &str) {
         MicroVmRuntime::stop_leftovers(self, id);
     }
+
+    fn prepare(
+        &self,
+        spec: &LaunchSpec,
+        _progress: &mut dyn FnMut(osvm_core::Progress),
+    ) -> Result<(), RuntimeError> {
+        self.preflight(spec)
+    }
 }
 
 /// The microVM settings of `spec`, which must be a microVM's.

@@ -161,7 +161,7 @@ impl UnikernelRuntime {
 
     /// The image for `spec` (built if it names a crate whose build is not stored) and, for
     /// QEMU, the loader: also what `osvm up` checks before it starts anything.
-    pub fn prepare(
+    pub fn prepare_image(
         &self,
         spec: &LaunchSpec,
         launcher: Launcher,
@@ -203,7 +203,7 @@ impl UnikernelRuntime {
     ) -> Result<UnikernelInstance, RuntimeError> {
         let t0 = Instant::now();
         let choice = self.choose(spec)?;
-        let (image, loader) = self.prepare(spec, choice.launcher, &mut |p| match p {
+        let (image, loader) = self.prepare_image(spec, choice.launcher, &mut |p| match p {
             Progress::Step(s) => tracing::debug!(instance = id, "{s}"),
             Progress::Tool(s) => tracing::debug!(instance = id, "{s}"),
         })?;
@@ -905,6 +905,16 @@ impl Runtime for UnikernelRuntime {
 
     fn stop_leftovers(&self, id: &str) {
         UnikernelRuntime::stop_leftovers(self, id);
+    }
+
+    fn prepare(
+        &self,
+        spec: &LaunchSpec,
+        progress: &mut dyn FnMut(osvm_core::Progress),
+    ) -> Result<(), RuntimeError> {
+        let choice = self.choose(spec)?;
+        self.prepare_image(spec, choice.launcher, progress)
+            .map(|_| ())
     }
 }
 

@@ -5,14 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// What a build reports while it works (library crates do not print; the CLI does).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    /// A step begins or ends, in words.
-    Step(String),
-    /// A line a tool (cargo) printed.
-    Tool(String),
-}
+pub use osvm_core::Progress;
 
 /// What can go wrong in a build.
 #[derive(Debug, thiserror::Error)]

@@ -94,6 +94,25 @@ struct Unit {
 /// The runtimes an engine starts instances with, by kind.
 pub type Runtimes = BTreeMap<RuntimeKind, Arc<dyn Runtime>>;
 
+/// osvm's runtimes, each confining what it runs with `sandbox` (a guest's emulator too).
+pub fn runtimes(sandbox: Arc<SandboxRuntime>) -> Runtimes {
+    let state_dir = sandbox.config().state_dir.clone();
+    BTreeMap::from([
+        (RuntimeKind::Process, sandbox.clone() as Arc<dyn Runtime>),
+        (
+            RuntimeKind::MicroVm,
+            Arc::new(MicroVmRuntime::new(
+                sandbox.clone(),
+                MicroVmConfig::new(state_dir.clone()),
+            )) as _,
+        ),
+        (
+            RuntimeKind::Unikernel,
+            Arc::new(UnikernelRuntime::new(sandbox, state_dir)) as _,
+        ),
+    ])
+}
+
 impl Unit {
     /// A unit for `component` with `record`, `due` to start (or not).
     fn new(component: Component, record: ComponentRecord, due: Option<Instant>) -> Self {
@@ -177,22 +196,7 @@ impl Engine {
     /// Opens the engine on `store`, re-adopting whatever a previous engine left running.
     pub fn open(runtime: SandboxRuntime, store: Arc<Store>) -> Result<Self, StoreError> {
         let runtime = Arc::new(runtime);
-        let state_dir = runtime.config().state_dir.clone();
-        let runtimes: Runtimes = BTreeMap::from([
-            (RuntimeKind::Process, runtime.clone() as Arc<dyn Runtime>),
-            (
-                RuntimeKind::MicroVm,
-                Arc::new(MicroVmRuntime::new(
-                    runtime.clone(),
-                    MicroVmConfig::new(state_dir.clone()),
-                )) as _,
-            ),
-            (
-                RuntimeKind::Unikernel,
-                Arc::new(UnikernelRuntime::new(runtime.clone(), state_dir)) as _,
-            ),
-        ]);
-        Self::open_with(runtime, runtimes, store)
+        Self::open_with(runtime.clone(), runtimes(runtime), store)
     }
 
     /// [`Engine::open`] with the runtimes given: `sandbox` keeps the state and allocates the

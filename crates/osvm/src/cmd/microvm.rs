@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use osvm_core::RuntimeKind;
-use osvm_core::stack::Stack;
 use osvm_microvm::kernel::{self, Kernel, Progress};
 use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
 use serde_json::json;
@@ -18,34 +17,6 @@ fn runtime(global: &Global) -> anyhow::Result<MicroVmRuntime> {
     let sandbox = Arc::new(sandbox_runtime(global)?);
     let config = MicroVmConfig::new(sandbox.config().state_dir.clone());
     Ok(MicroVmRuntime::new(sandbox, config))
-}
-
-/// Fails (as a setup error, exit 3) when a microVM component of `stack` cannot start here:
-/// an unusable accelerator, no kernel, no agent, missing tools.
-pub fn preflight(global: &Global, stack: &Stack) -> anyhow::Result<()> {
-    let vms: Vec<_> = stack
-        .components
-        .iter()
-        .filter(|c| c.runtime.kind() == RuntimeKind::MicroVm)
-        .collect();
-    if vms.is_empty() {
-        return Ok(());
-    }
-    let rt = runtime(global)?;
-    for c in vms {
-        rt.preflight(&c.launch_spec(&stack.name)).map_err(|e| {
-            SetupFailed(match e {
-                osvm_core::RuntimeError::Unavailable { kind, reason } => {
-                    osvm_core::RuntimeError::Unavailable {
-                        kind,
-                        reason: format!("component `{}`: {reason}", c.name),
-                    }
-                }
-                other => other,
-            })
-        })?;
-    }
-    Ok(())
 }
 
 pub fn kernel(global: &Global, command: KernelCommand) -> anyhow::Result<ExitCode> {

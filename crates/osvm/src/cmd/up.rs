@@ -20,6 +20,36 @@ use serde_json::json;
 use super::{available_runtime, state_dir};
 use crate::cli::{Global, Output, UpArgs};
 
+/// Fails (exit 125, or 2 for a spec the runtime refuses) when a component of `stack` cannot
+/// start on this host, naming it, before anything starts; does the slow one-time work the
+/// starts need first (a unikernel's image build), with progress. Each component's runtime
+/// decides ([`osvm_core::Runtime::prepare`]).
+fn preflight(global: &Global, stack: &osvm_core::stack::Stack) -> anyhow::Result<()> {
+    use osvm_core::RuntimeError;
+    let runtimes =
+        osvm_daemon::engine::runtimes(std::sync::Arc::new(super::sandbox_runtime(global)?));
+    let mut progress = super::unikernel::printer(global, global.verbose > 0);
+    for c in &stack.components {
+        let Some(runtime) = runtimes.get(&c.runtime.kind()) else {
+            continue;
+        };
+        runtime
+            .prepare(&c.launch_spec(&stack.name), &mut progress)
+            .map_err(|e| {
+                let named = |m: String| format!("component `{}`: {m}", c.name);
+                super::SetupFailed(match e {
+                    RuntimeError::Unavailable { kind, reason } => RuntimeError::Unavailable {
+                        kind,
+                        reason: named(reason),
+                    },
+                    RuntimeError::InvalidSpec(m) => RuntimeError::InvalidSpec(named(m)),
+                    other => other,
+                })
+            })?;
+    }
+    Ok(())
+}
+
 /// How often the engine looks at every component.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -33,8 +63,7 @@ struct Screen {
 
 pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     let stack = osvm_core::stack::load(&args.file)?;
-    super::microvm::preflight(global, &stack)?;
-    super::unikernel::preflight(global, &stack)?;
+    preflight(global, &stack)?;
     if args.detach {
         return super::control::apply(global, &args.file);
     }
