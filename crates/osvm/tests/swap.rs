@@ -684,3 +684,75 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
     // One slot only: the swaps never needed a second namespace.
     assert_eq!(srv_slots(&hub.state), 1, "{}", net_show(&hub.state));
 }
+
+/// Host processes whose command line has every one of `parts`.
+fn processes_with(parts: &[&str]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            parts.iter().all(|p| text.contains(p)).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn osvm_stop_during_a_swap_rolls_it_back_and_leaves_no_version_running() {
+    // Versions named for this test alone: the other tests' servers run beside it.
+    let text = stack().replace("\"v1\"]", "\"v1-stopped\"]");
+    assert!(text.contains("v1-stopped"));
+    let Some(hub) = up_with("swap-stop", &text) else {
+        return;
+    };
+    // A swap that would wait a minute before it switches.
+    let swapping = hub
+        .state
+        .osvm()
+        .args(["swap", "srv", "--min-healthy-time", "60s", "--"])
+        .args(version("v2-abandoned"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_srv(&hub.state, "the swap to start", |v| {
+        v["status"] == "upgrading"
+    });
+    // The new version's server (the `osvm swap` client has the same words on its command line).
+    let cli = swapping.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_with(&["v2-abandoned"]).iter().any(|p| *p != cli) {
+        assert!(Instant::now() < deadline, "the new version never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = run(hub.state.osvm().args(["stop", "srv"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let srv = wait_srv(&hub.state, "srv stopped", |v| {
+        v["status"] == "stopped" && v["swap"].is_null()
+    });
+    assert!(srv["instance"].is_null(), "{srv}");
+    assert_eq!(srv["last_swap"]["done"], false, "{srv}");
+    assert!(
+        srv["last_swap"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("abandoned: osvm stop")),
+        "{srv}"
+    );
+    let out = swapping.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&["v2-abandoned"]).is_empty()
+        || !processes_with(&["v1-stopped"]).is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "left running: new {:?}, old {:?}",
+            processes_with(&["v2-abandoned"]),
+            processes_with(&["v1-stopped"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(srv_slots(&hub.state), 1, "the second slot is cleared");
+}

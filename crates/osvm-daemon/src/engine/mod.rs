@@ -317,6 +317,7 @@ impl Engine {
                     let changed = self.units[i].component != *c;
                     self.units[i].component = c.clone();
                     if changed {
+                        self.abandon_swap(i, now, "the component's spec changed");
                         self.observe(i, Observation::Changed, now);
                     }
                 }
@@ -335,6 +336,7 @@ impl Engine {
                 && !stack.components.iter().any(|c| c.name == u.component.name)
             {
                 self.emit(i, EventKind::Removed, "no longer in the stack; stopping it");
+                self.abandon_swap(i, now, "the component left its stack");
                 self.observe(i, Observation::Removed, now);
             }
         }
@@ -352,7 +354,7 @@ impl Engine {
         let mut i = 0;
         while i < self.units.len() {
             let u = &self.units[i];
-            if u.life.removing && u.instance.is_none() && !u.life.launching {
+            if u.life.removing && u.instance.is_none() && !u.life.launching && u.swap.is_none() {
                 let _ = self
                     .store
                     .remove_component(&u.life.record.stack, &u.component.name);
@@ -662,7 +664,9 @@ impl Engine {
     /// Stops a component and keeps it stopped (`osvm stop`).
     pub fn stop_component(&mut self, name: &str) -> Result<(), EngineError> {
         let i = self.find(name)?;
-        self.observe(i, Observation::StopRequested, Instant::now());
+        let now = Instant::now();
+        self.abandon_swap(i, now, "osvm stop");
+        self.observe(i, Observation::StopRequested, now);
         Ok(())
     }
 
@@ -670,7 +674,9 @@ impl Engine {
     /// failure restart.
     pub fn restart_component(&mut self, name: &str) -> Result<(), EngineError> {
         let i = self.find(name)?;
-        self.observe(i, Observation::RestartRequested, Instant::now());
+        let now = Instant::now();
+        self.abandon_swap(i, now, "osvm restart");
+        self.observe(i, Observation::RestartRequested, now);
         Ok(())
     }
 
@@ -684,6 +690,7 @@ impl Engine {
         let now = Instant::now();
         for i in 0..self.units.len() {
             if self.units[i].life.record.stack == name {
+                self.abandon_swap(i, now, "its stack was removed");
                 self.observe(i, Observation::Removed, now);
             }
         }

@@ -590,6 +590,23 @@ impl Engine {
     }
 
     fn finish_rollback(&mut self, i: usize, now: Instant) {
+        let grace = self.units[i].component.stop_grace;
+        let sw = self.units[i].swap.as_mut().expect("checked by the caller");
+        // Rolled back while the new instance was still starting: it is stopped once it exists.
+        if let Some(booting) = &sw.booting {
+            let Some(started) = booting.poll() else {
+                return;
+            };
+            sw.booting = None;
+            if let Ok(inst) = started {
+                let _ = inst.signal(libc::SIGTERM);
+                sw.kill_at = Some(now + grace);
+                sw.new = Some(Arc::new(inst));
+                let id = sw.id.clone();
+                self.record_start(i, &id);
+                return;
+            }
+        }
         let sw = self.units[i].swap.as_mut().expect("checked by the caller");
         if let Some(new) = &sw.new {
             let Ok(Some(status)) = new.try_wait() else {
@@ -611,6 +628,17 @@ impl Engine {
         };
         self.emit(i, EventKind::SwapRolledBack, &detail);
         self.observe(i, Observation::SwapEnded, now);
+    }
+
+    /// Gives up unit `i`'s swap because the user changed their mind about the component
+    /// (stopped, restarted, changed or removed it) while the new instance was not yet its own:
+    /// the new instance is stopped, traffic stays with (or goes back to) the old one, which the
+    /// lifecycle then handles as asked. A confirmed swap only drains its old instance.
+    pub(super) fn abandon_swap(&mut self, i: usize, now: Instant, why: &str) {
+        let phase = self.units[i].swap.as_ref().map(|s| s.progress.phase);
+        if matches!(phase, Some(SwapPhase::Starting | SwapPhase::Switched)) {
+            self.roll_back(i, now, format!("abandoned: {why}"));
+        }
     }
 
     /// After a restart: finishes a swap that was confirmed, undoes one that was not, so that

@@ -200,7 +200,8 @@ pub enum Observation {
         /// When it started.
         began: Instant,
     },
-    /// The swap ended (done or rolled back); the instance that serves, if any, is `running`.
+    /// The swap ended (done or rolled back); the instance that serves, if any, is `running`. A
+    /// component without one starts again unless it was stopped or removed meanwhile.
     SwapEnded,
 }
 
@@ -398,11 +399,17 @@ impl Machine<'_> {
             Observation::SwapEnded => {
                 self.lc.swapping = false;
                 if self.lc.running {
-                    self.set_status(ComponentStatus::Running);
+                    // Unless a stop was asked for meanwhile, which goes on.
+                    if !self.stopping() {
+                        self.set_status(ComponentStatus::Running);
+                    }
                     self.save();
-                } else {
+                } else if self.lc.record.enabled && !self.lc.removing {
                     self.save();
                     self.schedule_restart(true);
+                } else {
+                    self.set_status(ComponentStatus::Stopped);
+                    self.save();
                 }
             }
         }

@@ -863,3 +863,33 @@ fn a_rollback_with_the_old_instance_alive_leaves_it_running() {
     assert_eq!(sim.status(), ComponentStatus::Running);
     assert_eq!(sim.lc.record.instance.as_deref(), Some("web-1"));
 }
+
+#[test]
+fn a_swap_abandoned_by_osvm_stop_leaves_the_component_stopped() {
+    let mut sim = Sim::new(settings());
+    sim.tick_and_start();
+    sim.see(Observation::SwapBegan);
+    sim.see(Observation::StopRequested);
+    // The swap's rollback ends before the old instance has stopped: it keeps stopping.
+    sim.see(Observation::SwapEnded);
+    assert_eq!(sim.status(), ComponentStatus::Stopping);
+    sim.at(1.0).exit(signalled(15));
+    assert_eq!(sim.status(), ComponentStatus::Stopped);
+    assert!(sim.lc.idle());
+}
+
+#[test]
+fn a_swap_that_ends_after_its_component_was_removed_does_not_restart_it() {
+    let mut sim = Sim::new(settings());
+    sim.tick_and_start();
+    sim.see(Observation::SwapBegan);
+    sim.see(Observation::Removed);
+    sim.at(1.0).exit(signalled(15));
+    let out = sim.see(Observation::SwapEnded);
+    assert!(
+        !Sim::events(&out).contains(&EventKind::RestartScheduled),
+        "{out:?}"
+    );
+    assert_eq!(sim.status(), ComponentStatus::Stopped);
+    assert!(sim.lc.idle());
+}
