@@ -25,6 +25,48 @@ fn validate_accepts_the_quickstart_stack() {
         "{}",
         stdout(&o)
     );
+    assert_eq!(stderr(&o), "", "the quickstart draws no warning");
+}
+
+#[test]
+fn validate_warns_where_policy_rules_have_no_network_to_govern() {
+    let dir = std::env::temp_dir().join(format!("osvm-cli-warn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("s.toml");
+    std::fs::write(
+        &file,
+        "[stack]\nname = \"s\"\n\n[[component]]\nname = \"a\"\ncommand = \"true\"\n\
+         listen = [80]\n\n[[component]]\nname = \"b\"\ncommand = \"true\"\n\n\
+         [[policy]]\nallow = { from = \"b\", to = \"a\" }\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(osvm_bin())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "a warning is not an error: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "{}:13:1: warning: stack `s` is not on the hub network",
+            file.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let o = std::process::Command::new(osvm_bin())
+        .args(["-o", "json", "validate"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["warnings"][0]["line"], 13, "{v}");
+    assert_eq!(stderr(&o), "", "JSON output carries the warnings itself");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

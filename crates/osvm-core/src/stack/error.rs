@@ -98,6 +98,21 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// A warning pointing at the start of `span`.
+    pub(crate) fn warning(
+        &self,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> super::StackWarning {
+        let (line, column) = self.position(span.start);
+        super::StackWarning {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
     /// Converts a TOML deserialization error, which carries its own span when it has one.
     pub(crate) fn toml_error(&self, err: &toml::de::Error) -> StackError {
         let span = err.span().unwrap_or(0..0);

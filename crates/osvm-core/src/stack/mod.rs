@@ -105,6 +105,33 @@ pub struct Stack {
     pub mcp_policy: Vec<McpRule>,
     /// Where the stack was read from.
     pub source: PathBuf,
+    /// What validation accepted but doubts: settings that have no effect as written (not
+    /// stored; a stack sent to the daemon has none).
+    #[serde(skip)]
+    pub warnings: Vec<StackWarning>,
+}
+
+/// Something a valid stack file says that will not do what it seems to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackWarning {
+    /// The file.
+    pub file: String,
+    /// 1-based line of what it is about.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What will not happen, and what to write instead.
+    pub message: String,
+}
+
+impl std::fmt::Display for StackWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: warning: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
 }
 
 impl Stack {

@@ -32,7 +32,7 @@ fn expected_full() -> Stack {
         restart_reset_after: Duration::from_secs(900),
         log_max_size: 1 << 20,
         log_files: 5,
-        network: StackNetwork::None,
+        network: StackNetwork::Hub,
         components: vec![
             Component {
                 name: "rpc".into(),
@@ -222,6 +222,7 @@ fn expected_full() -> Stack {
             },
         ],
         source: PathBuf::from("full.toml"),
+        warnings: Vec::new(),
     }
 }
 
@@ -529,4 +530,24 @@ fn stacks_stored_before_mcp_still_load() {
     assert_eq!(old.mcp, McpSettings::default());
     assert!(old.mcp_policy.is_empty());
     assert!(old.components.iter().all(|c| c.mcp.is_none()));
+}
+
+#[test]
+fn policy_rules_on_a_stack_without_the_hub_are_warned_about_at_the_first_rule() {
+    let text = "[stack]\nname = \"s\"\n[[component]]\nname = \"a\"\ncommand = \"true\"\n\
+                listen = [80]\n[[component]]\nname = \"b\"\ncommand = \"true\"\n\
+                [[policy]]\nallow = { from = \"a\", to = \"b\" }\n";
+    let stack = parse(text, "s.toml").unwrap();
+    assert_eq!(stack.warnings.len(), 1, "{:?}", stack.warnings);
+    let w = &stack.warnings[0];
+    assert_eq!((w.line, w.column), (10, 1), "{w}");
+    assert!(
+        w.to_string()
+            .starts_with("s.toml:10:1: warning: stack `s` is not on the hub network"),
+        "{w}"
+    );
+    let on_hub = text.replace("name = \"s\"\n", "name = \"s\"\nnetwork = \"hub\"\n");
+    assert!(parse(&on_hub, "s.toml").unwrap().warnings.is_empty());
+    let no_rules = text.split("[[policy]]").next().unwrap().to_owned();
+    assert!(parse(&no_rules, "s.toml").unwrap().warnings.is_empty());
 }

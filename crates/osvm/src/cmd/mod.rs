@@ -85,6 +85,14 @@ pub fn error_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// Prints what validation accepted but doubts, one `FILE:LINE:COL: warning: ...` line each, on
+/// stderr (so `-o json` output stays one document).
+pub fn print_warnings(stack: &osvm_core::stack::Stack) {
+    for w in &stack.warnings {
+        eprintln!("{w}");
+    }
+}
+
 /// The state directory: `--state-dir`, or the default for this user.
 pub fn state_dir(global: &Global) -> anyhow::Result<PathBuf> {
     match &global.state_dir {

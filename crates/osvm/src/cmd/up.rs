@@ -63,6 +63,7 @@ struct Screen {
 
 pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     let stack = osvm_core::stack::load(&args.file)?;
+    super::print_warnings(&stack);
     preflight(global, &stack)?;
     if args.detach {
         return super::control::apply(global, &args.file);

@@ -9,10 +9,15 @@ pub fn run(global: &Global, args: ValidateArgs) -> anyhow::Result<ExitCode> {
         Ok(stack) => {
             match global.output {
                 Output::Json => {
-                    let doc = serde_json::json!({ "valid": true, "stack": stack });
+                    let doc = serde_json::json!({
+                        "valid": true,
+                        "warnings": stack.warnings,
+                        "stack": stack,
+                    });
                     println!("{}", serde_json::to_string_pretty(&doc)?);
                 }
                 Output::Text => {
+                    super::print_warnings(&stack);
                     let mcp = if stack.mcp_policy.is_empty() {
                         String::new()
                     } else {

@@ -183,6 +183,20 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         ));
     }
 
+    let mut warnings = Vec::new();
+    if network != super::StackNetwork::Hub
+        && let Some(first) = raw.policy.first()
+    {
+        warnings.push(src.warning(
+            first.span(),
+            format!(
+                "stack `{}` is not on the hub network (network = \"none\", the default), so its \
+                 [[policy]] rules have no effect: its components have no network between them; \
+                 set network = \"hub\" in [stack] to connect them as the rules say",
+                name.get_ref()
+            ),
+        ));
+    }
     let policies = raw
         .policy
         .into_iter()
@@ -211,5 +225,6 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         mcp,
         mcp_policy,
         source: path,
+        warnings,
     })
 }
