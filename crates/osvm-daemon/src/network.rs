@@ -230,6 +230,13 @@ pub struct NetPlane {
 }
 
 /// FNV-1a of `s`: a short name for a state directory that stays the same across builds.
+/// What every network namespace of `state_dir`'s hub is called by: `osvm-<8 hex digits>` (then
+/// `-hub`, `-<n>`); the hex digits also tag its uplink (`osvu<tag>`, host table
+/// `ip osvm_<tag>`).
+pub fn netns_prefix(state_dir: &Path) -> String {
+    format!("osvm-{:08x}", short_hash(&state_dir.to_string_lossy()))
+}
+
 fn short_hash(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
@@ -283,7 +290,7 @@ fn ip(args: &[&str]) -> Result<(), NetPlaneError> {
 impl NetPlane {
     /// The hub of `state_dir`, created if it does not exist (a restarted daemon finds it).
     pub fn open(state_dir: &Path) -> Result<Self, NetPlaneError> {
-        let prefix = format!("osvm-{:08x}", short_hash(&state_dir.to_string_lossy()));
+        let prefix = netns_prefix(state_dir);
         let hub_name = format!("{prefix}-hub");
         let hub = if netns_path(&hub_name).exists() {
             Hub::existing(&hub_name)

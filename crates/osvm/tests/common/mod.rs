@@ -185,7 +185,10 @@ impl StateDir {
 
 impl Drop for StateDir {
     /// Stops every sandbox still running from this directory (a test that failed half-way, or
-    /// a daemon that was only told to exit, leaves them running by design), then removes it.
+    /// a daemon that was only told to exit, leaves them running by design), removes the hub
+    /// namespaces and the uplink's host table an engine on this directory made (a daemon keeps
+    /// them when it stops; a test that failed before its own guard existed would leak them),
+    /// then removes the directory.
     fn drop(&mut self) {
         let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
         config.state_dir = self.path.clone();
@@ -195,6 +198,13 @@ impl Drop for StateDir {
                 let _ = osvm_core::Instance::stop(&*instance, std::time::Duration::from_secs(2));
             }
         }
+        let prefix = osvm_daemon::network::netns_prefix(&self.path);
+        drop(NetnsPrefixGuard(format!("{prefix}-")));
+        let tag = prefix.trim_start_matches("osvm-");
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &format!("osvm_{tag}")])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
