@@ -429,8 +429,28 @@ impl SandboxRuntime {
                 serde_json::from_slice(&bytes).map_err(|e| parse_err("exit.json", e))?,
             ));
         }
+        let plan_bytes = match fs::read(dir.join("plan.json")) {
+            Ok(bytes) => bytes,
+            // The starter died before it wrote the plan, so no monitor was started; the empty
+            // groups it may have made already are all that is left.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && monitor_of(instance_id).is_none() =>
+            {
+                cgroup::remove_unrecorded(instance_id);
+                return Err(RuntimeError::Setup(format!(
+                    "instance {instance_id} never started (its starter stopped before the launch plan)"
+                )));
+            }
+            Err(e) => {
+                return Err(RuntimeError::io(
+                    format!("read {}", dir.join("plan.json").display()),
+                    e,
+                ));
+            }
+        };
         let plan: Plan =
-            serde_json::from_slice(&read("plan.json")?).map_err(|e| parse_err("plan.json", e))?;
+            serde_json::from_slice(&plan_bytes).map_err(|e| parse_err("plan.json", e))?;
         if !dir.join("running.json").exists() {
             // The starter died while the sandbox was being set up. If its monitor still
             // runs, the sandbox is on its way: wait for it to come up (or fail). If no monitor

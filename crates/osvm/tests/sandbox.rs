@@ -1161,3 +1161,38 @@ fn listening_sockets_are_handed_to_the_workload_the_systemd_way() {
     }
     drop(listener);
 }
+
+/// A starter (a daemon) killed after it made a sandbox's control groups but before it wrote the
+/// launch plan leaves groups nothing records; the next daemon's adoption of the instance it
+/// meant to start removes them (found leaking under `kill -9` of a daemon starting twelve
+/// components at once).
+#[test]
+fn adopting_a_start_that_died_before_its_plan_removes_the_groups_it_made() {
+    if !sandbox_available("unrecorded groups") {
+        return;
+    }
+    let state = StateDir::new("unrecorded");
+    let id = format!("ghost-{:08x}", std::process::id());
+    let hierarchy = osvm_sandbox::cgroup::Hierarchy::detect().unwrap();
+    let group =
+        osvm_sandbox::cgroup::create(hierarchy, &id, &osvm_core::Resources::defaults()).unwrap();
+    std::fs::create_dir_all(state.path.join("instances").join(&id)).unwrap();
+    assert!(
+        cgroup_dirs(&id).iter().any(|d| d.exists()),
+        "the groups exist"
+    );
+    let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
+    config.state_dir = state.path.clone();
+    let runtime = osvm_sandbox::SandboxRuntime::new(config);
+    let e = match runtime.adopt(&id) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an instance without a plan was adopted"),
+    };
+    assert!(e.contains("never started"), "{e}");
+    let left: Vec<_> = cgroup_dirs(&id)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    let _ = group.remove();
+    assert!(left.is_empty(), "groups left: {left:?}");
+}

@@ -171,6 +171,17 @@ pub fn create(
     }
 }
 
+/// Removes the groups a starter that died before it recorded them may have made for sandbox
+/// `id`, as long as they are empty (`rmdir` refuses a group with processes): nothing else
+/// knows they exist.
+pub fn remove_unrecorded(id: &str) {
+    let mut dirs = v1::dirs_of(id);
+    dirs.push(Path::new(CGROUP_ROOT).join(OSVM_PARENT).join(id));
+    for dir in dirs {
+        let _ = fs::remove_dir(dir);
+    }
+}
+
 /// Re-opens the groups recorded in `paths` (used by the launcher and after a restart).
 pub fn open(paths: &CgroupPaths) -> Box<dyn CgroupManager> {
     match paths.hierarchy {

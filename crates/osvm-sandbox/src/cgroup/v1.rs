@@ -36,6 +36,22 @@ fn controller_dir(name: &'static str) -> Result<PathBuf, CgroupError> {
     }
 }
 
+/// Every directory [`V1Group::create`] may have made for sandbox `id` (some may not exist).
+pub(super) fn dirs_of(id: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ["memory", "cpu", "cpuacct", "pids"]
+        .into_iter()
+        .filter_map(|c| controller_dir(c).ok())
+        .map(|d| d.join(OSVM_PARENT).join(id))
+        .collect();
+    dirs.push(
+        Path::new(CGROUP_ROOT)
+            .join("unified")
+            .join(OSVM_PARENT)
+            .join(id),
+    );
+    dirs
+}
+
 impl V1Group {
     /// Creates the sandbox's group in the memory, cpu, cpuacct and pids hierarchies.
     pub fn create(hierarchy: Hierarchy, id: &str, limits: &Resources) -> Result<Self, CgroupError> {
