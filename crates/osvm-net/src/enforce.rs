@@ -3,7 +3,7 @@
 use crate::NetError;
 use crate::hub::Hub;
 use crate::ruleset::{
-    Allowed, External, Service, Split, script_with, services_script, update_script,
+    Allowed, External, Ingress, Service, Split, script_with, services_script, update_script,
 };
 
 /// What one [`Enforcer::apply`] changed.
@@ -34,6 +34,7 @@ pub struct Enforcer {
     services: Vec<Service>,
     external: Vec<External>,
     splits: Vec<Split>,
+    ingress: Vec<Ingress>,
     /// Whether this enforcer has written the table yet: the first apply replaces it whole
     /// (whatever layout an older osvm left), later ones change it in place.
     written: bool,
@@ -48,6 +49,7 @@ impl Enforcer {
             services: Vec::new(),
             external: Vec::new(),
             splits: Vec::new(),
+            ingress: Vec::new(),
             written: false,
         }
     }
@@ -80,6 +82,7 @@ impl Enforcer {
                 &self.services,
                 &self.external,
                 &self.splits,
+                &self.ingress,
             )),
         )?;
         if !self.written {
@@ -127,6 +130,17 @@ impl Enforcer {
         self.external = external;
         self.splits = splits;
         self.apply(allowed)
+    }
+
+    /// Sets what the `ingress` chain holds (published ports; see `uplink::Published`) from the
+    /// next [`Enforcer::apply`] on.
+    pub fn set_ingress(&mut self, ingress: Vec<Ingress>) {
+        self.ingress = ingress;
+    }
+
+    /// The `ingress` chain's rules enforced (or to be enforced by the next apply).
+    pub fn ingress(&self) -> &[Ingress] {
+        &self.ingress
     }
 
     /// The `egress` chain's rules enforced now.

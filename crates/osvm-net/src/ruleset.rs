@@ -192,6 +192,71 @@ fn external_rule(e: &External) -> String {
     r
 }
 
+/// One rule of the hub's `ingress` chain, for traffic from outside the host's hub arriving
+/// through the uplink to a published port (see `uplink::Published`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ingress {
+    /// Refuse (checked before every allowance) or accept.
+    pub deny: bool,
+    /// Source network (`a.b.c.d/n`).
+    pub saddr: String,
+    /// The component's address (where the service address sends it).
+    pub daddr: std::net::Ipv4Addr,
+    /// Destination ports (never empty: the published ports the rule covers).
+    pub ports: Vec<u16>,
+    /// The policy rule it comes from.
+    pub rule: usize,
+}
+
+/// The `ingress` chain's rules for `published` (each member with the TCP ports it publishes),
+/// from [`PolicySet::inbound`]: denials first, each rule narrowed to the published ports it
+/// covers. IPv6 sources are left out (the hub is IPv4 only); an mTLS member is left out (its
+/// published traffic would have to end at its proxy, which this does not do).
+pub fn ingress(policy: &PolicySet, published: &[(Member, Vec<u16>)]) -> Vec<Ingress> {
+    let mut out: Vec<Ingress> = published
+        .iter()
+        .filter(|(m, _)| !m.mtls)
+        .flat_map(|(m, ports)| {
+            policy
+                .inbound(&m.endpoint)
+                .into_iter()
+                .filter(|g| g.cidr.addr.is_ipv4() && g.protocol == Protocol::Tcp)
+                .filter_map(move |g| {
+                    let covered: Vec<u16> = ports
+                        .iter()
+                        .copied()
+                        .filter(|p| g.ports.is_empty() || g.ports.contains(p))
+                        .collect();
+                    (!covered.is_empty()).then(|| Ingress {
+                        deny: !g.allow,
+                        saddr: g.cidr.to_string(),
+                        daddr: m.block.component_addr(),
+                        ports: covered,
+                        rule: g.rule,
+                    })
+                })
+        })
+        .collect();
+    out.sort_by(|a, b| b.deny.cmp(&a.deny).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
+}
+
+fn ingress_rule(i: &Ingress) -> String {
+    let ports: Vec<String> = i.ports.iter().map(u16::to_string).collect();
+    format!(
+        "ip saddr {} ip daddr {} tcp dport {{ {} }} counter {}",
+        i.saddr,
+        i.daddr,
+        ports.join(", "),
+        if i.deny {
+            "reject with icmpx admin-prohibited"
+        } else {
+            "accept"
+        }
+    )
+}
+
 /// A service address split between two instances during a canary: `weight` percent of new
 /// connections go to `next`, the others to `current`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -249,7 +314,7 @@ pub fn services_script(services: &[Service]) -> String {
 /// listen; anything else addressed to the hub is refused. Every set element counts its packets
 /// and bytes, which is what `osvm net show` reports per rule.
 pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
-    script_with(allowed, services, &[], &[])
+    script_with(allowed, services, &[], &[], &[])
 }
 
 /// [`script`] with the `egress` chain holding `external` (traffic leaving through the uplink;
@@ -262,11 +327,12 @@ pub fn script_with(
     services: &[Service],
     external: &[External],
     splits: &[Split],
+    ingress: &[Ingress],
 ) -> String {
     // Creating then deleting makes the delete safe when the table does not exist yet.
     format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
-        update_script(allowed, services, external, splits)
+        update_script(allowed, services, external, splits, ingress)
     )
 }
 
@@ -281,6 +347,7 @@ pub fn update_script(
     services: &[Service],
     external: &[External],
     splits: &[Split],
+    ingress: &[Ingress],
 ) -> String {
     let t = format!("inet {TABLE}");
     let uplink = crate::uplink::UPLINK_IF;
@@ -294,6 +361,7 @@ pub fn update_script(
 \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 \tchain forward {{ type filter hook forward priority filter; policy drop; }}
 \tchain egress {{ }}
+\tchain ingress {{ }}
 \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 \tchain input {{ type filter hook input priority filter; policy drop; }}
 }}
@@ -306,7 +374,14 @@ pub fn update_script(
     ] {
         let _ = writeln!(s, "flush {kind} {t} {name}");
     }
-    for chain in ["prerouting", "forward", "egress", "postrouting", "input"] {
+    for chain in [
+        "prerouting",
+        "forward",
+        "egress",
+        "ingress",
+        "postrouting",
+        "input",
+    ] {
         let _ = writeln!(s, "flush chain {t} {chain}");
     }
     for udp in [false, true] {
@@ -353,10 +428,14 @@ pub fn update_script(
         "forward",
         "iifname . ip saddr . ip daddr . udp dport @allow_udp counter accept",
     );
+    rule("forward", &format!("iifname \"{uplink}\" jump ingress"));
     rule("forward", &format!("oifname \"{uplink}\" jump egress"));
     rule("forward", "counter reject with icmpx admin-prohibited");
     for e in external {
         rule("egress", &external_rule(e));
+    }
+    for i in ingress {
+        rule("ingress", &ingress_rule(i));
     }
     rule("postrouting", &format!("oifname \"{uplink}\" masquerade"));
     rule("input", "iifname \"lo\" accept");

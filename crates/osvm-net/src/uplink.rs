@@ -43,6 +43,47 @@ fn hub_addr(net: Ipv4Addr) -> Ipv4Addr {
 
 const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 
+/// A component's port published on the host: connections to `host` (`0.0.0.0`: every local
+/// address) go to `service:port`, the component's service address on the hub.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Published {
+    /// The host address and port.
+    pub host: std::net::SocketAddrV4,
+    /// The component's service address.
+    pub service: Ipv4Addr,
+    /// The component's port.
+    pub port: u16,
+}
+
+/// The host table's rules: the hub's masquerade on its way out, then for each published port a
+/// DNAT to its service address, both for traffic arriving from elsewhere (prerouting) and for
+/// the host's own (output). Connections from the host's loopback leave through the uplink
+/// masqueraded as the host's uplink address, which the hub sees as their source.
+fn host_table(table: &str, net: Ipv4Addr, dev: &str, published: &[Published]) -> String {
+    let mut dnat = String::new();
+    for p in published {
+        let matches = if p.host.ip().is_unspecified() {
+            "fib daddr type local".to_owned()
+        } else {
+            format!("ip daddr {}", p.host.ip())
+        };
+        dnat.push_str(&format!(
+            "\t\t{matches} tcp dport {} counter dnat to {}:{}\n",
+            p.host.port(),
+            p.service,
+            p.port
+        ));
+    }
+    format!(
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n\
+         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {net}/30 oifname != \"{dev}\" masquerade\n\
+         \t\toifname \"{dev}\" ip saddr 127.0.0.0/8 masquerade\n\t}}\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{dnat}\t}}\n\
+         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{dnat}\t}}\n}}\n"
+    )
+}
+
 impl Uplink {
     /// The uplink a hub tagged `tag` (8 hex digits) would get: its names and a link-local /30
     /// derived from the tag.
@@ -100,12 +141,7 @@ impl Uplink {
                 &["-n", n, "route", "add", "default", "via", &via],
                 None,
             )?;
-            let script = format!(
-                "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {net}/30 oifname != \"{dev}\" masquerade\n\t}}\n}}\n",
-                t = self.table,
-                net = self.net,
-                dev = self.host_if,
-            );
+            let script = host_table(&self.table, self.net, &self.host_if, &[]);
             run("nft", &["-f", "-"], Some(&script))?;
             Ok(())
         };
@@ -127,6 +163,42 @@ impl Uplink {
             self.forwarding_was = Some(before);
         }
         Ok(self)
+    }
+
+    /// Publishes exactly `published` on the host (replacing what was published): the host
+    /// routes `pools` (the hub's service addresses) through the uplink, accepts loopback
+    /// sources on it (`route_localnet`, so `127.0.0.1:P` works from the host), and DNATs each
+    /// published address to its service address. Who may connect is the hub's `ingress` chain's
+    /// decision (see `ruleset::ingress`), not the host's.
+    pub fn publish(
+        &self,
+        published: &[Published],
+        pools: &[(Ipv4Addr, u8)],
+    ) -> Result<(), NetError> {
+        let via = hub_addr(self.net).to_string();
+        for (net, len) in pools {
+            run(
+                "ip",
+                &[
+                    "route",
+                    "replace",
+                    &format!("{net}/{len}"),
+                    "via",
+                    &via,
+                    "dev",
+                    &self.host_if,
+                ],
+                None,
+            )?;
+        }
+        let localnet = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.host_if);
+        std::fs::write(&localnet, "1").map_err(|e| NetError::Command {
+            command: format!("write 1 to {localnet}"),
+            detail: e.to_string(),
+        })?;
+        let script = host_table(&self.table, self.net, &self.host_if, published);
+        run("nft", &["-f", "-"], Some(&script))?;
+        Ok(())
     }
 
     /// Removes the host's end (the hub's goes with it), the NAT table, and restores forwarding;

@@ -823,6 +823,7 @@ fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
             &[],
             &leaving,
             &[],
+            &[],
         )),
     )
     .unwrap();
@@ -882,6 +883,179 @@ fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
     assert!(
         !String::from_utf8_lossy(&tables.stdout).contains(&Uplink::planned(&tag).table),
         "the host NAT table is gone"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_allows() {
+    use osvm_net::ruleset::{ingress, script_with, services};
+    use osvm_net::uplink::{Published, Uplink};
+    if !can_run("publish") {
+        return;
+    }
+    let (mut guard, dir, netns, mut members, hub) = topology("pb", &["web"], &[8080]);
+    let service = Ipv4Addr::new(10, 214, 0, 1);
+    members[0].service = Some(service);
+    listen(&netns[0], 8080);
+
+    // Another machine: a namespace joined to the host by a veth (198.51.100.0/30, TEST-NET-2).
+    let host_addrs = Command::new("ip").args(["-br", "addr"]).output().unwrap();
+    if String::from_utf8_lossy(&host_addrs.stdout).contains(" 198.51.100.") {
+        osvm_testkit::skip(
+            "publish",
+            "publish",
+            "the host uses 198.51.100.0/24, the test's outside network",
+        );
+        return;
+    }
+    let tag = format!("{:08x}", std::process::id().wrapping_add(1));
+    let outside = format!("osvmt-pbout-{}", std::process::id());
+    guard.0.push(outside.clone());
+    let host_if = format!("osvp{}", &tag[..8]);
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap().success();
+        assert!(ok, "ip {}", args.join(" "));
+    };
+    ip(&["netns", "add", &outside]);
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &outside,
+    ]);
+    let _link = LinkGuard(host_if.clone());
+    ip(&["addr", "add", "198.51.100.1/30", "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    ip(&[
+        "-n",
+        &outside,
+        "addr",
+        "add",
+        "198.51.100.2/30",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
+    ip(&[
+        "-n",
+        &outside,
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.51.100.1",
+    ]);
+
+    let uplink = UplinkGuard(Some(Uplink::planned(&tag).create(&hub).unwrap()));
+    // Free ports on the host for the two published addresses.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (local_port, any_port) = (free(), free());
+    let published = [
+        Published {
+            host: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, local_port),
+            service,
+            port: 8080,
+        },
+        Published {
+            host: std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, any_port),
+            service,
+            port: 8080,
+        },
+    ];
+    uplink
+        .0
+        .as_ref()
+        .unwrap()
+        .publish(&published, &[(Ipv4Addr::new(10, 214, 0, 0), 16)])
+        .unwrap();
+    let enforce = |rules: Vec<PolicyRule>| {
+        let policy = PolicySet::new(rules);
+        let to_publish = vec![(members[0].clone(), vec![8080])];
+        hub.nft(
+            &["-f", "-"],
+            Some(&script_with(
+                &allowed(&policy, &members),
+                &services(&members),
+                &[],
+                &[],
+                &ingress(&policy, &to_publish),
+            )),
+        )
+        .unwrap();
+    };
+    const EHOSTUNREACH: i32 = 113;
+    let from_host = |port: u16| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(3),
+        )
+        .map(|_| ())
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))
+    };
+    let from_outside =
+        |port: u16| connect(&outside, SocketAddr::from(([198, 51, 100, 1], port))).map_err(|e| e.0);
+
+    // Default deny: published, but no rule lets anyone in.
+    enforce(vec![]);
+    assert_eq!(from_outside(any_port), Err(EHOSTUNREACH), "default deny");
+    assert_eq!(from_host(local_port), Err(EHOSTUNREACH), "default deny");
+
+    // Only the other machine's address.
+    enforce(vec![rule(
+        PolicyAction::Allow,
+        "cidr:198.51.100.2/32",
+        "web",
+        &[8080],
+    )]);
+    assert_eq!(
+        from_outside(any_port),
+        Ok(()),
+        "the allowed network gets in"
+    );
+    assert_eq!(
+        from_host(local_port),
+        Err(EHOSTUNREACH),
+        "the host's own connections come from its uplink address, which no rule allows"
+    );
+    assert!(
+        from_outside(local_port).is_err(),
+        "127.0.0.1:{local_port} is published on the host's loopback only"
+    );
+
+    // The world, except a denied network; `*` as a source is components only.
+    enforce(vec![
+        rule(PolicyAction::Allow, "cidr:0.0.0.0/0", "web", &[8080]),
+        rule(PolicyAction::Deny, "cidr:198.51.100.0/30", "web", &[]),
+    ]);
+    assert_eq!(from_host(local_port), Ok(()), "the world includes the host");
+    assert_eq!(
+        from_host(any_port),
+        Ok(()),
+        "0.0.0.0 covers the host's loopback too"
+    );
+    assert_eq!(
+        from_outside(any_port),
+        Err(EHOSTUNREACH),
+        "a deny overrides the world's allow"
+    );
+    enforce(vec![rule(PolicyAction::Allow, "*", "web", &[8080])]);
+    assert_eq!(
+        from_outside(any_port),
+        Err(EHOSTUNREACH),
+        "allow * -> web lets components in, not the world"
+    );
+    drop(uplink);
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains(&format!("osvm_{tag}")),
+        "the host table goes with the uplink"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

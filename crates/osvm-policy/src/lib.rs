@@ -221,7 +221,8 @@ impl PolicySet {
                 Some(FromKey::Component(name.clone())),
                 Some(FromKey::Kind(*kind)),
             ],
-            Endpoint::External(_) => [Some(FromKey::Any), Some(FromKey::External), None],
+            // `*` as a source is the stack's components, never the outside world.
+            Endpoint::External(_) => [Some(FromKey::External), None, None],
         };
         let (mut allow, mut deny) = (None::<usize>, None::<usize>);
         for key in keys.iter().flatten() {
@@ -320,6 +321,54 @@ impl PolicySet {
     }
 }
 
+/// A network outside the stack that may (or may not) reach a component, through a port it
+/// publishes: the form in which [`PolicySet::inbound`] hands those decisions to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundGrant {
+    /// Allowed, or denied (denials are checked first).
+    pub allow: bool,
+    /// The source network.
+    pub cidr: osvm_core::stack::Cidr,
+    /// Destination ports; empty is every port.
+    pub ports: Vec<u16>,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The rule it comes from.
+    pub rule: usize,
+}
+
+impl PolicySet {
+    /// Which networks outside the stack may reach `to`: the `cidr:` sources of the rules whose
+    /// destination is `to`, denials and allowances, such that a flow from an external address
+    /// is allowed exactly when [`PolicySet::evaluate`] allows it. Nothing reaches a component
+    /// whose access is `none` or `vsock_only`; `*` as a source is the stack's components,
+    /// never the outside world (which needs a `cidr:` source, `0.0.0.0/0` for everyone).
+    pub fn inbound(&self, to: &Endpoint) -> Vec<InboundGrant> {
+        let Endpoint::Component { access, .. } = to else {
+            return Vec::new();
+        };
+        if matches!(access, NetworkAccess::None | NetworkAccess::VsockOnly) {
+            return Vec::new();
+        }
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| {
+                let Selector::Cidr(cidr) = &rule.from else {
+                    return None;
+                };
+                to_matches(&rule.to, to).then(|| InboundGrant {
+                    allow: rule.action == PolicyAction::Allow,
+                    cidr: *cidr,
+                    ports: rule.ports.clone(),
+                    protocol: rule.protocol,
+                    rule: index,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The verdict for `flow` given the first matching allow and deny rules.
 fn decide(flow: &Flow, allow: Option<usize>, deny: Option<usize>) -> Verdict {
     for end in [&flow.from, &flow.to] {
@@ -356,7 +405,18 @@ fn decide(flow: &Flow, allow: Option<usize>, deny: Option<usize>) -> Verdict {
 
 fn from_matches(selector: &Selector, end: &Endpoint) -> bool {
     match (selector, end) {
-        (Selector::Any, _) => true,
+        (Selector::Any, Endpoint::Component { .. }) => true,
+        (Selector::Component(n), Endpoint::Component { name, .. }) => n == name,
+        (Selector::Kind(k), Endpoint::Component { kind, .. }) => k == kind,
+        (Selector::Cidr(c), Endpoint::External(ip)) => c.contains(*ip),
+        _ => false,
+    }
+}
+
+/// Whether a rule's destination `selector` names `end`.
+fn to_matches(selector: &Selector, end: &Endpoint) -> bool {
+    match (selector, end) {
+        (Selector::Any, Endpoint::Component { .. }) => true,
         (Selector::Component(n), Endpoint::Component { name, .. }) => n == name,
         (Selector::Kind(k), Endpoint::Component { kind, .. }) => k == kind,
         (Selector::Cidr(c), Endpoint::External(ip)) => c.contains(*ip),
@@ -372,14 +432,8 @@ fn rule_matches(rule: &PolicyRule, flow: &Flow) -> bool {
     {
         return false;
     }
-    let to = match (&rule.to, &flow.to) {
-        (Selector::Any, Endpoint::Component { .. }) => true,
-        (Selector::Component(n), Endpoint::Component { name, .. }) => n == name,
-        (Selector::Kind(k), Endpoint::Component { kind, .. }) => k == kind,
-        (Selector::Cidr(c), Endpoint::External(ip)) => c.contains(*ip),
-        _ => false,
-    };
-    to && rule.protocol == flow.protocol
+    to_matches(&rule.to, &flow.to)
+        && rule.protocol == flow.protocol
         && (rule.ports.is_empty() || rule.ports.contains(&flow.port))
 }
 

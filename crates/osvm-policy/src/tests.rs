@@ -303,3 +303,66 @@ fn external_grants_decide_exactly_as_evaluate_for_every_access_level() {
         }
     }
 }
+
+/// Whether the inbound grants of `to` let `ip` reach `port` (denials first).
+fn by_inbound(set: &PolicySet, to: &Endpoint, ip: IpAddr, port: u16) -> bool {
+    let grants = set.inbound(to);
+    let hits = |g: &&InboundGrant| {
+        g.cidr.contains(ip)
+            && g.protocol == Protocol::Tcp
+            && (g.ports.is_empty() || g.ports.contains(&port))
+    };
+    !grants.iter().filter(|g| !g.allow).any(|g| hits(&g))
+        && grants.iter().filter(|g| g.allow).any(|g| hits(&g))
+}
+
+#[test]
+fn inbound_grants_decide_exactly_as_evaluate_and_star_is_not_the_world() {
+    let set = PolicySet::new(vec![
+        rule(Allow, "cidr:0.0.0.0/0", "web", &[8080]),
+        rule(Deny, "cidr:203.0.113.0/24", "web", &[]),
+        rule(Allow, "cidr:192.0.2.0/24", "type:rpc_node", &[]),
+        rule(Allow, "*", "web", &[9090]),
+        rule(Allow, "cidr:198.51.100.7/32", "*", &[22]),
+    ]);
+    let addrs: Vec<IpAddr> = ["192.0.2.1", "198.51.100.7", "203.0.113.5", "10.0.0.1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    for access in [
+        NetworkAccess::None,
+        NetworkAccess::VsockOnly,
+        NetworkAccess::Internal,
+        NetworkAccess::Restricted,
+        NetworkAccess::Full,
+    ] {
+        for to in [
+            Endpoint::component("web", Service, access),
+            Endpoint::component("node", RpcNode, access),
+        ] {
+            for &ip in &addrs {
+                for port in [22, 80, 8080, 9090] {
+                    let f = flow(Endpoint::External(ip), to.clone(), port);
+                    assert_eq!(
+                        by_inbound(&set, &to, ip, port),
+                        set.evaluate(&f).allowed,
+                        "{f} with {access:?}: {:?}",
+                        set.inbound(&to)
+                    );
+                    assert_eq!(
+                        set.evaluate(&f).allowed,
+                        set.evaluate_by_scan(&f).allowed,
+                        "{f}"
+                    );
+                }
+            }
+        }
+    }
+    let web = Endpoint::component("web", Service, NetworkAccess::Internal);
+    let outside = Endpoint::External("10.0.0.1".parse().unwrap());
+    assert!(
+        !set.evaluate(&flow(outside, web.clone(), 9090)).allowed,
+        "allow * -> web does not open web to the world"
+    );
+    assert!(set.evaluate(&flow(comp("cli", Service), web, 9090)).allowed);
+}
