@@ -501,11 +501,11 @@ fn cases() -> Vec<Case> {
             "did you mean 10.0.0.0/8?",
         ),
         case(
-            "policy with cidr source",
-            base("\n[[policy]]\nallow = { from = \"cidr:10.0.0.0/8\", to = \"web\" }"),
+            "policy between two outside networks",
+            base("\n[[policy]]\nallow = { from = \"world\", to = \"cidr:10.0.0.0/8\" }"),
             9,
-            18,
-            "a cidr selector may only be used in `to`",
+            32,
+            "must go to components",
         ),
         case(
             "policy port 0",

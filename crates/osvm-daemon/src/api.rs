@@ -324,7 +324,14 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respons
     let components = stack.components.len();
     ask(&shared, |tx| Command::Apply(Box::new(stack), tx))
         .await?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+        .map_err(|e| match e {
+            crate::engine::ApplyError::Published(m) => {
+                ApiError::new(StatusCode::CONFLICT, "published", m)
+            }
+            crate::engine::ApplyError::Store(e) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+            }
+        })?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "stack": name, "components": components })),

@@ -17,7 +17,7 @@ use osvm_core::stack::Stack;
 use osvm_sandbox::SandboxRuntime;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::engine::{ComponentView, Engine, EngineError};
+use crate::engine::{ApplyError, ComponentView, Engine, EngineError};
 use crate::store::{Event, EventKind, Store, StoreError};
 
 /// How often the engine looks at every component when nothing asks it to.
@@ -55,7 +55,7 @@ pub enum DaemonError {
 /// A request for the engine thread.
 pub enum Command {
     /// Apply a stack.
-    Apply(Box<Stack>, oneshot::Sender<Result<(), StoreError>>),
+    Apply(Box<Stack>, oneshot::Sender<Result<(), ApplyError>>),
     /// Remove a stack; answers whether it existed.
     Remove(String, oneshot::Sender<Result<bool, StoreError>>),
     /// Change a stack's policy.

@@ -19,7 +19,7 @@ use osvm_net::proxy::{
     server_tls,
 };
 use osvm_net::ruleset::{Member, decided, external, services};
-use osvm_net::uplink::Uplink;
+use osvm_net::uplink::{Published, Uplink};
 use osvm_policy::{AuditLog, AuditRecord, Endpoint, Flow, PolicySet};
 
 /// What can go wrong on the hub network.
@@ -418,6 +418,9 @@ impl NetPlane {
         let mut service_map = Vec::new();
         let mut leaving = Vec::new();
         let mut splits = Vec::new();
+        // Published ports: the host's DNAT entries, and who may come in through them.
+        let mut published: Vec<Published> = Vec::new();
+        let mut inbound = Vec::new();
         // Ingress proxies wanted: listen address -> (upstream, stack, component).
         let mut wanted: BTreeMap<SocketAddr, (SocketAddr, String, String)> = BTreeMap::new();
         let mut seen = Vec::new();
@@ -433,6 +436,26 @@ impl NetPlane {
             tuples.extend(decided(&policy, &members).into_iter().map(|(a, _)| a));
             leaving.extend(external(&policy, &members));
             service_map.extend(services(&active));
+            for c in stack.components.iter().filter(|c| !c.publish.is_empty()) {
+                let key = format!("{}/{}", stack.name, c.name);
+                let Some(service) = self.services.get(&key).map(|b| service_addr(&b)) else {
+                    continue;
+                };
+                published.extend(c.publish.iter().map(|p| Published {
+                    host: p.host,
+                    service,
+                    port: p.port,
+                }));
+                // Every instance of it (two during a hot-swap): the service address may send
+                // published traffic to either.
+                let ports: Vec<u16> = c.publish.iter().map(|p| p.port).collect();
+                let to: Vec<(Member, Vec<u16>)> = members
+                    .iter()
+                    .filter(|m| m.endpoint.to_string() == c.name)
+                    .map(|m| (m.clone(), ports.clone()))
+                    .collect();
+                inbound.extend(osvm_net::ruleset::ingress(&policy, &to));
+            }
             for c in &stack.components {
                 let key = format!("{}/{}", stack.name, c.name);
                 let Some(&weight) = self.to_next.get(&key).filter(|w| (1..100).contains(*w)) else {
@@ -484,7 +507,7 @@ impl NetPlane {
             seen.push(stack.name.clone());
         }
         self.views.retain(|name, _| seen.contains(name));
-        if !leaving.is_empty() && self.uplink.is_none() {
+        if (!leaving.is_empty() || !published.is_empty()) && self.uplink.is_none() {
             let tag = self.prefix.trim_start_matches("osvm-");
             let uplink = Uplink::planned(tag)
                 .create(self.enforcer.hub())
@@ -498,6 +521,14 @@ impl NetPlane {
             std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
             self.uplink = Some(uplink);
         }
+        if let Some(uplink) = &self.uplink {
+            published.sort();
+            published.dedup();
+            uplink
+                .publish(&published, &[SERVICE_POOL])
+                .map_err(NetPlaneError::Uplink)?;
+        }
+        self.enforcer.set_ingress(inbound);
         let applied = self
             .enforcer
             .apply_all(tuples, service_map, leaving, splits)?;

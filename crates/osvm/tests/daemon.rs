@@ -693,3 +693,120 @@ args = ["300"]
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// GET / on `addr` from the host; the status line, or the errno of the failure.
+fn host_get(addr: std::net::SocketAddr) -> Result<String, i32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: t\r\n\r\n")
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn a_published_port_serves_the_host_as_policy_allows_and_down_leaves_the_ruleset_as_it_was() {
+    if !hub_available("publish") {
+        return;
+    }
+    let ruleset = || {
+        let o = run(std::process::Command::new("nft").args(["list", "ruleset"]));
+        stdout(&o)
+    };
+    let before = ruleset();
+    let state = StateDir::new("publish");
+    let _daemon = Daemon::start(&state);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = state.path.join("pub.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "pub"
+network = "hub"
+
+[[component]]
+name = "web"
+command = "python3"
+args = ["-m", "http.server", "8080"]
+listen = [8080]
+publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
+
+[[component]]
+name = "idle"
+command = "sleep"
+args = ["300"]
+
+[[policy]]
+allow = {{ from = "world", to = "web", ports = [8080] }}
+"#
+        ),
+    )
+    .unwrap();
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_ps(&state, "both running", all_running);
+    let web = view(&ps(&state), "web").clone();
+    assert_eq!(
+        web["published"],
+        serde_json::json!([format!("127.0.0.1:{port}->8080")]),
+        "{web}"
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // The server may still be binding its port when the sandbox counts as running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match host_get(addr) {
+            Ok(line) => break line,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("GET through the published port failed: errno {e}"),
+        }
+    };
+    assert!(status.contains("200"), "{status}");
+
+    // Revoking the only rule closes the port to the host (default deny).
+    let o = run(state
+        .osvm()
+        .args(["policy", "revoke", "--stack", "pub", "0"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    const EHOSTUNREACH: i32 = 113;
+    assert_eq!(host_get(addr), Err(EHOSTUNREACH), "refused without a rule");
+
+    // A second stack cannot take the same host address.
+    let other = state.path.join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[stack]\nname = \"other\"\nnetwork = \"hub\"\n[[component]]\nname = \"x\"\n\
+             command = \"sleep\"\nargs = [\"300\"]\nlisten = [80]\n\
+             publish = [{{ port = 80, host = {port} }}]\n"
+        ),
+    )
+    .unwrap();
+    let o = run(state.osvm().args(["up", "-d"]).arg(&other));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already publishes"), "{}", stderr(&o));
+
+    down_and_wait(&state, &file);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ruleset() != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ruleset(),
+        before,
+        "down leaves the host's ruleset as it was"
+    );
+}

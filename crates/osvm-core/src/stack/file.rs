@@ -138,6 +138,9 @@ pub(crate) struct RawComponent {
     /// Local plain-TCP listeners that osvm turns into mTLS connections.
     #[serde(default)]
     pub(crate) mtls_egress: Vec<Spanned<Table<RawEgress>>>,
+    /// Listen ports reachable at host addresses.
+    #[serde(default)]
+    pub(crate) publish: Vec<Spanned<Table<RawPublish>>>,
     /// Settings of the `microvm` runtime.
     pub(crate) microvm: Option<Spanned<Table<RawMicroVm>>>,
     /// Settings of the `unikernel` runtime.
@@ -225,6 +228,26 @@ pub(crate) struct RawEgress {
     pub(crate) port: Option<Spanned<Int>>,
     /// The loopback port the component connects to in plain TCP.
     pub(crate) listen: Option<Spanned<Int>>,
+}
+
+/// `publish = [ { port = 8080, host = "127.0.0.1:18080" } ]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPublish {
+    /// The component's listen port.
+    pub(crate) port: Option<Spanned<Int>>,
+    /// `"a.b.c.d:P"`, `"P"` or `P` (every local address).
+    pub(crate) host: Option<Spanned<RawHostAddr>>,
+}
+
+/// A published host address as written: a port number or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawHostAddr {
+    /// `18080`: every local address.
+    Port(i64),
+    /// `"127.0.0.1:18080"`, `"18080"`, `"[::]:18080"`.
+    Text(String),
 }
 
 /// `identity_reload = { signal = "HUP" }` or `{ exec = [...] }`.
@@ -531,6 +554,10 @@ impl Expecting for RawSwap {
 
 impl Expecting for RawEgress {
     const EXPECTING: &'static str = "a table such as { to = \"db\", port = 5432, listen = 15432 }";
+}
+
+impl Expecting for RawPublish {
+    const EXPECTING: &'static str = "a table such as { port = 8080, host = \"127.0.0.1:18080\" }";
 }
 
 impl Expecting for RawPolicy {

@@ -223,6 +223,9 @@ pub struct Component {
     /// How a hot-swap (`osvm swap`) of it proceeds.
     #[serde(default)]
     pub swap: SwapPolicy,
+    /// Listen ports reachable at addresses of the host (hub stacks), as policy allows.
+    #[serde(default)]
+    pub publish: Vec<Publish>,
     /// osvm makes its listening sockets (one per `listen` port, in its network namespace) and
     /// hands them to every instance, systemd style (`LISTEN_FDS`, fds 3..): a hot-swap then
     /// hands the same sockets to the new instance and no connection waits on a switch.
@@ -378,6 +381,32 @@ pub struct MtlsEgress {
     pub port: u16,
     /// The port on the component's loopback.
     pub listen: u16,
+}
+
+/// One published port: connections to `host` (`0.0.0.0`: every local address of the host) reach
+/// the component's `port`, as the stack's policy allows (`from = "world"` or `"cidr:..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The component's listen port.
+    pub port: u16,
+    /// The host address and port.
+    pub host: std::net::SocketAddrV4,
+}
+
+impl Publish {
+    /// Whether two published addresses would take the same connections.
+    pub fn overlaps(&self, other: &Publish) -> bool {
+        self.host.port() == other.host.port()
+            && (self.host.ip() == other.host.ip()
+                || self.host.ip().is_unspecified()
+                || other.host.ip().is_unspecified())
+    }
+}
+
+impl std::fmt::Display for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}->{}", self.host, self.port)
+    }
 }
 
 /// The network a stack's components are on.

@@ -108,6 +108,8 @@ impl FromStr for Selector {
             Err(SelectorError::Empty)
         } else if s == "*" {
             Ok(Selector::Any)
+        } else if s == Selector::WORLD {
+            Ok(Selector::world())
         } else if let Some(kind) = s.strip_prefix("type:") {
             Ok(Selector::Kind(kind.parse()?))
         } else if let Some(net) = s.strip_prefix("cidr:") {
@@ -124,7 +126,25 @@ impl fmt::Display for Selector {
             Selector::Any => f.write_str("*"),
             Selector::Component(name) => f.write_str(name),
             Selector::Kind(kind) => write!(f, "type:{kind}"),
+            Selector::Cidr(cidr) if *cidr == Selector::world_cidr() => f.write_str(Selector::WORLD),
             Selector::Cidr(cidr) => write!(f, "cidr:{cidr}"),
+        }
+    }
+}
+
+impl Selector {
+    /// The name of every IPv4 address outside the stack, as a source (`from = "world"`).
+    pub const WORLD: &'static str = "world";
+
+    /// `world`: `cidr:0.0.0.0/0`.
+    pub fn world() -> Self {
+        Selector::Cidr(Self::world_cidr())
+    }
+
+    fn world_cidr() -> Cidr {
+        Cidr {
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            prefix_len: 0,
         }
     }
 }

@@ -88,6 +88,10 @@ fn expected_full() -> Stack {
                 identity_reload: Some(IdentityReload::Signal(1)),
                 mtls: false,
                 mtls_egress: vec![],
+                publish: vec![Publish {
+                    port: 8899,
+                    host: "127.0.0.1:18899".parse().unwrap(),
+                }],
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
@@ -126,6 +130,7 @@ fn expected_full() -> Stack {
                 identity_reload: None,
                 mtls: false,
                 mtls_egress: vec![],
+                publish: vec![],
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
@@ -170,6 +175,7 @@ fn expected_full() -> Stack {
                 identity_reload: None,
                 mtls: false,
                 mtls_egress: vec![],
+                publish: vec![],
                 network_access: Default::default(),
                 swap: Default::default(),
                 socket_activation: false,
@@ -198,6 +204,13 @@ fn expected_full() -> Stack {
                 to: Selector::Cidr("10.0.0.0/8".parse().unwrap()),
                 ports: vec![53],
                 protocol: Protocol::Udp,
+            },
+            PolicyRule {
+                action: PolicyAction::Allow,
+                from: Selector::world(),
+                to: Selector::Component("rpc".into()),
+                ports: vec![8899],
+                protocol: Protocol::Tcp,
             },
         ],
         mcp: McpSettings {
@@ -543,4 +556,64 @@ fn policy_rules_on_a_stack_without_the_hub_are_warned_about_at_the_first_rule() 
     assert!(parse(&on_hub, "s.toml").unwrap().warnings.is_empty());
     let no_rules = text.split("[[policy]]").next().unwrap().to_owned();
     assert!(parse(&no_rules, "s.toml").unwrap().warnings.is_empty());
+}
+
+#[test]
+fn published_ports_parse_in_every_host_form_and_world_is_a_source() {
+    let text = |publish: &str, network: &str| {
+        format!(
+            "[stack]\nname = \"s\"\nnetwork = \"{network}\"\n[[component]]\nname = \"web\"\n\
+             command = \"true\"\nlisten = [80, 81]\npublish = {publish}\n\
+             [[policy]]\nallow = {{ from = \"world\", to = \"web\", ports = [80] }}\n"
+        )
+    };
+    let stack = parse(
+        &text(
+            "[{ port = 80, host = \"127.0.0.1:8080\" }, { port = 81, host = 8081 }, { port = 80, host = \"8082\" }]",
+            "hub",
+        ),
+        "s.toml",
+    )
+    .unwrap();
+    let hosts: Vec<String> = stack.components[0]
+        .publish
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        hosts,
+        ["127.0.0.1:8080->80", "0.0.0.0:8081->81", "0.0.0.0:8082->80"]
+    );
+    assert_eq!(stack.policies[0].from, Selector::world());
+    assert_eq!(stack.policies[0].from.to_string(), "world");
+    for (publish, network, want) in [
+        (
+            "[{ port = 80, host = 8080 }]",
+            "none",
+            "needs the hub network",
+        ),
+        ("[{ port = 90, host = 8080 }]", "hub", "does not listen on"),
+        ("[{ port = 80, host = \"[::]:8080\" }]", "hub", "IPv6"),
+        (
+            "[{ port = 80, host = \"localhost:8080\" }]",
+            "hub",
+            "is not a host address",
+        ),
+        ("[{ port = 80, host = 0 }]", "hub", "out of range"),
+        (
+            "[{ port = 80, host = 8080 }, { port = 81, host = \"127.0.0.1:8080\" }]",
+            "hub",
+            "already published",
+        ),
+        ("[{ port = 80 }]", "hub", "needs `port` and `host`"),
+    ] {
+        let e = parse(&text(publish, network), "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{publish} on {network}: {e}");
+        assert!(
+            e.starts_with("s.toml:8:"),
+            "points at the publish line: {e}"
+        );
+    }
 }

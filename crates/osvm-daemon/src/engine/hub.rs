@@ -57,9 +57,11 @@ impl Engine {
                                 "`{end}`: stack `{stack}` has no component `{name}`"
                             )));
                         }
-                        Selector::Cidr(_) if end == "from" => {
+                        Selector::Cidr(_)
+                            if end == "from" && matches!(rule.to, Selector::Cidr(_)) =>
+                        {
                             return Err(EngineError::Invalid(
-                                "`from` cannot be a `cidr:` network: rules govern traffic from components".into(),
+                                "a rule from outside the stack (`world` or `cidr:`) must go to components".into(),
                             ));
                         }
                         _ => {}

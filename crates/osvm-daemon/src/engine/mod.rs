@@ -156,6 +156,17 @@ pub enum EngineError {
     Start(#[from] StartError),
 }
 
+/// Why a stack could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// It could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// It publishes a host address another stack publishes.
+    #[error("{0}")]
+    Published(String),
+}
+
 /// A change to a stack's policy made through the API.
 #[derive(Debug, Clone)]
 pub enum PolicyEdit {
@@ -304,7 +315,26 @@ impl Engine {
 
     /// Applies `stack` as desired state: new components start, changed ones are replaced,
     /// removed ones stop.
-    pub fn apply(&mut self, stack: Stack) -> Result<(), StoreError> {
+    pub fn apply(&mut self, stack: Stack) -> Result<(), ApplyError> {
+        // A host address is published by one component of one stack.
+        for (c, p) in stack
+            .components
+            .iter()
+            .flat_map(|c| c.publish.iter().map(move |p| (c, p)))
+        {
+            let taken = self
+                .stacks
+                .values()
+                .filter(|s| s.name != stack.name)
+                .flat_map(|s| s.components.iter().map(move |o| (s, o)))
+                .find_map(|(s, o)| o.publish.iter().find(|q| q.overlaps(p)).map(|q| (s, o, q)));
+            if let Some((s, o, q)) = taken {
+                return Err(ApplyError::Published(format!(
+                    "component `{}` publishes host address {}, which `{}/{}` already publishes ({q})",
+                    c.name, p.host, s.name, o.name
+                )));
+            }
+        }
         self.store.apply_stack(&stack)?;
         let now = Instant::now();
         for c in &stack.components {

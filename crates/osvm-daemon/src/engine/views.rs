@@ -46,6 +46,9 @@ pub struct ComponentView {
     pub last_instance: Option<String>,
     /// The TCP ports it listens on.
     pub listen: Vec<u16>,
+    /// Its published ports, `host:port->port` (`0.0.0.0`: every address of the host).
+    #[serde(default)]
+    pub published: Vec<String>,
     /// Host pid of the instance's init.
     pub pid: Option<i32>,
     /// Usage of the current instance.
@@ -114,6 +117,12 @@ impl Engine {
                     instance: u.instance.as_ref().map(|i| i.id().to_string()),
                     last_instance: u.life.record.last_instance.clone(),
                     listen: u.component.listen.clone(),
+                    published: u
+                        .component
+                        .publish
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                     pid: u.instance.as_ref().map(|i| i.init_pid()),
                     stats: if running { u.stats.clone() } else { None },
                     // What the running instance's usage is measured against (for a guest, its

@@ -9,7 +9,8 @@ use crate::runtime::RuntimeKind;
 
 use crate::stack::error::{Source, StackError};
 use crate::stack::file::{
-    Cpus, MountMode, RawComponent, RawEgress, RawMount, RawResources, RawType, Table, Word,
+    Cpus, MountMode, RawComponent, RawEgress, RawHostAddr, RawMount, RawPublish, RawResources,
+    RawType, Table, Word,
 };
 use crate::stack::{Component, IdentityReload, MtlsEgress, RestartPolicy, SwapPolicy};
 
@@ -387,6 +388,40 @@ pub(super) fn component(
         }
     }
 
+    let mut publish: Vec<super::super::Publish> = Vec::with_capacity(raw.publish.len());
+    for p in raw.publish {
+        let span = p.span();
+        let entry = published(src, p)?;
+        if !listen.contains(&entry.port) {
+            return Err(src.error(
+                span,
+                format!(
+                    "`publish` names port {}, which component `{name_text}` does not listen on; \
+                     add it to `listen` (it listens on {listen:?})",
+                    entry.port
+                ),
+            ));
+        }
+        if mtls {
+            return Err(src.error(
+                span,
+                "`publish` of an mtls = true component is not supported yet: its port is \
+                 reached only through its mTLS proxy on the hub, which published traffic does \
+                 not go through",
+            ));
+        }
+        if let Some(other) = publish.iter().find(|x| x.overlaps(&entry)) {
+            return Err(src.error(
+                span,
+                format!(
+                    "host address {} is already published as {other}",
+                    entry.host
+                ),
+            ));
+        }
+        publish.push(entry);
+    }
+
     let mut mtls_egress: Vec<MtlsEgress> = Vec::with_capacity(raw.mtls_egress.len());
     for e in raw.mtls_egress {
         let span = e.span();
@@ -446,6 +481,7 @@ pub(super) fn component(
         identity_reload,
         mtls,
         mtls_egress,
+        publish,
         network_access: raw.network_access.map(|w| w.0).unwrap_or_default(),
         swap,
         socket_activation,
@@ -470,6 +506,58 @@ pub(super) fn egress(
         port: port_number(src, &port, "mtls_egress port")?,
         listen: port_number(src, &listen, "mtls_egress listen port")?,
     })
+}
+
+/// One `publish` entry.
+fn published(
+    src: &Source<'_>,
+    raw: Spanned<Table<RawPublish>>,
+) -> Result<super::super::Publish, StackError> {
+    let span = raw.span();
+    let p = raw.into_inner().0;
+    let need = "a publish entry needs `port` and `host`: { port = 8080, host = \"127.0.0.1:18080\" } \
+                (host \"P\" or P: every address of the host)";
+    let (Some(port), Some(host)) = (p.port, p.host) else {
+        return Err(src.error(span, need));
+    };
+    let port = port_number(src, &port, "publish port")?;
+    let host_span = host.span();
+    let bad = |why: String| src.error(host_span.clone(), why);
+    let host = match host.into_inner() {
+        RawHostAddr::Port(n) => u16::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, n))
+            .ok_or_else(|| {
+                bad(format!(
+                    "host port {n} is out of range; expected 1 to 65535"
+                ))
+            })?,
+        RawHostAddr::Text(text) => {
+            if let Ok(n) = text.parse::<u16>() {
+                if n == 0 {
+                    return Err(bad("host port 0 is not a port; expected 1 to 65535".into()));
+                }
+                std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, n)
+            } else if text.starts_with('[') {
+                return Err(bad(format!(
+                    "`{text}`: publishing on IPv6 addresses is not supported yet (the hub is IPv4 \
+                     only); use \"0.0.0.0:P\" or an IPv4 address"
+                )));
+            } else {
+                let addr: std::net::SocketAddrV4 = text.parse().map_err(|_| {
+                    bad(format!(
+                        "`{text}` is not a host address; expected \"a.b.c.d:P\", \"P\" or P"
+                    ))
+                })?;
+                if addr.port() == 0 {
+                    return Err(bad("host port 0 is not a port; expected 1 to 65535".into()));
+                }
+                addr
+            }
+        }
+    };
+    Ok(super::super::Publish { port, host })
 }
 
 /// The number of a signal given by name, with or without `SIG` (HUP, SIGUSR1, ...).

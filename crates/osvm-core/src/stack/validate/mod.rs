@@ -138,6 +138,8 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
     let mut components: Vec<Component> = Vec::with_capacity(raw.component.len());
     // Where each `mtls_egress` entry's `to` is, to check once every component is known.
     let mut egress_spans: Vec<Vec<Range<usize>>> = Vec::new();
+    // Where each `publish` entry is, for the checks that need the whole stack.
+    let mut publish_spans: Vec<Vec<Range<usize>>> = Vec::new();
     for raw_component in raw.component {
         let spans = raw_component
             .get_ref()
@@ -146,9 +148,46 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
             .iter()
             .map(Spanned::span)
             .collect();
+        publish_spans.push(
+            raw_component
+                .get_ref()
+                .0
+                .publish
+                .iter()
+                .map(Spanned::span)
+                .collect(),
+        );
         let component = component(src, raw_component, &components)?;
         components.push(component);
         egress_spans.push(spans);
+    }
+    for (i, (c, spans)) in components.iter().zip(&publish_spans).enumerate() {
+        for (p, span) in c.publish.iter().zip(spans) {
+            if network != super::StackNetwork::Hub {
+                return Err(src.error(
+                    span.clone(),
+                    format!(
+                        "`publish` of `{}` needs the hub network: set network = \"hub\" in \
+                         [stack] (published traffic reaches the component through the hub, \
+                         where policy decides who may connect)",
+                        c.name
+                    ),
+                ));
+            }
+            if let Some((other, q)) = components[..i]
+                .iter()
+                .flat_map(|o| o.publish.iter().map(move |q| (o, q)))
+                .find(|(_, q)| q.overlaps(p))
+            {
+                return Err(src.error(
+                    span.clone(),
+                    format!(
+                        "host address {} is already published by `{}` ({q})",
+                        p.host, other.name
+                    ),
+                ));
+            }
+        }
     }
     for (c, spans) in components.iter().zip(&egress_spans) {
         for (e, span) in c.mtls_egress.iter().zip(spans) {

@@ -76,14 +76,14 @@ pub(super) fn policy(
          or \"*\"",
     )?;
     let from_selector = selector(src, &from, components)?;
-    if matches!(from_selector, Selector::Cidr(_)) {
+    let to_selector = selector(src, &to, components)?;
+    if matches!(from_selector, Selector::Cidr(_)) && matches!(to_selector, Selector::Cidr(_)) {
         return Err(src.error(
-            from.span(),
-            "a cidr selector may only be used in `to` (traffic leaving the stack); `from` \
-             expects a component name, \"type:<kind>\" or \"*\"",
+            to.span(),
+            "a rule from outside the stack (`world` or `cidr:`) must go to components: traffic \
+             between two outside networks is not the stack's to decide",
         ));
     }
-    let to_selector = selector(src, &to, components)?;
     let mut port_numbers = Vec::with_capacity(ports.len());
     for p in &ports {
         port_numbers.push(port_number(src, p, "policy port")?);
