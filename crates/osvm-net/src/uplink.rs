@@ -55,33 +55,54 @@ pub struct Published {
     pub port: u16,
 }
 
-/// The host table's rules: the hub's masquerade on its way out, then for each published port a
-/// DNAT to its service address, both for traffic arriving from elsewhere (prerouting) and for
+/// The host table's rules, as an `nft -f` script that changes the table in place (declared,
+/// its chains emptied and refilled in one transaction; with `fresh`, any older table of that
+/// name is deleted first): the hub's masquerade on its way out, then for each published port
+/// a DNAT to its service address, both for traffic arriving from elsewhere (prerouting) and for
 /// the host's own (output). Connections from the host's loopback leave through the uplink
-/// masqueraded as the host's uplink address, which the hub sees as their source.
-fn host_table(table: &str, net: Ipv4Addr, dev: &str, published: &[Published]) -> String {
-    let mut dnat = String::new();
+/// masqueraded as the host's uplink address, which the hub sees as their source. The base
+/// chains stay registered across updates: re-creating a NAT chain lets a new connection slip
+/// through untranslated (see `ruleset::update_script`).
+fn host_table(
+    table: &str,
+    net: Ipv4Addr,
+    dev: &str,
+    published: &[Published],
+    fresh: bool,
+) -> String {
+    let mut s = String::new();
+    if fresh {
+        s.push_str(&format!("table ip {table} {{}}\ndelete table ip {table}\n"));
+    }
+    s.push_str(&format!(
+        "table ip {table} {{\n\
+         \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+         \tchain output {{ type nat hook output priority -100; policy accept; }}\n}}\n"
+    ));
+    for chain in ["postrouting", "prerouting", "output"] {
+        s.push_str(&format!("flush chain ip {table} {chain}\n"));
+    }
+    s.push_str(&format!(
+        "add rule ip {table} postrouting ip saddr {net}/30 oifname != \"{dev}\" masquerade\n\
+         add rule ip {table} postrouting oifname \"{dev}\" ip saddr 127.0.0.0/8 masquerade\n"
+    ));
     for p in published {
         let matches = if p.host.ip().is_unspecified() {
             "fib daddr type local".to_owned()
         } else {
             format!("ip daddr {}", p.host.ip())
         };
-        dnat.push_str(&format!(
-            "\t\t{matches} tcp dport {} counter dnat to {}:{}\n",
-            p.host.port(),
-            p.service,
-            p.port
-        ));
+        for chain in ["prerouting", "output"] {
+            s.push_str(&format!(
+                "add rule ip {table} {chain} {matches} tcp dport {} counter dnat to {}:{}\n",
+                p.host.port(),
+                p.service,
+                p.port
+            ));
+        }
     }
-    format!(
-        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n\
-         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {net}/30 oifname != \"{dev}\" masquerade\n\
-         \t\toifname \"{dev}\" ip saddr 127.0.0.0/8 masquerade\n\t}}\n\
-         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{dnat}\t}}\n\
-         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{dnat}\t}}\n}}\n"
-    )
+    s
 }
 
 impl Uplink {
@@ -141,7 +162,7 @@ impl Uplink {
                 &["-n", n, "route", "add", "default", "via", &via],
                 None,
             )?;
-            let script = host_table(&self.table, self.net, &self.host_if, &[]);
+            let script = host_table(&self.table, self.net, &self.host_if, &[], true);
             run("nft", &["-f", "-"], Some(&script))?;
             Ok(())
         };
@@ -196,7 +217,7 @@ impl Uplink {
             command: format!("write 1 to {localnet}"),
             detail: e.to_string(),
         })?;
-        let script = host_table(&self.table, self.net, &self.host_if, published);
+        let script = host_table(&self.table, self.net, &self.host_if, published, false);
         run("nft", &["-f", "-"], Some(&script))?;
         Ok(())
     }

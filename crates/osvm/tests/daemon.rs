@@ -709,7 +709,8 @@ fn host_get(addr: std::net::SocketAddr) -> Result<String, i32> {
 }
 
 #[test]
-fn a_published_port_serves_the_host_as_policy_allows_and_down_leaves_the_ruleset_as_it_was() {
+fn a_published_port_serves_the_host_as_policy_allows_survives_a_killed_daemon_and_down_leaves_the_ruleset_as_it_was()
+ {
     if !hub_available("publish") {
         return;
     }
@@ -719,7 +720,7 @@ fn a_published_port_serves_the_host_as_policy_allows_and_down_leaves_the_ruleset
     };
     let before = ruleset();
     let state = StateDir::new("publish");
-    let _daemon = Daemon::start(&state);
+    let mut daemon = Daemon::start(&state);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -775,6 +776,20 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
         }
     };
     assert!(status.contains("200"), "{status}");
+
+    // The rules are the kernel's: a killed daemon leaves the port serving, and the next one
+    // rebuilds the same ruleset.
+    daemon.kill9();
+    assert!(
+        host_get(addr).is_ok_and(|l| l.contains("200")),
+        "with no daemon"
+    );
+    let _daemon = Daemon::start(&state);
+    wait_ps(&state, "both running again", all_running);
+    assert!(
+        host_get(addr).is_ok_and(|l| l.contains("200")),
+        "after the restart"
+    );
 
     // Revoking the only rule closes the port to the host (default deny).
     let o = run(state
