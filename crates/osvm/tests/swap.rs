@@ -215,14 +215,25 @@ impl Load {
     /// `short` threads of one-request connections at about `per_thread` requests/s each, and
     /// `long` threads holding keep-alive connections for 5 requests 100 ms apart.
     fn start(hub: &Hub, short: usize, per_thread: u32, long: usize) -> Self {
+        Self::start_at(Some(&hub.client_ns), hub.service, short, per_thread, long)
+    }
+
+    /// [`Load::start`] against `target` from the namespace `ns` (`None`: the host's).
+    fn start_at(
+        ns: Option<&str>,
+        target: SocketAddr,
+        short: usize,
+        per_thread: u32,
+        long: usize,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let threads = (0..short + long)
             .map(|n| {
-                let (ns, target) = (hub.client_ns.clone(), hub.service);
+                let ns = ns.map(str::to_owned);
                 let (stop, tally) = (stop.clone(), tally.clone());
                 std::thread::spawn(move || {
-                    client(&ns, target, n < short, per_thread, &stop, &tally)
+                    client(ns.as_deref(), target, n < short, per_thread, &stop, &tally)
                 })
             })
             .collect();
@@ -246,15 +257,17 @@ impl Load {
 /// One load thread: one-request connections paced at `per_thread`/s (`short`), or keep-alive
 /// connections back to back, until `stop`.
 fn client(
-    ns: &str,
+    ns: Option<&str>,
     target: SocketAddr,
     short: bool,
     per_thread: u32,
     stop: &AtomicBool,
     tally: &Tally,
 ) {
-    let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    if let Some(ns) = ns {
+        let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
     let pace = Duration::from_secs(1) / per_thread;
     while !stop.load(Ordering::Relaxed) {
         let began = Instant::now();
@@ -755,4 +768,54 @@ fn osvm_stop_during_a_swap_rolls_it_back_and_leaves_no_version_running() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(srv_slots(&hub.state), 1, "the second slot is cleared");
+}
+
+#[test]
+fn swaps_under_load_through_a_published_port_fail_no_request_from_the_host() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = stack()
+        .replace(
+            "listen = [8080]\n",
+            &format!("listen = [8080]\npublish = [{{ port = 8080, host = \"127.0.0.1:{port}\" }}]\n"),
+        )
+        .replace(
+            "[[policy]]\n",
+            "[[policy]]\nallow = { from = \"world\", to = \"srv\", ports = [8080] }\n\n[[policy]]\n",
+        );
+    assert!(text.contains("publish") && text.contains("world"), "{text}");
+    let Some(hub) = up_with("swap-published", &text) else {
+        return;
+    };
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let load = Load::start_at(None, target, 4, 100, 2);
+    let tally = load.tally.clone();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        tally.ok.load(Ordering::Relaxed) > 0,
+        "the published port serves"
+    );
+    for n in 0..20 {
+        let v = format!("p{}", n + 2);
+        let o = swap(&hub, &[], &version(&v));
+        assert!(o.status.success(), "swap {n}: {}{}", stdout(&o), stderr(&o));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    load.finish();
+    let (ok, failed) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    println!(
+        "published port under 20 swaps: {ok} requests ok, {failed} failed; versions {:?}",
+        tally.versions.lock().unwrap()
+    );
+    assert_eq!(failed, 0, "failed: {:?}", tally.failures.lock().unwrap());
+    assert!(
+        tally.versions.lock().unwrap().contains_key("p21"),
+        "the last version answers through the published port"
+    );
 }
