@@ -147,6 +147,22 @@ pub struct NetView {
     pub refused: Vec<(String, Counter)>,
     /// The mTLS ingress proxies.
     pub proxies: Vec<ProxyView>,
+    /// The components' published ports.
+    #[serde(default)]
+    pub published: Vec<PublishedView>,
+}
+
+/// One published port as the host and the hub see it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PublishedView {
+    /// Its stack.
+    pub stack: String,
+    /// Its component.
+    pub component: String,
+    /// The host address (`0.0.0.0`: every address of the host).
+    pub host: std::net::SocketAddrV4,
+    /// Where the host sends it: the component's service address and port.
+    pub service: Option<std::net::SocketAddrV4>,
 }
 
 /// A component on the hub.
@@ -757,7 +773,20 @@ impl NetPlane {
         let counted: BTreeMap<_, Counter> = self.enforcer.tuple_counters()?.into_iter().collect();
         let mut components = Vec::new();
         let mut rules = Vec::new();
+        let mut published = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
+            for c in &stack.components {
+                let service = self
+                    .services
+                    .get(&format!("{}/{}", stack.name, c.name))
+                    .map(|b| service_addr(&b));
+                published.extend(c.publish.iter().map(|p| PublishedView {
+                    stack: stack.name.clone(),
+                    component: c.name.clone(),
+                    host: p.host,
+                    service: service.map(|s| std::net::SocketAddrV4::new(s, p.port)),
+                }));
+            }
             let slots = self.members(stack);
             for (m, active) in &slots {
                 components.push(NetComponent {
@@ -835,6 +864,7 @@ impl NetPlane {
             rules,
             refused: self.enforcer.refused_counters()?,
             proxies,
+            published,
         })
     }
 

@@ -777,6 +777,21 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     };
     assert!(status.contains("200"), "{status}");
 
+    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+    let net: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        net["published"][0]["host"],
+        format!("127.0.0.1:{port}"),
+        "{net}"
+    );
+    assert_eq!(net["published"][0]["component"], "web", "{net}");
+    let o = run(state.osvm().args(["net", "show"]));
+    assert!(
+        stdout(&o).contains(&format!("127.0.0.1:{port} -> ")),
+        "{}",
+        stdout(&o)
+    );
+
     // The rules are the kernel's: a killed daemon leaves the port serving, and the next one
     // rebuilds the same ruleset.
     daemon.kill9();

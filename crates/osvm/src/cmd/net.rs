@@ -59,6 +59,19 @@ fn render(v: &NetView) -> String {
         ]);
     }
     out.push_str(&columns(&rows));
+    if !v.published.is_empty() {
+        out.push_str(
+            "\nPUBLISHED (the host sends these to the service address; the stack's `world` and \
+             `cidr:` rules decide who gets in)\n",
+        );
+        for p in &v.published {
+            let to = p.service.map_or("-".into(), |s| s.to_string());
+            out.push_str(&format!(
+                "  {} -> {to}  ({}/{})\n",
+                p.host, p.stack, p.component
+            ));
+        }
+    }
     out.push_str("\nSERVICE MAP (new connections to a service address go to its instance)\n");
     if v.services.is_empty() {
         out.push_str("  (none)\n");
