@@ -7,6 +7,7 @@
 //! - [`hub`] creates the hub and the veths (with `ip`, the kernel's own tool);
 //! - [`ruleset`] turns the stack's policy, judged by `osvm-policy`, into the nftables ruleset and
 //!   applies it in one `nft -f` transaction.
+//! - [`listeners`] finds who listens on a TCP port of the host (before a port is published);
 //! - [`netns`] runs work on a thread inside another network namespace, the one way osvm does
 //!   it.
 //!
@@ -16,6 +17,7 @@
 pub mod enforce;
 pub mod hub;
 pub mod ipam;
+pub mod listeners;
 pub mod netns;
 pub mod proxy;
 pub mod ruleset;

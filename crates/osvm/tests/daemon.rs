@@ -829,6 +829,28 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already publishes"), "{}", stderr(&o));
 
+    // Nor an address a process of the host listens on: the DNAT would take its connections.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    std::fs::write(
+        &other,
+        format!(
+            "[stack]\nname = \"other\"\nnetwork = \"hub\"\n[[component]]\nname = \"x\"\n\
+             command = \"sleep\"\nargs = [\"300\"]\nlisten = [80]\n\
+             publish = [{{ port = 80, host = {taken_port} }}]\n"
+        ),
+    )
+    .unwrap();
+    let o = run(state.osvm().args(["up", "-d"]).arg(&other));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("(pid {})", std::process::id()))
+            && stderr(&o).contains(&format!("127.0.0.1:{taken_port}")),
+        "names the listening process: {}",
+        stderr(&o)
+    );
+    drop(taken);
+
     down_and_wait(&state, &file);
     let deadline = Instant::now() + Duration::from_secs(10);
     while ruleset() != before && Instant::now() < deadline {

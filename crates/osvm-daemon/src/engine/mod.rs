@@ -334,6 +334,18 @@ impl Engine {
                     c.name, p.host, s.name, o.name
                 )));
             }
+            // A process of the host listening there would lose its new connections to the DNAT.
+            if let Some(l) = osvm_net::listeners::on_port(p.host.port())
+                .into_iter()
+                .find(|l| l.covers(*p.host.ip()))
+            {
+                return Err(ApplyError::Published(format!(
+                    "component `{}` publishes host address {}, where {l} already listens on {}",
+                    c.name,
+                    p.host,
+                    std::net::SocketAddr::new(l.addr, l.port)
+                )));
+            }
         }
         self.store.apply_stack(&stack)?;
         let now = Instant::now();
