@@ -617,3 +617,14 @@ fn published_ports_parse_in_every_host_form_and_world_is_a_source() {
         );
     }
 }
+
+#[test]
+fn a_component_cannot_be_called_world_which_names_every_outside_address() {
+    // Otherwise `to = "world"` in a rule would silently mean the whole internet, not it.
+    let text = "[stack]\nname = \"s\"\n[[component]]\nname = \"world\"\ncommand = \"true\"\n\
+                [[component]]\nname = \"a\"\ncommand = \"true\"\n\
+                [[policy]]\nallow = { from = \"a\", to = \"world\" }\n";
+    let e = parse(text, "s.toml").unwrap_err().to_string();
+    assert!(e.starts_with("s.toml:4:8:"), "{e}");
+    assert!(e.contains("reserved"), "{e}");
+}

@@ -38,6 +38,13 @@ pub(super) fn component(
         "this [[component]] has no `name`; add name = \"...\"",
     )?;
     check_name(src, &name, "component name")?;
+    if name.get_ref() == crate::stack::Selector::WORLD {
+        return Err(src.error(
+            name.span(),
+            "the component name `world` is reserved: in a [[policy]] rule it names every \
+             address outside the stack; choose another name",
+        ));
+    }
     if earlier.iter().any(|c| c.name == *name.get_ref()) {
         return Err(src.error(
             name.span(),
