@@ -239,8 +239,12 @@ pub struct NetPlane {
     egress: BTreeMap<u32, (ProxyHost, Vec<osvm_core::stack::MtlsEgress>)>,
     views: BTreeMap<String, SharedView>,
     audit: Arc<AuditLog>,
-    /// The way out of the host, once some component may reach an external network.
+    /// The way out of the host, once some component may reach an external network or publishes
+    /// a port.
     uplink: Option<Uplink>,
+    /// What the host publishes now (`None`: not written by this plane yet), so an apply that
+    /// changes nothing published leaves the host's routes and table alone.
+    published: Option<Vec<Published>>,
     /// The listening sockets of socket-activated components, by `stack/component`.
     listeners: BTreeMap<String, Vec<std::os::fd::OwnedFd>>,
 }
@@ -346,6 +350,7 @@ impl NetPlane {
             views: BTreeMap::new(),
             audit: Arc::new(audit),
             uplink,
+            published: None,
             listeners: BTreeMap::new(),
         })
     }
@@ -536,13 +541,17 @@ impl NetPlane {
                 })?;
             std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
             self.uplink = Some(uplink);
+            self.published = None;
         }
-        if let Some(uplink) = &self.uplink {
-            published.sort();
-            published.dedup();
+        published.sort();
+        published.dedup();
+        if let Some(uplink) = &self.uplink
+            && self.published.as_ref() != Some(&published)
+        {
             uplink
                 .publish(&published, &[SERVICE_POOL])
                 .map_err(NetPlaneError::Uplink)?;
+            self.published = Some(published);
         }
         self.enforcer.set_ingress(inbound);
         let applied = self

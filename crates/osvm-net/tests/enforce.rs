@@ -758,6 +758,57 @@ impl Drop for UplinkGuard {
     }
 }
 
+/// Another machine for a test: a namespace joined to the host by a veth on 198.51.100.`block`/30
+/// (TEST-NET-2; the host `.block+1`, the machine `.block+2` routing by default through the host),
+/// removed with `guard` and the returned link. `None`, after a SKIP, when the host itself uses
+/// that network. Each test takes its own block: tests run side by side.
+fn outside_machine(
+    test: &str,
+    guard: &mut Namespaces,
+    name: &str,
+    block: u8,
+) -> Option<(String, LinkGuard)> {
+    let host_addrs = Command::new("ip").args(["-br", "addr"]).output().unwrap();
+    if String::from_utf8_lossy(&host_addrs.stdout).contains(" 198.51.100.") {
+        osvm_testkit::skip(
+            test,
+            test,
+            "the host uses 198.51.100.0/24, the test's outside network",
+        );
+        return None;
+    }
+    let outside = format!("osvmt-{name}-{}", std::process::id());
+    guard.0.push(outside.clone());
+    let host_if = format!("osv{name}{:05x}", std::process::id() & 0xfffff);
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap().success();
+        assert!(ok, "ip {}", args.join(" "));
+    };
+    let (host_addr, addr) = (
+        format!("198.51.100.{}", block + 1),
+        format!("198.51.100.{}", block + 2),
+    );
+    ip(&["netns", "add", &outside]);
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &outside,
+    ]);
+    let link = LinkGuard(host_if.clone());
+    ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    ip(&[
+        "-n",
+        &outside,
+        "addr",
+        "add",
+        &format!("{addr}/30"),
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
+    ip(&["-n", &outside, "route", "add", "default", "via", &host_addr]);
+    Some((outside, link))
+}
+
 #[test]
 fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
     use osvm_net::ruleset::{external, script_with};
@@ -770,41 +821,11 @@ fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
     let web_access = NetworkAccess::Restricted;
     members[0].endpoint = Endpoint::component("web", ComponentKind::Service, web_access);
 
-    // The outside world: a namespace joined to the host by a veth (198.51.100.0/30, TEST-NET-2).
-    let host_addrs = Command::new("ip").args(["-br", "addr"]).output().unwrap();
-    if String::from_utf8_lossy(&host_addrs.stdout).contains(" 198.51.100.") {
-        osvm_testkit::skip(
-            "uplink",
-            "uplink",
-            "the host uses 198.51.100.0/24, the test's outside network",
-        );
-        return;
-    }
+    // The outside world: another machine at 198.51.100.2.
     let tag = format!("{:08x}", std::process::id());
-    let outside = format!("osvmt-out-{}", std::process::id());
-    guard.0.push(outside.clone());
-    let host_if = format!("osvt{}", &tag[..8]);
-    let ip = |args: &[&str]| {
-        let ok = Command::new("ip").args(args).status().unwrap().success();
-        assert!(ok, "ip {}", args.join(" "));
+    let Some((outside, _link)) = outside_machine("uplink", &mut guard, "out", 0) else {
+        return;
     };
-    ip(&["netns", "add", &outside]);
-    ip(&[
-        "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &outside,
-    ]);
-    let _link = LinkGuard(host_if.clone());
-    ip(&["addr", "add", "198.51.100.1/30", "dev", &host_if]);
-    ip(&["link", "set", &host_if, "up"]);
-    ip(&[
-        "-n",
-        &outside,
-        "addr",
-        "add",
-        "198.51.100.2/30",
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
     listen(&outside, 8080);
     listen(&outside, 9090);
 
@@ -899,50 +920,11 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
     members[0].service = Some(service);
     listen(&netns[0], 8080);
 
-    // Another machine: a namespace joined to the host by a veth (198.51.100.0/30, TEST-NET-2).
-    let host_addrs = Command::new("ip").args(["-br", "addr"]).output().unwrap();
-    if String::from_utf8_lossy(&host_addrs.stdout).contains(" 198.51.100.") {
-        osvm_testkit::skip(
-            "publish",
-            "publish",
-            "the host uses 198.51.100.0/24, the test's outside network",
-        );
-        return;
-    }
+    // Another machine at 198.51.100.6 (the host is .5 on that link).
     let tag = format!("{:08x}", std::process::id().wrapping_add(1));
-    let outside = format!("osvmt-pbout-{}", std::process::id());
-    guard.0.push(outside.clone());
-    let host_if = format!("osvp{}", &tag[..8]);
-    let ip = |args: &[&str]| {
-        let ok = Command::new("ip").args(args).status().unwrap().success();
-        assert!(ok, "ip {}", args.join(" "));
+    let Some((outside, _link)) = outside_machine("publish", &mut guard, "pb", 4) else {
+        return;
     };
-    ip(&["netns", "add", &outside]);
-    ip(&[
-        "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &outside,
-    ]);
-    let _link = LinkGuard(host_if.clone());
-    ip(&["addr", "add", "198.51.100.1/30", "dev", &host_if]);
-    ip(&["link", "set", &host_if, "up"]);
-    ip(&[
-        "-n",
-        &outside,
-        "addr",
-        "add",
-        "198.51.100.2/30",
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
-    ip(&[
-        "-n",
-        &outside,
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.51.100.1",
-    ]);
 
     let uplink = UplinkGuard(Some(Uplink::planned(&tag).create(&hub).unwrap()));
     // Free ports on the host for the two published addresses.
@@ -997,7 +979,7 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
         .map_err(|e| e.raw_os_error().unwrap_or(-1))
     };
     let from_outside =
-        |port: u16| connect(&outside, SocketAddr::from(([198, 51, 100, 1], port))).map_err(|e| e.0);
+        |port: u16| connect(&outside, SocketAddr::from(([198, 51, 100, 5], port))).map_err(|e| e.0);
 
     // Default deny: published, but no rule lets anyone in.
     enforce(vec![]);
@@ -1007,7 +989,7 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
     // Only the other machine's address.
     enforce(vec![rule(
         PolicyAction::Allow,
-        "cidr:198.51.100.2/32",
+        "cidr:198.51.100.6/32",
         "web",
         &[8080],
     )]);
@@ -1029,7 +1011,7 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
     // The world, except a denied network; `*` as a source is components only.
     enforce(vec![
         rule(PolicyAction::Allow, "cidr:0.0.0.0/0", "web", &[8080]),
-        rule(PolicyAction::Deny, "cidr:198.51.100.0/30", "web", &[]),
+        rule(PolicyAction::Deny, "cidr:198.51.100.4/30", "web", &[]),
     ]);
     assert_eq!(from_host(local_port), Ok(()), "the world includes the host");
     assert_eq!(

@@ -816,32 +816,27 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
 
     // A second stack cannot take the same host address.
     let other = state.path.join("other.toml");
-    std::fs::write(
-        &other,
-        format!(
-            "[stack]\nname = \"other\"\nnetwork = \"hub\"\n[[component]]\nname = \"x\"\n\
-             command = \"sleep\"\nargs = [\"300\"]\nlisten = [80]\n\
-             publish = [{{ port = 80, host = {port} }}]\n"
-        ),
-    )
-    .unwrap();
-    let o = run(state.osvm().args(["up", "-d"]).arg(&other));
+    // Another stack publishing its port 80 on every host address's port `host_port`.
+    let up_other = |host_port: u16| {
+        std::fs::write(
+            &other,
+            format!(
+                "[stack]\nname = \"other\"\nnetwork = \"hub\"\n[[component]]\nname = \"x\"\n\
+                 command = \"sleep\"\nargs = [\"300\"]\nlisten = [80]\n\
+                 publish = [{{ port = 80, host = {host_port} }}]\n"
+            ),
+        )
+        .unwrap();
+        run(state.osvm().args(["up", "-d"]).arg(&other))
+    };
+    let o = up_other(port);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already publishes"), "{}", stderr(&o));
 
     // Nor an address a process of the host listens on: the DNAT would take its connections.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    std::fs::write(
-        &other,
-        format!(
-            "[stack]\nname = \"other\"\nnetwork = \"hub\"\n[[component]]\nname = \"x\"\n\
-             command = \"sleep\"\nargs = [\"300\"]\nlisten = [80]\n\
-             publish = [{{ port = 80, host = {taken_port} }}]\n"
-        ),
-    )
-    .unwrap();
-    let o = run(state.osvm().args(["up", "-d"]).arg(&other));
+    let o = up_other(taken_port);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains(&format!("(pid {})", std::process::id()))

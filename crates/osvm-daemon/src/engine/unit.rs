@@ -1,7 +1,7 @@
 //! One component's lifecycle as a pure state machine: [`step`] takes what the engine observed
 //! ([`Observation`]) at a time it is given, changes the component's [`Lifecycle`], and returns
 //! what must be done ([`Action`]) in order. It holds no handle, reads no clock and does no I/O,
-//! so every rule below is tested with a fake clock; the engine's executor performs the actions
+//! so every rule below is tested with instants the test chooses; the engine's executor performs the actions
 //! (start an instance, signal it, spawn a probe, write the record, log an event) and feeds the
 //! outcomes back as observations.
 //!
@@ -192,8 +192,8 @@ pub enum Observation {
     },
     /// A hot-swap began.
     SwapBegan,
-    /// The swap's new instance `id`, started at `began`, became the component's instance;
-    /// `healthy` when the component has a health check (the swap's checks passed).
+    /// The swap's new instance `id`, started at `began`, became the component's instance (it
+    /// passed the swap's checks, so it counts as healthy).
     SwapConfirmed {
         /// The new instance's id.
         id: String,
@@ -429,7 +429,6 @@ impl Machine<'_> {
             self.lc.restart_at = None;
             if self.lc.record.enabled && !self.lc.removing && !self.lc.running {
                 self.lc.launching = true;
-                self.lc.record.next_start_ms = None;
                 self.out.push(Action::Launch);
             }
         }

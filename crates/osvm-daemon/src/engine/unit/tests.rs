@@ -1,4 +1,5 @@
-//! The lifecycle machine driven by hand with a fake clock: no process, no root, no sleep.
+//! The lifecycle machine driven by hand, with instants the test chooses: no process, no root,
+//! no sleep.
 
 use super::*;
 use crate::health::ProbeError;
@@ -50,7 +51,7 @@ fn signalled(s: i32) -> ExitStatus {
     }
 }
 
-/// A component and its fake clock.
+/// A component and the time the test has moved it to.
 struct Sim {
     lc: Lifecycle,
     s: Settings,
