@@ -130,8 +130,14 @@ fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
 /// The process runtime, or the error saying why it cannot run here.
 pub fn available_runtime(global: &Global) -> anyhow::Result<SandboxRuntime> {
     let runtime = sandbox_runtime(global)?;
+    ensure_available(&runtime)?;
+    Ok(runtime)
+}
+
+/// Fails (exit 125) when the process sandbox cannot run here, saying why.
+pub fn ensure_available(runtime: &SandboxRuntime) -> anyhow::Result<()> {
     match runtime.unavailable_reason() {
-        None => Ok(runtime),
+        None => Ok(()),
         Some(reason) => Err(SetupFailed(osvm_core::RuntimeError::Unavailable {
             kind: osvm_core::RuntimeKind::Process,
             reason,

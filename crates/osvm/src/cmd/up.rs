@@ -17,17 +17,19 @@ use osvm_daemon::engine::Engine;
 use osvm_daemon::store::{Event, EventKind, Store};
 use serde_json::json;
 
-use super::{available_runtime, state_dir};
+use super::state_dir;
 use crate::cli::{Global, Output, UpArgs};
 
 /// Fails (exit 125, or 2 for a spec the runtime refuses) when a component of `stack` cannot
 /// start on this host, naming it, before anything starts; does the slow one-time work the
 /// starts need first (a unikernel's image build), with progress. Each component's runtime
 /// decides ([`osvm_core::Runtime::prepare`]).
-fn preflight(global: &Global, stack: &osvm_core::stack::Stack) -> anyhow::Result<()> {
+fn preflight(
+    runtimes: &osvm_daemon::engine::Runtimes,
+    global: &Global,
+    stack: &osvm_core::stack::Stack,
+) -> anyhow::Result<()> {
     use osvm_core::RuntimeError;
-    let runtimes =
-        osvm_daemon::engine::runtimes(std::sync::Arc::new(super::sandbox_runtime(global)?));
     let mut progress = super::unikernel::printer(global, global.verbose > 0);
     for c in &stack.components {
         let Some(runtime) = runtimes.get(&c.runtime.kind()) else {
@@ -64,12 +66,14 @@ struct Screen {
 pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
     let stack = osvm_core::stack::load(&args.file)?;
     super::print_warnings(&stack);
-    preflight(global, &stack)?;
+    let sandbox = std::sync::Arc::new(super::sandbox_runtime(global)?);
+    let runtimes = osvm_daemon::engine::runtimes(sandbox.clone());
+    preflight(&runtimes, global, &stack)?;
     if args.detach {
         return super::control::apply(global, &args.file);
     }
     let signals = crate::signals::listen()?;
-    let runtime = available_runtime(global)?;
+    super::ensure_available(&sandbox)?;
     let state = state_dir(global)?;
     let dir = state.join("foreground");
     for d in [&state, &dir] {
@@ -82,7 +86,7 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
             stack.name
         )
     })?;
-    let mut engine = Engine::open(runtime, std::sync::Arc::new(store))?;
+    let mut engine = Engine::open_with(sandbox, runtimes, std::sync::Arc::new(store))?;
     let mut screen = Screen {
         output: global.output,
         tty: std::io::stdout().is_terminal() && global.output == Output::Text,
