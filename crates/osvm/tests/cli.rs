@@ -187,19 +187,9 @@ fn doctor_reports_every_area_as_json() {
 
 #[test]
 fn without_root_the_process_runtime_is_unavailable_and_says_why() {
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    // `nobody` must be able to reach the binary: a clone in a 0700 directory (`mktemp -d`)
-    // keeps it out, so it runs a link (or copy) in a directory of its own.
-    let dir = std::env::temp_dir().join(format!("osvm-test-nobody-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = dir.join("osvm");
-    let _ = std::fs::remove_file(&exe);
-    std::fs::hard_link(osvm_bin(), &exe)
-        .or_else(|_| std::fs::copy(osvm_bin(), &exe).map(|_| ()))
-        .unwrap();
-    let mut cmd = std::process::Command::new(&exe);
+    let exe = AnyoneBin::new("nobody");
+    let mut cmd = std::process::Command::new(&exe.path);
     cmd.args([
         "--state-dir",
         "/tmp/osvm-test-nobody-state",
@@ -211,7 +201,6 @@ fn without_root_the_process_runtime_is_unavailable_and_says_why() {
         cmd.uid(65534).gid(65534);
     }
     let o = cmd.output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("runtime process unavailable: osvm must run as root"),

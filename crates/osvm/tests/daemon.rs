@@ -179,7 +179,12 @@ fn the_api_refuses_strangers_and_explains_bad_requests() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    let o = run(state.osvm().args(["ps"]).uid(65534).gid(65534));
+    let anyone = AnyoneBin::new("daemon-nobody");
+    let o = run(state
+        .osvm_at(&anyone.path)
+        .args(["ps"])
+        .uid(65534)
+        .gid(65534));
     assert_ne!(o.status.code(), Some(0));
     assert!(
         stderr(&o).contains("cannot reach the osvm daemon"),
@@ -198,7 +203,11 @@ fn the_api_refuses_strangers_and_explains_bad_requests() {
     // ... and even through a socket opened to everyone, the peer's uid is checked.
     std::fs::set_permissions(&state.path, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let o = run(state.osvm().args(["ps"]).uid(65534).gid(65534));
+    let o = run(state
+        .osvm_at(&anyone.path)
+        .args(["ps"])
+        .uid(65534)
+        .gid(65534));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("uid 65534 may not use the osvm API"),

@@ -141,6 +141,35 @@ pub fn sandbox_available(test: &str) -> bool {
     true
 }
 
+/// The osvm binary linked (or copied) into a 0755 directory of its own, removed when dropped:
+/// tests that run osvm as another user (nobody) need a path that user can reach, which the
+/// build's is not when the clone lies in a 0700 directory (`mktemp -d`).
+pub struct AnyoneBin {
+    dir: PathBuf,
+    /// The binary's path.
+    pub path: PathBuf,
+}
+
+impl AnyoneBin {
+    pub fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("osvm-test-{test}-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("osvm");
+        let _ = std::fs::remove_file(&path);
+        std::fs::hard_link(osvm_bin(), &path)
+            .or_else(|_| std::fs::copy(osvm_bin(), &path).map(|_| ()))
+            .unwrap();
+        Self { dir, path }
+    }
+}
+
+impl Drop for AnyoneBin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A state directory private to one test, removed when dropped (pass or fail).
 pub struct StateDir {
     pub path: PathBuf,
@@ -164,7 +193,12 @@ impl StateDir {
     /// `osvm --state-dir <dir> ARGS...` (with `OSVM_AGENT` set when the tests built the guest
     /// agent themselves, see [`guest_agent`]).
     pub fn osvm(&self) -> Command {
-        let mut c = Command::new(osvm_bin());
+        self.osvm_at(&osvm_bin())
+    }
+
+    /// [`StateDir::osvm`] running the binary at `exe` (see [`AnyoneBin`]).
+    pub fn osvm_at(&self, exe: &Path) -> Command {
+        let mut c = Command::new(exe);
         c.arg("--state-dir").arg(&self.path);
         if let Some(agent) = BUILT_AGENT.get() {
             c.env("OSVM_AGENT", agent);
