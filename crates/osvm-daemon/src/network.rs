@@ -247,6 +247,8 @@ pub struct NetPlane {
     published: Option<Vec<Published>>,
     /// The listening sockets of socket-activated components, by `stack/component`.
     listeners: BTreeMap<String, Vec<std::os::fd::OwnedFd>>,
+    /// Whether the last apply succeeded.
+    in_force: bool,
 }
 
 /// FNV-1a of `s`: a short name for a state directory that stays the same across builds.
@@ -352,6 +354,7 @@ impl NetPlane {
             uplink,
             published: None,
             listeners: BTreeMap::new(),
+            in_force: false,
         })
     }
 
@@ -434,7 +437,22 @@ impl NetPlane {
     /// Recomputes and applies the ruleset and service map for every hub stack's components
     /// that are on the hub, then starts and stops ingress proxies to match. Policy is per
     /// stack: rules never name another stack's components.
+    ///
+    /// Whatever it returns, [`NetPlane::in_force`] says afterwards whether the hub enforces what
+    /// `stacks` say.
     pub fn apply(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<Applied, NetPlaneError> {
+        let applied = self.apply_stacks(stacks);
+        self.in_force = applied.is_ok();
+        applied
+    }
+
+    /// Whether the last [`NetPlane::apply`] succeeded: until one does, no component may start
+    /// on the hub (its policy, addresses or published ports may be missing).
+    pub fn in_force(&self) -> bool {
+        self.in_force
+    }
+
+    fn apply_stacks(&mut self, stacks: &BTreeMap<String, Stack>) -> Result<Applied, NetPlaneError> {
         let mut tuples = Vec::new();
         let mut service_map = Vec::new();
         let mut leaving = Vec::new();

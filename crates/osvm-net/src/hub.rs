@@ -22,9 +22,16 @@ pub fn hub_ifname(block: &Block) -> String {
 
 impl Hub {
     /// Creates the hub namespace `name` with forwarding on and no ICMP rate limit; fails if it
-    /// exists.
+    /// exists. A failed step removes the namespace again: a half-made hub (forwarding off) is
+    /// never found and taken for a whole one later.
     pub fn create(name: &str) -> Result<Self, NetError> {
         run("ip", &["netns", "add", name], None)?;
+        Self::configure(name).inspect_err(|_| {
+            let _ = run("ip", &["netns", "del", name], None);
+        })
+    }
+
+    fn configure(name: &str) -> Result<Self, NetError> {
         let hub = Self { name: name.into() };
         run("ip", &["-n", name, "link", "set", "lo", "up"], None)?;
         run(

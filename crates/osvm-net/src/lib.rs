@@ -68,7 +68,16 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                fail(format!(
+                    "{program} is not installed ({})",
+                    package_of(program)
+                ))
+            } else {
+                fail(e.to_string())
+            }
+        })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
             .map_err(|e| fail(format!("writing its input: {e}")))?;
@@ -77,10 +86,29 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(fail(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // `ip netns exec NS PROGRAM` when PROGRAM is missing.
+        if let Some(missing) = stderr
+            .trim()
+            .strip_prefix("exec of \"")
+            .and_then(|rest| rest.strip_suffix("\" failed: No such file or directory"))
+        {
+            return Err(fail(format!(
+                "{missing} is not installed ({})",
+                package_of(missing)
+            )));
+        }
+        Err(fail(format!("{}: {}", out.status, stderr.trim())))
+    }
+}
+
+/// The Debian package that provides `program`.
+fn package_of(program: &str) -> &'static str {
+    match program {
+        "nft" => "Debian package nftables",
+        "conntrack" => "Debian package conntrack",
+        "ip" => "Debian package iproute2",
+        "sysctl" => "Debian package procps",
+        _ => "not in PATH",
     }
 }

@@ -451,7 +451,8 @@ pub enum NetCommand {
 pub struct PolicyCheckArgs {
     /// The stack file (TOML)
     pub file: PathBuf,
-    /// The component the connection comes from
+    /// The component the connection comes from, or an IP address outside the stack (a client
+    /// of a published port)
     pub from: String,
     /// The component (or IP address outside the stack) it goes to
     pub to: String,

@@ -1,5 +1,6 @@
-//! `osvm up` on the quickstart stack: the services answer from inside their network
-//! namespaces, and after SIGINT nothing is left (no processes, cgroups or mounts).
+//! `osvm up` on the quickstart stack and other stacks run in the foreground: the quickstart's
+//! published port answers on the host, its policy holds in the kernel, and after SIGINT nothing
+//! is left (no processes, cgroups, mounts, namespaces or nftables tables).
 
 mod common;
 
@@ -12,24 +13,6 @@ use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// GET / on 127.0.0.1:`port` inside the network namespace of host pid `pid`.
-fn http_get_in_netns(pid: i32, port: u16, path: &str) -> Result<String, String> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| e.to_string())?;
-        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-        Ok(body)
-    })
-    .join()
-    .unwrap()
-}
 
 /// `osvm up` as a child that is interrupted (and its components stopped) even when the test
 /// fails half-way.
@@ -51,9 +34,42 @@ impl Drop for Up {
     }
 }
 
+/// The address `name` resolves to inside the sandbox of host pid `pid` (its /etc/hosts).
+fn resolve_in(pid: i32, name: &str) -> String {
+    let hosts = std::fs::read_to_string(format!("/proc/{pid}/root/etc/hosts")).unwrap();
+    hosts
+        .lines()
+        .find(|l| l.split_whitespace().skip(1).any(|n| n == name))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{name} in {hosts}"))
+        .to_owned()
+}
+
+/// GET `path` on `addr:port` from the network namespace of host pid `pid`.
+fn http_get_from(pid: i32, addr: &str, port: u16, path: &str) -> Result<String, String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+    let addr: std::net::IpAddr = addr.parse().unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+        Ok(body)
+    })
+    .join()
+    .unwrap()
+}
+
+/// What the README promises: `osvm up examples/quickstart.toml`, then
+/// `curl http://127.0.0.1:18080/` on the host; echo is reached only by web, as its policy says.
 #[test]
-fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
-    if !sandbox_available("quickstart") {
+fn quickstart_serves_the_host_keeps_its_policy_and_sigint_leaves_nothing_behind() {
+    if !hub_available("quickstart") {
         return;
     }
     if !Path::new("/bin/busybox").exists() {
@@ -62,6 +78,17 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
         );
         return;
     }
+    if TcpStream::connect(("127.0.0.1", 18080)).is_ok() {
+        println!("SKIP quickstart: something on this host listens on 127.0.0.1:18080 already");
+        return;
+    }
+    let tables = || {
+        let o = std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
     let state = StateDir::new("up");
     let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
     let mut child = Up(state
@@ -110,22 +137,45 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
             }
         }
     }
-    let web = http_get_in_netns(pids["web"], 8080, "/").expect("web answers");
-    assert!(web.starts_with("HTTP/1.0 200"), "{web}");
-    let echo = http_get_in_netns(pids["echo"], 8081, "/hostname").expect("echo answers");
+    // The README's curl: web's published port on the host's loopback.
+    let o = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg("http://127.0.0.1:18080/")
+        .output();
+    match o {
+        Ok(o) => assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "200",
+            "curl http://127.0.0.1:18080/: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) => {
+            let web = http_get_from(std::process::id() as i32, "127.0.0.1", 18080, "/")
+                .expect("web answers on the host");
+            assert!(web.starts_with("HTTP/1.0 200"), "{web}");
+        }
+    }
+    // web reaches echo by name, as its policy allows; echo reaches nothing, web included.
+    let echo_addr = resolve_in(pids["web"], "echo.quickstart.osvm");
+    let echo = http_get_from(pids["web"], &echo_addr, 8081, "/hostname").expect("web reaches echo");
     assert!(
-        echo.starts_with("HTTP/1.") && echo.contains(" 200 "),
+        echo.starts_with("HTTP/1.") && echo.contains(" 200 ") && echo.trim_end().ends_with("echo"),
         "{echo}"
     );
-    assert!(
-        echo.trim_end().ends_with("\n\necho") || echo.trim_end().ends_with("echo"),
-        "{echo}"
-    );
-    // The services are not on the host's loopback: each lives in its own network namespace.
-    assert!(
-        TcpStream::connect(("127.0.0.1", 8080)).is_err()
-            || std::env::var("OSVM_TEST_ALLOW_8080").is_ok()
-    );
+    let web_addr = resolve_in(pids["echo"], "web.quickstart.osvm");
+    let refused = http_get_from(pids["echo"], &web_addr, 8080, "/");
+    assert!(refused.is_err(), "echo must not reach web: {refused:?}");
+    // echo is not published: nothing on the host reaches it.
+    let direct = http_get_from(std::process::id() as i32, &echo_addr, 8081, "/hostname");
+    assert!(direct.is_err(), "the host must not reach echo: {direct:?}");
 
     let instances = state.instances();
     assert_eq!(instances.len(), 2, "{instances:?}");
@@ -166,6 +216,12 @@ fn quickstart_services_answer_and_sigint_leaves_nothing_behind() {
         .map(String::from)
         .collect();
     assert!(ours.is_empty(), "no monitor of this test is left: {ours:?}");
+    let prefix = osvm_daemon::network::netns_prefix(&state.path);
+    let left = tables();
+    assert!(
+        !left.contains(&format!("osvm_{}", prefix.trim_start_matches("osvm-"))),
+        "the host table of this test's hub is gone: {left}"
+    );
 }
 
 /// Runs `osvm -o json up` on `stack_text` until it exits by itself (bounded), returning its exit
@@ -1020,4 +1076,89 @@ allow = {{ from = "plain", to = "db", ports = [8080] }}
         "{audit:#?}"
     );
     assert_no_namespace_left();
+}
+
+/// A host without nftables: the hub cannot enforce policy, so no component of a hub stack
+/// starts, however often it is retried (a start after a failed ruleset once went ahead on a
+/// hub with no ruleset at all), and the reason names the missing package.
+#[test]
+fn without_nftables_no_hub_component_starts_and_the_reason_says_why() {
+    if !hub_available("hub without nft") {
+        return;
+    }
+    let state = StateDir::new("no-nft");
+    // ip and sysctl (the hub namespace needs them), but no nft on the PATH.
+    let bin = state.path.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["ip", "sysctl"] {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} on this host"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    if ["/usr/bin/nft", "/bin/nft"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
+        println!("SKIP hub without nft: nft is in /usr/bin here, which the test cannot hide");
+        return;
+    }
+    let file = state.path.join("stack.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "nonft"
+network = "hub"
+max_restarts = 2
+restart_backoff = "100ms"
+restart_backoff_max = "100ms"
+
+[[component]]
+name = "web"
+command = "sleep"
+args = ["30"]
+restart = "on-failure"
+"#,
+    )
+    .unwrap();
+    let mut child = Up(state
+        .osvm()
+        .env("PATH", &path)
+        .args(["-o", "json", "up"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let events: Vec<serde_json::Value> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .inspect(|l| println!("osvm up | {l}"))
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect();
+    let code = child.0.wait().unwrap().code();
+    assert_eq!(code, Some(1), "{events:?}");
+    assert_eq!(count(&events, "web", "started"), 0, "{events:?}");
+    let failures: Vec<&str> = events
+        .iter()
+        .filter(|e| e["component"] == "web" && e["event"] == "start-failed")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failures.len(),
+        3,
+        "the first start and both retries: {events:?}"
+    );
+    for f in failures {
+        assert!(
+            f.contains("unavailable")
+                && f.contains("nft is not installed (Debian package nftables)"),
+            "{f}"
+        );
+    }
 }

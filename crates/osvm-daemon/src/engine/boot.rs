@@ -260,11 +260,7 @@ impl Engine {
                     inst.init_pid(),
                     inst.instance_dir().display()
                 );
-                let reach = self.units[i]
-                    .component
-                    .listen
-                    .first()
-                    .map(|&port| inst.reach(port));
+                let reach = self.reach(i, &inst);
                 let confined = inst.confinement();
                 let confinement = confined.summary();
                 let warning = confined.warning().map(str::to_owned);
@@ -286,5 +282,30 @@ impl Engine {
             }
             Err(e) => self.start_failed(i, now, e.to_string()),
         }
+    }
+
+    /// How to reach unit `i`'s first listen port: where the host publishes it, its name on
+    /// the hub, or (alone in its namespace) how to enter it.
+    fn reach(&self, i: usize, inst: &Workload) -> Option<String> {
+        let c = &self.units[i].component;
+        let &port = c.listen.first()?;
+        let stack = self.stack_of(i);
+        if stack.network != osvm_core::stack::StackNetwork::Hub {
+            return Some(inst.reach(port));
+        }
+        let name = format!("{}.{}.osvm:{port}", c.name, stack.name);
+        let published: Vec<String> = c
+            .publish
+            .iter()
+            .map(|p| format!("{} -> {}", p.host, p.port))
+            .collect();
+        Some(if published.is_empty() {
+            format!("port {port} is on the stack's hub as {name}, as its [[policy]] allows")
+        } else {
+            format!(
+                "published on the host at {} and on the stack's hub as {name}, as its [[policy]] allows",
+                published.join(", ")
+            )
+        })
     }
 }

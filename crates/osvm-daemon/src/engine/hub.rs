@@ -141,8 +141,9 @@ impl Engine {
             }
         }
         let hosts = plane.hosts(&stack);
-        if joined {
-            // New members: the ruleset must know them before the component starts.
+        if joined || !plane.in_force() {
+            // New members: the ruleset must know them before the component starts. After a
+            // failed apply (nft missing, say) every start applies again, and fails with it.
             self.apply_network()?;
         }
         let own =

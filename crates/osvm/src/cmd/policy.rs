@@ -129,23 +129,19 @@ fn list(global: &Global, args: PolicyListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn endpoint(stack: &Stack, what: &str, may_be_address: bool) -> anyhow::Result<Endpoint> {
+/// A component of `stack` by name, or an address outside it.
+fn endpoint(stack: &Stack, what: &str) -> anyhow::Result<Endpoint> {
     if let Some(c) = stack.components.iter().find(|c| c.name == what) {
         return Ok(Endpoint::of(c));
     }
-    if may_be_address && let Ok(ip) = what.parse::<IpAddr>() {
+    if let Ok(ip) = what.parse::<IpAddr>() {
         return Ok(Endpoint::External(ip));
     }
     let names: Vec<&str> = stack.components.iter().map(|c| c.name.as_str()).collect();
     Err(InvalidInput(format!(
-        "stack `{}` has no component `{what}`; it has {}{}",
+        "stack `{}` has no component `{what}`; it has {} (or give an IP address outside it)",
         stack.name,
         names.join(", "),
-        if may_be_address {
-            " (or give an IP address)"
-        } else {
-            ""
-        }
     ))
     .into())
 }
@@ -153,8 +149,8 @@ fn endpoint(stack: &Stack, what: &str, may_be_address: bool) -> anyhow::Result<E
 fn check(global: &Global, args: PolicyCheckArgs) -> anyhow::Result<ExitCode> {
     let stack = osvm_core::stack::load(&args.file)?;
     let flow = Flow {
-        from: endpoint(&stack, &args.from, false)?,
-        to: endpoint(&stack, &args.to, true)?,
+        from: endpoint(&stack, &args.from)?,
+        to: endpoint(&stack, &args.to)?,
         port: args.port,
         protocol: if args.protocol == "udp" {
             Protocol::Udp
