@@ -4,7 +4,7 @@
 //! whenever membership or policy changes, and an mTLS ingress proxy in the hub for every
 //! listen port of a component marked `mtls = true`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -150,6 +150,9 @@ pub struct NetView {
     /// The components' published ports.
     #[serde(default)]
     pub published: Vec<PublishedView>,
+    /// Service addresses that refuse new connections: their component has no ready instance.
+    #[serde(default)]
+    pub waiting: Vec<Ipv4Addr>,
 }
 
 /// One published port as the host and the hub see it.
@@ -249,6 +252,9 @@ pub struct NetPlane {
     listeners: BTreeMap<String, Vec<std::os::fd::OwnedFd>>,
     /// Whether the last apply succeeded.
     in_force: bool,
+    /// Components (`stack/component`) with no ready instance: their service address refuses
+    /// new connections (and so do their published ports) until one is ready.
+    unready: BTreeSet<String>,
 }
 
 /// FNV-1a of `s`: a short name for a state directory that stays the same across builds.
@@ -355,6 +361,7 @@ impl NetPlane {
             published: None,
             listeners: BTreeMap::new(),
             in_force: false,
+            unready: BTreeSet::new(),
         })
     }
 
@@ -372,7 +379,25 @@ impl NetPlane {
     pub fn join(&mut self, stack: &str, component: &str) -> Result<(PathBuf, bool), NetPlaneError> {
         let key = format!("{stack}/{component}");
         self.services.allocate(&key)?;
-        self.add_slot(&key)
+        let (path, new) = self.add_slot(&key)?;
+        if new {
+            // Nothing runs there yet.
+            self.unready.insert(key);
+        }
+        Ok((path, new))
+    }
+
+    /// Records whether `stack/component`'s instance is ready for traffic (see
+    /// `unit::Lifecycle::ready`); returns whether that changed, when the caller must apply
+    /// again for it to take effect. A component starts out not ready when it joins, and ready
+    /// after a daemon restart (a running instance is adopted serving).
+    pub fn set_ready(&mut self, stack: &str, component: &str, ready: bool) -> bool {
+        let key = format!("{stack}/{component}");
+        if ready {
+            self.unready.remove(&key)
+        } else {
+            self.unready.insert(key)
+        }
     }
 
     /// Gives address-block key `slot` its block, namespace and veth (if it has none yet);
@@ -457,6 +482,7 @@ impl NetPlane {
         let mut service_map = Vec::new();
         let mut leaving = Vec::new();
         let mut splits = Vec::new();
+        let mut waiting = Vec::new();
         // Published ports: the host's DNAT entries, and who may come in through them.
         let mut published: Vec<Published> = Vec::new();
         let mut inbound = Vec::new();
@@ -475,6 +501,16 @@ impl NetPlane {
             tuples.extend(decided(&policy, &members).into_iter().map(|(a, _)| a));
             leaving.extend(external(&policy, &members));
             service_map.extend(services(&active));
+            // A component with no ready instance: its service address refuses new connections.
+            for c in &stack.components {
+                let key = format!("{}/{}", stack.name, c.name);
+                if self.unready.contains(&key)
+                    && !self.to_next.contains_key(&key)
+                    && let Some(block) = self.services.get(&key)
+                {
+                    waiting.push(service_addr(&block));
+                }
+            }
             for c in stack.components.iter().filter(|c| !c.publish.is_empty()) {
                 let key = format!("{}/{}", stack.name, c.name);
                 let Some(service) = self.services.get(&key).map(|b| service_addr(&b)) else {
@@ -572,6 +608,7 @@ impl NetPlane {
             self.published = Some(published);
         }
         self.enforcer.set_ingress(inbound);
+        self.enforcer.set_waiting(waiting);
         let applied = self
             .enforcer
             .apply_all(tuples, service_map, leaving, splits)?;
@@ -656,7 +693,8 @@ impl NetPlane {
             let key = format!("{}/{}", stack.name, c.name);
             let next = next_key(&key);
             let to_next = self.to_next.get(&key) == Some(&100);
-            for (slot, active) in [(&key, !to_next), (&next, to_next)] {
+            let ready = !self.unready.contains(&key);
+            for (slot, active) in [(&key, !to_next && ready), (&next, to_next)] {
                 let Some(block) = self.ipam.get(slot) else {
                     continue;
                 };
@@ -892,6 +930,7 @@ impl NetPlane {
             refused: self.enforcer.refused_counters()?,
             proxies,
             published,
+            waiting: self.enforcer.waiting().to_vec(),
         })
     }
 
@@ -972,6 +1011,7 @@ impl NetPlane {
         self.remove_slot(&next_key(&key))?;
         self.to_next.remove(&key);
         self.remove_slot(&key)?;
+        self.unready.remove(&key);
         let proxied: Vec<SocketAddr> = self
             .ingress
             .iter()

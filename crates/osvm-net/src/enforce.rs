@@ -35,6 +35,7 @@ pub struct Enforcer {
     external: Vec<External>,
     splits: Vec<Split>,
     ingress: Vec<Ingress>,
+    waiting: Vec<std::net::Ipv4Addr>,
     /// Whether this enforcer has written the table yet: the first apply replaces it whole
     /// (whatever layout an older osvm left), later ones change it in place.
     written: bool,
@@ -50,6 +51,7 @@ impl Enforcer {
             external: Vec::new(),
             splits: Vec::new(),
             ingress: Vec::new(),
+            waiting: Vec::new(),
             written: false,
         }
     }
@@ -83,6 +85,7 @@ impl Enforcer {
                 &self.external,
                 &self.splits,
                 &self.ingress,
+                &self.waiting,
             )),
         )?;
         if !self.written {
@@ -136,6 +139,19 @@ impl Enforcer {
     /// next [`Enforcer::apply`] on.
     pub fn set_ingress(&mut self, ingress: Vec<Ingress>) {
         self.ingress = ingress;
+    }
+
+    /// Sets the service addresses whose component has no ready instance (new connections to
+    /// them are refused) from the next [`Enforcer::apply`] on.
+    pub fn set_waiting(&mut self, mut waiting: Vec<std::net::Ipv4Addr>) {
+        waiting.sort();
+        waiting.dedup();
+        self.waiting = waiting;
+    }
+
+    /// The service addresses refused for want of a ready instance.
+    pub fn waiting(&self) -> &[std::net::Ipv4Addr] {
+        &self.waiting
     }
 
     /// The `ingress` chain's rules enforced (or to be enforced by the next apply).

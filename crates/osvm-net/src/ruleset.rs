@@ -314,13 +314,14 @@ pub fn services_script(services: &[Service]) -> String {
 /// listen; anything else addressed to the hub is refused. Every set element counts its packets
 /// and bytes, which is what `osvm net show` reports per rule.
 pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
-    script_with(allowed, services, &[], &[], &[])
+    script_with(allowed, services, &[], &[], &[], &[])
 }
 
 /// [`script`] with the `egress` chain holding `external` (traffic leaving through the uplink;
 /// with no uplink nothing leaves, whatever the chain says), and the service addresses in
-/// `splits` divided by weight between two instances (`numgen random`, before the map). The
-/// table is deleted first: use it to create the table (or to replace one of an older layout);
+/// `splits` divided by weight between two instances (`numgen random`, before the map), and
+/// new connections to the service addresses in `waiting` (components with no ready instance)
+/// refused at once (ECONNREFUSED) rather than sent anywhere. The table is deleted first: use it to create the table (or to replace one of an older layout);
 /// [`update_script`] changes a table in place.
 pub fn script_with(
     allowed: &[Allowed],
@@ -328,11 +329,12 @@ pub fn script_with(
     external: &[External],
     splits: &[Split],
     ingress: &[Ingress],
+    waiting: &[std::net::Ipv4Addr],
 ) -> String {
     // Creating then deleting makes the delete safe when the table does not exist yet.
     format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{}",
-        update_script(allowed, services, external, splits, ingress)
+        update_script(allowed, services, external, splits, ingress, waiting)
     )
 }
 
@@ -348,6 +350,7 @@ pub fn update_script(
     external: &[External],
     splits: &[Split],
     ingress: &[Ingress],
+    waiting: &[std::net::Ipv4Addr],
 ) -> String {
     let t = format!("inet {TABLE}");
     let uplink = crate::uplink::UPLINK_IF;
@@ -358,6 +361,7 @@ pub fn update_script(
 \tset allow_tcp {{ type ifname . ipv4_addr . ipv4_addr . inet_service; counter; }}
 \tset allow_udp {{ type ifname . ipv4_addr . ipv4_addr . inet_service; counter; }}
 \tmap services {{ type ipv4_addr : ipv4_addr; }}
+\tset waiting {{ type ipv4_addr; counter; }}
 \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 \tchain forward {{ type filter hook forward priority filter; policy drop; }}
 \tchain egress {{ }}
@@ -371,6 +375,7 @@ pub fn update_script(
         ("set", "allow_tcp"),
         ("set", "allow_udp"),
         ("map", "services"),
+        ("set", "waiting"),
     ] {
         let _ = writeln!(s, "flush {kind} {t} {name}");
     }
@@ -402,6 +407,10 @@ pub fn update_script(
             service_elements(services)
         );
     }
+    if !waiting.is_empty() {
+        let items: Vec<String> = waiting.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "add element {t} waiting {{ {} }}", items.join(", "));
+    }
     let mut rule = |chain: &str, text: &str| {
         let _ = writeln!(s, "add rule {t} {chain} {text}");
     };
@@ -420,6 +429,10 @@ pub fn update_script(
     }
     rule("prerouting", "dnat ip to ip daddr map @services");
     rule("forward", "ct state established,related accept");
+    rule(
+        "forward",
+        "ip daddr @waiting reject with icmpx port-unreachable",
+    );
     rule(
         "forward",
         "iifname . ip saddr . ip daddr . tcp dport @allow_tcp counter accept",

@@ -845,6 +845,7 @@ fn traffic_leaves_the_host_only_as_cidr_rules_and_network_access_allow() {
             &leaving,
             &[],
             &[],
+            &[],
         )),
     )
     .unwrap();
@@ -965,6 +966,7 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
                 &[],
                 &[],
                 &ingress(&policy, &to_publish),
+                &[],
             )),
         )
         .unwrap();

@@ -222,6 +222,7 @@ fn quickstart_serves_the_host_keeps_its_policy_and_sigint_leaves_nothing_behind(
         !left.contains(&format!("osvm_{}", prefix.trim_start_matches("osvm-"))),
         "the host table of this test's hub is gone: {left}"
     );
+    assert_no_namespace_left(&state);
 }
 
 /// Runs `osvm -o json up` on `stack_text` until it exits by itself (bounded), returning its exit
@@ -955,7 +956,7 @@ allow = { from = "client", to = "web", ports = [8080] }
         "intruder: {}",
         log("intruder")
     );
-    assert_no_namespace_left();
+    assert_no_namespace_left(&state);
 }
 
 /// Everything the instances of `name` wrote to stdout.
@@ -971,14 +972,16 @@ fn component_stdout(state: &StateDir, name: &str) -> String {
         .collect()
 }
 
-fn assert_no_namespace_left() {
+/// No namespace of `state`'s hub is left (other tests' hubs may run meanwhile).
+fn assert_no_namespace_left(state: &StateDir) {
+    let prefix = format!("{}-", osvm_daemon::network::netns_prefix(&state.path));
     let left = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
         .unwrap();
     let left = String::from_utf8_lossy(&left.stdout).into_owned();
     assert!(
-        !left.lines().any(|l| l.starts_with("osvm-")),
+        !left.lines().any(|l| l.starts_with(&prefix)),
         "namespaces left behind: {left}"
     );
 }
@@ -1075,7 +1078,7 @@ allow = {{ from = "plain", to = "db", ports = [8080] }}
             .any(|r| !r.allowed && r.rule.contains("handshake failed")),
         "{audit:#?}"
     );
-    assert_no_namespace_left();
+    assert_no_namespace_left(&state);
 }
 
 /// A host without nftables: the hub cannot enforce policy, so no component of a hub stack
@@ -1161,4 +1164,91 @@ restart = "on-failure"
             "{f}"
         );
     }
+}
+
+/// Only a ready instance gets published traffic: while web listens but has not passed its
+/// health check, its published port refuses connections at once (ECONNREFUSED, from the hub),
+/// and serves once the check passes.
+#[test]
+fn a_published_port_refuses_connections_until_its_component_is_ready() {
+    if !hub_available("published readiness") {
+        return;
+    }
+    let port = 18093;
+    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        println!("SKIP published readiness: something listens on 127.0.0.1:{port} already");
+        return;
+    }
+    let state = StateDir::new("pub-ready");
+    let file = state.path.join("stack.toml");
+    // Serves HTTP on 8080 at once; its health check (a TCP port) passes only 4 s later.
+    let server = "import http.server, socket, threading, time\ns = http.server.HTTPServer(('', 8080), http.server.SimpleHTTPRequestHandler)\nthreading.Thread(target=s.serve_forever, daemon=True).start()\ntime.sleep(4)\nr = socket.socket()\nr.bind(('', 9000))\nr.listen(8)\nwhile True:\n    r.accept()[0].close()\n";
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "pubready"
+network = "hub"
+
+[[component]]
+name = "web"
+command = "/usr/bin/python3"
+args = ["-c", '''{server}''']
+listen = [8080, 9000]
+publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
+health = {{ tcp = true, port = 9000, interval = "200ms", start_period = "20s" }}
+
+[[policy]]
+allow = {{ from = "world", to = "web", ports = [8080] }}
+"#
+        ),
+    )
+    .unwrap();
+    let (mut up, rx) = spawn_up(&state, &file);
+    let events = read_events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e["event"] == "started")
+    });
+    let pid: i32 = events
+        .iter()
+        .find(|e| e["event"] == "started")
+        .and_then(|e| e["detail"].as_str())
+        .and_then(|d| d.split("(pid ").nth(1))
+        .and_then(|d| d.split(')').next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("a pid in {events:?}"));
+    // web serves inside its namespace...
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while http_get_from(pid, "127.0.0.1", 8080, "/").is_err() {
+        assert!(Instant::now() < deadline, "web never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...but is not ready: the published port refuses.
+    let before = Instant::now();
+    let refused = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(3),
+    );
+    let took = before.elapsed();
+    let healthy_yet = rx.try_iter().any(|e| e["event"] == "healthy");
+    assert!(
+        !healthy_yet,
+        "the test was too slow to look before the check passed"
+    );
+    match refused {
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "refused at once, not dropped: {e} after {took:?}"
+        ),
+        Ok(_) => panic!("a connection reached web before it was ready"),
+    }
+    read_events_until(&rx, Duration::from_secs(15), |ev| {
+        ev.iter().any(|e| e["event"] == "healthy")
+    });
+    let served = http_get_from(std::process::id() as i32, "127.0.0.1", port, "/")
+        .expect("web serves its published port once ready");
+    assert!(served.starts_with("HTTP/1.0 200"), "{served}");
+    up.interrupt();
+    assert_no_namespace_left(&state);
 }

@@ -32,6 +32,25 @@ impl Engine {
         }
     }
 
+    /// Points unit `i`'s service address (and its published ports) at its instance when the
+    /// instance is ready for traffic, and makes it refuse new connections when not.
+    pub(super) fn route_if_ready(&mut self, i: usize) {
+        let ready = self.units[i].life.ready();
+        let (stack, name) = (
+            self.units[i].life.record.stack.clone(),
+            self.units[i].component.name.clone(),
+        );
+        if self.stacks.get(&stack).map(|s| s.network) != Some(osvm_core::stack::StackNetwork::Hub) {
+            return;
+        }
+        let Some(plane) = self.net.as_mut() else {
+            return;
+        };
+        if plane.set_ready(&stack, &name, ready) {
+            self.reapply_network();
+        }
+    }
+
     /// Changes a stack's policy (kept until the stack is applied again from its file) and
     /// enforces the result at once: a removed allow cuts the connections it let in. Returns the
     /// index and text of the rule added or removed.

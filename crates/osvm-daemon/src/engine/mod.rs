@@ -505,7 +505,11 @@ impl Engine {
     /// Feeds `obs` to unit `i`'s lifecycle and performs what it decides.
     fn observe(&mut self, i: usize, obs: Observation, now: Instant) {
         let settings = Settings::of(&self.units[i].component, self.stack_of(i));
-        for action in unit::step(&mut self.units[i].life, &settings, obs, now) {
+        let actions = unit::step(&mut self.units[i].life, &settings, obs, now);
+        // Traffic follows readiness before anything is announced: a client that saw the
+        // `healthy` event is routed to the instance.
+        self.route_if_ready(i);
+        for action in actions {
             self.perform(i, action, now);
         }
     }

@@ -93,6 +93,9 @@ pub struct Lifecycle {
     pub probing: Option<Instant>,
     /// How long the last probe took.
     pub probe_latency: Option<Duration>,
+    /// The running instance has passed its health check since it started (or was adopted
+    /// serving after an engine restart, or confirmed by a hot-swap).
+    pub passed: bool,
 }
 
 impl Lifecycle {
@@ -121,7 +124,18 @@ impl Lifecycle {
             next_probe: now,
             probing: None,
             probe_latency: None,
+            passed: false,
         }
+    }
+
+    /// Whether the instance should receive traffic (the hub's service address, and so a
+    /// published port, sends to it): it runs, is not being stopped, and has passed its health
+    /// check since it started, if it has one. Like a Kubernetes endpoint's readiness.
+    pub fn ready(&self) -> bool {
+        self.running
+            && self.kill_at.is_none()
+            && self.record.status != ComponentStatus::Stopping
+            && (self.health == Health::None || self.passed)
     }
 
     /// Nothing runs, nothing starts and nothing is scheduled.
@@ -341,6 +355,8 @@ impl Machine<'_> {
             Observation::Adopted { id, age } => {
                 self.lc.record.instance = Some(id);
                 self.lc.running = true;
+                // It served before the engine went away: it keeps serving until a probe fails.
+                self.lc.passed = true;
                 self.lc.started_at = Some(self.now.checked_sub(age).unwrap_or(self.now));
                 if matches!(self.lc.record.intent, Some(Intent::Stop { .. }))
                     || !self.lc.record.enabled
@@ -392,6 +408,7 @@ impl Machine<'_> {
                 lc.probing = None;
                 lc.next_probe = self.now;
                 lc.kill_at = None;
+                lc.passed = true;
                 lc.record.last_instance = lc.record.instance.take();
                 lc.record.instance = Some(id);
                 self.out.push(Action::CancelProbe);
@@ -507,6 +524,7 @@ impl Machine<'_> {
                 let announce = self.lc.record.status == ComponentStatus::Starting
                     || matches!(self.lc.health, Health::Failing(..));
                 self.lc.health = Health::Healthy(detail.clone());
+                self.lc.passed = true;
                 self.set_status(ComponentStatus::Running);
                 if announce {
                     self.emit(EventKind::Healthy, detail);
@@ -546,6 +564,7 @@ impl Machine<'_> {
         lc.stop_reason = None;
         lc.kill_at = None;
         lc.probing = None;
+        lc.passed = false;
         if lc.health != Health::None {
             lc.health = Health::Pending;
         }
@@ -584,6 +603,7 @@ impl Machine<'_> {
     fn exited(&mut self, status: ExitStatus, how: Option<String>) {
         let lc = &mut *self.lc;
         lc.running = false;
+        lc.passed = false;
         if lc.probing.take().is_some() {
             self.out.push(Action::CancelProbe);
         }

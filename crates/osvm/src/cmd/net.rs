@@ -72,12 +72,15 @@ fn render(v: &NetView) -> String {
             ));
         }
     }
-    out.push_str("\nSERVICE MAP (new connections to a service address go to its instance)\n");
-    if v.services.is_empty() {
+    out.push_str("\nSERVICE MAP (new connections to a service address go to its ready instance)\n");
+    if v.services.is_empty() && v.waiting.is_empty() {
         out.push_str("  (none)\n");
     }
     for (service, instance) in &v.services {
         out.push_str(&format!("  {service} -> {instance}\n"));
+    }
+    for service in &v.waiting {
+        out.push_str(&format!("  {service} -> (no ready instance: refused)\n"));
     }
     out.push('\n');
     let mut rows = vec![

@@ -894,3 +894,54 @@ fn a_swap_that_ends_after_its_component_was_removed_does_not_restart_it() {
     assert_eq!(sim.status(), ComponentStatus::Stopped);
     assert!(sim.lc.idle());
 }
+
+#[test]
+fn an_instance_with_a_health_check_is_ready_only_once_it_passes() {
+    let mut sim = Sim::with_health(check());
+    assert!(!sim.lc.ready(), "nothing runs yet");
+    sim.tick_and_start();
+    assert!(!sim.lc.ready(), "started, not probed");
+    sim.tick();
+    sim.at(0.1).see(Observation::Probe(Err(fail("refused"))));
+    assert!(!sim.lc.ready(), "a failed probe");
+    sim.at(2.2).tick();
+    sim.at(2.3).see(Observation::Probe(Ok("HTTP 200".into())));
+    assert!(sim.lc.ready(), "passed");
+    // A failing probe below retries keeps it serving; reaching retries stops it, and a stopping
+    // instance takes no new traffic.
+    for (k, t) in [4.4, 6.6, 8.8].into_iter().enumerate() {
+        sim.at(t).tick();
+        sim.at(t + 0.1)
+            .see(Observation::Probe(Err(fail("timeout"))));
+        assert_eq!(sim.lc.ready(), k < 2, "after {} failures", k + 1);
+    }
+    sim.exit(signalled(15));
+    assert!(!sim.lc.ready());
+    // Its next instance starts over.
+    sim.at(30.0).tick_and_start();
+    assert!(sim.lc.running);
+    assert!(!sim.lc.ready());
+}
+
+#[test]
+fn an_instance_without_a_health_check_is_ready_while_it_runs_and_not_while_it_stops() {
+    let mut sim = Sim::new(settings());
+    sim.tick_and_start();
+    assert!(sim.lc.ready());
+    sim.see(Observation::StopRequested);
+    assert!(!sim.lc.ready(), "stopping");
+}
+
+#[test]
+fn an_adopted_instance_with_a_health_check_keeps_serving_until_a_probe_fails_it() {
+    let mut sim = Sim::with_health(check());
+    sim.lc = Lifecycle::new(ComponentRecord::new("st", "web"), true, None, sim.now);
+    sim.see(Observation::Adopted {
+        id: "web-1".into(),
+        age: Duration::from_secs(40),
+    });
+    assert!(
+        sim.lc.ready(),
+        "a restarted engine does not take a serving instance out of its service"
+    );
+}
