@@ -735,6 +735,10 @@ fn a_published_port_serves_the_host_as_policy_allows_survives_a_killed_daemon_an
         .local_addr()
         .unwrap()
         .port();
+    // A port below 1024 too (osvm runs as root): the first free one from 900.
+    let low = (900..1000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 900..1000");
     let file = state.path.join("pub.toml");
     std::fs::write(
         &file,
@@ -749,7 +753,7 @@ name = "web"
 command = "python3"
 args = ["-m", "http.server", "8080"]
 listen = [8080]
-publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
+publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}, {{ port = 8080, host = "127.0.0.1:{low}" }}]
 
 [[component]]
 name = "idle"
@@ -768,8 +772,21 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     let web = view(&ps(&state), "web").clone();
     assert_eq!(
         web["published"],
-        serde_json::json!([format!("127.0.0.1:{port}->8080")]),
+        serde_json::json!([
+            format!("127.0.0.1:{port}->8080"),
+            format!("127.0.0.1:{low}->8080")
+        ]),
         "{web}"
+    );
+    let o = run(state.osvm().arg("ps"));
+    let table = stdout(&o);
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.ends_with("PUBLISHED"))
+            && table.contains(&format!("127.0.0.1:{port}->8080,127.0.0.1:{low}->8080")),
+        "{table}"
     );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // The server may still be binding its port when the sandbox counts as running.
@@ -785,6 +802,11 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
         }
     };
     assert!(status.contains("200"), "{status}");
+    let status = host_get(std::net::SocketAddr::from(([127, 0, 0, 1], low)));
+    assert!(
+        status.as_ref().is_ok_and(|l| l.contains("200")),
+        "port {low}: {status:?}"
+    );
 
     let o = run(state.osvm().args(["-o", "json", "net", "show"]));
     let net: Value = serde_json::from_slice(&o.stdout).unwrap();

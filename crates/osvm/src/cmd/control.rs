@@ -103,9 +103,6 @@ pub fn status(global: &Global, args: NameArgs) -> anyhow::Result<ExitCode> {
         println!("{:<10} {}", "reason", v.reason);
     }
     println!("{:<10} {}", "runtime", v.runtime);
-    if !v.published.is_empty() {
-        println!("{:<10} {}", "published", v.published.join(", "));
-    }
     if let Some(vm) = &v.vm {
         println!(
             "{:<10} {}, {} vCPUs, {} MiB, kernel {}, vsock cid {}, booted in {} ms",

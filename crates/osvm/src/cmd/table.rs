@@ -7,7 +7,7 @@ use osvm_daemon::engine::{ComponentView, human_duration};
 use super::human_bytes;
 
 /// The column titles.
-const HEADER: [&str; 9] = [
+const HEADER: [&str; 10] = [
     "NAME",
     "STATUS",
     "HEALTH",
@@ -17,6 +17,7 @@ const HEADER: [&str; 9] = [
     "RESTARTS",
     "UPTIME",
     "LAST EXIT",
+    "PUBLISHED",
 ];
 
 /// One row: `name` is what the NAME column shows.
@@ -45,6 +46,11 @@ fn row(name: String, v: &ComponentView) -> Vec<String> {
         v.last_exit
             .map(|s| s.to_string())
             .unwrap_or_else(|| "-".into()),
+        if v.published.is_empty() {
+            "-".into()
+        } else {
+            v.published.join(",")
+        },
     ]
 }
 
