@@ -105,21 +105,22 @@ impl Authorize for PolicyAuthorizer {
             allowed: false,
             rule,
         };
-        let prefix = format!("spiffe://{}/{}/", view.trust_domain, view.name);
-        let Some(component) = spiffe_id.strip_prefix(&prefix) else {
+        let Some(to) = view.endpoints.get(&self.target) else {
             return deny(format!(
-                "not an identity of stack {} in trust domain {}",
-                view.name, view.trust_domain
+                "no component {} in stack {}",
+                self.target, view.name
             ));
         };
-        let (Some(from), Some(to)) = (
-            view.endpoints.get(component),
-            view.endpoints.get(&self.target),
-        ) else {
-            return deny(format!("no component {component} in stack {}", view.name));
-        };
+        let prefix = format!("spiffe://{}/{}/", view.trust_domain, view.name);
+        // A component of the stack is judged by its name; any other identity the CA issued (a
+        // client outside: `osvm cert client NAME`) by the stack's `spiffe://` rules.
+        let from = spiffe_id
+            .strip_prefix(&prefix)
+            .and_then(|component| view.endpoints.get(component))
+            .cloned()
+            .unwrap_or_else(|| Endpoint::Identity(spiffe_id.to_owned()));
         let flow = Flow {
-            from: from.clone(),
+            from,
             to: to.clone(),
             port: self.port,
             protocol: Protocol::Tcp,

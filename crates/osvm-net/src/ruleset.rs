@@ -200,7 +200,8 @@ pub struct Ingress {
     pub deny: bool,
     /// Source network (`a.b.c.d/n`).
     pub saddr: String,
-    /// The component's address (where the service address sends it).
+    /// The component's address (where the service address sends it); for an mTLS component,
+    /// its service address (where its proxy listens).
     pub daddr: std::net::Ipv4Addr,
     /// Destination ports (never empty: the published ports the rule covers).
     pub ports: Vec<u16>,
@@ -210,12 +211,12 @@ pub struct Ingress {
 
 /// The `ingress` chain's rules for `published` (each member with the TCP ports it publishes),
 /// from [`PolicySet::inbound`]: denials first, each rule narrowed to the published ports it
-/// covers. IPv6 sources are left out (the hub is IPv4 only); an mTLS member is left out (its
-/// published traffic would have to end at its proxy, which this does not do).
+/// covers. IPv6 sources are left out (the hub is IPv4 only). An mTLS member's published
+/// traffic ends at its proxy (its service address, in the hub's input chain), which then judges
+/// the client's certificate.
 pub fn ingress(policy: &PolicySet, published: &[(Member, Vec<u16>)]) -> Vec<Ingress> {
     let mut out: Vec<Ingress> = published
         .iter()
-        .filter(|(m, _)| !m.mtls)
         .flat_map(|(m, ports)| {
             policy
                 .inbound(&m.endpoint)
@@ -230,7 +231,7 @@ pub fn ingress(policy: &PolicySet, published: &[(Member, Vec<u16>)]) -> Vec<Ingr
                     (!covered.is_empty()).then(|| Ingress {
                         deny: !g.allow,
                         saddr: g.cidr.to_string(),
-                        daddr: m.block.component_addr(),
+                        daddr: m.tcp_destination(),
                         ports: covered,
                         rule: g.rule,
                     })
@@ -457,6 +458,8 @@ pub fn update_script(
         "input",
         "iifname . ip saddr . ip daddr . tcp dport @allow_tcp accept",
     );
+    // Published ports of mTLS components end at their proxies, here.
+    rule("input", &format!("iifname \"{uplink}\" jump ingress"));
     rule("input", "counter reject with icmpx admin-prohibited");
     s
 }

@@ -51,6 +51,8 @@ pub enum Endpoint {
     },
     /// An address outside the stack.
     External(IpAddr),
+    /// A peer known by the SPIFFE ID of its certificate, as an mTLS ingress proxy sees it.
+    Identity(String),
 }
 
 impl Endpoint {
@@ -76,6 +78,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Component { name, .. } => f.write_str(name),
             Endpoint::External(ip) => write!(f, "{ip}"),
+            Endpoint::Identity(id) => f.write_str(id),
         }
     }
 }
@@ -157,6 +160,7 @@ enum FromKey {
     Component(String),
     Kind(ComponentKind),
     External,
+    Identity,
 }
 
 /// The stack's rules, indexed for evaluation.
@@ -176,6 +180,7 @@ impl PolicySet {
                 Selector::Component(name) => FromKey::Component(name.clone()),
                 Selector::Kind(kind) => FromKey::Kind(*kind),
                 Selector::Cidr(_) => FromKey::External,
+                Selector::Identity(_) => FromKey::Identity,
             };
             by_from.entry(key).or_default().push(i as u32);
         }
@@ -223,6 +228,8 @@ impl PolicySet {
             ],
             // `*` as a source is the stack's components, never the outside world.
             Endpoint::External(_) => [Some(FromKey::External), None, None],
+            // Only `spiffe://` rules name an identity; `*` means components, as above.
+            Endpoint::Identity(_) => [Some(FromKey::Identity), None, None],
         };
         let (mut allow, mut deny) = (None::<usize>, None::<usize>);
         for key in keys.iter().flatten() {
@@ -409,6 +416,7 @@ fn from_matches(selector: &Selector, end: &Endpoint) -> bool {
         (Selector::Component(n), Endpoint::Component { name, .. }) => n == name,
         (Selector::Kind(k), Endpoint::Component { kind, .. }) => k == kind,
         (Selector::Cidr(c), Endpoint::External(ip)) => c.contains(*ip),
+        (Selector::Identity(p), Endpoint::Identity(id)) => Selector::names_identity(p, id),
         _ => false,
     }
 }
@@ -429,6 +437,11 @@ fn to_matches(selector: &Selector, end: &Endpoint) -> bool {
 fn rule_matches(rule: &PolicyRule, flow: &Flow) -> bool {
     if let (Selector::Cidr(c), Endpoint::External(ip)) = (&rule.from, &flow.from)
         && !c.contains(*ip)
+    {
+        return false;
+    }
+    if let (Selector::Identity(p), Endpoint::Identity(id)) = (&rule.from, &flow.from)
+        && !Selector::names_identity(p, id)
     {
         return false;
     }

@@ -366,3 +366,67 @@ fn inbound_grants_decide_exactly_as_evaluate_and_star_is_not_the_world() {
     );
     assert!(set.evaluate(&flow(comp("cli", Service), web, 9090)).allowed);
 }
+
+#[test]
+fn a_spiffe_source_names_peers_by_identity_exactly_or_by_prefix_and_nothing_else() {
+    let set = PolicySet::new(vec![
+        rule(Allow, "spiffe://osvm.local/clients/alice", "api", &[8443]),
+        rule(Allow, "spiffe://osvm.local/ops/*", "api", &[]),
+        rule(Deny, "spiffe://osvm.local/ops/intern", "api", &[]),
+        rule(Allow, "*", "api", &[9999]),
+        rule(Allow, "world", "api", &[7777]),
+    ]);
+    let api = comp("api", Service);
+    let id = |s: &str| Endpoint::Identity(s.into());
+    let cases = [
+        (id("spiffe://osvm.local/clients/alice"), 8443, true),
+        (id("spiffe://osvm.local/clients/alice"), 8444, false),
+        (id("spiffe://osvm.local/clients/alice2"), 8443, false),
+        (id("spiffe://osvm.local/clients/bob"), 8443, false),
+        (id("spiffe://other.domain/clients/alice"), 8443, false),
+        (id("spiffe://osvm.local/ops/carol"), 1, true),
+        (id("spiffe://osvm.local/ops/intern"), 1, false),
+        // `*` is the stack's components and `world` is addresses: neither names an identity.
+        (id("spiffe://osvm.local/clients/bob"), 9999, false),
+        (id("spiffe://osvm.local/clients/bob"), 7777, false),
+    ];
+    for (from, port, allowed) in cases {
+        let f = flow(from, api.clone(), port);
+        assert_eq!(set.evaluate(&f).allowed, allowed, "{f}");
+        assert_eq!(set.evaluate_by_scan(&f), set.evaluate(&f), "{f}");
+    }
+    // An identity rule opens nothing to components or addresses.
+    assert!(
+        !set.evaluate(&flow(comp("web", Service), api.clone(), 8443))
+            .allowed
+    );
+    assert!(
+        set.inbound(&api).iter().all(|g| g.rule == 4),
+        "only world is inbound"
+    );
+}
+
+#[test]
+fn spiffe_selectors_are_checked_for_shape() {
+    for good in [
+        "spiffe://osvm.local/clients/alice",
+        "spiffe://osvm.local/clients/*",
+        "spiffe://example.org/a/b-c_d.e",
+    ] {
+        assert!(
+            matches!(good.parse::<Selector>(), Ok(Selector::Identity(_))),
+            "{good}"
+        );
+    }
+    for bad in [
+        "spiffe://",
+        "spiffe://osvm.local",
+        "spiffe://osvm.local/",
+        "spiffe:///clients/a",
+        "spiffe://osvm.local/a*b",
+        "spiffe://osvm.local/a b",
+        "spiffe://osvm.local//a",
+    ] {
+        assert!(bad.parse::<Selector>().is_err(), "{bad}");
+    }
+}

@@ -252,6 +252,10 @@ pub enum CertCommand {
     Ca(CaCommand),
     /// Issue a certificate for a component: SPIFFE ID spiffe://<trust domain>/<stack>/<name>
     Issue(CertIssueArgs),
+    /// Issue a client certificate: SPIFFE ID spiffe://<trust domain>/clients/<name>, for a client
+    /// of a published mtls = true component (allowed by a policy rule `from =
+    /// "spiffe://<trust domain>/clients/<name>"`) or of `osvm mcp serve --tls`
+    Client(CertClientArgs),
     /// List every issued certificate
     List,
     /// Show the certificates of a component (`name` or `stack/name`) or one serial
@@ -285,6 +289,18 @@ pub struct CertIssueArgs {
     /// Its stack
     #[arg(long)]
     pub stack: String,
+    /// How long the certificate is valid (minutes to days)
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub ttl: String,
+    /// Write cert.pem, key.pem (0600), bundle.pem and crl.pem into this directory
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertClientArgs {
+    /// The client's name
+    pub name: String,
     /// How long the certificate is valid (minutes to days)
     #[arg(long, default_value = "24h", value_name = "DURATION")]
     pub ttl: String,

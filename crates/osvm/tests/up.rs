@@ -1252,3 +1252,169 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     up.interrupt();
     assert_no_namespace_left(&state);
 }
+
+/// `curl` over HTTPS to `https://web.pubtls.osvm:PORT/` at 127.0.0.1, with the client
+/// certificate in `client` (none when `None`); returns the HTTP status or curl's error.
+fn curl_tls(state: &StateDir, port: u16, client: Option<&Path>) -> Result<String, String> {
+    let bundle = state.path.join("clients/alice/bundle.pem");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ])
+    .arg("--cacert")
+    .arg(&bundle)
+    .arg("--resolve")
+    .arg(format!("web.pubtls.osvm:{port}:127.0.0.1"));
+    if let Some(dir) = client {
+        cmd.arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"));
+    }
+    let o = cmd
+        .arg(format!("https://web.pubtls.osvm:{port}/"))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&o.stdout).into_owned();
+    if o.status.success() && code == "200" {
+        Ok(code)
+    } else {
+        Err(format!(
+            "{code} {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+/// A published mtls = true component: outside clients reach its mTLS ingress through the
+/// published port and are judged by the SPIFFE ID of their osvm-issued client certificate
+/// (`osvm cert client NAME`), as the stack's `spiffe://` rules say; every decision is audited
+/// with the client's address.
+#[test]
+fn a_published_mtls_component_admits_only_the_client_identities_its_policy_names() {
+    if !hub_available("published mtls") {
+        return;
+    }
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIP published mtls: needs curl");
+        return;
+    }
+    let port = 18094;
+    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        println!("SKIP published mtls: something listens on 127.0.0.1:{port} already");
+        return;
+    }
+    let state = StateDir::new("pub-mtls");
+    let file = state.path.join("stack.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "pubtls"
+network = "hub"
+
+[[component]]
+name = "web"
+command = "python3"
+args = ["-m", "http.server", "8080"]
+listen = [8080]
+mtls = true
+publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
+health = {{ tcp = true, port = 8080, interval = "200ms" }}
+
+# Who may open a connection to the published port (the kernel: addresses)...
+[[policy]]
+allow = {{ from = "world", to = "web", ports = [8080] }}
+
+# ...and who may talk through it (web's mTLS ingress: identities).
+[[policy]]
+allow = {{ from = "spiffe://osvm.local/clients/alice", to = "web", ports = [8080] }}
+"#
+        ),
+    )
+    .unwrap();
+    let (mut up, rx) = spawn_up(&state, &file);
+    read_events_until(&rx, Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e["event"] == "healthy")
+    });
+    let client = |name: &str| {
+        let dir = state.path.join("clients").join(name);
+        let o = state
+            .osvm()
+            .args(["cert", "client", name, "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("spiffe://osvm.local/clients/{name}")),
+            "{}",
+            stdout(&o)
+        );
+        dir
+    };
+    let (alice, bob) = (client("alice"), client("bob"));
+
+    // The proxy may come up a moment after the health check passes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = curl_tls(&state, port, Some(&alice));
+    while got.is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        got = curl_tls(&state, port, Some(&alice));
+    }
+    assert_eq!(got, Ok("200".to_owned()), "alice, named by the policy");
+    let bob_got = curl_tls(&state, port, Some(&bob));
+    assert!(
+        bob_got.is_err(),
+        "bob has a certificate but no rule: {bob_got:?}"
+    );
+    let anon = curl_tls(&state, port, None);
+    assert!(anon.is_err(), "no certificate: {anon:?}");
+
+    // Revoked: refused at once (the proxy reads the CRL).
+    let o = state
+        .osvm()
+        .args(["cert", "revoke", "clients/alice"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl_tls(&state, port, Some(&alice)).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        curl_tls(&state, port, Some(&alice)).is_err(),
+        "a revoked client"
+    );
+    up.interrupt();
+
+    let audit = osvm_policy::AuditLog::read(&state.path.join("audit.log")).unwrap();
+    let about = |who: &str, allowed: bool| {
+        audit.iter().any(|r| {
+            r.allowed == allowed
+                && r.subject
+                    .starts_with(&format!("spiffe://osvm.local/clients/{who} from "))
+                && r.resource == "web tcp/8080"
+        })
+    };
+    assert!(about("alice", true), "{audit:#?}");
+    assert!(about("bob", false), "{audit:#?}");
+    assert!(
+        audit
+            .iter()
+            .any(|r| !r.allowed && r.rule.contains("handshake failed")),
+        "the anonymous client: {audit:#?}"
+    );
+    assert_no_namespace_left(&state);
+}

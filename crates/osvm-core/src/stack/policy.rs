@@ -81,6 +81,10 @@ pub enum Selector {
     Kind(ComponentKind),
     /// `cidr:<network>`: addresses outside the stack (destinations only).
     Cidr(Cidr),
+    /// `spiffe://<trust domain>/<path>`, or a prefix of one ending in `*`: a peer known by the
+    /// SPIFFE ID of its osvm-issued certificate (a client of a published mTLS component, say).
+    /// Sources only; only mTLS ingress can judge it (the kernel sees addresses, not identities).
+    Identity(String),
 }
 
 /// Why a selector string is malformed.
@@ -97,6 +101,11 @@ pub enum SelectorError {
     /// `cidr:` is not a network.
     #[error(transparent)]
     Cidr(#[from] CidrError),
+    /// A `spiffe://` selector that is not a SPIFFE ID (or a prefix of one ending in `*`).
+    #[error(
+        "`{0}` is not a SPIFFE ID; expected spiffe://<trust domain>/<path>, optionally ending in `*` (spiffe://osvm.local/clients/*)"
+    )]
+    Identity(String),
 }
 
 impl FromStr for Selector {
@@ -114,6 +123,20 @@ impl FromStr for Selector {
             Ok(Selector::Kind(kind.parse()?))
         } else if let Some(net) = s.strip_prefix("cidr:") {
             Ok(Selector::Cidr(net.parse()?))
+        } else if let Some(rest) = s.strip_prefix("spiffe://") {
+            let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let stem = path.strip_suffix('*').unwrap_or(path);
+            let fine = |c: char| c.is_ascii_alphanumeric() || "-._/".contains(c);
+            if domain.is_empty()
+                || path.is_empty()
+                || !domain.chars().all(fine)
+                || !stem.chars().all(fine)
+                || path.starts_with('/')
+                || stem.contains("//")
+            {
+                return Err(SelectorError::Identity(s.to_owned()));
+            }
+            Ok(Selector::Identity(s.to_owned()))
         } else {
             Ok(Selector::Component(s.to_owned()))
         }
@@ -128,6 +151,7 @@ impl fmt::Display for Selector {
             Selector::Kind(kind) => write!(f, "type:{kind}"),
             Selector::Cidr(cidr) if *cidr == Selector::world_cidr() => f.write_str(Selector::WORLD),
             Selector::Cidr(cidr) => write!(f, "cidr:{cidr}"),
+            Selector::Identity(id) => f.write_str(id),
         }
     }
 }
@@ -139,6 +163,15 @@ impl Selector {
     /// `world`: `cidr:0.0.0.0/0`.
     pub fn world() -> Self {
         Selector::Cidr(Self::world_cidr())
+    }
+
+    /// Whether `id` (a SPIFFE ID) is one this `spiffe://` pattern names: equal, or starting
+    /// with its part before a trailing `*`.
+    pub fn names_identity(pattern: &str, id: &str) -> bool {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => id.starts_with(prefix),
+            None => pattern == id,
+        }
     }
 
     fn world_cidr() -> Cidr {

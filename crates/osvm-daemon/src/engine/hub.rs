@@ -76,7 +76,12 @@ impl Engine {
                                 "`{end}`: stack `{stack}` has no component `{name}`"
                             )));
                         }
-                        Selector::Cidr(_)
+                        Selector::Identity(_) if end == "to" => {
+                            return Err(EngineError::Invalid(
+                                "a SPIFFE ID names who connects: use it in `from`".into(),
+                            ));
+                        }
+                        Selector::Cidr(_) | Selector::Identity(_)
                             if end == "from" && matches!(rule.to, Selector::Cidr(_)) =>
                         {
                             return Err(EngineError::Invalid(

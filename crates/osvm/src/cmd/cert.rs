@@ -122,42 +122,10 @@ pub fn run(global: &Global, args: CertArgs) -> anyhow::Result<ExitCode> {
                 Output::Text => println!("no rotation was under way"),
             }
         }
-        CertCommand::Issue(a) => {
-            let ttl = duration("ttl", &a.ttl)?;
-            let pki = Pki::open(&dir)?;
-            let issued = pki.issue(&a.stack, &a.name, ttl).map_err(|e| match e {
-                osvm_pki::PkiError::Invalid(m) => anyhow::Error::from(InvalidInput(m)),
-                other => other.into(),
-            })?;
-            if let Some(out) = &a.out {
-                std::fs::create_dir_all(out)
-                    .with_context(|| format!("create {}", out.display()))?;
-                write_file(&out.join("cert.pem"), &issued.cert_pem, 0o644)?;
-                write_file(&out.join("key.pem"), &issued.key_pem, 0o600)?;
-                write_file(&out.join("bundle.pem"), &pki.bundle_pem()?, 0o644)?;
-                write_file(&out.join("crl.pem"), &pki.crl_bundle_pem()?, 0o644)?;
-            }
-            match global.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "entry": issued.entry, "out": a.out }))?
-                ),
-                Output::Text => {
-                    println!(
-                        "issued {} (serial {}), valid until {}",
-                        issued.entry.spiffe_id,
-                        issued.entry.serial,
-                        when(issued.entry.not_after)
-                    );
-                    match &a.out {
-                        Some(out) => println!(
-                            "wrote cert.pem, key.pem, bundle.pem and crl.pem to {}",
-                            out.display()
-                        ),
-                        None => print!("{}{}", issued.cert_pem, issued.key_pem),
-                    }
-                }
-            }
+        CertCommand::Issue(a) => issue(global, &dir, &a.stack, &a.name, &a.ttl, a.out.as_deref())?,
+        // A client is a name in the reserved stack `clients`.
+        CertCommand::Client(c) => {
+            issue(global, &dir, "clients", &c.name, &c.ttl, c.out.as_deref())?
         }
         CertCommand::List => print_entries(global, &Pki::open(&dir)?.list()?)?,
         CertCommand::Inspect(t) => {
@@ -190,4 +158,50 @@ pub fn run(global: &Global, args: CertArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm cert issue` and `osvm cert client`: a leaf for `stack/name`, printed or written to `out`.
+fn issue(
+    global: &Global,
+    dir: &std::path::Path,
+    stack: &str,
+    name: &str,
+    ttl: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let ttl = duration("ttl", ttl)?;
+    let pki = Pki::open(dir)?;
+    let issued = pki.issue(stack, name, ttl).map_err(|e| match e {
+        osvm_pki::PkiError::Invalid(m) => anyhow::Error::from(InvalidInput(m)),
+        other => other.into(),
+    })?;
+    if let Some(out) = out {
+        std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+        write_file(&out.join("cert.pem"), &issued.cert_pem, 0o644)?;
+        write_file(&out.join("key.pem"), &issued.key_pem, 0o600)?;
+        write_file(&out.join("bundle.pem"), &pki.bundle_pem()?, 0o644)?;
+        write_file(&out.join("crl.pem"), &pki.crl_bundle_pem()?, 0o644)?;
+    }
+    match global.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "entry": issued.entry, "out": out }))?
+        ),
+        Output::Text => {
+            println!(
+                "issued {} (serial {}), valid until {}",
+                issued.entry.spiffe_id,
+                issued.entry.serial,
+                when(issued.entry.not_after)
+            );
+            match out {
+                Some(out) => println!(
+                    "wrote cert.pem, key.pem, bundle.pem and crl.pem to {}",
+                    out.display()
+                ),
+                None => print!("{}{}", issued.cert_pem, issued.key_pem),
+            }
+        }
+    }
+    Ok(())
 }

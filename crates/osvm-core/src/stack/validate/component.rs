@@ -409,14 +409,6 @@ pub(super) fn component(
                 ),
             ));
         }
-        if mtls {
-            return Err(src.error(
-                span,
-                "`publish` of an mtls = true component is not supported yet: its port is \
-                 reached only through its mTLS proxy on the hub, which published traffic does \
-                 not go through",
-            ));
-        }
         if let Some(other) = publish.iter().find(|x| x.overlaps(&entry)) {
             return Err(src.error(
                 span,

@@ -77,6 +77,19 @@ pub(super) fn policy(
     )?;
     let from_selector = selector(src, &from, components)?;
     let to_selector = selector(src, &to, components)?;
+    if matches!(to_selector, Selector::Identity(_)) {
+        return Err(src.error(
+            to.span(),
+            "a SPIFFE ID names who connects, not where to: use it in `from`, with components in \
+             `to`",
+        ));
+    }
+    if matches!(from_selector, Selector::Identity(_)) && matches!(to_selector, Selector::Cidr(_)) {
+        return Err(src.error(
+            to.span(),
+            "a rule from a SPIFFE ID must go to components (it is judged by their mTLS ingress)",
+        ));
+    }
     if matches!(from_selector, Selector::Cidr(_)) && matches!(to_selector, Selector::Cidr(_)) {
         return Err(src.error(
             to.span(),
