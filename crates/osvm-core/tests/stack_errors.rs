@@ -508,6 +508,31 @@ fn cases() -> Vec<Case> {
             "must go to components",
         ),
         case(
+            "policy to a SPIFFE ID",
+            base(
+                "\n[[policy]]\nallow = { from = \"web\", to = \"spiffe://osvm.local/clients/a\" }",
+            ),
+            9,
+            30,
+            "a SPIFFE ID names who connects",
+        ),
+        case(
+            "policy from a SPIFFE ID to a network",
+            base(
+                "\n[[policy]]\nallow = { from = \"spiffe://osvm.local/clients/a\", to = \"cidr:10.0.0.0/8\" }",
+            ),
+            9,
+            56,
+            "must go to components",
+        ),
+        case(
+            "policy from a malformed SPIFFE ID",
+            base("\n[[policy]]\nallow = { from = \"spiffe://osvm.local/a*b\", to = \"web\" }"),
+            9,
+            18,
+            "is not a SPIFFE ID",
+        ),
+        case(
             "policy port 0",
             base("\n[[policy]]\nallow = { from = \"*\", to = \"web\", ports = [0] }"),
             9,

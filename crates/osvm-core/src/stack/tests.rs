@@ -381,8 +381,18 @@ fn quickstart_example_parses() {
             expect_status: None
         })
     );
-    // Alone in their namespaces: no rules (they would have nothing to govern), no warning.
-    assert!(stack.policies.is_empty());
+    // On the hub, web published on the host's loopback; world -> web and web -> echo.
+    assert_eq!(stack.network, StackNetwork::Hub);
+    let web = stack.component("web").unwrap();
+    assert_eq!(web.publish.len(), 1);
+    assert_eq!(web.publish[0].port, 8080);
+    assert_eq!(web.publish[0].host.to_string(), "127.0.0.1:18080");
+    let rules: Vec<String> = stack
+        .policies
+        .iter()
+        .map(|r| format!("{} -> {} {:?}", r.from, r.to, r.ports))
+        .collect();
+    assert_eq!(rules, ["world -> web [8080]", "web -> echo [8081]"]);
     assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
 }
 
