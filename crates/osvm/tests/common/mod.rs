@@ -476,3 +476,80 @@ pub fn hub_view(state: &StateDir) -> HubView {
     }
     view
 }
+
+/// Another machine for a test: a namespace joined to the host by a veth on
+/// 198.51.100.`block`/30 (TEST-NET-2; the host `.block+1`, the machine `.block+2`, routing by
+/// default through the host). Removed when dropped. Each test takes its own block.
+pub struct OtherMachine {
+    /// The namespace (`/run/netns/<ns>`).
+    pub ns: String,
+    /// The host's address on the link, which the machine reaches.
+    pub host_addr: std::net::Ipv4Addr,
+    host_if: String,
+}
+
+impl OtherMachine {
+    /// `None`, after a SKIP, when the host itself uses 198.51.100.0/24.
+    pub fn new(test: &str, name: &str, block: u8) -> Option<Self> {
+        let addrs = Command::new("ip").args(["-br", "addr"]).output().ok()?;
+        if String::from_utf8_lossy(&addrs.stdout).contains(" 198.51.100.") {
+            skip(
+                "hub",
+                test,
+                "the host uses 198.51.100.0/24, the test's other machine's network",
+            );
+            return None;
+        }
+        let me = Self {
+            ns: format!("osvmt-{name}-{}", std::process::id()),
+            host_addr: std::net::Ipv4Addr::new(198, 51, 100, block + 1),
+            host_if: format!("osv{name}{:05x}", std::process::id() & 0xfffff),
+        };
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {}", args.join(" "));
+        };
+        let theirs = format!("198.51.100.{}/30", block + 2);
+        ip(&["netns", "add", &me.ns]);
+        ip(&[
+            "link",
+            "add",
+            &me.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &me.ns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", me.host_addr),
+            "dev",
+            &me.host_if,
+        ]);
+        ip(&["link", "set", &me.host_if, "up"]);
+        ip(&["-n", &me.ns, "addr", "add", &theirs, "dev", "eth0"]);
+        ip(&["-n", &me.ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &me.ns, "link", "set", "lo", "up"]);
+        let via = me.host_addr.to_string();
+        ip(&["-n", &me.ns, "route", "add", "default", "via", &via]);
+        Some(me)
+    }
+}
+
+impl Drop for OtherMachine {
+    fn drop(&mut self) {
+        for args in [
+            vec!["link", "del", self.host_if.as_str()],
+            vec!["netns", "del", self.ns.as_str()],
+        ] {
+            let _ = Command::new("ip")
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
