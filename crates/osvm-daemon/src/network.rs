@@ -167,6 +167,14 @@ pub struct PublishedView {
     pub host: std::net::SocketAddrV4,
     /// Where the host sends it: the component's service address and port.
     pub service: Option<std::net::SocketAddrV4>,
+    /// Connections to the component's port from outside the hub that policy let in, since the
+    /// ruleset was last applied (the kernel's count; shared by every host address that
+    /// publishes the same port).
+    #[serde(default)]
+    pub accepted: u64,
+    /// ...and that it refused (a `deny` rule or default deny).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// A component on the hub.
@@ -205,7 +213,8 @@ pub struct RuleCounters {
     pub rule: String,
     /// How many (source, destination, port) tuples it puts in the kernel now.
     pub flows: usize,
-    /// New-flow packets it let through (established traffic is not counted per rule).
+    /// New-flow packets it matched: let through, or for a `deny` of published traffic refused
+    /// (established traffic is not counted per rule).
     pub counter: Counter,
 }
 
@@ -833,26 +842,69 @@ impl NetPlane {
             .map_err(NetPlaneError::from)
     }
 
-    /// Addresses, the service map, per-rule counters, refusals and proxies, as the kernel and
-    /// the proxies report them now.
-    pub fn show(&self, stacks: &BTreeMap<String, Stack>) -> Result<NetView, NetPlaneError> {
-        let counted: BTreeMap<_, Counter> = self.enforcer.tuple_counters()?.into_iter().collect();
-        let mut components = Vec::new();
-        let mut rules = Vec::new();
-        let mut published = Vec::new();
+    /// Every published port of `stacks`, with the connections the kernel let in and refused
+    /// (one `nft` call): what the engine reports as events.
+    pub fn published(
+        &self,
+        stacks: &BTreeMap<String, Stack>,
+    ) -> Result<Vec<PublishedView>, NetPlaneError> {
+        let inbound = self.enforcer.ingress_counters()?;
+        Ok(self.published_with(stacks, &inbound))
+    }
+
+    fn published_with(
+        &self,
+        stacks: &BTreeMap<String, Stack>,
+        inbound: &[(osvm_net::ruleset::Ingress, Counter)],
+    ) -> Vec<PublishedView> {
+        let mut out = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
+            let slots = self.members(stack);
             for c in &stack.components {
                 let service = self
                     .services
                     .get(&format!("{}/{}", stack.name, c.name))
                     .map(|b| service_addr(&b));
-                published.extend(c.publish.iter().map(|p| PublishedView {
-                    stack: stack.name.clone(),
-                    component: c.name.clone(),
-                    host: p.host,
-                    service: service.map(|s| std::net::SocketAddrV4::new(s, p.port)),
-                }));
+                // Its instances' addresses (two during a hot-swap), as the ingress rules name them.
+                let addrs: Vec<Ipv4Addr> = slots
+                    .iter()
+                    .filter(|(m, _)| m.endpoint.to_string() == c.name)
+                    .map(|(m, _)| m.tcp_destination())
+                    .collect();
+                for p in &c.publish {
+                    let (mut accepted, mut refused) = (0, 0);
+                    for (i, n) in inbound {
+                        if i.port == p.port && addrs.contains(&i.daddr) {
+                            if i.deny {
+                                refused += n.packets;
+                            } else {
+                                accepted += n.packets;
+                            }
+                        }
+                    }
+                    out.push(PublishedView {
+                        stack: stack.name.clone(),
+                        component: c.name.clone(),
+                        host: p.host,
+                        service: service.map(|s| std::net::SocketAddrV4::new(s, p.port)),
+                        accepted,
+                        refused,
+                    });
+                }
             }
+        }
+        out
+    }
+
+    /// Addresses, the service map, per-rule counters, refusals and proxies, as the kernel and
+    /// the proxies report them now.
+    pub fn show(&self, stacks: &BTreeMap<String, Stack>) -> Result<NetView, NetPlaneError> {
+        let counted: BTreeMap<_, Counter> = self.enforcer.tuple_counters()?.into_iter().collect();
+        let inbound = self.enforcer.ingress_counters()?;
+        let published = self.published_with(stacks, &inbound);
+        let mut components = Vec::new();
+        let mut rules = Vec::new();
+        for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
             let slots = self.members(stack);
             for (m, active) in &slots {
                 components.push(NetComponent {
@@ -873,6 +925,17 @@ impl NetPlane {
                 let entry = per_rule.entry(rule).or_default();
                 entry.0 += 1;
                 if let Some(c) = counted.get(&tuple) {
+                    entry.1.packets += c.packets;
+                    entry.1.bytes += c.bytes;
+                }
+            }
+            // Published traffic the stack's world/cidr rules decided.
+            let ours: Vec<Ipv4Addr> = members.iter().map(Member::tcp_destination).collect();
+            for (i, c) in &inbound {
+                if let Some(rule) = i.rule
+                    && ours.contains(&i.daddr)
+                {
+                    let entry = per_rule.entry(rule).or_default();
                     entry.1.packets += c.packets;
                     entry.1.bytes += c.bytes;
                 }

@@ -3,7 +3,11 @@
 //! hub terminating it, checking the certificate and policy, forwarding in plain TCP), in one
 //! run: request/response latency on one connection, connection set-up latency (each new
 //! connection is looked up in the allow set; for mTLS, until the client's handshake is done),
-//! and bulk throughput.
+//! and bulk throughput. Then a published port (`publish`): the same server reached from the
+//! host's loopback through the uplink (DNAT, `route_localnet`), from another machine (a
+//! namespace joined to the host by a veth), through a small user-space proxy on the host (the
+//! alternative to `route_localnet`), against the service address from inside the hub and a
+//! server run directly on the host.
 //!
 //! Run as root: `cargo bench -p osvm-net --bench path` (`OSVM_NET_ROUNDS` sets the number of
 //! round trips). Creates its namespaces with unique names and removes them. Prints a Markdown
@@ -22,7 +26,8 @@ use osvm_net::enforce::Enforcer;
 use osvm_net::hub::Hub;
 use osvm_net::ipam::Ipam;
 use osvm_net::proxy::{Authorize, Decision, Ingress, ProxyHost, server_tls};
-use osvm_net::ruleset::{Member, allowed};
+use osvm_net::ruleset::{Member, allowed, ingress, services};
+use osvm_net::uplink::{Published, Uplink};
 use osvm_policy::{Endpoint, PolicySet};
 
 struct Namespaces(Vec<String>);
@@ -38,6 +43,18 @@ impl Drop for Namespaces {
     }
 }
 
+/// A host interface removed when dropped.
+struct Link(String);
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 fn ip(args: &[&str]) {
     let ok = Command::new("ip").args(args).status().unwrap().success();
     assert!(ok, "ip {}", args.join(" "));
@@ -50,12 +67,19 @@ fn enter(ns: &str) {
 
 /// An echo server for 1-byte pings and a sink for bulk data, on `port` in `ns`.
 fn serve(ns: &str, port: u16) {
-    let ns = ns.to_owned();
+    serve_at(Some(ns), SocketAddr::from(([0, 0, 0, 0], port)));
+}
+
+/// [`serve`] on `addr` in `ns` (`None`: the host's namespace); returns the address bound.
+fn serve_at(ns: Option<&str>, addr: SocketAddr) -> SocketAddr {
+    let ns = ns.map(str::to_owned);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        enter(&ns);
-        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
-        tx.send(()).unwrap();
+        if let Some(ns) = &ns {
+            enter(ns);
+        }
+        let l = TcpListener::bind(addr).unwrap();
+        tx.send(l.local_addr().unwrap()).unwrap();
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
                 let _ = s.set_nodelay(true);
@@ -74,7 +98,33 @@ fn serve(ns: &str, port: u16) {
             });
         }
     });
-    rx.recv().unwrap();
+    rx.recv().unwrap()
+}
+
+/// A user-space TCP proxy in the host's namespace: accepts on 127.0.0.1 and copies each
+/// connection to and from `upstream` on two threads (what Docker's userland proxy does).
+fn user_proxy(upstream: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for down in l.incoming().flatten() {
+            let Ok(up) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            let _ = (down.set_nodelay(true), up.set_nodelay(true));
+            let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut d2, &mut u2);
+                let _ = u2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let (mut down, mut up) = (down, up);
+                let _ = std::io::copy(&mut up, &mut down);
+                let _ = down.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
 }
 
 struct Figures {
@@ -119,9 +169,50 @@ fn tls(target: SocketAddr, config: Arc<rustls::ClientConfig>, server: &'static s
 }
 
 fn measure(ns: &str, connect: Connect, rounds: usize) -> Figures {
-    let ns = ns.to_owned();
+    sample(Some(ns), connect, rounds, 500, 512).figures()
+}
+
+/// What one or more passes over a path measured.
+#[derive(Default)]
+struct Samples {
+    rtts: Vec<Duration>,
+    connects: Vec<Duration>,
+    mib: f64,
+    bulk_secs: f64,
+}
+
+impl Samples {
+    fn add(&mut self, other: Samples) {
+        self.rtts.extend(other.rtts);
+        self.connects.extend(other.connects);
+        self.mib += other.mib;
+        self.bulk_secs += other.bulk_secs;
+    }
+
+    fn figures(mut self) -> Figures {
+        Figures {
+            rtt_p50: pct(&mut self.rtts, 0.5),
+            rtt_p99: pct(&mut self.rtts, 0.99),
+            connect_p50: pct(&mut self.connects, 0.5),
+            mib_s: self.mib / self.bulk_secs,
+        }
+    }
+}
+
+/// From `ns` (`None`: the host's namespace): `rounds` 1-byte round trips on one connection,
+/// `connects` new connections, `mib` MiB of bulk writes.
+fn sample(
+    ns: Option<&str>,
+    connect: Connect,
+    rounds: usize,
+    connects: usize,
+    mib: usize,
+) -> Samples {
+    let ns = ns.map(str::to_owned);
     std::thread::spawn(move || {
-        enter(&ns);
+        if let Some(ns) = &ns {
+            enter(ns);
+        }
         let mut s = connect();
         let mut b = [0u8; 1];
         for _ in 0..200 {
@@ -135,27 +226,25 @@ fn measure(ns: &str, connect: Connect, rounds: usize) -> Figures {
             s.read_exact(&mut b).unwrap();
             rtts.push(t.elapsed());
         }
-        let mut connects = Vec::with_capacity(500);
-        for _ in 0..500 {
+        let mut times = Vec::with_capacity(connects);
+        for _ in 0..connects {
             let t = Instant::now();
             let c = connect();
-            connects.push(t.elapsed());
+            times.push(t.elapsed());
             drop(c);
         }
         let chunk = vec![7u8; 1 << 20];
-        let total = 512usize;
         let mut bulk = connect();
         let t = Instant::now();
-        for _ in 0..total {
+        for _ in 0..mib {
             bulk.write_all(&chunk).unwrap();
         }
         bulk.flush().unwrap();
-        let mib_s = total as f64 / t.elapsed().as_secs_f64();
-        Figures {
-            rtt_p50: pct(&mut rtts, 0.5),
-            rtt_p99: pct(&mut rtts, 0.99),
-            connect_p50: pct(&mut connects, 0.5),
-            mib_s,
+        Samples {
+            rtts,
+            connects: times,
+            mib: mib as f64,
+            bulk_secs: t.elapsed().as_secs_f64(),
         }
     })
     .join()
@@ -184,13 +273,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
     let tag = std::process::id();
-    let names: Vec<String> = ["hub", "a", "b", "c", "d", "s"]
+    let names: Vec<String> = ["hub", "a", "b", "c", "d", "s", "o"]
         .iter()
         .map(|n| format!("osvmb-{n}-{tag}"))
         .collect();
     let _guard = Namespaces(names.clone());
-    let (hub_ns, a, b, c, d, s) = (
-        &names[0], &names[1], &names[2], &names[3], &names[4], &names[5],
+    let (hub_ns, a, b, c, d, s, o) = (
+        &names[0], &names[1], &names[2], &names[3], &names[4], &names[5], &names[6],
     );
 
     // Through the hub, with policy.
@@ -201,6 +290,8 @@ fn main() {
     let mut members = Vec::new();
     // `s` is reached only through the mTLS proxy, on its service address.
     let service = Ipv4Addr::new(10, 215, 0, 1);
+    // `b` has a plain service address, which the host's published port sends to.
+    let published_service = Ipv4Addr::new(10, 216, 0, 1);
     for (name, ns) in [("a", a), ("b", b), ("s", s)] {
         ip(&["netns", "add", ns]);
         let block = ipam.allocate(name).unwrap();
@@ -209,7 +300,11 @@ fn main() {
             endpoint: Endpoint::component(name, ComponentKind::Service, NetworkAccess::Internal),
             block,
             listen: vec![7000],
-            service: (name == "s").then_some(service),
+            service: match name {
+                "s" => Some(service),
+                "b" => Some(published_service),
+                _ => None,
+            },
             mtls: name == "s",
         });
     }
@@ -220,11 +315,26 @@ fn main() {
         ports: vec![7000],
         protocol: Protocol::Tcp,
     };
-    let policy = PolicySet::new(vec![rule("b"), rule("s")]);
+    let world = PolicyRule {
+        from: "world".parse().unwrap(),
+        ..rule("b")
+    };
+    let policy = PolicySet::new(vec![rule("b"), rule("s"), world]);
     hub.add_local(service).unwrap();
     let hub_path = hub.path();
+    // The uplink, and b's port 7000 published on the host's loopback and on its address on the
+    // other machine's link (below).
+    let uplink = Uplink::planned(&format!("{tag:08x}")).create(&hub).unwrap();
     let mut enforcer = Enforcer::new(hub);
-    enforcer.apply(allowed(&policy, &members)).unwrap();
+    enforcer.set_ingress(ingress(&policy, &[(members[1].clone(), vec![7000])]));
+    enforcer
+        .apply_all(
+            allowed(&policy, &members),
+            services(&members),
+            vec![],
+            vec![],
+        )
+        .unwrap();
     serve(b, 7000);
     serve(s, 7000);
 
@@ -277,6 +387,39 @@ fn main() {
     }
     serve(d, 7000);
 
+    // Another machine: a namespace joined to the host by a veth, 198.51.100.28/30.
+    let other_if = format!("osvbo{:05x}", tag & 0xfffff);
+    let _link = Link(other_if.clone());
+    let other_host = Ipv4Addr::new(198, 51, 100, 29);
+    ip(&["netns", "add", o]);
+    ip(&[
+        "link", "add", &other_if, "type", "veth", "peer", "name", "eth0", "netns", o,
+    ]);
+    ip(&["addr", "add", "198.51.100.29/30", "dev", &other_if]);
+    ip(&["link", "set", &other_if, "up"]);
+    ip(&["-n", o, "addr", "add", "198.51.100.30/30", "dev", "eth0"]);
+    ip(&["-n", o, "link", "set", "eth0", "up"]);
+    ip(&["-n", o, "link", "set", "lo", "up"]);
+    ip(&["-n", o, "route", "add", "default", "via", "198.51.100.29"]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = |host: Ipv4Addr| Published {
+        host: std::net::SocketAddrV4::new(host, port),
+        service: published_service,
+        port: 7000,
+    };
+    uplink
+        .publish(
+            &[publish(Ipv4Addr::LOCALHOST), publish(other_host)],
+            &[(Ipv4Addr::new(10, 216, 0, 0), 16)],
+        )
+        .unwrap();
+    let on_host = serve_at(None, SocketAddr::from(([127, 0, 0, 1], 0)));
+    let proxied = user_proxy(SocketAddr::from((published_service, 7000)));
+
     let direct = measure(c, tcp(SocketAddr::from(([10, 214, 0, 2], 7000))), rounds);
     let via_hub = measure(
         a,
@@ -317,7 +460,83 @@ fn main() {
         via_mtls.connect_p50.as_secs_f64() / via_hub.connect_p50.as_secs_f64(),
         via_mtls.mib_s / via_hub.mib_s
     );
+    // Five passes over the five paths in turn, so a slow moment of the machine is shared.
+    let paths: [(Option<&str>, SocketAddr); 5] = [
+        (None, on_host),
+        (
+            Some(a.as_str()),
+            SocketAddr::from((published_service, 7000)),
+        ),
+        (None, SocketAddr::from(([127, 0, 0, 1], port))),
+        (Some(o.as_str()), SocketAddr::from((other_host, port))),
+        (None, proxied),
+    ];
+    let mut samples: Vec<Samples> = (0..paths.len()).map(|_| Samples::default()).collect();
+    for _ in 0..5 {
+        for (n, (ns, target)) in paths.iter().enumerate() {
+            samples[n].add(sample(*ns, tcp(*target), rounds / 5, 100, 128));
+        }
+    }
+    let mut figures = samples.into_iter().map(Samples::figures);
+    let mut next = || figures.next().unwrap();
+    let (host_direct, hub_service, published_lo, published_other, via_user_proxy) =
+        (next(), next(), next(), next(), next());
+    println!(
+        "\nThe same kind of server on the host itself, and component b through its service address or its published port: five interleaved passes, {rounds} round trips, 500 new connections and 640 MiB per path\n"
+    );
+    println!("| path | RTT p50 | RTT p99 | connect p50 | throughput |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, f) in [
+        ("host -> server on the host's loopback", &host_direct),
+        (
+            "component a -> b's service address (inside the hub)",
+            &hub_service,
+        ),
+        (
+            "host -> published 127.0.0.1:P (DNAT, route_localnet)",
+            &published_lo,
+        ),
+        (
+            "other machine -> published host address:P (DNAT)",
+            &published_other,
+        ),
+        (
+            "host -> user-space proxy on 127.0.0.1 -> service address",
+            &via_user_proxy,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.1?} | {:.1?} | {:.1?} | {:.0} MiB/s |",
+            f.rtt_p50, f.rtt_p99, f.connect_p50, f.mib_s
+        );
+    }
+    let ratio = |a: &Figures, b: &Figures| {
+        format!(
+            "RTT p50 {:.2}x, connect p50 {:.2}x, throughput {:.2}x",
+            a.rtt_p50.as_secs_f64() / b.rtt_p50.as_secs_f64(),
+            a.connect_p50.as_secs_f64() / b.connect_p50.as_secs_f64(),
+            a.mib_s / b.mib_s
+        )
+    };
+    println!(
+        "\npublished (loopback) / on the host: {}",
+        ratio(&published_lo, &host_direct)
+    );
+    println!(
+        "published (loopback) / service address in the hub: {}",
+        ratio(&published_lo, &hub_service)
+    );
+    println!(
+        "published (other machine) / service address in the hub: {}",
+        ratio(&published_other, &hub_service)
+    );
+    println!(
+        "user-space proxy / published (loopback): {}",
+        ratio(&via_user_proxy, &published_lo)
+    );
+
     drop(proxies);
+    uplink.remove().unwrap();
     enforcer.into_hub().destroy().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -269,6 +269,37 @@ impl Enforcer {
         Ok(out)
     }
 
+    /// What each rule of the `ingress` chain matched since it was last applied (connection
+    /// attempts through published ports), in [`Enforcer::ingress`] order.
+    pub fn ingress_counters(&self) -> Result<Vec<(Ingress, Counter)>, NetError> {
+        let doc = self.nft_json(&["list", "chain", "inet", crate::ruleset::TABLE, "ingress"])?;
+        let counters: Vec<Counter> = doc["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("rule"))
+            .filter_map(|rule| {
+                let exprs = rule["expr"].as_array()?;
+                let c = exprs.iter().find_map(|x| x.get("counter"))?;
+                Some(Counter {
+                    packets: c["packets"].as_u64().unwrap_or(0),
+                    bytes: c["bytes"].as_u64().unwrap_or(0),
+                })
+            })
+            .collect();
+        if counters.len() != self.ingress.len() {
+            return Err(NetError::Command {
+                command: "nft -j list chain inet osvm ingress".into(),
+                detail: format!(
+                    "{} counted rules, {} expected: the chain is not what osvm wrote",
+                    counters.len(),
+                    self.ingress.len()
+                ),
+            });
+        }
+        Ok(self.ingress.iter().cloned().zip(counters).collect())
+    }
+
     /// Gives the hub back (to destroy it).
     pub fn into_hub(self) -> Hub {
         self.hub

@@ -203,17 +203,20 @@ pub struct Ingress {
     /// The component's address (where the service address sends it); for an mTLS component,
     /// its service address (where its proxy listens).
     pub daddr: std::net::Ipv4Addr,
-    /// Destination ports (never empty: the published ports the rule covers).
-    pub ports: Vec<u16>,
-    /// The policy rule it comes from.
-    pub rule: usize,
+    /// The published port (the component's) the rule covers.
+    pub port: u16,
+    /// The policy rule it comes from; `None` for the default deny that ends each published
+    /// port's rules (so refusals are counted per port).
+    pub rule: Option<usize>,
 }
 
 /// The `ingress` chain's rules for `published` (each member with the TCP ports it publishes),
-/// from [`PolicySet::inbound`]: denials first, each rule narrowed to the published ports it
-/// covers. IPv6 sources are left out (the hub is IPv4 only). An mTLS member's published
-/// traffic ends at its proxy (its service address, in the hub's input chain), which then judges
-/// the client's certificate.
+/// from [`PolicySet::inbound`]: one rule per policy rule and published port it covers, denials
+/// first, then allowances, then a default deny per published port. Every rule counts what it
+/// matched: the chain only sees a connection's first packet (established traffic is accepted
+/// before it), so the counters count connection attempts. IPv6 sources are left out (the hub
+/// is IPv4 only). An mTLS member's published traffic ends at its proxy (its service address,
+/// in the hub's input chain), which then judges the client's certificate.
 pub fn ingress(policy: &PolicySet, published: &[(Member, Vec<u16>)]) -> Vec<Ingress> {
     let mut out: Vec<Ingress> = published
         .iter()
@@ -222,34 +225,47 @@ pub fn ingress(policy: &PolicySet, published: &[(Member, Vec<u16>)]) -> Vec<Ingr
                 .inbound(&m.endpoint)
                 .into_iter()
                 .filter(|g| g.cidr.addr.is_ipv4() && g.protocol == Protocol::Tcp)
-                .filter_map(move |g| {
-                    let covered: Vec<u16> = ports
+                .flat_map(move |g| {
+                    ports
                         .iter()
                         .copied()
-                        .filter(|p| g.ports.is_empty() || g.ports.contains(p))
-                        .collect();
-                    (!covered.is_empty()).then(|| Ingress {
-                        deny: !g.allow,
-                        saddr: g.cidr.to_string(),
-                        daddr: m.tcp_destination(),
-                        ports: covered,
-                        rule: g.rule,
-                    })
+                        .filter(move |p| g.ports.is_empty() || g.ports.contains(p))
+                        .map(move |port| Ingress {
+                            deny: !g.allow,
+                            saddr: g.cidr.to_string(),
+                            daddr: m.tcp_destination(),
+                            port,
+                            rule: Some(g.rule),
+                        })
                 })
         })
         .collect();
     out.sort_by(|a, b| b.deny.cmp(&a.deny).then_with(|| a.cmp(b)));
     out.dedup();
+    let mut defaults: Vec<Ingress> = published
+        .iter()
+        .flat_map(|(m, ports)| {
+            ports.iter().map(move |&port| Ingress {
+                deny: true,
+                saddr: "0.0.0.0/0".into(),
+                daddr: m.tcp_destination(),
+                port,
+                rule: None,
+            })
+        })
+        .collect();
+    defaults.sort();
+    defaults.dedup();
+    out.extend(defaults);
     out
 }
 
 fn ingress_rule(i: &Ingress) -> String {
-    let ports: Vec<String> = i.ports.iter().map(u16::to_string).collect();
     format!(
-        "ip saddr {} ip daddr {} tcp dport {{ {} }} counter {}",
+        "ip saddr {} ip daddr {} tcp dport {} counter {}",
         i.saddr,
         i.daddr,
-        ports.join(", "),
+        i.port,
         if i.deny {
             "reject with icmpx admin-prohibited"
         } else {

@@ -807,6 +807,40 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
         status.as_ref().is_ok_and(|l| l.contains("200")),
         "port {low}: {status:?}"
     );
+    // The kernel counted those connections; the engine reports them as an event.
+    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+    let net: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        net["published"][0]["accepted"].as_u64().unwrap() >= 2,
+        "{net}"
+    );
+    assert_eq!(net["published"][0]["refused"], 0, "{net}");
+    let published_event = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = run(state.osvm().args(["-o", "json", "events"]));
+            let found = stdout(&o)
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|e| {
+                    e["kind"] == "published"
+                        && e["component"] == "web"
+                        && e["detail"].as_str().unwrap().contains(what)
+                });
+            if let Some(e) = found {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no published event with {what}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let e = published_event("accepted");
+    assert!(
+        e["detail"].as_str().unwrap().contains(&format!(
+            "port 8080 (published at 127.0.0.1:{port}, 127.0.0.1:{low})"
+        )),
+        "{e}"
+    );
 
     let o = run(state.osvm().args(["-o", "json", "net", "show"]));
     let net: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -844,6 +878,13 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     assert!(o.status.success(), "{}", stderr(&o));
     const EHOSTUNREACH: i32 = 113;
     assert_eq!(host_get(addr), Err(EHOSTUNREACH), "refused without a rule");
+    let o = run(state.osvm().args(["-o", "json", "net", "show"]));
+    let net: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        net["published"][0]["refused"].as_u64().unwrap() >= 1,
+        "{net}"
+    );
+    published_event(" 1 refused");
 
     // A second stack cannot take the same host address.
     let other = state.path.join("other.toml");

@@ -5,6 +5,12 @@
 use super::*;
 use crate::network::NetPlaneError;
 
+/// How often connections through published ports are reported as events.
+pub(super) const PUBLISHED_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// A component port published on the host: (stack, component, port).
+pub(super) type PublishedPort = (String, String, u16);
+
 impl Engine {
     /// Recomputes the hub's ruleset from every hub stack (when the hub is in use) and logs
     /// what changed.
@@ -30,6 +36,68 @@ impl Engine {
         if let Err(e) = self.apply_network() {
             self.note(EventKind::NetworkFailed, &e.to_string());
         }
+    }
+
+    /// Emits, per component port published on the host, the connections the kernel accepted
+    /// and refused since the last report (nothing when there were none).
+    pub(super) fn report_published(&mut self) {
+        let Some(plane) = self.net.as_ref() else {
+            return;
+        };
+        if !self
+            .stacks
+            .values()
+            .any(|s| s.components.iter().any(|c| !c.publish.is_empty()))
+        {
+            return;
+        }
+        let views = match plane.published(&self.stacks) {
+            Ok(v) => v,
+            Err(e) => {
+                self.note(
+                    EventKind::NetworkFailed,
+                    &format!("reading published traffic: {e}"),
+                );
+                return;
+            }
+        };
+        // One line per component port, naming every host address that publishes it.
+        let mut now: BTreeMap<PublishedPort, (u64, u64, Vec<String>)> = BTreeMap::new();
+        for v in views {
+            let Some(service) = v.service else { continue };
+            let e = now
+                .entry((v.stack, v.component, service.port()))
+                .or_insert((v.accepted, v.refused, Vec::new()));
+            e.2.push(v.host.to_string());
+        }
+        let mut seen = BTreeMap::new();
+        for ((stack, component, port), (accepted, refused, hosts)) in now {
+            let key = (stack, component, port);
+            let (was_a, was_r) = self.published_report.1.get(&key).copied().unwrap_or((0, 0));
+            // A re-applied ruleset starts its counters over.
+            let since = |n: u64, was: u64| if n >= was { n - was } else { n };
+            let (a, r) = (since(accepted, was_a), since(refused, was_r));
+            seen.insert(key.clone(), (accepted, refused));
+            if a + r == 0 {
+                continue;
+            }
+            let (stack, component, port) = key;
+            if let Some(i) = self
+                .units
+                .iter()
+                .position(|u| u.life.record.stack == stack && u.component.name == component)
+            {
+                self.emit(
+                    i,
+                    EventKind::Published,
+                    &format!(
+                        "port {port} (published at {}): {a} connection(s) accepted, {r} refused by policy since the last report",
+                        hosts.join(", ")
+                    ),
+                );
+            }
+        }
+        self.published_report.1 = seen;
     }
 
     /// Points unit `i`'s service address (and its published ports) at its instance when the

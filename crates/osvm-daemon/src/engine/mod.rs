@@ -196,6 +196,9 @@ pub struct Engine {
     rotations: BTreeMap<String, Instant>,
     /// The hub network, once a `network = "hub"` stack needed it.
     net: Option<crate::network::NetPlane>,
+    /// Published traffic: when it was last reported, and the kernel's counts then, by
+    /// (stack, component, port): (accepted, refused).
+    published_report: (Instant, BTreeMap<hub::PublishedPort, (u64, u64)>),
     /// The MCP gateway that MCP server components are attached to (the daemon's; `osvm up`
     /// runs without one, and starts MCP stdio servers with their stdout logged).
     mcp: Option<osvm_mcp::Gateway>,
@@ -228,6 +231,7 @@ impl Engine {
             last_ca_check: None,
             rotations: BTreeMap::new(),
             net: None,
+            published_report: (Instant::now(), BTreeMap::new()),
             mcp: None,
         };
         let records: BTreeMap<String, ComponentRecord> = engine
@@ -556,6 +560,10 @@ impl Engine {
             {
                 self.last_ca_check = Some(now);
                 self.check_ca_expiry();
+            }
+            if now.duration_since(self.published_report.0) >= hub::PUBLISHED_REPORT_EVERY {
+                self.published_report.0 = now;
+                self.report_published();
             }
         }
         self.collect_removed();

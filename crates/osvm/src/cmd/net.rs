@@ -67,8 +67,8 @@ fn render(v: &NetView) -> String {
         for p in &v.published {
             let to = p.service.map_or("-".into(), |s| s.to_string());
             out.push_str(&format!(
-                "  {} -> {to}  ({}/{})\n",
-                p.host, p.stack, p.component
+                "  {} -> {to}  ({}/{})  connections accepted {}, refused {}\n",
+                p.host, p.stack, p.component, p.accepted, p.refused
             ));
         }
     }
