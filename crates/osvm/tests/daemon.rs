@@ -834,6 +834,27 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
             std::thread::sleep(Duration::from_millis(300));
         }
     };
+    // A host process that starts listening on a published address is warned about: the DNAT
+    // takes its connections.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", low)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = run(state.osvm().args(["-o", "json", "events"]));
+        let warned = stdout(&o).lines().any(|l| {
+            let e = serde_json::from_str::<Value>(l).unwrap();
+            let d = e["detail"].as_str().unwrap_or_default();
+            e["kind"] == "warning"
+                && e["component"] == "web"
+                && d.contains(&format!("(pid {})", std::process::id()))
+                && d.contains(&format!("now listens on 127.0.0.1:{low}"))
+        });
+        if warned {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning about the squatter");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(squatter);
     let e = published_event("accepted");
     assert!(
         e["detail"].as_str().unwrap().contains(&format!(

@@ -100,6 +100,41 @@ impl Engine {
         self.published_report.1 = seen;
     }
 
+    /// Warns, once each, about processes of the host that started listening on an address a
+    /// component publishes (osvm refuses to publish over one that listens already): the DNAT
+    /// takes their new connections, which they will never see.
+    pub(super) fn watch_published_listeners(&mut self) {
+        if self.net.is_none() {
+            return;
+        }
+        let mut found = Vec::new();
+        for (i, u) in self.units.iter().enumerate() {
+            for p in &u.component.publish {
+                for l in osvm_net::listeners::on_port(p.host.port()) {
+                    if l.covers(*p.host.ip()) {
+                        let at = std::net::SocketAddr::new(l.addr, l.port);
+                        found.push((i, format!("{}|{at}|{l}", p.host), p.host, at, l.to_string()));
+                    }
+                }
+            }
+        }
+        let seen: BTreeSet<String> = found.iter().map(|f| f.1.clone()).collect();
+        for (i, key, host, at, who) in found {
+            if self.published_listeners.contains(&key) {
+                continue;
+            }
+            let name = self.units[i].component.name.clone();
+            self.emit(
+                i,
+                EventKind::Warning,
+                &format!(
+                    "{who} now listens on {at}, which {name} publishes ({host}): its new connections go to {name}, not to it; stop it or publish elsewhere"
+                ),
+            );
+        }
+        self.published_listeners = seen;
+    }
+
     /// Points unit `i`'s service address (and its published ports) at its instance when the
     /// instance is ready for traffic, and makes it refuse new connections when not.
     pub(super) fn route_if_ready(&mut self, i: usize) {

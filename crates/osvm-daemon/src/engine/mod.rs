@@ -24,7 +24,7 @@
 //! `mcp` (the gateway), `swap` (hot-swap, its readiness clock in `swap/progress.rs`) and
 //! `views` (what clients see).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -199,6 +199,8 @@ pub struct Engine {
     /// Published traffic: when it was last reported, and the kernel's counts then, by
     /// (stack, component, port): (accepted, refused).
     published_report: (Instant, BTreeMap<hub::PublishedPort, (u64, u64)>),
+    /// Host processes found listening on published addresses, already warned about.
+    published_listeners: BTreeSet<String>,
     /// The MCP gateway that MCP server components are attached to (the daemon's; `osvm up`
     /// runs without one, and starts MCP stdio servers with their stdout logged).
     mcp: Option<osvm_mcp::Gateway>,
@@ -232,6 +234,7 @@ impl Engine {
             rotations: BTreeMap::new(),
             net: None,
             published_report: (Instant::now(), BTreeMap::new()),
+            published_listeners: BTreeSet::new(),
             mcp: None,
         };
         let records: BTreeMap<String, ComponentRecord> = engine
@@ -564,6 +567,7 @@ impl Engine {
             if now.duration_since(self.published_report.0) >= hub::PUBLISHED_REPORT_EVERY {
                 self.published_report.0 = now;
                 self.report_published();
+                self.watch_published_listeners();
             }
         }
         self.collect_removed();
