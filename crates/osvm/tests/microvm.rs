@@ -108,6 +108,7 @@ fn vm_serves_http_on_its_network_path_and_over_vsock_and_stops_gracefully() {
     };
     let www = www(&state);
     let file = state.path.join("vm.toml");
+    let port = free_port();
     std::fs::write(
         &file,
         format!(
@@ -126,6 +127,7 @@ resources = {{ memory = "256M", cpus = 2 }}
 microvm = {{ include = ["{www}"] }}
 health = {{ http = "/", port = 8080 }}
 restart = "never"
+publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
 
 [[component]]
 name = "cli"
@@ -139,6 +141,9 @@ args = ["3600"]
 
 [[policy]]
 allow = {{ from = "cli", to = "web", ports = [8080] }}
+
+[[policy]]
+allow = {{ from = "world", to = "web", ports = [8080] }}
 "#,
             www = www.display()
         ),
@@ -168,6 +173,9 @@ allow = {{ from = "cli", to = "web", ports = [8080] }}
         denied.is_err(),
         "other reached web without a policy: {denied:?}"
     );
+    // Its published port, from the host: the guest serves it like a process would.
+    let published = http_get_host(port).expect("the published port serves the host");
+    assert!(published.contains("hello from a microvm"), "{published}");
 
     // vsock: the hybrid CONNECT to the agent's control port, then a forward to port 8080.
     // The accelerator, and on a host without VMX/SVM the TCG warning, in `osvm status`.

@@ -376,6 +376,7 @@ fn unikernel_serves_http_on_the_hub_and_policy_decides() {
         return;
     };
     let app = example();
+    let port = free_port();
     let _daemon = Daemon::start(&state);
     up(
         &state,
@@ -394,6 +395,7 @@ listen = [8080]
 resources = {{ memory = "128M" }}
 health = {{ http = "/", port = 8080, start_period = "5s" }}
 restart = "never"
+publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
 
 # Asks from the start, so the hub learns the namespace's own MAC for web's address before the
 # guest takes the address over: only osvm's announcement of the guest makes it reachable.
@@ -409,6 +411,9 @@ args = ["3600"]
 
 [[policy]]
 allow = {{ from = "cli", to = "web", ports = [8080] }}
+
+[[policy]]
+allow = {{ from = "world", to = "web", ports = [8080] }}
 "#,
             app = app.display()
         ),
@@ -435,6 +440,8 @@ allow = {{ from = "cli", to = "web", ports = [8080] }}
         denied.is_err(),
         "other reached web without a policy: {denied:?}"
     );
+    let published = http_get_host(port).expect("the published port serves the host");
+    assert!(published.contains("hello from hermit-app"), "{published}");
     let shown = status(&state, "web");
     assert!(shown["unikernel"]["address"].as_str().is_some(), "{shown}");
     let o = run(state.osvm().args(["down", "uknet"]));

@@ -553,3 +553,22 @@ impl Drop for OtherMachine {
         }
     }
 }
+
+/// A free TCP port on the host's loopback (free when asked; a test publishes on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET / on `127.0.0.1:port` from the host (a published port).
+pub fn http_get_host(port: u16) -> std::io::Result<String> {
+    let s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(5),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    http_get(s)
+}
