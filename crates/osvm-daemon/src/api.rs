@@ -328,6 +328,9 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respons
             crate::engine::ApplyError::Published(m) => {
                 ApiError::new(StatusCode::CONFLICT, "published", m)
             }
+            crate::engine::ApplyError::McpServer(m) => {
+                ApiError::new(StatusCode::CONFLICT, "mcp_server", m)
+            }
             crate::engine::ApplyError::Store(e) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
             }

@@ -101,10 +101,45 @@ struct Server {
     link: Link,
 }
 
+/// Each stack's `[[mcp_policy]]`, and which stack each server belongs to: a stack's rules
+/// govern only its own servers, so one stack can never widen access to another's tools.
+#[derive(Default)]
+struct Policies {
+    by_stack: BTreeMap<String, McpPolicy>,
+    stack_of: BTreeMap<String, String>,
+}
+
+impl Policies {
+    /// What `server`'s own stack decides for `client` calling `tool`.
+    fn decide(&self, client: &str, server: &str, tool: &str) -> McpDecision {
+        let Some(stack) = self.stack_of.get(server) else {
+            return McpDecision {
+                allowed: false,
+                rule: None,
+                reason: format!("denied: server `{server}` belongs to no applied stack"),
+            };
+        };
+        match self.by_stack.get(stack) {
+            Some(policy) => {
+                let mut d = policy.decide(client, server, tool);
+                d.reason = format!("{} of stack {stack}", d.reason);
+                d
+            }
+            None => McpDecision {
+                allowed: false,
+                rule: None,
+                reason: format!(
+                    "denied: stack {stack} has no mcp_policy rule that allows client `{client}` to use {server}.{tool}"
+                ),
+            },
+        }
+    }
+}
+
 struct Inner {
     rt: tokio::runtime::Handle,
     servers: RwLock<BTreeMap<String, Server>>,
-    policy: RwLock<Arc<McpPolicy>>,
+    policy: RwLock<Arc<Policies>>,
     settings: RwLock<McpSettings>,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
     tokens: TokenStore,
@@ -173,7 +208,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 rt,
                 servers: RwLock::new(BTreeMap::new()),
-                policy: RwLock::new(Arc::new(McpPolicy::new(&[]).expect("no rules compile"))),
+                policy: RwLock::new(Arc::new(Policies::default())),
                 limiter: RwLock::new(Arc::new(RateLimiter::keyed(quota(&settings)))),
                 settings: RwLock::new(settings),
                 tokens: TokenStore::open(state_dir),
@@ -198,16 +233,58 @@ impl Gateway {
         *self.inner.settings.read().expect("settings")
     }
 
-    /// Sets the servers, rules and settings (from every applied stack). Servers still declared
-    /// keep their connections.
+    /// Sets the servers, each stack's rules (`stack -> rules`) and the settings, from every
+    /// applied stack. Servers still declared keep their connections. Server names and prefixes
+    /// must be unique across stacks (the orchestrator refuses a stack that would collide); a
+    /// server that collides anyway is left out, with the reason in the error.
     pub fn configure(
         &self,
         servers: Vec<ServerDecl>,
-        rules: &[McpRule],
+        rules: &BTreeMap<String, Vec<McpRule>>,
         settings: McpSettings,
     ) -> Result<(), String> {
-        let policy = McpPolicy::new(rules)?;
-        *self.inner.policy.write().expect("policy") = Arc::new(policy);
+        let mut policies = Policies::default();
+        for (stack, rules) in rules {
+            let policy = McpPolicy::new(rules).map_err(|e| format!("stack {stack}: {e}"))?;
+            policies.by_stack.insert(stack.clone(), policy);
+        }
+        let mut collisions = Vec::new();
+        let mut servers: Vec<ServerDecl> = servers
+            .into_iter()
+            .filter(|d| {
+                let clash = policies
+                    .stack_of
+                    .get(&d.spec.name)
+                    .filter(|s| **s != d.stack);
+                if let Some(other) = clash {
+                    collisions.push(format!(
+                        "MCP server `{}` of stack {} collides with stack {other}'s; left out",
+                        d.spec.name, d.stack
+                    ));
+                    return false;
+                }
+                policies
+                    .stack_of
+                    .insert(d.spec.name.clone(), d.stack.clone());
+                true
+            })
+            .collect();
+        let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
+        servers.retain(|d| match prefixes.get(&d.spec.prefix) {
+            Some(other) if *other != d.spec.name => {
+                collisions.push(format!(
+                    "MCP server `{}` of stack {} uses prefix `{}` like server `{other}`; left out",
+                    d.spec.name, d.stack, d.spec.prefix
+                ));
+                policies.stack_of.remove(&d.spec.name);
+                false
+            }
+            _ => {
+                prefixes.insert(d.spec.prefix.clone(), d.spec.name.clone());
+                true
+            }
+        });
+        *self.inner.policy.write().expect("policy") = Arc::new(policies);
         if *self.inner.settings.read().expect("settings") != settings {
             *self.inner.limiter.write().expect("limiter") =
                 Arc::new(RateLimiter::keyed(quota(&settings)));
@@ -227,7 +304,11 @@ impl Gateway {
             next.insert(decl.spec.name.clone(), Server { decl, link });
         }
         *map = next;
-        Ok(())
+        if collisions.is_empty() {
+            Ok(())
+        } else {
+            Err(collisions.join("; "))
+        }
     }
 
     /// Connects to server `server`'s instance `instance` through its stdio pipes (`from`: its

@@ -1,6 +1,7 @@
 //! The gateway's client side on an in-memory stream: malformed and oversized input gets an
 //! error or ends the session, never a panic, and a well-formed request after garbage is served.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rmcp::ServiceExt;
@@ -116,7 +117,8 @@ async fn calls_past_the_clients_rate_are_refused_and_audited_per_client() {
         burst: 2,
         ..Default::default()
     };
-    gw.configure(Vec::new(), &[], settings).unwrap();
+    gw.configure(Vec::new(), &BTreeMap::new(), settings)
+        .unwrap();
     let code = |r: Result<rmcp::model::CallToolResult, rmcp::ErrorData>| r.unwrap_err().code;
     // Within the burst: the name is unknown (no server), which is its own error.
     assert_eq!(

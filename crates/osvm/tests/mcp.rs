@@ -698,3 +698,98 @@ fn malformed_and_oversized_client_messages_get_errors_and_the_gateway_lives_on()
     assert_eq!(code, 0, "the gateway still serves: {v}");
     down(&state, &file);
 }
+
+/// One stack's `[[mcp_policy]]` governs only its own servers, and a second stack can neither
+/// take a server name or tool prefix the first uses nor widen access to the first's tools
+/// (an outside tester's finding: a second stack's `* -> *` let a denied client call the
+/// first's tools, and its same-named server took the first's calls).
+#[test]
+fn a_second_stack_can_neither_take_nor_open_the_first_stacks_mcp_servers() {
+    const TEST: &str = "mcp_stacks";
+    if !sandbox_available(TEST) {
+        return;
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        skip(
+            "python3",
+            TEST,
+            "needs /usr/bin/python3 (the fake MCP server)",
+        );
+        return;
+    }
+    let state = StateDir::new(TEST);
+    let _daemon = Daemon::start(&state);
+    let fixtures = fixture("").display().to_string();
+    let server = |stack: &str, component: &str, name: &str, extra: &str, rules: &str| {
+        let file = state.path.join(format!("{stack}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+[stack]
+name = "{stack}"
+
+[[component]]
+name = "{component}"
+type = {{ kind = "mcp_server", name = "{name}" }}
+command = "/usr/bin/python3"
+args = ["/fixtures/mcp_fake_server.py"]
+mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
+{extra}
+{rules}
+"#
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let first = server(
+        "first",
+        "fake",
+        "fake",
+        "",
+        "[[mcp_policy]]\nallow = { clients = [\"alice\"], tools = [\"fake.*\"] }\n",
+    );
+    let o = run(state.osvm().args(["up", "-d"]).arg(&first));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_servers(&state, 1);
+    let open = "[[mcp_policy]]\nallow = { clients = [\"*\"], tools = [\"*\"] }\n";
+
+    // The same server name, or another name with the same tool prefix: refused, naming both.
+    for (name, extra) in [("fake", ""), ("imposter", "mcp = { prefix = \"fake\" }")] {
+        let second = server("second", "imp", name, extra, open);
+        let o = run(state.osvm().args(["up", "-d"]).arg(&second));
+        assert!(!o.status.success(), "{name}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("stack `first` already has server `fake`") && err.contains("`imp`"),
+            "{name}: {err}"
+        );
+    }
+
+    // Its own server, with rules that allow everyone everything: they open only its own tools.
+    let second = server("second", "other", "other", "", open);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&second));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_servers(&state, 2);
+    let (code, v) = call(&state, "mallory", "other.echo", r#"{"message": "mine"}"#);
+    assert_eq!(code, 0, "second's rules open second's server: {v}");
+    let (code, v) = call(&state, "mallory", "fake.echo", r#"{"message": "theirs"}"#);
+    assert_eq!(code, 3, "second's rules do not open first's server: {v}");
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("of stack first"), "{message}");
+    let (code, v) = call(&state, "alice", "fake.echo", r#"{"message": "hi"}"#);
+    assert_eq!(code, 0, "first's own rule still holds: {v}");
+    let trail = audit(&state);
+    assert!(
+        trail.iter().any(|r| r["client"] == "mallory"
+            && r["tool"] == "echo"
+            && r["server"] == "fake"
+            && r["outcome"] == "denied"),
+        "{trail:?}"
+    );
+    let o = run(state.osvm().arg("down").arg(&second));
+    assert!(o.status.success(), "{}", stderr(&o));
+    down(&state, &first);
+}

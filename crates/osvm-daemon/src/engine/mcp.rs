@@ -34,7 +34,7 @@ impl Engine {
             return;
         };
         let mut servers = Vec::new();
-        let mut rules = Vec::new();
+        let mut rules = BTreeMap::new();
         let mut settings: Option<osvm_core::stack::McpSettings> = None;
         for stack in self.stacks.values() {
             let mut declares = false;
@@ -48,7 +48,7 @@ impl Engine {
                     });
                 }
             }
-            rules.extend(stack.mcp_policy.iter().cloned());
+            rules.insert(stack.name.clone(), stack.mcp_policy.clone());
             if declares {
                 // Several stacks: the tightest of their limits.
                 let s = &stack.mcp;

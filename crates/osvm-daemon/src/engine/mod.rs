@@ -165,6 +165,9 @@ pub enum ApplyError {
     /// It publishes a host address another stack publishes.
     #[error("{0}")]
     Published(String),
+    /// It declares an MCP server whose name or tool prefix another stack's server has.
+    #[error("{0}")]
+    McpServer(String),
 }
 
 /// A change to a stack's policy made through the API.
@@ -323,6 +326,30 @@ impl Engine {
     /// Applies `stack` as desired state: new components start, changed ones are replaced,
     /// removed ones stop.
     pub fn apply(&mut self, stack: Stack) -> Result<(), ApplyError> {
+        // Clients name a tool `<prefix>.<tool>`: an MCP server's name and prefix are one
+        // stack's, or a second stack could take calls meant for the first.
+        for (c, spec) in stack
+            .components
+            .iter()
+            .filter_map(|c| c.mcp.as_ref().map(|m| (c, m)))
+        {
+            let clash = self
+                .stacks
+                .values()
+                .filter(|s| s.name != stack.name)
+                .flat_map(|s| s.components.iter().map(move |o| (s, o)))
+                .find_map(|(s, o)| {
+                    let theirs = o.mcp.as_ref()?;
+                    (theirs.name == spec.name || theirs.prefix == spec.prefix)
+                        .then_some((s, o, theirs))
+                });
+            if let Some((s, o, theirs)) = clash {
+                return Err(ApplyError::McpServer(format!(
+                    "component `{}` declares MCP server `{}` (tools `{}.*`), but stack `{}` already has server `{}` (tools `{}.*`, component `{}`): give one of them another `name` or `prefix` in its `mcp` table",
+                    c.name, spec.name, spec.prefix, s.name, theirs.name, theirs.prefix, o.name
+                )));
+            }
+        }
         // A host address is published by one component of one stack.
         for (c, p) in stack
             .components
