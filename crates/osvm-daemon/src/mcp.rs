@@ -107,15 +107,59 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<String, Refusal> {
     ))
 }
 
-/// Puts the authenticated client into the request for the gateway's handlers.
-async fn auth(State(gw): State<Gateway>, mut req: Request, next: Next) -> Response {
-    match authenticate(&gw, req.headers()) {
-        Ok(client) => {
-            req.extensions_mut().insert(ClientIdentity(client));
-            next.run(req).await
+/// The streamable-HTTP header that names a session.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Which client opened each streamable-HTTP session: a session is its client's alone.
+#[derive(Clone, Default)]
+struct Sessions(Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>);
+
+/// Puts the authenticated client into the request for the gateway's handlers, and keeps each
+/// session to the client that opened it: another client naming it (a leaked or guessed
+/// `Mcp-Session-Id`) is answered as if it did not exist, 404, and can neither read its event
+/// stream nor post into it. A session's DELETE answers 204.
+async fn auth(
+    State((gw, sessions)): State<(Gateway, Sessions)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let client = match authenticate(&gw, req.headers()) {
+        Ok(client) => client,
+        Err(r) => return r.into_response(),
+    };
+    let named = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &named {
+        let owner = sessions.0.lock().expect("sessions").get(id).cloned();
+        if owner.is_some_and(|o| o != client) {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such session for this client".into(),
+            );
         }
-        Err(r) => r.into_response(),
     }
+    let delete = req.method() == axum::http::Method::DELETE;
+    req.extensions_mut().insert(ClientIdentity(client.clone()));
+    let mut response = next.run(req).await;
+    let mut table = sessions.0.lock().expect("sessions");
+    if let Some(id) = response
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        table.entry(id.to_owned()).or_insert(client);
+    }
+    if delete && response.status().is_success() {
+        if let Some(id) = &named {
+            table.remove(id);
+        }
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
 }
 
 /// The gateway's routes.
@@ -134,7 +178,10 @@ pub fn routes(gw: Gateway) -> Router {
     );
     let mcp = Router::new()
         .nest_service("/v1/mcp", service)
-        .layer(middleware::from_fn_with_state(gw.clone(), auth));
+        .layer(middleware::from_fn_with_state(
+            (gw.clone(), Sessions::default()),
+            auth,
+        ));
     Router::new()
         .route("/v1/mcp/stdio", get(stdio))
         .route("/v1/mcp/tools", get(tools))

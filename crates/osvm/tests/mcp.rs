@@ -793,3 +793,87 @@ mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
     assert!(o.status.success(), "{}", stderr(&o));
     down(&state, &first);
 }
+
+/// One HTTP/1.1 request to the daemon's socket: the status and the response's head (lower-
+/// cased), read for at most 2 s (an event stream never ends by itself).
+fn socket_http(
+    state: &StateDir,
+    method: &str,
+    token: &str,
+    session: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(state.path.join("osvm.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let session = session
+        .map(|id| format!("Mcp-Session-Id: {id}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} /v1/mcp HTTP/1.1\r\nHost: osvm\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         MCP-Protocol-Version: 2025-06-18\r\n{session}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A streamable-HTTP session is its client's alone: bob, with his own valid token and alice's
+/// `Mcp-Session-Id`, gets 404 for her event stream and for a POST into her session (an outside
+/// tester got both), while alice keeps using it; DELETE answers 204.
+#[test]
+fn an_http_session_belongs_to_the_client_that_opened_it() {
+    const TEST: &str = "mcp_session";
+    if !sandbox_available(TEST) {
+        return;
+    }
+    let state = StateDir::new(TEST);
+    let _daemon = Daemon::start(&state);
+    let token = |client: &str| {
+        let o = run(state.osvm().args(["mcp", "token", "issue", client]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).trim().to_owned()
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let (status, head) = socket_http(&state, "POST", &alice, None, init);
+    assert_eq!(status, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("a session id in {head}"));
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, head) = socket_http(&state, "POST", &alice, Some(&session), initialized);
+    assert_eq!(status, 202, "{head}");
+
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let (status, head) = socket_http(&state, "POST", &bob, Some(&session), list);
+    assert_eq!(status, 404, "bob posts into alice's session: {head}");
+    let (status, head) = socket_http(&state, "GET", &bob, Some(&session), "");
+    assert_eq!(status, 404, "bob reads alice's event stream: {head}");
+    let (status, head) = socket_http(&state, "DELETE", &bob, Some(&session), "");
+    assert_eq!(status, 404, "bob ends alice's session: {head}");
+
+    let (status, head) = socket_http(&state, "POST", &alice, Some(&session), list);
+    assert_eq!(status, 200, "alice's session goes on: {head}");
+    let (status, head) = socket_http(&state, "DELETE", &alice, Some(&session), "");
+    assert_eq!(status, 204, "{head}");
+    let (status, head) = socket_http(&state, "POST", &alice, Some(&session), list);
+    assert_eq!(status, 404, "an ended session: {head}");
+}
