@@ -25,11 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use hyper_util::rt::TokioIo;
 use osvm_mcp::gateway::{ClientIdentity, Gateway, Session};
-use osvm_mcp::upstream::LineCapReader;
-use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
-use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde::Deserialize;
 use serde_json::json;
@@ -219,12 +216,8 @@ async fn stdio(State(gw): State<Gateway>, mut req: Request) -> Response {
             return;
         };
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        // A line past the limit ends the session with an error rather than being skipped.
-        let transport = AsyncRwTransport::new_server(LineCapReader::new(read, max), write)
-            .with_max_line_length(max);
-        if let Ok(running) = Session::new(gw, Some(client)).serve(transport).await {
-            let _ = running.waiting().await;
-        }
+        // A line past the limit gets an error with its id, and the session goes on.
+        osvm_mcp::framing::serve_stdio(Session::new(gw, Some(client)), read, write, max).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

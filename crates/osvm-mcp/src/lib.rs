@@ -3,6 +3,7 @@
 //!
 //! - [`gateway`]: the aggregate server (an rmcp `ServerHandler`) and its upstream registry;
 //! - [`upstream`]: the MCP client session to one server over its stdio pipes;
+//! - [`framing`]: a client's stdio session, with oversized messages answered, not dropped;
 //! - [`tokens`]: bearer tokens osvm issues to clients and revokes;
 //! - [`audit`]: the JSON-lines audit trail.
 //!
@@ -12,6 +13,7 @@
 
 pub mod audit;
 pub mod digest;
+pub mod framing;
 pub mod gateway;
 pub mod tokens;
 pub mod upstream;
