@@ -70,8 +70,16 @@ fn the_daemon_runs_a_stack_and_answers_for_it() {
     let idle: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(idle["status"], "running");
     assert!(idle["stats"]["pids"].as_u64().unwrap() >= 2);
+    // `stack/name`, as `osvm ps` prints it, names a component everywhere.
+    let stack = idle["stack"].as_str().unwrap().to_owned();
+    let qualified = format!("{stack}/idle");
+    let o = run(state.osvm().args(["-o", "json", "status", &qualified]));
+    assert!(o.status.success(), "status {qualified}: {}", stderr(&o));
+    let o = run(state.osvm().args(["logs", &qualified]));
+    assert!(o.status.success(), "logs {qualified}: {}", stderr(&o));
 
-    assert!(run(state.osvm().args(["stop", "idle"])).status.success());
+    let o = run(state.osvm().args(["stop", &qualified]));
+    assert!(o.status.success(), "stop {qualified}: {}", stderr(&o));
     let views = wait_ps(&state, "idle stopped", |v| {
         by_name(v, "idle")["status"] == "stopped"
     });

@@ -79,8 +79,11 @@ pub fn ps(global: &Global) -> anyhow::Result<ExitCode> {
 
 /// `osvm status NAME`.
 pub fn status(global: &Global, args: NameArgs) -> anyhow::Result<ExitCode> {
-    let answer =
-        client(global)?.call(Method::GET, &format!("/v1/components/{}", args.name), None)?;
+    let answer = client(global)?.call(
+        Method::GET,
+        &format!("/v1/components/{}", super::urlencode(&args.name)),
+        None,
+    )?;
     if global.output == Output::Json {
         print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
@@ -152,7 +155,7 @@ pub fn status(global: &Global, args: NameArgs) -> anyhow::Result<ExitCode> {
 pub fn action(global: &Global, args: NameArgs, verb: &str) -> anyhow::Result<ExitCode> {
     let answer = client(global)?.call(
         Method::POST,
-        &format!("/v1/components/{}/{verb}", args.name),
+        &format!("/v1/components/{}/{verb}", super::urlencode(&args.name)),
         None,
     )?;
     match global.output {
@@ -166,7 +169,9 @@ pub fn action(global: &Global, args: NameArgs, verb: &str) -> anyhow::Result<Exi
 pub fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!(
         "/v1/components/{}/logs?stream={}&follow={}",
-        args.name, args.stream, args.follow
+        super::urlencode(&args.name),
+        args.stream,
+        args.follow
     );
     if let Some(n) = args.tail {
         path.push_str(&format!("&tail={n}"));

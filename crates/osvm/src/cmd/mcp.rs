@@ -57,7 +57,7 @@ pub fn run(global: &Global, command: McpCommand) -> anyhow::Result<ExitCode> {
         McpCommand::Tools(args) => {
             let mut path = format!("/v1/mcp/tools?all={}", args.all);
             if let Some(c) = &args.client {
-                path.push_str(&format!("&client={}", urlencode(c)));
+                path.push_str(&format!("&client={}", super::urlencode(c)));
             }
             let answer = client(global)?.call(Method::GET, &path, None)?;
             if global.output == Output::Json {
@@ -160,17 +160,6 @@ pub fn run(global: &Global, command: McpCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn token(global: &Global, cmd: McpTokenCommand) -> anyhow::Result<ExitCode> {
     let c = client(global)?;
     match cmd {
@@ -229,7 +218,7 @@ fn token(global: &Global, cmd: McpTokenCommand) -> anyhow::Result<ExitCode> {
         McpTokenCommand::Revoke(a) => {
             let answer = c.call(
                 Method::DELETE,
-                &format!("/v1/mcp/tokens/{}", urlencode(&a.what)),
+                &format!("/v1/mcp/tokens/{}", super::urlencode(&a.what)),
                 None,
             )?;
             if global.output == Output::Json {

@@ -161,3 +161,16 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1}{}", UNITS[i])
     }
 }
+
+/// `s` percent-encoded for one URL path segment or query value (a component named
+/// `stack/name` stays one segment: `stack%2Fname`).
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

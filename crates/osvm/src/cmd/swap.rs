@@ -44,7 +44,7 @@ pub fn run(global: &Global, args: SwapArgs) -> anyhow::Result<ExitCode> {
         canary: args.canary.clone(),
         dry_run: args.dry_run,
     };
-    let path = format!("/v1/components/{}", args.name.replace('/', "%2F"));
+    let path = format!("/v1/components/{}", super::urlencode(&args.name));
     let client = client(global)?;
     let answer = client.call(
         Method::POST,
