@@ -57,6 +57,29 @@ pub const URI_SCHEME: &str = "osvm+mcp://";
 /// How long a server may take to answer `initialize`.
 const HANDSHAKE: Duration = Duration::from_secs(30);
 
+/// How long a server has to answer the ping that follows a timed-out call.
+const PING: Duration = Duration::from_secs(3);
+
+/// Whether the server answers a ping within [`PING`].
+async fn alive(up: &Upstream) -> bool {
+    let sent = up
+        .client
+        .peer()
+        .send_request_with_option(
+            ClientRequest::PingRequest(Default::default()),
+            PeerRequestOptions::with_timeout(PING),
+        )
+        .await;
+    match sent {
+        // Any answer, an error included, says the server reads and writes.
+        Ok(handle) => matches!(
+            handle.await_response().await,
+            Ok(_) | Err(ServiceError::McpError(_))
+        ),
+        Err(_) => false,
+    }
+}
+
 /// The authenticated client of an HTTP request, put into its extensions by the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity(pub String);
@@ -703,15 +726,26 @@ impl Gateway {
                 Err(e)
             }
             Err(ServiceError::Timeout { timeout }) => {
+                // rmcp has sent the server notifications/cancelled for the call. A slow tool is
+                // not a crash: the server is restarted only if it does not answer a ping either.
                 let msg = format!(
-                    "MCP server `{server}` did not answer within {}s; it is being restarted",
+                    "MCP server `{server}` did not answer tools/call {tool} within {}s; the call \
+                     was cancelled",
                     timeout.as_secs_f64()
                 );
-                self.broken(
-                    &server,
-                    &up,
-                    format!("no answer to tools/call {tool} within {timeout:?}"),
-                );
+                let (gw, server_name, up_again, tool_name) =
+                    (self.clone(), server.clone(), up.clone(), tool.clone());
+                self.inner.rt.spawn(async move {
+                    if !alive(&up_again).await {
+                        gw.broken(
+                            &server_name,
+                            &up_again,
+                            format!(
+                                "no answer to tools/call {tool_name} within {timeout:?}, nor to a ping after it"
+                            ),
+                        );
+                    }
+                });
                 audit(record(
                     Some(&server),
                     Some(&tool),
