@@ -145,6 +145,10 @@ impl Policies {
         match self.by_stack.get(stack) {
             Some(policy) => {
                 let mut d = policy.decide(client, server, tool);
+                if d.rule.is_some() {
+                    // "client `bob` -> fs.write_file: denied by mcp_policy #2 (...) of stack s"
+                    d.reason = format!("client `{client}` -> {server}.{tool}: {}", d.reason);
+                }
                 d.reason = format!("{} of stack {stack}", d.reason);
                 d
             }
@@ -472,6 +476,44 @@ impl Gateway {
     }
 
     /// Resolves `<prefix>.<name>` to (server, name, session).
+    /// The server (its name) and the name on it that `<prefix>.<name>` means, whether the
+    /// server runs or not.
+    fn known_server(&self, qualified: &str) -> Option<(String, String)> {
+        let (prefix, name) = qualified.split_once('.')?;
+        let map = self.inner.servers.read().expect("servers");
+        map.values()
+            .find(|s| s.decl.spec.prefix == prefix)
+            .map(|s| (s.decl.spec.name.clone(), name.to_owned()))
+    }
+
+    /// Writes one audit record for a request other than `tools/call`.
+    #[allow(clippy::too_many_arguments)]
+    fn audit_request(
+        &self,
+        client: &str,
+        method: &str,
+        server: Option<&str>,
+        what: &str,
+        outcome: Outcome,
+        detail: String,
+        began: Instant,
+    ) {
+        let r = Record {
+            time: String::new(),
+            client: client.to_owned(),
+            method: method.to_owned(),
+            server: server.map(str::to_owned),
+            tool: Some(what.to_owned()),
+            args_sha256: None,
+            outcome,
+            detail,
+            latency_ms: began.elapsed().as_secs_f64() * 1000.0,
+        };
+        if let Err(e) = self.inner.audit.write(r) {
+            tracing::warn!("write the MCP audit log: {e}");
+        }
+    }
+
     fn resolve(&self, qualified: &str) -> Result<(String, String, Arc<Upstream>), McpError> {
         let (prefix, name) = qualified.split_once('.').ok_or_else(|| {
             McpError::invalid_params(
@@ -655,7 +697,16 @@ impl Gateway {
         let (server, tool, up) = match self.resolve(name) {
             Ok(r) => r,
             Err(e) => {
-                audit(record(None, None, Outcome::Unknown, e.message.to_string()));
+                // A server that exists but does not run is named, with what was asked of it.
+                match self.known_server(name) {
+                    Some((server, tool)) => audit(record(
+                        Some(&server),
+                        Some(&tool),
+                        Outcome::Unavailable,
+                        e.message.to_string(),
+                    )),
+                    None => audit(record(None, None, Outcome::Unknown, e.message.to_string())),
+                }
                 return Err(e);
             }
         };
@@ -829,18 +880,52 @@ impl Gateway {
         all
     }
 
-    /// Resolves `<prefix>.<name>` for a resource or prompt of a server `client` may use.
+    /// Resolves `<prefix>.<name>` for a resource or prompt (`method`, `what` as the client
+    /// named it) of a server `client` may use; a refusal is audited.
     async fn resolve_for(
         &self,
         client: &str,
         qualified: &str,
+        method: &str,
+        what: &str,
     ) -> Result<(String, String, Arc<Upstream>), McpError> {
-        let (server, name, up) = self.resolve(qualified)?;
+        let began = Instant::now();
+        let (server, name, up) = match self.resolve(qualified) {
+            Ok(r) => r,
+            Err(e) => {
+                let known = self.known_server(qualified).map(|(s, _)| s);
+                let outcome = if known.is_some() {
+                    Outcome::Unavailable
+                } else {
+                    Outcome::Unknown
+                };
+                let detail = e.message.to_string();
+                self.audit_request(
+                    client,
+                    method,
+                    known.as_deref(),
+                    what,
+                    outcome,
+                    detail,
+                    began,
+                );
+                return Err(e);
+            }
+        };
         if !self.may_use_server(client, &server, &up).await {
-            return Err(error(
-                DENIED,
-                format!("denied: client `{client}` may use no tool of `{server}`"),
-            ));
+            let why = format!(
+                "denied: client `{client}` may use no tool of `{server}`, so not its {method} `{what}`"
+            );
+            self.audit_request(
+                client,
+                method,
+                Some(&server),
+                what,
+                Outcome::Denied,
+                why.clone(),
+                began,
+            );
+            return Err(error(DENIED, why));
         }
         Ok((server, name, up))
     }
@@ -989,16 +1074,36 @@ impl ServerHandler for Session {
         let (prefix, original) = rest
             .split_once('/')
             .ok_or_else(|| McpError::resource_not_found("a gateway URI names its server", None))?;
+        let began = Instant::now();
         let (server, _, up) = self
             .gw
-            .resolve_for(&client, &format!("{prefix}.resource"))
+            .resolve_for(
+                &client,
+                &format!("{prefix}.resource"),
+                "resources/read",
+                &request.uri,
+            )
             .await?;
-        let mut r = up
+        let read = up
             .client
             .peer()
             .read_resource(ReadResourceRequestParams::new(original.to_owned()))
             .await
-            .map_err(|e| pass_error(&server, e))?;
+            .map_err(|e| pass_error(&server, e));
+        let (outcome, detail) = match &read {
+            Ok(_) => (Outcome::Ok, "allowed".to_owned()),
+            Err(e) => (Outcome::UpstreamError, e.message.to_string()),
+        };
+        self.gw.audit_request(
+            &client,
+            "resources/read",
+            Some(&server),
+            &request.uri,
+            outcome,
+            detail,
+            began,
+        );
+        let mut r = read?;
         r.result_type.get_or_insert(ResultType::COMPLETE);
         Ok(r.into())
     }
@@ -1027,17 +1132,35 @@ impl ServerHandler for Session {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         let client = self.client(&ctx)?;
-        let (server, name, up) = self.gw.resolve_for(&client, &request.name).await?;
+        let began = Instant::now();
+        let (server, name, up) = self
+            .gw
+            .resolve_for(&client, &request.name, "prompts/get", &request.name)
+            .await?;
         let mut p = GetPromptRequestParams::new(name);
         if let Some(a) = request.arguments.clone() {
             p = p.with_arguments(a);
         }
-        let mut r = up
+        let got = up
             .client
             .peer()
             .get_prompt(p)
             .await
-            .map_err(|e| pass_error(&server, e))?;
+            .map_err(|e| pass_error(&server, e));
+        let (outcome, detail) = match &got {
+            Ok(_) => (Outcome::Ok, "allowed".to_owned()),
+            Err(e) => (Outcome::UpstreamError, e.message.to_string()),
+        };
+        self.gw.audit_request(
+            &client,
+            "prompts/get",
+            Some(&server),
+            &request.name,
+            outcome,
+            detail,
+            began,
+        );
+        let mut r = got?;
         r.result_type.get_or_insert(ResultType::COMPLETE);
         Ok(r.into())
     }

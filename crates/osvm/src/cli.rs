@@ -118,6 +118,22 @@ pub enum McpCommand {
     /// Bearer tokens for MCP clients
     #[command(subcommand)]
     Token(McpTokenCommand),
+    /// The gateway's audit trail: every decision on tools, resources and prompts (TIME CLIENT
+    /// METHOD SERVER.NAME OUTCOME DETAIL; `-o json`: the records)
+    Audit(McpAuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpAuditArgs {
+    /// Only this client's records
+    #[arg(long)]
+    pub client: Option<String>,
+    /// Only the last N records (of those that match)
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Keep printing records as they are written (across rotations)
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

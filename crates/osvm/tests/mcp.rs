@@ -825,6 +825,88 @@ mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
             && r["outcome"] == "denied"),
         "{trail:?}"
     );
+    // Resources and prompts of a server mallory may not use: refused, and audited.
+    let mut child = state
+        .osvm()
+        .args(["mcp", "serve", "--as", "mallory"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    writeln!(stdin, "{init}").unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{{"uri":"osvm+mcp://fake/secret"}}}}"#
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{{"name":"fake.p"}}}}"#
+    )
+    .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for id in [2, 3] {
+        let a = answers.iter().find(|a| a["id"] == id).expect("answered");
+        assert_eq!(a["error"]["code"], -32001, "{a}");
+    }
+
+    // A call to a server that is not running names it.
+    let o = run(state.osvm().args(["stop", "first/fake"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while servers(&state)
+        .iter()
+        .any(|s| s["server"] == "fake" && s["state"] == "up")
+    {
+        assert!(Instant::now() < deadline, "fake still up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, v) = call(&state, "alice", "fake.echo", r#"{"message": "anyone?"}"#);
+    assert_eq!(code, 3, "{v}");
+
+    let trail = audit(&state);
+    let has = |method: &str, client: &str, outcome: &str| {
+        trail.iter().any(|r| {
+            r["method"] == method
+                && r["client"] == client
+                && r["server"] == "fake"
+                && r["outcome"] == outcome
+        })
+    };
+    assert!(has("resources/read", "mallory", "denied"), "{trail:?}");
+    assert!(has("prompts/get", "mallory", "denied"), "{trail:?}");
+    assert!(has("tools/call", "alice", "unavailable"), "{trail:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.path.join("mcp/audit.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the audit log is root's alone");
+    // The CLI reads it, one client's records.
+    let o = run(state.osvm().args(["mcp", "audit", "--client", "mallory"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.lines().count() >= 3 && text.lines().all(|l| l.contains("  mallory  ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("resources/read  osvm+mcp://fake/secret  denied"),
+        "{text}"
+    );
+    let o = run(state
+        .osvm()
+        .args(["-o", "json", "mcp", "audit", "--tail", "1"]));
+    let last: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(last["outcome"], "unavailable", "{last}");
+
     let o = run(state.osvm().arg("down").arg(&second));
     assert!(o.status.success(), "{}", stderr(&o));
     down(&state, &first);

@@ -157,6 +157,7 @@ pub fn run(global: &Global, command: McpCommand) -> anyhow::Result<ExitCode> {
             })
         }
         McpCommand::Token(cmd) => token(global, cmd),
+        McpCommand::Audit(args) => audit(global, args),
     }
 }
 
@@ -393,4 +394,108 @@ fn listen(
             });
         }
     })
+}
+
+/// One audit record as a line of text.
+fn audit_line(r: &osvm_mcp::audit::Record) -> String {
+    let what = match (&r.server, &r.tool) {
+        // A resource is named by its gateway URI, which names its server.
+        (_, Some(uri)) if r.method == "resources/read" => uri.clone(),
+        (Some(s), Some(t)) => format!("{s}.{t}"),
+        (Some(s), None) => s.clone(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "-".into(),
+    };
+    let outcome = serde_json::to_value(r.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "{}  {}  {}  {what}  {outcome}  {}",
+        r.time, r.client, r.method, r.detail
+    )
+}
+
+/// `osvm mcp audit`: reads `<state dir>/mcp/audit.log` (root's alone) directly, so it works
+/// without a daemon; with `--follow`, reopens it when it is rotated.
+fn audit(global: &Global, args: crate::cli::McpAuditArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, Seek};
+    use std::os::unix::fs::MetadataExt;
+    let path = super::state_dir(global)?.join("mcp").join("audit.log");
+    let wanted = |r: &osvm_mcp::audit::Record| args.client.as_deref().is_none_or(|c| r.client == c);
+    let print = |line: &str| {
+        let Ok(r) = serde_json::from_str::<osvm_mcp::audit::Record>(line) else {
+            return;
+        };
+        if !wanted(&r) {
+            return;
+        }
+        match global.output {
+            Output::Json => println!("{}", line.trim_end()),
+            Output::Text => println!("{}", audit_line(&r)),
+        }
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.follow => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("no audit records yet ({} does not exist)", path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(anyhow::anyhow!("read {}: {e}", path.display())),
+    };
+    let mut reader = file.map(std::io::BufReader::new);
+    if let Some(r) = reader.as_mut() {
+        let mut text = String::new();
+        std::io::Read::read_to_string(r, &mut text)?;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<osvm_mcp::audit::Record>(l).is_ok_and(|rec| wanted(&rec))
+            })
+            .collect();
+        let skip = args.tail.map_or(0, |n| lines.len().saturating_sub(n));
+        for line in &lines[skip..] {
+            print(line);
+        }
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut inode = reader
+        .as_ref()
+        .and_then(|r| r.get_ref().metadata().ok())
+        .map(|m| m.ino());
+    let mut pending = String::new();
+    loop {
+        // Rotated (another inode at the path) or not there yet: start on the new file.
+        let now = std::fs::metadata(&path).ok().map(|m| m.ino());
+        if now.is_some() && now != inode {
+            if let Some(r) = reader.as_mut() {
+                // What the old file got since the last look.
+                let mut rest = String::new();
+                let _ = std::io::Read::read_to_string(r, &mut rest);
+                for line in rest.lines() {
+                    print(line);
+                }
+            }
+            reader = std::fs::File::open(&path).ok().map(std::io::BufReader::new);
+            inode = now;
+            pending.clear();
+        }
+        if let Some(r) = reader.as_mut() {
+            let pos = r.stream_position()?;
+            let mut chunk = String::new();
+            if r.read_line(&mut chunk)? > 0 {
+                pending.push_str(&chunk);
+                if pending.ends_with('\n') {
+                    print(&pending);
+                    pending.clear();
+                }
+                continue;
+            }
+            r.seek(std::io::SeekFrom::Start(pos))?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
