@@ -137,8 +137,7 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
         .build()
         .map_err(|e| DaemonError::Io("start the async runtime".into(), e))?;
     let gateway = osvm_mcp::Gateway::new(rt.handle().clone(), &config.state_dir);
-    let mut engine = Engine::open(runtime, store.clone())?;
-    engine.set_gateway(gateway.clone());
+    let mut engine = Engine::open(runtime, store.clone(), Some(gateway.clone()))?;
     engine.note(EventKind::Daemon, "started");
     let (tx, rx) = std::sync::mpsc::channel();
     let (events, _) = broadcast::channel(1024);

@@ -74,7 +74,7 @@ fn a_start_that_takes_10s_never_holds_the_engine() {
         Arc::new(Slow(sandbox.clone())) as Arc<dyn Runtime>,
     )]);
     let store = Arc::new(Store::open(&state.path.join("osvm.redb")).unwrap());
-    let mut engine = Engine::open_with(sandbox, runtimes, store).unwrap();
+    let mut engine = Engine::open_with(sandbox, runtimes, store, None).unwrap();
     let stack = osvm_core::stack::parse(STACK, "slow.toml").unwrap();
 
     let began = Instant::now();

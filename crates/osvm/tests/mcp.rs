@@ -1070,3 +1070,80 @@ fn an_oversized_stdio_message_is_answered_with_its_id_and_the_session_goes_on() 
         "the bridge ends cleanly at the client's EOF: {status}"
     );
 }
+
+/// `kill -9` of the daemon ends every stdio MCP server's channel (the pipes were the daemon's):
+/// the next daemon starts each of them again at once, whatever its `restart` (an outside tester
+/// found `on-failure` servers left stopped, exited with code 0, and `always` ones back only
+/// after a 40 s backoff), without counting a restart, and calls work again.
+#[test]
+fn stdio_servers_come_back_at_once_after_the_daemon_is_killed() {
+    const TEST: &str = "mcp_daemon_crash";
+    if !sandbox_available(TEST) {
+        return;
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        skip(
+            "python3",
+            TEST,
+            "needs /usr/bin/python3 (the fake MCP server)",
+        );
+        return;
+    }
+    let state = StateDir::new(TEST);
+    let mut daemon = Daemon::start(&state);
+    let fixtures = fixture("").display().to_string();
+    let file = state.path.join("crash.toml");
+    let server = |name: &str, restart: &str| {
+        format!(
+            r#"
+[[component]]
+name = "{name}"
+type = {{ kind = "mcp_server", name = "{name}" }}
+command = "/usr/bin/python3"
+args = ["/fixtures/mcp_fake_server.py"]
+mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
+restart = "{restart}"
+"#
+        )
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "[stack]\nname = \"crash\"\n{}{}\n[[mcp_policy]]\nallow = {{ clients = [\"alice\"], tools = [\"*\"] }}\n",
+            server("onfail", "on-failure"),
+            server("always", "always")
+        ),
+    )
+    .unwrap();
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_servers(&state, 2);
+    for tool in ["onfail.echo", "always.echo"] {
+        let (code, v) = call(&state, "alice", tool, r#"{"message": "before"}"#);
+        assert_eq!(code, 0, "{tool}: {v}");
+    }
+
+    daemon.kill9();
+    let began = Instant::now();
+    let _daemon = Daemon::start(&state);
+    wait_servers(&state, 2);
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "back in {:?}, not after a backoff",
+        began.elapsed()
+    );
+    for tool in ["onfail.echo", "always.echo"] {
+        let (code, v) = call(&state, "alice", tool, r#"{"message": "after"}"#);
+        assert_eq!(code, 0, "{tool}: {v}");
+    }
+    let views = wait_ps(&state, "both running again", |v| {
+        v.len() == 2 && v.iter().all(|c| c["status"] == "running")
+    });
+    for c in views {
+        assert_eq!(
+            c["restarts"], 0,
+            "a lost channel is not the server's failure: {c}"
+        );
+    }
+    down(&state, &file);
+}

@@ -22,12 +22,6 @@ pub(super) fn stdio_pipes() -> std::io::Result<(
 }
 
 impl Engine {
-    /// Attaches MCP server components to `gateway` from now on (their next starts).
-    pub fn set_gateway(&mut self, gateway: osvm_mcp::Gateway) {
-        self.mcp = Some(gateway);
-        self.configure_mcp();
-    }
-
     /// Tells the gateway which MCP servers, rules and settings the applied stacks declare.
     pub(super) fn configure_mcp(&mut self) {
         let Some(gw) = &self.mcp else {

@@ -212,10 +212,17 @@ pub struct Engine {
 pub use osvm_core::quantity::format_duration as human_duration;
 
 impl Engine {
-    /// Opens the engine on `store`, re-adopting whatever a previous engine left running.
-    pub fn open(runtime: SandboxRuntime, store: Arc<Store>) -> Result<Self, StoreError> {
+    /// Opens the engine on `store`, re-adopting whatever a previous engine left running, with
+    /// MCP server components attached to `gateway` (the daemon's; the foreground `osvm up` has
+    /// none). The gateway is known before recovery: a stdio server's channel died with the
+    /// previous engine, so it is started again rather than adopted.
+    pub fn open(
+        runtime: SandboxRuntime,
+        store: Arc<Store>,
+        gateway: Option<osvm_mcp::Gateway>,
+    ) -> Result<Self, StoreError> {
         let runtime = Arc::new(runtime);
-        Self::open_with(runtime.clone(), runtimes(runtime), store)
+        Self::open_with(runtime.clone(), runtimes(runtime), store, gateway)
     }
 
     /// [`Engine::open`] with the runtimes given: `sandbox` keeps the state and allocates the
@@ -224,6 +231,7 @@ impl Engine {
         runtime: Arc<SandboxRuntime>,
         runtimes: Runtimes,
         store: Arc<Store>,
+        gateway: Option<osvm_mcp::Gateway>,
     ) -> Result<Self, StoreError> {
         let mut engine = Self {
             runtime,
@@ -238,7 +246,7 @@ impl Engine {
             net: None,
             published_report: (Instant::now(), BTreeMap::new()),
             published_listeners: BTreeSet::new(),
-            mcp: None,
+            mcp: gateway,
         };
         let records: BTreeMap<String, ComponentRecord> = engine
             .store
@@ -258,6 +266,7 @@ impl Engine {
             }
             engine.stacks.insert(stack.name.clone(), stack);
         }
+        engine.configure_mcp();
         for i in 0..engine.units.len() {
             engine.recover(i);
         }

@@ -86,7 +86,7 @@ pub fn run(global: &Global, args: UpArgs) -> anyhow::Result<ExitCode> {
             stack.name
         )
     })?;
-    let mut engine = Engine::open_with(sandbox, runtimes, std::sync::Arc::new(store))?;
+    let mut engine = Engine::open_with(sandbox, runtimes, std::sync::Arc::new(store), None)?;
     let mut screen = Screen {
         output: global.output,
         tty: std::io::stdout().is_terminal() && global.output == Output::Text,
