@@ -556,6 +556,32 @@ fn a_confined_server_cannot_read_host_files_even_when_its_tool_would() {
         r#"{"path": "/etc/shadow"}"#,
     );
     assert_eq!(code, 1, "{v}");
+    // A `mode = "rw"` mount of a directory the test (root) made: writable as it is, no chown
+    // (an outside tester needed one), and what the server writes belongs to the directory's
+    // owner on the host. The read-only mount of the same directory is not writable.
+    let (code, v) = call(
+        &state,
+        "alice",
+        "fs.write_file",
+        r#"{"path": "/shared/written.txt", "content": "written by the fs server\n"}"#,
+    );
+    assert_eq!(code, 0, "the rw mount is writable: {v}");
+    let written = state.path.join("shared/written.txt");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "written by the fs server\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(state.path.join("shared")).unwrap().uid();
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), owner);
+    let (code, v) = call(
+        &state,
+        "alice",
+        "rootfs.write_file",
+        r#"{"path": "/shared/nope.txt", "content": "x"}"#,
+    );
+    assert_eq!(code, 1, "the ro mount is not writable: {v}");
+    assert!(!state.path.join("shared/nope.txt").exists());
     down(&state, &file);
 }
 
