@@ -46,8 +46,9 @@ use crate::upstream::{self, Upstream};
 
 /// The JSON-RPC error code of a policy denial (implementation-defined server error range).
 pub const DENIED: ErrorCode = ErrorCode(-32001);
-/// The JSON-RPC error code of a rate-limited call.
-pub const RATE_LIMITED: ErrorCode = ErrorCode(-32002);
+/// The JSON-RPC error code of a rate-limited call (not -32002, which MCP gives "resource not
+/// found").
+pub const RATE_LIMITED: ErrorCode = ErrorCode(-32005);
 /// The JSON-RPC error code of a server that failed the call (timeout, crash, garbage).
 pub const UPSTREAM_FAILED: ErrorCode = ErrorCode(-32003);
 /// The JSON-RPC error code of a request without an authenticated client.
@@ -146,17 +147,20 @@ impl Policies {
             Some(policy) => {
                 let mut d = policy.decide(client, server, tool);
                 if d.rule.is_some() {
-                    // "client `bob` -> fs.write_file: denied by mcp_policy #2 (...) of stack s"
-                    d.reason = format!("client `{client}` -> {server}.{tool}: {}", d.reason);
+                    // "client `bob` -> fs.write_file: denied by mcp_policy #2 (...) of stack s".
+                    // A default deny says no more than it would for a server that does not exist.
+                    d.reason = format!(
+                        "client `{client}` -> {server}.{tool}: {} of stack {stack}",
+                        d.reason
+                    );
                 }
-                d.reason = format!("{} of stack {stack}", d.reason);
                 d
             }
             None => McpDecision {
                 allowed: false,
                 rule: None,
                 reason: format!(
-                    "denied: stack {stack} has no mcp_policy rule that allows client `{client}` to use {server}.{tool}"
+                    "denied: no mcp_policy rule allows client `{client}` to use {server}.{tool}"
                 ),
             },
         }
@@ -694,21 +698,16 @@ impl Gateway {
             audit(record(None, None, Outcome::RateLimited, msg.clone()));
             return Err(error(RATE_LIMITED, msg));
         }
-        let (server, tool, up) = match self.resolve(name) {
-            Ok(r) => r,
-            Err(e) => {
-                // A server that exists but does not run is named, with what was asked of it.
-                match self.known_server(name) {
-                    Some((server, tool)) => audit(record(
-                        Some(&server),
-                        Some(&tool),
-                        Outcome::Unavailable,
-                        e.message.to_string(),
-                    )),
-                    None => audit(record(None, None, Outcome::Unknown, e.message.to_string())),
-                }
-                return Err(e);
-            }
+        // The policy first, and an unknown name refused exactly like a denied one: a client
+        // learns nothing of servers it may not use, not even whether they exist or run.
+        let Some((server, tool)) = self.known_server(name) else {
+            let msg = format!("denied: no mcp_policy rule allows client `{client}` to use {name}");
+            audit(record(None, None, Outcome::Unknown, msg.clone()));
+            return Err(McpError::new(
+                DENIED,
+                msg,
+                Some(serde_json::json!({ "client": client, "tool": name, "rule": null })),
+            ));
         };
         let policy = self.inner.policy.read().expect("policy").clone();
         let decision = policy.decide(client, &server, &tool);
@@ -727,6 +726,19 @@ impl Gateway {
                 ),
             ));
         }
+        let up = match self.resolve(name) {
+            Ok((_, _, up)) => up,
+            Err(e) => {
+                // It exists but does not run: named, with what was asked of it.
+                audit(record(
+                    Some(&server),
+                    Some(&tool),
+                    Outcome::Unavailable,
+                    e.message.to_string(),
+                ));
+                return Err(e);
+            }
+        };
         let timeout = self.settings().call_timeout;
         let mut params = CallToolRequestParams::new(tool.clone());
         if let Some(a) = arguments {

@@ -120,24 +120,15 @@ async fn calls_past_the_clients_rate_are_refused_and_audited_per_client() {
     gw.configure(Vec::new(), &BTreeMap::new(), settings)
         .unwrap();
     let code = |r: Result<rmcp::model::CallToolResult, rmcp::ErrorData>| r.unwrap_err().code;
-    // Within the burst: the name is unknown (no server), which is its own error.
-    assert_eq!(
-        code(gw.call("alice", "fs.read", None).await),
-        rmcp::model::ErrorCode::INVALID_PARAMS
-    );
-    assert_eq!(
-        code(gw.call("alice", "fs.read", None).await),
-        rmcp::model::ErrorCode::INVALID_PARAMS
-    );
+    // Within the burst: the name is unknown (no server), refused like a denied call.
+    assert_eq!(code(gw.call("alice", "fs.read", None).await), super::DENIED);
+    assert_eq!(code(gw.call("alice", "fs.read", None).await), super::DENIED);
     assert_eq!(
         code(gw.call("alice", "fs.read", None).await),
         super::RATE_LIMITED
     );
     // Another client has its own bucket.
-    assert_eq!(
-        code(gw.call("bob", "fs.read", None).await),
-        rmcp::model::ErrorCode::INVALID_PARAMS
-    );
+    assert_eq!(code(gw.call("bob", "fs.read", None).await), super::DENIED);
     let trail = std::fs::read_to_string(gw.audit().path()).unwrap();
     let outcomes: Vec<&str> = trail
         .lines()

@@ -840,7 +840,19 @@ mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
     assert_eq!(code, 3, "second's rules do not open first's server: {v}");
     assert_eq!(v["error"]["code"], -32001, "{v}");
     let message = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("of stack first"), "{message}");
+    assert_eq!(
+        message, "denied: no mcp_policy rule allows client `mallory` to use fake.echo",
+        "{v}"
+    );
+    // A server that does not exist is refused in the same words: mallory cannot tell.
+    let (code, v) = call(&state, "mallory", "nosuch.echo", "{}");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "denied: no mcp_policy rule allows client `mallory` to use nosuch.echo",
+        "{v}"
+    );
     let (code, v) = call(&state, "alice", "fake.echo", r#"{"message": "hi"}"#);
     assert_eq!(code, 0, "first's own rule still holds: {v}");
     let trail = audit(&state);

@@ -296,9 +296,9 @@ impl McpSettings {
     /// Default largest message.
     pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 << 20;
     /// Default sustained calls per second per client.
-    pub const DEFAULT_RATE_PER_SECOND: u32 = 20;
+    pub const DEFAULT_RATE_PER_SECOND: u32 = 200;
     /// Default burst per client.
-    pub const DEFAULT_BURST: u32 = 40;
+    pub const DEFAULT_BURST: u32 = 400;
 }
 
 impl Default for McpSettings {

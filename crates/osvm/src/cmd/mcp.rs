@@ -241,8 +241,10 @@ fn token(global: &Global, cmd: McpTokenCommand) -> anyhow::Result<ExitCode> {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-fn text(status: StatusCode, message: &str) -> Response<Body> {
-    let body = json!({ "error": { "code": status.as_u16(), "message": message } }).to_string();
+/// A refusal of the front itself, in the daemon's error format (`{"error": {"code", "message"}}`
+/// with a word as the code), so a client sees one format whoever refused.
+fn text(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = json!({ "error": { "code": code, "message": message } }).to_string();
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -282,11 +284,16 @@ async fn forward(
     certified: Option<String>,
 ) -> Result<Response<Body>, Infallible> {
     if req.uri().path() != "/mcp" {
-        return Ok(text(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp"));
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the MCP endpoint is /mcp",
+        ));
     }
     if certified.is_none() && !req.headers().contains_key("authorization") {
         return Ok(text(
             StatusCode::UNAUTHORIZED,
+            "unauthenticated",
             "send Authorization: Bearer <token> (osvm mcp token issue CLIENT)",
         ));
     }
@@ -295,6 +302,7 @@ async fn forward(
         Err(e) => {
             return Ok(text(
                 StatusCode::BAD_GATEWAY,
+                "daemon_unavailable",
                 &format!("the osvm daemon is unreachable: {e}"),
             ));
         }
@@ -303,6 +311,7 @@ async fn forward(
     else {
         return Ok(text(
             StatusCode::BAD_GATEWAY,
+            "daemon_unavailable",
             "the osvm daemon did not answer",
         ));
     };
@@ -331,12 +340,17 @@ async fn forward(
         out = out.header(osvm_daemon::mcp::CLIENT_HEADER, id);
     }
     let Ok(out) = out.header("host", "osvm").body(body) else {
-        return Ok(text(StatusCode::BAD_REQUEST, "a malformed request"));
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a malformed request",
+        ));
     };
     match sender.send_request(out).await {
         Ok(resp) => Ok(resp.map(BodyExt::boxed)),
         Err(e) => Ok(text(
             StatusCode::BAD_GATEWAY,
+            "daemon_unavailable",
             &format!("the osvm daemon: {e}"),
         )),
     }
