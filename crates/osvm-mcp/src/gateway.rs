@@ -131,9 +131,27 @@ struct Server {
 struct Policies {
     by_stack: BTreeMap<String, McpPolicy>,
     stack_of: BTreeMap<String, String>,
+    /// Each stack's limits and its clients' rate buckets: one stack's settings never tighten
+    /// (or loosen) another's.
+    limits: BTreeMap<String, (McpSettings, Arc<DefaultKeyedRateLimiter<String>>)>,
 }
 
 impl Policies {
+    /// The limits of `server`'s stack (the defaults for a server of no stack).
+    fn settings_of(&self, server: &str) -> McpSettings {
+        self.stack_of
+            .get(server)
+            .and_then(|stack| self.limits.get(stack))
+            .map(|(s, _)| *s)
+            .unwrap_or_default()
+    }
+
+    /// The rate buckets of `server`'s stack.
+    fn limiter_of(&self, server: &str) -> Option<Arc<DefaultKeyedRateLimiter<String>>> {
+        let stack = self.stack_of.get(server)?;
+        self.limits.get(stack).map(|(_, l)| l.clone())
+    }
+
     /// What `server`'s own stack decides for `client` calling `tool`.
     fn decide(&self, client: &str, server: &str, tool: &str) -> McpDecision {
         let Some(stack) = self.stack_of.get(server) else {
@@ -259,22 +277,59 @@ impl Gateway {
         &self.inner.audit
     }
 
-    /// The settings in force.
+    /// The limits of `server`'s stack.
+    pub fn limits_of(&self, server: &str) -> McpSettings {
+        self.inner
+            .policy
+            .read()
+            .expect("policy")
+            .settings_of(server)
+    }
+
+    /// What client sessions accept: the largest `max_message_bytes` of the applied stacks (and
+    /// the longest `call_timeout`); rates are per stack (see [`Gateway::limits_of`]).
     pub fn settings(&self) -> McpSettings {
         *self.inner.settings.read().expect("settings")
     }
 
-    /// Sets the servers, each stack's rules (`stack -> rules`) and the settings, from every
-    /// applied stack. Servers still declared keep their connections. Server names and prefixes
-    /// must be unique across stacks (the orchestrator refuses a stack that would collide); a
-    /// server that collides anyway is left out, with the reason in the error.
+    /// Sets the servers, each stack's rules (`stack -> rules`) and limits (`stack ->
+    /// settings`), from every applied stack. A server's calls follow its own stack's limits
+    /// (rate buckets, call timeout, message size); client sessions accept messages up to the
+    /// largest of them. Servers still declared keep their connections, and a stack whose limits
+    /// did not change keeps its clients' buckets. Server names and prefixes must be unique
+    /// across stacks (the orchestrator refuses a stack that would collide); a server that
+    /// collides anyway is left out, with the reason in the error.
     pub fn configure(
         &self,
         servers: Vec<ServerDecl>,
         rules: &BTreeMap<String, Vec<McpRule>>,
-        settings: McpSettings,
+        limits: &BTreeMap<String, McpSettings>,
     ) -> Result<(), String> {
         let mut policies = Policies::default();
+        {
+            let before = self.inner.policy.read().expect("policy");
+            for (stack, settings) in limits {
+                let limiter = match before.limits.get(stack) {
+                    Some((s, l)) if s == settings => l.clone(),
+                    _ => Arc::new(RateLimiter::keyed(quota(settings))),
+                };
+                policies.limits.insert(stack.clone(), (*settings, limiter));
+            }
+        }
+        // What client sessions accept: the largest message any stack allows.
+        let settings = McpSettings {
+            max_message_bytes: limits
+                .values()
+                .map(|s| s.max_message_bytes)
+                .max()
+                .unwrap_or(McpSettings::default().max_message_bytes),
+            call_timeout: limits
+                .values()
+                .map(|s| s.call_timeout)
+                .max()
+                .unwrap_or(McpSettings::default().call_timeout),
+            ..McpSettings::default()
+        };
         for (stack, rules) in rules {
             let policy = McpPolicy::new(rules).map_err(|e| format!("stack {stack}: {e}"))?;
             policies.by_stack.insert(stack.clone(), policy);
@@ -316,11 +371,7 @@ impl Gateway {
             }
         });
         *self.inner.policy.write().expect("policy") = Arc::new(policies);
-        if *self.inner.settings.read().expect("settings") != settings {
-            *self.inner.limiter.write().expect("limiter") =
-                Arc::new(RateLimiter::keyed(quota(&settings)));
-            *self.inner.settings.write().expect("settings") = settings;
-        }
+        *self.inner.settings.write().expect("settings") = settings;
         let mut map = self.inner.servers.write().expect("servers");
         let mut next = BTreeMap::new();
         for decl in servers {
@@ -346,7 +397,7 @@ impl Gateway {
     /// stdout, `to`: its stdin). The handshake runs in the background; a failure is reported
     /// through [`Gateway::take_failures`].
     pub fn attach_stdio(&self, server: &str, instance: &str, from: OwnedFd, to: OwnedFd) {
-        let max = self.settings().max_message_bytes as usize;
+        let max = self.limits_of(server).max_message_bytes as usize;
         self.attach(server, instance, async move {
             upstream::connect_stdio(from, to, max, HANDSHAKE).await
         });
@@ -363,7 +414,7 @@ impl Gateway {
         path: String,
         relay_dir: PathBuf,
     ) {
-        let max = self.settings().max_message_bytes as usize;
+        let max = self.limits_of(server).max_message_bytes as usize;
         let socket = relay_dir.join(format!("{instance}.sock"));
         self.attach(server, instance, async move {
             std::fs::create_dir_all(&relay_dir)
@@ -578,16 +629,16 @@ impl Gateway {
     /// (server, prefix, tool, decision). A server that fails to answer is reported broken.
     async fn listed(&self, client: &str) -> Vec<(String, String, Tool, McpDecision)> {
         let policy = self.inner.policy.read().expect("policy").clone();
-        let timeout = self.settings().call_timeout;
-        let listed = futures_join(self.connected().into_iter().map(
-            |(server, prefix, up)| async move {
+        let listed = futures_join(self.connected().into_iter().map(|(server, prefix, up)| {
+            let timeout = policy.settings_of(&server).call_timeout;
+            async move {
                 let tools = tokio::time::timeout(timeout, up.client.peer().list_all_tools()).await;
-                (server, prefix, up, tools)
-            },
-        ))
+                (server, prefix, up, tools, timeout)
+            }
+        }))
         .await;
         let mut out = Vec::new();
-        for (server, prefix, up, tools) in listed {
+        for (server, prefix, up, tools, timeout) in listed {
             match tools {
                 Ok(Ok(tools)) => {
                     for t in tools {
@@ -687,10 +738,21 @@ impl Gateway {
                 tracing::warn!("write the MCP audit log: {e}");
             }
         };
-        // The rate first: a client flooding unknown names is limited too.
-        let limiter = self.inner.limiter.read().expect("limiter").clone();
+        // The rate first, by the stack of the server named (a client flooding unknown names is
+        // limited by the defaults).
+        let known = self.known_server(name);
+        let policy = self.inner.policy.read().expect("policy").clone();
+        let (limiter, s) = match known
+            .as_ref()
+            .and_then(|(server, _)| Some((policy.limiter_of(server)?, policy.settings_of(server))))
+        {
+            Some(found) => found,
+            None => (
+                self.inner.limiter.read().expect("limiter").clone(),
+                McpSettings::default(),
+            ),
+        };
         if limiter.check_key(&client.to_owned()).is_err() {
-            let s = self.settings();
             let msg = format!(
                 "rate limit: client `{client}` may make {} calls per second (bursts of {})",
                 s.rate_per_second, s.burst
@@ -700,7 +762,7 @@ impl Gateway {
         }
         // The policy first, and an unknown name refused exactly like a denied one: a client
         // learns nothing of servers it may not use, not even whether they exist or run.
-        let Some((server, tool)) = self.known_server(name) else {
+        let Some((server, tool)) = known else {
             let msg = format!("denied: no mcp_policy rule allows client `{client}` to use {name}");
             audit(record(None, None, Outcome::Unknown, msg.clone()));
             return Err(McpError::new(
@@ -709,7 +771,6 @@ impl Gateway {
                 Some(serde_json::json!({ "client": client, "tool": name, "rule": null })),
             ));
         };
-        let policy = self.inner.policy.read().expect("policy").clone();
         let decision = policy.decide(client, &server, &tool);
         if !decision.allowed {
             audit(record(
@@ -739,7 +800,7 @@ impl Gateway {
                 return Err(e);
             }
         };
-        let timeout = self.settings().call_timeout;
+        let timeout = s.call_timeout;
         let mut params = CallToolRequestParams::new(tool.clone());
         if let Some(a) = arguments {
             params = params.with_arguments(a);

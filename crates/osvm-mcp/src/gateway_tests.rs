@@ -117,10 +117,30 @@ async fn calls_past_the_clients_rate_are_refused_and_audited_per_client() {
         burst: 2,
         ..Default::default()
     };
-    gw.configure(Vec::new(), &BTreeMap::new(), settings)
-        .unwrap();
+    // One stack with server `fs` (not running) and those limits; another, laxer stack must not
+    // loosen them.
+    let decl = |stack: &str, name: &str| crate::ServerDecl {
+        stack: stack.into(),
+        component: name.into(),
+        spec: osvm_core::stack::McpServerSpec {
+            name: name.into(),
+            version: None,
+            transport: osvm_core::stack::McpTransport::Stdio,
+            prefix: name.into(),
+        },
+    };
+    let limits = BTreeMap::from([
+        ("tight".to_owned(), settings),
+        ("lax".to_owned(), osvm_core::stack::McpSettings::default()),
+    ]);
+    gw.configure(
+        vec![decl("tight", "fs"), decl("lax", "other")],
+        &BTreeMap::new(),
+        &limits,
+    )
+    .unwrap();
     let code = |r: Result<rmcp::model::CallToolResult, rmcp::ErrorData>| r.unwrap_err().code;
-    // Within the burst: the name is unknown (no server), refused like a denied call.
+    // Within the burst: no rule allows it (and it does not run), refused by the policy.
     assert_eq!(code(gw.call("alice", "fs.read", None).await), super::DENIED);
     assert_eq!(code(gw.call("alice", "fs.read", None).await), super::DENIED);
     assert_eq!(
@@ -129,6 +149,10 @@ async fn calls_past_the_clients_rate_are_refused_and_audited_per_client() {
     );
     // Another client has its own bucket.
     assert_eq!(code(gw.call("bob", "fs.read", None).await), super::DENIED);
+    // The lax stack's server is under the lax stack's limits (its own bucket for alice).
+    for _ in 0..5 {
+        assert_eq!(code(gw.call("alice", "other.x", None).await), super::DENIED);
+    }
     let trail = std::fs::read_to_string(gw.audit().path()).unwrap();
     let outcomes: Vec<&str> = trail
         .lines()
@@ -140,6 +164,11 @@ async fn calls_past_the_clients_rate_are_refused_and_audited_per_client() {
             }
         })
         .collect();
-    assert_eq!(outcomes, ["other", "other", "limited", "other"]);
+    assert_eq!(
+        outcomes,
+        [
+            "other", "other", "limited", "other", "other", "other", "other", "other", "other"
+        ]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -29,12 +29,10 @@ impl Engine {
         };
         let mut servers = Vec::new();
         let mut rules = BTreeMap::new();
-        let mut settings: Option<osvm_core::stack::McpSettings> = None;
+        let mut limits = BTreeMap::new();
         for stack in self.stacks.values() {
-            let mut declares = false;
             for c in &stack.components {
                 if let Some(spec) = &c.mcp {
-                    declares = true;
                     servers.push(osvm_mcp::ServerDecl {
                         stack: stack.name.clone(),
                         component: c.name.clone(),
@@ -43,21 +41,10 @@ impl Engine {
                 }
             }
             rules.insert(stack.name.clone(), stack.mcp_policy.clone());
-            if declares {
-                // Several stacks: the tightest of their limits.
-                let s = &stack.mcp;
-                settings = Some(match settings {
-                    None => *s,
-                    Some(t) => osvm_core::stack::McpSettings {
-                        call_timeout: t.call_timeout.min(s.call_timeout),
-                        max_message_bytes: t.max_message_bytes.min(s.max_message_bytes),
-                        rate_per_second: t.rate_per_second.min(s.rate_per_second),
-                        burst: t.burst.min(s.burst),
-                    },
-                });
-            }
+            // Each stack's own limits: another stack's never apply to its servers.
+            limits.insert(stack.name.clone(), stack.mcp);
         }
-        if let Err(e) = gw.configure(servers, &rules, settings.unwrap_or_default()) {
+        if let Err(e) = gw.configure(servers, &rules, &limits) {
             self.note(EventKind::McpFailed, &format!("the MCP policy: {e}"));
         }
     }
