@@ -474,9 +474,10 @@ impl Gateway {
     pub fn detach(&self, server: &str, instance: &str, why: &str) {
         let mut map = self.inner.servers.write().expect("servers");
         if let Some(s) = map.get_mut(server) {
+            // A link already down (the gateway found it broken) learns the latest word.
             let current = match &s.link {
                 Link::Up(i, _) | Link::Connecting(i) => i == instance,
-                Link::Down(_) => false,
+                Link::Down(_) => true,
             };
             if current {
                 s.link = Link::Down(why.to_owned());

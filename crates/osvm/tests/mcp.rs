@@ -908,6 +908,11 @@ mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
     }
     let (code, v) = call(&state, "alice", "fake.echo", r#"{"message": "anyone?"}"#);
     assert_eq!(code, 3, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("it is stopped"),
+        "says what comes next: {v}"
+    );
 
     let trail = audit(&state);
     let has = |method: &str, client: &str, outcome: &str| {
@@ -1182,6 +1187,22 @@ restart = "{restart}"
             c["restarts"], 0,
             "a lost channel is not the server's failure: {c}"
         );
+    }
+    // A server in its backoff: a call is told when it comes back, not only why it went.
+    let (code, _) = call(&state, "alice", "onfail.die", "{}");
+    assert_eq!(code, 3);
+    // Once the daemon has seen the end (a moment after the call failed).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, v) = call(&state, "alice", "onfail.echo", r#"{"message": "now?"}"#);
+        assert_eq!(code, 3, "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        if message.contains("exited with code 7") && message.contains("restart 1 in ") {
+            assert!(message.contains("(at "), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(100));
     }
     down(&state, &file);
 }

@@ -658,22 +658,38 @@ impl Engine {
 
     /// Unit `i`'s instance ended with `status`.
     fn on_exit(&mut self, i: usize, status: ExitStatus, now: Instant) {
-        if let (Some(gw), Some(spec), Some(id)) = (
-            &self.mcp,
-            &self.units[i].component.mcp,
-            &self.units[i].life.record.instance,
-        ) {
-            gw.detach(&spec.name, id, &format!("instance {id} {status}"));
-        }
+        let ended = self.units[i].life.record.instance.clone();
         // What only the runtime can say about the end (a deadline, a panic).
         let how = self.units[i].instance.as_ref().and_then(|w| w.ended_how());
         let u = &mut self.units[i];
         u.instance = None;
         u.probe = None;
-        if let Some(id) = u.life.record.instance.clone() {
-            self.record_end(&id, Some(status));
+        if let Some(id) = &ended {
+            self.record_end(id, Some(status));
         }
         self.observe(i, Observation::Exited { status, how }, now);
+        // An MCP server's callers learn what comes next, not only what happened.
+        if let (Some(gw), Some(spec), Some(id)) = (&self.mcp, &self.units[i].component.mcp, &ended)
+        {
+            let life = &self.units[i].life;
+            let next = match (life.restart_at, life.record.status) {
+                (Some(at), _) => {
+                    let wait = at.saturating_duration_since(now);
+                    format!(
+                        "restart {} in {} (at {})",
+                        life.record.restarts,
+                        human_duration(wait),
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + wait)
+                    )
+                }
+                (None, ComponentStatus::Failed) => format!(
+                    "it failed for good ({}); `osvm start {}/{}` starts it again",
+                    life.record.reason, life.record.stack, self.units[i].component.name
+                ),
+                _ => "it is stopped".to_owned(),
+            };
+            gw.detach(&spec.name, id, &format!("instance {id} {status}; {next}"));
+        }
     }
 
     /// Stops every running component in parallel within its grace period, records them
