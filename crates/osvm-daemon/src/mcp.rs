@@ -107,9 +107,14 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<String, Refusal> {
 /// The streamable-HTTP header that names a session.
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// Which client opened each streamable-HTTP session: a session is its client's alone.
+/// Which client opened each streamable-HTTP session: a session is its client's alone. An entry
+/// goes when its session is deleted or answered 404 (rmcp ends idle sessions after 5 minutes);
+/// at most [`MAX_SESSIONS`] are open at once, so the table stays bounded.
 #[derive(Clone, Default)]
 struct Sessions(Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>);
+
+/// The most streamable-HTTP sessions open at once; a new one past it is answered 503.
+const MAX_SESSIONS: usize = 65_536;
 
 /// Puts the authenticated client into the request for the gateway's handlers, and keeps each
 /// session to the client that opened it: another client naming it (a leaked or guessed
@@ -131,13 +136,22 @@ async fn auth(
         .map(str::to_owned);
     if let Some(id) = &named {
         let owner = sessions.0.lock().expect("sessions").get(id).cloned();
-        if owner.is_some_and(|o| o != client) {
+        // Every session was opened through here, so one missing from the table is nobody's
+        // (ended, expired, or never opened): fail closed.
+        if owner.is_none_or(|o| o != client) {
             return refuse(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such session for this client".into(),
             );
         }
+    }
+    if named.is_none() && sessions.0.lock().expect("sessions").len() >= MAX_SESSIONS {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            format!("{MAX_SESSIONS} MCP sessions are open; end one (DELETE) or let one expire"),
+        );
     }
     let delete = req.method() == axum::http::Method::DELETE;
     req.extensions_mut().insert(ClientIdentity(client.clone()));
@@ -155,6 +169,12 @@ async fn auth(
             table.remove(id);
         }
         *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    // A session rmcp no longer knows (expired): its entry goes too.
+    if response.status() == StatusCode::NOT_FOUND
+        && let Some(id) = &named
+    {
+        table.remove(id);
     }
     response
 }

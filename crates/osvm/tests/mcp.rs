@@ -1037,6 +1037,8 @@ fn an_http_session_belongs_to_the_client_that_opened_it() {
     assert_eq!(status, 204, "{head}");
     let (status, head) = socket_http(&state, "POST", &alice, Some(&session), list);
     assert_eq!(status, 404, "an ended session: {head}");
+    let (status, head) = socket_http(&state, "POST", &bob, Some("made-up-session"), list);
+    assert_eq!(status, 404, "a session nobody opened: {head}");
 }
 
 /// A message just over the size limit on a stdio session, with the client's input left open
