@@ -68,7 +68,7 @@ pub(crate) struct RawStack {
     pub(crate) mcp: Option<Spanned<Table<RawMcpSettings>>>,
 }
 
-/// `mcp = { call_timeout = "30s", max_message_size = "4M", rate = 20, burst = 40 }` in `[stack]`.
+/// `mcp = { call_timeout = "30s", max_message_size = "4M", rate = 200, burst = 400 }` in `[stack]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMcpSettings {
@@ -569,7 +569,7 @@ impl Expecting for RawRule {
 }
 
 impl Expecting for RawMcpSettings {
-    const EXPECTING: &'static str = "a table such as { call_timeout = \"30s\", max_message_size = \"4M\", rate = 20, burst = 40 }";
+    const EXPECTING: &'static str = "a table such as { call_timeout = \"30s\", max_message_size = \"4M\", rate = 200, burst = 400 }";
 }
 
 impl Expecting for RawMcp {

@@ -284,7 +284,7 @@ pub struct McpSettings {
     pub call_timeout: Duration,
     /// The largest JSON-RPC message accepted from a client or a server, in bytes (default 4 MiB).
     pub max_message_bytes: u64,
-    /// Calls per second each client may make (default 20), with bursts up to `burst` (default 40).
+    /// Calls per second each client may make (default 200), with bursts up to `burst` (default 400).
     pub rate_per_second: u32,
     /// How many calls a client may make at once after being idle: the token bucket's size.
     pub burst: u32,

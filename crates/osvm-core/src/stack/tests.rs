@@ -471,8 +471,8 @@ fn mcp_servers_and_rules_parse_to_their_values() {
     assert_eq!(stack.mcp, McpSettings::default());
     assert_eq!(stack.mcp.call_timeout, Duration::from_secs(30));
     assert_eq!(stack.mcp.max_message_bytes, 4 * MIB);
-    assert_eq!(stack.mcp.rate_per_second, 20);
-    assert_eq!(stack.mcp.burst, 40);
+    assert_eq!(stack.mcp.rate_per_second, 200);
+    assert_eq!(stack.mcp.burst, 400);
 
     assert_eq!(stack.mcp_policy.len(), 2);
     let allow = &stack.mcp_policy[0];
@@ -489,14 +489,14 @@ fn mcp_servers_and_rules_parse_to_their_values() {
 fn mcp_settings_take_sizes_and_durations() {
     let text = TWO_MCP_SERVERS.replace(
         "name = \"mcp\"\n",
-        "name = \"mcp\"\nmcp = { call_timeout = \"1m30s\", max_message_size = 65536, rate = 100 }\n",
+        "name = \"mcp\"\nmcp = { call_timeout = \"1m30s\", max_message_size = 65536, rate = 1000 }\n",
     );
     let stack = parse(&text, "mcp.toml").unwrap();
     assert_eq!(stack.mcp.call_timeout, Duration::from_secs(90));
     assert_eq!(stack.mcp.max_message_bytes, 65536);
-    assert_eq!(stack.mcp.rate_per_second, 100);
+    assert_eq!(stack.mcp.rate_per_second, 1000);
     assert_eq!(
-        stack.mcp.burst, 100,
+        stack.mcp.burst, 1000,
         "an unset burst is never below the rate"
     );
 }
