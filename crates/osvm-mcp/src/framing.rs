@@ -7,13 +7,17 @@
 //! waiting for an answer that never comes.
 //!
 //! ```text
-//! client ──lines──▶ [cap + id scan] ──▶ duplex ──▶ rmcp session
-//! client ◀──lines── [merge errors]  ◀── duplex ◀──
+//! client ──lines──▶ CappedLines (cap + id scan) ──▶ rmcp session
+//! client ◀──lines── SharedOut (+ refusals, between lines) ◀──
 //! ```
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 
 use rmcp::ServiceExt;
 use rmcp::transport::async_rw::AsyncRwTransport;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader, ReadBuf};
 
 use crate::gateway::Session;
 
@@ -138,102 +142,182 @@ pub fn too_large(id: Option<&str>, size: usize, max: usize) -> String {
 
 /// Serves `session` to a client in stdio framing (one JSON-RPC message per line) on
 /// `read`/`write`, refusing lines longer than `max` bytes with an error (see the module
-/// documentation). Returns when the client's input ends and the session has answered, or the
-/// session ends.
+/// documentation). Returns when the client's input ends or the session ends.
+///
+/// rmcp's transport reads straight from [`CappedLines`] and writes to [`SharedOut`]: no task
+/// or buffer sits between the client's socket and the session.
 pub async fn serve_stdio<R, W>(session: Session, read: R, write: W, max: usize)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (inner, outer) = tokio::io::duplex(64 * 1024);
-    let (inner_read, inner_write) = tokio::io::split(inner);
-    let (outer_read, mut outer_write) = tokio::io::split(outer);
-    // The limit is enforced here; rmcp's own (which drops silently) never triggers first.
-    let transport =
-        AsyncRwTransport::new_server(inner_read, inner_write).with_max_line_length(max + 2);
-    let service = tokio::spawn(async move {
-        if let Ok(running) = session.serve(transport).await {
-            let _ = running.waiting().await;
-        }
-    });
-    let (refusals, mut refused) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let out = SharedOut(Arc::new(Mutex::new(Out {
+        inner: write,
+        pending: Vec::new(),
+        sent: 0,
+        at_line_start: true,
+    })));
+    let lines = CappedLines {
+        inner: BufReader::with_capacity(64 * 1024, read),
+        max,
+        line: Vec::new(),
+        ready: Vec::new(),
+        handed: 0,
+        over: None,
+        out: out.clone(),
+    };
+    let transport = AsyncRwTransport::new_server(lines, out).with_max_line_length(max + 2);
+    if let Ok(running) = session.serve(transport).await {
+        let _ = running.waiting().await;
+    }
+}
 
-    // Client -> session: whole lines up to the limit; longer ones answered and skipped.
-    let reader = tokio::spawn(async move {
-        let mut read = BufReader::with_capacity(64 * 1024, read);
-        let mut line: Vec<u8> = Vec::new();
-        let mut over: Option<(IdScanner, usize)> = None;
+/// The client's side of the output: rmcp's messages, and between them the gateway's own
+/// refusals of oversized lines, never inside one of rmcp's lines.
+struct Out<W> {
+    inner: W,
+    /// Refusals waiting for a line boundary.
+    pending: Vec<u8>,
+    /// How much of `pending` is written (once begun, it is finished before anything else).
+    sent: usize,
+    /// The last byte written ended a line.
+    at_line_start: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Out<W> {
+    /// Writes the queued refusals if the output is between lines.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.pending.is_empty() || (!self.at_line_start && self.sent == 0) {
+            return Poll::Ready(Ok(()));
+        }
+        while self.sent < self.pending.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.pending.clear();
+        self.sent = 0;
+        self.at_line_start = true;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+/// [`Out`] shared by rmcp's transport (as its writer) and [`CappedLines`].
+struct SharedOut<W>(Arc<Mutex<Out<W>>>);
+
+impl<W> Clone for SharedOut<W> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<W> SharedOut<W> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Out<W>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for SharedOut<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut out = self.lock();
+        ready!(out.poll_drain(cx))?;
+        let n = ready!(Pin::new(&mut out.inner).poll_write(cx, buf))?;
+        if n > 0 {
+            out.at_line_start = buf[n - 1] == b'\n';
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut out = self.lock();
+        ready!(out.poll_drain(cx))?;
+        Pin::new(&mut out.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut out = self.lock();
+        ready!(out.poll_drain(cx))?;
+        Pin::new(&mut out.inner).poll_shutdown(cx)
+    }
+}
+
+/// The client's input as rmcp reads it: whole lines of at most `max` bytes. A longer line is
+/// not passed on; its refusal (with the id scanned from it as it streamed past) is queued on
+/// the output, and the next line follows.
+struct CappedLines<R, W> {
+    inner: BufReader<R>,
+    max: usize,
+    /// The line being read.
+    line: Vec<u8>,
+    /// A whole line being handed to rmcp, and how much of it is handed.
+    ready: Vec<u8>,
+    handed: usize,
+    /// The line being read is over the limit: its id scan and size so far.
+    over: Option<(IdScanner, usize)>,
+    out: SharedOut<W>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for CappedLines<R, W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
         loop {
-            let chunk = match read.fill_buf().await {
-                Ok([]) | Err(_) => break,
-                Ok(chunk) => chunk,
-            };
+            if this.handed < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.handed);
+                buf.put_slice(&this.ready[this.handed..this.handed + n]);
+                this.handed += n;
+                if this.handed == this.ready.len() {
+                    this.ready.clear();
+                    this.handed = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // Refusals go out as soon as the output is between lines; if the output is
+            // busy, its writer (or the next poll here) finishes them.
+            let _ = this.out.lock().poll_drain(cx);
+            let chunk = ready!(Pin::new(&mut this.inner).poll_fill_buf(cx))?;
+            if chunk.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
             let newline = chunk.iter().position(|&b| b == b'\n');
             let take = newline.map_or(chunk.len(), |i| i + 1);
             let part = &chunk[..take];
-            match &mut over {
+            match &mut this.over {
                 Some((scan, size)) => {
                     scan.feed(part);
                     *size += part.len();
                 }
-                None if line.len() + part.len() > max + 1 => {
+                None if this.line.len() + part.len() > this.max + 1 => {
                     let mut scan = IdScanner::default();
-                    scan.feed(&line);
+                    scan.feed(&this.line);
                     scan.feed(part);
-                    over = Some((scan, line.len() + part.len()));
-                    line.clear();
+                    this.over = Some((scan, this.line.len() + part.len()));
+                    this.line.clear();
                 }
-                None => line.extend_from_slice(part),
+                None => this.line.extend_from_slice(part),
             }
-            read.consume(take);
+            Pin::new(&mut this.inner).consume(take);
             if newline.is_some() {
-                if let Some((scan, size)) = over.take() {
-                    let _ = refusals.send(too_large(scan.id(), size.saturating_sub(1), max));
+                if let Some((scan, size)) = this.over.take() {
+                    let refusal = too_large(scan.id(), size.saturating_sub(1), this.max);
+                    let mut out = this.out.lock();
+                    out.pending.extend_from_slice(refusal.as_bytes());
+                    out.pending.push(b'\n');
                 } else {
-                    if outer_write.write_all(&line).await.is_err() {
-                        break;
-                    }
-                    line.clear();
+                    std::mem::swap(&mut this.ready, &mut this.line);
                 }
             }
-        }
-        let _ = outer_write.shutdown().await;
-    });
-
-    // Session -> client, whole lines, with the refusals in between.
-    let mut write = write;
-    let mut from_session = BufReader::new(outer_read);
-    let mut out = Vec::new();
-    let mut refusals_open = true;
-    loop {
-        tokio::select! {
-            n = from_session.read_until(b'\n', &mut out) => {
-                match n {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if write.write_all(&out).await.is_err() || write.flush().await.is_err() {
-                            break;
-                        }
-                        out.clear();
-                    }
-                }
-            }
-            r = refused.recv(), if refusals_open => match r {
-                Some(text) => {
-                    let line = format!("{text}\n");
-                    if write.write_all(line.as_bytes()).await.is_err()
-                        || write.flush().await.is_err()
-                    {
-                        break;
-                    }
-                }
-                None => refusals_open = false,
-            },
         }
     }
-    let _ = write.shutdown().await;
-    reader.abort();
-    service.abort();
 }
 
 #[cfg(test)]

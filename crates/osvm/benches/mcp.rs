@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use rmcp::RoleClient;
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
+    PingRequest,
+};
 use rmcp::service::RunningService;
 
 const EVERYTHING: &str = "@modelcontextprotocol/server-everything@2026.8.31";
@@ -108,6 +111,55 @@ async fn measure(
     (lat, (per * 8) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Sequential `ping`s: the transport alone (through the gateway: the bridge and the daemon,
+/// which answers without reaching a server).
+async fn pings(client: &RunningService<RoleClient, ClientConfig>, n: usize) -> Vec<Duration> {
+    let ping = || {
+        client
+            .peer()
+            .send_request(ClientRequest::PingRequest(PingRequest::default()))
+    };
+    for _ in 0..50 {
+        ping().await.expect("ping");
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        ping().await.expect("ping");
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+/// A client session on the daemon's socket, upgraded here: the gateway without the bridge.
+async fn on_socket(socket: &Path) -> RunningService<RoleClient, ClientConfig> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream
+        .write_all(
+            b"GET /v1/mcp/stdio HTTP/1.1\r\nhost: osvm\r\nconnection: upgrade\r\n\
+              upgrade: osvm-mcp-stdio\r\nx-osvm-client: bench\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut r = tokio::io::BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("bench", "1"),
+    )
+    .serve(tokio::io::split(r))
+    .await
+    .expect("initialize")
+}
+
 fn wait_up(state: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -190,6 +242,7 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         .arg("--state-dir")
         .arg(&state)
         .arg("daemon")
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -206,7 +259,7 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         .enable_all()
         .build()
         .unwrap();
-    let ((direct, direct_rate), (gw, gw_rate)) = rt.block_on(async {
+    let (rows, pings_direct, pings_gw) = rt.block_on(async {
         let mut node = tokio::process::Command::new("/usr/bin/node");
         node.arg(&index).arg("stdio");
         let direct_client = connect(node).await;
@@ -216,21 +269,41 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
             .arg(&state)
             .args(["mcp", "serve", "--as", "bench"]);
         let gw_client = connect(bridge).await;
-        // Interleaved halves, so drift affects both alike.
-        let d1 = measure(&direct_client, "echo", calls / 2).await;
-        let g1 = measure(&gw_client, "everything.echo", calls / 2).await;
-        let d2 = measure(&direct_client, "echo", calls / 2).await;
-        let g2 = measure(&gw_client, "everything.echo", calls / 2).await;
-        let join = |a: (Vec<Duration>, f64), b: (Vec<Duration>, f64)| {
-            let mut v = a.0;
-            v.extend(b.0);
-            v.sort();
-            (v, (a.1 + b.1) / 2.0)
-        };
-        let _ = direct_client.cancel().await;
-        let _ = gw_client.cancel().await;
-        (join(d1, d2), join(g1, g2))
+        let sock_client = on_socket(&state.join("osvm.sock")).await;
+        // Interleaved halves, so drift affects all alike.
+        let clients = [
+            (&direct_client, "echo"),
+            (&gw_client, "everything.echo"),
+            (&sock_client, "everything.echo"),
+        ];
+        let mut rows: Vec<(Vec<Duration>, f64)> = vec![(Vec::new(), 0.0); 3];
+        for _ in 0..2 {
+            for (row, (client, tool)) in rows.iter_mut().zip(clients) {
+                let (lat, rate) = measure(client, tool, calls / 2).await;
+                row.0.extend(lat);
+                row.1 += rate / 2.0;
+            }
+        }
+        for row in &mut rows {
+            row.0.sort();
+        }
+        let pings_direct = pings(&direct_client, calls / 2).await;
+        let pings_gw = pings(&gw_client, calls / 2).await;
+        for c in [direct_client, gw_client, sock_client] {
+            let _ = c.cancel().await;
+        }
+        (rows, pings_direct, pings_gw)
     });
+    // The daemon's own share of each call: the audit log's latency, from the gateway receiving
+    // the call to its answer (policy, rate, the confined server's round trip, the audit write).
+    let mut inside: Vec<f64> = std::fs::read_to_string(state.join("mcp").join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["method"] == "tools/call")
+        .filter_map(|v| v["latency_ms"].as_f64())
+        .collect();
+    inside.sort_by(f64::total_cmp);
 
     // 50 servers: the gateway's memory with 50 upstream sessions (the small Python fake server,
     // so the host holds 50 of them easily).
@@ -303,17 +376,35 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
             rate
         );
     };
-    row("direct over stdio", &direct, direct_rate);
-    row(
+    let names = [
+        "direct over stdio",
         "through the gateway (stdio bridge, daemon, confined server)",
-        &gw,
-        gw_rate,
+        "through the gateway without the bridge (the client on the daemon's socket)",
+    ];
+    for (name, (v, rate)) in names.iter().zip(&rows) {
+        row(name, v, *rate);
+    }
+    let (direct, gw) = (&rows[0].0, &rows[1].0);
+    println!(
+        "\nratio p50 {:.2}x (+{:.3} ms), p99 {:.2}x, calls/s {:.2}x (1 caller), {:.2}x (8 callers)",
+        ms(pct(gw, 0.5)) / ms(pct(direct, 0.5)),
+        ms(pct(gw, 0.5)) - ms(pct(direct, 0.5)),
+        ms(pct(gw, 0.99)) / ms(pct(direct, 0.99)),
+        direct.iter().sum::<Duration>().as_secs_f64() / gw.iter().sum::<Duration>().as_secs_f64(),
+        rows[1].1 / rows[0].1
     );
     println!(
-        "\nratio p50 {:.2}x, p99 {:.2}x",
-        ms(pct(&gw, 0.5)) / ms(pct(&direct, 0.5)),
-        ms(pct(&gw, 0.99)) / ms(pct(&direct, 0.99))
+        "ping p50 (the transport alone): direct {:.3} ms, answered by the gateway {:.3} ms",
+        ms(pct(&pings_direct, 0.5)),
+        ms(pct(&pings_gw, 0.5))
     );
+    if !inside.is_empty() {
+        println!(
+            "inside the daemon (audit latency of tools/call, all {} calls): p50 {:.3} ms",
+            inside.len(),
+            inside[inside.len() / 2]
+        );
+    }
     println!(
         "\ndaemon RSS: {:.1} MiB with 1 MCP server, {:.1} MiB with 51 ({} tools listed); {:.0} KiB per added server",
         rss_one as f64 / 1024.0,

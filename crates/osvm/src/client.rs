@@ -115,6 +115,10 @@ impl Client {
     /// Upgrades `GET path` (with `headers`) to a raw stream of protocol `protocol`, then copies
     /// this process's stdin to it and it to stdout until either side ends; at most `max_line`
     /// bytes between newlines are passed on from stdin.
+    ///
+    /// The bridge sits on every message of an agent's session, so it is plain blocking I/O on
+    /// two threads, one per direction: each message wakes one thread once. (tokio's stdin and
+    /// stdout go through its blocking pool, a hand-off between threads each way.)
     pub fn bridge_stdio(
         &self,
         path: &str,
@@ -122,42 +126,80 @@ impl Client {
         protocol: &str,
         max_line: usize,
     ) -> anyhow::Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        self.rt.block_on(async {
-            let stream = self.connect().await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            let mut req = Request::builder()
-                .method(Method::GET)
-                .uri(format!("http://osvm{path}"))
-                .header("host", "osvm")
-                .header("connection", "upgrade")
-                .header("upgrade", protocol);
-            for (k, v) in headers {
-                req = req.header(*k, v);
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::os::unix::net::UnixStream;
+
+        let stream = UnixStream::connect(&self.socket).with_context(|| {
+            format!(
+                "cannot reach the osvm daemon at {}; is `osvm daemon` running?",
+                self.socket.display()
+            )
+        })?;
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nhost: osvm\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n"
+        );
+        for (k, v) in headers {
+            if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(anyhow!("a line break in the value of header {k}"));
             }
-            let resp = sender
-                .send_request(req.body(Full::new(Bytes::new()))?)
-                .await?;
-            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                let status = resp.status();
-                let bytes = resp.into_body().collect().await?.to_bytes();
-                return Err(failure(status, &bytes).into());
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        (&stream).write_all(head.as_bytes())?;
+
+        // The answer's head: a status line and header lines, each bounded.
+        let mut from_daemon = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
+        let mut read_line = |what: &str| -> anyhow::Result<String> {
+            let mut line = Vec::new();
+            (&mut from_daemon).take(8192).read_until(b'\n', &mut line)?;
+            if !line.ends_with(b"\n") {
+                return Err(anyhow!("the daemon's answer ended in its {what}"));
             }
-            let upgraded = hyper::upgrade::on(resp).await?;
-            let (mut from_daemon, mut to_daemon) = tokio::io::split(TokioIo::new(upgraded));
-            let up = async {
-                let mut stdin = tokio::io::stdin();
+            Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
+        };
+        let status_line = read_line("status line")?;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or_else(|| anyhow!("the daemon answered {status_line:?}"))?;
+        let mut length: Option<usize> = None;
+        loop {
+            let line = read_line("headers")?;
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.trim().eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().ok();
+            }
+        }
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let mut body = Vec::new();
+            let limit = length.unwrap_or(1 << 20).min(1 << 20) as u64;
+            (&mut from_daemon).take(limit).read_to_end(&mut body)?;
+            return Err(failure(status, &body).into());
+        }
+
+        // Client to daemon, on its own thread; an error there (a line too long, a broken
+        // socket) ends the session and is reported.
+        let to_daemon = stream.try_clone()?;
+        let (failed_tx, failed) = std::sync::mpsc::channel::<anyhow::Error>();
+        std::thread::spawn(move || {
+            let up = || -> anyhow::Result<()> {
+                let mut stdin = std::io::stdin().lock();
+                let mut out = &to_daemon;
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut line = 0usize;
                 loop {
-                    let n = stdin.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
+                    let n = match stdin.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e.into()),
+                    };
                     for &b in &buf[..n] {
                         line = if b == b'\n' { 0 } else { line + 1 };
                         if line > max_line {
@@ -166,24 +208,38 @@ impl Client {
                             ));
                         }
                     }
-                    to_daemon.write_all(&buf[..n]).await?;
+                    out.write_all(&buf[..n])?;
                 }
-                to_daemon.shutdown().await?;
-                anyhow::Ok(())
+                // The client's input ended: the daemon answers what it has, then closes.
+                to_daemon.shutdown(std::net::Shutdown::Write)?;
+                Ok(())
             };
-            let down = async {
-                let mut stdout = tokio::io::stdout();
-                tokio::io::copy(&mut from_daemon, &mut stdout).await?;
-                stdout.flush().await?;
-                anyhow::Ok(())
-            };
-            // The session ends when the gateway closes it (or the client's input ends and the
-            // gateway has answered).
-            tokio::select! {
-                r = down => r,
-                r = async { up.await?; std::future::pending::<anyhow::Result<()>>().await } => r,
+            if let Err(e) = up() {
+                let _ = failed_tx.send(e);
+                let _ = to_daemon.shutdown(std::net::Shutdown::Both);
             }
-        })
+        });
+
+        // Daemon to client, here, until the daemon closes the session.
+        let mut stdout = std::io::stdout().lock();
+        loop {
+            let chunk = match from_daemon.fill_buf() {
+                Ok([]) => break,
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(failed.try_recv().unwrap_or_else(|_| e.into()));
+                }
+            };
+            let n = chunk.len();
+            stdout.write_all(chunk)?;
+            stdout.flush()?;
+            from_daemon.consume(n);
+        }
+        match failed.try_recv() {
+            Ok(e) => Err(e),
+            Err(_) => Ok(()),
+        }
     }
 }
 

@@ -1114,6 +1114,18 @@ fn an_oversized_stdio_message_is_answered_with_its_id_and_the_session_goes_on() 
         status.success(),
         "the bridge ends cleanly at the client's EOF: {status}"
     );
+
+    // A token the daemon does not know: the bridge says why and fails, before any message.
+    let o = state
+        .osvm()
+        .args(["mcp", "serve", "--token", "osvm_not-a-token"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("token"), "{err}");
+    assert!(o.stdout.is_empty());
 }
 
 /// `kill -9` of the daemon ends every stdio MCP server's channel (the pipes were the daemon's):
