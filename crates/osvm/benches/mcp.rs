@@ -10,9 +10,13 @@
 //!
 //! `OSVM_BENCH_CALLS` sets the calls per case (default 2000).
 
+mod support;
+
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{on_socket, rss_kib};
 
 use rmcp::RoleClient;
 use rmcp::ServiceExt;
@@ -34,17 +38,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn osvm() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_osvm"))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn connect(mut cmd: tokio::process::Command) -> RunningService<RoleClient, ClientConfig> {
@@ -130,34 +123,6 @@ async fn pings(client: &RunningService<RoleClient, ClientConfig>, n: usize) -> V
     }
     lat.sort();
     lat
-}
-
-/// A client session on the daemon's socket, upgraded here: the gateway without the bridge.
-async fn on_socket(socket: &Path) -> RunningService<RoleClient, ClientConfig> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    stream
-        .write_all(
-            b"GET /v1/mcp/stdio HTTP/1.1\r\nhost: osvm\r\nconnection: upgrade\r\n\
-              upgrade: osvm-mcp-stdio\r\nx-osvm-client: bench\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut r = tokio::io::BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).await.unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("bench", "1"),
-    )
-    .serve(tokio::io::split(r))
-    .await
-    .expect("initialize")
 }
 
 fn wait_up(state: &Path, n: usize) {

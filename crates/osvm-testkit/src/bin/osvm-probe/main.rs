@@ -15,8 +15,10 @@
 //! - `fds`, `aio`, `inotify N HOLD`, `watches HOLD`, `sigqueue HOLD`, `fill PATH MIB`,
 //!   `statfs PATH...`, `spew MIB`: press on one limit each (see `pressure.rs`);
 //!   `throughput DIR MIB`: write and small-file rates in DIR.
+//! - `mcp NAME`: a minimal MCP server on stdio (see `mcp.rs`).
 
 mod escape;
+mod mcp;
 mod pressure;
 
 use std::ffi::CString;
@@ -232,6 +234,7 @@ fn main() {
             };
             std::process::exit(if escape::run(&a) { 0 } else { 1 });
         }
+        "mcp" => mcp::serve(args.get(2).map_or("probe", String::as_str)),
         "fds" => pressure::fds(),
         "aio" => pressure::aio(),
         "inotify" => pressure::inotify(num(2, 200) as usize, num(3, 0)),
