@@ -93,12 +93,17 @@ impl From<EngineError> for ApiError {
 pub struct Peer {
     /// The peer's uid, if the kernel told.
     pub uid: Option<u32>,
+    /// The connection's socket (a duplicate), for an upgraded connection that receives
+    /// descriptors (`osvm mcp serve` handing over its stdin and stdout).
+    pub socket: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl connect_info::Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        use std::os::fd::AsFd;
         Self {
             uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+            socket: stream.io().as_fd().try_clone_to_owned().ok().map(Arc::new),
         }
     }
 }

@@ -35,6 +35,11 @@ use serde_json::json;
 pub const CLIENT_HEADER: &str = "x-osvm-client";
 /// The `Upgrade` protocol of the stdio bridge.
 pub const STDIO_UPGRADE: &str = "osvm-mcp-stdio";
+/// Sent by a bridge that can hand its stdin and stdout over, and answered by a daemon that
+/// takes them: after the upgrade the bridge sends one byte with both descriptors
+/// (`SCM_RIGHTS`), the daemon serves the session on them directly, and the connection only
+/// says when the session ends (the daemon closes it).
+pub const PASS_FDS_HEADER: &str = "x-osvm-stdio-fds";
 
 fn refuse(status: StatusCode, code: &str, message: String) -> Response {
     (
@@ -229,22 +234,151 @@ async fn stdio(State(gw): State<Gateway>, mut req: Request) -> Response {
             format!("send `Connection: upgrade` and `Upgrade: {STDIO_UPGRADE}`"),
         );
     }
+    // A bridge on this host offering its stdin and stdout, on a connection whose socket the
+    // API kept.
+    let socket = req
+        .headers()
+        .get(PASS_FDS_HEADER)
+        .is_some_and(|v| v == "1")
+        .then(|| {
+            req.extensions()
+                .get::<axum::extract::ConnectInfo<crate::api::Peer>>()
+                .and_then(|c| c.0.socket.clone())
+        })
+        .flatten();
+    let pass_fds = socket.is_some();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = gw.settings().max_message_bytes as usize;
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
+        let session = Session::new(gw, Some(client));
+        if let Some(socket) = socket {
+            // The client's own pipes: the bridge is out of the data path. What goes wrong is
+            // told to the bridge on the connection, which it prints; the connection's end
+            // tells it the session is over. hyper reads nothing more from an upgraded
+            // connection, so the descriptors' byte is read here, with its descriptors.
+            match passed_stdio(&socket).await {
+                // A line past the limit gets an error with its id, and the session goes on.
+                Ok((read, write)) => {
+                    osvm_mcp::framing::serve_stdio(session, read, write, max).await
+                }
+                Err(e) => {
+                    use tokio::io::AsyncWriteExt;
+                    let mut conn = TokioIo::new(upgraded);
+                    let _ = conn
+                        .write_all(format!("the bridge's stdin and stdout: {e}\n").as_bytes())
+                        .await;
+                }
+            }
+            return;
+        }
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        // A line past the limit gets an error with its id, and the session goes on.
-        osvm_mcp::framing::serve_stdio(Session::new(gw, Some(client)), read, write, max).await;
+        osvm_mcp::framing::serve_stdio(session, read, write, max).await;
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, STDIO_UPGRADE)
-        .body(Body::empty())
-        .expect("a valid response")
+        .header(header::UPGRADE, STDIO_UPGRADE);
+    if pass_fds {
+        response = response.header(PASS_FDS_HEADER, "1");
+    }
+    response.body(Body::empty()).expect("a valid response")
+}
+
+type BoxRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// Receives a bridge's stdin and stdout (one byte with two descriptors) and wraps them for the
+/// session. Each must be a pipe (stdin's read end, stdout's write end) or a unix socket, as
+/// agents spawn their servers with; anything else is refused.
+async fn passed_stdio(socket: &std::os::fd::OwnedFd) -> std::io::Result<(BoxRead, BoxWrite)> {
+    use std::os::fd::OwnedFd;
+
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+
+    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    // Its own duplicate, watched for readiness (the socket is non-blocking already).
+    let stream = tokio::net::UnixStream::from_std(socket.try_clone()?.into())?;
+    let fds: Vec<OwnedFd> = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            stream.readable().await?;
+            let got = stream.try_io(tokio::io::Interest::READABLE, || {
+                let mut byte = [0u8; 1];
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let got = recvmsg(
+                    &stream,
+                    &mut [std::io::IoSliceMut::new(&mut byte)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )?;
+                if got.bytes == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                let mut fds = Vec::new();
+                for message in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(passed) = message {
+                        fds.extend(passed);
+                    }
+                }
+                Ok(fds)
+            });
+            match got {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| invalid("no descriptors within 10 s"))??;
+    let [input, output]: [OwnedFd; 2] = fds
+        .try_into()
+        .map_err(|_| invalid("expected exactly two descriptors"))?;
+    let read: BoxRead = match kind(&input)? {
+        Kind::Fifo => Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(input)?),
+        Kind::UnixSocket => Box::new(unix_stream(input)?),
+        Kind::Other => return Err(invalid("stdin is neither a pipe nor a unix socket")),
+    };
+    let write: BoxWrite = match kind(&output)? {
+        Kind::Fifo => Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(output)?),
+        Kind::UnixSocket => Box::new(unix_stream(output)?),
+        Kind::Other => return Err(invalid("stdout is neither a pipe nor a unix socket")),
+    };
+    Ok((read, write))
+}
+
+/// What a passed descriptor is.
+enum Kind {
+    Fifo,
+    UnixSocket,
+    Other,
+}
+
+fn kind(fd: &impl std::os::fd::AsFd) -> std::io::Result<Kind> {
+    use nix::sys::stat::{SFlag, fstat};
+    let st = fstat(fd).map_err(std::io::Error::from)?;
+    let mode = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    Ok(if mode == SFlag::S_IFIFO {
+        Kind::Fifo
+    } else if mode == SFlag::S_IFSOCK
+        && nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(
+            std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+        )
+        .is_ok()
+    {
+        Kind::UnixSocket
+    } else {
+        Kind::Other
+    })
+}
+
+fn unix_stream(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::UnixStream> {
+    let s = std::os::unix::net::UnixStream::from(fd);
+    s.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(s)
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,6 @@
 //! A client of the daemon's REST API over its unix socket (HTTP/1.1 with hyper).
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
@@ -138,6 +139,12 @@ impl Client {
         let mut head = format!(
             "GET {path} HTTP/1.1\r\nhost: osvm\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n"
         );
+        // An agent's pipes (or unix sockets) can be handed to the daemon, which then reads and
+        // writes them itself: this process leaves the data path and only waits for the end.
+        let offer_fds = passable(std::io::stdin().as_fd()) && passable(std::io::stdout().as_fd());
+        if offer_fds {
+            head.push_str(&format!("{}: 1\r\n", osvm_daemon::mcp::PASS_FDS_HEADER));
+        }
         for (k, v) in headers {
             if v.bytes().any(|b| b == b'\r' || b == b'\n') {
                 return Err(anyhow!("a line break in the value of header {k}"));
@@ -165,15 +172,21 @@ impl Client {
             .and_then(|c| StatusCode::from_u16(c).ok())
             .ok_or_else(|| anyhow!("the daemon answered {status_line:?}"))?;
         let mut length: Option<usize> = None;
+        let mut takes_fds = false;
         loop {
             let line = read_line("headers")?;
             if line.is_empty() {
                 break;
             }
-            if let Some((k, v)) = line.split_once(':')
-                && k.trim().eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().ok();
+            if let Some((k, v)) = line.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().ok();
+                } else if k
+                    .trim()
+                    .eq_ignore_ascii_case(osvm_daemon::mcp::PASS_FDS_HEADER)
+                {
+                    takes_fds = v.trim() == "1";
+                }
             }
         }
         if status != StatusCode::SWITCHING_PROTOCOLS {
@@ -181,6 +194,32 @@ impl Client {
             let limit = length.unwrap_or(1 << 20).min(1 << 20) as u64;
             (&mut from_daemon).take(limit).read_to_end(&mut body)?;
             return Err(failure(status, &body).into());
+        }
+
+        if offer_fds && takes_fds {
+            use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+            use std::os::fd::AsRawFd;
+            let fds = [
+                std::io::stdin().as_fd().as_raw_fd(),
+                std::io::stdout().as_fd().as_raw_fd(),
+            ];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[std::io::IoSlice::new(b"F")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .context("hand stdin and stdout to the daemon")?;
+            // The daemon says nothing on this connection unless it could not take them; it
+            // closes the connection when the session ends.
+            let mut said = Vec::new();
+            (&mut from_daemon).take(64 * 1024).read_to_end(&mut said)?;
+            return if said.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow!("{}", String::from_utf8_lossy(&said).trim()))
+            };
         }
 
         // Client to daemon, on its own thread; an error there (a line too long, a broken
@@ -241,6 +280,20 @@ impl Client {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// Whether a descriptor can be handed to the daemon for an MCP session: a pipe or a unix
+/// socket (what agents spawn their servers with). A terminal or a file is copied instead.
+fn passable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::sys::stat::{SFlag, fstat};
+    use std::os::fd::AsRawFd;
+    let Ok(st) = fstat(fd) else {
+        return false;
+    };
+    let mode = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    mode == SFlag::S_IFIFO
+        || (mode == SFlag::S_IFSOCK
+            && nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd()).is_ok())
 }
 
 fn failure(status: StatusCode, body: &[u8]) -> ApiFailure {

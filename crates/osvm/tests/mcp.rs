@@ -1108,12 +1108,42 @@ fn an_oversized_stdio_message_is_answered_with_its_id_and_the_session_goes_on() 
     writeln!(stdin, r#"{{"jsonrpc":"2.0","id":3,"method":"tools/list"}}"#).unwrap();
     let next = answer(3);
     assert!(next["result"]["tools"].is_array(), "{next}");
+    // The bridge handed its pipes to the daemon: stopped, it is not in the way.
+    let bridge = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(bridge, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":4,"method":"tools/list"}}"#).unwrap();
+    let while_stopped = answer(4);
+    nix::sys::signal::kill(bridge, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        while_stopped["result"]["tools"].is_array(),
+        "{while_stopped}"
+    );
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(
         status.success(),
         "the bridge ends cleanly at the client's EOF: {status}"
     );
+
+    // Input from a file (not a pipe): the bridge copies it to the daemon itself.
+    let requests = state.path.join("requests.jsonl");
+    std::fs::write(
+        &requests,
+        format!(
+            "{init}\n{}\n",
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#
+        ),
+    )
+    .unwrap();
+    let o = state
+        .osvm()
+        .args(["mcp", "serve", "--as", "alice"])
+        .stdin(std::fs::File::open(&requests).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(r#""id":2"#) && out.contains("tools"), "{out}");
 
     // A token the daemon does not know: the bridge says why and fails, before any message.
     let o = state
