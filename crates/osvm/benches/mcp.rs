@@ -298,6 +298,38 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         .unwrap_or(0);
     let rss_fifty = rss_kib(daemon.id());
 
+    // Floods of large messages: 4 sessions at once, each 3 calls with 3 MiB arguments (the
+    // limit is 4 MiB), in rounds; the daemon's RSS after each round (it should level off low).
+    let rss_before_floods = rss_kib(daemon.id());
+    let rss_floods: Vec<u64> = rt.block_on(async {
+        let big = serde_json::json!({ "message": "A".repeat(3 << 20) })
+            .as_object()
+            .cloned()
+            .unwrap();
+        let mut after = Vec::new();
+        for _ in 0..4 {
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let socket = state.join("osvm.sock");
+                let big = big.clone();
+                tasks.push(tokio::spawn(async move {
+                    let client = on_socket(&socket).await;
+                    for _ in 0..3 {
+                        let params = CallToolRequestParams::new("everything.echo")
+                            .with_arguments(big.clone());
+                        client.peer().call_tool(params).await.expect("a 3 MiB call");
+                    }
+                    let _ = client.cancel().await;
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            after.push(rss_kib(daemon.id()));
+        }
+        after
+    });
+
     for f in [&fifty_file, &stack] {
         let _ = Command::new(osvm())
             .arg("--state-dir")
@@ -370,6 +402,15 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
             inside[inside.len() / 2]
         );
     }
+    println!(
+        "\ndaemon RSS before floods of 3 MiB calls {:.1} MiB, after each of 4 rounds (4 sessions x 3 calls): {}",
+        rss_before_floods as f64 / 1024.0,
+        rss_floods
+            .iter()
+            .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "\ndaemon RSS: {:.1} MiB with 1 MCP server, {:.1} MiB with 51 ({} tools listed); {:.0} KiB per added server",
         rss_one as f64 / 1024.0,
