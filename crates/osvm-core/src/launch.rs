@@ -203,6 +203,27 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// A confidential-computing technology a microVM may ask for: its memory encrypted and
+/// integrity-protected from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfidentialChoice {
+    /// AMD SEV-SNP.
+    SevSnp,
+    /// Intel TDX.
+    Tdx,
+}
+
+impl ConfidentialChoice {
+    /// The name in stack files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SevSnp => "sev-snp",
+            Self::Tdx => "tdx",
+        }
+    }
+}
+
 /// Settings of the `microvm` runtime; guest memory and vCPUs come from [`Resources`].
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +244,9 @@ pub struct VmOptions {
     /// (default 60 s).
     #[serde(default)]
     pub boot_timeout_ms: Option<u64>,
+    /// A confidential guest: refused at start unless the host can give it, never run without.
+    #[serde(default)]
+    pub confidential: Option<ConfidentialChoice>,
 }
 
 /// Which program boots a Hermit image.

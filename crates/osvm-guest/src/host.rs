@@ -240,6 +240,136 @@ fn tsc_from_kernel_log() -> Option<f64> {
     refined.or(detected)
 }
 
+/// What the host offers for confidential computing, each `Ok(what was found)` or `Err(why
+/// not)`. osvm uses SEV-SNP and TDX for microVMs (`microvm = { confidential = ... }`); SGX is
+/// reported for operators, osvm runs no enclaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfidentialProbe {
+    /// AMD SEV-SNP.
+    pub sev_snp: Result<String, String>,
+    /// Intel TDX.
+    pub tdx: Result<String, String>,
+    /// Intel SGX.
+    pub sgx: Result<String, String>,
+}
+
+/// The facts [`ConfidentialProbe`] judges, read from the host or given by a test.
+#[derive(Debug, Clone, Default)]
+pub struct ConfidentialFacts {
+    /// The CPU's flags (`/proc/cpuinfo`).
+    pub flags: BTreeSet<String>,
+    /// Why KVM cannot run a guest with hardware virtualization here, if it cannot.
+    pub kvm_unusable: Option<String>,
+    /// `/sys/module/kvm_amd/parameters/sev_snp`, if the file exists.
+    pub kvm_amd_sev_snp: Option<String>,
+    /// `/sys/module/kvm_intel/parameters/tdx`, if the file exists.
+    pub kvm_intel_tdx: Option<String>,
+    /// `/dev/sev` exists (the AMD secure processor's driver).
+    pub dev_sev: bool,
+    /// `/dev/sgx_enclave` exists.
+    pub dev_sgx_enclave: bool,
+}
+
+impl ConfidentialProbe {
+    /// Reads the host.
+    pub fn probe(kvm: &KvmProbe) -> Self {
+        let param = |p: &str| fs::read_to_string(p).ok().map(|v| v.trim().to_owned());
+        Self::judge(&ConfidentialFacts {
+            flags: parse_cpu_flags(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
+            kvm_unusable: kvm.usable().err(),
+            kvm_amd_sev_snp: param("/sys/module/kvm_amd/parameters/sev_snp"),
+            kvm_intel_tdx: param("/sys/module/kvm_intel/parameters/tdx"),
+            dev_sev: Path::new("/dev/sev").exists(),
+            dev_sgx_enclave: Path::new("/dev/sgx_enclave").exists(),
+        })
+    }
+
+    /// Judges `facts`: the first thing missing for each technology, or what was found.
+    pub fn judge(facts: &ConfidentialFacts) -> Self {
+        let flag = |f: &str| facts.flags.contains(f);
+        let on = |v: &Option<String>| matches!(v.as_deref(), Some("Y" | "y" | "1"));
+        let in_a_vm = if flag("hypervisor") {
+            "; this host is itself a virtual machine, whose hypervisor would have to pass it on"
+        } else {
+            ""
+        };
+        let sev_snp = if !flag("sev_snp") {
+            Err(format!(
+                "the CPU offers no SEV-SNP (no sev_snp flag in /proc/cpuinfo){in_a_vm}"
+            ))
+        } else if let Some(why) = &facts.kvm_unusable {
+            Err(format!("KVM with hardware virtualization is needed: {why}"))
+        } else if !on(&facts.kvm_amd_sev_snp) {
+            Err(format!(
+                "kvm_amd runs without SEV-SNP (/sys/module/kvm_amd/parameters/sev_snp: {})",
+                facts.kvm_amd_sev_snp.as_deref().unwrap_or("missing")
+            ))
+        } else if !facts.dev_sev {
+            Err("/dev/sev is missing (the AMD secure processor's driver, ccp)".to_owned())
+        } else {
+            Ok("sev_snp CPU flag, kvm_amd sev_snp=Y, /dev/sev".to_owned())
+        };
+        let tdx = if !flag("tdx_host_platform") {
+            Err(format!(
+                "the CPU or its firmware offers no TDX (no tdx_host_platform flag in /proc/cpuinfo){in_a_vm}"
+            ))
+        } else if let Some(why) = &facts.kvm_unusable {
+            Err(format!("KVM with hardware virtualization is needed: {why}"))
+        } else if !on(&facts.kvm_intel_tdx) {
+            Err(format!(
+                "kvm_intel runs without TDX (/sys/module/kvm_intel/parameters/tdx: {})",
+                facts.kvm_intel_tdx.as_deref().unwrap_or("missing")
+            ))
+        } else {
+            Ok("tdx_host_platform CPU flag, kvm_intel tdx=Y".to_owned())
+        };
+        let sgx = if !flag("sgx") {
+            Err(format!(
+                "the CPU offers no SGX (no sgx flag in /proc/cpuinfo){in_a_vm}"
+            ))
+        } else if !facts.dev_sgx_enclave {
+            Err(
+                "/dev/sgx_enclave is missing (a kernel without SGX, or SGX off in the firmware)"
+                    .to_owned(),
+            )
+        } else {
+            Ok("sgx CPU flag, /dev/sgx_enclave (osvm runs no enclaves)".to_owned())
+        };
+        Self { sev_snp, tdx, sgx }
+    }
+
+    /// What `choice` needs, available or not.
+    pub fn of(&self, choice: osvm_core::ConfidentialChoice) -> &Result<String, String> {
+        match choice {
+            osvm_core::ConfidentialChoice::SevSnp => &self.sev_snp,
+            osvm_core::ConfidentialChoice::Tdx => &self.tdx,
+        }
+    }
+}
+
+/// Why a microVM asking for `choice` cannot start here; osvm never starts it unprotected.
+/// Where the host has it, osvm's microVM (QEMU's `microvm` machine booting the kernel
+/// directly, no firmware) still cannot give it: SEV-SNP and TDX guests need the `q35` machine
+/// with firmware built for them (OVMF, TDVF), which osvm does not drive yet.
+pub fn confidential_refusal(
+    choice: osvm_core::ConfidentialChoice,
+    probe: &ConfidentialProbe,
+) -> String {
+    let name = choice.as_str();
+    match probe.of(choice) {
+        Err(why) => format!(
+            "confidential = \"{name}\" was asked for and this host cannot give it: {why}; \
+             osvm does not run the guest unprotected"
+        ),
+        Ok(found) => format!(
+            "confidential = \"{name}\" was asked for; the host has it ({found}), but osvm's \
+             microVM (QEMU's microvm machine, direct kernel boot, no firmware) cannot run \
+             confidential guests yet: they need the q35 machine with firmware built for {name}; \
+             osvm does not run the guest unprotected"
+        ),
+    }
+}
+
 /// The `flags` of the first CPU in `/proc/cpuinfo`.
 pub fn parse_cpu_flags(cpuinfo: &str) -> BTreeSet<String> {
     cpuinfo
@@ -281,6 +411,64 @@ pub fn parse_tsc_log_mhz(line: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confidential_computing_is_judged_by_the_first_thing_missing() {
+        let flags = |f: &[&str]| f.iter().map(|s| (*s).to_owned()).collect();
+        // This machine's kind: a VM with PVM, no such CPU flags.
+        let none = ConfidentialProbe::judge(&ConfidentialFacts {
+            flags: flags(&["hypervisor", "sse2"]),
+            kvm_unusable: Some("KVM is PVM".into()),
+            ..Default::default()
+        });
+        let why = none.sev_snp.clone().unwrap_err();
+        assert!(
+            why.contains("no sev_snp flag") && why.contains("virtual machine"),
+            "{why}"
+        );
+        assert!(
+            none.tdx
+                .clone()
+                .unwrap_err()
+                .contains("no tdx_host_platform flag")
+        );
+        assert!(none.sgx.clone().unwrap_err().contains("no sgx flag"));
+        // The CPU has it, KVM is not usable.
+        let no_kvm = ConfidentialProbe::judge(&ConfidentialFacts {
+            flags: flags(&["sev_snp"]),
+            kvm_unusable: Some("/dev/kvm missing".into()),
+            ..Default::default()
+        });
+        assert!(
+            no_kvm
+                .sev_snp
+                .unwrap_err()
+                .contains("hardware virtualization")
+        );
+        // kvm_amd without SNP, then without /dev/sev, then everything.
+        let mut facts = ConfidentialFacts {
+            flags: flags(&["sev_snp", "sgx"]),
+            kvm_amd_sev_snp: Some("N".into()),
+            ..Default::default()
+        };
+        let why = ConfidentialProbe::judge(&facts).sev_snp.unwrap_err();
+        assert!(why.contains("sev_snp: N"), "{why}");
+        facts.kvm_amd_sev_snp = Some("Y".into());
+        let why = ConfidentialProbe::judge(&facts).sev_snp.unwrap_err();
+        assert!(why.contains("/dev/sev"), "{why}");
+        facts.dev_sev = true;
+        facts.dev_sgx_enclave = true;
+        let all = ConfidentialProbe::judge(&facts);
+        assert!(all.sev_snp.is_ok() && all.sgx.is_ok());
+        // Present or not, a start is refused with the reason, never run unprotected.
+        let refusal = confidential_refusal(osvm_core::ConfidentialChoice::SevSnp, &all);
+        assert!(
+            refusal.contains("q35") && refusal.contains("unprotected"),
+            "{refusal}"
+        );
+        let refusal = confidential_refusal(osvm_core::ConfidentialChoice::Tdx, &none);
+        assert!(refusal.contains("no tdx_host_platform flag"), "{refusal}");
+    }
 
     fn probe(kind: KvmKind, device: Result<(), String>) -> KvmProbe {
         KvmProbe {

@@ -263,9 +263,22 @@ impl MicroVmRuntime {
         Ok(copy)
     }
 
+    /// A confidential guest is refused, with the reason, before anything starts: osvm never
+    /// runs it unprotected (see [`host::confidential_refusal`]).
+    fn refuse_confidential(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        match options(spec)?.confidential {
+            Some(choice) => Err(unavailable(host::confidential_refusal(
+                choice,
+                &host::ConfidentialProbe::probe(&self.kvm),
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether `spec` could start here, checked before anything is started: the tools, the
     /// accelerator it asks for, its guest kernel, its agent.
     pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        self.refuse_confidential(spec)?;
         host::resolve_accel(options(spec)?.accel, &self.kvm).map_err(unavailable)?;
         if let Some(r) = self.unavailable_reason() {
             return Err(unavailable(r));
@@ -335,6 +348,7 @@ impl MicroVmRuntime {
     /// Starts an instance under the id `id` (`<name>-<suffix>`).
     pub fn start_vm(&self, spec: &LaunchSpec, id: &str) -> Result<MicroVmInstance, RuntimeError> {
         let t0 = Instant::now();
+        self.refuse_confidential(spec)?;
         if let Some(r) = self.unavailable_reason() {
             return Err(unavailable(r));
         }

@@ -451,6 +451,58 @@ fn kvm_asked_for_where_the_host_cannot_is_a_clear_error() {
     );
 }
 
+/// A confidential guest (SEV-SNP here) is refused before anything starts, with the host's
+/// reason, on every host: where the host lacks it, the first thing missing is named; where it
+/// has it, osvm's microvm machine cannot give it yet. Never started unprotected.
+#[test]
+fn a_confidential_guest_is_refused_with_the_reason_and_never_run_unprotected() {
+    const TEST: &str = "vm_confidential_refused";
+    let state = StateDir::new(TEST);
+    let file = state.path.join("confidential.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "conf"
+
+[[component]]
+name = "v"
+runtime = "microvm"
+command = "/bin/sleep"
+args = ["3600"]
+microvm = { confidential = "sev-snp" }
+"#,
+    )
+    .unwrap();
+    let o = run(state.osvm().args(["up"]).arg(&file));
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("component `v`"), "{err}");
+    assert!(err.contains("confidential = \"sev-snp\""), "{err}");
+    assert!(err.contains("does not run the guest unprotected"), "{err}");
+    let kvm = osvm_guest::host::KvmProbe::probe();
+    let probe = osvm_guest::host::ConfidentialProbe::probe(&kvm);
+    match &probe.sev_snp {
+        Err(why) => assert!(err.contains(why.as_str()), "the reason ({why}): {err}"),
+        Ok(_) => assert!(err.contains("q35"), "{err}"),
+    }
+    assert!(
+        !state.path.join("instances").exists(),
+        "nothing was started"
+    );
+    // And osvm doctor says the same.
+    let o = run(state.osvm().args(["-o", "json", "doctor"]));
+    let doctor: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["area"] == "confidential" && c["name"] == "SEV-SNP")
+        .cloned()
+        .unwrap_or_else(|| panic!("no SEV-SNP row: {doctor}"));
+    assert_eq!(row["available"], probe.sev_snp.is_ok(), "{row}");
+}
+
 #[test]
 fn vm_boots_under_kvm_where_the_host_has_it() {
     const TEST: &str = "vm_kvm";

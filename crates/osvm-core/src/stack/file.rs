@@ -173,7 +173,7 @@ pub(crate) enum McpTransportKind {
     Http,
 }
 
-/// `microvm = { accel = "auto", kernel = "/path", include = ["/srv/site"] }`.
+/// `microvm = { accel = "auto", kernel = "/path", include = ["/srv/site"], confidential = "sev-snp" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMicroVm {
@@ -188,6 +188,8 @@ pub(crate) struct RawMicroVm {
     pub(crate) include: Vec<Spanned<String>>,
     /// How long the guest may take to boot.
     pub(crate) boot_timeout: Option<Spanned<String>>,
+    /// `sev-snp` or `tdx`.
+    pub(crate) confidential: Option<Word<crate::launch::ConfidentialChoice>>,
 }
 
 /// `unikernel = { launcher = "auto", accel = "auto", boot_timeout = "30s", deadline = "1m" }`.

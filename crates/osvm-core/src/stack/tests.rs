@@ -282,6 +282,26 @@ fn a_component_carries_only_its_own_runtimes_settings_and_older_records_still_lo
 }
 
 #[test]
+fn a_microvm_may_ask_for_a_confidential_guest_by_name() {
+    let text = |c: &str| {
+        format!(
+            "[stack]\nname = \"s\"\n[[component]]\nname = \"vm\"\ncommand = \"/bin/true\"\n\
+             runtime = \"microvm\"\nmicrovm = {{ confidential = \"{c}\" }}\n"
+        )
+    };
+    let stack = parse(&text("sev-snp"), "s.toml").unwrap();
+    let vm = serde_json::to_value(&stack.components[0]).unwrap();
+    assert_eq!(vm["microvm"]["confidential"], "sev-snp");
+    let stack = parse(&text("tdx"), "s.toml").unwrap();
+    let vm = serde_json::to_value(&stack.components[0]).unwrap();
+    assert_eq!(vm["microvm"]["confidential"], "tdx");
+    // SGX protects enclaves inside a process, not a guest: not a choice here.
+    let err = parse(&text("sgx"), "s.toml").unwrap_err();
+    assert_eq!(err.line(), Some(7), "{err}");
+    assert!(err.message().contains("sev-snp"), "{err}");
+}
+
+#[test]
 fn minimal_component_gets_documented_defaults() {
     let stack = parse(
         "[stack]\nname = \"s\"\n[[component]]\nname = \"a\"\ncommand = \"true\"\n",

@@ -45,7 +45,7 @@ use osvm_guest::host::KvmProbe;
 use privileges::privilege_checks;
 use seccomp::seccomp_checks;
 use storage::storage_checks;
-use virt::{hermit_checks, kvm_checks, microvm_checks, uhyve_check};
+use virt::{confidential_checks, hermit_checks, kvm_checks, microvm_checks, uhyve_check};
 
 /// Area of the namespace probes.
 const AREA_NAMESPACES: &str = "namespaces";
@@ -67,6 +67,8 @@ const AREA_KVM: &str = "kvm";
 const AREA_MICROVM: &str = "microvm";
 /// Area of the Hermit unikernel launcher.
 const AREA_HERMIT: &str = "hermit";
+/// Confidential computing (SEV-SNP, TDX, SGX).
+const AREA_CONFIDENTIAL: &str = "confidential";
 /// Area of the certificate authorities in the state directory.
 const AREA_IDENTITY: &str = "identity";
 
@@ -157,6 +159,7 @@ impl Report {
         let kvm = KvmProbe::probe();
         checks.extend(kvm_checks(&kvm));
         checks.extend(microvm_checks(&kvm, state_dir));
+        checks.extend(confidential_checks(&kvm));
         checks.push(uhyve_check(kvm.kind));
         checks.extend(hermit_checks(state_dir));
         checks.extend(identity_checks(state_dir));

@@ -3,11 +3,13 @@
 
 use std::path::Path;
 
-use osvm_guest::host::{Accel, AccelChoice, KvmKind, KvmProbe, resolve_accel, tsc_khz};
+use osvm_guest::host::{
+    Accel, AccelChoice, ConfidentialProbe, KvmKind, KvmProbe, resolve_accel, tsc_khz,
+};
 use osvm_microvm::kernel::Kernel;
 
 use super::command::{COMMAND_TIMEOUT, run_command};
-use super::{AREA_HERMIT, AREA_KVM, AREA_MICROVM, Check, ProbeError};
+use super::{AREA_CONFIDENTIAL, AREA_HERMIT, AREA_KVM, AREA_MICROVM, Check, ProbeError};
 
 // ---------------------------------------------------------------------------------------------
 // KVM
@@ -26,6 +28,22 @@ pub(super) fn kvm_checks(kvm: &KvmProbe) -> Vec<Check> {
         detail: kvm.detail.clone(),
     };
     vec![device, kind]
+}
+
+/// Rows for confidential computing: SEV-SNP and TDX (which microVMs may ask for) and SGX.
+pub(super) fn confidential_checks(kvm: &KvmProbe) -> Vec<Check> {
+    let probe = ConfidentialProbe::probe(kvm);
+    [
+        ("SEV-SNP", probe.sev_snp),
+        ("TDX", probe.tdx),
+        ("SGX", probe.sgx),
+    ]
+    .into_iter()
+    .map(|(name, found)| match found {
+        Ok(what) => Check::yes(AREA_CONFIDENTIAL, name, what),
+        Err(why) => Check::no(AREA_CONFIDENTIAL, name, why),
+    })
+    .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -263,6 +263,7 @@ pub(super) fn component(
         if let Some(t) = &r.boot_timeout {
             microvm.boot_timeout_ms = Some(duration(src, t, "boot_timeout")?.as_millis() as u64);
         }
+        microvm.confidential = r.confidential.map(|c| c.0);
     }
     let mut unikernel = crate::launch::UnikernelOptions::default();
     if let Some(table) = raw.unikernel {
