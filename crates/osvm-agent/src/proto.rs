@@ -114,6 +114,25 @@ pub struct Launch {
     pub network: Option<GuestNetwork>,
     /// `/etc/hosts` lines: (address, names).
     pub hosts: Vec<(String, String)>,
+    /// The component's identity files, written to [`IDENTITY_DIR`] before the workload starts.
+    #[serde(default)]
+    pub identity: Vec<IdentityFile>,
+}
+
+/// Where the guest keeps the component's identity, as a process sandbox has it.
+pub const IDENTITY_DIR: &str = "/run/osvm/identity";
+
+/// One identity file (`cert.pem`, `key.pem`, `bundle.pem`, `crl.pem`): its name, mode and
+/// PEM text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    /// A plain file name (no `/`).
+    pub name: String,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Its contents.
+    pub text: String,
 }
 
 /// The guest's IPv4 configuration on `eth0`.
@@ -153,6 +172,11 @@ pub enum Request {
     Forward {
         /// The TCP port.
         port: u16,
+    },
+    /// Replace the identity files (a renewal, a CA rotation, a revocation list).
+    Identity {
+        /// Every file, each replaced whole.
+        files: Vec<IdentityFile>,
     },
 }
 

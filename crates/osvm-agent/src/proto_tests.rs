@@ -33,8 +33,17 @@ fn every_request_round_trips_through_a_frame() {
             gateway: "10.213.0.1".into(),
         }),
         hosts: vec![("10.214.0.1".into(), "db db.demo.osvm".into())],
+        identity: vec![IdentityFile {
+            name: "key.pem".into(),
+            mode: 0o400,
+            text: "-----BEGIN PRIVATE KEY-----\n".into(),
+        }],
     };
     assert_eq!(decode::<Launch>(&encode(&launch)).unwrap(), launch);
+    let renewal = Request::Identity {
+        files: launch.identity.clone(),
+    };
+    assert_eq!(decode::<Request>(&encode(&renewal)).unwrap(), renewal);
 }
 
 #[test]

@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use osvm_agent::proto::{
-    self, CONTROL_PORT, EVENTS_PORT, Event, LOGS_PORT, Launch, Request, Response, Stream,
+    self, CONTROL_PORT, EVENTS_PORT, Event, IdentityFile, LOGS_PORT, Launch, Request, Response,
+    Stream,
 };
 use osvm_core::{
     Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, LaunchSpec, Runtime, RuntimeError,
@@ -49,6 +50,37 @@ use crate::vsock::{self, CidLease};
 pub use osvm_guest::find_program;
 
 /// The microvm runtime cannot work here, because of `reason`.
+/// The identity files osvm wrote for the component (see osvm-daemon's identity module), with
+/// the modes a process sandbox shows them with, for the guest agent. Only these names are
+/// read, never through a symbolic link, each at most 256 KiB.
+fn identity_files(dir: &Path) -> Result<Vec<IdentityFile>, RuntimeError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const FILES: [(&str, u32); 4] = [
+        ("cert.pem", 0o444),
+        ("key.pem", 0o400),
+        ("bundle.pem", 0o444),
+        ("crl.pem", 0o444),
+    ];
+    let mut files = Vec::new();
+    for (name, mode) in FILES {
+        let path = dir.join(name);
+        let mut text = String::new();
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|f| f.take(256 << 10).read_to_string(&mut text))
+            .map_err(|e| RuntimeError::io(format!("read {}", path.display()), e))?;
+        files.push(IdentityFile {
+            name: name.to_owned(),
+            mode,
+            text,
+        });
+    }
+    Ok(files)
+}
+
 fn unavailable(reason: impl Into<String>) -> RuntimeError {
     osvm_guest::unavailable(RuntimeKind::MicroVm, reason)
 }
@@ -553,6 +585,10 @@ impl MicroVmRuntime {
             working_dir: spec.working_dir.as_ref().map(|p| p.display().to_string()),
             network: vm.net.as_ref().map(|n| n.guest.clone()),
             hosts: spec.hosts.clone(),
+            identity: match &spec.identity {
+                Some(dir) => identity_files(dir)?,
+                None => Vec::new(),
+            },
         };
         proto::write_msg(&mut conn, &launch).map_err(|e| setup(format!("send the launch: {e}")))?;
         let started: Event = proto::read_msg(&mut conn)
@@ -920,6 +956,16 @@ impl Instance for MicroVmInstance {
             return Ok(Some(s));
         }
         Ok(self.base.emulator.try_wait()?.map(|s| self.finish(s)))
+    }
+
+    /// Sends the renewed files to the agent, which replaces its copies.
+    fn refresh_identity(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let files = identity_files(dir)?;
+        match self.request(&Request::Identity { files }, CONTROL_TIMEOUT)? {
+            Response::Ok => Ok(()),
+            Response::Error { message } => Err(setup(format!("identity in the guest: {message}"))),
+            other => Err(setup(format!("unexpected answer {other:?}"))),
+        }
     }
 
     fn signal(&self, signal: i32) -> Result<(), RuntimeError> {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use osvm_agent::proto::{self, Request, Response};
@@ -334,6 +334,85 @@ resources = {{ memory = "128M", cpus = 1 }}
     for host in ["osvm", "qemu-system", "cargo", "vhost-device"] {
         assert!(!out.contains(host), "host process {host} visible: {out}");
     }
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}
+
+/// A VM gets its identity at `/run/osvm/identity` as a process sandbox does (same files, same
+/// modes), before its workload starts, and the renewed files when they change: a CA rotation
+/// ends with the guest holding the new leaf the host issued and a bundle of one CA.
+#[test]
+fn a_vm_gets_its_identity_at_start_and_after_a_ca_rotation() {
+    const TEST: &str = "vm_identity";
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let file = state.path.join("vmid.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "vmid"
+trust_domain = "vmid.osvm"
+
+[[component]]
+name = "v"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "ls -ln /run/osvm/identity; while true; do echo id=$(sha256sum /run/osvm/identity/cert.pem | cut -c1-16) cas=$(grep -c 'BEGIN CERT' /run/osvm/identity/bundle.pem); sleep 1; done"]
+restart = "never"
+resources = { memory = "128M", cpus = 1 }
+"#,
+    )
+    .unwrap();
+    let host_id = || {
+        let o = run(Command::new("sha256sum").arg(state.path.join("identities/vmid/v/cert.pem")));
+        stdout(&o)[..16].to_owned()
+    };
+    let logs = || stdout(&run(state.osvm().args(["logs", "v", "--stream", "stdout"])));
+    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let out = logs();
+            if ok(&out) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "{what}: {out}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = wait_for("the guest's first report", &|o| o.contains("id="));
+    // The files and modes of a process sandbox: the key for its owner alone.
+    let mode_of = |name: &str| {
+        out.lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            // `<time> stdout <mode> <links> <uid> <gid> <size> ...`
+            .map(|l| l.split_whitespace().nth(2).unwrap_or("").to_owned())
+            .unwrap_or_else(|| panic!("no {name} in the listing: {out}"))
+    };
+    assert_eq!(mode_of("key.pem"), "-r--------", "{out}");
+    for name in ["cert.pem", "bundle.pem", "crl.pem"] {
+        assert_eq!(mode_of(name), "-r--r--r--", "{out}");
+    }
+    let first = host_id();
+    assert!(
+        out.contains(&format!("id={first} cas=1")),
+        "host {first}: {out}"
+    );
+
+    let o = run(state
+        .osvm()
+        .args(["cert", "--trust-domain", "vmid.osvm", "ca", "rotate"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The new leaf, and the bundle with the new CA alone once the rotation is done.
+    let out = wait_for("the new leaf in the guest", &|o| {
+        let now = host_id();
+        now != first && o.contains(&format!("id={now} cas=1"))
+    });
+    assert!(!out.contains("identity-delivery-failed"));
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }

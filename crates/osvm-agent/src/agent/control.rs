@@ -61,6 +61,13 @@ fn serve(conn: VsockConn, agent: &Agent) {
             shut_down(agent, Duration::from_millis(grace_ms));
         }
         Request::Forward { port } => forward(conn, port),
+        Request::Identity { files } => reply(
+            &conn,
+            &match super::setup::write_identity(&files) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("write the identity files: {e}")),
+            },
+        ),
     }
 }
 

@@ -6,7 +6,7 @@
 use std::fs;
 use std::time::Duration;
 
-use osvm_agent::proto::Launch;
+use osvm_agent::proto::{IDENTITY_DIR, IdentityFile, Launch};
 
 use super::Agent;
 use super::exec::{self, Context};
@@ -39,6 +39,11 @@ pub fn configure(agent: &Agent, launch: &Launch) {
     }
     if let Err(error) = write_hosts(launch) {
         say!("cannot write /etc/hosts: {error}");
+    }
+    if !launch.identity.is_empty()
+        && let Err(error) = write_identity(&launch.identity)
+    {
+        say!("cannot write the identity files: {error}");
     }
     if !launch.hostname.is_empty()
         && let Err(error) = nix::unistd::sethostname(&launch.hostname)
@@ -87,4 +92,40 @@ fn write_hosts(launch: &Launch) -> std::io::Result<()> {
     // The initramfs root is writable, but may not have /etc yet.
     fs::create_dir_all("/etc")?;
     fs::write("/etc/hosts", hosts)
+}
+
+/// Writes the identity files into [`IDENTITY_DIR`], each replaced whole (written beside, then
+/// renamed), with the modes the host gave (a process sandbox's: the key 0400, the rest 0444).
+pub fn write_identity(files: &[IdentityFile]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = std::path::Path::new(IDENTITY_DIR);
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for file in files {
+        let plain = !file.name.is_empty()
+            && !file.name.starts_with('.')
+            && file
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+        if !plain {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("not a plain file name: {:?}", file.name),
+            ));
+        }
+        let part = dir.join(format!(".{}.part", file.name));
+        let _ = fs::remove_file(&part);
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part)?;
+        out.write_all(file.text.as_bytes())?;
+        out.sync_all()?;
+        fs::set_permissions(&part, fs::Permissions::from_mode(file.mode & 0o777))?;
+        fs::rename(&part, dir.join(&file.name))?;
+    }
+    Ok(())
 }
