@@ -114,6 +114,10 @@ pub struct Launch {
     pub network: Option<GuestNetwork>,
     /// `/etc/hosts` lines: (address, names).
     pub hosts: Vec<(String, String)>,
+    /// A block device holding the component's ext4 data volume, mounted at `/data` before the
+    /// workload starts.
+    #[serde(default)]
+    pub data_device: Option<String>,
     /// The component's identity files, written to [`IDENTITY_DIR`] before the workload starts.
     #[serde(default)]
     pub identity: Vec<IdentityFile>,

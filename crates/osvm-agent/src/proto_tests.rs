@@ -33,6 +33,7 @@ fn every_request_round_trips_through_a_frame() {
             gateway: "10.213.0.1".into(),
         }),
         hosts: vec![("10.214.0.1".into(), "db db.demo.osvm".into())],
+        data_device: Some("/dev/vda".into()),
         identity: vec![IdentityFile {
             name: "key.pem".into(),
             mode: 0o400,

@@ -22,7 +22,12 @@ use osvm_guest::digest::sha256_file;
 pub const META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// The modules a guest needs, by name; their dependencies are added and ordered.
-pub const WANTED_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport", "virtio_net"];
+pub const WANTED_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "vmw_vsock_virtio_transport",
+    "virtio_net",
+    "virtio_blk",
+];
 
 /// What can go wrong with a kernel.
 #[derive(Debug, thiserror::Error)]

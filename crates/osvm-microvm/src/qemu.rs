@@ -37,6 +37,8 @@ pub struct QemuArgs {
     pub qmp: PathBuf,
     /// The guest MAC when a TAP is passed as fd 3.
     pub net_mac: Option<String>,
+    /// The component's data volume (an ext4 image), the guest's `/dev/vda`.
+    pub data: Option<PathBuf>,
 }
 
 impl QemuArgs {
@@ -89,6 +91,19 @@ impl QemuArgs {
             "-sandbox".into(),
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         ]);
+        if let Some(image) = &self.data {
+            // QEMU locks the image (OFD locks): a second VM of the component cannot open it
+            // while this one runs, so the ext4 inside is never mounted twice.
+            a.extend([
+                "-drive".into(),
+                format!(
+                    "file={},format=raw,if=none,id=data,cache=none,aio=threads",
+                    image.display()
+                ),
+                "-device".into(),
+                "virtio-blk-device,drive=data".into(),
+            ]);
+        }
         if let Some(mac) = &self.net_mac {
             a.extend([
                 "-netdev".into(),
@@ -134,6 +149,7 @@ mod tests {
             vhost_socket: "/v".into(),
             qmp: "/q".into(),
             net_mac: Some("02:6f:00:00:00:01".into()),
+            data: Some("/d.img".into()),
         }
         .to_args();
         let line = args.join(" ");
@@ -142,5 +158,7 @@ mod tests {
         assert!(!line.contains("kvm"), "{line}");
         assert!(line.contains("size=256M,share=on"), "{line}");
         assert!(line.contains("tap,id=n0,fd=3"), "{line}");
+        assert!(line.contains("file=/d.img,format=raw"), "{line}");
+        assert!(line.contains("virtio-blk-device,drive=data"), "{line}");
     }
 }

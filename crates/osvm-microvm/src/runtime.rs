@@ -50,6 +50,55 @@ use crate::vsock::{self, CidLease};
 pub use osvm_guest::find_program;
 
 /// The microvm runtime cannot work here, because of `reason`.
+impl MicroVmRuntime {
+    /// The component's `/data` volume, the same ext4 image a process instance of it would
+    /// mount (`data/stacks/<stack>/<name>.img`), made at the first start, sized by
+    /// `resources.disk`; it outlives instances, restarts and the daemon.
+    fn data_volume(&self, spec: &LaunchSpec) -> Result<PathBuf, RuntimeError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let image = self.sandbox.volume_path(spec);
+        if let Some(parent) = image.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| RuntimeError::io(format!("create {}", parent.display()), e))?;
+        }
+        osvm_sandbox::volume::ensure_image(&image, spec.resources.disk()).map_err(|e| match e {
+            osvm_sandbox::volume::VolumeError::Unavailable(reason) => unavailable(reason),
+            other => setup(format!("the data volume: {other}")),
+        })?;
+        if disk_in_use(&image)
+            .map_err(|e| RuntimeError::io(format!("check {}", image.display()), e))?
+        {
+            return Err(setup(format!(
+                "the data volume {} is in use by another VM of `{}`: a disk cannot be shared by \
+                 two guests, so a microVM with /data cannot be hot-swapped yet; stop it first \
+                 (`osvm restart` does)",
+                image.display(),
+                spec.name
+            )));
+        }
+        Ok(image)
+    }
+}
+
+/// Whether a running QEMU holds the image (QEMU takes OFD locks on the image files it opens).
+fn disk_in_use(image: &Path) -> io::Result<bool> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let file = fs::File::open(image)?;
+    // Would a write lock over the whole file conflict with anyone's?
+    let mut probe = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(&file, FcntlArg::F_OFD_GETLK(&mut probe)).map_err(io::Error::from)?;
+    Ok(probe.l_type != nix::libc::F_UNLCK as i16)
+}
+
 /// The identity files osvm wrote for the component (see osvm-daemon's identity module), with
 /// the modes a process sandbox shows them with, for the guest agent. Only these names are
 /// read, never through a symbolic link, each at most 256 KiB.
@@ -507,6 +556,24 @@ impl MicroVmRuntime {
             std::thread::sleep(Duration::from_millis(5));
         }
 
+        let data = match spec.data {
+            osvm_core::DataKind::Persistent => {
+                // A kernel fetched before osvm gave VMs a data disk lacks the block driver.
+                let has_blk = kernel
+                    .modules
+                    .iter()
+                    .any(|m| m.file_name().is_some_and(|n| n == "virtio_blk.ko"));
+                if !has_blk && options(spec)?.kernel.is_none() {
+                    return Err(setup(format!(
+                        "the guest kernel {} has no virtio_blk module for the /data volume; \
+                         `osvm kernel fetch --force` stores one that has",
+                        kernel.release
+                    )));
+                }
+                Some(self.data_volume(spec)?)
+            }
+            osvm_core::DataKind::Ephemeral => None,
+        };
         let qmp = run.join("qmp.sock");
         let args = QemuArgs {
             accel,
@@ -519,6 +586,7 @@ impl MicroVmRuntime {
             vhost_socket,
             qmp: qmp.clone(),
             net_mac: vm.net.as_ref().map(|n| n.mac.clone()),
+            data: data.clone(),
         };
         let qemu_bin = find_program("qemu-system-x86_64").expect("checked available");
         // The console log lives in the instance directory; QEMU writes it through an
@@ -531,12 +599,17 @@ impl MicroVmRuntime {
             memory: (memory_mib << 20) + QEMU_OVERHEAD,
             accel: Some(accel),
         }
-        .build(vec![
-            run_bind,
-            rw(&dir.join("console.log")),
-            ro(&kernel.image),
-            ro(&image.path),
-        ]);
+        .build(
+            [
+                run_bind,
+                rw(&dir.join("console.log")),
+                ro(&kernel.image),
+                ro(&image.path),
+            ]
+            .into_iter()
+            .chain(data.as_deref().map(rw))
+            .collect(),
+        );
         let fds: Vec<_> = vm.net.iter().map(|n| n.tap.as_fd()).collect();
         let spawned = Instant::now();
         vm.qemu = Some(
@@ -585,6 +658,7 @@ impl MicroVmRuntime {
             working_dir: spec.working_dir.as_ref().map(|p| p.display().to_string()),
             network: vm.net.as_ref().map(|n| n.guest.clone()),
             hosts: spec.hosts.clone(),
+            data_device: data.as_ref().map(|_| "/dev/vda".to_owned()),
             identity: match &spec.identity {
                 Some(dir) => identity_files(dir)?,
                 None => Vec::new(),
@@ -1116,4 +1190,35 @@ fn options(spec: &LaunchSpec) -> Result<&osvm_core::VmOptions, RuntimeError> {
     spec.runtime
         .vm_options()
         .ok_or_else(|| spec.runtime.given_to(&spec.name, RuntimeKind::MicroVm))
+}
+
+#[cfg(test)]
+mod data_volume_tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_locked_by_another_open_file_is_in_use() {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let path = std::env::temp_dir().join(format!("osvm-disk-lock-{}", std::process::id()));
+        fs::write(&path, vec![0u8; 4096]).unwrap();
+        assert!(!disk_in_use(&path).unwrap());
+        // What QEMU does on the images it opens: OFD locks on a few bytes.
+        let qemu = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let lock = nix::libc::flock {
+            l_type: nix::libc::F_WRLCK as i16,
+            l_whence: nix::libc::SEEK_SET as i16,
+            l_start: 100,
+            l_len: 1,
+            l_pid: 0,
+        };
+        fcntl(&qemu, FcntlArg::F_OFD_SETLK(&lock)).unwrap();
+        assert!(disk_in_use(&path).unwrap());
+        drop(qemu);
+        assert!(!disk_in_use(&path).unwrap());
+        let _ = fs::remove_file(&path);
+    }
 }

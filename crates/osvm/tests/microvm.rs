@@ -417,6 +417,67 @@ resources = { memory = "128M", cpus = 1 }
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
 
+/// A VM's `/data` is the component's ext4 volume on a virtio disk: what one boot writes, the
+/// next reads, across a restart and across `osvm down` and `up`; the image is the one a
+/// process instance of the component would mount, sized by `resources.disk`.
+#[test]
+fn a_vms_data_outlives_its_instances() {
+    const TEST: &str = "vm_data";
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let file = state.path.join("vmdata.toml");
+    std::fs::write(
+        &file,
+        r#"
+[stack]
+name = "vmdata"
+
+[[component]]
+name = "d"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; sync; echo boot=$n; grep ' /data ' /proc/mounts; sleep 3600"]
+restart = "never"
+resources = { memory = "128M", cpus = 1, disk = "64M" }
+"#,
+    )
+    .unwrap();
+    let logs = || stdout(&run(state.osvm().args(["logs", "d", "--stream", "stdout"])));
+    let wait_for = |what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let out = logs();
+            if out.contains(what) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "no {what}: {out}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = wait_for("boot=1");
+    assert!(out.contains("/dev/vda /data ext4"), "{out}");
+    let image = state.path.join("data/stacks/vmdata/d.img");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20);
+
+    let o = run(state.osvm().args(["restart", "d"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for("boot=2");
+
+    let o = run(state.osvm().arg("down").arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+    assert!(image.exists(), "down keeps the data");
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for("boot=3");
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}
+
 #[test]
 fn two_vms_get_different_cids_and_a_released_cid_is_reused() {
     const TEST: &str = "vm_cids";

@@ -101,6 +101,16 @@ pub fn run(agent: &Arc<Agent>) -> ! {
     let _ = agent.exec_context.set(exec::Context::of_launch(&launch));
 
     setup::configure(agent, &launch);
+    // A workload that was given a data volume never runs on an empty /data instead.
+    if let Some(device) = &launch.data_device
+        && let Err(error) = setup::mount_data(device)
+    {
+        say!("cannot mount the data volume: {error}");
+        agent.events.send(&Event::StartFailed {
+            error: format!("cannot mount the data volume {device} at /data: {error}"),
+        });
+        agent.power_off();
+    }
 
     match VsockConn::connect(proto::HOST_CID, proto::LOGS_PORT) {
         Ok(conn) => agent.logs.attach(conn),

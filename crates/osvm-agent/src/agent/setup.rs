@@ -129,3 +129,27 @@ pub fn write_identity(files: &[IdentityFile]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Mounts the ext4 data volume on `device` at `/data` (`nosuid`, `nodev`), waiting up to 10 s
+/// for the device node (the block driver probes it as the guest boots).
+pub fn mount_data(device: &str) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(device).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{device} did not appear within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::create_dir_all("/data").map_err(|e| format!("create /data: {e}"))?;
+    mount(
+        Some(device),
+        "/data",
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount {device} (ext4) at /data: {e}"))?;
+    say!("/data: ext4 on {device}");
+    Ok(())
+}
