@@ -354,7 +354,79 @@ fn main() {
         "vsock control request: connect + CONNECT/OK + ping/pong",
         &control,
     );
+    data_disk(&vms, &state, runs.min(3));
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The guest's `/data` (the component's ext4 image on a virtio-blk disk) against the host's
+/// own file system, with `osvm-probe throughput` (256 MiB written and fsynced, then 2,000
+/// small files) in both; skipped without the probe (`cargo build --release -p osvm-testkit`).
+fn data_disk(vms: &MicroVmRuntime, state: &Path, runs: usize) {
+    let probe = Path::new(env!("CARGO_BIN_EXE_osvm")).with_file_name("osvm-probe");
+    if !probe.exists() {
+        println!("\nSKIP data disk table: {} is missing", probe.display());
+        return;
+    }
+    let host_dir = state.join("host-data");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let parse = |text: &str| -> (f64, f64) {
+        let v: serde_json::Value = text
+            .lines()
+            .rev()
+            .find_map(|l| l.find('{').and_then(|i| serde_json::from_str(&l[i..]).ok()))
+            .unwrap_or_else(|| panic!("no result in: {text}"));
+        (
+            v["write_mib_s"].as_f64().unwrap(),
+            v["files_per_s"].as_f64().unwrap(),
+        )
+    };
+    let mut spec = LaunchSpec::new(
+        "benchdata",
+        probe.display().to_string(),
+        vec!["throughput".into(), "/data".into(), "256".into()],
+    );
+    spec.resources.memory_bytes = Some(256 << 20);
+    spec.resources.cpus = Some(2.0);
+    spec.resources.disk_bytes = Some(1 << 30);
+    spec.runtime = osvm_core::RuntimeSpec::MicroVm {
+        microvm: osvm_core::VmOptions::default(),
+    };
+    let (mut host, mut guest) = (Vec::new(), Vec::new());
+    for round in 0..runs {
+        let out = Command::new(&probe)
+            .arg("throughput")
+            .arg(&host_dir)
+            .arg("256")
+            .output()
+            .unwrap();
+        host.push(parse(&String::from_utf8_lossy(&out.stdout)));
+        let vm = vms
+            .start_vm(&spec, &format!("benchdata-{round}"))
+            .expect("start the data VM");
+        vm.wait().unwrap();
+        let text = std::fs::read_to_string(vm.log_paths().0).unwrap_or_default();
+        guest.push(parse(&text));
+    }
+    let median = |v: &[(f64, f64)], k: usize| {
+        let mut v: Vec<f64> = v.iter().map(|p| if k == 0 { p.0 } else { p.1 }).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("\n/data in a microVM vs the host's file system ({runs} rounds, medians)\n");
+    println!("| | write 256 MiB + fsync (MiB/s) | 2,000 x 4 KiB files (files/s) |");
+    println!("|---|---:|---:|");
+    println!(
+        "| host directory (no sandbox) | {:.0} | {:.0} |",
+        median(&host, 0),
+        median(&host, 1)
+    );
+    println!(
+        "| microVM /data (ext4 image, virtio-blk) | {:.0} ({:.2}x) | {:.0} ({:.2}x) |",
+        median(&guest, 0),
+        median(&guest, 0) / median(&host, 0),
+        median(&guest, 1),
+        median(&guest, 1) / median(&host, 1)
+    );
 }
 
 /// The memory of the vsock backend's sandbox cgroup, read through the sandbox runtime.

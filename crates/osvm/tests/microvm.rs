@@ -338,6 +338,22 @@ resources = {{ memory = "128M", cpus = 1 }}
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
 
+/// Component `name`'s stdout log once `ok` holds for it (within 3 minutes: VMs boot under TCG
+/// here), else a failure naming `what`.
+fn wait_for_stdout(state: &StateDir, name: &str, what: &str, ok: &dyn Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = stdout(&run(state
+            .osvm()
+            .args(["logs", name, "--stream", "stdout"])));
+        if ok(&out) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{what}: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A VM gets its identity at `/run/osvm/identity` as a process sandbox does (same files, same
 /// modes), before its workload starts, and the renewed files when they change: a CA rotation
 /// ends with the guest holding the new leaf the host issued and a bundle of one CA.
@@ -369,18 +385,7 @@ resources = { memory = "128M", cpus = 1 }
         let o = run(Command::new("sha256sum").arg(state.path.join("identities/vmid/v/cert.pem")));
         stdout(&o)[..16].to_owned()
     };
-    let logs = || stdout(&run(state.osvm().args(["logs", "v", "--stream", "stdout"])));
-    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| -> String {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let out = logs();
-            if ok(&out) {
-                return out;
-            }
-            assert!(Instant::now() < deadline, "{what}: {out}");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    };
+    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| wait_for_stdout(&state, "v", what, ok);
     let _daemon = Daemon::start(&state);
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -443,18 +448,7 @@ resources = { memory = "128M", cpus = 1, disk = "64M" }
 "#,
     )
     .unwrap();
-    let logs = || stdout(&run(state.osvm().args(["logs", "d", "--stream", "stdout"])));
-    let wait_for = |what: &str| -> String {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let out = logs();
-            if out.contains(what) {
-                return out;
-            }
-            assert!(Instant::now() < deadline, "no {what}: {out}");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    };
+    let wait_for = |what: &str| wait_for_stdout(&state, "d", what, &|out| out.contains(what));
     let _daemon = Daemon::start(&state);
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
