@@ -247,6 +247,10 @@ pub struct VmOptions {
     /// A confidential guest: refused at start unless the host can give it, never run without.
     #[serde(default)]
     pub confidential: Option<ConfidentialChoice>,
+    /// No data disk: the guest's `/data` is part of its image's memory file system, gone with
+    /// the instance, and the component can be hot-swapped (a disk cannot be in two guests).
+    #[serde(default)]
+    pub no_data_disk: bool,
 }
 
 /// Which program boots a Hermit image.

@@ -73,8 +73,8 @@ impl MicroVmRuntime {
         {
             return Err(setup(format!(
                 "the data volume {} is in use by another VM of `{}`: a disk cannot be shared by \
-                 two guests, so a microVM with /data cannot be hot-swapped yet; stop it first \
-                 (`osvm restart` does)",
+                 two guests, so a microVM with a data disk cannot be hot-swapped; stop it first \
+                 (`osvm restart` does), or give a stateless VM `microvm = {{ data_disk = false }}`",
                 image.display(),
                 spec.name
             )));
@@ -557,7 +557,7 @@ impl MicroVmRuntime {
         }
 
         let data = match spec.data {
-            osvm_core::DataKind::Persistent => {
+            osvm_core::DataKind::Persistent if !options(spec)?.no_data_disk => {
                 // A kernel fetched before osvm gave VMs a data disk lacks the block driver.
                 let has_blk = kernel
                     .modules
@@ -572,7 +572,7 @@ impl MicroVmRuntime {
                 }
                 Some(self.data_volume(spec)?)
             }
-            osvm_core::DataKind::Ephemeral => None,
+            _ => None,
         };
         let qmp = run.join("qmp.sock");
         let args = QemuArgs {

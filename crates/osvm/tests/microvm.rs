@@ -424,7 +424,8 @@ resources = { memory = "128M", cpus = 1 }
 
 /// A VM's `/data` is the component's ext4 volume on a virtio disk: what one boot writes, the
 /// next reads, across a restart and across `osvm down` and `up`; the image is the one a
-/// process instance of the component would mount, sized by `resources.disk`.
+/// process instance of the component would mount, sized by `resources.disk`. A stateless VM
+/// (`data_disk = false`) gets none.
 #[test]
 fn a_vms_data_outlives_its_instances() {
     const TEST: &str = "vm_data";
@@ -445,6 +446,16 @@ command = "/bin/sh"
 args = ["-c", "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; sync; echo boot=$n; grep ' /data ' /proc/mounts; sleep 3600"]
 restart = "never"
 resources = { memory = "128M", cpus = 1, disk = "64M" }
+
+# Stateless: no disk, so it can be hot-swapped.
+[[component]]
+name = "s"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "echo data-mounts=$(grep -c ' /data ' /proc/mounts); sleep 3600"]
+restart = "never"
+resources = { memory = "128M", cpus = 1 }
+microvm = { data_disk = false }
 "#,
     )
     .unwrap();
@@ -454,6 +465,10 @@ resources = { memory = "128M", cpus = 1, disk = "64M" }
     assert!(o.status.success(), "{}", stderr(&o));
     let out = wait_for("boot=1");
     assert!(out.contains("/dev/vda /data ext4"), "{out}");
+    wait_for_stdout(&state, "s", "the stateless VM's report", &|o| {
+        o.contains("data-mounts=0")
+    });
+    assert!(!state.path.join("data/stacks/vmdata/s.img").exists());
     let image = state.path.join("data/stacks/vmdata/d.img");
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20);
 

@@ -190,6 +190,8 @@ pub(crate) struct RawMicroVm {
     pub(crate) boot_timeout: Option<Spanned<String>>,
     /// `sev-snp` or `tdx`.
     pub(crate) confidential: Option<Word<crate::launch::ConfidentialChoice>>,
+    /// `false`: no data disk (a stateless VM that can be hot-swapped).
+    pub(crate) data_disk: Option<bool>,
 }
 
 /// `unikernel = { launcher = "auto", accel = "auto", boot_timeout = "30s", deadline = "1m" }`.
@@ -615,8 +617,8 @@ impl<'de, T: Deserialize<'de> + Expecting> Deserialize<'de> for Table<T> {
 }
 
 impl Expecting for RawMicroVm {
-    const EXPECTING: &'static str =
-        "a table such as { accel = \"auto\", include = [\"/srv/site\"], boot_timeout = \"60s\" }";
+    const EXPECTING: &'static str = "a table such as { accel = \"auto\", include = [\"/srv/site\"], \
+         boot_timeout = \"60s\", data_disk = true }";
 }
 
 impl Expecting for RawUnikernel {

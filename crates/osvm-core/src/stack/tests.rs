@@ -295,6 +295,14 @@ fn a_microvm_may_ask_for_a_confidential_guest_by_name() {
     let stack = parse(&text("tdx"), "s.toml").unwrap();
     let vm = serde_json::to_value(&stack.components[0]).unwrap();
     assert_eq!(vm["microvm"]["confidential"], "tdx");
+    assert_eq!(
+        vm["microvm"]["no_data_disk"], false,
+        "a data disk by default"
+    );
+    let stateless = text("tdx").replace("confidential = \"tdx\"", "data_disk = false");
+    let stack = parse(&stateless, "s.toml").unwrap();
+    let vm = serde_json::to_value(&stack.components[0]).unwrap();
+    assert_eq!(vm["microvm"]["no_data_disk"], true);
     // SGX protects enclaves inside a process, not a guest: not a choice here.
     let err = parse(&text("sgx"), "s.toml").unwrap_err();
     assert_eq!(err.line(), Some(7), "{err}");

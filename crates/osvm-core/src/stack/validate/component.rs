@@ -264,6 +264,7 @@ pub(super) fn component(
             microvm.boot_timeout_ms = Some(duration(src, t, "boot_timeout")?.as_millis() as u64);
         }
         microvm.confidential = r.confidential.map(|c| c.0);
+        microvm.no_data_disk = r.data_disk == Some(false);
     }
     let mut unikernel = crate::launch::UnikernelOptions::default();
     if let Some(table) = raw.unikernel {
