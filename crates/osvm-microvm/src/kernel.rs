@@ -22,12 +22,11 @@ use osvm_guest::digest::sha256_file;
 pub const META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// The modules a guest needs, by name; their dependencies are added and ordered.
-pub const WANTED_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "vmw_vsock_virtio_transport",
-    "virtio_net",
-    "virtio_blk",
-];
+pub const WANTED_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport", "virtio_net"];
+
+/// Modules taken when the tree has them: the data disk's driver (a kernel of one's own may have
+/// it built in; a guest that lacks it altogether fails its start at the mount, saying so).
+pub const OPTIONAL_MODULES: &[&str] = &["virtio_blk"];
 
 /// What can go wrong with a kernel.
 #[derive(Debug, thiserror::Error)]
@@ -377,8 +376,8 @@ fn fetch_into(
     Kernel::load(target)
 }
 
-/// The `.ko` files under `dir` (a `lib/modules/<release>` tree) that [`WANTED_MODULES`] need,
-/// dependencies first, each once.
+/// The `.ko` files under `dir` (a `lib/modules/<release>` tree) that [`WANTED_MODULES`] need
+/// (and [`OPTIONAL_MODULES`], where the tree has them), dependencies first, each once.
 pub fn resolve_modules(dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
     let mut index = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -401,6 +400,11 @@ pub fn resolve_modules(dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
     let mut seen = BTreeSet::new();
     for want in WANTED_MODULES {
         visit(want, &index, &mut seen, &mut order, 0)?;
+    }
+    for want in OPTIONAL_MODULES {
+        if index.contains_key(&want.replace('-', "_")) {
+            visit(want, &index, &mut seen, &mut order, 0)?;
+        }
     }
     Ok(order)
 }
