@@ -188,6 +188,13 @@ impl Tree {
     }
 }
 
+/// A name part no other build in this or another process uses at the same time.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}", std::process::id())
+}
+
 /// The libraries `ldd` lists for `program` (none for a static one).
 pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let out = Command::new("ldd")
@@ -335,7 +342,11 @@ pub fn build(images_dir: &Path, inputs: &ImageInputs) -> Result<Image, ImageErro
     ] {
         let path = etc.join(name);
         if fs::read_to_string(&path).ok().as_deref() != Some(content) {
-            fs::write(&path, content).map_err(io_err(format!("write {}", path.display())))?;
+            // Written beside and renamed: a concurrent build never reads it half written.
+            let part = etc.join(format!(".{name}.{}", unique()));
+            fs::write(&part, content)
+                .and_then(|()| fs::rename(&part, &path))
+                .map_err(io_err(format!("write {}", path.display())))?;
         }
         tree.file(&path, &Path::new("/etc").join(name))?;
     }
@@ -352,7 +363,9 @@ pub fn build(images_dir: &Path, inputs: &ImageInputs) -> Result<Image, ImageErro
             entries,
         });
     }
-    let partial = images_dir.join(format!(".{digest}.{}.partial", std::process::id()));
+    // Two starts may build the same image at once (two components with the same program):
+    // each writes its own partial file, and the last rename leaves the same content.
+    let partial = images_dir.join(format!(".{digest}.{}.partial", unique()));
     let written = write_cpio(&tree, &partial)
         .and_then(|()| fs::rename(&partial, &path).map_err(io_err("store the image")));
     if let Err(e) = written {
@@ -447,6 +460,45 @@ impl<W: Write> CpioWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two starts building the same image at once (two VMs of one program) both get it: each
+    /// writes its own partial file (they shared one, and the second rename failed).
+    #[test]
+    fn concurrent_builds_of_one_image_all_succeed() {
+        let Some(busybox) =
+            osvm_guest::find_program("busybox").filter(|b| is_static_elf(b).unwrap_or(false))
+        else {
+            println!("SKIP concurrent_builds_of_one_image_all_succeed: no static busybox");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("osvm-image-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let inputs = ImageInputs {
+            // Any static executable stands in for the agent here.
+            agent: busybox.clone(),
+            busybox,
+            modules: Vec::new(),
+            programs: Vec::new(),
+            include: Vec::new(),
+        };
+        let built: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6).map(|_| s.spawn(|| build(&dir, &inputs))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let digests: std::collections::BTreeSet<String> = built
+            .into_iter()
+            .map(|b| b.expect("every build succeeds").digest)
+            .collect();
+        assert_eq!(digests.len(), 1, "{digests:?}");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn ldd_lines_give_library_paths() {

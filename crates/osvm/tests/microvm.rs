@@ -349,7 +349,10 @@ fn wait_for_stdout(state: &StateDir, name: &str, what: &str, ok: &dyn Fn(&str) -
         if ok(&out) {
             return out;
         }
-        assert!(Instant::now() < deadline, "{what}: {out}");
+        if Instant::now() > deadline {
+            let events = stdout(&run(state.osvm().arg("events")));
+            panic!("{what}: stdout {out:?}; events:\n{events}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
