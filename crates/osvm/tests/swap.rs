@@ -336,7 +336,11 @@ fn read_response(s: &mut TcpStream) -> Result<String, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 256];
     loop {
-        let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        let n = match s.read(&mut chunk) {
+            // A signal to this test process, not an answer from the server: read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other.map_err(|e| format!("read: {e}"))?,
+        };
         if n == 0 {
             return Err(format!("closed after {} bytes", buf.len()));
         }
