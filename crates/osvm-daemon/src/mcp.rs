@@ -350,14 +350,20 @@ async fn passed_stdio(socket: &std::os::fd::OwnedFd) -> std::io::Result<(BoxRead
     Ok((read, write))
 }
 
-/// What a passed descriptor is.
-enum Kind {
+/// What a descriptor handed over for an MCP stdio session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A pipe.
     Fifo,
+    /// A unix stream socket.
     UnixSocket,
+    /// Anything else (a terminal, a file, an inet socket).
     Other,
 }
 
-fn kind(fd: &impl std::os::fd::AsFd) -> std::io::Result<Kind> {
+/// Whether `fd` is a pipe, a unix socket or neither: only the first two are taken for a session
+/// (and offered by `osvm mcp serve`).
+pub fn kind(fd: &impl std::os::fd::AsFd) -> std::io::Result<Kind> {
     use nix::sys::stat::{SFlag, fstat};
     let st = fstat(fd).map_err(std::io::Error::from)?;
     let mode = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;

@@ -285,15 +285,8 @@ impl Client {
 /// Whether a descriptor can be handed to the daemon for an MCP session: a pipe or a unix
 /// socket (what agents spawn their servers with). A terminal or a file is copied instead.
 fn passable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    use nix::sys::stat::{SFlag, fstat};
-    use std::os::fd::AsRawFd;
-    let Ok(st) = fstat(fd) else {
-        return false;
-    };
-    let mode = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-    mode == SFlag::S_IFIFO
-        || (mode == SFlag::S_IFSOCK
-            && nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd()).is_ok())
+    use osvm_daemon::mcp::{Kind, kind};
+    matches!(kind(&fd), Ok(Kind::Fifo | Kind::UnixSocket))
 }
 
 fn failure(status: StatusCode, body: &[u8]) -> ApiFailure {
