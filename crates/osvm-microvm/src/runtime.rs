@@ -1196,6 +1196,29 @@ fn options(spec: &LaunchSpec) -> Result<&osvm_core::VmOptions, RuntimeError> {
 mod data_volume_tests {
     use super::*;
 
+    /// The identity directory is osvm's, but a link planted in it must not make the guest
+    /// receive another host file as its key.
+    #[test]
+    fn identity_files_are_never_read_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("osvm-vm-id-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for n in ["cert.pem", "bundle.pem", "crl.pem", "key.pem"] {
+            fs::write(dir.join(n), n).unwrap();
+        }
+        let files = identity_files(&dir).unwrap();
+        assert_eq!(files.len(), 4);
+        assert_eq!(
+            files.iter().find(|f| f.name == "key.pem").unwrap().mode,
+            0o400
+        );
+        fs::remove_file(dir.join("key.pem")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("key.pem")).unwrap();
+        let err = identity_files(&dir).unwrap_err().to_string();
+        assert!(err.contains("key.pem"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_disk_locked_by_another_open_file_is_in_use() {
         use nix::fcntl::{FcntlArg, fcntl};

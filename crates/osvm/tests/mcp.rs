@@ -1145,6 +1145,51 @@ fn an_oversized_stdio_message_is_answered_with_its_id_and_the_session_goes_on() 
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(r#""id":2"#) && out.contains("tools"), "{out}");
 
+    // Handed over: a plain file, not a pipe or socket. The daemon refuses it, says why on the
+    // connection and never reads it as a session.
+    {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut conn =
+            std::os::unix::net::UnixStream::connect(state.path.join("osvm.sock")).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        write!(
+            conn,
+            "GET /v1/mcp/stdio HTTP/1.1\r\nhost: osvm\r\nconnection: upgrade\r\n\
+             upgrade: osvm-mcp-stdio\r\nx-osvm-client: alice\r\nx-osvm-stdio-fds: 1\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(conn.read(&mut byte).unwrap(), 1, "{head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(
+            head.starts_with("http/1.1 101") && head.contains("x-osvm-stdio-fds: 1"),
+            "{head}"
+        );
+        let file = std::fs::File::open(&requests).unwrap();
+        let fds = [file.as_raw_fd(), file.as_raw_fd()];
+        sendmsg::<()>(
+            conn.as_raw_fd(),
+            &[std::io::IoSlice::new(b"F")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let mut said = String::new();
+        conn.read_to_string(&mut said).unwrap();
+        assert!(
+            said.contains("neither a pipe nor a unix socket"),
+            "{said:?}"
+        );
+    }
+
     // A token the daemon does not know: the bridge says why and fails, before any message.
     let o = state
         .osvm()

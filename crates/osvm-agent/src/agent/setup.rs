@@ -97,9 +97,13 @@ fn write_hosts(launch: &Launch) -> std::io::Result<()> {
 /// Writes the identity files into [`IDENTITY_DIR`], each replaced whole (written beside, then
 /// renamed), with the modes the host gave (a process sandbox's: the key 0400, the rest 0444).
 pub fn write_identity(files: &[IdentityFile]) -> std::io::Result<()> {
+    write_identity_in(std::path::Path::new(IDENTITY_DIR), files)
+}
+
+/// [`write_identity`] into `dir`.
+fn write_identity_in(dir: &std::path::Path, files: &[IdentityFile]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = std::path::Path::new(IDENTITY_DIR);
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     for file in files {
@@ -152,4 +156,38 @@ pub fn mount_data(device: &str) -> Result<(), String> {
     .map_err(|e| format!("mount {device} (ext4) at /data: {e}"))?;
     say!("/data: ext4 on {device}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(name: &str, mode: u32) -> IdentityFile {
+        IdentityFile {
+            name: name.into(),
+            mode,
+            text: format!("{name}\n"),
+        }
+    }
+
+    #[test]
+    fn identity_files_land_in_their_directory_with_their_modes_and_nowhere_else() {
+        let root = std::env::temp_dir().join(format!("osvm-agent-id-{}", std::process::id()));
+        let dir = root.join("identity");
+        let _ = fs::remove_dir_all(&root);
+        write_identity_in(&dir, &[file("key.pem", 0o400), file("cert.pem", 0o4755)]).unwrap();
+        let mode = |n: &str| fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("key.pem"), 0o400);
+        assert_eq!(mode("cert.pem"), 0o755, "no set-id bits from the host");
+        // A name that leaves the directory, or hides in it, is refused and writes nothing.
+        for evil in ["../escaped.pem", "/etc/passwd", ".hidden", "a/b", ""] {
+            assert!(
+                write_identity_in(&dir, &[file(evil, 0o444)]).is_err(),
+                "{evil}"
+            );
+        }
+        assert!(!root.join("escaped.pem").exists());
+        let _ = fs::remove_dir_all(&root);
+    }
 }
