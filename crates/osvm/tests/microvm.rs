@@ -466,7 +466,10 @@ microvm = { data_disk = false }
     let _daemon = Daemon::start(&state);
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
-    let out = wait_for("boot=1");
+    // The mount line follows `boot=1` in the log: wait for it too, not just the first line.
+    let out = wait_for_stdout(&state, "d", "the first boot's report", &|out| {
+        out.contains("boot=1") && out.contains(" /data ")
+    });
     assert!(out.contains("/dev/vda /data ext4"), "{out}");
     wait_for_stdout(&state, "s", "the stateless VM's report", &|o| {
         o.contains("data-mounts=0")
