@@ -13,6 +13,12 @@
 //!   after [`Request::Forward`] is answered with [`Response::Ok`] the connection becomes a byte
 //!   stream to a TCP port on the guest's loopback.
 //!
+//! A host that restarted (the daemon was killed; QEMU and the guest ran on) takes the VM back
+//! from the control port: [`Request::Reattach`] is answered with the workload's state
+//! ([`Response::Attached`]) and the connection becomes the events connection; after
+//! [`Request::Logs`] it becomes the logs connection, starting with the output the agent held
+//! while no host read it.
+//!
 //! Every message is a frame: a 4-byte big-endian length, then that many bytes of JSON
 //! `{"v": 1, "msg": ...}`. Frames larger than [`MAX_FRAME`] are refused before anything is
 //! read into memory; a frame that is not valid JSON of the expected shape, or has another
@@ -182,6 +188,12 @@ pub enum Request {
         /// Every file, each replaced whole.
         files: Vec<IdentityFile>,
     },
+    /// A restarted host takes the events over: answered with [`Response::Attached`], then this
+    /// connection carries the [`Event`]s (the previous one is closed).
+    Reattach,
+    /// A restarted host takes the logs over: answered with [`Response::Ok`], then this
+    /// connection carries the log chunks (the previous one is closed).
+    Logs,
 }
 
 /// The answer to a [`Request`].
@@ -208,6 +220,17 @@ pub enum Response {
         stdout: String,
         /// Its standard error, cut at [`MAX_EXEC_OUTPUT`] bytes.
         stderr: String,
+    },
+    /// Answer to `Reattach`: where the workload is.
+    Attached {
+        /// The workload's pid while it runs; `None` before its start and after its exit.
+        pid: Option<u32>,
+        /// Whether it has exited (then `code` and `signal` say how).
+        exited: bool,
+        /// Its exit code.
+        code: Option<i32>,
+        /// The signal that killed it.
+        signal: Option<i32>,
     },
     /// The request failed or was malformed.
     Error {

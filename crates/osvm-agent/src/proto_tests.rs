@@ -12,7 +12,29 @@ fn sample_requests() -> Vec<Request> {
         Request::Signal { signal: 15 },
         Request::Shutdown { grace_ms: 2000 },
         Request::Forward { port: 8080 },
+        Request::Reattach,
+        Request::Logs,
     ]
+}
+
+#[test]
+fn a_reattach_answer_round_trips_with_the_workloads_state() {
+    for answer in [
+        Response::Attached {
+            pid: Some(42),
+            exited: false,
+            code: None,
+            signal: None,
+        },
+        Response::Attached {
+            pid: None,
+            exited: true,
+            code: None,
+            signal: Some(9),
+        },
+    ] {
+        assert_eq!(decode::<Response>(&encode(&answer)).unwrap(), answer);
+    }
 }
 
 #[test]

@@ -509,7 +509,8 @@ impl MicroVmRuntime {
                     .map_err(|e| setup(format!("attach the VM to its network namespace: {e}")))?,
             );
         }
-        let cid = vm.lease.as_ref().expect("claimed").cid();
+        let lease = vm.lease.as_ref().expect("claimed");
+        let cid = lease.cid();
         let run_bind = rw(run);
 
         let backend_bin = self.backend_program()?;
@@ -535,6 +536,9 @@ impl MicroVmRuntime {
                     &backend_spec,
                     osvm_sandbox::StartOptions {
                         id: Some(vsock_instance(id)),
+                        // The backend holds the context id's claim as long as it runs, so the
+                        // id stays the VM's when the daemon is gone (see `vsock::CidLease`).
+                        fds: &[lease.as_fd()],
                         ..Default::default()
                     },
                 )
@@ -700,21 +704,34 @@ impl MicroVmRuntime {
             dir.join("vm.json"),
             serde_json::to_vec_pretty(&facts).expect("serializes"),
         );
+        let net = vm.net.take().map(|n| (n.netns, n.guest));
+        // What a restarted daemon needs to take the VM back (see `adopt_vm`).
+        let record = AdoptRecord {
+            facts: facts.clone(),
+            net: net.clone(),
+        };
+        write_atomic(
+            &dir.join(ADOPT_RECORD),
+            &serde_json::to_vec_pretty(&record).expect("serializes"),
+        )
+        .map_err(|e| RuntimeError::io("record the VM for adoption", e))?;
         let state = Arc::new(Mutex::new(Guest {
             pid: Some(pid),
             exit: None,
         }));
         spawn_events(conn, state.clone());
-        let stdout = dir.join("stdout.log");
-        let stderr = dir.join("stderr.log");
-        spawn_logs(logs, stdout.clone(), stderr.clone());
+        spawn_logs(
+            move || logs.accept().ok().map(|(conn, _)| conn),
+            dir.join("stdout.log"),
+            dir.join("stderr.log"),
+        );
 
         Ok(MicroVmInstance {
             base: GuestBase::new(
                 id,
                 dir.to_path_buf(),
                 Arc::new(vm.qemu.take().expect("started")),
-                vm.net.take().map(|n| (n.netns, n.guest)),
+                net,
             ),
             uds: uds.to_path_buf(),
             qmp,
@@ -724,6 +741,85 @@ impl MicroVmRuntime {
             guest: state,
         })
     }
+
+    /// Takes back VM instance `id` that a previous daemon started: its QEMU and vsock backend
+    /// still run in their sandboxes, and the agent hands the events and logs over to new
+    /// connections (`Reattach`, `Logs`). The context id stays claimed by the backend. A VM that
+    /// cannot be driven again (no record, a part gone, an agent that does not answer) is
+    /// stopped, and the reason given.
+    fn adopt_vm(&self, id: &str) -> Result<Adoption, RuntimeError> {
+        let dir = self.config.state_dir.join("instances").join(id);
+        let record: AdoptRecord = match fs::read(dir.join(ADOPT_RECORD)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                setup(format!(
+                    "{} is malformed: {e}",
+                    dir.join(ADOPT_RECORD).display()
+                ))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Started by an osvm that did not record VMs, or stopped while booting.
+                self.stop_leftovers(id);
+                return Ok(Adoption::Stopped(
+                    "it has no adoption record (it had not finished booting, or an older osvm                      started it); it was stopped and starts again"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(RuntimeError::io(format!("read {}", dir.display()), e)),
+        };
+        let adopt = |sub: String| match self.sandbox.adopt(&sub) {
+            Ok(osvm_sandbox::Adopted::Running(inst)) => Some(*inst),
+            _ => None,
+        };
+        let (Some(qemu), Some(backend)) = (adopt(qemu_instance(id)), adopt(vsock_instance(id)))
+        else {
+            self.stop_leftovers(id);
+            if let Some((netns, guest)) = &record.net {
+                let _ = net::detach(netns, guest);
+            }
+            return Ok(Adoption::Ended(ExitStatus {
+                code: None,
+                signal: None,
+                oom_killed: false,
+            }));
+        };
+        let instance = MicroVmInstance {
+            base: GuestBase::new(id, dir.clone(), Arc::new(qemu), record.net),
+            uds: dir.join("run").join("vm.vsock"),
+            qmp: dir.join("run").join("qmp.sock"),
+            facts: record.facts,
+            backend: Mutex::new(Some(backend)),
+            lease: Mutex::new(None),
+            guest: Arc::new(Mutex::new(Guest::default())),
+        };
+        match instance.reattach() {
+            Ok(()) => Ok(Adoption::Running(Box::new(instance))),
+            Err(e) => {
+                let _ = instance.stop(Duration::ZERO);
+                Ok(Adoption::Stopped(format!(
+                    "its guest agent could not be reattached ({e}); it was stopped and starts                      again"
+                )))
+            }
+        }
+    }
+}
+
+/// The instance file that lets a restarted daemon adopt a VM.
+const ADOPT_RECORD: &str = "adopt.json";
+
+/// What a restarted daemon needs to take a running VM back.
+#[derive(Debug, Serialize, Deserialize)]
+struct AdoptRecord {
+    /// The VM's facts (also in `vm.json`, for people).
+    facts: VmFacts,
+    /// The component's namespace and the address the guest took from it.
+    net: Option<(String, osvm_agent::proto::GuestNetwork)>,
+}
+
+/// Writes `path` whole or not at all.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let partial = path.with_extension("partial");
+    fs::write(&partial, bytes)?;
+    fs::rename(&partial, path)
 }
 
 /// What a start has decided before it boots anything.
@@ -846,7 +942,13 @@ fn spawn_events(mut conn: UnixStream, state: Arc<Mutex<Guest>>) {
         });
 }
 
-fn spawn_logs(listener: UnixListener, stdout: PathBuf, stderr: PathBuf) {
+/// Appends the log chunks of the connection `connect` makes (the agent's, accepted once per
+/// boot; or one asked for after an adoption) to the logs.
+fn spawn_logs(
+    connect: impl FnOnce() -> Option<UnixStream> + Send + 'static,
+    stdout: PathBuf,
+    stderr: PathBuf,
+) {
     let _ = std::thread::Builder::new()
         .name("vm-logs".into())
         .spawn(move || {
@@ -854,8 +956,7 @@ fn spawn_logs(listener: UnixListener, stdout: PathBuf, stderr: PathBuf) {
             let (Ok(mut out), Ok(mut err)) = (open(&stdout), open(&stderr)) else {
                 return;
             };
-            // One connection per boot; the agent makes it right after the launch.
-            let Ok((mut conn, _)) = listener.accept() else {
+            let Some(mut conn) = connect() else {
                 return;
             };
             // The same stamped-line format as a sandboxed process's logs.
@@ -987,6 +1088,62 @@ impl MicroVmInstance {
             Ok(other) => Err(setup(format!("unexpected answer {other:?}"))),
             Err(e) => Err(setup(format!("read the agent's answer: {e}"))),
         }
+    }
+
+    /// Takes the events and logs over from a previous daemon's connections (after an adoption).
+    fn reattach(&self) -> Result<(), RuntimeError> {
+        let mut events = self
+            .vsock_connect(CONTROL_PORT, CONTROL_TIMEOUT)
+            .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
+        events
+            .set_read_timeout(Some(CONTROL_TIMEOUT))
+            .map_err(|e| RuntimeError::io("set a timeout", e))?;
+        proto::write_msg(&mut events, &Request::Reattach)
+            .map_err(|e| setup(format!("send to the agent: {e}")))?;
+        match proto::read_msg::<Response>(&mut events)
+            .map_err(|e| setup(format!("read the agent's answer: {e}")))?
+        {
+            Response::Attached {
+                pid,
+                exited,
+                code,
+                signal,
+            } => {
+                let mut guest = self.guest.lock().expect("guest");
+                guest.pid = pid;
+                guest.exit = exited.then_some(ExitStatus {
+                    code,
+                    signal,
+                    oom_killed: false,
+                });
+            }
+            Response::Error { message } => return Err(setup(message)),
+            other => return Err(setup(format!("unexpected answer {other:?}"))),
+        }
+        let _ = events.set_read_timeout(None);
+        spawn_events(events, self.guest.clone());
+
+        let mut logs = self
+            .vsock_connect(CONTROL_PORT, CONTROL_TIMEOUT)
+            .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
+        logs.set_read_timeout(Some(CONTROL_TIMEOUT))
+            .map_err(|e| RuntimeError::io("set a timeout", e))?;
+        proto::write_msg(&mut logs, &Request::Logs)
+            .map_err(|e| setup(format!("send to the agent: {e}")))?;
+        match proto::read_msg::<Response>(&mut logs)
+            .map_err(|e| setup(format!("read the agent's answer: {e}")))?
+        {
+            Response::Ok => {}
+            Response::Error { message } => return Err(setup(message)),
+            other => return Err(setup(format!("unexpected answer {other:?}"))),
+        }
+        let _ = logs.set_read_timeout(None);
+        spawn_logs(
+            move || Some(logs),
+            self.base.stdout.clone(),
+            self.base.stderr.clone(),
+        );
+        Ok(())
     }
 
     /// Releases what the VM held once QEMU has ended, and works out the exit status.
@@ -1164,12 +1321,7 @@ impl Runtime for MicroVmRuntime {
     }
 
     fn adopt(&self, id: &str) -> Result<Adoption, RuntimeError> {
-        // The previous daemon held the VM's vsock connections and context id; without them the
-        // guest cannot be driven, so it is stopped and started afresh.
-        self.stop_leftovers(id);
-        Ok(Adoption::Stopped(
-            "a restarted daemon does not re-adopt microVMs; it was stopped and starts again".into(),
-        ))
+        self.adopt_vm(id)
     }
 
     fn stop_leftovers(&self, id: &str) {

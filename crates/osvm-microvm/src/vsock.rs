@@ -9,8 +9,11 @@
 //!   `vm.vsock_P` ([`listener_path`]).
 //!
 //! Context ids are unique among running VMs: [`CidLease`] holds an exclusive `flock` on
-//! `<state>/cids/<cid>.lock`, the first free from 3 upward, for the VM's lifetime. A lease
-//! ends when it is dropped or its holder dies, so the id is reused after release.
+//! `<state>/cids/<cid>.lock`, the first free from 3 upward, for the VM's lifetime. The lock
+//! belongs to the open file, so it lasts while anyone holds it open: the VM's vsock backend
+//! inherits a copy at its start, which keeps the id claimed while the VM runs even when the
+//! daemon that claimed it is gone (a restarted daemon adopts the VM with its id). The id is
+//! free again once the daemon's copy is dropped and the backend has ended.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -18,7 +21,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// The first context id a guest may have (0-2 are reserved: hypervisor, local, host).
 pub const FIRST_CID: u32 = 3;
@@ -32,8 +35,9 @@ const MAX_REPLY: usize = 64;
 pub struct CidLease {
     /// The context id.
     cid: u32,
-    /// The locked file; the lock is the claim.
-    _lock: Flock<File>,
+    /// The locked file; the lock is the claim. Dropping it only closes this copy: the lock
+    /// ends with the last open copy (see the module docs).
+    file: File,
 }
 
 impl CidLease {
@@ -47,10 +51,10 @@ impl CidLease {
                 .truncate(false)
                 .write(true)
                 .open(dir.join(format!("{cid}.lock")))?;
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Self { cid, _lock: lock }),
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => continue,
-                Err((_, e)) => return Err(e.into()),
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { cid, file }),
+                Err(fs::TryLockError::WouldBlock) => continue,
+                Err(fs::TryLockError::Error(e)) => return Err(e),
             }
         }
         Err(io::Error::other(format!(
@@ -61,6 +65,13 @@ impl CidLease {
     /// The claimed id.
     pub fn cid(&self) -> u32 {
         self.cid
+    }
+}
+
+impl AsFd for CidLease {
+    /// The locked file, for a process that is to hold the claim too.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -127,6 +138,34 @@ mod tests {
         let c = CidLease::acquire(&dir).unwrap();
         assert_eq!(c.cid(), FIRST_CID, "a released id is handed out again");
         drop((b, c));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What keeps a VM's id claimed after the daemon that claimed it died: a copy of the
+    /// locked file in another process (the VM's vsock backend).
+    #[test]
+    fn a_claim_lasts_while_another_process_holds_the_file() {
+        use std::process::{Command, Stdio};
+        let dir = std::env::temp_dir().join(format!("osvm-cid-hold-{}", std::process::id()));
+        let lease = CidLease::acquire(&dir).unwrap();
+        // A child holding a copy of the locked file (as its stdin), as the backend does.
+        let copy = lease.file.try_clone().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::from(copy))
+            .spawn()
+            .unwrap();
+        drop(lease);
+        let next = CidLease::acquire(&dir).unwrap();
+        assert_eq!(
+            next.cid(),
+            FIRST_CID + 1,
+            "the child still holds {FIRST_CID}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(next);
+        assert_eq!(CidLease::acquire(&dir).unwrap().cid(), FIRST_CID);
         fs::remove_dir_all(&dir).unwrap();
     }
 

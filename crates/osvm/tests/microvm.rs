@@ -683,3 +683,203 @@ fn vm_boots_under_kvm_where_the_host_has_it() {
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
+
+/// Requests to `port` on the host's loopback, one connection each, until `stop`: how many
+/// answered with the page and what the others got.
+fn http_load(port: u16, stop: &std::sync::atomic::AtomicBool) -> (u64, Vec<String>) {
+    use std::sync::atomic::Ordering;
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        match http_get_host(port) {
+            Ok(page) if page.contains("hello from a microvm") => ok += 1,
+            Ok(other) => failed.push(format!("answered {other:?}")),
+            Err(e) => failed.push(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (ok, failed)
+}
+
+/// `kill -9` of the daemon while a VM serves HTTP under load: QEMU and the guest run on, the
+/// published port keeps serving (the kernel forwards it), and the next daemon adopts the same
+/// QEMU process: the agent hands it the events and the logs (with the output written while no
+/// daemon read it), the VM's context id stays claimed throughout, and a stop through the new
+/// daemon reports the workload's own exit. A workload that exits while no daemon runs waits
+/// for the next one to hear its exit code.
+#[test]
+fn a_restarted_daemon_adopts_running_vms_without_a_failed_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const TEST: &str = "vm_adopt";
+    if !hub_available(TEST) {
+        return;
+    }
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let www = www(&state);
+    let file = state.path.join("adopt.toml");
+    let port = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmadopt"
+network = "hub"
+
+[[component]]
+name = "web"
+runtime = "microvm"
+command = "/bin/busybox"
+args = ["httpd", "-f", "-v", "-p", "8080", "-h", "{www}"]
+listen = [8080]
+resources = {{ memory = "128M", cpus = 1 }}
+microvm = {{ include = ["{www}"], data_disk = false }}
+health = {{ http = "/", port = 8080, interval = "500ms" }}
+restart = "never"
+publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
+
+[[component]]
+name = "job"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "trap 'echo got-term; exit 5' TERM; echo job-up; while true; do sleep 1 & wait $!; done"]
+resources = {{ memory = "128M", cpus = 1 }}
+microvm = {{ data_disk = false }}
+restart = "never"
+
+[[policy]]
+allow = {{ from = "world", to = "web", ports = [8080] }}
+"#,
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let views = wait_long(&state, "web healthy, job running", |v| {
+        v.len() == 2
+            && view(v, "web")["health"]["state"] == "healthy"
+            && view(v, "job")["status"] == "running"
+    });
+    wait_for_stdout(&state, "job", "the job's first line", &|o| {
+        o.contains("job-up")
+    });
+    let (web_id, qemu_pid) = (
+        view(&views, "web")["instance"].as_str().unwrap().to_owned(),
+        view(&views, "web")["pid"].as_i64().unwrap(),
+    );
+    let job_id = view(&views, "job")["instance"].as_str().unwrap().to_owned();
+    let cid = vm_facts(&state, "web")["cid"].as_u64().unwrap();
+    let claimed = || {
+        let f = std::fs::File::open(state.path.join(format!("cids/{cid}.lock"))).unwrap();
+        match f.try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(std::fs::TryLockError::Error(e)) => panic!("lock: {e}"),
+        }
+    };
+    let requests_logged = |state: &StateDir| {
+        stdout(&run(state
+            .osvm()
+            .args(["logs", "web", "--stream", "stderr"])))
+        .matches("response:200")
+        .count()
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || http_load(port, &stop))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    daemon.kill9();
+    assert!(
+        PathBuf::from(format!("/proc/{qemu_pid}")).exists(),
+        "QEMU survives the daemon"
+    );
+    assert!(
+        claimed(),
+        "the context id {cid} stays claimed without a daemon"
+    );
+    // The job's workload ends while no daemon runs: TERM straight to its agent.
+    let job_uds = state
+        .path
+        .join("instances")
+        .join(&job_id)
+        .join("run/vm.vsock");
+    let mut s = osvm_microvm::vsock::connect(&job_uds, proto::CONTROL_PORT, Duration::from_secs(5))
+        .unwrap();
+    proto::write_msg(&mut s, &Request::Signal { signal: 15 }).unwrap();
+    assert_eq!(proto::read_msg::<Response>(&mut s).unwrap(), Response::Ok);
+    let console = state
+        .path
+        .join("instances")
+        .join(&job_id)
+        .join("console.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("no host to report the exit to")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not wait for a host: {}",
+            std::fs::read_to_string(&console).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    let _daemon = Daemon::start(&state);
+    let views = wait_long(
+        &state,
+        "web adopted and healthy, the job's exit heard",
+        |v| {
+            view(v, "web")["health"]["state"] == "healthy"
+                && view(v, "job")["last_exit"]["code"].is_number()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok + failed.len() as u64
+    );
+    assert!(ok > 20, "only {ok} requests answered");
+    let web = view(&views, "web");
+    assert_eq!(web["instance"], web_id.as_str(), "the same instance: {web}");
+    assert_eq!(web["pid"], qemu_pid, "the same QEMU process: {web}");
+    assert_eq!(view(&views, "job")["last_exit"]["code"], 5, "{views:?}");
+    let events = stdout(&run(state.osvm().arg("events")));
+    assert!(events.contains("adopted"), "{events}");
+    assert!(claimed(), "the adopted VM's context id stays claimed");
+
+    // The logs flow again: the requests the load made are in them, and a new one shows up.
+    let before = requests_logged(&state);
+    assert!(before > 0);
+    http_get_host(port).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while requests_logged(&state) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no new request in the logs after the adoption"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Events flow again: a stop reports the workload's own end.
+    let o = run(state.osvm().args(["stop", "web"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let views = wait_long(&state, "web stopped", |v| {
+        view(v, "web")["status"] == "stopped"
+    });
+    assert_eq!(view(&views, "web")["last_exit"]["signal"], 15, "{views:?}");
+    assert!(!claimed(), "the context id is free once the VM ended");
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}

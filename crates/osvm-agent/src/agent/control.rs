@@ -61,6 +61,11 @@ fn serve(conn: VsockConn, agent: &Agent) {
             shut_down(agent, Duration::from_millis(grace_ms));
         }
         Request::Forward { port } => forward(conn, port),
+        Request::Reattach => reattach(conn, agent),
+        Request::Logs => {
+            reply(&conn, &Response::Ok);
+            agent.logs.attach(conn);
+        }
         Request::Identity { files } => reply(
             &conn,
             &match super::setup::write_identity(&files) {
@@ -69,6 +74,28 @@ fn serve(conn: VsockConn, agent: &Agent) {
             },
         ),
     }
+}
+
+/// A restarted host takes the events over: tell it where the workload is, then send the
+/// events on this connection. The workload's state stays locked until the connection is
+/// attached, so an exit is either in the answer or sent after it, never lost between them.
+fn reattach(conn: VsockConn, agent: &Agent) {
+    let state = super::lock(&agent.workload);
+    let (exited, code, signal) = match state.exit {
+        Some((code, signal)) => (true, code, signal),
+        None => (false, None, None),
+    };
+    let answer = Response::Attached {
+        pid: state.pid,
+        exited,
+        code,
+        signal,
+    };
+    if proto::write_msg(&mut &conn, &answer).is_ok() {
+        say!("a host reattached");
+        agent.events.attach(conn);
+    }
+    drop(state);
 }
 
 /// Sends the one response; a host that already left is nobody's problem.

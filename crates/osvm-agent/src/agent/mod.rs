@@ -26,6 +26,19 @@ const VSOCK_RETRY_FOR: Duration = Duration::from_secs(30);
 const FLUSH_WAIT: Duration = Duration::from_millis(50);
 /// How long the log pumps get to forward the workload's last output after it exited.
 const LOG_DRAIN: Duration = Duration::from_secs(1);
+/// How long a workload's exit waits for a host to hear it when the events connection is gone
+/// (the daemon was killed): a restarting daemon reattaches within this and learns the exit
+/// code instead of finding the VM powered off.
+const EXIT_REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// What a host that reattaches is told about the workload.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkloadState {
+    /// Its pid while it runs.
+    pub pid: Option<u32>,
+    /// Its exit code and signal, once it exited.
+    pub exit: Option<(Option<i32>, Option<i32>)>,
+}
 
 /// State shared by the boot thread, the reaper (main thread) and the control threads.
 pub struct Agent {
@@ -37,6 +50,9 @@ pub struct Agent {
     pub logs: LogSink,
     /// Environment and working directory for exec requests, known once the launch arrived.
     pub exec_context: OnceLock<exec::Context>,
+    /// The workload's state, for a host that reattaches. Held while a reattach answers and
+    /// attaches, so an exit is either in the answer or sent on the new connection.
+    pub workload: Mutex<WorkloadState>,
 }
 
 impl Agent {
@@ -47,6 +63,7 @@ impl Agent {
             events: Events::default(),
             logs: LogSink::default(),
             exec_context: OnceLock::new(),
+            workload: Mutex::new(WorkloadState::default()),
         }
     }
 
@@ -130,13 +147,26 @@ pub fn run(agent: &Arc<Agent>) -> ! {
         }
     };
     say!("workload started, pid {}", workload.pid);
-    agent.events.send(&Event::Started {
-        pid: workload.pid.as_raw() as u32,
-    });
+    let pid = workload.pid.as_raw() as u32;
+    lock(&agent.workload).pid = Some(pid);
+    agent.events.send(&Event::Started { pid });
 
     let (code, signal) = workload.wait();
     say!("workload exited (code {code:?}, signal {signal:?})");
-    agent.events.send(&Event::Exited { code, signal });
+    *lock(&agent.workload) = WorkloadState {
+        pid: None,
+        exit: Some((code, signal)),
+    };
+    if !agent.events.send(&Event::Exited { code, signal }) {
+        // No host hears it now: give a restarting one the time to reattach and learn it.
+        say!(
+            "no host to report the exit to; waiting up to {} s for one to reattach",
+            EXIT_REPORT_WAIT.as_secs()
+        );
+        if agent.events.wait_for_attach(EXIT_REPORT_WAIT) {
+            say!("a host reattached and was told of the exit");
+        }
+    }
     workload.drain_logs(LOG_DRAIN);
     agent.power_off()
 }

@@ -3,7 +3,7 @@
 use std::io::{self, Read};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::Shutdown;
@@ -31,24 +31,32 @@ struct SharedConn {
 impl SharedConn {
     /// Starts using `conn`.
     fn attach(&self, conn: VsockConn) {
-        *lock(&self.conn) = Some(Arc::new(conn));
+        self.attach_shared(Arc::new(conn));
+    }
+
+    /// Starts using `conn`, waiting for a write in progress on the previous one.
+    fn attach_shared(&self, conn: Arc<VsockConn>) {
+        let _writing = lock(&self.writing);
+        *lock(&self.conn) = Some(conn);
     }
 
     /// Writes with `write`, if the connection is usable; a failure makes it unusable, since the
-    /// frame boundaries can no longer be trusted.
+    /// frame boundaries can no longer be trusted. Returns whether the write was made.
     fn write(
         &self,
         what: &str,
         write: impl FnOnce(&mut &VsockConn) -> Result<(), proto::ProtoError>,
-    ) {
+    ) -> bool {
         let _writing = lock(&self.writing);
         let Some(conn) = lock(&self.conn).clone() else {
-            return;
+            return false;
         };
         if let Err(error) = write(&mut &*conn) {
             say!("{what}: {error}");
             lock(&self.conn).take();
+            return false;
         }
+        true
     }
 
     /// Shuts the connection down (the host sees EOF after what was sent; a blocked writer
@@ -63,52 +71,119 @@ impl SharedConn {
 }
 
 /// The events connection. When a write fails the host is gone: events stop, the workload
-/// keeps running (whoever is left may still want its work done or its logs).
+/// keeps running (whoever is left may still want its work done or its logs), and a restarted
+/// host attaches a new connection ([`Events::attach`] again, from a `Reattach` request).
 #[derive(Default)]
-pub struct Events(SharedConn);
+pub struct Events {
+    conn: SharedConn,
+    /// Counts attachments, so a waiter can tell a new one happened.
+    attached: Mutex<u64>,
+    changed: Condvar,
+}
 
 impl Events {
-    /// Starts sending events on `conn`.
+    /// Starts sending events on `conn` (the previous connection, if any, is dropped).
     pub fn attach(&self, conn: VsockConn) {
-        self.0.attach(conn);
+        self.conn.attach(conn);
+        *lock(&self.attached) += 1;
+        self.changed.notify_all();
     }
 
-    /// Sends `event`, if the connection is still up.
-    pub fn send(&self, event: &Event) {
-        self.0
+    /// Sends `event`; returns whether it went out on a connection (which does not prove that
+    /// a host read it: vsock cannot tell).
+    pub fn send(&self, event: &Event) -> bool {
+        self.conn
             .write("the events connection failed, no more events", |conn| {
                 proto::write_msg(conn, event)
-            });
+            })
+    }
+
+    /// Waits up to `limit` for a host to attach a new connection; returns whether one did.
+    pub fn wait_for_attach(&self, limit: Duration) -> bool {
+        let guard = lock(&self.attached);
+        let seen = *guard;
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, limit, |now| *now == seen)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard != seen
     }
 
     /// Closes the connection; returns whether it was open.
     pub fn close(&self) -> bool {
-        self.0.close()
+        self.conn.close()
     }
 }
 
-/// The logs connection. When a write fails forwarding stops, but the pumps keep draining the
-/// workload's pipes so that it never blocks on a full one.
+/// The most output held while no host reads it (between a daemon's death and the next one's
+/// `Logs` request); what comes after is dropped, and counted.
+const MAX_HELD: usize = 1 << 20;
+
+/// The logs connection. While there is none (a write failed: the host is gone) the output is
+/// held, up to [`MAX_HELD`] bytes, for the next host that attaches; the pumps keep draining the
+/// workload's pipes either way, so that it never blocks on a full one.
 #[derive(Default)]
-pub struct LogSink(SharedConn);
+pub struct LogSink {
+    conn: SharedConn,
+    held: Mutex<Held>,
+}
+
+/// Output waiting for a host.
+#[derive(Default)]
+struct Held {
+    chunks: Vec<(Stream, Vec<u8>)>,
+    bytes: usize,
+    dropped: u64,
+}
 
 impl LogSink {
-    /// Starts forwarding to `conn`.
+    /// Starts forwarding to `conn`, first what was held while no host read.
     pub fn attach(&self, conn: VsockConn) {
-        self.0.attach(conn);
+        let mut held = lock(&self.held);
+        let conn = Arc::new(conn);
+        let flush = || -> Result<(), proto::ProtoError> {
+            for (stream, data) in &held.chunks {
+                proto::write_log(&mut &*conn, *stream, data)?;
+            }
+            if held.dropped > 0 {
+                let note = format!(
+                    "osvm-agent: {} bytes of output were dropped while no host read the logs\n",
+                    held.dropped
+                );
+                proto::write_log(&mut &*conn, Stream::Stderr, note.as_bytes())?;
+            }
+            Ok(())
+        };
+        if let Err(error) = flush() {
+            say!("cannot forward the held output: {error}");
+            return;
+        }
+        *held = Held::default();
+        self.conn.attach_shared(conn);
     }
 
-    /// Forwards `data` from `stream`, if forwarding still works.
+    /// Forwards `data` from `stream`, or holds it while no host reads.
     fn forward(&self, stream: Stream, data: &[u8]) {
-        self.0.write(
-            "log forwarding failed, output is dropped from now on",
+        // Held across the write, so an attach (which flushes the held output first) never
+        // slips between a failed write and the holding of its data.
+        let mut held = lock(&self.held);
+        let sent = self.conn.write(
+            "log forwarding failed; output is held for the next host",
             |conn| proto::write_log(conn, stream, data),
         );
+        if !sent {
+            if held.bytes + data.len() <= MAX_HELD {
+                held.bytes += data.len();
+                held.chunks.push((stream, data.to_vec()));
+            } else {
+                held.dropped += data.len() as u64;
+            }
+        }
     }
 
     /// Closes the connection; returns whether it was open.
     pub fn close(&self) -> bool {
-        self.0.close()
+        self.conn.close()
     }
 }
 
