@@ -13,6 +13,9 @@
 //!   after [`Request::Forward`] is answered with [`Response::Ok`] the connection becomes a byte
 //!   stream to a TCP port on the guest's loopback.
 //!
+//! A workload launched with [`Launch::stdio`] has its stdin and stdout on one more control
+//! connection, after [`Request::Stdio`] (an MCP server's stdio channel).
+//!
 //! A host that restarted (the daemon was killed; QEMU and the guest ran on) takes the VM back
 //! from the control port: [`Request::Reattach`] is answered with the workload's state
 //! ([`Response::Attached`]) and the connection becomes the events connection; after
@@ -127,6 +130,10 @@ pub struct Launch {
     /// The component's identity files, written to [`IDENTITY_DIR`] before the workload starts.
     #[serde(default)]
     pub identity: Vec<IdentityFile>,
+    /// The workload's stdin and stdout are a channel to the host (an MCP server's stdio),
+    /// reached with [`Request::Stdio`], instead of nothing and the logs; stderr is still logged.
+    #[serde(default)]
+    pub stdio: bool,
 }
 
 /// Where the guest keeps the component's identity, as a process sandbox has it.
@@ -188,6 +195,11 @@ pub enum Request {
         /// Every file, each replaced whole.
         files: Vec<IdentityFile>,
     },
+    /// Turn this connection into the workload's stdio channel (a launch with `stdio`): what
+    /// the host writes is the workload's stdin, what the workload writes to stdout comes back.
+    /// Answered with [`Response::Ok`] first. One channel per workload: a second request is
+    /// refused while one is open.
+    Stdio,
     /// A restarted host takes the events over: answered with [`Response::Attached`], then this
     /// connection carries the [`Event`]s (the previous one is closed).
     Reattach,

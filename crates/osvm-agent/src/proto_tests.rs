@@ -12,6 +12,7 @@ fn sample_requests() -> Vec<Request> {
         Request::Signal { signal: 15 },
         Request::Shutdown { grace_ms: 2000 },
         Request::Forward { port: 8080 },
+        Request::Stdio,
         Request::Reattach,
         Request::Logs,
     ]
@@ -56,6 +57,7 @@ fn every_request_round_trips_through_a_frame() {
         }),
         hosts: vec![("10.214.0.1".into(), "db db.demo.osvm".into())],
         data_device: Some("/dev/vda".into()),
+        stdio: true,
         identity: vec![IdentityFile {
             name: "key.pem".into(),
             mode: 0o400,

@@ -428,6 +428,17 @@ impl MicroVmRuntime {
 
     /// Starts an instance under the id `id` (`<name>-<suffix>`).
     pub fn start_vm(&self, spec: &LaunchSpec, id: &str) -> Result<MicroVmInstance, RuntimeError> {
+        self.start_vm_with(spec, id, None)
+    }
+
+    /// [`MicroVmRuntime::start_vm`], with the workload's stdin and stdout carried to `stdio`
+    /// (what it reads, where it writes: an MCP server's channel) over vsock.
+    pub fn start_vm_with(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        stdio: Option<Stdio>,
+    ) -> Result<MicroVmInstance, RuntimeError> {
         let t0 = Instant::now();
         self.refuse_confidential(spec)?;
         if let Some(r) = self.unavailable_reason() {
@@ -481,7 +492,7 @@ impl MicroVmRuntime {
             memory_mib,
             t0,
         };
-        let result = self.boot(spec, &plan, &mut vm, events, logs);
+        let result = self.boot(spec, &plan, &mut vm, events, logs, stdio);
         match result {
             Ok(instance) => Ok(instance),
             Err(e) => {
@@ -498,6 +509,7 @@ impl MicroVmRuntime {
         vm: &mut Starting,
         events: UnixListener,
         logs: UnixListener,
+        stdio: Option<Stdio>,
     ) -> Result<MicroVmInstance, RuntimeError> {
         let (id, dir, run, uds) = (plan.id.as_str(), &plan.dir, &plan.run, &plan.uds);
         let (accel, warning, tsc_khz) = (plan.accel, &plan.warning, plan.tsc_khz);
@@ -667,6 +679,7 @@ impl MicroVmRuntime {
                 Some(dir) => identity_files(dir)?,
                 None => Vec::new(),
             },
+            stdio: stdio.is_some(),
         };
         proto::write_msg(&mut conn, &launch).map_err(|e| setup(format!("send the launch: {e}")))?;
         let started: Event = proto::read_msg(&mut conn)
@@ -686,6 +699,11 @@ impl MicroVmRuntime {
             }
         };
         let _ = conn.set_read_timeout(None);
+        if let Some(stdio) = stdio {
+            let channel = vsock::connect(uds, CONTROL_PORT, CONTROL_TIMEOUT)
+                .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
+            connect_stdio(channel, stdio)?;
+        }
 
         let facts = VmFacts {
             accel,
@@ -820,6 +838,77 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let partial = path.with_extension("partial");
     fs::write(&partial, bytes)?;
     fs::rename(&partial, path)
+}
+
+/// An instance's stdio channel on the host: what the workload reads, where it writes.
+pub struct Stdio {
+    /// The read end of the workload's stdin.
+    pub stdin: std::os::fd::OwnedFd,
+    /// The write end of its stdout.
+    pub stdout: std::os::fd::OwnedFd,
+}
+
+/// Turns `channel` (a control connection) into the workload's stdio and copies between it and
+/// the host's pipes, one thread each way: the host's stdin to the guest (its end shuts the
+/// channel's write side), the guest's stdout to the host (its end closes the host's pipe, so
+/// the reader sees EOF when the guest's stdout ends or the VM does).
+fn connect_stdio(mut channel: UnixStream, stdio: Stdio) -> Result<(), RuntimeError> {
+    channel
+        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .map_err(|e| RuntimeError::io("set a timeout", e))?;
+    proto::write_msg(&mut channel, &Request::Stdio)
+        .map_err(|e| setup(format!("send to the agent: {e}")))?;
+    match proto::read_msg::<Response>(&mut channel)
+        .map_err(|e| setup(format!("read the agent's answer: {e}")))?
+    {
+        Response::Ok => {}
+        Response::Error { message } => return Err(setup(format!("the stdio channel: {message}"))),
+        other => return Err(setup(format!("unexpected answer {other:?}"))),
+    }
+    let _ = channel.set_read_timeout(None);
+    let mut to_guest = channel
+        .try_clone()
+        .map_err(|e| RuntimeError::io("clone the stdio channel", e))?;
+    let mut from_host = fs::File::from(stdio.stdin);
+    let mut to_host = fs::File::from(stdio.stdout);
+    let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(body)
+            .map(|_| ())
+            .map_err(|e| RuntimeError::io("start a stdio thread", e))
+    };
+    spawn(
+        "vm-stdin",
+        Box::new(move || {
+            let _ = pump(&mut from_host, &mut to_guest);
+            let _ = to_guest.shutdown(std::net::Shutdown::Write);
+        }),
+    )?;
+    spawn(
+        "vm-stdout",
+        Box::new(move || {
+            let _ = pump(&mut channel, &mut to_host);
+        }),
+    )
+}
+
+/// Copies `from` to `to` until `from` ends, through a buffer.
+///
+/// Not `io::copy`: between a socket and a pipe it uses `splice`, and a splice from a socket
+/// into a pipe holds the pipe's lock while it waits for the socket, so a reader of the pipe's
+/// other end blocks in the kernel however non-blocking its descriptor is. The gateway reads
+/// that end on its async runtime, which would stall whenever the guest has nothing to say.
+fn pump(from: &mut impl io::Read, to: &mut impl io::Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What a start has decided before it boots anything.
@@ -1310,14 +1399,23 @@ impl Runtime for MicroVmRuntime {
     }
 
     fn start(&self, spec: &LaunchSpec, wiring: Wiring) -> Result<Box<dyn Instance>, RuntimeError> {
-        if wiring.has_io() {
+        if !wiring.fds.is_empty() {
             return Err(RuntimeError::InvalidSpec(
-                "a microVM's workload gets no stdio channel and no listening sockets from the \
-                 host (its ports are reached over vsock or its hub address)"
+                "a microVM's workload gets no listening sockets from the host (its ports are \
+                 reached over vsock or its hub address)"
                     .into(),
             ));
         }
-        Ok(Box::new(self.start_vm(spec, &wiring.id)?))
+        let stdio = match (wiring.stdin, wiring.stdout) {
+            (Some(stdin), Some(stdout)) => Some(Stdio { stdin, stdout }),
+            (None, None) => None,
+            _ => {
+                return Err(RuntimeError::InvalidSpec(
+                    "a microVM's stdio channel needs both its stdin and its stdout".into(),
+                ));
+            }
+        };
+        Ok(Box::new(self.start_vm_with(spec, &wiring.id, stdio)?))
     }
 
     fn adopt(&self, id: &str) -> Result<Adoption, RuntimeError> {

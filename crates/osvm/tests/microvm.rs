@@ -883,3 +883,122 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
+
+/// `osvm mcp call`: its exit code and JSON answer.
+fn mcp_call(state: &StateDir, client: &str, tool: &str, args: &str) -> (i32, Value) {
+    let o = run(state.osvm().args([
+        "-o", "json", "mcp", "call", tool, "--as", client, "--args", args,
+    ]));
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), v)
+}
+
+/// An MCP server in a microVM, behind the gateway like a process one: its stdio is carried
+/// over vsock through the agent. The tool runs in the guest (its PID 1 is the agent), the
+/// stack's policy decides per client and tool, and a restarted server is reached again.
+#[test]
+fn an_mcp_server_in_a_microvm_is_reached_through_the_gateway_under_policy() {
+    const TEST: &str = "vm_mcp";
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let file = state.path.join("vmmcp.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmmcp"
+
+[[component]]
+name = "tool"
+type = {{ kind = "mcp_server", name = "vmtool" }}
+runtime = "microvm"
+command = "{probe}"
+args = ["mcp", "vmtool"]
+resources = {{ memory = "128M", cpus = 1 }}
+microvm = {{ data_disk = false }}
+
+[[mcp_policy]]
+allow = {{ clients = ["alice"], tools = ["vmtool.*"] }}
+
+[[mcp_policy]]
+allow = {{ clients = ["bob"], tools = ["vmtool.echo"] }}
+"#,
+            probe = probe_bin().display()
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The server is up on the component's current instance.
+    let up = |state: &StateDir| {
+        let instance = || {
+            let views = ps(state);
+            let tool = views.iter().find(|v| v["name"] == "tool");
+            tool.and_then(|v| v["instance"].as_str()).map(str::to_owned)
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let o = run(state.osvm().args(["-o", "json", "mcp", "servers"]));
+            let servers: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            if servers.as_array().is_some_and(|s| {
+                s.iter().any(|s| {
+                    s["server"] == "vmtool"
+                        && s["state"] == "up"
+                        && instance()
+                            .is_some_and(|i| s["detail"].as_str().is_some_and(|d| d.contains(&i)))
+                })
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vmtool never came up: {servers}\n{}",
+                stdout(&run(state.osvm().arg("events")))
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    up(&state);
+    let (code, v) = mcp_call(&state, "alice", "vmtool.where", "{}");
+    assert_eq!(code, 0, "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("hostname=tool pid1=/init"),
+        "runs in the guest: {v}"
+    );
+    let (code, v) = mcp_call(&state, "bob", "vmtool.echo", r#"{"message": "over vsock"}"#);
+    assert_eq!(code, 0, "{v}");
+    assert!(v.to_string().contains("vmtool: over vsock"), "{v}");
+    let (code, v) = mcp_call(&state, "bob", "vmtool.where", "{}");
+    assert_eq!(code, 3, "bob may only echo: {v}");
+    assert_eq!(
+        v["error"]["message"], "denied: no mcp_policy rule allows client `bob` to use vmtool.where",
+        "{v}"
+    );
+    let o = run(state
+        .osvm()
+        .args(["-o", "json", "mcp", "tools", "--as", "bob"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = stdout(&o);
+    assert!(
+        listed.contains("vmtool.echo") && !listed.contains("vmtool.where"),
+        "{listed}"
+    );
+
+    // A new VM, a new channel: the gateway reaches the restarted server.
+    let before = status(&state, "tool")["instance"].clone();
+    let o = run(state.osvm().args(["restart", "tool"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_long(&state, "a new instance", |v| {
+        view(v, "tool")["instance"] != before && view(v, "tool")["status"] == "running"
+    });
+    up(&state);
+    let (code, v) = mcp_call(&state, "alice", "vmtool.echo", r#"{"message": "again"}"#);
+    assert_eq!(code, 0, "{v}");
+    assert!(v.to_string().contains("vmtool: again"), "{v}");
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}

@@ -61,6 +61,7 @@ fn serve(conn: VsockConn, agent: &Agent) {
             shut_down(agent, Duration::from_millis(grace_ms));
         }
         Request::Forward { port } => forward(conn, port),
+        Request::Stdio => stdio(conn, agent),
         Request::Reattach => reattach(conn, agent),
         Request::Logs => {
             reply(&conn, &Response::Ok);
@@ -73,6 +74,35 @@ fn serve(conn: VsockConn, agent: &Agent) {
                 Err(e) => error(format!("write the identity files: {e}")),
             },
         ),
+    }
+}
+
+/// Makes the connection the workload's stdio channel: host bytes to its stdin, its stdout
+/// back. When the host's side ends, the workload's stdin is closed (it sees EOF); when its
+/// stdout ends, the connection is shut down.
+fn stdio(conn: VsockConn, agent: &Agent) {
+    let Some((mut stdin, mut stdout)) = super::lock(&agent.stdio).take() else {
+        reply(
+            &conn,
+            &error("the workload has no stdio channel (its launch asked for none, or one is open)"),
+        );
+        return;
+    };
+    reply(&conn, &Response::Ok);
+    let conn = Arc::new(conn);
+    let host_to_workload = {
+        let conn = Arc::clone(&conn);
+        thread::Builder::new()
+            .name("stdio-in".into())
+            .spawn(move || {
+                let _ = io::copy(&mut &*conn, &mut stdin);
+                // Dropping stdin closes it: the workload reads EOF.
+            })
+    };
+    let _ = io::copy(&mut stdout, &mut &*conn);
+    conn.shutdown(Shutdown::Both);
+    if let Ok(thread) = host_to_workload {
+        let _ = thread.join();
     }
 }
 

@@ -53,6 +53,9 @@ pub struct Agent {
     /// The workload's state, for a host that reattaches. Held while a reattach answers and
     /// attaches, so an exit is either in the answer or sent on the new connection.
     pub workload: Mutex<WorkloadState>,
+    /// The workload's stdin and stdout, when the launch made them its stdio channel, until the
+    /// host's `Stdio` request takes them.
+    pub stdio: Mutex<Option<(std::process::ChildStdin, std::process::ChildStdout)>>,
 }
 
 impl Agent {
@@ -64,6 +67,7 @@ impl Agent {
             logs: LogSink::default(),
             exec_context: OnceLock::new(),
             workload: Mutex::new(WorkloadState::default()),
+            stdio: Mutex::new(None),
         }
     }
 

@@ -207,14 +207,25 @@ pub fn start(agent: &Arc<Agent>, launch: &Launch) -> io::Result<Workload> {
         .env_clear()
         .envs(launch.env.iter().map(|(name, value)| (name, value)))
         .current_dir(launch.working_dir.as_deref().unwrap_or("/"))
-        .stdin(Stdio::null())
+        .stdin(if launch.stdio {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut spawned = agent.children.spawn_workload(&mut command)?;
 
     let (done, pumps_done) = channel();
     let mut pumps = 0;
-    if let Some(stdout) = spawned.child.stdout.take() {
+    if launch.stdio {
+        // Its stdio channel waits for the host's `Stdio` request (see `control`).
+        if let (Some(stdin), Some(stdout)) =
+            (spawned.child.stdin.take(), spawned.child.stdout.take())
+        {
+            *lock(&agent.stdio) = Some((stdin, stdout));
+        }
+    } else if let Some(stdout) = spawned.child.stdout.take() {
         pumps += usize::from(pump(agent, stdout, Stream::Stdout, done.clone()));
     }
     if let Some(stderr) = spawned.child.stderr.take() {

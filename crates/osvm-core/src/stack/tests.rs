@@ -545,6 +545,27 @@ fn a_stdio_server_may_not_ask_for_socket_activation() {
 }
 
 #[test]
+fn guests_take_the_mcp_transports_the_gateway_can_reach_in_them() {
+    let runtime = |component: &str, kind: &str| {
+        TWO_MCP_SERVERS.replace(
+            &format!("name = \"{component}\"\n"),
+            &format!("name = \"{component}\"\nruntime = \"{kind}\"\n"),
+        )
+    };
+    // A microVM server over stdio is carried over vsock.
+    parse(&runtime("files", "microvm"), "mcp.toml").unwrap();
+    for (component, kind, line, why) in [
+        ("files", "unikernel", 5, "no stdin"),
+        ("demo", "unikernel", 10, "over HTTP only in a process"),
+        ("demo", "microvm", 10, "over HTTP only in a process"),
+    ] {
+        let err = parse(&runtime(component, kind), "mcp.toml").unwrap_err();
+        assert!(err.message().contains(why), "{component} as {kind}: {err}");
+        assert_eq!(err.line(), Some(line), "{err}");
+    }
+}
+
+#[test]
 fn mcp_transport_is_tagged_in_json() {
     let http = McpTransport::Http {
         port: 8080,

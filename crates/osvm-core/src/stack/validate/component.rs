@@ -450,13 +450,33 @@ pub(super) fn component(
         McpContext {
             name: name_text,
             component_type: &component_type,
-            type_span: type_name_span.or(type_span).unwrap_or(header),
+            type_span: type_name_span.or(type_span).unwrap_or(header.clone()),
             listen: &listen,
             socket_activation: socket_activation_span.filter(|_| socket_activation),
             earlier,
         },
         raw.mcp,
     )?;
+    if let Some(m) = &mcp {
+        let http = matches!(m.transport, crate::stack::McpTransport::Http { .. });
+        let why = match runtime {
+            RuntimeKind::Unikernel if !http => Some(
+                "a unikernel has no stdin, so it cannot be an MCP server over stdio (and the \
+                 gateway does not reach servers over HTTP in guests yet)",
+            ),
+            RuntimeKind::Unikernel | RuntimeKind::MicroVm if http => Some(
+                "the gateway reaches MCP servers over HTTP only in a process's network \
+                 namespace, not in a guest yet; a microVM server can use transport \"stdio\"",
+            ),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(src.error(
+                header,
+                format!("component `{name_text}` runs as a {runtime}: {why}"),
+            ));
+        }
+    }
 
     Ok(Component {
         name: name.into_inner(),

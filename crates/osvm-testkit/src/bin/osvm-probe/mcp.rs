@@ -1,6 +1,7 @@
 //! `mcp NAME`: the smallest MCP server that answers like one, over stdio: `initialize` (the
-//! client's protocol version back), `ping`, `tools/list` (one tool, `echo`) and `tools/call`
-//! (`echo` gives its `message` back, with the server's name). A density bench runs a thousand
+//! client's protocol version back), `ping`, `tools/list` and `tools/call` of two tools: `echo`
+//! gives its `message` back, with the server's name; `where` says where the server runs (its
+//! hostname, and what its PID 1 is: `/init` in an osvm microVM). A density bench runs a thousand
 //! of these behind one gateway, so it holds no runtime and next to no memory.
 
 use std::io::{BufRead, Write};
@@ -34,7 +35,22 @@ pub fn serve(name: &str) {
                     "type": "object",
                     "properties": { "message": { "type": "string" } },
                 },
+            }, {
+                "name": "where",
+                "description": "Says where this server runs",
+                "inputSchema": { "type": "object", "properties": {} },
             }]}),
+            "tools/call" if msg["params"]["name"] == "where" => {
+                let read = |p: &str| std::fs::read(p).unwrap_or_default();
+                let host = String::from_utf8_lossy(&read("/proc/sys/kernel/hostname"))
+                    .trim()
+                    .to_owned();
+                let init = read("/proc/1/cmdline");
+                let init = String::from_utf8_lossy(init.split(|b| *b == 0).next().unwrap_or(&[]))
+                    .into_owned();
+                let text = format!("hostname={host} pid1={init}");
+                json!({ "content": [{ "type": "text", "text": text }] })
+            }
             "tools/call" => {
                 let text = msg["params"]["arguments"]["message"].as_str().unwrap_or("");
                 json!({ "content": [{ "type": "text", "text": format!("{name}: {text}") }] })
