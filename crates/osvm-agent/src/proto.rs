@@ -130,10 +130,26 @@ pub struct Launch {
     /// The component's identity files, written to [`IDENTITY_DIR`] before the workload starts.
     #[serde(default)]
     pub identity: Vec<IdentityFile>,
+    /// Host directories shared into the guest (virtio-fs), mounted before the workload starts.
+    #[serde(default)]
+    pub mounts: Vec<GuestMount>,
     /// The workload's stdin and stdout are a channel to the host (an MCP server's stdio),
     /// reached with [`Request::Stdio`], instead of nothing and the logs; stderr is still logged.
     #[serde(default)]
     pub stdio: bool,
+}
+
+/// A host directory the guest mounts: a virtio-fs device's tag, where it goes, and whether
+/// it is read-only (the host's side refuses writes too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestMount {
+    /// The virtio-fs tag.
+    pub tag: String,
+    /// An absolute path in the guest.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// Where the guest keeps the component's identity, as a process sandbox has it.

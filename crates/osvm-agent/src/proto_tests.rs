@@ -58,6 +58,11 @@ fn every_request_round_trips_through_a_frame() {
         hosts: vec![("10.214.0.1".into(), "db db.demo.osvm".into())],
         data_device: Some("/dev/vda".into()),
         stdio: true,
+        mounts: vec![GuestMount {
+            tag: "m0".into(),
+            target: "/shared".into(),
+            read_only: false,
+        }],
         identity: vec![IdentityFile {
             name: "key.pem".into(),
             mode: 0o400,

@@ -605,11 +605,11 @@ fn cases() -> Vec<Case> {
             "does not support socket_activation",
         ),
         case(
-            "mounts in a microVM",
-            base("runtime = \"microvm\"\nmounts = [{ source = \"/srv\", target = \"/srv\" }]"),
+            "rootfs in a microVM",
+            base("runtime = \"microvm\"\nrootfs = \"/srv/root\""),
             4,
             1,
-            "use microvm.include",
+            "its root is its image",
         ),
         case(
             "unikernel table on a process component",

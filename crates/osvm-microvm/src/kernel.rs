@@ -24,9 +24,9 @@ pub const META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// The modules a guest needs, by name; their dependencies are added and ordered.
 pub const WANTED_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport", "virtio_net"];
 
-/// Modules taken when the tree has them: the data disk's driver (a kernel of one's own may have
-/// it built in; a guest that lacks it altogether fails its start at the mount, saying so).
-pub const OPTIONAL_MODULES: &[&str] = &["virtio_blk"];
+/// Modules taken when the tree has them: the data disk's driver and virtio-fs for shared
+/// directories (a kernel of one's own may have them built in; a guest that lacks it altogether fails its start at the mount, saying so).
+pub const OPTIONAL_MODULES: &[&str] = &["virtio_blk", "virtiofs"];
 
 /// What can go wrong with a kernel.
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,10 @@
 //! The machine is QEMU's `microvm`: no PCI, no firmware tables beyond ACPI (kept on: the Debian
 //! kernel finds the virtio-mmio devices only through ACPI), the PIT and RTC (the guest's early
 //! timer needs them), guest memory in a shared memfd (the vhost-user vsock backend maps it).
-//! Devices: a serial console written to a file, the vhost-user vsock device, and a virtio-net
-//! device on the TAP descriptor passed as fd 3. QEMU's own seccomp sandbox is on as well, and
+//! Devices: a serial console written to a file, the vhost-user vsock device, a virtio-blk disk
+//! (the data volume), a vhost-user-fs device per shared directory (served by virtiofsd, which
+//! maps the same shared guest memory), and a virtio-net device on the TAP descriptor passed as
+//! fd 3. QEMU's own seccomp sandbox is on as well, and
 //! `-no-reboot` turns the guest's reboot or power-off into QEMU's exit.
 
 use std::io::{BufRead, BufReader, Write};
@@ -39,6 +41,14 @@ pub struct QemuArgs {
     pub net_mac: Option<String>,
     /// The component's data volume (an ext4 image), the guest's `/dev/vda`.
     pub data: Option<PathBuf>,
+    /// The vhost-user sockets of the virtiofsd serving each shared directory, in order; the
+    /// guest sees them as virtio-fs tags `m0`, `m1`, ...
+    pub shared: Vec<PathBuf>,
+}
+
+/// The virtio-fs tag of shared directory `i`.
+pub fn share_tag(i: usize) -> String {
+    format!("m{i}")
 }
 
 impl QemuArgs {
@@ -104,6 +114,14 @@ impl QemuArgs {
                 "virtio-blk-device,drive=data".into(),
             ]);
         }
+        for (i, socket) in self.shared.iter().enumerate() {
+            a.extend([
+                "-chardev".into(),
+                format!("socket,id=fs{i},path={}", socket.display()),
+                "-device".into(),
+                format!("vhost-user-fs-device,chardev=fs{i},tag={}", share_tag(i)),
+            ]);
+        }
         if let Some(mac) = &self.net_mac {
             a.extend([
                 "-netdev".into(),
@@ -150,6 +168,7 @@ mod tests {
             qmp: "/q".into(),
             net_mac: Some("02:6f:00:00:00:01".into()),
             data: Some("/d.img".into()),
+            shared: vec!["/r/fs0.sock".into(), "/r/fs1.sock".into()],
         }
         .to_args();
         let line = args.join(" ");
@@ -160,5 +179,10 @@ mod tests {
         assert!(line.contains("tap,id=n0,fd=3"), "{line}");
         assert!(line.contains("file=/d.img,format=raw"), "{line}");
         assert!(line.contains("virtio-blk-device,drive=data"), "{line}");
+        assert!(line.contains("socket,id=fs1,path=/r/fs1.sock"), "{line}");
+        assert!(
+            line.contains("vhost-user-fs-device,chardev=fs1,tag=m1"),
+            "{line}"
+        );
     }
 }

@@ -254,6 +254,14 @@ fn vsock_instance(id: &str) -> String {
     format!("{id}-vsock")
 }
 
+/// The id of the sandbox of the virtiofsd serving VM instance `id`'s shared directory `i`.
+fn share_instance(id: &str, i: usize) -> String {
+    format!("{id}-fs{i}")
+}
+
+/// virtiofsd's memory limit.
+const SHARE_MEMORY: u64 = 256 << 20;
+
 impl MicroVmRuntime {
     /// Stops what is left of VM instance `id` that an earlier process started (a daemon that
     /// restarted cannot drive it: the vsock connections were its own): its QEMU and its vsock
@@ -262,6 +270,16 @@ impl MicroVmRuntime {
         for sub in [qemu_instance(id), vsock_instance(id)] {
             if let Ok(osvm_sandbox::Adopted::Running(inst)) = self.sandbox.adopt(&sub) {
                 let _ = inst.stop(Duration::ZERO);
+            }
+        }
+        // The virtiofsd of each shared directory, numbered from 0 without gaps.
+        for i in 0.. {
+            match self.sandbox.adopt(&share_instance(id, i)) {
+                Ok(osvm_sandbox::Adopted::Running(inst)) => {
+                    let _ = inst.stop(Duration::ZERO);
+                }
+                Ok(osvm_sandbox::Adopted::Ended(_)) => {}
+                Err(_) => break,
             }
         }
     }
@@ -360,6 +378,9 @@ impl MicroVmRuntime {
     /// accelerator it asks for, its guest kernel, its agent.
     pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
         self.refuse_confidential(spec)?;
+        if !spec.binds.is_empty() {
+            share_program().map_err(unavailable)?;
+        }
         host::resolve_accel(options(spec)?.accel, &self.kvm).map_err(unavailable)?;
         if let Some(r) = self.unavailable_reason() {
             return Err(unavailable(r));
@@ -475,6 +496,7 @@ impl MicroVmRuntime {
             lease: Some(lease),
             net: None,
             backend: None,
+            shares: Vec::new(),
             qemu: None,
         };
         let plan = Plan {
@@ -572,6 +594,21 @@ impl MicroVmRuntime {
             std::thread::sleep(Duration::from_millis(5));
         }
 
+        if !spec.binds.is_empty()
+            && options(spec)?.kernel.is_none()
+            && !kernel
+                .modules
+                .iter()
+                .any(|m| m.file_name().is_some_and(|n| n == "virtiofs.ko"))
+        {
+            return Err(setup(format!(
+                "the guest kernel {} has no virtiofs module for the mounts; `osvm kernel fetch \
+                 --force` stores one that has",
+                kernel.release
+            )));
+        }
+        let shared = self.start_shares(spec, plan, vm)?;
+
         let data = match spec.data {
             osvm_core::DataKind::Persistent if !options(spec)?.no_data_disk => {
                 // A kernel fetched before osvm gave VMs a data disk lacks the block driver.
@@ -603,6 +640,7 @@ impl MicroVmRuntime {
             qmp: qmp.clone(),
             net_mac: vm.net.as_ref().map(|n| n.mac.clone()),
             data: data.clone(),
+            shared,
         };
         let qemu_bin = find_program("qemu-system-x86_64").expect("checked available");
         // The console log lives in the instance directory; QEMU writes it through an
@@ -680,6 +718,16 @@ impl MicroVmRuntime {
                 None => Vec::new(),
             },
             stdio: stdio.is_some(),
+            mounts: spec
+                .binds
+                .iter()
+                .enumerate()
+                .map(|(i, b)| osvm_agent::proto::GuestMount {
+                    tag: qemu::share_tag(i),
+                    target: b.target.display().to_string(),
+                    read_only: !b.writable,
+                })
+                .collect(),
         };
         proto::write_msg(&mut conn, &launch).map_err(|e| setup(format!("send the launch: {e}")))?;
         let started: Event = proto::read_msg(&mut conn)
@@ -727,6 +775,7 @@ impl MicroVmRuntime {
         let record = AdoptRecord {
             facts: facts.clone(),
             net: net.clone(),
+            shares: vm.shares.len(),
         };
         write_atomic(
             &dir.join(ADOPT_RECORD),
@@ -755,9 +804,106 @@ impl MicroVmRuntime {
             qmp,
             facts,
             backend: Mutex::new(vm.backend.take()),
+            shares: Mutex::new(std::mem::take(&mut vm.shares)),
             lease: Mutex::new(vm.lease.take()),
             guest: state,
         })
+    }
+
+    /// Starts a virtiofsd for each of `spec`'s mounts, each in its own sandbox that holds
+    /// only its directory (writable or not, as the mount says) and the run directory; returns
+    /// their vhost-user sockets in order.
+    fn start_shares(
+        &self,
+        spec: &LaunchSpec,
+        plan: &Plan,
+        vm: &mut Starting,
+    ) -> Result<Vec<PathBuf>, RuntimeError> {
+        if spec.binds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let program = share_program().map_err(unavailable)?;
+        let mut sockets = Vec::new();
+        for (i, bind) in spec.binds.iter().enumerate() {
+            let socket = plan.run.join(format!("fs{i}.sock"));
+            let mut args = vec![
+                "--socket-path".into(),
+                socket.display().to_string(),
+                "--shared-dir".into(),
+                bind.source.display().to_string(),
+                // osvm's sandbox confines it (namespaces, no capabilities, seccomp, only
+                // this directory); its own would need privileges the sandbox does not give.
+                "--sandbox".into(),
+                "none".into(),
+                "--seccomp".into(),
+                "none".into(),
+                // Running as root in its namespace, it sets its own capabilities before it
+                // serves: to none at all (the sandbox left it CAP_SETPCAP only, for that).
+                "--modcaps=-chown:-dac_override:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap"
+                    .into(),
+                // File handles need CAP_DAC_READ_SEARCH; O_PATH descriptors do not.
+                "--inode-file-handles=never".into(),
+                "--cache".into(),
+                "auto".into(),
+                "--rlimit-nofile".into(),
+                "0".into(),
+            ];
+            if !bind.writable {
+                args.push("--readonly".into());
+            }
+            let share_spec = EmulatorSpec {
+                component: spec,
+                program: &program,
+                args,
+                memory: SHARE_MEMORY,
+                accel: None,
+            }
+            .build(vec![
+                rw(&plan.run),
+                if bind.writable {
+                    rw(&bind.source)
+                } else {
+                    ro(&bind.source)
+                },
+            ]);
+            let inst = self
+                .sandbox
+                .start_sandbox(
+                    &share_spec,
+                    osvm_sandbox::StartOptions {
+                        id: Some(share_instance(&plan.id, i)),
+                        keep_setpcap: true,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| {
+                    setup(format!(
+                        "start virtiofsd for {}: {e}",
+                        bind.source.display()
+                    ))
+                })?;
+            vm.shares.push(inst);
+            let started = vm.shares.last().expect("just pushed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !socket.exists() {
+                if let Ok(Some(status)) = started.try_wait() {
+                    return Err(setup(format!(
+                        "virtiofsd for {} {status} before it made its socket: {}",
+                        bind.source.display(),
+                        tail(&started.log_paths().1)
+                    )));
+                }
+                if Instant::now() > deadline {
+                    return Err(setup(format!(
+                        "virtiofsd for {} made no socket within 10s",
+                        bind.source.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sockets.push(socket);
+        }
+        Ok(sockets)
     }
 
     /// Takes back VM instance `id` that a previous daemon started: its QEMU and vsock backend
@@ -800,12 +946,30 @@ impl MicroVmRuntime {
                 oom_killed: false,
             }));
         };
+        let mut shares = Vec::new();
+        for i in 0..record.shares {
+            match adopt(share_instance(id, i)) {
+                Some(share) => shares.push(share),
+                None => {
+                    let _ = qemu.stop(Duration::ZERO);
+                    self.stop_leftovers(id);
+                    if let Some((netns, guest)) = &record.net {
+                        let _ = net::detach(netns, guest);
+                    }
+                    return Ok(Adoption::Stopped(format!(
+                        "the virtiofsd of its shared directory {i} is gone; it was stopped and \
+                         starts again"
+                    )));
+                }
+            }
+        }
         let instance = MicroVmInstance {
             base: GuestBase::new(id, dir.clone(), Arc::new(qemu), record.net),
             uds: dir.join("run").join("vm.vsock"),
             qmp: dir.join("run").join("qmp.sock"),
             facts: record.facts,
             backend: Mutex::new(Some(backend)),
+            shares: Mutex::new(shares),
             lease: Mutex::new(None),
             guest: Arc::new(Mutex::new(Guest::default())),
         };
@@ -831,6 +995,18 @@ struct AdoptRecord {
     facts: VmFacts,
     /// The component's namespace and the address the guest took from it.
     net: Option<(String, osvm_agent::proto::GuestNetwork)>,
+    /// How many shared directories (virtiofsd sandboxes) it has.
+    #[serde(default)]
+    shares: usize,
+}
+
+/// virtiofsd (the Rust one, from crates.io: it can run unprivileged with its own sandbox off).
+fn share_program() -> Result<PathBuf, String> {
+    find_program("virtiofsd").ok_or_else(|| {
+        "mounts in a microVM need virtiofsd (cargo install --locked virtiofsd@1.14.0 --root \
+         /usr/local; it builds against libseccomp-dev and libcap-ng-dev)"
+            .to_owned()
+    })
 }
 
 /// Writes `path` whole or not at all.
@@ -946,6 +1122,7 @@ struct Starting {
     lease: Option<CidLease>,
     net: Option<Attached>,
     backend: Option<SandboxInstance>,
+    shares: Vec<SandboxInstance>,
     qemu: Option<SandboxInstance>,
 }
 
@@ -953,6 +1130,9 @@ impl Starting {
     fn undo(&mut self) {
         if let Some(q) = self.qemu.take() {
             let _ = q.stop(Duration::ZERO);
+        }
+        for share in self.shares.drain(..) {
+            let _ = share.stop(Duration::ZERO);
         }
         if let Some(b) = self.backend.take() {
             let _ = b.stop(Duration::ZERO);
@@ -1087,6 +1267,8 @@ pub struct MicroVmInstance {
     facts: VmFacts,
     /// The vsock backend in its sandbox, until the VM ends.
     backend: Mutex<Option<SandboxInstance>>,
+    /// The virtiofsd of each shared directory, until the VM ends.
+    shares: Mutex<Vec<SandboxInstance>>,
     /// The context id, until the VM ends.
     lease: Mutex<Option<CidLease>>,
     guest: Arc<Mutex<Guest>>,
@@ -1240,6 +1422,9 @@ impl MicroVmInstance {
         self.base.finish(|| {
             if let Some(b) = self.backend.lock().expect("backend").take() {
                 let _ = b.stop(Duration::ZERO);
+            }
+            for share in self.shares.lock().expect("shares").drain(..) {
+                let _ = share.stop(Duration::ZERO);
             }
             self.lease.lock().expect("lease").take();
             // The events thread may still be reading the last message the agent sent.

@@ -75,6 +75,10 @@ pub struct Plan {
     /// reads, such as an MCP stdio transport) instead of a pipe drained into `stdout.log`.
     #[serde(default)]
     pub stdout_channel: bool,
+    /// The workload keeps `CAP_SETPCAP` in its user namespace (see
+    /// `StartOptions::keep_setpcap`: osvm's own helpers only).
+    #[serde(default)]
+    pub keep_setpcap: bool,
 }
 
 /// Where the launcher finds the listening sockets handed to the workload.

@@ -1002,3 +1002,110 @@ allow = {{ clients = ["bob"], tools = ["vmtool.echo"] }}
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
+
+/// `mounts` in a microVM: each host directory is served by its own virtiofsd, confined to that
+/// directory in a sandbox of its own, and mounted by the agent. A read-only mount refuses
+/// writes in the guest; a writable one needs no chown (the files the guest makes belong to the
+/// directory's owner on the host); a link planted in a shared directory resolves inside the
+/// guest, never to a host file.
+#[test]
+fn a_vm_mounts_host_directories_read_only_and_writable() {
+    const TEST: &str = "vm_mounts";
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    if osvm_guest::find_program("virtiofsd").is_none() {
+        skip(
+            "microvm",
+            TEST,
+            "needs virtiofsd (cargo install virtiofsd@1.14.0, with libseccomp-dev and libcap-ng-dev)",
+        );
+        return;
+    }
+    let ro = state.path.join("ro");
+    let rw = state.path.join("rw");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("hello.txt"), "shared read-only\n").unwrap();
+    // Root's, 0700: nobody but the owner gets in, as an operator's data directory would be.
+    std::fs::set_permissions(&rw, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink("/etc/machine-id", rw.join("planted")).unwrap();
+    let script = "cat /ro/hello.txt; \
+        echo from-the-guest > /rw/out.txt && echo rw-write=ok; \
+        touch /ro/x 2>/dev/null && echo ro-write=ok || echo ro-write=refused; \
+        echo planted=$(cat /rw/planted 2>&1 | head -c 40); \
+        grep -c virtiofs /proc/mounts; sleep 3600";
+    let file = state.path.join("mounts.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmmounts"
+
+[[component]]
+name = "m"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "{script}"]
+restart = "never"
+resources = {{ memory = "128M", cpus = 1 }}
+microvm = {{ data_disk = false }}
+mounts = [
+  {{ source = "{ro}", target = "/ro" }},
+  {{ source = "{rw}", target = "/rw", mode = "rw" }},
+]
+"#,
+            ro = ro.display(),
+            rw = rw.display()
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = wait_for_stdout(&state, "m", "the guest's report", &|o| {
+        o.contains("planted=") && o.lines().last().is_some_and(|l| l.ends_with(" 2"))
+    });
+    assert!(out.contains("shared read-only"), "{out}");
+    assert!(out.contains("rw-write=ok"), "{out}");
+    assert!(out.contains("ro-write=refused"), "{out}");
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let machine_id = machine_id.trim();
+    assert!(
+        machine_id.is_empty() || !out.contains(machine_id),
+        "the planted link reached a host file: {out}"
+    );
+    let written = rw.join("out.txt");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "from-the-guest\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&written).unwrap().uid(),
+        0,
+        "owned by the directory's owner"
+    );
+    assert!(!ro.join("x").exists());
+    // Each virtiofsd in its own sandbox, holding its directory only.
+    let id = status(&state, "m")["instance"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        assert!(
+            state
+                .path
+                .join("instances")
+                .join(format!("{id}-fs{i}"))
+                .exists(),
+            "virtiofsd {i} has its sandbox"
+        );
+    }
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+    let left = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("virtiofsd .*{}", state.path.display()))
+        .output()
+        .unwrap();
+    assert!(stdout(&left).trim().is_empty(), "virtiofsd outlived the VM");
+}

@@ -1196,3 +1196,52 @@ fn adopting_a_start_that_died_before_its_plan_removes_the_groups_it_made() {
     let _ = group.remove();
     assert!(left.is_empty(), "groups left: {left:?}");
 }
+
+/// The one exception to "no capabilities", for osvm's own helpers (virtiofsd insists on setting
+/// its capabilities itself): `keep_setpcap` leaves CAP_SETPCAP of the sandbox's user namespace
+/// in every set and nothing else, still under no_new_privs and seccomp; without it (every
+/// component) the sets are empty.
+#[test]
+fn a_helper_may_keep_setpcap_alone_and_a_workload_keeps_nothing() {
+    if !sandbox_available("keep-setpcap") {
+        return;
+    }
+    use osvm_core::Instance;
+    let state = StateDir::new("keep-setpcap");
+    let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
+    config.state_dir = state.path.clone();
+    let runtime = osvm_sandbox::SandboxRuntime::new(config);
+    let mut spec = osvm_core::LaunchSpec::new("helper", "/probe/osvm-probe", vec!["status".into()]);
+    spec.binds.push(osvm_core::BindMount {
+        source: probe_dir(),
+        target: "/probe".into(),
+        writable: false,
+    });
+    let status_of = |keep: bool| -> Value {
+        let instance = runtime
+            .start_sandbox(
+                &spec,
+                osvm_sandbox::StartOptions {
+                    keep_setpcap: keep,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let exit = instance.wait().unwrap();
+        assert_eq!(exit.code, Some(0), "{exit:?}");
+        let out = std::fs::read_to_string(instance.log_paths().0).unwrap();
+        // `<time> stdout <line>`
+        let json = out.lines().last().unwrap().splitn(3, ' ').nth(2).unwrap();
+        serde_json::from_str(json).unwrap()
+    };
+    let helper = status_of(true);
+    for set in ["cap_eff", "cap_prm", "cap_bnd", "cap_inh", "cap_amb"] {
+        assert_eq!(helper[set], "0000000000000100", "{set}: {helper}");
+    }
+    assert_eq!(helper["no_new_privs"], "1");
+    assert_eq!(helper["seccomp"], "2");
+    let workload = status_of(false);
+    for set in ["cap_eff", "cap_prm", "cap_bnd", "cap_inh", "cap_amb"] {
+        assert_eq!(workload[set], "0000000000000000", "{set}: {workload}");
+    }
+}

@@ -133,6 +133,19 @@ pub fn run(agent: &Arc<Agent>) -> ! {
         agent.power_off();
     }
 
+    for shared in &launch.mounts {
+        if let Err(error) = setup::mount_shared(shared) {
+            say!("cannot mount a shared directory: {error}");
+            agent.events.send(&Event::StartFailed {
+                error: format!(
+                    "cannot mount the shared directory at {}: {error}",
+                    shared.target
+                ),
+            });
+            agent.power_off();
+        }
+    }
+
     match VsockConn::connect(proto::HOST_CID, proto::LOGS_PORT) {
         Ok(conn) => agent.logs.attach(conn),
         Err(error) => {

@@ -158,6 +158,50 @@ pub fn mount_data(device: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Mounts a host directory shared over virtio-fs (`nosuid`, `nodev`, read-only if asked) at
+/// its target, which must be an absolute path without `..`.
+pub fn mount_shared(shared: &osvm_agent::proto::GuestMount) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    use std::path::{Component, Path};
+    let target = Path::new(&shared.target);
+    if !target.is_absolute()
+        || target
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "mount target {:?} is not a plain absolute path",
+            shared.target
+        ));
+    }
+    fs::create_dir_all(target).map_err(|e| format!("create {}: {e}", target.display()))?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if shared.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(
+        Some(shared.tag.as_str()),
+        target,
+        Some("virtiofs"),
+        flags,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        format!(
+            "mount {} (virtiofs) at {}: {e}",
+            shared.tag,
+            target.display()
+        )
+    })?;
+    say!(
+        "{}: virtiofs {}{}",
+        target.display(),
+        shared.tag,
+        if shared.read_only { ", read-only" } else { "" }
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

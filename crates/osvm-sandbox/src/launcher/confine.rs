@@ -69,6 +69,7 @@ impl Exec {
 pub struct Confiner {
     ruleset: landlock::Prepared,
     programs: Vec<BpfProgram>,
+    keep_setpcap: bool,
 }
 
 impl Confiner {
@@ -88,7 +89,17 @@ impl Confiner {
         let ruleset = landlock::prepare(spec.readonly_root, &writable, &spec.listen)
             .map_err(|e| format!("prepare Landlock: {e}"))?;
         let programs = seccomp::build(spec.native_aio).map_err(|e| format!("seccomp: {e}"))?;
-        Ok(Self { ruleset, programs })
+        Ok(Self {
+            ruleset,
+            programs,
+            keep_setpcap: false,
+        })
+    }
+
+    /// Keeps `CAP_SETPCAP` for the workload (see `Plan::keep_setpcap`).
+    pub fn keeping_setpcap(mut self, keep: bool) -> Self {
+        self.keep_setpcap = keep;
+        self
     }
 
     /// Sets `no_new_privs`, enforces Landlock, drops every capability and installs seccomp,
@@ -105,7 +116,12 @@ impl Confiner {
             .ruleset
             .enforce()
             .map_err(|e| format!("apply Landlock: {e}"))?;
-        caps::drop_all().map_err(|e| format!("drop capabilities: {e}"))?;
+        if self.keep_setpcap {
+            caps::drop_all_but_setpcap()
+        } else {
+            caps::drop_all()
+        }
+        .map_err(|e| format!("drop capabilities: {e}"))?;
         seccomp::install(&self.programs).map_err(|e| format!("seccomp: {e}"))?;
         Ok(report)
     }

@@ -158,7 +158,7 @@ fn setup(plan: &Plan, ctl: OwnedFd) -> Result<(Pid, InitMsg), String> {
         .chain(spec.args.iter().cloned())
         .collect();
     let exec = Exec::new(spec, &command)?;
-    let confiner = Confiner::prepare(spec)?;
+    let confiner = Confiner::prepare(spec)?.keeping_setpcap(plan.keep_setpcap);
 
     // Moving a task into a v1 cgroup waits for an RCU grace period (milliseconds); the
     // monitor does it while this process builds the root and its filters, and the sandbox is

@@ -108,6 +108,7 @@ pub(super) fn microvm_checks(kvm: &KvmProbe, state_dir: &Path) -> Vec<Check> {
         microvm,
         accel_check(kvm),
         vsock_backend_check(),
+        virtiofs_check(),
         guest_kernel_check(state_dir),
         agent_check(),
         tsc_check(),
@@ -138,24 +139,40 @@ fn agent_check() -> Check {
 
 /// The user-space vsock backend QEMU's `vhost-user-vsock-device` talks to.
 fn vsock_backend_check() -> Check {
-    const NAME: &str = "vhost-device-vsock";
-    match run_command(NAME, &["--version"], COMMAND_TIMEOUT) {
-        Ok(out) if out.status.success() => Check::yes(AREA_MICROVM, NAME, out.first_line()),
+    tool_check(
+        "vhost-device-vsock",
+        "`cargo install --locked vhost-device-vsock@0.3.0 --root /usr/local`",
+    )
+}
+
+/// The virtio-fs backend that serves a microVM's `mounts`.
+fn virtiofs_check() -> Check {
+    let mut check = tool_check(
+        "virtiofsd",
+        "`cargo install --locked virtiofsd@1.14.0 --root /usr/local` (with libseccomp-dev and \
+         libcap-ng-dev); needed only by microVMs with mounts",
+    );
+    check.name = "virtiofsd (mounts)".into();
+    check
+}
+
+/// A helper program, found by running it with `--version`; `install` says how to get it.
+fn tool_check(name: &'static str, install: &str) -> Check {
+    match run_command(name, &["--version"], COMMAND_TIMEOUT) {
+        Ok(out) if out.status.success() => Check::yes(AREA_MICROVM, name, out.first_line()),
         Ok(out) => Check::no(
             AREA_MICROVM,
-            NAME,
+            name,
             format!(
-                "`{NAME} --version` failed ({}): {}",
+                "`{name} --version` failed ({}): {}",
                 out.status,
                 out.first_line()
             ),
         ),
-        Err(e @ ProbeError::NotFound { .. }) => Check::no(
-            AREA_MICROVM,
-            NAME,
-            format!("{e}; `cargo install --locked vhost-device-vsock@0.3.0 --root /usr/local`"),
-        ),
-        Err(e) => Check::no(AREA_MICROVM, NAME, e.to_string()),
+        Err(e @ ProbeError::NotFound { .. }) => {
+            Check::no(AREA_MICROVM, name, format!("{e}; {install}"))
+        }
+        Err(e) => Check::no(AREA_MICROVM, name, e.to_string()),
     }
 }
 

@@ -365,9 +365,10 @@ pub(super) fn component(
                 "mtls_egress yet: its listener lives in the component's namespace, outside the guest",
             ));
         }
-        if rootfs.is_some() || !mounts.is_empty() {
+        if rootfs.is_some() {
             return Err(refuse(
-                "rootfs or mounts: use microvm.include to copy host files into its image",
+                "rootfs: its root is its image (add host files with microvm.include, or share \
+                 directories with mounts)",
             ));
         }
     }
