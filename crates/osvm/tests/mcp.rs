@@ -18,10 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-const SERVERS: &[&str] = &[
-    "@modelcontextprotocol/server-filesystem@2026.8.31",
-    "@modelcontextprotocol/server-everything@2026.8.31",
-];
 const PYTHON_SDK: &str = "mcp==2.3.0";
 /// The MCP servers of the test stack.
 const SERVER_COUNT: usize = 5;
@@ -52,22 +48,7 @@ fn install() -> Result<Fixtures, String> {
             ))
         }
     };
-    if !Path::new("/usr/bin/node").exists() {
-        return Err("needs Node.js at /usr/bin/node".into());
-    }
-    let servers = dir.join("servers");
-    let fs_server =
-        servers.join("node_modules/@modelcontextprotocol/server-filesystem/dist/index.js");
-    if !fs_server.exists() {
-        std::fs::create_dir_all(&servers).map_err(|e| e.to_string())?;
-        run(
-            Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-                .arg(&servers)
-                .args(SERVERS),
-            "npm install of the reference MCP servers",
-        )?;
-    }
+    let node_modules = reference_mcp_servers()?;
     let venv = dir.join("venv");
     let python = venv.join("bin/python");
     let has_sdk = Command::new(&python)
@@ -85,7 +66,7 @@ fn install() -> Result<Fixtures, String> {
         )?;
     }
     Ok(Fixtures {
-        node_modules: servers.join("node_modules"),
+        node_modules,
         python,
     })
 }

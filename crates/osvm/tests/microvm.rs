@@ -1109,3 +1109,146 @@ mounts = [
         .unwrap();
     assert!(stdout(&left).trim().is_empty(), "virtiofsd outlived the VM");
 }
+
+/// The reference MCP servers (the npm `filesystem` and `everything` servers, run with the
+/// machine's Node.js) in microVMs behind the gateway, under the same kind of policy as the
+/// process ones in tests/mcp.rs: their code and the shared directory are mounts over virtio-fs,
+/// a client reads and writes through them as the policy allows, and is refused what it does not.
+#[test]
+fn the_reference_mcp_servers_run_in_microvms_under_policy() {
+    const TEST: &str = "vm_mcp_reference";
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    if osvm_guest::find_program("virtiofsd").is_none() {
+        skip(
+            "microvm",
+            TEST,
+            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
+        );
+        return;
+    }
+    let node_modules = match reference_mcp_servers() {
+        Ok(n) => n,
+        Err(e) => {
+            skip("mcp", TEST, &e);
+            return;
+        }
+    };
+    let shared = state.path.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello.txt"), "hello from the host\n").unwrap();
+    let file = state.path.join("vmref.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmref"
+mcp = {{ call_timeout = "30s" }}
+
+[[component]]
+name = "files"
+type = {{ kind = "mcp_server", name = "fs" }}
+runtime = "microvm"
+command = "/usr/bin/node"
+args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", "/shared"]
+mounts = [
+  {{ source = "{nm}", target = "/opt/mcp/node_modules" }},
+  {{ source = "{shared}", target = "/shared", mode = "rw" }},
+]
+resources = {{ memory = "512M", cpus = 1 }}
+microvm = {{ data_disk = false, boot_timeout = "120s" }}
+
+[[component]]
+name = "everything"
+type = {{ kind = "mcp_server", name = "everything" }}
+runtime = "microvm"
+command = "/usr/bin/node"
+args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
+mounts = [{{ source = "{nm}", target = "/opt/mcp/node_modules" }}]
+resources = {{ memory = "512M", cpus = 1 }}
+microvm = {{ data_disk = false, boot_timeout = "120s" }}
+
+[[mcp_policy]]
+allow = {{ clients = ["alice"], tools = ["fs.*", "everything.*"] }}
+
+[[mcp_policy]]
+allow = {{ clients = ["bob"], tools = ["fs.read_*", "fs.list_*", "everything.echo"] }}
+
+[[mcp_policy]]
+deny = {{ clients = ["*"], tools = ["fs.move_file"] }}
+"#,
+            nm = node_modules.display(),
+            shared = shared.display()
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let o = run(state.osvm().args(["-o", "json", "mcp", "servers"]));
+        let servers: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let up = servers
+            .as_array()
+            .map_or(0, |s| s.iter().filter(|s| s["state"] == "up").count());
+        if up == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the servers did not come up: {servers}\n{}",
+            stdout(&run(state.osvm().arg("events")))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, v) = mcp_call(
+        &state,
+        "bob",
+        "fs.read_text_file",
+        r#"{"path": "/shared/hello.txt"}"#,
+    );
+    assert_eq!(code, 0, "{v}");
+    assert!(v.to_string().contains("hello from the host"), "{v}");
+    let (code, v) = mcp_call(
+        &state,
+        "bob",
+        "fs.write_file",
+        r#"{"path": "/shared/bob.txt", "content": "bob was here"}"#,
+    );
+    assert_eq!(code, 3, "bob may only read: {v}");
+    assert!(!shared.join("bob.txt").exists());
+    let (code, v) = mcp_call(
+        &state,
+        "alice",
+        "fs.write_file",
+        r#"{"path": "/shared/alice.txt", "content": "alice was here"}"#,
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("alice.txt")).unwrap(),
+        "alice was here"
+    );
+    let (code, v) = mcp_call(
+        &state,
+        "alice",
+        "fs.move_file",
+        r#"{"source": "/shared/alice.txt", "destination": "/shared/moved.txt"}"#,
+    );
+    assert_eq!(code, 3, "nobody may move files: {v}");
+    assert!(shared.join("alice.txt").exists());
+    let (code, v) = mcp_call(
+        &state,
+        "bob",
+        "everything.echo",
+        r#"{"message": "in a VM"}"#,
+    );
+    assert_eq!(code, 0, "{v}");
+    assert!(v.to_string().contains("in a VM"), "{v}");
+    let (code, v) = mcp_call(&state, "bob", "everything.get-sum", r#"{"a": 1, "b": 2}"#);
+    assert_eq!(code, 3, "{v}");
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}

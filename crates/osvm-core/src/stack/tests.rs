@@ -374,6 +374,20 @@ fn launch_spec_maps_every_field() {
 }
 
 #[test]
+fn every_example_stack_file_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} example stacks found");
+}
+
+#[test]
 fn quickstart_example_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
     let stack = load(&path).unwrap();

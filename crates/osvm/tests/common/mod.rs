@@ -572,3 +572,41 @@ pub fn http_get_host(port: u16) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     http_get(s)
 }
+
+/// The reference MCP servers from the npm registry (pinned versions).
+const REFERENCE_MCP_SERVERS: &[&str] = &[
+    "@modelcontextprotocol/server-filesystem@2026.8.31",
+    "@modelcontextprotocol/server-everything@2026.8.31",
+];
+
+/// The `node_modules` holding the reference MCP servers, installed once per target directory
+/// with the machine's npm; why not, when the host lacks Node.js or npm or the registry.
+#[allow(dead_code)]
+pub fn reference_mcp_servers() -> Result<PathBuf, String> {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    if !std::path::Path::new("/usr/bin/node").exists() {
+        return Err("needs Node.js at /usr/bin/node".into());
+    }
+    let servers = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-fixtures/servers");
+    let node_modules = servers.join("node_modules");
+    if !node_modules
+        .join("@modelcontextprotocol/server-filesystem/dist/index.js")
+        .exists()
+    {
+        std::fs::create_dir_all(&servers).map_err(|e| e.to_string())?;
+        let o = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&servers)
+            .args(REFERENCE_MCP_SERVERS)
+            .output()
+            .map_err(|e| format!("npm install of the reference MCP servers: cannot run: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "npm install of the reference MCP servers failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+    }
+    Ok(node_modules)
+}
