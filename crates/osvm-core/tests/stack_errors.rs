@@ -605,6 +605,13 @@ fn cases() -> Vec<Case> {
             "does not support socket_activation",
         ),
         case(
+            "a data volume for a unikernel",
+            base("runtime = \"unikernel\"\nresources = { disk = \"64M\" }"),
+            8,
+            22,
+            "gets no persistent /data volume",
+        ),
+        case(
             "rootfs in a microVM",
             base("runtime = \"microvm\"\nrootfs = \"/srv/root\""),
             4,

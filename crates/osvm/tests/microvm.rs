@@ -1252,3 +1252,90 @@ deny = {{ clients = ["*"], tools = ["fs.move_file"] }}
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
+
+/// `mtls = true` on a microVM: its hub ingress ends TLS outside the guest and passes only
+/// clients with an identity of the stack's CA; the guest serves plain HTTP on its address.
+#[test]
+fn an_mtls_vm_is_reached_only_with_an_identity() {
+    const TEST: &str = "vm_mtls";
+    if !hub_available(TEST) {
+        return;
+    }
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let www = www(&state);
+    let client = r#"
+import sys, ssl, time, http.client
+for attempt in range(60):
+    ctx = ssl.create_default_context(cafile='/run/osvm/identity/bundle.pem')
+    if sys.argv[1] == 'cert':
+        ctx.load_cert_chain('/run/osvm/identity/cert.pem', '/run/osvm/identity/key.pem')
+    try:
+        c = http.client.HTTPSConnection('web.vmt.osvm', 8080, context=ctx, timeout=5)
+        c.request('GET', '/')
+        r = c.getresponse()
+        print(sys.argv[1], 'GOT', r.status, r.read().decode().strip(), flush=True)
+        break
+    except ssl.SSLError as e:
+        print(sys.argv[1], 'REFUSED', type(e).__name__, flush=True)
+        break
+    except OSError as e:
+        time.sleep(1)
+time.sleep(3600)
+"#;
+    let file = state.path.join("vmt.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmt"
+network = "hub"
+
+[[component]]
+name = "web"
+runtime = "microvm"
+command = "/bin/busybox"
+args = ["httpd", "-f", "-p", "8080", "-h", "{www}"]
+listen = [8080]
+mtls = true
+resources = {{ memory = "128M", cpus = 1 }}
+microvm = {{ include = ["{www}"], data_disk = false }}
+health = {{ tcp = true, port = 8080 }}
+
+[[component]]
+name = "client"
+command = "/usr/bin/python3"
+args = ["-c", '''{client}''', "cert"]
+
+[[component]]
+name = "nocert"
+command = "/usr/bin/python3"
+args = ["-c", '''{client}''', "none"]
+
+[[policy]]
+allow = {{ from = "client", to = "web", ports = [8080] }}
+
+[[policy]]
+allow = {{ from = "nocert", to = "web", ports = [8080] }}
+"#,
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = wait_for_stdout(&state, "client", "the client's answer", &|o| {
+        o.contains("cert ")
+    });
+    assert!(
+        out.contains("cert GOT 200 hello from a microvm"),
+        "client: {out}"
+    );
+    let out = wait_for_stdout(&state, "nocert", "the refusal", &|o| o.contains("none "));
+    assert!(out.contains("none REFUSED"), "nocert: {out}");
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}

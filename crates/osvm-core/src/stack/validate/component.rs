@@ -103,6 +103,10 @@ pub(super) fn component(
         .map(|dir| absolute_path(src, &dir, "working_dir", false))
         .transpose()?;
 
+    let disk_span = raw
+        .resources
+        .as_ref()
+        .and_then(|r| r.get_ref().0.disk.as_ref().map(|d| d.span()));
     let resources = resources(src, raw.resources)?;
 
     let mut listen: Vec<u16> = Vec::with_capacity(raw.listen.len());
@@ -326,6 +330,16 @@ pub(super) fn component(
         }
         if working_dir.is_some() {
             return Err(refuse("working_dir: the guest has no host directories"));
+        }
+        if let Some(span) = disk_span {
+            return Err(src.error(
+                span,
+                format!(
+                    "component `{name_text}` is a Hermit unikernel, which gets no persistent \
+                     /data volume (osvm gives Hermit no block or shared-directory device yet; \
+                     its files live in guest memory): remove resources.disk"
+                ),
+            ));
         }
         if matches!(
             health.as_ref().map(|h| &h.probe),
