@@ -391,6 +391,25 @@ fn data_disk(vms: &MicroVmRuntime, state: &Path, runs: usize) {
     spec.runtime = osvm_core::RuntimeSpec::MicroVm {
         microvm: osvm_core::VmOptions::default(),
     };
+    // The same workload on a host directory shared into the guest over virtio-fs (a `mounts`
+    // entry, `rw`): the other way a VM could keep its data.
+    let shared_dir = state.join("shared-data");
+    std::fs::create_dir_all(&shared_dir).unwrap();
+    let mut shared_spec = spec.clone();
+    shared_spec.args = vec!["throughput".into(), "/shared".into(), "256".into()];
+    shared_spec.resources.disk_bytes = None;
+    shared_spec.runtime = osvm_core::RuntimeSpec::MicroVm {
+        microvm: osvm_core::VmOptions {
+            no_data_disk: true,
+            ..Default::default()
+        },
+    };
+    shared_spec.binds.push(osvm_core::BindMount {
+        source: shared_dir.clone(),
+        target: "/shared".into(),
+        writable: true,
+    });
+    let mut shared = Vec::new();
     let (mut host, mut guest) = (Vec::new(), Vec::new());
     for round in 0..runs {
         let out = Command::new(&probe)
@@ -406,6 +425,14 @@ fn data_disk(vms: &MicroVmRuntime, state: &Path, runs: usize) {
         vm.wait().unwrap();
         let text = std::fs::read_to_string(vm.log_paths().0).unwrap_or_default();
         guest.push(parse(&text));
+        match vms.start_vm(&shared_spec, &format!("benchdata-shared{round}")) {
+            Ok(vm) => {
+                vm.wait().unwrap();
+                let text = std::fs::read_to_string(vm.log_paths().0).unwrap_or_default();
+                shared.push(parse(&text));
+            }
+            Err(e) => println!("SKIP the virtio-fs row: {e}"),
+        }
     }
     let median = |v: &[(f64, f64)], k: usize| {
         let mut v: Vec<f64> = v.iter().map(|p| if k == 0 { p.0 } else { p.1 }).collect();
@@ -427,6 +454,15 @@ fn data_disk(vms: &MicroVmRuntime, state: &Path, runs: usize) {
         median(&guest, 1),
         median(&guest, 1) / median(&host, 1)
     );
+    if !shared.is_empty() {
+        println!(
+            "| microVM mount (host directory, virtio-fs) | {:.0} ({:.2}x) | {:.0} ({:.2}x) |",
+            median(&shared, 0),
+            median(&shared, 0) / median(&host, 0),
+            median(&shared, 1),
+            median(&shared, 1) / median(&host, 1)
+        );
+    }
 }
 
 /// The memory of the vsock backend's sandbox cgroup, read through the sandbox runtime.
