@@ -251,6 +251,11 @@ pub struct VmOptions {
     /// the instance, and the component can be hot-swapped (a disk cannot be in two guests).
     #[serde(default)]
     pub no_data_disk: bool,
+    /// The component's volume reaches the guest's `/data` over virtio-fs (a virtiofsd whose
+    /// sandbox mounts it) instead of as a disk: slower for small files, but two instances can
+    /// share it, so a stateful VM can be hot-swapped.
+    #[serde(default)]
+    pub shared_data: bool,
 }
 
 /// Which program boots a Hermit image.

@@ -612,6 +612,13 @@ fn cases() -> Vec<Case> {
             "gets no persistent /data volume",
         ),
         case(
+            "shared data and no data disk",
+            base("runtime = \"microvm\"\nmicrovm = { data_disk = false, shared_data = true }"),
+            8,
+            46,
+            "keep one",
+        ),
+        case(
             "rootfs in a microVM",
             base("runtime = \"microvm\"\nrootfs = \"/srv/root\""),
             4,

@@ -68,7 +68,16 @@ impl MicroVmRuntime {
             osvm_sandbox::volume::VolumeError::Unavailable(reason) => unavailable(reason),
             other => setup(format!("the data volume: {other}")),
         })?;
-        if disk_in_use(&image)
+        if osvm_sandbox::volume::loop_backed(&image) {
+            return Err(setup(format!(
+                "the data volume {} is mounted for another instance of `{}` (a process, or a VM \
+                 with shared_data); a disk cannot be attached while it is: stop that instance \
+                 first, or give this VM microvm = {{ shared_data = true }}",
+                image.display(),
+                spec.name
+            )));
+        }
+        if osvm_sandbox::volume::attached_to_vm(&image)
             .map_err(|e| RuntimeError::io(format!("check {}", image.display()), e))?
         {
             return Err(setup(format!(
@@ -81,22 +90,6 @@ impl MicroVmRuntime {
         }
         Ok(image)
     }
-}
-
-/// Whether a running QEMU holds the image (QEMU takes OFD locks on the image files it opens).
-fn disk_in_use(image: &Path) -> io::Result<bool> {
-    use nix::fcntl::{FcntlArg, fcntl};
-    let file = fs::File::open(image)?;
-    // Would a write lock over the whole file conflict with anyone's?
-    let mut probe = nix::libc::flock {
-        l_type: nix::libc::F_WRLCK as i16,
-        l_whence: nix::libc::SEEK_SET as i16,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    fcntl(&file, FcntlArg::F_OFD_GETLK(&mut probe)).map_err(io::Error::from)?;
-    Ok(probe.l_type != nix::libc::F_UNLCK as i16)
 }
 
 /// The identity files osvm wrote for the component (see osvm-daemon's identity module), with
@@ -378,7 +371,7 @@ impl MicroVmRuntime {
     /// accelerator it asks for, its guest kernel, its agent.
     pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
         self.refuse_confidential(spec)?;
-        if !spec.binds.is_empty() {
+        if !shares_of(spec)?.is_empty() {
             share_program().map_err(unavailable)?;
         }
         host::resolve_accel(options(spec)?.accel, &self.kvm).map_err(unavailable)?;
@@ -594,7 +587,8 @@ impl MicroVmRuntime {
             std::thread::sleep(Duration::from_millis(5));
         }
 
-        if !spec.binds.is_empty()
+        let shares = shares_of(spec)?;
+        if !shares.is_empty()
             && options(spec)?.kernel.is_none()
             && !kernel
                 .modules
@@ -602,15 +596,17 @@ impl MicroVmRuntime {
                 .any(|m| m.file_name().is_some_and(|n| n == "virtiofs.ko"))
         {
             return Err(setup(format!(
-                "the guest kernel {} has no virtiofs module for the mounts; `osvm kernel fetch \
-                 --force` stores one that has",
+                "the guest kernel {} has no virtiofs module for the shared directories; `osvm \
+                 kernel fetch --force` stores one that has",
                 kernel.release
             )));
         }
-        let shared = self.start_shares(spec, plan, vm)?;
+        let shared = self.start_shares(spec, &shares, plan, vm)?;
 
         let data = match spec.data {
-            osvm_core::DataKind::Persistent if !options(spec)?.no_data_disk => {
+            osvm_core::DataKind::Persistent
+                if !options(spec)?.no_data_disk && !options(spec)?.shared_data =>
+            {
                 // A kernel fetched before osvm gave VMs a data disk lacks the block driver.
                 let has_blk = kernel
                     .modules
@@ -718,14 +714,13 @@ impl MicroVmRuntime {
                 None => Vec::new(),
             },
             stdio: stdio.is_some(),
-            mounts: spec
-                .binds
+            mounts: shares
                 .iter()
                 .enumerate()
-                .map(|(i, b)| osvm_agent::proto::GuestMount {
+                .map(|(i, share)| osvm_agent::proto::GuestMount {
                     tag: qemu::share_tag(i),
-                    target: b.target.display().to_string(),
-                    read_only: !b.writable,
+                    target: share.target.display().to_string(),
+                    read_only: !share.writable,
                 })
                 .collect(),
         };
@@ -816,21 +811,31 @@ impl MicroVmRuntime {
     fn start_shares(
         &self,
         spec: &LaunchSpec,
+        shares: &[Share],
         plan: &Plan,
         vm: &mut Starting,
     ) -> Result<Vec<PathBuf>, RuntimeError> {
-        if spec.binds.is_empty() {
+        if shares.is_empty() {
             return Ok(Vec::new());
         }
         let program = share_program().map_err(unavailable)?;
         let mut sockets = Vec::new();
-        for (i, bind) in spec.binds.iter().enumerate() {
+        for (i, share) in shares.iter().enumerate() {
             let socket = plan.run.join(format!("fs{i}.sock"));
+            // The component's volume is mounted by the sandbox at its /data (one mounted file
+            // system for every instance of the component, so two VMs can share it in a swap).
+            let (dir, what) = match &share.source {
+                Some(source) => (source.clone(), source.display().to_string()),
+                None => (
+                    PathBuf::from(osvm_sandbox::plan::DATA_DIR_INSIDE),
+                    "the data volume".to_owned(),
+                ),
+            };
             let mut args = vec![
                 "--socket-path".into(),
                 socket.display().to_string(),
                 "--shared-dir".into(),
-                bind.source.display().to_string(),
+                dir.display().to_string(),
                 // osvm's sandbox confines it (namespaces, no capabilities, seccomp, only
                 // this directory); its own would need privileges the sandbox does not give.
                 "--sandbox".into(),
@@ -848,24 +853,27 @@ impl MicroVmRuntime {
                 "--rlimit-nofile".into(),
                 "0".into(),
             ];
-            if !bind.writable {
+            if !share.writable {
                 args.push("--readonly".into());
             }
-            let share_spec = EmulatorSpec {
+            let mut binds = vec![rw(&plan.run)];
+            match &share.source {
+                Some(source) if share.writable => binds.push(rw(source)),
+                Some(source) => binds.push(ro(source)),
+                None => {}
+            }
+            let mut share_spec = EmulatorSpec {
                 component: spec,
                 program: &program,
                 args,
                 memory: SHARE_MEMORY,
                 accel: None,
             }
-            .build(vec![
-                rw(&plan.run),
-                if bind.writable {
-                    rw(&bind.source)
-                } else {
-                    ro(&bind.source)
-                },
-            ]);
+            .build(binds);
+            if share.source.is_none() {
+                share_spec.data = osvm_core::DataKind::Persistent;
+                share_spec.resources.disk_bytes = spec.resources.disk_bytes;
+            }
             let inst = self
                 .sandbox
                 .start_sandbox(
@@ -876,27 +884,20 @@ impl MicroVmRuntime {
                         ..Default::default()
                     },
                 )
-                .map_err(|e| {
-                    setup(format!(
-                        "start virtiofsd for {}: {e}",
-                        bind.source.display()
-                    ))
-                })?;
+                .map_err(|e| setup(format!("start virtiofsd for {what}: {e}")))?;
             vm.shares.push(inst);
             let started = vm.shares.last().expect("just pushed");
             let deadline = Instant::now() + Duration::from_secs(10);
             while !socket.exists() {
                 if let Ok(Some(status)) = started.try_wait() {
                     return Err(setup(format!(
-                        "virtiofsd for {} {status} before it made its socket: {}",
-                        bind.source.display(),
+                        "virtiofsd for {what} {status} before it made its socket: {}",
                         tail(&started.log_paths().1)
                     )));
                 }
                 if Instant::now() > deadline {
                     return Err(setup(format!(
-                        "virtiofsd for {} made no socket within 10s",
-                        bind.source.display()
+                        "virtiofsd for {what} made no socket within 10s"
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -998,6 +999,38 @@ struct AdoptRecord {
     /// How many shared directories (virtiofsd sandboxes) it has.
     #[serde(default)]
     shares: usize,
+}
+
+/// A directory shared into the guest over virtio-fs.
+struct Share {
+    /// The host directory; `None`: the component's data volume.
+    source: Option<PathBuf>,
+    /// Where the guest mounts it.
+    target: PathBuf,
+    /// Whether the guest may write.
+    writable: bool,
+}
+
+/// What `spec` shares into its guest: its mounts, then its `/data` when `shared_data` asks
+/// for the volume over virtio-fs.
+fn shares_of(spec: &LaunchSpec) -> Result<Vec<Share>, RuntimeError> {
+    let mut shares: Vec<Share> = spec
+        .binds
+        .iter()
+        .map(|b| Share {
+            source: Some(b.source.clone()),
+            target: b.target.clone(),
+            writable: b.writable,
+        })
+        .collect();
+    if spec.data == osvm_core::DataKind::Persistent && options(spec)?.shared_data {
+        shares.push(Share {
+            source: None,
+            target: PathBuf::from("/data"),
+            writable: true,
+        });
+    }
+    Ok(shares)
 }
 
 /// virtiofsd (the Rust one, from crates.io: it can run unprivileged with its own sandbox off).
@@ -1652,31 +1685,5 @@ mod data_volume_tests {
         let err = identity_files(&dir).unwrap_err().to_string();
         assert!(err.contains("key.pem"), "{err}");
         let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_disk_locked_by_another_open_file_is_in_use() {
-        use nix::fcntl::{FcntlArg, fcntl};
-        let path = std::env::temp_dir().join(format!("osvm-disk-lock-{}", std::process::id()));
-        fs::write(&path, vec![0u8; 4096]).unwrap();
-        assert!(!disk_in_use(&path).unwrap());
-        // What QEMU does on the images it opens: OFD locks on a few bytes.
-        let qemu = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let lock = nix::libc::flock {
-            l_type: nix::libc::F_WRLCK as i16,
-            l_whence: nix::libc::SEEK_SET as i16,
-            l_start: 100,
-            l_len: 1,
-            l_pid: 0,
-        };
-        fcntl(&qemu, FcntlArg::F_OFD_SETLK(&lock)).unwrap();
-        assert!(disk_in_use(&path).unwrap());
-        drop(qemu);
-        assert!(!disk_in_use(&path).unwrap());
-        let _ = fs::remove_file(&path);
     }
 }

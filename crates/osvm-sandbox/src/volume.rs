@@ -47,6 +47,14 @@ pub enum VolumeError {
         /// The cap asked for.
         want: u64,
     },
+    /// A microVM has the image attached as its disk: mounting it too would put two file
+    /// system drivers on one ext4.
+    #[error(
+        "the data volume {0} is attached as a disk to a running microVM of the component; it \
+         cannot be mounted while that VM runs (stop it first; a VM whose /data is to be shared \
+         between instances says microvm = {{ shared_data = true }})"
+    )]
+    AttachedToVm(PathBuf),
     /// A step failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -321,6 +329,31 @@ fn write_record(record: &Path, n: u32) -> io::Result<()> {
         .write_all(format!("{n}\n").as_bytes())
 }
 
+/// Whether a running QEMU has `image` open as a disk (QEMU takes OFD locks on the images it
+/// opens): would a write lock over the whole file conflict with anyone's?
+pub fn attached_to_vm(image: &Path) -> io::Result<bool> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let file = File::open(image)?;
+    let mut probe = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(&file, FcntlArg::F_OFD_GETLK(&mut probe)).map_err(io::Error::from)?;
+    Ok(probe.l_type != libc::F_UNLCK as i16)
+}
+
+/// Whether `image` is bound to a loop device (mounted for an instance of its component, or
+/// about to be): a microVM must not attach it as a disk then.
+pub fn loop_backed(image: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(image) else {
+        return false;
+    };
+    recorded_loop(&image.with_extension("img.loop"), &meta).is_some()
+}
+
 /// A detached mount of the volume at `image`, grown to `bytes` first if it is smaller.
 pub fn mount(image: &Path, bytes: u64) -> Result<OwnedFd, VolumeError> {
     let file = OpenOptions::new()
@@ -329,6 +362,9 @@ pub fn mount(image: &Path, bytes: u64) -> Result<OwnedFd, VolumeError> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(image)
         .map_err(io_err("open", image))?;
+    if attached_to_vm(image).map_err(io_err("check the locks of", image))? {
+        return Err(VolumeError::AttachedToVm(image.to_path_buf()));
+    }
     // Starts of one component (a hot-swap, a restart racing its predecessor's end) take turns.
     let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| io_err("lock", image)(e.into()))?;
@@ -375,4 +411,42 @@ pub fn mount(image: &Path, bytes: u64) -> Result<OwnedFd, VolumeError> {
     // The mount holds the device open now; the loop device goes when the last mount does.
     drop(dev);
     Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A volume a microVM holds as its disk (QEMU's OFD lock on the image) is never mounted
+    /// for another instance: two file system drivers on one ext4 would corrupt it.
+    #[test]
+    fn a_volume_attached_to_a_vm_is_not_mounted() {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let path = std::env::temp_dir().join(format!("osvm-vol-lock-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        assert!(!attached_to_vm(&path).unwrap());
+        assert!(!loop_backed(&path), "no loop device backs a fresh image");
+        // What QEMU does on the images it opens: OFD locks on a few bytes.
+        let qemu = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let lock = libc::flock {
+            l_type: libc::F_WRLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 100,
+            l_len: 1,
+            l_pid: 0,
+        };
+        fcntl(&qemu, FcntlArg::F_OFD_SETLK(&lock)).unwrap();
+        assert!(attached_to_vm(&path).unwrap());
+        match mount(&path, 4096) {
+            Err(VolumeError::AttachedToVm(p)) => assert_eq!(p, path),
+            other => panic!("mounted a volume a VM holds: {:?}", other.map(|_| ())),
+        }
+        drop(qemu);
+        assert!(!attached_to_vm(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -1339,3 +1339,79 @@ allow = {{ from = "nocert", to = "web", ports = [8080] }}
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
+
+/// `shared_data = true`: the component's volume reaches the guest's `/data` over virtio-fs
+/// (a virtiofsd whose sandbox mounts it), so two VMs can hold it at once and a stateful VM is
+/// hot-swapped: the new version reads what the old one wrote. A disk VM of the same volume is
+/// refused while the volume is mounted, and the other way round.
+#[test]
+fn a_vm_with_shared_data_is_hot_swapped_with_its_data() {
+    const TEST: &str = "vm_shared_data";
+    if !hub_available(TEST) {
+        return;
+    }
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    if osvm_guest::find_program("virtiofsd").is_none() {
+        skip(
+            "microvm",
+            TEST,
+            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
+        );
+        return;
+    }
+    let script = |version: &str| {
+        format!(
+            "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; sync; \
+             echo {version} boot=$n; grep ' /data ' /proc/mounts; exec httpd -f -p 8080 -h /tmp"
+        )
+    };
+    let file = state.path.join("shared.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vmshared"
+network = "hub"
+
+[[component]]
+name = "d"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "{}"]
+listen = [8080]
+health = {{ tcp = true, port = 8080, interval = "500ms" }}
+resources = {{ memory = "128M", cpus = 1, disk = "64M" }}
+microvm = {{ shared_data = true }}
+"#,
+            script("v1")
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = wait_for_stdout(&state, "d", "the first boot", &|o| {
+        o.contains("v1 boot=1") && o.contains(" /data ")
+    });
+    assert!(out.contains("/data virtiofs"), "{out}");
+    let image = state.path.join("data/stacks/vmshared/d.img");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20);
+
+    let o = run(state
+        .osvm()
+        .args(["swap", "d", "--", "/bin/sh", "-c"])
+        .arg(script("v2")));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = wait_for_stdout(&state, "d", "the new version's boot", &|o| {
+        o.contains("v2 boot=")
+    });
+    assert!(
+        out.contains("v2 boot=2"),
+        "the new version read the old one's data: {out}"
+    );
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}

@@ -192,6 +192,8 @@ pub(crate) struct RawMicroVm {
     pub(crate) confidential: Option<Word<crate::launch::ConfidentialChoice>>,
     /// `false`: no data disk (a stateless VM that can be hot-swapped).
     pub(crate) data_disk: Option<bool>,
+    /// `true`: `/data` shared over virtio-fs instead of a disk (stateful and hot-swappable).
+    pub(crate) shared_data: Option<Spanned<bool>>,
 }
 
 /// `unikernel = { launcher = "auto", accel = "auto", boot_timeout = "30s", deadline = "1m" }`.

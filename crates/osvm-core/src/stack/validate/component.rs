@@ -269,6 +269,18 @@ pub(super) fn component(
         }
         microvm.confidential = r.confidential.map(|c| c.0);
         microvm.no_data_disk = r.data_disk == Some(false);
+        if let Some(shared) = &r.shared_data {
+            microvm.shared_data = *shared.get_ref();
+            if microvm.shared_data && microvm.no_data_disk {
+                return Err(src.error(
+                    shared.span(),
+                    format!(
+                        "component `{name_text}`: shared_data = true gives the VM a /data over \
+                         virtio-fs and data_disk = false gives it none; keep one"
+                    ),
+                ));
+            }
+        }
     }
     let mut unikernel = crate::launch::UnikernelOptions::default();
     if let Some(table) = raw.unikernel {
