@@ -393,7 +393,7 @@ command = "{app}"
 args = ["serve", "8080"]
 listen = [8080]
 resources = {{ memory = "128M" }}
-health = {{ http = "/", port = 8080, start_period = "5s" }}
+health = {{ http = "/", port = 8080, start_period = "60s" }}
 restart = "never"
 publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
 
