@@ -743,9 +743,7 @@ impl MicroVmRuntime {
         };
         let _ = conn.set_read_timeout(None);
         if let Some(stdio) = stdio {
-            let channel = vsock::connect(uds, CONTROL_PORT, CONTROL_TIMEOUT)
-                .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
-            connect_stdio(channel, stdio)?;
+            connect_stdio(uds, stdio)?;
         }
 
         let facts = VmFacts {
@@ -1049,6 +1047,25 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&partial, path)
 }
 
+/// Sends `request` on a new control connection whose use it changes (stdio, reattach, logs)
+/// and reads the answer; returns the connection, now without a read timeout, and the answer
+/// (an error answer is an error).
+fn take_over(uds: &Path, request: &Request) -> Result<(UnixStream, Response), RuntimeError> {
+    let mut conn = vsock::connect(uds, CONTROL_PORT, CONTROL_TIMEOUT)
+        .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
+    conn.set_read_timeout(Some(CONTROL_TIMEOUT))
+        .map_err(|e| RuntimeError::io("set a timeout", e))?;
+    proto::write_msg(&mut conn, request).map_err(|e| setup(format!("send to the agent: {e}")))?;
+    let answer = proto::read_msg::<Response>(&mut conn)
+        .map_err(|e| setup(format!("read the agent's answer: {e}")))?;
+    if let Response::Error { message } = answer {
+        return Err(setup(message));
+    }
+    conn.set_read_timeout(None)
+        .map_err(|e| RuntimeError::io("clear the timeout", e))?;
+    Ok((conn, answer))
+}
+
 /// An instance's stdio channel on the host: what the workload reads, where it writes.
 pub struct Stdio {
     /// The read end of the workload's stdin.
@@ -1057,24 +1074,16 @@ pub struct Stdio {
     pub stdout: std::os::fd::OwnedFd,
 }
 
-/// Turns `channel` (a control connection) into the workload's stdio and copies between it and
-/// the host's pipes, one thread each way: the host's stdin to the guest (its end shuts the
-/// channel's write side), the guest's stdout to the host (its end closes the host's pipe, so
-/// the reader sees EOF when the guest's stdout ends or the VM does).
-fn connect_stdio(mut channel: UnixStream, stdio: Stdio) -> Result<(), RuntimeError> {
-    channel
-        .set_read_timeout(Some(CONTROL_TIMEOUT))
-        .map_err(|e| RuntimeError::io("set a timeout", e))?;
-    proto::write_msg(&mut channel, &Request::Stdio)
-        .map_err(|e| setup(format!("send to the agent: {e}")))?;
-    match proto::read_msg::<Response>(&mut channel)
-        .map_err(|e| setup(format!("read the agent's answer: {e}")))?
-    {
-        Response::Ok => {}
-        Response::Error { message } => return Err(setup(format!("the stdio channel: {message}"))),
-        other => return Err(setup(format!("unexpected answer {other:?}"))),
+/// Opens the workload's stdio channel (a control connection taken over) and copies between
+/// it and the host's pipes, one thread each way: the host's stdin to the guest (its end shuts
+/// the channel's write side), the guest's stdout to the host (its end closes the host's pipe,
+/// so the reader sees EOF when the guest's stdout ends or the VM does).
+fn connect_stdio(uds: &Path, stdio: Stdio) -> Result<(), RuntimeError> {
+    let (mut channel, answer) =
+        take_over(uds, &Request::Stdio).map_err(|e| setup(format!("the stdio channel: {e}")))?;
+    if answer != Response::Ok {
+        return Err(setup(format!("unexpected answer {answer:?}")));
     }
-    let _ = channel.set_read_timeout(None);
     let mut to_guest = channel
         .try_clone()
         .map_err(|e| RuntimeError::io("clone the stdio channel", e))?;
@@ -1396,17 +1405,8 @@ impl MicroVmInstance {
 
     /// Takes the events and logs over from a previous daemon's connections (after an adoption).
     fn reattach(&self) -> Result<(), RuntimeError> {
-        let mut events = self
-            .vsock_connect(CONTROL_PORT, CONTROL_TIMEOUT)
-            .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
-        events
-            .set_read_timeout(Some(CONTROL_TIMEOUT))
-            .map_err(|e| RuntimeError::io("set a timeout", e))?;
-        proto::write_msg(&mut events, &Request::Reattach)
-            .map_err(|e| setup(format!("send to the agent: {e}")))?;
-        match proto::read_msg::<Response>(&mut events)
-            .map_err(|e| setup(format!("read the agent's answer: {e}")))?
-        {
+        let (events, answer) = take_over(&self.uds, &Request::Reattach)?;
+        match answer {
             Response::Attached {
                 pid,
                 exited,
@@ -1421,27 +1421,13 @@ impl MicroVmInstance {
                     oom_killed: false,
                 });
             }
-            Response::Error { message } => return Err(setup(message)),
             other => return Err(setup(format!("unexpected answer {other:?}"))),
         }
-        let _ = events.set_read_timeout(None);
         spawn_events(events, self.guest.clone());
-
-        let mut logs = self
-            .vsock_connect(CONTROL_PORT, CONTROL_TIMEOUT)
-            .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
-        logs.set_read_timeout(Some(CONTROL_TIMEOUT))
-            .map_err(|e| RuntimeError::io("set a timeout", e))?;
-        proto::write_msg(&mut logs, &Request::Logs)
-            .map_err(|e| setup(format!("send to the agent: {e}")))?;
-        match proto::read_msg::<Response>(&mut logs)
-            .map_err(|e| setup(format!("read the agent's answer: {e}")))?
-        {
-            Response::Ok => {}
-            Response::Error { message } => return Err(setup(message)),
-            other => return Err(setup(format!("unexpected answer {other:?}"))),
+        let (logs, answer) = take_over(&self.uds, &Request::Logs)?;
+        if answer != Response::Ok {
+            return Err(setup(format!("unexpected answer {answer:?}")));
         }
-        let _ = logs.set_read_timeout(None);
         spawn_logs(
             move || Some(logs),
             self.base.stdout.clone(),

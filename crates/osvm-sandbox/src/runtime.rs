@@ -700,6 +700,7 @@ fn spawn_monitor(
         .map_err(|e| RuntimeError::io("open plan.json", e))?;
     let theirs_raw = theirs.as_raw_fd();
     let plan_raw = plan.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(launcher);
     cmd.arg0(PROCESS_NAME)
         .arg(MONITOR_ARG)
@@ -711,6 +712,16 @@ fn spawn_monitor(
     // syscalls (fcntl, dup2, close_range, setsid); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // Until the monitor runs (and can be found by its command line), it dies with the
+            // thread that is starting it: a daemon killed between this fork and the exec must
+            // not leave a monitor that a restarted daemon cannot see, takes for never started,
+            // and starts the component a second time beside. The monitor clears this first.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
             // Every descriptor that goes somewhere is first parked above every slot (a source
             // may sit where another one goes), then put in place; dup2 clears close-on-exec.
             let base = crate::plan::LISTEN_FD_BASE;

@@ -50,6 +50,10 @@ use crate::volume;
 
 /// The monitor's entry point; never returns.
 pub fn main() -> ! {
+    // Found by its command line from now on, it outlives whoever started it (see
+    // `spawn_monitor`, which made it die with its starter until here).
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     // SAFETY: fd 3 is the runtime's socket and fd 4 the open plan, both handed over by the
     // runtime's spawn; nothing else in this fresh process owns them.
     let (report, plan_file) =
