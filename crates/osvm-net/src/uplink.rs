@@ -29,7 +29,8 @@ pub struct Uplink {
     /// The host's nftables table (family `ip`) that masquerades the hub's traffic.
     pub table: String,
     /// `net.ipv4.ip_forward` in the host namespace before the uplink turned it on (restored
-    /// by [`Uplink::remove`]), or `None` if it was on already.
+    /// by [`Uplink::remove`] unless another osvm uplink still needs it), or `None` if it was on
+    /// already.
     pub forwarding_was: Option<String>,
 }
 
@@ -230,7 +231,19 @@ impl Uplink {
         }
         let script = format!("table ip {t} {{}}\ndelete table ip {t}\n", t = self.table);
         run("nft", &["-f", "-"], Some(&script))?;
-        if let Some(before) = &self.forwarding_was {
+        // Another hub's uplink (another osvm state directory on this host) still routes through
+        // the host: turning forwarding off under it would black-hole its published ports. Then
+        // forwarding stays on; the last uplink that turned it on restores it only when alone.
+        let others = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.filter_map(Result::ok).any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("osvu") && name != self.host_if.as_str()
+                })
+            })
+            .unwrap_or(false);
+        if let Some(before) = self.forwarding_was.as_ref().filter(|_| !others) {
             std::fs::write(FORWARDING, before).map_err(|e| NetError::Command {
                 command: format!("write {before} to {FORWARDING}"),
                 detail: e.to_string(),

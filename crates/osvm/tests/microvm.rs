@@ -99,6 +99,7 @@ fn www(state: &StateDir) -> PathBuf {
 
 #[test]
 fn vm_serves_http_on_its_network_path_and_over_vsock_and_stops_gracefully() {
+    let _turn = host_route_turn();
     const TEST: &str = "vm_http";
     if !hub_available(TEST) {
         return;
@@ -708,6 +709,7 @@ fn http_load(port: u16, stop: &std::sync::atomic::AtomicBool) -> (u64, Vec<Strin
 /// for the next one to hear its exit code.
 #[test]
 fn a_restarted_daemon_adopts_running_vms_without_a_failed_request() {
+    let _turn = host_route_turn();
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     const TEST: &str = "vm_adopt";

@@ -69,6 +69,7 @@ fn http_get_from(pid: i32, addr: &str, port: u16, path: &str) -> Result<String, 
 /// `curl http://127.0.0.1:18080/` on the host; echo is reached only by web, as its policy says.
 #[test]
 fn quickstart_serves_the_host_keeps_its_policy_and_sigint_leaves_nothing_behind() {
+    let _turn = host_route_turn();
     if !hub_available("quickstart") {
         return;
     }
@@ -1171,6 +1172,7 @@ restart = "on-failure"
 /// and serves once the check passes.
 #[test]
 fn a_published_port_refuses_connections_until_its_component_is_ready() {
+    let _turn = host_route_turn();
     if !hub_available("published readiness") {
         return;
     }
@@ -1298,6 +1300,7 @@ fn curl_tls(state: &StateDir, port: u16, client: Option<&Path>) -> Result<String
 /// with the client's address.
 #[test]
 fn a_published_mtls_component_admits_only_the_client_identities_its_policy_names() {
+    let _turn = host_route_turn();
     if !hub_available("published mtls") {
         return;
     }

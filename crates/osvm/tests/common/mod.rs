@@ -610,3 +610,20 @@ pub fn reference_mcp_servers() -> Result<PathBuf, String> {
     }
     Ok(node_modules)
 }
+
+/// Tests that reach a published port from the host take turns (the returned file holds the
+/// turn until dropped): every osvm state directory routes the same service pool
+/// (10.214.0.0/16) from the host to its own hub, so two running at once send each other's
+/// published traffic to the wrong hub, where it times out. A product limit, not only a test's:
+/// one publishing osvm per host for now.
+#[allow(dead_code)]
+pub fn host_route_turn() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("osvm-tests-host-route.lock"))
+        .unwrap();
+    file.lock().unwrap();
+    file
+}
