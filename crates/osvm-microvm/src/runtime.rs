@@ -923,7 +923,8 @@ impl MicroVmRuntime {
                 // Started by an osvm that did not record VMs, or stopped while booting.
                 self.stop_leftovers(id);
                 return Ok(Adoption::Stopped(
-                    "it has no adoption record (it had not finished booting, or an older osvm                      started it); it was stopped and starts again"
+                    "it has no adoption record (it had not finished booting, or an older osvm \
+                     started it); it was stopped and starts again"
                         .into(),
                 ));
             }
@@ -933,35 +934,34 @@ impl MicroVmRuntime {
             Ok(osvm_sandbox::Adopted::Running(inst)) => Some(*inst),
             _ => None,
         };
-        let (Some(qemu), Some(backend)) = (adopt(qemu_instance(id)), adopt(vsock_instance(id)))
-        else {
+        // What is left of a VM that cannot be driven again goes, its address back to the
+        // component's namespace.
+        let give_up = || {
             self.stop_leftovers(id);
             if let Some((netns, guest)) = &record.net {
                 let _ = net::detach(netns, guest);
             }
+        };
+        let (Some(qemu), Some(backend)) = (adopt(qemu_instance(id)), adopt(vsock_instance(id)))
+        else {
+            give_up();
             return Ok(Adoption::Ended(ExitStatus {
                 code: None,
                 signal: None,
                 oom_killed: false,
             }));
         };
-        let mut shares = Vec::new();
-        for i in 0..record.shares {
-            match adopt(share_instance(id, i)) {
-                Some(share) => shares.push(share),
-                None => {
-                    let _ = qemu.stop(Duration::ZERO);
-                    self.stop_leftovers(id);
-                    if let Some((netns, guest)) = &record.net {
-                        let _ = net::detach(netns, guest);
-                    }
-                    return Ok(Adoption::Stopped(format!(
-                        "the virtiofsd of its shared directory {i} is gone; it was stopped and \
-                         starts again"
-                    )));
-                }
-            }
-        }
+        let shares: Option<Vec<_>> = (0..record.shares)
+            .map(|i| adopt(share_instance(id, i)))
+            .collect();
+        let Some(shares) = shares else {
+            give_up();
+            return Ok(Adoption::Stopped(
+                "the virtiofsd of one of its shared directories is gone; it was stopped and \
+                 starts again"
+                    .into(),
+            ));
+        };
         let instance = MicroVmInstance {
             base: GuestBase::new(id, dir.clone(), Arc::new(qemu), record.net),
             uds: dir.join("run").join("vm.vsock"),
@@ -977,7 +977,8 @@ impl MicroVmRuntime {
             Err(e) => {
                 let _ = instance.stop(Duration::ZERO);
                 Ok(Adoption::Stopped(format!(
-                    "its guest agent could not be reattached ({e}); it was stopped and starts                      again"
+                    "its guest agent could not be reattached ({e}); it was stopped and starts \
+                     again"
                 )))
             }
         }

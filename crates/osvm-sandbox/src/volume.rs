@@ -332,8 +332,12 @@ fn write_record(record: &Path, n: u32) -> io::Result<()> {
 /// Whether a running QEMU has `image` open as a disk (QEMU takes OFD locks on the images it
 /// opens): would a write lock over the whole file conflict with anyone's?
 pub fn attached_to_vm(image: &Path) -> io::Result<bool> {
+    write_locked(&File::open(image)?)
+}
+
+/// Whether a write lock over the whole of `file` would conflict with anyone's OFD lock.
+fn write_locked(file: &File) -> io::Result<bool> {
     use nix::fcntl::{FcntlArg, fcntl};
-    let file = File::open(image)?;
     let mut probe = libc::flock {
         l_type: libc::F_WRLCK as i16,
         l_whence: libc::SEEK_SET as i16,
@@ -341,7 +345,7 @@ pub fn attached_to_vm(image: &Path) -> io::Result<bool> {
         l_len: 0,
         l_pid: 0,
     };
-    fcntl(&file, FcntlArg::F_OFD_GETLK(&mut probe)).map_err(io::Error::from)?;
+    fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe)).map_err(io::Error::from)?;
     Ok(probe.l_type != libc::F_UNLCK as i16)
 }
 
@@ -362,7 +366,7 @@ pub fn mount(image: &Path, bytes: u64) -> Result<OwnedFd, VolumeError> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(image)
         .map_err(io_err("open", image))?;
-    if attached_to_vm(image).map_err(io_err("check the locks of", image))? {
+    if write_locked(&file).map_err(io_err("check the locks of", image))? {
         return Err(VolumeError::AttachedToVm(image.to_path_buf()));
     }
     // Starts of one component (a hot-swap, a restart racing its predecessor's end) take turns.
