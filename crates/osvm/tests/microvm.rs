@@ -980,6 +980,27 @@ allow = {{ clients = ["bob"], tools = ["vmtool.echo"] }}
         v["error"]["message"], "denied: no mcp_policy rule allows client `bob` to use vmtool.where",
         "{v}"
     );
+    // The channel is the gateway's alone: a second `stdio` request on the agent's control
+    // port (from anyone who can reach the VM's vsock socket) is refused, and calls go on.
+    let id = status(&state, "tool")["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uds = state.path.join("instances").join(&id).join("run/vm.vsock");
+    let mut s =
+        osvm_microvm::vsock::connect(&uds, proto::CONTROL_PORT, Duration::from_secs(5)).unwrap();
+    proto::write_msg(&mut s, &Request::Stdio).unwrap();
+    match proto::read_msg::<Response>(&mut s).unwrap() {
+        Response::Error { message } => assert!(message.contains("no stdio channel"), "{message}"),
+        other => panic!("a second stdio channel was handed out: {other:?}"),
+    }
+    let (code, v) = mcp_call(
+        &state,
+        "alice",
+        "vmtool.echo",
+        r#"{"message": "still mine"}"#,
+    );
+    assert_eq!(code, 0, "{v}");
     let o = run(state
         .osvm()
         .args(["-o", "json", "mcp", "tools", "--as", "bob"]));

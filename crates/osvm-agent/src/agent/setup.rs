@@ -215,6 +215,21 @@ mod tests {
         }
     }
 
+    /// A launch cannot make the agent create or mount anything outside a plain absolute
+    /// target: relative paths and `..` are refused before anything is touched.
+    #[test]
+    fn a_shared_directory_target_must_be_a_plain_absolute_path() {
+        for target in ["shared", "/srv/../etc", "../x", ""] {
+            let shared = osvm_agent::proto::GuestMount {
+                tag: "m0".into(),
+                target: target.into(),
+                read_only: true,
+            };
+            let err = mount_shared(&shared).unwrap_err();
+            assert!(err.contains("not a plain absolute path"), "{target}: {err}");
+        }
+    }
+
     #[test]
     fn identity_files_land_in_their_directory_with_their_modes_and_nowhere_else() {
         let root = std::env::temp_dir().join(format!("osvm-agent-id-{}", std::process::id()));

@@ -288,3 +288,27 @@ fn pump(
         let _ = done.send(());
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A workload that writes while no host reads (the daemon is being restarted) cannot make
+    /// the agent hold more than `MAX_HELD` bytes in guest memory: the rest is counted, not kept.
+    #[test]
+    fn output_held_for_an_absent_host_is_bounded() {
+        let sink = LogSink::default();
+        let chunk = vec![b'x'; MAX_LOG_CHUNK];
+        let total = 3 * MAX_HELD;
+        for _ in 0..total / MAX_LOG_CHUNK {
+            sink.forward(Stream::Stdout, &chunk);
+        }
+        let held = lock(&sink.held);
+        assert!(held.bytes <= MAX_HELD, "{} bytes held", held.bytes);
+        assert_eq!(
+            held.bytes,
+            held.chunks.iter().map(|(_, d)| d.len()).sum::<usize>()
+        );
+        assert_eq!(held.bytes as u64 + held.dropped, total as u64);
+    }
+}
