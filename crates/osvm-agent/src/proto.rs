@@ -137,6 +137,26 @@ pub struct Launch {
     /// reached with [`Request::Stdio`], instead of nothing and the logs; stderr is still logged.
     #[serde(default)]
     pub stdio: bool,
+    /// The component's `mtls_egress`: listeners on the guest's loopback whose connections the
+    /// agent makes mutual TLS with the identity in [`IDENTITY_DIR`].
+    #[serde(default)]
+    pub tls_egress: Vec<TlsEgress>,
+}
+
+/// One `mtls_egress` entry as the guest serves it: plain TCP accepted on `127.0.0.1:listen`,
+/// carried over mutual TLS to `upstream` (the target's service address on the hub, whose mTLS
+/// ingress ends it), whose certificate must name `server_name` and belong to `trust_domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsEgress {
+    /// The port on the guest's loopback.
+    pub listen: u16,
+    /// Where the connection goes.
+    pub upstream: std::net::SocketAddr,
+    /// The DNS name the server's certificate must carry (`db.shop.osvm`).
+    pub server_name: String,
+    /// The trust domain the server's SPIFFE ID must be in.
+    pub trust_domain: String,
 }
 
 /// A host directory the guest mounts: a virtio-fs device's tag, where it goes, and whether

@@ -58,6 +58,12 @@ fn every_request_round_trips_through_a_frame() {
         hosts: vec![("10.214.0.1".into(), "db db.demo.osvm".into())],
         data_device: Some("/dev/vda".into()),
         stdio: true,
+        tls_egress: vec![TlsEgress {
+            listen: 15432,
+            upstream: "10.214.0.1:5432".parse().unwrap(),
+            server_name: "db.demo.osvm".into(),
+            trust_domain: "osvm.local".into(),
+        }],
         mounts: vec![GuestMount {
             tag: "m0".into(),
             target: "/shared".into(),

@@ -54,6 +54,11 @@ pub struct LaunchSpec {
     /// Extra `/etc/hosts` lines inside the sandbox, as (address, names).
     #[serde(default)]
     pub hosts: Vec<(String, String)>,
+    /// The component's `mtls_egress`, resolved, for a runtime whose guest is its own proxy
+    /// (a microVM): a process reaches osvm's egress proxy on its namespace's loopback instead,
+    /// and this stays empty.
+    #[serde(default)]
+    pub tls_egress: Vec<TlsEgress>,
     /// A host directory whose files the instance sees, read-only, at `/run/osvm/identity`
     /// (certificate, key, trust bundle, CRL): copied in at start and again whenever the
     /// instance is asked to refresh them, so no host path is mounted into it.
@@ -73,6 +78,21 @@ pub struct LaunchSpec {
     /// plan refuses unknown fields, which a flattened enum cannot).
     #[serde(default)]
     pub runtime: RuntimeSpec,
+}
+
+/// One `mtls_egress` entry resolved on the hub: plain TCP on the guest's `127.0.0.1:listen`
+/// leaves as mutual TLS to `upstream`, whose certificate must name `server_name` and belong to
+/// `trust_domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsEgress {
+    /// The port on the guest's loopback.
+    pub listen: u16,
+    /// The target's service address and port.
+    pub upstream: std::net::SocketAddr,
+    /// The DNS name in the target's certificate (`db.shop.osvm`).
+    pub server_name: String,
+    /// The stack's trust domain.
+    pub trust_domain: String,
 }
 
 /// Which runtime isolates a component, with that runtime's own settings: a component cannot
@@ -303,6 +323,7 @@ impl LaunchSpec {
             working_dir: None,
             netns: None,
             hosts: Vec::new(),
+            tls_egress: Vec::new(),
             identity: None,
             resources: Resources::default(),
             listen: Vec::new(),

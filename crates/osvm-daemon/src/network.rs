@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use osvm_core::launch::TlsEgress;
 use osvm_core::stack::{Protocol, Stack, StackNetwork};
 use osvm_net::NetError;
 use osvm_net::enforce::{Applied, Counter, Enforcer};
@@ -633,11 +634,11 @@ impl NetPlane {
         let mut keep = Vec::new();
         for stack in stacks.values().filter(|s| s.network == StackNetwork::Hub) {
             let slots = self.members(stack);
-            for c in stack
-                .components
-                .iter()
-                .filter(|c| !c.mtls_egress.is_empty())
-            {
+            // A guest is its own egress proxy (its loopback is not the namespace's): only
+            // processes get one in their namespace.
+            for c in stack.components.iter().filter(|c| {
+                !c.mtls_egress.is_empty() && c.runtime.kind() == osvm_core::RuntimeKind::Process
+            }) {
                 // Every instance of the component (two during a hot-swap), in its namespace.
                 for (m, _) in slots
                     .iter()
@@ -677,21 +678,40 @@ impl NetPlane {
         )?;
         let identity = crate::identity::identity_dir(&self.state_dir, &stack.name, &c.name);
         let tls = Arc::new(client_tls(&identity, &pki.crl_paths(), &stack.trust_domain));
-        for e in &c.mtls_egress {
-            let to = self
-                .services
-                .get(&format!("{}/{}", stack.name, e.to))
-                .ok_or_else(|| {
-                    NetPlaneError::NotOnHub(format!("{} has no service address", e.to))
-                })?;
+        for e in self.tls_egress(stack, c)? {
             host.add_egress(Egress {
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, e.listen)),
-                upstream: SocketAddr::from((service_addr(&to), e.port)),
-                server_name: format!("{}.{}.osvm", e.to, stack.name),
+                upstream: e.upstream,
+                server_name: e.server_name,
                 tls: tls.clone(),
             })?;
         }
         Ok(host)
+    }
+
+    /// `c`'s `mtls_egress` resolved to its targets' service addresses.
+    pub fn tls_egress(
+        &self,
+        stack: &Stack,
+        c: &osvm_core::stack::Component,
+    ) -> Result<Vec<TlsEgress>, NetPlaneError> {
+        c.mtls_egress
+            .iter()
+            .map(|e| {
+                let to = self
+                    .services
+                    .get(&format!("{}/{}", stack.name, e.to))
+                    .ok_or_else(|| {
+                        NetPlaneError::NotOnHub(format!("{} has no service address", e.to))
+                    })?;
+                Ok(TlsEgress {
+                    listen: e.listen,
+                    upstream: SocketAddr::from((service_addr(&to), e.port)),
+                    server_name: format!("{}.{}.osvm", e.to, stack.name),
+                    trust_domain: stack.trust_domain.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The instances of `stack`'s components that are on the hub, as the ruleset sees them

@@ -714,6 +714,16 @@ impl MicroVmRuntime {
                 None => Vec::new(),
             },
             stdio: stdio.is_some(),
+            tls_egress: spec
+                .tls_egress
+                .iter()
+                .map(|e| osvm_agent::proto::TlsEgress {
+                    listen: e.listen,
+                    upstream: e.upstream,
+                    server_name: e.server_name.clone(),
+                    trust_domain: e.trust_domain.clone(),
+                })
+                .collect(),
             mounts: shares
                 .iter()
                 .enumerate()

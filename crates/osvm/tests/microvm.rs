@@ -1438,3 +1438,94 @@ microvm = {{ shared_data = true }}
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
 }
+
+/// `mtls_egress` from a microVM: the guest speaks plain HTTP to its own loopback, where the
+/// agent listens and makes the connection mutual TLS with the component's identity; the
+/// server (an `mtls = true` process) answers, and its ingress records the VM's SPIFFE ID. A
+/// second VM with the same egress and no policy allowing it gets nothing.
+#[test]
+fn a_vm_reaches_an_mtls_component_with_its_own_identity() {
+    const TEST: &str = "vm_egress";
+    if !hub_available(TEST) {
+        return;
+    }
+    let Some(state) = vm_state(TEST) else {
+        return;
+    };
+    let file = state.path.join("egress.toml");
+    // The VM tries for 30 s (the hub may still be applying its rules), the stranger 3 times.
+    // (busybox nc: the guest image's busybox wget crashes in this kernel's guest.)
+    let guest = |tries: u32| {
+        format!(
+            "for i in $(seq {tries}); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 15 \
+             127.0.0.1 18080 > /tmp/page; if grep -q 'HTTP/1.0 200' /tmp/page; then echo \
+             EGRESS GOT $(grep -o '<!DOCTYPE HTML' /tmp/page); break; fi; sleep 1; done; \
+             echo EGRESS DONE; sleep 3600"
+        )
+    };
+    let (guest, stranger) = (guest(30), guest(3));
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "vme"
+network = "hub"
+
+[[component]]
+name = "db"
+command = "/usr/bin/python3"
+args = ["-c", "import http.server as h; h.HTTPServer(('', 8080), h.SimpleHTTPRequestHandler).serve_forever()"]
+listen = [8080]
+mtls = true
+
+[[component]]
+name = "vm"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "{guest}"]
+resources = {{ memory = "128M", cpus = 1 }}
+microvm = {{ data_disk = false }}
+mtls_egress = [{{ to = "db", port = 8080, listen = 18080 }}]
+
+[[component]]
+name = "stranger"
+runtime = "microvm"
+command = "/bin/sh"
+args = ["-c", "{stranger}"]
+resources = {{ memory = "128M", cpus = 1 }}
+microvm = {{ data_disk = false }}
+mtls_egress = [{{ to = "db", port = 8080, listen = 18080 }}]
+
+[[policy]]
+allow = {{ from = "vm", to = "db", ports = [8080] }}
+"#
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = wait_for_stdout(&state, "vm", "the guest's answer", &|o| {
+        o.contains("EGRESS")
+    });
+    // python's http.server lists the directory: an HTML page.
+    assert!(out.contains("EGRESS GOT <!DOCTYPE HTML"), "{out}");
+    let out = wait_for_stdout(&state, "stranger", "the stranger's failure", &|o| {
+        o.contains("EGRESS DONE")
+    });
+    assert!(!out.contains("EGRESS GOT"), "{out}");
+    let audit = osvm_policy::AuditLog::read(&state.path.join("audit.log")).unwrap();
+    assert!(
+        audit.iter().any(|r| r.allowed
+            && r.subject.starts_with("spiffe://osvm.local/vme/vm from ")
+            && r.resource == "db tcp/8080"),
+        "the guest connects with its own identity: {audit:#?}"
+    );
+    assert!(
+        !audit.iter().any(|r| r.subject.contains("/vme/stranger")),
+        "the hub's ruleset stops the stranger before any handshake: {audit:#?}"
+    );
+    let _ = run(state.osvm().arg("down").arg(&file));
+    wait_long(&state, "stack gone", <[Value]>::is_empty);
+}

@@ -2,6 +2,7 @@
 
 pub mod children;
 pub mod control;
+pub mod egress;
 pub mod exec;
 pub mod setup;
 pub mod system;
@@ -140,6 +141,19 @@ pub fn run(agent: &Arc<Agent>) -> ! {
                 error: format!(
                     "cannot mount the shared directory at {}: {error}",
                     shared.target
+                ),
+            });
+            agent.power_off();
+        }
+    }
+
+    for e in &launch.tls_egress {
+        if let Err(error) = egress::listen(e) {
+            say!("cannot listen for mtls_egress: {error}");
+            agent.events.send(&Event::StartFailed {
+                error: format!(
+                    "cannot listen on the guest's 127.0.0.1:{} for mtls_egress to {}: {error}",
+                    e.listen, e.server_name
                 ),
             });
             agent.power_off();

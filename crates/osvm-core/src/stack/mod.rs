@@ -457,6 +457,7 @@ impl Component {
             rootfs: self.rootfs.clone(),
             netns: None,
             hosts: Vec::new(),
+            tls_egress: Vec::new(),
             identity: None,
             data: crate::launch::DataKind::Persistent,
             native_aio: self.native_aio,

@@ -176,6 +176,16 @@ impl Engine {
                 spec.hosts = plane.hosts(&stack);
             }
         }
+        // A guest serves its own `mtls_egress` (see the agent's egress module).
+        if on_hub
+            && !component.mtls_egress.is_empty()
+            && component.runtime.kind() != osvm_core::RuntimeKind::Process
+        {
+            let plane = self.net.as_ref().ok_or(StartError::HubDown)?;
+            spec.tls_egress = plane
+                .tls_egress(&stack, component)
+                .map_err(StartError::Hub)?;
+        }
         let id = new_instance_id(&spec.name);
         let mut wiring = Wiring::new(&id);
         wiring.fds = self.listeners_for(i, None)?;
