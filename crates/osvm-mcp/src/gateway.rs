@@ -403,14 +403,15 @@ impl Gateway {
         });
     }
 
-    /// Connects to server `server`'s instance `instance`, a streamable-HTTP server on `port`
-    /// (`path`) inside the network namespace `netns`, through a relay socket in `relay_dir`.
+    /// Connects to server `server`'s instance `instance`, a streamable-HTTP server at `to`
+    /// (`path`) as seen from the network namespace `netns` (a process's own loopback, or a
+    /// guest's hub address from the hub), through a relay socket in `relay_dir`.
     pub fn attach_http(
         &self,
         server: &str,
         instance: &str,
         netns: PathBuf,
-        port: u16,
+        to: std::net::SocketAddr,
         path: String,
         relay_dir: PathBuf,
     ) {
@@ -419,9 +420,9 @@ impl Gateway {
         self.attach(server, instance, async move {
             std::fs::create_dir_all(&relay_dir)
                 .map_err(|e| format!("create {}: {e}", relay_dir.display()))?;
-            let relay = upstream::Relay::start(socket, netns, port)
-                .map_err(|e| format!("the relay into the component's namespace: {e}"))?;
-            let mut up = upstream::connect_http(&relay, port, &path, max, HANDSHAKE).await?;
+            let relay = upstream::Relay::start(socket, netns, to)
+                .map_err(|e| format!("the relay to the server ({to}): {e}"))?;
+            let mut up = upstream::connect_http(&relay, to.port(), &path, max, HANDSHAKE).await?;
             up.relay = Some(relay);
             Ok(up)
         });

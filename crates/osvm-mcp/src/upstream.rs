@@ -99,7 +99,8 @@ pub fn client_config() -> ClientConfig {
     .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
 }
 
-/// Carries connections from a unix socket into a network namespace's loopback.
+/// Carries connections from a unix socket to an address as seen from a network namespace (a
+/// process server's own loopback, or a guest's hub address from the hub).
 pub struct Relay {
     /// The unix socket clients connect to.
     pub path: std::path::PathBuf,
@@ -113,23 +114,23 @@ impl Drop for Relay {
     }
 }
 
-/// Connects to `127.0.0.1:port` from inside the namespace `netns`.
-fn connect_in(netns: &std::path::Path, port: u16) -> std::io::Result<std::net::TcpStream> {
+/// Connects to `to` from inside the namespace `netns`.
+fn connect_in(
+    netns: &std::path::Path,
+    to: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
     osvm_net::netns::run_in_path(netns, move || {
-        std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(5),
-        )
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
     })
     .map_err(std::io::Error::other)?
 }
 
 impl Relay {
-    /// Relays `path` (a unix socket, created) to `127.0.0.1:port` in namespace `netns`.
+    /// Relays `path` (a unix socket, created) to `to` as seen from namespace `netns`.
     pub fn start(
         path: std::path::PathBuf,
         netns: std::path::PathBuf,
-        port: u16,
+        to: std::net::SocketAddr,
     ) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;
@@ -138,7 +139,7 @@ impl Relay {
                 let netns = netns.clone();
                 tokio::spawn(async move {
                     let Ok(Ok(tcp)) =
-                        tokio::task::spawn_blocking(move || connect_in(&netns, port)).await
+                        tokio::task::spawn_blocking(move || connect_in(&netns, to)).await
                     else {
                         return;
                     };

@@ -12,11 +12,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{on_socket, rss_kib};
+use support::{apply, measure, on_socket, osvm, rss_kib, wait_up};
 
 use rmcp::RoleClient;
 use rmcp::ServiceExt;
@@ -34,10 +34,6 @@ fn ms(d: Duration) -> f64 {
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn osvm() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_osvm"))
 }
 
 async fn connect(mut cmd: tokio::process::Command) -> RunningService<RoleClient, ClientConfig> {
@@ -60,50 +56,6 @@ async fn connect(mut cmd: tokio::process::Command) -> RunningService<RoleClient,
     .expect("initialize")
 }
 
-/// Sequential calls (latency) and 8 concurrent callers (throughput) of `tool`.
-async fn measure(
-    client: &RunningService<RoleClient, ClientConfig>,
-    tool: &str,
-    calls: usize,
-) -> (Vec<Duration>, f64) {
-    let args = serde_json::json!({ "message": "ping" })
-        .as_object()
-        .cloned()
-        .unwrap();
-    let one = || {
-        let peer = client.peer().clone();
-        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
-        async move { peer.call_tool(params).await.expect("call") }
-    };
-    for _ in 0..50 {
-        one().await;
-    }
-    let mut lat = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        let r = one().await;
-        lat.push(t.elapsed());
-        assert_ne!(r.is_error, Some(true));
-    }
-    lat.sort();
-    let t = Instant::now();
-    let per = calls / 8;
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let peer = client.peer().clone();
-        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per {
-                peer.call_tool(params.clone()).await.expect("call");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    (lat, (per * 8) as f64 / t.elapsed().as_secs_f64())
-}
-
 /// Sequential `ping`s: the transport alone (through the gateway: the bridge and the daemon,
 /// which answers without reaching a server).
 async fn pings(client: &RunningService<RoleClient, ClientConfig>, n: usize) -> Vec<Duration> {
@@ -123,35 +75,6 @@ async fn pings(client: &RunningService<RoleClient, ClientConfig>, n: usize) -> V
     }
     lat.sort();
     lat
-}
-
-fn wait_up(state: &Path, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let o = Command::new(osvm())
-            .arg("--state-dir")
-            .arg(state)
-            .args(["-o", "json", "mcp", "servers"])
-            .output()
-            .unwrap();
-        let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        if v.iter().filter(|s| s["state"] == "up").count() >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "servers not up: {v:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn apply(state: &Path, file: &Path) {
-    let o = Command::new(osvm())
-        .arg("--state-dir")
-        .arg(state)
-        .args(["up", "-d"])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn main() {

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-const PYTHON_SDK: &str = "mcp==2.3.0";
 /// The MCP servers of the test stack.
 const SERVER_COUNT: usize = 5;
 
@@ -33,41 +32,9 @@ struct Fixtures {
 static FIXTURES: Mutex<Option<Result<Fixtures, String>>> = Mutex::new(None);
 
 fn install() -> Result<Fixtures, String> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-fixtures");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
-        let o = cmd
-            .output()
-            .map_err(|e| format!("{what}: cannot run: {e}"))?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ))
-        }
-    };
-    let node_modules = reference_mcp_servers()?;
-    let venv = dir.join("venv");
-    let python = venv.join("bin/python");
-    let has_sdk = Command::new(&python)
-        .args(["-c", "import mcp.client.streamable_http"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_sdk {
-        run(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv",
-        )?;
-        run(
-            Command::new(&python).args(["-m", "pip", "install", "-q", PYTHON_SDK]),
-            "pip install of the MCP Python SDK",
-        )?;
-    }
     Ok(Fixtures {
-        node_modules,
-        python,
+        node_modules: reference_mcp_servers()?,
+        python: python_mcp_sdk()?,
     })
 }
 

@@ -1454,7 +1454,7 @@ fn a_vm_reaches_an_mtls_component_with_its_own_identity() {
     };
     let file = state.path.join("egress.toml");
     // The VM tries for 30 s (the hub may still be applying its rules), the stranger 3 times.
-    // (busybox nc: the guest image's busybox wget crashes in this kernel's guest.)
+    // (busybox nc: Debian 12's busybox 1.35 wget crashes when given a timeout, `-T`.)
     let guest = |tries: u32| {
         format!(
             "for i in $(seq {tries}); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 15 \

@@ -24,10 +24,15 @@ use serde_json::Value;
 static BUILT: Mutex<Option<Result<PathBuf, String>>> = Mutex::new(None);
 
 fn example() -> PathBuf {
+    example_named("hermit-app")
+}
+
+fn example_named(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/hermit-app")
+        .join("../../examples")
+        .join(name)
         .canonicalize()
-        .expect("examples/hermit-app exists")
+        .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
 }
 
 /// Builds the example image once per run, printing how long it took.
@@ -39,13 +44,22 @@ fn build_example() -> Result<PathBuf, String> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("unikernel-build");
     std::fs::create_dir_all(&dir).unwrap();
     let t0 = Instant::now();
-    let o = Command::new(osvm_bin())
-        .arg("--state-dir")
-        .arg(&dir)
-        .args(["unikernel", "build"])
-        .arg(example())
-        .output()
-        .unwrap();
+    let build = |example: &Path| {
+        Command::new(osvm_bin())
+            .arg("--state-dir")
+            .arg(&dir)
+            .args(["unikernel", "build"])
+            .arg(example)
+            .output()
+            .unwrap()
+    };
+    // Both examples: the MCP server's image too, so its test's start finds it built.
+    let o = build(&example());
+    let o = if o.status.success() {
+        build(&example_named("hermit-mcp"))
+    } else {
+        o
+    };
     let r = if o.status.success() {
         // The loader too, now and once: else every test's first start would wait for its build
         // behind the build lock at the same moment.
@@ -57,7 +71,7 @@ fn build_example() -> Result<PathBuf, String> {
             });
         let _ = writeln!(
             std::io::stderr(),
-            "built the example Hermit image and the loader in {:.1}s:\n{}",
+            "built the example Hermit images and the loader in {:.1}s:\n{}",
             t0.elapsed().as_secs_f64(),
             stderr(&o)
         );
@@ -445,6 +459,116 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     let shown = status(&state, "web");
     assert!(shown["unikernel"]["address"].as_str().is_some(), "{shown}");
     let o = run(state.osvm().args(["down", "uknet"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_no_launchers(&state);
+}
+
+/// The first demo of the system osvm reimplements, for real: an MCP server built as a Hermit
+/// unikernel (examples/hermit-mcp), reached by the gateway at its hub address, its tools called
+/// by the official Python SDK through `osvm mcp serve`, under the stack's MCP policy, each call
+/// audited.
+#[test]
+fn a_hermit_mcp_server_is_called_by_the_python_sdk_through_the_gateway() {
+    const TEST: &str = "uk_mcp";
+    if !hub_available(TEST) {
+        return;
+    }
+    let python = match python_mcp_sdk() {
+        Ok(p) => p,
+        Err(e) => return skip("mcp", TEST, &e),
+    };
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    let app = example_named("hermit-mcp");
+    let _daemon = Daemon::start(&state);
+    up(
+        &state,
+        &format!(
+            r#"
+[stack]
+name = "hmcp"
+network = "hub"
+
+[[component]]
+name = "tools"
+type = {{ kind = "mcp_server", name = "hermit" }}
+runtime = "unikernel"
+command = "{app}"
+args = ["8080"]
+listen = [8080]
+mcp = {{ transport = "http", port = 8080, path = "/mcp" }}
+resources = {{ memory = "128M" }}
+unikernel = {{ boot_timeout = "60s" }}
+
+[[mcp_policy]]
+allow = {{ clients = ["alice"], tools = ["hermit.*"] }}
+
+[[mcp_policy]]
+allow = {{ clients = ["bob"], tools = ["hermit.echo"] }}
+"#,
+            app = app.display()
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let o = run(state.osvm().args(["-o", "json", "mcp", "servers"]));
+        let servers: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        if servers.as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["server"] == "hermit" && s["state"] == "up")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Hermit MCP server never came up: {servers}\n{}",
+            stdout(&run(state.osvm().arg("events")))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let client = |who: &str| -> Value {
+        let o = run(Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_hermit_client.py"))
+            .arg(osvm_bin())
+            .arg(&state.path)
+            .arg(who));
+        assert!(o.status.success(), "python as {who}: {}", stderr(&o));
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    let alice = client("alice");
+    assert_eq!(
+        alice["tools"],
+        serde_json::json!(["hermit.echo", "hermit.info", "hermit.uppercase"]),
+        "{alice}"
+    );
+    assert_eq!(alice["echo"]["text"], "hello unikernel", "{alice}");
+    assert_eq!(alice["uppercase"]["text"], "SHOUT", "{alice}");
+    let info = alice["info"]["text"].as_str().unwrap_or_default();
+    assert!(info.contains("os=hermit"), "it runs on Hermit: {alice}");
+    // bob may echo and nothing else: the gateway refuses before the unikernel hears of it.
+    let bob = client("bob");
+    assert_eq!(bob["tools"], serde_json::json!(["hermit.echo"]), "{bob}");
+    assert_eq!(bob["echo"]["text"], "hello unikernel", "{bob}");
+    assert!(bob["uppercase"]["error_code"].is_number(), "{bob}");
+    assert!(bob["info"]["error_code"].is_number(), "{bob}");
+    // Each call audited: alice's three allowed, bob's echo allowed and two denied.
+    let audit: Vec<Value> = std::fs::read_to_string(state.path.join("mcp/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let calls = |client: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|r| r["method"] == "tools/call" && r["server"] == "hermit")
+            .filter(|r| r["client"] == client && r["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(calls("alice", "ok"), 3, "{audit:#?}");
+    assert_eq!(calls("bob", "ok"), 1, "{audit:#?}");
+    assert_eq!(calls("bob", "denied"), 2, "{audit:#?}");
+    let o = run(state.osvm().args(["down", "hmcp"]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_no_launchers(&state);
 }

@@ -570,12 +570,18 @@ fn guests_take_the_mcp_transports_the_gateway_can_reach_in_them() {
     parse(&runtime("files", "microvm"), "mcp.toml").unwrap();
     for (component, kind, line, why) in [
         ("files", "unikernel", 5, "no stdin"),
-        ("demo", "unikernel", 10, "over HTTP only in a process"),
-        ("demo", "microvm", 10, "over HTTP only in a process"),
+        ("demo", "unikernel", 10, "set network = \"hub\""),
+        ("demo", "microvm", 10, "set network = \"hub\""),
     ] {
         let err = parse(&runtime(component, kind), "mcp.toml").unwrap_err();
         assert!(err.message().contains(why), "{component} as {kind}: {err}");
         assert_eq!(err.line(), Some(line), "{err}");
+    }
+    // Over HTTP at its hub address.
+    for kind in ["unikernel", "microvm"] {
+        let on_hub = runtime("demo", kind)
+            .replace("name = \"mcp\"\n", "name = \"mcp\"\nnetwork = \"hub\"\n");
+        parse(&on_hub, "mcp.toml").unwrap();
     }
 }
 

@@ -1,6 +1,8 @@
 //! MCP glue: the gateway learns the applied stacks' servers and rules, HTTP servers are
 //! attached once they started, and servers the gateway found broken are restarted.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use super::*;
 
 /// Whether the component is an MCP server reached over its stdio.
@@ -58,15 +60,30 @@ impl Engine {
         let osvm_core::stack::McpTransport::Http { port, path } = &spec.transport else {
             return;
         };
-        if !matches!(inst.endpoint(), Ok(osvm_core::Endpoint::Namespace(_))) {
-            let why = "an MCP server over HTTP is connected only where its ports are in a \
-                       network namespace the daemon can enter (a process), not in a guest";
-            gw.detach(&spec.name, id, why);
-            return self.emit(i, EventKind::McpFailed, why);
-        }
-        let netns = PathBuf::from(format!("/proc/{}/ns/net", inst.init_pid()));
+        // Where the server's port is, and the namespace it is reached from.
+        let (netns, to) = match inst.endpoint() {
+            Ok(osvm_core::Endpoint::Namespace(_)) => (
+                PathBuf::from(format!("/proc/{}/ns/net", inst.init_pid())),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, *port)),
+            ),
+            Ok(osvm_core::Endpoint::Address(addr)) if self.net.is_some() => {
+                let hub = self.net.as_ref().map(|n| n.hub_path()).unwrap_or_default();
+                (hub, SocketAddr::from((addr, *port)))
+            }
+            other => {
+                let why = match other {
+                    Err(e) => format!("the MCP server's port cannot be reached: {e}"),
+                    Ok(_) => "an MCP server over HTTP is reached in its own network namespace \
+                              (a process) or at its hub address (a guest in a hub stack); this \
+                              instance has neither"
+                        .to_owned(),
+                };
+                gw.detach(&spec.name, id, &why);
+                return self.emit(i, EventKind::McpFailed, &why);
+            }
+        };
         let relays = self.runtime.config().state_dir.join("mcp").join("relays");
-        gw.attach_http(&spec.name, id, netns, *port, path.clone(), relays);
+        gw.attach_http(&spec.name, id, netns, to, path.clone(), relays);
     }
 
     /// Restarts MCP servers the gateway found broken (hung, crashed, wrote garbage).

@@ -1,10 +1,16 @@
-//! What the MCP benches share: a client session on the daemon's socket, a process's RSS.
+//! What the MCP benches share: the osvm binary, applying a stack, waiting for its servers, a
+//! client session on the daemon's socket, timed calls, a process's RSS.
 
-use std::path::Path;
+// Each bench includes this module and uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use rmcp::RoleClient;
 use rmcp::ServiceExt;
-use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
 use rmcp::service::RunningService;
 
 /// A process's resident memory, KiB.
@@ -46,4 +52,82 @@ pub async fn on_socket(socket: &Path) -> RunningService<RoleClient, ClientConfig
     .serve(tokio::io::split(r))
     .await
     .expect("initialize")
+}
+
+/// The osvm binary the benches drive.
+pub fn osvm() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_osvm"))
+}
+
+/// Sequential calls (latency) and 8 concurrent callers (throughput) of `tool`.
+pub async fn measure(
+    client: &RunningService<RoleClient, ClientConfig>,
+    tool: &str,
+    calls: usize,
+) -> (Vec<Duration>, f64) {
+    let args = serde_json::json!({ "message": "ping" })
+        .as_object()
+        .cloned()
+        .unwrap();
+    let one = || {
+        let peer = client.peer().clone();
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
+        async move { peer.call_tool(params).await.expect("call") }
+    };
+    for _ in 0..50 {
+        one().await;
+    }
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = one().await;
+        lat.push(t.elapsed());
+        assert_ne!(r.is_error, Some(true));
+    }
+    lat.sort();
+    let t = Instant::now();
+    let per = calls / 8;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let peer = client.peer().clone();
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                peer.call_tool(params.clone()).await.expect("call");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (lat, (per * 8) as f64 / t.elapsed().as_secs_f64())
+}
+
+pub fn wait_up(state: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let o = Command::new(osvm())
+            .arg("--state-dir")
+            .arg(state)
+            .args(["-o", "json", "mcp", "servers"])
+            .output()
+            .unwrap();
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v.iter().filter(|s| s["state"] == "up").count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "servers not up: {v:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn apply(state: &Path, file: &Path) {
+    let o = Command::new(osvm())
+        .arg("--state-dir")
+        .arg(state)
+        .args(["up", "-d"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

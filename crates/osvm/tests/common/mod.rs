@@ -611,6 +611,48 @@ pub fn reference_mcp_servers() -> Result<PathBuf, String> {
     Ok(node_modules)
 }
 
+/// The official Python MCP SDK the tests drive osvm's gateway with (a third party's client).
+pub const PYTHON_MCP_SDK: &str = "mcp==2.3.0";
+
+/// A python with [`PYTHON_MCP_SDK`], in a venv made once per target directory; why not, when
+/// the host lacks python3's venv or the package index.
+#[allow(dead_code)]
+pub fn python_mcp_sdk() -> Result<PathBuf, String> {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-fixtures/venv");
+    let python = venv.join("bin/python");
+    let has_sdk = Command::new(&python)
+        .args(["-c", "import mcp.client.streamable_http"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_sdk {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let o = cmd
+            .output()
+            .map_err(|e| format!("{what}: cannot run: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    };
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    )?;
+    run(
+        Command::new(&python).args(["-m", "pip", "install", "-q", PYTHON_MCP_SDK]),
+        "pip install of the MCP Python SDK",
+    )?;
+    Ok(python)
+}
+
 /// Tests that reach a published port from the host take turns (the returned file holds the
 /// turn until dropped): every osvm state directory routes the same service pool
 /// (10.214.0.0/16) from the host to its own hub, so two running at once send each other's

@@ -27,6 +27,7 @@ pub(super) fn component(
     src: &Source<'_>,
     raw: Spanned<Table<RawComponent>>,
     earlier: &[Component],
+    network: crate::stack::StackNetwork,
 ) -> Result<Component, StackError> {
     let header = raw.span();
     let raw = raw.into_inner().0;
@@ -483,13 +484,18 @@ pub(super) fn component(
         let http = matches!(m.transport, crate::stack::McpTransport::Http { .. });
         let why = match runtime {
             RuntimeKind::Unikernel if !http => Some(
-                "a unikernel has no stdin, so it cannot be an MCP server over stdio (and the \
-                 gateway does not reach servers over HTTP in guests yet)",
+                "a unikernel has no stdin, so it cannot be an MCP server over stdio; serve MCP \
+                 over HTTP (mcp = { transport = \"http\", port = ... }) in a hub stack",
             ),
-            RuntimeKind::Unikernel | RuntimeKind::MicroVm if http => Some(
-                "the gateway reaches MCP servers over HTTP only in a process's network \
-                 namespace, not in a guest yet; a microVM server can use transport \"stdio\"",
-            ),
+            // The gateway reaches a guest's port at its hub address, from the hub.
+            RuntimeKind::Unikernel | RuntimeKind::MicroVm
+                if http && network != crate::stack::StackNetwork::Hub =>
+            {
+                Some(
+                    "the gateway reaches an MCP server over HTTP in a guest at its hub address: \
+                     set network = \"hub\" in [stack]",
+                )
+            }
             _ => None,
         };
         if let Some(why) = why {

@@ -157,7 +157,7 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
                 .map(Spanned::span)
                 .collect(),
         );
-        let component = component(src, raw_component, &components)?;
+        let component = component(src, raw_component, &components, network)?;
         components.push(component);
         egress_spans.push(spans);
     }
