@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{apply, measure, on_socket, osvm, rss_kib, wait_up};
+use support::{apply, measure, on_socket, osvm, rss_kib, start_daemon, tear_down, wait_up};
 
 use rmcp::RoleClient;
 use rmcp::ServiceExt;
@@ -126,18 +126,7 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         ),
     )
     .unwrap();
-    let mut daemon = Command::new(osvm())
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let socket = state.join("osvm.sock");
-    while !socket.exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = start_daemon(&state);
     apply(&state, &stack);
     wait_up(&state, 1);
     let rss_one = rss_kib(daemon.id());
@@ -253,33 +242,7 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         after
     });
 
-    for f in [&fifty_file, &stack] {
-        let _ = Command::new(osvm())
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("down")
-            .arg(f)
-            .output();
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let o = Command::new(osvm())
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["-o", "json", "ps"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&o.stdout).trim() == "[]" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = daemon.wait();
-    let _ = std::fs::remove_dir_all(&state);
+    tear_down(&state, &[&fifty_file, &stack], daemon);
 
     println!(
         "\ntools/call `echo` of the reference `everything` server, rmcp client, {calls} calls each\n"

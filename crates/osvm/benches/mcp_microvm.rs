@@ -12,11 +12,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use osvm_microvm::kernel::Kernel;
-use support::{apply, measure, on_socket, osvm, wait_up};
+use support::{apply, measure, on_socket, osvm, start_daemon, tear_down, wait_up};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -87,17 +86,7 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         ),
     )
     .unwrap();
-    let mut daemon = Command::new(osvm())
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !state.join("osvm.sock").exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = start_daemon(&state);
     apply(&state, &stack);
     wait_up(&state, 2);
 
@@ -125,31 +114,7 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
     });
     let inside = inside_daemon(&state);
 
-    let _ = Command::new(osvm())
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("down")
-        .arg(&stack)
-        .output();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let o = Command::new(osvm())
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["-o", "json", "ps"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&o.stdout).trim() == "[]" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = daemon.wait();
-    let _ = std::fs::remove_dir_all(&state);
+    tear_down(&state, &[&stack], daemon);
 
     println!(
         "\ntools/call `echo` of osvm-probe through the gateway, rmcp client on the daemon's socket, {calls} calls each\n"

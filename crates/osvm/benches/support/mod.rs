@@ -131,3 +131,51 @@ pub fn apply(state: &Path, file: &Path) {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Starts `osvm daemon` on `state` and waits for its socket.
+pub fn start_daemon(state: &Path) -> std::process::Child {
+    let daemon = Command::new(osvm())
+        .arg("--state-dir")
+        .arg(state)
+        .arg("daemon")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !state.join("osvm.sock").exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
+}
+
+/// Takes `stacks` down, waits (up to a minute) until nothing runs, stops the daemon and
+/// removes `state`.
+pub fn tear_down(state: &Path, stacks: &[&Path], mut daemon: std::process::Child) {
+    for f in stacks {
+        let _ = Command::new(osvm())
+            .arg("--state-dir")
+            .arg(state)
+            .arg("down")
+            .arg(f)
+            .output();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let o = Command::new(osvm())
+            .arg("--state-dir")
+            .arg(state)
+            .args(["-o", "json", "ps"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).trim() == "[]" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(state);
+}
