@@ -11,6 +11,8 @@
 //!   for guest memory plus the emulator's own, `/dev/kvm` only under KVM);
 //! - [`instance`]: what every guest instance holds (its files, its emulator's sandbox, the
 //!   network it borrowed, how it ended) and the [`guest_instance_basics`] of its `Instance`;
+//! - [`share`]: virtiofsd for host directories shared into a guest, and the identity files
+//!   as a guest gets them;
 //! - small helpers: [`find_program`], [`tail`], [`real_path`], the runtimes' errors.
 
 pub mod digest;
@@ -18,6 +20,7 @@ pub mod emulator;
 pub mod host;
 pub mod instance;
 pub mod net;
+pub mod share;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -26,8 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use osvm_agent::proto::{
-    self, CONTROL_PORT, EVENTS_PORT, Event, IdentityFile, LOGS_PORT, Launch, Request, Response,
-    Stream,
+    self, CONTROL_PORT, EVENTS_PORT, Event, LOGS_PORT, Launch, Request, Response, Stream,
 };
 use osvm_core::{
     Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, LaunchSpec, Runtime, RuntimeError,
@@ -90,37 +89,6 @@ impl MicroVmRuntime {
         }
         Ok(image)
     }
-}
-
-/// The identity files osvm wrote for the component (see osvm-daemon's identity module), with
-/// the modes a process sandbox shows them with, for the guest agent. Only these names are
-/// read, never through a symbolic link, each at most 256 KiB.
-fn identity_files(dir: &Path) -> Result<Vec<IdentityFile>, RuntimeError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    const FILES: [(&str, u32); 4] = [
-        ("cert.pem", 0o444),
-        ("key.pem", 0o400),
-        ("bundle.pem", 0o444),
-        ("crl.pem", 0o444),
-    ];
-    let mut files = Vec::new();
-    for (name, mode) in FILES {
-        let path = dir.join(name);
-        let mut text = String::new();
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .and_then(|f| f.take(256 << 10).read_to_string(&mut text))
-            .map_err(|e| RuntimeError::io(format!("read {}", path.display()), e))?;
-        files.push(IdentityFile {
-            name: name.to_owned(),
-            mode,
-            text,
-        });
-    }
-    Ok(files)
 }
 
 fn unavailable(reason: impl Into<String>) -> RuntimeError {
@@ -252,9 +220,6 @@ fn share_instance(id: &str, i: usize) -> String {
     format!("{id}-fs{i}")
 }
 
-/// virtiofsd's memory limit.
-const SHARE_MEMORY: u64 = 256 << 20;
-
 impl MicroVmRuntime {
     /// Stops what is left of VM instance `id` that an earlier process started (a daemon that
     /// restarted cannot drive it: the vsock connections were its own): its QEMU and its vsock
@@ -372,7 +337,7 @@ impl MicroVmRuntime {
     pub fn preflight(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
         self.refuse_confidential(spec)?;
         if !shares_of(spec)?.is_empty() {
-            share_program().map_err(unavailable)?;
+            osvm_guest::share::virtiofsd().map_err(unavailable)?;
         }
         host::resolve_accel(options(spec)?.accel, &self.kvm).map_err(unavailable)?;
         if let Some(r) = self.unavailable_reason() {
@@ -710,7 +675,7 @@ impl MicroVmRuntime {
             hosts: spec.hosts.clone(),
             data_device: data.as_ref().map(|_| "/dev/vda".to_owned()),
             identity: match &spec.identity {
-                Some(dir) => identity_files(dir)?,
+                Some(dir) => osvm_guest::share::identity_files(dir)?,
                 None => Vec::new(),
             },
             stdio: stdio.is_some(),
@@ -826,7 +791,7 @@ impl MicroVmRuntime {
         if shares.is_empty() {
             return Ok(Vec::new());
         }
-        let program = share_program().map_err(unavailable)?;
+        let program = osvm_guest::share::virtiofsd().map_err(unavailable)?;
         let mut sockets = Vec::new();
         for (i, share) in shares.iter().enumerate() {
             let socket = plan.run.join(format!("fs{i}.sock"));
@@ -839,31 +804,7 @@ impl MicroVmRuntime {
                     "the data volume".to_owned(),
                 ),
             };
-            let mut args = vec![
-                "--socket-path".into(),
-                socket.display().to_string(),
-                "--shared-dir".into(),
-                dir.display().to_string(),
-                // osvm's sandbox confines it (namespaces, no capabilities, seccomp, only
-                // this directory); its own would need privileges the sandbox does not give.
-                "--sandbox".into(),
-                "none".into(),
-                "--seccomp".into(),
-                "none".into(),
-                // Running as root in its namespace, it sets its own capabilities before it
-                // serves: to none at all (the sandbox left it CAP_SETPCAP only, for that).
-                "--modcaps=-chown:-dac_override:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap"
-                    .into(),
-                // File handles need CAP_DAC_READ_SEARCH; O_PATH descriptors do not.
-                "--inode-file-handles=never".into(),
-                "--cache".into(),
-                "auto".into(),
-                "--rlimit-nofile".into(),
-                "0".into(),
-            ];
-            if !share.writable {
-                args.push("--readonly".into());
-            }
+            let args = osvm_guest::share::virtiofsd_args(&socket, &dir, share.writable);
             let mut binds = vec![rw(&plan.run)];
             match &share.source {
                 Some(source) if share.writable => binds.push(rw(source)),
@@ -874,7 +815,7 @@ impl MicroVmRuntime {
                 component: spec,
                 program: &program,
                 args,
-                memory: SHARE_MEMORY,
+                memory: osvm_guest::share::VIRTIOFSD_MEMORY,
                 accel: None,
             }
             .build(binds);
@@ -895,21 +836,7 @@ impl MicroVmRuntime {
                 .map_err(|e| setup(format!("start virtiofsd for {what}: {e}")))?;
             vm.shares.push(inst);
             let started = vm.shares.last().expect("just pushed");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !socket.exists() {
-                if let Ok(Some(status)) = started.try_wait() {
-                    return Err(setup(format!(
-                        "virtiofsd for {what} {status} before it made its socket: {}",
-                        tail(&started.log_paths().1)
-                    )));
-                }
-                if Instant::now() > deadline {
-                    return Err(setup(format!(
-                        "virtiofsd for {what} made no socket within 10s"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            osvm_guest::share::wait_for_socket(started, &socket, &what).map_err(setup)?;
             sockets.push(socket);
         }
         Ok(sockets)
@@ -1040,15 +967,6 @@ fn shares_of(spec: &LaunchSpec) -> Result<Vec<Share>, RuntimeError> {
         });
     }
     Ok(shares)
-}
-
-/// virtiofsd (the Rust one, from crates.io: it can run unprivileged with its own sandbox off).
-fn share_program() -> Result<PathBuf, String> {
-    find_program("virtiofsd").ok_or_else(|| {
-        "mounts in a microVM need virtiofsd (cargo install --locked virtiofsd@1.14.0 --root \
-         /usr/local; it builds against libseccomp-dev and libcap-ng-dev)"
-            .to_owned()
-    })
 }
 
 /// Writes `path` whole or not at all.
@@ -1495,7 +1413,7 @@ impl Instance for MicroVmInstance {
 
     /// Sends the renewed files to the agent, which replaces its copies.
     fn refresh_identity(&self, dir: &Path) -> Result<(), RuntimeError> {
-        let files = identity_files(dir)?;
+        let files = osvm_guest::share::identity_files(dir)?;
         match self.request(&Request::Identity { files }, CONTROL_TIMEOUT)? {
             Response::Ok => Ok(()),
             Response::Error { message } => Err(setup(format!("identity in the guest: {message}"))),
@@ -1655,32 +1573,4 @@ fn options(spec: &LaunchSpec) -> Result<&osvm_core::VmOptions, RuntimeError> {
     spec.runtime
         .vm_options()
         .ok_or_else(|| spec.runtime.given_to(&spec.name, RuntimeKind::MicroVm))
-}
-
-#[cfg(test)]
-mod data_volume_tests {
-    use super::*;
-
-    /// The identity directory is osvm's, but a link planted in it must not make the guest
-    /// receive another host file as its key.
-    #[test]
-    fn identity_files_are_never_read_through_a_link() {
-        let dir = std::env::temp_dir().join(format!("osvm-vm-id-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        for n in ["cert.pem", "bundle.pem", "crl.pem", "key.pem"] {
-            fs::write(dir.join(n), n).unwrap();
-        }
-        let files = identity_files(&dir).unwrap();
-        assert_eq!(files.len(), 4);
-        assert_eq!(
-            files.iter().find(|f| f.name == "key.pem").unwrap().mode,
-            0o400
-        );
-        fs::remove_file(dir.join("key.pem")).unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", dir.join("key.pem")).unwrap();
-        let err = identity_files(&dir).unwrap_err().to_string();
-        assert!(err.contains("key.pem"), "{err}");
-        let _ = fs::remove_dir_all(&dir);
-    }
 }

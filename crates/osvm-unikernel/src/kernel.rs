@@ -4,7 +4,10 @@
 //! 0.11.0 is the last release with its full source in the registry. It pins an old nightly;
 //! on a current stable rustc it needs two source fixes, applied here every time the same way:
 //! its `rust-toolchain.toml` is dropped, and its four `#[naked]` attributes are written
-//! `#[unsafe(naked)]`. It builds with `RUSTC_BOOTSTRAP=1` (the kernel uses unstable
+//! `#[unsafe(naked)]`. A third fixes its virtio-fs client ([`fix_fuse_paths`]): it names files
+//! to the host by absolute paths (`/osvm/identity/cert.pem`), which a virtiofsd that is not
+//! chrooted into its share (osvm confines it in a sandbox instead) resolves from its own root;
+//! the fix sends them relative to the share. It builds with `RUSTC_BOOTSTRAP=1` (the kernel uses unstable
 //! features) and `-Zmutable-noalias=no`, as its own build tool does.
 //!
 //! The archive is then treated as the kernel's build tool treats it: the `.llvmbc` and
@@ -12,9 +15,10 @@
 //! `sys_*` system calls gets a `hermit` prefix, so the kernel's own copies of `memcpy`, the
 //! maths functions and Rust's runtime do not collide with the app's.
 //!
-//! Features: `pci` (virtio-net on QEMU's PCI bus), `acpi`, `fsgsbase`, `tcp`. Not `dhcpv4`:
-//! osvm gives the guest the component's address on the kernel command line (`-ip`, `-gateway`,
-//! `-mask`). Not `smp` (its build needs llvm-tools).
+//! Features: `pci` (virtio-net on QEMU's PCI bus), `acpi`, `fsgsbase`, `tcp`, `fuse` (its
+//! virtio-fs driver: the component's identity reaches the app at `/run/osvm/identity`). Not
+//! `dhcpv4`: osvm gives the guest the component's address on the kernel command line (`-ip`,
+//! `-gateway`, `-mask`). Not `smp` (its build needs llvm-tools).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -27,9 +31,9 @@ use crate::toolchain::Toolchain;
 /// The kernel release osvm builds.
 pub const VERSION: &str = "0.11.0";
 /// Its cargo features.
-pub const FEATURES: &str = "pci,acpi,fsgsbase,tcp";
+pub const FEATURES: &str = "pci,acpi,fsgsbase,tcp,fuse";
 /// Bumped whenever the source fixes or the post-processing change, so old builds are not reused.
-const RECIPE: &str = "osvm-hermit-kernel-recipe-1";
+const RECIPE: &str = "osvm-hermit-kernel-recipe-2";
 /// Symbols that keep their names: the entry points the loader and the app's std call.
 const KEEP: &[&str] = &["_start", "__bss_start", "mcount", "runtime_entry"];
 
@@ -95,7 +99,8 @@ pub(crate) fn ensure(
     copy_tree(&source, &tree)?;
     let fixed = apply_fixes(&tree)?;
     progress(Progress::Step(format!(
-        "kernel: dropped rust-toolchain.toml, rewrote {fixed} #[naked] attributes"
+        "kernel: dropped rust-toolchain.toml, rewrote {fixed} #[naked] attributes, made virtio-fs \
+         paths relative to the share"
     )));
     progress(Progress::Step(format!(
         "kernel: building hermit-kernel {VERSION} for x86_64-unknown-none (features {FEATURES}; \
@@ -209,9 +214,21 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// The two source fixes stable rustc needs, and a `[workspace]` table; returns how many
-/// attributes were rewritten.
+/// The two source fixes stable rustc needs, the virtio-fs path fix, and a `[workspace]` table;
+/// returns how many attributes were rewritten.
 fn apply_fixes(tree: &Path) -> Result<usize, BuildError> {
+    let fuse = tree.join("src/fs/fuse.rs");
+    let text = fs::read_to_string(&fuse)
+        .map_err(|e| BuildError::io(format!("read {}", fuse.display()), e))?;
+    let fixed_fuse = fix_fuse_paths(&text).ok_or_else(|| {
+        BuildError::Input(format!(
+            "{}: its path construction is not the hermit-kernel {VERSION} code osvm knows how \
+             to fix",
+            fuse.display()
+        ))
+    })?;
+    fs::write(&fuse, fixed_fuse)
+        .map_err(|e| BuildError::io(format!("write {}", fuse.display()), e))?;
     let pin = tree.join("rust-toolchain.toml");
     if pin.exists() {
         fs::remove_file(&pin)
@@ -257,6 +274,27 @@ fn apply_fixes(tree: &Path) -> Result<usize, BuildError> {
         )));
     }
     Ok(fixed)
+}
+
+/// What hermit-kernel 0.11.0's virtio-fs client builds the name of a lookup with: every
+/// component after a `/`, so an absolute path, and `/` for the share's root.
+const FUSE_PATH_BEFORE: &str = "\t\tlet path: String = components_with_prefix
+\t\t\t.flat_map(|component| [\"/\", component])
+\t\t\t.collect();
+\t\tif path.is_empty() {
+\t\t\tCString::new(\"/\").unwrap()";
+/// The same, relative to the share (`osvm/identity/cert.pem`, `.` for its root).
+const FUSE_PATH_AFTER: &str = "\t\tlet path: String = components_with_prefix
+\t\t\t.copied()
+\t\t\t.collect::<Vec<&str>>()
+\t\t\t.join(\"/\");
+\t\tif path.is_empty() {
+\t\t\tCString::new(\".\").unwrap()";
+
+/// `fuse.rs` with lookups relative to the share, or `None` when it is not the code expected.
+fn fix_fuse_paths(text: &str) -> Option<String> {
+    (text.matches(FUSE_PATH_BEFORE).count() == 1)
+        .then(|| text.replacen(FUSE_PATH_BEFORE, FUSE_PATH_AFTER, 1))
 }
 
 /// Rewrites lines that are exactly `#[naked]` (indentation kept) as `#[unsafe(naked)]`.
@@ -323,6 +361,20 @@ fn redefinitions(nm: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fix applies to the registry's source exactly once, and to nothing else.
+    #[test]
+    fn fuse_paths_are_made_relative_once() {
+        let source = format!("fn traversal_path() {{\n{FUSE_PATH_BEFORE}\n}}\n");
+        let fixed = fix_fuse_paths(&source).unwrap();
+        assert!(fixed.contains(".join(\"/\")") && !fixed.contains("[\"/\", component]"));
+        assert_eq!(
+            fix_fuse_paths(&fixed),
+            None,
+            "already fixed: not the expected code"
+        );
+        assert_eq!(fix_fuse_paths("fn other() {}"), None);
+    }
 
     #[test]
     fn naked_attributes_are_rewritten_keeping_indentation() {

@@ -11,6 +11,11 @@
 //!    image bound), its stdout (the guest's serial port) on a pipe osvm reads;
 //! 4. wait, up to the boot timeout, for the kernel's "Jumping into application".
 //!
+//! Under QEMU, before step 3, the component's identity files are copied to
+//! `<instance>/share/osvm/identity/` and served read-only by a virtiofsd in a sandbox of its
+//! own; the kernel (built with `fuse`) mounts the device, tagged `run`, at `/run`, so the app
+//! reads `/run/osvm/identity/cert.pem` as a process does. Renewals rewrite the copies.
+//!
 //! The serial reader writes the boot output and the kernel's lines to `console.log` and the
 //! app's lines to `stdout.log`, and keeps the `exit status N` line: the app's exit code. A deadline, if set, ends the guest
 //! when it passes; stopping ends the launcher (SIGTERM, then SIGKILL after the grace period):
@@ -29,7 +34,7 @@ use osvm_core::{
     Adoption, Endpoint, ExitStatus, Instance, LaunchSpec, Runtime, RuntimeError, RuntimeKind,
     Wiring,
 };
-use osvm_guest::emulator::{EmulatorSpec, ro};
+use osvm_guest::emulator::{EmulatorSpec, ro, rw};
 use osvm_guest::host::Accel;
 use osvm_guest::net::{self, Attached};
 use osvm_guest::tail;
@@ -82,6 +87,10 @@ pub struct UnikernelFacts {
     pub address: Option<String>,
     /// The wall-clock limit of the run, if any, in milliseconds.
     pub deadline_ms: Option<u64>,
+    /// Where the app finds its identity (`/run/osvm/identity`, over virtio-fs), or why it has
+    /// none.
+    #[serde(default)]
+    pub identity: String,
 }
 
 /// The `unikernel` runtime.
@@ -101,14 +110,114 @@ fn launcher_instance(id: &str) -> String {
     format!("{id}-qemu")
 }
 
+/// The id of the sandbox of the virtiofsd serving unikernel instance `id`'s identity.
+fn share_instance(id: &str) -> String {
+    format!("{id}-fs")
+}
+
+/// Where the app finds its identity: the virtio-fs device's tag is its mount point (`/run`),
+/// and the share holds `osvm/identity/`.
+const IDENTITY_IN_GUEST: &str = "/run/osvm/identity";
+/// The virtio-fs device's tag.
+const SHARE_TAG: &str = "run";
+
+/// The identity files as the guest sees them: written beside and renamed into place in
+/// `staging` (`<instance>/share/osvm/identity`), with a process sandbox's modes.
+fn write_identity_copy(identity: &Path, staging: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let files = osvm_guest::share::identity_files(identity)?;
+    fs::create_dir_all(staging)
+        .map_err(|e| RuntimeError::io(format!("create {}", staging.display()), e))?;
+    for f in files {
+        let path = staging.join(&f.name);
+        let partial = staging.join(format!(".{}.partial", f.name));
+        let _ = fs::remove_file(&partial);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&partial)
+            .and_then(|mut file| {
+                file.write_all(f.text.as_bytes())?;
+                file.set_permissions(fs::Permissions::from_mode(f.mode))
+            })
+            .and_then(|()| fs::rename(&partial, &path))
+            .map_err(|e| RuntimeError::io(format!("write {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
 impl UnikernelRuntime {
     /// Stops what is left of unikernel instance `id` that an earlier process started (its
     /// serial port was a pipe into that process): its launcher, in its sandbox.
     pub fn stop_leftovers(&self, id: &str) {
-        if let Ok(osvm_sandbox::Adopted::Running(inst)) = self.sandbox.adopt(&launcher_instance(id))
-        {
-            let _ = inst.stop(Duration::ZERO);
+        for sandbox in [launcher_instance(id), share_instance(id)] {
+            if let Ok(osvm_sandbox::Adopted::Running(inst)) = self.sandbox.adopt(&sandbox) {
+                let _ = inst.stop(Duration::ZERO);
+            }
         }
+    }
+
+    /// Starts the virtiofsd that serves the component's identity to instance `id` (QEMU
+    /// only; a spec without identity, as `osvm run` makes, gets none). Returns the sandbox
+    /// and its socket, or why there is none.
+    fn identity_share(
+        &self,
+        spec: &LaunchSpec,
+        plan: &Plan<'_>,
+    ) -> Result<Result<IdentityShare, String>, RuntimeError> {
+        let Some(identity) = &spec.identity else {
+            return Ok(Err(
+                "not delivered: the instance was given no identity".into()
+            ));
+        };
+        if plan.choice.launcher != Launcher::Qemu {
+            return Ok(Err(
+                "not delivered: osvm shares it over virtio-fs, which it wires only under QEMU"
+                    .into(),
+            ));
+        }
+        let program = match osvm_guest::share::virtiofsd() {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(format!("not delivered: {why}"))),
+        };
+        let root = plan.dir.join("share");
+        let staging = root.join("osvm").join("identity");
+        write_identity_copy(identity, &staging)?;
+        let run = plan.dir.join("run");
+        fs::create_dir_all(&run)
+            .map_err(|e| RuntimeError::io(format!("create {}", run.display()), e))?;
+        let socket = run.join("fs.sock");
+        let _ = fs::remove_file(&socket);
+        let share_spec = EmulatorSpec {
+            component: spec,
+            program: &program,
+            args: osvm_guest::share::virtiofsd_args(&socket, &root, false),
+            memory: osvm_guest::share::VIRTIOFSD_MEMORY,
+            accel: None,
+        }
+        .build(vec![rw(&run), ro(&root)]);
+        let virtiofsd = self
+            .sandbox
+            .start_sandbox(
+                &share_spec,
+                StartOptions {
+                    id: Some(share_instance(plan.id)),
+                    keep_setpcap: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| setup(format!("start virtiofsd for the identity: {e}")))?;
+        if let Err(e) = osvm_guest::share::wait_for_socket(&virtiofsd, &socket, "the identity") {
+            let _ = virtiofsd.stop(Duration::ZERO);
+            return Err(setup(e));
+        }
+        Ok(Ok(IdentityShare {
+            virtiofsd,
+            socket,
+            staging,
+        }))
     }
 
     /// A runtime whose launchers run in `sandbox`'s sandboxes; images, kernels and the loader
@@ -277,12 +386,21 @@ impl UnikernelRuntime {
             image,
             ..
         } = *plan;
+        let share = self.identity_share(spec, plan)?;
+        // The virtiofsd goes with the launcher if it does not start.
+        let stop_share = |share: &Result<IdentityShare, String>| {
+            if let Ok(s) = share {
+                let _ = s.virtiofsd.stop(Duration::ZERO);
+            }
+        };
+        let socket = share.as_ref().ok().map(|s| s.socket.as_path());
         let args = match choice.launcher {
-            Launcher::Qemu => qemu_args(spec, plan, net),
+            Launcher::Qemu => qemu_args(spec, plan, net, socket),
             Launcher::Uhyve => uhyve_args(spec, plan.memory_mib, plan.vcpus, &image.path),
         };
         let mut binds = vec![ro(&image.path)];
         binds.extend(plan.loader.map(ro));
+        binds.extend(socket.and_then(Path::parent).map(rw));
         let launcher = EmulatorSpec {
             component: spec,
             program: &choice.program,
@@ -291,22 +409,30 @@ impl UnikernelRuntime {
             accel: Some(choice.accel),
         }
         .build(binds);
-        let (reader, writer) =
-            std::io::pipe().map_err(|e| RuntimeError::io("make the serial pipe", e))?;
+        let (reader, writer) = match std::io::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                stop_share(&share);
+                return Err(RuntimeError::io("make the serial pipe", e));
+            }
+        };
         let fds: Vec<_> = net.iter().map(|n| n.tap.as_fd()).collect();
         let spawned = Instant::now();
-        let sandbox = self
-            .sandbox
-            .start_sandbox(
-                &launcher,
-                StartOptions {
-                    id: Some(launcher_instance(id)),
-                    stdout: Some(Stdio::from(writer)),
-                    fds: &fds,
-                    ..StartOptions::default()
-                },
-            )
-            .map_err(|e| setup(format!("start {}: {e}", choice.launcher.as_str())))?;
+        let sandbox = match self.sandbox.start_sandbox(
+            &launcher,
+            StartOptions {
+                id: Some(launcher_instance(id)),
+                stdout: Some(Stdio::from(writer)),
+                fds: &fds,
+                ..StartOptions::default()
+            },
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                stop_share(&share);
+                return Err(setup(format!("start {}: {e}", choice.launcher.as_str())));
+            }
+        };
         let qemu = Arc::new(sandbox);
         let serial = Arc::new(SerialState::default());
         let stdout = dir.join("stdout.log");
@@ -325,6 +451,7 @@ impl UnikernelRuntime {
             Boot::Started(at) => at.duration_since(spawned).as_millis() as u64,
             Boot::Ended => {
                 let _ = qemu.stop(Duration::ZERO);
+                stop_share(&share);
                 return Err(setup(format!(
                     "{} ended before the Hermit kernel reached the app; console: {}; its \
                      stderr: {}",
@@ -335,6 +462,7 @@ impl UnikernelRuntime {
             }
             Boot::TimedOut => {
                 let _ = qemu.stop(Duration::ZERO);
+                stop_share(&share);
                 return Err(setup(format!(
                     "boot: the Hermit kernel did not reach the app within {:?} (boot_timeout); \
                      console: {}",
@@ -357,6 +485,10 @@ impl UnikernelRuntime {
             ready_ms: plan.t0.elapsed().as_millis() as u64,
             address: net.map(|n| n.guest.address.clone()),
             deadline_ms: options(spec)?.deadline_ms,
+            identity: match &share {
+                Ok(_) => format!("{IDENTITY_IN_GUEST} (virtio-fs, read-only)"),
+                Err(why) => why.clone(),
+            },
         };
         let _ = fs::write(
             dir.join("unikernel.json"),
@@ -371,14 +503,28 @@ impl UnikernelRuntime {
                 spawned + Duration::from_millis(ms),
             );
         }
+        let (share, staging) = match share {
+            Ok(s) => (Some(s.virtiofsd), Some(s.staging)),
+            Err(_) => (None, None),
+        };
         Ok(UnikernelInstance {
             base: GuestBase::new(id, dir.to_path_buf(), qemu, None),
             facts,
             serial,
             deadline_hit,
             stop_signal: AtomicI32::new(0),
+            share: Mutex::new(share),
+            staging,
         })
     }
+}
+
+/// The virtiofsd serving an instance's identity, its vhost-user socket, and the directory the
+/// guest sees as `/run/osvm/identity`.
+struct IdentityShare {
+    virtiofsd: SandboxInstance,
+    socket: PathBuf,
+    staging: PathBuf,
 }
 
 /// What a start has decided before it launches anything.
@@ -465,7 +611,12 @@ fn kernel_prefix(mask: &str) -> u32 {
     p
 }
 
-fn qemu_args(spec: &LaunchSpec, plan: &Plan<'_>, net: Option<&Attached>) -> Vec<String> {
+fn qemu_args(
+    spec: &LaunchSpec,
+    plan: &Plan<'_>,
+    net: Option<&Attached>,
+    share: Option<&Path>,
+) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
     match plan.choice.accel {
@@ -507,6 +658,25 @@ fn qemu_args(spec: &LaunchSpec, plan: &Plan<'_>, net: Option<&Attached>) -> Vec<
                  host_ecn=off,host_ufo=off,netdev=net0,mac={}",
                 n.mac
             ),
+        ]);
+    }
+    if let Some(socket) = share {
+        // vhost-user needs the guest's memory shared with virtiofsd: a memfd backend.
+        let memory = format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            plan.memory_mib
+        );
+        let chardev = format!("socket,id=fs0,path={}", socket.display());
+        let device = format!("vhost-user-fs-pci,chardev=fs0,tag={SHARE_TAG}");
+        push(&[
+            "-object",
+            &memory,
+            "-machine",
+            "memory-backend=mem",
+            "-chardev",
+            &chardev,
+            "-device",
+            &device,
         ]);
     }
     let loader = plan
@@ -690,6 +860,10 @@ pub struct UnikernelInstance {
     deadline_hit: Arc<AtomicBool>,
     /// The signal a stop sent to the launcher (0: none).
     stop_signal: AtomicI32,
+    /// The virtiofsd serving the identity, until the guest ends.
+    share: Mutex<Option<SandboxInstance>>,
+    /// The identity files the guest sees, rewritten by [`Instance::refresh_identity`].
+    staging: Option<PathBuf>,
 }
 
 impl UnikernelInstance {
@@ -733,6 +907,9 @@ impl UnikernelInstance {
 
     /// Releases what the guest held once the launcher has ended, and works out the status.
     fn finish(&self, launcher_status: ExitStatus) -> ExitStatus {
+        if let Some(share) = self.share.lock().expect("share").take() {
+            let _ = share.stop(Duration::ZERO);
+        }
         self.base.finish(|| {
             // The reader may still be draining the last lines.
             self.serial
@@ -812,6 +989,13 @@ impl Instance for UnikernelInstance {
 
     fn kill(&self) -> Result<(), RuntimeError> {
         self.signal(libc::SIGKILL)
+    }
+
+    fn refresh_identity(&self, dir: &Path) -> Result<(), RuntimeError> {
+        match &self.staging {
+            Some(staging) => write_identity_copy(dir, staging),
+            None => Ok(()),
+        }
     }
 
     fn endpoint(&self) -> Result<Endpoint, RuntimeError> {

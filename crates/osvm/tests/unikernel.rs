@@ -464,9 +464,10 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
 }
 
 /// The first demo of the system osvm reimplements, for real: an MCP server built as a Hermit
-/// unikernel (examples/hermit-mcp), reached by the gateway at its hub address, its tools called
-/// by the official Python SDK through `osvm mcp serve`, under the stack's MCP policy, each call
-/// audited.
+/// unikernel (examples/hermit-mcp) with its identity from osvm's CA (its `info` tool reads the
+/// SPIFFE ID from `/run/osvm/identity/cert.pem`, shared over virtio-fs), reached by the gateway
+/// at its hub address, its tools called by the official Python SDK through `osvm mcp serve`,
+/// under the stack's MCP policy, each call audited.
 #[test]
 fn a_hermit_mcp_server_is_called_by_the_python_sdk_through_the_gateway() {
     const TEST: &str = "uk_mcp";
@@ -546,6 +547,16 @@ allow = {{ clients = ["bob"], tools = ["hermit.echo"] }}
     assert_eq!(alice["uppercase"]["text"], "SHOUT", "{alice}");
     let info = alice["info"]["text"].as_str().unwrap_or_default();
     assert!(info.contains("os=hermit"), "it runs on Hermit: {alice}");
+    // Its identity from osvm's CA, read by the app from /run/osvm/identity (virtio-fs).
+    assert!(
+        info.contains("identity=spiffe://osvm.local/hmcp/tools"),
+        "the unikernel reads its own certificate: {alice}"
+    );
+    let shown = status(&state, "tools");
+    assert_eq!(
+        shown["unikernel"]["identity"], "/run/osvm/identity (virtio-fs, read-only)",
+        "{shown}"
+    );
     // bob may echo and nothing else: the gateway refuses before the unikernel hears of it.
     let bob = client("bob");
     assert_eq!(bob["tools"], serde_json::json!(["hermit.echo"]), "{bob}");

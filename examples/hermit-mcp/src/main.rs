@@ -7,7 +7,10 @@
 //! messages: rmcp's server runs on tokio, which was not tried on Hermit.
 //!
 //! Tools: `echo` (gives `message` back), `uppercase` (`text` in upper case), `info` (where it
-//! runs: the OS, its arguments, the calls it has answered).
+//! runs: the OS, its arguments, the calls it has answered, and the SPIFFE ID of the certificate
+//! osvm's CA issued it, read from `/run/osvm/identity/cert.pem`: a read-only virtio-fs share
+//! the Hermit kernel mounts at `/run`; nothing may be written there, Hermit 0.11 panics on a
+//! refused write).
 //!
 //! Usage: `hermit-mcp [PORT]` (default 8080); the endpoint is `/mcp`.
 
@@ -252,14 +255,47 @@ fn call(params: &Value) -> Result<String, String> {
         "echo" => text("message")?,
         "uppercase" => text("text")?.to_uppercase(),
         "info" => format!(
-            "os={} arch={} args={:?} calls_answered={}",
+            "os={} arch={} args={:?} calls_answered={} identity={}",
             env::consts::OS,
             env::consts::ARCH,
             env::args().collect::<Vec<_>>(),
-            CALLS.load(Ordering::Relaxed)
+            CALLS.load(Ordering::Relaxed),
+            identity()
         ),
         other => return Err(format!("no tool {other:?}")),
     };
     CALLS.fetch_add(1, Ordering::Relaxed);
     Ok(answer)
+}
+
+/// Where osvm puts the component's certificate.
+const CERT: &str = "/run/osvm/identity/cert.pem";
+
+/// The SPIFFE ID in the certificate osvm gave this unikernel, or `none (why)`.
+fn identity() -> String {
+    use base64::Engine;
+    let pem = match std::fs::read_to_string(CERT) {
+        Ok(pem) => pem,
+        Err(e) => return format!("none ({CERT}: {e})"),
+    };
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der = match base64::engine::general_purpose::STANDARD.decode(body) {
+        Ok(der) => der,
+        Err(e) => return format!("none ({CERT} is not PEM: {e})"),
+    };
+    // The URI in the subject alternative name: tag 0x86, a short length, the bytes.
+    let needle = b"spiffe://";
+    let found = der.windows(needle.len()).position(|w| w == needle);
+    match found {
+        Some(at) if at >= 2 && der[at - 2] == 0x86 && der[at - 1] < 0x80 => {
+            let end = (at + usize::from(der[at - 1])).min(der.len());
+            String::from_utf8_lossy(&der[at..end]).into_owned()
+        }
+        _ => format!("none ({CERT} names no SPIFFE ID)"),
+    }
 }
