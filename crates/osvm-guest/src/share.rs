@@ -33,14 +33,17 @@ pub fn virtiofsd_args(socket: &Path, dir: &Path, writable: bool) -> Vec<String> 
         socket.display().to_string(),
         "--shared-dir".into(),
         dir.display().to_string(),
-        // osvm's sandbox confines it (namespaces, no capabilities, seccomp, only this
-        // directory); its own would need privileges the sandbox does not give.
+        // osvm's sandbox confines it (namespaces, seccomp, Landlock, only this directory and
+        // the system's files); within it, virtiofsd chroots into the directory, so no name a
+        // guest sends (absolute, or climbing with `..`) resolves outside it. osvm's seccomp
+        // answers openat2 (whose RESOLVE_IN_ROOT would do that) with ENOSYS, and its own
+        // namespace sandbox needs privileges osvm's does not give.
         "--sandbox".into(),
-        "none".into(),
+        "chroot".into(),
         "--seccomp".into(),
         "none".into(),
         // Running as root in its namespace, it sets its own capabilities before it serves: to
-        // none at all (the sandbox left it CAP_SETPCAP only, for that).
+        // none at all (the sandbox left it CAP_SETPCAP and CAP_SYS_CHROOT only, for that).
         "--modcaps=-chown:-dac_override:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap".into(),
         // File handles need CAP_DAC_READ_SEARCH; O_PATH descriptors do not.
         "--inode-file-handles=never".into(),

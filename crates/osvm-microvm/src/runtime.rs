@@ -829,7 +829,7 @@ impl MicroVmRuntime {
                     &share_spec,
                     osvm_sandbox::StartOptions {
                         id: Some(share_instance(&plan.id, i)),
-                        keep_setpcap: true,
+                        helper_caps: true,
                         ..Default::default()
                     },
                 )

@@ -75,10 +75,10 @@ pub struct Plan {
     /// reads, such as an MCP stdio transport) instead of a pipe drained into `stdout.log`.
     #[serde(default)]
     pub stdout_channel: bool,
-    /// The workload keeps `CAP_SETPCAP` in its user namespace (see
-    /// `StartOptions::keep_setpcap`: osvm's own helpers only).
+    /// The workload keeps `CAP_SETPCAP` and `CAP_SYS_CHROOT` in its user namespace and may
+    /// call `chroot` (see `StartOptions::helper_caps`: osvm's own helpers only).
     #[serde(default)]
-    pub keep_setpcap: bool,
+    pub helper_caps: bool,
 }
 
 /// Where the launcher finds the listening sockets handed to the workload.

@@ -90,12 +90,13 @@ pub struct StartOptions<'a> {
     /// `LISTEN_PID`): listening sockets (socket activation, kept by the caller so another
     /// instance can be given the same ones), a VM's TAP device.
     pub fds: &'a [std::os::fd::BorrowedFd<'a>],
-    /// Keep `CAP_SETPCAP` of the sandbox's own user namespace (ambient, so it survives the
-    /// exec) and nothing else: for a helper of osvm's that insists on setting its own
-    /// capabilities before it serves and exits if it cannot (virtiofsd running as root). With
-    /// it the helper can only drop what it has, which is that one capability, over nothing
-    /// outside its namespaces. Never for a component's workload.
-    pub keep_setpcap: bool,
+    /// Keep `CAP_SETPCAP` and `CAP_SYS_CHROOT` of the sandbox's own user namespace (ambient,
+    /// so they survive the exec) and nothing else, and allow `chroot`: for a helper of osvm's
+    /// that confines itself further and then sets its own capabilities before it serves
+    /// (virtiofsd running as root chroots into the directory it shares, then drops both). With
+    /// it the helper can only narrow its view and drop what it has, over nothing outside its
+    /// namespaces. Never for a component's workload.
+    pub helper_caps: bool,
 }
 
 /// A fresh instance id for component `name`: `<name>-<8 hex digits>`.
@@ -158,7 +159,7 @@ impl SandboxRuntime {
             stdin,
             stdout,
             fds: listen,
-            keep_setpcap,
+            helper_caps,
         } = options;
         let id = id.unwrap_or_else(|| new_instance_id(&spec.name));
         let stdin = stdin.unwrap_or_else(Stdio::null);
@@ -237,7 +238,7 @@ impl SandboxRuntime {
             host_root: true,
             listen_fds: listen.len(),
             stdout_channel,
-            keep_setpcap,
+            helper_caps,
         };
         let plan_path = instance_dir.join("plan.json");
         let written = serde_json::to_vec_pretty(&plan)
@@ -556,7 +557,7 @@ impl Runtime for SandboxRuntime {
             stdout: wiring.stdout.map(Stdio::from),
             fds: &fds,
             // A component's workload never keeps a capability.
-            keep_setpcap: false,
+            helper_caps: false,
         };
         Ok(Box::new(self.start_sandbox(spec, options)?))
     }

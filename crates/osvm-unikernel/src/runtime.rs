@@ -204,7 +204,7 @@ impl UnikernelRuntime {
                 &share_spec,
                 StartOptions {
                     id: Some(share_instance(plan.id)),
-                    keep_setpcap: true,
+                    helper_caps: true,
                     ..Default::default()
                 },
             )

@@ -1198,11 +1198,11 @@ fn adopting_a_start_that_died_before_its_plan_removes_the_groups_it_made() {
 }
 
 /// The one exception to "no capabilities", for osvm's own helpers (virtiofsd insists on setting
-/// its capabilities itself): `keep_setpcap` leaves CAP_SETPCAP of the sandbox's user namespace
+/// its capabilities itself): `helper_caps` leaves CAP_SETPCAP of the sandbox's user namespace
 /// in every set and nothing else, still under no_new_privs and seccomp; without it (every
 /// component) the sets are empty.
 #[test]
-fn a_helper_may_keep_setpcap_alone_and_a_workload_keeps_nothing() {
+fn a_helper_may_helper_caps_alone_and_a_workload_keeps_nothing() {
     if !sandbox_available("keep-setpcap") {
         return;
     }
@@ -1222,7 +1222,7 @@ fn a_helper_may_keep_setpcap_alone_and_a_workload_keeps_nothing() {
             .start_sandbox(
                 &spec,
                 osvm_sandbox::StartOptions {
-                    keep_setpcap: keep,
+                    helper_caps: keep,
                     ..Default::default()
                 },
             )
@@ -1236,7 +1236,8 @@ fn a_helper_may_keep_setpcap_alone_and_a_workload_keeps_nothing() {
     };
     let helper = status_of(true);
     for set in ["cap_eff", "cap_prm", "cap_bnd", "cap_inh", "cap_amb"] {
-        assert_eq!(helper[set], "0000000000000100", "{set}: {helper}");
+        // Bits 8 (CAP_SETPCAP) and 18 (CAP_SYS_CHROOT).
+        assert_eq!(helper[set], "0000000000040100", "{set}: {helper}");
     }
     assert_eq!(helper["no_new_privs"], "1");
     assert_eq!(helper["seccomp"], "2");

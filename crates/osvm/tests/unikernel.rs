@@ -584,6 +584,65 @@ allow = {{ clients = ["bob"], tools = ["hermit.echo"] }}
     assert_no_launchers(&state);
 }
 
+/// A unikernel reads its identity at /run/osvm/identity (virtio-fs, served read-only by a
+/// confined virtiofsd) and nothing beyond it: Hermit hands `..` components to the host as they
+/// are, so a name that climbs out of the share must resolve inside it (virtiofsd chrooted into
+/// the share), never to the files virtiofsd's own sandbox can see (the host's /usr).
+#[test]
+fn a_unikernel_reads_its_identity_and_cannot_climb_out_of_the_share() {
+    const TEST: &str = "uk_identity";
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    if osvm_guest::find_program("virtiofsd").is_none() {
+        return skip(
+            "unikernel",
+            TEST,
+            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
+        );
+    }
+    let host_release = std::fs::read_to_string("/usr/lib/os-release").unwrap_or_default();
+    let marker = host_release
+        .lines()
+        .next()
+        .unwrap_or("PRETTY_NAME")
+        .to_owned();
+    let app = example();
+    let _daemon = Daemon::start(&state);
+    up(
+        &state,
+        &format!(
+            r#"
+[stack]
+name = "ukid"
+
+[[component]]
+name = "reader"
+runtime = "unikernel"
+command = "{app}"
+args = ["cat", "/run/osvm/identity/cert.pem", "/run/osvm/../../../../../../../../usr/lib/os-release", "/run/osvm/identity/../../../../../../../etc/hostname"]
+resources = {{ memory = "96M" }}
+restart = "never"
+"#,
+            app = app.display()
+        ),
+    );
+    let views = wait_long(&state, "reader ended", |v| ended(v, &["reader"]));
+    assert_eq!(view(&views, "reader")["last_exit"]["code"], 0, "{views:?}");
+    let out = logs(&state, "reader", false);
+    assert!(
+        out.contains("-----BEGIN CERTIFICATE-----"),
+        "its identity: {out}"
+    );
+    assert!(
+        !out.contains(&marker),
+        "the guest read the host's /usr/lib/os-release through the share: {out}"
+    );
+    let escapes = out.matches("cannot read").count();
+    assert_eq!(escapes, 2, "both climbing names are refused: {out}");
+    assert_no_launchers(&state);
+}
+
 #[test]
 fn doctor_reports_the_launcher_and_a_pinned_launcher_that_cannot_run_is_refused() {
     const TEST: &str = "uk_doctor";

@@ -6,7 +6,9 @@
 //! - `panic`: panics;
 //! - `spin`: never returns, printing a tick every second;
 //! - `serve PORT`: answers every HTTP request on `0.0.0.0:PORT` with `hello from hermit-app`;
-//! - `stderr`: writes one line to stderr and one to stdout, exits 3.
+//! - `stderr`: writes one line to stderr and one to stdout, exits 3;
+//! - `cat PATH...`: prints each file (`== PATH` first) or why it could not be read, then exits
+//!   0 (`/run/osvm/identity/*.pem` are the component's identity files).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,13 +30,14 @@ fn main() {
             let port = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(8080);
             serve(port)
         }
+        Some("cat") => cat(&args[2..]),
         Some("stderr") => {
             eprintln!("this line goes to stderr");
             println!("this line goes to stdout");
             process::exit(3);
         }
         Some(other) => {
-            eprintln!("unknown mode {other:?}: use hello, panic, spin, serve PORT or stderr");
+            eprintln!("unknown mode {other:?}: use hello, panic, spin, serve PORT, stderr or cat");
             process::exit(2);
         }
     }
@@ -59,6 +62,17 @@ fn hello(args: &[String]) -> ! {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     process::exit(code);
+}
+
+fn cat(paths: &[String]) -> ! {
+    for path in paths {
+        println!("== {path}");
+        match std::fs::read_to_string(path) {
+            Ok(text) => print!("{text}"),
+            Err(e) => println!("cannot read: {e}"),
+        }
+    }
+    process::exit(0);
 }
 
 fn spin() -> ! {

@@ -26,7 +26,7 @@ fn lock_securebits() -> Result<(), CapsError> {
 /// empties the bounding, ambient, inheritable, permitted and effective sets.
 pub fn drop_all() -> Result<(), CapsError> {
     lock_securebits()?;
-    drop_bounding_except(None)?;
+    drop_bounding_except(&[])?;
     for set in [
         CapSet::Ambient,
         CapSet::Inheritable,
@@ -38,32 +38,35 @@ pub fn drop_all() -> Result<(), CapsError> {
     Ok(())
 }
 
-/// Like [`drop_all`], but `CAP_SETPCAP` stays in every set, ambient included, so that it
-/// survives the exec: the bounding set holds nothing else, so the program can only drop it.
-/// The securebits are locked last (setting them needs `CAP_SETPCAP`, and ambient raising must
-/// still be allowed when it is raised).
-pub fn drop_all_but_setpcap() -> Result<(), CapsError> {
-    use caps::Capability::CAP_SETPCAP;
-    drop_bounding_except(Some(CAP_SETPCAP))?;
-    let only: caps::CapsHashSet = [CAP_SETPCAP].into_iter().collect();
+/// Like [`drop_all`], but `CAP_SETPCAP` and `CAP_SYS_CHROOT` stay in every set, ambient
+/// included, so that they survive the exec: the bounding set holds nothing else, so the
+/// program can only chroot and drop them. The securebits are locked last (setting them needs
+/// `CAP_SETPCAP`, and ambient raising must still be allowed when they are raised).
+pub fn drop_all_but_helper_caps() -> Result<(), CapsError> {
+    use caps::Capability::{CAP_SETPCAP, CAP_SYS_CHROOT};
+    let keep = [CAP_SETPCAP, CAP_SYS_CHROOT];
+    drop_bounding_except(&keep)?;
+    let only: caps::CapsHashSet = keep.into_iter().collect();
     // Effective and inheritable first: each must stay within the permitted set.
     for set in [CapSet::Effective, CapSet::Inheritable, CapSet::Permitted] {
         caps::set(None, set, &only).map_err(|e| CapsError(format!("setting {set:?}: {e}")))?;
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| CapsError(format!("clearing ambient: {e}")))?;
-    caps::raise(None, CapSet::Ambient, CAP_SETPCAP)
-        .map_err(|e| CapsError(format!("raising ambient CAP_SETPCAP: {e}")))?;
+    for cap in keep {
+        caps::raise(None, CapSet::Ambient, cap)
+            .map_err(|e| CapsError(format!("raising ambient {cap}: {e}")))?;
+    }
     lock_securebits()
 }
 
-/// Drops every capability from the bounding set but `keep`.
-fn drop_bounding_except(keep: Option<caps::Capability>) -> Result<(), CapsError> {
+/// Drops every capability from the bounding set but those in `keep`.
+fn drop_bounding_except(keep: &[caps::Capability]) -> Result<(), CapsError> {
     let last: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(63);
     for cap in 0..=last {
-        if keep.is_some_and(|k| libc::c_ulong::from(k.index()) == cap) {
+        if keep.iter().any(|k| libc::c_ulong::from(k.index()) == cap) {
             continue;
         }
         // SAFETY: prctl with integer arguments only.

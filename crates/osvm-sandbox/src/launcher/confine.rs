@@ -69,12 +69,13 @@ impl Exec {
 pub struct Confiner {
     ruleset: landlock::Prepared,
     programs: Vec<BpfProgram>,
-    keep_setpcap: bool,
+    helper_caps: bool,
 }
 
 impl Confiner {
-    /// Builds the rules for `spec` (call it inside the sandbox's root: Landlock opens paths).
-    pub fn prepare(spec: &LaunchSpec) -> Result<Self, String> {
+    /// Builds the rules for `spec` (call it inside the sandbox's root: Landlock opens paths);
+    /// `helper`: osvm's own helper (see `StartOptions::helper_caps`).
+    pub fn prepare(spec: &LaunchSpec, helper: bool) -> Result<Self, String> {
         let mut writable: Vec<&Path> = vec![
             Path::new("/tmp"),
             Path::new(DATA_DIR_INSIDE),
@@ -88,18 +89,13 @@ impl Confiner {
         );
         let ruleset = landlock::prepare(spec.readonly_root, &writable, &spec.listen)
             .map_err(|e| format!("prepare Landlock: {e}"))?;
-        let programs = seccomp::build(spec.native_aio).map_err(|e| format!("seccomp: {e}"))?;
+        let programs =
+            seccomp::build(spec.native_aio, helper).map_err(|e| format!("seccomp: {e}"))?;
         Ok(Self {
             ruleset,
             programs,
-            keep_setpcap: false,
+            helper_caps: helper,
         })
-    }
-
-    /// Keeps `CAP_SETPCAP` for the workload (see `Plan::keep_setpcap`).
-    pub fn keeping_setpcap(mut self, keep: bool) -> Self {
-        self.keep_setpcap = keep;
-        self
     }
 
     /// Sets `no_new_privs`, enforces Landlock, drops every capability and installs seccomp,
@@ -116,8 +112,8 @@ impl Confiner {
             .ruleset
             .enforce()
             .map_err(|e| format!("apply Landlock: {e}"))?;
-        if self.keep_setpcap {
-            caps::drop_all_but_setpcap()
+        if self.helper_caps {
+            caps::drop_all_but_helper_caps()
         } else {
             caps::drop_all()
         }

@@ -78,7 +78,7 @@ fn run(plan: &Plan, command: &[String], init: &OwnedFd) -> Result<i32, String> {
         .map_err(|e| format!("become uid 0 in the sandbox: {e}"))?;
 
     let exec = Exec::new(&plan.launch, command)?;
-    let confiner = Confiner::prepare(&plan.launch)?;
+    let confiner = Confiner::prepare(&plan.launch, false)?;
     // SAFETY: this process is single-threaded, so the child may run ordinary code.
     match unsafe { fork() }.map_err(|e| format!("fork into the sandbox: {e}"))? {
         ForkResult::Child => {

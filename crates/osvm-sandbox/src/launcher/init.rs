@@ -158,7 +158,7 @@ fn setup(plan: &Plan, ctl: OwnedFd) -> Result<(Pid, InitMsg), String> {
         .chain(spec.args.iter().cloned())
         .collect();
     let exec = Exec::new(spec, &command)?;
-    let confiner = Confiner::prepare(spec)?.keeping_setpcap(plan.keep_setpcap);
+    let confiner = Confiner::prepare(spec, plan.helper_caps)?;
 
     // Moving a task into a v1 cgroup waits for an RCU grace period (milliseconds); the
     // monitor does it while this process builds the root and its filters, and the sandbox is
@@ -208,7 +208,10 @@ fn setup(plan: &Plan, ctl: OwnedFd) -> Result<(Pid, InitMsg), String> {
                 InitMsg::Ready {
                     workload_pid: child.as_raw(),
                     landlock,
-                    seccomp_allowed: super::seccomp::allowed_count(plan.launch.native_aio),
+                    seccomp_allowed: super::seccomp::allowed_count(
+                        plan.launch.native_aio,
+                        plan.helper_caps,
+                    ),
                 },
             ))
         }

@@ -461,12 +461,13 @@ fn enosys_syscalls() -> Vec<libc::c_long> {
 }
 
 /// The number of syscalls the allowlist admits (some with argument checks).
-pub fn allowed_count(native_aio: bool) -> usize {
+pub fn allowed_count(native_aio: bool, helper: bool) -> usize {
     ALLOWED.len()
         + 3
         + MODE_CHECKED.len()
         + OPEN_CHECKED.len()
         + if native_aio { NATIVE_AIO.len() } else { 0 }
+        + usize::from(helper)
 }
 
 /// "`mode` (argument `arg`) has no setuid or setgid bit".
@@ -475,12 +476,16 @@ fn no_set_id(arg: u8) -> Result<SeccompCondition, SeccompError> {
 }
 
 /// Builds the two filters: the allowlist, then the `clone3` -> `ENOSYS` filter. With
-/// `native_aio` the AIO calls are allowed too.
-pub fn build(native_aio: bool) -> Result<Vec<BpfProgram>, SeccompError> {
+/// `native_aio` the AIO calls are allowed too; for osvm's own `helper` (virtiofsd), `chroot`,
+/// which it uses to confine itself to the directory it shares.
+pub fn build(native_aio: bool, helper: bool) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
     if native_aio {
         rules.extend(NATIVE_AIO.iter().map(|nr| (*nr, Vec::new())));
+    }
+    if helper {
+        rules.insert(libc::SYS_chroot, Vec::new());
     }
     for (nr, mode) in MODE_CHECKED {
         rules.insert(*nr, vec![rule(vec![no_set_id(*mode)?])?]);
@@ -555,11 +560,14 @@ mod tests {
     #[test]
     fn filters_compile() {
         for aio in [false, true] {
-            let programs = build(aio).unwrap();
+            let programs = build(aio, false).unwrap();
             assert_eq!(programs.len(), 2);
             assert!(!programs[0].is_empty());
         }
-        assert_eq!(allowed_count(true), allowed_count(false) + NATIVE_AIO.len());
+        assert_eq!(
+            allowed_count(true, false),
+            allowed_count(false, false) + NATIVE_AIO.len()
+        );
     }
 
     #[test]
