@@ -7,7 +7,10 @@
 //! `#[unsafe(naked)]`. A third fixes its virtio-fs client ([`fix_fuse_paths`]): it names files
 //! to the host by absolute paths (`/osvm/identity/cert.pem`), which a virtiofsd that is not
 //! chrooted into its share (osvm confines it in a sandbox instead) resolves from its own root;
-//! the fix sends them relative to the share. It builds with `RUSTC_BOOTSTRAP=1` (the kernel uses unstable
+//! the fix sends them relative to the share. A fourth gives it entropy where the CPU has
+//! `RDRAND` but not `RDSEED` (QEMU's TCG): it seeded its generator from `RDSEED` only, and
+//! without it fell back to a Park-Miller generator with a fixed seed, so every guest drew the
+//! same "random" numbers ([`fix_entropy`]). It builds with `RUSTC_BOOTSTRAP=1` (the kernel uses unstable
 //! features) and `-Zmutable-noalias=no`, as its own build tool does.
 //!
 //! The archive is then treated as the kernel's build tool treats it: the `.llvmbc` and
@@ -33,7 +36,7 @@ pub const VERSION: &str = "0.11.0";
 /// Its cargo features.
 pub const FEATURES: &str = "pci,acpi,fsgsbase,tcp,fuse";
 /// Bumped whenever the source fixes or the post-processing change, so old builds are not reused.
-const RECIPE: &str = "osvm-hermit-kernel-recipe-2";
+const RECIPE: &str = "osvm-hermit-kernel-recipe-3";
 /// Symbols that keep their names: the entry points the loader and the app's std call.
 const KEEP: &[&str] = &["_start", "__bss_start", "mcount", "runtime_entry"];
 
@@ -100,7 +103,7 @@ pub(crate) fn ensure(
     let fixed = apply_fixes(&tree)?;
     progress(Progress::Step(format!(
         "kernel: dropped rust-toolchain.toml, rewrote {fixed} #[naked] attributes, made virtio-fs \
-         paths relative to the share"
+         paths relative to the share, seeded entropy from RDRAND where RDSEED is missing"
     )));
     progress(Progress::Step(format!(
         "kernel: building hermit-kernel {VERSION} for x86_64-unknown-none (features {FEATURES}; \
@@ -229,6 +232,18 @@ fn apply_fixes(tree: &Path) -> Result<usize, BuildError> {
     })?;
     fs::write(&fuse, fixed_fuse)
         .map_err(|e| BuildError::io(format!("write {}", fuse.display()), e))?;
+    let processor = tree.join("src/arch/x86_64/kernel/processor.rs");
+    let text = fs::read_to_string(&processor)
+        .map_err(|e| BuildError::io(format!("read {}", processor.display()), e))?;
+    let fixed_entropy = fix_entropy(&text).ok_or_else(|| {
+        BuildError::Input(format!(
+            "{}: its entropy seeding is not the hermit-kernel {VERSION} code osvm knows how to \
+             fix",
+            processor.display()
+        ))
+    })?;
+    fs::write(&processor, fixed_entropy)
+        .map_err(|e| BuildError::io(format!("write {}", processor.display()), e))?;
     let pin = tree.join("rust-toolchain.toml");
     if pin.exists() {
         fs::remove_file(&pin)
@@ -297,6 +312,50 @@ fn fix_fuse_paths(text: &str) -> Option<String> {
         .then(|| text.replacen(FUSE_PATH_BEFORE, FUSE_PATH_AFTER, 1))
 }
 
+/// The end of hermit-kernel 0.11.0's `seed_entropy`: no `RDSEED`, no seed.
+const ENTROPY_BEFORE: &str = "\t\tSome(buf)
+\t} else {
+\t\tNone
+\t}
+}
+
+#[inline]
+pub fn get_linear_address_bits";
+/// The same with `RDRAND` as the second source (retried as Intel's DRNG guide says; all-zero
+/// and all-one words refused as for `RDSEED`), before giving up.
+const ENTROPY_AFTER: &str = "\t\tSome(buf)
+\t} else if CpuId::new().get_feature_info().is_some_and(|f| f.has_rdrand()) {
+\t\t// osvm: RDRAND where the CPU has no RDSEED (QEMU's TCG).
+\t\tfor word in buf.chunks_mut(8) {
+\t\t\tlet mut value = 0;
+\t\t\tlet mut tries = 0;
+\t\t\twhile unsafe { core::arch::x86_64::_rdrand64_step(&mut value) != 1 }
+\t\t\t\t|| value == 0 || value == u64::MAX
+\t\t\t{
+\t\t\t\ttries += 1;
+\t\t\t\tif tries > 100 {
+\t\t\t\t\treturn None;
+\t\t\t\t}
+\t\t\t\tspin_loop();
+\t\t\t}
+\t\t\tword.copy_from_slice(&value.to_ne_bytes());
+\t\t}
+\t\tSome(buf)
+\t} else {
+\t\tNone
+\t}
+}
+
+#[inline]
+pub fn get_linear_address_bits";
+
+/// `processor.rs` seeding from `RDRAND` when `RDSEED` is missing, or `None` when it is not the
+/// code expected.
+fn fix_entropy(text: &str) -> Option<String> {
+    (text.matches(ENTROPY_BEFORE).count() == 1 && !text.contains("_rdrand64_step"))
+        .then(|| text.replacen(ENTROPY_BEFORE, ENTROPY_AFTER, 1))
+}
+
 /// Rewrites lines that are exactly `#[naked]` (indentation kept) as `#[unsafe(naked)]`.
 fn fix_naked(text: &str) -> (String, usize) {
     let mut n = 0;
@@ -361,6 +420,19 @@ fn redefinitions(nm: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The entropy fix applies once and only to the expected code.
+    #[test]
+    fn entropy_gets_rdrand_once() {
+        let source = format!("pub fn seed_entropy() {{\n{ENTROPY_BEFORE}() {{}}\n");
+        let fixed = fix_entropy(&source).unwrap();
+        assert!(fixed.contains("_rdrand64_step"));
+        assert_eq!(
+            fix_entropy(&fixed),
+            None,
+            "already fixed: not the expected code"
+        );
+    }
 
     /// The fix applies to the registry's source exactly once, and to nothing else.
     #[test]

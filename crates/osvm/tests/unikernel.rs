@@ -643,6 +643,52 @@ restart = "never"
     assert_no_launchers(&state);
 }
 
+/// Every unikernel gets entropy: under QEMU's TCG the CPU has RDRAND but no RDSEED, and Hermit
+/// 0.11 seeded its generator from RDSEED alone, falling back to a fixed-seed Park-Miller
+/// generator, so every guest drew the same keys (std's HashMap seeds included). osvm's kernel
+/// build seeds from RDRAND there: two guests draw different keys, and neither kernel warns.
+#[test]
+fn two_unikernels_draw_different_random_numbers() {
+    const TEST: &str = "uk_random";
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    let app = example();
+    let _daemon = Daemon::start(&state);
+    let component = |name: &str| {
+        format!(
+            "[[component]]\nname = \"{name}\"\nruntime = \"unikernel\"\ncommand = \"{}\"\n\
+             args = [\"random\"]\nresources = {{ memory = \"96M\" }}\nrestart = \"never\"\n",
+            app.display()
+        )
+    };
+    up(
+        &state,
+        &format!(
+            "[stack]\nname = \"ukrand\"\n\n{}\n{}",
+            component("one"),
+            component("two")
+        ),
+    );
+    wait_long(&state, "both ended", |v| ended(v, &["one", "two"]));
+    let drawn = |name: &str| {
+        let out = logs(&state, name, false);
+        out.lines()
+            .find_map(|l| l.split("random ").nth(1).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{name} printed no key: {out}"))
+    };
+    let (one, two) = (drawn("one"), drawn("two"));
+    assert_ne!(one, two, "two guests drew the same keys");
+    for name in ["one", "two"] {
+        let console = logs(&state, name, true);
+        assert!(
+            !console.contains("Unable to read entropy"),
+            "{name} ran without entropy: {console}"
+        );
+    }
+    assert_no_launchers(&state);
+}
+
 #[test]
 fn doctor_reports_the_launcher_and_a_pinned_launcher_that_cannot_run_is_refused() {
     const TEST: &str = "uk_doctor";

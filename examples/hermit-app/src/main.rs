@@ -7,6 +7,8 @@
 //! - `spin`: never returns, printing a tick every second;
 //! - `serve PORT`: answers every HTTP request on `0.0.0.0:PORT` with `hello from hermit-app`;
 //! - `stderr`: writes one line to stderr and one to stdout, exits 3;
+//! - `random`: prints a hash keyed by std's random keys (`random 0123...`), which differs
+//!   between runs only if the kernel gives the app entropy;
 //! - `cat PATH...`: prints each file (`== PATH` first) or why it could not be read, then exits
 //!   0 (`/run/osvm/identity/*.pem` are the component's identity files).
 
@@ -31,13 +33,21 @@ fn main() {
             serve(port)
         }
         Some("cat") => cat(&args[2..]),
+        Some("random") => {
+            use std::hash::BuildHasher;
+            let keyed = std::collections::hash_map::RandomState::new().hash_one(0u64);
+            println!("random {keyed:016x}");
+            process::exit(0);
+        }
         Some("stderr") => {
             eprintln!("this line goes to stderr");
             println!("this line goes to stdout");
             process::exit(3);
         }
         Some(other) => {
-            eprintln!("unknown mode {other:?}: use hello, panic, spin, serve PORT, stderr or cat");
+            eprintln!(
+                "unknown mode {other:?}: use hello, panic, spin, serve PORT, stderr, cat or random"
+            );
             process::exit(2);
         }
     }
