@@ -403,16 +403,13 @@ impl Gateway {
         });
     }
 
-    /// Connects to server `server`'s instance `instance`, a streamable-HTTP server at `to`
-    /// (`path`) as seen from the network namespace `netns` (a process's own loopback, or a
-    /// guest's hub address from the hub), through a relay socket in `relay_dir`.
+    /// Connects to server `server`'s instance `instance`, a streamable-HTTP server where `at`
+    /// says, through a relay socket in `relay_dir`.
     pub fn attach_http(
         &self,
         server: &str,
         instance: &str,
-        netns: PathBuf,
-        to: std::net::SocketAddr,
-        path: String,
+        at: upstream::HttpUpstream,
         relay_dir: PathBuf,
     ) {
         let max = self.limits_of(server).max_message_bytes as usize;
@@ -420,9 +417,11 @@ impl Gateway {
         self.attach(server, instance, async move {
             std::fs::create_dir_all(&relay_dir)
                 .map_err(|e| format!("create {}: {e}", relay_dir.display()))?;
-            let relay = upstream::Relay::start(socket, netns, to)
+            let to = at.to;
+            let relay = upstream::Relay::start(socket, at.netns, to, at.tls)
                 .map_err(|e| format!("the relay to the server ({to}): {e}"))?;
-            let mut up = upstream::connect_http(&relay, to.port(), &path, max, HANDSHAKE).await?;
+            let mut up =
+                upstream::connect_http(&relay, to.port(), &at.path, max, HANDSHAKE).await?;
             up.relay = Some(relay);
             Ok(up)
         });

@@ -99,6 +99,71 @@ pub fn client_config() -> ClientConfig {
     .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
 }
 
+/// How long the gateway uses one certificate toward an MCP server before it asks for a fresh
+/// one (they are issued for 24 h).
+const RENEW_AFTER: Duration = Duration::from_secs(12 * 3600);
+
+/// Makes the gateway's client configuration with a fresh certificate.
+type Issue = dyn Fn() -> Result<rustls::ClientConfig, String> + Send + Sync;
+/// The configuration in use and when it was made.
+type Current = Option<(std::time::Instant, std::sync::Arc<rustls::ClientConfig>)>;
+
+/// Where a streamable-HTTP MCP server is: `to` as seen from the network namespace `netns` (a
+/// process's own loopback, or a guest's hub address from the hub), its endpoint `path`, and
+/// whether the gateway speaks mutual TLS to it.
+pub struct HttpUpstream {
+    /// The namespace the relay connects from.
+    pub netns: std::path::PathBuf,
+    /// The server's address there.
+    pub to: std::net::SocketAddr,
+    /// Its MCP endpoint.
+    pub path: String,
+    /// The gateway's TLS, when the server asks for it.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the gateway speaks mutual TLS to an MCP server: its identity (renewed while the server
+/// runs) and the name the server's certificate must carry.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    issue: std::sync::Arc<Issue>,
+    current: std::sync::Arc<std::sync::Mutex<Current>>,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl UpstreamTls {
+    /// The gateway presenting what `issue` makes (called now, and again for a connection made
+    /// when the certificate is older than [`RENEW_AFTER`]) to a server that must prove
+    /// `server_name`.
+    pub fn new(
+        issue: impl Fn() -> Result<rustls::ClientConfig, String> + Send + Sync + 'static,
+        server_name: &str,
+    ) -> Result<Self, String> {
+        let server_name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+        let tls = Self {
+            issue: std::sync::Arc::new(issue),
+            current: Default::default(),
+            server_name,
+        };
+        tls.config()?;
+        Ok(tls)
+    }
+
+    /// The configuration for a new connection.
+    fn config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((made, config)) = current.as_ref()
+            && made.elapsed() < RENEW_AFTER
+        {
+            return Ok(config.clone());
+        }
+        let config = std::sync::Arc::new((self.issue)()?);
+        *current = Some((std::time::Instant::now(), config.clone()));
+        Ok(config)
+    }
+}
+
 /// Carries connections from a unix socket to an address as seen from a network namespace (a
 /// process server's own loopback, or a guest's hub address from the hub).
 pub struct Relay {
@@ -126,17 +191,19 @@ fn connect_in(
 }
 
 impl Relay {
-    /// Relays `path` (a unix socket, created) to `to` as seen from namespace `netns`.
+    /// Relays `path` (a unix socket, created) to `to` as seen from namespace `netns`, over
+    /// mutual TLS when `tls` says how (the HTTP client speaks plain HTTP to the socket).
     pub fn start(
         path: std::path::PathBuf,
         netns: std::path::PathBuf,
         to: std::net::SocketAddr,
+        tls: Option<UpstreamTls>,
     ) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let netns = netns.clone();
+                let (netns, tls) = (netns.clone(), tls.clone());
                 tokio::spawn(async move {
                     let Ok(Ok(tcp)) =
                         tokio::task::spawn_blocking(move || connect_in(&netns, to)).await
@@ -149,7 +216,40 @@ impl Relay {
                     let Ok(mut tcp) = tokio::net::TcpStream::from_std(tcp) else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut tcp).await;
+                    let _ = tcp.set_nodelay(true);
+                    let Some(tls) = tls else {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut tcp).await;
+                        return;
+                    };
+                    let config = {
+                        let tls = tls.clone();
+                        match tokio::task::spawn_blocking(move || tls.config()).await {
+                            Ok(Ok(config)) => config,
+                            Ok(Err(e)) => {
+                                tracing::warn!("the gateway's certificate for {to}: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    };
+                    let connector = tokio_rustls::TlsConnector::from(config);
+                    let handshake = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        connector.connect(tls.server_name.clone(), tcp),
+                    );
+                    match handshake.await {
+                        Ok(Ok(mut stream)) => {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!(
+                            "mutual TLS with the MCP server {:?} at {to} failed: {e}",
+                            tls.server_name
+                        ),
+                        Err(_) => tracing::warn!(
+                            "mutual TLS with the MCP server {:?} at {to}: no handshake within 10s",
+                            tls.server_name
+                        ),
+                    }
                 });
             }
         });

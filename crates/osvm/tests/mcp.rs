@@ -1243,3 +1243,114 @@ restart = "{restart}"
     }
     down(&state, &file);
 }
+
+/// `mcp = { tls = true }`: the gateway speaks mutual TLS to an HTTP MCP server, presenting a
+/// certificate of the stack's CA for `spiffe://osvm.local/osvm/mcp-gateway` and checking the
+/// server's. The server (a Python fixture over HTTPS, requiring a client certificate of the
+/// CA) answers only that identity: alice's call through the gateway reports the gateway as
+/// the TLS peer, while a component that network policy lets reach the port, with its own valid
+/// certificate, is refused by the server, and one speaking plain HTTP gets no answer.
+#[test]
+fn an_http_mcp_server_with_tls_admits_only_the_gateway() {
+    const TEST: &str = "mcp_tls";
+    if !hub_available(TEST) {
+        return;
+    }
+    let state = StateDir::new(TEST);
+    let fixtures = fixture("").display().to_string();
+    let probe = r#"
+import socket, ssl, sys, time, http.client
+who = sys.argv[1]
+for _ in range(120):
+    try:
+        socket.create_connection(('tls', 8443), timeout=2).close()
+        break
+    except OSError:
+        time.sleep(0.5)
+body = '{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
+try:
+    if who == 'impostor':
+        ctx = ssl.create_default_context(cafile='/run/osvm/identity/bundle.pem')
+        ctx.load_cert_chain('/run/osvm/identity/cert.pem', '/run/osvm/identity/key.pem')
+        c = http.client.HTTPSConnection('tls.mtlsmcp.osvm', 8443, context=ctx, timeout=10)
+    else:
+        c = http.client.HTTPConnection('tls', 8443, timeout=10)
+    c.request('POST', '/mcp', body, {'Content-Type': 'application/json'})
+    print(who.upper(), 'GOT', c.getresponse().status)
+except Exception as e:
+    print(who.upper(), 'REFUSED', type(e).__name__, e)
+"#;
+    let file = state.path.join("tls.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[stack]
+name = "mtlsmcp"
+network = "hub"
+
+[[component]]
+name = "tls"
+type = {{ kind = "mcp_server", name = "secure" }}
+command = "/usr/bin/python3"
+args = ["/fixtures/mcp_tls_server.py", "8443", "spiffe://osvm.local/osvm/mcp-gateway"]
+mounts = [{{ source = "{fixtures}", target = "/fixtures" }}]
+listen = [8443]
+mcp = {{ transport = "http", port = 8443, path = "/mcp", tls = true }}
+
+[[component]]
+name = "impostor"
+command = "/usr/bin/python3"
+args = ["-c", '''{probe}''', "impostor"]
+restart = "never"
+
+[[component]]
+name = "plain"
+command = "/usr/bin/python3"
+args = ["-c", '''{probe}''', "plain"]
+restart = "never"
+
+[[policy]]
+allow = {{ from = "impostor", to = "tls", ports = [8443] }}
+
+[[policy]]
+allow = {{ from = "plain", to = "tls", ports = [8443] }}
+
+[[mcp_policy]]
+allow = {{ clients = ["alice"], tools = ["secure.*"] }}
+"#
+        ),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&state);
+    let o = run(state.osvm().args(["up", "-d"]).arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_servers(&state, 1);
+    let (code, out) = call(&state, "alice", "secure.whoami", "{}");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.to_string()
+            .contains("peer=spiffe://osvm.local/osvm/mcp-gateway"),
+        "the server saw the gateway's certificate: {out}"
+    );
+    let views = wait_ps(&state, "both probes ended", |v| {
+        ["impostor", "plain"].iter().all(|n| {
+            v.iter()
+                .any(|c| c["name"] == *n && c["last_exit"]["code"].is_number())
+        })
+    });
+    let log = |name: &str| stdout(&run(state.osvm().args(["logs", name])));
+    let impostor = log("impostor");
+    assert!(
+        impostor.contains("IMPOSTOR GOT 403"),
+        "{impostor}\n{views:?}"
+    );
+    let plain = log("plain");
+    assert!(plain.contains("PLAIN REFUSED"), "{plain}\n{views:?}");
+    let server = log("tls");
+    assert!(
+        server.contains("REFUSED spiffe://osvm.local/mtlsmcp/impostor"),
+        "{server}"
+    );
+    down(&state, &file);
+}

@@ -159,6 +159,8 @@ pub(crate) struct RawMcp {
     pub(crate) port: Option<Spanned<Int>>,
     /// `http`: the request path.
     pub(crate) path: Option<Spanned<String>>,
+    /// `http`: mutual TLS between the gateway and the server.
+    pub(crate) tls: Option<Spanned<bool>>,
     /// The prefix of the server's tool names.
     pub(crate) prefix: Option<Spanned<String>>,
 }

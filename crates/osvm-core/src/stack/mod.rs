@@ -253,6 +253,11 @@ pub enum McpTransport {
         port: u16,
         /// The request path of its MCP endpoint, starting with `/` (default `/mcp`).
         path: String,
+        /// The gateway speaks mutual TLS to it: it presents its own identity
+        /// (`spiffe://<trust domain>/osvm/mcp-gateway`, of the stack's CA) and accepts only a
+        /// server certificate naming `<component>.<stack>.osvm`, not revoked.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tls: bool,
     },
 }
 

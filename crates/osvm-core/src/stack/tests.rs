@@ -500,7 +500,8 @@ fn mcp_servers_and_rules_parse_to_their_values() {
         spec.transport,
         McpTransport::Http {
             port: 8080,
-            path: "/mcp".into()
+            path: "/mcp".into(),
+            tls: false,
         }
     );
     assert_eq!(spec.prefix, "ev");
@@ -590,6 +591,7 @@ fn mcp_transport_is_tagged_in_json() {
     let http = McpTransport::Http {
         port: 8080,
         path: "/mcp".into(),
+        tls: false,
     };
     assert_eq!(
         serde_json::to_value(&http).unwrap(),

@@ -57,7 +57,7 @@ impl Engine {
         let (Some(gw), Some(spec)) = (&self.mcp, &self.units[i].component.mcp) else {
             return;
         };
-        let osvm_core::stack::McpTransport::Http { port, path } = &spec.transport else {
+        let osvm_core::stack::McpTransport::Http { port, path, tls } = &spec.transport else {
             return;
         };
         // Where the server's port is, and the namespace it is reached from.
@@ -82,8 +82,48 @@ impl Engine {
                 return self.emit(i, EventKind::McpFailed, &why);
             }
         };
+        let tls = match tls.then(|| self.gateway_tls(i)).transpose() {
+            Ok(tls) => tls,
+            Err(why) => {
+                gw.detach(&spec.name, id, &why);
+                return self.emit(i, EventKind::McpFailed, &why);
+            }
+        };
         let relays = self.runtime.config().state_dir.join("mcp").join("relays");
-        gw.attach_http(&spec.name, id, netns, to, path.clone(), relays);
+        let at = osvm_mcp::upstream::HttpUpstream {
+            netns,
+            to,
+            path: path.clone(),
+            tls,
+        };
+        gw.attach_http(&spec.name, id, at, relays);
+    }
+
+    /// The gateway's side of mutual TLS with unit `i`'s MCP server: a certificate of the
+    /// stack's CA for `spiffe://<trust domain>/osvm/mcp-gateway` (24 h, a fresh one every 12 h
+    /// of connections), the CA bundle and CRL as they are then, and the name the server must
+    /// prove.
+    fn gateway_tls(&self, i: usize) -> Result<osvm_mcp::upstream::UpstreamTls, String> {
+        let stack = self.stack_of(i);
+        let dir = crate::identity::pki_dir(&self.runtime.config().state_dir, &stack.trust_domain);
+        let domain = stack.trust_domain.clone();
+        let issue = move || {
+            let fail = |e: &dyn std::fmt::Display| format!("the gateway's TLS identity: {e}");
+            let pki = osvm_pki::Pki::open(&dir).map_err(|e| fail(&e))?;
+            let issued = pki
+                .issue("osvm", "mcp-gateway", Duration::from_secs(86_400))
+                .map_err(|e| fail(&e))?;
+            let material = osvm_pki::tls::Material {
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+                bundle_pem: pki.bundle_pem().map_err(|e| fail(&e))?,
+                crl_pem: pki.crl_bundle_pem().map_err(|e| fail(&e))?,
+                trust_domain: domain.clone(),
+            };
+            osvm_pki::tls::client_config(&material).map_err(|e| fail(&e))
+        };
+        let name = format!("{}.{}.osvm", self.units[i].component.name, stack.name);
+        osvm_mcp::upstream::UpstreamTls::new(issue, &name)
     }
 
     /// Restarts MCP servers the gateway found broken (hung, crashed, wrote garbage).

@@ -77,6 +77,7 @@ pub(super) fn mcp_server(
                 transport: None,
                 port: None,
                 path: None,
+                tls: None,
                 prefix: None,
             },
         ),
@@ -90,6 +91,7 @@ pub(super) fn mcp_server(
             let extra = [
                 ("port", raw.port.as_ref().map(Spanned::span)),
                 ("path", raw.path.as_ref().map(Spanned::span)),
+                ("tls", raw.tls.as_ref().map(Spanned::span)),
             ]
             .into_iter()
             .find_map(|(key, span)| Some((key, span?)));
@@ -151,7 +153,11 @@ pub(super) fn mcp_server(
                 }
                 None => McpTransport::DEFAULT_HTTP_PATH.to_owned(),
             };
-            McpTransport::Http { port: number, path }
+            McpTransport::Http {
+                port: number,
+                path,
+                tls: raw.tls.is_some_and(|t| t.into_inner()),
+            }
         }
     };
 
