@@ -643,6 +643,94 @@ restart = "never"
     assert_no_launchers(&state);
 }
 
+/// A renewed identity reaches a running unikernel: after a CA rotation the guest reads the new
+/// certificate at the same path (the copy osvm serves over virtio-fs is rewritten), the same
+/// bytes as the host's identity file.
+#[test]
+fn a_unikernel_sees_its_identity_renewed_after_a_ca_rotation() {
+    const TEST: &str = "uk_rotate";
+    let Some(state) = unikernel_state(TEST) else {
+        return;
+    };
+    if osvm_guest::find_program("virtiofsd").is_none() {
+        return skip(
+            "unikernel",
+            TEST,
+            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
+        );
+    }
+    let app = example();
+    let _daemon = Daemon::start(&state);
+    up(
+        &state,
+        &format!(
+            r#"
+[stack]
+name = "ukrot"
+trust_domain = "ukrot.osvm"
+
+[[component]]
+name = "watcher"
+runtime = "unikernel"
+command = "{app}"
+args = ["watch", "/run/osvm/identity/cert.pem"]
+resources = {{ memory = "96M" }}
+restart = "never"
+"#,
+            app = app.display()
+        ),
+    );
+    wait_long(&state, "watcher running", |v| {
+        v.iter()
+            .any(|c| c["name"] == "watcher" && c["status"] == "running")
+    });
+    let host_cert = state.path.join("identities/ukrot/watcher/cert.pem");
+    let fnv = |bytes: &[u8]| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    // The guest's latest digest once it equals the host file's.
+    let wait_same = |what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let host = std::fs::read(&host_cert).map(|b| format!("digest {:016x}", fnv(&b)));
+            let out = logs(&state, "watcher", false);
+            let last = out.lines().rev().find_map(|l| l.split(" stdout ").nth(1));
+            if let (Ok(host), Some(last)) = (&host, last)
+                && last == host
+            {
+                return host.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: host {host:?}, guest: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let first = wait_same("the guest reads its certificate");
+    let o = run(state
+        .osvm()
+        .args(["cert", "--trust-domain", "ukrot.osvm", "ca", "rotate"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = wait_same("the guest reads the renewed certificate");
+        if now != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was not renewed in the guest"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = run(state.osvm().args(["down", "ukrot"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_no_launchers(&state);
+}
+
 /// Every unikernel gets entropy: under QEMU's TCG the CPU has RDRAND but no RDSEED, and Hermit
 /// 0.11 seeded its generator from RDSEED alone, falling back to a fixed-seed Park-Miller
 /// generator, so every guest drew the same keys (std's HashMap seeds included). osvm's kernel

@@ -7,6 +7,8 @@
 //! - `spin`: never returns, printing a tick every second;
 //! - `serve PORT`: answers every HTTP request on `0.0.0.0:PORT` with `hello from hermit-app`;
 //! - `stderr`: writes one line to stderr and one to stdout, exits 3;
+//! - `watch PATH`: prints `digest <FNV-1a 64 of the file>` now and whenever the file changes,
+//!   checking every second (a renewed identity reaching the guest);
 //! - `random`: prints a hash keyed by std's random keys (`random 0123...`), which differs
 //!   between runs only if the kernel gives the app entropy;
 //! - `cat PATH...`: prints each file (`== PATH` first) or why it could not be read, then exits
@@ -33,6 +35,10 @@ fn main() {
             serve(port)
         }
         Some("cat") => cat(&args[2..]),
+        Some("watch") => watch(
+            args.get(2)
+                .map_or("/run/osvm/identity/cert.pem", String::as_str),
+        ),
         Some("random") => {
             use std::hash::BuildHasher;
             let keyed = std::collections::hash_map::RandomState::new().hash_one(0u64);
@@ -46,7 +52,7 @@ fn main() {
         }
         Some(other) => {
             eprintln!(
-                "unknown mode {other:?}: use hello, panic, spin, serve PORT, stderr, cat or random"
+                "unknown mode {other:?}: use hello, panic, spin, serve PORT, stderr, cat, watch or random"
             );
             process::exit(2);
         }
@@ -83,6 +89,27 @@ fn cat(paths: &[String]) -> ! {
         }
     }
     process::exit(0);
+}
+
+fn watch(path: &str) -> ! {
+    let mut last = None;
+    loop {
+        let digest = std::fs::read(path).map(|bytes| {
+            // FNV-1a, 64 bits: enough to tell two certificates apart.
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        });
+        let shown = match &digest {
+            Ok(d) => format!("digest {d:016x}"),
+            Err(e) => format!("cannot read {path}: {e}"),
+        };
+        if last.as_ref() != Some(&shown) {
+            println!("{shown}");
+            last = Some(shown);
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn spin() -> ! {
