@@ -538,6 +538,11 @@ allow = {{ clients = ["bob"], tools = ["hermit.echo"] }}
         serde_json::from_str(stdout(&o).trim()).unwrap()
     };
     let alice = client("alice");
+    // On a failure, what the unikernel and the daemon said.
+    if alice["tools"].as_array().is_some_and(|t| t.is_empty()) {
+        eprintln!("the unikernel's console:\n{}", logs(&state, "tools", true));
+        eprintln!("events:\n{}", stdout(&run(state.osvm().arg("events"))));
+    }
     assert_eq!(
         alice["tools"],
         serde_json::json!(["hermit.echo", "hermit.info", "hermit.uppercase"]),

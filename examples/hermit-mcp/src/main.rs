@@ -1,7 +1,7 @@
 //! An MCP server as a Hermit unikernel, reached by osvm's gateway over the hub.
 //!
 //! It speaks MCP's streamable HTTP transport in its simplest form: every JSON-RPC request is
-//! one `POST` answered with one `application/json` response; notifications get `202 Accepted`;
+//! one `POST` on a connection of its own, answered with one `application/json` response; notifications get `202 Accepted`;
 //! there is no server-initiated stream (`GET` answers `405`, as the transport allows) and no
 //! session. The JSON-RPC handling is its own, on std's `TcpListener`, with serde_json for the
 //! messages: rmcp's server runs on tokio, which was not tried on Hermit.
@@ -62,37 +62,35 @@ struct Request {
     body: Vec<u8>,
 }
 
-/// Serves requests on one connection until the client closes it.
+/// Serves one request, then closes the connection (`Connection: close`). Keep-alive is left
+/// out on purpose: on Hermit's one vCPU, a thread blocked reading an idle kept-alive
+/// connection held up the threads of the others (the gateway's `tools/list` waited 30 s in
+/// about one start in six), and a connection per request costs little here.
 fn connection(stream: TcpStream) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    loop {
-        let request = match read_request(&mut reader) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err((status, why)) => {
-                respond(&mut out, status, "text/plain", why.as_bytes())?;
-                return Ok(());
-            }
-        };
-        match (request.method.as_str(), request.path.as_str()) {
-            ("POST", "/mcp") => match handle(&request.body) {
-                Some(answer) => respond(&mut out, "200 OK", "application/json", &answer)?,
-                None => respond(&mut out, "202 Accepted", "text/plain", b"")?,
-            },
-            (_, "/mcp") => respond(
-                &mut out,
-                "405 Method Not Allowed",
-                "text/plain",
-                b"only POST: this server opens no event stream and keeps no session\n",
-            )?,
-            _ => respond(
-                &mut out,
-                "404 Not Found",
-                "text/plain",
-                b"the endpoint is /mcp\n",
-            )?,
-        }
+    let request = match read_request(&mut reader) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()),
+        Err((status, why)) => return respond(&mut out, status, "text/plain", why.as_bytes()),
+    };
+    match (request.method.as_str(), request.path.as_str()) {
+        ("POST", "/mcp") => match handle(&request.body) {
+            Some(answer) => respond(&mut out, "200 OK", "application/json", &answer),
+            None => respond(&mut out, "202 Accepted", "text/plain", b""),
+        },
+        (_, "/mcp") => respond(
+            &mut out,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"only POST: this server opens no event stream and keeps no session\n",
+        ),
+        _ => respond(
+            &mut out,
+            "404 Not Found",
+            "text/plain",
+            b"the endpoint is /mcp\n",
+        ),
     }
 }
 
@@ -162,7 +160,7 @@ fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, (&'static str, 
 
 fn respond(out: &mut TcpStream, status: &str, kind: &str, body: &[u8]) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     out.write_all(head.as_bytes())?;
