@@ -797,6 +797,19 @@ fn doctor_reports_the_launcher_and_a_pinned_launcher_that_cannot_run_is_refused(
         .find(|c| c["area"] == "hermit" && c["name"] == "launcher")
         .unwrap_or_else(|| panic!("no hermit launcher row: {report}"))
         .clone();
+    // Whether a unikernel gets its identity here: the virtiofsd row says, and why not.
+    let identity = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["area"] == "hermit" && c["name"] == "identity (virtiofsd)")
+        .unwrap_or_else(|| panic!("no hermit identity row: {report}"))
+        .clone();
+    assert_eq!(
+        identity["available"],
+        osvm_guest::find_program("virtiofsd").is_some(),
+        "{identity}"
+    );
     let host = osvm_unikernel::launcher::Host::probe();
     let detail = row["detail"].as_str().unwrap();
     match host.uhyve_unusable() {

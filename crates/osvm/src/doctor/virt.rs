@@ -150,10 +150,31 @@ fn virtiofs_check() -> Check {
     let mut check = tool_check(
         "virtiofsd",
         "`cargo install --locked virtiofsd@1.14.0 --root /usr/local` (with libseccomp-dev and \
-         libcap-ng-dev); needed only by microVMs with mounts",
+         libcap-ng-dev); needed by microVM mounts and a unikernel's identity",
     );
     check.name = "virtiofsd (mounts)".into();
     check
+}
+
+/// The same virtiofsd, for a unikernel's identity (`/run/osvm/identity` over virtio-fs).
+fn hermit_identity_check() -> Check {
+    let found = virtiofs_check();
+    Check {
+        area: AREA_HERMIT,
+        name: "identity (virtiofsd)".into(),
+        available: found.available,
+        detail: if found.available {
+            format!(
+                "{}; the component's identity reaches the app at /run/osvm/identity",
+                found.detail
+            )
+        } else {
+            format!(
+                "{}; without it a unikernel runs without its identity files (its status says so)",
+                found.detail
+            )
+        },
+    }
 }
 
 /// A helper program, found by running it with `--version`; `install` says how to get it.
@@ -289,5 +310,5 @@ pub(super) fn hermit_checks(state_dir: &Path) -> Vec<Check> {
         }
         Err(e) => Check::no(AREA_HERMIT, "build tools", e.0.join("; ")),
     };
-    vec![launcher, tools]
+    vec![launcher, tools, hermit_identity_check()]
 }
