@@ -51,6 +51,16 @@ fn cases() -> Vec<Case> {
             8,
             "string values must be quoted",
         ),
+        // Attack: a stack named `osvm` with a component `mcp-gateway` would be issued
+        // spiffe://<td>/osvm/mcp-gateway, the identity MCP servers with tls = true trust as
+        // the gateway.
+        case(
+            "the reserved stack name osvm",
+            "[stack]\nname = \"osvm\"\n",
+            2,
+            8,
+            "the stack name `osvm` is reserved",
+        ),
         case(
             "unclosed table header",
             "[stack\nname = \"demo\"\n",

@@ -465,6 +465,21 @@ impl Pki {
         Ok(dir)
     }
 
+    /// osvm's MCP gateway's identity (`spiffe://<trust domain>/osvm/mcp-gateway`, valid for
+    /// `validity`) with this CA's bundle and CRLs: what its TLS configuration, as a server of
+    /// `osvm mcp serve --listen --tls` or as a client of servers with `tls = true`, is made of.
+    /// No stack may be called `osvm` (stack validation), so no component gets this identity.
+    pub fn issue_gateway(&self, validity: Duration) -> Result<crate::tls::Material, PkiError> {
+        let issued = self.issue("osvm", "mcp-gateway", validity)?;
+        Ok(crate::tls::Material {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            bundle_pem: self.bundle_pem()?,
+            crl_pem: self.crl_bundle_pem()?,
+            trust_domain: self.trust_domain.clone(),
+        })
+    }
+
     /// Issues a certificate for component `component` of stack `stack`, valid for `validity`.
     pub fn issue(
         &self,

@@ -1037,12 +1037,7 @@ fn a_vm_mounts_host_directories_read_only_and_writable() {
     let Some(state) = vm_state(TEST) else {
         return;
     };
-    if osvm_guest::find_program("virtiofsd").is_none() {
-        skip(
-            "microvm",
-            TEST,
-            "needs virtiofsd (cargo install virtiofsd@1.14.0, with libseccomp-dev and libcap-ng-dev)",
-        );
+    if !virtiofsd_available("microvm", TEST) {
         return;
     }
     let ro = state.path.join("ro");
@@ -1143,12 +1138,7 @@ fn the_reference_mcp_servers_run_in_microvms_under_policy() {
     let Some(state) = vm_state(TEST) else {
         return;
     };
-    if osvm_guest::find_program("virtiofsd").is_none() {
-        skip(
-            "microvm",
-            TEST,
-            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
-        );
+    if !virtiofsd_available("microvm", TEST) {
         return;
     }
     let node_modules = match reference_mcp_servers() {
@@ -1376,12 +1366,7 @@ fn a_vm_with_shared_data_is_hot_swapped_with_its_data() {
     let Some(state) = vm_state(TEST) else {
         return;
     };
-    if osvm_guest::find_program("virtiofsd").is_none() {
-        skip(
-            "microvm",
-            TEST,
-            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
-        );
+    if !virtiofsd_available("microvm", TEST) {
         return;
     }
     let script = |version: &str| {

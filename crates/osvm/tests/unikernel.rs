@@ -599,12 +599,8 @@ fn a_unikernel_reads_its_identity_and_cannot_climb_out_of_the_share() {
     let Some(state) = unikernel_state(TEST) else {
         return;
     };
-    if osvm_guest::find_program("virtiofsd").is_none() {
-        return skip(
-            "unikernel",
-            TEST,
-            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
-        );
+    if !virtiofsd_available("unikernel", TEST) {
+        return;
     }
     let host_release = std::fs::read_to_string("/usr/lib/os-release").unwrap_or_default();
     let marker = host_release
@@ -657,12 +653,8 @@ fn a_unikernel_sees_its_identity_renewed_after_a_ca_rotation() {
     let Some(state) = unikernel_state(TEST) else {
         return;
     };
-    if osvm_guest::find_program("virtiofsd").is_none() {
-        return skip(
-            "unikernel",
-            TEST,
-            "needs virtiofsd (cargo install virtiofsd@1.14.0)",
-        );
+    if !virtiofsd_available("unikernel", TEST) {
+        return;
     }
     let app = example();
     let _daemon = Daemon::start(&state);

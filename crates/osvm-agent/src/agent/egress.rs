@@ -5,15 +5,17 @@
 //! on the guest's `127.0.0.1:<listen>`, connects to the target's service address on the hub and
 //! speaks mutual TLS there with the component's identity from [`IDENTITY_DIR`] (rustls, the
 //! same verification as osvm-net's `client_tls`: chain to the bundle, CRL, the server's DNS
-//! name and trust domain). The files are read for each connection, so a renewed identity or CA
-//! applies to the next one. The connection leaves from the guest's own address, which policy
+//! name and trust domain). The configuration is built from the files once and again after
+//! every rewrite of them ([`identity_rewritten`]), so a renewed identity or CA applies to the
+//! next connection without each connection reading and parsing four files. The connection leaves from the guest's own address, which policy
 //! knows as the component's.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -58,6 +60,37 @@ pub fn listen(egress: &TlsEgress) -> io::Result<()> {
     Ok(())
 }
 
+/// How often the identity files were rewritten; a configuration built before the latest
+/// rewrite is built again.
+static IDENTITY_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// The configuration in use: the generation of the files it was built from, their trust
+/// domain, itself.
+type Cached = Option<(u64, String, Arc<rustls::ClientConfig>)>;
+static CONFIG: Mutex<Cached> = Mutex::new(None);
+
+/// Called once the identity files were rewritten (all of them): the next connection builds its
+/// configuration from the new ones.
+pub fn identity_rewritten() {
+    IDENTITY_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The configuration for a new connection: the cached one, or one built from the files when
+/// they changed since.
+fn current_config(trust_domain: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    // Read before the files: a rewrite during the build leaves a newer generation behind.
+    let generation = IDENTITY_GENERATION.load(Ordering::SeqCst);
+    let mut cached = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, td, config)) = cached.as_ref()
+        && *g == generation
+        && td == trust_domain
+    {
+        return Ok(Arc::clone(config));
+    }
+    let config = Arc::new(client_config(Path::new(IDENTITY_DIR), trust_domain)?);
+    *cached = Some((generation, trust_domain.to_owned(), Arc::clone(&config)));
+    Ok(config)
+}
+
 /// The client configuration from the identity files as they are now.
 fn client_config(dir: &Path, trust_domain: &str) -> Result<rustls::ClientConfig, String> {
     let read = |name: &str| {
@@ -76,15 +109,18 @@ fn client_config(dir: &Path, trust_domain: &str) -> Result<rustls::ClientConfig,
 
 /// Carries one local connection to the server over mutual TLS.
 fn serve(local: TcpStream, egress: &TlsEgress) -> Result<(), String> {
-    serve_with(local, egress, Path::new(IDENTITY_DIR))
+    carry(local, egress, current_config(&egress.trust_domain)?)
 }
 
-/// [`serve`] with the identity files in `identity`.
-fn serve_with(local: TcpStream, egress: &TlsEgress, identity: &Path) -> Result<(), String> {
-    let config = client_config(identity, &egress.trust_domain)?;
+/// [`serve`] with `config`.
+fn carry(
+    local: TcpStream,
+    egress: &TlsEgress,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(), String> {
     let name = ServerName::try_from(egress.server_name.clone())
         .map_err(|e| format!("server name {:?}: {e}", egress.server_name))?;
-    let tls = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let tls = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
     let upstream = TcpStream::connect_timeout(&egress.upstream, CONNECT_TIMEOUT)
         .map_err(|e| format!("connect to {}: {e}", egress.upstream))?;
     let _ = upstream.set_nodelay(true);
@@ -346,8 +382,8 @@ mod tests {
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
             let local = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (accepted, _) = listener.accept().unwrap();
-            let identity = self.root.join("vm");
-            std::thread::spawn(move || serve_with(accepted, &egress, &identity));
+            let config = client_config(&self.root.join("vm"), "osvm.local").unwrap();
+            std::thread::spawn(move || carry(accepted, &egress, Arc::new(config)));
             local
                 .set_read_timeout(Some(Duration::from_secs(20)))
                 .unwrap();

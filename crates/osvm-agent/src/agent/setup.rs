@@ -97,7 +97,10 @@ fn write_hosts(launch: &Launch) -> std::io::Result<()> {
 /// Writes the identity files into [`IDENTITY_DIR`], each replaced whole (written beside, then
 /// renamed), with the modes the host gave (a process sandbox's: the key 0400, the rest 0444).
 pub fn write_identity(files: &[IdentityFile]) -> std::io::Result<()> {
-    write_identity_in(std::path::Path::new(IDENTITY_DIR), files)
+    let written = write_identity_in(std::path::Path::new(IDENTITY_DIR), files);
+    // Whatever was replaced, the mtls_egress configuration is built again from what is there.
+    super::egress::identity_rewritten();
+    written
 }
 
 /// [`write_identity`] into `dir`.

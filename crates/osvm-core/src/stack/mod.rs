@@ -241,6 +241,10 @@ pub struct Component {
     pub mcp: Option<McpServerSpec>,
 }
 
+/// The stack name osvm keeps for its own identities (`spiffe://<trust domain>/osvm/...`, such
+/// as the MCP gateway's `osvm/mcp-gateway`): no stack may be called so.
+pub const RESERVED_STACK: &str = "osvm";
+
 /// How osvm's MCP gateway reaches an MCP server component.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "transport")]

@@ -106,20 +106,12 @@ impl Engine {
     fn gateway_tls(&self, i: usize) -> Result<osvm_mcp::upstream::UpstreamTls, String> {
         let stack = self.stack_of(i);
         let dir = crate::identity::pki_dir(&self.runtime.config().state_dir, &stack.trust_domain);
-        let domain = stack.trust_domain.clone();
         let issue = move || {
             let fail = |e: &dyn std::fmt::Display| format!("the gateway's TLS identity: {e}");
             let pki = osvm_pki::Pki::open(&dir).map_err(|e| fail(&e))?;
-            let issued = pki
-                .issue("osvm", "mcp-gateway", Duration::from_secs(86_400))
+            let material = pki
+                .issue_gateway(Duration::from_secs(86_400))
                 .map_err(|e| fail(&e))?;
-            let material = osvm_pki::tls::Material {
-                cert_pem: issued.cert_pem,
-                key_pem: issued.key_pem,
-                bundle_pem: pki.bundle_pem().map_err(|e| fail(&e))?,
-                crl_pem: pki.crl_bundle_pem().map_err(|e| fail(&e))?,
-                trust_domain: domain.clone(),
-            };
             osvm_pki::tls::client_config(&material).map_err(|e| fail(&e))
         };
         let name = format!("{}.{}.osvm", self.units[i].component.name, stack.name);

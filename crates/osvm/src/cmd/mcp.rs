@@ -259,18 +259,7 @@ fn gateway_tls(global: &Global, trust_domain: &str) -> anyhow::Result<tokio_rust
     let pki = osvm_pki::Pki::open(&dir).with_context(|| {
         format!("no CA for trust domain {trust_domain}: `osvm cert ca init` creates one")
     })?;
-    let issued = pki.issue(
-        "osvm",
-        "mcp-gateway",
-        std::time::Duration::from_secs(86_400),
-    )?;
-    let material = osvm_pki::tls::Material {
-        cert_pem: issued.cert_pem,
-        key_pem: issued.key_pem,
-        bundle_pem: pki.bundle_pem()?,
-        crl_pem: pki.crl_bundle_pem()?,
-        trust_domain: trust_domain.to_owned(),
-    };
+    let material = pki.issue_gateway(std::time::Duration::from_secs(86_400))?;
     let config = osvm_pki::tls::server_config(&material)?;
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }

@@ -611,6 +611,22 @@ pub fn reference_mcp_servers() -> Result<PathBuf, String> {
     Ok(node_modules)
 }
 
+/// Whether virtiofsd (guests' shared directories and a unikernel's identity) is here; prints
+/// the skip of `test` (of `feature`) when not.
+#[allow(dead_code)]
+pub fn virtiofsd_available(feature: &str, test: &str) -> bool {
+    let found = osvm_guest::find_program("virtiofsd").is_some();
+    if !found {
+        skip(
+            feature,
+            test,
+            "needs virtiofsd (cargo install --locked virtiofsd@1.14.0, with libseccomp-dev and \
+             libcap-ng-dev)",
+        );
+    }
+    found
+}
+
 /// The official Python MCP SDK the tests drive osvm's gateway with (a third party's client).
 pub const PYTHON_MCP_SDK: &str = "mcp==2.3.0";
 

@@ -64,6 +64,14 @@ pub(super) fn stack(src: &Source<'_>, raw: RawFile, path: PathBuf) -> Result<Sta
         "[stack] has no `name`; add name = \"...\"",
     )?;
     check_name(src, &name, "stack name")?;
+    if name.get_ref() == crate::stack::RESERVED_STACK {
+        return Err(src.error(
+            name.span(),
+            "the stack name `osvm` is reserved: identities spiffe://<trust domain>/osvm/... are \
+             osvm's own (its MCP gateway's certificate among them), and a stack of that name \
+             could get a component certificate the same as one of them; choose another name",
+        ));
+    }
     let trust_domain = match trust_domain {
         Some(td) => {
             check_dns_name(src, &td)?;
