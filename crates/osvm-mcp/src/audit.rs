@@ -38,6 +38,8 @@ pub enum Outcome {
     Unknown,
     /// The server is known but not running (starting, in backoff, failed).
     Unavailable,
+    /// The client cancelled the call before the server answered (the server was told).
+    Cancelled,
 }
 
 /// One audit record.

@@ -7,13 +7,17 @@
 //! waiting for an answer that never comes.
 //!
 //! ```text
-//! client ──lines──▶ CappedLines (cap + id scan) ──▶ rmcp session
-//! client ◀──lines── SharedOut (+ refusals, between lines) ◀──
+//! client ──lines──▶ CappedLines (cap + id scan, tools/call relayed) ──▶ rmcp session
+//! client ◀──lines── SharedOut (+ refusals and relayed answers, between lines) ◀──
 //! ```
+//!
+//! A `tools/call` of an authenticated session to a server on stdio does not go through rmcp:
+//! [`crate::relay`] checks it and writes it to the server's input from here, and the server's
+//! answer is written to [`SharedOut`] by the task reading the server's output.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use rmcp::ServiceExt;
 use rmcp::transport::async_rw::AsyncRwTransport;
@@ -151,12 +155,14 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let out = SharedOut(Arc::new(Mutex::new(Out {
-        inner: write,
-        pending: Vec::new(),
-        sent: 0,
-        at_line_start: true,
-    })));
+    let out = SharedOut::new(write);
+    let relay = session.client_name().map(|client| {
+        crate::relay::ClientSide::new(
+            session.gateway().clone(),
+            client.to_owned(),
+            Arc::new(out.clone()),
+        )
+    });
     let lines = CappedLines {
         inner: BufReader::with_capacity(64 * 1024, read),
         max,
@@ -165,6 +171,7 @@ where
         handed: 0,
         over: None,
         out: out.clone(),
+        relay,
     };
     let transport = AsyncRwTransport::new_server(lines, out).with_max_line_length(max + 2);
     if let Ok(running) = session.serve(transport).await {
@@ -172,16 +179,19 @@ where
     }
 }
 
-/// The client's side of the output: rmcp's messages, and between them the gateway's own
-/// refusals of oversized lines, never inside one of rmcp's lines.
-struct Out<W> {
+/// One side's output: rmcp's messages, and between them lines of the gateway's own (refusals
+/// of oversized lines, relayed calls and answers), never inside one of rmcp's lines.
+pub(crate) struct Out<W> {
     inner: W,
-    /// Refusals waiting for a line boundary.
+    /// Lines waiting for a line boundary.
     pending: Vec<u8>,
     /// How much of `pending` is written (once begun, it is finished before anything else).
     sent: usize,
     /// The last byte written ended a line.
     at_line_start: bool,
+    /// The task that reads this side's input (and is always waiting on it): it finishes
+    /// writing lines another task queued when the output could not take them at once.
+    reader: Option<Waker>,
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -204,8 +214,54 @@ impl<W: AsyncWrite + Unpin> Out<W> {
     }
 }
 
-/// [`Out`] shared by rmcp's transport (as its writer) and [`CappedLines`].
-struct SharedOut<W>(Arc<Mutex<Out<W>>>);
+/// [`Out`] shared by rmcp's transport (as its writer), the reader of the same side, and the
+/// relay.
+pub(crate) struct SharedOut<W>(Arc<Mutex<Out<W>>>);
+
+/// Where the relay writes a whole line (without its newline) from any task.
+pub(crate) trait Inject: Send + Sync {
+    /// Queues `line` and writes as much of it as the output takes now; the side's reader task
+    /// writes the rest.
+    fn inject(&self, line: &[u8]);
+}
+
+impl<W: AsyncWrite + Unpin + Send> Inject for SharedOut<W> {
+    fn inject(&self, line: &[u8]) {
+        let mut out = self.lock();
+        out.pending.extend_from_slice(line);
+        out.pending.push(b'\n');
+        // Written now if the output is between lines; what it cannot take now wakes the
+        // reader when it can. With no reader yet (still handshaking), its first poll writes it.
+        if let Some(waker) = out.reader.clone() {
+            let _ = out.poll_drain(&mut Context::from_waker(&waker));
+        }
+    }
+}
+
+impl<W> SharedOut<W> {
+    /// An output over `inner`.
+    pub(crate) fn new(inner: W) -> Self {
+        Self(Arc::new(Mutex::new(Out {
+            inner,
+            pending: Vec::new(),
+            sent: 0,
+            at_line_start: true,
+            reader: None,
+        })))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> SharedOut<W> {
+    /// Called by the side's reader on every poll: writes queued lines, and remembers the task
+    /// to wake for the rest.
+    pub(crate) fn poll_reader(&self, cx: &mut Context<'_>) {
+        let mut out = self.lock();
+        if !out.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            out.reader = Some(cx.waker().clone());
+        }
+        let _ = out.poll_drain(cx);
+    }
+}
 
 impl<W> Clone for SharedOut<W> {
     fn clone(&self) -> Self {
@@ -261,6 +317,8 @@ struct CappedLines<R, W> {
     /// The line being read is over the limit: its id scan and size so far.
     over: Option<(IdScanner, usize)>,
     out: SharedOut<W>,
+    /// Relays an authenticated session's `tools/call`s (a stdio session has a client).
+    relay: Option<crate::relay::ClientSide>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for CappedLines<R, W> {
@@ -283,7 +341,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for CappedLines<R, W
             }
             // Refusals go out as soon as the output is between lines; if the output is
             // busy, its writer (or the next poll here) finishes them.
-            let _ = this.out.lock().poll_drain(cx);
+            this.out.poll_reader(cx);
             let chunk = ready!(Pin::new(&mut this.inner).poll_fill_buf(cx))?;
             if chunk.is_empty() {
                 return Poll::Ready(Ok(()));
@@ -312,6 +370,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for CappedLines<R, W
                     let mut out = this.out.lock();
                     out.pending.extend_from_slice(refusal.as_bytes());
                     out.pending.push(b'\n');
+                } else if this.relay.as_mut().is_some_and(|r| r.take(&this.line)) {
+                    this.line.clear();
                 } else {
                     std::mem::swap(&mut this.ready, &mut this.line);
                 }

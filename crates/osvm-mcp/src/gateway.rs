@@ -62,7 +62,7 @@ const HANDSHAKE: Duration = Duration::from_secs(30);
 const PING: Duration = Duration::from_secs(3);
 
 /// Whether the server answers a ping within [`PING`].
-async fn alive(up: &Upstream) -> bool {
+pub(crate) async fn alive(up: &Upstream) -> bool {
     let sent = up
         .client
         .peer()
@@ -109,6 +109,21 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// A `tools/call` the gateway let through: whom it is for, where it goes, and what its audit
+/// record says.
+pub(crate) struct Admitted {
+    pub client: String,
+    pub server: String,
+    pub tool: String,
+    /// The policy's reason for allowing it.
+    pub reason: String,
+    pub args_sha256: Option<String>,
+    /// When the gateway received it.
+    pub began: Instant,
+    /// The stack's `call_timeout`.
+    pub timeout: Duration,
+}
+
 /// Whether a server can be called.
 #[derive(Clone)]
 enum Link {
@@ -123,6 +138,10 @@ enum Link {
 struct Server {
     decl: ServerDecl,
     link: Link,
+    /// The session of an instance found broken, kept open until the orchestrator has stopped
+    /// that instance: closing the server's input at once would let it exit with code 0 first,
+    /// which an `on-failure` restart policy takes for a clean end.
+    broken: Option<Arc<Upstream>>,
 }
 
 /// Each stack's `[[mcp_policy]]`, and which stack each server belongs to: a stack's rules
@@ -244,7 +263,7 @@ fn quota(settings: &McpSettings) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> McpError {
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> McpError {
     McpError::new(code, message.into(), None)
 }
 
@@ -383,7 +402,14 @@ impl Gateway {
                 }
                 _ => Link::Down("not started yet".into()),
             };
-            next.insert(decl.spec.name.clone(), Server { decl, link });
+            next.insert(
+                decl.spec.name.clone(),
+                Server {
+                    decl,
+                    link,
+                    broken: None,
+                },
+            );
         }
         *map = next;
         if collisions.is_empty() {
@@ -440,6 +466,7 @@ impl Gateway {
                 return;
             };
             s.link = Link::Connecting(instance.to_owned());
+            s.broken = None;
         }
         let gw = self.clone();
         let (server, instance) = (server.to_owned(), instance.to_owned());
@@ -481,6 +508,7 @@ impl Gateway {
             };
             if current {
                 s.link = Link::Down(why.to_owned());
+                s.broken = None;
             }
         }
     }
@@ -570,7 +598,10 @@ impl Gateway {
         }
     }
 
-    fn resolve(&self, qualified: &str) -> Result<(String, String, Arc<Upstream>), McpError> {
+    pub(crate) fn resolve(
+        &self,
+        qualified: &str,
+    ) -> Result<(String, String, Arc<Upstream>), McpError> {
         let (prefix, name) = qualified.split_once('.').ok_or_else(|| {
             McpError::invalid_params(
                 format!("`{qualified}` is not a gateway name: expected <server>.<name>"),
@@ -604,7 +635,7 @@ impl Gateway {
     }
 
     /// Reports a server broken while its instance ran (the orchestrator restarts it).
-    fn broken(&self, server: &str, upstream: &Arc<Upstream>, reason: String) {
+    pub(crate) fn broken(&self, server: &str, upstream: &Arc<Upstream>, reason: String) {
         let mut map = self.inner.servers.write().expect("servers");
         let Some(s) = map.get_mut(server) else {
             return;
@@ -621,6 +652,7 @@ impl Gateway {
             instance: instance.clone(),
             reason: reason.clone(),
         };
+        s.broken = Some(up.clone());
         s.link = Link::Down(reason);
         drop(map);
         self.inner.failures.lock().expect("failures").push(failure);
@@ -709,17 +741,16 @@ impl Gateway {
             .collect()
     }
 
-    /// Calls tool `name` (`<prefix>.<tool>`) for `client`: rate, policy, timeout, audit.
-    pub async fn call(
+    /// Checks a `tools/call` of `name` (`<prefix>.<tool>`) for `client` (rate, policy, a
+    /// running server) and says where it goes; a refusal is audited and returned as the error
+    /// for the client.
+    pub(crate) fn admit(
         &self,
         client: &str,
         name: &str,
-        arguments: Option<serde_json::Map<String, serde_json::Value>>,
-    ) -> Result<CallToolResult, McpError> {
-        let began = Instant::now();
-        let args_sha256 = arguments.as_ref().map(|a| {
-            crate::digest::sha256(serde_json::to_string(a).unwrap_or_default().as_bytes())
-        });
+        args_sha256: Option<String>,
+        began: Instant,
+    ) -> Result<(Admitted, Arc<Upstream>), McpError> {
         let record = |server: Option<&str>, tool: Option<&str>, outcome, detail: String| Record {
             time: String::new(),
             client: client.to_owned(),
@@ -801,7 +832,53 @@ impl Gateway {
                 return Err(e);
             }
         };
-        let timeout = s.call_timeout;
+        Ok((
+            Admitted {
+                client: client.to_owned(),
+                server,
+                tool,
+                reason: decision.reason,
+                args_sha256,
+                began,
+                timeout: s.call_timeout,
+            },
+            up,
+        ))
+    }
+
+    /// Writes the audit record of an admitted call's end.
+    pub(crate) fn audit_call(&self, a: &Admitted, outcome: Outcome, detail: String) {
+        let r = Record {
+            time: String::new(),
+            client: a.client.clone(),
+            method: "tools/call".into(),
+            server: Some(a.server.clone()),
+            tool: Some(a.tool.clone()),
+            args_sha256: a.args_sha256.clone(),
+            outcome,
+            detail,
+            latency_ms: a.began.elapsed().as_secs_f64() * 1000.0,
+        };
+        if let Err(e) = self.inner.audit.write(r) {
+            tracing::warn!("write the MCP audit log: {e}");
+        }
+    }
+
+    /// Calls tool `name` (`<prefix>.<tool>`) for `client`: rate, policy, timeout, audit.
+    pub async fn call(
+        &self,
+        client: &str,
+        name: &str,
+        arguments: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<CallToolResult, McpError> {
+        let began = Instant::now();
+        let args_sha256 = arguments.as_ref().map(|a| {
+            crate::digest::sha256(serde_json::to_string(a).unwrap_or_default().as_bytes())
+        });
+        let (a, up) = self.admit(client, name, args_sha256, began)?;
+        let (server, tool) = (a.server.clone(), a.tool.clone());
+        let audit = |outcome, detail| self.audit_call(&a, outcome, detail);
+        let timeout = a.timeout;
         let mut params = CallToolRequestParams::new(tool.clone());
         if let Some(a) = arguments {
             params = params.with_arguments(a);
@@ -826,28 +903,18 @@ impl Gateway {
                 } else {
                     Outcome::Ok
                 };
-                audit(record(Some(&server), Some(&tool), outcome, decision.reason));
+                audit(outcome, a.reason.clone());
                 Ok(r)
             }
             Ok(other) => {
                 let msg = format!("MCP server `{server}` answered tools/call with {other:?}");
                 self.broken(&server, &up, msg.clone());
-                audit(record(
-                    Some(&server),
-                    Some(&tool),
-                    Outcome::UpstreamError,
-                    msg.clone(),
-                ));
+                audit(Outcome::UpstreamError, msg.clone());
                 Err(error(UPSTREAM_FAILED, msg))
             }
             // The server's own JSON-RPC error goes to the client as it is.
             Err(ServiceError::McpError(e)) => {
-                audit(record(
-                    Some(&server),
-                    Some(&tool),
-                    Outcome::ToolError,
-                    e.message.to_string(),
-                ));
+                audit(Outcome::ToolError, e.message.to_string());
                 Err(e)
             }
             Err(ServiceError::Timeout { timeout }) => {
@@ -871,12 +938,7 @@ impl Gateway {
                         );
                     }
                 });
-                audit(record(
-                    Some(&server),
-                    Some(&tool),
-                    Outcome::Timeout,
-                    msg.clone(),
-                ));
+                audit(Outcome::Timeout, msg.clone());
                 Err(error(UPSTREAM_FAILED, msg))
             }
             Err(e) => {
@@ -884,12 +946,7 @@ impl Gateway {
                     "MCP server `{server}` failed during the call: {e}; it is being restarted"
                 );
                 self.broken(&server, &up, format!("tools/call {tool}: {e}"));
-                audit(record(
-                    Some(&server),
-                    Some(&tool),
-                    Outcome::UpstreamError,
-                    msg.clone(),
-                ));
+                audit(Outcome::UpstreamError, msg.clone());
                 Err(error(UPSTREAM_FAILED, msg))
             }
         }
@@ -1034,6 +1091,16 @@ impl Session {
     /// request (`None`).
     pub fn new(gw: Gateway, client: Option<String>) -> Self {
         Self { gw, fixed: client }
+    }
+
+    /// The client of a stdio session.
+    pub(crate) fn client_name(&self) -> Option<&str> {
+        self.fixed.as_deref()
+    }
+
+    /// The gateway the session serves.
+    pub(crate) fn gateway(&self) -> &Gateway {
+        &self.gw
     }
 
     fn client(&self, ctx: &RequestContext<RoleServer>) -> Result<String, McpError> {

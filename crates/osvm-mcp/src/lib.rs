@@ -15,6 +15,7 @@ pub mod audit;
 pub mod digest;
 pub mod framing;
 pub mod gateway;
+mod relay;
 pub mod tokens;
 pub mod upstream;
 

@@ -17,6 +17,7 @@
 
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ use rmcp::{RoleClient, ServiceExt};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::unix::pipe;
 
+use crate::framing::SharedOut;
+
 /// A connected MCP server.
 pub struct Upstream {
     /// The MCP client session.
@@ -39,6 +42,8 @@ pub struct Upstream {
     pub server_info: String,
     /// For an HTTP server, the relay into its namespace (lives as long as the session).
     pub relay: Option<Relay>,
+    /// For a server on stdio, where the gateway relays `tools/call`s as bytes.
+    pub(crate) raw: Option<Arc<crate::relay::RawLink>>,
 }
 
 /// An `AsyncRead` that fails once a single line (a JSON-RPC message on the stdio transport)
@@ -317,6 +322,7 @@ fn finish(client: RunningService<RoleClient, ClientConfig>) -> Result<Upstream, 
         server_info,
         client,
         relay: None,
+        raw: None,
     })
 }
 
@@ -329,13 +335,19 @@ pub async fn connect_stdio(
 ) -> Result<Upstream, String> {
     let rx = pipe::Receiver::from_owned_fd(from).map_err(|e| format!("the stdout pipe: {e}"))?;
     let tx = pipe::Sender::from_owned_fd(to).map_err(|e| format!("the stdin pipe: {e}"))?;
-    let transport = AsyncRwTransport::new_client(LineCapReader::new(rx, max_message), tx)
-        .with_max_line_length(max_message);
+    // rmcp and the relay share the server's input (whole lines each) and its output (the
+    // relay takes the answers to its own calls, rmcp reads the rest).
+    let input = SharedOut::new(tx);
+    let raw = crate::relay::RawLink::new(Arc::new(input.clone()));
+    let output = crate::relay::ServerOutput::new(rx, max_message, raw.clone(), input.clone());
+    let transport = AsyncRwTransport::new_client(output, input).with_max_line_length(max_message);
     let client = tokio::time::timeout(handshake, client_config().serve(transport))
         .await
         .map_err(|_| format!("no answer to initialize within {}s", handshake.as_secs()))?
         .map_err(|e| format!("initialize failed: {e}"))?;
-    finish(client)
+    let mut up = finish(client)?;
+    up.raw = Some(raw);
+    Ok(up)
 }
 
 #[cfg(test)]

@@ -104,6 +104,26 @@ fn main() {
     std::fs::create_dir_all(&state).unwrap();
     let fake = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let nm = servers.join("node_modules");
+    let probe = Some(
+        std::path::Path::new(env!("CARGO_BIN_EXE_osvm"))
+            .parent()
+            .unwrap()
+            .join("osvm-probe"),
+    )
+    .filter(|p| p.exists());
+    // The smallest server (two syscalls a call), confined like the other: what the gateway
+    // adds, apart from what confinement costs a busy server.
+    let probe_component = probe
+        .as_ref()
+        .map(|p| {
+            format!(
+                "\n[[component]]\nname = \"probe\"\ntype = {{ kind = \"mcp_server\", name = \"probe\" }}\n\
+                 command = \"/probe/osvm-probe\"\nargs = [\"mcp\", \"probe\"]\n\
+                 mounts = [{{ source = \"{}\", target = \"/probe\" }}]\n",
+                p.parent().unwrap().display()
+            )
+        })
+        .unwrap_or_default();
     let stack = state.join("bench.toml");
     std::fs::write(
         &stack,
@@ -119,6 +139,7 @@ command = "/usr/bin/node"
 args = ["/opt/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"]
 mounts = [{{ source = "{}", target = "/opt/mcp/node_modules" }}]
 
+{probe_component}
 [[mcp_policy]]
 allow = {{ clients = ["bench"], tools = ["*"] }}
 "#,
@@ -128,7 +149,8 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
     .unwrap();
     let daemon = start_daemon(&state);
     apply(&state, &stack);
-    wait_up(&state, 1);
+    let first = 1 + usize::from(probe.is_some());
+    wait_up(&state, first);
     let rss_one = rss_kib(daemon.id());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -147,15 +169,38 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
             .args(["mcp", "serve", "--as", "bench"]);
         let gw_client = connect(bridge).await;
         let sock_client = on_socket(&state.join("osvm.sock")).await;
+        // The floor: the same server behind a process that only copies bytes.
+        let mut relay_client = None;
+        let mut probe_client = None;
+        if let Some(probe) = &probe {
+            let mut relay = tokio::process::Command::new(probe);
+            relay
+                .arg("relay")
+                .arg("/usr/bin/node")
+                .arg(&index)
+                .arg("stdio");
+            relay_client = Some(connect(relay).await);
+            let mut direct = tokio::process::Command::new(probe);
+            direct.args(["mcp", "probe"]);
+            probe_client = Some(connect(direct).await);
+        }
         // Interleaved halves, so drift affects all alike.
-        let clients = [
+        let mut clients = vec![
             (&direct_client, "echo"),
             (&gw_client, "everything.echo"),
             (&sock_client, "everything.echo"),
         ];
-        let mut rows: Vec<(Vec<Duration>, f64)> = vec![(Vec::new(), 0.0); 3];
+        if let (Some(relay), Some(probe)) = (&relay_client, &probe_client) {
+            clients.extend([
+                (relay, "echo"),
+                (probe, "echo"),
+                (&gw_client, "probe.echo"),
+                (&sock_client, "probe.echo"),
+            ]);
+        }
+        let mut rows: Vec<(Vec<Duration>, f64)> = vec![(Vec::new(), 0.0); clients.len()];
         for _ in 0..2 {
-            for (row, (client, tool)) in rows.iter_mut().zip(clients) {
+            for (row, &(client, tool)) in rows.iter_mut().zip(&clients) {
                 let (lat, rate) = measure(client, tool, calls / 2).await;
                 row.0.extend(lat);
                 row.1 += rate / 2.0;
@@ -166,7 +211,11 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         }
         let pings_direct = pings(&direct_client, calls / 2).await;
         let pings_gw = pings(&gw_client, calls / 2).await;
-        for c in [direct_client, gw_client, sock_client] {
+        for c in [direct_client, gw_client, sock_client]
+            .into_iter()
+            .chain(relay_client)
+            .chain(probe_client)
+        {
             let _ = c.cancel().await;
         }
         (rows, pings_direct, pings_gw)
@@ -196,7 +245,7 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
     let fifty_file = state.join("fifty.toml");
     std::fs::write(&fifty_file, fifty).unwrap();
     apply(&state, &fifty_file);
-    wait_up(&state, 51);
+    wait_up(&state, first + 50);
     // One tools/list across all of them, so every session has been used.
     let o = Command::new(osvm())
         .arg("--state-dir")
@@ -263,9 +312,16 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         "direct over stdio",
         "through the gateway (stdio bridge, daemon, confined server)",
         "through the gateway without the bridge (the client on the daemon's socket)",
+        "direct, behind a byte relay (`osvm-probe relay`: any process in the middle)",
+        "`osvm-probe mcp` (a trivial server), direct over stdio",
+        "`osvm-probe mcp` through the gateway (stdio bridge, daemon, confined server)",
+        "`osvm-probe mcp` through the gateway without the bridge",
     ];
     for (name, (v, rate)) in names.iter().zip(&rows) {
         row(name, v, *rate);
+    }
+    if probe.is_none() {
+        println!("(the byte-relay row needs osvm-probe: cargo build --release -p osvm-testkit)");
     }
     let (direct, gw) = (&rows[0].0, &rows[1].0);
     println!(
@@ -276,6 +332,21 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         direct.iter().sum::<Duration>().as_secs_f64() / gw.iter().sum::<Duration>().as_secs_f64(),
         rows[1].1 / rows[0].1
     );
+    let versus = |what: &str, base: usize, other: usize| {
+        let ((b, b_rate), (o, o_rate)) = (&rows[base], &rows[other]);
+        println!(
+            "{what}: p50 +{:.3} ms ({:.2}x), calls/s {:.2}x (1 caller), {:.2}x (8 callers)",
+            ms(pct(o, 0.5)) - ms(pct(b, 0.5)),
+            ms(pct(o, 0.5)) / ms(pct(b, 0.5)),
+            b.iter().sum::<Duration>().as_secs_f64() / o.iter().sum::<Duration>().as_secs_f64(),
+            o_rate / b_rate
+        );
+    };
+    if rows.len() > 3 {
+        versus("everything, a byte relay in the middle", 0, 3);
+        versus("trivial server, through the gateway (bridge)", 4, 5);
+        versus("trivial server, through the gateway (socket)", 4, 6);
+    }
     println!(
         "ping p50 (the transport alone): direct {:.3} ms, answered by the gateway {:.3} ms",
         ms(pct(&pings_direct, 0.5)),
@@ -298,9 +369,10 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
             .join(", ")
     );
     println!(
-        "\ndaemon RSS: {:.1} MiB with 1 MCP server, {:.1} MiB with 51 ({} tools listed); {:.0} KiB per added server",
+        "\ndaemon RSS: {:.1} MiB with {first} MCP server(s), {:.1} MiB with {} ({} tools listed); {:.0} KiB per added server",
         rss_one as f64 / 1024.0,
         rss_fifty as f64 / 1024.0,
+        first + 50,
         listed,
         (rss_fifty.saturating_sub(rss_one)) as f64 / 50.0
     );

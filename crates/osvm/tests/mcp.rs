@@ -1354,3 +1354,254 @@ allow = {{ clients = ["alice"], tools = ["secure.*"] }}
     );
     down(&state, &file);
 }
+
+/// A client's stdio session through the bridge (`osvm mcp serve --as <client>`), spoken in raw
+/// JSON-RPC lines so the test controls ids, pipelining and cancellation.
+struct RawSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    rx: std::sync::mpsc::Receiver<Value>,
+}
+
+impl RawSession {
+    fn open(state: &StateDir, client: &str) -> Self {
+        let mut child = state
+            .osvm()
+            .args(["mcp", "serve", "--as", client])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut s = Self { child, stdin, rx };
+        s.send(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#);
+        let init = s
+            .next(Duration::from_secs(10))
+            .expect("initialize answered");
+        assert_eq!(init["id"], 0, "{init}");
+        s.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        s
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn call(&mut self, id: i64, tool: &str, args: Value) {
+        let msg = serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": tool, "arguments": args },
+        });
+        self.send(&msg.to_string());
+    }
+
+    fn next(&self, within: Duration) -> Option<Value> {
+        self.rx.recv_timeout(within).ok()
+    }
+
+    /// The answer to `id`; any other message first is a failure.
+    fn answer(&self, id: i64, within: Duration) -> Value {
+        let v = self
+            .next(within)
+            .unwrap_or_else(|| panic!("no answer for id {id} within {within:?}"));
+        assert_eq!(v["id"], id, "expected the answer to {id}, got {v}");
+        v
+    }
+}
+
+impl Drop for RawSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tools/call`s of a stdio session are relayed as bytes between the client's and the
+/// server's pipes (the typed rmcp path is for everything else). The relay must keep every
+/// promise of the typed path: answers reach the session that asked, under the id it used, even
+/// when two sessions use the same ids on one server at once; a refusal is the same error and
+/// the same audit record; a slow call times out and the server is told; a client's
+/// cancellation reaches the server and no answer follows; a server that dies or answers
+/// garbage fails the call at once, and is restarted.
+#[test]
+fn relayed_calls_reach_their_own_session_and_fail_alone() {
+    const TEST: &str = "mcp_relay";
+    let Some((state, _daemon, file, _)) = up(TEST) else {
+        return;
+    };
+    let mut a = RawSession::open(&state, "alice");
+    let mut b = RawSession::open(&state, "alice");
+    // Pipelined, the same ids in both sessions, both on one server.
+    const N: i64 = 40;
+    for id in 1..=N {
+        a.call(
+            id,
+            "fake.echo",
+            serde_json::json!({ "message": format!("a{id}") }),
+        );
+        b.call(
+            id,
+            "fake.echo",
+            serde_json::json!({ "message": format!("b{id}") }),
+        );
+    }
+    for (s, who) in [(&a, "a"), (&b, "b")] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 1..=N {
+            let v = s.next(Duration::from_secs(10)).expect("an answer");
+            let id = v["id"].as_i64().unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(
+                v["result"]["content"][0]["text"],
+                format!("{who}{id}"),
+                "session {who} got another's answer: {v}"
+            );
+            assert!(seen.insert(id), "answered twice: {v}");
+        }
+    }
+    // rmcp's own requests go on between relayed calls (answered in either order).
+    a.send(r#"{"jsonrpc":"2.0","id":50,"method":"tools/list"}"#);
+    a.call(
+        51,
+        "fake.echo",
+        serde_json::json!({ "message": "after list" }),
+    );
+    let mut two: Vec<Value> = (0..2)
+        .map(|_| a.next(Duration::from_secs(10)).expect("an answer"))
+        .collect();
+    two.sort_by_key(|v| v["id"].as_i64());
+    assert!(two[0]["result"]["tools"].is_array(), "{two:?}");
+    assert_eq!(
+        two[1]["result"]["content"][0]["text"], "after list",
+        "{two:?}"
+    );
+
+    // Refused by policy: the typed path's error and audit record.
+    let mut bob = RawSession::open(&state, "bob");
+    bob.call(1, "fake.echo", serde_json::json!({ "message": "x" }));
+    let denied = bob.answer(1, Duration::from_secs(10));
+    assert_eq!(denied["error"]["code"], -32001, "{denied}");
+    assert_eq!(denied["error"]["data"]["client"], "bob", "{denied}");
+    assert_eq!(denied["error"]["data"]["tool"], "echo", "{denied}");
+
+    // The same arguments give the same digest on the relay and on the typed path.
+    let args = r#"{"message": "digest", "z": [1, 2], "a": {"k": true}}"#;
+    let earlier = audit(&state).len();
+    a.call(60, "fake.echo", serde_json::from_str(args).unwrap());
+    a.answer(60, Duration::from_secs(10));
+    let (code, v) = call(&state, "alice", "fake.echo", args);
+    assert_eq!(code, 0, "{v}");
+    let both = audit(&state)[earlier..].to_vec();
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(
+        both[0]["args_sha256"].is_string() && both[0]["args_sha256"] == both[1]["args_sha256"],
+        "the relay's digest differs from the typed path's: {both:?}"
+    );
+
+    // Slow: cancelled at the stack's call_timeout (3 s), the server told, and not restarted.
+    let fake_restarts = || {
+        ps(&state)
+            .iter()
+            .find(|c| c["name"] == "fake")
+            .and_then(|c| c["restarts"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = fake_restarts();
+    let began = Instant::now();
+    a.call(70, "fake.hang", serde_json::json!({}));
+    let slow = a.answer(70, Duration::from_secs(10));
+    assert_eq!(slow["error"]["code"], -32003, "{slow}");
+    assert!(
+        slow["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("within 3s; the call was cancelled"),
+        "{slow}"
+    );
+    assert!(began.elapsed() >= Duration::from_secs(3), "{slow}");
+
+    // Cancelled by the client: the server is told, and no answer follows (not even the
+    // timeout's).
+    a.call(71, "fake.hang", serde_json::json!({}));
+    a.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":71,"reason":"the user gave up"}}"#);
+    let quiet = a.next(Duration::from_secs(5));
+    assert!(quiet.is_none(), "an answer to a cancelled call: {quiet:?}");
+    let logs = stdout(&run(state
+        .osvm()
+        .args(["logs", "--stream", "stderr", "fake"])));
+    assert_eq!(
+        logs.matches("cancelled \"osvm-").count(),
+        2,
+        "the server was told of the timeout and of the cancellation: {logs}"
+    );
+    assert_eq!(fake_restarts(), before, "a slow call restarted the server");
+
+    // Dies in the call: the call fails at once (not at the timeout), the server comes back.
+    let began = Instant::now();
+    a.call(80, "fake.die", serde_json::json!({}));
+    let died = a.answer(80, Duration::from_secs(10));
+    assert_eq!(died["error"]["code"], -32003, "{died}");
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "waited for the timeout: {died}"
+    );
+    let wait_restart = |before: u64, tool: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fake_restarts() == before {
+            assert!(
+                Instant::now() < deadline,
+                "{tool}: the server was not restarted: {:?} {}",
+                ps(&state).into_iter().find(|c| c["name"] == "fake"),
+                stdout(&run(state.osvm().args(["events"])))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        wait_servers(&state, SERVER_COUNT);
+    };
+    wait_restart(before, "die");
+
+    // A result that is not an object: the call fails, the server is restarted.
+    let before = fake_restarts();
+    a.call(90, "fake.badresult", serde_json::json!({}));
+    let bad = a.answer(90, Duration::from_secs(10));
+    assert_eq!(bad["error"]["code"], -32003, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an object"),
+        "{bad}"
+    );
+    wait_restart(before, "badresult");
+    a.call(91, "fake.echo", serde_json::json!({ "message": "back" }));
+    assert_eq!(
+        a.answer(91, Duration::from_secs(10))["result"]["content"][0]["text"],
+        "back"
+    );
+
+    // The audit trail has each of them.
+    let trail = audit(&state);
+    let of = |tool: &str, outcome: &str| {
+        trail
+            .iter()
+            .filter(|r| r["tool"] == tool && r["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(of("echo", "denied"), 1, "{trail:?}");
+    assert_eq!(of("hang", "timeout"), 1, "{trail:?}");
+    assert_eq!(of("hang", "cancelled"), 1, "{trail:?}");
+    assert_eq!(of("die", "upstream_error"), 1, "{trail:?}");
+    assert_eq!(of("badresult", "upstream_error"), 1, "{trail:?}");
+    assert!(of("echo", "ok") >= 2 * N as usize + 3, "{trail:?}");
+    drop((a, b, bob));
+    down(&state, &file);
+}

@@ -123,14 +123,26 @@ impl Engine {
         let Some(gw) = &self.mcp else {
             return;
         };
-        for f in gw.take_failures() {
+        let mut failures = std::mem::take(&mut self.mcp_failures_early);
+        failures.extend(gw.take_failures());
+        for f in failures {
+            let of_instance = |id: &str| f.instance == id;
             let Some(i) = self.units.iter().position(|u| {
                 u.life.record.stack == f.stack
                     && u.component.name == f.component
                     && u.instance
                         .as_ref()
-                        .is_some_and(|inst| inst.id() == f.instance)
+                        .is_some_and(|inst| of_instance(inst.id()))
             }) else {
+                // Still booting: kept until its start is recorded. Otherwise it is over.
+                let booting = self.units.iter().any(|u| {
+                    u.life.record.stack == f.stack
+                        && u.component.name == f.component
+                        && u.booting.as_ref().is_some_and(|b| of_instance(&b.id))
+                });
+                if booting {
+                    self.mcp_failures_early.push(f);
+                }
                 continue;
             };
             let why = format!("instance {}: {}; restarting it", f.instance, f.reason);

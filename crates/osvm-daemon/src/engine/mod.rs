@@ -207,6 +207,10 @@ pub struct Engine {
     /// The MCP gateway that MCP server components are attached to (the daemon's; `osvm up`
     /// runs without one, and starts MCP stdio servers with their stdout logged).
     mcp: Option<osvm_mcp::Gateway>,
+    /// Failures the gateway reported for instances still booting (the gateway connects to a
+    /// server as soon as it runs, before the engine has recorded the start): followed once
+    /// the start is recorded.
+    mcp_failures_early: Vec<osvm_mcp::gateway::Failure>,
 }
 
 pub use osvm_core::quantity::format_duration as human_duration;
@@ -247,6 +251,7 @@ impl Engine {
             published_report: (Instant::now(), BTreeMap::new()),
             published_listeners: BTreeSet::new(),
             mcp: gateway,
+            mcp_failures_early: Vec::new(),
         };
         let records: BTreeMap<String, ComponentRecord> = engine
             .store

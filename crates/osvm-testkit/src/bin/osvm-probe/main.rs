@@ -16,6 +16,7 @@
 //!   `statfs PATH...`, `spew MIB`: press on one limit each (see `pressure.rs`);
 //!   `throughput DIR MIB`: write and small-file rates in DIR.
 //! - `mcp NAME`: a minimal MCP server on stdio (see `mcp.rs`).
+//! - `relay CMD ARGS...`: CMD behind a byte relay (the floor of any process in the middle).
 
 mod escape;
 mod mcp;
@@ -235,6 +236,7 @@ fn main() {
             std::process::exit(if escape::run(&a) { 0 } else { 1 });
         }
         "mcp" => mcp::serve(args.get(2).map_or("probe", String::as_str)),
+        "relay" => mcp::relay(&args[2..]),
         "fds" => pressure::fds(),
         "aio" => pressure::aio(),
         "inotify" => pressure::inotify(num(2, 200) as usize, num(3, 0)),

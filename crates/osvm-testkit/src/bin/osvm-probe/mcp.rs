@@ -76,3 +76,53 @@ pub fn serve(name: &str) {
         }
     }
 }
+
+/// `relay CMD ARGS...`: runs CMD and copies bytes between this process's stdio and CMD's, one
+/// thread each way, parsing nothing: the least any process in the middle of a stdio MCP
+/// session costs (the floor the gateway's bench compares with).
+pub fn relay(cmd: &[String]) -> ! {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let Some((program, args)) = cmd.split_first() else {
+        eprintln!("usage: osvm-probe relay CMD [ARGS...]");
+        std::process::exit(2);
+    };
+    let mut child = match Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("relay: {program}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (mut to_child, mut from_child) =
+        (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut stdout = std::io::stdout().lock();
+        while let Ok(n @ 1..) = from_child.read(&mut buf) {
+            if stdout
+                .write_all(&buf[..n])
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stdin = std::io::stdin().lock();
+    while let Ok(n @ 1..) = stdin.read(&mut buf) {
+        if to_child.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    drop(to_child);
+    let _ = out.join();
+    let code = child.wait().map_or(1, |s| s.code().unwrap_or(1));
+    std::process::exit(code)
+}
