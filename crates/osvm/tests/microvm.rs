@@ -974,6 +974,17 @@ allow = {{ clients = ["bob"], tools = ["vmtool.echo"] }}
     let (code, v) = mcp_call(&state, "bob", "vmtool.echo", r#"{"message": "over vsock"}"#);
     assert_eq!(code, 0, "{v}");
     assert!(v.to_string().contains("vmtool: over vsock"), "{v}");
+    // A client's stdio session: its calls are relayed as bytes to the guest's server.
+    let mut session = RawSession::open(&state, "alice");
+    session.call(1, "vmtool.where", serde_json::json!({}));
+    let v = session.answer(1, Duration::from_secs(30));
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("hostname=tool pid1=/init")),
+        "relayed to the guest: {v}"
+    );
+    drop(session);
     let (code, v) = mcp_call(&state, "bob", "vmtool.where", "{}");
     assert_eq!(code, 3, "bob may only echo: {v}");
     assert_eq!(

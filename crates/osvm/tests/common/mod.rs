@@ -685,3 +685,78 @@ pub fn host_route_turn() -> std::fs::File {
     file.lock().unwrap();
     file
 }
+
+/// A client's stdio session through the bridge (`osvm mcp serve --as <client>`), spoken in raw
+/// JSON-RPC lines so the test controls ids, pipelining and cancellation.
+pub struct RawSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    rx: std::sync::mpsc::Receiver<Value>,
+}
+
+impl RawSession {
+    pub fn open(state: &StateDir, client: &str) -> Self {
+        let mut child = state
+            .osvm()
+            .args(["mcp", "serve", "--as", client])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut s = Self { child, stdin, rx };
+        s.send(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#);
+        let init = s
+            .next(Duration::from_secs(10))
+            .expect("initialize answered");
+        assert_eq!(init["id"], 0, "{init}");
+        s.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        s
+    }
+
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    pub fn call(&mut self, id: i64, tool: &str, args: Value) {
+        let msg = serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": tool, "arguments": args },
+        });
+        self.send(&msg.to_string());
+    }
+
+    pub fn next(&self, within: Duration) -> Option<Value> {
+        self.rx.recv_timeout(within).ok()
+    }
+
+    /// The answer to `id`; any other message first is a failure.
+    pub fn answer(&self, id: i64, within: Duration) -> Value {
+        let v = self
+            .next(within)
+            .unwrap_or_else(|| panic!("no answer for id {id} within {within:?}"));
+        assert_eq!(v["id"], id, "expected the answer to {id}, got {v}");
+        v
+    }
+}
+
+impl Drop for RawSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
