@@ -27,6 +27,8 @@ use rmcp::model::{
 use rmcp::service::RunningService;
 
 const EVERYTHING: &str = "@modelcontextprotocol/server-everything@2026.8.31";
+/// The Python SDK the tests install (what the venv holds).
+const PYTHON_SDK: &str = "2.3.0";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -220,6 +222,53 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         }
         (rows, pings_direct, pings_gw)
     });
+    // The same comparison from the official Python SDK (the venv the tests make), if present.
+    let python = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-fixtures/venv/bin/python");
+    let mut python_rows = Vec::new();
+    if python.exists() {
+        let script = fake.join("mcp_bench_client.py");
+        let node = [
+            "/usr/bin/node".to_owned(),
+            index.display().to_string(),
+            "stdio".into(),
+        ];
+        let mut pairs = vec![("everything", "echo", "everything.echo", node.to_vec())];
+        if let Some(probe) = &probe {
+            pairs.push((
+                "osvm-probe mcp",
+                "echo",
+                "probe.echo",
+                vec![probe.display().to_string(), "mcp".into(), "probe".into()],
+            ));
+        }
+        for (server, direct_tool, gw_tool, direct_cmd) in pairs {
+            let o = Command::new(&python)
+                .arg(&script)
+                .arg(calls.min(1000).to_string())
+                .args([direct_tool, gw_tool, "--"])
+                .args(&direct_cmd)
+                .arg("--")
+                .arg(osvm())
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["mcp", "serve", "--as", "bench"])
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run python");
+            match serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+                Ok(v) => python_rows.push((server, v)),
+                Err(_) => println!(
+                    "python bench client for {server} failed: {}",
+                    String::from_utf8_lossy(&o.stdout)
+                ),
+            }
+        }
+    } else {
+        println!(
+            "(no Python MCP SDK at {}: `cargo test -p osvm --test mcp` makes it)",
+            python.display()
+        );
+    }
     // The daemon's own share of each call: the audit log's latency, from the gateway receiving
     // the call to its answer (policy, rate, the confined server's round trip, the audit write).
     let mut inside: Vec<f64> = std::fs::read_to_string(state.join("mcp").join("audit.log"))
@@ -346,6 +395,36 @@ allow = {{ clients = ["bench"], tools = ["*"] }}
         versus("everything, a byte relay in the middle", 0, 3);
         versus("trivial server, through the gateway (bridge)", 4, 5);
         versus("trivial server, through the gateway (socket)", 4, 6);
+    }
+    if !python_rows.is_empty() {
+        println!(
+            "\nthe same from the official Python SDK (mcp {PYTHON_SDK}), {} calls each, interleaved in blocks of 100\n",
+            calls.min(1000)
+        );
+        println!("| server | | p50 | p99 | calls/s (1 caller) | calls/s (8 callers) |");
+        println!("|---|---|---:|---:|---:|---:|");
+        for (server, v) in &python_rows {
+            for (name, label) in [
+                ("direct", "direct over stdio"),
+                ("gateway", "through the gateway (bridge)"),
+            ] {
+                let r = &v[name];
+                println!(
+                    "| {server} | {label} | {:.3} ms | {:.3} ms | {:.0} | {:.0} |",
+                    r["p50_ms"].as_f64().unwrap_or(0.0),
+                    r["p99_ms"].as_f64().unwrap_or(0.0),
+                    r["calls_per_s_1"].as_f64().unwrap_or(0.0),
+                    r["calls_per_s_8"].as_f64().unwrap_or(0.0),
+                );
+            }
+            let f = |k: &str, n: &str| v[n][k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {server} | gateway vs direct | +{:.3} ms | | {:.2}x | {:.2}x |",
+                f("p50_ms", "gateway") - f("p50_ms", "direct"),
+                f("calls_per_s_1", "gateway") / f("calls_per_s_1", "direct"),
+                f("calls_per_s_8", "gateway") / f("calls_per_s_8", "direct"),
+            );
+        }
     }
     println!(
         "ping p50 (the transport alone): direct {:.3} ms, answered by the gateway {:.3} ms",
