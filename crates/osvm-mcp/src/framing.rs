@@ -192,6 +192,9 @@ pub(crate) struct Out<W> {
     /// The task that reads this side's input (and is always waiting on it): it finishes
     /// writing lines another task queued when the output could not take them at once.
     reader: Option<Waker>,
+    /// That task stopped reading input until the output drains or an answer arrives
+    /// (backpressure on a client that does not read, or has too many calls in flight).
+    reader_blocked: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -208,9 +211,22 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             self.sent += n;
         }
         self.pending.clear();
+        if self.pending.capacity() > 1 << 20 {
+            // One large message is no reason to keep its buffer for the session's life.
+            self.pending = Vec::new();
+        }
         self.sent = 0;
         self.at_line_start = true;
+        self.wake_blocked_reader();
         Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn wake_blocked_reader(&mut self) {
+        if std::mem::take(&mut self.reader_blocked)
+            && let Some(w) = &self.reader
+        {
+            w.wake_by_ref();
+        }
     }
 }
 
@@ -223,6 +239,9 @@ pub(crate) trait Inject: Send + Sync {
     /// Queues `line` and writes as much of it as the output takes now; the side's reader task
     /// writes the rest.
     fn inject(&self, line: &[u8]);
+
+    /// Bytes queued and not yet written.
+    fn backlog(&self) -> usize;
 }
 
 impl<W: AsyncWrite + Unpin + Send> Inject for SharedOut<W> {
@@ -235,6 +254,13 @@ impl<W: AsyncWrite + Unpin + Send> Inject for SharedOut<W> {
         if let Some(waker) = out.reader.clone() {
             let _ = out.poll_drain(&mut Context::from_waker(&waker));
         }
+        // An answer: a reader waiting for its calls in flight to go down may go on.
+        out.wake_blocked_reader();
+    }
+
+    fn backlog(&self) -> usize {
+        let out = self.lock();
+        out.pending.len() - out.sent
     }
 }
 
@@ -247,6 +273,7 @@ impl<W> SharedOut<W> {
             sent: 0,
             at_line_start: true,
             reader: None,
+            reader_blocked: false,
         })))
     }
 }
@@ -260,6 +287,27 @@ impl<W: AsyncWrite + Unpin> SharedOut<W> {
             out.reader = Some(cx.waker().clone());
         }
         let _ = out.poll_drain(cx);
+    }
+
+    /// The reader stops until the output drains or the next injected line; `still` says,
+    /// once that is arranged, whether it must still stop (no wakeup is lost in between).
+    fn block_reader(&self, cx: &mut Context<'_>, still: impl FnOnce(usize) -> bool) -> bool {
+        {
+            let mut out = self.lock();
+            out.reader = Some(cx.waker().clone());
+            out.reader_blocked = true;
+        }
+        let backlog = self.backlog_now();
+        if still(backlog) {
+            return true;
+        }
+        self.lock().reader_blocked = false;
+        false
+    }
+
+    fn backlog_now(&self) -> usize {
+        let out = self.lock();
+        out.pending.len() - out.sent
     }
 }
 
@@ -342,6 +390,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for CappedLines<R, W
             // Refusals go out as soon as the output is between lines; if the output is
             // busy, its writer (or the next poll here) finishes them.
             this.out.poll_reader(cx);
+            // A client that does not read its answers, or has too many relayed calls in
+            // flight, is not read from until that changes: what it makes the daemon hold stays
+            // bounded.
+            let limit = 2 * this.max + (1 << 20);
+            let saturated = |relay: &Option<crate::relay::ClientSide>, backlog: usize| {
+                backlog > limit || relay.as_ref().is_some_and(|r| r.saturated())
+            };
+            if saturated(&this.relay, this.out.backlog_now())
+                && this
+                    .out
+                    .block_reader(cx, |backlog| saturated(&this.relay, backlog))
+            {
+                return Poll::Pending;
+            }
             let chunk = ready!(Pin::new(&mut this.inner).poll_fill_buf(cx))?;
             if chunk.is_empty() {
                 return Poll::Ready(Ok(()));

@@ -29,7 +29,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -49,6 +49,10 @@ const RESULT_TYPE_SINCE: &str = "2026-07-28";
 
 /// Sessions, numbered so that a client's cancellation finds only its own calls.
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Relayed calls one session may have in flight; past it, its input is not read until one
+/// ends (a client cannot pile up answers in the daemon's memory).
+const MAX_IN_FLIGHT: usize = 64;
 
 /// The top of a JSON-RPC message, its parameters left unparsed.
 #[derive(Deserialize)]
@@ -95,6 +99,8 @@ pub(crate) struct ClientSide {
     result_type: bool,
     /// The servers this session has relayed calls to (where its cancellations go).
     links: Vec<Weak<RawLink>>,
+    /// Its calls in flight.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ClientSide {
@@ -108,7 +114,13 @@ impl ClientSide {
             ready: false,
             result_type: false,
             links: Vec::new(),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// The session has as many calls in flight as it may.
+    pub(crate) fn saturated(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT
     }
 
     /// Takes `line` (one whole message from the client) if it is a call this relay handles;
@@ -145,6 +157,13 @@ impl ClientSide {
         let (Some(id), Some(params)) = (head.id, head.params) else {
             return false;
         };
+        // A JSON-RPC id is a string or a number; anything else is rmcp's to refuse.
+        if !id
+            .get()
+            .starts_with(|c: char| c == '"' || c == '-' || c.is_ascii_digit())
+        {
+            return false;
+        }
         let Ok(p) = serde_json::from_str::<CallParams>(params.get()) else {
             return false;
         };
@@ -168,13 +187,22 @@ impl ClientSide {
             _ => return false,
         }
         let began = Instant::now();
-        // The digest of the arguments' JSON as the typed path writes it (parsed into the same
-        // map, printed again), so the two paths' records compare.
-        let args_sha256 = arguments.map(|raw| {
-            let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(raw.get()).unwrap_or_default();
-            crate::digest::sha256(serde_json::to_string(&map).unwrap_or_default().as_bytes())
-        });
+        // The arguments as the typed path sends them: parsed into a map and printed again, so
+        // the server gets exactly what the audit record's digest is of (a duplicate key cannot
+        // mean one thing to the digest and another to the server).
+        let arguments = match arguments {
+            Some(raw) => {
+                match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
+                {
+                    Ok(map) => Some(serde_json::to_string(&map).expect("maps serialize")),
+                    Err(_) => return false,
+                }
+            }
+            None => None,
+        };
+        let args_sha256 = arguments
+            .as_deref()
+            .map(|a| crate::digest::sha256(a.as_bytes()));
         let (admitted, up) = match self.gw.admit(&self.client, name, args_sha256, began) {
             Ok(a) => a,
             Err(e) => {
@@ -201,6 +229,7 @@ impl ClientSide {
         }
         let deadline = began + admitted.timeout;
         let tool = admitted.tool.clone();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         link.send(
             Pending {
                 gw: self.gw.clone(),
@@ -208,12 +237,13 @@ impl ClientSide {
                 call: admitted,
                 client_id: id.to_owned(),
                 reply: self.reply.clone(),
+                slot: InFlight(self.in_flight.clone()),
                 session: self.session,
                 result_type: self.result_type,
                 deadline,
             },
             &tool,
-            arguments,
+            arguments.as_deref(),
         );
         true
     }
@@ -253,6 +283,15 @@ fn answer_line(id: &str, result: &str, add_result_type: bool) -> String {
     }
 }
 
+/// One of a session's calls in flight, given back when dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A relayed call waiting for its answer.
 struct Pending {
     gw: Gateway,
@@ -261,12 +300,20 @@ struct Pending {
     /// The client's request id, raw JSON.
     client_id: String,
     reply: Arc<dyn Inject>,
+    slot: InFlight,
     session: u64,
     result_type: bool,
     deadline: Instant,
 }
 
 impl Pending {
+    /// Writes `line` to the client, the call no longer in flight.
+    fn reply(self, line: &str) {
+        let Pending { reply, slot, .. } = self;
+        drop(slot);
+        reply.inject(line.as_bytes());
+    }
+
     /// The server answered with `result`.
     fn answered(self, result: &RawValue) {
         #[derive(Deserialize)]
@@ -301,7 +348,7 @@ impl Pending {
             text,
             self.result_type && flags.result_type.is_none(),
         );
-        self.reply.inject(line.as_bytes());
+        self.reply(&line);
     }
 
     /// The server answered with its own JSON-RPC error: it goes to the client as it is.
@@ -325,7 +372,7 @@ impl Pending {
             self.client_id,
             error.get()
         );
-        self.reply.inject(line.as_bytes());
+        self.reply(&line);
     }
 
     /// The server's answer was not an answer: it is reported broken.
@@ -404,6 +451,8 @@ struct Calls {
 /// The relay's side of one server on stdio: its input, and the calls waiting for an answer.
 pub(crate) struct RawLink {
     input: Arc<dyn Inject>,
+    /// The most the server's input may hold unread before calls are refused.
+    max_backlog: usize,
     calls: Mutex<Calls>,
     next: AtomicU64,
     /// Wakes the task that times calls out.
@@ -413,10 +462,12 @@ pub(crate) struct RawLink {
 }
 
 impl RawLink {
-    /// A link writing to the server's `input`, with the task that times its calls out.
-    pub(crate) fn new(input: Arc<dyn Inject>) -> Arc<Self> {
+    /// A link writing to the server's `input` (messages of at most `max` bytes), with the
+    /// task that times its calls out.
+    pub(crate) fn new(input: Arc<dyn Inject>, max: usize) -> Arc<Self> {
         let link = Arc::new(Self {
             input,
+            max_backlog: 2 * max + (1 << 20),
             calls: Mutex::default(),
             next: AtomicU64::new(1),
             wake: Arc::new(Notify::new()),
@@ -431,18 +482,27 @@ impl RawLink {
     }
 
     /// Writes the call to the server and waits for its answer.
-    fn send(&self, pending: Pending, tool: &str, arguments: Option<&RawValue>) {
+    fn send(&self, pending: Pending, tool: &str, arguments: Option<&str>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = serde_json::to_string(tool).expect("strings serialize");
         let line = match arguments {
             Some(a) => format!(
-                r#"{{"jsonrpc":"2.0","id":"osvm-{n}","method":"tools/call","params":{{"name":{name},"arguments":{}}}}}"#,
-                a.get()
+                r#"{{"jsonrpc":"2.0","id":"osvm-{n}","method":"tools/call","params":{{"name":{name},"arguments":{a}}}}}"#
             ),
             None => format!(
                 r#"{{"jsonrpc":"2.0","id":"osvm-{n}","method":"tools/call","params":{{"name":{name}}}}}"#
             ),
         };
+        // A server that does not read its input gets no more: what waits for it stays bounded.
+        let backlog = self.input.backlog();
+        if backlog > self.max_backlog {
+            let msg = format!(
+                "MCP server `{}` is not reading its input ({backlog} bytes wait for it); the \
+                 call was not sent",
+                pending.call.server
+            );
+            return pending.fail(Outcome::UpstreamError, msg);
+        }
         {
             let mut calls = self.calls();
             if let Some(why) = calls.closed.clone() {
@@ -735,7 +795,7 @@ mod tests {
         rt.block_on(async {
             let (sink, _keep) = tokio::io::duplex(1024);
             let input = SharedOut::new(sink);
-            let link = RawLink::new(Arc::new(input.clone()));
+            let link = RawLink::new(Arc::new(input.clone()), 1000);
             // An answer to a relayed call nobody waits for any more is taken (dropped); the
             // rest reaches rmcp as it was.
             let data: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":\"osvm-9\",\"result\":{}}\n\
@@ -752,7 +812,7 @@ mod tests {
             // The end of the output closes the link: a call sent now fails at once.
             assert!(link.calls().closed.is_some());
             let long = format!("{{\"x\":\"{}\"}}\n", "A".repeat(2000));
-            let link = RawLink::new(Arc::new(input.clone()));
+            let link = RawLink::new(Arc::new(input.clone()), 1000);
             let mut out = ServerOutput::new(long.as_bytes(), 1000, link.clone(), input);
             let mut got = String::new();
             let e = out.read_to_string(&mut got).await.unwrap_err();

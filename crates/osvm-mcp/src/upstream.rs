@@ -338,7 +338,7 @@ pub async fn connect_stdio(
     // rmcp and the relay share the server's input (whole lines each) and its output (the
     // relay takes the answers to its own calls, rmcp reads the rest).
     let input = SharedOut::new(tx);
-    let raw = crate::relay::RawLink::new(Arc::new(input.clone()));
+    let raw = crate::relay::RawLink::new(Arc::new(input.clone()), max_message);
     let output = crate::relay::ServerOutput::new(rx, max_message, raw.clone(), input.clone());
     let transport = AsyncRwTransport::new_client(output, input).with_max_line_length(max_message);
     let client = tokio::time::timeout(handshake, client_config().serve(transport))

@@ -1534,3 +1534,121 @@ fn relayed_calls_reach_their_own_session_and_fail_alone() {
     drop((a, b, bob));
     down(&state, &file);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that sends call after call and reads none of the answers must not make the daemon
+/// hold them all: past a bounded backlog (and 64 calls in flight) the daemon stops reading the
+/// session, so the client's own writes block; once it reads, every answer arrives, in full.
+#[test]
+fn a_client_that_does_not_read_its_answers_is_held_back_not_buffered() {
+    const TEST: &str = "mcp_backpressure";
+    let Some((state, daemon, file, _)) = up(TEST) else {
+        return;
+    };
+    let mut child = state
+        .osvm()
+        .args(["mcp", "serve", "--as", "alice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"raw","version":"1"}}}}}}"#).unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains(r#""id":0"#), "{line}");
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    // 2,000 calls whose answers are 64 KiB each: 128 MiB if the daemon kept them.
+    const CALLS: usize = 2000;
+    let text = "A".repeat(64 << 10);
+    let rss_before = rss_kib(daemon.child.id());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        for id in 1..=CALLS {
+            let call = serde_json::json!({
+                "jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": { "name": "fake.echo", "arguments": { "message": text } },
+            });
+            if writeln!(stdin, "{call}").is_err() {
+                break;
+            }
+        }
+        let _ = done_tx.send(());
+        stdin
+    });
+    // The answers are not read: the daemon stops reading the calls, and the writer blocks.
+    let blocked = done_rx.recv_timeout(Duration::from_secs(5)).is_err();
+    let rss_held = rss_kib(daemon.child.id());
+    assert!(
+        blocked,
+        "the daemon read all {CALLS} calls without their answers being read"
+    );
+    assert!(
+        rss_held < rss_before + 64 * 1024,
+        "the daemon's RSS went from {rss_before} to {rss_held} KiB"
+    );
+    // Read: every call is answered, in full (or refused by the stack's rate, 200/s in bursts
+    // of 400, once reading lets the calls through faster), and the writer finishes.
+    let (mut full, mut limited) = (0, 0);
+    while full + limited < CALLS {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the session ended"
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["error"]["code"] == -32005 {
+            limited += 1;
+            continue;
+        }
+        assert_eq!(
+            v["result"]["content"][0]["text"].as_str().map(str::len),
+            Some(64 << 10),
+            "{}",
+            &line[..line.len().min(300)]
+        );
+        full += 1;
+    }
+    assert!(full >= 400, "{full} answered, {limited} rate-limited");
+    let stdin = writer.join().unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+
+    // The other way: a server that stops reading its input gets no more than a bounded backlog;
+    // further calls are refused at once, saying why.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut s = RawSession::open(&state, "alice");
+    s.call(1, "fake.wedge", serde_json::json!({}));
+    let text = "B".repeat(64 << 10);
+    for id in 2..=120 {
+        s.call(id, "fake.echo", serde_json::json!({ "message": text }));
+    }
+    let mut refused = 0;
+    for _ in 1..=120 {
+        let v = s
+            .next(Duration::from_secs(30))
+            .expect("every call answered");
+        if v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not reading its input"))
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no call was refused for the server's backlog");
+    drop(s);
+    down(&state, &file);
+}
