@@ -167,8 +167,7 @@ where
         inner: BufReader::with_capacity(64 * 1024, read),
         max,
         line: Vec::new(),
-        ready: Vec::new(),
-        handed: 0,
+        ready: Ready::default(),
         over: None,
         out: out.clone(),
         relay,
@@ -351,6 +350,36 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SharedOut<W> {
     }
 }
 
+/// A whole line on its way to rmcp, and how much of it rmcp has read.
+#[derive(Default)]
+pub(crate) struct Ready {
+    line: Vec<u8>,
+    handed: usize,
+}
+
+impl Ready {
+    /// Takes `line` (leaving `line` empty, with this one's old buffer).
+    pub(crate) fn set(&mut self, line: &mut Vec<u8>) {
+        std::mem::swap(&mut self.line, line);
+        self.handed = 0;
+    }
+
+    /// Puts as much of the line as fits into `buf`; false if there is none.
+    pub(crate) fn hand(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.handed >= self.line.len() {
+            return false;
+        }
+        let n = buf.remaining().min(self.line.len() - self.handed);
+        buf.put_slice(&self.line[self.handed..self.handed + n]);
+        self.handed += n;
+        if self.handed == self.line.len() {
+            self.line.clear();
+            self.handed = 0;
+        }
+        true
+    }
+}
+
 /// The client's input as rmcp reads it: whole lines of at most `max` bytes. A longer line is
 /// not passed on; its refusal (with the id scanned from it as it streamed past) is queued on
 /// the output, and the next line follows.
@@ -359,9 +388,8 @@ struct CappedLines<R, W> {
     max: usize,
     /// The line being read.
     line: Vec<u8>,
-    /// A whole line being handed to rmcp, and how much of it is handed.
-    ready: Vec<u8>,
-    handed: usize,
+    /// A whole line being handed to rmcp.
+    ready: Ready,
     /// The line being read is over the limit: its id scan and size so far.
     over: Option<(IdScanner, usize)>,
     out: SharedOut<W>,
@@ -377,14 +405,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for CappedLines<R, W
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         loop {
-            if this.handed < this.ready.len() {
-                let n = buf.remaining().min(this.ready.len() - this.handed);
-                buf.put_slice(&this.ready[this.handed..this.handed + n]);
-                this.handed += n;
-                if this.handed == this.ready.len() {
-                    this.ready.clear();
-                    this.handed = 0;
-                }
+            if this.ready.hand(buf) {
                 return Poll::Ready(Ok(()));
             }
             // Refusals go out as soon as the output is between lines; if the output is
@@ -435,7 +456,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for CappedLines<R, W
                 } else if this.relay.as_mut().is_some_and(|r| r.take(&this.line)) {
                     this.line.clear();
                 } else {
-                    std::mem::swap(&mut this.ready, &mut this.line);
+                    this.ready.set(&mut this.line);
                 }
             }
         }

@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::audit::Outcome;
-use crate::framing::{Inject, SharedOut};
+use crate::framing::{Inject, Ready, SharedOut};
 use crate::gateway::{Admitted, Gateway, UPSTREAM_FAILED, alive};
 use crate::upstream::Upstream;
 
@@ -676,8 +676,7 @@ pub(crate) struct ServerOutput<R, W> {
     inner: BufReader<R>,
     max: usize,
     line: Vec<u8>,
-    ready: Vec<u8>,
-    handed: usize,
+    ready: Ready,
     link: Arc<RawLink>,
     /// The server's input: lines queued by the relay are finished from this task.
     input: SharedOut<W>,
@@ -690,8 +689,7 @@ impl<R: AsyncRead, W> ServerOutput<R, W> {
             inner: BufReader::with_capacity(64 * 1024, inner),
             max,
             line: Vec::new(),
-            ready: Vec::new(),
-            handed: 0,
+            ready: Ready::default(),
             link,
             input,
         }
@@ -706,14 +704,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for ServerOutput<R, 
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         loop {
-            if this.handed < this.ready.len() {
-                let n = buf.remaining().min(this.ready.len() - this.handed);
-                buf.put_slice(&this.ready[this.handed..this.handed + n]);
-                this.handed += n;
-                if this.handed == this.ready.len() {
-                    this.ready.clear();
-                    this.handed = 0;
-                }
+            if this.ready.hand(buf) {
                 return Poll::Ready(Ok(()));
             }
             this.input.poll_reader(cx);
@@ -742,7 +733,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AsyncRead for ServerOutput<R, 
                 if this.link.take(&this.line) {
                     this.line.clear();
                 } else {
-                    std::mem::swap(&mut this.ready, &mut this.line);
+                    this.ready.set(&mut this.line);
                 }
             }
         }

@@ -1355,6 +1355,17 @@ allow = {{ clients = ["alice"], tools = ["secure.*"] }}
     down(&state, &file);
 }
 
+/// Asserts that `v` is a JSON-RPC error with `code` whose message contains `says`.
+fn assert_error(v: &Value, code: i64, says: &str) {
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(says)),
+        "{v}"
+    );
+}
+
 /// `tools/call`s of a stdio session are relayed as bytes between the client's and the
 /// server's pipes (the typed rmcp path is for everything else). The relay must keep every
 /// promise of the typed path: answers reach the session that asked, under the id it used, even
@@ -1448,14 +1459,7 @@ fn relayed_calls_reach_their_own_session_and_fail_alone() {
     let began = Instant::now();
     a.call(70, "fake.hang", serde_json::json!({}));
     let slow = a.answer(70, Duration::from_secs(10));
-    assert_eq!(slow["error"]["code"], -32003, "{slow}");
-    assert!(
-        slow["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("within 3s; the call was cancelled"),
-        "{slow}"
-    );
+    assert_error(&slow, -32003, "within 3s; the call was cancelled");
     assert!(began.elapsed() >= Duration::from_secs(3), "{slow}");
 
     // Cancelled by the client: the server is told, and no answer follows (not even the
@@ -1478,7 +1482,7 @@ fn relayed_calls_reach_their_own_session_and_fail_alone() {
     let began = Instant::now();
     a.call(80, "fake.die", serde_json::json!({}));
     let died = a.answer(80, Duration::from_secs(10));
-    assert_eq!(died["error"]["code"], -32003, "{died}");
+    assert_error(&died, -32003, "failed during the call");
     assert!(
         began.elapsed() < Duration::from_secs(3),
         "waited for the timeout: {died}"
@@ -1502,14 +1506,7 @@ fn relayed_calls_reach_their_own_session_and_fail_alone() {
     let before = fake_restarts();
     a.call(90, "fake.badresult", serde_json::json!({}));
     let bad = a.answer(90, Duration::from_secs(10));
-    assert_eq!(bad["error"]["code"], -32003, "{bad}");
-    assert!(
-        bad["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not an object"),
-        "{bad}"
-    );
+    assert_error(&bad, -32003, "not an object");
     wait_restart(before, "badresult");
     a.call(91, "fake.echo", serde_json::json!({ "message": "back" }));
     assert_eq!(
