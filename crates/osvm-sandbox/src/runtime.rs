@@ -86,6 +86,9 @@ pub struct StartOptions<'a> {
     /// Where the workload writes its stdout itself (a pipe the caller reads: an MCP server's
     /// channel, a unikernel's serial port) instead of `stdout.log`; its stderr is still logged.
     pub stdout: Option<Stdio>,
+    /// Where the workload (and the sandbox's setup, if it fails) writes its stderr instead of
+    /// `stderr.log`: a container's stream that containerd reads.
+    pub stderr: Option<File>,
     /// Descriptors the workload gets as fds 3, 4, ..., systemd style (`LISTEN_FDS`,
     /// `LISTEN_PID`): listening sockets (socket activation, kept by the caller so another
     /// instance can be given the same ones), a VM's TAP device.
@@ -158,6 +161,7 @@ impl SandboxRuntime {
             id,
             stdin,
             stdout,
+            stderr: stderr_channel,
             fds: listen,
             helper_caps,
         } = options;
@@ -223,7 +227,10 @@ impl SandboxRuntime {
             Some(channel) => channel,
             None => Stdio::from(open_log(&stdout_path).map_err(released)?),
         };
-        let stderr = open_log(&stderr_path).map_err(released)?;
+        let stderr = match stderr_channel {
+            Some(channel) => channel,
+            None => open_log(&stderr_path).map_err(released)?,
+        };
 
         let cgroup = cgroup::create(hierarchy, &id, &spec.resources)
             .map_err(|e| released(RuntimeError::Setup(format!("create the cgroup: {e}"))))?;
@@ -555,6 +562,7 @@ impl Runtime for SandboxRuntime {
             id: Some(wiring.id),
             stdin: wiring.stdin.map(Stdio::from),
             stdout: wiring.stdout.map(Stdio::from),
+            stderr: None,
             fds: &fds,
             // A component's workload never keeps a capability.
             helper_caps: false,

@@ -32,6 +32,10 @@ pub const FEATURES: &[(&str, &str)] = &[
         "the reference MCP servers (npm) and the MCP Python SDK (PyPI)",
     ),
     ("curl", "curl"),
+    (
+        "containerd",
+        "containerd, ctr, umoci and skopeo (the containerd shim's tests)",
+    ),
     ("openssl", "the openssl command"),
     ("landlock", "Landlock ABI 6 or newer"),
     ("kvm", "hardware KVM (VMX/SVM, not PVM)"),

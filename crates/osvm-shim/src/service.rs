@@ -1,0 +1,638 @@
+//! The shim and its task service: one container per shim process for now (the crate's
+//! `spawn` groups by container id), each container's process a sandbox of osvm's.
+//!
+//! A container's root: containerd mounts nothing itself; the task's `rootfs` mounts (the
+//! image's snapshot, overlay) are mounted here at `/run/osvm-shim/<namespace>/<id>/rootfs`,
+//! under directories of mode 0711 (containerd makes the bundle 0700, which the sandbox's
+//! mapped uid cannot cross), and unmounted at delete. Its stdout and stderr go to the FIFOs
+//! containerd gives; stdin likewise when given.
+//!
+//! Exits: a thread per running container waits for the sandbox (its monitor is this process's
+//! child; the crate's reaper is off so that the wait gets the status), records the exit code
+//! in the shell's convention (128 + signal), wakes `wait` callers and publishes `TaskExit`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use containerd_shim::api::{self, Status};
+use containerd_shim::event::Event;
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{
+    Config, DeleteResponse, Error, ExitSignal, Flags, Shim, StartOpts, Task, TtrpcContext,
+    TtrpcResult,
+};
+use osvm_core::{Instance, LaunchSpec};
+use osvm_sandbox::{SandboxConfig, SandboxInstance, SandboxRuntime, StartOptions};
+
+/// Where container roots are mounted.
+const MOUNTS: &str = "/run/osvm-shim";
+
+/// The shim process.
+pub struct Service {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+}
+
+/// `<MOUNTS>/<namespace>/<id>`: the directory holding a container's root, if both names are
+/// plain (containerd's identifiers are; anything else is refused rather than joined).
+fn container_dir(namespace: &str, id: &str) -> Result<PathBuf, Error> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if !plain(namespace) || !plain(id) {
+        return Err(Error::InvalidArgument(format!(
+            "namespace {namespace:?} or container id {id:?} is not a plain name"
+        )));
+    }
+    Ok(Path::new(MOUNTS).join(namespace).join(id))
+}
+
+/// Unmounts and removes a container's directory (what a shim that died may have left).
+fn clean(dir: &Path) {
+    if let Some(d) = dir.to_str() {
+        let _ = containerd_shim::mount::umount_recursive(Some(d), libc::MNT_DETACH);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn now() -> Timestamp {
+    containerd_shim::util::timestamp().unwrap_or_default()
+}
+
+impl Shim for Service {
+    type T = Tasks;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Service {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let grouping = opts.id.clone();
+        let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        containerd_shim::synchronous::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // The serving shim is gone: its container's process went with its sandbox's monitor.
+        if let Ok(dir) = container_dir(&self.namespace, &self.id) {
+            clean(&dir);
+        }
+        let mut r = DeleteResponse::new();
+        r.set_exit_status(137);
+        r.set_exited_at(now());
+        Ok(r)
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Tasks {
+        let launcher = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let state_dir = std::env::var_os("OSVM_STATE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| SandboxConfig::default_state_dir().join("containerd"));
+        Tasks {
+            namespace: self.namespace.clone(),
+            publisher: Arc::new(publisher),
+            exit: self.exit.clone(),
+            runtime: Arc::new(SandboxRuntime::new(SandboxConfig {
+                launcher,
+                state_dir,
+            })),
+            containers: Mutex::default(),
+        }
+    }
+}
+
+/// Where a container is in its life.
+enum State {
+    Created,
+    Running {
+        instance: Arc<SandboxInstance>,
+        pid: u32,
+    },
+    Stopped {
+        pid: u32,
+        code: u32,
+        at: Timestamp,
+    },
+}
+
+struct Container {
+    id: String,
+    bundle: String,
+    dir: PathBuf,
+    launch: LaunchSpec,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Container {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The task service of one shim.
+pub struct Tasks {
+    namespace: String,
+    publisher: Arc<RemotePublisher>,
+    exit: Arc<ExitSignal>,
+    runtime: Arc<SandboxRuntime>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+/// Publishes `event` to containerd, logging a failure (the task goes on).
+fn publish(publisher: &RemotePublisher, namespace: &str, event: impl Event + 'static) {
+    let ctx = containerd_shim::protos::ttrpc::context::with_duration(Duration::from_secs(5));
+    let topic = event.topic();
+    if let Err(e) = publisher.publish(ctx, &topic, namespace, Box::new(event)) {
+        log::warn!("publish {topic}: {e}");
+    }
+}
+
+/// Opens a FIFO containerd gave for the container's stdout or stderr (read-write, so the
+/// open does not wait for containerd's reader).
+fn open_out(path: &str) -> Result<Option<File>, Error> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(Some)
+        .map_err(|err| Error::IoError {
+            context: format!("open {path}"),
+            err,
+        })
+}
+
+/// Opens the container's stdin FIFO without waiting for its writer.
+fn open_in(path: &str) -> Result<Option<File>, Error> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| Error::IoError {
+            context: format!("open {path}"),
+            err,
+        })?;
+    // Blocking again for the workload's reads.
+    let blocking = || -> nix::Result<()> {
+        let flags = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(flags)).map(drop)
+    };
+    blocking().map_err(|e| Error::IoError {
+        context: format!("make {path} blocking"),
+        err: e.into(),
+    })?;
+    Ok(Some(f))
+}
+
+impl Tasks {
+    fn get(&self, id: &str) -> Result<Arc<Container>, Error> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFoundError(format!("container {id}")))
+    }
+
+    fn no_exec(exec_id: &str) -> Result<(), Error> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::NotFoundError(format!(
+                "exec {exec_id}: exec is not supported yet"
+            )))
+        }
+    }
+
+    /// Mounts the task's root (the snapshot's mounts) at `dir/rootfs`.
+    fn mount_root(
+        dir: &Path,
+        mounts: &[containerd_shim::protos::types::mount::Mount],
+    ) -> Result<PathBuf, Error> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |err| Error::IoError { context: what, err }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .map_err(io(&format!("create {}", dir.display())))?;
+        let rootfs = dir.join("rootfs");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&rootfs)
+            .map_err(io(&format!("create {}", rootfs.display())))?;
+        if let Some(m) = mounts.iter().find(|m| m.type_ == "overlay") {
+            // The sandbox id-maps a container's root for its user namespace, which this kernel
+            // refuses for an overlay mount (EINVAL); overlay over id-mapped layers is the way,
+            // not built yet.
+            return Err(Error::InvalidArgument(format!(
+                "the container's root is an overlay snapshot ({}), which osvm cannot give a \
+                 container yet: use the native snapshotter (`ctr run --snapshotter native`; in \
+                 CRI, `snapshotter = \"native\"` for the osvm runtime)",
+                m.source
+            )));
+        }
+        if mounts.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the task has no rootfs mounts (a bundle with its own root is not supported yet)"
+                    .into(),
+            ));
+        }
+        for m in mounts {
+            mount_one(&m.type_, &m.source, &m.options, &rootfs)?;
+        }
+        // The sandbox mounts on these; an image need not have them (runc makes them too). They
+        // go into the container's own upper layer. One that exists as something else than a
+        // directory is left for the sandbox to refuse, by name.
+        for name in ["proc", "dev", "tmp", "data"] {
+            match std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(rootfs.join(name))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => {
+                    return Err(Error::IoError {
+                        context: format!("create /{name} in the container's root"),
+                        err,
+                    });
+                }
+            }
+        }
+        Ok(rootfs)
+    }
+}
+
+/// Mounts one of a snapshot's mounts (overlay, bind) at `target`, in this process (the
+/// crate's `mount_rootfs` forks and waits through its reaper, which is off here).
+fn mount_one(fs_type: &str, source: &str, options: &[String], target: &Path) -> Result<(), Error> {
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            other => data.push(other),
+        }
+    }
+    // A container's root never carries set-uid files or devices into the sandbox.
+    flags |= MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let data = data.join(",");
+    let fs_type = (!fs_type.is_empty() && fs_type != "bind").then_some(fs_type);
+    nix::mount::mount(
+        Some(source),
+        target,
+        fs_type,
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )
+    .map_err(|e| Error::IoError {
+        context: format!(
+            "mount {source} ({}) at {}",
+            fs_type.unwrap_or("bind"),
+            target.display()
+        ),
+        err: e.into(),
+    })
+}
+
+impl Task for Tasks {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        if req.terminal {
+            return Err(Error::InvalidArgument("a terminal is not supported yet".into()).into());
+        }
+        if self.get(&req.id).is_ok() {
+            return Err(Error::FailedPreconditionError(format!(
+                "container {} exists already",
+                req.id
+            ))
+            .into());
+        }
+        let spec = containerd_shim::synchronous::util::read_spec_from_file(&req.bundle)?;
+        let dir = container_dir(&self.namespace, &req.id)?;
+        let rootfs = dir.join("rootfs");
+        let launch =
+            crate::spec::launch(&req.id, &spec, &rootfs).map_err(Error::InvalidArgument)?;
+        if let Err(e) = Self::mount_root(&dir, &req.rootfs) {
+            clean(&dir);
+            return Err(e.into());
+        }
+        let container = Arc::new(Container {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            dir,
+            launch,
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            state: Mutex::new(State::Created),
+            changed: Condvar::new(),
+        });
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.id.clone(), container);
+        log::info!("created {} from {}", req.id, req.bundle);
+        publish(
+            &self.publisher,
+            &self.namespace,
+            TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        Ok(api::CreateTaskResponse::new())
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let mut state = c.state();
+        if !matches!(*state, State::Created) {
+            return Err(Error::FailedPreconditionError(format!(
+                "container {} was started already",
+                c.id
+            ))
+            .into());
+        }
+        let instance = self
+            .runtime
+            .start_sandbox(
+                &c.launch,
+                StartOptions {
+                    stdin: open_in(&c.stdin)?.map(std::process::Stdio::from),
+                    stdout: open_out(&c.stdout)?.map(std::process::Stdio::from),
+                    stderr: open_out(&c.stderr)?,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| Error::Other(format!("start container {}: {e}", c.id)))?;
+        let pid = instance.init_pid() as u32;
+        let instance = Arc::new(instance);
+        *state = State::Running {
+            instance: instance.clone(),
+            pid,
+        };
+        drop(state);
+        log::info!("started {} as pid {pid}", c.id);
+        let (publisher, namespace, waited) =
+            (self.publisher.clone(), self.namespace.clone(), c.clone());
+        std::thread::spawn(move || {
+            let code = match instance.wait() {
+                Ok(status) => status.shell_code() as u32,
+                Err(e) => {
+                    log::error!("wait for container {}: {e}", waited.id);
+                    255
+                }
+            };
+            let at = now();
+            *waited.state() = State::Stopped {
+                pid,
+                code,
+                at: at.clone(),
+            };
+            waited.changed.notify_all();
+            publish(
+                &publisher,
+                &namespace,
+                TaskExit {
+                    container_id: waited.id.clone(),
+                    id: waited.id.clone(),
+                    pid,
+                    exit_status: code,
+                    exited_at: MessageField::some(at),
+                    ..Default::default()
+                },
+            );
+        });
+        publish(
+            &self.publisher,
+            &self.namespace,
+            TaskStart {
+                container_id: c.id.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
+        let mut r = api::StartResponse::new();
+        r.pid = pid;
+        Ok(r)
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let mut r = api::StateResponse::new();
+        r.id = c.id.clone();
+        r.bundle = c.bundle.clone();
+        r.stdin = c.stdin.clone();
+        r.stdout = c.stdout.clone();
+        r.stderr = c.stderr.clone();
+        match &*c.state() {
+            State::Created => r.set_status(Status::CREATED),
+            State::Running { pid, .. } => {
+                r.pid = *pid;
+                r.set_status(Status::RUNNING);
+            }
+            State::Stopped { pid, code, at } => {
+                r.pid = *pid;
+                r.exit_status = *code;
+                r.exited_at = MessageField::some(at.clone());
+                r.set_status(Status::STOPPED);
+            }
+        }
+        Ok(r)
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let state = c
+            .changed
+            .wait_while(c.state(), |s| !matches!(s, State::Stopped { .. }))
+            .unwrap_or_else(|e| e.into_inner());
+        let mut r = api::WaitResponse::new();
+        if let State::Stopped { code, at, .. } = &*state {
+            r.exit_status = *code;
+            r.exited_at = MessageField::some(at.clone());
+        }
+        Ok(r)
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let running = match &*c.state() {
+            State::Running { instance, .. } => Some(instance.clone()),
+            State::Created => {
+                return Err(
+                    Error::NotFoundError(format!("container {} has no process yet", c.id)).into(),
+                );
+            }
+            State::Stopped { .. } => None,
+        };
+        if let Some(instance) = running {
+            // The sandbox's init passes the signal to the workload; `all` is the same here
+            // (the container's processes are the sandbox's).
+            instance
+                .signal(req.signal as i32)
+                .map_err(|e| Error::Other(format!("signal {} to {}: {e}", req.signal, c.id)))?;
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let (pid, code, at) = {
+            let mut state = c.state();
+            let ended = match &*state {
+                State::Running { .. } => {
+                    return Err(Error::FailedPreconditionError(format!(
+                        "container {} is running; kill it first",
+                        c.id
+                    ))
+                    .into());
+                }
+                // Never started: a `wait` for it (ctr waits before it starts) ends now.
+                State::Created => (0, 255, now()),
+                State::Stopped { pid, code, at } => (*pid, *code, at.clone()),
+            };
+            *state = State::Stopped {
+                pid: ended.0,
+                code: ended.1,
+                at: ended.2.clone(),
+            };
+            c.changed.notify_all();
+            ended
+        };
+        clean(&c.dir);
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&c.id);
+        log::info!("deleted {}", c.id);
+        publish(
+            &self.publisher,
+            &self.namespace,
+            TaskDelete {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid,
+                exit_status: code,
+                exited_at: MessageField::some(at.clone()),
+                ..Default::default()
+            },
+        );
+        let mut r = api::DeleteResponse::new();
+        r.pid = pid;
+        r.exit_status = code;
+        r.exited_at = MessageField::some(at);
+        Ok(r)
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let c = self.get(&req.id)?;
+        let mut r = api::PidsResponse::new();
+        if let State::Running { pid, .. } = &*c.state() {
+            let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
+            p.pid = *pid;
+            r.processes.push(p);
+        }
+        Ok(r)
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let mut r = api::ConnectResponse::new();
+        r.shim_pid = std::process::id();
+        if let Ok(c) = self.get(&req.id)
+            && let State::Running { pid, .. } | State::Stopped { pid, .. } = &*c.state()
+        {
+            r.task_pid = *pid;
+        }
+        r.version = env!("CARGO_PKG_VERSION").to_owned();
+        Ok(r)
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        if self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            self.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}
