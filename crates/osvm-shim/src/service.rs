@@ -608,6 +608,57 @@ impl Task for Tasks {
         Ok(r)
     }
 
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use containerd_shim::protos::cgroups_v2::metrics::{
+            CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+        };
+        let c = self.get(&req.id)?;
+        let instance = match &*c.state() {
+            State::Running { instance, .. } => instance.clone(),
+            _ => {
+                return Err(
+                    Error::NotFoundError(format!("container {} is not running", c.id)).into(),
+                );
+            }
+        };
+        let s = instance
+            .stats()
+            .map_err(|e| Error::Other(format!("read the cgroup of {}: {e}", c.id)))?;
+        let limits = &c.launch.resources;
+        // containerd's cgroup v2 metrics, whatever the host's hierarchy (osvm reads v1 and v2).
+        let metrics = Metrics {
+            pids: MessageField::some(PidsStat {
+                current: s.pids,
+                limit: limits.pids.unwrap_or(0),
+                ..Default::default()
+            }),
+            cpu: MessageField::some(CPUStat {
+                usage_usec: s.cpu_usage_usec,
+                nr_throttled: s.cpu_throttled_periods,
+                throttled_usec: s.cpu_throttled_usec,
+                ..Default::default()
+            }),
+            memory: MessageField::some(MemoryStat {
+                usage: s.memory_bytes,
+                usage_limit: limits.memory_bytes.unwrap_or(0),
+                max_usage: s.memory_peak_bytes.unwrap_or(0),
+                ..Default::default()
+            }),
+            memory_events: MessageField::some(MemoryEvents {
+                oom_kill: s.oom_kills,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut r = api::StatsResponse::new();
+        r.stats = MessageField::some(containerd_shim::util::convert_to_any(Box::new(metrics))?);
+        Ok(r)
+    }
+
     fn connect(
         &self,
         _ctx: &TtrpcContext,

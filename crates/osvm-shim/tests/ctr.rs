@@ -7,215 +7,12 @@
 //! them); without them each test says why it skips.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "osvm.test/busybox:latest";
-const RUNTIME: &str = "io.containerd.osvm.v1";
+mod support;
 
-/// What the host lacks for these tests: (feature, why).
-fn missing() -> Option<(&'static str, String)> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some(("root", "needs root (containerd and the sandbox)".into()));
-    }
-    if !Path::new("/bin/busybox").exists() {
-        return Some((
-            "busybox",
-            "/bin/busybox is missing (apt-get install busybox-static)".into(),
-        ));
-    }
-    for tool in ["containerd", "ctr", "umoci", "skopeo"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Some((
-                "containerd",
-                format!("{tool} is not installed (apt-get install containerd umoci skopeo)"),
-            ));
-        }
-    }
-    None
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A private containerd with the shim on its PATH and the busybox image imported.
-struct Containerd {
-    dir: PathBuf,
-    namespace: String,
-    daemon: Child,
-}
-
-impl Containerd {
-    fn start(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("osvm-ctr-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let image = build_image(&dir);
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{d}/state/containerd.sock\"\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-osvm-v1"));
-        let path = format!(
-            "{}:{}",
-            shim.parent().unwrap().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("OSVM_STATE_DIR", dir.join("osvm"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
-            .spawn()
-            .expect("start containerd");
-        let c = Self {
-            namespace: format!("osvm-test-{}-{test}", std::process::id()).replace('_', "-"),
-            dir,
-            daemon,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !c.socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start: {}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ok(c.ctr().args(["image", "import"]).arg(&image));
-        c
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("state/containerd.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
-    }
-
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(self.socket())
-            .arg("--namespace")
-            .arg(&self.namespace);
-        c
-    }
-
-    /// `ctr run` with osvm's runtime (and the snapshotter it needs) and `args`.
-    fn run(&self, extra: &[&str], id: &str, command: &[&str]) -> Command {
-        let mut c = self.ctr();
-        c.args(["run", "--snapshotter", "native", "--runtime", RUNTIME])
-            .args(extra)
-            .arg(IMAGE)
-            .arg(id)
-            .args(command);
-        c
-    }
-
-    /// The shims serving this containerd, by their command line.
-    fn shims(&self) -> Vec<i32> {
-        let needle = self.socket().display().to_string();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("containerd-shim-osvm-v1") && c.contains(&needle)
-                })
-            })
-            .collect()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for pid in self.shims() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        let mounts = Path::new("/run/osvm-shim").join(&self.namespace);
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(&mounts)
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&mounts);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A busybox image made with umoci (no registry), as a docker archive for `ctr image import`.
-fn build_image(dir: &Path) -> PathBuf {
-    let layout = dir.join("oci");
-    let bundle = dir.join("bundle");
-    let image = format!("{}:latest", layout.display());
-    ok(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    ok(Command::new("umoci").args(["new", "--image", &image]));
-    ok(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image", &image])
-        .arg(&bundle));
-    let bin = bundle.join("rootfs/bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "true", "sleep", "cat", "grep", "id"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    ok(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
-    ok(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh"]));
-    let archive = dir.join("busybox.tar");
-    ok(Command::new("skopeo").args([
-        "copy",
-        &format!("oci:{image}"),
-        &format!("docker-archive:{}:{IMAGE}", archive.display()),
-    ]));
-    archive
-}
-
-fn started(test: &str) -> Option<Containerd> {
-    if let Some((feature, why)) = missing() {
-        osvm_testkit::skip(feature, test, &why);
-        return None;
-    }
-    Some(Containerd::start(test))
-}
+use support::{IMAGE, RUNTIME, ok, run, started};
 
 /// A container runs in osvm's sandbox: its output reaches `ctr`, its exit code is ctr's, and
 /// inside it has no capabilities, no_new_privs and a seccomp filter; nothing is left after.
@@ -366,4 +163,33 @@ fn what_osvm_cannot_run_is_refused_with_a_reason() {
         assert!(Instant::now() < deadline, "shims left: {:?}", c.shims());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `ctr task metrics`: a running container's figures come from its sandbox's cgroup (its
+/// memory limit is osvm's default, the spec asked for none).
+#[test]
+fn a_running_containers_metrics_come_from_its_cgroup() {
+    let Some(c) = started("metrics") else {
+        return;
+    };
+    ok(&mut c.run(&["-d"], "metered", &["/bin/sleep", "300"]));
+    let text = ok(c.ctr().args(["task", "metrics", "metered"]));
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    };
+    assert!(value("pids.current").is_some_and(|n| n >= 1), "{text}");
+    assert_eq!(value("pids.limit"), Some(4096), "{text}");
+    assert!(value("memory.usage").is_some_and(|n| n > 0), "{text}");
+    assert_eq!(value("memory.usage_limit"), Some(512 << 20), "{text}");
+    ok(c.ctr()
+        .args(["task", "kill", "--signal", "KILL", "metered"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok(c.ctr().args(["task", "ls"])).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "the container did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(c.ctr().args(["task", "delete", "metered"]));
+    ok(c.ctr().args(["container", "rm", "metered"]));
 }

@@ -682,6 +682,52 @@ fn a_rootfs_directory_replaces_the_host_view() {
         "{}",
         stderr(&o)
     );
+
+    // A root the monitor cannot id-map (an overlay mount, on kernels that refuse that): the
+    // error says so, rather than that "the monitor went away" (init's view of the same end,
+    // which used to be reported in its place).
+    std::fs::create_dir(root.join("tmp")).unwrap();
+    let (upper, work, merged) = (
+        state.path.join("upper"),
+        state.path.join("work"),
+        state.path.join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                root.display(),
+                upper.display(),
+                work.display()
+            )
+            .as_str(),
+        ),
+    )
+    .unwrap();
+    let o = state
+        .osvm()
+        .arg("run")
+        .arg("-q")
+        .arg("--rootfs")
+        .arg(&merged)
+        .args(["--", "/bin/busybox", "true"])
+        .output()
+        .unwrap();
+    let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    if !o.status.success() {
+        let err = stderr(&o);
+        assert!(
+            err.contains("id-map the rootfs") && !err.contains("the monitor went away"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -624,6 +624,12 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
                 .map_err(|e| format!("move the sandbox into its cgroup: {e}"))
         })
         .and_then(|()| release(ToInit::CgroupJoined));
+    if prepared.is_err() {
+        // Before init sees its channel close: it would report "the monitor went away", and
+        // that would be read below in place of what failed here. An init that failed first has
+        // already written its own reason.
+        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+    }
     drop(ctl);
     // The clones and the cgroup move are done: this process may have threads from now on.
     let pump_plan = plan.clone();

@@ -1,0 +1,93 @@
+//! Container start through containerd: `ctr run --rm` of `/bin/true` with osvm's shim and with
+//! runc (containerd's default runtime, the natural peer), side by side, interleaved, on the
+//! same image and snapshotter (native: what osvm's shim needs today), from `ctr`'s start to its
+//! exit: containerd's task create, the runtime's start and the process's exit.
+//!
+//! `cargo bench -p osvm-shim --bench start` as root, with containerd, runc, umoci and skopeo.
+//! `OSVM_BENCH_RUNS` sets the runs per runtime (default 30).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Containerd, IMAGE, RUNTIME, missing, ok};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if let Some((_, why)) = missing() {
+        println!("SKIP start bench: {why}");
+        return;
+    }
+    let runs: usize = std::env::var("OSVM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let c = Containerd::start("bench");
+    let runtimes = [
+        (RUNTIME, "osvm (containerd-shim-osvm-v1)"),
+        ("io.containerd.runc.v2", "runc (containerd-shim-runc-v2)"),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); runtimes.len()];
+    // Warm-up: the snapshot is unpacked, both shims' binaries are in the page cache.
+    for (n, (runtime, _)) in runtimes.iter().enumerate() {
+        let mut cmd = c.ctr();
+        cmd.args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "native",
+            "--runtime",
+            runtime,
+            IMAGE,
+        ])
+        .arg(format!("warm-{n}"))
+        .arg("/bin/true");
+        ok(&mut cmd);
+    }
+    for i in 0..runs {
+        for (n, (runtime, _)) in runtimes.iter().enumerate() {
+            let mut cmd = c.ctr();
+            cmd.args([
+                "run",
+                "--rm",
+                "--snapshotter",
+                "native",
+                "--runtime",
+                runtime,
+                IMAGE,
+            ])
+            .arg(format!("b-{n}-{i}"))
+            .arg("/bin/true");
+            let t = Instant::now();
+            ok(&mut cmd);
+            times[n].push(t.elapsed());
+        }
+    }
+    println!(
+        "\n`ctr run --rm` of /bin/true through containerd 1.6, native snapshotter, {runs} runs each, interleaved\n"
+    );
+    println!("| runtime | median | p90 | min |");
+    println!("|---|---:|---:|---:|");
+    let mut medians = Vec::new();
+    for (n, (_, name)) in runtimes.iter().enumerate() {
+        let v = &mut times[n];
+        v.sort();
+        let median = v[v.len() / 2];
+        medians.push(median);
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            ms(median),
+            ms(v[(v.len() * 9) / 10]),
+            ms(v[0])
+        );
+    }
+    println!(
+        "\nosvm vs runc: median {:.2}x ({:+.1} ms)",
+        ms(medians[0]) / ms(medians[1]),
+        ms(medians[0]) - ms(medians[1])
+    );
+}
