@@ -1020,10 +1020,18 @@ impl SandboxInstance {
         Ok(Some(record.status))
     }
 
-    /// Runs `command` inside this sandbox, confined like its workload (same namespaces, cgroup,
-    /// Landlock rules, seccomp filter, no capabilities), with its stdout and stderr captured.
-    /// After `timeout` the command is killed and the output says so.
-    pub fn exec(&self, command: &[String], timeout: Duration) -> Result<ExecOutput, RuntimeError> {
+    /// Starts `command` inside this sandbox, confined like its workload (same namespaces,
+    /// cgroup, Landlock rules, seccomp filter, no capabilities), with the given stdio. The child
+    /// is the exec helper: it exits with the command's exit code (128 + the signal that ended
+    /// it), or the helper's setup-failure code after writing `osvm exec: <reason>` to its stderr; killed,
+    /// it takes the command with it. It is in a process group of its own.
+    pub fn spawn_exec(
+        &self,
+        command: &[String],
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<std::process::Child, RuntimeError> {
         if command.is_empty() {
             return Err(RuntimeError::InvalidSpec("the command is empty".into()));
         }
@@ -1041,9 +1049,9 @@ impl SandboxInstance {
             .arg(&self.id)
             .arg("--")
             .args(command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0);
         // SAFETY: between fork and exec only async-signal-safe fcntl/dup2/close_range run.
         unsafe {
@@ -1070,6 +1078,14 @@ impl SandboxInstance {
             .spawn()
             .map_err(|e| RuntimeError::io(format!("start {}", self.launcher.display()), e))?;
         drop(plan);
+        Ok(child)
+    }
+
+    /// Runs `command` inside this sandbox, confined like its workload (same namespaces, cgroup,
+    /// Landlock rules, seccomp filter, no capabilities), with its stdout and stderr captured.
+    /// After `timeout` the command is killed and the output says so.
+    pub fn exec(&self, command: &[String], timeout: Duration) -> Result<ExecOutput, RuntimeError> {
+        let child = self.spawn_exec(command, Stdio::null(), Stdio::piped(), Stdio::piped())?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -193,3 +193,62 @@ fn a_running_containers_metrics_come_from_its_cgroup() {
     ok(c.ctr().args(["task", "delete", "metered"]));
     ok(c.ctr().args(["container", "rm", "metered"]));
 }
+
+/// `ctr task exec`: a process added to a running container joins its namespaces and is
+/// confined like its init (no capabilities, seccomp); its output and exit code come back, and
+/// it sees the container's files (a file the init wrote), not the host's.
+#[test]
+fn an_exec_runs_inside_the_container_confined_like_it() {
+    let Some(c) = started("exec") else {
+        return;
+    };
+    ok(&mut c.run(
+        &["-d"],
+        "execd",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo from-init > /tmp/mark; exec /bin/sleep 300",
+        ],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let o = loop {
+        let o = run(c.ctr().args([
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "execd",
+            "/bin/sh",
+            "-c",
+            "cat /tmp/mark; grep -E '^(CapEff|Seccomp):' /proc/self/status; exit 3",
+        ]));
+        if String::from_utf8_lossy(&o.stdout).contains("from-init") || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("from-init"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    // A command the container does not have: a failure, with the reason.
+    let o = run(c
+        .ctr()
+        .args(["task", "exec", "--exec-id", "e2", "execd", "/no/such/tool"]));
+    assert!(!o.status.success());
+    ok(c.ctr().args(["task", "kill", "--signal", "KILL", "execd"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok(c.ctr().args(["task", "ls"])).contains("STOPPED") {
+        assert!(Instant::now() < deadline, "the container did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(c.ctr().args(["task", "delete", "execd"]));
+    ok(c.ctr().args(["container", "rm", "execd"]));
+}
