@@ -152,3 +152,106 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    fn spec(linux: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "args": ["/bin/sh"], "cwd": "/", "env": ["A=1", "NOEQUALS"],
+                "user": { "uid": 0, "gid": 0 },
+            },
+            "root": { "path": "rootfs" },
+            "linux": linux,
+        }))
+        .unwrap()
+    }
+
+    fn namespaces(kinds: &[&str]) -> serde_json::Value {
+        kinds
+            .iter()
+            .map(|k| serde_json::json!({ "type": k }))
+            .collect()
+    }
+
+    #[test]
+    fn host_namespaces_devices_and_namespace_paths_are_refused_by_field() {
+        let root = Path::new("/r");
+        let all = ["pid", "mount", "ipc", "uts", "network"];
+        assert!(
+            launch(
+                "a",
+                &spec(serde_json::json!({ "namespaces": namespaces(&all) })),
+                root
+            )
+            .is_ok()
+        );
+        let e = launch(
+            "a",
+            &spec(serde_json::json!({ "namespaces": namespaces(&["mount", "ipc", "uts"]) })),
+            root,
+        )
+        .unwrap_err();
+        assert!(e.contains("linux.namespaces (Pid)"), "{e}");
+        let e = launch(
+            "a",
+            &spec(serde_json::json!({
+                "namespaces": [
+                    { "type": "pid" }, { "type": "mount" }, { "type": "ipc" }, { "type": "uts" },
+                    { "type": "network", "path": "/proc/1/ns/net" },
+                ],
+            })),
+            root,
+        )
+        .unwrap_err();
+        assert!(e.contains("linux.namespaces (Network).path"), "{e}");
+        let e = launch(
+            "a",
+            &spec(serde_json::json!({
+                "devices": [{ "path": "/dev/sda", "type": "b", "major": 8, "minor": 0 }],
+            })),
+            root,
+        )
+        .unwrap_err();
+        assert!(e.contains("linux.devices"), "{e}");
+    }
+
+    #[test]
+    fn limits_only_narrow_osvms_defaults() {
+        let root = Path::new("/r");
+        let lower = launch(
+            "a",
+            &spec(serde_json::json!({ "resources": {
+                "memory": { "limit": 64 << 20 },
+                "cpu": { "quota": 50000, "period": 100000 },
+                "pids": { "limit": 10 },
+            }})),
+            root,
+        )
+        .unwrap();
+        assert_eq!(lower.resources.memory_bytes, Some(64 << 20));
+        assert_eq!(lower.resources.cpus, Some(0.5));
+        assert_eq!(lower.resources.pids, Some(10));
+        let higher = launch(
+            "a",
+            &spec(serde_json::json!({ "resources": {
+                "memory": { "limit": 64i64 << 30 },
+                "cpu": { "quota": 800000, "period": 100000 },
+                "pids": { "limit": 1_000_000 },
+            }})),
+            root,
+        )
+        .unwrap();
+        let defaults = Resources::defaults();
+        assert_eq!(higher.resources.memory_bytes, defaults.memory_bytes);
+        assert_eq!(higher.resources.cpus, defaults.cpus);
+        assert_eq!(higher.resources.pids, defaults.pids);
+        // The rest of the process: args, env (a malformed entry dropped), the given root.
+        assert_eq!(higher.command, "/bin/sh");
+        assert_eq!(higher.env, [("A".to_owned(), "1".to_owned())]);
+        assert_eq!(higher.rootfs.as_deref(), Some(root));
+    }
+}

@@ -252,3 +252,34 @@ fn an_exec_runs_inside_the_container_confined_like_it() {
     ok(c.ctr().args(["task", "delete", "execd"]));
     ok(c.ctr().args(["container", "rm", "execd"]));
 }
+
+/// Asking for more than osvm gives: `--privileged` (every capability and the host's devices)
+/// is refused, naming the field; `--net-host` (no network namespace in the spec) gets the
+/// sandbox's own network, loopback only, not the host's interfaces.
+#[test]
+fn a_spec_may_narrow_the_sandbox_never_widen_it() {
+    let Some(c) = started("widen") else {
+        return;
+    };
+    let o = run(&mut c.run(&["--rm", "--privileged"], "privileged", &["/bin/true"]));
+    assert!(!o.status.success(), "a privileged container ran");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("linux.devices"), "{err}");
+    let o = run(&mut c.run(
+        &["--rm", "--net-host"],
+        "nethost",
+        &["/bin/sh", "-c", "cat /proc/net/dev"],
+    ));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let interfaces: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(str::trim))
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{out}");
+}
