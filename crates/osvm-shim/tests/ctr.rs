@@ -27,7 +27,7 @@ fn a_container_runs_confined_and_its_exit_code_comes_back() {
         &[
             "/bin/sh",
             "-c",
-            "echo hello from osvm; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; id -u; exit 4",
+            "echo hello from osvm; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; mkdir -p /etc && echo written > /etc/osvm-test && cat /etc/osvm-test; stat -c 'owner %u' /bin/busybox; exit 4",
         ],
     ));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -41,6 +41,9 @@ fn a_container_runs_confined_and_its_exit_code_comes_back() {
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
+    // The image's files are the container root's own (its root is id-mapped): it writes /etc.
+    assert!(out.contains("written"), "{out}");
+    assert!(out.contains("owner 0"), "{out}");
     // Nothing left: no task, no container, no shim, no mount.
     assert!(ok(c.ctr().args(["task", "ls", "-q"])).trim().is_empty());
     assert!(
