@@ -11,6 +11,7 @@
 //! What a container gets: [`spec`] says how the OCI spec becomes an osvm launch, and what is
 //! refused.
 
+mod process;
 mod service;
 mod spec;
 

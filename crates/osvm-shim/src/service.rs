@@ -15,16 +15,15 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use containerd_shim::api::{self, Status};
+use containerd_shim::api;
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{
     Config, DeleteResponse, Error, ExitSignal, Flags, Shim, StartOpts, Task, TtrpcContext,
@@ -32,6 +31,8 @@ use containerd_shim::{
 };
 use osvm_core::{Instance, LaunchSpec};
 use osvm_sandbox::{SandboxConfig, SandboxInstance, SandboxRuntime, StartOptions};
+
+use crate::process::{Life, Proc, now};
 
 /// Where container roots are mounted.
 const MOUNTS: &str = "/run/osvm-shim";
@@ -67,10 +68,6 @@ fn clean(dir: &Path) {
         let _ = containerd_shim::mount::umount_recursive(Some(d), libc::MNT_DETACH);
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn now() -> Timestamp {
-    containerd_shim::util::timestamp().unwrap_or_default()
 }
 
 impl Shim for Service {
@@ -125,55 +122,23 @@ impl Shim for Service {
     }
 }
 
-/// Where a container is in its life.
-enum State {
-    Created,
-    Running {
-        instance: Arc<SandboxInstance>,
-        pid: u32,
-    },
-    Stopped {
-        pid: u32,
-        code: u32,
-        at: Timestamp,
-    },
-}
-
+/// A container: its root, its launch, its init and its execs.
 struct Container {
     id: String,
     bundle: String,
     dir: PathBuf,
     launch: LaunchSpec,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    state: Mutex<State>,
-    changed: Condvar,
+    init: Proc<Arc<SandboxInstance>>,
     /// Processes added with `exec` (`ctr task exec`, `kubectl exec`, exec probes).
     execs: Mutex<HashMap<String, Arc<Exec>>>,
 }
 
 /// An exec'd process: the sandbox's exec helper, which joins the container's namespaces,
-/// cgroup and confinement and runs the command; its exit code is the command's.
+/// cgroup and confinement and runs the command; its exit code is the command's. Its handle is
+/// the helper's pid (its process group).
 struct Exec {
     args: Vec<String>,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    state: Mutex<ExecState>,
-    changed: Condvar,
-}
-
-enum ExecState {
-    Created,
-    Running { pid: u32 },
-    Stopped { pid: u32, code: u32, at: Timestamp },
-}
-
-impl Exec {
-    fn state(&self) -> std::sync::MutexGuard<'_, ExecState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    proc: Proc<u32>,
 }
 
 impl Container {
@@ -186,8 +151,11 @@ impl Container {
             .ok_or_else(|| Error::NotFoundError(format!("exec {exec_id} in {}", self.id)))
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The running init's sandbox, or why there is none.
+    fn sandbox(&self) -> Result<Arc<SandboxInstance>, Error> {
+        self.init.running().ok_or_else(|| {
+            Error::FailedPreconditionError(format!("container {} is not running", self.id))
+        })
     }
 }
 
@@ -262,20 +230,77 @@ impl Tasks {
             .ok_or_else(|| Error::NotFoundError(format!("container {id}")))
     }
 
+    /// Starts the container's init in a sandbox; returns its pid.
+    fn start_init(&self, c: &Arc<Container>) -> Result<u32, Error> {
+        let mut life = c.init.life();
+        if !matches!(*life, Life::Created) {
+            return Err(Error::FailedPreconditionError(format!(
+                "container {} was started already",
+                c.id
+            )));
+        }
+        let instance = self
+            .runtime
+            .start_sandbox(
+                &c.launch,
+                StartOptions {
+                    stdin: open_in(&c.init.stdin)?.map(std::process::Stdio::from),
+                    stdout: open_out(&c.init.stdout)?.map(std::process::Stdio::from),
+                    stderr: open_out(&c.init.stderr)?,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| Error::Other(format!("start container {}: {e}", c.id)))?;
+        let pid = instance.init_pid() as u32;
+        let instance = Arc::new(instance);
+        *life = Life::Running {
+            handle: instance.clone(),
+            pid,
+        };
+        drop(life);
+        log::info!("started {} as pid {pid}", c.id);
+        let (publisher, namespace, container) =
+            (self.publisher.clone(), self.namespace.clone(), c.clone());
+        std::thread::spawn(move || {
+            let code = match instance.wait() {
+                Ok(status) => status.shell_code() as u32,
+                Err(e) => {
+                    log::error!("wait for container {}: {e}", container.id);
+                    255
+                }
+            };
+            let at = container.init.stopped(pid, code);
+            publish(
+                &publisher,
+                &namespace,
+                TaskExit {
+                    container_id: container.id.clone(),
+                    id: container.id.clone(),
+                    pid,
+                    exit_status: code,
+                    exited_at: MessageField::some(at),
+                    ..Default::default()
+                },
+            );
+        });
+        publish(
+            &self.publisher,
+            &self.namespace,
+            TaskStart {
+                container_id: c.id.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(pid)
+    }
+
     /// Starts exec `exec_id` of `c`; returns the helper's pid.
     fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32, Error> {
         let e = c.exec(exec_id)?;
-        let instance = match &*c.state() {
-            State::Running { instance, .. } => instance.clone(),
-            _ => {
-                return Err(Error::FailedPreconditionError(format!(
-                    "container {} is not running",
-                    c.id
-                )));
-            }
-        };
-        let mut state = e.state();
-        if !matches!(*state, ExecState::Created) {
+        let instance = c.sandbox()?;
+        let mut life = e.proc.life();
+        if !matches!(*life, Life::Created) {
             return Err(Error::FailedPreconditionError(format!(
                 "exec {exec_id} was started already"
             )));
@@ -284,14 +309,14 @@ impl Tasks {
         let mut child = instance
             .spawn_exec(
                 &e.args,
-                stdio(open_in(&e.stdin)?),
-                stdio(open_out(&e.stdout)?),
-                stdio(open_out(&e.stderr)?),
+                stdio(open_in(&e.proc.stdin)?),
+                stdio(open_out(&e.proc.stdout)?),
+                stdio(open_out(&e.proc.stderr)?),
             )
             .map_err(|err| Error::Other(format!("exec in {}: {err}", c.id)))?;
         let pid = child.id();
-        *state = ExecState::Running { pid };
-        drop(state);
+        *life = Life::Running { handle: pid, pid };
+        drop(life);
         let (publisher, namespace, container, id) = (
             self.publisher.clone(),
             self.namespace.clone(),
@@ -308,13 +333,7 @@ impl Tasks {
                     .unwrap_or(255) as u32,
                 Err(_) => 255,
             };
-            let at = now();
-            *e.state() = ExecState::Stopped {
-                pid,
-                code,
-                at: at.clone(),
-            };
-            e.changed.notify_all();
+            let at = e.proc.stopped(pid, code);
             publish(
                 &publisher,
                 &namespace,
@@ -472,11 +491,7 @@ impl Task for Tasks {
             bundle: req.bundle.clone(),
             dir,
             launch,
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            state: Mutex::new(State::Created),
-            changed: Condvar::new(),
+            init: Proc::new(&req.stdin, &req.stdout, &req.stderr),
             execs: Mutex::default(),
         });
         self.containers
@@ -510,79 +525,11 @@ impl Task for Tasks {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         let c = self.get(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let pid = self.start_exec(&c, &req.exec_id)?;
-            let mut r = api::StartResponse::new();
-            r.pid = pid;
-            return Ok(r);
-        }
-        let mut state = c.state();
-        if !matches!(*state, State::Created) {
-            return Err(Error::FailedPreconditionError(format!(
-                "container {} was started already",
-                c.id
-            ))
-            .into());
-        }
-        let instance = self
-            .runtime
-            .start_sandbox(
-                &c.launch,
-                StartOptions {
-                    stdin: open_in(&c.stdin)?.map(std::process::Stdio::from),
-                    stdout: open_out(&c.stdout)?.map(std::process::Stdio::from),
-                    stderr: open_out(&c.stderr)?,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| Error::Other(format!("start container {}: {e}", c.id)))?;
-        let pid = instance.init_pid() as u32;
-        let instance = Arc::new(instance);
-        *state = State::Running {
-            instance: instance.clone(),
-            pid,
+        let pid = if req.exec_id.is_empty() {
+            self.start_init(&c)?
+        } else {
+            self.start_exec(&c, &req.exec_id)?
         };
-        drop(state);
-        log::info!("started {} as pid {pid}", c.id);
-        let (publisher, namespace, waited) =
-            (self.publisher.clone(), self.namespace.clone(), c.clone());
-        std::thread::spawn(move || {
-            let code = match instance.wait() {
-                Ok(status) => status.shell_code() as u32,
-                Err(e) => {
-                    log::error!("wait for container {}: {e}", waited.id);
-                    255
-                }
-            };
-            let at = now();
-            *waited.state() = State::Stopped {
-                pid,
-                code,
-                at: at.clone(),
-            };
-            waited.changed.notify_all();
-            publish(
-                &publisher,
-                &namespace,
-                TaskExit {
-                    container_id: waited.id.clone(),
-                    id: waited.id.clone(),
-                    pid,
-                    exit_status: code,
-                    exited_at: MessageField::some(at),
-                    ..Default::default()
-                },
-            );
-        });
-        publish(
-            &self.publisher,
-            &self.namespace,
-            TaskStart {
-                container_id: c.id.clone(),
-                pid,
-                ..Default::default()
-            },
-        );
         let mut r = api::StartResponse::new();
         r.pid = pid;
         Ok(r)
@@ -597,96 +544,42 @@ impl Task for Tasks {
         let mut r = api::StateResponse::new();
         r.id = c.id.clone();
         r.bundle = c.bundle.clone();
-        if !req.exec_id.is_empty() {
-            let e = c.exec(&req.exec_id)?;
+        if req.exec_id.is_empty() {
+            c.init.report(&mut r);
+        } else {
+            c.exec(&req.exec_id)?.proc.report(&mut r);
             r.exec_id = req.exec_id.clone();
-            r.stdin = e.stdin.clone();
-            r.stdout = e.stdout.clone();
-            r.stderr = e.stderr.clone();
-            match &*e.state() {
-                ExecState::Created => r.set_status(Status::CREATED),
-                ExecState::Running { pid } => {
-                    r.pid = *pid;
-                    r.set_status(Status::RUNNING);
-                }
-                ExecState::Stopped { pid, code, at } => {
-                    r.pid = *pid;
-                    r.exit_status = *code;
-                    r.exited_at = MessageField::some(at.clone());
-                    r.set_status(Status::STOPPED);
-                }
-            }
-            return Ok(r);
-        }
-        r.stdin = c.stdin.clone();
-        r.stdout = c.stdout.clone();
-        r.stderr = c.stderr.clone();
-        match &*c.state() {
-            State::Created => r.set_status(Status::CREATED),
-            State::Running { pid, .. } => {
-                r.pid = *pid;
-                r.set_status(Status::RUNNING);
-            }
-            State::Stopped { pid, code, at } => {
-                r.pid = *pid;
-                r.exit_status = *code;
-                r.exited_at = MessageField::some(at.clone());
-                r.set_status(Status::STOPPED);
-            }
         }
         Ok(r)
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let c = self.get(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let e = c.exec(&req.exec_id)?;
-            let state = e
-                .changed
-                .wait_while(e.state(), |s| !matches!(s, ExecState::Stopped { .. }))
-                .unwrap_or_else(|e| e.into_inner());
-            let mut r = api::WaitResponse::new();
-            if let ExecState::Stopped { code, at, .. } = &*state {
-                r.exit_status = *code;
-                r.exited_at = MessageField::some(at.clone());
-            }
-            return Ok(r);
-        }
-        let state = c
-            .changed
-            .wait_while(c.state(), |s| !matches!(s, State::Stopped { .. }))
-            .unwrap_or_else(|e| e.into_inner());
-        let mut r = api::WaitResponse::new();
-        if let State::Stopped { code, at, .. } = &*state {
-            r.exit_status = *code;
-            r.exited_at = MessageField::some(at.clone());
-        }
-        Ok(r)
+        Ok(if req.exec_id.is_empty() {
+            c.init.wait()
+        } else {
+            c.exec(&req.exec_id)?.proc.wait()
+        })
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
         if !req.exec_id.is_empty() {
-            let e = c.exec(&req.exec_id)?;
-            if let ExecState::Running { pid } = &*e.state() {
+            if let Some(pid) = c.exec(&req.exec_id)?.proc.running() {
                 // The helper's process group: the helper and the command (which would follow
                 // the helper anyway, by PR_SET_PDEATHSIG).
                 let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
                     .map_err(|e| Error::InvalidArgument(format!("signal {}: {e}", req.signal)))?;
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid as i32), signal);
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
             }
             return Ok(api::Empty::new());
         }
-        let running = match &*c.state() {
-            State::Running { instance, .. } => Some(instance.clone()),
-            State::Created => {
-                return Err(
-                    Error::NotFoundError(format!("container {} has no process yet", c.id)).into(),
-                );
-            }
-            State::Stopped { .. } => None,
-        };
-        if let Some(instance) = running {
+        if matches!(*c.init.life(), Life::Created) {
+            return Err(
+                Error::NotFoundError(format!("container {} has no process yet", c.id)).into(),
+            );
+        }
+        if let Some(instance) = c.init.running() {
             // The sandbox's init passes the signal to the workload; `all` is the same here
             // (the container's processes are the sandbox's).
             instance
@@ -703,50 +596,17 @@ impl Task for Tasks {
     ) -> TtrpcResult<api::DeleteResponse> {
         let c = self.get(&req.id)?;
         if !req.exec_id.is_empty() {
-            let e = c.exec(&req.exec_id)?;
-            let (pid, code, at) = match &*e.state() {
-                ExecState::Running { .. } => {
-                    return Err(Error::FailedPreconditionError(format!(
-                        "exec {} is running; kill it first",
-                        req.exec_id
-                    ))
-                    .into());
-                }
-                ExecState::Created => (0, 255, now()),
-                ExecState::Stopped { pid, code, at } => (*pid, *code, at.clone()),
-            };
+            let ended = c
+                .exec(&req.exec_id)?
+                .proc
+                .end(&format!("exec {}", req.exec_id))?;
             c.execs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&req.exec_id);
-            let mut r = api::DeleteResponse::new();
-            r.pid = pid;
-            r.exit_status = code;
-            r.exited_at = MessageField::some(at);
-            return Ok(r);
+            return Ok(Proc::<u32>::deleted(ended));
         }
-        let (pid, code, at) = {
-            let mut state = c.state();
-            let ended = match &*state {
-                State::Running { .. } => {
-                    return Err(Error::FailedPreconditionError(format!(
-                        "container {} is running; kill it first",
-                        c.id
-                    ))
-                    .into());
-                }
-                // Never started: a `wait` for it (ctr waits before it starts) ends now.
-                State::Created => (0, 255, now()),
-                State::Stopped { pid, code, at } => (*pid, *code, at.clone()),
-            };
-            *state = State::Stopped {
-                pid: ended.0,
-                code: ended.1,
-                at: ended.2.clone(),
-            };
-            c.changed.notify_all();
-            ended
-        };
+        let (pid, code, at) = c.init.end(&format!("container {}", c.id))?;
         clean(&c.dir);
         self.containers
             .lock()
@@ -765,19 +625,17 @@ impl Task for Tasks {
                 ..Default::default()
             },
         );
-        let mut r = api::DeleteResponse::new();
-        r.pid = pid;
-        r.exit_status = code;
-        r.exited_at = MessageField::some(at);
-        Ok(r)
+        Ok(Proc::<Arc<SandboxInstance>>::deleted((pid, code, at)))
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let c = self.get(&req.id)?;
         let mut r = api::PidsResponse::new();
-        if let State::Running { pid, .. } = &*c.state() {
+        if c.init.running().is_some()
+            && let Some(pid) = c.init.pid()
+        {
             let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
-            p.pid = *pid;
+            p.pid = pid;
             r.processes.push(p);
         }
         Ok(r)
@@ -785,13 +643,7 @@ impl Task for Tasks {
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
-        if !matches!(*c.state(), State::Running { .. }) {
-            return Err(Error::FailedPreconditionError(format!(
-                "container {} is not running",
-                c.id
-            ))
-            .into());
-        }
+        c.sandbox()?;
         if req.terminal {
             return Err(Error::InvalidArgument("a terminal is not supported yet".into()).into());
         }
@@ -804,11 +656,7 @@ impl Task for Tasks {
         }
         let exec = Arc::new(Exec {
             args,
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            state: Mutex::new(ExecState::Created),
-            changed: Condvar::new(),
+            proc: Proc::new(&req.stdin, &req.stdout, &req.stderr),
         });
         {
             let mut execs = c.execs.lock().unwrap_or_else(|e| e.into_inner());
@@ -842,14 +690,10 @@ impl Task for Tasks {
             CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
         };
         let c = self.get(&req.id)?;
-        let instance = match &*c.state() {
-            State::Running { instance, .. } => instance.clone(),
-            _ => {
-                return Err(
-                    Error::NotFoundError(format!("container {} is not running", c.id)).into(),
-                );
-            }
-        };
+        let instance = c
+            .init
+            .running()
+            .ok_or_else(|| Error::NotFoundError(format!("container {} is not running", c.id)))?;
         let s = instance
             .stats()
             .map_err(|e| Error::Other(format!("read the cgroup of {}: {e}", c.id)))?;
@@ -892,9 +736,9 @@ impl Task for Tasks {
         let mut r = api::ConnectResponse::new();
         r.shim_pid = std::process::id();
         if let Ok(c) = self.get(&req.id)
-            && let State::Running { pid, .. } | State::Stopped { pid, .. } = &*c.state()
+            && let Some(pid) = c.init.pid()
         {
-            r.task_pid = *pid;
+            r.task_pid = pid;
         }
         r.version = env!("CARGO_PKG_VERSION").to_owned();
         Ok(r)
