@@ -177,6 +177,31 @@ fn publish(publisher: &RemotePublisher, namespace: &str, event: impl Event + 'st
     }
 }
 
+/// Publishes that process `id` (the container's own id for its init, else an exec id) of
+/// container `container` ended.
+fn publish_exit(
+    publisher: &RemotePublisher,
+    namespace: &str,
+    container: &str,
+    id: &str,
+    pid: u32,
+    code: u32,
+    at: containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp,
+) {
+    publish(
+        publisher,
+        namespace,
+        TaskExit {
+            container_id: container.to_owned(),
+            id: id.to_owned(),
+            pid,
+            exit_status: code,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        },
+    );
+}
+
 /// Opens a FIFO containerd gave for the container's stdout or stderr (read-write, so the
 /// open does not wait for containerd's reader).
 fn open_out(path: &str) -> Result<Option<File>, Error> {
@@ -270,17 +295,14 @@ impl Tasks {
                 }
             };
             let at = container.init.stopped(pid, code);
-            publish(
+            publish_exit(
                 &publisher,
                 &namespace,
-                TaskExit {
-                    container_id: container.id.clone(),
-                    id: container.id.clone(),
-                    pid,
-                    exit_status: code,
-                    exited_at: MessageField::some(at),
-                    ..Default::default()
-                },
+                &container.id,
+                &container.id,
+                pid,
+                code,
+                at,
             );
         });
         publish(
@@ -334,18 +356,7 @@ impl Tasks {
                 Err(_) => 255,
             };
             let at = e.proc.stopped(pid, code);
-            publish(
-                &publisher,
-                &namespace,
-                TaskExit {
-                    container_id: container,
-                    id,
-                    pid,
-                    exit_status: code,
-                    exited_at: MessageField::some(at),
-                    ..Default::default()
-                },
-            );
+            publish_exit(&publisher, &namespace, &container, &id, pid, code, at);
         });
         publish(
             &self.publisher,
