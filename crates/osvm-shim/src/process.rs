@@ -55,6 +55,16 @@ impl<H: Clone> Proc<H> {
         }
     }
 
+    /// Runs `f` on the handle of a running process, its life locked meanwhile (so it cannot be
+    /// recorded stopped, nor, where its waiter reaps only after recording, reaped, while `f`
+    /// uses the handle).
+    pub fn with_running<R>(&self, f: impl FnOnce(&H) -> R) -> Option<R> {
+        match &*self.life() {
+            Life::Running { handle, .. } => Some(f(handle)),
+            _ => None,
+        }
+    }
+
     /// Its pid once started.
     pub fn pid(&self) -> Option<u32> {
         match &*self.life() {

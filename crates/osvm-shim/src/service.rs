@@ -346,16 +346,21 @@ impl Tasks {
             exec_id.to_owned(),
         );
         std::thread::spawn(move || {
-            use std::os::unix::process::ExitStatusExt;
-            // The crate's reaper is off: this wait gets the helper's status.
-            let code = match child.wait() {
-                Ok(s) => s
-                    .code()
-                    .or_else(|| s.signal().map(|sig| 128 + sig))
-                    .unwrap_or(255) as u32,
-                Err(_) => 255,
+            use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+            // The crate's reaper is off, so the helper is this wait's. It is recorded stopped
+            // before it is reaped: until then its pid (and process group) cannot be reused, so
+            // a `kill` that saw it running signals the helper and nothing else.
+            let status = waitid(
+                Id::Pid(nix::unistd::Pid::from_raw(pid as i32)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            );
+            let code = match status {
+                Ok(WaitStatus::Exited(_, code)) => code as u32,
+                Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as u32,
+                _ => 255,
             };
             let at = e.proc.stopped(pid, code);
+            let _ = child.wait();
             publish_exit(&publisher, &namespace, &container, &id, pid, code, at);
         });
         publish(
@@ -576,13 +581,13 @@ impl Task for Tasks {
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
         if !req.exec_id.is_empty() {
-            if let Some(pid) = c.exec(&req.exec_id)?.proc.running() {
-                // The helper's process group: the helper and the command (which would follow
-                // the helper anyway, by PR_SET_PDEATHSIG).
-                let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
-                    .map_err(|e| Error::InvalidArgument(format!("signal {}: {e}", req.signal)))?;
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
-            }
+            let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
+                .map_err(|e| Error::InvalidArgument(format!("signal {}: {e}", req.signal)))?;
+            // The helper's process group: the helper and the command (which would follow the
+            // helper anyway, by PR_SET_PDEATHSIG); sent while the helper is known unreaped.
+            c.exec(&req.exec_id)?.proc.with_running(|pid| {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid as i32), signal);
+            });
             return Ok(api::Empty::new());
         }
         if matches!(*c.init.life(), Life::Created) {

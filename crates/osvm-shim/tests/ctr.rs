@@ -246,6 +246,42 @@ fn an_exec_runs_inside_the_container_confined_like_it() {
         .ctr()
         .args(["task", "exec", "--exec-id", "e2", "execd", "/no/such/tool"]));
     assert!(!o.status.success());
+    // An exec is signalled by its own id; the container goes on.
+    let mut long = c
+        .ctr()
+        .args([
+            "task",
+            "exec",
+            "--exec-id",
+            "e3",
+            "execd",
+            "/bin/sleep",
+            "300",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A kill before the exec has started reaches nothing: try until the exec ends.
+    while long.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the exec was not ended by its kill"
+        );
+        let _ = run(c.ctr().args([
+            "task",
+            "kill",
+            "--exec-id",
+            "e3",
+            "--signal",
+            "TERM",
+            "execd",
+        ]));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(long.wait().unwrap().code(), Some(143));
+    assert!(ok(c.ctr().args(["task", "ls"])).contains("RUNNING"));
     ok(c.ctr().args(["task", "kill", "--signal", "KILL", "execd"]));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ok(c.ctr().args(["task", "ls"])).contains("STOPPED") {
