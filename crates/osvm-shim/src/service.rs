@@ -62,6 +62,23 @@ fn container_dir(namespace: &str, id: &str) -> Result<PathBuf, Error> {
     Ok(Path::new(MOUNTS).join(namespace).join(id))
 }
 
+/// The file in a container's directory that names its sandbox's instance.
+const INSTANCE_FILE: &str = "instance";
+
+/// The sandbox runtime: this binary is its launcher; its state under `$OSVM_STATE_DIR` as
+/// containerd's environment sets it, else `/var/lib/osvm/containerd`.
+fn sandbox_runtime() -> SandboxRuntime {
+    let launcher = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let state_dir = std::env::var_os("OSVM_STATE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| SandboxConfig::default_state_dir().join("containerd"));
+    SandboxRuntime::new(SandboxConfig {
+        launcher,
+        state_dir,
+    })
+}
+
 /// Unmounts and removes a container's directory (what a shim that died may have left).
 fn clean(dir: &Path) {
     if let Some(d) = dir.to_str() {
@@ -89,8 +106,20 @@ impl Shim for Service {
     }
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        // The serving shim is gone: its container's process went with its sandbox's monitor.
+        // The serving shim is gone (killed, crashed); its container's sandbox is not (its
+        // monitor outlives whoever started it). Stop it, found by the instance id the shim
+        // recorded, then undo the root's mount.
         if let Ok(dir) = container_dir(&self.namespace, &self.id) {
+            if let Ok(instance) = std::fs::read_to_string(dir.join(INSTANCE_FILE)) {
+                let runtime = sandbox_runtime();
+                if let Ok(osvm_sandbox::Adopted::Running(sandbox)) = runtime.adopt(instance.trim())
+                {
+                    if let Err(e) = sandbox.kill() {
+                        log::warn!("stop the sandbox of {}: {e}", self.id);
+                    }
+                    let _ = sandbox.wait();
+                }
+            }
             clean(&dir);
         }
         let mut r = DeleteResponse::new();
@@ -104,19 +133,11 @@ impl Shim for Service {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Tasks {
-        let launcher = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-        let state_dir = std::env::var_os("OSVM_STATE_DIR")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| SandboxConfig::default_state_dir().join("containerd"));
         Tasks {
             namespace: self.namespace.clone(),
             publisher: Arc::new(publisher),
             exit: self.exit.clone(),
-            runtime: Arc::new(SandboxRuntime::new(SandboxConfig {
-                launcher,
-                state_dir,
-            })),
+            runtime: Arc::new(sandbox_runtime()),
             containers: Mutex::default(),
         }
     }
@@ -277,6 +298,10 @@ impl Tasks {
             )
             .map_err(|e| Error::Other(format!("start container {}: {e}", c.id)))?;
         let pid = instance.init_pid() as u32;
+        // For `delete_shim`, should this shim die: which sandbox to stop.
+        if let Err(err) = std::fs::write(c.dir.join(INSTANCE_FILE), instance.id()) {
+            log::warn!("record the instance of {}: {err}", c.id);
+        }
         let instance = Arc::new(instance);
         *life = Life::Running {
             handle: instance.clone(),

@@ -7,6 +7,7 @@
 //! them); without them each test says why it skips.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -321,4 +322,44 @@ fn a_spec_may_narrow_the_sandbox_never_widen_it() {
         .filter_map(|l| l.split(':').next().map(str::trim))
         .collect();
     assert_eq!(interfaces, ["lo"], "{out}");
+}
+
+/// A shim killed under a running container: containerd calls `delete` on a fresh copy, which
+/// stops the container's sandbox (its monitor would outlive the shim) and unmounts its root.
+#[test]
+fn a_container_does_not_outlive_its_killed_shim() {
+    let Some(c) = started("orphan") else {
+        return;
+    };
+    ok(&mut c.run(&["-d"], "orphan", &["/bin/sleep", "300"]));
+    let ls = ok(c.ctr().args(["task", "ls"]));
+    let pid: i32 = ls
+        .lines()
+        .find(|l| l.starts_with("orphan"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    for shim in c.shims() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let dir = Path::new("/run/osvm-shim")
+        .join(&c.namespace)
+        .join("orphan");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{pid}")).exists() || dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "after the shim's death: container pid {pid} alive {}, {} exists {}",
+            Path::new(&format!("/proc/{pid}")).exists(),
+            dir.display(),
+            dir.exists()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = run(c.ctr().args(["task", "delete", "orphan"]));
+    ok(c.ctr().args(["container", "rm", "orphan"]));
 }
