@@ -162,6 +162,23 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // Sandboxes a failed test left running (their monitors outlive the shims).
+        let runtime = osvm_sandbox::SandboxRuntime::new(osvm_sandbox::SandboxConfig {
+            launcher: PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-osvm-v1")),
+            state_dir: self.dir.join("osvm"),
+        });
+        for entry in std::fs::read_dir(self.dir.join("osvm/instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(osvm_sandbox::Adopted::Running(sandbox)) = runtime.adopt(&id) {
+                use osvm_core::Instance;
+                let _ = sandbox.kill();
+                let _ = sandbox.wait();
+            }
+        }
         // Containers a failed test left: their roots are unmounted (innermost first) and
         // their directories removed.
         let mounts = Path::new("/run/osvm-shim").join(&self.namespace);
