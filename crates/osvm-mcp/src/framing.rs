@@ -194,6 +194,8 @@ pub(crate) struct Out<W> {
     /// That task stopped reading input until the output drains or an answer arrives
     /// (backpressure on a client that does not read, or has too many calls in flight).
     reader_blocked: bool,
+    /// When the output last took bytes (a slow reader still makes progress; a stuck one not).
+    progress: std::time::Instant,
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -208,6 +210,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
+            self.progress = std::time::Instant::now();
         }
         self.pending.clear();
         if self.pending.capacity() > 1 << 20 {
@@ -239,8 +242,8 @@ pub(crate) trait Inject: Send + Sync {
     /// writes the rest.
     fn inject(&self, line: &[u8]);
 
-    /// Bytes queued and not yet written.
-    fn backlog(&self) -> usize;
+    /// Bytes queued and not yet written, and how long ago the output last took any.
+    fn backlog(&self) -> (usize, std::time::Duration);
 }
 
 impl<W: AsyncWrite + Unpin + Send> Inject for SharedOut<W> {
@@ -257,9 +260,9 @@ impl<W: AsyncWrite + Unpin + Send> Inject for SharedOut<W> {
         out.wake_blocked_reader();
     }
 
-    fn backlog(&self) -> usize {
+    fn backlog(&self) -> (usize, std::time::Duration) {
         let out = self.lock();
-        out.pending.len() - out.sent
+        (out.pending.len() - out.sent, out.progress.elapsed())
     }
 }
 
@@ -273,6 +276,7 @@ impl<W> SharedOut<W> {
             at_line_start: true,
             reader: None,
             reader_blocked: false,
+            progress: std::time::Instant::now(),
         })))
     }
 }

@@ -54,6 +54,10 @@ static SESSIONS: AtomicU64 = AtomicU64::new(1);
 /// ends (a client cannot pile up answers in the daemon's memory).
 const MAX_IN_FLIGHT: usize = 64;
 
+/// How long a server may take nothing from its input, with a full backlog waiting, before
+/// further calls to it are refused.
+const STUCK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The top of a JSON-RPC message, its parameters left unparsed.
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -494,12 +498,15 @@ impl RawLink {
             ),
         };
         // A server that does not read its input gets no more: what waits for it stays bounded.
-        let backlog = self.input.backlog();
-        if backlog > self.max_backlog {
+        // A server that reads slowly is waited for; one that has taken nothing for a second
+        // while that much waits is not reading.
+        let (backlog, idle) = self.input.backlog();
+        if backlog > self.max_backlog && idle > STUCK {
             let msg = format!(
-                "MCP server `{}` is not reading its input ({backlog} bytes wait for it); the \
-                 call was not sent",
-                pending.call.server
+                "MCP server `{}` is not reading its input ({backlog} bytes wait for it, none \
+                 taken for {:.1}s); the call was not sent",
+                pending.call.server,
+                idle.as_secs_f64()
             );
             return pending.fail(Outcome::UpstreamError, msg);
         }

@@ -1630,8 +1630,11 @@ fn a_client_that_does_not_read_its_answers_is_held_back_not_buffered() {
     let mut s = RawSession::open(&state, "alice");
     s.call(1, "fake.wedge", serde_json::json!({}));
     let text = "B".repeat(64 << 10);
+    // Over 3 s: a backlog alone is not enough, the server must also have taken nothing for a
+    // second (one that reads slowly is waited for).
     for id in 2..=120 {
         s.call(id, "fake.echo", serde_json::json!({ "message": text }));
+        std::thread::sleep(Duration::from_millis(25));
     }
     let mut refused = 0;
     for _ in 1..=120 {
