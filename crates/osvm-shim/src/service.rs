@@ -1,5 +1,14 @@
-//! The shim and its task service: one container per shim process for now (the crate's
-//! `spawn` groups by container id), each container's process a sandbox of osvm's.
+//! The shim and its task service: one shim process per pod (the crate's `spawn` groups by
+//! CRI's `io.kubernetes.cri.sandbox-id`; a container outside a pod gets a shim of its own),
+//! each container's process a sandbox of osvm's.
+//!
+//! Pods: the pod's sandbox container (CRI's pause process) runs in the network namespace
+//! containerd made for the pod (CNI's), or, when containerd gives none (a host-network pod), in
+//! a fresh one of its own: never the host's. Once it runs, the shim holds its network
+//! namespace open, and each application container of the pod joins that namespace (its
+//! sandbox's monitor joins it as host root before creating the container's user namespace, so
+//! the container cannot reconfigure it). A spec naming another network namespace is refused.
+//! Containers of one pod reach each other on localhost; a container of another pod does not.
 //!
 //! A container's root: containerd mounts nothing itself; the task's `rootfs` mounts (the
 //! image's snapshot, overlay) are mounted here at `/run/osvm-shim/<namespace>/<id>/rootfs`,
@@ -13,7 +22,8 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +43,7 @@ use osvm_core::{Instance, LaunchSpec};
 use osvm_sandbox::{SandboxConfig, SandboxInstance, SandboxRuntime, StartOptions};
 
 use crate::process::{Life, Proc, now};
+use crate::spec::Role;
 
 /// Where container roots are mounted.
 const MOUNTS: &str = "/run/osvm-shim";
@@ -99,7 +110,15 @@ impl Shim for Service {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = opts.id.clone();
+        // One shim per pod: containerd starts this in the container's bundle; CRI's annotation
+        // names the pod (for its sandbox container, the container itself).
+        let spec = containerd_shim::synchronous::util::read_spec_from_file("")?;
+        let grouping = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::spec::SANDBOX_ID))
+            .cloned()
+            .unwrap_or_else(|| opts.id.clone());
         let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         containerd_shim::synchronous::util::write_address(&address)?;
         Ok(address)
@@ -149,6 +168,10 @@ struct Container {
     bundle: String,
     dir: PathBuf,
     launch: LaunchSpec,
+    role: Role,
+    /// A pod sandbox's network namespace, held open from its start to its delete: the one its
+    /// pod's containers join.
+    netns: Mutex<Option<Arc<File>>>,
     init: Proc<Arc<SandboxInstance>>,
     /// Processes added with `exec` (`ctr task exec`, `kubectl exec`, exec probes).
     execs: Mutex<HashMap<String, Arc<Exec>>>,
@@ -276,6 +299,29 @@ impl Tasks {
             .ok_or_else(|| Error::NotFoundError(format!("container {id}")))
     }
 
+    /// The running sandbox container of pod `sandbox` in this shim, and its network namespace.
+    fn pod(&self, sandbox: &str) -> Result<Arc<File>, Error> {
+        let pod = self.get(sandbox).map_err(|_| {
+            Error::FailedPreconditionError(format!(
+                "pod sandbox {sandbox} is not served by this shim (not created, or deleted)"
+            ))
+        })?;
+        if pod.role != Role::PodSandbox {
+            return Err(Error::InvalidArgument(format!(
+                "{SANDBOX_ID} {sandbox} is not a pod sandbox",
+                SANDBOX_ID = crate::spec::SANDBOX_ID
+            )));
+        }
+        pod.netns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|_| pod.init.running().is_some())
+            .ok_or_else(|| {
+                Error::FailedPreconditionError(format!("pod sandbox {sandbox} is not running"))
+            })
+    }
+
     /// Starts the container's init in a sandbox; returns its pid.
     fn start_init(&self, c: &Arc<Container>) -> Result<u32, Error> {
         let mut life = c.init.life();
@@ -285,10 +331,25 @@ impl Tasks {
                 c.id
             )));
         }
+        // A pod's container joins the pod's network namespace, held open by this shim for the
+        // whole start (the monitor opens it by this path).
+        let mut launch = std::borrow::Cow::Borrowed(&c.launch);
+        let _pod_netns = match &c.role {
+            Role::InPod { sandbox } => {
+                let netns = self.pod(sandbox)?;
+                launch.to_mut().netns = Some(PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    netns.as_raw_fd()
+                )));
+                Some(netns)
+            }
+            _ => None,
+        };
         let instance = self
             .runtime
             .start_sandbox(
-                &c.launch,
+                &launch,
                 StartOptions {
                     stdin: open_in(&c.init.stdin)?.map(std::process::Stdio::from),
                     stdout: open_out(&c.init.stdout)?.map(std::process::Stdio::from),
@@ -298,6 +359,13 @@ impl Tasks {
             )
             .map_err(|e| Error::Other(format!("start container {}: {e}", c.id)))?;
         let pid = instance.init_pid() as u32;
+        if c.role == Role::PodSandbox {
+            let netns = instance.open_namespace("net").map_err(|e| {
+                let _ = instance.kill();
+                Error::Other(format!("open the network namespace of pod {}: {e}", c.id))
+            })?;
+            *c.netns.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(netns));
+        }
         // For `delete_shim`, should this shim die: which sandbox to stop.
         if let Err(err) = std::fs::write(c.dir.join(INSTANCE_FILE), instance.id()) {
             log::warn!("record the instance of {}: {err}", c.id);
@@ -462,6 +530,47 @@ impl Tasks {
     }
 }
 
+/// The (device, inode) of a namespace file.
+fn ns_identity(path: &Path) -> Result<(u64, u64), Error> {
+    let m = std::fs::metadata(path).map_err(|err| Error::IoError {
+        context: format!("stat {}", path.display()),
+        err,
+    })?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Refuses a pod network namespace that is the host's (this shim's, containerd's, and init's
+/// where this shim may look at init: a confined host may not let it).
+fn not_the_hosts(path: &Path) -> Result<(), Error> {
+    let asked = ns_identity(path)?;
+    let init = ns_identity(Path::new("/proc/1/ns/net")).ok();
+    for host in [Some(ns_identity(Path::new("/proc/self/ns/net"))?), init] {
+        if host == Some(asked) {
+            return Err(Error::InvalidArgument(format!(
+                "linux.namespaces (Network).path {}: the host's network namespace (a pod \
+                 sandbox gets its own)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a network namespace other than the pod's.
+fn same_namespace(path: &Path, pod: &File, sandbox: &str) -> Result<(), Error> {
+    let held = pod.metadata().map_err(|err| Error::IoError {
+        context: format!("stat the network namespace of pod {sandbox}"),
+        err,
+    })?;
+    if ns_identity(path)? != (held.dev(), held.ino()) {
+        return Err(Error::InvalidArgument(format!(
+            "linux.namespaces (Network).path {}: not the network namespace of pod {sandbox}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Mounts one of a snapshot's mounts (overlay, bind) at `target`, in this process (the
 /// crate's `mount_rootfs` forks and waits through its reaper, which is off here).
 fn mount_one(fs_type: &str, source: &str, options: &[String], target: &Path) -> Result<(), Error> {
@@ -521,8 +630,34 @@ impl Task for Tasks {
         let spec = containerd_shim::synchronous::util::read_spec_from_file(&req.bundle)?;
         let dir = container_dir(&self.namespace, &req.id)?;
         let rootfs = dir.join("rootfs");
-        let launch =
+        let mapped =
             crate::spec::launch(&req.id, &spec, &rootfs).map_err(Error::InvalidArgument)?;
+        for ns in &mapped.unshared {
+            log::info!("{}: not shared, the container's own: {ns}", req.id);
+        }
+        let mut launch = mapped.launch;
+        match (&mapped.role, &mapped.netns) {
+            (Role::Plain, None) => {}
+            (Role::Plain, Some(path)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "linux.namespaces (Network).path {}: only a pod's containers join a network \
+                     namespace (its sandbox's)",
+                    path.display()
+                ))
+                .into());
+            }
+            (Role::PodSandbox, None) => {}
+            (Role::PodSandbox, Some(path)) => {
+                not_the_hosts(path)?;
+                launch.netns = Some(path.clone());
+            }
+            (Role::InPod { sandbox }, asked) => {
+                let pod = self.pod(sandbox)?;
+                if let Some(path) = asked {
+                    same_namespace(path, &pod, sandbox)?;
+                }
+            }
+        }
         if let Err(e) = Self::mount_root(&dir, &req.rootfs) {
             clean(&dir);
             return Err(e.into());
@@ -532,6 +667,8 @@ impl Task for Tasks {
             bundle: req.bundle.clone(),
             dir,
             launch,
+            role: mapped.role,
+            netns: Mutex::default(),
             init: Proc::new(&req.stdin, &req.stdout, &req.stderr),
             execs: Mutex::default(),
         });

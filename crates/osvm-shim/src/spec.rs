@@ -1,16 +1,21 @@
 //! An OCI runtime spec (a bundle's `config.json`) as an osvm launch.
 //!
 //! The sandbox's guarantees are osvm's, not the spec's: a spec may narrow what osvm gives (a
-//! memory or pids limit, a read-only root), never widen it. What osvm refuses is an error that
-//! names the field: a privileged process (capabilities beyond none), host namespaces (a
-//! namespace list without pid, mount, ipc or uts), devices. Taken from the spec: the process's
-//! args, env and cwd, the memory, CPU and pids limits, and a read-only root. Not yet: mounts
-//! (the image's root only), user, rlimits, the pod's network namespace and cgroup path.
+//! memory, pids or open-files limit, a read-only root), never widen it. What osvm refuses is an
+//! error that names the field: a privileged process (capabilities beyond none), host
+//! namespaces (a namespace list without pid, mount, ipc or uts), joining another mount, user
+//! or cgroup namespace, devices, a terminal, a user other than root, mounts other than binds.
+//! Taken from the spec: the process's args, env and cwd, the limits, a read-only root, bind
+//! mounts (CRI's `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, volumes) and the network
+//! namespace to join (the service decides whether it may: see `service.rs`). Asked to share
+//! the pod's pid, ipc or uts namespace, a container gets its own instead (narrower: its
+//! processes, System V IPC and hostname stay its own); the mounts under `/proc`, `/sys` and
+//! `/dev` are the sandbox's own.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use osvm_core::{DataKind, LaunchSpec, Resources};
+use osvm_core::{BindMount, DataKind, LaunchSpec, Resources};
 
 /// The osvm name for container `id`: the id itself when it is one (1-63 of a-z, 0-9, '-'),
 /// otherwise `c-` and the first 16 hex digits of its SHA-256 (CRI's ids are 64 characters).
@@ -44,8 +49,43 @@ fn refused(field: &str, why: &str) -> String {
     format!("{field}: {why} (osvm's sandbox gives a container no more than its defaults)")
 }
 
+/// What a container is to Kubernetes (CRI's `io.kubernetes.cri.*` annotations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not CRI's: `ctr run`, another client of containerd.
+    Plain,
+    /// A pod's sandbox container (the pause process): its network namespace is the pod's.
+    PodSandbox,
+    /// An application container of the pod whose sandbox container has this id.
+    InPod { sandbox: String },
+}
+
+/// A container's spec, as osvm runs it.
+#[derive(Debug)]
+pub struct Mapped {
+    pub launch: LaunchSpec,
+    pub role: Role,
+    /// The network namespace the spec names, if any (`launch.netns` stays unset: the service
+    /// checks it against the container's role first).
+    pub netns: Option<PathBuf>,
+    /// Namespaces the spec asks to share that the container gets its own of instead, as
+    /// `"<kind> (<path>)"`.
+    pub unshared: Vec<String>,
+}
+
+/// CRI's annotation keys.
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Mount destinations the sandbox provides itself.
+fn sandbox_owned(dest: &Path) -> bool {
+    ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|p| dest.starts_with(p))
+}
+
 /// The launch for container `id` from the bundle's `spec`, its root at `rootfs`.
-pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<LaunchSpec, String> {
+pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<Mapped, String> {
     let process = spec
         .process()
         .as_ref()
@@ -58,6 +98,18 @@ pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<LaunchSpec, String
         return Err(refused(
             "process.terminal",
             "a terminal is not supported yet",
+        ));
+    }
+    let user = process.user();
+    if user.uid() != 0 || user.gid() != 0 {
+        return Err(refused(
+            "process.user",
+            &format!(
+                "uid {} gid {}: a container runs as its sandbox's root (an unprivileged host \
+                 user); other users are not supported yet",
+                user.uid(),
+                user.gid()
+            ),
         ));
     }
     // Capabilities the spec lists (containerd's defaults ask for a small set) are not
@@ -78,6 +130,50 @@ pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<LaunchSpec, String
         .root()
         .as_ref()
         .is_some_and(|r| r.readonly() == Some(true));
+    for limit in process.rlimits().iter().flatten() {
+        use oci_spec::runtime::PosixRlimitType;
+        match limit.typ() {
+            PosixRlimitType::RlimitNofile => {
+                let default = launch.resources.open_files.unwrap_or(u64::MAX);
+                launch.resources.open_files = Some(limit.hard().min(default));
+            }
+            other => {
+                return Err(refused(
+                    &format!("process.rlimits ({other:?})"),
+                    "only RLIMIT_NOFILE is supported",
+                ));
+            }
+        }
+    }
+    for (n, m) in spec.mounts().iter().flatten().enumerate() {
+        let dest = m.destination();
+        let options = m.options().clone().unwrap_or_default();
+        let fs_type = m.typ().clone().unwrap_or_default();
+        let bind = fs_type == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if sandbox_owned(dest) || (!bind && fs_type == "tmpfs" && dest == Path::new("/run")) {
+            // The sandbox's own /proc, /sys and /dev (with /dev/shm); /run as the image has it.
+            continue;
+        }
+        if !bind {
+            return Err(refused(
+                &format!("mounts[{n}] ({fs_type} at {})", dest.display()),
+                "only bind mounts are supported",
+            ));
+        }
+        let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
+            return Err(refused(
+                &format!("mounts[{n}].source ({})", dest.display()),
+                "a bind needs an absolute source",
+            ));
+        };
+        launch.binds.push(BindMount {
+            source,
+            target: dest.clone(),
+            writable: !options.iter().any(|o| o == "ro"),
+        });
+    }
+    let mut netns = None;
+    let mut unshared = Vec::new();
     if let Some(linux) = spec.linux() {
         if let Some(namespaces) = linux.namespaces() {
             for kind in [
@@ -93,11 +189,20 @@ pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<LaunchSpec, String
                     ));
                 }
             }
-            if let Some(n) = namespaces.iter().find(|n| n.path().is_some()) {
-                return Err(refused(
-                    &format!("linux.namespaces ({:?}).path", n.typ()),
-                    "joining an existing namespace is not supported yet",
-                ));
+            for n in namespaces {
+                let Some(path) = n.path() else { continue };
+                match n.typ() {
+                    LinuxNamespaceType::Network => netns = Some(path.clone()),
+                    LinuxNamespaceType::Pid | LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts => {
+                        unshared.push(format!("{:?} ({})", n.typ(), path.display()));
+                    }
+                    other => {
+                        return Err(refused(
+                            &format!("linux.namespaces ({other:?}).path"),
+                            "a container never joins another mount, user or cgroup namespace",
+                        ));
+                    }
+                }
             }
         }
         if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
@@ -132,7 +237,24 @@ pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<LaunchSpec, String
             }
         }
     }
-    Ok(launch)
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let role = match annotations.get(CONTAINER_TYPE).map(String::as_str) {
+        None => Role::Plain,
+        Some("sandbox") => Role::PodSandbox,
+        Some("container") => Role::InPod {
+            sandbox: annotations
+                .get(SANDBOX_ID)
+                .cloned()
+                .ok_or_else(|| format!("annotations: {CONTAINER_TYPE} without {SANDBOX_ID}"))?,
+        },
+        Some(other) => return Err(format!("annotations: unknown {CONTAINER_TYPE} {other:?}")),
+    };
+    Ok(Mapped {
+        launch,
+        role,
+        netns,
+        unshared,
+    })
 }
 
 #[cfg(test)]
@@ -181,14 +303,14 @@ mod spec_tests {
     fn host_namespaces_devices_and_namespace_paths_are_refused_by_field() {
         let root = Path::new("/r");
         let all = ["pid", "mount", "ipc", "uts", "network"];
-        assert!(
-            launch(
-                "a",
-                &spec(serde_json::json!({ "namespaces": namespaces(&all) })),
-                root
-            )
-            .is_ok()
-        );
+        let plain = launch(
+            "a",
+            &spec(serde_json::json!({ "namespaces": namespaces(&all) })),
+            root,
+        )
+        .unwrap();
+        assert_eq!(plain.role, Role::Plain);
+        assert_eq!(plain.netns, None);
         let e = launch(
             "a",
             &spec(serde_json::json!({ "namespaces": namespaces(&["mount", "ipc", "uts"]) })),
@@ -196,18 +318,37 @@ mod spec_tests {
         )
         .unwrap_err();
         assert!(e.contains("linux.namespaces (Pid)"), "{e}");
-        let e = launch(
+        // A pod's namespaces: the network one is for the service to check; pid, ipc and uts
+        // are the container's own; a mount, user or cgroup namespace is never joined.
+        let pod = launch(
             "a",
             &spec(serde_json::json!({
                 "namespaces": [
-                    { "type": "pid" }, { "type": "mount" }, { "type": "ipc" }, { "type": "uts" },
-                    { "type": "network", "path": "/proc/1/ns/net" },
+                    { "type": "pid", "path": "/proc/7/ns/pid" }, { "type": "mount" },
+                    { "type": "ipc", "path": "/proc/7/ns/ipc" }, { "type": "uts" },
+                    { "type": "network", "path": "/proc/7/ns/net" },
                 ],
             })),
             root,
         )
-        .unwrap_err();
-        assert!(e.contains("linux.namespaces (Network).path"), "{e}");
+        .unwrap();
+        assert_eq!(pod.netns.as_deref(), Some(Path::new("/proc/7/ns/net")));
+        assert_eq!(pod.launch.netns, None);
+        assert_eq!(pod.unshared.len(), 2, "{:?}", pod.unshared);
+        for kind in ["mount", "user", "cgroup"] {
+            let e = launch(
+                "a",
+                &spec(serde_json::json!({
+                    "namespaces": [
+                        { "type": "pid" }, { "type": "mount" }, { "type": "ipc" }, { "type": "uts" },
+                        { "type": kind, "path": "/proc/1/ns/x" },
+                    ],
+                })),
+                root,
+            )
+            .unwrap_err();
+            assert!(e.contains(").path"), "{e}");
+        }
         let e = launch(
             "a",
             &spec(serde_json::json!({
@@ -231,7 +372,8 @@ mod spec_tests {
             }})),
             root,
         )
-        .unwrap();
+        .unwrap()
+        .launch;
         assert_eq!(lower.resources.memory_bytes, Some(64 << 20));
         assert_eq!(lower.resources.cpus, Some(0.5));
         assert_eq!(lower.resources.pids, Some(10));
@@ -244,7 +386,8 @@ mod spec_tests {
             }})),
             root,
         )
-        .unwrap();
+        .unwrap()
+        .launch;
         let defaults = Resources::defaults();
         assert_eq!(higher.resources.memory_bytes, defaults.memory_bytes);
         assert_eq!(higher.resources.cpus, defaults.cpus);
@@ -253,5 +396,101 @@ mod spec_tests {
         assert_eq!(higher.command, "/bin/sh");
         assert_eq!(higher.env, [("A".to_owned(), "1".to_owned())]);
         assert_eq!(higher.rootfs.as_deref(), Some(root));
+    }
+
+    #[test]
+    fn binds_are_taken_the_sandboxs_own_mounts_skipped_others_refused() {
+        let root = Path::new("/r");
+        let with = |mounts: serde_json::Value, extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "ociVersion": "1.0.2",
+                "process": { "args": ["/bin/sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+                "root": { "path": "rootfs" },
+                "mounts": mounts,
+            });
+            if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+                v.extend(extra.clone());
+            }
+            launch("a", &serde_json::from_value(v).unwrap(), root)
+        };
+        let m = with(
+            serde_json::json!([
+                { "destination": "/proc", "type": "proc", "source": "proc" },
+                { "destination": "/dev/shm", "type": "bind", "source": "/x/shm", "options": ["rbind", "rw"] },
+                { "destination": "/run", "type": "tmpfs", "source": "tmpfs" },
+                { "destination": "/etc/hosts", "type": "bind", "source": "/x/hosts", "options": ["rbind", "rw"] },
+                { "destination": "/cfg", "source": "/x/cfg", "options": ["rbind", "ro"] },
+            ]),
+            serde_json::json!({}),
+        )
+        .unwrap();
+        let binds: Vec<_> = m
+            .launch
+            .binds
+            .iter()
+            .map(|b| {
+                (
+                    b.source.to_str().unwrap(),
+                    b.target.to_str().unwrap(),
+                    b.writable,
+                )
+            })
+            .collect();
+        assert_eq!(
+            binds,
+            [("/x/hosts", "/etc/hosts", true), ("/x/cfg", "/cfg", false)]
+        );
+        let e = with(
+            serde_json::json!([{ "destination": "/cache", "type": "tmpfs", "source": "tmpfs" }]),
+            serde_json::json!({}),
+        )
+        .unwrap_err();
+        assert!(e.contains("mounts[0] (tmpfs at /cache)"), "{e}");
+        let e = with(
+            serde_json::json!([{ "destination": "/v", "type": "bind", "source": "rel", "options": ["bind"] }]),
+            serde_json::json!({}),
+        )
+        .unwrap_err();
+        assert!(e.contains("mounts[0].source"), "{e}");
+        // A user other than root, an rlimit other than open files: refused by field.
+        let e = with(
+            serde_json::json!([]),
+            serde_json::json!({ "process": { "args": ["/bin/sh"], "cwd": "/", "user": { "uid": 1000, "gid": 0 } } }),
+        )
+        .unwrap_err();
+        assert!(e.contains("process.user"), "{e}");
+        let m = with(
+            serde_json::json!([]),
+            serde_json::json!({ "process": { "args": ["/bin/sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 },
+                "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 100, "soft": 100 }] } }),
+        )
+        .unwrap();
+        assert_eq!(m.launch.resources.open_files, Some(100));
+        let e = with(
+            serde_json::json!([]),
+            serde_json::json!({ "process": { "args": ["/bin/sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 },
+                "rlimits": [{ "type": "RLIMIT_NPROC", "hard": 100, "soft": 100 }] } }),
+        )
+        .unwrap_err();
+        assert!(e.contains("process.rlimits"), "{e}");
+        // CRI's roles.
+        let role = |a: serde_json::Value| {
+            with(
+                serde_json::json!([]),
+                serde_json::json!({ "annotations": a }),
+            )
+            .map(|m| m.role)
+        };
+        assert_eq!(
+            role(serde_json::json!({ CONTAINER_TYPE: "sandbox", SANDBOX_ID: "p" })).unwrap(),
+            Role::PodSandbox
+        );
+        assert_eq!(
+            role(serde_json::json!({ CONTAINER_TYPE: "container", SANDBOX_ID: "p" })).unwrap(),
+            Role::InPod {
+                sandbox: "p".into()
+            }
+        );
+        assert!(role(serde_json::json!({ CONTAINER_TYPE: "container" })).is_err());
     }
 }

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cri;
+
 pub const IMAGE: &str = "osvm.test/busybox:latest";
+/// The pod sandbox image CRI runs as each pod's first container: busybox sleeping.
+pub const PAUSE_IMAGE: &str = "osvm.test/pause:latest";
 pub const RUNTIME: &str = "io.containerd.osvm.v1";
 
 /// What the host lacks for these tests: (feature, why).
@@ -56,25 +60,83 @@ pub struct Containerd {
     pub dir: PathBuf,
     pub namespace: String,
     daemon: Child,
+    /// The CNI bridge of this containerd's pods (CRI only), removed at drop.
+    bridge: Option<String>,
+}
+
+/// containerd's configuration: CRI off, or on with the `osvm` and `runc` runtime handlers, the
+/// native snapshotter, [`PAUSE_IMAGE`] as the pod sandbox and pods on a bridge of their own
+/// (no IP on the host side, no masquerade: nothing leaves the pods' namespaces).
+fn config(d: &Path, cri: Option<&str>) -> String {
+    let head = format!(
+        "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+         [grpc]\n  address = \"{d}/state/containerd.sock\"\n\
+         [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n",
+        d = d.display()
+    );
+    let Some(bridge) = cri else {
+        return format!("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n{head}");
+    };
+    std::fs::create_dir_all(d.join("cni")).unwrap();
+    std::fs::write(
+        d.join("cni/10-pods.conflist"),
+        serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": bridge,
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": false,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": "10.252.0.0/24" }]],
+                    "dataDir": d.join("ipam"),
+                },
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let cri = r#"[plugins."io.containerd.grpc.v1.cri"]"#;
+    format!(
+        "{head}{cri}\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  stream_server_address = \"127.0.0.1\"\n  \
+         stream_server_port = \"0\"\n  \
+         restrict_oom_score_adj = true\n\
+         {c}.containerd]\n  snapshotter = \"native\"\n\
+         {c}.containerd.runtimes.osvm]\n  runtime_type = \"{RUNTIME}\"\n\
+         {c}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+         {c}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{d}/cni\"\n",
+        c = cri.trim_end_matches(']'),
+        d = d.display()
+    )
 }
 
 impl Containerd {
+    /// containerd without CRI, driven with `ctr` in a namespace of the test's own.
     pub fn start(test: &str) -> Self {
+        Self::launch(test, false)
+    }
+
+    /// containerd with CRI (namespace `k8s.io`), driven as kubelet would (see [`cri`]).
+    pub fn start_cri(test: &str) -> Self {
+        Self::launch(test, true)
+    }
+
+    fn launch(test: &str, cri: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("osvm-ctr-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let image = build_image(&dir);
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{d}/state/containerd.sock\"\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
+        let images = build_image(&dir);
+        let config_file = dir.join("config.toml");
+        // Bridge names are at most 15 bytes: a digest of this containerd's directory.
+        let bridge = cri.then(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            dir.hash(&mut h);
+            format!("osvmcri{:08x}", h.finish() as u32)
+        });
+        std::fs::write(&config_file, config(&dir, bridge.as_deref())).unwrap();
         let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-osvm-v1"));
         let path = format!(
             "{}:{}",
@@ -83,17 +145,23 @@ impl Containerd {
         );
         let daemon = Command::new("containerd")
             .arg("--config")
-            .arg(&config)
+            .arg(&config_file)
             .env("PATH", path)
             .env("OSVM_STATE_DIR", dir.join("osvm"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
             .spawn()
             .expect("start containerd");
+        let namespace = if cri {
+            "k8s.io".to_owned()
+        } else {
+            format!("osvm-test-{}-{test}", std::process::id()).replace('_', "-")
+        };
         let c = Self {
-            namespace: format!("osvm-test-{}-{test}", std::process::id()).replace('_', "-"),
+            namespace,
             dir,
             daemon,
+            bridge,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.socket().exists() {
@@ -104,7 +172,11 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        ok(c.ctr().args(["image", "import"]).arg(&image));
+        for image in images {
+            ok(c.ctr()
+                .args(["image", "import", "--snapshotter", "native"])
+                .arg(&image));
+        }
         c
     }
 
@@ -179,28 +251,44 @@ impl Drop for Containerd {
                 let _ = sandbox.wait();
             }
         }
-        // Containers a failed test left: their roots are unmounted (innermost first) and
-        // their directories removed.
+        // Containers a failed test left (this containerd's tasks; CRI's namespace is shared by
+        // every CRI test): their roots are unmounted (innermost first), directories removed.
         let mounts = Path::new("/run/osvm-shim").join(&self.namespace);
+        let ours: Vec<PathBuf> = std::fs::read_dir(
+            self.dir
+                .join("state/io.containerd.runtime.v2.task")
+                .join(&self.namespace),
+        )
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| mounts.join(e.file_name()))
+        .collect();
         let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-            .filter(|p| Path::new(p).starts_with(&mounts))
+            .filter(|p| ours.iter().any(|dir| Path::new(p).starts_with(dir)))
             .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
             let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        let _ = std::fs::remove_dir_all(&mounts);
+        for dir in &ours {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
         if std::env::var_os("OSVM_KEEP_CTR").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
 
-/// A busybox image made with umoci (no registry), as a docker archive for `ctr image import`.
-fn build_image(dir: &Path) -> PathBuf {
+/// A busybox image made with umoci (no registry), and the pause image (the same, sleeping), as
+/// docker archives for `ctr image import`.
+fn build_image(dir: &Path) -> [PathBuf; 2] {
     let layout = dir.join("oci");
     let bundle = dir.join("bundle");
     let image = format!("{}:latest", layout.display());
@@ -214,20 +302,41 @@ fn build_image(dir: &Path) -> PathBuf {
     let bin = bundle.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "true", "sleep", "cat", "grep", "id"] {
+    for applet in [
+        "sh", "echo", "true", "sleep", "cat", "grep", "id", "mkdir", "httpd", "wget", "hostname",
+        "ls",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     ok(Command::new("umoci")
         .args(["repack", "--image", &image])
         .arg(&bundle));
     ok(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh"]));
-    let archive = dir.join("busybox.tar");
-    ok(Command::new("skopeo").args([
-        "copy",
-        &format!("oci:{image}"),
-        &format!("docker-archive:{}:{IMAGE}", archive.display()),
+    let pause = format!("{}:pause", layout.display());
+    ok(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--tag",
+        "pause",
+        "--config.cmd",
+        "/bin/sleep",
+        "--config.cmd",
+        "2147483647",
     ]));
-    archive
+    let archive = |from: &str, name: &str, file: &str| {
+        let archive = dir.join(file);
+        ok(Command::new("skopeo").args([
+            "copy",
+            &format!("oci:{from}"),
+            &format!("docker-archive:{}:{name}", archive.display()),
+        ]));
+        archive
+    };
+    [
+        archive(&image, IMAGE, "busybox.tar"),
+        archive(&pause, PAUSE_IMAGE, "pause.tar"),
+    ]
 }
 
 pub fn started(test: &str) -> Option<Containerd> {
@@ -236,4 +345,30 @@ pub fn started(test: &str) -> Option<Containerd> {
         return None;
     }
     Some(Containerd::start(test))
+}
+
+/// A private containerd with CRI, or why this host cannot run one.
+pub fn started_cri(test: &str) -> Option<Containerd> {
+    let missing = missing().or_else(|| {
+        if let Some(why) = cri::missing() {
+            return Some(("containerd", why));
+        }
+        ["bridge", "host-local", "loopback"]
+            .iter()
+            .find(|p| !Path::new("/usr/lib/cni").join(p).exists())
+            .map(|p| {
+                (
+                    "containerd",
+                    format!(
+                        "the CNI plugin /usr/lib/cni/{p} is missing \
+                         (apt-get install containernetworking-plugins)"
+                    ),
+                )
+            })
+    });
+    if let Some((feature, why)) = missing {
+        osvm_testkit::skip(feature, test, &why);
+        return None;
+    }
+    Some(Containerd::start_cri(test))
 }
