@@ -363,3 +363,106 @@ fn a_container_does_not_outlive_its_killed_shim() {
     let _ = run(c.ctr().args(["task", "delete", "orphan"]));
     ok(c.ctr().args(["container", "rm", "orphan"]));
 }
+
+/// Pods as CRI marks them (annotations), made with `ctr` so that a spec can lie: a container
+/// joins its own pod's network namespace only. Naming another pod's, the host's, or a pod this
+/// shim does not serve is refused, naming the field; a container outside a pod joins none.
+#[test]
+fn a_container_joins_no_network_namespace_but_its_pods() {
+    let Some(c) = started("podnet") else {
+        return;
+    };
+    let cri = |kind: &str, pod: &str| {
+        vec![
+            "--annotation".to_owned(),
+            format!("io.kubernetes.cri.container-type={kind}"),
+            "--annotation".to_owned(),
+            format!("io.kubernetes.cri.sandbox-id={pod}"),
+        ]
+    };
+    let pid_of = |id: &str| -> u32 {
+        let ls = ok(c.ctr().args(["task", "ls"]));
+        ls.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{id} in {ls}"))
+    };
+    for pod in ["pod-p", "pod-q"] {
+        let args = cri("sandbox", pod);
+        let args: Vec<&str> = std::iter::once("-d")
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        ok(&mut c.run(&args, pod, &["/bin/sleep", "300"]));
+    }
+    let (p, q) = (pid_of("pod-p"), pid_of("pod-q"));
+    let refused = |extra: Vec<String>, id: &str, why: &str| {
+        let extra: Vec<&str> = ["--rm"]
+            .into_iter()
+            .chain(extra.iter().map(String::as_str))
+            .collect();
+        let o = run(&mut c.run(&extra, id, &["/bin/true"]));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{id} ran");
+        assert!(err.contains(why), "{id}: {why:?} in {err}");
+    };
+    let with_ns = |path: String| vec!["--with-ns".to_owned(), format!("network:{path}")];
+    // Claims pod P, names Q's namespace.
+    refused(
+        [
+            cri("container", "pod-p"),
+            with_ns(format!("/proc/{q}/ns/net")),
+        ]
+        .concat(),
+        "liar",
+        "not the network namespace of pod pod-p",
+    );
+    // Outside any pod, names P's.
+    refused(
+        with_ns(format!("/proc/{p}/ns/net")),
+        "plain",
+        "only a pod's containers join a network namespace",
+    );
+    // A pod sandbox asking for the host's.
+    refused(
+        [
+            cri("sandbox", "pod-h"),
+            with_ns(format!("/proc/{}/ns/net", std::process::id())),
+        ]
+        .concat(),
+        "pod-h",
+        "the host's network namespace",
+    );
+    // A pod this shim does not serve (its own shim, with no such pod).
+    refused(
+        cri("container", "pod-none"),
+        "stray",
+        "pod sandbox pod-none is not served by this shim",
+    );
+    // Its own pod's: joined, with or without the path (CRI gives it; a host-network pod's
+    // containers do not name one).
+    let p_net = std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+    for (id, extra) in [
+        (
+            "member",
+            [
+                cri("container", "pod-p"),
+                with_ns(format!("/proc/{p}/ns/net")),
+            ]
+            .concat(),
+        ),
+        ("member2", cri("container", "pod-p")),
+    ] {
+        let extra: Vec<&str> = ["--rm"]
+            .into_iter()
+            .chain(extra.iter().map(String::as_str))
+            .collect();
+        let out = ok(&mut c.run(&extra, id, &["/bin/ls", "-l", "/proc/self/ns/net"]));
+        assert!(
+            out.trim_end().ends_with(&*p_net.to_string_lossy()),
+            "{id} in {p_net:?}: {out}"
+        );
+    }
+    for pod in ["pod-p", "pod-q"] {
+        ok(c.ctr().args(["task", "kill", "-s", "KILL", pod]));
+    }
+}
