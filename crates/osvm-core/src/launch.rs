@@ -46,6 +46,10 @@ pub struct LaunchSpec {
     /// host's `/usr`, `/lib*`, `/bin`, `/sbin` and a minimal `/etc`.
     #[serde(default)]
     pub rootfs: Option<PathBuf>,
+    /// The root file system as an overlay of host directories instead (a container image's
+    /// layers, as containerd's overlay snapshotter makes them); exclusive with `rootfs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_overlay: Option<OverlayRoot>,
     /// A network namespace to join (such as `/run/netns/<name>`, set up by the host with its
     /// interfaces and routes) instead of a fresh one with only loopback. The namespace belongs
     /// to the host's user namespace, so the workload cannot reconfigure it.
@@ -330,6 +334,7 @@ impl LaunchSpec {
             readonly_root: false,
             binds: Vec::new(),
             rootfs: None,
+            rootfs_overlay: None,
             data: DataKind::default(),
             native_aio: false,
             logs: LogLimits::default(),
@@ -391,6 +396,58 @@ impl Resources {
     /// The storage cap in bytes.
     pub fn disk(&self) -> u64 {
         self.disk_bytes.unwrap_or(Self::DEFAULT_DISK)
+    }
+}
+
+/// A root file system made of host directories by overlayfs: read-only `lower` layers, topmost
+/// first, and, for a writable root, an `upper` directory with overlayfs's `work` directory
+/// beside it (the same parent directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayRoot {
+    pub lower: Vec<PathBuf>,
+    #[serde(default)]
+    pub upper: Option<PathBuf>,
+    #[serde(default)]
+    pub work: Option<PathBuf>,
+}
+
+impl OverlayRoot {
+    /// Checks the shape: at least one lower layer, absolute paths, upper and work together and
+    /// side by side.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lower.is_empty() {
+            return Err("an overlay root needs at least one lower layer".into());
+        }
+        let all = self.lower.iter().chain(&self.upper).chain(&self.work);
+        if let Some(p) = all.clone().find(|p| !p.is_absolute()) {
+            return Err(format!(
+                "overlay layer {} is not an absolute path",
+                p.display()
+            ));
+        }
+        match (&self.upper, &self.work) {
+            (None, None) => Ok(()),
+            (Some(upper), Some(work))
+                if upper.parent().is_some() && upper.parent() == work.parent() =>
+            {
+                Ok(())
+            }
+            (Some(upper), Some(work)) => Err(format!(
+                "overlay upper {} and work {} must be in the same directory",
+                upper.display(),
+                work.display()
+            )),
+            _ => Err("an overlay root's upper and work directories come together".into()),
+        }
+    }
+
+    /// The directory that names this root in messages: its upper layer, else its top layer.
+    pub fn name(&self) -> &std::path::Path {
+        self.upper
+            .as_deref()
+            .or(self.lower.first().map(PathBuf::as_path))
+            .unwrap_or(std::path::Path::new("overlay"))
     }
 }
 

@@ -287,7 +287,7 @@ impl SandboxRuntime {
                             confinement,
                             readonly_root: spec.readonly_root,
                             memory_limit: spec.resources.memory_bytes,
-                            rootfs: spec.rootfs.clone(),
+                            rootfs: root_name(spec),
                             cgroup,
                             exit: Mutex::new(None),
                         })
@@ -515,7 +515,7 @@ impl SandboxRuntime {
                     confinement: running.confinement,
                     readonly_root: plan.launch.readonly_root,
                     memory_limit: plan.launch.resources.memory_bytes,
-                    rootfs: plan.launch.rootfs.clone(),
+                    rootfs: root_name(&plan.launch),
                     cgroup,
                     exit: Mutex::new(None),
                 })))
@@ -613,6 +613,25 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
             )));
         }
     }
+    if let Some(overlay) = &spec.rootfs_overlay {
+        if spec.rootfs.is_some() {
+            return Err(RuntimeError::InvalidSpec(
+                "a root is a directory (rootfs) or an overlay (rootfs_overlay), not both".into(),
+            ));
+        }
+        overlay.check().map_err(RuntimeError::InvalidSpec)?;
+        let layers = overlay
+            .lower
+            .iter()
+            .chain(&overlay.upper)
+            .chain(&overlay.work);
+        if let Some(layer) = layers.clone().find(|l| !l.is_dir()) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "overlay layer {} is not a directory",
+                layer.display()
+            )));
+        }
+    }
     if let Some(root) = &spec.rootfs
         && !root.is_dir()
     {
@@ -622,6 +641,13 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
         )));
     }
     Ok(())
+}
+
+/// What names a custom root: its directory, or an overlay root's upper (else top) layer.
+fn root_name(spec: &LaunchSpec) -> Option<PathBuf> {
+    spec.rootfs
+        .clone()
+        .or_else(|| spec.rootfs_overlay.as_ref().map(|o| o.name().to_path_buf()))
 }
 
 /// Makes `path` a directory only root may enter (0700), or makes an existing one so.

@@ -39,7 +39,7 @@ use containerd_shim::{
     Config, DeleteResponse, Error, ExitSignal, Flags, Shim, StartOpts, Task, TtrpcContext,
     TtrpcResult,
 };
-use osvm_core::{Instance, LaunchSpec};
+use osvm_core::{Instance, LaunchSpec, OverlayRoot};
 use osvm_sandbox::{SandboxConfig, SandboxInstance, SandboxRuntime, StartOptions};
 
 use crate::process::{Life, Proc, now};
@@ -488,17 +488,6 @@ impl Tasks {
             .mode(0o755)
             .create(&rootfs)
             .map_err(io(&format!("create {}", rootfs.display())))?;
-        if let Some(m) = mounts.iter().find(|m| m.type_ == "overlay") {
-            // The sandbox id-maps a container's root for its user namespace, which this kernel
-            // refuses for an overlay mount (EINVAL); overlay over id-mapped layers is the way,
-            // not built yet.
-            return Err(Error::InvalidArgument(format!(
-                "the container's root is an overlay snapshot ({}), which osvm cannot give a \
-                 container yet: use the native snapshotter (`ctr run --snapshotter native`; in \
-                 CRI, `snapshotter = \"native\"` for the osvm runtime)",
-                m.source
-            )));
-        }
         if mounts.is_empty() {
             return Err(Error::InvalidArgument(
                 "the task has no rootfs mounts (a bundle with its own root is not supported yet)"
@@ -508,26 +497,71 @@ impl Tasks {
         for m in mounts {
             mount_one(&m.type_, &m.source, &m.options, &rootfs)?;
         }
-        // The sandbox mounts on these; an image need not have them (runc makes them too). They
-        // go into the container's own upper layer. One that exists as something else than a
-        // directory is left for the sandbox to refuse, by name.
-        for name in ["proc", "dev", "tmp", "data"] {
-            match std::fs::DirBuilder::new()
-                .mode(0o755)
-                .create(rootfs.join(name))
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(err) => {
-                    return Err(Error::IoError {
-                        context: format!("create /{name} in the container's root"),
-                        err,
-                    });
-                }
-            }
-        }
+        mount_points(&rootfs)?;
         Ok(rootfs)
     }
+}
+
+/// The snapshot as an overlay root the sandbox mounts itself (over its id-mapped layers: the
+/// kernel id-maps layers, not an overlay mount), if it is one overlay mount.
+fn overlay_root(
+    mounts: &[containerd_shim::protos::types::mount::Mount],
+) -> Result<Option<OverlayRoot>, Error> {
+    let Some(m) = mounts.iter().find(|m| m.type_ == "overlay") else {
+        return Ok(None);
+    };
+    if mounts.len() != 1 {
+        return Err(Error::InvalidArgument(format!(
+            "the root's mounts: an overlay and {} more (one overlay, or binds, expected)",
+            mounts.len() - 1
+        )));
+    }
+    let mut root = OverlayRoot {
+        lower: Vec::new(),
+        upper: None,
+        work: None,
+    };
+    for o in &m.options {
+        match o.split_once('=') {
+            Some(("lowerdir", dirs)) => root.lower = dirs.split(':').map(PathBuf::from).collect(),
+            Some(("upperdir", dir)) => root.upper = Some(PathBuf::from(dir)),
+            Some(("workdir", dir)) => root.work = Some(PathBuf::from(dir)),
+            // containerd's; the sandbox mounts with index=off.
+            Some(("index", "off")) => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "the root's overlay option {o:?} is not supported"
+                )));
+            }
+        }
+    }
+    root.check().map_err(Error::InvalidArgument)?;
+    if let Some(upper) = &root.upper {
+        mount_points(upper)?;
+    }
+    Ok(Some(root))
+}
+
+/// The directories the sandbox mounts on; an image need not have them (runc makes them too).
+/// They go into the container's own layer. One that exists as something else than a directory
+/// is left for the sandbox to refuse, by name.
+fn mount_points(root: &Path) -> Result<(), Error> {
+    for name in ["proc", "dev", "tmp", "data"] {
+        match std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(root.join(name))
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(Error::IoError {
+                    context: format!("create /{name} in the container's root"),
+                    err,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The (device, inode) of a namespace file.
@@ -658,9 +692,25 @@ impl Task for Tasks {
                 }
             }
         }
-        if let Err(e) = Self::mount_root(&dir, &req.rootfs) {
-            clean(&dir);
-            return Err(e.into());
+        match overlay_root(&req.rootfs)? {
+            Some(overlay) => {
+                launch.rootfs = None;
+                launch.rootfs_overlay = Some(overlay);
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o711)
+                    .create(&dir)
+                    .map_err(|err| Error::IoError {
+                        context: format!("create {}", dir.display()),
+                        err,
+                    })?;
+            }
+            None => {
+                if let Err(e) = Self::mount_root(&dir, &req.rootfs) {
+                    clean(&dir);
+                    return Err(e.into());
+                }
+            }
         }
         let container = Arc::new(Container {
             id: req.id.clone(),

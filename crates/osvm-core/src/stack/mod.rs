@@ -464,6 +464,7 @@ impl Component {
             readonly_root: self.readonly_root,
             binds: self.mounts.clone(),
             rootfs: self.rootfs.clone(),
+            rootfs_overlay: None,
             netns: None,
             hosts: Vec::new(),
             tls_egress: Vec::new(),

@@ -25,7 +25,7 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
@@ -324,12 +324,21 @@ fn host_tree(what: &str, path: &Path) -> Result<OwnedFd, String> {
         .map_err(|e| format!("copy the mount of {what} {}: {e}", path.display()))
 }
 
+/// An overlay root's layers: the lower ones' copies, and the copy of the directory holding the
+/// upper and work directories with their names.
+struct OverlayLayers {
+    lower: Vec<OwnedFd>,
+    upper: Option<(OwnedFd, PathBuf, PathBuf)>,
+}
+
 /// What the sandbox mounts from the host, prepared here as detached trees.
 struct Sources {
     /// The data volume's mount (id-mapped once the sandbox's user namespace exists).
     data: Option<OwnedFd>,
     /// The custom root's copy (likewise).
     rootfs: Option<OwnedFd>,
+    /// An overlay root's layers (id-mapped likewise, then overlaid).
+    overlay: Option<OverlayLayers>,
     /// The binds' copies, in the spec's order.
     binds: Vec<OwnedFd>,
     /// The identity file system and a descriptor of its writable root.
@@ -351,6 +360,33 @@ impl Sources {
             .rootfs
             .as_ref()
             .map(|dir| host_tree("rootfs", dir))
+            .transpose()?;
+        let overlay = spec
+            .rootfs_overlay
+            .as_ref()
+            .map(|o| -> Result<_, String> {
+                if !plan.host_root {
+                    return Err("an overlay root needs osvm to run as root".into());
+                }
+                let lower = o
+                    .lower
+                    .iter()
+                    .map(|l| host_tree("overlay layer", l))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let upper = match (&o.upper, &o.work) {
+                    (Some(upper), Some(work)) => {
+                        let parent = upper.parent().unwrap_or(Path::new("/"));
+                        let name = |p: &Path| PathBuf::from(p.file_name().unwrap_or_default());
+                        Some((
+                            host_tree("overlay upper layer", parent)?,
+                            name(upper),
+                            name(work),
+                        ))
+                    }
+                    _ => None,
+                };
+                Ok(OverlayLayers { lower, upper })
+            })
             .transpose()?;
         let mut owners: Vec<((u32, u32), OwnedFd)> = Vec::new();
         let mut binds = Vec::new();
@@ -431,6 +467,7 @@ impl Sources {
         Ok(Self {
             data,
             rootfs,
+            overlay,
             binds,
             identity,
         })
@@ -438,7 +475,7 @@ impl Sources {
 
     /// Id-maps the data volume and the custom root through the sandbox's user namespace (ids
     /// on disk are the sandbox's own ids) and hands everything to init.
-    fn hand_over(self, _plan: &Plan, userns: &OwnedFd, ctl: &OwnedFd) -> Result<(), String> {
+    fn hand_over(self, plan: &Plan, userns: &OwnedFd, ctl: &OwnedFd) -> Result<(), String> {
         let map = |tree: &OwnedFd, what: &str, attrs: u64| {
             mounts::set_attrs(tree.as_fd(), attrs, 0, true, Some(userns.as_fd()))
                 .map_err(|e| format!("id-map {what}: {e}"))
@@ -454,6 +491,44 @@ impl Sources {
         if let Some(rootfs) = &self.rootfs {
             map(rootfs, "the rootfs", NOSUID | NODEV)?;
             send(ToInit::Rootfs, rootfs)?;
+        }
+        if let Some(OverlayLayers { lower, upper }) = &self.overlay {
+            // Each layer id-mapped (the sandbox's root owns what root owns on disk), then
+            // overlaid: the kernel id-maps layers, not an overlay mount itself.
+            for layer in lower {
+                map(layer, "an overlay layer", NOSUID | NODEV)?;
+            }
+            let dirs = upper
+                .as_ref()
+                .map(
+                    |(parent, upper, work)| -> Result<(OwnedFd, OwnedFd), String> {
+                        map(parent, "the overlay's upper layer", NOSUID | NODEV)?;
+                        let open = |name: &Path| {
+                            use rustix::fs::{Mode, OFlags, ResolveFlags};
+                            rustix::fs::openat2(
+                                parent,
+                                name,
+                                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                                Mode::empty(),
+                                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+                            )
+                            .map_err(|e| format!("open the overlay's {}: {e}", name.display()))
+                        };
+                        Ok((open(upper)?, open(work)?))
+                    },
+                )
+                .transpose()?;
+            let lower: Vec<_> = lower.iter().map(|l| l.as_fd()).collect();
+            let root = mounts::overlay(
+                &lower,
+                dirs.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd())),
+                plan.id_map.host_base,
+                NOSUID | NODEV,
+            )
+            .map_err(|e| {
+                format!("mount the overlay root (kernel 6.13+ takes layers by descriptor): {e}")
+            })?;
+            send(ToInit::Rootfs, &root)?;
         }
         for (n, tree) in self.binds.iter().enumerate() {
             send(ToInit::Bind(n), tree)?;

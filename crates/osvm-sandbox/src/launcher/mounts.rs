@@ -12,13 +12,14 @@
 //! The monitor (host root, in the host's mount namespace) prepares the trees that come from the
 //! host's file systems; the sandbox's init attaches them inside its own namespace.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, fsconfig_create,
-    fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
+    fsconfig_set_fd, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    open_tree,
 };
 
 /// `MOUNT_ATTR_*` bits for [`set_attrs`].
@@ -79,6 +80,66 @@ pub fn new_fs(
         fsconfig_set_flag(&fs, *key)?;
     }
     fsconfig_create(&fs)?;
+    Ok(fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::from_bits_retain(attrs as u32),
+    )?)
+}
+
+/// A detached overlay of `lower` (topmost first) and, for a writable one, `upper` with its
+/// `work` directory: each a directory descriptor (layers given by descriptor, kernel 6.13+;
+/// id-mapped detached trees work), mounted with `attrs`.
+///
+/// overlayfs does its work in the upper layer (its work directory, copy-ups, whiteouts) with
+/// the credentials of whoever created it. An id-mapped upper layer maps only the sandbox's ids,
+/// so the file system is created with the file-system ids set to `owner` (the sandbox root's
+/// host id) while this process keeps its capabilities (SECBIT_NO_SETUID_FIXUP): its writes land
+/// on disk as the sandbox's root, id 0. Only for a single-threaded caller (the monitor): the
+/// ids are per thread, and are restored before returning.
+pub fn overlay(
+    lower: &[BorrowedFd<'_>],
+    upper: Option<(BorrowedFd<'_>, BorrowedFd<'_>)>,
+    owner: u32,
+    attrs: u64,
+) -> io::Result<OwnedFd> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    // No inodes index (containerd's choice too): layers are shared between containers.
+    fsconfig_set_string(&fs, "index", "off")?;
+    for layer in lower {
+        fsconfig_set_fd(&fs, "lowerdir+", layer)?;
+    }
+    if let Some((upper, work)) = upper {
+        fsconfig_set_fd(&fs, "upperdir", upper)?;
+        fsconfig_set_fd(&fs, "workdir", work)?;
+    }
+    let set_ids = |id: u32| {
+        // SAFETY: setfsgid/setfsuid take integers and cannot fail in a way that matters here:
+        // the ids are checked by reading them back.
+        unsafe {
+            libc::setfsgid(id);
+            libc::setfsuid(id);
+            (libc::setfsuid(u32::MAX) as u32 == id && libc::setfsgid(u32::MAX) as u32 == id)
+                .then_some(())
+                .ok_or_else(|| io::Error::other(format!("set the file-system ids to {id}")))
+        }
+    };
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let created = set_ids(owner).and_then(|()| Ok(fsconfig_create(&fs)?));
+    let restored = set_ids(0);
+    // SAFETY: as above.
+    let bits = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, 0, 0, 0, 0) };
+    if restored.is_err() || bits != 0 {
+        // Going on with another identity than root's would be worse than stopping.
+        let _ = writeln!(io::stderr(), "osvm monitor: cannot become root again");
+        // SAFETY: ends this process at once.
+        unsafe { libc::_exit(1) };
+    }
+    created?;
     Ok(fsmount(
         &fs,
         FsMountFlags::FSMOUNT_CLOEXEC,

@@ -357,7 +357,12 @@ pub fn build(plan: &Plan, mut given: Given) -> Result<(), RootfsError> {
         ),
     )?;
 
-    let root = match (given.rootfs.take(), &spec.rootfs) {
+    // A custom root: a directory's tree, or an overlay of layers (named by its upper layer).
+    let custom = spec
+        .rootfs
+        .as_deref()
+        .or(spec.rootfs_overlay.as_ref().map(|o| o.name()));
+    let root = match (given.rootfs.take(), custom) {
         (Some(tree), Some(_)) => tree,
         (None, Some(dir)) => {
             return Err(RootfsError::Rootfs(format!(
@@ -387,7 +392,7 @@ pub fn build(plan: &Plan, mut given: Given) -> Result<(), RootfsError> {
     let root = root.as_fd();
 
     let mut read_only_later: Vec<OwnedFd> = Vec::new();
-    match &spec.rootfs {
+    match custom {
         Some(dir) => check_rootfs(root, dir)?,
         None => {
             default_tree(root)?;

@@ -65,7 +65,7 @@ pub struct Containerd {
 }
 
 /// containerd's configuration: CRI off, or on with the `osvm` and `runc` runtime handlers, the
-/// native snapshotter, [`PAUSE_IMAGE`] as the pod sandbox and pods on a bridge of their own
+/// default (overlayfs) snapshotter, [`PAUSE_IMAGE`] as the pod sandbox and pods on a bridge of their own
 /// (no IP on the host side, no masquerade: nothing leaves the pods' namespaces).
 fn config(d: &Path, cri: Option<&str>) -> String {
     let head = format!(
@@ -103,7 +103,7 @@ fn config(d: &Path, cri: Option<&str>) -> String {
         "{head}{cri}\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  stream_server_address = \"127.0.0.1\"\n  \
          stream_server_port = \"0\"\n  \
          restrict_oom_score_adj = true\n\
-         {c}.containerd]\n  snapshotter = \"native\"\n\
+         {c}.containerd]\n  snapshotter = \"overlayfs\"\n\
          {c}.containerd.runtimes.osvm]\n  runtime_type = \"{RUNTIME}\"\n\
          {c}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
          {c}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{d}/cni\"\n",
@@ -173,9 +173,7 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(50));
         }
         for image in images {
-            ok(c.ctr()
-                .args(["image", "import", "--snapshotter", "native"])
-                .arg(&image));
+            ok(c.ctr().args(["image", "import"]).arg(&image));
         }
         c
     }
@@ -197,7 +195,8 @@ impl Containerd {
         c
     }
 
-    /// `ctr run` with osvm's runtime (and the snapshotter it needs) and `args`.
+    /// `ctr run` with osvm's runtime, the native snapshotter (the overlay one, containerd's
+    /// default, has a test of its own and CRI uses it) and `args`.
     pub fn run(&self, extra: &[&str], id: &str, command: &[&str]) -> Command {
         let mut c = self.ctr();
         c.args(["run", "--snapshotter", "native", "--runtime", RUNTIME])
