@@ -1,7 +1,7 @@
 //! Container start through containerd: `ctr run --rm` of `/bin/true` with osvm's shim and with
 //! runc (containerd's default runtime, the natural peer), side by side, interleaved, on the
-//! same image and snapshotter (native: what osvm's shim needs today), from `ctr`'s start to its
-//! exit: containerd's task create, the runtime's start and the process's exit.
+//! same image and snapshotter (overlayfs, containerd's default, then native), from `ctr`'s start
+//! to its exit: containerd's task create, the runtime's start and the process's exit.
 //!
 //! `cargo bench -p osvm-shim --bench start` as root, with containerd, runc, umoci and skopeo.
 //! `OSVM_BENCH_RUNS` sets the runs per runtime (default 30).
@@ -31,63 +31,57 @@ fn main() {
         (RUNTIME, "osvm (containerd-shim-osvm-v1)"),
         ("io.containerd.runc.v2", "runc (containerd-shim-runc-v2)"),
     ];
-    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); runtimes.len()];
-    // Warm-up: the snapshot is unpacked, both shims' binaries are in the page cache.
-    for (n, (runtime, _)) in runtimes.iter().enumerate() {
-        let mut cmd = c.ctr();
-        cmd.args([
-            "run",
-            "--rm",
-            "--snapshotter",
-            "native",
-            "--runtime",
-            runtime,
-            IMAGE,
-        ])
-        .arg(format!("warm-{n}"))
-        .arg("/bin/true");
-        ok(&mut cmd);
-    }
-    for i in 0..runs {
-        for (n, (runtime, _)) in runtimes.iter().enumerate() {
+    for snapshotter in ["overlayfs", "native"] {
+        let run = |runtime: &str, id: String| {
             let mut cmd = c.ctr();
             cmd.args([
                 "run",
                 "--rm",
                 "--snapshotter",
-                "native",
+                snapshotter,
                 "--runtime",
                 runtime,
                 IMAGE,
             ])
-            .arg(format!("b-{n}-{i}"))
+            .arg(id)
             .arg("/bin/true");
             let t = Instant::now();
             ok(&mut cmd);
-            times[n].push(t.elapsed());
+            t.elapsed()
+        };
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); runtimes.len()];
+        // Warm-up: the snapshot is unpacked, both shims' binaries are in the page cache.
+        for (n, (runtime, _)) in runtimes.iter().enumerate() {
+            run(runtime, format!("warm-{snapshotter}-{n}"));
         }
-    }
-    println!(
-        "\n`ctr run --rm` of /bin/true through containerd 1.6, native snapshotter, {runs} runs each, interleaved\n"
-    );
-    println!("| runtime | median | p90 | min |");
-    println!("|---|---:|---:|---:|");
-    let mut medians = Vec::new();
-    for (n, (_, name)) in runtimes.iter().enumerate() {
-        let v = &mut times[n];
-        v.sort();
-        let median = v[v.len() / 2];
-        medians.push(median);
+        for i in 0..runs {
+            for (n, (runtime, _)) in runtimes.iter().enumerate() {
+                times[n].push(run(runtime, format!("b-{snapshotter}-{n}-{i}")));
+            }
+        }
         println!(
-            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
-            ms(median),
-            ms(v[(v.len() * 9) / 10]),
-            ms(v[0])
+            "\n`ctr run --rm` of /bin/true through containerd 1.6, {snapshotter} snapshotter, \
+             {runs} runs each, interleaved\n"
+        );
+        println!("| runtime | median | p90 | min |");
+        println!("|---|---:|---:|---:|");
+        let mut medians = Vec::new();
+        for (n, (_, name)) in runtimes.iter().enumerate() {
+            let v = &mut times[n];
+            v.sort();
+            let median = v[v.len() / 2];
+            medians.push(median);
+            println!(
+                "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                ms(median),
+                ms(v[(v.len() * 9) / 10]),
+                ms(v[0])
+            );
+        }
+        println!(
+            "\nosvm vs runc ({snapshotter}): median {:.2}x ({:+.1} ms)",
+            ms(medians[0]) / ms(medians[1]),
+            ms(medians[0]) - ms(medians[1])
         );
     }
-    println!(
-        "\nosvm vs runc: median {:.2}x ({:+.1} ms)",
-        ms(medians[0]) / ms(medians[1]),
-        ms(medians[0]) - ms(medians[1])
-    );
 }
