@@ -50,6 +50,10 @@ pub struct LaunchSpec {
     /// layers, as containerd's overlay snapshotter makes them); exclusive with `rootfs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs_overlay: Option<OverlayRoot>,
+    /// The user the workload runs as inside its user namespace instead of its root (a
+    /// container image's `USER`, Kubernetes' `runAsUser`): ids of the sandbox's own range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<RunAs>,
     /// A network namespace to join (such as `/run/netns/<name>`, set up by the host with its
     /// interfaces and routes) instead of a fresh one with only loopback. The namespace belongs
     /// to the host's user namespace, so the workload cannot reconfigure it.
@@ -335,6 +339,7 @@ impl LaunchSpec {
             binds: Vec::new(),
             rootfs: None,
             rootfs_overlay: None,
+            user: None,
             data: DataKind::default(),
             native_aio: false,
             logs: LogLimits::default(),
@@ -397,6 +402,17 @@ impl Resources {
     pub fn disk(&self) -> u64 {
         self.disk_bytes.unwrap_or(Self::DEFAULT_DISK)
     }
+}
+
+/// A user and its groups inside a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// A root file system made of host directories by overlayfs: read-only `lower` layers, topmost

@@ -16,7 +16,7 @@ pub mod stack;
 pub use confinement::{Confinement, GuestConfinement, SandboxConfinement};
 pub use launch::{
     AccelChoice, BindMount, ConfidentialChoice, DataKind, LaunchSpec, LauncherChoice, LogLimits,
-    OverlayRoot, Resources, RuntimeSpec, UnikernelOptions, VmOptions,
+    OverlayRoot, Resources, RunAs, RuntimeSpec, UnikernelOptions, VmOptions,
 };
 pub use runtime::{
     Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, Progress, Runtime,

@@ -613,6 +613,17 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
             )));
         }
     }
+    if let Some(user) = &spec.user {
+        let ids = std::iter::once(user.uid)
+            .chain(std::iter::once(user.gid))
+            .chain(user.groups.iter().copied());
+        if let Some(id) = ids.clone().find(|id| *id >= crate::ids::RANGE) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "user or group id {id} is outside the sandbox's ids (0-{})",
+                crate::ids::RANGE - 1
+            )));
+        }
+    }
     if let Some(overlay) = &spec.rootfs_overlay {
         if spec.rootfs.is_some() {
             return Err(RuntimeError::InvalidSpec(

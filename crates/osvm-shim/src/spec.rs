@@ -4,8 +4,9 @@
 //! memory, pids or open-files limit, a read-only root), never widen it. What osvm refuses is an
 //! error that names the field: a privileged process (capabilities beyond none), host
 //! namespaces (a namespace list without pid, mount, ipc or uts), joining another mount, user
-//! or cgroup namespace, devices, a terminal, a user other than root, mounts other than binds.
-//! Taken from the spec: the process's args, env and cwd, the limits, a read-only root, bind
+//! or cgroup namespace, devices, a terminal, mounts other than binds.
+//! Taken from the spec: the process's args, env, cwd and user (ids inside the container's
+//! user namespace, never the host's), the limits, a read-only root, bind
 //! mounts (CRI's `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, volumes) and the network
 //! namespace to join (the service decides whether it may: see `service.rs`). Asked to share
 //! the pod's pid, ipc or uts namespace, a container gets its own instead (narrower: its
@@ -15,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use osvm_core::{BindMount, DataKind, LaunchSpec, Resources};
+use osvm_core::{BindMount, DataKind, LaunchSpec, Resources, RunAs};
 
 /// The osvm name for container `id`: the id itself when it is one (1-63 of a-z, 0-9, '-'),
 /// otherwise `c-` and the first 16 hex digits of its SHA-256 (CRI's ids are 64 characters).
@@ -100,21 +101,16 @@ pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<Mapped, String> {
             "a terminal is not supported yet",
         ));
     }
-    let user = process.user();
-    if user.uid() != 0 || user.gid() != 0 {
-        return Err(refused(
-            "process.user",
-            &format!(
-                "uid {} gid {}: a container runs as its sandbox's root (an unprivileged host \
-                 user); other users are not supported yet",
-                user.uid(),
-                user.gid()
-            ),
-        ));
-    }
     // Capabilities the spec lists (containerd's defaults ask for a small set) are not
     // given: every container's process runs with none, as every osvm workload.
     let mut launch = LaunchSpec::new(name_of(id), command.clone(), rest.to_vec());
+    // The user, inside the container's user namespace (its ids are the sandbox's own range).
+    let user = process.user();
+    launch.user = Some(RunAs {
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+    });
     launch.resources = Resources::defaults();
     launch.data = DataKind::Ephemeral;
     launch.rootfs = Some(rootfs.to_path_buf());
@@ -452,13 +448,22 @@ mod spec_tests {
         )
         .unwrap_err();
         assert!(e.contains("mounts[0].source"), "{e}");
-        // A user other than root, an rlimit other than open files: refused by field.
-        let e = with(
+        // The user, inside the container's user namespace; an rlimit other than open files
+        // refused by field.
+        let m = with(
             serde_json::json!([]),
-            serde_json::json!({ "process": { "args": ["/bin/sh"], "cwd": "/", "user": { "uid": 1000, "gid": 0 } } }),
+            serde_json::json!({ "process": { "args": ["/bin/sh"], "cwd": "/",
+                "user": { "uid": 1000, "gid": 100, "additionalGids": [5] } } }),
         )
-        .unwrap_err();
-        assert!(e.contains("process.user"), "{e}");
+        .unwrap();
+        assert_eq!(
+            m.launch.user,
+            Some(RunAs {
+                uid: 1000,
+                gid: 100,
+                groups: vec![5]
+            })
+        );
         let m = with(
             serde_json::json!([]),
             serde_json::json!({ "process": { "args": ["/bin/sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 },

@@ -230,3 +230,54 @@ fn a_pods_containers_share_localhost_and_no_other_pod_does() {
     }
     eventually("the pods' shims exit", || c.shims().is_empty());
 }
+
+/// runAsUser and runAsGroup: the container's process (and an exec in it) runs as that user
+/// inside its user namespace, without capabilities: it cannot write the image's root-owned
+/// files, it can write /tmp; its host uid is the sandbox's range, never the host's 1000.
+#[test]
+fn a_container_runs_as_the_user_the_pod_asks_for() {
+    let Some(c) = started_cri("cri_user") else {
+        return;
+    };
+    let mut cri = Cri::connect(&c);
+    let pod = cri.run_pod("users", "osvm").unwrap();
+    let id = cri
+        .run_as(&pod, "app", &["sleep", "601"], &[], Some((1000, 1000)))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let (code, out, err) = cri.exec_sync(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; grep -E '^(Uid|Gid|CapEff):' /proc/self/status; \
+             echo x > /tmp/ok && echo tmp-ok; echo x > /bin/nope || echo image-refused",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["1000", "1000"], "{out}");
+    assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(
+        out.contains("tmp-ok") && out.contains("image-refused"),
+        "{out}{err}"
+    );
+    // On the host: the sleep (601: no other test runs it) runs as a uid of the sandbox's
+    // range, not 1000.
+    let host_uids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00601\x00"))
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let uid = status.lines().find(|l| l.starts_with("Uid:"))?;
+            uid.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect();
+    assert!(
+        !host_uids.is_empty() && host_uids.iter().all(|u| *u > 65535 && u % 65536 == 1000),
+        "{host_uids:?}"
+    );
+    cri.stop_pod(&pod);
+    cri.remove_pod(&pod);
+}

@@ -465,6 +465,7 @@ impl Component {
             binds: self.mounts.clone(),
             rootfs: self.rootfs.clone(),
             rootfs_overlay: None,
+            user: None,
             netns: None,
             hosts: Vec::new(),
             tls_egress: Vec::new(),

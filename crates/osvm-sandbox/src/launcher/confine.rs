@@ -65,6 +65,39 @@ impl Exec {
     }
 }
 
+/// Becomes the spec's user, if it names one other than root, keeping the capabilities the
+/// confinement still needs to drop (SECBIT_NO_SETUID_FIXUP; [`Confiner::apply`] then drops
+/// them and locks the securebits). Call it in the sandbox's namespaces, before `apply`.
+pub fn become_user(spec: &LaunchSpec, host_root: bool) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid};
+    let Some(user) = spec
+        .user
+        .as_ref()
+        .filter(|u| u.uid != 0 || u.gid != 0 || u.groups.iter().any(|g| *g != 0))
+    else {
+        return Ok(());
+    };
+    if !host_root {
+        return Err(
+            "running as another user than the sandbox's root needs osvm to run as root".into(),
+        );
+    }
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "keep capabilities across the user switch: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("set groups {:?}: {e}", user.groups))?;
+    let gid = Gid::from_raw(user.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("become gid {gid}: {e}"))?;
+    let uid = Uid::from_raw(user.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("become uid {uid}: {e}"))
+}
+
 /// Landlock rules and seccomp filters, built and ready to be enforced.
 pub struct Confiner {
     ruleset: landlock::Prepared,

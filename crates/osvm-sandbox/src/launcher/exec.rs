@@ -84,15 +84,19 @@ fn run(plan: &Plan, command: &[String], init: &OwnedFd) -> Result<i32, String> {
         ForkResult::Child => {
             // SAFETY: prctl with integer arguments only.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-            let error: Result<std::convert::Infallible, String> = confiner.apply().and_then(|_| {
-                super::init::close_rest(3)
-                    .map_err(|e| format!("close inherited descriptors: {e}"))?;
-                nix::unistd::chdir(&exec.workdir)
-                    .map_err(|e| format!("working directory {}: {e}", exec.workdir.display()))?;
-                match nix::unistd::execve(&exec.program, &exec.argv, &exec.envp) {
-                    Err(e) => Err(format!("exec {}: {e}", exec.program.to_string_lossy())),
-                }
-            });
+            let error: Result<std::convert::Infallible, String> =
+                super::confine::become_user(&plan.launch, plan.host_root)
+                    .and_then(|()| confiner.apply())
+                    .and_then(|_| {
+                        super::init::close_rest(3)
+                            .map_err(|e| format!("close inherited descriptors: {e}"))?;
+                        nix::unistd::chdir(&exec.workdir).map_err(|e| {
+                            format!("working directory {}: {e}", exec.workdir.display())
+                        })?;
+                        match nix::unistd::execve(&exec.program, &exec.argv, &exec.envp) {
+                            Err(e) => Err(format!("exec {}: {e}", exec.program.to_string_lossy())),
+                        }
+                    });
             let Err(message) = error;
             let _ = writeln!(std::io::stderr(), "osvm exec: {message}");
             // SAFETY: _exit ends the child without running the parent's destructors.

@@ -173,6 +173,7 @@ fn setup(plan: &Plan, ctl: OwnedFd) -> Result<(Pid, InitMsg), String> {
     let set = signal_set();
     step("block signals", set.thread_block())?;
 
+    super::confine::become_user(spec, plan.host_root)?;
     let landlock = confiner.apply()?;
 
     let (err_r, err_w) = step(

@@ -33,6 +33,9 @@ enum Command {
         command: Vec<String>,
         #[serde(default)]
         mounts: Vec<Volume>,
+        /// runAsUser and runAsGroup.
+        #[serde(default)]
+        run_as: Option<(i64, i64)>,
     },
     Start {
         id: String,
@@ -104,6 +107,7 @@ fn container_config(
     image: &str,
     command: Vec<String>,
     mounts: Vec<Volume>,
+    run_as: Option<(i64, i64)>,
 ) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -128,6 +132,8 @@ fn container_config(
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
                 namespace_options: Some(namespaces()),
+                run_as_user: run_as.map(|(uid, _)| Int64Value { value: uid }),
+                run_as_group: run_as.map(|(_, gid)| Int64Value { value: gid }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -183,6 +189,7 @@ impl Client {
                 image,
                 command,
                 mounts,
+                run_as,
             } => {
                 let sandbox_config = self
                     .pods
@@ -192,7 +199,7 @@ impl Client {
                 json(
                     rpc.create_container(CreateContainerRequest {
                         pod_sandbox_id: pod,
-                        config: Some(container_config(&name, &image, command, mounts)),
+                        config: Some(container_config(&name, &image, command, mounts, run_as)),
                         sandbox_config: Some(sandbox_config),
                     })
                     .await,

@@ -128,6 +128,18 @@ impl Cri {
         command: &[&str],
         mounts: &[(&Path, &str, bool)],
     ) -> Result<String, String> {
+        self.run_as(pod, name, command, mounts, None)
+    }
+
+    /// [`Cri::run`] with runAsUser and runAsGroup.
+    pub fn run_as(
+        &mut self,
+        pod: &str,
+        name: &str,
+        command: &[&str],
+        mounts: &[(&Path, &str, bool)],
+        user: Option<(i64, i64)>,
+    ) -> Result<String, String> {
         let mounts: Vec<Value> = mounts
             .iter()
             .map(|(host, inside, readonly)| {
@@ -137,7 +149,7 @@ impl Cri {
         let id = self
             .call(json!({
                 "op": "create", "pod": pod, "name": name, "image": super::IMAGE,
-                "command": command, "mounts": mounts,
+                "command": command, "mounts": mounts, "run_as": user,
             }))
             .map(|r| text(&r, "container_id"))?;
         self.call(json!({ "op": "start", "id": id }))?;
