@@ -100,6 +100,10 @@ pub struct StartOptions<'a> {
     /// it the helper can only narrow its view and drop what it has, over nothing outside its
     /// namespaces. Never for a component's workload.
     pub helper_caps: bool,
+    /// The sandbox's control group, relative to each hierarchy's root (a container's
+    /// `linux.cgroupsPath` under kubelet's pod group), instead of `osvm/<id>`: made with its
+    /// missing parents, the controllers osvm needs enabled down to it.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A fresh instance id for component `name`: `<name>-<8 hex digits>`.
@@ -164,7 +168,20 @@ impl SandboxRuntime {
             stderr: stderr_channel,
             fds: listen,
             helper_caps,
+            cgroup: group,
         } = options;
+        if let Some(group) = &group {
+            let plain = !group.as_os_str().is_empty()
+                && group
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "cgroup {}: a path below the hierarchy's root, without `.` or `..`, expected",
+                    group.display()
+                )));
+            }
+        }
         let id = id.unwrap_or_else(|| new_instance_id(&spec.name));
         let stdin = stdin.unwrap_or_else(Stdio::null);
         let channel = stdout;
@@ -232,7 +249,8 @@ impl SandboxRuntime {
             None => open_log(&stderr_path).map_err(released)?,
         };
 
-        let cgroup = cgroup::create(hierarchy, &id, &spec.resources)
+        let group = group.unwrap_or_else(|| Path::new(cgroup::OSVM_PARENT).join(&id));
+        let cgroup = cgroup::create(hierarchy, &group, &spec.resources)
             .map_err(|e| released(RuntimeError::Setup(format!("create the cgroup: {e}"))))?;
         let plan = Plan {
             instance_id: id.clone(),
@@ -566,6 +584,7 @@ impl Runtime for SandboxRuntime {
             fds: &fds,
             // A component's workload never keeps a capability.
             helper_caps: false,
+            cgroup: None,
         };
         Ok(Box::new(self.start_sandbox(spec, options)?))
     }

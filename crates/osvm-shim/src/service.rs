@@ -168,6 +168,8 @@ struct Container {
     bundle: String,
     dir: PathBuf,
     launch: LaunchSpec,
+    /// Its control group (`linux.cgroupsPath`), else osvm's own.
+    cgroup: Option<PathBuf>,
     role: Role,
     /// A pod sandbox's network namespace, held open from its start to its delete: the one its
     /// pod's containers join.
@@ -354,6 +356,7 @@ impl Tasks {
                     stdin: open_in(&c.init.stdin)?.map(std::process::Stdio::from),
                     stdout: open_out(&c.init.stdout)?.map(std::process::Stdio::from),
                     stderr: open_out(&c.init.stderr)?,
+                    cgroup: c.cgroup.clone(),
                     ..Default::default()
                 },
             )
@@ -666,6 +669,14 @@ impl Task for Tasks {
         let rootfs = dir.join("rootfs");
         let mapped =
             crate::spec::launch(&req.id, &spec, &rootfs).map_err(Error::InvalidArgument)?;
+        let cgroup = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|p| crate::spec::cgroup_of(&p.to_string_lossy()))
+            .transpose()
+            .map_err(Error::InvalidArgument)?
+            .flatten();
         for ns in &mapped.unshared {
             log::info!("{}: not shared, the container's own: {ns}", req.id);
         }
@@ -717,6 +728,7 @@ impl Task for Tasks {
             bundle: req.bundle.clone(),
             dir,
             launch,
+            cgroup,
             role: mapped.role,
             netns: Mutex::default(),
             init: Proc::new(&req.stdin, &req.stdout, &req.stderr),

@@ -45,6 +45,58 @@ fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// The control group for `linux.cgroupsPath`, relative to each hierarchy's root: a cgroupfs
+/// path (`/kubepods/burstable/pod<uid>/<id>`) as it is; systemd's `slice:prefix:name` where
+/// systemd puts such a unit (`kubepods.slice/kubepods-burstable.slice/.../<prefix>-<name>.scope`,
+/// made directly, not through systemd's bus). Empty: none (osvm's own).
+pub fn cgroup_of(path: &str) -> Result<Option<PathBuf>, String> {
+    let bad = |why: &str| Err(refused(&format!("linux.cgroupsPath {path:?}"), why));
+    if path.is_empty() {
+        return Ok(None);
+    }
+    if let [slice, prefix, name] = path.split(':').collect::<Vec<_>>()[..] {
+        let plain = |s: &str| !s.contains('/') && s != "." && s != "..";
+        if ![slice, prefix, name].iter().all(|s| plain(s)) || name.is_empty() {
+            return bad("a systemd path is slice:prefix:name, each a plain name");
+        }
+        let slice = if slice.is_empty() {
+            "system.slice"
+        } else {
+            slice
+        };
+        let Some(stem) = slice.strip_suffix(".slice") else {
+            return bad("a systemd slice's name ends in .slice");
+        };
+        let mut dir = PathBuf::new();
+        if stem != "-" {
+            let parts: Vec<&str> = stem.split('-').collect();
+            if parts.iter().any(|p| p.is_empty()) {
+                return bad("a systemd slice's name has an empty part");
+            }
+            for n in 1..=parts.len() {
+                dir.push(format!("{}.slice", parts[..n].join("-")));
+            }
+        }
+        let unit = if name.ends_with(".slice") {
+            name.to_owned()
+        } else if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        dir.push(unit);
+        return Ok(Some(dir));
+    }
+    let relative = Path::new(path.trim_start_matches('/'));
+    let plain = relative
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || relative.as_os_str().is_empty() {
+        return bad("a cgroup path without `.` or `..` expected");
+    }
+    Ok(Some(relative.to_path_buf()))
+}
+
 /// A spec field osvm will not honour, and why.
 fn refused(field: &str, why: &str) -> String {
     format!("{field}: {why} (osvm's sandbox gives a container no more than its defaults)")
@@ -274,6 +326,36 @@ mod tests {
 #[cfg(test)]
 mod spec_tests {
     use super::*;
+
+    #[test]
+    fn cgroup_paths_in_cgroupfs_and_systemd_notation() {
+        let p = |s: &str| cgroup_of(s).map(|p| p.map(|p| p.display().to_string()));
+        assert_eq!(p(""), Ok(None));
+        assert_eq!(
+            p("/kubepods/burstable/pod1/abc"),
+            Ok(Some("kubepods/burstable/pod1/abc".into()))
+        );
+        assert_eq!(
+            p("kubepods-besteffort-pod1.slice:cri-containerd:abc"),
+            Ok(Some(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/\
+                 cri-containerd-abc.scope"
+                    .into()
+            ))
+        );
+        assert_eq!(p(":cri:abc"), Ok(Some("system.slice/cri-abc.scope".into())));
+        assert_eq!(p("-.slice:p:x"), Ok(Some("p-x.scope".into())));
+        for bad in [
+            "/a/../b",
+            "/",
+            "a.slice:p/q:x",
+            "kube.pods:p:x",
+            "a--b.slice:p:x",
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("linux.cgroupsPath"), "{bad}: {e}");
+        }
+    }
 
     fn spec(linux: serde_json::Value) -> Spec {
         serde_json::from_value(serde_json::json!({

@@ -36,6 +36,16 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The pids of processes whose command line is `cmdline` (NUL-separated).
+fn processes(cmdline: &[u8]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Mount points under a container's directory of the shim.
 fn mounts_of(id: &str) -> Vec<String> {
     let dir = Path::new("/run/osvm-shim/k8s.io").join(id);
@@ -104,11 +114,35 @@ fn a_pod_runs_its_containers_in_osvms_sandbox() {
         .run(
             &pod,
             "web",
-            &["sleep", "600"],
+            &["sleep", "602"],
             &[(&vol, "/vol", false), (&cfg, "/cfg", true)],
         )
         .unwrap();
     assert_eq!(cri.status(&web)["state"], CONTAINER_RUNNING);
+    // Its control group is where CRI put it (linux.cgroupsPath: the pod's cgroup parent, as
+    // kubelet gives it, and the container's id), in every hierarchy.
+    let groups = processes(b"sleep\x00602\x00")
+        .into_iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap())
+        .collect::<Vec<_>>();
+    let want = format!("/{}/flow/{web}", cri.cgroup_parent);
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    // osvm's controllers (memory, cpu, cpuacct, pids on v1; the v2 group); others stay at the
+    // root of their hierarchies, as osvm leaves them.
+    let ours: Vec<&str> = groups[0]
+        .lines()
+        .filter(|l| {
+            let controllers = l.split(':').nth(1).unwrap_or_default();
+            controllers.is_empty()
+                || controllers
+                    .split(',')
+                    .any(|c| ["memory", "cpu", "cpuacct", "pids"].contains(&c))
+        })
+        .collect();
+    assert!(
+        !ours.is_empty() && ours.iter().all(|l| l.ends_with(&want)),
+        "{want} in {groups:?}"
+    );
     assert_eq!(c.shims().len(), 1, "the pod's containers share its shim");
     let (code, out, err) =
         cri.exec_sync(&web, &["sh", "-c", "cat /etc/hosts; echo err >&2; exit 3"]);
@@ -264,12 +298,10 @@ fn a_container_runs_as_the_user_the_pod_asks_for() {
     );
     // On the host: the sleep (601: no other test runs it) runs as a uid of the sandbox's
     // range, not 1000.
-    let host_uids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00601\x00"))
-        .filter_map(|e| {
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+    let host_uids: Vec<u32> = processes(b"sleep\x00601\x00")
+        .into_iter()
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let uid = status.lines().find(|l| l.starts_with("Uid:"))?;
             uid.split_whitespace().nth(1)?.parse().ok()
         })

@@ -59,8 +59,12 @@ fn cgroup_migration(runs: usize) -> Option<Vec<Duration>> {
     let mut samples = Vec::new();
     for i in 0..runs {
         let id = format!("bench-migrate-{}-{i}", std::process::id());
-        let group =
-            osvm_sandbox::cgroup::create(hierarchy, &id, &osvm_core::Resources::default()).ok()?;
+        let group = osvm_sandbox::cgroup::create(
+            hierarchy,
+            &std::path::Path::new(osvm_sandbox::cgroup::OSVM_PARENT).join(&id),
+            &osvm_core::Resources::default(),
+        )
+        .ok()?;
         let mut child = Command::new("sleep").arg("10").spawn().ok()?;
         // A move right after another one is fast (the kernel's lock is still in its writer
         // state); a sandbox start is a cold move, so let the previous one settle first.

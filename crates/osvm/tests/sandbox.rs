@@ -1220,8 +1220,12 @@ fn adopting_a_start_that_died_before_its_plan_removes_the_groups_it_made() {
     let state = StateDir::new("unrecorded");
     let id = format!("ghost-{:08x}", std::process::id());
     let hierarchy = osvm_sandbox::cgroup::Hierarchy::detect().unwrap();
-    let group =
-        osvm_sandbox::cgroup::create(hierarchy, &id, &osvm_core::Resources::defaults()).unwrap();
+    let group = osvm_sandbox::cgroup::create(
+        hierarchy,
+        &std::path::Path::new(osvm_sandbox::cgroup::OSVM_PARENT).join(&id),
+        &osvm_core::Resources::defaults(),
+    )
+    .unwrap();
     std::fs::create_dir_all(state.path.join("instances").join(&id)).unwrap();
     assert!(
         cgroup_dirs(&id).iter().any(|d| d.exists()),

@@ -153,22 +153,42 @@ pub trait CgroupManager: Send + Sync {
     fn remove(&self) -> Result<(), CgroupError>;
 }
 
-/// Creates the group for sandbox `id` with `limits` on the detected hierarchy.
+/// Creates the group `group` (relative to each hierarchy's root: `osvm/<id>` for a sandbox of
+/// osvm's) with `limits` on the detected hierarchy, and its missing parents.
 pub fn create(
     hierarchy: Hierarchy,
-    id: &str,
+    group: &Path,
     limits: &Resources,
 ) -> Result<Box<dyn CgroupManager>, CgroupError> {
     match hierarchy {
         Hierarchy::Unified => Ok(Box::new(v2::V2Group::create(
             Path::new(CGROUP_ROOT),
-            id,
+            group,
             limits,
         )?)),
         Hierarchy::Hybrid | Hierarchy::Legacy => {
-            Ok(Box::new(v1::V1Group::create(hierarchy, id, limits)?))
+            Ok(Box::new(v1::V1Group::create(hierarchy, group, limits)?))
         }
     }
+}
+
+/// Makes the parents of `group` below `root` that are missing (each with `prepare` run on it,
+/// top down), then `group` itself; whether `group` was made here.
+pub(crate) fn make_under(
+    root: &Path,
+    group: &Path,
+    mut prepare: impl FnMut(&Path) -> Result<(), CgroupError>,
+) -> Result<PathBuf, CgroupError> {
+    let mut dir = root.to_path_buf();
+    let mut parts = group.components().peekable();
+    while let Some(part) = parts.next() {
+        dir.push(part);
+        mkdir(&dir)?;
+        if parts.peek().is_some() {
+            prepare(&dir)?;
+        }
+    }
+    Ok(dir)
 }
 
 /// Removes the groups a starter that died before it recorded them may have made for sandbox

@@ -9,7 +9,7 @@ use osvm_core::{InstanceStats, Resources};
 
 use super::{
     CGROUP_ROOT, CPU_PERIOD_US, CgroupError, CgroupManager, CgroupPaths, Hierarchy, OSVM_PARENT,
-    kill_procs, mkdir, read_keyed, read_procs, read_u64, rmdir, write,
+    kill_procs, read_keyed, read_procs, read_u64, rmdir, write,
 };
 
 /// One sandbox's v1 groups.
@@ -54,14 +54,16 @@ pub(super) fn dirs_of(id: &str) -> Vec<PathBuf> {
 
 impl V1Group {
     /// Creates the sandbox's group in the memory, cpu, cpuacct and pids hierarchies.
-    pub fn create(hierarchy: Hierarchy, id: &str, limits: &Resources) -> Result<Self, CgroupError> {
+    pub fn create(
+        hierarchy: Hierarchy,
+        group: &Path,
+        limits: &Resources,
+    ) -> Result<Self, CgroupError> {
         let mut made = Vec::new();
         let mut make = |controller: &'static str| -> Result<PathBuf, CgroupError> {
-            let parent = controller_dir(controller)?.join(OSVM_PARENT);
-            mkdir(&parent)?;
-            let dir = parent.join(id);
+            let dir = controller_dir(controller)?.join(group);
             if !made.contains(&dir) {
-                mkdir(&dir)?;
+                super::make_under(&controller_dir(controller)?, group, |_| Ok(()))?;
                 made.push(dir.clone());
             }
             Ok(dir)
@@ -75,10 +77,9 @@ impl V1Group {
         })();
         let unified = match (&result, hierarchy) {
             (Ok(_), Hierarchy::Hybrid) => {
-                let parent = Path::new(CGROUP_ROOT).join("unified").join(OSVM_PARENT);
-                let dir = parent.join(id);
-                match mkdir(&parent).and_then(|_| mkdir(&dir)) {
-                    Ok(()) => Some(dir),
+                let unified = Path::new(CGROUP_ROOT).join("unified");
+                match super::make_under(&unified, group, |_| Ok(())) {
+                    Ok(dir) => Some(dir),
                     Err(e) => {
                         made.iter().for_each(|d| drop(rmdir(d)));
                         return Err(e);

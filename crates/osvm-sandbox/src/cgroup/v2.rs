@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use osvm_core::{InstanceStats, Resources};
 
 use super::{
-    CPU_PERIOD_US, CgroupError, CgroupManager, CgroupPaths, Hierarchy, OSVM_PARENT, kill_procs,
-    mkdir, read, read_keyed, read_procs, read_u64, rmdir, write,
+    CPU_PERIOD_US, CgroupError, CgroupManager, CgroupPaths, Hierarchy, kill_procs, read,
+    read_keyed, read_procs, read_u64, rmdir, write,
 };
 
 /// The controllers osvm needs from a v2 hierarchy.
@@ -20,7 +20,7 @@ pub struct V2Group {
 
 impl V2Group {
     /// Creates `<root>/osvm/<id>`, enabling the memory, cpu and pids controllers on the way.
-    pub fn create(root: &Path, id: &str, limits: &Resources) -> Result<Self, CgroupError> {
+    pub fn create(root: &Path, group: &Path, limits: &Resources) -> Result<Self, CgroupError> {
         let available = read(&root.join("cgroup.controllers"))?;
         for c in CONTROLLERS {
             if !available.split_whitespace().any(|a| a == c) {
@@ -28,11 +28,7 @@ impl V2Group {
             }
         }
         enable_controllers(root)?;
-        let parent = root.join(OSVM_PARENT);
-        mkdir(&parent)?;
-        enable_controllers(&parent)?;
-        let dir = parent.join(id);
-        mkdir(&dir)?;
+        let dir = super::make_under(root, group, enable_controllers)?;
         let group = Self { dir };
         if let Err(e) = group.apply(limits) {
             let _ = rmdir(&group.dir);
@@ -158,8 +154,11 @@ mod tests {
     #[test]
     fn limits_are_written_in_v2_syntax_and_controllers_enabled() {
         let root = cgroup_tree_in_tmp("cpuset cpu io memory pids");
-        std::fs::create_dir_all(root.join(OSVM_PARENT)).unwrap();
-        std::fs::write(root.join(OSVM_PARENT).join("cgroup.subtree_control"), "").unwrap();
+        // The kernel makes a group's files; here the parents' are made first.
+        for parent in ["osvm", "kubepods", "kubepods/pod1"] {
+            std::fs::create_dir_all(root.join(parent)).unwrap();
+            std::fs::write(root.join(parent).join("cgroup.subtree_control"), "").unwrap();
+        }
         let limits = Resources {
             memory_bytes: Some(64 << 20),
             cpus: Some(0.5),
@@ -167,7 +166,7 @@ mod tests {
             open_files: None,
             disk_bytes: None,
         };
-        let group = V2Group::create(&root, "web-1", &limits).unwrap();
+        let group = V2Group::create(&root, Path::new("osvm/web-1"), &limits).unwrap();
         let dir = root.join("osvm/web-1");
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
         assert_eq!(read("memory.max"), (64u64 << 20).to_string());
@@ -178,13 +177,22 @@ mod tests {
             "+memory +cpu +pids"
         );
         assert_eq!(group.paths().dirs, vec![dir]);
+        // A group further down (a pod's): the controllers enabled in each parent.
+        let group = V2Group::create(&root, Path::new("kubepods/pod1/c1"), &limits).unwrap();
+        assert_eq!(group.paths().dirs, vec![root.join("kubepods/pod1/c1")]);
+        for parent in ["kubepods", "kubepods/pod1"] {
+            assert_eq!(
+                std::fs::read_to_string(root.join(parent).join("cgroup.subtree_control")).unwrap(),
+                "+memory +cpu +pids"
+            );
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn a_missing_controller_is_named() {
         let root = cgroup_tree_in_tmp("cpu io");
-        let err = V2Group::create(&root, "x", &Resources::default())
+        let err = V2Group::create(&root, Path::new("osvm/x"), &Resources::default())
             .err()
             .unwrap();
         assert!(

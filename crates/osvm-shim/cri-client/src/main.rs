@@ -20,6 +20,9 @@ enum Command {
         name: String,
         logs: String,
         handler: String,
+        /// The pod's cgroup (kubelet's `kubepods/.../pod<uid>`).
+        #[serde(default)]
+        cgroup_parent: String,
     },
     PodStatus {
         pod: String,
@@ -81,7 +84,7 @@ fn namespaces() -> NamespaceOption {
     }
 }
 
-fn pod_config(name: &str, logs: &str) -> PodSandboxConfig {
+fn pod_config(name: &str, logs: &str, cgroup_parent: String) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.to_owned(),
@@ -92,6 +95,7 @@ fn pod_config(name: &str, logs: &str) -> PodSandboxConfig {
         hostname: name.to_owned(),
         log_directory: format!("{logs}/{name}"),
         linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent,
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(namespaces()),
                 ..Default::default()
@@ -163,8 +167,9 @@ impl Client {
                 name,
                 logs,
                 handler,
+                cgroup_parent,
             } => {
-                let config = pod_config(&name, &logs);
+                let config = pod_config(&name, &logs, cgroup_parent);
                 let r = rpc
                     .run_pod_sandbox(RunPodSandboxRequest {
                         config: Some(config.clone()),

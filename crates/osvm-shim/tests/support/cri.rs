@@ -58,6 +58,8 @@ pub struct Cri {
     output: BufReader<ChildStdout>,
     /// Where pods' container logs go (kubelet's /var/log/pods).
     pub logs: PathBuf,
+    /// The group the pods' groups are made in (kubelet's `kubepods`), one per containerd.
+    pub cgroup_parent: String,
 }
 
 impl Drop for Cri {
@@ -89,6 +91,7 @@ impl Cri {
             input,
             output,
             logs,
+            cgroup_parent: c.cgroup_parent(),
         }
     }
 
@@ -109,8 +112,12 @@ impl Cri {
 
     pub fn run_pod(&mut self, name: &str, handler: &str) -> Result<String, String> {
         let logs = self.logs.display().to_string();
-        self.call(json!({ "op": "run_pod", "name": name, "logs": logs, "handler": handler }))
-            .map(|r| text(&r, "pod_sandbox_id"))
+        let cgroup = format!("/{}/{name}", self.cgroup_parent);
+        self.call(json!({
+            "op": "run_pod", "name": name, "logs": logs, "handler": handler,
+            "cgroup_parent": cgroup,
+        }))
+        .map(|r| text(&r, "pod_sandbox_id"))
     }
 
     pub fn pod_status(&mut self, pod: &str) -> Value {

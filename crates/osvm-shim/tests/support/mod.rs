@@ -178,6 +178,27 @@ impl Containerd {
         c
     }
 
+    /// The control group this containerd's containers are made under: `ctr`'s namespace (its
+    /// default cgroupsPath is `/<namespace>/<id>`); for CRI, a name the pods' cgroup parents
+    /// start with (CRI's namespace is shared by every CRI test).
+    pub fn cgroup_parent(&self) -> String {
+        if self.namespace == "k8s.io" {
+            format!(
+                "osvm-test-{}-{}",
+                std::process::id(),
+                self.dir
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .rsplit('-')
+                    .next()
+                    .unwrap()
+            )
+        } else {
+            self.namespace.clone()
+        }
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("state/containerd.sock")
     }
@@ -278,6 +299,34 @@ impl Drop for Containerd {
         }
         if let Some(bridge) = &self.bridge {
             let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
+        // The groups the containers were made under, in every hierarchy, innermost first
+        // (each container's own group went with its sandbox; a group still busy stays).
+        let parent = self.cgroup_parent();
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+        for h in hierarchies {
+            let top = h.join(&parent);
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            let mut stack = vec![top.clone()];
+            while let Some(d) = stack.pop() {
+                if let Ok(entries) = std::fs::read_dir(&d) {
+                    for e in entries.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push(e.path());
+                        }
+                    }
+                    dirs.push(d);
+                }
+            }
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
+            }
         }
         if std::env::var_os("OSVM_KEEP_CTR").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
