@@ -531,3 +531,26 @@ fn an_overlay_snapshot_is_the_containers_root() {
     }
     ok(c.ctr().args(["container", "rm", "layered"]));
 }
+
+/// A container never shares another's control group: `--cgroup` naming a running container's
+/// group (its limits would be shared, and its end would kill the other's processes) is refused
+/// and the other runs on.
+#[test]
+fn a_container_cannot_take_another_containers_cgroup() {
+    let Some(c) = started("cgsteal") else {
+        return;
+    };
+    ok(&mut c.run(&["-d"], "owner", &["/bin/sleep", "300"]));
+    let group = format!("/{}/owner", c.namespace);
+    let o = run(&mut c.run(&["--rm", "--cgroup", &group], "thief", &["/bin/true"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "thief ran in {group}");
+    assert!(err.contains("must be new"), "{err}");
+    let ls = ok(c.ctr().args(["task", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("owner") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    ok(c.ctr().args(["task", "kill", "-s", "KILL", "owner"]));
+}

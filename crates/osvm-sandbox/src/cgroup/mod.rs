@@ -173,7 +173,8 @@ pub fn create(
 }
 
 /// Makes the parents of `group` below `root` that are missing (each with `prepare` run on it,
-/// top down), then `group` itself; whether `group` was made here.
+/// top down), then `group` itself, which must not exist yet: a sandbox never shares a group
+/// (joining another's would share its limits, and its end would kill the other's processes).
 pub(crate) fn make_under(
     root: &Path,
     group: &Path,
@@ -183,9 +184,15 @@ pub(crate) fn make_under(
     let mut parts = group.components().peekable();
     while let Some(part) = parts.next() {
         dir.push(part);
-        mkdir(&dir)?;
         if parts.peek().is_some() {
+            mkdir(&dir)?;
             prepare(&dir)?;
+        } else {
+            fs::create_dir(&dir).map_err(|source| CgroupError::Io {
+                op: "mkdir (a sandbox's group must be new)",
+                path: dir.clone(),
+                source,
+            })?;
         }
     }
     Ok(dir)

@@ -61,12 +61,17 @@ impl V1Group {
     ) -> Result<Self, CgroupError> {
         let mut made = Vec::new();
         let mut make = |controller: &'static str| -> Result<PathBuf, CgroupError> {
-            let dir = controller_dir(controller)?.join(group);
-            if !made.contains(&dir) {
-                super::make_under(&controller_dir(controller)?, group, |_| Ok(()))?;
-                made.push(dir.clone());
+            // Where cpu and cpuacct are one hierarchy, both names lead to it (the group is
+            // made once, and recorded under each name).
+            let root = controller_dir(controller)?;
+            let real = std::fs::canonicalize(&root)
+                .unwrap_or(root.clone())
+                .join(group);
+            if !made.contains(&real) {
+                super::make_under(&root, group, |_| Ok(()))?;
+                made.push(real);
             }
-            Ok(dir)
+            Ok(root.join(group))
         };
         let result = (|| {
             let memory = make("memory")?;
