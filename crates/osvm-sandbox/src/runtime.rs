@@ -933,6 +933,14 @@ impl SandboxInstance {
         &self.name
     }
 
+    /// Host pids of every process in the sandbox's control group (its init, the workload and
+    /// what it started, exec'd commands).
+    pub fn pids(&self) -> Result<Vec<i32>, RuntimeError> {
+        self.cgroup
+            .pids()
+            .map_err(|e| RuntimeError::Setup(format!("read the processes: {e}")))
+    }
+
     /// Host pid of the sandbox's init (pid 1 inside); `/proc/<pid>/ns/*` are its namespaces.
     pub fn init_pid(&self) -> i32 {
         self.confinement.init_pid

@@ -871,12 +871,16 @@ impl Task for Tasks {
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let c = self.get(&req.id)?;
         let mut r = api::PidsResponse::new();
-        if c.init.running().is_some()
-            && let Some(pid) = c.init.pid()
-        {
-            let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
-            p.pid = pid;
-            r.processes.push(p);
+        if let Some(instance) = c.init.running() {
+            // Every process of the container (its cgroup's), as the host sees them.
+            let pids = instance
+                .pids()
+                .map_err(|e| Error::Other(format!("the processes of {}: {e}", c.id)))?;
+            for pid in pids {
+                let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
+                p.pid = pid as u32;
+                r.processes.push(p);
+            }
         }
         Ok(r)
     }

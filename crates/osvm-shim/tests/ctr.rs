@@ -155,7 +155,8 @@ fn what_osvm_cannot_run_is_refused_with_a_reason() {
 }
 
 /// `ctr task metrics`: a running container's figures come from its sandbox's cgroup (its
-/// memory limit is osvm's default, the spec asked for none).
+/// memory limit is osvm's default, the spec asked for none); `ctr task ps` lists its
+/// processes.
 #[test]
 fn a_running_containers_metrics_come_from_its_cgroup() {
     let Some(c) = started("metrics") else {
@@ -172,6 +173,32 @@ fn a_running_containers_metrics_come_from_its_cgroup() {
     assert_eq!(value("pids.limit"), Some(4096), "{text}");
     assert!(value("memory.usage").is_some_and(|n| n > 0), "{text}");
     assert_eq!(value("memory.usage_limit"), Some(512 << 20), "{text}");
+    // `ctr task ps`: every process of the container (its cgroup's: the sandbox's init and the
+    // sleep), the task's pid among them.
+    let ls = ok(c.ctr().args(["task", "ls"]));
+    let task_pid = ls
+        .lines()
+        .find(|l| l.starts_with("metered"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_owned();
+    let ps = ok(c.ctr().args(["task", "ps", "metered"]));
+    let pids: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(pids.len() >= 2 && pids.contains(&task_pid.as_str()), "{ps}");
+    for pid in &pids {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!cmd.is_empty(), "pid {pid} is a live process");
+    }
+    assert!(
+        pids.iter()
+            .any(|p| std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"/bin/sleep\x00300"))),
+        "the sleep among {ps}"
+    );
     ok(c.ctr()
         .args(["task", "kill", "--signal", "KILL", "metered"]));
     let deadline = Instant::now() + Duration::from_secs(10);
