@@ -24,6 +24,6 @@ pub mod volume;
 
 pub use launcher::run_if_requested;
 pub use runtime::{
-    Adopted, ExecOutput, SandboxConfig, SandboxInstance, SandboxRuntime, StartOptions,
+    Adopted, ExecOutput, ExecProcess, SandboxConfig, SandboxInstance, SandboxRuntime, StartOptions,
     new_instance_id,
 };

@@ -12,6 +12,7 @@
 //! plans hold the workload's environment, logs whatever it prints. The sandbox never walks a
 //! path in there; what it mounts from there reaches it as detached mounts.
 
+use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -104,6 +105,21 @@ pub struct StartOptions<'a> {
     /// `linux.cgroupsPath` under kubelet's pod group), instead of `osvm/<id>`: made with its
     /// missing parents, the controllers osvm needs enabled down to it.
     pub cgroup: Option<PathBuf>,
+}
+
+/// What an exec'd command gets instead of the workload's, where set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProcess {
+    /// Its whole environment.
+    #[serde(default)]
+    pub env: Option<Vec<(String, String)>>,
+    /// Its working directory.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Its user.
+    #[serde(default)]
+    pub user: Option<osvm_core::RunAs>,
 }
 
 /// A fresh instance id for component `name`: `<name>-<8 hex digits>`.
@@ -1096,9 +1112,35 @@ impl SandboxInstance {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<std::process::Child, RuntimeError> {
+        self.spawn_exec_as(command, &ExecProcess::default(), stdin, stdout, stderr)
+    }
+
+    /// [`Self::spawn_exec`] with the command's own environment, working directory or user
+    /// instead of the workload's (a container's exec process, `ctr task exec --cwd`).
+    pub fn spawn_exec_as(
+        &self,
+        command: &[String],
+        process: &ExecProcess,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<std::process::Child, RuntimeError> {
         if command.is_empty() {
             return Err(RuntimeError::InvalidSpec("the command is empty".into()));
         }
+        if let Some(user) = &process.user
+            && [user.uid, user.gid]
+                .iter()
+                .chain(&user.groups)
+                .any(|id| *id >= crate::ids::RANGE)
+        {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "the exec's user or group ids are outside the sandbox's ids (0-{})",
+                crate::ids::RANGE - 1
+            )));
+        }
+        let process = serde_json::to_string(process)
+            .map_err(|e| RuntimeError::InvalidSpec(format!("the exec's process: {e}")))?;
         let pidfd = self.init_pidfd.as_raw_fd();
         let plan_path = self.instance_dir.join("plan.json");
         let plan = OpenOptions::new()
@@ -1111,6 +1153,8 @@ impl SandboxInstance {
         cmd.arg0(PROCESS_NAME)
             .arg(EXEC_ARG)
             .arg(&self.id)
+            .arg(crate::launcher::exec::PROCESS_ARG)
+            .arg(process)
             .arg("--")
             .args(command)
             .stdin(stdin)

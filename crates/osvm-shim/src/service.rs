@@ -184,6 +184,8 @@ struct Container {
 /// the helper's pid (its process group).
 struct Exec {
     args: Vec<String>,
+    /// Its own environment, working directory and user (containerd's exec process spec).
+    process: osvm_sandbox::ExecProcess,
     proc: Proc<u32>,
 }
 
@@ -425,8 +427,9 @@ impl Tasks {
         }
         let stdio = |f: Option<File>| f.map_or_else(std::process::Stdio::null, Into::into);
         let mut child = instance
-            .spawn_exec(
+            .spawn_exec_as(
                 &e.args,
+                &e.process,
                 stdio(open_in(&e.proc.stdin)?),
                 stdio(open_out(&e.proc.stdout)?),
                 stdio(open_out(&e.proc.stderr)?),
@@ -900,6 +903,11 @@ impl Task for Tasks {
         }
         let exec = Arc::new(Exec {
             args,
+            process: osvm_sandbox::ExecProcess {
+                env: Some(crate::spec::env_of(&process)),
+                cwd: Some(process.cwd().clone()),
+                user: Some(crate::spec::run_as(&process)),
+            },
             proc: Proc::new(&req.stdin, &req.stdout, &req.stderr),
         });
         {

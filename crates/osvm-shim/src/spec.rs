@@ -102,6 +102,28 @@ fn refused(field: &str, why: &str) -> String {
     format!("{field}: {why} (osvm's sandbox gives a container no more than its defaults)")
 }
 
+/// The process's user, inside the container's user namespace (its ids are the sandbox's own).
+pub fn run_as(process: &oci_spec::runtime::Process) -> RunAs {
+    let user = process.user();
+    RunAs {
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+    }
+}
+
+/// The process's environment (`K=V` entries; one without `=` or a name is dropped).
+pub fn env_of(process: &oci_spec::runtime::Process) -> Vec<(String, String)> {
+    process
+        .env()
+        .iter()
+        .flatten()
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 /// What a container is to Kubernetes (CRI's `io.kubernetes.cri.*` annotations).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -156,24 +178,13 @@ pub fn launch(id: &str, spec: &Spec, rootfs: &Path) -> Result<Mapped, String> {
     // Capabilities the spec lists (containerd's defaults ask for a small set) are not
     // given: every container's process runs with none, as every osvm workload.
     let mut launch = LaunchSpec::new(name_of(id), command.clone(), rest.to_vec());
-    // The user, inside the container's user namespace (its ids are the sandbox's own range).
-    let user = process.user();
-    launch.user = Some(RunAs {
-        uid: user.uid(),
-        gid: user.gid(),
-        groups: user.additional_gids().clone().unwrap_or_default(),
-    });
+    launch.user = Some(run_as(process));
     launch.resources = Resources::defaults();
     launch.data = DataKind::Ephemeral;
     launch.rootfs = Some(rootfs.to_path_buf());
-    launch.working_dir = Some(process.cwd().clone()).filter(|c| c.as_os_str() != "/");
-    for kv in process.env().clone().unwrap_or_default() {
-        if let Some((k, v)) = kv.split_once('=')
-            && !k.is_empty()
-        {
-            launch.env.push((k.to_owned(), v.to_owned()));
-        }
-    }
+    // OCI's cwd is the process's, `/` included (osvm's own default would be /data).
+    launch.working_dir = Some(process.cwd().clone());
+    launch.env = env_of(process);
     launch.readonly_root = spec
         .root()
         .as_ref()

@@ -254,6 +254,36 @@ fn an_exec_runs_inside_the_container_confined_like_it() {
     assert!(out.contains("from-init"), "{out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
+    // Its own working directory and user (containerd's exec process), the container's
+    // environment; the init's working directory is the spec's `/`.
+    let out = ok(c.ctr().args([
+        "task",
+        "exec",
+        "--exec-id",
+        "e4",
+        "--cwd",
+        "/bin",
+        "--user",
+        "1000",
+        "execd",
+        "/bin/sh",
+        "-c",
+        "pwd; id -u; echo $PATH; cat /proc/1/cmdline >/dev/null; ls -l /proc/self/cwd",
+    ]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["/bin", "1000"], "{out}");
+    assert!(lines[2].contains("/usr/bin"), "the container's PATH: {out}");
+    let o = ok(c.ctr().args([
+        "task",
+        "exec",
+        "--exec-id",
+        "e5",
+        "execd",
+        "/bin/sh",
+        "-c",
+        "pwd",
+    ]));
+    assert_eq!(o.trim(), "/", "the spec's cwd");
     // A command the container does not have: a failure, with the reason.
     let o = run(c
         .ctr()

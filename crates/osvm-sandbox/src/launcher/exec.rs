@@ -25,11 +25,15 @@ use crate::plan::Plan;
 /// The argument that makes a binary act as the exec helper.
 pub const EXEC_ARG: &str = "__sandbox-exec";
 
+/// The argument before the JSON of the command's own process settings
+/// ([`crate::ExecProcess`]).
+pub const PROCESS_ARG: &str = "--process";
+
 /// Exit code when the helper itself could not get the command running.
 pub const SETUP_FAILED: i32 = 125;
 
 /// The helper's entry point; never returns.
-pub fn main(command: &[String]) -> ! {
+pub fn main(command: &[String], process: Option<&str>) -> ! {
     // SAFETY: fd 3 is the pidfd and fd 4 the open plan the caller handed over; nothing else in
     // this fresh process owns them.
     let (init, plan) = unsafe {
@@ -40,8 +44,23 @@ pub fn main(command: &[String]) -> ! {
     };
     let code = match super::monitor::read_plan(plan)
         .map_err(|e| format!("read the launch plan: {e}"))
-        .and_then(|plan| run(&plan, command, &init))
-    {
+        .and_then(|mut plan| {
+            // The command's own environment, working directory and user, where given.
+            if let Some(json) = process {
+                let p: crate::ExecProcess = serde_json::from_str(json)
+                    .map_err(|e| format!("the exec's process settings: {e}"))?;
+                if let Some(env) = p.env {
+                    plan.launch.env = env;
+                }
+                if let Some(cwd) = p.cwd {
+                    plan.launch.working_dir = Some(cwd);
+                }
+                if let Some(user) = p.user {
+                    plan.launch.user = Some(user);
+                }
+            }
+            run(&plan, command, &init)
+        }) {
         Ok(code) => code,
         Err(message) => {
             let _ = writeln!(std::io::stderr(), "osvm exec: {message}");

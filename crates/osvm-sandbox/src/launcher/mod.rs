@@ -32,12 +32,15 @@ pub fn run_if_requested() {
     match args.next() {
         Some(a) if a == MONITOR_ARG => monitor::main(),
         Some(a) if a == exec::EXEC_ARG => {
-            let command: Vec<String> = args
-                .skip_while(|a| a != "--")
-                .skip(1)
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            exec::main(&command);
+            let args: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+            let dashes = args.iter().position(|a| a == "--").unwrap_or(args.len());
+            let process = args[..dashes]
+                .iter()
+                .position(|a| a == exec::PROCESS_ARG)
+                .and_then(|i| args.get(i + 1))
+                .cloned();
+            let command = args.get(dashes + 1..).unwrap_or_default();
+            exec::main(command, process.as_deref());
         }
         _ => {}
     }
