@@ -123,6 +123,54 @@ pub fn mount_api() -> Result<(), String> {
         })
 }
 
+/// Whether an overlay root (a container image's layers, containerd's default snapshotter) can
+/// be mounted the way the sandbox mounts one: layers id-mapped, then overlaid by descriptor
+/// (Linux 6.13 or newer), created with the mapped root's file-system ids. Probed on throw-away
+/// tmpfs layers, never attached anywhere. Needs root.
+pub fn overlay_roots() -> Result<(), String> {
+    use crate::launcher::mounts;
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsFd;
+    let ns = mounts::mapping_userns(0, 0, crate::ids::BASE, 1)
+        .map_err(|e| format!("make a user namespace for the mapping: {e}"))?;
+    let layer = || {
+        mounts::new_fs("tmpfs", &[("size", "65536".into())], &[], 0)
+            .map_err(|e| format!("make a tmpfs layer: {e}"))
+    };
+    let (lower, upper) = (layer()?, layer()?);
+    for dir in ["upper", "work"] {
+        rustix::fs::mkdirat(&upper, dir, Mode::from_raw_mode(0o755))
+            .map_err(|e| format!("make the {dir} directory: {e}"))?;
+    }
+    for tree in [&lower, &upper] {
+        mounts::set_attrs(tree.as_fd(), 0, 0, false, Some(ns.as_fd()))
+            .map_err(|e| format!("id-map a tmpfs layer: {e} (Linux 6.3 or newer)"))?;
+    }
+    let open = |dir: &str| {
+        rustix::fs::openat(
+            &upper,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("open the {dir} directory: {e}"))
+    };
+    let (u, w) = (open("upper")?, open("work")?);
+    mounts::overlay(
+        &[lower.as_fd()],
+        Some((u.as_fd(), w.as_fd())),
+        crate::ids::BASE,
+        0,
+    )
+    .map(drop)
+    .map_err(|e| {
+        format!(
+            "an overlay of id-mapped layers given by descriptor failed: {e} (Linux 6.13 or newer \
+             is needed)"
+        )
+    })
+}
+
 /// Whether a detached copy of `dir` (a directory on the file system osvm keeps its state on)
 /// can be id-mapped, as `rw` binds are. Needs root; makes and drops a throw-away user namespace.
 pub fn idmapped_mounts(dir: &std::path::Path) -> Result<(), String> {

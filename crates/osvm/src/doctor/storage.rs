@@ -45,6 +45,29 @@ pub(super) fn storage_checks(is_root: bool, state_dir: &Path) -> Vec<Check> {
             ),
         }
     });
+    checks.push(if !is_root {
+        Check::no(
+            AREA_STORAGE,
+            "overlay roots",
+            "not probed: needs root (run `sudo osvm doctor`)",
+        )
+    } else {
+        match osvm_sandbox::host::overlay_roots() {
+            Ok(()) => Check::yes(
+                AREA_STORAGE,
+                "overlay roots",
+                "an overlay of id-mapped layers mounts: containerd's overlay snapshots work \
+                 with containerd-shim-osvm-v1",
+            ),
+            Err(e) => Check::no(
+                AREA_STORAGE,
+                "overlay roots",
+                format!(
+                    "unavailable: {e}; containerd-shim-osvm-v1 needs the native snapshotter here"
+                ),
+            ),
+        }
+    });
     checks.push(match osvm_sandbox::volume::unavailable_reason() {
         None => Check::yes(
             AREA_STORAGE,
