@@ -589,9 +589,9 @@ fn an_overlay_snapshot_is_the_containers_root() {
     ok(c.ctr().args(["container", "rm", "layered"]));
 }
 
-/// A container never shares another's control group: `--cgroup` naming a running container's
-/// group (its limits would be shared, and its end would kill the other's processes) is refused
-/// and the other runs on.
+/// A container never shares another's control group nor nests in it: `--cgroup` naming a
+/// running container's group or one below it (its limits would be shared, and its end would
+/// kill the other's processes) is refused, and the other runs on.
 #[test]
 fn a_container_cannot_take_another_containers_cgroup() {
     let Some(c) = started("cgsteal") else {
@@ -603,6 +603,12 @@ fn a_container_cannot_take_another_containers_cgroup() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "thief ran in {group}");
     assert!(err.contains("must be new"), "{err}");
+    // Nor nests in it (it would be charged to the other's limits and end with it).
+    let inside = format!("{group}/sub");
+    let o = run(&mut c.run(&["--rm", "--cgroup", &inside], "nester", &["/bin/true"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "nester ran in {inside}");
+    assert!(err.contains("has processes"), "{err}");
     let ls = ok(c.ctr().args(["task", "ls"]));
     assert!(
         ls.lines()

@@ -174,7 +174,9 @@ pub fn create(
 
 /// Makes the parents of `group` below `root` that are missing (each with `prepare` run on it,
 /// top down), then `group` itself, which must not exist yet: a sandbox never shares a group
-/// (joining another's would share its limits, and its end would kill the other's processes).
+/// (joining another's would share its limits, and its end would kill the other's processes),
+/// nor nests in one that has processes of its own (another sandbox's: it would be charged to
+/// that one's limits and end with it).
 pub(crate) fn make_under(
     root: &Path,
     group: &Path,
@@ -186,6 +188,14 @@ pub(crate) fn make_under(
         dir.push(part);
         if parts.peek().is_some() {
             mkdir(&dir)?;
+            let procs = dir.join("cgroup.procs");
+            if procs.exists() && !read(&procs)?.trim().is_empty() {
+                return Err(CgroupError::Io {
+                    op: "nest a sandbox's group in",
+                    path: dir,
+                    source: io::Error::other("that group has processes (another's)"),
+                });
+            }
             prepare(&dir)?;
         } else {
             fs::create_dir(&dir).map_err(|source| CgroupError::Io {
