@@ -13,9 +13,12 @@
 //! - `*` as a destination means every *component*, never the outside world: traffic leaving the
 //!   host always needs a `cidr:` rule (or `full` access).
 //!
-//! [`PolicySet`] indexes rules by their `from` selector so a decision looks only at the rules that
-//! can apply to the subject, not at all of them; `benches/evaluate.rs` measures it with 100,000
-//! rules against a plain scan. Every [`Verdict`] names the rule that decided it, and
+//! [`PolicySet`] compiles the rules between components into a decision table: for each pair of
+//! selectors (`*`, a type, a component) and each protocol and port, the first allow and the
+//! first deny rule, so that a flow between two components is judged by at most nine table
+//! lookups, whatever the number of rules. Flows from or to the outside world and identities
+//! look only at the rules whose `from` can match (an index by `from`). `benches/evaluate.rs`
+//! measures both with 100,000 rules against a plain scan. Every [`Verdict`] names the rule that decided it, and
 //! [`AuditRecord`] is the line the audit log keeps for it.
 //!
 //! MCP tool access is judged by the same two principles in [`mcp`]: a client (a bearer token's
@@ -163,11 +166,136 @@ enum FromKey {
     Identity,
 }
 
-/// The stack's rules, indexed for evaluation.
+/// A component selector of the decision table: `*`, a type, or a component by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Sel {
+    Any,
+    Kind(ComponentKind),
+    Component(u32),
+}
+
+/// "No rule" in a table entry.
+const NONE: u32 = u32::MAX;
+
+/// The first allow and the first deny rule of one selector pair, per protocol and port.
+#[derive(Debug, Clone, Default)]
+struct PortTable {
+    /// `(protocol, port or ALL_PORTS, first allow, first deny)`, sorted by protocol and port.
+    entries: Vec<(Protocol, u32, u32, u32)>,
+}
+
+/// The port key of a rule without ports.
+const ALL_PORTS: u32 = u32::MAX;
+
+impl PortTable {
+    fn add(&mut self, protocol: Protocol, port: u32, action: PolicyAction, index: u32) {
+        let at = match self
+            .entries
+            .binary_search_by_key(&(protocol as u8, port), |e| (e.0 as u8, e.1))
+        {
+            Ok(at) => at,
+            Err(at) => {
+                self.entries.insert(at, (protocol, port, NONE, NONE));
+                at
+            }
+        };
+        let e = &mut self.entries[at];
+        let slot = match action {
+            PolicyAction::Allow => &mut e.2,
+            PolicyAction::Deny => &mut e.3,
+        };
+        *slot = (*slot).min(index);
+    }
+
+    /// Folds the entries for `port` and for every port into `(allow, deny)`.
+    fn lookup(&self, protocol: Protocol, port: u16, best: &mut (u32, u32)) {
+        for key in [port as u32, ALL_PORTS] {
+            if let Ok(at) = self
+                .entries
+                .binary_search_by_key(&(protocol as u8, key), |e| (e.0 as u8, e.1))
+            {
+                let e = &self.entries[at];
+                best.0 = best.0.min(e.2);
+                best.1 = best.1.min(e.3);
+            }
+        }
+    }
+}
+
+/// The rules between components, compiled: component names numbered, and for each pair of
+/// selectors that some rule names, its [`PortTable`].
+#[derive(Debug, Clone, Default)]
+struct Compiled {
+    components: HashMap<String, u32>,
+    pairs: HashMap<(Sel, Sel), PortTable>,
+}
+
+impl Compiled {
+    fn new(rules: &[PolicyRule]) -> Self {
+        let mut c = Self::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let (Some(from), Some(to)) = (c.sel(&rule.from), c.sel(&rule.to)) else {
+                continue;
+            };
+            let table = c.pairs.entry((from, to)).or_default();
+            if rule.ports.is_empty() {
+                table.add(rule.protocol, ALL_PORTS, rule.action, i as u32);
+            }
+            for port in &rule.ports {
+                table.add(rule.protocol, *port as u32, rule.action, i as u32);
+            }
+        }
+        c
+    }
+
+    /// The table selector for a rule's selector, numbering components; none for `cidr:` and
+    /// identities (they never name a component).
+    fn sel(&mut self, selector: &Selector) -> Option<Sel> {
+        Some(match selector {
+            Selector::Any => Sel::Any,
+            Selector::Kind(k) => Sel::Kind(*k),
+            Selector::Component(name) => {
+                let next = self.components.len() as u32;
+                Sel::Component(*self.components.entry(name.clone()).or_insert(next))
+            }
+            Selector::Cidr(_) | Selector::Identity(_) => return None,
+        })
+    }
+
+    /// The first allow and deny rules for a flow between two components.
+    fn matching(
+        &self,
+        (from, from_kind): (&str, ComponentKind),
+        (to, to_kind): (&str, ComponentKind),
+        protocol: Protocol,
+        port: u16,
+    ) -> (Option<usize>, Option<usize>) {
+        let sels = |name: &str, kind| {
+            [
+                Some(Sel::Any),
+                Some(Sel::Kind(kind)),
+                self.components.get(name).map(|id| Sel::Component(*id)),
+            ]
+        };
+        let mut best = (NONE, NONE);
+        for from in sels(from, from_kind).into_iter().flatten() {
+            for to in sels(to, to_kind).into_iter().flatten() {
+                if let Some(table) = self.pairs.get(&(from, to)) {
+                    table.lookup(protocol, port, &mut best);
+                }
+            }
+        }
+        let found = |i: u32| (i != NONE).then_some(i as usize);
+        (found(best.0), found(best.1))
+    }
+}
+
+/// The stack's rules, compiled for evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     rules: Vec<PolicyRule>,
     by_from: HashMap<FromKey, Vec<u32>>,
+    compiled: Compiled,
 }
 
 impl PolicySet {
@@ -184,7 +312,12 @@ impl PolicySet {
             };
             by_from.entry(key).or_default().push(i as u32);
         }
-        Self { rules, by_from }
+        let compiled = Compiled::new(&rules);
+        Self {
+            rules,
+            by_from,
+            compiled,
+        }
     }
 
     /// The rules, in stack-file order.
@@ -213,7 +346,24 @@ impl PolicySet {
 
     /// Judges `flow`: default deny, deny overrides allow, bounded by network access.
     pub fn evaluate(&self, flow: &Flow) -> Verdict {
-        let (allow, deny) = self.matching(flow);
+        let (allow, deny) = match (&flow.from, &flow.to) {
+            (
+                Endpoint::Component {
+                    name: from,
+                    kind: from_kind,
+                    ..
+                },
+                Endpoint::Component {
+                    name: to,
+                    kind: to_kind,
+                    ..
+                },
+            ) => {
+                self.compiled
+                    .matching((from, *from_kind), (to, *to_kind), flow.protocol, flow.port)
+            }
+            _ => self.matching(flow),
+        };
         decide(flow, allow, deny)
     }
 
@@ -251,8 +401,16 @@ impl PolicySet {
         (allow, deny)
     }
 
+    /// The same decision as [`PolicySet::evaluate`] through the index by `from` alone (what
+    /// flows with an outside or identity end take), for every flow: benchmarked against the
+    /// compiled table.
+    pub fn evaluate_by_source_index(&self, flow: &Flow) -> Verdict {
+        let (allow, deny) = self.matching(flow);
+        decide(flow, allow, deny)
+    }
+
     /// The same decision as [`PolicySet::evaluate`] by looking at every rule in order; the
-    /// reference the index is tested and benchmarked against.
+    /// reference the table and the index are tested and benchmarked against.
     pub fn evaluate_by_scan(&self, flow: &Flow) -> Verdict {
         let (mut allow, mut deny) = (None, None);
         for (i, rule) in self.rules.iter().enumerate() {

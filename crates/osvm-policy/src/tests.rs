@@ -159,7 +159,7 @@ deny = { from = "*", to = "db", ports = [22] }
 
 /// The index and a plain scan of every rule agree on thousands of random rule sets and flows.
 #[test]
-fn the_index_decides_exactly_as_a_scan_of_every_rule() {
+fn the_compiled_table_and_the_index_decide_exactly_as_a_scan_of_every_rule() {
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |n: u64| {
         seed ^= seed << 13;
@@ -191,7 +191,11 @@ fn the_index_decides_exactly_as_a_scan_of_every_rule() {
             let to = sel(next(4), next(5), true);
             let ports: Vec<u16> = (0..next(3)).map(|_| 80 + next(3) as u16).collect();
             let action = if next(3) == 0 { Deny } else { Allow };
-            rules.push(rule(action, &from, &to, &ports));
+            let mut r = rule(action, &from, &to, &ports);
+            if next(4) == 0 {
+                r.protocol = Protocol::Udp;
+            }
+            rules.push(r);
         }
         let set = PolicySet::new(rules);
         for _ in 0..40 {
@@ -211,7 +215,16 @@ fn the_index_decides_exactly_as_a_scan_of_every_rule() {
                 let b = names[next(5) as usize];
                 Endpoint::component(b, kind_of(b), accesses[next(4) as usize])
             };
-            let f = flow(from, to, 80 + next(3) as u16);
+            let mut f = flow(from, to, 80 + next(3) as u16);
+            if next(4) == 0 {
+                f.protocol = Protocol::Udp;
+            }
+            assert_eq!(
+                set.evaluate_by_source_index(&f),
+                set.evaluate_by_scan(&f),
+                "{f} under {:?}",
+                set.rules()
+            );
             assert_eq!(
                 set.evaluate(&f),
                 set.evaluate_by_scan(&f),
