@@ -35,7 +35,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::NetError;
 
 /// The copy buffer of each direction of a proxied connection: several TLS records (16 KiB of
-/// plaintext each) per read and write, instead of tokio's 8 KiB default.
+/// plaintext each) per read and write, instead of tokio's 8 KiB default (bulk 0.58-0.77x the
+/// plain hub instead of 0.46x; 64 KiB gave 0.53-0.58x). Allocated zeroed above malloc's mmap
+/// threshold, its pages become resident only as far as data has filled them: an idle
+/// connection costs little, a busy one up to 512 KiB.
 const COPY_BUF: usize = 256 << 10;
 
 /// How long a client has to complete the TLS handshake.
