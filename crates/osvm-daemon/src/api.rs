@@ -192,15 +192,16 @@ async fn only_root(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Nex
     }
 }
 
-fn views(shared: &Shared) -> Vec<ComponentView> {
+fn views(shared: &Shared) -> Arc<Vec<ComponentView>> {
     shared.views.read().map(|v| v.clone()).unwrap_or_default()
 }
 
 fn find(shared: &Shared, name: &str) -> Result<ComponentView, ApiError> {
     let all = views(shared);
     let found: Vec<ComponentView> = all
-        .into_iter()
+        .iter()
         .filter(|v| v.name == name || format!("{}/{}", v.stack, v.name) == name)
+        .cloned()
         .collect();
     match found.len() {
         1 => Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
@@ -216,8 +217,30 @@ fn find(shared: &Shared, name: &str) -> Result<ComponentView, ApiError> {
     }
 }
 
-async fn list(State(shared): State<Arc<Shared>>) -> Json<Vec<ComponentView>> {
-    Json(views(&shared))
+async fn list(State(shared): State<Arc<Shared>>) -> Response {
+    let current = views(&shared);
+    let cached = shared.views_json.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(of, _)| Arc::ptr_eq(of, &current))
+            .map(|(_, bytes)| bytes.clone())
+    });
+    let bytes = match cached {
+        Some(bytes) => bytes,
+        None => match serde_json::to_vec(&*current) {
+            Ok(json) => {
+                let bytes = Bytes::from(json);
+                if let Ok(mut cache) = shared.views_json.lock() {
+                    *cache = Some((current, bytes.clone()));
+                }
+                bytes
+            }
+            Err(e) => {
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                    .into_response();
+            }
+        },
+    };
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
 async fn one(
@@ -828,6 +851,6 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
         stacks: stacks.len(),
         services: all.iter().filter(|v| !v.listen.is_empty()).count(),
         endpoints: all.iter().map(|v| v.listen.len()).sum(),
-        components: all,
+        components: all.to_vec(),
     })
 }

@@ -100,8 +100,12 @@ pub enum ComponentAction {
 
 /// What the API shares with the engine thread.
 pub struct Shared {
-    /// The latest snapshot of every component.
-    pub views: RwLock<Vec<ComponentView>>,
+    /// The latest snapshot of every component, replaced whole at every pass (readers share
+    /// it; nothing is copied per request).
+    pub views: RwLock<Arc<Vec<ComponentView>>>,
+    /// The JSON of a snapshot, made by the first request that wanted it and kept for the
+    /// requests that come before the next pass (`osvm ps` at 1,000 components).
+    pub views_json: std::sync::Mutex<Option<(Arc<Vec<ComponentView>>, axum::body::Bytes)>>,
     /// New events, for followers.
     pub events: broadcast::Sender<Event>,
     /// Requests for the engine.
@@ -142,7 +146,8 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
     let (tx, rx) = std::sync::mpsc::channel();
     let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
-        views: RwLock::new(engine.views()),
+        views: RwLock::new(Arc::new(engine.views())),
+        views_json: Default::default(),
         events,
         commands: std::sync::Mutex::new(tx),
         store,
@@ -239,7 +244,8 @@ fn publish(engine: &mut Engine, shared: &Shared) {
         // No follower is listening: nothing to do.
         let _ = shared.events.send(event);
     }
+    let fresh = Arc::new(engine.views());
     if let Ok(mut views) = shared.views.write() {
-        *views = engine.views();
+        *views = fresh;
     }
 }

@@ -1,5 +1,6 @@
 //! Density: start N confined idle components through `osvm up -d` on one daemon; report the
-//! time until all are `running`, the daemon's memory per component, and `ps` API latency.
+//! time until all are `running`, the daemon's and the host's memory per component, and the
+//! latency of the `ps` API and of the `osvm ps` command.
 //!
 //! Run as root: `OSVM_DENSITY=200 cargo bench -p osvm --bench density` (default 200). Prints a
 //! Markdown table; docs/benchmarks.md keeps one.
@@ -19,6 +20,23 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The host's memory in use (MemTotal - MemAvailable), KiB.
+fn host_used_kib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    field("MemTotal:").saturating_sub(field("MemAvailable:"))
 }
 
 fn get(socket: &Path, path: &str) -> (u16, String) {
@@ -74,6 +92,7 @@ fn main() {
     }
     let file = state.join("density.toml");
     std::fs::write(&file, text).unwrap();
+    let host_before = host_used_kib();
     let began = Instant::now();
     let ok = Command::new(osvm)
         .arg("--state-dir")
@@ -93,6 +112,7 @@ fn main() {
     };
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_kib(daemon.id());
+    let host_after = host_used_kib();
 
     let mut lat = Vec::new();
     for _ in 0..500 {
@@ -103,6 +123,25 @@ fn main() {
     }
     lat.sort();
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    // `osvm ps` as a user runs it: the command's whole life (start, API call, table).
+    let mut ps = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let out = Command::new(osvm)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("ps")
+            .output()
+            .unwrap();
+        ps.push(t.elapsed());
+        assert!(out.status.success());
+        assert!(
+            out.stdout.split(|b| *b == b'\n').count() > n,
+            "ps lists every component"
+        );
+    }
+    ps.sort();
+    let ps_ms = |q: f64| ps[((ps.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
 
     let ok = Command::new(osvm)
         .arg("--state-dir")
@@ -148,8 +187,17 @@ fn main() {
         (rss_after.saturating_sub(rss_before)) as f64 / n as f64
     );
     println!(
+        "| host memory in use per component (MemTotal - MemAvailable) | {:.0} KiB |",
+        host_after.saturating_sub(host_before) as f64 / n as f64
+    );
+    println!(
         "| `GET /v1/components` ({n} entries) p50 / p99, 500 sequential | {:.2} / {:.2} ms |",
         p(0.5),
         p(0.99)
+    );
+    println!(
+        "| `osvm ps` ({n} rows) p50 / p90, 30 runs | {:.2} / {:.2} ms |",
+        ps_ms(0.5),
+        ps_ms(0.9)
     );
 }

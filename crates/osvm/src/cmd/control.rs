@@ -71,9 +71,12 @@ pub fn ps(global: &Global) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let views: Vec<ComponentView> = parse(&answer)?;
+    // One write for the whole table (stdout is line-buffered: a write per row otherwise).
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     for line in super::table::lines(&views, true) {
-        println!("{line}");
+        writeln!(out, "{line}")?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

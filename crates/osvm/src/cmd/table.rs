@@ -68,15 +68,21 @@ pub fn lines(views: &[ComponentView], qualified: bool) -> Vec<String> {
     let widths: Vec<usize> = (0..HEADER.len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
+    let full: usize = widths.iter().map(|w| w + 2).sum();
     rows.iter()
         .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_string()
+            // One allocation per line (`osvm ps` renders a thousand of them).
+            let mut line = String::with_capacity(full);
+            for (n, (cell, w)) in r.iter().zip(&widths).enumerate() {
+                if n > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                let pad = w.saturating_sub(cell.chars().count());
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+            line.truncate(line.trim_end().len());
+            line
         })
         .collect()
 }
