@@ -55,9 +55,13 @@ fn replace(
         .mode(mode)
         .open(&tmp)
         .map_err(|e| io("create", e))?;
+    // Written whole, then renamed over the old file: a reader sees the old file or the new
+    // one. Not synced to disk: these files are derived (the CA's journal is the durable
+    // record) and written again at every start of the component, so after a power loss the
+    // next start replaces whatever is left. A sync per file made every start wait for the
+    // disk on the engine thread: four per component, most of a 1,000-component apply.
     f.write_all(content.as_bytes())
         .map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
     if let Some(uid) = owner {
         std::os::unix::fs::chown(&tmp, Some(uid), Some(uid)).map_err(|e| io("chown", e))?;
     }
