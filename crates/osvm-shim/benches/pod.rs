@@ -15,10 +15,6 @@ use std::time::{Duration, Instant};
 
 use support::cri::Cri;
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn main() {
     let missing = support::missing()
         .map(|(_, why)| why)
@@ -63,24 +59,5 @@ fn main() {
         "\nPod start through containerd 1.6's CRI (RunPodSandbox with a CNI bridge, then \
          CreateContainer + StartContainer of one container), {runs} runs each, interleaved\n"
     );
-    println!("| runtime | median | p90 | min |");
-    println!("|---|---:|---:|---:|");
-    let mut medians = Vec::new();
-    for (n, (_, name)) in handlers.iter().enumerate() {
-        let v = &mut times[n];
-        v.sort();
-        let median = v[v.len() / 2];
-        medians.push(median);
-        println!(
-            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
-            ms(median),
-            ms(v[(v.len() * 9) / 10]),
-            ms(v[0])
-        );
-    }
-    println!(
-        "\nosvm vs runc: median {:.2}x ({:+.1} ms)",
-        ms(medians[0]) / ms(medians[1]),
-        ms(medians[0]) - ms(medians[1])
-    );
+    support::print_runs(&handlers, &mut times, "osvm vs runc");
 }

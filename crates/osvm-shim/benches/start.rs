@@ -13,10 +13,6 @@ use std::time::{Duration, Instant};
 
 use support::{Containerd, IMAGE, RUNTIME, missing, ok};
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn main() {
     if let Some((_, why)) = missing() {
         println!("SKIP start bench: {why}");
@@ -63,25 +59,10 @@ fn main() {
             "\n`ctr run --rm` of /bin/true through containerd 1.6, {snapshotter} snapshotter, \
              {runs} runs each, interleaved\n"
         );
-        println!("| runtime | median | p90 | min |");
-        println!("|---|---:|---:|---:|");
-        let mut medians = Vec::new();
-        for (n, (_, name)) in runtimes.iter().enumerate() {
-            let v = &mut times[n];
-            v.sort();
-            let median = v[v.len() / 2];
-            medians.push(median);
-            println!(
-                "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
-                ms(median),
-                ms(v[(v.len() * 9) / 10]),
-                ms(v[0])
-            );
-        }
-        println!(
-            "\nosvm vs runc ({snapshotter}): median {:.2}x ({:+.1} ms)",
-            ms(medians[0]) / ms(medians[1]),
-            ms(medians[0]) - ms(medians[1])
+        support::print_runs(
+            &runtimes,
+            &mut times,
+            &format!("osvm vs runc ({snapshotter})"),
         );
     }
 }

@@ -420,3 +420,28 @@ pub fn started_cri(test: &str) -> Option<Containerd> {
     }
     Some(Containerd::start_cri(test))
 }
+
+/// Prints the bench table of `times` (one row per `(runtime, label)`, osvm's first, runc's
+/// second) and osvm's median against runc's, as `label_ratio` names the comparison.
+pub fn print_runs(rows: &[(&str, &str)], times: &mut [Vec<Duration>], label_ratio: &str) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("| runtime | median | p90 | min |");
+    println!("|---|---:|---:|---:|");
+    let mut medians = Vec::new();
+    for ((_, name), v) in rows.iter().zip(times.iter_mut()) {
+        v.sort();
+        let median = v[v.len() / 2];
+        medians.push(median);
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            ms(median),
+            ms(v[(v.len() * 9) / 10]),
+            ms(v[0])
+        );
+    }
+    println!(
+        "\n{label_ratio}: median {:.2}x ({:+.1} ms)",
+        ms(medians[0]) / ms(medians[1]),
+        ms(medians[0]) - ms(medians[1])
+    );
+}
