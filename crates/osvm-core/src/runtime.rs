@@ -296,6 +296,15 @@ pub trait Instance: Send + Sync {
     /// Current resource usage.
     fn stats(&self) -> Result<InstanceStats, RuntimeError>;
 
+    /// Sets the instance's share of CPU time when CPUs are contended: `Some(w)` a weight on
+    /// cgroup v2's scale (1-10000; 100 is everyone's default), `None` back to the default. A
+    /// hot-swap starts the new instance low, so that the instance serving meanwhile keeps the
+    /// CPUs. Runtimes without such a weight do nothing.
+    fn set_cpu_weight(&self, weight: Option<u32>) -> Result<(), RuntimeError> {
+        let _ = weight;
+        Ok(())
+    }
+
     /// The memory limit `stats().memory_bytes` is measured against: the limit of the cgroup
     /// the instance runs in (for a guest, its emulator's: guest memory plus the emulator's
     /// own), `None` when there is none.

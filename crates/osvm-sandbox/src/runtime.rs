@@ -1315,6 +1315,12 @@ impl Instance for SandboxInstance {
         self.memory_limit
     }
 
+    fn set_cpu_weight(&self, weight: Option<u32>) -> Result<(), RuntimeError> {
+        self.cgroup
+            .set_cpu_weight(weight.unwrap_or(100))
+            .map_err(|e| RuntimeError::Setup(format!("set the CPU weight: {e}")))
+    }
+
     fn init_pid(&self) -> i32 {
         self.confinement.init_pid
     }

@@ -110,6 +110,10 @@ pub(super) struct Swap {
 }
 
 /// The readiness check of `c`: its health check, or a TCP connect to its first listen port.
+/// The CPU weight of a swap's new instance from its start until it takes traffic (v2's scale;
+/// 100 is the default).
+const SWAP_START_CPU_WEIGHT: u32 = 10;
+
 fn readiness(c: &Component) -> Option<(HealthProbe, Duration, Duration, String)> {
     match &c.health {
         Some(h) => Some((
@@ -338,9 +342,15 @@ impl Engine {
             sw.booting = None;
             match started {
                 Ok(inst) => {
+                    // Low on CPU until it takes traffic: its start (an interpreter loading,
+                    // caches warming) must not take the CPUs from the instance serving.
+                    let lowered = inst.set_cpu_weight(Some(SWAP_START_CPU_WEIGHT));
                     sw.new = Some(Arc::new(inst));
                     let id = sw.id.clone();
                     self.record_start(i, &id);
+                    if let Err(e) = lowered {
+                        self.emit(i, EventKind::Warning, &format!("swap: {e}"));
+                    }
                 }
                 Err(e) => {
                     return self.roll_back(i, now, format!("the new instance did not start: {e}"));
@@ -410,6 +420,11 @@ impl Engine {
             return self.roll_back(i, now, format!("could not switch the service address: {e}"));
         }
         let sw = self.units[i].swap.as_mut().expect("swap under way");
+        // It serves from now on: the default CPU weight again.
+        let restored = sw
+            .new
+            .as_ref()
+            .map_or(Ok(()), |new| new.set_cpu_weight(None));
         sw.progress.switched(step, now);
         let waited = now.duration_since(sw.progress.began);
         let detail = if weight == 100 {
@@ -424,6 +439,9 @@ impl Engine {
             )
         };
         self.emit(i, EventKind::SwapSwitched, &detail);
+        if let Err(e) = restored {
+            self.emit(i, EventKind::Warning, &format!("swap: {e}"));
+        }
     }
 
     /// The new instance held: it becomes the component's instance, the old one drains.

@@ -149,6 +149,9 @@ pub trait CgroupManager: Send + Sync {
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     /// Kills every process in the group.
     fn kill_all(&self) -> Result<(), CgroupError>;
+    /// Sets the group's CPU weight on v2's scale (1-10000, default 100; v1: `cpu.shares`,
+    /// 1024 for 100).
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), CgroupError>;
     /// Removes the group(s); fails with EBUSY while processes remain.
     fn remove(&self) -> Result<(), CgroupError>;
 }

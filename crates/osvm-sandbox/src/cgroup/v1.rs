@@ -229,6 +229,11 @@ impl CgroupManager for V1Group {
         Ok(all)
     }
 
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), CgroupError> {
+        let shares = (u64::from(weight.clamp(1, 10_000)) * 1024 / 100).max(2);
+        write(&self.cpu.join("cpu.shares"), &shares.to_string())
+    }
+
     fn kill_all(&self) -> Result<(), CgroupError> {
         if let Some(unified) = &self.unified {
             let kill = unified.join("cgroup.kill");

@@ -119,6 +119,13 @@ impl CgroupManager for V2Group {
         read_procs(&self.dir)
     }
 
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), CgroupError> {
+        write(
+            &self.dir.join("cpu.weight"),
+            &weight.clamp(1, 10_000).to_string(),
+        )
+    }
+
     fn kill_all(&self) -> Result<(), CgroupError> {
         let kill = self.dir.join("cgroup.kill");
         if kill.exists() {
@@ -176,7 +183,12 @@ mod tests {
             std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
             "+memory +cpu +pids"
         );
-        assert_eq!(group.paths().dirs, vec![dir]);
+        assert_eq!(group.paths().dirs, vec![dir.clone()]);
+        // A CPU weight (a swap's new instance, low until it serves), clamped to v2's range.
+        group.set_cpu_weight(10).unwrap();
+        assert_eq!(read("cpu.weight"), "10");
+        group.set_cpu_weight(0).unwrap();
+        assert_eq!(read("cpu.weight"), "1");
         // A group further down (a pod's): the controllers enabled in each parent.
         let group = V2Group::create(&root, Path::new("kubepods/pod1/c1"), &limits).unwrap();
         assert_eq!(group.paths().dirs, vec![root.join("kubepods/pod1/c1")]);
