@@ -78,12 +78,15 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
                 fail(e.to_string())
             }
         })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| fail(format!("writing its input: {e}")))?;
-    }
+    // A program that ends without reading its input (missing, or failing at once) breaks the
+    // pipe: its own exit says why, so the write's error counts only when it succeeded.
+    let written = match (stdin, child.stdin.take()) {
+        (Some(text), Some(mut pipe)) => pipe.write_all(text.as_bytes()),
+        _ => Ok(()),
+    };
     let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
     if out.status.success() {
+        written.map_err(|e| fail(format!("writing its input: {e}")))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -110,5 +113,27 @@ fn package_of(program: &str) -> &'static str {
         "ip" => "Debian package iproute2",
         "sysctl" => "Debian package procps",
         _ => "not in PATH",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A program that exits without reading its input is reported by its exit, not by the
+    /// broken pipe the write ran into (which raced with it: `ip netns exec NS nft` with nft
+    /// missing was sometimes "Broken pipe", sometimes "nft is not installed").
+    #[test]
+    fn a_program_that_exits_unread_is_reported_by_its_exit_not_the_broken_pipe() {
+        let input = "x".repeat(4 << 20);
+        for _ in 0..5 {
+            let e = super::run("sh", &["-c", "echo gone >&2; exit 3"], Some(&input))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("exit status: 3") && e.contains("gone"), "{e}");
+        }
+        // One that succeeds without reading everything still fails, by the write.
+        let e = super::run("true", &[], Some(&input))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("writing its input"), "{e}");
     }
 }
