@@ -556,6 +556,10 @@ pub struct RunArgs {
     /// Working directory inside the sandbox [default: /data]
     #[arg(long, short = 'w', value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Run the command as this user (and group) of the sandbox's own ids, 0-65535, instead of
+    /// its root; on the host it is an unprivileged uid either way
+    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    pub user: Option<String>,
     /// How long the command gets to exit after SIGTERM (Ctrl-C) before it is killed
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub stop_timeout: String,

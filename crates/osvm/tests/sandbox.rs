@@ -433,6 +433,42 @@ fn readonly_root_leaves_only_tmp_data_and_writable_binds_writable() {
     assert!(!ro.join("x").exists());
 }
 
+/// `--user`: the command runs as that uid and gid of the sandbox's own ids, with no
+/// capabilities; the sandbox's root-owned /data is not its to write, /tmp is; a bad id is a
+/// usage error (exit code 2).
+#[test]
+fn user_runs_the_command_as_that_user_inside() {
+    if !sandbox_available("user") {
+        return;
+    }
+    let state = StateDir::new("user");
+    let script = "id -u; id -g; grep CapEff /proc/self/status; echo x > /tmp/x && echo tmp-ok; \
+                  if echo x > /data/x 2>/dev/null; then echo data-written; fi";
+    let out = state
+        .osvm()
+        .args([
+            "run", "-q", "--user", "1000:100", "--", "/bin/sh", "-c", script,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..2], ["1000", "100"], "{text}");
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(
+        text.contains("tmp-ok") && !text.contains("data-written"),
+        "{text}"
+    );
+    let bad = state
+        .osvm()
+        .args(["run", "-q", "--user", "70000", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("0 to 65535"), "{}", stderr(&bad));
+}
+
 #[test]
 fn landlock_limits_tcp_bind_to_the_listen_ports() {
     if !sandbox_available("landlock-bind") {

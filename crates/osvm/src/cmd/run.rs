@@ -78,6 +78,23 @@ fn spec_from(args: &RunArgs) -> anyhow::Result<LaunchSpec> {
         return Err(invalid("--listen ports must be between 1 and 65535"));
     }
     spec.working_dir = args.workdir.clone();
+    if let Some(user) = &args.user {
+        let id = |s: &str| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| *n < 65_536)
+                .ok_or_else(|| invalid(format!("--user {user}: ids are numbers from 0 to 65535")))
+        };
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (id(u)?, id(g)?),
+            None => (id(user)?, id(user)?),
+        };
+        spec.user = Some(osvm_core::RunAs {
+            uid,
+            gid,
+            groups: Vec::new(),
+        });
+    }
     for b in &args.bind {
         spec.binds
             .push(BindMount::parse_flag(b).map_err(|e| invalid(format!("--bind {b}: {e}")))?);
