@@ -60,10 +60,17 @@ pub struct Cri {
     pub logs: PathBuf,
     /// The group the pods' groups are made in (kubelet's `kubepods`), one per containerd.
     pub cgroup_parent: String,
+    /// The pods this client ran: a test that fails half-way still has them removed (their
+    /// network namespaces, which containerd pins under /var/run/netns, go with them).
+    ran: Vec<String>,
 }
 
 impl Drop for Cri {
     fn drop(&mut self) {
+        for pod in std::mem::take(&mut self.ran) {
+            let _ = self.call(json!({ "op": "stop_pod", "pod": pod }));
+            let _ = self.call(json!({ "op": "remove_pod", "pod": pod }));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -92,18 +99,20 @@ impl Cri {
             output,
             logs,
             cgroup_parent: c.cgroup_parent(),
+            ran: Vec::new(),
         }
     }
 
-    /// Sends `command`; the CRI response, or the gRPC error.
+    /// Sends `command`; the CRI response, or the gRPC error (or why the client did not
+    /// answer: never a panic, so that `drop` may call it while a failed test unwinds).
     pub fn call(&mut self, command: Value) -> Result<Value, String> {
-        writeln!(self.input, "{command}").expect("write to osvm-cri-client");
+        writeln!(self.input, "{command}").map_err(|e| format!("write to osvm-cri-client: {e}"))?;
         let mut line = String::new();
         self.output
             .read_line(&mut line)
-            .expect("read from osvm-cri-client");
+            .map_err(|e| format!("read from osvm-cri-client: {e}"))?;
         let mut answer: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("osvm-cri-client said {line:?}: {e}"));
+            .map_err(|e| format!("osvm-cri-client said {line:?}: {e}"))?;
         match answer.get("error") {
             Some(e) => Err(e.as_str().unwrap_or_default().to_owned()),
             None => Ok(answer["ok"].take()),
@@ -113,11 +122,14 @@ impl Cri {
     pub fn run_pod(&mut self, name: &str, handler: &str) -> Result<String, String> {
         let logs = self.logs.display().to_string();
         let cgroup = format!("/{}/{name}", self.cgroup_parent);
-        self.call(json!({
-            "op": "run_pod", "name": name, "logs": logs, "handler": handler,
-            "cgroup_parent": cgroup,
-        }))
-        .map(|r| text(&r, "pod_sandbox_id"))
+        let pod = self
+            .call(json!({
+                "op": "run_pod", "name": name, "logs": logs, "handler": handler,
+                "cgroup_parent": cgroup,
+            }))
+            .map(|r| text(&r, "pod_sandbox_id"))?;
+        self.ran.push(pod.clone());
+        Ok(pod)
     }
 
     pub fn pod_status(&mut self, pod: &str) -> Value {
