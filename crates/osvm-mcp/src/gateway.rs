@@ -19,7 +19,7 @@
 //! passed through (resource URIs as `osvm+mcp://<prefix>/<original URI>`, prompts as
 //! `<prefix>.<prompt>`) to clients that may call at least one of its tools.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -204,9 +204,37 @@ impl Policies {
     }
 }
 
+/// The servers behind the gateway by name, and the name of each tool prefix's server (a call's
+/// `<prefix>.<tool>` finds its server in one lookup, not a scan).
+#[derive(Default)]
+struct Servers {
+    by_name: BTreeMap<String, Server>,
+    by_prefix: HashMap<String, String>,
+}
+
+impl Servers {
+    /// The server whose tools are `<prefix>.<...>`.
+    fn of_prefix(&self, prefix: &str) -> Option<&Server> {
+        self.by_prefix.get(prefix).and_then(|n| self.by_name.get(n))
+    }
+}
+
+impl std::ops::Deref for Servers {
+    type Target = BTreeMap<String, Server>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_name
+    }
+}
+
+impl std::ops::DerefMut for Servers {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.by_name
+    }
+}
+
 struct Inner {
     rt: tokio::runtime::Handle,
-    servers: RwLock<BTreeMap<String, Server>>,
+    servers: RwLock<Servers>,
     policy: RwLock<Arc<Policies>>,
     settings: RwLock<McpSettings>,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
@@ -275,7 +303,7 @@ impl Gateway {
         Self {
             inner: Arc::new(Inner {
                 rt,
-                servers: RwLock::new(BTreeMap::new()),
+                servers: RwLock::new(Servers::default()),
                 policy: RwLock::new(Arc::new(Policies::default())),
                 limiter: RwLock::new(Arc::new(RateLimiter::keyed(quota(&settings)))),
                 settings: RwLock::new(settings),
@@ -411,7 +439,8 @@ impl Gateway {
                 },
             );
         }
-        *map = next;
+        map.by_prefix = prefixes.into_iter().collect();
+        map.by_name = next;
         if collisions.is_empty() {
             Ok(())
         } else {
@@ -565,8 +594,7 @@ impl Gateway {
     fn known_server(&self, qualified: &str) -> Option<(String, String)> {
         let (prefix, name) = qualified.split_once('.')?;
         let map = self.inner.servers.read().expect("servers");
-        map.values()
-            .find(|s| s.decl.spec.prefix == prefix)
+        map.of_prefix(prefix)
             .map(|s| (s.decl.spec.name.clone(), name.to_owned()))
     }
 
@@ -609,15 +637,12 @@ impl Gateway {
             )
         })?;
         let map = self.inner.servers.read().expect("servers");
-        let s = map
-            .values()
-            .find(|s| s.decl.spec.prefix == prefix)
-            .ok_or_else(|| {
-                McpError::invalid_params(
-                    format!("no MCP server `{prefix}` behind this gateway"),
-                    None,
-                )
-            })?;
+        let s = map.of_prefix(prefix).ok_or_else(|| {
+            McpError::invalid_params(
+                format!("no MCP server `{prefix}` behind this gateway"),
+                None,
+            )
+        })?;
         match &s.link {
             Link::Up(_, up) => Ok((s.decl.spec.name.clone(), name.to_owned(), up.clone())),
             Link::Connecting(i) => Err(error(
