@@ -197,6 +197,17 @@ pub fn attach(state_dir: &Path, netns_path: &Path) -> Result<Attached, NetError>
     {
         return Err(e);
     }
+    // Where br_netfilter is active (a host that ran Docker, Kubernetes or a CNI bridge), the
+    // frames this bridge carries between the guest and eth0 would go through this namespace's
+    // netfilter hooks as if routed, and never reach the guest: the bridge is a plain L2 join
+    // (policy is enforced in the hub), so this namespace turns those hooks off.
+    for hook in ["iptables", "ip6tables", "arptables"] {
+        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{hook}");
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &netns, "sh", "-c"])
+            .arg(format!("[ ! -e {path} ] || echo 0 > {path}"))
+            .output();
+    }
     ip(&netns, &["addr", "flush", "dev", "eth0"])?;
     ip(&netns, &["link", "set", "eth0", "master", BRIDGE])?;
     ip(&netns, &["link", "set", TAP, "master", BRIDGE])?;
