@@ -649,10 +649,10 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
         }
     }
     if let Some(user) = &spec.user {
-        let ids = std::iter::once(user.uid)
+        let mut ids = std::iter::once(user.uid)
             .chain(std::iter::once(user.gid))
             .chain(user.groups.iter().copied());
-        if let Some(id) = ids.clone().find(|id| *id >= crate::ids::RANGE) {
+        if let Some(id) = ids.find(|id| *id >= crate::ids::RANGE) {
             return Err(RuntimeError::InvalidSpec(format!(
                 "user or group id {id} is outside the sandbox's ids (0-{})",
                 crate::ids::RANGE - 1
@@ -666,12 +666,12 @@ fn check_spec(spec: &LaunchSpec) -> Result<(), RuntimeError> {
             ));
         }
         overlay.check().map_err(RuntimeError::InvalidSpec)?;
-        let layers = overlay
+        let mut layers = overlay
             .lower
             .iter()
             .chain(&overlay.upper)
             .chain(&overlay.work);
-        if let Some(layer) = layers.clone().find(|l| !l.is_dir()) {
+        if let Some(layer) = layers.find(|l| !l.is_dir()) {
             return Err(RuntimeError::InvalidSpec(format!(
                 "overlay layer {} is not a directory",
                 layer.display()
