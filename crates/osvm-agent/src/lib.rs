@@ -4,4 +4,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod channel;
+pub mod elf;
 pub mod proto;

@@ -52,6 +52,10 @@ pub const LOGS_PORT: u32 = 1026;
 pub const HOST_CID: u32 = 2;
 /// The most output an exec health check returns per stream; the rest is cut.
 pub const MAX_EXEC_OUTPUT: usize = 64 * 1024;
+/// The image's last file: the image's digest. The guest kernel unpacks the image in archive
+/// order and stops at its first write error (a root file system too small for the image), so
+/// this file is in the guest only when every other file is, whole.
+pub const IMAGE_MARK: &str = "/.osvm-image";
 
 /// What went wrong with a frame.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,10 @@ pub enum Event {
         kernel: String,
         /// Milliseconds since the guest kernel started.
         uptime_ms: u64,
+        /// The content of [`IMAGE_MARK`] (the image's digest); none when the image did not
+        /// unpack completely.
+        #[serde(default)]
+        image: Option<String>,
     },
     /// The workload was started.
     Started {
@@ -141,6 +149,20 @@ pub struct Launch {
     /// agent makes mutual TLS with the identity in [`IDENTITY_DIR`].
     #[serde(default)]
     pub tls_egress: Vec<TlsEgress>,
+    /// The MAC address `eth0` takes (a guest restored from a snapshot wakes with the MAC of
+    /// the guest that was saved).
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The host's wall-clock time when it sent the launch, in nanoseconds since the Unix
+    /// epoch: the agent steps the guest's clock to it (a restored guest's clock is behind by
+    /// the time since its snapshot).
+    #[serde(default)]
+    pub time_unix_ns: Option<u64>,
+    /// Bytes from the host's `getrandom`, mixed into the guest's entropy pool before the
+    /// kernel's random number generator is reseeded: copies restored from one snapshot must
+    /// not draw the same random numbers.
+    #[serde(default)]
+    pub entropy: Vec<u8>,
 }
 
 /// One `mtls_egress` entry as the guest serves it: plain TCP accepted on `127.0.0.1:listen`,

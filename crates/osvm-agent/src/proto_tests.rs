@@ -58,6 +58,9 @@ fn every_request_round_trips_through_a_frame() {
         hosts: vec![("10.214.0.1".into(), "db db.demo.osvm".into())],
         data_device: Some("/dev/vda".into()),
         stdio: true,
+        mac: Some("02:00:00:00:00:01".into()),
+        time_unix_ns: Some(1_796_490_760_000_000_000),
+        entropy: vec![7; 64],
         tls_egress: vec![TlsEgress {
             listen: 15432,
             upstream: "10.214.0.1:5432".parse().unwrap(),

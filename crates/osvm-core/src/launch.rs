@@ -231,6 +231,18 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// How a microVM's agent and osvm reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkChoice {
+    /// vsock, through a vhost-device-vsock backend in its own sandbox.
+    #[default]
+    Vsock,
+    /// One virtio-serial port carrying every connection (no vsock backend; the link a
+    /// snapshotted VM needs, since QEMU cannot save the vhost-user vsock device).
+    Serial,
+}
+
 /// A confidential-computing technology a microVM may ask for: its memory encrypted and
 /// integrity-protected from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,6 +296,13 @@ pub struct VmOptions {
     /// share it, so a stateful VM can be hot-swapped.
     #[serde(default)]
     pub shared_data: bool,
+    /// The agent's link.
+    #[serde(default)]
+    pub link: LinkChoice,
+    /// Start from a snapshot of a guest booted once until its agent was ready (made at the
+    /// first start); needs the serial link, no data disk and no mounts.
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// Which program boots a Hermit image.

@@ -15,8 +15,8 @@ pub mod stack;
 
 pub use confinement::{Confinement, GuestConfinement, SandboxConfinement};
 pub use launch::{
-    AccelChoice, BindMount, ConfidentialChoice, DataKind, LaunchSpec, LauncherChoice, LogLimits,
-    OverlayRoot, Resources, RunAs, RuntimeSpec, UnikernelOptions, VmOptions,
+    AccelChoice, BindMount, ConfidentialChoice, DataKind, LaunchSpec, LauncherChoice, LinkChoice,
+    LogLimits, OverlayRoot, Resources, RunAs, RuntimeSpec, UnikernelOptions, VmOptions,
 };
 pub use runtime::{
     Adoption, Conn, Endpoint, ExecResult, ExitStatus, Instance, InstanceStats, Progress, Runtime,

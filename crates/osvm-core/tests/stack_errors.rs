@@ -629,6 +629,31 @@ fn cases() -> Vec<Case> {
             "keep one",
         ),
         case(
+            "a snapshot with a data disk",
+            base("runtime = \"microvm\"\nmicrovm = { snapshot = true }"),
+            8,
+            24,
+            "needs data_disk = false",
+        ),
+        case(
+            "a snapshot over vsock",
+            base(
+                "runtime = \"microvm\"\nmicrovm = { data_disk = false, link = \"vsock\", snapshot = true }",
+            ),
+            8,
+            59,
+            "needs link = \"serial\"",
+        ),
+        case(
+            "a snapshot with mounts",
+            base(
+                "runtime = \"microvm\"\nmounts = [{ source = \"/srv\", target = \"/srv\" }]\nmicrovm = { data_disk = false, snapshot = true }",
+            ),
+            9,
+            43,
+            "cannot be combined with mounts",
+        ),
+        case(
             "rootfs in a microVM",
             base("runtime = \"microvm\"\nrootfs = \"/srv/root\""),
             4,

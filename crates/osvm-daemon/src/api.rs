@@ -134,41 +134,50 @@ pub fn router(shared: Arc<Shared>) -> Router {
         Some(gw) => crate::mcp::routes(gw.clone()),
         None => Router::new(),
     };
-    Router::new()
+    read_routes(&shared)
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
-        .route(
-            "/v1/version",
-            get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }),
-        )
-        .route("/v1/components", get(list))
-        .route("/v1/components/{name}", get(one))
         .route("/v1/components/{name}/start", post(start))
         .route("/v1/components/{name}/stop", post(stop))
         .route("/v1/components/{name}/restart", post(restart))
-        .route("/v1/components/{name}/logs", get(logs))
         .route("/v1/components/{name}/swap", post(swap))
-        .route("/v1/events", get(events))
-        .route("/v1/stats", get(stats))
         .route("/v1/stacks", post(apply))
         .route("/v1/stacks/{name}", axum::routing::delete(remove))
-        .route(
-            "/v1/stacks/{name}/policy",
-            get(policy_list).post(policy_add),
-        )
+        .route("/v1/stacks/{name}/policy", post(policy_add))
         .route(
             "/v1/stacks/{name}/policy/{index}",
             axum::routing::delete(policy_remove),
         )
-        .route("/v1/network", get(network))
         .merge(mcp.with_state(()))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(middleware::from_fn(only_root))
         .with_state(shared)
+}
+
+/// The API's routes that only read (every one a `GET`): the whole API the dashboard serves
+/// (see `crate::ui`), so it cannot change anything by construction.
+pub fn read_routes(shared: &Shared) -> Router<Arc<Shared>> {
+    let mcp = match &shared.mcp {
+        Some(gw) => crate::mcp::read_routes(gw.clone()),
+        None => Router::new(),
+    };
+    Router::new()
+        .route(
+            "/v1/version",
+            get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }),
+        )
+        .route("/v1/components", get(list))
+        .route("/v1/components/{name}", get(one))
+        .route("/v1/components/{name}/logs", get(logs))
+        .route("/v1/events", get(events))
+        .route("/v1/stats", get(stats))
+        .route("/v1/stacks/{name}/policy", get(policy_list))
+        .route("/v1/network", get(network))
+        .merge(mcp.with_state(()))
 }
 
 /// Refuses every peer but root and the daemon's own user.
@@ -250,7 +259,7 @@ async fn one(
     find(&shared, &name).map(Json)
 }
 
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     shared: &Shared,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, ApiError> {
@@ -564,41 +573,71 @@ async fn events(
         .store
         .events_after(q.after, q.limit.min(100_000))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
-    let mut last = past.last().map(|e| e.seq).unwrap_or(q.after);
+    let last = past.last().map(|e| e.seq).unwrap_or(q.after);
     let mut text = String::new();
     for e in &past {
         text.push_str(&serde_json::to_string(e).unwrap_or_default());
         text.push('\n');
     }
-    let Some(mut rx) = live.take() else {
+    let Some(rx) = live.take() else {
         return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response());
     };
-    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let body = follow_events(vec![Bytes::from(text)], last, rx, ndjson_line, None);
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn ndjson_line(e: &crate::store::Event) -> Bytes {
+    let mut line = serde_json::to_string(e).unwrap_or_default();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// A streamed body: `first`, then every event of `live` after sequence number `last`, each
+/// framed by `frame`; with `keep_alive`, those bytes after each quiet period of that length.
+/// Ends when the client goes or the daemon stops.
+pub(crate) fn follow_events(
+    first: Vec<Bytes>,
+    mut last: u64,
+    mut live: tokio::sync::broadcast::Receiver<crate::store::Event>,
+    frame: fn(&crate::store::Event) -> Bytes,
+    keep_alive: Option<(Duration, Bytes)>,
+) -> Body {
+    use tokio::sync::broadcast::error::RecvError;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
-        if tx.send(Ok(Bytes::from(text))).await.is_err() {
-            return;
+        for f in first {
+            if tx.send(Ok(f)).await.is_err() {
+                return;
+            }
         }
         loop {
-            match rx.recv().await {
+            let next = match &keep_alive {
+                Some((quiet, bytes)) => match tokio::time::timeout(*quiet, live.recv()).await {
+                    Ok(next) => next,
+                    // Quiet for that long: the keep-alive bytes instead of an event.
+                    Err(_) => {
+                        if tx.send(Ok(bytes.clone())).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+                None => live.recv().await,
+            };
+            let out = match next {
                 Ok(e) if e.seq > last => {
                     last = e.seq;
-                    let mut line = serde_json::to_string(&e).unwrap_or_default();
-                    line.push('\n');
-                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                        return;
-                    }
+                    frame(&e)
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(Ok(out)).await.is_err() {
+                return;
             }
         }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(body_rx);
-    Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// `?tail=N&follow=true&stream=both|stdout|stderr`.

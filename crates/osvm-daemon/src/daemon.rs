@@ -32,6 +32,11 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Where to serve Prometheus metrics, if anywhere (opt-in).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where to serve the dashboard, if anywhere (opt-in; see `crate::ui`).
+    pub ui: Option<std::net::SocketAddr>,
+    /// Serve it over TLS with a certificate of this trust domain's CA, admitting that CA's
+    /// client certificates as well as tokens.
+    pub ui_tls: Option<String>,
 }
 
 impl DaemonConfig {
@@ -130,6 +135,11 @@ pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// How many connections the metrics endpoint holds at once.
+const METRICS_CONNECTIONS: usize = 32;
+/// How many of those one source may hold (a Prometheus server scrapes on one).
+const METRICS_CONNECTIONS_PER_SOURCE: usize = 8;
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonError> {
     private_dir(&config.state_dir)
@@ -143,6 +153,44 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
     let gateway = osvm_mcp::Gateway::new(rt.handle().clone(), &config.state_dir);
     let mut engine = Engine::open(runtime, store.clone(), Some(gateway.clone()))?;
     engine.note(EventKind::Daemon, "started");
+    let ui = match config.ui {
+        Some(addr) => {
+            let tls = match &config.ui_tls {
+                Some(domain) => {
+                    let (tls, created) = crate::ui::UiTls::open(&config.state_dir, domain)?;
+                    if created {
+                        engine.note(
+                            EventKind::CaCreated,
+                            &format!("a CA for trust domain {domain} (for the dashboard's TLS)"),
+                        );
+                    }
+                    Some(Arc::new(tls))
+                }
+                None => None,
+            };
+            let listener = crate::ui::bind(addr)?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| DaemonError::Io("read the dashboard's address".into(), e))?;
+            // For scripts and tests that asked for port 0.
+            let file = crate::ui::addr_file(&config.state_dir);
+            std::fs::write(&file, format!("{bound}\n"))
+                .map_err(|e| DaemonError::Io(format!("write {}", file.display()), e))?;
+            let how = match &config.ui_tls {
+                Some(domain) => format!(
+                    "https://{bound}/ (certificate of the {domain} CA for dashboard.osvm.osvm; \
+                     sign in with a token from `osvm ui token issue` or an `osvm cert client` \
+                     certificate)"
+                ),
+                None => {
+                    format!("http://{bound}/ (sign in with a token from `osvm ui token issue`)")
+                }
+            };
+            engine.note(EventKind::Daemon, &format!("dashboard on {how}"));
+            Some((listener, tls))
+        }
+        None => None,
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -167,10 +215,18 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| DaemonError::Io(format!("bind the metrics listener {addr}"), e))?;
+            // Unauthenticated like any Prometheus endpoint, so bounded (see `crate::listen`).
+            let listener = crate::listen::Bounded::new(
+                listener,
+                crate::listen::Slots::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS_PER_SOURCE),
+            );
             let app = crate::metrics::router(shared.clone());
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });
+        }
+        if let Some((listener, tls)) = ui {
+            crate::ui::serve(listener, shared.clone(), tls)?;
         }
         crate::api::serve(&config.socket, shared).await
     });

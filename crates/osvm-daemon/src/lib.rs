@@ -8,6 +8,7 @@
 //! - [`health`]: HTTP, TCP and exec health probes.
 //! - [`daemon`] and [`api`]: `osvm daemon` — the engine on its own thread and the REST API on
 //!   a root-only unix socket.
+//! - [`ui`]: the read-only dashboard (`osvm daemon --ui`), behind bearer tokens.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -15,8 +16,10 @@ pub mod daemon;
 pub mod engine;
 pub mod health;
 pub mod identity;
+pub mod listen;
 pub mod mcp;
 pub mod metrics;
 pub mod network;
 pub mod store;
+pub mod ui;
 pub mod workload;

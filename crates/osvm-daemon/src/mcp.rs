@@ -184,7 +184,7 @@ async fn auth(
     response
 }
 
-/// The gateway's routes.
+/// The gateway's routes that act or stream (its read-only ones are [`read_routes`]).
 pub fn routes(gw: Gateway) -> Router {
     let max = gw.settings().max_message_bytes as usize;
     let service_gw = gw.clone();
@@ -206,13 +206,19 @@ pub fn routes(gw: Gateway) -> Router {
         ));
     Router::new()
         .route("/v1/mcp/stdio", get(stdio))
-        .route("/v1/mcp/tools", get(tools))
-        .route("/v1/mcp/servers", get(servers))
         .route("/v1/mcp/call", post(call))
         .route("/v1/mcp/tokens", get(list_tokens).post(issue_token))
         .route("/v1/mcp/tokens/{what}", delete(revoke_token))
         .with_state(gw)
         .merge(mcp)
+}
+
+/// The gateway's routes that only read: its servers and their tools (for the dashboard).
+pub fn read_routes(gw: Gateway) -> Router {
+    Router::new()
+        .route("/v1/mcp/tools", get(tools))
+        .route("/v1/mcp/servers", get(servers))
+        .with_state(gw)
 }
 
 /// `GET /v1/mcp/stdio` with `Upgrade: osvm-mcp-stdio`: the connection becomes one MCP session

@@ -263,6 +263,9 @@ pub struct NetPlane {
     listeners: BTreeMap<String, Vec<std::os::fd::OwnedFd>>,
     /// Whether the last apply succeeded.
     in_force: bool,
+    /// Host NAT tables of torn-down hubs removed when this plane opened (see
+    /// [`osvm_net::uplink::stale_tables`]), for the daemon to say so.
+    pub swept: Result<Vec<String>, String>,
     /// Components (`stack/component`) with no ready instance: their service address refuses
     /// new connections (and so do their published ports) until one is ready.
     unready: BTreeSet<String>,
@@ -356,6 +359,9 @@ impl NetPlane {
         let audit_path = state_dir.join("audit.log");
         let audit =
             AuditLog::open(&audit_path).map_err(io(format!("open {}", audit_path.display())))?;
+        // A hub that died with its daemon (`kill -9`) left its host table behind, whose DNAT
+        // would send connections to published ports (on 127.0.0.1 too) nowhere.
+        let swept = osvm_net::uplink::remove_stale_tables().map_err(|e| e.to_string());
         Ok(Self {
             prefix,
             state_dir: state_dir.to_path_buf(),
@@ -373,6 +379,7 @@ impl NetPlane {
             listeners: BTreeMap::new(),
             in_force: false,
             unready: BTreeSet::new(),
+            swept,
         })
     }
 

@@ -687,6 +687,16 @@ impl Store {
         Ok(event)
     }
 
+    /// The sequence number of the last event (0 when there is none).
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        Ok(events
+            .last()
+            .map_err(|e| self.err(e))?
+            .map_or(0, |(k, _)| k.value()))
+    }
+
     /// Up to `limit` events with a sequence number above `after`, oldest first.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;

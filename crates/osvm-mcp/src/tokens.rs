@@ -105,8 +105,14 @@ pub fn check_client(client: &str) -> Result<(), TokenError> {
 impl TokenStore {
     /// The store in `<state_dir>/mcp/tokens.json` (created on first issue).
     pub fn open(state_dir: &Path) -> Self {
+        Self::at(state_dir.join("mcp").join("tokens.json"))
+    }
+
+    /// A store of its own in the file `path` (the dashboard's tokens, which are not MCP
+    /// clients), created on first issue.
+    pub fn at(path: PathBuf) -> Self {
         Self {
-            path: state_dir.join("mcp").join("tokens.json"),
+            path,
             cache: Mutex::new((Vec::new(), None)),
         }
     }

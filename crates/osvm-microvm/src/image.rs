@@ -5,6 +5,12 @@
 //! name order), and the component's files: its program with the shared libraries `ldd` names
 //! for it, and any paths the stack's `microvm.include` lists, each at its host path.
 //!
+//! The archive's last file is `/.osvm-image`, holding the image's digest. The guest kernel
+//! unpacks an initramfs into a root file system capped at half the memory it has then (the
+//! image itself still takes its share), and stops at the first write that does not fit: the
+//! agent reports the mark in its hello and the host refuses to launch without it, where the
+//! guest would otherwise run with files missing or cut short (see [`memory_for`]).
+//!
 //! Images are content-addressed. The builder first lists every entry (guest path, mode, and the
 //! SHA-256 of the content or the link target) and hashes that list; the image is
 //! `<images>/<hash>.cpio`. The same inputs give the same name, and a stored image is used as it
@@ -89,6 +95,16 @@ pub struct Image {
     pub entries: usize,
 }
 
+/// About how much guest memory, in MiB, an image of `image_bytes` needs to unpack: the kernel
+/// keeps about 37 MiB (Debian's cloud kernel), the image's archive stays in memory while it is
+/// unpacked, and the root file system it is unpacked into may use half of what is left then;
+/// some room is left for what the guest writes at start. Measured: a 29.5 MiB image fails at
+/// 128 MiB and unpacks at 144 MiB. Rounded up to 16 MiB.
+pub fn memory_for(image_bytes: u64) -> u64 {
+    let image_mib = image_bytes.div_ceil(1 << 20);
+    (40 + 3 * image_mib + 8).div_ceil(16) * 16
+}
+
 /// Where images are kept.
 pub fn images_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("images")
@@ -171,7 +187,8 @@ impl Tree {
     /// The content address: SHA-256 over every entry's path, kind, mode and content hash.
     fn digest(&self) -> Result<String, ImageError> {
         let mut h = Hasher::default();
-        h.update(b"osvm-image-v1\n");
+        // v2: images end with the mark file (`osvm_agent::proto::IMAGE_MARK`).
+        h.update(b"osvm-image-v2\n");
         for (path, entry) in &self.entries {
             let line = match entry {
                 Entry::Dir => format!("d {}\n", path.display()),
@@ -195,19 +212,45 @@ fn unique() -> String {
     format!("{}.{n}", std::process::id())
 }
 
-/// The libraries `ldd` lists for `program` (none for a static one).
+/// The libraries `ldd` lists for `program`, its ELF interpreter (loader) always among them;
+/// none for a static ELF or a file that is not ELF (a script: its interpreter is the image's
+/// business, e.g. busybox). A dynamic ELF whose libraries `ldd` cannot list is an error, never an
+/// image without its loader: the guest would only say "No such file or directory" at exec.
 pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>, ImageError> {
-    let out = Command::new("ldd")
-        .arg(program)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(io_err("run ldd"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        // "not a dynamic executable": nothing to add.
+    let bytes = fs::read(program).map_err(io_err(format!("read {}", program.display())))?;
+    let Ok(Some(interpreter)) = osvm_agent::elf::interpreter(&bytes) else {
         return Ok(Vec::new());
+    };
+    // ldd is a shell script that runs the loader: on a loaded host a fork in it can fail, so a
+    // failure is tried again before it fails the image.
+    let mut tries = 0;
+    let out = loop {
+        let out = Command::new("ldd")
+            .arg(program)
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(io_err("run ldd"))?;
+        tries += 1;
+        if out.status.success() || tries == 3 {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if !out.status.success() {
+        return Err(ImageError::Input(format!(
+            "{} is dynamically linked (loader {}), but `ldd` could not list its libraries \
+             (3 tries, the last {}): {}",
+            program.display(),
+            interpreter.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
-    Ok(parse_ldd(&text))
+    let mut libraries = parse_ldd(&String::from_utf8_lossy(&out.stdout));
+    if !libraries.contains(&interpreter) {
+        libraries.push(interpreter);
+    }
+    Ok(libraries)
 }
 
 /// Library paths in `ldd` output (`name => /path (addr)` and `/loader (addr)` lines).
@@ -248,30 +291,10 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
 /// Whether an ELF file has no program interpreter (a static executable).
 pub fn is_static_elf(path: &Path) -> Result<bool, ImageError> {
     let bytes = fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
-        return Err(ImageError::Input(format!(
-            "{} is not a 64-bit ELF file",
-            path.display()
-        )));
+    match osvm_agent::elf::interpreter(&bytes) {
+        Ok(interpreter) => Ok(interpreter.is_none()),
+        Err(why) => Err(ImageError::Input(format!("{}: {why}", path.display()))),
     }
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let u64_at = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[o..o + 8]);
-        u64::from_le_bytes(b) as usize
-    };
-    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
-    for i in 0..phnum {
-        let at = phoff + i * phentsize;
-        if at + 4 > bytes.len() {
-            break;
-        }
-        // PT_INTERP = 3
-        if u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) == 3 {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Builds the image for `inputs` in `images_dir`, or finds the identical one stored there.
@@ -366,7 +389,7 @@ pub fn build(images_dir: &Path, inputs: &ImageInputs) -> Result<Image, ImageErro
     // Two starts may build the same image at once (two components with the same program):
     // each writes its own partial file, and the last rename leaves the same content.
     let partial = images_dir.join(format!(".{digest}.{}.partial", unique()));
-    let written = write_cpio(&tree, &partial)
+    let written = write_cpio(&tree, &digest, &partial)
         .and_then(|()| fs::rename(&partial, &path).map_err(io_err("store the image")));
     if let Err(e) = written {
         let _ = fs::remove_file(&partial);
@@ -382,7 +405,8 @@ pub fn build(images_dir: &Path, inputs: &ImageInputs) -> Result<Image, ImageErro
     })
 }
 
-fn write_cpio(tree: &Tree, out: &Path) -> Result<(), ImageError> {
+/// Writes the archive: the tree's entries in path order, then the mark (the digest) last.
+fn write_cpio(tree: &Tree, digest: &str, out: &Path) -> Result<(), ImageError> {
     let file = File::create(out).map_err(io_err(format!("create {}", out.display())))?;
     let mut w = CpioWriter::new(BufWriter::new(file));
     for (ino, (path, entry)) in tree.entries.iter().enumerate() {
@@ -400,7 +424,15 @@ fn write_cpio(tree: &Tree, out: &Path) -> Result<(), ImageError> {
         };
         result.map_err(io_err("write the image"))?;
     }
-    w.finish().map_err(io_err("write the image"))
+    let mark = osvm_agent::proto::IMAGE_MARK.trim_start_matches('/');
+    w.entry(
+        mark,
+        tree.entries.len() as u32 + 1,
+        0o100444,
+        format!("{digest}\n").as_bytes(),
+    )
+    .and_then(|()| w.finish())
+    .map_err(io_err("write the image"))
 }
 
 /// Writes the newc ("070701") cpio format.
@@ -461,19 +493,29 @@ impl<W: Write> CpioWriter<W> {
 mod tests {
     use super::*;
 
+    /// The static busybox (any static executable stands in for the agent too) and an empty
+    /// scratch directory for test `test`; `None` after a skip without busybox-static.
+    fn busybox_and_dir(test: &str) -> Option<(PathBuf, PathBuf)> {
+        let Some(busybox) =
+            osvm_guest::find_program("busybox").filter(|b| is_static_elf(b).unwrap_or(false))
+        else {
+            osvm_testkit::skip("busybox", test, "needs busybox-static");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("osvm-image-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Some((busybox, dir))
+    }
+
     /// Two starts building the same image at once (two VMs of one program) both get it: each
     /// writes its own partial file (they shared one, and the second rename failed).
     #[test]
     fn concurrent_builds_of_one_image_all_succeed() {
-        let Some(busybox) =
-            osvm_guest::find_program("busybox").filter(|b| is_static_elf(b).unwrap_or(false))
+        let Some((busybox, dir)) = busybox_and_dir("concurrent_builds_of_one_image_all_succeed")
         else {
-            println!("SKIP concurrent_builds_of_one_image_all_succeed: no static busybox");
             return;
         };
-        let dir = std::env::temp_dir().join(format!("osvm-image-race-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
         let inputs = ImageInputs {
             // Any static executable stands in for the agent here.
             agent: busybox.clone(),
@@ -497,6 +539,111 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The entries of a newc archive, in order: (name, mode, data).
+    fn entries_of(archive: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let field = |at: usize, i: usize| {
+            let hex = std::str::from_utf8(&archive[at + 6 + i * 8..at + 14 + i * 8]).unwrap();
+            usize::from_str_radix(hex, 16).unwrap()
+        };
+        let (mut at, mut out) = (0, Vec::new());
+        loop {
+            assert_eq!(&archive[at..at + 6], b"070701", "a newc header at {at}");
+            let (mode, size, name_len) = (field(at, 1) as u32, field(at, 6), field(at, 11));
+            let name = std::str::from_utf8(&archive[at + 110..at + 110 + name_len - 1])
+                .unwrap()
+                .to_owned();
+            let data_at = (at + 110 + name_len).next_multiple_of(4);
+            let data = archive[data_at..data_at + size].to_vec();
+            at = (data_at + size).next_multiple_of(4);
+            if name == "TRAILER!!!" {
+                return out;
+            }
+            out.push((name, mode, data));
+        }
+    }
+
+    /// The mark is the archive's last file and holds the digest: a guest whose kernel stopped
+    /// unpacking early (its root file system full) has no mark, whatever it did unpack.
+    #[test]
+    fn the_image_ends_with_its_mark() {
+        let Some((busybox, dir)) = busybox_and_dir("the_image_ends_with_its_mark") else {
+            return;
+        };
+        // A path that sorts after the mark's and before most: the mark is last by position,
+        // not by name.
+        let early = dir.join("a-file");
+        fs::write(&early, b"content").unwrap();
+        let inputs = ImageInputs {
+            agent: busybox.clone(),
+            busybox,
+            modules: Vec::new(),
+            programs: Vec::new(),
+            include: vec![early.clone()],
+        };
+        let image = build(&dir, &inputs).unwrap();
+        let entries = entries_of(&fs::read(&image.path).unwrap());
+        let (name, mode, data) = entries.last().unwrap();
+        assert_eq!(format!("/{name}"), osvm_agent::proto::IMAGE_MARK);
+        assert_eq!(*mode, 0o100444);
+        assert_eq!(data, format!("{}\n", image.digest).as_bytes());
+        assert_eq!(
+            entries.len(),
+            image.entries + 1,
+            "every entry, then the mark"
+        );
+        let included = early.to_string_lossy().trim_start_matches('/').to_owned();
+        assert!(
+            entries
+                .iter()
+                .any(|(n, _, d)| *n == included && d == b"content"),
+            "{included} is in the image"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The memory advice covers what was measured: a 29.5 MiB image failed at 128 MiB and
+    /// unpacked at 144 MiB.
+    #[test]
+    fn memory_advice_matches_the_measured_limit() {
+        let measured = 29_541_372;
+        assert!(memory_for(measured) > 128 && memory_for(measured) <= 160);
+        assert_eq!(memory_for(measured) % 16, 0);
+        assert!(memory_for(100 << 20) > memory_for(measured));
+    }
+
+    /// A dynamic program's loader is in its library list even when `ldd` names it differently
+    /// (or not at all); a static one and a script have none; a truncated ELF is an error.
+    #[test]
+    fn a_dynamic_program_brings_its_loader_and_a_static_one_nothing() {
+        let exe = std::env::current_exe().unwrap();
+        let bytes = fs::read(&exe).unwrap();
+        let loader = osvm_agent::elf::interpreter(&bytes)
+            .unwrap()
+            .expect("test binaries are dynamic");
+        assert!(
+            loader.is_absolute() && loader.exists(),
+            "{}",
+            loader.display()
+        );
+        let libraries = shared_libraries(&exe).unwrap();
+        assert!(libraries.contains(&loader), "{libraries:?}");
+        assert!(
+            libraries
+                .iter()
+                .any(|l| l.to_string_lossy().contains("libc.so")),
+            "{libraries:?}"
+        );
+        let dir = std::env::temp_dir().join(format!("osvm-image-elf-{}", unique()));
+        fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("script");
+        fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        assert_eq!(shared_libraries(&script).unwrap(), Vec::<PathBuf>::new());
+        let mut headers_only = bytes[..64].to_vec();
+        headers_only[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(osvm_agent::elf::interpreter(&headers_only).is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 

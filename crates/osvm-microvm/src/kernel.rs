@@ -26,7 +26,7 @@ pub const WANTED_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport
 
 /// Modules taken when the tree has them: the data disk's driver and virtio-fs for shared
 /// directories (a kernel of one's own may have them built in; a guest that lacks it altogether fails its start at the mount, saying so).
-pub const OPTIONAL_MODULES: &[&str] = &["virtio_blk", "virtiofs"];
+pub const OPTIONAL_MODULES: &[&str] = &["virtio_blk", "virtiofs", "virtio_console"];
 
 /// What can go wrong with a kernel.
 #[derive(Debug, thiserror::Error)]

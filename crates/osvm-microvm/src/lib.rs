@@ -6,15 +6,19 @@
 //! - [`image`]: content-addressed initramfs images (agent, busybox, modules, the component's
 //!   files);
 //! - [`vsock`]: context ids and Firecracker's hybrid vsock through a vhost-user backend;
-//! - [`qemu`]: the QEMU command line and QMP;
+//! - [`link`]: the host's end of the agent's link, vsock or a virtio-serial port;
+//! - [`qemu`]: the QEMU command line; [`qmp`]: QMP, saving and restoring guests;
 //! - [`runtime`]: the runtime itself, QEMU and the backend each confined by the process sandbox.
 
 #![forbid(unsafe_code)]
 
 pub mod image;
 pub mod kernel;
+pub mod link;
 pub mod qemu;
+pub mod qmp;
 pub mod runtime;
+pub mod snapshot;
 pub mod vsock;
 
 pub use runtime::{MicroVmConfig, MicroVmInstance, MicroVmRuntime, VmFacts, find_agent};

@@ -3,7 +3,8 @@
 //! The machine is QEMU's `microvm`: no PCI, no firmware tables beyond ACPI (kept on: the Debian
 //! kernel finds the virtio-mmio devices only through ACPI), the PIT and RTC (the guest's early
 //! timer needs them), guest memory in a shared memfd (the vhost-user vsock backend maps it).
-//! Devices: a serial console written to a file, the vhost-user vsock device, a virtio-blk disk
+//! Devices: a serial console written to a file, the agent's link (the vhost-user vsock device,
+//! or a virtio-serial port on a unix socket), a virtio-blk disk
 //! (the data volume), a vhost-user-fs device per shared directory (served by virtiofsd, which
 //! maps the same shared guest memory), and a virtio-net device on the TAP descriptor passed as
 //! fd 3. QEMU's own seccomp sandbox is on as well, and
@@ -33,8 +34,14 @@ pub struct QemuArgs {
     pub tsc_khz: u64,
     /// Serial console log.
     pub console: PathBuf,
-    /// The vhost-user socket of the vsock backend.
-    pub vhost_socket: PathBuf,
+    /// How the agent reaches the host.
+    pub link: LinkArgs,
+    /// Guest RAM in this file instead of an anonymous memfd, mapped shared (a snapshot's
+    /// template, whose RAM is the snapshot) or private (a restored copy: what the guest writes
+    /// stays in this QEMU).
+    pub ram_file: Option<(PathBuf, bool)>,
+    /// Start stopped, waiting for `migrate-incoming` (a restore).
+    pub incoming: bool,
     /// The QMP socket QEMU listens on.
     pub qmp: PathBuf,
     /// The guest MAC when a TAP is passed as fd 3.
@@ -44,6 +51,22 @@ pub struct QemuArgs {
     /// The vhost-user sockets of the virtiofsd serving each shared directory, in order; the
     /// guest sees them as virtio-fs tags `m0`, `m1`, ...
     pub shared: Vec<PathBuf>,
+}
+
+/// The agent's link on the command line.
+#[derive(Debug, Clone)]
+pub enum LinkArgs {
+    /// The vhost-user vsock device, served by the backend at this socket.
+    Vsock {
+        /// The backend's vhost-user socket.
+        vhost_socket: PathBuf,
+    },
+    /// A virtio-serial port named `osvm.agent`, which QEMU serves on this unix socket; the
+    /// kernel command line tells the agent (`osvm.link=serial`).
+    Serial {
+        /// Where QEMU listens for the host's end of the port.
+        socket: PathBuf,
+    },
 }
 
 /// The virtio-fs tag of shared directory `i`.
@@ -75,7 +98,14 @@ impl QemuArgs {
             "-m".into(),
             format!("{mem}M"),
             "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            match &self.ram_file {
+                None => format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+                Some((path, share)) => format!(
+                    "memory-backend-file,id=mem,size={mem}M,mem-path={},share={}",
+                    path.display(),
+                    if *share { "on" } else { "off" }
+                ),
+            },
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-display".into(),
@@ -89,13 +119,34 @@ impl QemuArgs {
             self.initrd.display().to_string(),
             "-append".into(),
             format!(
-                "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz={}",
-                self.tsc_khz
+                "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz={}{}",
+                self.tsc_khz,
+                match self.link {
+                    LinkArgs::Vsock { .. } => "",
+                    LinkArgs::Serial { .. } => " osvm.link=serial",
+                }
             ),
-            "-chardev".into(),
-            format!("socket,id=vc0,path={}", self.vhost_socket.display()),
-            "-device".into(),
-            "vhost-user-vsock-device,chardev=vc0".into(),
+        ]);
+        match &self.link {
+            LinkArgs::Vsock { vhost_socket } => a.extend([
+                "-chardev".into(),
+                format!("socket,id=vc0,path={}", vhost_socket.display()),
+                "-device".into(),
+                "vhost-user-vsock-device,chardev=vc0".into(),
+            ]),
+            LinkArgs::Serial { socket } => a.extend([
+                "-device".into(),
+                "virtio-serial-device".into(),
+                "-chardev".into(),
+                format!(
+                    "socket,id=agent,path={},server=on,wait=off",
+                    socket.display()
+                ),
+                "-device".into(),
+                "virtserialport,chardev=agent,name=osvm.agent".into(),
+            ]),
+        }
+        a.extend([
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp.display()),
             "-sandbox".into(),
@@ -121,6 +172,9 @@ impl QemuArgs {
                 "-device".into(),
                 format!("vhost-user-fs-device,chardev=fs{i},tag={}", share_tag(i)),
             ]);
+        }
+        if self.incoming {
+            a.extend(["-incoming".into(), "defer".into()]);
         }
         if let Some(mac) = &self.net_mac {
             a.extend([
@@ -164,9 +218,13 @@ mod tests {
             initrd: "/i".into(),
             tsc_khz: 2_445_404,
             console: "/c".into(),
-            vhost_socket: "/v".into(),
+            link: LinkArgs::Vsock {
+                vhost_socket: "/v".into(),
+            },
             qmp: "/q".into(),
             net_mac: Some("02:6f:00:00:00:01".into()),
+            ram_file: None,
+            incoming: false,
             data: Some("/d.img".into()),
             shared: vec!["/r/fs0.sock".into(), "/r/fs1.sock".into()],
         }
@@ -182,6 +240,50 @@ mod tests {
         assert!(line.contains("socket,id=fs1,path=/r/fs1.sock"), "{line}");
         assert!(
             line.contains("vhost-user-fs-device,chardev=fs1,tag=m1"),
+            "{line}"
+        );
+        assert!(
+            line.contains("vhost-user-vsock-device,chardev=vc0"),
+            "{line}"
+        );
+        assert!(!line.contains("osvm.link=serial"), "{line}");
+    }
+
+    #[test]
+    fn the_serial_link_replaces_vsock_and_tells_the_agent() {
+        let args = QemuArgs {
+            accel: Accel::Tcg,
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            tsc_khz: 1,
+            console: "/c".into(),
+            link: LinkArgs::Serial {
+                socket: "/r/agent.sock".into(),
+            },
+            qmp: "/q".into(),
+            net_mac: None,
+            ram_file: Some(("/r/ram".into(), false)),
+            incoming: true,
+            data: None,
+            shared: Vec::new(),
+        }
+        .to_args();
+        let line = args.join(" ");
+        assert!(!line.contains("vsock"), "{line}");
+        assert!(
+            line.contains("memory-backend-file,id=mem,size=128M,mem-path=/r/ram,share=off"),
+            "{line}"
+        );
+        assert!(line.contains("-incoming defer"), "{line}");
+        assert!(line.contains("tsc_early_khz=1 osvm.link=serial"), "{line}");
+        assert!(
+            line.contains("socket,id=agent,path=/r/agent.sock,server=on,wait=off"),
+            "{line}"
+        );
+        assert!(
+            line.contains("virtserialport,chardev=agent,name=osvm.agent"),
             "{line}"
         );
     }

@@ -19,7 +19,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,7 +43,9 @@ use osvm_guest::{GuestBase, setup, tail};
 
 use crate::image::{self, Image, ImageInputs};
 use crate::kernel::Kernel;
-use crate::qemu::{self, QemuArgs};
+use crate::link::{HostLink, SerialHost};
+use crate::qemu::{self, LinkArgs, QemuArgs};
+use crate::snapshot;
 use crate::vsock::{self, CidLease};
 
 pub use osvm_guest::find_program;
@@ -89,6 +91,45 @@ impl MicroVmRuntime {
         }
         Ok(image)
     }
+}
+
+/// Refuses a start whose fetched kernel lacks module `name` (needed for `purpose`): a kernel
+/// fetched before osvm used the module was stored without it. A kernel of one's own
+/// (`microvm.kernel`) may have it built in, and is taken as it is.
+fn require_module(
+    spec: &LaunchSpec,
+    kernel: &Kernel,
+    name: &str,
+    purpose: &str,
+) -> Result<(), RuntimeError> {
+    let file = format!("{name}.ko");
+    if options(spec)?.kernel.is_some()
+        || kernel
+            .modules
+            .iter()
+            .any(|m| m.file_name().is_some_and(|n| *n == *file))
+    {
+        return Ok(());
+    }
+    Err(setup(format!(
+        "the guest kernel {} has no {name} module for {purpose}; `osvm kernel fetch --force` \
+         stores one that has",
+        kernel.release
+    )))
+}
+
+/// What `spec`'s link needs: the vsock backend for vsock (the serial link needs nothing more).
+fn link_available(spec: &LaunchSpec) -> Result<(), RuntimeError> {
+    if options(spec)?.link == osvm_core::LinkChoice::Vsock
+        && find_program("vhost-device-vsock").is_none()
+    {
+        return Err(unavailable(
+            "vhost-device-vsock is not installed (cargo install --locked \
+             vhost-device-vsock@0.3.0 --root /usr/local), which the vsock link needs; or give \
+             the VM microvm = { link = \"serial\" }",
+        ));
+    }
+    Ok(())
 }
 
 fn unavailable(reason: impl Into<String>) -> RuntimeError {
@@ -196,6 +237,10 @@ pub struct VmFacts {
     pub ready_ms: u64,
     /// The guest's address, if it has a network.
     pub address: Option<String>,
+    /// How a `snapshot = true` VM started: restored from which snapshot, or why it booted
+    /// cold.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 /// The `microvm` runtime.
@@ -272,13 +317,6 @@ impl MicroVmRuntime {
                 "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into(),
             );
         }
-        if find_program("vhost-device-vsock").is_none() {
-            return Some(
-                "vhost-device-vsock is not installed (cargo install --locked \
-                 vhost-device-vsock@0.3.0 --root /usr/local)"
-                    .into(),
-            );
-        }
         if let Err(e) = image::is_static_elf(&self.config.busybox).and_then(|s| {
             s.then_some(()).ok_or_else(|| {
                 image::ImageError::Input(format!(
@@ -343,6 +381,7 @@ impl MicroVmRuntime {
         if let Some(r) = self.unavailable_reason() {
             return Err(unavailable(r));
         }
+        link_available(spec)?;
         host::tsc_khz().map_err(unavailable)?;
         self.kernel_for(spec)?;
         if self.config.agent.is_none() {
@@ -423,6 +462,7 @@ impl MicroVmRuntime {
         if let Some(r) = self.unavailable_reason() {
             return Err(unavailable(r));
         }
+        link_available(spec)?;
         let (accel, warning) =
             host::resolve_accel(options(spec)?.accel, &self.kvm).map_err(unavailable)?;
         let (tsc_khz, _) = host::tsc_khz().map_err(unavailable)?;
@@ -431,13 +471,28 @@ impl MicroVmRuntime {
         let program = Self::program_of(spec)?;
         let memory = spec.resources.memory_bytes.unwrap_or(DEFAULT_MEMORY);
         let memory_mib = (memory >> 20).max(64);
+        // The image's archive and the files unpacked from it are both in guest memory at
+        // once, and the root file system may fill at most half of what the archive leaves:
+        // below three times the image nothing can fit, whatever the kernel keeps for itself.
+        // Above that the agent's mark decides (`check_unpacked`).
+        if memory_mib << 20 < 3 * image.size {
+            return Err(too_small(&image, memory_mib, false));
+        }
         let vcpus = spec
             .resources
             .cpus
             .map_or(1, |c| c.ceil().clamp(1.0, 64.0) as u32);
 
-        let lease = CidLease::acquire(&self.config.state_dir)
-            .map_err(|e| RuntimeError::io("claim a vsock context id", e))?;
+        let serial = options(spec)?.link == osvm_core::LinkChoice::Serial;
+        // A VM on the serial link has no vsock device, so no context id.
+        let lease = if serial {
+            None
+        } else {
+            Some(
+                CidLease::acquire(&self.config.state_dir)
+                    .map_err(|e| RuntimeError::io("claim a vsock context id", e))?,
+            )
+        };
         let dir = self.config.state_dir.join("instances").join(id);
         let run = dir.join("run");
         fs::create_dir_all(&run)
@@ -445,13 +500,19 @@ impl MicroVmRuntime {
         let uds = run.join("vm.vsock");
         // The run directory reaches the sandboxed backend and QEMU as an id-mapped `rw` bind:
         // what root owns here, their sandboxes' root owns there, with no chown.
-        let events = bind_listener(&vsock::listener_path(&uds, EVENTS_PORT))?;
-        let logs = bind_listener(&vsock::listener_path(&uds, LOGS_PORT))?;
+        let listeners = if serial {
+            None
+        } else {
+            Some((
+                bind_listener(&vsock::listener_path(&uds, EVENTS_PORT))?,
+                bind_listener(&vsock::listener_path(&uds, LOGS_PORT))?,
+            ))
+        };
         let console = dir.join("console.log");
         let _ = fs::remove_file(&console);
 
         let mut vm = Starting {
-            lease: Some(lease),
+            lease,
             net: None,
             backend: None,
             shares: Vec::new(),
@@ -472,7 +533,7 @@ impl MicroVmRuntime {
             memory_mib,
             t0,
         };
-        let result = self.boot(spec, &plan, &mut vm, events, logs, stdio);
+        let result = self.boot(spec, &plan, &mut vm, listeners, stdio);
         match result {
             Ok(instance) => Ok(instance),
             Err(e) => {
@@ -487,8 +548,7 @@ impl MicroVmRuntime {
         spec: &LaunchSpec,
         plan: &Plan,
         vm: &mut Starting,
-        events: UnixListener,
-        logs: UnixListener,
+        listeners: Option<(UnixListener, UnixListener)>,
         stdio: Option<Stdio>,
     ) -> Result<MicroVmInstance, RuntimeError> {
         let (id, dir, run, uds) = (plan.id.as_str(), &plan.dir, &plan.run, &plan.uds);
@@ -501,70 +561,25 @@ impl MicroVmRuntime {
                     .map_err(|e| setup(format!("attach the VM to its network namespace: {e}")))?,
             );
         }
-        let lease = vm.lease.as_ref().expect("claimed");
-        let cid = lease.cid();
+        // 0: no vsock (the serial link).
+        let cid = vm.lease.as_ref().map_or(0, CidLease::cid);
         let run_bind = rw(run);
-
-        let backend_bin = self.backend_program()?;
-        let vhost_socket = run.join("vhost.sock");
-        let backend_spec = EmulatorSpec {
-            component: spec,
-            program: &backend_bin,
-            args: vec![
-                "--guest-cid".into(),
-                cid.to_string(),
-                "--socket".into(),
-                vhost_socket.display().to_string(),
-                "--uds-path".into(),
-                uds.display().to_string(),
-            ],
-            memory: BACKEND_MEMORY,
-            accel: None,
-        }
-        .build(vec![run_bind.clone()]);
-        vm.backend = Some(
-            self.sandbox
-                .start_sandbox(
-                    &backend_spec,
-                    osvm_sandbox::StartOptions {
-                        id: Some(vsock_instance(id)),
-                        // The backend holds the context id's claim as long as it runs, so the
-                        // id stays the VM's when the daemon is gone (see `vsock::CidLease`).
-                        fds: &[lease.as_fd()],
-                        ..Default::default()
-                    },
-                )
-                .map_err(|e| setup(format!("start the vsock backend: {e}")))?,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !vhost_socket.exists() {
-            if let Some(b) = &vm.backend
-                && let Ok(Some(status)) = b.try_wait()
-            {
-                return Err(setup(format!(
-                    "the vsock backend {status} before it made its socket; see {}",
-                    b.log_paths().1.display()
-                )));
+        let link_args = if vm.lease.is_some() {
+            LinkArgs::Vsock {
+                vhost_socket: self.start_backend(spec, id, run, uds, vm)?,
             }
-            if Instant::now() > deadline {
-                return Err(setup("the vsock backend made no socket within 10s"));
+        } else {
+            LinkArgs::Serial {
+                socket: run.join("agent.sock"),
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        };
 
         let shares = shares_of(spec)?;
-        if !shares.is_empty()
-            && options(spec)?.kernel.is_none()
-            && !kernel
-                .modules
-                .iter()
-                .any(|m| m.file_name().is_some_and(|n| n == "virtiofs.ko"))
-        {
-            return Err(setup(format!(
-                "the guest kernel {} has no virtiofs module for the shared directories; `osvm \
-                 kernel fetch --force` stores one that has",
-                kernel.release
-            )));
+        if !shares.is_empty() {
+            require_module(spec, kernel, "virtiofs", "the shared directories")?;
+        }
+        if matches!(link_args, LinkArgs::Serial { .. }) {
+            require_module(spec, kernel, "virtio_console", "the serial link")?;
         }
         let shared = self.start_shares(spec, &shares, plan, vm)?;
 
@@ -572,24 +587,16 @@ impl MicroVmRuntime {
             osvm_core::DataKind::Persistent
                 if !options(spec)?.no_data_disk && !options(spec)?.shared_data =>
             {
-                // A kernel fetched before osvm gave VMs a data disk lacks the block driver.
-                let has_blk = kernel
-                    .modules
-                    .iter()
-                    .any(|m| m.file_name().is_some_and(|n| n == "virtio_blk.ko"));
-                if !has_blk && options(spec)?.kernel.is_none() {
-                    return Err(setup(format!(
-                        "the guest kernel {} has no virtio_blk module for the /data volume; \
-                         `osvm kernel fetch --force` stores one that has",
-                        kernel.release
-                    )));
-                }
+                require_module(spec, kernel, "virtio_blk", "the /data volume")?;
                 Some(self.data_volume(spec)?)
             }
             _ => None,
         };
         let qmp = run.join("qmp.sock");
-        let args = QemuArgs {
+        let boot_timeout = options(spec)?
+            .boot_timeout_ms
+            .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_millis);
+        let mut args = QemuArgs {
             accel,
             vcpus,
             memory_mib,
@@ -597,74 +604,213 @@ impl MicroVmRuntime {
             initrd: image.path.clone(),
             tsc_khz,
             console: dir.join("console.log"),
-            vhost_socket,
+            link: link_args.clone(),
             qmp: qmp.clone(),
             net_mac: vm.net.as_ref().map(|n| n.mac.clone()),
+            ram_file: None,
+            incoming: false,
             data: data.clone(),
             shared,
         };
-        let qemu_bin = find_program("qemu-system-x86_64").expect("checked available");
         // The console log lives in the instance directory; QEMU writes it through an
         // id-mapped `rw` bind of the file.
         let _ = fs::write(dir.join("console.log"), b"");
-        let qemu_spec = EmulatorSpec {
-            component: spec,
-            program: &qemu_bin,
-            args: args.to_args(),
-            memory: (memory_mib << 20) + QEMU_OVERHEAD,
-            accel: Some(accel),
-        }
-        .build(
-            [
-                run_bind,
-                rw(&dir.join("console.log")),
-                ro(&kernel.image),
-                ro(&image.path),
-            ]
-            .into_iter()
-            .chain(data.as_deref().map(rw))
-            .collect(),
-        );
+        let binds: Vec<osvm_core::BindMount> = [
+            run_bind,
+            rw(&dir.join("console.log")),
+            ro(&kernel.image),
+            ro(&image.path),
+        ]
+        .into_iter()
+        .chain(data.as_deref().map(rw))
+        .collect();
         let fds: Vec<_> = vm.net.iter().map(|n| n.tap.as_fd()).collect();
-        let spawned = Instant::now();
-        vm.qemu = Some(
-            self.sandbox
-                .start_sandbox(
-                    &qemu_spec,
-                    osvm_sandbox::StartOptions {
-                        id: Some(qemu_instance(id)),
-                        fds: &fds,
-                        ..Default::default()
-                    },
-                )
-                .map_err(|e| setup(format!("start QEMU: {e}")))?,
-        );
-        let qemu_inst = vm.qemu.as_ref().expect("just set");
-
-        // The agent connects out once vsock works in the guest.
-        let boot_timeout = options(spec)?
-            .boot_timeout_ms
-            .map_or(DEFAULT_BOOT_TIMEOUT, Duration::from_millis);
-        let mut conn = accept_while(&events, spawned + boot_timeout, || {
-            match qemu_inst.try_wait() {
-                Ok(Some(status)) => Some(format!(
-                    "QEMU {status} before the guest agent said hello; console: {}; QEMU's \
-                     stderr: {}",
-                    tail(&dir.join("console.log")),
-                    tail(&qemu_inst.log_paths().1)
-                )),
-                _ => None,
+        // A snapshot start: the guest's RAM is a private copy of the snapshot's, its device
+        // state loaded through QMP once QEMU runs.
+        let mut restore: Option<(PathBuf, PathBuf)> = None;
+        let mut snapshot_fact: Option<String> = None;
+        if options(spec)?.snapshot {
+            let snapshots = self.config.state_dir.join("snapshots");
+            let (key, inputs) = snapshot::key(kernel, image, &args)
+                .map_err(|e| setup(format!("the snapshot's key: {e}")))?;
+            let user = match &spec.stack {
+                Some(stack) => format!("{stack}.{}", spec.name),
+                None => spec.name.clone(),
+            };
+            let stale = snapshot::note_use(&snapshots, &user, &key, &inputs);
+            if let Some(old) = &stale {
+                tracing::warn!(
+                    instance = id,
+                    "a new snapshot for `{}`: {}",
+                    spec.name,
+                    old.why
+                );
+                // The old one goes once no component starts from it: a snapshot is as large as
+                // the guest's memory, and every new image would leave one behind.
+                match snapshot::collect(&snapshots, &old.key) {
+                    Ok(Some(bytes)) => tracing::info!(
+                        instance = id,
+                        "removed snapshot {} ({} MiB): no component starts from it now",
+                        &old.key[..old.key.len().min(16)],
+                        bytes >> 20
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        instance = id,
+                        "could not remove the unused snapshot {}: {e}",
+                        old.key
+                    ),
+                }
             }
-        })
-        .map_err(|e| setup(format!("boot: {e}")))?;
+            let snap = snapshots.join(&key);
+            if let Some(why) = snapshot::set_aside_reason(&snap) {
+                tracing::warn!(
+                    instance = id,
+                    "booting cold: the snapshot {key} failed to restore before: {why}"
+                );
+                snapshot_fact = Some(format!(
+                    "cold boot: the snapshot failed to restore before ({why})"
+                ));
+            } else {
+                // One start makes a snapshot; others of the same key wait for it.
+                let _making = snapshot::lock(&snap)
+                    .map_err(|e| setup(format!("lock the snapshot {}: {e}", snap.display())))?;
+                let made = !snap.join(snapshot::STATE).exists();
+                if made {
+                    self.make_snapshot(
+                        spec,
+                        id,
+                        &args,
+                        &inputs,
+                        &binds,
+                        &fds,
+                        &snap,
+                        run,
+                        boot_timeout,
+                    )?;
+                }
+                let copy = snapshot::ram_copy_path(run);
+                let _ = fs::remove_file(&copy);
+                snapshot::copy_ram(&snap.join(snapshot::RAM), &copy)
+                    .map_err(|e| setup(format!("copy the snapshot's memory: {e}")))?;
+                args.ram_file = Some((copy.clone(), false));
+                args.incoming = true;
+                restore = Some((copy, snap));
+                snapshot_fact = Some(format!(
+                    "restored from snapshot {}{}{}",
+                    &key[..16],
+                    if made { " (made by this start)" } else { "" },
+                    stale
+                        .map(|old| format!("; {}", old.why))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        let mut spawned = Instant::now();
+        let started = self.spawn_qemu(spec, &args, binds.clone(), qemu_instance(id), &fds);
+        vm.qemu = Some(started.inspect_err(|_| {
+            if let Some((copy, _)) = &restore {
+                let _ = fs::remove_file(copy);
+            }
+        })?);
+        let mut snapshot_warning = None;
+        if let Some((copy, snap)) = restore.take() {
+            let restored = {
+                let q = vm.qemu.as_ref().expect("just set");
+                let failed = || match q.try_wait() {
+                    Ok(Some(status)) => Some(format!(
+                        "QEMU {status} while restoring; QEMU's stderr: {}",
+                        tail(&q.log_paths().1)
+                    )),
+                    _ => None,
+                };
+                snapshot::restore(
+                    &qmp,
+                    &snap.join(snapshot::STATE),
+                    spawned + boot_timeout,
+                    failed,
+                )
+            };
+            // QEMU maps the copy; its name is no longer needed.
+            let _ = fs::remove_file(&copy);
+            if let Err(e) = restored {
+                // Set aside, said out loud, and this start boots cold instead: never a loop
+                // of failed restores.
+                snapshot::set_aside(&snap, &e);
+                let why = format!(
+                    "the snapshot {} failed to restore ({e}); it was set aside and this start \
+                     booted cold",
+                    snap.display()
+                );
+                tracing::warn!(instance = id, "{why}");
+                snapshot_fact = Some(format!("cold boot: {why}"));
+                snapshot_warning = Some(why);
+                if let Some(failed) = vm.qemu.take() {
+                    let _ = failed.stop(Duration::ZERO);
+                    let _ = fs::remove_dir_all(failed.instance_dir());
+                }
+                let _ = fs::remove_file(run.join("agent.sock"));
+                let _ = fs::remove_file(&qmp);
+                let _ = fs::write(dir.join("console.log"), b"");
+                args.ram_file = None;
+                args.incoming = false;
+                spawned = Instant::now();
+                vm.qemu = Some(self.spawn_qemu(spec, &args, binds, qemu_instance(id), &fds)?);
+            }
+        }
+        let qemu_inst = vm.qemu.as_ref().expect("just set");
+        let qemu_ended = || match qemu_inst.try_wait() {
+            Ok(Some(status)) => Some(format!(
+                "QEMU {status} before the guest agent said hello; console: {}; QEMU's \
+                 stderr: {}",
+                tail(&dir.join("console.log")),
+                tail(&qemu_inst.log_paths().1)
+            )),
+            _ => None,
+        };
+        let deadline = spawned + boot_timeout;
+        let boot = |e: String| setup(format!("boot: {e}"));
+        type LogsSource = Box<dyn FnMut() -> Option<UnixStream> + Send>;
+        let (link, mut conn, logs_source): (HostLink, UnixStream, LogsSource) =
+            match (listeners, &link_args) {
+                (Some((events, logs)), _) => {
+                    // The agent connects out once vsock works in the guest.
+                    let conn = accept_while(&events, deadline, qemu_ended).map_err(boot)?;
+                    (
+                        HostLink::Vsock {
+                            uds: uds.to_path_buf(),
+                        },
+                        conn,
+                        Box::new(move || logs.accept().ok().map(|(conn, _)| conn)),
+                    )
+                }
+                (None, LinkArgs::Serial { socket }) => {
+                    let serial = SerialHost::connect(socket, deadline, qemu_ended).map_err(boot)?;
+                    let conn = serial.accept_events(deadline, qemu_ended).map_err(boot)?;
+                    let logs = Arc::clone(&serial);
+                    (
+                        HostLink::Serial(serial),
+                        conn,
+                        Box::new(move || logs.accept_logs()),
+                    )
+                }
+                (None, LinkArgs::Vsock { .. }) => {
+                    return Err(setup("a vsock link without its listeners"));
+                }
+            };
+
         let boot_ms = spawned.elapsed().as_millis() as u64;
         conn.set_read_timeout(Some(CONTROL_TIMEOUT))
             .map_err(|e| RuntimeError::io("set a timeout", e))?;
         let hello: Event = proto::read_msg(&mut conn)
             .map_err(|e| setup(format!("read the agent's hello: {e}")))?;
-        let Event::Hello { .. } = hello else {
+        let Event::Hello {
+            image: unpacked, ..
+        } = hello
+        else {
             return Err(setup(format!("the agent sent {hello:?} instead of hello")));
         };
+        check_unpacked(unpacked.as_deref(), image, memory_mib)?;
         let launch = Launch {
             hostname: spec.name.clone(),
             command: program.display().to_string(),
@@ -698,6 +844,17 @@ impl MicroVmRuntime {
                     read_only: !share.writable,
                 })
                 .collect(),
+            mac: vm.net.as_ref().map(|n| n.mac.clone()),
+            time_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_nanos() as u64),
+            entropy: {
+                let mut bytes = vec![0u8; 64];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| setup("draw entropy for the guest"))?;
+                bytes
+            },
         };
         proto::write_msg(&mut conn, &launch).map_err(|e| setup(format!("send the launch: {e}")))?;
         let started: Event = proto::read_msg(&mut conn)
@@ -718,12 +875,16 @@ impl MicroVmRuntime {
         };
         let _ = conn.set_read_timeout(None);
         if let Some(stdio) = stdio {
-            connect_stdio(uds, stdio)?;
+            connect_stdio(&link, stdio)?;
         }
 
         let facts = VmFacts {
             accel,
-            warning: warning.clone(),
+            // What went wrong with a snapshot is said where the TCG warning is (an event).
+            warning: match (warning.clone(), snapshot_warning) {
+                (Some(w), Some(s)) => Some(format!("{w}; {s}")),
+                (w, s) => w.or(s),
+            },
             cid,
             vcpus,
             memory_mib,
@@ -732,6 +893,7 @@ impl MicroVmRuntime {
             image_size: image.size,
             boot_ms,
             ready_ms: t0.elapsed().as_millis() as u64,
+            snapshot: snapshot_fact,
             address: vm.net.as_ref().map(|n| n.guest.address.clone()),
         };
         let _ = fs::write(
@@ -744,6 +906,7 @@ impl MicroVmRuntime {
             facts: facts.clone(),
             net: net.clone(),
             shares: vm.shares.len(),
+            serial: matches!(link, HostLink::Serial(_)),
         };
         write_atomic(
             &dir.join(ADOPT_RECORD),
@@ -755,11 +918,7 @@ impl MicroVmRuntime {
             exit: None,
         }));
         spawn_events(conn, state.clone());
-        spawn_logs(
-            move || logs.accept().ok().map(|(conn, _)| conn),
-            dir.join("stdout.log"),
-            dir.join("stderr.log"),
-        );
+        spawn_logs(logs_source, dir.join("stdout.log"), dir.join("stderr.log"));
 
         Ok(MicroVmInstance {
             base: GuestBase::new(
@@ -768,7 +927,7 @@ impl MicroVmRuntime {
                 Arc::new(vm.qemu.take().expect("started")),
                 net,
             ),
-            uds: uds.to_path_buf(),
+            link,
             qmp,
             facts,
             backend: Mutex::new(vm.backend.take()),
@@ -776,6 +935,200 @@ impl MicroVmRuntime {
             lease: Mutex::new(vm.lease.take()),
             guest: state,
         })
+    }
+
+    /// Starts QEMU with `args` in a sandbox of its own (`sandbox_id`) holding `binds`, with
+    /// `fds` (the TAP) handed over.
+    fn spawn_qemu(
+        &self,
+        spec: &LaunchSpec,
+        args: &QemuArgs,
+        binds: Vec<osvm_core::BindMount>,
+        sandbox_id: String,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<SandboxInstance, RuntimeError> {
+        let qemu_bin = find_program("qemu-system-x86_64").expect("checked available");
+        let qemu_spec = EmulatorSpec {
+            component: spec,
+            program: &qemu_bin,
+            args: args.to_args(),
+            memory: (args.memory_mib << 20) + QEMU_OVERHEAD,
+            accel: Some(args.accel),
+        }
+        .build(binds);
+        self.sandbox
+            .start_sandbox(
+                &qemu_spec,
+                osvm_sandbox::StartOptions {
+                    id: Some(sandbox_id),
+                    fds,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| setup(format!("start QEMU: {e}")))
+    }
+
+    /// Boots the snapshot's template guest (QEMU `args`, its RAM in a shared file in the
+    /// snapshot's directory) until its agent says hello, saves its device state, ends it, and
+    /// moves the finished snapshot to `snap`.
+    #[allow(clippy::too_many_arguments)]
+    fn make_snapshot(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        args: &QemuArgs,
+        inputs: &snapshot::Inputs,
+        binds: &[osvm_core::BindMount],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        snap: &Path,
+        run: &Path,
+        boot_timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let partial = snap.with_extension("partial");
+        let _ = fs::remove_dir_all(&partial);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&partial)
+            .map_err(|e| RuntimeError::io(format!("create {}", partial.display()), e))?;
+        let mut template_args = args.clone();
+        template_args.ram_file = Some((partial.join(snapshot::RAM), true));
+        let mut template_binds = binds.to_vec();
+        template_binds.push(rw(&partial));
+        let spawned = Instant::now();
+        let template = self.spawn_qemu(
+            spec,
+            &template_args,
+            template_binds,
+            format!("{id}-template"),
+            fds,
+        )?;
+        let ended = || match template.try_wait() {
+            Ok(Some(status)) => Some(format!(
+                "the snapshot's template QEMU {status} before its agent said hello; QEMU's \
+                 stderr: {}",
+                tail(&template.log_paths().1)
+            )),
+            _ => None,
+        };
+        let made = (|| -> Result<(), String> {
+            let deadline = spawned + boot_timeout;
+            let LinkArgs::Serial { socket } = &args.link else {
+                return Err("a snapshot needs the serial link".into());
+            };
+            let serial = SerialHost::connect(socket, deadline, ended)?;
+            let mut hello = serial.accept_events(deadline, ended)?;
+            hello
+                .set_read_timeout(Some(CONTROL_TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            let Event::Hello { uptime_ms, .. } = proto::read_msg::<Event>(&mut hello)
+                .map_err(|e| format!("read the template agent's hello: {e}"))?
+            else {
+                return Err("the template's agent did not say hello".into());
+            };
+            // Leave the port before the save: the saved guest then holds no session with a
+            // host, and a restored copy starts a fresh one with whichever host connects (a
+            // guest saved mid-session could not tell the new host from the old).
+            drop(hello);
+            serial.close();
+            drop(serial);
+            snapshot::wait_for_console(
+                &args.console,
+                snapshot::HOST_LEFT,
+                Instant::now() + CONTROL_TIMEOUT,
+                ended,
+            )?;
+            let state = {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(snapshot::libc_o_nofollow())
+                    .mode(0o600)
+                    .open(partial.join(snapshot::STATE))
+                    .map_err(|e| format!("create the snapshot's state file: {e}"))?
+            };
+            let mut qmp = crate::qmp::Qmp::connect(&args.qmp)?;
+            qmp.save(state.as_fd())?;
+            state.sync_all().map_err(|e| e.to_string())?;
+            let _ = qmp.execute("quit", serde_json::json!({}));
+            snapshot::write_meta(&partial, inputs, uptime_ms, spawned.elapsed())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        let _ = template.stop(Duration::from_secs(5));
+        // The template's sockets go with it; the restored QEMU makes its own.
+        let _ = fs::remove_file(run.join("agent.sock"));
+        let _ = fs::remove_file(run.join("qmp.sock"));
+        match made {
+            Ok(()) => fs::rename(&partial, snap)
+                .map_err(|e| RuntimeError::io(format!("keep the snapshot {}", snap.display()), e)),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&partial);
+                Err(setup(format!("make the snapshot: {e}")))
+            }
+        }
+    }
+
+    /// Starts the VM's vsock backend in its sandbox (holding the context id's claim) and
+    /// returns its vhost-user socket once it exists.
+    fn start_backend(
+        &self,
+        spec: &LaunchSpec,
+        id: &str,
+        run: &Path,
+        uds: &Path,
+        vm: &mut Starting,
+    ) -> Result<PathBuf, RuntimeError> {
+        let lease = vm
+            .lease
+            .as_ref()
+            .ok_or_else(|| setup("a vsock backend without a context id"))?;
+        let cid = lease.cid();
+        let backend_bin = self.backend_program()?;
+        let vhost_socket = run.join("vhost.sock");
+        let backend_spec = EmulatorSpec {
+            component: spec,
+            program: &backend_bin,
+            args: vec![
+                "--guest-cid".into(),
+                cid.to_string(),
+                "--socket".into(),
+                vhost_socket.display().to_string(),
+                "--uds-path".into(),
+                uds.display().to_string(),
+            ],
+            memory: BACKEND_MEMORY,
+            accel: None,
+        }
+        .build(vec![rw(run)]);
+        let started = self.sandbox.start_sandbox(
+            &backend_spec,
+            osvm_sandbox::StartOptions {
+                id: Some(vsock_instance(id)),
+                // The backend holds the context id's claim as long as it runs, so the id stays
+                // the VM's when the daemon is gone (see `vsock::CidLease`).
+                fds: &[lease.as_fd()],
+                ..Default::default()
+            },
+        );
+        vm.backend = Some(started.map_err(|e| setup(format!("start the vsock backend: {e}")))?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vhost_socket.exists() {
+            if let Some(b) = &vm.backend
+                && let Ok(Some(status)) = b.try_wait()
+            {
+                return Err(setup(format!(
+                    "the vsock backend {status} before it made its socket; see {}",
+                    b.log_paths().1.display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(setup("the vsock backend made no socket within 10s"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(vhost_socket)
     }
 
     /// Starts a virtiofsd for each of `spec`'s mounts, each in its own sandbox that holds
@@ -879,7 +1232,12 @@ impl MicroVmRuntime {
                 let _ = net::detach(netns, guest);
             }
         };
-        let (Some(qemu), Some(backend)) = (adopt(qemu_instance(id)), adopt(vsock_instance(id)))
+        let backend = if record.serial {
+            None
+        } else {
+            adopt(vsock_instance(id))
+        };
+        let (Some(qemu), true) = (adopt(qemu_instance(id)), record.serial || backend.is_some())
         else {
             give_up();
             return Ok(Adoption::Ended(ExitStatus {
@@ -899,12 +1257,35 @@ impl MicroVmRuntime {
                     .into(),
             ));
         };
+        let run = dir.join("run");
+        let link = if record.serial {
+            // The previous daemon's end of the port closed with it; QEMU takes a new one.
+            match SerialHost::connect(
+                &run.join("agent.sock"),
+                Instant::now() + CONTROL_TIMEOUT,
+                || None,
+            ) {
+                Ok(serial) => HostLink::Serial(serial),
+                Err(e) => {
+                    let _ = qemu.stop(Duration::ZERO);
+                    give_up();
+                    return Ok(Adoption::Stopped(format!(
+                        "its serial link could not be reconnected ({e}); it was stopped and \
+                         starts again"
+                    )));
+                }
+            }
+        } else {
+            HostLink::Vsock {
+                uds: run.join("vm.vsock"),
+            }
+        };
         let instance = MicroVmInstance {
             base: GuestBase::new(id, dir.clone(), Arc::new(qemu), record.net),
-            uds: dir.join("run").join("vm.vsock"),
-            qmp: dir.join("run").join("qmp.sock"),
+            link,
+            qmp: run.join("qmp.sock"),
             facts: record.facts,
-            backend: Mutex::new(Some(backend)),
+            backend: Mutex::new(backend),
             shares: Mutex::new(shares),
             lease: Mutex::new(None),
             guest: Arc::new(Mutex::new(Guest::default())),
@@ -935,6 +1316,9 @@ struct AdoptRecord {
     /// How many shared directories (virtiofsd sandboxes) it has.
     #[serde(default)]
     shares: usize,
+    /// Its agent's link is the serial port (no vsock backend to adopt).
+    #[serde(default)]
+    serial: bool,
 }
 
 /// A directory shared into the guest over virtio-fs.
@@ -945,6 +1329,40 @@ struct Share {
     target: PathBuf,
     /// Whether the guest may write.
     writable: bool,
+}
+
+/// Refuses a guest whose image did not unpack completely: the agent found no mark, or another
+/// image's. Such a guest lacks files, or has some cut short (the kernel stops at the first write
+/// its root file system refuses), and would fail in ways that name the wrong cause.
+fn check_unpacked(mark: Option<&str>, image: &Image, memory_mib: u64) -> Result<(), RuntimeError> {
+    match mark {
+        Some(mark) if mark == image.digest => Ok(()),
+        Some(mark) => Err(setup(format!(
+            "the guest booted image {mark}, not {}",
+            image.digest
+        ))),
+        None => Err(too_small(image, memory_mib, true)),
+    }
+}
+
+/// The error for an image that does not fit in a guest of `memory_mib`.
+/// `booted`: the guest booted and its agent found the image incomplete (else it was refused
+/// before a boot).
+fn too_small(image: &Image, memory_mib: u64, booted: bool) -> RuntimeError {
+    RuntimeError::InvalidSpec(format!(
+        "the guest's image does not fit in its memory{}: the image holds {:.1} MiB of files and \
+         the guest has {memory_mib} MiB of memory, but the kernel unpacks the image into a root \
+         file system of about half the memory left beside the image. Give the component about \
+         {} MiB (resources.memory), or make its files smaller (a release build, fewer \
+         microvm.include paths)",
+        if booted {
+            " (the guest booted and found it incomplete)"
+        } else {
+            " (not booted)"
+        },
+        image.size as f64 / f64::from(1 << 20),
+        image::memory_for(image.size)
+    ))
 }
 
 /// What `spec` shares into its guest: its mounts, then its `/data` when `shared_data` asks
@@ -979,8 +1397,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Sends `request` on a new control connection whose use it changes (stdio, reattach, logs)
 /// and reads the answer; returns the connection, now without a read timeout, and the answer
 /// (an error answer is an error).
-fn take_over(uds: &Path, request: &Request) -> Result<(UnixStream, Response), RuntimeError> {
-    let mut conn = vsock::connect(uds, CONTROL_PORT, CONTROL_TIMEOUT)
+fn take_over(link: &HostLink, request: &Request) -> Result<(UnixStream, Response), RuntimeError> {
+    let mut conn = link
+        .connect(CONTROL_PORT, CONTROL_TIMEOUT)
         .map_err(|e| RuntimeError::io("connect to the guest agent", e))?;
     conn.set_read_timeout(Some(CONTROL_TIMEOUT))
         .map_err(|e| RuntimeError::io("set a timeout", e))?;
@@ -1007,9 +1426,9 @@ pub struct Stdio {
 /// it and the host's pipes, one thread each way: the host's stdin to the guest (its end shuts
 /// the channel's write side), the guest's stdout to the host (its end closes the host's pipe,
 /// so the reader sees EOF when the guest's stdout ends or the VM does).
-fn connect_stdio(uds: &Path, stdio: Stdio) -> Result<(), RuntimeError> {
+fn connect_stdio(link: &HostLink, stdio: Stdio) -> Result<(), RuntimeError> {
     let (mut channel, answer) =
-        take_over(uds, &Request::Stdio).map_err(|e| setup(format!("the stdio channel: {e}")))?;
+        take_over(link, &Request::Stdio).map_err(|e| setup(format!("the stdio channel: {e}")))?;
     if answer != Response::Ok {
         return Err(setup(format!("unexpected answer {answer:?}")));
     }
@@ -1231,8 +1650,8 @@ pub struct GuestExec {
 pub struct MicroVmInstance {
     /// Id, files (logs, console, vm.json, run/), QEMU's sandbox, the borrowed network, the end.
     base: GuestBase,
-    /// The backend's host-side socket for host -> guest connections.
-    uds: PathBuf,
+    /// The link to the agent.
+    link: HostLink,
     /// QEMU's QMP socket.
     qmp: PathBuf,
     facts: VmFacts,
@@ -1271,9 +1690,9 @@ impl MicroVmInstance {
         self.facts.cid
     }
 
-    /// Opens a vsock connection to guest port `port`.
+    /// Opens a connection to guest port `port` (over vsock or the serial link).
     pub fn vsock_connect(&self, port: u32, timeout: Duration) -> io::Result<UnixStream> {
-        vsock::connect(&self.uds, port, timeout)
+        self.link.connect(port, timeout)
     }
 
     /// Sends one control request and reads the answer.
@@ -1334,7 +1753,7 @@ impl MicroVmInstance {
 
     /// Takes the events and logs over from a previous daemon's connections (after an adoption).
     fn reattach(&self) -> Result<(), RuntimeError> {
-        let (events, answer) = take_over(&self.uds, &Request::Reattach)?;
+        let (events, answer) = take_over(&self.link, &Request::Reattach)?;
         match answer {
             Response::Attached {
                 pid,
@@ -1353,7 +1772,7 @@ impl MicroVmInstance {
             other => return Err(setup(format!("unexpected answer {other:?}"))),
         }
         spawn_events(events, self.guest.clone());
-        let (logs, answer) = take_over(&self.uds, &Request::Logs)?;
+        let (logs, answer) = take_over(&self.link, &Request::Logs)?;
         if answer != Response::Ok {
             return Err(setup(format!("unexpected answer {answer:?}")));
         }

@@ -39,6 +39,9 @@ pub enum NetError {
     /// The address pool has no free /30 left.
     #[error("no free address block left in {0}")]
     Exhausted(String),
+    /// Another hub on this host already holds what this one needs (the service pool's route).
+    #[error("{0}")]
+    Taken(String),
     /// The durable address record could not be read or written.
     #[error("address record {path}: {detail}")]
     Store {

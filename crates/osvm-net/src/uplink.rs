@@ -199,17 +199,33 @@ impl Uplink {
     ) -> Result<(), NetError> {
         let via = hub_addr(self.net).to_string();
         for (net, len) in pools {
+            // Replacing another hub's route would send its published traffic into this hub,
+            // to whatever has the same service address here.
+            let pool = format!("{net}/{len}");
+            let holder = route_device(&pool)?;
+            match holder.as_deref() {
+                Some(dev) if dev != self.host_if && dev.starts_with("osvu") => {
+                    return Err(NetError::Taken(format!(
+                        "the service pool {pool} is routed to another osvm hub on this host \
+                         (through {dev}: the daemon of another state directory publishes \
+                         ports); publishing here too would take that hub's traffic. One daemon \
+                         per host can publish ports: unpublish the other's, or stop it"
+                    )));
+                }
+                Some(dev) if dev != self.host_if => {
+                    return Err(NetError::Taken(format!(
+                        "the host already routes {pool} through {dev}, which is not osvm's; \
+                         publishing would take that route over"
+                    )));
+                }
+                _ => {}
+            }
+            // `add` when the route is free: of two hubs publishing at once, one gets it and the
+            // other's `add` fails (the route exists) instead of replacing it.
+            let verb = if holder.is_some() { "replace" } else { "add" };
             run(
                 "ip",
-                &[
-                    "route",
-                    "replace",
-                    &format!("{net}/{len}"),
-                    "via",
-                    &via,
-                    "dev",
-                    &self.host_if,
-                ],
+                &["route", verb, &pool, "via", &via, "dev", &self.host_if],
                 None,
             )?;
         }
@@ -251,4 +267,46 @@ impl Uplink {
         }
         Ok(())
     }
+}
+
+/// Host NAT tables of uplinks that no longer exist: `table ip osvm_<tag>` whose host end
+/// `osvu<tag>` is gone. The veth pair ends with the hub's namespace, so such a table belongs to
+/// a hub that was torn down without its daemon (`kill -9`, a crash) and can only send traffic
+/// nowhere: its output chain still DNATs the host's own connections to published ports (to
+/// 127.0.0.1 too) towards service addresses no hub answers for.
+pub fn stale_tables() -> Result<Vec<String>, NetError> {
+    let listed = run("nft", &["list", "tables", "ip"], None)?;
+    Ok(listed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table ip "))
+        .filter_map(|name| {
+            let tag = name.strip_prefix("osvm_")?;
+            let ours = tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+            let gone = !Path::new("/sys/class/net")
+                .join(format!("osvu{tag}"))
+                .exists();
+            (ours && gone).then(|| name.to_owned())
+        })
+        .collect())
+}
+
+/// Deletes the tables [`stale_tables`] finds; returns their names.
+pub fn remove_stale_tables() -> Result<Vec<String>, NetError> {
+    let stale = stale_tables()?;
+    for name in &stale {
+        // Gone already is fine (its own daemon may be removing it right now).
+        let script = format!("table ip {name} {{}}\ndelete table ip {name}\n");
+        run("nft", &["-f", "-"], Some(&script))?;
+    }
+    Ok(stale)
+}
+
+/// The device of the host's route for exactly `pool` (`a.b.c.d/len`), if there is one.
+fn route_device(pool: &str) -> Result<Option<String>, NetError> {
+    let out = run("ip", &["-o", "route", "show", "exact", pool], None)?;
+    Ok(out.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == "dev")?;
+        words.next().map(str::to_owned)
+    }))
 }

@@ -750,6 +750,61 @@ impl Drop for LinkGuard {
 /// Undoes the uplink (host NAT table, forwarding) when dropped, pass or fail.
 struct UplinkGuard(Option<osvm_net::uplink::Uplink>);
 
+/// Two hubs on one host (the daemons of two state directories) cannot both route the service
+/// pool: the second's publish is refused with the reason, and the first keeps its route (it
+/// was replaced, and the first hub's published traffic went into the second hub).
+#[test]
+fn a_second_hub_cannot_take_the_service_pool_of_another() {
+    use osvm_net::uplink::Uplink;
+    if !can_run("pool") {
+        return;
+    }
+    let _turn = osvm_testkit::host_route_turn();
+    let (_ga, dir_a, _, _, hub_a) = topology("pa", &[], &[]);
+    let (_gb, dir_b, _, _, hub_b) = topology("pq", &[], &[]);
+    let pid = std::process::id();
+    let (tag_a, tag_b) = (
+        format!("{:08x}", pid.wrapping_add(0x100)),
+        format!("{:08x}", pid.wrapping_add(0x200)),
+    );
+    let mut a = UplinkGuard(Some(Uplink::planned(&tag_a).create(&hub_a).unwrap()));
+    let b = UplinkGuard(Some(Uplink::planned(&tag_b).create(&hub_b).unwrap()));
+    let (a_if, b_if) = (
+        Uplink::planned(&tag_a).host_if,
+        Uplink::planned(&tag_b).host_if,
+    );
+    let pool = (Ipv4Addr::new(10, 214, 0, 0), 16);
+    let route = || {
+        let out = Command::new("ip")
+            .args(["-o", "route", "show", "exact", "10.214.0.0/16"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    a.0.as_ref().unwrap().publish(&[], &[pool]).unwrap();
+    let refused =
+        b.0.as_ref()
+            .unwrap()
+            .publish(&[], &[pool])
+            .unwrap_err()
+            .to_string();
+    assert!(
+        refused.contains("routed to another osvm hub") && refused.contains(&a_if),
+        "{refused}"
+    );
+    assert!(route().contains(&format!("dev {a_if} ")), "{}", route());
+    // Its own route is the first hub's to publish again.
+    a.0.as_ref().unwrap().publish(&[], &[pool]).unwrap();
+    // Once the first hub is gone (its route goes with its uplink), the second may.
+    drop(a.0.take().map(Uplink::remove));
+    b.0.as_ref().unwrap().publish(&[], &[pool]).unwrap();
+    assert!(route().contains(&format!("dev {b_if} ")), "{}", route());
+    drop(b);
+    assert!(route().is_empty(), "{}", route());
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
+}
+
 impl Drop for UplinkGuard {
     fn drop(&mut self) {
         if let Some(u) = self.0.take() {
@@ -916,6 +971,7 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
     if !can_run("publish") {
         return;
     }
+    let _turn = osvm_testkit::host_route_turn();
     let (mut guard, dir, netns, mut members, hub) = topology("pb", &["web"], &[8080]);
     let service = Ipv4Addr::new(10, 214, 0, 1);
     members[0].service = Some(service);
@@ -1042,4 +1098,95 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
         "the host table goes with the uplink"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host NAT table left by a hub that died with its daemon (its `osvu<tag>` link gone with the
+/// hub's namespace) is swept; one whose uplink still exists is left alone. The stale one holds
+/// the kind of rule that did harm: output DNAT of a 127.0.0.1 port to a dead service address.
+#[test]
+fn the_host_tables_of_ended_hubs_are_swept_and_live_ones_kept() {
+    if !can_run("uplink_sweep") {
+        return;
+    }
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    let (dead, live) = (
+        format!("{:08x}", seed),
+        format!("{:08x}", seed ^ 0x5a5a_5a5a),
+    );
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for t in [&self.0, &self.1] {
+                let script = format!("table ip osvm_{t} {{}}\ndelete table ip osvm_{t}\n");
+                let _ = nft(&script);
+            }
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("osvu{}", self.1)])
+                .output();
+        }
+    }
+    let _cleanup = Cleanup(dead.clone(), live.clone());
+    for t in [&dead, &live] {
+        nft(&format!(
+            "table ip osvm_{t} {{\n chain output {{ type nat hook output priority -100; policy accept; }}\n}}\n\
+             add rule ip osvm_{t} output ip daddr 127.0.0.1 tcp dport 1 counter dnat to 10.214.255.254:1\n"
+        ))
+        .unwrap();
+    }
+    let o = Command::new("ip")
+        .args([
+            "link",
+            "add",
+            &format!("osvu{live}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("osvq{live}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let stale = osvm_net::uplink::stale_tables().unwrap();
+    assert!(stale.contains(&format!("osvm_{dead}")), "{stale:?}");
+    assert!(!stale.contains(&format!("osvm_{live}")), "{stale:?}");
+    let swept = osvm_net::uplink::remove_stale_tables().unwrap();
+    assert!(swept.contains(&format!("osvm_{dead}")), "{swept:?}");
+    let tables = String::from_utf8(
+        Command::new("nft")
+            .args(["list", "tables", "ip"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!tables.contains(&format!("osvm_{dead}")), "{tables}");
+    assert!(tables.contains(&format!("osvm_{live}")), "{tables}");
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let o = child.wait_with_output().map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
 }

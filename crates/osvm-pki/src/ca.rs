@@ -470,7 +470,17 @@ impl Pki {
     /// `osvm mcp serve --listen --tls` or as a client of servers with `tls = true`, is made of.
     /// No stack may be called `osvm` (stack validation), so no component gets this identity.
     pub fn issue_gateway(&self, validity: Duration) -> Result<crate::tls::Material, PkiError> {
-        let issued = self.issue("osvm", "mcp-gateway", validity)?;
+        self.issue_server("mcp-gateway", validity)
+    }
+
+    /// Issues one of osvm's own servers (`spiffe://<trust domain>/osvm/<name>`, DNS name
+    /// `<name>.osvm.osvm`) a certificate, with the bundle and CRLs to check its clients by.
+    pub fn issue_server(
+        &self,
+        name: &str,
+        validity: Duration,
+    ) -> Result<crate::tls::Material, PkiError> {
+        let issued = self.issue("osvm", name, validity)?;
         Ok(crate::tls::Material {
             cert_pem: issued.cert_pem,
             key_pem: issued.key_pem,

@@ -119,11 +119,17 @@ fn in_domain(cert: &CertificateDer<'_>, domain: &str) -> Result<(), Error> {
 struct DomainClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     domain: String,
+    /// Whether a client must present a certificate (else one is asked for, and checked when
+    /// given).
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for DomainClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
     fn verify_client_cert(
         &self,
@@ -203,6 +209,17 @@ impl ServerCertVerifier for DomainServerVerifier {
 
 /// A server config that requires a client certificate of this CA and trust domain, not revoked.
 pub fn server_config(m: &Material) -> Result<ServerConfig, TlsError> {
+    server_config_with(m, true)
+}
+
+/// [`server_config`] for a server that also admits clients without a certificate (the
+/// dashboard, where a bearer token will do instead); a certificate that is presented is checked
+/// the same way.
+pub fn server_config_optional_client(m: &Material) -> Result<ServerConfig, TlsError> {
+    server_config_with(m, false)
+}
+
+fn server_config_with(m: &Material, mandatory: bool) -> Result<ServerConfig, TlsError> {
     let p = parse(m)?;
     let inner = WebPkiClientVerifier::builder_with_provider(p.roots, provider())
         .with_crls(p.crls)
@@ -211,6 +228,7 @@ pub fn server_config(m: &Material) -> Result<ServerConfig, TlsError> {
     let verifier = Arc::new(DomainClientVerifier {
         inner,
         domain: m.trust_domain.clone(),
+        mandatory,
     });
     ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

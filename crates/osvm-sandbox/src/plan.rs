@@ -79,7 +79,14 @@ pub struct Plan {
     /// call `chroot` (see `StartOptions::helper_caps`: osvm's own helpers only).
     #[serde(default)]
     pub helper_caps: bool,
+    /// The version of the osvm that wrote the plan ([`BUILD`]): the launcher, a binary of
+    /// its own, refuses a plan from another version.
+    #[serde(default)]
+    pub build: String,
 }
+
+/// The version written into every plan and checked by the launcher.
+pub const BUILD: &str = env!("CARGO_PKG_VERSION");
 
 /// Where the launcher finds the listening sockets handed to the workload.
 pub const LISTEN_FD_BASE: i32 = 100;

@@ -66,14 +66,26 @@ impl SandboxConfig {
         PathBuf::from(home).join(".local/state/osvm")
     }
 
-    /// A config using `launcher` and the default state directory.
-    pub fn new(launcher: PathBuf) -> Self {
+    /// A config using the default state directory and, as launcher, the small
+    /// [`LAUNCHER_NAME`] binary beside `exe` if there is one, else `exe` itself (which must
+    /// call [`crate::run_if_requested`] first thing, as `osvm` does). Both run the same code;
+    /// the small binary starts about 0.8 ms sooner, and every sandbox start and `exec` pays
+    /// that start.
+    pub fn new(exe: PathBuf) -> Self {
+        let beside = exe.parent().map(|dir| dir.join(LAUNCHER_NAME));
+        let launcher = match beside {
+            Some(small) if small.is_file() => small,
+            _ => exe,
+        };
         Self {
             launcher,
             state_dir: Self::default_state_dir(),
         }
     }
 }
+
+/// The file name of the dedicated launcher binary (built with `osvm`, installed beside it).
+pub const LAUNCHER_NAME: &str = "osvm-launcher";
 
 /// How to start a sandbox, beyond its launch spec. The default: a fresh instance id, stdin
 /// `/dev/null`, stdout and stderr into the instance's logs, no descriptors handed over.
@@ -280,6 +292,7 @@ impl SandboxRuntime {
             listen_fds: listen.len(),
             stdout_channel,
             helper_caps,
+            build: crate::plan::BUILD.into(),
         };
         let plan_path = instance_dir.join("plan.json");
         let written = serde_json::to_vec_pretty(&plan)

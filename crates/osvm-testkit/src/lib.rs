@@ -37,7 +37,15 @@ pub const FEATURES: &[(&str, &str)] = &[
         "containerd, ctr, umoci and skopeo (the containerd shim's tests)",
     ),
     ("openssl", "the openssl command"),
+    (
+        "browser",
+        "Debian's chromium (the dashboard's browser test)",
+    ),
     ("landlock", "Landlock ABI 6 or newer"),
+    (
+        "br_netfilter",
+        "br_netfilter active (bridge-nf-call-* in a new network namespace)",
+    ),
     ("kvm", "hardware KVM (VMX/SVM, not PVM)"),
     ("no-kvm", "a host without hardware KVM"),
     ("uhyve", "uhyve and hardware KVM"),
@@ -67,6 +75,20 @@ pub fn skip(feature: &str, test: &str, why: &str) {
         panic!("{test}: OSVM_REQUIRE needs `{feature}` on this host, but: {why}");
     }
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// Tests that route the hub's service pool (10.214.0.0/16) from the host take turns, across
+/// test binaries: the host has one route for it, and a daemon (or `Uplink::publish`) refuses to
+/// take it while another hub holds it. The returned file holds the turn until dropped.
+pub fn host_route_turn() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("osvm-tests-host-route.lock"))
+        .expect("open the host-route lock file");
+    file.lock().expect("lock the host-route lock file");
+    file
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! `OSVM_BENCH_RUNS` sets the rounds (default 5), `OSVM_BENCH_RTT` the round trips per VM for
 //! the latency table (default 2000).
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,6 @@ use std::time::{Duration, Instant};
 use osvm_agent::proto::{Request, Response};
 use osvm_core::{Instance, LaunchSpec};
 use osvm_microvm::image::CpioWriter;
-use osvm_microvm::kernel::Kernel;
 use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
 use osvm_sandbox::{SandboxConfig, SandboxRuntime};
 
@@ -164,18 +165,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microvm-kernel");
-    std::fs::create_dir_all(&shared).unwrap();
-    let kernel = match Kernel::installed(&shared) {
-        Ok(k) => k,
-        Err(_) => osvm_microvm::kernel::fetch(&shared, false, &mut |_| {}).expect("fetch kernel"),
-    };
-    let state = std::env::temp_dir().join(format!("osvm-bench-microvm-{}", std::process::id()));
-    std::fs::create_dir_all(&state).unwrap();
-    std::os::unix::fs::symlink(shared.join("kernels"), state.join("kernels")).unwrap();
-    let www = state.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "ok\n").unwrap();
+    let (kernel, state, www) = support::microvm_state("microvm", None);
 
     let mut sandbox = SandboxConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_osvm")));
     sandbox.state_dir = state.clone();

@@ -89,6 +89,9 @@ pub enum Command {
     /// The MCP gateway: serve it to an MCP client, list and call tools, manage client tokens
     #[command(subcommand)]
     Mcp(McpCommand),
+    /// The dashboard (`osvm daemon --ui ADDR`): the tokens that sign in to it
+    #[command(subcommand)]
+    Ui(UiCommand),
     /// Guest kernels for microVMs
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -342,6 +345,33 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics over HTTP at this address (opt-in; e.g. 127.0.0.1:9464)
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the read-only dashboard over HTTP at this address (opt-in; e.g. 127.0.0.1:7070).
+    /// It asks for a token from `osvm ui token issue`; port 0 picks a free port, written to
+    /// <state dir>/ui.addr. Plain HTTP: keep it on loopback or behind a TLS proxy
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<std::net::SocketAddr>,
+    /// Serve the dashboard over HTTPS with a certificate of this trust domain's CA (created if
+    /// missing); its client certificates (`osvm cert client NAME`) sign in as well as tokens
+    #[arg(long, value_name = "TRUST_DOMAIN", requires = "ui", num_args = 0..=1, default_missing_value = "osvm.local")]
+    pub ui_tls: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UiCommand {
+    /// Tokens that sign in to the dashboard (kept hashed in <state dir>/ui/tokens.json)
+    #[command(subcommand)]
+    Token(UiTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UiTokenCommand {
+    /// Issue a token for a person or tool; it is printed once and only its hash is kept
+    Issue(McpTokenIssueArgs),
+    /// List issued tokens (without secrets)
+    List,
+    /// Revoke a token by id, or every token of a name; a signed-in browser is refused at its
+    /// next request
+    Revoke(McpTokenRevokeArgs),
 }
 
 #[derive(Debug, Args)]

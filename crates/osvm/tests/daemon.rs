@@ -348,6 +348,21 @@ fn metrics_are_served_on_the_opt_in_listener() {
         text.contains("# TYPE osvm_reconcile_passes_total counter"),
         "{text}"
     );
+    // The endpoint asks for nothing: idle connections are bounded (32), then it answers again.
+    let metrics = format!("127.0.0.1:{port}");
+    assert_idle_connections_are_bounded(&_daemon, &metrics, 32, 8, || {
+        std::net::TcpStream::connect(&metrics)
+            .and_then(|mut s| {
+                write!(
+                    s,
+                    "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text.starts_with("HTTP/1.1 200"))
+            })
+            .unwrap_or(false)
+    });
     down_and_wait(&state, &file);
 }
 

@@ -671,6 +671,25 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
         );
     }
     let swapping = began.elapsed();
+    // The instance that serves now has the default CPU weight: a swap lowers a new instance's
+    // weight only while another serves in its place, and with socket handoff both serve from
+    // the start (a new instance left at weight 10 stalled requests for 5 s under load).
+    let instance = status(&hub.state, "srv")["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let weight = cgroup_dirs(&instance)
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(d.join("cpu.shares"))
+                .or_else(|_| std::fs::read_to_string(d.join("cpu.weight")))
+                .ok()
+        })
+        .expect("the instance's CPU weight is readable");
+    assert!(
+        matches!(weight.trim(), "1024" | "100"),
+        "instance {instance} has CPU weight {weight}"
+    );
     // A canary has nothing to split when both versions share the sockets: refused, not ignored.
     let o = swap(&hub, &["--canary", "50,100"], &socket_version("v22"));
     assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));

@@ -11,7 +11,8 @@ use nix::sys::socket::Shutdown;
 use osvm_agent::proto::{self, Request, Response};
 
 use super::children::SignalError;
-use super::vsock::{VsockConn, VsockListener};
+use super::link::Conn;
+use super::vsock::VsockListener;
 use super::{Agent, exec, spawn_thread, system};
 
 /// Starts the thread that accepts control connections, one thread per connection.
@@ -22,7 +23,7 @@ pub fn spawn_server(listener: VsockListener, agent: Arc<Agent>) {
                 Ok(conn) => {
                     let agent = Arc::clone(&agent);
                     // A connection whose thread cannot start is dropped: the host sees EOF.
-                    spawn_thread("control-conn", move || serve(conn, &agent));
+                    spawn_thread("control-conn", move || serve(Conn::Vsock(conn), &agent));
                 }
                 Err(error) => {
                     say!("cannot accept a control connection: {error}");
@@ -35,7 +36,7 @@ pub fn spawn_server(listener: VsockListener, agent: Arc<Agent>) {
 }
 
 /// Serves one control connection: reads the request, answers it.
-fn serve(conn: VsockConn, agent: &Agent) {
+pub fn serve(conn: Conn, agent: &Agent) {
     let request = match proto::read_msg::<Request>(&mut &conn) {
         Ok(request) => request,
         Err(failure) => {
@@ -80,7 +81,7 @@ fn serve(conn: VsockConn, agent: &Agent) {
 /// Makes the connection the workload's stdio channel: host bytes to its stdin, its stdout
 /// back. When the host's side ends, the workload's stdin is closed (it sees EOF); when its
 /// stdout ends, the connection is shut down.
-fn stdio(conn: VsockConn, agent: &Agent) {
+fn stdio(conn: Conn, agent: &Agent) {
     let Some((mut stdin, mut stdout)) = super::lock(&agent.stdio).take() else {
         reply(
             &conn,
@@ -109,7 +110,7 @@ fn stdio(conn: VsockConn, agent: &Agent) {
 /// A restarted host takes the events over: tell it where the workload is, then send the
 /// events on this connection. The workload's state stays locked until the connection is
 /// attached, so an exit is either in the answer or sent after it, never lost between them.
-fn reattach(conn: VsockConn, agent: &Agent) {
+fn reattach(conn: Conn, agent: &Agent) {
     let state = super::lock(&agent.workload);
     let (exited, code, signal) = match state.exit {
         Some((code, signal)) => (true, code, signal),
@@ -129,7 +130,7 @@ fn reattach(conn: VsockConn, agent: &Agent) {
 }
 
 /// Sends the one response; a host that already left is nobody's problem.
-fn reply(conn: &VsockConn, response: &Response) {
+fn reply(conn: &Conn, response: &Response) {
     let _ = proto::write_msg(&mut &*conn, response);
 }
 
@@ -193,7 +194,7 @@ fn shut_down(agent: &Agent, grace: Duration) {
 }
 
 /// Turns the connection into a byte stream to `127.0.0.1:port`.
-fn forward(conn: VsockConn, port: u16) {
+fn forward(conn: Conn, port: u16) {
     // An address, not a name: no resolver in the guest (and none in a static glibc binary).
     let tcp = match TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
         Ok(tcp) => tcp,
@@ -217,7 +218,7 @@ fn forward(conn: VsockConn, port: u16) {
 /// request/response protocols see the host's EOF. The end of the guest's direction shuts the
 /// vsock connection down *completely*: vhost-device-vsock (0.3) ignores a guest's half
 /// shutdown, so the host would never see the stream end and both sides would wait forever.
-fn splice(conn: VsockConn, tcp: TcpStream) -> io::Result<()> {
+fn splice(conn: Conn, tcp: TcpStream) -> io::Result<()> {
     let conn = Arc::new(conn);
     let mut tcp_in = tcp.try_clone()?;
     let mut tcp_out = tcp;

@@ -4,6 +4,7 @@ pub mod children;
 pub mod control;
 pub mod egress;
 pub mod exec;
+pub mod link;
 pub mod setup;
 pub mod system;
 pub mod vsock;
@@ -16,11 +17,8 @@ use std::time::{Duration, Instant};
 use osvm_agent::proto::{self, Event, Launch};
 
 use children::Children;
-use vsock::{VsockConn, VsockListener};
+use link::{Link, RETRY_FOR};
 use workload::{Events, LogSink};
-
-/// How long the agent keeps retrying vsock while the transport driver comes up.
-const VSOCK_RETRY_FOR: Duration = Duration::from_secs(30);
 /// How long the last messages to the host get to leave the guest before it powers off. vsock
 /// cannot tell when sent data was delivered, and a poweroff drops what the virtio queue and
 /// the backend still hold; a round trip takes ~2 ms even under TCG (p99).
@@ -57,6 +55,8 @@ pub struct Agent {
     /// The workload's stdin and stdout, when the launch made them its stdio channel, until the
     /// host's `Stdio` request takes them.
     pub stdio: Mutex<Option<(std::process::ChildStdin, std::process::ChildStdout)>>,
+    /// How the agent reaches the host.
+    pub link: Link,
 }
 
 impl Agent {
@@ -69,6 +69,7 @@ impl Agent {
             exec_context: OnceLock::new(),
             workload: Mutex::new(WorkloadState::default()),
             stdio: Mutex::new(None),
+            link: Link::from_cmdline(),
         }
     }
 
@@ -94,17 +95,7 @@ pub fn run(agent: &Arc<Agent>) -> ! {
     system::load_modules();
 
     // Listen before saying hello: the host connects in as soon as it has the hello.
-    match vsock::retry("listen on the control port", VSOCK_RETRY_FOR, || {
-        VsockListener::bind(proto::CONTROL_PORT)
-    }) {
-        Ok(listener) => {
-            say!("listening on vsock port {}", proto::CONTROL_PORT);
-            control::spawn_server(listener, Arc::clone(agent));
-        }
-        // Without control the workload still runs and is reported; the host just cannot ask
-        // for anything.
-        Err(error) => say!("cannot listen on the control port, serving no requests: {error}"),
-    }
+    agent.link.serve(agent);
 
     let launch = match hello(agent) {
         Ok(launch) => launch,
@@ -160,7 +151,11 @@ pub fn run(agent: &Arc<Agent>) -> ! {
         }
     }
 
-    match VsockConn::connect(proto::HOST_CID, proto::LOGS_PORT) {
+    match agent.link.connect(
+        "connect to the host's logs port",
+        proto::LOGS_PORT,
+        LOGS_WAIT,
+    ) {
         Ok(conn) => agent.logs.attach(conn),
         Err(error) => {
             say!("cannot connect to the host's logs port, output is not forwarded: {error}")
@@ -170,9 +165,10 @@ pub fn run(agent: &Arc<Agent>) -> ! {
     let workload = match workload::start(agent, &launch) {
         Ok(workload) => workload,
         Err(error) => {
-            say!("cannot start {}: {error}", launch.command);
+            let why = workload::explain_start_error(&launch, &error);
+            say!("cannot start {}: {why}", launch.command);
             agent.events.send(&Event::StartFailed {
-                error: format!("cannot start {}: {error}", launch.command),
+                error: format!("cannot start {}: {why}", launch.command),
             });
             agent.power_off();
         }
@@ -203,31 +199,62 @@ pub fn run(agent: &Arc<Agent>) -> ! {
 }
 
 /// Connects to the host's events port, says hello and reads the launch.
+///
+/// On the serial link the host may change between the hello and the launch: a VM restored
+/// from a snapshot was saved right after its hello, and wakes with the connection to the host
+/// that took the snapshot gone. It then says hello again, to whichever host connects next.
 fn hello(agent: &Agent) -> Result<Launch, String> {
     let started = Instant::now();
-    let conn = vsock::retry("connect to the host's events port", VSOCK_RETRY_FOR, || {
-        VsockConn::connect(proto::HOST_CID, proto::EVENTS_PORT)
-    })
-    .map_err(|error| format!("cannot connect to the host's events port: {error}"))?;
-    let uptime_ms = system::uptime_ms();
-    say!(
-        "connected to the host in {} ms, hello at uptime {uptime_ms} ms",
-        started.elapsed().as_millis()
-    );
-    proto::write_msg(
-        &mut &conn,
-        &Event::Hello {
-            agent: env!("CARGO_PKG_VERSION").to_string(),
-            kernel: system::kernel_release(),
-            uptime_ms,
-        },
-    )
-    .map_err(|error| format!("cannot say hello: {error}"))?;
-    let launch =
-        proto::read_msg(&mut &conn).map_err(|error| format!("cannot read the launch: {error}"))?;
-    agent.events.attach(conn);
-    Ok(launch)
+    loop {
+        let conn = agent
+            .link
+            .connect(
+                "connect to the host's events port",
+                proto::EVENTS_PORT,
+                RETRY_FOR,
+            )
+            .map_err(|error| format!("cannot connect to the host's events port: {error}"))?;
+        let uptime_ms = system::uptime_ms();
+        say!(
+            "connected to the host in {} ms, hello at uptime {uptime_ms} ms",
+            started.elapsed().as_millis()
+        );
+        let said = proto::write_msg(
+            &mut &conn,
+            &Event::Hello {
+                agent: env!("CARGO_PKG_VERSION").to_string(),
+                kernel: system::kernel_release(),
+                uptime_ms,
+                image: system::image_mark(),
+            },
+        )
+        .map_err(|error| format!("cannot say hello: {error}"));
+        let launch = said.and_then(|()| {
+            proto::read_msg::<Launch>(&mut &conn)
+                .map_err(|error| format!("cannot read the launch: {error}"))
+        });
+        match launch {
+            Ok(launch) => {
+                agent.events.attach(conn);
+                return Ok(launch);
+            }
+            Err(error) if agent.link.is_serial() && started.elapsed() < HELLO_AGAIN_FOR => {
+                say!("{error}; saying hello to the next host");
+                // Until the link notices that the host left, it may still hand out its channel.
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
+
+/// How long a guest on the serial link keeps saying hello to new hosts without a launch: a
+/// snapshot may be restored long after it was saved, so this is the whole time a restored
+/// guest waits.
+const HELLO_AGAIN_FOR: Duration = Duration::from_secs(24 * 3600 * 365);
+/// How long the agent waits for the logs port (the host is connected already: it just sent
+/// the launch).
+const LOGS_WAIT: Duration = Duration::from_secs(5);
 
 /// Locks `mutex`, ignoring poisoning: a panic powers the VM off, so a poisoned lock is never
 /// seen by anyone who could do better.

@@ -18,7 +18,26 @@ const IP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Brings up loopback and `eth0`, writes `/etc/hosts` and sets the hostname.
 pub fn configure(agent: &Agent, launch: &Launch) {
+    if let Some(ns) = launch.time_unix_ns {
+        let now = nix::sys::time::TimeSpec::new(
+            (ns / 1_000_000_000) as libc::time_t,
+            (ns % 1_000_000_000) as libc::c_long,
+        );
+        match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now) {
+            Ok(()) => say!("clock set to the host's"),
+            Err(error) => say!("cannot set the clock: {error}"),
+        }
+    }
+    if !launch.entropy.is_empty()
+        && let Err(error) = super::system::reseed_random(&launch.entropy)
+    {
+        say!("cannot reseed the random number generator: {error}");
+    }
     ip(agent, &["link", "set", "lo", "up"]);
+    if let Some(mac) = &launch.mac {
+        ip(agent, &["link", "set", "dev", "eth0", "address", mac]);
+        say!("eth0: MAC {mac}");
+    }
     if let Some(network) = &launch.network {
         ip(agent, &["addr", "add", &network.address, "dev", "eth0"]);
         ip(agent, &["link", "set", "eth0", "up"]);

@@ -74,6 +74,20 @@ pub fn mount_filesystems() {
         }
     }
     say!("file systems mounted (uptime {} ms)", uptime_ms());
+    if image_mark().is_none() {
+        say!(
+            "the image did not unpack completely ({} is missing): the root file system the \
+             kernel unpacked it into is too small; the host refuses to launch in this guest",
+            osvm_agent::proto::IMAGE_MARK
+        );
+    }
+}
+
+/// The image's digest from [`osvm_agent::proto::IMAGE_MARK`], when the image unpacked completely.
+pub fn image_mark() -> Option<String> {
+    let text = fs::read_to_string(osvm_agent::proto::IMAGE_MARK).ok()?;
+    let digest = text.trim();
+    (!digest.is_empty()).then(|| digest.to_owned())
 }
 
 /// Loads every `*.ko` in [`MODULES_DIR`], in lexical order.
@@ -153,4 +167,26 @@ pub fn power_off() -> ! {
     loop {
         thread::sleep(Duration::from_secs(3600));
     }
+}
+
+nix::ioctl_none!(
+    /// `RNDRESEEDCRNG`: reseed the kernel's random number generator from its pool now.
+    rnd_reseed_crng,
+    b'R',
+    0x07
+);
+
+/// Mixes `bytes` into the kernel's entropy pool (a write to `/dev/urandom`) and reseeds its
+/// random number generator from the pool at once (`RNDRESEEDCRNG`), so that what it hands out
+/// from now on depends on them: guests restored from one snapshot wake with the same generator
+/// state, and would otherwise draw the same numbers until its next scheduled reseed.
+pub fn reseed_random(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut urandom = fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    urandom.write_all(bytes)?;
+    // SAFETY: RNDRESEEDCRNG takes no argument; the descriptor is open for the whole call.
+    #[allow(unsafe_code)]
+    unsafe { rnd_reseed_crng(urandom.as_raw_fd()) }.map_err(std::io::Error::from)?;
+    Ok(())
 }

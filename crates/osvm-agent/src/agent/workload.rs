@@ -1,6 +1,8 @@
 //! The workload: starting it, forwarding its output, and the event and log connections.
 
+use std::fs::{self, File};
 use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -12,7 +14,7 @@ use nix::unistd::Pid;
 use osvm_agent::proto::{self, Event, Launch, MAX_LOG_CHUNK, Stream};
 
 use super::children::code_and_signal;
-use super::vsock::VsockConn;
+use super::link::Conn;
 use super::{Agent, lock, spawn_thread};
 
 /// A connection to the host that several threads write whole messages to.
@@ -23,19 +25,19 @@ use super::{Agent, lock, spawn_thread};
 #[derive(Default)]
 struct SharedConn {
     /// The connection while it is usable.
-    conn: Mutex<Option<Arc<VsockConn>>>,
+    conn: Mutex<Option<Arc<Conn>>>,
     /// Held across a write.
     writing: Mutex<()>,
 }
 
 impl SharedConn {
     /// Starts using `conn`.
-    fn attach(&self, conn: VsockConn) {
+    fn attach(&self, conn: Conn) {
         self.attach_shared(Arc::new(conn));
     }
 
     /// Starts using `conn`, waiting for a write in progress on the previous one.
-    fn attach_shared(&self, conn: Arc<VsockConn>) {
+    fn attach_shared(&self, conn: Arc<Conn>) {
         let _writing = lock(&self.writing);
         *lock(&self.conn) = Some(conn);
     }
@@ -45,7 +47,7 @@ impl SharedConn {
     fn write(
         &self,
         what: &str,
-        write: impl FnOnce(&mut &VsockConn) -> Result<(), proto::ProtoError>,
+        write: impl FnOnce(&mut &Conn) -> Result<(), proto::ProtoError>,
     ) -> bool {
         let _writing = lock(&self.writing);
         let Some(conn) = lock(&self.conn).clone() else {
@@ -83,7 +85,7 @@ pub struct Events {
 
 impl Events {
     /// Starts sending events on `conn` (the previous connection, if any, is dropped).
-    pub fn attach(&self, conn: VsockConn) {
+    pub fn attach(&self, conn: Conn) {
         self.conn.attach(conn);
         *lock(&self.attached) += 1;
         self.changed.notify_all();
@@ -138,7 +140,7 @@ struct Held {
 
 impl LogSink {
     /// Starts forwarding to `conn`, first what was held while no host read.
-    pub fn attach(&self, conn: VsockConn) {
+    pub fn attach(&self, conn: Conn) {
         let mut held = lock(&self.held);
         let conn = Arc::new(conn);
         let flush = || -> Result<(), proto::ProtoError> {
@@ -263,6 +265,53 @@ impl Workload {
     }
 }
 
+/// The exec error of a workload, with the reason when it is "No such file or directory": the
+/// kernel says that alike for a missing program, a missing ELF interpreter or `#!` interpreter,
+/// and a missing working directory.
+pub fn explain_start_error(launch: &Launch, error: &io::Error) -> String {
+    if error.kind() != io::ErrorKind::NotFound {
+        return error.to_string();
+    }
+    let missing = |path: &Path| fs::symlink_metadata(path).is_err();
+    let program = Path::new(&launch.command);
+    let why = if let Some(dir) = launch
+        .working_dir
+        .as_deref()
+        .filter(|d| missing(Path::new(d)))
+    {
+        format!("the working directory {dir} does not exist in the guest")
+    } else if !program.is_absolute() {
+        "the program is not found: the guest has no PATH search for it; name it by its full \
+         path"
+            .to_owned()
+    } else if missing(program) {
+        "it is not in the guest's image".to_owned()
+    } else {
+        let mut head = vec![0u8; 64 * 1024];
+        let n = File::open(program)
+            .and_then(|mut f| f.read(&mut head))
+            .unwrap_or(0);
+        head.truncate(n);
+        let interpreter = if head.starts_with(b"#!") {
+            let line = head[2..].split(|&b| b == b'\n').next().unwrap_or_default();
+            String::from_utf8_lossy(line)
+                .split_whitespace()
+                .next()
+                .map(PathBuf::from)
+        } else {
+            osvm_agent::elf::interpreter(&head).ok().flatten()
+        };
+        match interpreter {
+            Some(i) if missing(&i) => format!(
+                "its interpreter {} is not in the guest's image",
+                i.display()
+            ),
+            _ => "a file it needs is not in the guest's image".to_owned(),
+        }
+    };
+    format!("{error}: {why}")
+}
+
 /// Starts a thread copying `pipe` into the logs connection until the pipe ends; returns whether
 /// the thread started.
 fn pump(
@@ -292,6 +341,69 @@ fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "No such file or directory" at exec names what is missing: the program, its `#!` or ELF
+    /// interpreter, or the working directory. Each case execs for real on the host.
+    #[test]
+    fn a_missing_file_at_exec_is_named() {
+        let dir = std::env::temp_dir().join(format!("osvm-agent-exec-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let why = |launch: Launch| loop {
+            let error = Command::new(&launch.command)
+                .current_dir(launch.working_dir.as_deref().unwrap_or("/"))
+                .output()
+                .expect_err("the exec fails");
+            // A file just written is busy while another test thread's fork holds it open.
+            if error.raw_os_error() != Some(libc::ETXTBSY) {
+                break explain_start_error(&launch, &error);
+            }
+        };
+        let launch = |command: &Path| Launch {
+            command: command.display().to_string(),
+            ..Launch::default()
+        };
+
+        let absent = dir.join("absent");
+        let w = why(launch(&absent));
+        assert!(w.contains("it is not in the guest's image"), "{w}");
+
+        let script = dir.join("script");
+        fs::write(&script, "#!/nonexistent/sh\n").unwrap();
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let w = why(launch(&script));
+        assert!(w.contains("its interpreter /nonexistent/sh is not"), "{w}");
+
+        // An ELF program whose loader is gone: this test binary, its PT_INTERP renamed.
+        let mut elf = fs::read(std::env::current_exe().unwrap()).unwrap();
+        let loader = osvm_agent::elf::interpreter(&elf).unwrap().unwrap();
+        let name = loader.to_string_lossy().into_owned();
+        let at = elf
+            .windows(name.len())
+            .position(|w| w == name.as_bytes())
+            .unwrap();
+        elf[at + 1] = b'X';
+        let program = dir.join("program");
+        fs::write(&program, &elf).unwrap();
+        fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let w = why(launch(&program));
+        let renamed = format!("/X{}", &name[2..]);
+        assert!(
+            w.contains(&format!(
+                "its interpreter {renamed} is not in the guest's image"
+            )),
+            "{w}"
+        );
+
+        let mut in_nowhere = launch(&script);
+        in_nowhere.working_dir = Some(dir.join("gone").display().to_string());
+        let w = why(in_nowhere);
+        assert!(w.contains("the working directory"), "{w}");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     /// A workload that writes while no host reads (the daemon is being restarted) cannot make
     /// the agent hold more than `MAX_HELD` bytes in guest memory: the rest is counted, not kept.

@@ -196,6 +196,10 @@ pub(crate) struct RawMicroVm {
     pub(crate) data_disk: Option<bool>,
     /// `true`: `/data` shared over virtio-fs instead of a disk (stateful and hot-swappable).
     pub(crate) shared_data: Option<Spanned<bool>>,
+    /// `vsock` or `serial`.
+    pub(crate) link: Option<Word<crate::launch::LinkChoice>>,
+    /// Restore from a snapshot.
+    pub(crate) snapshot: Option<Spanned<bool>>,
 }
 
 /// `unikernel = { launcher = "auto", accel = "auto", boot_timeout = "30s", deadline = "1m" }`.

@@ -303,6 +303,18 @@ fn a_microvm_may_ask_for_a_confidential_guest_by_name() {
     let stack = parse(&stateless, "s.toml").unwrap();
     let vm = serde_json::to_value(&stack.components[0]).unwrap();
     assert_eq!(vm["microvm"]["no_data_disk"], true);
+    assert_eq!(vm["microvm"]["link"], "vsock", "vsock by default");
+    let serial = text("tdx").replace("confidential = \"tdx\"", "link = \"serial\"");
+    let stack = parse(&serial, "s.toml").unwrap();
+    let vm = serde_json::to_value(&stack.components[0]).unwrap();
+    assert_eq!(vm["microvm"]["link"], "serial");
+    let err = parse(
+        &text("tdx").replace("confidential = \"tdx\"", "link = \"pigeon\""),
+        "s.toml",
+    )
+    .unwrap_err();
+    assert_eq!(err.line(), Some(7), "{err}");
+    assert!(err.message().contains("serial"), "{err}");
     // SGX protects enclaves inside a process, not a guest: not a choice here.
     let err = parse(&text("sgx"), "s.toml").unwrap_err();
     assert_eq!(err.line(), Some(7), "{err}");

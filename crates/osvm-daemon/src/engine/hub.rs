@@ -245,6 +245,26 @@ impl Engine {
         self.net.as_ref().map(|plane| plane.show(&self.stacks))
     }
 
+    /// Makes `plane` the engine's hub, saying what its opening swept away.
+    pub(super) fn use_plane(&mut self, plane: crate::network::NetPlane) {
+        match &plane.swept {
+            Ok(swept) if !swept.is_empty() => self.note(
+                EventKind::Network,
+                &format!(
+                    "removed the host NAT tables of hubs that no longer exist (their daemons \
+                     ended without taking them down): {}",
+                    swept.join(", ")
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => self.note(
+                EventKind::NetworkFailed,
+                &format!("could not look for the host tables of ended hubs: {e}"),
+            ),
+        }
+        self.net = Some(plane);
+    }
+
     /// Puts unit `i`'s whole stack on the hub (so every name resolves) and applies the
     /// ruleset; returns `i`'s namespace and its `/etc/hosts` lines.
     pub(super) fn join_hub(
@@ -253,7 +273,7 @@ impl Engine {
     ) -> Result<(std::path::PathBuf, Vec<(String, String)>), NetPlaneError> {
         if self.net.is_none() {
             let plane = crate::network::NetPlane::open(&self.runtime.config().state_dir)?;
-            self.net = Some(plane);
+            self.use_plane(plane);
         }
         let stack = self.stack_of(i).clone();
         let name = self.units[i].component.name.clone();

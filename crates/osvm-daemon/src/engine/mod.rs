@@ -308,7 +308,7 @@ impl Engine {
         {
             match crate::network::NetPlane::open(&engine.runtime.config().state_dir) {
                 Ok(plane) => {
-                    engine.net = Some(plane);
+                    engine.use_plane(plane);
                     engine.reapply_network();
                     // Socket-activated instances that still run hold their listening
                     // sockets: take copies back for the next instance.

@@ -343,8 +343,16 @@ impl Engine {
             match started {
                 Ok(inst) => {
                     // Low on CPU until it takes traffic: its start (an interpreter loading,
-                    // caches warming) must not take the CPUs from the instance serving.
-                    let lowered = inst.set_cpu_weight(Some(SWAP_START_CPU_WEIGHT));
+                    // caches warming) must not take the CPUs from the instance serving. Not
+                    // with socket handoff: the new instance accepts from the shared queue as
+                    // soon as it listens, so it serves from its start, and starving it would
+                    // stall the requests it takes (seen: 5 s timeouts under load).
+                    let socket = sw.progress.socket;
+                    let lowered = if socket {
+                        Ok(())
+                    } else {
+                        inst.set_cpu_weight(Some(SWAP_START_CPU_WEIGHT))
+                    };
                     sw.new = Some(Arc::new(inst));
                     let id = sw.id.clone();
                     self.record_start(i, &id);
@@ -458,6 +466,16 @@ impl Engine {
             return self.roll_back(i, now, format!("could not promote the new instance: {e}"));
         }
         let old_addr = self.net.as_ref().and_then(|p| p.next_addr(&stack, &name));
+        // It is the component's instance from now on: the default CPU weight, whichever way
+        // the swap went (a canary's last step restored it already; this is idempotent).
+        let restored = self.units[i]
+            .swap
+            .as_ref()
+            .and_then(|s| s.new.as_ref())
+            .map_or(Ok(()), |new| new.set_cpu_weight(None));
+        if let Err(e) = restored {
+            self.emit(i, EventKind::Warning, &format!("swap: {e}"));
+        }
         let u = &mut self.units[i];
         let sw = u.swap.as_mut().expect("swap under way");
         sw.old = u.instance.take();

@@ -291,7 +291,11 @@ impl Machine<'_> {
             Observation::Started { id } => self.started(id),
             Observation::StartFailed(why) => {
                 self.lc.launching = false;
-                self.lc.record.intent = None;
+                // The instance that failed is the last one: its files (a VM's console) are
+                // what `osvm logs` shows until another runs.
+                if let Some(Intent::Start { instance }) = self.lc.record.intent.take() {
+                    self.lc.record.last_instance = Some(instance);
+                }
                 self.lc.record.reason = why.clone();
                 self.save();
                 self.emit(EventKind::StartFailed, why);

@@ -203,6 +203,21 @@ impl CgroupManager for V1Group {
         Ok(())
     }
 
+    fn add_process_v2(&self, pid: i32) -> Result<(), CgroupError> {
+        match &self.unified {
+            Some(dir) => write(&dir.join("cgroup.procs"), &pid.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn v1_task_files(&self) -> Result<Vec<std::fs::File>, CgroupError> {
+        self.all_dirs()
+            .into_iter()
+            .filter(|d| Some(d) != self.unified.as_ref())
+            .map(|d| super::open_for_write(&d.join("tasks")))
+            .collect()
+    }
+
     fn stats(&self) -> Result<InstanceStats, CgroupError> {
         let cpu_stat = self.cpu.join("cpu.stat");
         Ok(InstanceStats {

@@ -97,6 +97,14 @@ impl CgroupManager for V2Group {
         write(&self.dir.join("cgroup.procs"), &pid.to_string())
     }
 
+    fn add_process_v2(&self, pid: i32) -> Result<(), CgroupError> {
+        self.add_process(pid, false)
+    }
+
+    fn v1_task_files(&self) -> Result<Vec<std::fs::File>, CgroupError> {
+        Ok(Vec::new())
+    }
+
     fn stats(&self) -> Result<InstanceStats, CgroupError> {
         let cpu = self.dir.join("cpu.stat");
         let peak = self.dir.join("memory.peak");

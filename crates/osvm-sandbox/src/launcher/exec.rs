@@ -71,8 +71,18 @@ pub fn main(command: &[String], process: Option<&str>) -> ! {
 }
 
 fn run(plan: &Plan, command: &[String], init: &OwnedFd) -> Result<i32, String> {
-    cgroup::open(&plan.cgroup)
-        .add_process(std::process::id() as i32, false)
+    // This process is single-threaded: it moves itself into the v1 groups without the
+    // kernel's grace-period wait (see cgroup::move_self).
+    let group = cgroup::open(&plan.cgroup);
+    group
+        .v1_task_files()
+        .map_err(|e| e.to_string())
+        .and_then(|files| cgroup::move_self(files).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            group
+                .add_process_v2(std::process::id() as i32)
+                .map_err(|e| e.to_string())
+        })
         .map_err(|e| format!("join the sandbox's cgroup: {e}"))?;
     let all = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS

@@ -1,12 +1,13 @@
 //! The sandbox's pid 1.
 //!
 //! Born by `clone` into fresh user, pid, mount, network, ipc and uts namespaces (the user
-//! namespace owned by the component's own host uid), it receives from the monitor the detached
+//! namespace owned by the component's own host uid) and, where the kernel can, into its v2
+//! group, it first moves itself into its v1 groups, receives from the monitor the detached
 //! mounts prepared on the host and waits until its id maps are written, then, in this order:
 //! becomes uid/gid 0 of its namespace, makes itself undumpable (the workload runs under the
 //! same ids and must not read init's memory, environment or executable through `/proc/1`),
 //! sets the hostname, builds and pivots into the root file system, waits until the monitor has
-//! moved it into its cgroup, enters a new cgroup namespace, sets `no_new_privs`, applies
+//! moved it into its v2 group if the clone could not, enters a new cgroup namespace, sets `no_new_privs`, applies
 //! Landlock, drops every capability, installs the seccomp filters, and forks the workload,
 //! which closes every descriptor but stdio and its listening sockets and execs the component's
 //! command. Everything the workload inherits is therefore already confined.
@@ -52,9 +53,9 @@ fn send(out: &mut File, msg: &InitMsg) {
 }
 
 /// Runs init; returns its exit code. `ctl` is its end of the monitor's control socket.
-pub fn run(plan: &Plan, ctl: OwnedFd, to_monitor: OwnedFd) -> i32 {
+pub fn run(plan: &Plan, ctl: OwnedFd, to_monitor: OwnedFd, cgroup_tasks: Vec<File>) -> i32 {
     let mut out = File::from(to_monitor);
-    match setup(plan, ctl) {
+    match setup(plan, ctl, cgroup_tasks) {
         Ok((workload, ready)) => {
             send(&mut out, &ready);
             supervise(workload, &mut out)
@@ -105,7 +106,13 @@ fn signal_set() -> SigSet {
     set
 }
 
-fn setup(plan: &Plan, ctl: OwnedFd) -> Result<(Pid, InitMsg), String> {
+fn setup(plan: &Plan, ctl: OwnedFd, cgroup_tasks: Vec<File>) -> Result<(Pid, InitMsg), String> {
+    // First of all, into the v1 groups (the v2 group, if any, it was born in): from here on
+    // everything the sandbox does is charged to and limited by its own groups.
+    step(
+        "move into the sandbox's cgroup",
+        crate::cgroup::move_self(cgroup_tasks),
+    )?;
     // The monitor ignores the terminal's signals; a workload must start with the defaults.
     for s in [
         Signal::SIGINT,
@@ -160,9 +167,8 @@ fn setup(plan: &Plan, ctl: OwnedFd) -> Result<(Pid, InitMsg), String> {
     let exec = Exec::new(spec, &command)?;
     let confiner = Confiner::prepare(spec, plan.helper_caps)?;
 
-    // Moving a task into a v1 cgroup waits for an RCU grace period (milliseconds); the
-    // monitor does it while this process builds the root and its filters, and the sandbox is
-    // in its cgroup before anything of the workload's runs.
+    // On kernels without CLONE_INTO_CGROUP the monitor moves this process into the v2 group
+    // (a kernel wait of milliseconds) while it builds the root and its filters.
     receive(&ctl, ToInit::CgroupJoined, &mut Given::default())?;
     drop(ctl);
     step(

@@ -12,7 +12,8 @@
 //!    ids set to the component's own host uid for the moment of the clone, so that this uid,
 //!    not root, owns the user namespace and pays its per-user counters;
 //! 4. writes init's uid/gid maps, id-maps the trees that need the sandbox's own ids, hands all
-//!    of them to init, moves init into the cgroup and lets it go on;
+//!    of them to init and lets it go on (init is born in its v2 group and moves itself into
+//!    the v1 groups through files opened here: see [`crate::cgroup::move_self`]);
 //! 5. reports `Started` (with a pidfd of init) or `Failed` to the runtime;
 //! 6. drains the workload's output into its logs, rotating them by size, waits for the sandbox
 //!    to end, records how in `exit.json` (with the final usage and whether the memory limit's
@@ -110,11 +111,30 @@ fn dup_to(fd: RawFd, to: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the plan from its descriptor (then closed).
+/// Reads the plan from its descriptor (then closed), refusing one written by another version
+/// of osvm (the launcher may be a binary of its own, installed separately).
 pub(crate) fn read_plan(mut file: File) -> Result<Plan, String> {
+    let other_build = || {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        format!(
+            "the launcher {exe} is version {}: install it from the same build as osvm",
+            crate::plan::BUILD
+        )
+    };
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    let plan: Plan =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{e} ({})", other_build()))?;
+    if plan.build != crate::plan::BUILD {
+        return Err(format!(
+            "the plan comes from osvm version {:?}; {}",
+            plan.build,
+            other_build()
+        ));
+    }
+    Ok(plan)
 }
 
 fn report_msg(sock: &OwnedFd, msg: &MonitorMsg, fd: Option<RawFd>) {
@@ -626,6 +646,11 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         flags &= !libc::CLONE_NEWNET;
     }
     let cgroup = cgroup::open(&plan.cgroup);
+    // Init moves itself into the v1 groups through these (see cgroup::move_self): the one
+    // move the kernel makes without waiting for an RCU grace period.
+    let task_files = cgroup
+        .v1_task_files()
+        .map_err(|e| format!("open the sandbox's cgroup: {e}"))?;
     // Creating init straight inside its v2 group spares a cgroup move (a kernel wait of
     // milliseconds); kernels before 5.7 lack CLONE_INTO_CGROUP and get the move instead.
     let v2_fd = cgroup.v2_dir().and_then(|d| {
@@ -669,7 +694,7 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         drop(err_w);
         // SAFETY: the child's copy of the runtime socket must not keep the runtime's end open.
         unsafe { libc::close(MONITOR_FD) };
-        let code = init::run(plan, ctl_init, msg_w);
+        let code = init::run(plan, ctl_init, msg_w, task_files);
         // SAFETY: end the child without running anything the parent set up to run at exit.
         unsafe { libc::_exit(code) }
     }
@@ -678,13 +703,14 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
     drop(out_w);
     drop(err_w);
     drop(v2_fd);
+    drop(task_files);
 
     let init_pid = Pid::from_raw(pid);
 
     let release = |what: ToInit| {
         send_msg(ctl.as_fd(), &what, None).map_err(|e| format!("release the sandbox's init: {e}"))
     };
-    // Init builds its root while this process moves it into the cgroup (see init.rs).
+    // Init builds its root while this process writes its maps and hands over its mounts.
     let prepared = write_id_maps(plan, pid)
         .and_then(|()| {
             let userns = File::open(format!("/proc/{pid}/ns/user"))
@@ -694,8 +720,11 @@ fn run(plan: &Plan, report: &OwnedFd) -> Result<(), String> {
         })
         .and_then(|()| release(ToInit::MapsWritten))
         .and_then(|()| {
+            if in_v2 {
+                return Ok(());
+            }
             cgroup
-                .add_process(pid, in_v2)
+                .add_process_v2(pid)
                 .map_err(|e| format!("move the sandbox into its cgroup: {e}"))
         })
         .and_then(|()| release(ToInit::CgroupJoined));

@@ -21,18 +21,19 @@
 //! every process on the host. Without it, libraries fall back to threads (glibc's POSIX AIO
 //! does not use it).
 //!
-//! `clone3` passes its flags in memory, which seccomp cannot read, so a second filter answers
-//! it with `ENOSYS`: glibc then falls back to `clone`, which the first filter can check;
-//! `openat2` likewise (its mode is in memory), and callers fall back to `openat`. The same
-//! filter answers `ENOSYS` for syscalls newer than this list (numbers 457 to 511): a libc that
+//! `clone3` passes its flags in memory, which seccomp cannot read, so the filter answers it
+//! with `ENOSYS`: glibc then falls back to `clone`, whose flags the filter can check;
+//! `openat2` likewise (its mode is in memory), and callers fall back to `openat`. The filter
+//! also answers `ENOSYS` for syscalls newer than this list (numbers 457 to 511): a libc that
 //! tries a new call first and falls back on `ENOSYS` keeps working, as runc's profiles do.
+//!
+//! The filter is compiled here, as a binary search over the syscall number (see [`compile`]);
+//! seccompiler, which compiled it before as a linear chain, remains the reference the tests
+//! compare it with, and installs it.
 
 use std::collections::BTreeMap;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, sock_filter};
 
 /// Errors while building or installing the filter.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +45,6 @@ pub enum SeccompError {
     #[error("installing the seccomp filter: {0}")]
     Install(String),
 }
-
-#[cfg(target_arch = "x86_64")]
-const ARCH: TargetArch = TargetArch::x86_64;
-#[cfg(target_arch = "aarch64")]
-const ARCH: TargetArch = TargetArch::aarch64;
 
 // Syscalls newer than the libc crate's tables; since Linux 4.x new syscalls share one number
 // on every architecture.
@@ -379,10 +375,10 @@ const NATIVE_AIO: &[libc::c_long] = &[
 ];
 
 /// The setuid and setgid bits of a file mode.
-const SET_ID_BITS: u64 = (libc::S_ISUID | libc::S_ISGID) as u64;
+const SET_ID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
 /// The open flags that create a file (`O_TMPFILE` includes `O_DIRECTORY`'s bit; its own is
 /// `__O_TMPFILE`).
-const CREATING: u64 = (libc::O_CREAT | 0o20_000_000) as u64;
+const CREATING: u32 = (libc::O_CREAT | 0o20_000_000) as u32;
 
 /// Calls allowed when their mode argument carries no setuid or setgid bit: (syscall, index of
 /// the mode argument).
@@ -406,49 +402,80 @@ const OPEN_CHECKED: &[(libc::c_long, u8, u8)] = &[
     (libc::SYS_open, 1, 2),
 ];
 
-/// Every `CLONE_NEW*` flag (namespaces) plus `CLONE_NEWTIME`'s bit.
-const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+/// Every `CLONE_NEW*` flag (namespaces) plus `CLONE_NEWTIME`'s bit. All sit in the low 32 bits
+/// of the flags, so a check of the low half is a check of the whole.
+const CLONE_NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET
-    | libc::CLONE_NEWCGROUP) as u64
+    | libc::CLONE_NEWCGROUP) as u32
     | 0x80;
 
 /// `ioctl` requests that inject input into a terminal.
-const TIOCSTI: u64 = 0x5412;
-const TIOCLINUX: u64 = 0x541C;
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541C;
 
-fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<SeccompCondition, SeccompError> {
-    SeccompCondition::new(arg, len, op, value).map_err(|e| SeccompError::Build(e.to_string()))
+/// A check of the low 32 bits of one syscall argument. Every argument checked here is an
+/// `int`, a mode, or flags whose upper half holds nothing this list cares about; the filter
+/// never looks at the upper halves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `arg & mask == value`.
+    MaskedEq { arg: u8, mask: u32, value: u32 },
+    /// `arg != value`.
+    Ne { arg: u8, value: u32 },
 }
 
-fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
-    SeccompRule::new(conds).map_err(|e| SeccompError::Build(e.to_string()))
+fn eq(arg: u8, value: u32) -> Check {
+    Check::MaskedEq {
+        arg,
+        mask: u32::MAX,
+        value,
+    }
 }
 
-fn socket_rules() -> Result<Vec<SeccompRule>, SeccompError> {
-    let mut rules = vec![rule(vec![cond(
-        0,
-        Len::Dword,
-        Op::Eq,
-        libc::AF_UNIX as u64,
-    )?])?];
+/// "`mode` (argument `arg`) has no setuid or setgid bit".
+fn no_set_id(arg: u8) -> Check {
+    Check::MaskedEq {
+        arg,
+        mask: SET_ID_BITS,
+        value: 0,
+    }
+}
+
+/// What one syscall gets; a syscall without one fails with `EPERM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Allowed with any arguments.
+    Allow,
+    /// Allowed when every check of one of the rules holds; `EPERM` otherwise.
+    AllowIf(Vec<Vec<Check>>),
+    /// Fails with this errno (`ENOSYS`: callers fall back to an older call).
+    Errno(u32),
+}
+
+fn socket_rules() -> Vec<Vec<Check>> {
+    let mut rules = vec![vec![eq(0, libc::AF_UNIX as u32)]];
     for family in [libc::AF_INET, libc::AF_INET6] {
         for ty in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
-            rules.push(rule(vec![
-                cond(0, Len::Dword, Op::Eq, family as u64)?,
+            rules.push(vec![
+                eq(0, family as u32),
                 // The low bits are the type; SOCK_NONBLOCK and SOCK_CLOEXEC sit above them.
-                cond(1, Len::Dword, Op::MaskedEq(0xf), ty as u64)?,
-            ])?);
+                Check::MaskedEq {
+                    arg: 1,
+                    mask: 0xf,
+                    value: ty as u32,
+                },
+            ]);
         }
     }
-    rules.push(rule(vec![
-        cond(0, Len::Dword, Op::Eq, libc::AF_NETLINK as u64)?,
-        cond(2, Len::Dword, Op::Eq, libc::NETLINK_ROUTE as u64)?,
-    ])?);
-    Ok(rules)
+    rules.push(vec![
+        eq(0, libc::AF_NETLINK as u32),
+        eq(2, libc::NETLINK_ROUTE as u32),
+    ]);
+    rules
 }
 
 /// Syscalls that answer `ENOSYS`: `clone3`, `openat2`, and the numbers above this list that it
@@ -462,87 +489,260 @@ fn enosys_syscalls() -> Vec<libc::c_long> {
 
 /// The number of syscalls the allowlist admits (some with argument checks).
 pub fn allowed_count(native_aio: bool, helper: bool) -> usize {
-    ALLOWED.len()
-        + 3
-        + MODE_CHECKED.len()
-        + OPEN_CHECKED.len()
-        + if native_aio { NATIVE_AIO.len() } else { 0 }
-        + usize::from(helper)
+    policy(native_aio, helper)
+        .values()
+        .filter(|v| !matches!(v, Verdict::Errno(_)))
+        .count()
 }
 
-/// "`mode` (argument `arg`) has no setuid or setgid bit".
-fn no_set_id(arg: u8) -> Result<SeccompCondition, SeccompError> {
-    cond(arg, Len::Dword, Op::MaskedEq(SET_ID_BITS), 0)
-}
-
-/// Builds the two filters: the allowlist, then the `clone3` -> `ENOSYS` filter. With
-/// `native_aio` the AIO calls are allowed too; for osvm's own `helper` (virtiofsd), `chroot`,
-/// which it uses to confine itself to the directory it shares.
-pub fn build(native_aio: bool, helper: bool) -> Result<Vec<BpfProgram>, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
+/// The whole policy: every syscall number with a verdict of its own. With `native_aio` the
+/// AIO calls are allowed too; for osvm's own `helper` (virtiofsd), `chroot`, which it uses to
+/// confine itself to the directory it shares.
+fn policy(native_aio: bool, helper: bool) -> BTreeMap<u32, Verdict> {
+    let nr = |n: libc::c_long| n as u32;
+    let mut policy: BTreeMap<u32, Verdict> =
+        ALLOWED.iter().map(|n| (nr(*n), Verdict::Allow)).collect();
     if native_aio {
-        rules.extend(NATIVE_AIO.iter().map(|nr| (*nr, Vec::new())));
+        policy.extend(NATIVE_AIO.iter().map(|n| (nr(*n), Verdict::Allow)));
     }
     if helper {
-        rules.insert(libc::SYS_chroot, Vec::new());
+        policy.insert(nr(libc::SYS_chroot), Verdict::Allow);
     }
-    for (nr, mode) in MODE_CHECKED {
-        rules.insert(*nr, vec![rule(vec![no_set_id(*mode)?])?]);
+    for (n, mode) in MODE_CHECKED {
+        policy.insert(nr(*n), Verdict::AllowIf(vec![vec![no_set_id(*mode)]]));
     }
-    for (nr, flags, mode) in OPEN_CHECKED {
-        rules.insert(
-            *nr,
-            vec![
-                rule(vec![cond(*flags, Len::Dword, Op::MaskedEq(CREATING), 0)?])?,
-                rule(vec![no_set_id(*mode)?])?,
-            ],
+    for (n, flags, mode) in OPEN_CHECKED {
+        let not_creating = Check::MaskedEq {
+            arg: *flags,
+            mask: CREATING,
+            value: 0,
+        };
+        policy.insert(
+            nr(*n),
+            Verdict::AllowIf(vec![vec![not_creating], vec![no_set_id(*mode)]]),
         );
     }
-    rules.insert(
-        libc::SYS_clone,
-        vec![rule(vec![cond(
-            0,
-            Len::Qword,
-            Op::MaskedEq(CLONE_NAMESPACE_FLAGS),
-            0,
-        )?])?],
+    let no_namespaces = Check::MaskedEq {
+        arg: 0,
+        mask: CLONE_NAMESPACE_FLAGS,
+        value: 0,
+    };
+    policy.insert(
+        nr(libc::SYS_clone),
+        Verdict::AllowIf(vec![vec![no_namespaces]]),
     );
-    rules.insert(libc::SYS_socket, socket_rules()?);
-    rules.insert(
-        libc::SYS_ioctl,
-        vec![rule(vec![
-            cond(1, Len::Dword, Op::Ne, TIOCSTI)?,
-            cond(1, Len::Dword, Op::Ne, TIOCLINUX)?,
-        ])?],
+    policy.insert(nr(libc::SYS_socket), Verdict::AllowIf(socket_rules()));
+    policy.insert(
+        nr(libc::SYS_ioctl),
+        Verdict::AllowIf(vec![vec![
+            Check::Ne {
+                arg: 1,
+                value: TIOCSTI,
+            },
+            Check::Ne {
+                arg: 1,
+                value: TIOCLINUX,
+            },
+        ]]),
     );
-    let allowlist = SeccompFilter::new(
-        rules,
-        SeccompAction::Errno(libc::EPERM as u32),
-        SeccompAction::Allow,
-        ARCH,
-    )
-    .map_err(|e| SeccompError::Build(e.to_string()))?;
-    let enosys: BTreeMap<i64, Vec<SeccompRule>> = enosys_syscalls()
-        .into_iter()
-        .map(|nr| (nr, Vec::new()))
-        .collect();
-    let clone3 = SeccompFilter::new(
-        enosys,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        ARCH,
-    )
-    .map_err(|e| SeccompError::Build(e.to_string()))?;
-    let mut programs = Vec::new();
-    for filter in [allowlist, clone3] {
-        programs.push(
-            filter
-                .try_into()
-                .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?,
-        );
+    for n in enosys_syscalls() {
+        policy.insert(nr(n), Verdict::Errno(libc::ENOSYS as u32));
     }
-    Ok(programs)
+    policy
+}
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
+
+/// Offsets in `struct seccomp_data`.
+const DATA_NR: u32 = 0;
+const DATA_ARCH: u32 = 4;
+/// The low half of argument `arg` (both architectures are little-endian).
+fn data_arg_low(arg: u8) -> u32 {
+    16 + 8 * u32::from(arg)
+}
+
+const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// Where the search for a syscall number ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    /// Return this action.
+    Ret(u32),
+    /// Jump to the argument checks of block `n`.
+    Block(usize),
+}
+
+/// Emits the binary search over `ranges` (sorted, each `(first number, leaf)` up to the next
+/// one's first number), recording where each jump to a block sits in `fixups`.
+fn emit_search(ranges: &[(u32, Leaf)], out: &mut Vec<sock_filter>, fixups: &mut Vec<usize>) {
+    if let [(_, leaf)] = ranges {
+        match leaf {
+            Leaf::Ret(action) => out.push(stmt(RET_K, *action)),
+            Leaf::Block(n) => {
+                fixups.push(out.len());
+                // The target is filled in once the blocks' positions are known.
+                out.push(stmt(JA, *n as u32));
+            }
+        }
+        return;
+    }
+    let mid = ranges.len() / 2;
+    let mut left = Vec::new();
+    let mut left_fixups = Vec::new();
+    emit_search(&ranges[..mid], &mut left, &mut left_fixups);
+    let split = ranges[mid].0;
+    let base = match u8::try_from(left.len()) {
+        // nr >= split: skip the lower half.
+        Ok(skip) => {
+            out.push(jump(JGE_K, split, skip, 0));
+            out.len()
+        }
+        // Too far for a conditional jump: go through an unconditional one.
+        Err(_) => {
+            out.push(jump(JGE_K, split, 0, 1));
+            out.push(stmt(JA, left.len() as u32));
+            out.len()
+        }
+    };
+    fixups.extend(left_fixups.into_iter().map(|f| f + base));
+    out.extend(left);
+    emit_search(&ranges[mid..], out, fixups);
+}
+
+/// Emits the argument checks of one `AllowIf`: each rule's checks in turn, `ALLOW` when all
+/// of one rule's hold, `EPERM` when none of the rules does.
+fn emit_checks(rules: &[Vec<Check>], out: &mut Vec<sock_filter>) -> Result<(), SeccompError> {
+    let len = |c: &Check| match c {
+        Check::MaskedEq { mask, .. } if *mask != u32::MAX => 3,
+        _ => 2,
+    };
+    for rule in rules {
+        for (i, check) in rule.iter().enumerate() {
+            // From after this check's jump to the next rule: the rest of the rule's checks
+            // and its `ret ALLOW`.
+            let to_next_rule: usize = rule[i + 1..].iter().map(len).sum::<usize>() + 1;
+            let to_next_rule = u8::try_from(to_next_rule)
+                .map_err(|_| SeccompError::Build("a rule with too many checks".into()))?;
+            match *check {
+                Check::MaskedEq { arg, mask, value } => {
+                    out.push(stmt(LD_ABS, data_arg_low(arg)));
+                    if mask != u32::MAX {
+                        out.push(stmt(AND_K, mask));
+                    }
+                    out.push(jump(JEQ_K, value & mask, 0, to_next_rule));
+                }
+                Check::Ne { arg, value } => {
+                    out.push(stmt(LD_ABS, data_arg_low(arg)));
+                    out.push(jump(JEQ_K, value, to_next_rule, 0));
+                }
+            }
+        }
+        out.push(stmt(RET_K, RET_ALLOW));
+    }
+    out.push(stmt(RET_K, RET_EPERM));
+    Ok(())
+}
+
+/// Compiles `policy` into one classic BPF program: the architecture check, a binary search
+/// over ranges of syscall numbers with the same verdict (about nine comparisons for any
+/// number), then the argument checks of the calls that have some.
+///
+/// The kernel runs a new filter once per syscall number when it is attached, to learn which
+/// numbers it may allow without running it again; seccompiler's linear chain of ~1,400
+/// instructions made that cost ~0.7 ms at every sandbox start, this tree ~0.1 ms. Tested
+/// against seccompiler's compilation of the same policy (see the tests).
+fn compile(policy: &BTreeMap<u32, Verdict>) -> Result<BpfProgram, SeccompError> {
+    let mut blocks: Vec<&Vec<Vec<Check>>> = Vec::new();
+    let mut ranges: Vec<(u32, Leaf)> = vec![(0, Leaf::Ret(RET_EPERM))];
+    let mut next = 0u32;
+    for (&nr, verdict) in policy {
+        let leaf = match verdict {
+            Verdict::Allow => Leaf::Ret(RET_ALLOW),
+            Verdict::Errno(e) => Leaf::Ret(libc::SECCOMP_RET_ERRNO | (e & 0xffff)),
+            Verdict::AllowIf(rules) => {
+                blocks.push(rules);
+                Leaf::Block(blocks.len() - 1)
+            }
+        };
+        if nr != next {
+            // A gap: the numbers between answer EPERM.
+            if ranges.last().map(|r| r.1) != Some(Leaf::Ret(RET_EPERM)) {
+                ranges.push((next, Leaf::Ret(RET_EPERM)));
+            }
+        }
+        if ranges.last().map(|r| r.1) != Some(leaf) || matches!(leaf, Leaf::Block(_)) {
+            ranges.push((nr, leaf));
+        }
+        next = nr
+            .checked_add(1)
+            .ok_or_else(|| SeccompError::Build("syscall number out of range".into()))?;
+    }
+    if ranges.last().map(|r| r.1) != Some(Leaf::Ret(RET_EPERM)) {
+        ranges.push((next, Leaf::Ret(RET_EPERM)));
+    }
+    // The first range starts at 0; drop a duplicate start if number 0 has a verdict.
+    if ranges.len() > 1 && ranges[1].0 == 0 {
+        ranges.remove(0);
+    }
+
+    let mut program = vec![
+        stmt(LD_ABS, DATA_ARCH),
+        jump(JEQ_K, AUDIT_ARCH, 1, 0),
+        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        stmt(LD_ABS, DATA_NR),
+    ];
+    let mut fixups = Vec::new();
+    let mut search = Vec::new();
+    emit_search(&ranges, &mut search, &mut fixups);
+    let search_start = program.len();
+    program.extend(search);
+    let mut block_starts = Vec::with_capacity(blocks.len());
+    for rules in &blocks {
+        block_starts.push(program.len());
+        emit_checks(rules, &mut program)?;
+    }
+    for at in fixups {
+        let at = search_start + at;
+        let block = program[at].k as usize;
+        program[at].k = (block_starts[block] - at - 1) as u32;
+    }
+    if program.len() > libc::BPF_MAXINSNS as usize {
+        return Err(SeccompError::Build(format!(
+            "the filter has {} instructions, more than the kernel's {}",
+            program.len(),
+            libc::BPF_MAXINSNS
+        )));
+    }
+    Ok(program)
+}
+
+/// Builds the filter for a workload: see the module's documentation for what it allows.
+pub fn build(native_aio: bool, helper: bool) -> Result<Vec<BpfProgram>, SeccompError> {
+    Ok(vec![compile(&policy(native_aio, helper))?])
 }
 
 /// Installs the filters in order. `no_new_privs` must already be set.
@@ -557,13 +757,224 @@ pub fn install(programs: &[BpfProgram]) -> Result<(), SeccompError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn filters_compile() {
-        for aio in [false, true] {
-            let programs = build(aio, false).unwrap();
-            assert_eq!(programs.len(), 2);
-            assert!(!programs[0].is_empty());
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
+        SeccompFilter, SeccompRule, TargetArch,
+    };
+
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: TargetArch = TargetArch::x86_64;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: TargetArch = TargetArch::aarch64;
+
+    /// The same policy compiled by seccompiler, as this module did before it compiled its own
+    /// tree: a linear allowlist (EPERM otherwise), then a second filter for the ENOSYS calls.
+    fn reference(policy: &BTreeMap<u32, Verdict>) -> Vec<BpfProgram> {
+        let to_rule = |checks: &Vec<Check>| {
+            let conds = checks
+                .iter()
+                .map(|c| match *c {
+                    Check::MaskedEq { arg, mask, value } => SeccompCondition::new(
+                        arg,
+                        Len::Dword,
+                        Op::MaskedEq(u64::from(mask)),
+                        u64::from(value),
+                    ),
+                    Check::Ne { arg, value } => {
+                        SeccompCondition::new(arg, Len::Dword, Op::Ne, u64::from(value))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            SeccompRule::new(conds).unwrap()
+        };
+        let mut allow = BTreeMap::new();
+        let mut enosys = BTreeMap::new();
+        for (nr, verdict) in policy {
+            let nr = i64::from(*nr);
+            match verdict {
+                Verdict::Allow => {
+                    allow.insert(nr, Vec::new());
+                }
+                Verdict::AllowIf(rules) => {
+                    allow.insert(nr, rules.iter().map(to_rule).collect());
+                }
+                Verdict::Errno(e) => {
+                    assert_eq!(*e, libc::ENOSYS as u32);
+                    enosys.insert(nr, Vec::new());
+                }
+            }
         }
+        let filters = [
+            SeccompFilter::new(
+                allow,
+                SeccompAction::Errno(libc::EPERM as u32),
+                SeccompAction::Allow,
+                ARCH,
+            ),
+            SeccompFilter::new(
+                enosys,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::ENOSYS as u32),
+                ARCH,
+            ),
+        ];
+        filters
+            .into_iter()
+            .map(|f| f.unwrap().try_into().unwrap())
+            .collect()
+    }
+
+    /// Runs one classic BPF program on `data` (a `struct seccomp_data`), as the kernel would.
+    fn run(program: &[sock_filter], data: &[u8; 64]) -> u32 {
+        const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+        const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = &program[pc];
+            pc += 1;
+            let branch = |taken: bool| usize::from(if taken { i.jt } else { i.jf });
+            match i.code {
+                LD_ABS => {
+                    let k = i.k as usize;
+                    a = u32::from_ne_bytes(data[k..k + 4].try_into().unwrap());
+                }
+                AND_K => a &= i.k,
+                JA => pc += i.k as usize,
+                JEQ_K => pc += branch(a == i.k),
+                JGE_K => pc += branch(a >= i.k),
+                JGT_K => pc += branch(a > i.k),
+                JSET_K => pc += branch(a & i.k != 0),
+                RET_K => return i.k,
+                other => panic!("instruction {other:#x} not known to this interpreter"),
+            }
+        }
+    }
+
+    /// What the kernel does with several filters: the action of highest precedence (lowest
+    /// as a signed number), the most recently installed filter's on a tie.
+    fn run_all(programs: &[BpfProgram], data: &[u8; 64]) -> u32 {
+        let rank = |ret: u32| (ret & 0xffff_0000) as i32;
+        let mut result: Option<u32> = None;
+        for p in programs.iter().rev() {
+            let ret = run(p, data);
+            if result.is_none_or(|r| rank(ret) < rank(r)) {
+                result = Some(ret);
+            }
+        }
+        result.unwrap()
+    }
+
+    fn data(arch: u32, nr: u32, args: [u64; 6]) -> [u8; 64] {
+        let mut d = [0u8; 64];
+        d[0..4].copy_from_slice(&nr.to_ne_bytes());
+        d[4..8].copy_from_slice(&arch.to_ne_bytes());
+        for (i, a) in args.iter().enumerate() {
+            d[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        d
+    }
+
+    /// Argument values the checks care about, and neighbours of them.
+    fn interesting() -> Vec<u64> {
+        let mut v: Vec<u64> = vec![
+            0,
+            1,
+            2,
+            3,
+            4,
+            libc::AF_UNIX as u64,
+            libc::AF_INET as u64,
+            libc::AF_INET6 as u64,
+            libc::AF_NETLINK as u64,
+            libc::AF_PACKET as u64,
+            libc::SOCK_STREAM as u64,
+            libc::SOCK_DGRAM as u64,
+            libc::SOCK_RAW as u64,
+            (libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64,
+            (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
+            0o755,
+            0o4755,
+            0o2755,
+            0o6777,
+            (libc::O_CREAT | libc::O_RDWR) as u64,
+            libc::O_TMPFILE as u64,
+            libc::O_DIRECTORY as u64,
+            TIOCSTI as u64,
+            TIOCLINUX as u64,
+            0x5413,
+            libc::SIGCHLD as u64,
+            (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64,
+            libc::CLONE_NEWUSER as u64,
+            (libc::CLONE_NEWNET | libc::SIGCHLD) as u64,
+            0x80,
+            u32::MAX as u64,
+            u64::MAX,
+        ];
+        let high: Vec<u64> = v.iter().map(|x| x | 0xdead_0000_0000_0000).collect();
+        v.extend(high);
+        v
+    }
+
+    #[test]
+    fn the_tree_decides_as_seccompilers_filters_do() {
+        let values = interesting();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (aio, helper) in [(false, false), (true, false), (false, true)] {
+            let policy = policy(aio, helper);
+            let tree = build(aio, helper).unwrap();
+            let reference = reference(&policy);
+            let numbers = (0..1100u32).chain([
+                0x4000_0000,
+                0x4000_0001,
+                0x4000_0000 | 59,
+                u32::MAX - 1,
+                u32::MAX,
+            ]);
+            for nr in numbers {
+                let checked = matches!(policy.get(&nr), Some(Verdict::AllowIf(_)));
+                for _ in 0..if checked { 4000 } else { 6 } {
+                    let mut args = [0u64; 6];
+                    for a in &mut args {
+                        *a = values[(random() % values.len() as u64) as usize];
+                    }
+                    for arch in [AUDIT_ARCH, AUDIT_ARCH ^ 1, 0x4000_0003] {
+                        let d = data(arch, nr, args);
+                        assert_eq!(
+                            run_all(&tree, &d),
+                            run_all(&reference, &d),
+                            "syscall {nr}, arch {arch:#x}, args {args:x?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_tree_is_small_and_shallow() {
+        let program = &build(true, true).unwrap()[0];
+        assert!(program.len() < 400, "{} instructions", program.len());
+        // The longest path through the search: count comparisons from the number's load.
+        fn depth(program: &[sock_filter], pc: usize) -> usize {
+            let i = &program[pc];
+            match i.code {
+                JGE_K => {
+                    1 + depth(program, pc + 1 + usize::from(i.jt))
+                        .max(depth(program, pc + 1 + usize::from(i.jf)))
+                }
+                JA => depth(program, pc + 1 + i.k as usize),
+                _ => 0,
+            }
+        }
+        let deepest = depth(program, 4);
+        assert!(deepest <= 10, "{deepest} comparisons on the longest path");
         assert_eq!(
             allowed_count(true, false),
             allowed_count(false, false) + NATIVE_AIO.len()

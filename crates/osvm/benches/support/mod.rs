@@ -179,3 +179,28 @@ pub fn tear_down(state: &Path, stacks: &[&Path], mut daemon: std::process::Child
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(state);
 }
+
+/// A microVM bench's directories: the guest kernel (fetched once into cargo's target tmp
+/// directory, shared with the tests, and fetched again when it lacks `module`), a fresh state
+/// directory whose `kernels` links there, and in it a `www` directory with an index page.
+pub fn microvm_state(
+    tag: &str,
+    module: Option<&str>,
+) -> (osvm_microvm::kernel::Kernel, PathBuf, PathBuf) {
+    use osvm_microvm::kernel::{Kernel, fetch};
+    let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microvm-kernel");
+    std::fs::create_dir_all(&shared).unwrap();
+    let has = |k: &Kernel| module.is_none_or(|m| k.modules.iter().any(|p| p.ends_with(m)));
+    let kernel = match Kernel::installed(&shared) {
+        Ok(k) if has(&k) => k,
+        Ok(_) => fetch(&shared, true, &mut |_| {}).expect("fetch kernel"),
+        Err(_) => fetch(&shared, false, &mut |_| {}).expect("fetch kernel"),
+    };
+    let state = std::env::temp_dir().join(format!("osvm-bench-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(shared.join("kernels"), state.join("kernels")).unwrap();
+    let www = state.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "ok\n").unwrap();
+    (kernel, state, www)
+}

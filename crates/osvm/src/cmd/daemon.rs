@@ -14,6 +14,8 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<ExitCode> {
         state_dir: state_dir(global)?,
         socket: socket(global)?,
         metrics: args.metrics_addr,
+        ui: args.ui,
+        ui_tls: args.ui_tls,
     };
     tracing::info!(
         "state in {}, API on {}",

@@ -191,29 +191,7 @@ fn token(global: &Global, cmd: McpTokenCommand) -> anyhow::Result<ExitCode> {
                 print_json(&answer)?;
             } else {
                 let list: Vec<osvm_mcp::tokens::TokenRecord> = parse(&answer)?;
-                let mut rows = vec![vec![
-                    "ID".to_string(),
-                    "CLIENT".into(),
-                    "ISSUED".into(),
-                    "EXPIRES".into(),
-                    "STATE".into(),
-                ]];
-                let when = |s: u64| {
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
-                    )
-                    .to_string()
-                };
-                for t in list {
-                    rows.push(vec![
-                        t.id,
-                        t.client,
-                        when(t.issued_at),
-                        t.expires_at.map_or("never".into(), when),
-                        if t.revoked { "revoked" } else { "valid" }.into(),
-                    ]);
-                }
-                print!("{}", super::net::columns(&rows));
+                print!("{}", token_table(&list));
             }
         }
         McpTokenCommand::Revoke(a) => {
@@ -237,6 +215,31 @@ fn token(global: &Global, cmd: McpTokenCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Issued tokens as a table: ID CLIENT ISSUED EXPIRES STATE.
+pub(super) fn token_table(list: &[osvm_mcp::tokens::TokenRecord]) -> String {
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "CLIENT".into(),
+        "ISSUED".into(),
+        "EXPIRES".into(),
+        "STATE".into(),
+    ]];
+    let when = |s: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+            .to_string()
+    };
+    for t in list {
+        rows.push(vec![
+            t.id.clone(),
+            t.client.clone(),
+            when(t.issued_at),
+            t.expires_at.map_or("never".into(), when),
+            if t.revoked { "revoked" } else { "valid" }.into(),
+        ]);
+    }
+    super::net::columns(&rows)
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;

@@ -11,6 +11,7 @@ mod policy;
 mod run;
 mod swap;
 mod table;
+mod ui;
 mod unikernel;
 mod up;
 mod validate;
@@ -44,6 +45,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(a) => policy::run(&cli.global, a),
         Command::Net(a) => net::run(&cli.global, a),
         Command::Kernel(a) => microvm::kernel(&cli.global, a),
+        Command::Ui(a) => ui::run(&cli.global, a),
         Command::Mcp(a) => mcp::run(&cli.global, a),
         Command::Image(a) => microvm::image(&cli.global, a),
         Command::Unikernel(a) => unikernel::run(&cli.global, a),

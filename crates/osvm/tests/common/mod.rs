@@ -71,18 +71,23 @@ pub fn probe_bin() -> PathBuf {
         .clone()
 }
 
-/// The static guest agent the tests built, when none was found where `.ci/run` builds it.
+/// The static guest agent the tests built, when `OSVM_AGENT` named none.
 static BUILT_AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
-/// The static guest agent every microVM image holds as its init: where `.ci/run` builds it, or
-/// built here once (a release build for the host target with `+crt-static`, into a target
-/// directory of its own under `CARGO_TARGET_TMPDIR`), then handed to osvm through `OSVM_AGENT`.
+/// The static guest agent every microVM image holds as its init: the one `OSVM_AGENT` names
+/// (`.ci/run` sets it to the one it built), or built here once per test process (a release
+/// build for the host target with `+crt-static`, into a target directory of its own under
+/// `CARGO_TARGET_TMPDIR`; cargo makes that quick when nothing changed), then handed to osvm
+/// through `OSVM_AGENT`.
 pub fn guest_agent() -> Result<PathBuf, String> {
     if let Some(built) = BUILT_AGENT.get() {
         return Ok(built.clone());
     }
-    if let Ok(found) = osvm_microvm::find_agent() {
-        return Ok(found);
+    // Named by the caller (`.ci/run` names the one it built). Otherwise it is built here even
+    // when a static osvm-agent lies where `find_agent` would look: that one may be older than
+    // the source, and a stale agent fails tests in ways that have nothing to do with a change.
+    if let Some(named) = std::env::var_os("OSVM_AGENT") {
+        return Ok(PathBuf::from(named));
     }
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,8 +310,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(state: &StateDir) -> Self {
+        Self::start_with(state, &[])
+    }
+
+    /// `osvm daemon ARGS...`, once its API socket answers.
+    pub fn start_with(state: &StateDir, args: &[&str]) -> Self {
         let socket = state.path.join("osvm.sock");
-        let child = state.osvm().arg("daemon").spawn().unwrap();
+        let child = state.osvm().arg("daemon").args(args).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&socket).is_err() {
             assert!(
@@ -669,22 +679,9 @@ pub fn python_mcp_sdk() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-/// Tests that reach a published port from the host take turns (the returned file holds the
-/// turn until dropped): every osvm state directory routes the same service pool
-/// (10.214.0.0/16) from the host to its own hub, so two running at once send each other's
-/// published traffic to the wrong hub, where it times out. A product limit, not only a test's:
-/// one publishing osvm per host for now.
-#[allow(dead_code)]
-pub fn host_route_turn() -> std::fs::File {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("osvm-tests-host-route.lock"))
-        .unwrap();
-    file.lock().unwrap();
-    file
-}
+/// Tests that reach a published port from the host take turns (see the testkit's).
+#[allow(unused_imports)]
+pub use osvm_testkit::host_route_turn;
 
 /// A client's stdio session through the bridge (`osvm mcp serve --as <client>`), spoken in raw
 /// JSON-RPC lines so the test controls ids, pipelining and cancellation.
@@ -758,5 +755,86 @@ impl Drop for RawSession {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any of 127.0.0.0/8 is this host).
+pub fn connect_from(from: std::net::Ipv4Addr, to: &str) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    use std::os::fd::AsRawFd;
+    let to: std::net::SocketAddr = to.parse().map_err(std::io::Error::other)?;
+    let std::net::SocketAddr::V4(to) = to else {
+        return Err(std::io::Error::other("an IPv4 address"));
+    };
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        s.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
+    )?;
+    connect(s.as_raw_fd(), &SockaddrIn::from(to))?;
+    Ok(TcpStream::from(s))
+}
+
+/// Idle connections to one of the daemon's HTTP fronts at `addr` (127.0.0.1) that send
+/// nothing: 400 from one source hold at most `per_source` of the daemon's descriptors, and
+/// meanwhile `answers` (from 127.0.0.1, another source) is true; 400 from many sources hold at
+/// most `bound`; once they close, `answers` is true again.
+pub fn assert_idle_connections_are_bounded(
+    daemon: &Daemon,
+    addr: &str,
+    bound: usize,
+    per_source: usize,
+    answers: impl Fn() -> bool,
+) {
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+            .unwrap()
+            .count()
+    };
+    let held_after_accept = |before: usize, idle: &[TcpStream], most: usize, what: &str| {
+        // The daemon accepts them in the background: wait until it has (or holds too many).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && fds() < before + most {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let during = fds();
+        assert!(
+            during <= before + most + 16,
+            "{} idle connections {what}: {before} -> {during} descriptors",
+            idle.len()
+        );
+    };
+    let one = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let before = fds();
+    let from_one: Vec<TcpStream> = (0..400)
+        .filter_map(|_| connect_from(one, addr).ok())
+        .collect();
+    held_after_accept(before, &from_one, per_source, "from one source");
+    assert!(
+        answers(),
+        "another source is not served while one holds its share"
+    );
+    drop(from_one);
+    // Closed connections leave the daemon as it notices them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fds() > before + 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = fds();
+    let from_many: Vec<TcpStream> = (0..400)
+        .filter_map(|i| connect_from(std::net::Ipv4Addr::new(127, 0, 1, i as u8 / 4), addr).ok())
+        .collect();
+    held_after_accept(before, &from_many, bound, "from many sources");
+    drop(from_many);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !answers() {
+        assert!(Instant::now() < deadline, "the front did not answer again");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

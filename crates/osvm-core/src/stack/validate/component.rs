@@ -269,6 +269,41 @@ pub(super) fn component(
             microvm.boot_timeout_ms = Some(duration(src, t, "boot_timeout")?.as_millis() as u64);
         }
         microvm.confidential = r.confidential.map(|c| c.0);
+        let link_given = r.link.is_some();
+        if let Some(l) = r.link {
+            microvm.link = l.0;
+        }
+        if let Some(snapshot) = &r.snapshot
+            && *snapshot.get_ref()
+        {
+            // What a snapshot cannot hold: the vhost-user vsock and virtio-fs devices (QEMU
+            // cannot save them), and a disk other instances may write meanwhile.
+            let refuse = |why: &str| {
+                src.error(
+                    snapshot.span(),
+                    format!("component `{name_text}`: snapshot = true {why}"),
+                )
+            };
+            if link_given && microvm.link != crate::launch::LinkChoice::Serial {
+                return Err(refuse(
+                    "needs link = \"serial\" (QEMU cannot save a guest with its vsock device)",
+                ));
+            }
+            if r.data_disk != Some(false) || r.shared_data.as_ref().is_some_and(|s| *s.get_ref()) {
+                return Err(refuse(
+                    "needs data_disk = false: a restored guest has no data disk or shared /data \
+                     yet",
+                ));
+            }
+            if !mounts.is_empty() {
+                return Err(refuse(
+                    "cannot be combined with mounts yet (QEMU cannot save a guest with \
+                     virtio-fs devices)",
+                ));
+            }
+            microvm.snapshot = true;
+            microvm.link = crate::launch::LinkChoice::Serial;
+        }
         microvm.no_data_disk = r.data_disk == Some(false);
         if let Some(shared) = &r.shared_data {
             microvm.shared_data = *shared.get_ref();

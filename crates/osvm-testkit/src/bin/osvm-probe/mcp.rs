@@ -1,7 +1,8 @@
 //! `mcp NAME`: the smallest MCP server that answers like one, over stdio: `initialize` (the
 //! client's protocol version back), `ping`, `tools/list` and `tools/call` of two tools: `echo`
 //! gives its `message` back, with the server's name; `where` says where the server runs (its
-//! hostname, and what its PID 1 is: `/init` in an osvm microVM). A density bench runs a thousand
+//! hostname, and what its PID 1 is: `/init` in an osvm microVM). `OSVM_PROBE_TOOL_DESCRIPTION`
+//! replaces `echo`'s description. A density bench runs a thousand
 //! of these behind one gateway, so it holds no runtime and next to no memory.
 
 use std::io::{BufRead, Write};
@@ -30,7 +31,9 @@ pub fn serve(name: &str) {
             "ping" => json!({}),
             "tools/list" => json!({ "tools": [{
                 "name": "echo",
-                "description": "Gives the message back",
+                // A test may make it hostile (the dashboard's escaping test).
+                "description": std::env::var("OSVM_PROBE_TOOL_DESCRIPTION")
+                    .unwrap_or_else(|_| "Gives the message back".into()),
                 "inputSchema": {
                     "type": "object",
                     "properties": { "message": { "type": "string" } },
