@@ -37,6 +37,9 @@ pub struct DaemonConfig {
     /// Serve it over TLS with a certificate of this trust domain's CA, admitting that CA's
     /// client certificates as well as tokens.
     pub ui_tls: Option<String>,
+    /// How long a connection to the dashboard or the metrics endpoint may stay open with
+    /// nothing moving on it (see `crate::listen`).
+    pub http_idle: Duration,
 }
 
 impl DaemonConfig {
@@ -140,6 +143,10 @@ const METRICS_CONNECTIONS: usize = 32;
 /// How many of those one source may hold (a Prometheus server scrapes on one).
 const METRICS_CONNECTIONS_PER_SOURCE: usize = 8;
 
+/// The default of [`DaemonConfig::http_idle`]: longer than the dashboard's keep-alive on its
+/// event stream (15 s) and a Prometheus server's usual scrape interval.
+pub const HTTP_IDLE_DEFAULT: Duration = Duration::from_secs(60);
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonError> {
     private_dir(&config.state_dir)
@@ -218,7 +225,11 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
             // Unauthenticated like any Prometheus endpoint, so bounded (see `crate::listen`).
             let listener = crate::listen::Bounded::new(
                 listener,
-                crate::listen::Slots::new(METRICS_CONNECTIONS, METRICS_CONNECTIONS_PER_SOURCE),
+                crate::listen::Slots::new(
+                    METRICS_CONNECTIONS,
+                    METRICS_CONNECTIONS_PER_SOURCE,
+                    config.http_idle,
+                ),
             );
             let app = crate::metrics::router(shared.clone());
             tokio::spawn(async move {
@@ -226,7 +237,7 @@ pub fn run(config: DaemonConfig, runtime: SandboxRuntime) -> Result<(), DaemonEr
             });
         }
         if let Some((listener, tls)) = ui {
-            crate::ui::serve(listener, shared.clone(), tls)?;
+            crate::ui::serve(listener, shared.clone(), tls, config.http_idle)?;
         }
         crate::api::serve(&config.socket, shared).await
     });

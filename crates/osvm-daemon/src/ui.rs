@@ -84,17 +84,18 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
 }
 
 /// Serves the dashboard on `listener` (from [`bind`]), on the daemon's runtime: over TLS with
-/// `tls`, else plain HTTP.
+/// `tls`, else plain HTTP; a connection on which nothing moves for `idle` is closed.
 pub fn serve(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     tls: Option<Arc<UiTls>>,
+    idle: Duration,
 ) -> Result<(), DaemonError> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| DaemonError::Io("set up the dashboard's listener".into(), e))?;
     let trust_domain = tls.as_ref().map(|t| t.trust_domain.clone());
     let app = router(shared, trust_domain);
-    let slots = crate::listen::Slots::new(CONNECTIONS_AT_ONCE, CONNECTIONS_PER_SOURCE);
+    let slots = crate::listen::Slots::new(CONNECTIONS_AT_ONCE, CONNECTIONS_PER_SOURCE, idle);
     match tls {
         // Both end only with the runtime; an accept error is retried.
         None => {

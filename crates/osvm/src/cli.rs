@@ -354,6 +354,10 @@ pub struct DaemonArgs {
     /// missing); its client certificates (`osvm cert client NAME`) sign in as well as tokens
     #[arg(long, value_name = "TRUST_DOMAIN", requires = "ui", num_args = 0..=1, default_missing_value = "osvm.local")]
     pub ui_tls: Option<String>,
+    /// Close a connection to the dashboard or the metrics endpoint once nothing has moved on it
+    /// (no byte read or written) for this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = osvm_daemon::daemon::HTTP_IDLE_DEFAULT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_idle_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -366,6 +366,81 @@ fn metrics_are_served_on_the_opt_in_listener() {
     down_and_wait(&state, &file);
 }
 
+/// The metrics endpoint asks for nothing, so anyone who reaches it may connect: a connection on
+/// which nothing moves for the daemon's idle time (`--http-idle-timeout`) is closed, whether it
+/// said nothing or stopped half-way through its request; the endpoint answers throughout.
+#[test]
+fn connections_on_which_nothing_moves_are_closed_after_the_idle_time() {
+    if !sandbox_available("http-idle") {
+        return;
+    }
+    let state = StateDir::new("http-idle");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(
+        &state,
+        &["--metrics-addr", &addr, "--http-idle-timeout", "2"],
+    );
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let opened = Instant::now();
+    let silent = std::net::TcpStream::connect(&addr).unwrap();
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let answers = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.starts_with("HTTP/1.1 200")
+    };
+    assert!(answers());
+    for (what, mut conn) in [("silent", silent), ("half a request", half)] {
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(n) => panic!(
+                "{what}: answered instead of closed: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => panic!("{what}: still open after {:?}: {e}", opened.elapsed()),
+        }
+        // Not closed at once: after the idle time (2 s, less the time the others took).
+        assert!(
+            opened.elapsed() >= Duration::from_millis(1500),
+            "{what}: closed after only {:?}",
+            opened.elapsed()
+        );
+    }
+    assert!(answers(), "the endpoint still answers");
+    // The daemon holds none of their descriptors any more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fds() > before {
+        assert!(
+            Instant::now() < deadline,
+            "descriptors: {before} -> {}",
+            fds()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn many_clients_ask_at_once_while_fifty_components_run() {
     if !sandbox_available("api-load") {

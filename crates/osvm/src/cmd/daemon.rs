@@ -16,6 +16,7 @@ pub fn run(global: &Global, args: DaemonArgs) -> anyhow::Result<ExitCode> {
         metrics: args.metrics_addr,
         ui: args.ui,
         ui_tls: args.ui_tls,
+        http_idle: std::time::Duration::from_secs(args.http_idle_timeout),
     };
     tracing::info!(
         "state in {}, API on {}",
