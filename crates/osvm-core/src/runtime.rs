@@ -257,6 +257,14 @@ pub trait Runtime: Send + Sync {
     fn stop_leftovers(&self, id: &str) {
         let _ = id;
     }
+
+    /// Component `name` of `stack` has left its stack for good (removed from it, or the stack
+    /// taken down): the runtime lets go of what it held for the component's later starts, and
+    /// says what, if anything worth telling. Nothing by default.
+    fn released(&self, stack: &str, name: &str) -> Option<String> {
+        let _ = (stack, name);
+        None
+    }
 }
 
 /// A running (or finished) instance of a component.

@@ -13,7 +13,8 @@
 //!   network it borrowed, how it ended) and the [`guest_instance_basics`] of its `Instance`;
 //! - [`share`]: virtiofsd for host directories shared into a guest, and the identity files
 //!   as a guest gets them;
-//! - small helpers: [`find_program`], [`tail`], [`real_path`], the runtimes' errors.
+//! - small helpers: [`find_program`], [`tail`], [`real_path`], [`until_ready`], the runtimes'
+//!   errors.
 
 pub mod digest;
 pub mod emulator;
@@ -24,6 +25,7 @@ pub mod share;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use osvm_core::{RuntimeError, RuntimeKind};
 
@@ -74,4 +76,36 @@ pub fn unavailable(kind: RuntimeKind, reason: impl Into<String>) -> RuntimeError
 /// A step of a start failed.
 pub fn setup(what: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Setup(what.to_string())
+}
+
+/// Why [`until_ready`] gave up.
+pub enum Gave<E> {
+    /// What should answer has ended (what the `failed` check said).
+    Failed(String),
+    /// The deadline passed; the last attempt's error.
+    Late(E),
+}
+
+/// Tries `attempt` until it succeeds (a socket QEMU makes once it runs), pausing `pause` between
+/// tries; gives up when `failed` says why (QEMU ended) or at `deadline`.
+pub fn until_ready<T, E>(
+    deadline: Instant,
+    pause: Duration,
+    failed: impl Fn() -> Option<String>,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, Gave<E>> {
+    loop {
+        match attempt() {
+            Ok(done) => return Ok(done),
+            Err(e) => {
+                if let Some(why) = failed() {
+                    return Err(Gave::Failed(why));
+                }
+                if Instant::now() > deadline {
+                    return Err(Gave::Late(e));
+                }
+                std::thread::sleep(pause);
+            }
+        }
+    }
 }

@@ -61,19 +61,18 @@ pub fn virtiofsd_args(socket: &Path, dir: &Path, writable: bool) -> Vec<String> 
 /// Waits (up to 10 s) for the virtiofsd `started` serving `what` to make its socket.
 pub fn wait_for_socket(started: &SandboxInstance, socket: &Path, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        if let Ok(Some(status)) = started.try_wait() {
-            return Err(format!(
-                "virtiofsd for {what} {status} before it made its socket: {}",
-                tail(&started.log_paths().1)
-            ));
-        }
-        if Instant::now() > deadline {
-            return Err(format!("virtiofsd for {what} made no socket within 10s"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
+    let ended = || {
+        let status = started.try_wait().ok().flatten()?;
+        Some(format!(
+            "virtiofsd for {what} {status} before it made its socket: {}",
+            tail(&started.log_paths().1)
+        ))
+    };
+    let made = || socket.exists().then_some(()).ok_or(());
+    crate::until_ready(deadline, Duration::from_millis(5), ended, made).map_err(|gave| match gave {
+        crate::Gave::Failed(why) => why,
+        crate::Gave::Late(()) => format!("virtiofsd for {what} made no socket within 10s"),
+    })
 }
 
 /// The identity files osvm wrote for the component (see osvm-daemon's identity module), with

@@ -62,23 +62,16 @@ impl SerialHost {
         deadline: Instant,
         failed: impl Fn() -> Option<String>,
     ) -> Result<Arc<Self>, String> {
-        let stream = loop {
-            match UnixStream::connect(socket) {
-                Ok(s) => break s,
-                Err(e) => {
-                    if let Some(why) = failed() {
-                        return Err(why);
-                    }
-                    if Instant::now() > deadline {
-                        return Err(format!(
-                            "cannot connect to the guest's serial port at {}: {e}",
-                            socket.display()
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        };
+        let connected = osvm_guest::until_ready(deadline, Duration::from_millis(5), failed, || {
+            UnixStream::connect(socket)
+        });
+        let stream = connected.map_err(|gave| match gave {
+            osvm_guest::Gave::Failed(why) => why,
+            osvm_guest::Gave::Late(e) => format!(
+                "cannot connect to the guest's serial port at {}: {e}",
+                socket.display()
+            ),
+        })?;
         Self::over(stream, deadline).map_err(|e| format!("start the serial link: {e}"))
     }
 

@@ -1114,20 +1114,21 @@ impl MicroVmRuntime {
         );
         vm.backend = Some(started.map_err(|e| setup(format!("start the vsock backend: {e}")))?);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !vhost_socket.exists() {
-            if let Some(b) = &vm.backend
-                && let Ok(Some(status)) = b.try_wait()
-            {
-                return Err(setup(format!(
-                    "the vsock backend {status} before it made its socket; see {}",
-                    b.log_paths().1.display()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(setup("the vsock backend made no socket within 10s"));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let ended = || {
+            let b = vm.backend.as_ref()?;
+            let status = b.try_wait().ok().flatten()?;
+            Some(format!(
+                "the vsock backend {status} before it made its socket; see {}",
+                b.log_paths().1.display()
+            ))
+        };
+        let made = || vhost_socket.exists().then_some(()).ok_or(());
+        osvm_guest::until_ready(deadline, Duration::from_millis(5), ended, made).map_err(
+            |gave| match gave {
+                osvm_guest::Gave::Failed(why) => setup(why),
+                osvm_guest::Gave::Late(()) => setup("the vsock backend made no socket within 10s"),
+            },
+        )?;
         Ok(vhost_socket)
     }
 
@@ -1976,6 +1977,15 @@ impl Runtime for MicroVmRuntime {
 
     fn stop_leftovers(&self, id: &str) {
         MicroVmRuntime::stop_leftovers(self, id);
+    }
+
+    /// The component no longer holds the snapshot it started from (which stays, for the same
+    /// component brought up again, until `osvm snapshot prune`).
+    fn released(&self, stack: &str, name: &str) -> Option<String> {
+        let snapshots = self.config.state_dir.join("snapshots");
+        snapshot::release(&snapshots, &format!("{stack}.{name}"))
+            .err()
+            .map(|e| format!("could not release {stack}.{name}'s snapshot: {e}"))
     }
 
     fn prepare(

@@ -133,12 +133,17 @@ pub struct Stale {
 
 /// Notes that component `user` (`<stack>.<name>`, or a name alone) now starts from snapshot
 /// `key` (in the file `<snapshots>/used-by-<user>`) and returns the one it used before, with
-/// why that no longer fits, if it used another.
+/// why that no longer fits, if it used another (also when it had left its stack since: see
+/// [`release`]).
 pub fn note_use(snapshots: &Path, user: &str, key: &str, inputs: &Inputs) -> Option<Stale> {
     let _ = fs::create_dir_all(snapshots);
     let file = snapshots.join(format!("{USED_BY}{user}"));
-    let before = fs::read_to_string(&file).ok();
+    let left = snapshots.join(format!("{LEFT_BY}{user}"));
+    let before = fs::read_to_string(&file)
+        .or_else(|_| fs::read_to_string(&left))
+        .ok();
     let _ = fs::write(&file, key);
+    let _ = fs::remove_file(&left);
     let before = before.filter(|b| b.trim() != key)?;
     let before = before.trim();
     let old: Option<Inputs> = fs::read(snapshots.join(before).join("meta.json"))
@@ -164,14 +169,141 @@ pub fn note_use(snapshots: &Path, user: &str, key: &str, inputs: &Inputs) -> Opt
 
 /// The prefix of the files that say which snapshot a component starts from.
 const USED_BY: &str = "used-by-";
+/// The prefix of the files that say which snapshot a component that left its stack started
+/// from: it no longer holds the snapshot, but if it comes back on another snapshot, its start
+/// can still say what changed.
+const LEFT_BY: &str = "left-by-";
+
+/// Component `user` has left its stack (removed from it, or the stack taken down): it no longer
+/// holds the snapshot it started from, which stays on disk, so that the same component brought
+/// up again restores from it, until [`prune`] removes it.
+pub fn release(snapshots: &Path, user: &str) -> io::Result<()> {
+    match fs::rename(
+        snapshots.join(format!("{USED_BY}{user}")),
+        snapshots.join(format!("{LEFT_BY}{user}")),
+    ) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// One stored snapshot, as [`list`] finds it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stored {
+    /// Its key (a SHA-256 in hex).
+    pub key: String,
+    /// The bytes it holds on disk (its RAM file is sparse: less than the guest's memory).
+    pub bytes: u64,
+    /// The components that start from it (`<stack>.<name>`).
+    pub users: Vec<String>,
+    /// Why it is set aside (it failed to restore), if it is; its directory is gone then.
+    pub set_aside: Option<String>,
+    /// When it was made (seconds since the Unix epoch).
+    pub made: Option<u64>,
+}
+
+/// The snapshots in `snapshots` (those made, and those set aside), by key, with their users.
+pub fn list(snapshots: &Path) -> io::Result<Vec<Stored>> {
+    let entries = match fs::read_dir(snapshots) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut keys = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(user) = name.strip_prefix(USED_BY) {
+            if let Ok(key) = fs::read_to_string(entry.path()) {
+                users
+                    .entry(key.trim().to_owned())
+                    .or_default()
+                    .push(user.to_owned());
+            }
+            continue;
+        }
+        let key = name.strip_suffix(".failed").unwrap_or(&name);
+        if is_key(key) && (key != name || entry.path().is_dir()) {
+            keys.insert(key.to_owned());
+        }
+    }
+    Ok(keys
+        .into_iter()
+        .map(|key| {
+            let snap = snapshots.join(&key);
+            let bytes = fs::read_dir(&snap)
+                .map(|files| {
+                    files
+                        .flatten()
+                        .filter_map(|f| f.metadata().ok())
+                        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                        .sum()
+                })
+                .unwrap_or(0);
+            let made = fs::metadata(snap.join(STATE))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            Stored {
+                users: users.remove(&key).unwrap_or_default(),
+                set_aside: set_aside_reason(&snap),
+                bytes,
+                made,
+                key,
+            }
+        })
+        .collect())
+}
+
+/// Removes every snapshot no component starts from (see [`collect`]), and the marks of those set
+/// aside that none starts from; returns what went, with the bytes each held. Each snapshot's
+/// empty `.lock` file stays: removing it could let two starts that waited on it make the same
+/// snapshot at once.
+pub fn prune(snapshots: &Path) -> io::Result<Vec<(String, u64)>> {
+    let mut removed = Vec::new();
+    for stored in list(snapshots)? {
+        if !stored.users.is_empty() {
+            continue;
+        }
+        let snap = snapshots.join(&stored.key);
+        if let Some(bytes) = collect(snapshots, &stored.key)? {
+            removed.push((stored.key.clone(), bytes));
+        } else if stored.set_aside.is_some() {
+            let _held = lock(&snap)?;
+            let used = list(snapshots)?
+                .iter()
+                .any(|s| s.key == stored.key && !s.users.is_empty());
+            if !used {
+                fs::remove_file(snap.with_extension("failed"))?;
+                removed.push((stored.key.clone(), 0));
+            }
+        }
+        // Marks of components that left on it point at nothing now.
+        for entry in fs::read_dir(snapshots)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(LEFT_BY)
+                && fs::read_to_string(entry.path()).is_ok_and(|k| k.trim() == stored.key)
+                && !snap.exists()
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `key` has the form of a snapshot's key (hex): anything else read from a file in the
+/// snapshots' directory is never taken for a path.
+fn is_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// Removes snapshot `key` when no component starts from it any more (no `used-by-` file names
 /// it), under the snapshot's lock so that no start copies it meanwhile; returns the bytes it
 /// held on disk, or `None` when it is kept (or was gone). A component that later asks for it
 /// again (a rollback) makes it anew. Its `.lock` and `.failed` files (empty or a line) stay.
 pub fn collect(snapshots: &Path, key: &str) -> io::Result<Option<u64>> {
-    // Keys are hex digests; anything else read from a use-file is never taken for a path.
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_key(key) {
         return Ok(None);
     }
     let snap = snapshots.join(key);
@@ -275,20 +407,12 @@ pub fn restore(
         .custom_flags(libc_o_nofollow())
         .open(state)
         .map_err(|e| format!("open {}: {e}", state.display()))?;
-    let mut client = loop {
-        match crate::qmp::Qmp::connect(qmp) {
-            Ok(c) => break c,
-            Err(e) => {
-                if let Some(why) = failed() {
-                    return Err(why);
-                }
-                if Instant::now() > deadline {
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    };
+    let connected = osvm_guest::until_ready(deadline, Duration::from_millis(2), failed, || {
+        crate::qmp::Qmp::connect(qmp)
+    });
+    let mut client = connected.map_err(|gave| match gave {
+        osvm_guest::Gave::Failed(why) | osvm_guest::Gave::Late(why) => why,
+    })?;
     client.restore(state.as_fd())
 }
 
@@ -455,6 +579,65 @@ mod tests {
         assert_eq!(stale.key, "../outside");
         assert_eq!(collect(&d, &stale.key).unwrap(), None);
         assert!(outside.exists());
+        let _ = fs::remove_dir_all(&top);
+    }
+
+    /// A component that leaves its stack lets go of its snapshot, which stays until pruned; one
+    /// that comes back on a new image still hears why; prune spares what is in use.
+    #[test]
+    fn a_snapshot_left_by_its_components_stays_until_pruned() {
+        let top = dir("prune");
+        let d = top.join("snapshots");
+        let inputs = |image: &str| Inputs {
+            kernel: "k".into(),
+            image: image.into(),
+            qemu: "q".into(),
+            machine: "m".into(),
+        };
+        let (k1, k2, k3) = ("aaaa1111", "bbbb2222", "cccc3333");
+        for key in [k1, k2] {
+            fs::create_dir_all(d.join(key)).unwrap();
+            fs::write(d.join(key).join(RAM), vec![1u8; 64 << 10]).unwrap();
+            fs::write(d.join(key).join(STATE), b"QEVM").unwrap();
+        }
+        let meta = serde_json::json!({ "inputs": inputs("one") });
+        fs::write(d.join(k1).join("meta.json"), meta.to_string()).unwrap();
+        note_use(&d, "s.web1", k1, &inputs("one"));
+        note_use(&d, "s.web2", k2, &inputs("two"));
+        // k3 failed to restore and was set aside; nothing starts from it.
+        set_aside(&d.join(k3), "a test");
+        lock(&d.join(k1)).unwrap();
+
+        let listed = list(&d).unwrap();
+        let keys: Vec<&str> = listed.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, [k1, k2, k3]);
+        assert_eq!(listed[0].users, ["s.web1"]);
+        assert!(listed[0].bytes >= 64 << 10 && listed[0].made.is_some());
+        assert_eq!(listed[2].set_aside.as_deref(), Some("a test"));
+
+        // s.web1 leaves its stack: k1 stays (a later `up` restores from it) but has no user.
+        release(&d, "s.web1").unwrap();
+        release(&d, "s.never-started").unwrap();
+        assert!(list(&d).unwrap()[0].users.is_empty());
+        assert!(d.join(k1).join(RAM).exists());
+        // It comes back on another image: its start says what changed since k1.
+        let stale = note_use(&d, "s.web1", k2, &inputs("two")).expect("it used k1");
+        assert!(stale.why.ends_with("the image changed"), "{}", stale.why);
+        release(&d, "s.web1").unwrap();
+
+        // Prune: k1 (no user) and k3's mark go; k2 (s.web2 starts from it) stays.
+        let removed = prune(&d).unwrap();
+        let gone: Vec<&str> = removed.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(gone, [k1, k3]);
+        assert!(removed[0].1 >= 64 << 10);
+        assert!(!d.join(k1).exists() && !d.join(k3).with_extension("failed").exists());
+        assert!(d.join(k2).join(RAM).exists());
+        let listed = list(&d).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].users, ["s.web2"]);
+        // s.web1's mark names k2, which stays: kept, so that its next start can still tell.
+        assert!(d.join("left-by-s.web1").exists());
+        assert!(prune(&d).unwrap().is_empty());
         let _ = fs::remove_dir_all(&top);
     }
 }

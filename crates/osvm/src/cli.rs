@@ -98,6 +98,10 @@ pub enum Command {
     /// Guest images for microVMs (built automatically at first start)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Snapshots of booted microVM guests (`microvm = { snapshot = true }`): list them, remove
+    /// those no component starts from
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Hermit unikernel images: build one from a Rust crate
     #[command(subcommand)]
     Unikernel(UnikernelCommand),
@@ -231,6 +235,17 @@ pub enum ImageCommand {
     /// Build the guest image of every microVM component of a stack (or of one); an identical
     /// image already stored is reused
     Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List the stored snapshots: key, size on disk, when made, the components that start from
+    /// each (a snapshot of a component that left its stack, or of a stack taken down, stays
+    /// for the next start of the same component, with no user, until pruned)
+    Ls,
+    /// Remove every snapshot no component starts from now, and the marks of those set aside
+    /// after a failed restore
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1897,6 +1897,14 @@ publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
     let o = run(state.osvm().arg("down").arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
+    // Down, the components no longer hold their snapshot; it stays for their next start.
+    let listed = snapshots_listed(&state);
+    assert!(
+        listed.len() == 1
+            && listed[0]["users"] == serde_json::json!([])
+            && listed[0]["bytes"].as_u64().unwrap_or(0) > 1 << 20,
+        "{listed:?}"
+    );
     let extra = state.path.join("extra.txt");
     std::fs::write(&extra, "changed\n").unwrap();
     std::fs::write(&file, stack(&format!(", \"{}\"", extra.display()))).unwrap();
@@ -1966,4 +1974,27 @@ publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
     );
     let _ = run(state.osvm().arg("down").arg(&file));
     wait_long(&state, "stack gone", <[Value]>::is_empty);
+    // What is left (the set-aside mark) has no user: `osvm snapshot prune` removes it.
+    let listed = snapshots_listed(&state);
+    assert!(
+        listed.len() == 1
+            && listed[0]["users"] == serde_json::json!([])
+            && listed[0]["set_aside"].is_string(),
+        "{listed:?}"
+    );
+    let o = run(state.osvm().args(["snapshot", "prune"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 snapshot(s) removed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(snapshots_listed(&state), Vec::<Value>::new());
+}
+
+/// `osvm snapshot ls --output json`.
+fn snapshots_listed(state: &StateDir) -> Vec<Value> {
+    let o = run(state.osvm().args(["--output", "json", "snapshot", "ls"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
 }

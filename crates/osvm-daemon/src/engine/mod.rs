@@ -441,6 +441,7 @@ impl Engine {
     /// Drops units that were removed and have stopped, their records, and stacks left empty.
     fn collect_removed(&mut self) {
         let mut left_hub = Vec::new();
+        let mut released = Vec::new();
         let mut i = 0;
         while i < self.units.len() {
             let u = &self.units[i];
@@ -448,11 +449,20 @@ impl Engine {
                 let _ = self
                     .store
                     .remove_component(&u.life.record.stack, &u.component.name);
+                // Whatever runtime it ran in last (a swap may have changed it).
+                released.extend(
+                    self.runtimes
+                        .values()
+                        .filter_map(|r| r.released(&u.life.record.stack, &u.component.name)),
+                );
                 left_hub.push((u.life.record.stack.clone(), u.component.name.clone()));
                 self.units.remove(i);
             } else {
                 i += 1;
             }
+        }
+        for problem in released {
+            self.note(EventKind::Warning, &problem);
         }
         let units = &self.units;
         let store = &self.store;

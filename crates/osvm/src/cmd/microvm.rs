@@ -1,5 +1,5 @@
-//! `osvm kernel fetch|show`, `osvm image build`, and the checks `osvm up` makes before it starts
-//! microVM components.
+//! `osvm kernel fetch|show`, `osvm image build`, `osvm snapshot ls|prune`, and the checks `osvm
+//! up` makes before it starts microVM components.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use osvm_microvm::{MicroVmConfig, MicroVmRuntime};
 use serde_json::json;
 
 use super::{SetupFailed, human_bytes, sandbox_runtime, state_dir};
-use crate::cli::{Global, ImageCommand, KernelCommand, Output};
+use crate::cli::{Global, ImageCommand, KernelCommand, Output, SnapshotCommand};
 
 fn runtime(global: &Global) -> anyhow::Result<MicroVmRuntime> {
     let sandbox = Arc::new(sandbox_runtime(global)?);
@@ -137,6 +137,79 @@ pub fn image(global: &Global, command: ImageCommand) -> anyhow::Result<ExitCode>
     }
     if global.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `osvm snapshot ls|prune`, on the state directory's snapshots (each removal under the
+/// snapshot's lock, so a daemon's start never copies one half removed).
+pub fn snapshot(global: &Global, command: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    use osvm_microvm::snapshot;
+    let dir = state_dir(global)?.join("snapshots");
+    match command {
+        SnapshotCommand::Ls => {
+            let stored = snapshot::list(&dir).with_context(|| format!("read {}", dir.display()))?;
+            if global.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&stored)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if stored.is_empty() {
+                eprintln!("no snapshots in {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<16}  {:>7}  {:<19}  USED BY", "KEY", "SIZE", "MADE");
+            for s in &stored {
+                let made = s
+                    .made
+                    .map(|secs| {
+                        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+                        humantime::format_rfc3339_seconds(t)
+                            .to_string()
+                            .replace('T', " ")
+                            .trim_end_matches('Z')
+                            .to_owned()
+                    })
+                    .unwrap_or_else(|| "-".into());
+                let users = match (&s.set_aside, s.users.is_empty()) {
+                    (Some(why), _) => format!("set aside: {why}"),
+                    (None, true) => "(none: `osvm snapshot prune` removes it)".into(),
+                    (None, false) => s.users.join(", "),
+                };
+                println!(
+                    "{:<16}  {:>7}  {made:<19}  {users}",
+                    &s.key[..s.key.len().min(16)],
+                    human_bytes(s.bytes)
+                );
+            }
+        }
+        SnapshotCommand::Prune => {
+            let removed =
+                snapshot::prune(&dir).with_context(|| format!("prune {}", dir.display()))?;
+            let freed: u64 = removed.iter().map(|(_, b)| b).sum();
+            if global.output == Output::Json {
+                let keys: Vec<_> = removed
+                    .iter()
+                    .map(|(k, b)| json!({ "key": k, "bytes": b }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "removed": keys, "bytes": freed }))?
+                );
+            } else {
+                for (key, bytes) in &removed {
+                    println!(
+                        "removed {}  {}",
+                        &key[..key.len().min(16)],
+                        human_bytes(*bytes)
+                    );
+                }
+                eprintln!(
+                    "{} snapshot(s) removed, {} freed",
+                    removed.len(),
+                    human_bytes(freed)
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -48,6 +48,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ui(a) => ui::run(&cli.global, a),
         Command::Mcp(a) => mcp::run(&cli.global, a),
         Command::Image(a) => microvm::image(&cli.global, a),
+        Command::Snapshot(a) => microvm::snapshot(&cli.global, a),
         Command::Unikernel(a) => unikernel::run(&cli.global, a),
         Command::Completions(a) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
