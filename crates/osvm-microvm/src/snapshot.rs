@@ -490,6 +490,16 @@ pub fn write_meta(
 mod tests {
     use super::*;
 
+    /// The inputs of a snapshot of `image` (the rest fixed).
+    fn inputs(image: &str) -> Inputs {
+        Inputs {
+            kernel: "k".into(),
+            image: image.into(),
+            qemu: "q".into(),
+            machine: "m".into(),
+        }
+    }
+
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("osvm-snap-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
@@ -544,12 +554,6 @@ mod tests {
     fn a_snapshot_goes_when_the_last_component_moves_off_it() {
         let top = dir("collect");
         let d = top.join("snapshots");
-        let inputs = |image: &str| Inputs {
-            kernel: "k".into(),
-            image: image.into(),
-            qemu: "q".into(),
-            machine: "m".into(),
-        };
         let (k1, k2) = ("aaaa1111", "bbbb2222");
         for key in [k1, k2] {
             fs::create_dir_all(d.join(key)).unwrap();
@@ -588,12 +592,6 @@ mod tests {
     fn a_snapshot_left_by_its_components_stays_until_pruned() {
         let top = dir("prune");
         let d = top.join("snapshots");
-        let inputs = |image: &str| Inputs {
-            kernel: "k".into(),
-            image: image.into(),
-            qemu: "q".into(),
-            machine: "m".into(),
-        };
         let (k1, k2, k3) = ("aaaa1111", "bbbb2222", "cccc3333");
         for key in [k1, k2] {
             fs::create_dir_all(d.join(key)).unwrap();
