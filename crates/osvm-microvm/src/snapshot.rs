@@ -256,8 +256,9 @@ pub fn list(snapshots: &Path) -> io::Result<Vec<Stored>> {
         .collect())
 }
 
-/// Removes every snapshot no component starts from (see [`collect`]), and the marks of those set
-/// aside that none starts from; returns what went, with the bytes each held. Each snapshot's
+/// Removes every snapshot no component starts from (those left by components that left their
+/// stacks included), and the marks of those set aside that none starts from; returns what
+/// went, with the bytes each held. Each snapshot's
 /// empty `.lock` file stays: removing it could let two starts that waited on it make the same
 /// snapshot at once.
 pub fn prune(snapshots: &Path) -> io::Result<Vec<(String, u64)>> {
@@ -267,7 +268,7 @@ pub fn prune(snapshots: &Path) -> io::Result<Vec<(String, u64)>> {
             continue;
         }
         let snap = snapshots.join(&stored.key);
-        if let Some(bytes) = collect(snapshots, &stored.key)? {
+        if let Some(bytes) = remove_unless_named(snapshots, &stored.key, &[USED_BY])? {
             removed.push((stored.key.clone(), bytes));
         } else if stored.set_aside.is_some() {
             let _held = lock(&snap)?;
@@ -298,18 +299,29 @@ fn is_key(key: &str) -> bool {
     !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Removes snapshot `key` when no component starts from it any more (no `used-by-` file names
-/// it), under the snapshot's lock so that no start copies it meanwhile; returns the bytes it
-/// held on disk, or `None` when it is kept (or was gone). A component that later asks for it
-/// again (a rollback) makes it anew. Its `.lock` and `.failed` files (empty or a line) stay.
+/// Removes snapshot `key` when no component starts from it any more, nor left its stack on it
+/// (no `used-by-` or `left-by-` file names it: the last of those to come back on another
+/// snapshot removes it, having said what changed), under the snapshot's lock so that no start
+/// copies it meanwhile; returns the bytes it held on disk, or `None` when it is kept (or was
+/// gone). A component that later asks for it again (a rollback) makes it anew. Its `.lock`
+/// and `.failed` files (empty or a line) stay.
 pub fn collect(snapshots: &Path, key: &str) -> io::Result<Option<u64>> {
+    remove_unless_named(snapshots, key, &[USED_BY, LEFT_BY])
+}
+
+/// Removes snapshot `key` (see [`collect`]) unless a file whose name starts with one of
+/// `holders` names it.
+fn remove_unless_named(snapshots: &Path, key: &str, holders: &[&str]) -> io::Result<Option<u64>> {
     if !is_key(key) {
         return Ok(None);
     }
     let snap = snapshots.join(key);
     let _held = lock(&snap)?;
     for entry in fs::read_dir(snapshots)?.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(USED_BY)
+        let name = entry.file_name();
+        if holders
+            .iter()
+            .any(|h| name.to_string_lossy().starts_with(h))
             && fs::read_to_string(entry.path()).is_ok_and(|k| k.trim() == key)
         {
             return Ok(None);
@@ -617,6 +629,9 @@ mod tests {
         release(&d, "s.web1").unwrap();
         release(&d, "s.never-started").unwrap();
         assert!(list(&d).unwrap()[0].users.is_empty());
+        // Another component moving off k1 does not remove it: s.web1 may come back and should
+        // hear what changed.
+        assert_eq!(collect(&d, k1).unwrap(), None);
         assert!(d.join(k1).join(RAM).exists());
         // It comes back on another image: its start says what changed since k1.
         let stale = note_use(&d, "s.web1", k2, &inputs("two")).expect("it used k1");
