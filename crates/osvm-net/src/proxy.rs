@@ -28,7 +28,7 @@ use osvm_policy::{AuditLog, AuditRecord};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -40,6 +40,12 @@ use crate::NetError;
 /// threshold, its pages become resident only as far as data has filled them: an idle
 /// connection costs little, a busy one up to 512 KiB.
 const COPY_BUF: usize = 256 << 10;
+
+/// What the TLS side of a connection reads from its socket at once. rustls asks for at most
+/// 4 KiB more than it holds, up to one record (16 KiB): several reads per record, each a
+/// syscall, when it reads the socket itself. Behind this buffer one read syscall brings many
+/// records. Allocated zeroed above malloc's mmap threshold, like [`COPY_BUF`].
+const TLS_READ_BUF: usize = 256 << 10;
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -413,7 +419,7 @@ async fn ingress(tcp: TcpStream, peer: SocketAddr, spec: Arc<Ingress>, counters:
     };
     let mut tls = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        TlsAcceptor::from(config).accept(tcp),
+        TlsAcceptor::from(config).accept(BufReader::with_capacity(TLS_READ_BUF, tcp)),
     )
     .await
     {
@@ -457,7 +463,7 @@ async fn egress(mut tcp: TcpStream, spec: Arc<Egress>, counters: Arc<Counters>) 
     let _ = upstream.set_nodelay(true);
     let mut tls = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        TlsConnector::from(config).connect(name, upstream),
+        TlsConnector::from(config).connect(name, BufReader::with_capacity(TLS_READ_BUF, upstream)),
     )
     .await
     {
