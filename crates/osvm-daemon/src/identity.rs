@@ -73,30 +73,56 @@ pub fn identity_dir(state_dir: &Path, stack: &str, component: &str) -> PathBuf {
     state_dir.join("identities").join(stack).join(component)
 }
 
-/// Issues a certificate for `component` of `stack` and writes the identity files; `uid` owns
-/// the key (the sandbox's root, as seen from the host).
-pub fn deliver(
-    state_dir: &Path,
-    stack: &Stack,
-    component: &str,
-    uid: u32,
-) -> Result<Delivered, PkiError> {
-    let pki = Pki::new(
-        &pki_dir(state_dir, &stack.trust_domain),
-        &stack.trust_domain,
-    )?;
-    let created_ca = !pki.has_ca();
-    if created_ca {
-        pki.init_ca(osvm_pki::ca::CA_VALIDITY)?;
+/// Whose identity [`deliver`] writes: a component of a stack, in a trust domain.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The stack's trust domain (whose CA issues).
+    pub trust_domain: String,
+    /// The stack.
+    pub stack: String,
+    /// The component.
+    pub component: String,
+    /// The certificate's lifetime.
+    pub ttl: Duration,
+}
+
+impl Recipient {
+    /// `component` of `stack`.
+    pub fn of(stack: &Stack, component: &str) -> Self {
+        Self {
+            trust_domain: stack.trust_domain.clone(),
+            stack: stack.name.clone(),
+            component: component.to_owned(),
+            ttl: stack.certificate_ttl,
+        }
     }
-    let issued = pki.issue(&stack.name, component, stack.certificate_ttl)?;
-    let dir = identity_dir(state_dir, &stack.name, component);
+}
+
+/// Creates the CA of `trust_domain` unless it exists; returns whether it did. Called before
+/// deliveries that may run at once (each start writes its identity on its own thread), so that
+/// no two of them make a CA each.
+pub fn ensure_ca(state_dir: &Path, trust_domain: &str) -> Result<bool, PkiError> {
+    let pki = Pki::new(&pki_dir(state_dir, trust_domain), trust_domain)?;
+    if pki.has_ca() {
+        return Ok(false);
+    }
+    pki.init_ca(osvm_pki::ca::CA_VALIDITY)?;
+    Ok(true)
+}
+
+/// Issues a certificate for `to` and writes its identity files; `uid` owns the key (the
+/// sandbox's root, as seen from the host).
+pub fn deliver(state_dir: &Path, to: &Recipient, uid: u32) -> Result<Delivered, PkiError> {
+    let created_ca = ensure_ca(state_dir, &to.trust_domain)?;
+    let pki = Pki::new(&pki_dir(state_dir, &to.trust_domain), &to.trust_domain)?;
+    let issued = pki.issue(&to.stack, &to.component, to.ttl)?;
+    let dir = identity_dir(state_dir, &to.stack, &to.component);
     fs::create_dir_all(&dir).map_err(|e| PkiError::Io(format!("create {}", dir.display()), e))?;
     // Root's alone on the way; the directory itself is what the sandbox sees (bound
     // read-only by the sandbox's monitor, which walks the path as root), so it lists its files.
     for d in [
         state_dir.join("identities"),
-        state_dir.join("identities").join(&stack.name),
+        state_dir.join("identities").join(&to.stack),
     ] {
         let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
     }

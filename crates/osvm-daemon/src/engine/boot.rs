@@ -55,28 +55,43 @@ pub(super) struct Booting {
     /// The instance id being started.
     pub(super) id: String,
     /// Its outcome.
-    pub(super) rx: Receiver<Result<Workload, osvm_core::RuntimeError>>,
+    pub(super) rx: Receiver<Outcome>,
+}
+
+/// What a start's thread hands back.
+pub(super) struct Outcome {
+    /// The instance, or why it did not start.
+    pub(super) started: Result<Workload, osvm_core::RuntimeError>,
+    /// The identity the thread wrote before the start (a start writes its own, off the engine
+    /// thread: a certificate, a key and a few files per component, most of a large apply's
+    /// engine time; a swap's new instance shares the running one's, written by the engine).
+    pub(super) identity: Option<Delivered>,
+}
+
+impl Outcome {
+    fn lost() -> Self {
+        Self {
+            started: Err(osvm_core::RuntimeError::Setup(
+                "the start thread ended without a result".into(),
+            )),
+            identity: None,
+        }
+    }
 }
 
 impl Booting {
     /// The outcome, once the start finished.
-    pub(super) fn poll(&self) -> Option<Result<Workload, osvm_core::RuntimeError>> {
+    pub(super) fn poll(&self) -> Option<Outcome> {
         match self.rx.try_recv() {
             Ok(r) => Some(r),
             Err(std::sync::mpsc::TryRecvError::Empty) => None,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(
-                osvm_core::RuntimeError::Setup("the start thread ended without a result".into()),
-            )),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Outcome::lost()),
         }
     }
 
     /// Waits for the outcome.
-    pub(super) fn wait(self) -> Result<Workload, osvm_core::RuntimeError> {
-        self.rx.recv().unwrap_or_else(|_| {
-            Err(osvm_core::RuntimeError::Setup(
-                "the start thread ended without a result".into(),
-            ))
-        })
+    pub(super) fn wait(self) -> Outcome {
+        self.rx.recv().unwrap_or_else(|_| Outcome::lost())
     }
 }
 
@@ -155,7 +170,19 @@ impl Engine {
         let stack = self.stack_of(i).clone();
         let mut spec = component.launch_spec(&stack.name);
         spec.logs = stack.log_limits();
-        spec.identity = Some(self.deliver_identity(i, now, slot != Slot::Own)?.dir);
+        // A start writes its identity on its own thread (below); a swap's new instance gets
+        // the component's renewed one now, beside the instance still serving with the old.
+        let identity = match slot {
+            Slot::Own => {
+                let job = self.identity_job(i)?;
+                spec.identity = Some(job.dir());
+                Some(job)
+            }
+            Slot::Next { .. } => {
+                spec.identity = Some(self.deliver_identity(i, now, true)?.dir);
+                None
+            }
+        };
         let on_hub = stack.network == osvm_core::stack::StackNetwork::Hub;
         match slot {
             Slot::Own if on_hub => {
@@ -222,13 +249,25 @@ impl Engine {
         std::thread::Builder::new()
             .name(format!("start-{id}"))
             .spawn(move || {
+                let identity = match identity.map(|job| job.deliver()).transpose() {
+                    Ok(delivered) => delivered,
+                    Err(e) => {
+                        let started = Err(osvm_core::RuntimeError::Setup(e.to_string()));
+                        let _ = tx.send(Outcome {
+                            started,
+                            identity: None,
+                        });
+                        return;
+                    }
+                };
                 let started = runtime.start(&spec, wiring);
                 if started.is_ok()
                     && let Some(attach) = attach
                 {
                     attach();
                 }
-                let _ = tx.send(started.map(|inst| Workload::new(inst, hub)));
+                let started = started.map(|inst| Workload::new(inst, hub));
+                let _ = tx.send(Outcome { started, identity });
             })
             .map_err(|source| StartError::Thread {
                 id: thread_id,
@@ -247,22 +286,19 @@ impl Engine {
 
     /// Picks up a start that finished.
     pub(super) fn tick_boot(&mut self, i: usize, now: Instant) {
-        let Some(result) = self.units[i].booting.as_ref().and_then(Booting::poll) else {
+        let Some(outcome) = self.units[i].booting.as_ref().and_then(Booting::poll) else {
             return;
         };
         let id = self.units[i].booting.take().expect("checked").id;
-        self.start_result(i, id, result, now);
+        self.start_result(i, id, outcome, now);
     }
 
     /// Records the outcome of starting instance `id` of unit `i`.
-    pub(super) fn start_result(
-        &mut self,
-        i: usize,
-        id: String,
-        result: Result<Workload, osvm_core::RuntimeError>,
-        now: Instant,
-    ) {
-        match result {
+    pub(super) fn start_result(&mut self, i: usize, id: String, outcome: Outcome, now: Instant) {
+        if let Some(delivered) = &outcome.identity {
+            self.identity_delivered(i, now, delivered, false);
+        }
+        match outcome.started {
             Ok(inst) => {
                 let detail = format!(
                     "instance {} (pid {}), logs in {}",

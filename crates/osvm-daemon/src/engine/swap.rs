@@ -336,11 +336,11 @@ impl Engine {
     fn watch_new(&mut self, i: usize, now: Instant) {
         let sw = self.units[i].swap.as_mut().expect("checked by the caller");
         if let Some(booting) = &sw.booting {
-            let Some(started) = booting.poll() else {
+            let Some(outcome) = booting.poll() else {
                 return;
             };
             sw.booting = None;
-            match started {
+            match outcome.started {
                 Ok(inst) => {
                     // Low on CPU until it takes traffic: its start (an interpreter loading,
                     // caches warming) must not take the CPUs from the instance serving. Not
@@ -634,7 +634,7 @@ impl Engine {
                 return;
             };
             sw.booting = None;
-            if let Ok(inst) = started {
+            if let Ok(inst) = started.started {
                 let _ = inst.signal(libc::SIGTERM);
                 sw.kill_at = Some(now + grace);
                 sw.new = Some(Arc::new(inst));

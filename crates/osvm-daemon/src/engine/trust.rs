@@ -15,6 +15,25 @@ pub enum IdentityError {
     Pki(#[from] osvm_pki::PkiError),
 }
 
+/// A component's identity to write (see [`Engine::identity_job`]).
+pub(super) struct IdentityJob {
+    state_dir: PathBuf,
+    to: identity::Recipient,
+    uid: u32,
+}
+
+impl IdentityJob {
+    /// Issues the certificate and writes the identity files.
+    pub(super) fn deliver(&self) -> Result<Delivered, IdentityError> {
+        Ok(identity::deliver(&self.state_dir, &self.to, self.uid)?)
+    }
+
+    /// Where they are written.
+    pub(super) fn dir(&self) -> PathBuf {
+        identity::identity_dir(&self.state_dir, &self.to.stack, &self.to.component)
+    }
+}
+
 /// How often CA rotations under way are followed.
 pub(super) const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
@@ -160,29 +179,54 @@ impl Engine {
         now: Instant,
         renewal: bool,
     ) -> Result<Delivered, IdentityError> {
-        let stack = self.stack_of(i).clone();
-        let name = self.units[i].component.name.clone();
+        let job = self.identity_job(i)?;
+        let delivered = job.deliver()?;
+        self.identity_delivered(i, now, &delivered, renewal);
+        Ok(delivered)
+    }
+
+    /// What writing unit `i`'s identity needs, to be done by [`IdentityJob::deliver`] on any
+    /// thread (a start's own): the component's host uid, and its trust domain's CA, made here
+    /// first (with its event) so that starts running at once never make one each.
+    pub(super) fn identity_job(&mut self, i: usize) -> Result<IdentityJob, IdentityError> {
+        let to = identity::Recipient::of(self.stack_of(i), &self.units[i].component.name);
         let state_dir = self.runtime.config().state_dir.clone();
         // The key belongs to the component's own host uid (root of its sandbox).
         let uid = self
             .runtime
-            .component_ids(&stack.name, &name)
+            .component_ids(&to.stack, &to.component)
             .map_err(IdentityError::Owner)?
             .host_base;
-        let delivered = identity::deliver(&state_dir, &stack, &name, uid)?;
+        if identity::ensure_ca(&state_dir, &to.trust_domain)? {
+            self.emit_ca_created(i, &state_dir, &to.trust_domain);
+        }
+        Ok(IdentityJob { state_dir, to, uid })
+    }
+
+    fn emit_ca_created(&mut self, i: usize, state_dir: &std::path::Path, trust_domain: &str) {
+        let detail = format!(
+            "a CA for trust domain {trust_domain} in {}",
+            identity::pki_dir(state_dir, trust_domain).display()
+        );
+        self.emit(i, EventKind::CaCreated, &detail);
+    }
+
+    /// Unit `i`'s identity was written: its renewal is scheduled and the delivery announced.
+    pub(super) fn identity_delivered(
+        &mut self,
+        i: usize,
+        now: Instant,
+        delivered: &Delivered,
+        renewal: bool,
+    ) {
         if delivered.created_ca {
-            self.emit(
-                i,
-                EventKind::CaCreated,
-                &format!(
-                    "a CA for trust domain {} in {}",
-                    stack.trust_domain,
-                    identity::pki_dir(&state_dir, &stack.trust_domain).display()
-                ),
-            );
+            let state_dir = self.runtime.config().state_dir.clone();
+            let domain = self.stack_of(i).trust_domain.clone();
+            self.emit_ca_created(i, &state_dir, &domain);
         }
         let seed = self.renewal_seed(i);
-        self.units[i].renew_at = Some(now + identity::renew_after(stack.certificate_ttl, seed));
+        let ttl = self.stack_of(i).certificate_ttl;
+        self.units[i].renew_at = Some(now + identity::renew_after(ttl, seed));
         self.units[i].delivered_at = Some(now);
         let expires = humantime_secs(delivered.not_after);
         self.emit(
@@ -199,7 +243,6 @@ impl Engine {
                 identity::INSIDE
             ),
         );
-        Ok(delivered)
     }
 
     /// Copies unit `i`'s identity files into its running instance (a sandbox sees a copy, not
