@@ -142,29 +142,34 @@ pub fn note_use(snapshots: &Path, user: &str, key: &str, inputs: &Inputs) -> Opt
     let before = fs::read_to_string(&file)
         .or_else(|_| fs::read_to_string(&left))
         .ok();
+    let stale = before
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| *b != key)
+        .map(|before| {
+            // Read while this component still holds the old snapshot (its mark is written
+            // below): another start's collection cannot remove it, and its meta, meanwhile.
+            let old: Option<Inputs> = is_key(before)
+                .then(|| fs::read(snapshots.join(before).join("meta.json")).ok())
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| serde_json::from_value(v["inputs"].clone()).ok());
+            let short = before.get(..16).unwrap_or(before);
+            let why = match old {
+                Some(old) => format!(
+                    "the snapshot it used before ({short}) no longer fits: {} changed",
+                    inputs.changed_since(&old)
+                ),
+                None => format!("the snapshot it used before ({short}) no longer fits"),
+            };
+            Stale {
+                key: before.to_owned(),
+                why,
+            }
+        });
     let _ = fs::write(&file, key);
     let _ = fs::remove_file(&left);
-    let before = before.filter(|b| b.trim() != key)?;
-    let before = before.trim();
-    let old: Option<Inputs> = fs::read(snapshots.join(before).join("meta.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| serde_json::from_value(v["inputs"].clone()).ok());
-    let why = match old {
-        Some(old) => format!(
-            "the snapshot it used before ({}) no longer fits: {} changed",
-            &before[..before.len().min(16)],
-            inputs.changed_since(&old)
-        ),
-        None => format!(
-            "the snapshot it used before ({}) no longer fits",
-            &before[..before.len().min(16)]
-        ),
-    };
-    Some(Stale {
-        key: before.to_owned(),
-        why,
-    })
+    stale
 }
 
 /// The prefix of the files that say which snapshot a component starts from.

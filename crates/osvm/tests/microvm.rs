@@ -1923,6 +1923,16 @@ publish = [{{ port = 8080, host = "127.0.0.1:{port}" }}]
         s.contains("no longer fits: the image changed"),
         "the new snapshot does not say why: {s}"
     );
+    // Both started at once on the new image; neither removed the old snapshot before the
+    // other had read why it no longer fits.
+    let s2 = vm_facts(&state, "web2")["snapshot"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        s2.contains("no longer fits: the image changed"),
+        "web2's new snapshot does not say why: {s2}"
+    );
     // The old snapshot went with its last user: one snapshot on disk, the new one.
     let snapshots: Vec<String> = std::fs::read_dir(state.path.join("snapshots"))
         .unwrap()
