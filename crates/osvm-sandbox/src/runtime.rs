@@ -512,8 +512,18 @@ impl SandboxRuntime {
                 ));
             }
         };
-        let plan: Plan =
-            serde_json::from_slice(&plan_bytes).map_err(|e| parse_err("plan.json", e))?;
+        let plan: Plan = match serde_json::from_slice(&plan_bytes) {
+            Ok(plan) => plan,
+            // Written by an osvm that wrote plans in place and died halfway: as above.
+            Err(e) if monitor_of(instance_id).is_none() => {
+                cgroup::remove_unrecorded(instance_id);
+                return Err(RuntimeError::Setup(format!(
+                    "instance {instance_id} never started (its starter stopped while it wrote \
+                     the launch plan: {e})"
+                )));
+            }
+            Err(e) => return Err(parse_err("plan.json", e)),
+        };
         if !dir.join("running.json").exists() {
             // The starter died while the sandbox was being set up. If its monitor still
             // runs, the sandbox is on its way: wait for it to come up (or fail). If no monitor
@@ -734,15 +744,22 @@ fn make_dir(path: &Path) -> Result<(), RuntimeError> {
 }
 
 /// Creates (or truncates) `path` with mode 0600 and writes `bytes`.
+/// Writes `bytes` to `path` (0600) whole or not at all: beside it first, then renamed over it,
+/// so that a starter killed halfway leaves no half-written file (an empty `plan.json` once made
+/// adoption fail without removing the groups the starter had made).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let mut beside = path.as_os_str().to_owned();
+    beside.push(".new");
+    let beside = PathBuf::from(beside);
+    let _ = fs::remove_file(&beside);
     OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(0o600)
-        .open(path)?
-        .write_all(bytes)
+        .open(&beside)?
+        .write_all(bytes)?;
+    fs::rename(&beside, path)
 }
 
 fn open_log(path: &Path) -> Result<File, RuntimeError> {

@@ -1281,6 +1281,29 @@ fn adopting_a_start_that_died_before_its_plan_removes_the_groups_it_made() {
         .collect();
     let _ = group.remove();
     assert!(left.is_empty(), "groups left: {left:?}");
+
+    // Killed while it wrote the plan (an osvm that wrote it in place left it empty): the same.
+    let id = format!("ghost2-{:08x}", std::process::id());
+    let group = osvm_sandbox::cgroup::create(
+        hierarchy,
+        &std::path::Path::new(osvm_sandbox::cgroup::OSVM_PARENT).join(&id),
+        &osvm_core::Resources::defaults(),
+    )
+    .unwrap();
+    let dir = state.path.join("instances").join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plan.json"), b"").unwrap();
+    let e = match runtime.adopt(&id) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an instance with an empty plan was adopted"),
+    };
+    assert!(e.contains("never started"), "{e}");
+    let left: Vec<_> = cgroup_dirs(&id)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    let _ = group.remove();
+    assert!(left.is_empty(), "groups left after an empty plan: {left:?}");
 }
 
 /// The one exception to "no capabilities", for osvm's own helpers (virtiofsd insists on setting

@@ -314,11 +314,27 @@ impl Daemon {
     }
 
     /// `osvm daemon ARGS...`, once its API socket answers.
+    ///
+    /// Once *its* socket answers: the socket a killed daemon left can still accept for a moment
+    /// (a child it was forking holds a copy of the listening descriptor until that child execs
+    /// or dies), so a connection alone could come from the dead daemon's socket, and the next
+    /// command would then find nothing listening (seen in CI: `Connection refused` right after
+    /// this returned). The new daemon's socket is a new file.
     pub fn start_with(state: &StateDir, args: &[&str]) -> Self {
+        use std::os::unix::fs::MetadataExt;
         let socket = state.path.join("osvm.sock");
+        // Inode and change time: an inode number alone may be reused at once for the new file.
+        let file_id = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+        };
+        let stale = file_id(&socket);
         let child = state.osvm().arg("daemon").args(args).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
+        while (stale.is_some() && file_id(&socket) == stale)
+            || UnixStream::connect(&socket).is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "the daemon did not listen on {}",
