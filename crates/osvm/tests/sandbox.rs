@@ -1254,56 +1254,45 @@ fn adopting_a_start_that_died_before_its_plan_removes_the_groups_it_made() {
         return;
     }
     let state = StateDir::new("unrecorded");
-    let id = format!("ghost-{:08x}", std::process::id());
     let hierarchy = osvm_sandbox::cgroup::Hierarchy::detect().unwrap();
-    let group = osvm_sandbox::cgroup::create(
-        hierarchy,
-        &std::path::Path::new(osvm_sandbox::cgroup::OSVM_PARENT).join(&id),
-        &osvm_core::Resources::defaults(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(state.path.join("instances").join(&id)).unwrap();
-    assert!(
-        cgroup_dirs(&id).iter().any(|d| d.exists()),
-        "the groups exist"
-    );
     let mut config = osvm_sandbox::SandboxConfig::new(osvm_bin());
     config.state_dir = state.path.clone();
     let runtime = osvm_sandbox::SandboxRuntime::new(config);
-    let e = match runtime.adopt(&id) {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("an instance without a plan was adopted"),
+    // The start's groups and instance directory, with `plan` as its plan.json (if any); the
+    // adoption must say it never started and remove the groups.
+    let ghost = |name: &str, plan: Option<&[u8]>| {
+        let id = format!("{name}-{:08x}", std::process::id());
+        let group = osvm_sandbox::cgroup::create(
+            hierarchy,
+            &std::path::Path::new(osvm_sandbox::cgroup::OSVM_PARENT).join(&id),
+            &osvm_core::Resources::defaults(),
+        )
+        .unwrap();
+        let dir = state.path.join("instances").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(plan) = plan {
+            std::fs::write(dir.join("plan.json"), plan).unwrap();
+        }
+        assert!(
+            cgroup_dirs(&id).iter().any(|d| d.exists()),
+            "the groups exist"
+        );
+        let e = match runtime.adopt(&id) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{name}: adopted"),
+        };
+        assert!(e.contains("never started"), "{name}: {e}");
+        let left: Vec<_> = cgroup_dirs(&id)
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect();
+        let _ = group.remove();
+        assert!(left.is_empty(), "{name}: groups left: {left:?}");
     };
-    assert!(e.contains("never started"), "{e}");
-    let left: Vec<_> = cgroup_dirs(&id)
-        .into_iter()
-        .filter(|d| d.exists())
-        .collect();
-    let _ = group.remove();
-    assert!(left.is_empty(), "groups left: {left:?}");
-
-    // Killed while it wrote the plan (an osvm that wrote it in place left it empty): the same.
-    let id = format!("ghost2-{:08x}", std::process::id());
-    let group = osvm_sandbox::cgroup::create(
-        hierarchy,
-        &std::path::Path::new(osvm_sandbox::cgroup::OSVM_PARENT).join(&id),
-        &osvm_core::Resources::defaults(),
-    )
-    .unwrap();
-    let dir = state.path.join("instances").join(&id);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("plan.json"), b"").unwrap();
-    let e = match runtime.adopt(&id) {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("an instance with an empty plan was adopted"),
-    };
-    assert!(e.contains("never started"), "{e}");
-    let left: Vec<_> = cgroup_dirs(&id)
-        .into_iter()
-        .filter(|d| d.exists())
-        .collect();
-    let _ = group.remove();
-    assert!(left.is_empty(), "groups left after an empty plan: {left:?}");
+    // Killed before it wrote the plan.
+    ghost("ghost", None);
+    // Killed while it wrote the plan (an osvm that wrote it in place left it empty).
+    ghost("ghost2", Some(b""));
 }
 
 /// The one exception to "no capabilities", for osvm's own helpers (virtiofsd insists on setting
