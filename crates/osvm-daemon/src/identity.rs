@@ -102,7 +102,11 @@ impl Recipient {
 /// deliveries that may run at once (each start writes its identity on its own thread), so that
 /// no two of them make a CA each.
 pub fn ensure_ca(state_dir: &Path, trust_domain: &str) -> Result<bool, PkiError> {
-    let pki = Pki::new(&pki_dir(state_dir, trust_domain), trust_domain)?;
+    made_ca(&Pki::new(&pki_dir(state_dir, trust_domain), trust_domain)?)
+}
+
+/// Creates `pki`'s CA unless it exists; returns whether it did.
+fn made_ca(pki: &Pki) -> Result<bool, PkiError> {
     if pki.has_ca() {
         return Ok(false);
     }
@@ -113,8 +117,8 @@ pub fn ensure_ca(state_dir: &Path, trust_domain: &str) -> Result<bool, PkiError>
 /// Issues a certificate for `to` and writes its identity files; `uid` owns the key (the
 /// sandbox's root, as seen from the host).
 pub fn deliver(state_dir: &Path, to: &Recipient, uid: u32) -> Result<Delivered, PkiError> {
-    let created_ca = ensure_ca(state_dir, &to.trust_domain)?;
     let pki = Pki::new(&pki_dir(state_dir, &to.trust_domain), &to.trust_domain)?;
+    let created_ca = made_ca(&pki)?;
     let issued = pki.issue(&to.stack, &to.component, to.ttl)?;
     let dir = identity_dir(state_dir, &to.stack, &to.component);
     fs::create_dir_all(&dir).map_err(|e| PkiError::Io(format!("create {}", dir.display()), e))?;

@@ -236,15 +236,7 @@ pub fn list(snapshots: &Path) -> io::Result<Vec<Stored>> {
         .into_iter()
         .map(|key| {
             let snap = snapshots.join(&key);
-            let bytes = fs::read_dir(&snap)
-                .map(|files| {
-                    files
-                        .flatten()
-                        .filter_map(|f| f.metadata().ok())
-                        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-                        .sum()
-                })
-                .unwrap_or(0);
+            let bytes = held_bytes(&snap).unwrap_or(0);
             let made = fs::metadata(snap.join(STATE))
                 .and_then(|m| m.modified())
                 .ok()
@@ -274,28 +266,52 @@ pub fn prune(snapshots: &Path) -> io::Result<Vec<(String, u64)>> {
         }
         let snap = snapshots.join(&stored.key);
         if let Some(bytes) = remove_unless_named(snapshots, &stored.key, &[USED_BY])? {
-            removed.push((stored.key.clone(), bytes));
+            removed.push((stored.key, bytes));
         } else if stored.set_aside.is_some() {
             let _held = lock(&snap)?;
-            let used = list(snapshots)?
-                .iter()
-                .any(|s| s.key == stored.key && !s.users.is_empty());
-            if !used {
+            if !named_by(snapshots, &stored.key, &[USED_BY])? {
                 fs::remove_file(snap.with_extension("failed"))?;
-                removed.push((stored.key.clone(), 0));
-            }
-        }
-        // Marks of components that left on it point at nothing now.
-        for entry in fs::read_dir(snapshots)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(LEFT_BY)
-                && fs::read_to_string(entry.path()).is_ok_and(|k| k.trim() == stored.key)
-                && !snap.exists()
-            {
-                let _ = fs::remove_file(entry.path());
+                removed.push((stored.key, 0));
             }
         }
     }
+    // Marks of components that left on a removed snapshot point at nothing now.
+    for entry in fs::read_dir(snapshots)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(LEFT_BY)
+            && fs::read_to_string(entry.path())
+                .is_ok_and(|k| removed.iter().any(|(key, _)| *key == k.trim()))
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
     Ok(removed)
+}
+
+/// Whether a file of `snapshots` whose name starts with one of `holders` names snapshot `key`.
+fn named_by(snapshots: &Path, key: &str, holders: &[&str]) -> io::Result<bool> {
+    for entry in fs::read_dir(snapshots)?.flatten() {
+        let name = entry.file_name();
+        if holders
+            .iter()
+            .any(|h| name.to_string_lossy().starts_with(h))
+            && fs::read_to_string(entry.path()).is_ok_and(|k| k.trim() == key)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The bytes the files of snapshot directory `snap` hold on disk, if it exists.
+fn held_bytes(snap: &Path) -> Option<u64> {
+    let files = fs::read_dir(snap).ok()?;
+    Some(
+        files
+            .flatten()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .sum(),
+    )
 }
 
 /// Whether `key` has the form of a snapshot's key (hex): anything else read from a file in the
@@ -322,24 +338,12 @@ fn remove_unless_named(snapshots: &Path, key: &str, holders: &[&str]) -> io::Res
     }
     let snap = snapshots.join(key);
     let _held = lock(&snap)?;
-    for entry in fs::read_dir(snapshots)?.flatten() {
-        let name = entry.file_name();
-        if holders
-            .iter()
-            .any(|h| name.to_string_lossy().starts_with(h))
-            && fs::read_to_string(entry.path()).is_ok_and(|k| k.trim() == key)
-        {
-            return Ok(None);
-        }
+    if named_by(snapshots, key, holders)? {
+        return Ok(None);
     }
-    let Ok(files) = fs::read_dir(&snap) else {
+    let Some(held) = held_bytes(&snap) else {
         return Ok(None);
     };
-    let held: u64 = files
-        .flatten()
-        .filter_map(|f| f.metadata().ok())
-        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-        .sum();
     fs::remove_dir_all(&snap)?;
     Ok(Some(held))
 }
