@@ -1,9 +1,9 @@
 //! The engine through the runtime seam with a runtime that takes 10 s to start an instance
 //! (the real process runtime behind a delay: a VM boot or a unikernel image build stands
 //! there). Starts run off the engine thread, so every tick and every view (what `osvm ps`
-//! reads) and every command (`osvm stop`) is answered in well under 100 ms throughout; the
-//! instance comes up when the runtime is done, and one stopped while it started is stopped as
-//! soon as it exists.
+//! reads) and every command (`osvm stop`) is answered long before the start ends (the test
+//! allows 1 s; an engine held by the start takes 10 s). The instance comes up when the
+//! runtime is done, and one stopped while it started is stopped as soon as it exists.
 
 mod common;
 
@@ -20,8 +20,10 @@ use osvm_sandbox::{SandboxConfig, SandboxRuntime};
 
 /// How long each start takes.
 const START_TAKES: Duration = Duration::from_secs(10);
-/// What the engine must never take to tick, list components or take a command.
-const ANSWER_WITHIN: Duration = Duration::from_millis(100);
+/// What the engine must never take to tick, list components or take a command: a tenth of
+/// the start, so an engine that waits for a start fails, while a loaded CI host does not.
+/// Not a speed goal (the slowest answer is printed; benches measure speed).
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// The process runtime, made slow.
 struct Slow(Arc<SandboxRuntime>);
@@ -110,7 +112,13 @@ fn a_start_that_takes_10s_never_holds_the_engine() {
         if running_after.is_none() && status(&engine, "kept") == ComponentStatus::Running {
             running_after = Some(began.elapsed());
         }
-        if running_after.is_some() && status(&engine, "dropped") == ComponentStatus::Stopped {
+        // `dropped` shows stopped from `osvm stop` on; it is done once the instance its start
+        // brought up (its own start thread may come back after `kept`'s) was stopped too.
+        let dropped = engine.view("dropped").unwrap();
+        if running_after.is_some()
+            && dropped.status == ComponentStatus::Stopped
+            && dropped.last_instance.is_some()
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
