@@ -345,6 +345,8 @@ impl NetPlane {
         let ipam = Ipam::open(&dir.join("ipam.json"), pool, len)?;
         let (pool, len) = SERVICE_POOL;
         let services = Ipam::open(&dir.join("services.json"), pool, len)?;
+        // Also for a hub an older osvm made.
+        hub.own_services(SERVICE_POOL)?;
         let uplink = match std::fs::read_to_string(dir.join("uplink.json")) {
             Ok(text) => {
                 Some(
@@ -519,14 +521,17 @@ impl NetPlane {
             tuples.extend(decided(&policy, &members).into_iter().map(|(a, _)| a));
             leaving.extend(external(&policy, &members));
             service_map.extend(services(&active));
-            // A component with no ready instance: its service address refuses new connections.
+            // A component with no ready instance: its service address refuses the new
+            // connections the policy allows (the address its instance will have says which).
             for c in &stack.components {
                 let key = format!("{}/{}", stack.name, c.name);
                 if self.unready.contains(&key)
                     && !self.to_next.contains_key(&key)
                     && let Some(block) = self.services.get(&key)
                 {
-                    waiting.push(service_addr(&block));
+                    let service = service_addr(&block);
+                    let instance = self.ipam.get(&key).map_or(service, |b| b.component_addr());
+                    waiting.push((service, instance));
                 }
             }
             for c in stack.components.iter().filter(|c| !c.publish.is_empty()) {
@@ -1021,7 +1026,7 @@ impl NetPlane {
             refused: self.enforcer.refused_counters()?,
             proxies,
             published,
-            waiting: self.enforcer.waiting().to_vec(),
+            waiting: self.enforcer.waiting(),
         })
     }
 

@@ -35,7 +35,7 @@ pub struct Enforcer {
     external: Vec<External>,
     splits: Vec<Split>,
     ingress: Vec<Ingress>,
-    waiting: Vec<std::net::Ipv4Addr>,
+    waiting: Vec<Service>,
     /// Whether this enforcer has written the table yet: the first apply replaces it whole
     /// (whatever layout an older osvm left), later ones change it in place.
     written: bool,
@@ -141,17 +141,18 @@ impl Enforcer {
         self.ingress = ingress;
     }
 
-    /// Sets the service addresses whose component has no ready instance (new connections to
-    /// them are refused) from the next [`Enforcer::apply`] on.
-    pub fn set_waiting(&mut self, mut waiting: Vec<std::net::Ipv4Addr>) {
+    /// Sets the service addresses whose component has no ready instance, each with the address
+    /// its instance will have (new connections the policy allows to them are refused), from
+    /// the next [`Enforcer::apply`] on.
+    pub fn set_waiting(&mut self, mut waiting: Vec<Service>) {
         waiting.sort();
         waiting.dedup();
         self.waiting = waiting;
     }
 
     /// The service addresses refused for want of a ready instance.
-    pub fn waiting(&self) -> &[std::net::Ipv4Addr] {
-        &self.waiting
+    pub fn waiting(&self) -> Vec<std::net::Ipv4Addr> {
+        self.waiting.iter().map(|(service, _)| *service).collect()
     }
 
     /// The `ingress` chain's rules enforced (or to be enforced by the next apply).

@@ -169,6 +169,24 @@ impl Hub {
         }
     }
 
+    /// Makes every address of `pool` (the service addresses, `(network, prefix length)`)
+    /// local to the hub. A service address the `services` map translates still goes to its
+    /// instance (the translation comes before routing); one it does not (a component with no
+    /// ready instance, or none at all) ends in the hub's input chain, where the ruleset
+    /// refuses it as policy says, instead of failing in routing (ENETUNREACH, the same for
+    /// every peer) or leaving by the default route. Idempotent.
+    pub fn own_services(&self, pool: (Ipv4Addr, u8)) -> Result<(), NetError> {
+        let cidr = format!("{}/{}", pool.0, pool.1);
+        run(
+            "ip",
+            &[
+                "-n", &self.name, "route", "replace", "local", &cidr, "dev", "lo",
+            ],
+            None,
+        )
+        .map(|_| ())
+    }
+
     /// The path of the hub's namespace (for `setns`).
     pub fn path(&self) -> std::path::PathBuf {
         std::path::Path::new("/run/netns").join(&self.name)

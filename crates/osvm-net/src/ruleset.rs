@@ -337,8 +337,11 @@ pub fn script(allowed: &[Allowed], services: &[Service]) -> String {
 /// [`script`] with the `egress` chain holding `external` (traffic leaving through the uplink;
 /// with no uplink nothing leaves, whatever the chain says), and the service addresses in
 /// `splits` divided by weight between two instances (`numgen random`, before the map), and
-/// new connections to the service addresses in `waiting` (components with no ready instance)
-/// refused at once (ECONNREFUSED) rather than sent anywhere. The table is deleted first: use it to create the table (or to replace one of an older layout);
+/// new connections to the service addresses in `waiting` (components with no ready instance,
+/// each with the address its instance will have) refused at once (ECONNREFUSED) rather than
+/// sent anywhere, for flows the policy allows. A flow it denies is refused as denied
+/// (EHOSTUNREACH) whether its destination is ready or not, so a denied peer learns nothing of
+/// its state. The table is deleted first: use it to create the table (or to replace one of an older layout);
 /// [`update_script`] changes a table in place.
 pub fn script_with(
     allowed: &[Allowed],
@@ -346,7 +349,7 @@ pub fn script_with(
     external: &[External],
     splits: &[Split],
     ingress: &[Ingress],
-    waiting: &[std::net::Ipv4Addr],
+    waiting: &[Service],
 ) -> String {
     // Creating then deleting makes the delete safe when the table does not exist yet.
     format!(
@@ -367,7 +370,7 @@ pub fn update_script(
     external: &[External],
     splits: &[Split],
     ingress: &[Ingress],
-    waiting: &[std::net::Ipv4Addr],
+    waiting: &[Service],
 ) -> String {
     let t = format!("inet {TABLE}");
     let uplink = crate::uplink::UPLINK_IF;
@@ -379,6 +382,8 @@ pub fn update_script(
 \tset allow_udp {{ type ifname . ipv4_addr . ipv4_addr . inet_service; counter; }}
 \tmap services {{ type ipv4_addr : ipv4_addr; }}
 \tset waiting {{ type ipv4_addr; counter; }}
+\tset wait_tcp {{ type ifname . ipv4_addr . ipv4_addr . inet_service; }}
+\tset wait_udp {{ type ifname . ipv4_addr . ipv4_addr . inet_service; }}
 \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 \tchain forward {{ type filter hook forward priority filter; policy drop; }}
 \tchain egress {{ }}
@@ -393,6 +398,8 @@ pub fn update_script(
         ("set", "allow_udp"),
         ("map", "services"),
         ("set", "waiting"),
+        ("set", "wait_tcp"),
+        ("set", "wait_udp"),
     ] {
         let _ = writeln!(s, "flush {kind} {t} {name}");
     }
@@ -425,8 +432,28 @@ pub fn update_script(
         );
     }
     if !waiting.is_empty() {
-        let items: Vec<String> = waiting.iter().map(ToString::to_string).collect();
+        let items: Vec<String> = waiting.iter().map(|(w, _)| w.to_string()).collect();
         let _ = writeln!(s, "add element {t} waiting {{ {} }}", items.join(", "));
+    }
+    // The allowed flows to a waiting component, addressed to its service address (which no
+    // map entry translates while it waits).
+    for udp in [false, true] {
+        let items: Vec<String> = allowed
+            .iter()
+            .filter(|a| a.udp == udp)
+            .flat_map(|a| {
+                waiting
+                    .iter()
+                    .filter(|(_, instance)| *instance == a.daddr)
+                    .map(|(service, _)| {
+                        format!("\"{}\" . {} . {service} . {}", a.iifname, a.saddr, a.port)
+                    })
+            })
+            .collect();
+        if !items.is_empty() {
+            let set = if udp { "wait_udp" } else { "wait_tcp" };
+            let _ = writeln!(s, "add element {t} {set} {{ {} }}", items.join(", "));
+        }
     }
     let mut rule = |chain: &str, text: &str| {
         let _ = writeln!(s, "add rule {t} {chain} {text}");
@@ -448,10 +475,6 @@ pub fn update_script(
     rule("forward", "ct state established,related accept");
     rule(
         "forward",
-        "ip daddr @waiting reject with icmpx port-unreachable",
-    );
-    rule(
-        "forward",
         "iifname . ip saddr . ip daddr . tcp dport @allow_tcp counter accept",
     );
     rule(
@@ -467,9 +490,40 @@ pub fn update_script(
     for i in ingress {
         rule("ingress", &ingress_rule(i));
     }
+    // Published traffic to a waiting component (untranslated: still addressed to its service
+    // address): the same rules in the same order, an allowance refusing it as not listening.
+    // Uncounted, so the counted rules stay one per `ingress` entry.
+    for i in ingress {
+        for (service, _) in waiting.iter().filter(|(_, instance)| *instance == i.daddr) {
+            rule(
+                "ingress",
+                &format!(
+                    "ip saddr {} ip daddr {service} tcp dport {} reject with icmpx {}",
+                    i.saddr,
+                    i.port,
+                    if i.deny {
+                        "admin-prohibited"
+                    } else {
+                        "port-unreachable"
+                    }
+                ),
+            );
+        }
+    }
     rule("postrouting", &format!("oifname \"{uplink}\" masquerade"));
     rule("input", "iifname \"lo\" accept");
     rule("input", "ct state established,related accept");
+    // A waiting component's service address is untranslated, so local to the hub (see
+    // `Hub::own_services`): the flows policy allows are refused as not listening; the rest
+    // fall to the refusal below, as when it is ready.
+    rule(
+        "input",
+        "ip daddr @waiting iifname . ip saddr . ip daddr . tcp dport @wait_tcp reject with icmpx port-unreachable",
+    );
+    rule(
+        "input",
+        "ip daddr @waiting iifname . ip saddr . ip daddr . udp dport @wait_udp reject with icmpx port-unreachable",
+    );
     rule(
         "input",
         "iifname . ip saddr . ip daddr . tcp dport @allow_tcp accept",
