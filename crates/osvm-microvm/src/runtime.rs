@@ -915,10 +915,15 @@ impl MicroVmRuntime {
         .map_err(|e| RuntimeError::io("record the VM for adoption", e))?;
         let state = Arc::new(Mutex::new(Guest {
             pid: Some(pid),
-            exit: None,
+            ..Guest::default()
         }));
         spawn_events(conn, state.clone());
-        spawn_logs(logs_source, dir.join("stdout.log"), dir.join("stderr.log"));
+        spawn_logs(
+            logs_source,
+            dir.join("stdout.log"),
+            dir.join("stderr.log"),
+            &state,
+        );
 
         Ok(MicroVmInstance {
             base: GuestBase::new(
@@ -1578,12 +1583,34 @@ struct Guest {
     pid: Option<u32>,
     /// Its exit, once reported.
     exit: Option<ExitStatus>,
+    /// Threads still reading the agent's events or logs: once the VM has ended they read
+    /// what it sent last, then end.
+    readers: usize,
+}
+
+/// Counts a reader thread in [`Guest::readers`] until it ends.
+struct Reading(Arc<Mutex<Guest>>);
+
+impl Reading {
+    fn new(state: &Arc<Mutex<Guest>>) -> Self {
+        state.lock().expect("guest state").readers += 1;
+        Self(state.clone())
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.readers = s.readers.saturating_sub(1);
+    }
 }
 
 fn spawn_events(mut conn: UnixStream, state: Arc<Mutex<Guest>>) {
+    let reading = Reading::new(&state);
     let _ = std::thread::Builder::new()
         .name("vm-events".into())
         .spawn(move || {
+            let _reading = reading;
             loop {
                 match proto::read_msg::<Event>(&mut conn) {
                     Ok(Event::Exited { code, signal }) => {
@@ -1608,10 +1635,13 @@ fn spawn_logs(
     connect: impl FnOnce() -> Option<UnixStream> + Send + 'static,
     stdout: PathBuf,
     stderr: PathBuf,
+    state: &Arc<Mutex<Guest>>,
 ) {
+    let reading = Reading::new(state);
     let _ = std::thread::Builder::new()
         .name("vm-logs".into())
         .spawn(move || {
+            let _reading = reading;
             let open = |p: &Path| fs::OpenOptions::new().create(true).append(true).open(p);
             let (Ok(mut out), Ok(mut err)) = (open(&stdout), open(&stderr)) else {
                 return;
@@ -1781,6 +1811,7 @@ impl MicroVmInstance {
             move || Some(logs),
             self.base.stdout.clone(),
             self.base.stderr.clone(),
+            &self.guest,
         );
         Ok(())
     }
@@ -1795,20 +1826,24 @@ impl MicroVmInstance {
                 let _ = share.stop(Duration::ZERO);
             }
             self.lease.lock().expect("lease").take();
-            // The events thread may still be reading the last message the agent sent.
-            let deadline = Instant::now() + Duration::from_millis(500);
+            // The reader threads may still be reading the last events and log lines the agent
+            // sent; with the backend gone they end at the end of what it passed on. Once they
+            // have, the exit is known and the logs are whole, as a caller who saw the exit
+            // expects (a loaded host can keep them from running for a good while).
+            let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if let Some(s) = self.guest.lock().expect("guest").exit {
-                    break s;
-                }
-                if Instant::now() > deadline {
-                    break ExitStatus {
+                let (exit, readers) = {
+                    let guest = self.guest.lock().expect("guest");
+                    (guest.exit, guest.readers)
+                };
+                if readers == 0 || Instant::now() > deadline {
+                    break exit.unwrap_or(ExitStatus {
                         code: None,
                         // QEMU killed: report its signal; QEMU ended by itself without an exit
                         // report (guest crash, power-off without a workload): unknown.
                         signal: qemu_status.signal,
                         oom_killed: qemu_status.oom_killed,
-                    };
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }

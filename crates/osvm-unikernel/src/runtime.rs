@@ -911,9 +911,11 @@ impl UnikernelInstance {
             let _ = share.stop(Duration::ZERO);
         }
         self.base.finish(|| {
-            // The reader may still be draining the last lines.
+            // The reader may still be draining the last lines (it ends at the end of the
+            // launcher's output, which has ended; a loaded host can keep it from running for a
+            // while, and the exit code is in those lines).
             self.serial
-                .wait_eof(Instant::now() + Duration::from_millis(500));
+                .wait_eof(Instant::now() + Duration::from_secs(5));
             let exit = self.serial.serial.lock().expect("serial").exit;
             let sent = self.stop_signal.load(Ordering::SeqCst);
             match exit {
