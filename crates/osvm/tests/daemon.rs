@@ -566,7 +566,7 @@ fn logs_interleave_stdout_and_stderr_by_time() {
     let file = state.path.join("l.toml");
     std::fs::write(
         &file,
-        "[stack]\nname = \"l\"\n\n[[component]]\nname = \"talk\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three; sleep 300\"]\n",
+        "[stack]\nname = \"l\"\n\n[[component]]\nname = \"talk\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo one; sleep 1; echo two >&2; sleep 1; echo three; sleep 300\"]\n",
     )
     .unwrap();
     assert!(
@@ -577,7 +577,9 @@ fn logs_interleave_stdout_and_stderr_by_time() {
     wait_ps(&state, "talk running", |v| {
         v.len() == 1 && v[0]["status"] == "running"
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A second between the lines: the monitor stamps a line when it reads it, so lines that
+    // wait together (a descheduled monitor) would be ordered by stream, not by time.
+    let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
         let o = run(state.osvm().args(["logs", "talk"]));
         let text = stdout(&o);
@@ -713,6 +715,8 @@ name = "srv"
 command = "python3"
 args = ["-m", "http.server", "8080"]
 listen = [8080]
+# Running means listening: the allow below is checked with one connection.
+health = { tcp = true, port = 8080, interval = "200ms" }
 
 [[component]]
 name = "cli"

@@ -791,18 +791,25 @@ fn vm_boots_under_kvm_where_the_host_has_it() {
 
 /// Requests to `port` on the host's loopback, one connection each, until `stop`: how many
 /// answered with the page and what the others got.
-fn http_load(port: u16, stop: &std::sync::atomic::AtomicBool) -> (u64, Vec<String>) {
+/// Requests until `stop`, counting the answers in `ok`; returns the failures.
+fn http_load(
+    port: u16,
+    stop: &std::sync::atomic::AtomicBool,
+    ok: &std::sync::atomic::AtomicU64,
+) -> Vec<String> {
     use std::sync::atomic::Ordering;
-    let (mut ok, mut failed) = (0, Vec::new());
+    let mut failed = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match http_get_host(port) {
-            Ok(page) if page.contains("hello from a microvm") => ok += 1,
+            Ok(page) if page.contains("hello from a microvm") => {
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(other) => failed.push(format!("answered {other:?}")),
             Err(e) => failed.push(e.to_string()),
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    (ok, failed)
+    failed
 }
 
 /// `kill -9` of the daemon while a VM serves HTTP under load: QEMU and the guest run on, the
@@ -815,7 +822,7 @@ fn http_load(port: u16, stop: &std::sync::atomic::AtomicBool) -> (u64, Vec<Strin
 fn a_restarted_daemon_adopts_running_vms_without_a_failed_request() {
     let _turn = host_route_turn();
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     const TEST: &str = "vm_adopt";
     if !hub_available(TEST) {
         return;
@@ -896,9 +903,10 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
     };
 
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || http_load(port, &stop))
+        let (stop, answered) = (stop.clone(), answered.clone());
+        std::thread::spawn(move || http_load(port, &stop, &answered))
     };
     std::thread::sleep(Duration::from_secs(1));
     daemon.kill9();
@@ -948,16 +956,25 @@ allow = {{ from = "world", to = "web", ports = [8080] }}
                 && view(v, "job")["last_exit"]["code"].is_number()
         },
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // The load goes on through the adoption: a few more answers from the adopted VM.
+    let adopted_at = answered.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.load(Ordering::Relaxed) < adopted_at + 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
+    let failed = load.join().unwrap();
+    let ok = answered.load(Ordering::Relaxed);
     assert!(
         failed.is_empty(),
         "{} of {} failed: {failed:?}",
         failed.len(),
         ok + failed.len() as u64
     );
-    assert!(ok > 20, "only {ok} requests answered");
+    assert!(
+        ok >= adopted_at + 5,
+        "{ok} requests answered, {adopted_at} of them before the adoption"
+    );
     let web = view(&views, "web");
     assert_eq!(web["instance"], web_id.as_str(), "the same instance: {web}");
     assert_eq!(web["pid"], qemu_pid, "the same QEMU process: {web}");

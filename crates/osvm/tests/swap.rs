@@ -486,8 +486,10 @@ fn twenty_swaps_under_load_fail_no_request_and_a_never_ready_version_is_rolled_b
         "failed requests: {:?}",
         tally.failures.lock().unwrap()
     );
+    // Only that the load kept coming through every swap: the rate itself is the bench's to
+    // measure (hundreds per second on an idle host, less with another test beside it).
     assert!(
-        rate >= 500.0,
+        rate >= 100.0,
         "the load generator reached only {rate:.0} requests/s"
     );
     let versions = tally.versions.lock().unwrap();
@@ -512,15 +514,19 @@ fn a_version_that_dies_after_the_switch_is_rolled_back_to_the_old_one() {
     let Some(hub) = up("swap-dies") else {
         return;
     };
-    // Serves for 2.5 s, then exits: ready, switched after 1.5 s, dead before its 1.5 s of
-    // confirmation are over.
-    let dying = format!(
-        "import threading, time, os\nthreading.Thread(target=lambda: (time.sleep(2.5), os._exit(3)), daemon=True).start()\n{}",
-        server()
+    // Serves for 6 s from its bind, then exits: ready within a few probes (every 100 ms),
+    // switched 4 s later, dead about 1.5 s after the switch, so before its 4 s of confirmation
+    // are over. The clock starts at the bind, so a slow interpreter start moves both alike.
+    let serve = "S(('', 8080), H).serve_forever()";
+    let server = server();
+    assert_eq!(server.matches(serve).count(), 1);
+    let dying = server.replace(
+        serve,
+        "import os, time\ns = S(('', 8080), H)\nthreading.Thread(target=lambda: (time.sleep(6), os._exit(3)), daemon=True).start()\ns.serve_forever()",
     );
     let o = swap(
         &hub,
-        &["--min-healthy-time", "1500ms"],
+        &["--min-healthy-time", "4s"],
         &["/usr/bin/python3".into(), "-c".into(), dying, "v2".into()],
     );
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
@@ -604,7 +610,9 @@ fn a_canary_gives_the_new_version_its_share_then_everything_without_a_failed_req
         std::thread::spawn(move || {
             swap(
                 &hub,
-                &["--canary", "20,100", "--min-healthy-time", "3s"],
+                // The 20% step lasts 6 s: the 2 s counted below fit in it with room for a
+                // loaded host's late polls.
+                &["--canary", "20,100", "--min-healthy-time", "6s"],
                 &version("v2"),
             )
         })
@@ -715,8 +723,10 @@ fn twenty_socket_handoff_swaps_under_load_fail_no_request() {
     );
     // The load ran from 1 s before the first swap to 0.5 s after the last.
     let rate = ok as f64 / (swapping.as_secs_f64() + 1.5);
+    // Only that the load kept coming through every swap: the rate itself is the bench's to
+    // measure (hundreds per second on an idle host, less with another test beside it).
     assert!(
-        rate >= 500.0,
+        rate >= 100.0,
         "the load generator reached only {rate:.0} requests/s"
     );
     let versions = tally.versions.lock().unwrap();

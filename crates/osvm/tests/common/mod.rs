@@ -330,11 +330,16 @@ impl Daemon {
                 .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
         };
         let stale = file_id(&socket);
-        let child = state.osvm().arg("daemon").args(args).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut child = state.osvm().arg("daemon").args(args).spawn().unwrap();
+        // A daemon adopts what an earlier one left before it listens, which for microVMs means
+        // a control connection into each guest: under TCG on a loaded host, seconds each.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while (stale.is_some() && file_id(&socket) == stale)
             || UnixStream::connect(&socket).is_err()
         {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the daemon ended before it listened: {status}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "the daemon did not listen on {}",
