@@ -245,7 +245,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // On a paused clock: time moves only when every task waits, so a descheduled test thread
+    // cannot make the talker's next byte late.
+    #[tokio::test(start_paused = true)]
     async fn a_connection_on_which_nothing_moves_is_closed_after_its_idle_time() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let idle = Duration::from_millis(300);

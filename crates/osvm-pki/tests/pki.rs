@@ -287,22 +287,32 @@ fn a_ca_rotation_and_leaf_rotations_never_fail_a_handshake() {
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let dir = d.0.clone();
-    let (s2, c2, stop2) = (server.clone(), client.clone(), stop.clone());
+    let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (s2, c2, stop2, ok2) = (server.clone(), client.clone(), stop.clone(), ok.clone());
     let prober = std::thread::spawn(move || {
         let reader = Pki::new(&dir, "osvm.local").unwrap();
-        let (mut ok, mut failed) = (0, Vec::new());
+        let mut failed = Vec::new();
         while !stop2.load(Ordering::Relaxed) {
             let s = material(&reader, &s2.lock().unwrap());
             let c = material(&reader, &c2.lock().unwrap());
             match handshake(&s, &c, "rpc.demo.osvm") {
-                Ok(_) => ok += 1,
+                Ok(_) => {
+                    ok2.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) => failed.push(e),
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        (ok, failed)
+        failed
     });
-    let pause = || std::thread::sleep(Duration::from_millis(400));
+    // Each step of the rotation is seen by three handshakes of the prober before the next.
+    let pause = || {
+        let from = ok.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ok.load(Ordering::Relaxed) < from + 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     pause();
     let old_bundle = pki.bundle_pem().unwrap();
     let old_client = client.lock().unwrap().clone();
@@ -329,9 +339,13 @@ fn a_ca_rotation_and_leaf_rotations_never_fail_a_handshake() {
     *client.lock().unwrap() = pki.issue("demo", "cli", Duration::from_secs(3600)).unwrap();
     pause();
     stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = prober.join().unwrap();
+    let failed = prober.join().unwrap();
+    let ok = ok.load(Ordering::Relaxed);
     assert!(failed.is_empty(), "failed handshakes: {failed:?}");
-    assert!(ok >= 20, "{ok} handshakes");
+    assert!(
+        ok >= 21,
+        "{ok} handshakes: three after each of the seven steps"
+    );
 
     // A leaf of the old CA is refused once the rotation has ended.
     let now_server = material(&pki, &server.lock().unwrap());

@@ -192,11 +192,15 @@ impl Browser {
         }
     }
 
+    /// Navigates to `url` and waits for its page to load. Chromium answers `Page.navigate`
+    /// before the new page commits, so the wait names the new page's origin: the page it
+    /// leaves (about:blank at first) is complete already.
     fn goto(&mut self, url: &str) {
+        let origin: String = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
         self.call("Page.navigate", json!({ "url": url }));
         self.wait_for(
             &format!("loading {url}"),
-            "document.readyState === 'complete'",
+            &format!("location.origin === '{origin}' && document.readyState === 'complete'"),
             Duration::from_secs(20),
         );
     }
@@ -242,6 +246,7 @@ fn is_navigation(error: &Value) -> bool {
         "navigated or closed",
         "context was destroyed",
         "Cannot find context",
+        "execution context",
     ]
     .iter()
     .any(|m| message.contains(m))
@@ -421,6 +426,18 @@ deny = {{ from = "victim", to = "web" }}
     .unwrap();
     let o = run(state.osvm().args(["up", "-d"]).arg(&file));
     assert!(o.status.success(), "{}", stderr(&o));
+    // Every start done (the descriptor count below must not grow with them).
+    wait_ps(&state, "four running and broken failed", |v| {
+        v.len() == 5
+            && v.iter().all(|c| {
+                let want = if c["name"] == "broken" {
+                    "failed"
+                } else {
+                    "running"
+                };
+                c["status"] == want
+            })
+    });
 
     // Without a token: the sign-in page, and not a byte of the daemon's.
     let (code, text) = http(&addr, "GET", "/", None);
@@ -474,7 +491,11 @@ deny = {{ from = "victim", to = "web" }}
         "{text}"
     );
 
-    let mut b = Browser::launch(&chromium, artifacts.join("profile"));
+    // Its own profile: a Chromium an earlier run left would take over a shared one.
+    let mut b = Browser::launch(
+        &chromium,
+        artifacts.join(format!("profile-{}", std::process::id())),
+    );
     b.goto(&format!("http://{addr}/"));
     assert_eq!(b.eval("location.pathname"), json!("/login"));
     assert_eq!(
@@ -514,7 +535,7 @@ deny = {{ from = "victim", to = "web" }}
     b.wait_for(
         "the event stream is live",
         "document.getElementById('live').textContent === 'live'",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     // Let the memory and CPU sparklines gather a few samples for the picture.
     std::thread::sleep(Duration::from_secs(5));
@@ -538,7 +559,7 @@ deny = {{ from = "victim", to = "web" }}
             "{r} && {r}.className === 'bad' && {r}.dataset.status === 'failed'",
             r = row("victim")
         ),
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     println!("the killed component turned red in the page {took:?} after the kill");
     b.screenshot(&artifacts.join("3-killed.png"));
@@ -638,7 +659,7 @@ deny = {{ from = "victim", to = "web" }}
         "the audit trail filtered to one client",
         "document.querySelectorAll('#audit tr[data-outcome]').length === 1 && \
          document.querySelector('#audit tr[data-outcome]').dataset.outcome === 'denied'",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     assert_inert(&mut b);
     b.screenshot(&artifacts.join("6-mcp.png"));
@@ -661,7 +682,7 @@ deny = {{ from = "victim", to = "web" }}
     b.wait_for(
         "the sign-in page after revocation",
         "location.pathname === '/login'",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     let (code, _) = http(&addr, "GET", "/api/v1/components", Some(&token));
     assert_eq!(code, 401);

@@ -2,7 +2,8 @@
 //! (the real process runtime behind a delay: a VM boot or a unikernel image build stands
 //! there). Starts run off the engine thread, so every tick and every view (what `osvm ps`
 //! reads) and every command (`osvm stop`) is answered long before the start ends (the test
-//! allows 1 s; an engine held by the start takes 10 s). The instance comes up when the
+//! allows 5 s, room for a store commit's disk sync on a loaded host; an engine held by the
+//! start takes 10 s). The instance comes up when the
 //! runtime is done, and one stopped while it started is stopped as soon as it exists.
 
 mod common;
@@ -20,10 +21,10 @@ use osvm_sandbox::{SandboxConfig, SandboxRuntime};
 
 /// How long each start takes.
 const START_TAKES: Duration = Duration::from_secs(10);
-/// What the engine must never take to tick, list components or take a command: a tenth of
-/// the start, so an engine that waits for a start fails, while a loaded CI host does not.
-/// Not a speed goal (the slowest answer is printed; benches measure speed).
-const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+/// What the engine must never take to tick, list components or take a command: half the
+/// start, so an engine that waits for a start fails, while a loaded CI host does not. Not a
+/// speed goal (the slowest answer is printed; benches measure speed).
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// The process runtime, made slow.
 struct Slow(Arc<SandboxRuntime>);

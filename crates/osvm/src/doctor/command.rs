@@ -184,6 +184,7 @@ mod tests {
         let started = Instant::now();
         let result = run_command("sleep", &["10"], Duration::from_millis(200));
         assert!(matches!(result, Err(ProbeError::Timeout { .. })));
-        assert!(started.elapsed() < Duration::from_secs(3));
+        // Killed, not waited for: far less than the 10 s the tool would take.
+        assert!(started.elapsed() < Duration::from_secs(8));
     }
 }
