@@ -38,6 +38,40 @@ fn host_addr(net: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net) + 1)
 }
 
+/// Every IPv4 address on the host namespace's links.
+fn host_ipv4_addrs() -> Result<Vec<Ipv4Addr>, NetError> {
+    let out = run("ip", &["-o", "-4", "addr", "show"], None)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect())
+}
+
+/// `planned`, or the next link-local /30 after it (wrapping within `169.254.1.0` to
+/// `169.254.253.255`, as [`Uplink::planned`] chooses) that holds none of `taken`.
+fn free_net(planned: Ipv4Addr, taken: &[Ipv4Addr]) -> Result<Ipv4Addr, NetError> {
+    let (first, last) = (
+        u32::from(Ipv4Addr::new(169, 254, 1, 0)),
+        u32::from(Ipv4Addr::new(169, 254, 253, 252)),
+    );
+    let taken: std::collections::HashSet<u32> = taken.iter().map(|a| u32::from(*a) & !3).collect();
+    let mut net = u32::from(planned) & !3;
+    for _ in 0..=(last - first) / 4 {
+        if !taken.contains(&net) {
+            return Ok(Ipv4Addr::from(net));
+        }
+        net = if net >= last { first } else { net + 4 };
+    }
+    Err(NetError::Command {
+        command: "ip -o -4 addr show".into(),
+        detail: "no free link-local /30 for an uplink in 169.254.1.0/24-169.254.253.0/24".into(),
+    })
+}
+
 fn hub_addr(net: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net) + 2)
 }
@@ -123,6 +157,10 @@ impl Uplink {
     /// Builds it for `hub`: the veth pair, addresses, the hub's default route, the host's NAT
     /// table, and forwarding in the host namespace. Undone as far as it got when a step fails.
     pub fn create(mut self, hub: &Hub) -> Result<Self, NetError> {
+        // Another hub's uplink (another state directory) may hold the planned /30: two links
+        // on one /30 would send one hub's replies into the other. The /30 taken is recorded
+        // with the rest of the uplink.
+        self.net = free_net(self.net, &host_ipv4_addrs()?)?;
         let (host_cidr, hub_cidr) = (
             format!("{}/30", host_addr(self.net)),
             format!("{}/30", hub_addr(self.net)),
@@ -309,4 +347,37 @@ fn route_device(pool: &str) -> Result<Option<String>, NetError> {
         words.find(|w| *w == "dev")?;
         words.next().map(str::to_owned)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uplink_takes_the_first_free_link_local_net_from_the_planned_one_on() {
+        let planned = Ipv4Addr::new(169, 254, 7, 8);
+        assert_eq!(free_net(planned, &[]).unwrap(), planned);
+        // Any address of a /30 takes it: the host's .1 of another uplink, or a stray .3.
+        let taken = [
+            Ipv4Addr::new(169, 254, 7, 9),
+            Ipv4Addr::new(169, 254, 7, 15),
+        ];
+        assert_eq!(
+            free_net(planned, &taken).unwrap(),
+            Ipv4Addr::new(169, 254, 7, 16)
+        );
+        // The last /30 wraps to the first.
+        let last = Ipv4Addr::new(169, 254, 253, 252);
+        assert_eq!(
+            free_net(last, &[Ipv4Addr::new(169, 254, 253, 253)]).unwrap(),
+            Ipv4Addr::new(169, 254, 1, 0)
+        );
+        // None free: an error, not a shared /30.
+        let all: Vec<Ipv4Addr> = (u32::from(Ipv4Addr::new(169, 254, 1, 0))
+            ..=u32::from(Ipv4Addr::new(169, 254, 253, 252)))
+            .step_by(4)
+            .map(|n| Ipv4Addr::from(n + 1))
+            .collect();
+        assert!(free_net(planned, &all).is_err());
+    }
 }

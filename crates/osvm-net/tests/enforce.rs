@@ -810,7 +810,8 @@ struct UplinkGuard(Option<osvm_net::uplink::Uplink>);
 
 /// Two hubs on one host (the daemons of two state directories) cannot both route the service
 /// pool: the second's publish is refused with the reason, and the first keeps its route (it
-/// was replaced, and the first hub's published traffic went into the second hub).
+/// was replaced, and the first hub's published traffic went into the second hub). Their tags
+/// plan the same link-local /30; the second takes the next free one.
 #[test]
 fn a_second_hub_cannot_take_the_service_pool_of_another() {
     use osvm_net::uplink::Uplink;
@@ -821,12 +822,17 @@ fn a_second_hub_cannot_take_the_service_pool_of_another() {
     let (_ga, dir_a, _, _, hub_a) = topology("pa", &[], &[]);
     let (_gb, dir_b, _, _, hub_b) = topology("pq", &[], &[]);
     let pid = std::process::id();
+    // Tags that differ in their lowest bit only: the same /30 planned for both.
     let (tag_a, tag_b) = (
-        format!("{:08x}", pid.wrapping_add(0x100)),
-        format!("{:08x}", pid.wrapping_add(0x200)),
+        format!("{:08x}", pid.wrapping_add(0x100) & !1),
+        format!("{:08x}", pid.wrapping_add(0x100) | 1),
     );
+    assert_eq!(Uplink::planned(&tag_a).net, Uplink::planned(&tag_b).net);
     let mut a = UplinkGuard(Some(Uplink::planned(&tag_a).create(&hub_a).unwrap()));
     let b = UplinkGuard(Some(Uplink::planned(&tag_b).create(&hub_b).unwrap()));
+    let (a_net, b_net) = (a.0.as_ref().unwrap().net, b.0.as_ref().unwrap().net);
+    assert_eq!(a_net, Uplink::planned(&tag_a).net);
+    assert_ne!(a_net, b_net, "two uplinks on one /30");
     let (a_if, b_if) = (
         Uplink::planned(&tag_a).host_if,
         Uplink::planned(&tag_b).host_if,
@@ -1037,7 +1043,8 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
 
     // Another machine at 198.51.100.6 (the host is .5 on that link).
     // Not pid + 1: the uplink's /30 comes from the tag's bits above the lowest two, so that
-    // would share the traffic test's link-local addresses.
+    // would plan the traffic test's /30, and two creates at the same moment may both find it
+    // free.
     let tag = format!("{:08x}", std::process::id().wrapping_add(0x300));
     let Some((outside, _link)) = outside_machine("publish", &mut guard, "pb", 4) else {
         return;
