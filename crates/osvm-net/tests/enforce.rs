@@ -1078,22 +1078,30 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
         .unwrap()
         .publish(&published, &[(Ipv4Addr::new(10, 214, 0, 0), 16)])
         .unwrap();
-    let enforce = |rules: Vec<PolicyRule>| {
+    // With `ready` false, web waits: no map entry, its service address refused.
+    let enforce_ready = |rules: Vec<PolicyRule>, ready: bool| {
         let policy = PolicySet::new(rules);
         let to_publish = vec![(members[0].clone(), vec![8080])];
+        let (map, waiting) = if ready {
+            (services(&members), vec![])
+        } else {
+            (vec![], vec![(service, members[0].block.component_addr())])
+        };
         hub.nft(
             &["-f", "-"],
             Some(&script_with(
                 &allowed(&policy, &members),
-                &services(&members),
+                &map,
                 &[],
                 &[],
                 &ingress(&policy, &to_publish),
-                &[],
+                &waiting,
             )),
         )
         .unwrap();
     };
+    let enforce = |rules: Vec<PolicyRule>| enforce_ready(rules, true);
+    hub.own_services((Ipv4Addr::new(10, 214, 0, 0), 16)).unwrap();
     const EHOSTUNREACH: i32 = 113;
     let from_host = |port: u16| {
         TcpStream::connect_timeout(
@@ -1148,6 +1156,21 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
         from_outside(any_port),
         Err(EHOSTUNREACH),
         "a deny overrides the world's allow"
+    );
+    // The same while web is not ready: the world is refused as by a closed port, the denied
+    // network as denied (it must not learn that web is there and starting).
+    enforce_ready(
+        vec![
+            rule(PolicyAction::Allow, "cidr:0.0.0.0/0", "web", &[8080]),
+            rule(PolicyAction::Deny, "cidr:198.51.100.4/30", "web", &[]),
+        ],
+        false,
+    );
+    assert_eq!(from_host(local_port), Err(111), "waiting: ECONNREFUSED");
+    assert_eq!(
+        from_outside(any_port),
+        Err(EHOSTUNREACH),
+        "a denied network while web waits"
     );
     enforce(vec![rule(PolicyAction::Allow, "*", "web", &[8080])]);
     assert_eq!(
