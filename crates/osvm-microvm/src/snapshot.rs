@@ -255,9 +255,8 @@ pub fn list(snapshots: &Path) -> io::Result<Vec<Stored>> {
 
 /// Removes every snapshot no component starts from (those left by components that left their
 /// stacks included), and the marks of those set aside that none starts from; returns what
-/// went, with the bytes each held. Each snapshot's
-/// empty `.lock` file stays: removing it could let two starts that waited on it make the same
-/// snapshot at once.
+/// went, with the bytes each held. Each snapshot's empty `.lock` file stays: removing it could
+/// let two starts that waited on it make the same snapshot at once.
 pub fn prune(snapshots: &Path) -> io::Result<Vec<(String, u64)>> {
     let mut removed = Vec::new();
     for stored in list(snapshots)? {

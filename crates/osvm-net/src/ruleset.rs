@@ -436,18 +436,22 @@ pub fn update_script(
         let _ = writeln!(s, "add element {t} waiting {{ {} }}", items.join(", "));
     }
     // The allowed flows to a waiting component, addressed to its service address (which no
-    // map entry translates while it waits).
+    // map entry translates while it waits). Looked up by instance address: a large stack
+    // starting has many tuples and many waiting components at once, on every apply.
+    let service_of: std::collections::HashMap<std::net::Ipv4Addr, std::net::Ipv4Addr> = waiting
+        .iter()
+        .map(|(service, instance)| (*instance, *service))
+        .collect();
     for udp in [false, true] {
         let items: Vec<String> = allowed
             .iter()
             .filter(|a| a.udp == udp)
-            .flat_map(|a| {
-                waiting
-                    .iter()
-                    .filter(|(_, instance)| *instance == a.daddr)
-                    .map(|(service, _)| {
-                        format!("\"{}\" . {} . {service} . {}", a.iifname, a.saddr, a.port)
-                    })
+            .filter_map(|a| {
+                let service = service_of.get(&a.daddr)?;
+                Some(format!(
+                    "\"{}\" . {} . {service} . {}",
+                    a.iifname, a.saddr, a.port
+                ))
             })
             .collect();
         if !items.is_empty() {
@@ -494,7 +498,7 @@ pub fn update_script(
     // address): the same rules in the same order, an allowance refusing it as not listening.
     // Uncounted, so the counted rules stay one per `ingress` entry.
     for i in ingress {
-        for (service, _) in waiting.iter().filter(|(_, instance)| *instance == i.daddr) {
+        if let Some(service) = service_of.get(&i.daddr) {
             rule(
                 "ingress",
                 &format!(

@@ -1101,7 +1101,8 @@ fn a_published_port_is_reached_from_the_host_and_from_outside_exactly_as_policy_
         .unwrap();
     };
     let enforce = |rules: Vec<PolicyRule>| enforce_ready(rules, true);
-    hub.own_services((Ipv4Addr::new(10, 214, 0, 0), 16)).unwrap();
+    hub.own_services((Ipv4Addr::new(10, 214, 0, 0), 16))
+        .unwrap();
     const EHOSTUNREACH: i32 = 113;
     let from_host = |port: u16| {
         TcpStream::connect_timeout(

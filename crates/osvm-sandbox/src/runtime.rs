@@ -492,18 +492,19 @@ impl SandboxRuntime {
                 serde_json::from_slice(&bytes).map_err(|e| parse_err("exit.json", e))?,
             ));
         }
+        // The starter died before its plan was whole, so no monitor was started; the empty
+        // groups it may have made already are all that is left.
+        let never_started = |why: &str| {
+            cgroup::remove_unrecorded(instance_id);
+            RuntimeError::Setup(format!("instance {instance_id} never started ({why})"))
+        };
         let plan_bytes = match fs::read(dir.join("plan.json")) {
             Ok(bytes) => bytes,
-            // The starter died before it wrote the plan, so no monitor was started; the empty
-            // groups it may have made already are all that is left.
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound
                     && monitor_of(instance_id).is_none() =>
             {
-                cgroup::remove_unrecorded(instance_id);
-                return Err(RuntimeError::Setup(format!(
-                    "instance {instance_id} never started (its starter stopped before the launch plan)"
-                )));
+                return Err(never_started("its starter stopped before the launch plan"));
             }
             Err(e) => {
                 return Err(RuntimeError::io(
@@ -514,12 +515,10 @@ impl SandboxRuntime {
         };
         let plan: Plan = match serde_json::from_slice(&plan_bytes) {
             Ok(plan) => plan,
-            // Written by an osvm that wrote plans in place and died halfway: as above.
+            // Written by an osvm that wrote plans in place and died halfway.
             Err(e) if monitor_of(instance_id).is_none() => {
-                cgroup::remove_unrecorded(instance_id);
-                return Err(RuntimeError::Setup(format!(
-                    "instance {instance_id} never started (its starter stopped while it wrote \
-                     the launch plan: {e})"
+                return Err(never_started(&format!(
+                    "its starter stopped while it wrote the launch plan: {e}"
                 )));
             }
             Err(e) => return Err(parse_err("plan.json", e)),
@@ -743,7 +742,6 @@ fn make_dir(path: &Path) -> Result<(), RuntimeError> {
     }
 }
 
-/// Creates (or truncates) `path` with mode 0600 and writes `bytes`.
 /// Writes `bytes` to `path` (0600) whole or not at all: beside it first, then renamed over it,
 /// so that a starter killed halfway leaves no half-written file (an empty `plan.json` once made
 /// adoption fail without removing the groups the starter had made).
